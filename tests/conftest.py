@@ -1,0 +1,106 @@
+"""Shared test fixtures. Area-specific ones live in tests/fixtures/ and load as plugins."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest_plugins = [
+    "tests.fixtures.tpm",
+    "tests.fixtures.luks",
+    "tests.fixtures.fido",
+    "tests.fixtures.roots",
+]
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+CliCall = Callable[..., CliResult]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty scratch root for `--root`."""
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def cli() -> CliCall:
+    """Run yktool in-process: cli("--root", r, "luks", "status", img, input="...")."""
+    from yktool.cli import main_group
+
+    def call(*args: object, input: str | bytes | None = None, env: dict[str, str] | None = None) -> CliResult:
+        runner = CliRunner()
+        result = runner.invoke(main_group, [str(a) for a in args], input=input, env=env,
+                               catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return call
+
+
+@dataclass
+class Spawned:
+    argv: list[str]
+    env: dict[str, str]
+
+
+class ChildRecorder:
+    """Every child process Python starts (subprocess, os.exec*, os.posix_spawn), with argv and env.
+
+    Built on audit hooks, so it sees children started by libraries too, not just Host.run.
+    """
+
+    def __init__(self) -> None:
+        self.children: list[Spawned] = []
+        self.active = False
+
+    def hook(self, event: str, args: tuple[object, ...]) -> None:
+        if not self.active:
+            return
+        if event == "subprocess.Popen":
+            _exe, argv, _cwd, env = args
+            self.children.append(Spawned([str(a) for a in argv],  # type: ignore[attr-defined]
+                                         dict(env) if env else dict(os.environ)))  # type: ignore[call-overload]
+        elif event in ("os.exec", "os.posix_spawn"):
+            argv, env = args[1], args[2]
+            self.children.append(Spawned([str(a) for a in argv],  # type: ignore[attr-defined]
+                                         dict(env) if env else dict(os.environ)))  # type: ignore[call-overload]
+
+    def assert_no_secret(self, *secrets: str | bytes) -> None:
+        for child in self.children:
+            blob = "\0".join(child.argv) + "\0" + "\0".join(f"{k}={v}" for k, v in child.env.items())
+            for secret in secrets:
+                s = secret.decode() if isinstance(secret, bytes) else secret
+                assert s not in blob, f"secret leaked to child {child.argv[0]}"
+
+
+_RECORDER = ChildRecorder()
+sys.addaudithook(_RECORDER.hook)
+
+
+@pytest.fixture
+def child_recorder() -> Iterator[ChildRecorder]:
+    """Record every child process started during the test (see ChildRecorder)."""
+    _RECORDER.children = []
+    _RECORDER.active = True
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER.active = False

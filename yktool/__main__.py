@@ -1,0 +1,3 @@
+from yktool.cli import main
+
+main()

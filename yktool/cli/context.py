@@ -1,0 +1,40 @@
+"""What the global options say, handed to every command as `ctx.obj`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import click
+
+from yktool.host import Host
+
+
+@dataclass
+class AppContext:
+    root: str = "/"
+    dry_run: bool = False
+    json: bool = False
+    yes: bool = False
+    tpm: str = "auto"
+    device: str = "auto"
+    verbose: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @cached_property
+    def host(self) -> Host:
+        return Host(Path(self.root))
+
+
+def app() -> AppContext:
+    """The AppContext of the running command (works in any nested command)."""
+    ctx = click.get_current_context()
+    obj = ctx.find_object(AppContext)
+    if obj is None:  # a command invoked on its own, e.g. in a test
+        obj = AppContext()
+        ctx.obj = obj
+    return obj
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)

@@ -1,0 +1,93 @@
+"""Asking a person for secrets and touches: on the terminal, or from stdin when scripted.
+
+PINs and passphrases are read here and handed to the library as values in memory; they never
+go to argv, the environment, logs or exceptions.
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from fido2.client import UserInteraction
+from fido2.ctap2.pin import ClientPin
+
+from yktool.errors import UsageError
+
+
+def read_secret(prompt: str, *, from_stdin: bool = False, confirm: bool = False) -> bytes:
+    """A secret from the terminal (no echo) or, with `from_stdin` or no terminal, one stdin line.
+
+    The trailing newline of a stdin line is dropped; nothing else is changed.
+    """
+    if from_stdin or not sys.stdin.isatty():
+        line = sys.stdin.buffer.readline()
+        if not line:
+            raise UsageError(f"{prompt}: nothing on standard input",
+                             "pipe the secret in on stdin, or run on a terminal to be asked")
+        return line.rstrip(b"\n").rstrip(b"\r")
+    value = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
+    if confirm and getpass.getpass(f"{prompt} (again): ", stream=sys.stderr) != value:
+        raise UsageError("the two entries differ", "run the command again and type the same twice")
+    return value.encode("utf-8")
+
+
+@contextmanager
+def spinner(message: str) -> Iterator[None]:
+    """A spinner on stderr while the key waits for a touch; nothing when stderr is not a tty."""
+    if not sys.stderr.isatty():
+        click.echo(message, err=True)
+        yield
+        return
+    stop = threading.Event()
+
+    def spin() -> None:
+        for ch in itertools.cycle("|/-\\"):
+            if stop.is_set():
+                break
+            sys.stderr.write(f"\r{ch} {message}")
+            sys.stderr.flush()
+            time.sleep(0.1)
+        sys.stderr.write("\r" + " " * (len(message) + 2) + "\r")
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class CliInteraction(UserInteraction):
+    """python-fido2's UserInteraction for the terminal: asks for the PIN once and counts touches."""
+
+    def __init__(self, pin: str | None = None, *, pin_from_stdin: bool = False) -> None:
+        self.pin = pin
+        self.pin_from_stdin = pin_from_stdin
+        self.touches = 0
+        self.pin_prompts = 0
+
+    def prompt_up(self) -> None:
+        self.touches += 1
+        click.echo("Touch your key…", err=True)
+
+    def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
+        if self.pin is None:
+            self.pin_prompts += 1
+            self.pin = read_secret("PIN of the key", from_stdin=self.pin_from_stdin).decode()
+        return self.pin
+
+    def request_uv(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> bool:
+        return True
+
+
+def is_interactive() -> bool:
+    return sys.stdin.isatty() and os.environ.get("CI") is None

@@ -1,0 +1,149 @@
+"""The key registry: which key (by nickname) was enrolled into what.
+
+A small TOML file under the root, `/etc/yktool/keys.toml` (mode 0644, no secrets: credential
+IDs and public keys only). Every enrollment records itself here, so `luks status`, `replace`
+and `verify` can say which slot, line or file belongs to which physical key.
+
+    version = 1
+    [[keys]]
+    nickname = "primary"
+    aaguid = "…"
+    serial = 12345678          # YubiKeys only
+    added = "2026-11-28"
+    [[keys.enrollments]]
+    kind = "luks"              # luks | ssh | git | pam | udev | usbguard
+    credential_id = "base64…"  # where a FIDO2 credential stands behind it
+    …                          # kind-specific fields (uuid, keyslot, token, path, fingerprint)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomli_w
+
+from yktool.errors import UsageError
+from yktool.host import Host
+
+REGISTRY_PATH = "/etc/yktool/keys.toml"
+LOCK_PATH = "/etc/yktool/.keys.lock"
+
+Scalar = str | int | bool
+
+
+@dataclass
+class KeyRecord:
+    nickname: str
+    aaguid: str = ""
+    serial: int | None = None
+    added: str = ""
+    enrollments: list[dict[str, Scalar]] = field(default_factory=list)
+
+    def to_toml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"nickname": self.nickname, "aaguid": self.aaguid, "added": self.added}
+        if self.serial is not None:
+            out["serial"] = self.serial
+        out["enrollments"] = [dict(e) for e in self.enrollments]
+        return out
+
+    def credential_ids(self) -> set[str]:
+        return {str(e["credential_id"]) for e in self.enrollments if "credential_id" in e}
+
+
+@dataclass
+class Registry:
+    keys: list[KeyRecord] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ load / save
+    @classmethod
+    def load(cls, host: Host) -> Registry:
+        """Read the registry; a missing file is an empty registry, a malformed one an error."""
+        real = host.path(REGISTRY_PATH)
+        if not real.exists():
+            return cls()
+        try:
+            data = tomllib.loads(host.read_text(REGISTRY_PATH))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(
+                f"{REGISTRY_PATH} is not valid TOML: {exc}",
+                f"fix the file by hand or restore it from {host.root}/var/backups/yktool/",
+            ) from None
+        keys = []
+        for raw in data.get("keys", []):
+            if not isinstance(raw, dict) or "nickname" not in raw:
+                raise UsageError(f"{REGISTRY_PATH}: a [[keys]] entry has no nickname",
+                                 "give every key a nickname")
+            keys.append(KeyRecord(
+                nickname=str(raw["nickname"]),
+                aaguid=str(raw.get("aaguid", "")),
+                serial=raw.get("serial"),
+                added=str(raw.get("added", "")),
+                enrollments=[dict(e) for e in raw.get("enrollments", [])],
+            ))
+        return cls(keys)
+
+    def save(self, host: Host) -> None:
+        body = tomli_w.dumps({"version": 1, "keys": [k.to_toml() for k in self.keys]})
+        header = "# yktool key registry: which key was enrolled into what. No secrets here.\n"
+        host.write_file(REGISTRY_PATH, header + body, 0o644, backup=False)
+
+    @classmethod
+    @contextlib.contextmanager
+    def update(cls, host: Host) -> Iterator[Registry]:
+        """Load, let the caller change, save, under a lock (two enrollments never race)."""
+        host.mkdir("/etc/yktool", 0o755)
+        lock_fd = os.open(host.path(LOCK_PATH), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            registry = cls.load(host)
+            yield registry
+            registry.save(host)
+        finally:
+            os.close(lock_fd)
+
+    # ------------------------------------------------------------------ queries and changes
+    def get(self, nickname: str) -> KeyRecord | None:
+        return next((k for k in self.keys if k.nickname == nickname), None)
+
+    def ensure_key(self, nickname: str, aaguid: str = "", serial: int | None = None) -> KeyRecord:
+        key = self.get(nickname)
+        if key is None:
+            key = KeyRecord(nickname, aaguid, serial, datetime.date.today().isoformat())
+            self.keys.append(key)
+        else:
+            key.aaguid = key.aaguid or aaguid
+            key.serial = key.serial if key.serial is not None else serial
+        return key
+
+    def record(self, nickname: str, kind: str, **fields: Scalar) -> bool:
+        """Add an enrollment to a key unless an identical one is there; True if added."""
+        entry: dict[str, Scalar] = {"kind": kind, **fields}
+        key = self.ensure_key(nickname)
+        if entry in key.enrollments:
+            return False
+        key.enrollments.append(entry)
+        return True
+
+    def forget(self, kind: str, **match: Scalar) -> int:
+        """Drop every enrollment of `kind` whose fields include `match`; returns how many."""
+        dropped = 0
+        for key in self.keys:
+            keep = [e for e in key.enrollments
+                    if not (e.get("kind") == kind and all(e.get(k) == v for k, v in match.items()))]
+            dropped += len(key.enrollments) - len(keep)
+            key.enrollments = keep
+        return dropped
+
+    def owner_of(self, credential_id: str) -> KeyRecord | None:
+        """The key that made a credential (base64 id as stored), if recorded."""
+        return next((k for k in self.keys if credential_id in k.credential_ids()), None)
+
+    def enrollments(self, kind: str) -> list[tuple[KeyRecord, dict[str, Scalar]]]:
+        return [(k, e) for k in self.keys for e in k.enrollments if e.get("kind") == kind]

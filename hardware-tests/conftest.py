@@ -1,0 +1,124 @@
+"""Hardware tests: every promise proven on a real key. Opt-in, one named key, never the host's
+disks, PAM or SSH (image files and temporary roots only).
+
+    pytest hardware-tests --hardware --serial 12345678      # or --device hid:/dev/hidraw3
+
+Without --hardware every test is collected and skipped with the reason. See
+docs/hardware-tests.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hwgate import (  # noqa: E402
+    Candidate,
+    GateOptions,
+    GateRefused,
+    KeyFacts,
+    check_unused,
+    read_facts,
+    select_key,
+    skip_reason,
+    unmet,
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("yktool hardware")
+    group.addoption("--hardware", action="store_true", help="run the tests on a real key")
+    group.addoption("--serial", help="the YubiKey serial the run may touch")
+    group.addoption("--device", dest="hw_device", help="hid:/dev/hidrawN the run may touch")
+    group.addoption("--allow-used-key", action="store_true",
+                    help="accept a key that has a PIN or holds credentials")
+    group.addoption("--destructive", action="store_true", help="allow tests that reset the key")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires(min_firmware=None, algorithms=(), extensions=()): skip unless the key has it",
+    )
+    config.addinivalue_line("markers", "destructive: resets the key; needs --destructive")
+
+
+def gate_options(config: pytest.Config) -> GateOptions:
+    return GateOptions(
+        hardware=bool(config.getoption("--hardware")),
+        serial=config.getoption("--serial"),
+        device=config.getoption("hw_device"),
+        allow_used_key=bool(config.getoption("--allow-used-key")),
+        destructive=bool(config.getoption("--destructive")),
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = skip_reason(gate_options(config))
+    if reason is None:
+        return
+    for item in items:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def find_candidates() -> list[Candidate]:
+    """Every FIDO2 HID key on this machine, with its YubiKey serial where one can be read."""
+    from fido2.hid import CtapHidDevice
+
+    from yktool.fido.yubikey import serial_for_hidraw  # type: ignore[attr-defined]
+
+    found = []
+    for dev in CtapHidDevice.list_devices():
+        path = dev.descriptor.path
+        found.append(Candidate(spec=f"hid:{path}", serial=serial_for_hidraw(path),
+                               open=lambda d=dev: d, product=dev.descriptor.product_name or ""))
+    return found
+
+
+def announce(config: pytest.Config, message: str) -> None:
+    """Print past pytest's capture, so touch prompts reach the person at once."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            print(f"\n>>> {message}", flush=True)
+    else:
+        print(f"\n>>> {message}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def hw_key(pytestconfig: pytest.Config) -> Iterator[Candidate]:
+    """The one key under test; refuses the whole run on any doubt."""
+    opts = gate_options(pytestconfig)
+    try:
+        key = select_key(opts, find_candidates())
+        check_unused(opts, read_facts(key.open()))
+    except GateRefused as refusal:
+        pytest.exit(f"hardware tests refused to start: {refusal.reason}", returncode=4)
+    yield key
+
+
+@pytest.fixture(autouse=True)
+def _capabilities(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("requires")
+    if marker is None:
+        return
+    key: Candidate = request.getfixturevalue("hw_key")
+    why = unmet(read_facts(key.open()), **marker.kwargs)
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def touch(pytestconfig: pytest.Config) -> Any:
+    """touch(n): tell the person how many touches this test still needs."""
+
+    def say(left: int) -> None:
+        announce(pytestconfig, f"touch the key now ({left} touch{'es' if left != 1 else ''} left in this test)")
+
+    return say

@@ -22,7 +22,6 @@ from hwgate import (  # noqa: E402
     Candidate,
     GateOptions,
     GateRefused,
-    KeyFacts,
     check_unused,
     read_facts,
     select_key,

@@ -1,0 +1,97 @@
+"""Host: paths stay under the root, writes are atomic with the mode set first, secrets go by pipe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from yktool.errors import ToolFailed, UsageError
+from yktool.host import Host, SecretPath
+
+
+def test_paths_resolve_under_the_root(root: Path) -> None:
+    host = Host(root)
+    assert host.path("/etc/pam.d/sudo") == root / "etc/pam.d/sudo"
+    assert host.path("etc/../etc/x") == root / "etc/x"
+
+
+def test_dotdot_above_the_root_is_refused(root: Path) -> None:
+    with pytest.raises(UsageError, match="climbs out of the root"):
+        Host(root).path("/../../etc/shadow")
+
+
+def test_absolute_symlink_is_taken_inside_the_root(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "real").mkdir()
+    (root / "etc/link").symlink_to("/real")
+    assert Host(root).path("/etc/link/file") == root / "real/file"
+
+
+def test_relative_symlink_climbing_out_is_refused(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/evil").symlink_to("../../../../../tmp")
+    with pytest.raises(UsageError, match="climbs out"):
+        Host(root).path("/etc/evil/x")
+
+
+def test_write_sets_mode_and_backs_up(root: Path) -> None:
+    host = Host(root)
+    host.write_file("/etc/u2f_mappings", b"old\n", 0o600)
+    assert host.mode("/etc/u2f_mappings") == 0o600
+    host.write_file("/etc/u2f_mappings", "new\n", 0o644)
+    assert (root / "etc/u2f_mappings").read_bytes() == b"new\n"
+    assert host.mode("/etc/u2f_mappings") == 0o644
+    backups = list((root / "var/backups/yktool/etc").iterdir())
+    assert [b.read_bytes() for b in backups] == [b"old\n"]
+    assert not [p for p in (root / "etc").iterdir() if "yktool-tmp" in p.name]
+
+
+def test_kill_mid_write_leaves_old_or_new(root: Path) -> None:
+    """A writer killed with SIGKILL at any moment leaves the old or the new file, never a mix."""
+    old, new = b"A" * 200_000, b"B" * 200_000  # the child writes `new`
+    Host(root).write_file("/f", old)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from yktool.host import Host
+        h = Host(Path({str(root)!r}))
+        while True:
+            h.write_file("/f", b"B" * 200_000, backup=False)
+    """)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+        try:
+            proc.wait(timeout=0.3)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert (root / "f").read_bytes() in (old, new)
+
+
+def test_secrets_reach_the_child_by_pipe_only(root: Path, child_recorder) -> None:  # type: ignore[no-untyped-def]
+    host = Host(root)
+    result = host.run(["cat", SecretPath(0), SecretPath(1, prefix="")], secrets=[b"hunter2", b"-pin"])
+    assert result.stdout == b"hunter2-pin"
+    child_recorder.assert_no_secret("hunter2")
+
+
+def test_inherited_secret_variables_are_not_passed_on(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASSWORD", "from-the-caller")
+    out = Host(root).run(["env"]).text
+    assert "from-the-caller" not in out
+
+
+def test_failed_command_raises_with_its_stderr(root: Path) -> None:
+    with pytest.raises(ToolFailed, match="ls failed .*No such file"):
+        Host(root).run(["ls", "/nonexistent-yktool"])
+
+
+def test_missing_tool_names_the_package(root: Path) -> None:
+    with pytest.raises(ToolFailed) as err:
+        Host(root).run(["yktool-no-such-tool"])
+    assert "not installed" in err.value.message

@@ -6,6 +6,7 @@ go to argv, the environment, logs or exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import itertools
 import os
@@ -74,10 +75,21 @@ class CliInteraction(UserInteraction):
         self.pin_from_stdin = pin_from_stdin
         self.touches = 0
         self.pin_prompts = 0
+        self._spinner: contextlib.ExitStack | None = None
 
     def prompt_up(self) -> None:
+        """The key waits for a touch: say so (with a spinner on a terminal) until `touch_done`."""
         self.touches += 1
-        click.echo("Touch your key…", err=True)
+        if self._spinner is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(spinner("Touch your key…"))
+            self._spinner = stack
+
+    def touch_done(self) -> None:
+        """The operation that wanted a touch is over (KeySession calls this): stop the spinner."""
+        if self._spinner is not None:
+            stack, self._spinner = self._spinner, None
+            stack.close()
 
     def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
         if self.pin is None:

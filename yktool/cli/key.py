@@ -1,0 +1,218 @@
+"""`yktool key …`: find, inspect and PIN-manage FIDO2 keys (real or simulated).
+
+PINs never come from argv: they are typed (no echo; a new PIN twice) or read from stdin with
+`--pin-stdin`, one line per PIN. Touch prompts go to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+from yktool.cli.output import emit, info
+from yktool.errors import PinAuthBlocked, Refused, UsageError
+
+if TYPE_CHECKING:
+    from yktool.cli.prompts import CliInteraction
+    from yktool.fido.session import KeySession
+
+
+def _read_pin(prompt: str, *, from_stdin: bool, new: bool = False) -> str:
+    from yktool.cli.prompts import read_secret
+
+    raw = read_secret(prompt, from_stdin=from_stdin, confirm=new)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the PIN is not valid UTF-8", "type the PIN again") from None
+
+
+@contextmanager
+def _session(app: AppContext, interaction: CliInteraction | None = None) -> Iterator[KeySession]:
+    from yktool.cli.prompts import CliInteraction
+    from yktool.fido.session import open_session
+
+    with open_session(app.device, interaction or CliInteraction()) as session:
+        try:
+            yield session
+        except PinAuthBlocked as err:
+            if _is_sim(session):
+                err.hint += f"; for the software key: yktool --device {_spec(app, session)} key replug"
+            raise
+
+
+def _is_sim(session: KeySession) -> bool:
+    from yktool.fido.facts import is_software_key
+
+    return is_software_key(session.device)
+
+
+def _spec(app: AppContext, session: KeySession) -> str:
+    from yktool.fido.facts import device_spec
+
+    return device_spec(session.device, app.device)
+
+
+@click.group("key")
+def key() -> None:
+    """Find, inspect and PIN-manage FIDO2 keys (real or simulated).
+
+    Pick the key with the global --device (auto, hid:/dev/hidrawN, sim:PATH):
+    `yktool --device sim:/tmp/k.json key info`.
+    """
+
+
+@key.command("list")
+@pass_app
+def list_cmd(app: AppContext) -> None:
+    """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
+    from yktool.fido.facts import list_present_keys
+
+    facts = list_present_keys(app.device)
+    if app.json:
+        emit(True, [f.to_json() for f in facts], "")
+        return
+    if not facts:
+        info("no FIDO2 key found; plug one in, or use --device sim:PATH to rehearse with the software key")
+        return
+    lines = []
+    for f in facts:
+        extra = " (software key)" if f.software else ""
+        if f.is_yubikey and f.yubikey and f.yubikey.serial is not None:
+            extra += f" serial {f.yubikey.serial}"
+        pin = "PIN set" if f.pin_set else "no PIN"
+        lines.append(f"{f.device}  {f.product}{extra}  AAGUID {f.aaguid}  {pin}")
+    click.echo("\n".join(lines))
+
+
+@key.command("info")
+@pass_app
+def info_cmd(app: AppContext) -> None:
+    """Show what the key is: product, AAGUID, CTAP versions, extensions, algorithms, options,
+    PIN state and retries, and for a YubiKey its serial, firmware and form factor."""
+    from yktool.fido.facts import read_key_facts
+
+    with _session(app) as session:
+        facts = read_key_facts(session, app.device)
+    emit(app.json, facts.to_json(), facts.render())
+
+
+@key.group("pin")
+def pin() -> None:
+    """Set, change or check the key's PIN (never given on the command line)."""
+
+
+_pin_stdin = click.option("--pin-stdin", is_flag=True,
+                          help="Read the PIN(s) from stdin, one line each (change: old, then new).")
+
+
+@pin.command("set")
+@_pin_stdin
+@pass_app
+def pin_set(app: AppContext, pin_stdin: bool) -> None:
+    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes)."""
+    from yktool.fido.session import check_new_pin
+
+    with _session(app) as session:
+        if session.pin_is_set:
+            raise Refused("the key already has a PIN", "change it instead: yktool key pin change")
+        new = _read_pin("New PIN", from_stdin=pin_stdin, new=True)
+        check_new_pin(new, session.min_pin_length)
+        session.set_pin(new)
+        retries = session.pin_retries()
+    emit(app.json, {"ok": True, "pin_set": True, "pin_retries": retries}, "PIN set.")
+
+
+@pin.command("change")
+@_pin_stdin
+@pass_app
+def pin_change(app: AppContext, pin_stdin: bool) -> None:
+    """Change the PIN: the current one, then the new one (typed twice on a terminal)."""
+    from yktool.fido.session import MIN_PIN_LENGTH, check_new_pin
+
+    with _session(app) as session:
+        if not session.pin_is_set:
+            raise UsageError("the key has no PIN yet", "set one: yktool key pin set")
+        old = _read_pin("Current PIN", from_stdin=pin_stdin)
+        new = _read_pin("New PIN", from_stdin=pin_stdin, new=True)
+        check_new_pin(old, MIN_PIN_LENGTH)
+        check_new_pin(new, session.min_pin_length)
+        session.change_pin(old, new)
+        retries = session.pin_retries()
+    emit(app.json, {"ok": True, "pin_retries": retries}, "PIN changed.")
+
+
+@pin.command("verify")
+@_pin_stdin
+@pass_app
+def pin_verify(app: AppContext, pin_stdin: bool) -> None:
+    """Check a PIN against the key. A wrong PIN costs one of the key's retries (exit 6);
+    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8)."""
+    with _session(app) as session:
+        if not session.pin_is_set:
+            raise UsageError("the key has no PIN", "set one first: yktool key pin set")
+        value = _read_pin("PIN", from_stdin=pin_stdin)
+        session.verify_pin(value)
+        retries = session.pin_retries()
+    emit(app.json, {"ok": True, "pin_retries": retries}, f"PIN is correct ({retries} attempts left).")
+
+
+@key.command("replug")
+@pass_app
+def replug(app: AppContext) -> None:
+    """Software key only: stand for pulling it out and plugging it back in (clears the
+    3-wrong-PINs block, opens the reset window)."""
+    from yktool.fido import open_device
+    from yktool.fido.facts import is_software_key
+
+    device = open_device(app.device)
+    try:
+        if not is_software_key(device):
+            raise Refused("`key replug` only works on the software key (--device sim:PATH)",
+                          "pull the real key out and plug it back in by hand")
+        device.replug()  # type: ignore[attr-defined]
+    finally:
+        close = getattr(device, "close", None)
+        if callable(close):
+            close()
+    emit(app.json, {"ok": True, "replugged": True},
+         "Software key re-plugged: PIN entry is open again and a reset is possible for a few seconds.")
+
+
+RESET_WARNING = (
+    "A reset wipes EVERY credential on this key and its PIN: disk unlock (LUKS FIDO2), sudo and "
+    "login (pam_u2f), SSH security keys and git signing made with it stop working for good."
+)
+
+
+@key.command("reset")
+@pass_app
+def reset(app: AppContext) -> None:
+    """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).
+
+    Real keys accept it only within seconds of being plugged in, and want a touch."""
+    import sys
+
+    from yktool.cli.prompts import CliInteraction
+
+    interaction = CliInteraction()
+    with _session(app, interaction) as session:
+        spec = _spec(app, session)
+        if app.dry_run:
+            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec},
+                 f"Would reset {spec}. {RESET_WARNING}")
+            return
+        if not app.yes:
+            if not sys.stdin.isatty():
+                raise Refused(f"resetting {spec} needs confirmation. {RESET_WARNING}",
+                              "run on a terminal to be asked, or pass --yes (before `key`)")
+            info(RESET_WARNING)
+            if not click.confirm(f"Reset {spec}?", default=False, err=True):
+                raise Refused("reset not confirmed; the key is unchanged", "nothing was done")
+        session.reset()
+    emit(app.json, {"ok": True, "reset": spec},
+         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used.")

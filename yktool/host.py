@@ -252,18 +252,31 @@ class Host:
         check: bool = True,
         timeout: float | None = 300,
         cwd: str | os.PathLike[str] | None = None,
+        secret_files: bool = False,
+        credentials: Mapping[str, bytes] | None = None,
     ) -> Result:
         """Run a program: argv list, no shell; output captured.
 
         `input` goes to stdin; each of `secrets` is written into its own pipe whose read end the
         child inherits as the path a `SecretPath(i)` element of argv names. `env` adds plain
         (non-secret) variables. With `check`, a non-zero exit raises ToolFailed carrying stderr.
+
+        `secret_files=True` hands each secret over as an in-memory file (a sealed memfd, mode
+        0400) instead of a pipe, for tools that seek or read a key file twice (systemd-cryptenroll
+        `--unlock-key-file` fails on a pipe with "Illegal seek"). `credentials` passes systemd
+        credentials (name -> secret): the child gets `CREDENTIALS_DIRECTORY`, a private folder of
+        links to inherited memfds, so systemd tools read e.g. `cryptenroll.tpm2-pin` from memory
+        instead of an environment variable. Nothing secret touches a disk in either case.
         """
         self.require_tool(str(argv[0]))
         child_env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
         if env:
             child_env.update(env)
-        with _secret_pipes(secrets) as fds:
+        opener = _secret_memfds if secret_files else _secret_pipes
+        with opener(secrets) as fds, _credentials_dir(credentials or {}) as (cred_dir, cred_fds):
+            if cred_dir is not None:
+                child_env["CREDENTIALS_DIRECTORY"] = cred_dir
+            fds = fds + cred_fds
             final = [
                 a if isinstance(a, str) else f"{a.prefix}/dev/fd/{fds[a.index]}" for a in argv
             ]
@@ -313,3 +326,62 @@ def _secret_pipes(secrets: Sequence[bytes]) -> Iterator[list[int]]:
     finally:
         for r in read_ends:
             os.close(r)
+
+
+def _memfd(name: str, secret: bytes) -> int:
+    """A sealed, read-only in-memory file holding `secret` (never on disk, never in swap-less tmp)."""
+    import fcntl
+
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(secret)
+        while view:
+            view = view[os.write(fd, view):]
+        # systemd warns about key files readable by others; a memfd link shows its own mode
+        os.fchmod(fd, 0o400)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _secret_memfds(secrets: Sequence[bytes]) -> Iterator[list[int]]:
+    """One sealed memfd per secret; yields their fds (closed afterwards)."""
+    fds: list[int] = []
+    try:
+        for n, secret in enumerate(secrets):
+            fds.append(_memfd(f"yktool-secret-{n}", secret))
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _credentials_dir(credentials: Mapping[str, bytes]) -> Iterator[tuple[str | None, list[int]]]:
+    """A private folder of links `name -> /proc/self/fd/N` to inherited memfds (systemd credentials).
+
+    The child resolves `/proc/self` to itself, so each link opens the memfd it inherited. The
+    folder holds links only, no secret bytes, and is removed afterwards.
+    """
+    if not credentials:
+        yield None, []
+        return
+    fds: list[int] = []
+    folder = tempfile.mkdtemp(prefix="yktool-cred-")
+    try:
+        for name, secret in credentials.items():
+            if "/" in name or name in ("", ".", ".."):
+                raise UsageError(f"bad credential name {name!r}", "this is a bug in yktool")
+            fd = _memfd(f"yktool-cred-{name}", secret)
+            fds.append(fd)
+            os.symlink(f"/proc/self/fd/{fd}", os.path.join(folder, name))
+        yield folder, fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,9 +1,193 @@
-"""Device selection (CONTRACT STUB): auto | hid:/dev/hidrawN | sim:PATH -> CtapDevice."""
+"""Device selection: `auto | hid:/dev/hidrawN | sim:PATH` -> a python-fido2 `CtapDevice`.
+
+- `sim:PATH`: yktool's software key (`yktool.fido.softkey.SoftKey`), its state in PATH
+  (created, factory-fresh, when missing). `YKTOOL_SIM_PRESENCE=deny|timeout` makes it refuse
+  or time out every touch, to rehearse those failures from the command line.
+- `hid:/dev/hidrawN`: that USB key, through python-fido2's HID transport.
+- `auto`: the only FIDO2 key present; none -> NoDevice, several -> UsageError listing the
+  `--device hid:…` value of each.
+
+With no spec, `$YKTOOL_DEVICE` is used, else `auto`.
+"""
 
 from __future__ import annotations
 
-from fido2.ctap import CtapDevice
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from yktool.errors import NoDevice, UsageError
+
+if TYPE_CHECKING:
+    from fido2.ctap import CtapDevice
+    from fido2.hid import CtapHidDevice
+
+    from yktool.fido.softkey import Presence, SoftKey
+
+ENV_DEVICE = "YKTOOL_DEVICE"
+ENV_SIM_PRESENCE = "YKTOOL_SIM_PRESENCE"
+SPEC_HELP = "auto, hid:/dev/hidrawN or sim:PATH"
 
 
-def open_device(spec: str | None = None) -> CtapDevice:
-    raise NotImplementedError
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One key present: the `--device` value naming it, its product name and USB ids."""
+
+    spec: str
+    product: str
+    vendor_id: int
+    product_id: int
+    serial: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"device": self.spec, "product": self.product, "vendor_id": f"{self.vendor_id:04x}",
+                "product_id": f"{self.product_id:04x}", "serial": self.serial}
+
+
+def resolve_spec(spec: str | None) -> str:
+    """The spec to use: the given one, else $YKTOOL_DEVICE, else `auto`."""
+    if spec:
+        return spec
+    return os.environ.get(ENV_DEVICE) or "auto"
+
+
+def sim_presence_from_env() -> Presence | None:
+    """The touch behaviour $YKTOOL_SIM_PRESENCE asks for (unset: touch at once)."""
+    mode = os.environ.get(ENV_SIM_PRESENCE, "").strip().lower()
+    if mode in ("", "touch", "yes"):
+        return None
+    if mode == "deny":
+        return lambda: False
+    if mode == "timeout":
+        return lambda: None
+    raise UsageError(f"{ENV_SIM_PRESENCE}={mode!r} is not understood",
+                     f"set {ENV_SIM_PRESENCE} to deny or timeout, or unset it")
+
+
+def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool = True) -> SoftKey:
+    """Open (or create) the software key whose state is at `path`."""
+    from yktool.fido.softkey import SoftKey
+    from yktool.fido.softkey_state import StateError
+
+    p = Path(path).expanduser()
+    if not str(path):
+        raise UsageError("`sim:` needs a path", "use --device sim:PATH, e.g. sim:~/.cache/yktool/key-a.json")
+    if not p.parent.is_dir():
+        raise UsageError(f"the folder of the software-key state {p} does not exist",
+                         "create the folder first, or choose another PATH for --device sim:PATH")
+    try:
+        return SoftKey(p, presence if presence is not None else sim_presence_from_env(), create=create)
+    except StateError as e:
+        raise UsageError(f"cannot use software key {p}: {e}",
+                         "point --device sim:PATH at a state file yktool made, or at a new path to "
+                         "create a fresh key") from None
+    except OSError as e:
+        raise UsageError(f"cannot use software key {p}: {e.strerror or e}",
+                         "check the path and its permissions") from None
+
+
+def open_hid(path: str) -> CtapHidDevice:
+    """Open the USB key at a hidraw node."""
+    from fido2.hid import open_device as hid_open
+
+    if not path:
+        raise UsageError("`hid:` needs a device node", "use --device hid:/dev/hidrawN (see `yktool key list`)")
+    try:
+        return hid_open(path)
+    except FileNotFoundError:
+        raise NoDevice(f"no key at {path}", "check `yktool key list` for the keys present") from None
+    except PermissionError:
+        raise NoDevice(f"no permission to open {path}",
+                       "run as root, or give your user access to the key (udev uaccess rule)") from None
+    except Exception as e:  # noqa: BLE001 - not a FIDO device / descriptor unreadable, many kinds
+        raise NoDevice(f"{path} is not a usable FIDO2 key ({type(e).__name__}: {e})",
+                       "check `yktool key list` for the keys present") from None
+
+
+HidLister = Callable[[], Iterable["CtapDevice"]]
+
+
+def _list_hid() -> list[CtapDevice]:
+    try:
+        from fido2.hid import CtapHidDevice
+
+        return list(CtapHidDevice.list_devices())
+    except OSError:  # no hidraw at all (containers): simply no keys
+        return []
+
+
+def hid_spec(device: CtapDevice) -> str:
+    """The `--device hid:…` value of a HID device."""
+    descriptor = getattr(device, "descriptor", None)
+    path = getattr(descriptor, "path", "")
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    return f"hid:{path}"
+
+
+def entry_for(device: CtapDevice, spec: str | None = None) -> DeviceEntry:
+    """A DeviceEntry for an open device (HID or software key)."""
+    from yktool.fido.identity import usb_identity
+
+    ident = usb_identity(device)
+    if spec is None:
+        path = getattr(device, "path", None)
+        spec = f"sim:{path}" if path is not None and hasattr(device, "replug") else hid_spec(device)
+    return DeviceEntry(spec, ident.name, ident.vendor, ident.product, ident.serial)
+
+
+def list_devices(lister: HidLister | None = None) -> list[DeviceEntry]:
+    """Every FIDO2 USB key present (software keys are not discoverable: name them by path)."""
+    entries = []
+    for device in (lister or _list_hid)():
+        try:
+            entries.append(entry_for(device))
+        finally:
+            device.close()
+    return entries
+
+
+def open_auto(lister: HidLister | None = None) -> CtapDevice:
+    """The only key present; NoDevice with none, UsageError listing them with several."""
+    devices = list((lister or _list_hid)())
+    if not devices:
+        raise NoDevice("no FIDO2 key found", "plug one in, or use --device sim:PATH to rehearse")
+    if len(devices) == 1:
+        return devices[0]
+    lines = []
+    try:
+        for device in devices:
+            e = entry_for(device)
+            lines.append(f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x})")
+    finally:
+        for device in devices:
+            device.close()
+    raise UsageError(f"{len(devices)} FIDO2 keys found; say which one: " + "; ".join(lines),
+                     "pass one of the --device values above (or set YKTOOL_DEVICE)")
+
+
+def open_device(spec: str | None = None, *, lister: HidLister | None = None) -> CtapDevice:
+    """Open the key named by `spec` (default: $YKTOOL_DEVICE, else `auto`).
+
+    `lister` replaces the HID enumeration for `auto` (tests; other transports)."""
+    spec = resolve_spec(spec)
+    if spec == "auto":
+        return open_auto(lister)
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "sim":
+        return open_sim(rest)
+    if sep and kind == "hid":
+        return open_hid(rest)
+    raise UsageError(f"unknown device {spec!r}", f"use --device {SPEC_HELP}")
+
+
+def replug(spec: str) -> None:
+    """Pull the software key at `sim:PATH` out and put it back (clears the 3-wrong-PINs block,
+    opens the reset window). Real keys have to be replugged by hand."""
+    kind, sep, rest = resolve_spec(spec).partition(":")
+    if kind != "sim" or not sep:
+        raise UsageError("only a software key (--device sim:PATH) can be replugged by yktool",
+                         "pull the key out and put it back in")
+    open_sim(rest, create=False).replug()

@@ -1,0 +1,169 @@
+"""`yktool pam …`: register pam_u2f credentials into authfiles (plain or age), check PAM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+
+
+@click.group("pam")
+def pam() -> None:
+    """pam_u2f credentials and authfiles (plain or age-encrypted for agenix), and PAM checks."""
+
+
+@pam.command("register")
+@click.option("--user", "user", required=True, help="Login name the credential is for.")
+@click.option("--origin", help="pam_u2f origin / RP id [default: pam://<hostname of the root>].")
+@click.option("--authfile", help="Plain authfile inside the root [default: /etc/u2f_mappings]; "
+              "`~` means the user's own ~/.config/Yubico/u2f_keys.")
+@click.option("--age", "age_recipients", multiple=True, metavar="RECIPIENT",
+              help="Encrypt the authfile for agenix to this ssh-ed25519 key or age1… recipient "
+              "(repeatable).")
+@click.option("--age-host-key", "age_host_keys", multiple=True, metavar="PATH.pub",
+              help="A host's ssh-ed25519 public key file inside the root, as age recipient "
+              "(repeatable).")
+@click.option("--age-file", default="yubikey-auth.age", show_default=True,
+              help="The age file to write (a path in your secrets checkout, not under --root).")
+@click.option("--age-identity", type=click.Path(dir_okay=False, path_type=Path),
+              help="Private key (ssh-ed25519 or age identity) to decrypt an existing age file, "
+              "so its lines are kept.")
+@click.option("--pin", "pin", is_flag=True, help="Options +pin: pam_u2f asks for the key's PIN.")
+@click.option("--verification", is_flag=True, help="Options +verification (user verification).")
+@click.option("--no-presence", is_flag=True, help="Drop +presence (no touch). Not recommended.")
+@click.option("--resident", is_flag=True, help="Make a discoverable credential (key handle `*`).")
+@click.option("--algorithm", type=click.Choice(["es256", "eddsa"]), default="es256",
+              show_default=True, help="eddsa needs pam-u2f 1.2.0+ on the target.")
+@click.option("--nickname", help="Name of this key in the registry [default: primary / backup-N].")
+@click.option("--service", "services", multiple=True,
+              help="PAM services for the printed NixOS lines [default: sudo login greetd hyprlock].")
+@pass_app
+def register(app: AppContext, user: str, origin: str | None, authfile: str | None,
+             age_recipients: tuple[str, ...], age_host_keys: tuple[str, ...], age_file: str,
+             age_identity: Path | None, pin: bool, verification: bool, no_presence: bool,
+             resident: bool, algorithm: str, nickname: str | None,
+             services: tuple[str, ...]) -> None:
+    """Make a pam_u2f credential for USER on the key, prove it, and merge it into the authfile.
+
+    The origin is pinned (default pam://HOSTNAME of the target root) and pam_u2f must be set
+    up with the same `origin=`. Before anything is written, the key signs a fresh challenge
+    with that origin and the signature is checked against the public key about to be stored.
+    One line per user; other lines are kept byte for byte. With --age/--age-host-key the whole
+    authfile is encrypted for agenix and the secrets.nix / configuration lines are printed.
+    """
+    from yktool import agefile
+    from yktool import pam_u2f as pu
+    from yktool.cli.output import emit, emit_json, info, warn
+    from yktool.cli.prompts import CliInteraction
+    from yktool.errors import UsageError
+    from yktool.fido.session import open_session
+
+    host = app.host
+    use_age = bool(age_recipients or age_host_keys)
+    if use_age and authfile is not None:
+        raise UsageError("--authfile and --age/--age-host-key exclude each other",
+                         "pick a plain authfile or an age file")
+    if age_identity is not None and not use_age:
+        raise UsageError("--age-identity only goes with --age/--age-host-key",
+                         "add the recipients the age file is encrypted to")
+    origin = pu.check_origin(origin) if origin else pu.default_origin(host)
+    if use_age:
+        recipients = [agefile.parse_recipient(r, source="--age") for r in age_recipients]
+        for key in age_host_keys:
+            recipients += agefile.parse_recipients_text(host.read_text(key), source=key)
+        identity = None
+        if age_identity is not None:
+            try:
+                data = age_identity.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"--age-identity {age_identity}: cannot read ({exc.strerror})",
+                                 "name a readable private key file") from None
+            identity = agefile.parse_identities(data, source=str(age_identity))
+        target = pu.Target(age_file=Path(age_file).absolute(), recipients=recipients,
+                           identity=identity)
+    else:
+        target = pu.plain_target(host, user, authfile or pu.CENTRAL_AUTHFILE)
+    request = pu.RegisterRequest(
+        user=user, origin=origin, target=target, presence=not no_presence,
+        verification=verification, pin=pin, resident=resident, algorithm=algorithm,
+        nickname=nickname, services=services or ("sudo", "login", "greetd", "hyprlock"),
+        age_name=Path(age_file).name.removesuffix(".age") or "yubikey-auth")
+    where = target.authfile or str(target.age_file)
+    if app.dry_run:
+        plan = {"dry_run": True, "user": user, "origin": origin, "target": where,
+                "options": pu.options_string(presence=not no_presence, verification=verification,
+                                             pin=pin), "algorithm": algorithm}
+        emit(app.json, plan, f"Would register a {algorithm} pam_u2f key for {user} with origin "
+             f"{origin} into {where} (nothing done: --dry-run)")
+        return
+    if not app.json:
+        info(f"origin: {origin} — pam_u2f must be configured with the same origin= "
+             "(the hostname default breaks every key when the host is renamed)")
+        info("Touch the key twice: once to make the credential, once to prove it.")
+    interaction = CliInteraction()
+    with open_session(app.device, interaction) as session:
+        result = pu.register(host, session, request)
+    for w in result.warnings:
+        warn(w)
+    if app.json:
+        emit_json(result.to_json())
+        return
+    for note in result.notes:
+        info(note)
+    if result.already_registered:
+        click.echo(f"Already registered: this key is on {user}'s line; nothing changed.")
+        return
+    assert result.credential is not None  # noqa: S101
+    click.echo(f"Registered a pam_u2f key for {user} ({result.nickname}, "
+               f"{result.credential.cose_type}, {result.credential.options or 'no options'})")
+    click.echo(f"  origin:  {origin}  (pam_u2f must use origin={origin})")
+    click.echo(f"  written: {result.written_to} (line {result.lineno}; {user} now has "
+               f"{result.keys_for_user} key{'s' if result.keys_for_user != 1 else ''})")
+    click.echo(f"  proven:  an assertion with origin {origin} verified against the stored key")
+    if result.pam_line:
+        click.echo(f"  PAM line (e.g. /etc/pam.d/sudo): {result.pam_line}")
+    for name, snippet in result.nix.items():
+        click.echo(f"\n# {name}\n{snippet}")
+
+
+@pam.command("check")
+@click.option("--service", "services", multiple=True,
+              help="Services to look at [default: every file under /etc/pam.d plus the usual ones].")
+@pass_app
+def check(app: AppContext, services: tuple[str, ...]) -> None:
+    """Report which PAM services use pam_u2f (authfile, origin, cue) and the lockout traps.
+
+    Traps: authfile missing or unreadable, nouserok/alwaysok, an authfile inside an encrypted
+    home, no origin= (follows the hostname), a user with a single key, eddsa keys on an old
+    pam-u2f, origins that differ from the registered keys'. Exits 1 when an error is found.
+    """
+    from yktool import pam_u2f as pu
+    from yktool.cli.output import emit_json
+    from yktool.errors import CheckFailed
+
+    report = pu.check(app.host, list(services) or None)
+    if app.json:
+        emit_json(report.to_json())
+    else:
+        click.echo(f"pam-u2f on the target: {report.pam_version}")
+        for s in report.services:
+            for u in s.u2f_lines:
+                o = u.options
+                click.echo(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + pu.USER_AUTHFILE}"
+                           f" origin={o.origin or '(hostname)'} cue={'yes' if o.cue else 'no'}"
+                           f"{' nouserok' if o.nouserok else ''}  [{u.line.where}]")
+        for a in report.authfiles:
+            keys = ", ".join(f"{u}: {n}" for u, n in a.users.items()) or "no users"
+            click.echo(f"  authfile {a.path}: {keys}")
+        for f in report.findings:
+            svc = f" [{', '.join(f.services)}]" if f.services else ""
+            click.echo(f"{f.severity.upper():<8} {f.message}{svc}")
+            if f.hint:
+                click.echo(f"         fix: {f.hint}")
+        click.echo("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
+    if not report.ok:
+        errors = [f for f in report.findings if f.severity == "error"]
+        raise CheckFailed(f"pam check: {len(errors)} error(s): {errors[0].message}",
+                          errors[0].hint)

@@ -1,0 +1,146 @@
+"""authorized_keys: add a key while keeping every existing byte as it was.
+
+A file is only ever appended to: existing lines, options, comments, blank lines and line endings
+(LF or CRLF) stay byte for byte. A key already present (same type and blob, whatever its options
+or comment) is not added again. Lines are parsed like sshd does (auth2-pubkeyfile.c): an optional
+options field (quoted strings may hold spaces and commas), then the key type and its base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from yktool.host import Host
+from yktool.ssh.accounts import Account
+from yktool.ssh.keys import SkPrivateKey, SkPublicKey
+
+
+@dataclass(frozen=True)
+class AuthorizedLine:
+    options: str
+    key_type: str
+    blob: bytes
+    comment: str
+
+
+def _next_token(text: str) -> tuple[str, str]:
+    """The next whitespace-separated token, where double quotes protect spaces (and `\\"`)."""
+    text = text.lstrip(" \t")
+    quoted = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and quoted and i + 1 < len(text):
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch in " \t" and not quoted:
+            break
+        i += 1
+    return text[:i], text[i:]
+
+
+def _looks_like_key(key_type: str, b64: str) -> bytes | None:
+    if not key_type or not b64:
+        return None
+    try:
+        blob = base64.b64decode(b64.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None
+    # the blob starts with its own type name: that is what tells a key type from an option
+    name = key_type.encode("ascii", "replace")
+    if blob[:4] != len(name).to_bytes(4, "big") or blob[4:4 + len(name)] != name:
+        return None
+    return blob
+
+
+def parse_line(line: str) -> AuthorizedLine | None:
+    """One line's key (None for blank lines, comments and lines that hold no key)."""
+    text = line.rstrip("\r\n").strip(" \t")
+    if not text or text.startswith("#"):
+        return None
+    first, rest = _next_token(text)
+    second, after = _next_token(rest)
+    blob = _looks_like_key(first, second)
+    if blob is not None:
+        return AuthorizedLine("", first, blob, after.strip())
+    key_type, rest2 = _next_token(rest)
+    b64, comment = _next_token(rest2)
+    blob = _looks_like_key(key_type, b64)
+    if blob is None:
+        return None
+    return AuthorizedLine(first, key_type, blob, comment.strip())
+
+
+def key_options(key: SkPrivateKey) -> list[str]:
+    """sshd options that keep the key's promises: no-touch-required for a key made without the
+    touch requirement (sshd demands a touch otherwise), verify-required for a PIN-bound key."""
+    options = []
+    if not key.touch_required:
+        options.append("no-touch-required")
+    if key.verify_required:
+        options.append("verify-required")
+    return options
+
+
+def render_line(public: SkPublicKey, comment: str, options: list[str]) -> str:
+    line = public.line(comment)
+    return f"{','.join(options)} {line}" if options else line
+
+
+@dataclass
+class MergeResult:
+    data: bytes
+    added: bool
+    existing_line: str | None = None
+
+
+def merge(existing: bytes, public: SkPublicKey, comment: str, options: list[str]) -> MergeResult:
+    """`existing` with the key appended (unless present): every existing byte kept."""
+    text = existing.decode("utf-8", "surrogateescape")
+    blob = public.blob()
+    for raw in text.splitlines():
+        parsed = parse_line(raw)
+        if parsed is not None and parsed.blob == blob:
+            return MergeResult(existing, False, raw)
+    crlf = text.count("\r\n")
+    newline = "\r\n" if crlf and crlf * 2 >= text.count("\n") else "\n"
+    prefix = b""
+    if existing and not existing.endswith(b"\n"):
+        prefix = newline.encode()
+    addition = (render_line(public, comment, options) + newline).encode("utf-8")
+    return MergeResult(existing + prefix + addition, True)
+
+
+def authorized_keys_path(account: Account) -> PurePosixPath:
+    return account.ssh_dir / "authorized_keys"
+
+
+def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, comment: str = "",
+              path: PurePosixPath | None = None) -> tuple[PurePosixPath, MergeResult]:
+    """Append the key to the account's authorized_keys (~/.ssh 0700 and file 0600 when new,
+    owned by the account when yktool runs as root); a present key is left alone."""
+    if isinstance(key, SkPrivateKey):
+        public, options, comment = key.public, key_options(key), comment or key.comment
+    else:
+        public, options = key, []
+    target = path or authorized_keys_path(account)
+    owner = account.owner()
+    real = host.path(target)
+    existing = real.read_bytes() if real.is_file() else b""
+    result = merge(existing, public, comment, options)
+    if not result.added:
+        return target, result
+    if not host.path(target.parent).is_dir():
+        host.mkdir(target.parent, 0o700, owner)
+    if real.is_file():
+        st = real.stat()
+        mode, keep_owner = host.mode(target), (st.st_uid, st.st_gid)
+        host.write_file(target, result.data, mode, owner=keep_owner if owner else None)
+    else:
+        host.write_file(target, result.data, 0o600, owner=owner)
+    return target, result

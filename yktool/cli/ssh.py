@@ -1,0 +1,320 @@
+"""`yktool ssh …`: FIDO2-backed OpenSSH keys (ed25519-sk / ecdsa-sk) and authorized_keys.
+
+The key is made through python-fido2 (no ssh-keygen or libfido2 needed); the files are exactly
+those `ssh-keygen -t ed25519-sk` writes, and each result is read back with the real ssh-keygen.
+PINs are typed (no echo) or read from stdin with --pin-stdin; never taken from argv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+from yktool.cli.output import emit, info, warn
+
+if TYPE_CHECKING:
+    from yktool.fido.session import KeySession
+    from yktool.host import Host
+    from yktool.ssh.accounts import Account
+    from yktool.ssh.keys import SkPrivateKey, SkPublicKey
+
+
+@contextmanager
+def _session(app: AppContext, pin_stdin: bool) -> Iterator[KeySession]:
+    from yktool.cli.prompts import CliInteraction
+    from yktool.fido.session import open_session
+
+    with open_session(app.device, CliInteraction(pin_from_stdin=pin_stdin)) as session:
+        yield session
+
+
+def _account(app: AppContext, user: str | None) -> Account:
+    from yktool.ssh.accounts import default_user, lookup_user
+
+    return lookup_user(app.host, user or default_user())
+
+
+def _maybe_account(app: AppContext, user: str | None) -> Account | None:
+    """The account for ownership when --output names the file: only when one can be found."""
+    from yktool.errors import UsageError
+
+    try:
+        return _account(app, user)
+    except UsageError:
+        if user:
+            raise
+        return None
+
+
+def _default_comment(host: Host, user: str) -> str:
+    hostname = ""
+    if host.exists("/etc/hostname"):
+        hostname = host.read_text("/etc/hostname").strip()
+    return f"{user}@{hostname}" if hostname else user
+
+
+def _prove(host: Host, path: PurePosixPath, key: SkPrivateKey) -> str:
+    """Read the written file back with the real ssh-keygen: `-y` must print the .pub line."""
+    from yktool.errors import ToolFailed
+
+    if host.which("ssh-keygen") is None:
+        warn("ssh-keygen is not installed here: the key files were not read back (apt-get install openssh-client)")
+        return "not checked (no ssh-keygen)"
+    result = host.run(["ssh-keygen", "-y", "-f", str(host.path(path))], check=False)
+    if result.returncode != 0 or result.stdout != key.pub_file():
+        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {result.error_text}",
+                         "this is a bug in yktool; the credential exists on the key, the file is wrong")
+    return "ssh-keygen -y reads the key back"
+
+
+def _flag_names(key: SkPrivateKey) -> list[str]:
+    names = ["touch-required" if key.touch_required else "no-touch-required"]
+    if key.verify_required:
+        names.append("verify-required")
+    if key.resident:
+        names.append("resident")
+    return names
+
+
+_pin_stdin = click.option("--pin-stdin", is_flag=True, help="Read the key's PIN from one stdin line.")
+_nickname = click.option("--nickname", default="primary", show_default=True,
+                         help="Name of the physical key in the key registry.")
+
+
+@click.group("ssh")
+def ssh() -> None:
+    """FIDO2-backed OpenSSH keys (ed25519-sk, ecdsa-sk), authorized_keys and SSH signatures."""
+
+
+@ssh.command("keygen")
+@click.option("--type", "-t", "type_name", type=click.Choice(["ed25519-sk", "ecdsa-sk"]), default="ed25519-sk",
+              show_default=True, help="Key type; ecdsa-sk for keys without Ed25519.")
+@click.option("-O", "--option", "options", multiple=True, metavar="OPT",
+              help="As ssh-keygen -O: resident, verify-required, no-touch-required, application=ssh:NAME, "
+                   "user=NAME. Repeatable.")
+@click.option("--comment", "-C", default=None, help="Key comment (default USER@HOSTNAME of the root).")
+@click.option("--output", "-f", "output", default=None,
+              help="Key file inside the root (default ~USER/.ssh/id_ed25519_sk); the .pub goes next to it.")
+@click.option("--user", "-u", default=None, help="Whose key: home from the root's /etc/passwd (default: you).")
+@click.option("--force", is_flag=True, help="Replace existing key files (backed up first).")
+@_pin_stdin
+@_nickname
+@pass_app
+def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: str | None, output: str | None,
+           user: str | None, force: bool, pin_stdin: bool, nickname: str) -> None:
+    """Make a FIDO2-backed SSH key on the security key (one touch; the PIN when the key has one).
+
+    Writes the key-handle file (0600) and the .pub (0644) in OpenSSH's own formats; the private
+    key never leaves the security key. Existing files are not replaced without --force (exit 4).
+    """
+    from yktool.ssh import enroll
+    from yktool.ssh.accounts import default_user
+
+    host = app.host
+    opts = enroll.parse_options(options, type_name)
+    account = _account(app, user) if output is None else _maybe_account(app, user)
+    path = PurePosixPath(output) if output else enroll.default_key_path(account, opts.key_type)  # type: ignore[arg-type]
+    if not path.is_absolute():
+        path = PurePosixPath("/") / path
+    owner = account.owner() if account else None
+    user_name = account.name if account else (user or default_user())
+    enroll.check_free(host, path, force)
+    if comment is None:
+        comment = _default_comment(host, user_name)
+    if app.dry_run:
+        emit(app.json, {"ok": True, "dry_run": True, "path": str(path), "type": opts.key_type, "flags": opts.flags},
+             f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub")
+        return
+    with _session(app, pin_stdin) as session:
+        key = enroll.make_key(session, opts, comment, force=force)
+        aaguid = session.aaguid
+    enroll.write_key_files(host, key, path, owner)
+    enroll.record_key(host, key, path, nickname=nickname, aaguid=aaguid, user=user_name)
+    proof = _prove(host, path, key)
+    data = {"ok": True, "path": str(path), "pub_path": str(enroll.pub_path(path)),
+            "public_key": key.public.line(key.comment), "fingerprint": key.public.fingerprint,
+            "type": key.public.key_type, "flags": key.flags, "options": _flag_names(key),
+            "credential_id": enroll.credential_id_b64(key), "verified": proof}
+    emit(app.json, data,
+         f"Made {key.public.label} key {key.public.fingerprint} ({', '.join(_flag_names(key))})\n"
+         f"  private key handle: {path}\n  public key:         {enroll.pub_path(path)}\n"
+         f"  {key.public.line(key.comment)}\n  {proof}")
+
+
+@ssh.command("download")
+@click.option("--user", "-u", default=None, help="Whose ~/.ssh gets the files (default: you).")
+@click.option("--output-dir", default=None, help="Folder inside the root (default ~USER/.ssh).")
+@click.option("--force", is_flag=True, help="Replace existing files that differ (backed up first).")
+@_pin_stdin
+@_nickname
+@pass_app
+def download(app: AppContext, user: str | None, output_dir: str | None, force: bool, pin_stdin: bool,
+             nickname: str) -> None:
+    """Rebuild key files from the resident SSH keys on the security key (like `ssh-keygen -K`; PIN).
+
+    A key the registry knows gets back its file name, comment and flags, so the files come back
+    byte for byte; others are named id_ed25519_sk_rk[_APP][_USER] with the application as comment.
+    """
+    from yktool.errors import Refused
+    from yktool.ssh import enroll
+
+    host = app.host
+    account = _account(app, user)
+    with _session(app, pin_stdin) as session:
+        found = enroll.resident_keys(session)
+        aaguid = session.aaguid
+    plans: list[tuple[SkPrivateKey, PurePosixPath, str]] = []
+    for rk in found:
+        entry = enroll.recorded_file(host, rk.key)
+        key = enroll.restore_from_record(rk.key, entry)
+        recorded = PurePosixPath(str(entry["path"])) if entry and "path" in entry else None
+        default = enroll.default_key_path(account, key.public.key_type, rk.suffix)
+        if output_dir is not None:
+            path = PurePosixPath("/") / output_dir / (recorded.name if recorded else default.name)
+        else:
+            path = recorded or default
+        files = {path: key.to_file(), enroll.pub_path(path): key.pub_file()}
+        state = "new"
+        if all(host.exists(p) for p in files):
+            state = "unchanged" if all(host.read_bytes(p) == d for p, d in files.items()) else "differs"
+        elif any(host.exists(p) for p in files):
+            state = "differs"
+        if state == "differs" and not force:
+            raise Refused(f"{path} (or its .pub) exists and differs from the key on the device",
+                          "move it away, use --output-dir, or pass --force to replace it (backed up first)")
+        plans.append((key, path, state))
+    if app.dry_run:
+        emit(app.json, {"ok": True, "dry_run": True, "keys": [{"path": str(p), "state": s} for _, p, s in plans]},
+             "\n".join(f"would write {p} ({s})" for _, p, s in plans) or "no resident SSH keys on this key")
+        return
+    out = []
+    for key, path, state in plans:
+        if state != "unchanged":
+            enroll.write_key_files(host, key, path, account.owner())
+            _prove(host, path, key)
+        enroll.record_key(host, key, path, nickname=nickname, aaguid=aaguid, user=account.name)
+        out.append({"path": str(path), "state": "written" if state != "unchanged" else "unchanged",
+                    "fingerprint": key.public.fingerprint, "application": key.public.application,
+                    "options": _flag_names(key)})
+    if not out:
+        info("no resident SSH keys (application ssh:…) on this key")
+    emit(app.json, {"ok": True, "keys": out},
+         "\n".join(f"{o['path']}: {o['state']} ({o['fingerprint']}, {o['application']})" for o in out))
+
+
+def _load_for_authorize(app: AppContext, pubkey: PurePosixPath) -> tuple[SkPrivateKey | None, str, SkPublicKey]:
+    from yktool.errors import UsageError
+    from yktool.ssh.enroll import load_private
+    from yktool.ssh.keys import SkPublicKey
+
+    host = app.host
+    public, comment = SkPublicKey.parse_line(host.read_text(pubkey))
+    bare = str(pubkey)[:-4] if str(pubkey).endswith(".pub") else None
+    if bare and host.exists(bare):
+        try:
+            private = load_private(host, bare)
+        except UsageError:
+            private = None
+        if private is not None and private.public == public:
+            return private.with_comment(comment), comment, public
+    return None, comment, public
+
+
+@ssh.command("authorize")
+@click.option("--user", "-u", required=True, help="The account to log in to (its ~/.ssh/authorized_keys).")
+@click.option("--pubkey", default=None, help="The .pub file inside the root (default ~USER/.ssh/id_ed25519_sk.pub).")
+@click.option("--file", "file_", default=None, help="authorized_keys file inside the root, if not the user's own.")
+@_nickname
+@pass_app
+def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None, nickname: str) -> None:
+    """Add a security-key SSH public key to a user's authorized_keys.
+
+    Existing lines, options, comments, blank lines and line endings stay byte for byte; a key
+    already there is not added again. A key made with no-touch-required gets that option (sshd
+    insists on a touch otherwise), a verify-required key gets verify-required.
+    """
+    from yktool.authorized_keys import authorize as do_authorize
+    from yktool.authorized_keys import key_options
+    from yktool.errors import UsageError
+    from yktool.inventory import Registry
+    from yktool.ssh.enroll import credential_id_b64
+    from yktool.ssh.keys import ECDSA_SK, ED25519_SK
+
+    host = app.host
+    account = _account(app, user)
+    if pubkey is None:
+        from yktool.ssh.enroll import default_key_path, pub_path
+
+        candidates = [pub_path(default_key_path(account, t)) for t in (ED25519_SK, ECDSA_SK)]
+        found = [c for c in candidates if host.exists(c)]
+        if not found:
+            raise UsageError(f"no {candidates[0]} or {candidates[1]}", "name the key with --pubkey, or make one: "
+                             "yktool ssh keygen --user " + account.name)
+        pub = found[0]
+    else:
+        pub = PurePosixPath("/") / pubkey
+    private, comment, public = _load_for_authorize(app, pub)
+    target = PurePosixPath("/") / file_ if file_ else None
+    if app.dry_run:
+        emit(app.json, {"ok": True, "dry_run": True, "pubkey": str(pub)},
+             f"would add {public.fingerprint} to {target or account.ssh_dir / 'authorized_keys'}")
+        return
+    path, result = do_authorize(host, account, private or public, comment, target)
+    fields: dict[str, str | int | bool] = {"role": "authorized_keys", "user": account.name, "path": str(path),
+                                           "public_key": public.line(), "fingerprint": public.fingerprint}
+    if private is not None:
+        fields["credential_id"] = credential_id_b64(private)
+    with Registry.update(host) as registry:
+        registry.record(nickname, "ssh", **fields)
+    options = key_options(private) if private else []
+    data = {"ok": True, "path": str(path), "added": result.added, "fingerprint": public.fingerprint,
+            "options": options}
+    if result.added:
+        text = f"Added {public.fingerprint} to {path}" + (f" with {','.join(options)}" if options else "")
+    else:
+        text = f"{path} already holds {public.fingerprint}; nothing changed"
+    emit(app.json, data, text)
+
+
+@ssh.command("sign")
+@click.option("-n", "--namespace", required=True, help="Signature namespace, e.g. git or file.")
+@click.option("-f", "--key", "key_file", required=True, help="Key-handle file (or its .pub) inside the root.")
+@click.argument("files", nargs=-1, required=True)
+@_pin_stdin
+@pass_app
+def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...], pin_stdin: bool) -> None:
+    """Sign FILES with the security key as `ssh-keygen -Y sign` does: writes FILE.sig (SSHSIG).
+
+    `-` signs stdin and prints the signature. Verify with
+    `ssh-keygen -Y verify -f allowed_signers -I EMAIL -n NAMESPACE -s FILE.sig < FILE`.
+    """
+    import sys
+
+    from yktool.errors import UsageError
+    from yktool.ssh.enroll import load_private
+    from yktool.ssh.enroll import sign as do_sign
+
+    host = app.host
+    key = load_private(host, PurePosixPath("/") / key_file)
+    if "-" in files and pin_stdin and key.verify_required:
+        raise UsageError("stdin cannot carry both the PIN and the data", "sign a file, or type the PIN")
+    written = []
+    with _session(app, pin_stdin) as session:
+        for name in files:
+            if name == "-":
+                signature = do_sign(session, key, namespace, sys.stdin.buffer.read())
+                click.echo(signature.decode("ascii"), nl=False)
+                continue
+            path = PurePosixPath("/") / name
+            signature = do_sign(session, key, namespace, host.read_bytes(path))
+            sig_path = path.with_name(path.name + ".sig")
+            host.write_file(sig_path, signature, 0o644, backup=False)
+            written.append(str(sig_path))
+            info(f"Signed {name} with {key.public.fingerprint}: {sig_path}")
+    if app.json:
+        emit(True, {"ok": True, "signatures": written, "fingerprint": key.public.fingerprint}, "")

@@ -1,0 +1,150 @@
+"""Git commit and tag signing with an SSH security key.
+
+Writes an `allowed_signers` line `EMAIL namespaces="git" TYPE BASE64` (entries kept sorted, no
+duplicates; comment lines at the top kept) and sets, with the real `git config --file`:
+gpg.format ssh, user.signingkey (the .pub), commit.gpgsign true, tag.gpgsign true,
+gpg.ssh.allowedSignersFile. git always runs with HOME, GIT_CONFIG_GLOBAL and GIT_CONFIG_NOSYSTEM
+pointed under the root, so the config of the machine running yktool is never read or written.
+Paths inside the user's home are written as `~/…` (git expands `~` in both keys), so the config
+means the same on the target host as under an offline root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from yktool.errors import UsageError
+from yktool.host import Host, Result
+from yktool.ssh.accounts import Account
+from yktool.ssh.keys import SkPublicKey
+
+CONFIG_KEYS = ("gpg.format", "user.signingkey", "commit.gpgsign", "tag.gpgsign", "gpg.ssh.allowedSignersFile")
+
+
+def allowed_signer_line(email: str, public: SkPublicKey) -> str:
+    return f'{email} namespaces="git" {public.line()}'
+
+
+def check_email(email: str) -> None:
+    if not email or any(c.isspace() for c in email) or "," in email or '"' in email:
+        raise UsageError(f"{email!r} cannot be an allowed_signers principal",
+                         "give one email address without spaces, commas or quotes")
+
+
+def merge_allowed_signers(existing: bytes, line: str) -> tuple[bytes, bool]:
+    """The file with `line` added: leading comment/blank lines kept, entries sorted and unique."""
+    text = existing.decode("utf-8", "surrogateescape")
+    lines = text.splitlines()
+    head: list[str] = []
+    index = 0
+    while index < len(lines) and (not lines[index].strip() or lines[index].lstrip().startswith("#")):
+        head.append(lines[index])
+        index += 1
+    entries = [entry for entry in lines[index:] if entry.strip()]
+    normalised = {" ".join(entry.split()) for entry in entries}
+    added = " ".join(line.split()) not in normalised
+    merged = sorted(set(entries) | ({line} if added else set()))
+    out = "".join(h + "\n" for h in head) + "".join(m + "\n" for m in merged)
+    data = out.encode("utf-8", "surrogateescape")
+    return data, added or data != existing
+
+
+@dataclass
+class SigningSetup:
+    config_file: PurePosixPath
+    allowed_signers: PurePosixPath
+    values: dict[str, str]
+    allowed_signers_changed: bool
+    shown: str  # the signing keys as `git config --file … --get` reads them afterwards
+    changed: list[str]
+
+
+class Git:
+    """The real git, confined to the root: HOME and the global config under it, no system config."""
+
+    def __init__(self, host: Host, account: Account) -> None:
+        self.host = host
+        self.account = account
+
+    def env(self) -> dict[str, str]:
+        home = str(self.host.path(self.account.home))
+        return {
+            "HOME": home,
+            "GIT_CONFIG_GLOBAL": str(self.host.path(self.account.home / ".gitconfig")),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "XDG_CONFIG_HOME": str(self.host.path(self.account.home / ".config")),
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+
+    def run(self, *args: str, check: bool = True) -> Result:
+        return self.host.run(["git", *args], env=self.env(), check=check)
+
+    def git_dir(self, repo: PurePosixPath) -> PurePosixPath:
+        """The repository's git folder, as a path inside the root."""
+        real_repo = self.host.path(repo)
+        if not real_repo.is_dir():
+            raise UsageError(f"{repo} is not a folder", "name a git repository with --repo")
+        result = self.run("-C", str(real_repo), "rev-parse", "--absolute-git-dir", check=False)
+        if result.returncode != 0:
+            raise UsageError(f"{repo} is not a git repository", "run `git init` there first, or name another")
+        real = PurePosixPath(result.text.strip())
+        try:
+            return PurePosixPath("/") / real.relative_to(self.host.root)
+        except ValueError:
+            raise UsageError(f"the git folder of {repo} lies outside the root", "name a repository inside it") \
+                from None
+
+    def set(self, config_file: PurePosixPath, key: str, value: str) -> None:
+        self.run("config", "--file", str(self.host.path(config_file)), key, value)
+
+    def get(self, config_file: PurePosixPath, key: str) -> str | None:
+        result = self.run("config", "--file", str(self.host.path(config_file)), "--get", key, check=False)
+        return result.text.strip() if result.returncode == 0 else None
+
+
+def config_file_for(git: Git, repo: PurePosixPath | None) -> PurePosixPath:
+    """--global: the user's ~/.gitconfig under the root; --repo: that repository's config."""
+    if repo is None:
+        return git.account.home / ".gitconfig"
+    return git.git_dir(repo) / "config"
+
+
+def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPath, public: SkPublicKey,
+              repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
+              set_email: bool = True) -> SigningSetup:
+    """Write the allowed_signers line and the git signing config; returns what is now set."""
+    check_email(email)
+    git = Git(host, account)
+    config_file = config_file_for(git, repo)
+    signers = allowed_signers or (account.home / ".ssh" / "allowed_signers")
+    owner = account.owner()
+
+    real_signers = host.path(signers)
+    existing = real_signers.read_bytes() if real_signers.is_file() else b""
+    data, changed = merge_allowed_signers(existing, allowed_signer_line(email, public))
+    if changed:
+        if not host.path(signers.parent).is_dir():
+            host.mkdir(signers.parent, 0o700, owner)
+        host.write_file(signers, data, 0o644, owner=owner if not real_signers.is_file() else None)
+
+    values = {
+        "gpg.format": "ssh",
+        "user.signingkey": account.display(pub_path),
+        "commit.gpgsign": "true",
+        "tag.gpgsign": "true",
+        "gpg.ssh.allowedSignersFile": account.display(signers),
+    }
+    if set_email:
+        values["user.email"] = email
+    new_config = not host.path(config_file).exists()
+    changes = {k: v for k, v in values.items() if git.get(config_file, k) != v}
+    if changes and not new_config:
+        host.backup(config_file)
+    for key, value in changes.items():
+        git.set(config_file, key, value)
+    if new_config and repo is None and owner is not None and host.path(config_file).exists():
+        os.chown(host.path(config_file), *owner)
+    shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
+    return SigningSetup(config_file, signers, values, changed, shown, sorted(changes))

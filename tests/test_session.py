@@ -15,7 +15,7 @@ from fido2.client import UserInteraction
 from fido2.ctap import CtapDevice
 from fido2.ctap2.pin import ClientPin
 
-from yktool.errors import NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, UsageError
+from yktool.errors import NoDevice, NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, UsageError
 from yktool.fido import open_device
 from yktool.fido.session import (
     EDDSA,
@@ -336,3 +336,11 @@ def test_refused_or_timed_out_touch_changes_nothing(tmp_path: Path, answer: bool
 def test_open_session_closes_and_wraps(tmp_path: Path) -> None:
     with open_session(f"sim:{tmp_path / 'k.json'}", Recorder()) as s:
         assert s.make_credential(RP).credential_id
+
+
+def test_key_removed_mid_session_is_no_device(tmp_path: Path) -> None:
+    path = tmp_path / "key.json"
+    s = KeySession(open_device(f"sim:{path}"))
+    path.unlink()  # the software key's way of being pulled out
+    with pytest.raises(NoDevice, match="removed during the operation"):
+        s.make_credential(RP)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,6 +60,14 @@ _REMOVED = "the key was removed during the operation"
 _REMOVED_HINT = "insert the key again and run the same command; nothing was changed on the key"
 
 T = TypeVar("T")
+
+
+def _is_softkey_gone(exc: Exception) -> bool:
+    """The software key's way of being unplugged: its state file vanished or broke mid-session."""
+    # Looked up, not imported: a session on a real key never loads the software key.
+    module = sys.modules.get("yktool.fido.softkey_state")
+    state_error = getattr(module, "StateError", None)
+    return isinstance(state_error, type) and isinstance(exc, state_error)
 
 
 class AlreadyEnrolled(Refused):
@@ -181,6 +190,11 @@ class KeySession:
             raise self._map_error(exc, what) from None
         except (OSError, EOFError, ConnectionError) as exc:
             raise NoDevice(_REMOVED, _REMOVED_HINT) from exc
+        except Exception as exc:
+            if _is_softkey_gone(exc):
+                raise NoDevice(f"{_REMOVED} (the software key's state file is gone or unreadable: {exc})",
+                               _REMOVED_HINT) from None
+            raise
         finally:
             self._touch_over()
 

@@ -20,7 +20,7 @@ YKTOOL = Path(sys.executable).parent / "yktool"
 
 INFO_FIELDS = {"device", "path", "product", "software", "aaguid", "versions", "extensions", "algorithms",
                "options", "pin_protocols", "pin_set", "pin_retries", "pin_needs_replug", "min_pin_length",
-               "yubikey", "notes"}
+               "usb_id", "usb_serial", "yubikey", "notes"}
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def test_key_info_json_has_the_fields(cli: CliCall, key: Path) -> None:
     assert data["options"]["clientPin"] is False and data["pin_set"] is False
     assert data["pin_retries"] == 8
     assert data["yubikey"] is None  # not a YubiKey: no serial/firmware/form factor
+    assert data["usb_id"] == "1209:0001"  # pid.codes test ids, not Yubico's
 
 
 def test_key_info_text_says_software_key_and_pin_state(cli: CliCall, key: Path) -> None:
@@ -230,11 +231,17 @@ def test_reset_outside_the_window_is_refused(cli: CliCall, key: Path, monkeypatc
     assert key.read_bytes() == before
 
 
-def test_replug_refuses_a_real_key_spec(cli: CliCall) -> None:
-    # No hidraw here: a hid: spec fails as "no such key" before anything else happens.
-    r = cli("--device", "hid:/dev/hidraw99", "key", "replug")
-    assert r.exit_code in (2, 3)
-    assert "Traceback" not in r.output
+@pytest.mark.parametrize("spec", ["hid:/dev/hidraw0", "auto"])
+def test_replug_refuses_a_real_key(cli: CliCall, spec: str) -> None:
+    r = cli("--device", spec, "key", "replug")
+    assert r.exit_code == 4
+    assert "only works on the software key" in r.stderr and "by hand" in r.stderr
+
+
+def test_replug_of_a_missing_software_key_creates_nothing(cli: CliCall, key: Path) -> None:
+    r = cli("--device", dev(key), "key", "replug")
+    assert r.exit_code == 2 and "hint:" in r.stderr
+    assert not key.exists()
 
 
 def test_dry_run_reset_changes_nothing(cli: CliCall, key: Path) -> None:

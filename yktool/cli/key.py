@@ -166,19 +166,14 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
 def replug(app: AppContext) -> None:
     """Software key only: stand for pulling it out and plugging it back in (clears the
     3-wrong-PINs block, opens the reset window)."""
-    from yktool.fido import open_device
-    from yktool.fido.facts import is_software_key
+    from yktool.fido.devices import replug as replug_sim
+    from yktool.fido.devices import resolve_spec
 
-    device = open_device(app.device)
-    try:
-        if not is_software_key(device):
-            raise Refused("`key replug` only works on the software key (--device sim:PATH)",
-                          "pull the real key out and plug it back in by hand")
-        device.replug()  # type: ignore[attr-defined]
-    finally:
-        close = getattr(device, "close", None)
-        if callable(close):
-            close()
+    spec = resolve_spec(app.device)
+    if not spec.startswith("sim:"):
+        raise Refused(f"`key replug` only works on the software key (--device sim:PATH), not {spec}",
+                      "pull the real key out and plug it back in by hand")
+    replug_sim(spec)
     emit(app.json, {"ok": True, "replugged": True},
          "Software key re-plugged: PIN entry is open again and a reset is possible for a few seconds.")
 

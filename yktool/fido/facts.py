@@ -2,7 +2,8 @@
 
 The JSON field names here are a stable interface for scripts (documented in docs/keys.md):
 device, path, product, software, aaguid, versions, extensions, algorithms, options,
-pin_protocols, pin_set, pin_retries, pin_needs_replug, min_pin_length, yubikey.
+pin_protocols, pin_set, pin_retries, pin_needs_replug, min_pin_length, usb_id, usb_serial,
+yubikey, notes.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class KeyFacts:
     pin_retries: int | None
     pin_needs_replug: bool | None
     min_pin_length: int
+    usb_id: str | None = None
+    usb_serial: str | None = None
     yubikey: YubiKeyFacts | None = None
     is_yubikey: bool = False
     notes: list[str] = field(default_factory=list)
@@ -95,6 +98,8 @@ class KeyFacts:
             "pin_retries": self.pin_retries,
             "pin_needs_replug": self.pin_needs_replug,
             "min_pin_length": self.min_pin_length,
+            "usb_id": self.usb_id,
+            "usb_serial": self.usb_serial,
             "yubikey": (self.yubikey.to_json() if self.yubikey else
                         ({"serial": None, "firmware": None, "form_factor": None} if self.is_yubikey else None)),
             "notes": self.notes,
@@ -122,6 +127,8 @@ class KeyFacts:
         if self.pin_needs_replug:
             rows.append(("PIN entry", "blocked until the key is removed and re-inserted"))
         rows.append(("min PIN length", str(self.min_pin_length)))
+        if self.usb_id:
+            rows.append(("USB id", self.usb_id + (f" serial {self.usb_serial}" if self.usb_serial else "")))
         if self.is_yubikey:
             yk = self.yubikey
             rows.append(("serial", str(yk.serial) if yk and yk.serial is not None else UNKNOWN))
@@ -151,6 +158,14 @@ def read_key_facts(session: KeySession, spec: str | None) -> KeyFacts:
             replug = bool(state) if state is not None else None
         except Exception as exc:  # noqa: BLE001 - a fact we can't read is said, not fatal
             notes.append(f"could not read the PIN retries: {exc}")
+    usb_id = usb_serial = None
+    try:
+        from yktool.fido.identity import usb_identity
+
+        ident = usb_identity(device)
+        usb_id, usb_serial = ident.usb_id, ident.serial
+    except (OSError, ValueError):
+        notes.append("the USB identity (vendor:product, serial) could not be read")
     yubikey = is_yubikey(device)
     yk_facts = read_facts(device) if yubikey else None
     if yubikey and yk_facts is None:
@@ -170,6 +185,8 @@ def read_key_facts(session: KeySession, spec: str | None) -> KeyFacts:
         pin_retries=retries,
         pin_needs_replug=replug,
         min_pin_length=session.min_pin_length,
+        usb_id=usb_id,
+        usb_serial=usb_serial,
         yubikey=yk_facts,
         is_yubikey=yubikey,
         notes=notes,

@@ -73,8 +73,10 @@ def _facts_by_listing(device: CtapDevice) -> YubiKeyFacts | None:
     """Fall back to ykman's own enumeration, matched by the HID serial, or the only key present."""
     try:
         from ykman.device import list_all_devices
+        from yubikit.core.fido import FidoConnection
 
-        found = list_all_devices()
+        # FIDO only: the smart-card path needs pcscd and logs tracebacks where it is missing.
+        found = list_all_devices([FidoConnection])
     except Exception as exc:  # noqa: BLE001 - never fail on optional facts
         log.debug("ykman list_all_devices failed: %s", exc)
         return None

@@ -1,0 +1,195 @@
+"""Layer 3: user authentication — pam_u2f on the page's services, the SSH server table, sk keys."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from yktool.checks.base import CheckContext, R, Result, Unreadable, register
+from yktool.checks.sshd import Setting, SshdConfig, effective, installed
+
+# The page: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
+# host; greetd and hyprlock only where that greeter / locker is installed.
+PAM_SERVICES = (("sudo", False), ("login", False), ("greetd", False), ("hyprlock", False))
+STRONG_CONTROLS = ("required", "requisite")
+
+
+def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
+    cid = f"pam.{service}"
+
+    def run(ctx: CheckContext) -> Result:
+        from yktool.pam_config import parse_service
+
+        r = R(cid)
+        svc = parse_service(ctx.host, service)
+        if not svc.exists:
+            r.ev(f"/etc/pam.d/{service}", "absent")
+            if always:
+                return r.fail(f"no PAM service {service}")
+            return r.na(f"{service} is not installed (no /etc/pam.d/{service})")
+        unreadable = [p for p in svc.problems if "cannot read" in p]
+        u2f = svc.u2f_lines
+        if not u2f:
+            if unreadable:
+                r.ev(svc.path or service, "unreadable", note=unreadable[0])
+                if "permission denied" in unreadable[0] and not ctx.privileged:
+                    return r.needs_root(unreadable[0])
+                return r.warn(unreadable[0])
+            r.ev(svc.path or service, "no pam_u2f in the auth stack", "auth")
+            return r.fail(f"{service} does not ask for the key (no pam_u2f)")
+        first = u2f[0]
+        opts = first.options
+        r.ev(first.line.where, first.line.raw, "auth")
+        if opts.authfile:
+            r.ev(first.line.where, opts.authfile, "authfile")
+        if first.control == "sufficient":
+            return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
+                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+        if first.control not in STRONG_CONTROLS and not first.control.startswith("["):
+            return r.warn(f"pam_u2f control is {first.control}: the key is not required")
+        if not opts.cue:
+            r.ev(first.line.where, "absent", "cue")
+            return r.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
+                          "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
+        return r.ok()
+
+    return run
+
+
+for _svc, _always in PAM_SERVICES:
+    register(f"pam.{_svc}", 3, f"pam_u2f (with cue) protects {_svc}", _pam_check(_svc, _always),
+             f"yktool pam enroll --service {_svc}  |  NixOS: security.pam.u2f = {{ enable = true; cue = true; }};"
+             f" security.pam.services.{_svc}.u2fAuth = true;")
+
+
+# ------------------------------------------------------------------------------------- sshd
+def _time_seconds(value: str) -> int | None:
+    """sshd time format: 30, 30s, 1m, 1m30s."""
+    total = 0
+    for num, unit in re.findall(r"(\d+)([smhdwSMHDW]?)", value):
+        total += int(num) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit.lower()]
+    return total if re.fullmatch(r"(\d+[smhdwSMHDW]?)+", value) else None
+
+
+def _ok_no(v: str) -> bool:
+    return v.lower() == "no"
+
+
+def _ok_root(v: str) -> bool:
+    return v.lower() in ("prohibit-password", "without-password", "no", "forced-commands-only")
+
+
+def _ok_tries(v: str) -> bool:
+    return v.isdigit() and 0 < int(v) <= 3
+
+
+def _ok_grace(v: str) -> bool:
+    s = _time_seconds(v)
+    return s is not None and 0 < s <= 30
+
+
+# keyword (as sshd -T names it), page value, OpenSSH default, test, title
+SSH_TABLE: tuple[tuple[str, str, str, Callable[[str], bool], str], ...] = (
+    ("passwordauthentication", "no", "yes", _ok_no, "no password login"),
+    ("kbdinteractiveauthentication", "no", "yes", _ok_no, "no keyboard-interactive login"),
+    ("permitrootlogin", "prohibit-password", "prohibit-password", _ok_root, "root only via keys"),
+    ("x11forwarding", "no", "no", _ok_no, "no X11 tunneling"),
+    ("maxauthtries", "3", "6", _ok_tries, "at most 3 authentication attempts"),
+    ("logingracetime", "30", "120", _ok_grace, "30 s login grace time"),
+)
+NIX_SSH = {"passwordauthentication": "PasswordAuthentication = false",
+           "kbdinteractiveauthentication": "KbdInteractiveAuthentication = false",
+           "permitrootlogin": "PermitRootLogin = \"prohibit-password\"",
+           "x11forwarding": "X11Forwarding = false", "maxauthtries": "MaxAuthTries = 3",
+           "logingracetime": "LoginGraceTime = 30"}
+CAMEL = {"passwordauthentication": "PasswordAuthentication", "kbdinteractiveauthentication":
+         "KbdInteractiveAuthentication", "permitrootlogin": "PermitRootLogin", "x11forwarding": "X11Forwarding",
+         "maxauthtries": "MaxAuthTries", "logingracetime": "LoginGraceTime"}
+
+
+def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> Callable[[CheckContext], Result]:
+    cid = f"ssh.{key}"
+    fix = (f"set `{CAMEL[key]} {want}` in /etc/ssh/sshd_config (before any Match block) and reload sshd"
+           f"  |  NixOS: services.openssh.settings.{NIX_SSH[key]};")
+
+    def run(ctx: CheckContext) -> Result:
+        r = R(cid)
+        cfg: SshdConfig = effective(ctx)
+        if not installed(ctx, cfg):
+            r.ev("/etc/ssh/sshd_config", "absent")
+            return r.na("no SSH server installed")
+        for note in cfg.notes:
+            r.ev(cfg.origin, "note", note=note)
+        setting = cfg.settings.get(key)
+        if setting is None:
+            if cfg.problems:
+                r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
+                return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
+                              "fix the file: `sshd -t` names the bad line")
+            setting = Setting(default, f"{cfg.origin} (unset: OpenSSH default)")
+        r.ev(setting.source, setting.value, CAMEL[key])
+        if not ok(setting.value):
+            return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
+        loose = [s for s in cfg.matched.get(key, []) if not ok(s.value)]
+        if loose:
+            s = loose[0]
+            r.ev(s.source, s.value, CAMEL[key], f"Match {s.match}")
+            return r.fail(f"a Match block ({s.match}) sets {CAMEL[key]} {s.value}",
+                          f"remove {CAMEL[key]} from the Match block at {s.source}")
+        if cfg.problems:
+            r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
+            return r.warn(f"{CAMEL[key]} is {setting.value}, but {cfg.problems[0]}",
+                          "fix the file: `sshd -t` names the bad line")
+        return r.ok()
+
+    return run
+
+
+for _key, _want, _default, _ok, _title in SSH_TABLE:
+    register(f"ssh.{_key}", 3, f"sshd {CAMEL[_key]} {_want} ({_title})", _ssh_check(_key, _want, _default, _ok))
+
+
+SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def _sk_key(ctx: CheckContext) -> Result:
+    r = R("ssh.sk_key")
+    users = ctx.users_to_check()
+    if not users:
+        r.ev("/etc/passwd", "no login users")
+        return r.fail("no login user to look at (give --user)")
+    unreadable: list[Unreadable] = []
+    found = False
+    for name, home in users:
+        files = []
+        try:
+            files = [p for p in ctx.glob(f"{home}/.ssh", ".pub")] + [f"{home}/.ssh/authorized_keys"]
+        except Unreadable as exc:
+            unreadable.append(exc)
+            continue
+        for path in files:
+            try:
+                text = ctx.read(path) or ""
+            except Unreadable as exc:
+                unreadable.append(exc)
+                continue
+            for line in text.splitlines():
+                words = line.split()
+                typ = next((w for w in words if w in SK_TYPES), None)
+                if typ:
+                    comment = words[-1] if words[-1] != typ and len(words) > 2 else ""
+                    r.ev(path, f"{typ} {comment}".strip(), name)
+                    found = True
+                    break
+    if found:
+        return r.ok()
+    for u in unreadable[:3]:
+        r.ev(u.path, "unreadable", note=u.reason)
+    r.ev(", ".join(f"{h}/.ssh" for _n, h in users[:4]), "no sk-ssh-ed25519 key")
+    if unreadable and any(e.needs_root for e in unreadable):
+        return r.needs_root("reading other users' ~/.ssh")
+    return r.fail("no user has an ed25519-sk (security key) SSH key")
+
+
+register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the user", _sk_key,
+         "yktool ssh enroll   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)")

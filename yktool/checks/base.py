@@ -1,0 +1,347 @@
+"""The pieces every check is made of: Result, Evidence, the check registry and the context.
+
+A check is a function `(ctx: CheckContext) -> Result` registered with `@check(id, layer, title)`.
+It only reads: files under the root (through `ctx`, which turns unreadable files into a warn with
+the reason), and, when the root is the live `/`, a few read-only commands (`sshd -T`, `sbctl
+verify`, `nft list ruleset`). A check never raises for bad input: the runner turns any
+YktoolError or OSError into a warn that names the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from yktool.errors import UsageError, YktoolError
+from yktool.host import Host
+
+Status = Literal["pass", "fail", "warn", "n/a"]
+
+LAYER_NAMES = {
+    7: "Application Sandbox (nixpak + bubblewrap)",
+    6: "MAC (AppArmor)",
+    5: "Network (Firewall + Fail2Ban)",
+    4: "Secrets (Agenix)",
+    3: "User Auth (PAM U2F + SSH ed25519-sk)",
+    2: "Boot (Secure Boot + LUKS2 + FIDO2/TPM2)",
+    1: "Kernel (sysctl hardening)",
+    0: "Hardware (YubiKey, USBGuard, TPM2)",
+}
+
+
+@dataclass
+class Evidence:
+    """One thing read: where (`source`: a path inside the root, or a command), what (`key`), the value."""
+
+    source: str
+    value: str
+    key: str = ""
+    note: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        out = {"source": self.source, "key": self.key, "value": self.value}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    def render(self) -> str:
+        what = f"{self.key}={self.value}" if self.key else self.value
+        return f"{self.source}: {what}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass
+class Result:
+    """The outcome of one check. `needs_root` marks a warn caused by running unprivileged."""
+
+    id: str
+    layer: int
+    title: str
+    status: Status
+    evidence: list[Evidence] = field(default_factory=list)
+    fix: str = ""
+    reason: str = ""
+    needs_root: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "layer": self.layer,
+            "title": self.title,
+            "status": self.status,
+            "reason": self.reason,
+            "needs_root": self.needs_root,
+            "evidence": [e.to_json() for e in self.evidence],
+            "fix": self.fix,
+        }
+
+
+class Unreadable(Exception):
+    """A file the check needs could not be read (permission, not a file); `.reason` says why."""
+
+    def __init__(self, path: str, reason: str, needs_root: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.needs_root = needs_root
+
+
+@dataclass
+class CheckContext:
+    """What every check may look at: the host (root), options, and cached reads."""
+
+    host: Host
+    user: str | None = None
+    secrets: str | None = None  # a secrets.nix path inside the root (agenix), if given
+    tpm2_pcrs: tuple[int, ...] = (7,)
+    privileged: bool = field(default_factory=lambda: os.geteuid() == 0)
+    _cache: dict[str, object] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ reading files
+    def read(self, path: str) -> str | None:
+        """Text of `path` under the root; None when it does not exist; Unreadable otherwise."""
+        key = "read:" + path
+        if key in self._cache:
+            cached = self._cache[key]
+            if isinstance(cached, Unreadable):
+                raise cached
+            return cached  # type: ignore[return-value]
+        try:
+            real = self.host.path(path)
+            text: str | None = real.read_bytes().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            text = None
+        except NotADirectoryError:
+            text = None
+        except PermissionError:
+            err = Unreadable(path, "permission denied", needs_root=not self.privileged)
+            self._cache[key] = err
+            raise err from None
+        except IsADirectoryError:
+            err = Unreadable(path, "is a folder, not a file")
+            self._cache[key] = err
+            raise err from None
+        except UsageError as exc:  # a link climbing out of the root
+            err = Unreadable(path, exc.message)
+            self._cache[key] = err
+            raise err from None
+        except OSError as exc:
+            err = Unreadable(path, exc.strerror or str(exc))
+            self._cache[key] = err
+            raise err from None
+        self._cache[key] = text
+        return text
+
+    def exists(self, path: str) -> bool:
+        try:
+            return self.host.path(path).exists()
+        except (UsageError, OSError):
+            return False
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return self.host.path(path).is_dir()
+        except (UsageError, OSError):
+            return False
+
+    def listdir(self, path: str) -> list[str]:
+        """Sorted names in a folder under the root; [] when missing; Unreadable on permission."""
+        try:
+            return sorted(os.listdir(self.host.path(path)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except PermissionError:
+            raise Unreadable(path, "permission denied", needs_root=not self.privileged) from None
+        except UsageError as exc:
+            raise Unreadable(path, exc.message) from None
+
+    def glob(self, folder: str, suffix: str = "") -> list[str]:
+        """Paths (inside the root) of the files in `folder` ending with `suffix`, sorted."""
+        out = []
+        for name in self.listdir(folder):
+            if name.endswith(suffix) and not name.startswith("."):
+                out.append(str(PurePosixPath(folder) / name))
+        return out
+
+    def conf_dirs(self, name: str, dirs: tuple[str, ...], suffix: str = ".conf") -> list[str]:
+        """systemd-style drop-ins: files named the same in earlier dirs mask later ones; by name."""
+        chosen: dict[str, str] = {}
+        for folder in dirs:
+            for path in self.glob(folder, suffix):
+                chosen.setdefault(PurePosixPath(path).name, path)
+        return [chosen[k] for k in sorted(chosen)]
+
+    # ------------------------------------------------------------------ the live system
+    @property
+    def live(self) -> bool:
+        return self.host.is_live
+
+    def which(self, tool: str) -> str | None:
+        """A tool inside the root (its usual bin folders), for 'is it installed here'."""
+        for folder in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+                       "/run/current-system/sw/bin", "/run/wrappers/bin"):
+            p = f"{folder}/{tool}"
+            try:
+                real = self.host.path(p)
+            except (UsageError, OSError):
+                continue
+            if real.is_file():
+                return p
+        return None
+
+    def processes(self) -> dict[int, str]:
+        """pid -> comm of the processes in /proc under the root (cached); {} without /proc."""
+        cached = self._cache.get("procs")
+        if isinstance(cached, dict):
+            return cached
+        procs: dict[int, str] = {}
+        try:
+            proc = self.host.path("/proc")
+            names = os.listdir(proc)
+        except (OSError, UsageError):
+            names = []
+            proc = Path("/nonexistent")
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                procs[int(name)] = (proc / name / "comm").read_text().strip()
+            except OSError:
+                continue
+        self._cache["procs"] = procs
+        return procs
+
+    def running(self, comm: str) -> list[int]:
+        return sorted(pid for pid, c in self.processes().items() if c == comm[:15])
+
+    def unit_enabled(self, unit: str) -> str | None:
+        """The path of a `*.wants/<unit>` link (or the NixOS generated unit), if the unit is enabled."""
+        for base in ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"):
+            for target in self.listdir(base):
+                if target.endswith(".wants") or target.endswith(".requires"):
+                    p = f"{base}/{target}/{unit}"
+                    try:
+                        if self.host.path(p).exists() or os.path.islink(self.host.root / p.lstrip("/")):
+                            return p
+                    except (UsageError, OSError):
+                        continue
+        return None
+
+    def passwd(self) -> list[tuple[str, int, str]]:
+        """(name, uid, home) from /etc/passwd under the root."""
+        text = self.read("/etc/passwd") or ""
+        users = []
+        for line in text.splitlines():
+            parts = line.split(":")
+            if len(parts) >= 6 and parts[2].isdigit():
+                users.append((parts[0], int(parts[2]), parts[5]))
+        return users
+
+    def users_to_check(self) -> list[tuple[str, str]]:
+        """(name, home) of the --user, or of every login user (uid ≥ 1000, < 60000) and root."""
+        entries = self.passwd()
+        if self.user:
+            return [(n, h) for n, _u, h in entries if n == self.user] or [(self.user, f"/home/{self.user}")]
+        return [(n, h) for n, u, h in entries if (1000 <= u < 60000) or u == 0]
+
+
+CheckFunc = Callable[[CheckContext], Result]
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    layer: int
+    title: str
+    func: CheckFunc
+    fix: str = ""
+
+    def run(self, ctx: CheckContext) -> Result:
+        """Run the check; any expected error becomes a warn with its reason (never a crash)."""
+        try:
+            result = self.func(ctx)
+        except Unreadable as exc:
+            result = Result(self.id, self.layer, self.title, "warn",
+                            [Evidence(exc.path, "unreadable", note=exc.reason)],
+                            reason=f"cannot read {exc.path}: {exc.reason}"
+                            + (" (run as root)" if exc.needs_root else ""),
+                            needs_root=exc.needs_root)
+        except YktoolError as exc:
+            result = Result(self.id, self.layer, self.title, "warn", [], reason=exc.message)
+        except (OSError, ValueError, UnicodeError) as exc:
+            result = Result(self.id, self.layer, self.title, "warn", [], reason=f"{type(exc).__name__}: {exc}")
+        if not result.fix and result.status in ("fail", "warn"):
+            result.fix = self.fix
+        return result
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(id: str, layer: int, title: str, fix: str = "") -> Callable[[CheckFunc], CheckFunc]:
+    """Register a check function under a stable id (decorator)."""
+
+    def deco(func: CheckFunc) -> CheckFunc:
+        if id in REGISTRY:
+            raise ValueError(f"duplicate check id {id}")
+        REGISTRY[id] = Check(id, layer, title, func, fix)
+        return func
+
+    return deco
+
+
+def register(id: str, layer: int, title: str, func: CheckFunc, fix: str = "") -> None:
+    """Register a check built at import time (one per sysctl, module, service …)."""
+    check(id, layer, title, fix)(func)
+
+
+class R:
+    """Builds the Result of a running check: `r = R(ctx_id)`; `return r.fail(...)`."""
+
+    def __init__(self, check_id: str) -> None:
+        c = REGISTRY[check_id]
+        self.check = c
+        self.evidence: list[Evidence] = []
+
+    def ev(self, source: str, value: object, key: str = "", note: str = "") -> R:
+        self.evidence.append(Evidence(source, str(value), key, note))
+        return self
+
+    def _result(self, status: Status, reason: str, fix: str = "", needs_root: bool = False) -> Result:
+        c = self.check
+        return Result(c.id, c.layer, c.title, status, list(self.evidence),
+                      fix if status in ("fail", "warn") else "", reason, needs_root)
+
+    def ok(self, reason: str = "") -> Result:
+        return self._result("pass", reason)
+
+    def fail(self, reason: str, fix: str = "") -> Result:
+        return self._result("fail", reason, fix or self.check.fix)
+
+    def warn(self, reason: str, fix: str = "", needs_root: bool = False) -> Result:
+        return self._result("warn", reason, fix or self.check.fix, needs_root)
+
+    def na(self, reason: str) -> Result:
+        return self._result("n/a", reason)
+
+    def needs_root(self, what: str) -> Result:
+        return self._result("warn", f"needs root: {what}", "run `sudo yktool verify`", True)
+
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+def strip_comment(line: str) -> str:
+    """A config line without its `# comment` and surrounding blanks."""
+    return _COMMENT.sub("", line).strip()
+
+
+def lines(text: str | None) -> Iterator[str]:
+    """Non-empty, comment-free lines of a config file."""
+    for raw in (text or "").splitlines():
+        line = strip_comment(raw)
+        if line:
+            yield line

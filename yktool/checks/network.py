@@ -1,0 +1,182 @@
+"""Layer 5: network — a firewall filtering input, fail2ban running with jails and growing bans."""
+
+from __future__ import annotations
+
+import configparser
+import re
+
+from yktool.checks.base import CheckContext, R, Result, check, lines
+
+NFT_FILES = ("/etc/nftables.conf", "/etc/sysconfig/nftables.conf")
+IPT_FILES = ("/etc/iptables/rules.v4", "/etc/sysconfig/iptables", "/etc/iptables.rules")
+FIREWALL_UNITS = ("nftables.service", "netfilter-persistent.service", "iptables.service", "firewalld.service",
+                  "ufw.service", "firewall.service")
+
+
+def nft_filters_input(text: str) -> str | None:
+    """The line that makes an nftables ruleset drop unmatched input, or None."""
+    for m in re.finditer(r"hook\s+input[^;}\n]*;?[^}\n]*?policy\s+(drop|reject)", text):
+        return m.group(0).strip()
+    # a policy-accept input chain that ends in drop/reject also filters
+    for chain in re.finditer(r"chain\s+\S+\s*\{(.*?)\n\s*\}", text, re.S):
+        body = chain.group(1)
+        if re.search(r"hook\s+input", body):
+            rules = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+            if rules and re.match(r"^(counter\s+)?(drop|reject)\b", rules[-1]):
+                return rules[-1]
+    return None
+
+
+def ipt_filters_input(text: str) -> str | None:
+    for line in text.splitlines():
+        s = line.strip()
+        if re.match(r"^(:INPUT\s+DROP|-P\s+INPUT\s+DROP)", s):
+            return s
+    rules = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("-A INPUT")]
+    if rules and re.search(r"-j\s+(DROP|REJECT)\s*$", rules[-1]):
+        return rules[-1]
+    return None
+
+
+@check("net.firewall", 5, "firewall enabled, dropping unsolicited input",
+       "enable nftables with an input policy drop (apt install nftables; systemctl enable --now nftables)"
+       "  |  NixOS: networking.firewall.enable = true;")
+def firewall(ctx: CheckContext) -> Result:
+    r = R("net.firewall")
+    # 1. the kernel's live ruleset, when we may read it
+    if ctx.live:
+        for tool, args, parse in (("nft", ["list", "ruleset"], nft_filters_input),
+                                  ("iptables-save", [], ipt_filters_input)):
+            exe = ctx.host.which(tool)
+            if exe is None:
+                continue
+            if not ctx.privileged:
+                r.ev(f"{tool} {' '.join(args)}".strip(), "not run", note="needs root")
+                continue
+            res = ctx.host.run([exe, *args], check=False, timeout=10)
+            if res.returncode != 0:
+                r.ev(f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}", note=res.error_text[:80])
+                continue
+            hit = parse(res.text)
+            r.ev(f"{tool} {' '.join(args)}".strip(), hit or "no input filtering", "input")
+            if hit:
+                return r.ok()
+    # 2. the configuration that is loaded at boot
+    enabled = {u: ctx.unit_enabled(u) for u in FIREWALL_UNITS}
+    for u, link in enabled.items():
+        if link:
+            r.ev(link, "enabled", u)
+    if enabled.get("firewall.service") and ctx.exists("/etc/NIXOS"):
+        return r.ok("NixOS firewall service enabled (drops unsolicited input by default)")
+    found = None
+    for path in NFT_FILES + tuple(ctx.glob("/etc/nftables.d", ".nft")):
+        text = ctx.read(path)
+        if text is not None:
+            hit = nft_filters_input(text)
+            r.ev(path, hit or "no input drop policy", "input")
+            found = found or (hit and path)
+    for path in IPT_FILES:
+        text = ctx.read(path)
+        if text is not None:
+            hit = ipt_filters_input(text)
+            r.ev(path, hit or "no INPUT DROP", "INPUT")
+            found = found or (hit and path)
+    ufw = ctx.read("/etc/ufw/ufw.conf")
+    if ufw is not None:
+        on = any(ln.replace(" ", "") == "ENABLED=yes" for ln in lines(ufw))
+        r.ev("/etc/ufw/ufw.conf", "yes" if on else "no", "ENABLED")
+        if on:
+            return r.ok()
+    if not found:
+        return r.fail("no firewall ruleset that drops unsolicited input")
+    if not any(enabled.values()):
+        return r.fail(f"{found} drops input, but no firewall service loads it at boot",
+                      "systemctl enable nftables (or netfilter-persistent)")
+    return r.ok("configured" + ("" if not ctx.live else " (live ruleset not readable)"))
+
+
+@check("net.fail2ban.active", 5, "fail2ban running",
+       "apt install fail2ban && systemctl enable --now fail2ban  |  NixOS: services.fail2ban.enable = true;")
+def fail2ban_active(ctx: CheckContext) -> Result:
+    r = R("net.fail2ban.active")
+    pids = ctx.running("fail2ban-server")
+    if pids:
+        r.ev(f"/proc/{pids[0]}/comm", "fail2ban-server")
+        return r.ok()
+    if ctx.processes():
+        r.ev("/proc/*/comm", "no fail2ban-server process")
+        return r.fail("fail2ban is not running")
+    link = ctx.unit_enabled("fail2ban.service")
+    if link:
+        r.ev(link, "enabled", note="no /proc under the root: enabled, not seen running")
+        return r.ok("enabled (no running system to look at)")
+    r.ev("/etc/systemd/system/*.wants/fail2ban.service", "absent")
+    return r.fail("fail2ban is neither running nor enabled")
+
+
+def fail2ban_config(ctx: CheckContext) -> tuple[configparser.RawConfigParser, list[str]]:
+    """jail.conf, jail.d/*.conf, jail.local, jail.d/*.local merged in fail2ban's order."""
+    cached = ctx._cache.get("fail2ban")
+    if isinstance(cached, tuple):
+        return cached
+    parser = configparser.RawConfigParser(strict=False, inline_comment_prefixes=("#", ";"))
+    files = ["/etc/fail2ban/jail.conf", *ctx.glob("/etc/fail2ban/jail.d", ".conf"),
+             "/etc/fail2ban/jail.local", *ctx.glob("/etc/fail2ban/jail.d", ".local")]
+    read = []
+    for path in files:
+        text = ctx.read(path)
+        if text is None:
+            continue
+        try:
+            parser.read_string(text, source=path)
+        except configparser.Error as exc:
+            raise ValueError(f"{path}: not an INI file fail2ban can read ({str(exc).splitlines()[0]})") from None
+        read.append(path)
+    ctx._cache["fail2ban"] = (parser, read)
+    return parser, read
+
+
+def _truthy(v: str) -> bool:
+    return v.strip().lower() in ("true", "yes", "1", "on")
+
+
+@check("net.fail2ban.jails", 5, "fail2ban jails enabled (sshd at least, where SSH runs)",
+       "enable jails in /etc/fail2ban/jail.local ([sshd] enabled = true)  |  NixOS: services.fail2ban.jails")
+def fail2ban_jails(ctx: CheckContext) -> Result:
+    r = R("net.fail2ban.jails")
+    parser, files = fail2ban_config(ctx)
+    if not files:
+        r.ev("/etc/fail2ban/jail.conf", "absent")
+        return r.fail("no fail2ban configuration")
+    jails = [s for s in parser.sections() if s not in ("INCLUDES",) and _truthy(parser.get(s, "enabled",
+                                                                                             fallback="false"))]
+    r.ev(", ".join(files), ", ".join(jails) or "none", "enabled jails")
+    if not jails:
+        return r.fail("no fail2ban jail is enabled")
+    from yktool.checks.sshd import effective, installed
+
+    try:
+        ssh_here = installed(ctx, effective(ctx))
+    except Exception:  # noqa: BLE001 - sshd config problems are the ssh.* checks' to report
+        ssh_here = False
+    if ssh_here and not any(j in ("sshd", "ssh") for j in jails):
+        return r.fail("an SSH server is installed but the sshd jail is not enabled")
+    return r.ok()
+
+
+@check("net.fail2ban.bantime_increment", 5, "fail2ban ban times grow on repeat offenses (exponential, capped)",
+       "set `bantime.increment = true` and `bantime.maxtime = 168h` in [DEFAULT] of jail.local"
+       "  |  NixOS: services.fail2ban.bantime-increment = { enable = true; maxtime = \"168h\"; };")
+def fail2ban_increment(ctx: CheckContext) -> Result:
+    r = R("net.fail2ban.bantime_increment")
+    parser, files = fail2ban_config(ctx)
+    if not files:
+        return r.na("no fail2ban configuration (see net.fail2ban.jails)")
+    value = parser.defaults().get("bantime.increment", "false")
+    maxtime = parser.defaults().get("bantime.maxtime", "")
+    r.ev(", ".join(files), value, "bantime.increment")
+    if maxtime:
+        r.ev(", ".join(files), maxtime, "bantime.maxtime")
+    if not _truthy(value):
+        return r.fail("bantime.increment is off: every ban has the same short length")
+    return r.ok()

@@ -1,0 +1,248 @@
+"""The removal-lock udev rule: render it for a key, install it (plain Linux) or print it (NixOS).
+
+The rule (template `udev/yktool-lock.rules.in`) matches *this* key on `ACTION=="remove"` by the
+udev database values `ID_VENDOR_ID`, `ID_MODEL_ID` and, where the key exposes one on USB, its
+serial (`ID_SERIAL_SHORT`), and runs the small lock program `udev/yktool-lock`, which waits out
+a re-enumeration and then locks every session through logind (`loginctl lock-sessions`).
+
+One rules file holds one block per key nickname (`# yktool-key: NAME`); installing again for the
+same nickname replaces that block, so re-runs change nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yktool import nix
+from yktool.errors import UsageError
+from yktool.host import Host
+
+RULE_PATH = "/etc/udev/rules.d/85-yktool-lock.rules"
+PROGRAM_PATH = "/usr/local/libexec/yktool-lock"
+RULE_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/local/lib/udev/rules.d", "/usr/lib/udev/rules.d",
+             "/lib/udev/rules.d")
+
+# The software key's USB identity: pid.codes' test vendor/product (1209:0001), not Yubico's 1050,
+# so a rule rendered for it can never match a real YubiKey.
+SOFTKEY_VENDOR = "1209"
+SOFTKEY_PRODUCT = "0001"
+SOFTKEY_NAME = "yktool software key"
+
+# Lockers and desktop screen lockers that react to logind's Lock signal (or are one).
+LOCK_HANDLERS = ("hyprlock", "swaylock", "i3lock", "gtklock", "waylock", "swayidle", "hypridle", "xss-lock",
+                 "xsecurelock", "slock", "physlock", "light-locker", "xscreensaver", "xfce4-screensaver",
+                 "cinnamon-screensaver", "mate-screensaver", "gnome-shell", "kscreenlocker_greet", "loginctl-lock")
+HANDLER_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/libexec", "/usr/lib/x86_64-linux-gnu/libexec",
+                "/run/current-system/sw/bin", "/run/current-system/sw/libexec", "/etc/profiles/per-user")
+
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+_SERIAL = re.compile(r"^[A-Za-z0-9._:+-]{1,126}$")
+_NICK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class KeyUsb:
+    """A key as USB shows it: vendor/product IDs (4 lowercase hex digits), serial, product name."""
+
+    vendor: str
+    product: str
+    serial: str = ""
+    name: str = ""
+    interfaces: tuple[str, ...] = field(default=("03:00:00",))  # FIDO HID: class 03, subclass 0, protocol 0
+
+    def __post_init__(self) -> None:
+        vendor, product = self.vendor.lower().removeprefix("0x"), self.product.lower().removeprefix("0x")
+        object.__setattr__(self, "vendor", vendor)
+        object.__setattr__(self, "product", product)
+        if not _HEX4.match(vendor) or not _HEX4.match(product):
+            raise UsageError(f"USB id {self.vendor}:{self.product} is not two 4-digit hex numbers",
+                             "give --vendor and --product like 1050 and 0407 (see `lsusb`)")
+        if self.serial and not _SERIAL.match(self.serial):
+            raise UsageError(f"serial {self.serial!r} has characters a udev rule cannot carry",
+                             "give --serial as letters, digits and . _ : + - only")
+        if any(c in self.name for c in '"\\\n\r'):
+            raise UsageError(f"device name {self.name!r} has quotes, backslashes or newlines",
+                             "give --name without them")
+        for iface in self.interfaces:
+            if not re.match(r"^[0-9a-f*]{2}:[0-9a-f*]{2}:[0-9a-f*]{2}$", iface):
+                raise UsageError(f"interface {iface!r} is not CC:SS:PP", "give --interface like 03:00:00")
+
+    @property
+    def usb_id(self) -> str:
+        return f"{self.vendor}:{self.product}"
+
+
+def identity_from(obj: object) -> KeyUsb:
+    """A KeyUsb from whatever `yktool.fido.identity.usb_identity` returns (object or mapping)."""
+
+    def get(name: str, default: object = "") -> object:
+        if isinstance(obj, dict):
+            return obj.get(name, default)
+        return getattr(obj, name, default)
+
+    raw_ifaces = get("interfaces", ())
+    ifaces = tuple(str(i) for i in raw_ifaces) if isinstance(raw_ifaces, (list, tuple)) and raw_ifaces \
+        else ("03:00:00",)
+    serial = get("serial", "")
+    return KeyUsb(str(get("vendor") or get("vendor_id")), str(get("product") or get("product_id")),
+                  "" if serial is None else str(serial), str(get("name", "") or ""),
+                  ifaces)
+
+
+def assets_dir() -> Path:
+    """The repository's `udev/` folder (rule template and lock program)."""
+    here = Path(__file__).resolve().parent.parent / "udev"
+    if not (here / "yktool-lock").is_file():
+        raise UsageError(f"the udev assets are missing ({here})",
+                         "reinstall yktool from its source tree (udev/ must sit next to yktool/)")
+    return here
+
+
+def lock_program() -> str:
+    """The text of the lock program that udev runs."""
+    return (assets_dir() / "yktool-lock").read_text()
+
+
+def _check_nick(nickname: str) -> None:
+    if not _NICK.match(nickname):
+        raise UsageError(f"nickname {nickname!r} is not plain", "use letters, digits, . _ - only")
+
+
+def render_rule(key: KeyUsb, nickname: str, program: str = PROGRAM_PATH) -> str:
+    """The rule block for one key (comment lines + one rule line), ending in a newline."""
+    _check_nick(nickname)
+    template = (assets_dir() / "yktool-lock.rules.in").read_text()
+    serial_match = f', ENV{{ID_SERIAL_SHORT}}=="{key.serial}"' if key.serial else ""
+    return (template.replace("@NICKNAME@", nickname).replace("@NAME@", key.name or "unnamed key")
+            .replace("@VENDOR@", key.vendor).replace("@PRODUCT@", key.product)
+            .replace("@SERIAL_MATCH@", serial_match).replace("@SERIAL_ARG@", key.serial or "-")
+            .replace("@PROGRAM@", program))
+
+
+HEADER = "# Written by `yktool udev install`: lock all sessions when a registered key is removed.\n"
+
+
+def split_blocks(text: str) -> tuple[str, dict[str, str]]:
+    """(lines before the first block, nickname -> block text) of a yktool rules file."""
+    head: list[str] = []
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"^# yktool-key: (\S+)", line)
+        if m:
+            current = blocks.setdefault(m.group(1), [])
+        if current is None:
+            head.append(line)
+        else:
+            current.append(line)
+    return "".join(head), {k: "".join(v) for k, v in blocks.items()}
+
+
+def merged_rules(existing: str | None, nickname: str, block: str) -> str:
+    """The rules file with `nickname`'s block added or replaced (others kept, sorted by name)."""
+    head, blocks = split_blocks(existing or "")
+    blocks[nickname] = block
+    head = head if head.strip() else HEADER
+    return head.rstrip("\n") + "\n\n" + "\n".join(blocks[k].rstrip("\n") + "\n" for k in sorted(blocks))
+
+
+@dataclass
+class InstallResult:
+    rule_path: str
+    program_path: str
+    changed: list[str]
+    reloaded: bool
+    handlers: list[str]
+
+
+def install(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
+    """Write the lock program and the rule under the root; reload udev only on the live `/`."""
+    program = lock_program()
+    rule_real = host.path(RULE_PATH)
+    existing = rule_real.read_text() if rule_real.is_file() else None
+    new_rules = merged_rules(existing, nickname, render_rule(key, nickname))
+    changed = []
+    prog_real = host.path(PROGRAM_PATH)
+    if not prog_real.is_file() or prog_real.read_text() != program or host.mode(PROGRAM_PATH) != 0o755:
+        host.write_file(PROGRAM_PATH, program, 0o755)
+        changed.append(PROGRAM_PATH)
+    if existing != new_rules:
+        host.write_file(RULE_PATH, new_rules, 0o644)
+        changed.append(RULE_PATH)
+    reloaded = False
+    if changed and host.is_live and host.which("udevadm"):
+        host.run(["udevadm", "control", "--reload"])
+        reloaded = True
+    return InstallResult(RULE_PATH, PROGRAM_PATH, changed, reloaded, find_lock_handlers(host))
+
+
+def nixos_snippet(key: KeyUsb, nickname: str) -> str:
+    """A NixOS module that installs the lock program and the rule (services.udev.extraRules)."""
+    program = lock_program()
+    rule = render_rule(key, nickname, program="@PROGRAM@")
+    # Escape the rule for a '' string, then put the one antiquotation (the program's store path) in.
+    body = nix.indented_string(rule, "    ").replace("@PROGRAM@", "${yktoolLock}")
+    script = nix.indented_string(program, "    ")
+    return (
+        "# yktool: lock all sessions when this key is removed (add to your NixOS configuration)\n"
+        "{ pkgs, ... }:\n"
+        "let\n"
+        f"  yktoolLock = pkgs.writeShellScript \"yktool-lock\" {script};\n"
+        "in {\n"
+        f"  services.udev.extraRules = {body};\n"
+        "}\n"
+    )
+
+
+def find_lock_handlers(host: Host) -> list[str]:
+    """Lock handlers present under the root (paths inside it): a locker or a desktop's."""
+    found = []
+    for folder in HANDLER_DIRS:
+        for name in LOCK_HANDLERS:
+            p = f"{folder}/{name}"
+            try:
+                if host.path(p).is_file():
+                    found.append(p)
+            except (UsageError, OSError):
+                continue
+    return found
+
+
+@dataclass
+class InstalledRule:
+    path: str
+    line: str
+    vendor: str
+    product: str
+    serial: str
+
+
+def installed_rules(host: Host) -> list[InstalledRule]:
+    """Removal-lock rules under the root: ACTION=="remove" lines that run loginctl or yktool-lock."""
+    out: list[InstalledRule] = []
+    for folder in RULE_DIRS:
+        try:
+            names = sorted(p.name for p in host.path(folder).iterdir() if p.name.endswith(".rules"))
+        except (OSError, UsageError):
+            continue
+        for name in names:
+            path = f"{folder}/{name}"
+            try:
+                text = host.path(path).read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.replace("\\\n", "").splitlines():
+                s = line.strip()
+                if s.startswith("#") or 'ACTION=="remove"' not in s:
+                    continue
+                if "lock-sessions" not in s and "yktool-lock" not in s and "lock-session" not in s:
+                    continue
+                def env(k: str, s: str = s) -> str:
+                    m = re.search(r'(?:ENV|ATTRS?)\{' + k + r'\}=="([^"]*)"', s)
+                    return m.group(1) if m else ""
+                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor"),
+                                         env("ID_MODEL_ID") or env("idProduct"),
+                                         env("ID_SERIAL_SHORT") or env("serial")))
+    return out

@@ -1,0 +1,125 @@
+"""USBGuard allow rules for a key: render, append without duplicates, or print as NixOS.
+
+Rule language (usbguard-rules.conf(5)): `allow id VVVV:PPPP serial "…" name "…" with-interface
+{ CC:SS:PP … }`. A key is the same key when its id and serial match an existing rule's; then
+nothing is appended. A rules file with no real rule (empty, comments only, or marked as a stub)
+is a placeholder: with `implicitPolicyTarget = "block"` and such a file, every device but the
+ones already plugged in at boot is blocked, which is how the page's hosts still are.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from yktool import nix
+from yktool.host import Host
+from yktool.udev import KeyUsb
+
+RULES_PATH = "/etc/usbguard/rules.conf"
+DAEMON_CONF = "/etc/usbguard/usbguard-daemon.conf"
+NIX_OPTION = "modules.hardware.usbguard.rules"
+
+_PLACEHOLDER = re.compile(r"placeholder|\bTODO\b|\bFIXME\b|changeme|xxxx:|:xxxx|0000:0000|stub", re.I)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rule_line(key: KeyUsb) -> str:
+    """The allow rule for `key` (serial "" when USB shows none: it then matches serial-less keys only)."""
+    ifaces = key.interfaces
+    with_iface = ifaces[0] if len(ifaces) == 1 else "{ " + " ".join(ifaces) + " }"
+    return (f"allow id {key.usb_id} serial {_quote(key.serial)} name {_quote(key.name)} "
+            f"with-interface {with_iface}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    line: str
+    target: str
+    usb_id: str
+    serial: str | None
+    lineno: int
+
+
+def parse_rules(text: str) -> list[Rule]:
+    """Rule lines (not comments) with their target, id and serial, as far as they say."""
+    rules = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            words = line.split()
+        if not words:
+            continue
+        usb_id, serial = "", None
+        for i, w in enumerate(words[:-1]):
+            if w == "id" and not usb_id:
+                usb_id = words[i + 1].lower()
+            elif w == "serial" and serial is None:
+                serial = words[i + 1]
+        rules.append(Rule(line, words[0], usb_id, serial, n))
+    return rules
+
+
+def placeholder_reason(text: str | None) -> str | None:
+    """Why a rules file is only a stub, or None when it holds real rules."""
+    if text is None:
+        return "the rules file does not exist"
+    rules = parse_rules(text)
+    if not rules:
+        return "the rules file has no rules (empty or comments only)"
+    marked = [r for r in rules if _PLACEHOLDER.search(r.line)]
+    if marked:
+        return f"line {marked[0].lineno} is a placeholder: {marked[0].line}"
+    if not any(r.target == "allow" for r in rules):
+        return "the rules file has no allow rule"
+    bare = [r for r in rules if r.target == "allow" and r.line.split() == ["allow"]]
+    if bare:
+        return f"line {bare[0].lineno} allows every device: {bare[0].line}"
+    return None
+
+
+def find_rule(text: str, key: KeyUsb) -> Rule | None:
+    """The existing allow rule for this key (same id, and same serial when either names one)."""
+    for r in parse_rules(text):
+        if r.target != "allow" or r.usb_id != key.usb_id:
+            continue
+        if (r.serial or "") == key.serial or (r.serial is None and not key.serial):
+            return r
+    return None
+
+
+@dataclass
+class AllowResult:
+    path: str
+    line: str
+    added: bool
+    placeholder: str | None  # why the file was a stub before (a warning for the person)
+
+
+def allow(host: Host, key: KeyUsb, path: str = RULES_PATH) -> AllowResult:
+    """Append the key's allow rule to the rules file (mode 0600) unless it is already there."""
+    real = host.path(path)
+    existing = real.read_text() if real.is_file() else None
+    stub = placeholder_reason(existing)
+    line = rule_line(key)
+    if existing is not None and find_rule(existing, key) is not None:
+        return AllowResult(path, line, False, stub)
+    body = existing or ""
+    if body and not body.endswith("\n"):
+        body += "\n"
+    body += line + "\n"
+    host.write_file(path, body, 0o600)
+    return AllowResult(path, line, True, stub)
+
+
+def nixos_line(key: KeyUsb, nickname: str) -> str:
+    """The `modules.hardware.usbguard.rules` line as the page shows it (a list append)."""
+    return f"{NIX_OPTION} = [\n  {nix.string(rule_line(key))}  # yktool: {nickname}\n];"

@@ -15,6 +15,7 @@ because its stdout (the challenges) is a pipe and would otherwise be held back u
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import subprocess
 import threading
@@ -49,6 +50,10 @@ def pam_d_digest() -> str:
             h.update(oct(p.stat().st_mode).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def _prompts_at_least(err: list[bytes], n: int) -> bool:
+    return b"".join(err).decode(errors="replace").count("Response #") >= n
 
 
 def wrong_answer(challenge: str, origin: str) -> list[str]:
@@ -102,14 +107,15 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
     assert proc.stdin is not None
     sent = 0
     for i, (challenge, org, kh) in enumerate(challenges):
-        lines = answer(challenge, org, kh)
-        if lines is None:
+        given = answer(challenge, org, kh)
+        if given is None:
             lines = wrong_answer(challenge, org)
         else:
+            lines = given
             answered.append(i)
         for line in lines:
             sent += 1
-            if not wait_for(lambda n=sent: b"".join(err).decode(errors="replace").count("Response #") >= n):
+            if not wait_for(functools.partial(_prompts_at_least, err, sent)):
                 break
             proc.stdin.write(line.encode() + b"\n")
             proc.stdin.flush()

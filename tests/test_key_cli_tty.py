@@ -1,0 +1,73 @@
+"""`yktool key pin …` on a real terminal (a pty): asked without echo, a new PIN twice."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import sys
+import time
+from pathlib import Path
+
+from yktool.fido import open_device
+from yktool.fido.session import KeySession
+
+YKTOOL = str(Path(sys.executable).parent / "yktool")
+
+
+def run_on_tty(args: list[str], answers: list[str], timeout: float = 30) -> tuple[int, bytes]:
+    """Run yktool with a pty as its controlling terminal; type one answer per prompt ("…: ")."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes yktool, the pty is its terminal
+        os.execv(YKTOOL, [YKTOOL, *args])  # noqa: S606 - a fixed program, argv without secrets
+    out = b""
+    answered = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            prompts = out.count(b": ")
+            while answered < min(prompts, len(answers)):
+                os.write(fd, answers[answered].encode() + b"\r")
+                answered += 1
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_new_pin_asked_twice_without_echo(tmp_path: Path) -> None:
+    spec = f"sim:{tmp_path / 'k.json'}"
+    code, out = run_on_tty(["--device", spec, "key", "pin", "set"], ["tty-pin-4242", "tty-pin-4242"])
+    assert code == 0, out
+    assert b"New PIN: " in out and b"New PIN (again): " in out
+    assert b"tty-pin-4242" not in out  # no echo
+    KeySession(open_device(spec)).verify_pin("tty-pin-4242")
+
+
+def test_two_different_entries_change_nothing(tmp_path: Path) -> None:
+    spec = f"sim:{tmp_path / 'k.json'}"
+    KeySession(open_device(spec))
+    before = (tmp_path / "k.json").read_bytes()
+    code, out = run_on_tty(["--device", spec, "key", "pin", "set"], ["tty-pin-4242", "tty-pin-4243"])
+    assert code == 2, out
+    assert b"the two entries differ" in out
+    assert (tmp_path / "k.json").read_bytes() == before
+
+
+def test_change_on_a_terminal(tmp_path: Path) -> None:
+    spec = f"sim:{tmp_path / 'k.json'}"
+    KeySession(open_device(spec)).set_pin("old-pin-1")
+    code, out = run_on_tty(["--device", spec, "key", "pin", "change"], ["old-pin-1", "new-pin-2", "new-pin-2"])
+    assert code == 0, out
+    assert b"Current PIN: " in out and b"old-pin-1" not in out and b"new-pin-2" not in out
+    KeySession(open_device(spec)).verify_pin("new-pin-2")

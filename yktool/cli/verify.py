@@ -1,0 +1,103 @@
+"""`yktool verify`: the host page's checklist and tables, checked, with evidence and a fix per miss."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+
+SYMBOL = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "warn": ("WARN", "yellow"), "n/a": (" n/a", None)}
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for raw in values for v in raw.split(",") if v.strip()]
+
+
+def _pcrs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(p) for p in text.replace(",", "+").split("+") if p.strip()}))
+    except ValueError:
+        from yktool.errors import UsageError
+
+        raise UsageError(f"--tpm2-pcrs {text!r} is not a list of PCR numbers", "give e.g. 7 or 0+7") from None
+
+
+@click.command("verify")
+@click.option("--only", multiple=True, metavar="SEL",
+              help="Run only these checks: an id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7. Repeatable,"
+                   " or comma-separated.")
+@click.option("--skip", multiple=True, metavar="SEL", help="Skip these checks (same forms as --only).")
+@click.option("--secrets", type=click.Path(dir_okay=False), default=None,
+              help="agenix secrets.nix to check this host's scoping in (a path on this machine).")
+@click.option("--user", default=None, help="The user whose sk SSH key to look for (default: every login user).")
+@click.option("--tpm2-pcrs", default="7", show_default=True, help="PCRs the TPM2 token must be bound to (e.g. 0+7).")
+@click.option("--list", "list_only", is_flag=True, help="List the checks (id, layer, title) and exit.")
+@pass_app
+def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secrets: str | None, user: str | None,
+           tpm2_pcrs: str, list_only: bool) -> None:
+    """Check the host against the page's "Security Checklist for New Hosts" and its tables.
+
+    Every item is a check with a stable id and layer (0-7, as in the page's diagram): pass, fail,
+    warn (e.g. needs root to read, or a file it could not parse) or n/a. Each miss shows what was
+    read, where, and the fix (a command, or the NixOS option). Works on the live host or an
+    offline tree (`yktool --root DIR verify`); reads only.
+
+    Exit 0 when nothing fails, 1 when a check fails.
+    """
+    from yktool.checks import CheckContext, all_checks, run_checks, select, summary
+
+    if list_only:
+        checks = select(_split(only), _split(skip)) if (only or skip) else all_checks()
+        if app.json:
+            from yktool.cli.output import emit_json
+
+            emit_json([{"id": c.id, "layer": c.layer, "title": c.title} for c in checks])
+        else:
+            for c in checks:
+                click.echo(f"{c.layer}  {c.id:<44} {c.title}")
+        return
+    ctx = CheckContext(app.host, user=user, secrets=os.path.abspath(secrets) if secrets else None,
+                       tpm2_pcrs=_pcrs(tpm2_pcrs))
+    results = run_checks(ctx, _split(only), _split(skip))
+    counts = summary(results)
+    if app.json:
+        from yktool.cli.output import emit_json
+
+        emit_json({"ok": counts["fail"] == 0, "root": str(app.host.root), "privileged": ctx.privileged,
+                   "summary": counts, "checks": [r.to_json() for r in results]})
+    else:
+        _render(results, counts, app.verbose)
+    if counts["fail"]:
+        sys.exit(1)
+
+
+def _render(results: list[object], counts: dict[str, int], verbose: int) -> None:
+    from yktool.checks import LAYER_NAMES, Result
+
+    by_layer: dict[int, list[Result]] = {}
+    for r in results:
+        assert isinstance(r, Result)  # noqa: S101 - narrowing for mypy
+        by_layer.setdefault(r.layer, []).append(r)
+    width = max((len(r.id) for rs in by_layer.values() for r in rs), default=10)
+    for layer in sorted(by_layer, reverse=True):  # top of the page's diagram first
+        click.echo(click.style(f"Layer {layer}: {LAYER_NAMES[layer]}", bold=True))
+        for r in sorted(by_layer[layer], key=lambda x: x.id):
+            label, colour = SYMBOL[r.status]
+            click.echo(f"  {click.style(label, fg=colour, bold=r.status == 'fail')}  {r.id:<{width}}  {r.title}")
+            if r.status in ("fail", "warn") or verbose:
+                if r.reason:
+                    click.echo(f"        {r.reason}")
+                for e in r.evidence[:4]:
+                    click.echo(click.style(f"        read {e.render()}", dim=True))
+                if r.fix and r.status in ("fail", "warn"):
+                    click.echo(f"        fix: {r.fix}")
+    total = sum(counts.values())
+    line = (f"{total} checks: {counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, "
+            f"{counts['n/a']} n/a")
+    needs_root = sum(1 for r in results if getattr(r, "needs_root", False))
+    if needs_root:
+        line += f" ({needs_root} need root: run with sudo for a full answer)"
+    click.echo(click.style(line, fg="red" if counts["fail"] else "green", bold=True))

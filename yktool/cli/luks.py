@@ -1,0 +1,282 @@
+"""`yktool luks …`: LUKS2 status, TPM2 and recovery-key enrollment, test-unlock, wipe.
+
+Secrets (the existing passphrase, a TPM2 PIN) are read from the terminal without echo, or one
+line each from stdin when it is not a terminal, in this order: passphrase (unless
+--unlock-key-file), then PIN. They go to systemd on in-memory files, never on argv.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+from yktool.cli.output import emit, emit_json, info, show_plan, warn
+
+PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
+            "firmware update, after which the TPM refuses until you re-seal (--replace).")
+
+
+@click.group("luks")
+def luks() -> None:
+    """LUKS2 status, TPM2/FIDO2/recovery enrollment, test-unlock, wipe."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _path(app: AppContext, path: str) -> str:
+    """On the live system a relative path means the current folder; under --root, the root."""
+    import os
+
+    return os.path.abspath(path) if app.host.is_live else path
+
+
+def _read_unlock(app: AppContext, device: str, key_file: str | None) -> bytes:
+    from yktool.cli.prompts import read_secret
+
+    if key_file is not None:
+        return app.host.read_bytes(_path(app, key_file))
+    return read_secret(f"Current passphrase (or recovery key) of {device}")
+
+
+def _run_plan(app: AppContext, plan: Any) -> None:
+    from yktool.plan import Step
+
+    def on_step(step: Step) -> None:
+        if not app.json:
+            mark = {"done": "done", "already-done": "already done", "failed": "FAILED"}.get(step.status, step.status)
+            info(f"  [{mark}] {step.description}" + (f" — {step.detail}" if step.detail else ""))
+
+    plan.apply(on_step)
+
+
+def _confirm(app: AppContext, question: str) -> None:
+    from yktool.cli.prompts import is_interactive
+    from yktool.errors import Refused
+
+    if app.yes:
+        return
+    if not is_interactive():
+        raise Refused(f"{question} needs confirmation", "pass --yes (before the command) to confirm")
+    if not click.confirm(question, default=False, err=True):
+        raise Refused("not confirmed; nothing changed", "run again and answer yes")
+
+
+# ------------------------------------------------------------------------------------- status
+@luks.command("status")
+@click.argument("device")
+@pass_app
+def status(app: AppContext, device: str) -> None:
+    """Show DEVICE's LUKS version, keyslots (KDF and cost) and tokens, and which token owns a slot.
+
+    Unknown token types are shown as they are. Reads only.
+    """
+    from yktool.luks.header import read_header
+
+    header = read_header(app.host, _path(app, device))
+    label = f", label {header.label}" if header.label else ""
+    lines = [f"{device}: LUKS{header.version}, UUID {header.uuid}{label}"]
+    lines.append("  keyslots:")
+    for _, slot in sorted(header.keyslots.items()):
+        owner = f" <- token {', '.join(map(str, slot.tokens))}" if slot.tokens else ""
+        lines.append(f"    {slot.id:>2}  {slot.role:<10} {slot.kdf:<9} {slot.cost}{owner}")
+    lines.append("  tokens:" if header.tokens else "  tokens: none")
+    for _, token in sorted(header.tokens.items()):
+        slots = ", ".join(map(str, token.keyslots)) or "none"
+        text = token.summary if token.role else f"{token.type} (unknown type) {token.raw}"
+        lines.append(f"    {token.id:>2}  {text} -> keyslot {slots}")
+    if not header.knowledge_slots and header.usable_slots:
+        lines.append("  warning: no passphrase or recovery key: only hardware can open this volume")
+    emit(app.json, header.to_json(), "\n".join(lines))
+
+
+# -------------------------------------------------------------------------------- enroll-tpm2
+@luks.command("enroll-tpm2")
+@click.argument("device")
+@click.option("--pcrs", default=None, metavar="N+M", help=PCR_HELP)
+@click.option("--with-pin", is_flag=True, help="Also require a PIN at boot (asked twice, or one stdin line).")
+@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
+              help="Read the existing passphrase from FILE (inside --root; used byte for byte).")
+@click.option("--replace", is_flag=True,
+              help="Re-seal after a firmware/Secure Boot change: enroll anew, prove it opens, then remove the old.")
+@click.option("--allow-unmeasured", is_flag=True, help="Enroll even when the PCRs are all zero (no measured boot).")
+@pass_app
+def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, unlock_key_file: str | None,
+                replace: bool, allow_unmeasured: bool) -> None:
+    """Seal a keyslot of DEVICE to the TPM (--tpm) and PCRs 0+7 with systemd-cryptenroll.
+
+    The new token is proven to open the volume (test-unlock) before anything old is removed.
+    Running it again with the same PCRs does nothing. Refused when PCR 7 is all zero (no
+    measured boot) unless --allow-unmeasured.
+
+    PCR 0 measures the firmware: after a firmware update the TPM no longer unseals. Keep the
+    recovery key, and run `enroll-tpm2 --replace` after the update.
+    """
+    from yktool.luks.tpm2 import plan_enroll_tpm2
+    from yktool.tpm import parse_pcrs, parse_tcti
+
+    selection = parse_pcrs(pcrs) if pcrs is not None else None
+    tcti = parse_tcti(app.tpm)
+    op = plan_enroll_tpm2(app.host, _path(app, device), tcti, selection, with_pin=with_pin, replace=replace,
+                          allow_unmeasured=allow_unmeasured)
+    if app.json:  # the rendered plan carries the notes otherwise
+        for note in op.plan.notes:
+            warn(note)
+    if app.dry_run:
+        show_plan(op.plan, app.json)
+        return
+    if not app.json:
+        info(op.plan.render())
+    if op.needs_unlock:
+        op.unlock = _read_unlock(app, device, unlock_key_file)
+    if op.needs_pin:
+        from yktool.cli.prompts import read_secret
+
+        op.pin = read_secret("TPM2 PIN" if not op.needs_unlock else "New TPM2 PIN", confirm=True)
+        if not op.pin:
+            from yktool.errors import UsageError
+
+            raise UsageError("the TPM2 PIN is empty", "choose a PIN of at least 4 characters")
+    _run_plan(app, op.plan)
+    summary = {"ok": True, "device": device, "pcrs": op.pcrs, "pin": with_pin, "token": op.new_token,
+               "changed": op.plan.changed, "plan": op.plan.to_json(), "proof": [r.to_json() for r in op.proof]}
+    text = (f"{device}: TPM2 token {op.new_token} seals to PCRs {'+'.join(map(str, op.pcrs))}"
+            + (" and opens the volume" if op.proof and op.proof[0].ok else "")
+            + ("" if op.plan.changed else " (nothing changed)"))
+    emit(app.json, summary, text)
+
+
+# ------------------------------------------------------------------------------- add-recovery
+def _terminal(key_to_stderr: bool) -> Any:
+    """Where the recovery key may be shown: the terminal only (or stderr when asked)."""
+    if key_to_stderr or sys.stderr.isatty():
+        return sys.stderr
+    try:
+        return open("/dev/tty", "w")  # noqa: SIM115 - closed by the caller
+    except OSError:
+        return None
+
+
+@luks.command("add-recovery")
+@click.argument("device")
+@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
+              help="Read the existing passphrase from FILE (inside --root).")
+@click.option("--replace", is_flag=True, help="Make a new recovery key, prove it, then remove the old one.")
+@click.option("--key-to-stderr", is_flag=True,
+              help="Write the key to stderr even when it is not a terminal (for a script that stores it).")
+@pass_app
+def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, replace: bool,
+                 key_to_stderr: bool) -> None:
+    """Add a systemd recovery key to DEVICE and show it once, on the terminal only.
+
+    The key is never written to stdout, --json, a log or a file. Without a terminal the command
+    refuses (nothing changed) unless --key-to-stderr. Idempotent: an existing recovery key is
+    reported (use --replace for a new one).
+    """
+    from yktool.errors import Refused
+    from yktool.luks.recovery import plan_add_recovery
+
+    op = plan_add_recovery(app.host, _path(app, device), replace=replace)
+    if app.dry_run:
+        show_plan(op.plan, app.json)
+        return
+    out = None
+    if op.needs_unlock:
+        out = _terminal(key_to_stderr)
+        if out is None:
+            raise Refused("no terminal to show the recovery key on", "run on a terminal, or pass --key-to-stderr")
+        op.unlock = _read_unlock(app, device, unlock_key_file)
+    try:
+        _run_plan(app, op.plan)
+    finally:
+        if op.key is not None and out is not None:
+            out.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
+                      f"manager now):\n\n    {op.key.decode()}\n\n")
+            out.flush()
+            op.key = None
+        if out is not None and out is not sys.stderr:
+            out.close()
+    summary = {"ok": True, "device": device, "slot": op.new_slot, "changed": op.plan.changed,
+               "plan": op.plan.to_json()}
+    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it" if op.new_slot is not None
+            else f"{device}: already has a recovery key (nothing changed)")
+    emit(app.json, summary, text)
+
+
+# ---------------------------------------------------------------------------------------- wipe
+@luks.command("wipe")
+@click.argument("device")
+@click.option("--slot", "slots", type=int, multiple=True, help="Keyslot number to remove (repeatable).")
+@click.option("--type", "wipe_type", type=click.Choice(["password", "recovery", "tpm2", "fido2", "pkcs11"]),
+              default=None, help="Remove every keyslot of this kind.")
+@click.option("--allow-hardware-only", is_flag=True,
+              help="Allow removing the last passphrase/recovery slot while TPM2/FIDO2 slots remain.")
+@pass_app
+def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | None,
+         allow_hardware_only: bool) -> None:
+    """Remove keyslots (and their tokens) from DEVICE, never the last way in.
+
+    Refused (exit 4, header untouched) when nothing would be left, or when only hardware-bound
+    slots (TPM2, FIDO2) would be left, unless --allow-hardware-only. Asks first unless --yes.
+    """
+    from yktool.luks.wipe import plan_wipe
+
+    plan, _header, chosen = plan_wipe(app.host, _path(app, device), slots=list(slots) if slots else None,
+                                      wipe_type=wipe_type, allow_hardware_only=allow_hardware_only)
+    if app.dry_run:
+        show_plan(plan, app.json)
+        return
+    if chosen:
+        _confirm(app, f"Remove keyslot {', '.join(map(str, chosen))} from {device}?")
+    _run_plan(app, plan)
+    emit(app.json, {"ok": True, "device": device, "wiped": chosen, "plan": plan.to_json()},
+         f"{device}: removed keyslot {', '.join(map(str, chosen))}" if chosen else f"{device}: nothing to wipe")
+
+
+# --------------------------------------------------------------------------------- test-unlock
+@luks.command("test-unlock")
+@click.argument("device")
+@click.option("--token", "tokens", type=int, multiple=True, help="Only this token (repeatable).")
+@click.option("--pin-stdin", is_flag=True, help="Read the PIN of PIN-protected tokens from stdin (one line each).")
+@pass_app
+def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin: bool) -> None:
+    """Prove each token of DEVICE still opens it, without activating anything.
+
+    Uses libcryptsetup's own token plugins. For TPM2 tokens it says "opens", "PCR policy no
+    longer matches (firmware or Secure Boot changed?)" or "PIN wrong". Run it before a firmware
+    update; after one, `enroll-tpm2 --replace`. Exit 1 when a token fails, 6 when only PINs were
+    wrong.
+    """
+    from yktool.errors import CheckFailed, PinInvalid
+    from yktool.luks.header import read_header
+    from yktool.luks.tokens import Token
+    from yktool.luks.unlock import PIN_WRONG, UnlockContext, test_tokens
+    from yktool.tpm import parse_tcti
+
+    header = read_header(app.host, _path(app, device))
+    tcti = parse_tcti(app.tpm)
+
+    def pin_for(token: Token) -> bytes | None:
+        from yktool.cli.prompts import read_secret
+
+        return read_secret(f"PIN for token {token.id} ({token.summary})", from_stdin=pin_stdin)
+
+    ctx = UnlockContext(app.host, _path(app, device), header, tcti, pin_for=pin_for)
+    results = test_tokens(ctx, list(tokens) if tokens else None)
+    failed = [r for r in results if r.failed]
+    if app.json:
+        emit_json({"ok": not failed, "device": device, "tokens": [r.to_json() for r in results]})
+    else:
+        if not results:
+            click.echo(f"{device}: no tokens to test")
+        for r in results:
+            click.echo(f"token {r.token_id} ({r.token_type}, keyslot {', '.join(map(str, r.keyslots))}): {r.message}")
+            for hint in r.hints:
+                click.echo(f"    hint: {hint}")
+    if failed:
+        if all(r.status == PIN_WRONG for r in failed):
+            raise PinInvalid(None, f"{device}: wrong PIN for token {', '.join(str(r.token_id) for r in failed)}")
+        raise CheckFailed(f"{device}: {len(failed)} of {len(results)} token(s) do not open the volume",
+                          "see the lines above; after a firmware or Secure Boot change run "
+                          "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)")

@@ -1,0 +1,190 @@
+"""`yktool ssh sign` and `yktool git signing`, proven by the real ssh-keygen -Y verify and git."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ssh_support import TOOLS, SshWorld, snapshot, world
+from yktool.ssh.sshsig import parse_armored
+
+__all__ = ["world"]
+PIN = "4321"
+EMAIL = "alice@example.com"
+
+
+def _keygen(w: SshWorld, *args: str, device: str | None = None, input: str | None = None) -> None:
+    res = w.yk("ssh", "keygen", "--user", "alice", *args, device=device, input=input)
+    assert res.exit_code == 0, res.output
+
+
+def _verify(w: SshWorld, sig: Path, message: bytes, namespace: str = "git", email: str = EMAIL) -> Any:
+    return w.run(["ssh-keygen", "-Y", "verify", "-f", str(w.ssh() / "allowed_signers"), "-I", email,
+                  "-n", namespace, "-s", str(sig)], input=message)
+
+
+@pytest.mark.parametrize("type_name", ["ed25519-sk", "ecdsa-sk"])
+def test_signature_verifies_against_yktools_allowed_signers(world: SshWorld, type_name: str) -> None:
+    _keygen(world, "--type", type_name)
+    stem = "id_ed25519_sk" if type_name == "ed25519-sk" else "id_ecdsa_sk"
+    res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice", "--key", f"/home/alice/.ssh/{stem}.pub")
+    assert res.exit_code == 0, res.output
+    message = b"tree 1234\n\nsigned through the security key\n"
+    (world.root / "msg").write_bytes(message)
+    res = world.yk("ssh", "sign", "-n", "git", "-f", f"/home/alice/.ssh/{stem}", "/msg")
+    assert res.exit_code == 0, res.output
+    sig = world.root / "msg.sig"
+    good = _verify(world, sig, message)
+    assert good.returncode == 0, good.stderr
+    label = "ED25519-SK" if type_name == "ed25519-sk" else "ECDSA-SK"
+    assert f'Good "git" signature for {EMAIL} with {label} key'.encode() in good.stdout
+    bad = _verify(world, sig, message.replace(b"signed", b"forged"))
+    assert bad.returncode != 0 and b"incorrect signature" in bad.stderr
+    assert _verify(world, sig, message, namespace="file").returncode != 0
+    assert _verify(world, sig, message, email="bob@example.com").returncode != 0
+    assert parse_armored(sig.read_bytes()).signature.flags == 0x01  # touched, no PIN
+
+
+def test_signature_flags_follow_the_key(world: SshWorld, sim_key: Any) -> None:
+    device = sim_key("pinned", pin=PIN)
+    _keygen(world, "--pin-stdin", "-O", "verify-required", device=device, input=PIN + "\n")
+    (world.root / "msg").write_bytes(b"m")
+    res = world.yk("ssh", "sign", "--pin-stdin", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk.pub", "/msg",
+                   input=PIN + "\n", device=device)
+    assert res.exit_code == 0, res.output
+    sig = parse_armored((world.root / "msg.sig").read_bytes()).signature
+    assert sig.flags == 0x05 and sig.counter > 0  # user present + verified by the PIN
+    assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    assert _verify(world, world.root / "msg.sig", b"m").returncode == 0
+    # wrong PIN: exit 6, nothing written
+    (world.root / "msg.sig").unlink()
+    res = world.yk("ssh", "sign", "--pin-stdin", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg",
+                   input="0000\n", device=device)
+    assert res.exit_code == 6 and "attempts left" in res.stderr
+    assert not (world.root / "msg.sig").exists()
+
+
+def test_no_touch_key_signs_without_presence(world: SshWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    _keygen(world, "-O", "no-touch-required")
+    (world.root / "msg").write_bytes(b"m")
+    monkeypatch.setenv("YKTOOL_SIM_PRESENCE", "deny")  # a touch would be refused
+    res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg")
+    assert res.exit_code == 0, res.output
+    assert parse_armored((world.root / "msg.sig").read_bytes()).signature.flags == 0x00
+
+
+def test_touch_refused_while_signing(world: SshWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    _keygen(world)
+    (world.root / "msg").write_bytes(b"m")
+    monkeypatch.setenv("YKTOOL_SIM_PRESENCE", "deny")
+    res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg")
+    assert res.exit_code == 9
+    assert not (world.root / "msg.sig").exists()
+
+
+def test_sign_with_another_key_is_no_device(world: SshWorld, sim_key: Any) -> None:
+    _keygen(world)
+    (world.root / "msg").write_bytes(b"m")
+    res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg", device=sim_key("b"))
+    assert res.exit_code == 3, res.output
+    assert not (world.root / "msg.sig").exists()
+
+
+def _git_env(w: SshWorld) -> dict[str, str]:
+    """What a shell of alice on the configured root would have: her HOME and global config."""
+    env = w.env()
+    home = w.home()
+    (w.root / "tmp").mkdir(exist_ok=True)
+    env.update(HOME=str(home), GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), TMPDIR=str(w.root / "tmp"),
+               YKTOOL_ROOT=str(w.root), YKTOOL_DEVICE=w.device, YKTOOL_PYTHON=sys.executable,
+               GIT_AUTHOR_NAME="Alice", GIT_COMMITTER_NAME="Alice")
+    return env
+
+
+@pytest.mark.parametrize("scope", ["global", "repo"])
+def test_git_commit_and_tag_signed_and_verified(world: SshWorld, scope: str) -> None:
+    _keygen(world, "--comment", "alice yubikey")
+    env = _git_env(world)
+    repo = world.home() / "project"
+    repo.mkdir()
+    assert world.run(["git", "init", "-q", str(repo)], env=env).returncode == 0
+    scope_args = ["--global"] if scope == "global" else ["--repo", "/home/alice/project"]
+    res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice", *scope_args)
+    assert res.exit_code == 0, res.output
+    assert "gpg.format=ssh" in res.stdout and "commit.gpgsign=true" in res.stdout
+    # the test-only program signs through the software key; git itself is the real one
+    config = repo / ".git" / "config" if scope == "repo" else world.home() / ".gitconfig"
+    assert world.run(["git", "config", "--file", str(config), "gpg.ssh.program", str(TOOLS / "yktool-ssh-keygen")],
+                     env=env).returncode == 0
+    (repo / "README").write_text("hello\n")
+    for argv in (["git", "add", "README"], ["git", "commit", "-q", "-S", "-m", "first signed commit"]):
+        done = world.run(argv, env=env, cwd=repo)
+        assert done.returncode == 0, done.stderr
+    verified = world.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo)
+    assert verified.returncode == 0, verified.stderr
+    assert f'Good "git" signature for {EMAIL} with ED25519-SK key'.encode() in verified.stderr
+    shown = world.run(["git", "log", "--show-signature", "-1"], env=env, cwd=repo).stdout.decode()
+    assert f'Good "git" signature for {EMAIL}' in shown
+    # tag.gpgsign: a plain annotated tag is signed too
+    assert world.run(["git", "tag", "-m", "v1", "v1"], env=env, cwd=repo).returncode == 0
+    tag = world.run(["git", "tag", "-v", "v1"], env=env, cwd=repo)
+    assert tag.returncode == 0 and b'Good "git" signature' in tag.stderr
+    # a commit signed by nobody in allowed_signers does not verify
+    (world.ssh() / "allowed_signers").write_text("")
+    assert world.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo).returncode != 0
+
+
+def test_allowed_signers_sorted_unique_and_idempotent(world: SshWorld) -> None:
+    _keygen(world)
+    signers = world.ssh() / "allowed_signers"
+    signers.write_text("# team signers\n\nzed@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7\n"
+                       "adam@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8\n")
+    assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    lines = signers.read_text().splitlines()
+    assert lines[:2] == ["# team signers", ""]
+    assert lines[2:] == sorted(lines[2:]) and len(lines) == 5
+    ours = [x for x in lines if x.startswith(EMAIL)]
+    assert len(ours) == 1 and ours[0].startswith(f'{EMAIL} namespaces="git" sk-ssh-ed25519@openssh.com AAAA')
+    before = snapshot(world.home())
+    res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice")
+    assert res.exit_code == 0 and "(unchanged)" in res.stdout
+    assert snapshot(world.home()) == before
+
+
+def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: Any) -> None:
+    _keygen(world)
+    real_home = Path(os.path.expanduser("~"))
+    watched = [p for p in (real_home / ".gitconfig", real_home / ".config/git/config", Path("/etc/gitconfig"))
+               if p.exists()]
+    before = snapshot(*watched)
+    assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    assert snapshot(*watched) == before
+    gits = [c for c in child_recorder.children if os.path.basename(c.argv[0]) == "git"]
+    assert gits
+    for child in gits:
+        assert child.env["HOME"] == str(world.home())
+        assert child.env["GIT_CONFIG_GLOBAL"] == str(world.home() / ".gitconfig")
+        assert child.env["GIT_CONFIG_NOSYSTEM"] == "1"
+        assert "--file" in child.argv and str(world.root) in child.argv[child.argv.index("--file") + 1]
+    config = (world.home() / ".gitconfig").read_text()
+    assert "signingkey = ~/.ssh/id_ed25519_sk.pub" in config and "allowedSignersFile = ~/.ssh/allowed_signers" in config
+    assert (world.home() / ".gitconfig").stat().st_uid == 1000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--email", "not an email"], "cannot be an allowed_signers principal"),
+    (["--email", EMAIL, "--global", "--repo", "/home/alice"], "exclude each other"),
+    (["--email", EMAIL, "--repo", "/home/alice"], "not a git repository"),
+    (["--email", EMAIL, "--key", "/home/alice/.ssh/missing.pub"], "no such file"),
+])
+def test_bad_input_changes_nothing(world: SshWorld, args: list[str], message: str) -> None:
+    _keygen(world)
+    before = snapshot(world.root)
+    res = world.yk("git", "signing", "--user", "alice", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and "hint:" in res.stderr
+    assert snapshot(world.root) == before

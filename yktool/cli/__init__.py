@@ -52,7 +52,10 @@ class LazyGroup(click.Group):
         try:
             return super().main(args, prog_name or "yktool", complete_var, standalone_mode=False, **extra)
         except YktoolError as err:
-            report_error(err)
+            # The click context is gone by now: tell emit_error about --json from the args
+            # (in-process callers such as CliRunner pass them here, not in sys.argv).
+            argv = list(args) if args is not None else sys.argv[1:]
+            report_error(err, as_json="--json" in argv)
             sys.exit(int(err.exit_code))
         except (KeyboardInterrupt, click.Abort):
             report_error(Interrupted("interrupted"))
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> Any:
     return main_group.main(args=argv, prog_name="yktool")
 
 
-def report_error(err: YktoolError) -> None:
+def report_error(err: YktoolError, as_json: bool = False) -> None:
     from yktool.cli.output import emit_error
 
-    emit_error(err)
+    emit_error(err, as_json=as_json)

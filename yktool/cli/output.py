@@ -41,7 +41,7 @@ def warn(message: str) -> None:
     click.echo(click.style("warning: ", fg="yellow") + message, err=True)
 
 
-def emit_error(err: YktoolError) -> None:
+def emit_error(err: YktoolError, as_json: bool = False) -> None:
     click.echo(click.style("yktool: error: ", fg="red", bold=True) + err.message, err=True)
     if err.hint:
         click.echo(f"  hint: {err.hint}", err=True)
@@ -49,7 +49,7 @@ def emit_error(err: YktoolError) -> None:
 
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_object(AppContext) if ctx else None
-    if obj is None and "--json" in sys.argv[1:]:
+    if obj is None and (as_json or "--json" in sys.argv[1:]):
         obj = AppContext(json=True)
     if obj is not None and obj.json:
         emit_json({"ok": False, **err.to_json()})

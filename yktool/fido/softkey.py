@@ -46,6 +46,7 @@ from yktool.fido.softkey_state import (
     StateError,
     load_state,
     locked,
+    remove_stale_temp_files,
     save_state,
     unwrap_credential,
     wrap_credential,
@@ -117,6 +118,7 @@ class SoftKey(CtapDevice):
                     raise StateError(f"no software-key state at {self.path}")
                 save_state(self.path, SoftKeyState.new())
             state = load_state(self.path)
+            remove_stale_temp_files(self.path)
         self.device_id = state.device_id
         # A stable serial, derived from the device id so that it survives a reset.
         self.serial_number = sha256(b"yktool softkey serial" + state.device_id)[:6].hex().upper()

@@ -65,8 +65,8 @@ def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any
             rps.setdefault(c.rp_id, c.rp_name)
         if not rps:
             raise fail(ERR.NO_CREDENTIALS)
-        key._rps = list(rps.items())
-        first = _rp_entry(key._rps.pop(0))
+        key._rps = list(rps.items())[1:]
+        first = _rp_entry(next(iter(rps.items())))
         first[RES.TOTAL_RPS] = len(rps)
         return first
 
@@ -82,8 +82,8 @@ def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any
         creds = [c for c in sorted(state.creds, key=lambda c: c.created) if sha256(c.rp_id.encode()) == rp_id_hash]
         if not creds:
             raise fail(ERR.NO_CREDENTIALS)
-        key._creds = creds
-        first = _cred_entry(state, key._creds.pop(0))
+        key._creds = creds[1:]
+        first = _cred_entry(state, creds[0])
         first[RES.TOTAL_CREDENTIALS] = len(creds)
         return first
 

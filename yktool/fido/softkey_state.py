@@ -207,6 +207,14 @@ def save_state(path: Path, state: SoftKeyState) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete temporary files a killed writer left behind. Call with the lock held: every
+    writer holds it, so no temporary file is in use then."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write of one state file across processes (advisory flock on a

@@ -67,3 +67,9 @@ def test_unreadable_yubikey_facts_are_unknown_not_an_error(tmp_path: Path) -> No
     assert f"serial            {UNKNOWN}" in text
     assert f"firmware          {UNKNOWN}" in text
     assert f"form factor       {UNKNOWN}" in text
+
+
+def test_serial_for_a_missing_hidraw_node_is_none() -> None:
+    from yktool.fido.yubikey import serial_for_hidraw
+
+    assert serial_for_hidraw("/dev/hidraw-does-not-exist") is None

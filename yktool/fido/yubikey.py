@@ -89,3 +89,20 @@ def _facts_by_listing(device: CtapDevice) -> YubiKeyFacts | None:
         with contextlib.suppress(Exception):
             return _from_info(found[0][1])
     return None
+
+
+def serial_for_hidraw(path: str | bytes) -> int | None:
+    """The YubiKey serial of the key at a hidraw node; None for other keys or when unreadable."""
+    try:
+        from fido2.hid import open_device as hid_open
+
+        device = hid_open(path)
+    except Exception as exc:  # noqa: BLE001 - a node we cannot open has no serial to tell
+        log.debug("cannot open %r: %s", path, exc)
+        return None
+    try:
+        facts = read_facts(device)
+        return facts.serial if facts else None
+    finally:
+        with contextlib.suppress(Exception):
+            device.close()

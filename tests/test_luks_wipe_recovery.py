@@ -1,0 +1,142 @@
+"""Recovery keys, wiping keyslots without locking anyone out, and no secret leaking anywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.conftest import CliCall
+from tests.fixtures.luks import LuksImage
+from tests.fixtures.tpm import SoftTpm
+from yktool.host import Host
+from yktool.luks.header import read_header
+
+KEY_RE = re.compile(r"\b[cbdefghijklnrtuv]{8}(?:-[cbdefghijklnrtuv]{8}){7}\b")
+
+
+def add_recovery(cli: CliCall, image: LuksImage, *extra: object) -> tuple[object, str | None]:
+    r = cli("luks", "add-recovery", image.path, "--unlock-key-file", image.key_file, "--key-to-stderr", *extra)
+    found = KEY_RE.search(r.stderr)
+    return r, found.group(0) if found else None
+
+
+def test_wipe_of_the_only_passphrase_is_refused_byte_identical(cli: CliCall, luks2_image: LuksImage) -> None:
+    before = luks2_image.path.read_bytes()
+    r = cli("--yes", "luks", "wipe", luks2_image.path, "--slot", "0")
+    assert r.exit_code == 4
+    first, hint = r.stderr.strip().splitlines()
+    assert "no way in at all" in first and "add-recovery" in hint
+    assert luks2_image.path.read_bytes() == before
+    r = cli("--yes", "luks", "wipe", luks2_image.path, "--type", "password")
+    assert r.exit_code == 4
+    assert luks2_image.path.read_bytes() == before
+
+
+def test_wipe_leaving_only_hardware_is_refused_unless_allowed(cli: CliCall, measured_tpm: SoftTpm,
+                                                              luks2_image: LuksImage) -> None:
+    r = cli("--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file",
+            luks2_image.key_file)
+    assert r.exit_code == 0, r.output
+    before = luks2_image.path.read_bytes()
+    r = cli("--yes", "luks", "wipe", luks2_image.path, "--type", "password")
+    assert r.exit_code == 4
+    assert "only by hardware" in r.stderr and "--allow-hardware-only" in r.stderr
+    assert luks2_image.path.read_bytes() == before
+    # a recovery key makes removing the passphrase safe
+    r, key = add_recovery(cli, luks2_image)
+    assert key is not None
+    r = cli("--yes", "luks", "wipe", luks2_image.path, "--type", "password")
+    assert r.exit_code == 0, r.output
+    header = read_header(Host(), str(luks2_image.path))
+    assert header.slots_with_role("password") == [] and header.slots_with_role("recovery")
+    assert not luks2_image.opens_with(luks2_image.passphrase)
+    assert luks2_image.opens_with(key.encode())
+
+
+def test_wipe_tpm2_slot_removes_its_token(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
+    cli("--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file", luks2_image.key_file)
+    r = cli("--yes", "--json", "luks", "wipe", luks2_image.path, "--type", "tpm2")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["wiped"] == [1]
+    header = read_header(Host(), str(luks2_image.path))
+    assert header.tokens == {} and header.usable_slots == [0]
+
+
+def test_wipe_needs_confirmation_when_not_interactive(cli: CliCall, measured_tpm: SoftTpm,
+                                                      luks2_image: LuksImage) -> None:
+    cli("--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file", luks2_image.key_file)
+    before = luks2_image.path.read_bytes()
+    r = cli("luks", "wipe", luks2_image.path, "--slot", "1")
+    assert r.exit_code == 4 and "--yes" in r.stderr
+    assert luks2_image.path.read_bytes() == before
+    r = cli("--yes", "luks", "wipe", luks2_image.path, "--slot", "5")
+    assert r.exit_code == 2 and "no keyslot 5" in r.stderr
+
+
+def test_add_recovery_shows_the_key_once_and_it_opens(cli: CliCall, luks2_image: LuksImage) -> None:
+    r, key = add_recovery(cli, luks2_image)
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert key is not None and r.stderr.count(key) == 1  # type: ignore[attr-defined]
+    assert key not in r.stdout  # type: ignore[attr-defined]
+    assert luks2_image.opens_with(key.encode())
+    again, key2 = add_recovery(cli, luks2_image)
+    assert again.exit_code == 0 and key2 is None  # type: ignore[attr-defined]
+    assert "already has a recovery key" in again.stdout  # type: ignore[attr-defined]
+    assert len(read_header(Host(), str(luks2_image.path)).slots_with_role("recovery")) == 1
+
+
+def test_add_recovery_replace_proves_new_then_removes_old(cli: CliCall, luks2_image: LuksImage) -> None:
+    _, old = add_recovery(cli, luks2_image)
+    r, new = add_recovery(cli, luks2_image, "--replace")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert old and new and old != new
+    assert luks2_image.opens_with(new.encode()) and not luks2_image.opens_with(old.encode())
+
+
+def test_add_recovery_without_a_terminal_refuses_and_writes_nothing(cli: CliCall, luks2_image: LuksImage,
+                                                                    monkeypatch: object) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def no_tty(path: object, *a: object, **k: object) -> object:
+        if path == "/dev/tty":
+            raise OSError("no controlling terminal")
+        return real_open(path, *a, **k)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", no_tty)  # type: ignore[attr-defined]
+    before = luks2_image.path.read_bytes()
+    r = cli("luks", "add-recovery", luks2_image.path, "--unlock-key-file", luks2_image.key_file)
+    assert r.exit_code == 4 and "--key-to-stderr" in r.stderr
+    assert luks2_image.path.read_bytes() == before
+
+
+def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: object, measured_tpm: SoftTpm,
+                                                 luks2_image: LuksImage) -> None:
+    passphrase = luks2_image.passphrase.decode()
+    pin = "hunter2-pin-8812"
+    outputs = []
+    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "enroll-tpm2", luks2_image.path, "--with-pin",
+            input=f"{passphrase}\n{pin}\n")
+    assert r.exit_code == 0, r.output
+    outputs.append(r.output)
+    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path, "--pin-stdin",
+            input=f"{pin}\n")
+    assert r.exit_code == 0, r.output
+    outputs.append(r.output)
+    r = cli("--json", "luks", "add-recovery", luks2_image.path, "--key-to-stderr", input=f"{passphrase}\n")
+    assert r.exit_code == 0, r.output
+    key = KEY_RE.search(r.stderr)
+    assert key is not None
+    recovery = key.group(0)
+    outputs.append(r.stdout)
+    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "enroll-tpm2", luks2_image.path, "--with-pin",
+            "--replace", input=f"{recovery}\n{pin}\n")
+    outputs.append(r.output)
+    recorder = child_recorder
+    children = recorder.children  # type: ignore[attr-defined]
+    assert any("systemd-cryptenroll" in c.argv[0] for c in children)  # the recorder saw the real children
+    recorder.assert_no_secret(passphrase, pin, recovery)  # type: ignore[attr-defined]
+    for out in outputs:
+        for secret in (passphrase, pin, recovery):
+            assert secret not in out

@@ -145,8 +145,8 @@ def parse_line(lineno: int, text: str, eol: str) -> AuthLine:
     """One line the way pam_u2f (1.1.0 … 1.4.0) reads it."""
     line = AuthLine(lineno, text, eol)
     tokens = _strtok(text, ":")
-    if not tokens:
-        return line  # blank: pam_u2f skips it
+    if not tokens or not text.strip():
+        return line  # blank (or only blanks): matches no user, harmless
     line.user = tokens[0]
     if len(tokens) == 1:
         line.error = "no credential after the user name"
@@ -606,8 +606,8 @@ def pam_line_for(target: Target, origin: str, *, pin: bool, verification: bool) 
 
 
 def nix_snippets(request: RegisterRequest) -> dict[str, str]:
-    """What to paste into secrets.nix and the host configuration (each parses on its own
-    inside `{ … }`)."""
+    """What to paste into secrets.nix (an entry of its attribute set) and a NixOS module for
+    the host (a whole `{ config, ... }: { … }` file)."""
     from yktool import agefile, nix
 
     target = request.target
@@ -622,7 +622,7 @@ def nix_snippets(request: RegisterRequest) -> dict[str, str]:
         settings.append("      pinverification = 1;")
     if request.verification:
         settings.append("      userverification = 1;")
-    host_cfg = "\n".join([
+    body = [
         f"age.secrets.{secret} = {{",
         f"  file = ./secrets/{name};",
         "  # pam_u2f runs inside the screen locker as the user: it must be able to read it",
@@ -638,7 +638,9 @@ def nix_snippets(request: RegisterRequest) -> dict[str, str]:
         "# NixOS before 24.05: security.pam.u2f.authFile / .origin / .cue instead of settings",
         *[nix.attribute(f"security.pam.services.{svc}.u2fAuth", "true")
           for svc in request.services],
-    ])
+    ]
+    host_cfg = "\n".join(["# a NixOS module: import it from the host's configuration",
+                          "{ config, ... }:", "{", *["  " + ln for ln in body], "}"])
     return {"secrets.nix": entry, "configuration.nix": host_cfg}
 
 

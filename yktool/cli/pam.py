@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -125,7 +126,10 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     if result.pam_line:
         click.echo(f"  PAM line (e.g. /etc/pam.d/sudo): {result.pam_line}")
     for name, snippet in result.nix.items():
-        click.echo(f"\n# {name}\n{snippet}")
+        click.echo(f"\n--- {name} ---\n{snippet}")
+    if result.nix:
+        click.echo(f"\n{result.written_to} holds the whole authfile, encrypted; commit it next "
+                   "to secrets.nix.")
 
 
 @pam.command("check")
@@ -163,6 +167,9 @@ def check(app: AppContext, services: tuple[str, ...]) -> None:
             if f.hint:
                 click.echo(f"         fix: {f.hint}")
         click.echo("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
+    if not report.ok and app.json:
+        # the report above is the JSON answer; a second (error) document would break parsers
+        sys.exit(int(CheckFailed.exit_code))
     if not report.ok:
         errors = [f for f in report.findings if f.severity == "error"]
         raise CheckFailed(f"pam check: {len(errors)} error(s): {errors[0].message}",

@@ -204,13 +204,14 @@ def test_reset_with_yes_wipes_pin_and_credentials(cli: CliCall, key: Path) -> No
     assert after.probe("io.systemd.cryptsetup", cred.credential_id) is False
 
 
-def test_refused_touch_is_exit_9_and_changes_nothing(cli: CliCall, key: Path) -> None:
+@pytest.mark.parametrize("presence", ["deny", "timeout"])
+def test_refused_touch_is_exit_9_and_changes_nothing(cli: CliCall, key: Path, presence: str) -> None:
     set_pin(cli, key)
     s = KeySession(open_device(dev(key)), pin=PIN)
     cred = s.make_credential("io.systemd.cryptsetup")
     cli("--device", dev(key), "key", "replug")
     before = key.read_bytes()
-    r = cli("--device", dev(key), "--yes", "key", "reset", env={"YKTOOL_SIM_PRESENCE": "deny"})
+    r = cli("--device", dev(key), "--yes", "key", "reset", env={"YKTOOL_SIM_PRESENCE": presence})
     assert r.exit_code == 9, r.output
     assert "not touched" in r.stderr and "hint:" in r.stderr
     assert key.read_bytes() == before

@@ -71,3 +71,18 @@ def test_change_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0, out
     assert b"Current PIN: " in out and b"old-pin-1" not in out and b"new-pin-2" not in out
     KeySession(open_device(spec)).verify_pin("new-pin-2")
+
+
+def test_reset_asks_first_on_a_terminal(tmp_path: Path) -> None:
+    spec = f"sim:{tmp_path / 'k.json'}"
+    KeySession(open_device(spec)).set_pin("some-pin-1")
+    state = tmp_path / "k.json"
+    before = state.read_bytes()
+    code, out = run_on_tty(["--device", spec, "key", "reset"], ["n"])
+    assert code == 4, out
+    assert b"wipes EVERY credential" in out and b"[y/N]" in out
+    assert state.read_bytes() == before
+    code, out = run_on_tty(["--device", spec, "key", "reset"], ["y"])
+    assert code == 0, out
+    assert b"Touch your key" in out  # the spinner's line, on the terminal
+    assert not KeySession(open_device(spec)).pin_is_set

@@ -20,6 +20,9 @@ def test_deleted_files_come_back_identical(world: SshWorld, sim_key: Any) -> Non
     device = sim_key("pinned", pin=PIN)
     _make(world, device, "-O", "no-touch-required", "--comment", "alice's key")
     _make(world, device, "-O", "application=ssh:work", "-O", "verify-required", "--output", "/home/alice/.ssh/work")
+    # authorized_keys entries in the registry carry the same credential id: not a key file
+    assert world.yk("ssh", "authorize", "--user", "alice").exit_code == 0
+    assert world.yk("ssh", "authorize", "--user", "bob", "--pubkey", "/home/alice/.ssh/work.pub").exit_code == 0
     files = ["id_ed25519_sk", "id_ed25519_sk.pub", "work", "work.pub"]
     original = {name: (world.ssh() / name).read_bytes() for name in files}
     modes = {name: (world.ssh() / name).stat().st_mode for name in files}
@@ -27,6 +30,7 @@ def test_deleted_files_come_back_identical(world: SshWorld, sim_key: Any) -> Non
         (world.ssh() / name).unlink()
     res = world.yk("ssh", "download", "--user", "alice", "--pin-stdin", input=PIN + "\n", device=device)
     assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in world.ssh().iterdir()) == sorted([*files, "authorized_keys"])
     for name in files:
         assert (world.ssh() / name).read_bytes() == original[name], name
         assert (world.ssh() / name).stat().st_mode == modes[name]

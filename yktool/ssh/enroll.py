@@ -297,7 +297,8 @@ def recorded_file(host: Host, key: SkPrivateKey) -> dict[str, Scalar] | None:
         return None
     cid = credential_id_b64(key)
     for _record, entry in registry.enrollments("ssh"):
-        if entry.get("credential_id") == cid and "path" in entry:
+        # only the key's own files: an authorized_keys entry carries a path too
+        if entry.get("credential_id") == cid and "path" in entry and entry.get("role", "key-file") == "key-file":
             return entry
     return None
 

@@ -91,8 +91,9 @@ def _facts_by_listing(device: CtapDevice) -> YubiKeyFacts | None:
     return None
 
 
-def serial_for_hidraw(path: str | bytes) -> int | None:
-    """The YubiKey serial of the key at a hidraw node; None for other keys or when unreadable."""
+def serial_for_hidraw(path: str | bytes) -> str | None:
+    """The YubiKey serial (as printed on the key, a decimal string) of the key at a hidraw node;
+    None for other keys or when unreadable."""
     try:
         from fido2.hid import open_device as hid_open
 
@@ -102,7 +103,7 @@ def serial_for_hidraw(path: str | bytes) -> int | None:
         return None
     try:
         facts = read_facts(device)
-        return facts.serial if facts else None
+        return str(facts.serial) if facts and facts.serial is not None else None
     finally:
         with contextlib.suppress(Exception):
             device.close()

@@ -1,0 +1,75 @@
+"""KeySession and `yktool key` on a real key: what tests/test_session.py proves on the software key.
+
+Needs: pytest hardware-tests --hardware --serial S (see docs/hardware-tests.md). Touches are
+announced; a key with a PIN (with --allow-used-key) asks for it once on the terminal.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fido2.client import UserInteraction
+from fido2.ctap2.pin import ClientPin
+
+from yktool.fido.session import ES256, KeySession
+
+RP = "yktool-hardware-test.invalid"
+ZERO = b"\0" * 32
+
+
+class Person(UserInteraction):
+    def __init__(self, touch: Any) -> None:
+        self.touch = touch
+        self.asked = 0
+
+    def prompt_up(self) -> None:
+        self.touch(1)
+
+    def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
+        self.asked += 1
+        with open("/dev/tty", "w") as tty:  # past pytest's capture
+            tty.write("\n")
+        return getpass.getpass("PIN of the key under test: ")
+
+
+@pytest.fixture
+def session(hw_key: Any, touch: Any) -> KeySession:
+    return KeySession(hw_key.open(), Person(touch))
+
+
+def test_make_get_probe_es256(session: KeySession) -> None:
+    cred = session.make_credential(RP, algorithms=(ES256,))
+    a = session.get_assertion(RP, ZERO, allow=[cred.credential_id])
+    cred.public_key.verify(bytes(a.auth_data) + ZERO, a.signature)
+    assert a.user_present
+    touches = session.touches
+    assert session.probe(RP, cred.credential_id) is True
+    assert session.probe(RP, os.urandom(64)) is False
+    assert session.touches == touches
+
+
+@pytest.mark.requires(extensions=("hmac-secret",))
+def test_hmac_secret_stable(session: KeySession) -> None:
+    cred = session.make_credential(RP, hmac_secret=True)
+    salt = os.urandom(32)
+    first = session.get_assertion(RP, ZERO, allow=[cred.credential_id], hmac_salt=salt).hmac_output
+    again = session.get_assertion(RP, ZERO, allow=[cred.credential_id], hmac_salt=salt).hmac_output
+    assert first is not None and first == again
+
+
+def test_key_info_json_has_yubikey_facts(hw_key: Any) -> None:
+    yktool = Path(sys.executable).parent / "yktool"
+    out = subprocess.run([str(yktool), "--device", hw_key.spec, "--json", "key", "info"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    data = json.loads(out.stdout)
+    assert data["software"] is False and data["aaguid"]
+    if hw_key.serial:
+        assert str(data["yubikey"]["serial"]) == hw_key.serial
+        assert data["yubikey"]["firmware"]

@@ -145,3 +145,42 @@ def test_age_file_decrypts_with_real_age_and_authenticates(
     run = authenticate(tmp_path, decrypted, ORIGIN, key_answer(backup))
     assert run.authenticated, run.stderr[-2000:]
     assert not (pam_root / "etc/u2f_mappings").exists()
+
+
+def test_resident_credential_line_is_accepted(tmp_path: Path, pam_root: Path,
+                                              sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
+    """A `*` key handle (discoverable credential): pam_u2f sends no allow list, the key finds it."""
+    key = sim_key("r", pin="4321")
+    res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
+              "--resident", input="4321\n")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    line = pu.Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
+    assert line is not None and line.credentials[0].key_handle == "*"
+    run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
+    assert run.authenticated, run.stderr[-2000:]
+
+
+def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
+                                           sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
+    """Why yktool refuses eddsa on Debian 12: this machine's pam_u2f (1.1.0) cannot verify it.
+    With an unknown version yktool warns and writes; the real module then refuses the key."""
+    import re
+    status = Path("/var/lib/dpkg/status").read_text()
+    m = re.search(r"Package: libpam-u2f\nStatus: [^\n]*installed\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", status)
+    if m is None or (int(m[1]), int(m[2])) >= (1, 2):
+        pytest.skip("this machine's pam-u2f supports eddsa")
+    key = sim_key("e")
+    res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
+              "--algorithm", "eddsa")
+    assert res.exit_code == 0 and "eddsa needs pam-u2f 1.2.0" in res.output  # type: ignore[attr-defined]
+    run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
+    assert not run.authenticated
+    # with the target's dpkg status saying 1.1.0, yktool refuses before touching anything
+    (pam_root / "var/lib/dpkg").mkdir(parents=True)
+    (pam_root / "var/lib/dpkg/status").write_text(
+        "Package: libpam-u2f\nStatus: install ok installed\nVersion: 1.1.0-1.1+deb12u1\n")
+    before = (pam_root / "etc/u2f_mappings").read_bytes()
+    res = cli("--root", pam_root, "--device", sim_key("e2"), "pam", "register", "--user", "root",
+              "--algorithm", "eddsa")
+    assert res.exit_code == 4  # type: ignore[attr-defined]
+    assert (pam_root / "etc/u2f_mappings").read_bytes() == before

@@ -334,3 +334,26 @@ def test_installed_version(root: Path, version: str | None, expect: object) -> N
             f"Version: {version}\n")
     assert pu.installed_version(Host(root))[0] == expect
     assert pu.installed_version(Host(root), ["/nix/store/x-pam_u2f-1.3.2/lib/security/pam_u2f.so"])[0] == (1, 3, 2)
+
+
+def test_nixos_plain_etc_target_refused(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+    make_root(root)
+    (root / "etc/NIXOS").write_text("")
+    snap = snapshot(root)
+    _assert_refused(cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user",
+                        "root"), 4, "NixOS", "--age-host-key")
+    assert snapshot(root) == snap
+
+
+def test_dry_run_touches_nothing(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+    make_root(root)
+    spec = sim_key("a")
+    key_state = Path(spec.removeprefix("sim:")).read_bytes()
+    snap = snapshot(root)
+    res = cli("--root", root, "--dry-run", "--json", "--device", spec, "pam", "register",
+              "--user", "root", "--pin")
+    assert res.exit_code == 0  # type: ignore[attr-defined]
+    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert data["origin"] == ORIGIN and data["options"] == "+presence+pin"
+    assert snapshot(root) == snap
+    assert Path(spec.removeprefix("sim:")).read_bytes() == key_state

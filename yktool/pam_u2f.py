@@ -352,8 +352,9 @@ def manual_answers(session: KeySession, origin: str, challenge_b64: str, key_han
     from fido2 import cbor
 
     cdh = base64.b64decode(challenge_b64)
-    cid = base64.b64decode(key_handle_b64)
-    assertion = session.get_assertion(origin, cdh, allow=[cid], up=up, uv=uv)
+    # `*` is a resident credential: pam_u2f sends no allow list, the key finds it by RP id
+    allow = [] if key_handle_b64 == "*" else [base64.b64decode(key_handle_b64)]
+    assertion = session.get_assertion(origin, cdh, allow=allow, up=up, uv=uv)
     return [challenge_b64, origin,
             base64.b64encode(cbor.encode(bytes(assertion.auth_data))).decode(),
             base64.b64encode(assertion.signature).decode()]
@@ -458,6 +459,12 @@ def plain_target(host: Host, user: str, authfile: str | None) -> Target:
     if not authfile.startswith("/"):
         raise UsageError(f"--authfile {authfile}: give an absolute path inside the root",
                          "e.g. /etc/u2f_mappings")
+    if host.exists("/etc/NIXOS") and authfile.startswith(("/etc/", "/run/")):
+        # /etc is generated and /run/agenix rewritten at every activation: the key would vanish
+        raise Refused(f"{host.root} is NixOS: {authfile} is generated at activation, a key "
+                      "written there is lost at the next switch",
+                      "register into the agenix secret instead: --age-host-key "
+                      "/etc/ssh/ssh_host_ed25519_key.pub (and --age-identity to keep its lines)")
     owner = None
     mode = 0o644
     u = users.get(user)

@@ -97,6 +97,10 @@ class CliInteraction(UserInteraction):
             self.pin = read_secret("PIN of the key", from_stdin=self.pin_from_stdin).decode()
         return self.pin
 
+    def pin_rejected(self) -> None:
+        """The key refused the PIN (KeySession calls this): never hand the same one out again."""
+        self.pin = None
+
     def request_uv(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> bool:
         return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fido2.client import UserInteraction
 from fido2.ctap import CtapDevice
 from fido2.ctap2.pin import ClientPin
 
-from yktool.errors import NoDevice, NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, UsageError
+from yktool.errors import NoDevice, NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, ToolFailed, UsageError
 from yktool.fido import open_device
 from yktool.fido.session import (
     EDDSA,
@@ -344,3 +345,37 @@ def test_key_removed_mid_session_is_no_device(tmp_path: Path) -> None:
     path.unlink()  # the software key's way of being pulled out
     with pytest.raises(NoDevice, match="removed during the operation"):
         s.make_credential(RP)
+
+
+def test_a_refused_pin_is_dropped_by_the_cli_interaction_too(tmp_path: Path) -> None:
+    from yktool.cli.prompts import CliInteraction
+
+    ui = CliInteraction(pin="wrong-pin")
+    s = KeySession(with_pin(tmp_path), ui)
+    with pytest.raises(PinInvalid):
+        s.make_credential(RP)
+    assert ui.pin is None  # a retry would ask again, not burn another attempt with the same PIN
+
+
+class U2fOnly(CtapDevice):
+    """The software key seen through a transport without CBOR: what a U2F-only key looks like."""
+
+    def __init__(self, inner: CtapDevice) -> None:
+        self.inner = inner
+
+    @property
+    def capabilities(self) -> int:
+        return 0
+
+    def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
+        return self.inner.call(cmd, data)
+
+    @classmethod
+    def list_devices(cls) -> Iterator[CtapDevice]:
+        return iter(())
+
+
+def test_a_u2f_only_key_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ToolFailed, match="could not be understood") as err:
+        KeySession(U2fOnly(sim(tmp_path)))
+    assert "FIDO2" in err.value.hint

@@ -194,6 +194,11 @@ class KeySession:
             if _is_softkey_gone(exc):
                 raise NoDevice(f"{_REMOVED} (the software key's state file is gone or unreadable: {exc})",
                                _REMOVED_HINT) from None
+            if isinstance(exc, (ValueError, TypeError, KeyError)):
+                # python-fido2 could not parse the key's answer (or the key is U2F-only)
+                raise ToolFailed(f"the key's answer to {what} could not be understood ({type(exc).__name__})",
+                                 "remove and re-insert the key; a U2F-only key cannot be used, it needs FIDO2"
+                                 ) from exc
             raise
         finally:
             self._touch_over()
@@ -201,15 +206,14 @@ class KeySession:
     def _map_error(self, exc: CtapError, what: str) -> YktoolError:
         err = CtapError.ERR
         code = exc.code
+        if code in (err.PIN_INVALID, err.PIN_AUTH_BLOCKED, err.PIN_BLOCKED):
+            self._forget_pin()
         if code == err.PIN_INVALID:
-            self._pin = None  # never reuse a wrong PIN
             return PinInvalid(self._retries_after_failure())
         if code == err.PIN_AUTH_BLOCKED:
-            self._pin = None
             return PinAuthBlocked("too many wrong PINs in a row: the key takes no more PINs until it is "
                                   "removed and re-inserted")
         if code == err.PIN_BLOCKED:
-            self._pin = None
             return PinBlocked("the PIN of this key is blocked (8 wrong PINs)")
         if code in (err.OPERATION_DENIED, err.USER_ACTION_TIMEOUT, err.ACTION_TIMEOUT, err.UP_REQUIRED):
             return NoPresence(f"the key was not touched ({what}: touch refused or timed out); nothing changed")
@@ -238,6 +242,13 @@ class KeySession:
         return ToolFailed(f"the key answered {code.name} to {what}",
                           "remove and re-insert the key and try again; if it persists, the key may "
                           "not support this operation")
+
+    def _forget_pin(self) -> None:
+        """Never reuse a PIN the key refused: drop ours and tell the interaction to drop its copy."""
+        self._pin = None
+        rejected = getattr(self.interaction, "pin_rejected", None)
+        if callable(rejected):
+            rejected()
 
     def _retries_after_failure(self) -> int | None:
         try:

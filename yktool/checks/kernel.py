@@ -142,7 +142,7 @@ def modprobe_rules(ctx: CheckContext) -> dict[str, list[tuple[str, str]]]:
     if isinstance(cached, dict):
         return cached
     out: dict[str, list[tuple[str, str]]] = {}
-    for path in ctx.conf_dirs("modprobe", MODPROBE_DIRS):
+    for path in modprobe_files(ctx):
         for line in lines(ctx.read(path)):
             words = line.split()
             if len(words) >= 2 and words[0] == "blacklist":
@@ -156,6 +156,10 @@ def modprobe_rules(ctx: CheckContext) -> dict[str, list[tuple[str, str]]]:
                 out.setdefault(mod.replace("-", "_"), []).append((word, "/proc/cmdline"))
     ctx._cache["modprobe"] = out
     return out
+
+
+def modprobe_files(ctx: CheckContext) -> list[str]:
+    return ctx.conf_dirs("modprobe", MODPROBE_DIRS)
 
 
 def loaded_modules(ctx: CheckContext) -> set[str] | None:
@@ -183,6 +187,8 @@ def _module_check(mod: str) -> Callable[[CheckContext], Result]:
         if loaded is not None and mod in loaded:
             return r.fail(f"module {mod} is loaded", fix)
         if not rules:
+            read = modprobe_files(ctx)
+            r.ev(", ".join(read) if read else MODPROBE_DIRS[0], "not blacklisted", mod)
             return r.fail(f"{mod} is not blacklisted in modprobe.d", fix)
         return r.ok()
 

@@ -1,0 +1,100 @@
+"""`yktool verify`: every check passes on the hardened fixture root and misses on its mutation."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.roots import MUTATIONS, FixtureRoot
+from yktool.checks import REGISTRY, CheckContext, Result, run_checks
+from yktool.host import Host
+
+
+def results_of(fx: FixtureRoot) -> dict[str, Result]:
+    ctx = CheckContext(Host(fx.root), secrets=str(fx.secrets))
+    return {r.id: r for r in run_checks(ctx)}
+
+
+def describe(results: dict[str, Result]) -> str:
+    return "\n".join(f"{r.status} {r.id}: {r.reason} {[e.render() for e in r.evidence]}"
+                     for r in results.values() if r.status != "pass")
+
+
+def test_as_many_checks_as_the_page_has_items_and_each_has_a_mutation() -> None:
+    # page: 11 checklist items + 13 sysctls + 7 modules + 6 sshd settings = 37 items
+    assert len(REGISTRY) >= 37
+    assert set(MUTATIONS) == set(REGISTRY), set(REGISTRY) ^ set(MUTATIONS)
+    assert {c.layer for c in REGISTRY.values()} == set(range(8))
+
+
+def test_hardened_root_passes_every_check(hardened_root: FixtureRoot) -> None:
+    results = results_of(hardened_root)
+    assert all(r.status == "pass" for r in results.values()), describe(results)
+
+
+@pytest.mark.parametrize("check_id", sorted(MUTATIONS))
+def test_each_check_misses_on_its_mutated_root(hardened_root: FixtureRoot, check_id: str) -> None:
+    mutation = MUTATIONS[check_id]
+    mutation.apply(hardened_root)
+    results = results_of(hardened_root)
+    target = results[check_id]
+    assert target.status == mutation.status, describe(results)
+    evidence = " | ".join(e.render() for e in target.evidence)
+    assert mutation.evidence in evidence, evidence
+    assert any(e.source.startswith("/") or " " in e.source for e in target.evidence), evidence
+    assert target.fix, "a miss must say how to fix it"
+    # exactly this check misses; checks that depend on it may only become n/a
+    others = {i: r.status for i, r in results.items() if i != check_id and r.status in ("fail", "warn")}
+    assert not others, describe(results)
+
+
+def test_luks_root_mutation_turns_token_checks_not_applicable(hardened_root: FixtureRoot) -> None:
+    MUTATIONS["boot.luks.root"].apply(hardened_root)
+    results = results_of(hardened_root)
+    assert [results[i].status for i in ("boot.luks.fido2", "boot.luks.tpm2", "boot.luks.tpm2_pcrs")] == ["n/a"] * 3
+
+
+def test_loaded_module_fails_even_when_blacklisted(hardened_root: FixtureRoot) -> None:
+    modules = hardened_root.root / "proc/modules"
+    modules.write_text(modules.read_text() + "sctp 434176 2 - Live 0x0\n")
+    r = results_of(hardened_root)["kernel.module.sctp"]
+    assert r.status == "fail" and "sctp is loaded" in r.reason
+    assert "/proc/modules: sctp=loaded" in [e.render() for e in r.evidence]
+
+
+def test_sysctl_falls_back_to_sysctl_d_without_proc(hardened_root: FixtureRoot) -> None:
+    import shutil
+
+    shutil.rmtree(hardened_root.root / "proc")
+    results = results_of(hardened_root)
+    r = results["sysctl.kernel.kptr_restrict"]
+    assert r.status == "pass"
+    assert any(e.source == "/etc/sysctl.d/90-hardening.conf" and e.value == "2" for e in r.evidence)
+    # a wrong value in sysctl.d is a fail naming that file
+    conf = hardened_root.root / "etc/sysctl.d/90-hardening.conf"
+    conf.write_text(conf.read_text().replace("kernel.dmesg_restrict = 1", "kernel.dmesg_restrict = 0"))
+    r2 = results_of(hardened_root)["sysctl.kernel.dmesg_restrict"]
+    assert r2.status == "fail" and "/etc/sysctl.d/90-hardening.conf sets kernel.dmesg_restrict = 0" in r2.reason
+
+
+def test_tpm2_pcrs_follow_the_configured_set(hardened_root: FixtureRoot) -> None:
+    # the fixture token is bound to 0+7: asking for 0+7 passes, asking for 7+11 does not
+    ctx = CheckContext(Host(hardened_root.root), tpm2_pcrs=(0, 7))
+    assert [r.status for r in run_checks(ctx, only=["boot.luks.tpm2_pcrs"])] == ["pass"]
+    ctx = CheckContext(Host(hardened_root.root), tpm2_pcrs=(7, 11))
+    assert [r.status for r in run_checks(ctx, only=["boot.luks.tpm2_pcrs"])] == ["fail"]
+
+
+def test_pam_sufficient_is_a_warning_not_a_pass(hardened_root: FixtureRoot) -> None:
+    sudo = hardened_root.root / "etc/pam.d/sudo"
+    sudo.write_text(sudo.read_text().replace("auth required pam_u2f.so", "auth sufficient pam_u2f.so"))
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == "warn" and "password alone still works" in r.reason
+
+
+def test_match_block_loosening_a_setting_fails(hardened_root: FixtureRoot) -> None:
+    cfg = hardened_root.root / "etc/ssh/sshd_config"
+    cfg.write_text(cfg.read_text() + "Match Address 10.0.0.0/8\n    PasswordAuthentication yes\n")
+    r = results_of(hardened_root)["ssh.passwordauthentication"]
+    assert r.status == "fail" and "Match" in r.reason
+    assert "/etc/ssh/sshd_config:12: PasswordAuthentication=yes (Match Address 10.0.0.0/8)" in [
+        e.render() for e in r.evidence]

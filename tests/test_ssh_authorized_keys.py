@@ -144,3 +144,17 @@ def test_merge_only_ever_appends(lines: list[str], endings: list[str], final: bo
     assert first.added and first.data.startswith(existing)
     assert first.data.endswith(b"\n")
     assert merge(first.data, public, "c", ["no-touch-required"]).data == first.data
+
+
+def test_central_file_needs_its_folder(world: SshWorld) -> None:
+    _keygen(world)
+    before = snapshot(world.root)
+    res = world.yk("ssh", "authorize", "--user", "alice", "--file", "/etc/ssh/authorized_keys/alice")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+    assert snapshot(world.root) == before
+    (world.root / "etc/ssh/authorized_keys").mkdir(parents=True)
+    res = world.yk("ssh", "authorize", "--user", "alice", "--file", "/etc/ssh/authorized_keys/alice")
+    assert res.exit_code == 0, res.output
+    made = world.root / "etc/ssh/authorized_keys/alice"
+    assert made.read_bytes() == (world.ssh() / "id_ed25519_sk.pub").read_bytes()
+    assert (made.stat().st_mode & 0o777, made.stat().st_uid) == (0o600, 1000)

@@ -13,6 +13,7 @@ import binascii
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from yktool.errors import UsageError
 from yktool.host import Host
 from yktool.ssh.accounts import Account
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
@@ -136,6 +137,10 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
     if not result.added:
         return target, result
     if not host.path(target.parent).is_dir():
+        if target.parent != account.ssh_dir:
+            # e.g. /etc/ssh/authorized_keys/%u: its folder's owner and mode are the admin's call
+            raise UsageError(f"the folder {target.parent} does not exist",
+                             "create it with the owner and mode sshd's StrictModes expects, then run again")
         host.mkdir(target.parent, 0o700, owner)
     if real.is_file():
         st = real.stat()

@@ -281,3 +281,20 @@ def test_real_process_pin_flow_keeps_the_pin_out_of_argv_env_and_output(
     assert len(child_recorder.children) == 4
     child_recorder.assert_no_secret(PIN, WRONG)
     assert PIN not in key.read_text()  # the state file keeps a hash, never the PIN
+
+
+def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # No hidraw here: stand in for the HID enumeration with two software keys, one of them
+    # behind a transport without CBOR (a U2F-only key cannot be read as FIDO2).
+    from tests.test_session import U2fOnly
+    from yktool.fido import facts
+
+    good = open_device(dev(tmp_path / "a.json"))
+    bad = U2fOnly(open_device(dev(tmp_path / "b.json")))
+    monkeypatch.setattr(facts, "_hid_devices", lambda: [good, bad])
+    r = cli("--device", "auto", "--json", "key", "list")
+    assert r.exit_code == 0, r.output
+    (entry,) = json.loads(r.stdout)
+    assert entry["path"] == str(tmp_path / "a.json")
+    assert "a key could not be read" in r.stderr and "could not be understood" in r.stderr

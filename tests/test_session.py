@@ -379,3 +379,21 @@ def test_a_u2f_only_key_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ToolFailed, match="could not be understood") as err:
         KeySession(U2fOnly(sim(tmp_path)))
     assert "FIDO2" in err.value.hint
+
+
+def test_list_resident_filters_by_rp(tmp_path: Path) -> None:
+    s = KeySession(with_pin(tmp_path), Recorder())
+    a = s.make_credential("ssh:", resident=True, user_id=b"u1", user_name="alice", cred_protect=2)
+    b = s.make_credential("other.example", resident=True, user_id=b"u2", user_name="bob")
+    s.make_credential("ssh:")  # not discoverable: never listed
+    assert [r.credential_id for r in s.list_resident("ssh:")] == [a.credential_id]
+    listed = s.list_resident("ssh:")[0]
+    assert listed.user_id == b"u1" and listed.cred_protect == 2
+    assert listed.public_key == a.public_key
+    assert {r.credential_id for r in s.list_resident()} == {a.credential_id, b.credential_id}
+    assert s.list_resident("nobody.example") == []
+
+
+def test_list_resident_needs_a_pin_on_the_key(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="needs a PIN"):
+        KeySession(sim(tmp_path)).list_resident()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit, info
+from yktool.cli.output import emit, info, warn
 from yktool.errors import PinAuthBlocked, Refused, UsageError
 
 if TYPE_CHECKING:
@@ -72,7 +72,9 @@ def list_cmd(app: AppContext) -> None:
     """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
     from yktool.fido.facts import list_present_keys
 
-    facts = list_present_keys(app.device)
+    facts, problems = list_present_keys(app.device)
+    for problem in problems:
+        warn(f"a key could not be read: {problem}")
     if app.json:
         emit(True, [f.to_json() for f in facts], "")
         return

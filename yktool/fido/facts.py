@@ -203,8 +203,10 @@ def _hid_devices() -> list[CtapDevice]:
         return []
 
 
-def list_present_keys(spec: str | None) -> list[KeyFacts]:
-    """Facts of every key present (HID), or of the one key `spec` names when it is not `auto`."""
+def list_present_keys(spec: str | None) -> tuple[list[KeyFacts], list[str]]:
+    """Facts of every key present (HID), or of the one key `spec` names when it is not `auto`;
+    and one line for each key present that could not be read (listing goes on without it)."""
+    from yktool.errors import YktoolError
     from yktool.fido import open_device
 
     if spec and spec != "auto":
@@ -213,12 +215,17 @@ def list_present_keys(spec: str | None) -> list[KeyFacts]:
     else:
         devices = _hid_devices()
         specs = [None] * len(devices)
-    out = []
+    out: list[KeyFacts] = []
+    problems: list[str] = []
     for device, one_spec in zip(devices, specs, strict=True):
         try:
             out.append(read_key_facts(KeySession(device), one_spec))
+        except YktoolError as err:
+            if one_spec is not None:
+                raise
+            problems.append(f"{device_spec(device, None)}: {err.message}")
         finally:
             close = getattr(device, "close", None)
             if callable(close):
                 close()
-    return out
+    return out, problems

@@ -88,3 +88,15 @@ def test_recipients_file_and_secrets_entry(tmp_path: Path) -> None:
                    capture_output=True)
     with pytest.raises(UsageError, match="no recipient"):
         agefile.parse_recipients_text("# nothing\n", source="empty.pub")
+
+
+def test_header_tags_match_age(tmp_path: Path) -> None:
+    _ssh_key(tmp_path, "h")
+    _ident, age_pub = _age_identity(tmp_path, "a.txt")
+    r = agefile.parse_recipient((tmp_path / "h.pub").read_text())
+    # the real age command writes the file; yktool reads its header
+    out = tmp_path / "f.age"
+    subprocess.run(["age", "-R", str(tmp_path / "h.pub"), "-r", age_pub, "-o", str(out)],
+                   input=b"x", check=True)
+    tags, x = agefile.header_recipients(out.read_bytes())
+    assert tags == [agefile.ssh_tag(r)] and x == 1

@@ -357,3 +357,29 @@ def test_dry_run_touches_nothing(sim_key: Callable[..., str], cli: CliCall, root
     assert data["origin"] == ORIGIN and data["options"] == "+presence+pin"
     assert snapshot(root) == snap
     assert Path(spec.removeprefix("sim:")).read_bytes() == key_state
+
+
+def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: CliCall,
+                                              root: Path, tmp_path: Path) -> None:
+    make_root(root)
+    for name in ("h1", "h2"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)],
+                       check=True)
+    pub1, pub2 = ((tmp_path / f"{n}.pub").read_text() for n in ("h1", "h2"))
+    age_file = tmp_path / "yubikey-auth.age"
+    ok = cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root",
+             "--age", pub1, "--age", pub2, "--age-file", age_file)
+    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    sealed = age_file.read_bytes()
+    res = cli("--root", root, "--device", sim_key("b"), "pam", "register", "--user", "root",
+              "--age", pub1, "--age-file", age_file, "--age-identity", tmp_path / "h1")
+    _assert_refused(res, 4, "would no longer")
+    assert age_file.read_bytes() == sealed
+    # with both recipients it goes through, and both hosts can read the result
+    res = cli("--root", root, "--device", sim_key("b"), "pam", "register", "--user", "root",
+              "--age", pub1, "--age", pub2, "--age-file", age_file, "--age-identity", tmp_path / "h1")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    for n in ("h1", "h2"):
+        out = subprocess.run(["age", "-d", "-i", str(tmp_path / n), str(age_file)], check=True,
+                             capture_output=True).stdout
+        assert len(pu.Authfile.parse(out.decode()).credentials_of("root")) == 2

@@ -141,3 +141,32 @@ def decrypt(ciphertext: bytes, identities: Identities, *, what: str) -> bytes:
 def secrets_nix_entry(name: str, recipients: list[Recipient]) -> str:
     """`"yubikey-auth.age".publicKeys = [ "ssh-ed25519 …" "age1…" ];` for secrets.nix."""
     return f"{nix.string(name)}.publicKeys = {nix.string_list([r.text for r in recipients])};"
+
+
+def ssh_tag(recipient: Recipient) -> str | None:
+    """The 4-byte tag age writes in an ssh-ed25519 stanza (SHA-256 of the key blob, base64)."""
+    if recipient.kind != "ssh-ed25519":
+        return None
+    import hashlib
+
+    blob = base64.b64decode(recipient.text.split()[1])
+    return base64.b64encode(hashlib.sha256(blob).digest()[:4]).decode().rstrip("=")
+
+
+def header_recipients(data: bytes) -> tuple[list[str], int]:
+    """What an age file's header says about its recipients: the ssh-ed25519 tags, and how many
+    X25519 stanzas (those are anonymous). Grease and other stanzas are ignored."""
+    tags: list[str] = []
+    x25519 = 0
+    if not data.startswith(b"age-encryption.org/v1\n"):
+        return tags, x25519
+    for line in data.split(b"\n")[1:]:
+        if line.startswith(b"---"):
+            break
+        if line.startswith(b"-> "):
+            words = line[3:].decode("ascii", "replace").split()
+            if words[:1] == ["ssh-ed25519"] and len(words) >= 2:
+                tags.append(words[1])
+            elif words[:1] == ["X25519"]:
+                x25519 += 1
+    return tags, x25519

@@ -446,6 +446,7 @@ class Target:
     identity: Any = None                        # agefile.Identities, to read an existing file
     mode: int = 0o644
     owner: tuple[int, int] | None = None
+    lost_recipients: int = 0                    # age1… recipients of the old file not given now
 
 
 def plain_target(host: Host, user: str, authfile: str | None) -> Target:
@@ -500,8 +501,20 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
         raise UsageError(f"{target.age_file} exists and yktool cannot read it without an identity",
                          "pass --age-identity PATH (a private key of one of its recipients) so "
                          "its lines are kept; yktool never overwrites it blind")
-    return agefile.decrypt(data, target.identity, what=str(target.age_file)).decode(
-        "utf-8", "surrogateescape"), True
+    plain = agefile.decrypt(data, target.identity, what=str(target.age_file))
+    old_tags, old_x25519 = agefile.header_recipients(data)
+    new_tags = {agefile.ssh_tag(r) for r in target.recipients}
+    lost = [t for t in old_tags if t not in new_tags]
+    if lost:
+        # re-encrypting without that host key would leave the host unable to read its authfile
+        raise Refused(f"{target.age_file} is also encrypted to {len(lost)} ssh-ed25519 key(s) "
+                      f"not given now (age tag {', '.join(lost)}): that host would no longer "
+                      "decrypt its authfile",
+                      "pass every recipient of secrets.nix for this file (--age-host-key / --age)")
+    new_x25519 = sum(1 for r in target.recipients if r.kind == "x25519")
+    if old_x25519 > new_x25519:
+        target.lost_recipients = old_x25519 - new_x25519
+    return plain.decode("utf-8", "surrogateescape"), True
 
 
 def write_target(host: Host, target: Target, text: str) -> str:
@@ -717,6 +730,10 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
         else:
             fields["age_file"] = str(target.age_file)
         registry.record(nickname, "pam", **fields)
+    if target.lost_recipients:
+        warnings.append(f"the old {target.age_file} had {target.lost_recipients} more age1… "
+                        "recipient(s) than given now; they can no longer decrypt it "
+                        "(add them with --age if they should)")
     if len(creds) == 1:
         warnings.append(f"{request.user} has a single key: register a backup key too "
                         "(a lost key would lock them out of every service using pam_u2f)")

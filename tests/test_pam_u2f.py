@@ -383,3 +383,22 @@ def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: 
         out = subprocess.run(["age", "-d", "-i", str(tmp_path / n), str(age_file)], check=True,
                              capture_output=True).stdout
         assert len(pu.Authfile.parse(out.decode()).credentials_of("root")) == 2
+
+
+@pytest.mark.parametrize("marker,expect", [
+    ("home/.ecryptfs/alice/.Private", "ecryptfs"),
+    ("home/alice/.Private", "ecryptfs"),
+    ("var/lib/systemd/home/alice.identity", "systemd-homed"),
+    ("home/alice.homedir/x", "systemd-homed"),
+    ("home/.fscrypt/policies/abc", "fscrypt"),
+    (None, None),
+])
+def test_home_encryption_detection(root: Path, marker: str | None, expect: str | None) -> None:
+    make_root(root)
+    (root / "home/alice").mkdir(parents=True)
+    if marker:
+        (root / marker).parent.mkdir(parents=True, exist_ok=True)
+        (root / marker).write_text("")
+    users = pu.read_users(Host(root))
+    found = pu.home_encryption(Host(root), users["alice"])
+    assert (found or "").startswith(expect or "") and (found is None) == (expect is None)

@@ -650,6 +650,8 @@ def nix_snippets(request: RegisterRequest) -> dict[str, str]:
         "};",
         "security.pam.u2f = {",
         "  enable = true;",
+        "  # \"required\" makes the touch mandatory on top of the password: switch to it only",
+        "  # once `yktool pam check` passes and every user has a backup key",
         '  control = "sufficient";',
         "  settings = {",
         *[s[2:] for s in settings],

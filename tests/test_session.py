@@ -277,7 +277,8 @@ def test_wrong_pins_count_down_block_and_need_replug(tmp_path: Path) -> None:
     assert seen == [7, 6]
     with pytest.raises(PinAuthBlocked) as blocked:
         s.verify_pin("wrong-pin")
-    assert blocked.value.exit_code == 7 and "re-insert" in blocked.value.message
+    assert blocked.value.exit_code == 7 and "remove and re-insert the key" in blocked.value.message
+    assert "(5 attempts left)" in blocked.value.message
     with pytest.raises(PinAuthBlocked):  # even the right PIN, until replugged
         s.verify_pin(PIN)
     device.replug()  # type: ignore[attr-defined]

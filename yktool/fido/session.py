@@ -211,10 +211,11 @@ class KeySession:
         if code == err.PIN_INVALID:
             return PinInvalid(self._retries_after_failure())
         if code == err.PIN_AUTH_BLOCKED:
-            return PinAuthBlocked("too many wrong PINs in a row: the key takes no more PINs until it is "
-                                  "removed and re-inserted")
+            left = self._retries_after_failure()
+            return PinAuthBlocked("3 wrong PINs in a row: remove and re-insert the key before the next try"
+                                  + (f" ({left} attempts left)" if left is not None else ""))
         if code == err.PIN_BLOCKED:
-            return PinBlocked("the PIN of this key is blocked (8 wrong PINs)")
+            return PinBlocked("the PIN of this key is blocked for good (8 wrong PINs)")
         if code in (err.OPERATION_DENIED, err.USER_ACTION_TIMEOUT, err.ACTION_TIMEOUT, err.UP_REQUIRED):
             return NoPresence(f"the key was not touched ({what}: touch refused or timed out); nothing changed")
         if code == err.KEEPALIVE_CANCEL:

@@ -143,7 +143,10 @@ def test_allowed_signers_sorted_unique_and_idempotent(world: SshWorld) -> None:
     signers = world.ssh() / "allowed_signers"
     signers.write_text("# team signers\n\nzed@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7\n"
                        "adam@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8\n")
+    signers.chmod(0o640)
+    os.chown(signers, 1000, 1000)
     assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    assert (signers.stat().st_mode & 0o777, signers.stat().st_uid) == (0o640, 1000)
     lines = signers.read_text().splitlines()
     assert lines[:2] == ["# team signers", ""]
     assert lines[2:] == sorted(lines[2:]) and len(lines) == 5

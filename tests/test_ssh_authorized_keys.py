@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.ssh_support import SshWorld, snapshot, world
-from yktool.authorized_keys import merge, parse_line
+from yktool.authorized_keys import key_blob_in, merge, parse_line, remove_key, revoke
+from yktool.errors import Refused
+from yktool.host import Host
 from yktool.ssh.keys import ED25519_SK, SkPublicKey
 
 __all__ = ["world"]
@@ -48,6 +51,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
     ak = world.ssh() / "authorized_keys"
     ak.write_bytes(EXISTING)
     ak.chmod(0o640)
+    os.chown(ak, 1000, 1000)
     res = world.yk("ssh", "authorize", "--user", "alice")
     assert res.exit_code == 0, res.output
     data = ak.read_bytes()
@@ -55,7 +59,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
     added = data[len(EXISTING):]
     pub = (world.ssh() / "id_ed25519_sk.pub").read_text().rstrip("\n")
     assert added == b"\r\n" + pub.encode() + b"\r\n"  # the file's own CRLF style
-    assert ak.stat().st_mode & 0o777 == 0o640  # the admin's mode is kept
+    assert (ak.stat().st_mode & 0o777, ak.stat().st_uid) == (0o640, 1000)  # mode and owner kept
     public, _ = SkPublicKey.parse_line(pub)
     assert public.fingerprint in _fingerprints(world, ak)
     # again: nothing added, not a byte changed
@@ -158,3 +162,36 @@ def test_central_file_needs_its_folder(world: SshWorld) -> None:
     made = world.root / "etc/ssh/authorized_keys/alice"
     assert made.read_bytes() == (world.ssh() / "id_ed25519_sk.pub").read_bytes()
     assert (made.stat().st_mode & 0o777, made.stat().st_uid) == (0o600, 1000)
+
+
+def test_revoke_keeps_every_other_byte(world: SshWorld) -> None:
+    _keygen(world)
+    ak = world.ssh() / "authorized_keys"
+    ak.write_bytes(EXISTING)
+    os.chown(ak, 1000, 1000)
+    assert world.yk("ssh", "authorize", "--user", "alice").exit_code == 0
+    public, _ = SkPublicKey.parse_line((world.ssh() / "id_ed25519_sk.pub").read_text())
+    host = Host(world.root)
+    assert revoke(host, PurePosixPath("/home/alice/.ssh/authorized_keys"), public) == 1
+    assert ak.read_bytes() == EXISTING + b"\r\n"  # only the line terminator yktool had to add stays
+    assert ak.stat().st_uid == 1000
+    assert public.fingerprint not in _fingerprints(world, ak)
+    assert revoke(host, PurePosixPath("/home/alice/.ssh/authorized_keys"), public) == 0
+
+
+def test_revoke_refuses_to_empty_the_file(world: SshWorld) -> None:
+    _keygen(world)
+    assert world.yk("ssh", "authorize", "--user", "alice").exit_code == 0
+    public, _ = SkPublicKey.parse_line((world.ssh() / "id_ed25519_sk.pub").read_text())
+    before = snapshot(world.root)
+    with pytest.raises(Refused):
+        revoke(Host(world.root), PurePosixPath("/home/alice/.ssh/authorized_keys"), public)
+    assert snapshot(world.root) == before
+
+
+def test_key_found_after_principals_and_options() -> None:
+    public = SkPublicKey(ED25519_SK, b"\x07" * 32, "ssh:")
+    line = f'a@x,b@y namespaces="git",valid-after="20260101" {public.line()} c'
+    assert key_blob_in(line) == public.blob()
+    data, removed, others = remove_key((line + "\n# c\n" + OTHER_ED + "\n").encode(), public.blob())
+    assert (data, removed, others) == (("# c\n" + OTHER_ED + "\n").encode(), 1, 1)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from yktool.errors import UsageError
+from yktool.errors import Refused, UsageError
 from yktool.host import Host
 from yktool.ssh.accounts import Account
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
@@ -75,6 +76,66 @@ def parse_line(line: str) -> AuthorizedLine | None:
     if blob is None:
         return None
     return AuthorizedLine(first, key_type, blob, comment.strip())
+
+
+def key_blob_in(line: str) -> bytes | None:
+    """The key blob anywhere in a line (authorized_keys or allowed_signers: the key may follow a
+    principals field and options); None for comments and lines without a key."""
+    text = line.rstrip("\r\n").strip(" \t")
+    if not text or text.startswith("#"):
+        return None
+    tokens = []
+    while text:
+        token, text = _next_token(text)
+        if not token:
+            break
+        tokens.append(token)
+    for key_type, b64 in zip(tokens, tokens[1:], strict=False):
+        blob = _looks_like_key(key_type, b64)
+        if blob is not None:
+            return blob
+    return None
+
+
+def remove_key(existing: bytes, blob: bytes) -> tuple[bytes, int, int]:
+    """`existing` without the lines holding `blob`; every other byte kept. Returns the new bytes,
+    how many lines went, and how many other key lines remain."""
+    text = existing.decode("utf-8", "surrogateescape")
+    kept: list[str] = []
+    removed = others = 0
+    for raw in text.splitlines(keepends=True):
+        found = key_blob_in(raw)
+        if found == blob:
+            removed += 1
+            continue
+        others += found is not None
+        kept.append(raw)
+    return "".join(kept).encode("utf-8", "surrogateescape"), removed, others
+
+
+def revoke(host: Host, path: PurePosixPath, public: SkPublicKey, *, allow_empty: bool = False) -> int:
+    """Take the key out of an authorized_keys (or allowed_signers) file, keeping the rest byte for
+    byte (the old file is backed up). Refuses to leave the file without any key unless
+    `allow_empty`: enroll the replacement first, so nobody is locked out."""
+    real = host.path(path)
+    if not real.is_file():
+        return 0
+    data, removed, others = remove_key(real.read_bytes(), public.blob())
+    if not removed:
+        return 0
+    if others == 0 and not allow_empty:
+        raise Refused(f"removing {public.fingerprint} would leave {path} without any key",
+                      "add the replacement key first (yktool ssh authorize), then revoke the old one")
+    host.write_file(path, data, host.mode(path), owner=existing_owner(host, path))
+    return removed
+
+
+def existing_owner(host: Host, path: PurePosixPath) -> tuple[int, int] | None:
+    """The owner a rewritten file must keep (only root can, and must, set it back)."""
+    if os.geteuid() != 0:
+        return None
+    st = host.path(path).stat()
+    return st.st_uid, st.st_gid
 
 
 def key_options(key: SkPrivateKey) -> list[str]:
@@ -143,9 +204,7 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
                              "create it with the owner and mode sshd's StrictModes expects, then run again")
         host.mkdir(target.parent, 0o700, owner)
     if real.is_file():
-        st = real.stat()
-        mode, keep_owner = host.mode(target), (st.st_uid, st.st_gid)
-        host.write_file(target, result.data, mode, owner=keep_owner if owner else None)
+        host.write_file(target, result.data, host.mode(target), owner=existing_owner(host, target))
     else:
         host.write_file(target, result.data, 0o600, owner=owner)
     return target, result

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from yktool.authorized_keys import existing_owner
 from yktool.errors import UsageError
 from yktool.host import Host, Result
 from yktool.ssh.accounts import Account
@@ -127,7 +128,10 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     if changed:
         if not host.path(signers.parent).is_dir():
             host.mkdir(signers.parent, 0o700, owner)
-        host.write_file(signers, data, 0o644, owner=owner if not real_signers.is_file() else None)
+        if real_signers.is_file():
+            host.write_file(signers, data, host.mode(signers), owner=existing_owner(host, signers))
+        else:
+            host.write_file(signers, data, 0o644, owner=owner)
 
     values = {
         "gpg.format": "ssh",

@@ -298,3 +298,12 @@ def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path,
     (entry,) = json.loads(r.stdout)
     assert entry["path"] == str(tmp_path / "a.json")
     assert "a key could not be read" in r.stderr and "could not be understood" in r.stderr
+
+
+@pytest.mark.parametrize("sub", ["verify", "change"])
+def test_pin_verify_or_change_without_a_pin_says_set_one(cli: CliCall, key: Path, sub: str) -> None:
+    KeySession(open_device(dev(key)))
+    before = key.read_bytes()
+    r = cli("--device", dev(key), "key", "pin", sub, "--pin-stdin", input=f"{PIN}\n{PIN}\n")
+    assert r.exit_code == 2 and "no PIN" in r.stderr and "key pin set" in r.stderr
+    assert key.read_bytes() == before

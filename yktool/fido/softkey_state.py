@@ -43,8 +43,9 @@ ID_VERSION = 0x01
 _NONCE_LEN = 12
 
 
-class StateError(Exception):
-    """The state file is missing, unreadable or not a software-key state."""
+class StateError(OSError):
+    """The state file is missing, unreadable or not a software-key state. An OSError, because
+    for python-fido2's callers a state file gone mid-session is a key that went away."""
 
 
 def _b64(data: bytes) -> str:

@@ -66,7 +66,7 @@ def key() -> None:
     """
 
 
-@key.command("list")
+@key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
     """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
@@ -91,7 +91,7 @@ def list_cmd(app: AppContext) -> None:
     click.echo("\n".join(lines))
 
 
-@key.command("info")
+@key.command("info", short_help="What the key is: AAGUID, versions, PIN state.")
 @pass_app
 def info_cmd(app: AppContext) -> None:
     """Show what the key is: product, AAGUID, CTAP versions, extensions, algorithms, options,
@@ -103,7 +103,7 @@ def info_cmd(app: AppContext) -> None:
     emit(app.json, facts.to_json(), facts.render())
 
 
-@key.group("pin")
+@key.group("pin", short_help="Set, change or check the PIN.")
 def pin() -> None:
     """Set, change or check the key's PIN (never given on the command line)."""
 
@@ -163,7 +163,7 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, f"PIN is correct ({retries} attempts left).")
 
 
-@key.command("replug")
+@key.command("replug", short_help="Software key: pull it out and back in.")
 @pass_app
 def replug(app: AppContext) -> None:
     """Software key only: stand for pulling it out and plugging it back in (clears the
@@ -186,7 +186,7 @@ RESET_WARNING = (
 )
 
 
-@key.command("reset")
+@key.command("reset", short_help="Factory reset (wipes every credential).")
 @pass_app
 def reset(app: AppContext) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).

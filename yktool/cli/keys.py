@@ -26,7 +26,7 @@ def _enrollment_line(entry: dict[str, str | int | bool]) -> str:
     return f"    {kind:<9} " + "  ".join(rest)
 
 
-@keys.command("list")
+@keys.command("list", short_help="Registered keys and their enrollments.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
     """List the registered keys: nickname, AAGUID, serial, when added, and each enrollment."""

@@ -277,8 +277,9 @@ class KeySession:
     def pin_token(self, permissions: ClientPin.PERMISSION, rp_id: str | None = None) -> bytes:
         """A fresh pinUvAuthToken for `permissions` (bound to `rp_id`), from the session's PIN.
 
-        Not cached: CTAP 2.1 invalidates every earlier token when a new one is made and strips a
-        token's mc/ga permissions after use, so a cached one would fail the next operation.
+        Not cached: a CTAP 2.1 key invalidates every earlier token when a new one is made, and
+        clears a token's mc/ga permissions after one use, so a cached token would fail the next
+        operation. The PIN is what the session keeps; a token costs two quick exchanges.
         """
         client = self._client_pin()
         pin = self._need_pin(permissions, rp_id)

@@ -191,3 +191,24 @@ def test_bad_input_changes_nothing(world: SshWorld, args: list[str], message: st
     assert res.exit_code == 2, res.output
     assert message in res.stderr and "hint:" in res.stderr
     assert snapshot(world.root) == before
+
+
+def test_sign_stdin_to_stdout(world: SshWorld) -> None:
+    _keygen(world)
+    assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    res = world.yk("ssh", "sign", "-n", "file", "-f", "/home/alice/.ssh/id_ed25519_sk", "-", input="piped data\n")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("-----BEGIN SSH SIGNATURE-----\n")
+    (world.tmp / "stdin.sig").write_text(res.stdout)
+    signers = world.ssh() / "allowed_signers"
+    signers.write_text(signers.read_text().replace('namespaces="git"', 'namespaces="file"'))
+    assert _verify(world, world.tmp / "stdin.sig", b"piped data\n", namespace="file").returncode == 0
+
+
+def test_sign_needs_the_key_handle_file(world: SshWorld) -> None:
+    _keygen(world)
+    (world.ssh() / "id_ed25519_sk").unlink()
+    (world.root / "msg").write_bytes(b"m")
+    res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk.pub", "/msg")
+    assert res.exit_code == 2 and "key-handle file" in res.stderr
+    assert not (world.root / "msg.sig").exists()

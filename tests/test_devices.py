@@ -13,7 +13,7 @@ from fido2.ctap2 import Ctap2
 from tests.fixtures.fido import SimDevices, SimKey
 from yktool.errors import ExitCode, NoDevice, UsageError
 from yktool.fido import devices, open_device
-from yktool.fido.devices import DeviceEntry, list_devices, open_auto, replug
+from yktool.fido.devices import DeviceEntry, MultipleDevices, list_devices, open_auto, replug
 from yktool.fido.identity import UsbIdentity, hidraw_identity, parse_uevent, usb_identity
 from yktool.fido.softkey import SoftKey
 
@@ -111,8 +111,10 @@ class Closing(SoftKey):
 
 def test_auto_with_several_keys_lists_the_flags_and_closes_them(tmp_path: Path) -> None:
     keys = [Closing(tmp_path / "a.json"), Closing(tmp_path / "b.json")]
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(MultipleDevices) as err:
         open_auto(lambda: keys)
+    assert isinstance(err.value, UsageError) and err.value.exit_code == ExitCode.USAGE
+    assert [e.spec for e in err.value.entries] == [f"sim:{k.path}" for k in keys]
     assert err.value.message.startswith("2 FIDO2 keys found")
     for key in keys:
         assert f"--device sim:{key.path}" in err.value.message

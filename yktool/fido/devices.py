@@ -46,6 +46,17 @@ class DeviceEntry:
                 "product_id": f"{self.product_id:04x}", "serial": self.serial}
 
 
+class MultipleDevices(UsageError):
+    """Several keys are present and `auto` cannot choose; `entries` lists them, so that an
+    interactive front end can ask which one (the library never prompts)."""
+
+    def __init__(self, entries: list[DeviceEntry]) -> None:
+        self.entries = entries
+        lines = [f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x})" for e in entries]
+        super().__init__(f"{len(entries)} FIDO2 keys found; say which one: " + "; ".join(lines),
+                         "pass one of the --device values above (or set YKTOOL_DEVICE)")
+
+
 def resolve_spec(spec: str | None) -> str:
     """The spec to use: the given one, else $YKTOOL_DEVICE, else `auto`."""
     if spec:
@@ -150,22 +161,19 @@ def list_devices(lister: HidLister | None = None) -> list[DeviceEntry]:
 
 
 def open_auto(lister: HidLister | None = None) -> CtapDevice:
-    """The only key present; NoDevice with none, UsageError listing them with several."""
+    """The only key present; NoDevice with none, MultipleDevices (a UsageError listing the
+    `--device` value of each) with several."""
     devices = list((lister or _list_hid)())
     if not devices:
         raise NoDevice("no FIDO2 key found", "plug one in, or use --device sim:PATH to rehearse")
     if len(devices) == 1:
         return devices[0]
-    lines = []
     try:
-        for device in devices:
-            e = entry_for(device)
-            lines.append(f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x})")
+        entries = [entry_for(device) for device in devices]
     finally:
         for device in devices:
             device.close()
-    raise UsageError(f"{len(devices)} FIDO2 keys found; say which one: " + "; ".join(lines),
-                     "pass one of the --device values above (or set YKTOOL_DEVICE)")
+    raise MultipleDevices(entries)
 
 
 def open_device(spec: str | None = None, *, lister: HidLister | None = None) -> CtapDevice:

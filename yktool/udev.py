@@ -86,7 +86,11 @@ def identity_from(obj: object) -> KeyUsb:
     ifaces = tuple(str(i) for i in raw_ifaces) if isinstance(raw_ifaces, (list, tuple)) and raw_ifaces \
         else ("03:00:00",)
     serial = get("serial", "")
-    return KeyUsb(str(get("vendor") or get("vendor_id")), str(get("product") or get("product_id")),
+
+    def hex4(value: object) -> str:
+        return f"{value:04x}" if isinstance(value, int) else str(value)
+
+    return KeyUsb(hex4(get("vendor") or get("vendor_id")), hex4(get("product") or get("product_id")),
                   "" if serial is None else str(serial), str(get("name", "") or ""),
                   ifaces)
 

@@ -18,6 +18,7 @@ from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, U
 from fido2.ctap import CtapError
 from fido2.ctap2 import ClientPin, CredentialManagement, Ctap2
 from fido2.ctap2.extensions import CredProtectExtension, HmacSecretExtension
+from fido2.ctap2.pin import PinProtocolV1
 from fido2.server import Fido2Server
 from fido2.utils import websafe_decode
 from fido2.webauthn import (
@@ -40,6 +41,14 @@ ORIGIN = "https://example.com"
 UV_REQUIRED = UserVerificationRequirement.REQUIRED
 UV_DISCOURAGED = UserVerificationRequirement.DISCOURAGED
 ALGS = {"EdDSA": -8, "ES256": -7}
+
+
+def shared_secret(ctap: Ctap2, proto: PinProtocolV1) -> tuple[dict[int, object], bytes]:
+    """Platform side of the key agreement, with public python-fido2 calls only."""
+    resp = ctap.client_pin(proto.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)
+    key_agreement, shared = proto.encapsulate(resp[ClientPin.RESULT.KEY_AGREEMENT])
+    return dict(key_agreement), shared
+
 
 
 class PinEntry(UserInteraction):
@@ -180,7 +189,7 @@ def test_hmac_secret_stable_per_credential_and_salt_and_different_with_uv(tmp_pa
 @pytest.mark.parametrize("protocol", [1, 2])
 def test_hmac_secret_both_pin_protocols_agree(tmp_path: Path, protocol: int) -> None:
     """The secret is the credential's; the PIN protocol only changes how it travels."""
-    from fido2.ctap2.pin import PinProtocolV1, PinProtocolV2
+    from fido2.ctap2.pin import PinProtocolV2
 
     device = key_at(tmp_path)
     ctap = Ctap2(device)
@@ -191,7 +200,7 @@ def test_hmac_secret_both_pin_protocols_agree(tmp_path: Path, protocol: int) -> 
     cid = att.auth_data.credential_data.credential_id
     outputs = []
     for proto in (PinProtocolV1(), PinProtocolV2()) if protocol == 1 else (PinProtocolV2(), PinProtocolV1()):
-        key_agreement, shared = ClientPin(ctap, proto)._get_shared_secret()
+        key_agreement, shared = shared_secret(ctap, proto)
         salt_enc = proto.encrypt(shared, b"S" * 32)
         ext = {"hmac-secret": {1: key_agreement, 2: salt_enc, 3: proto.authenticate(shared, salt_enc),
                                4: proto.VERSION}}

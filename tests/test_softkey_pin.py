@@ -25,6 +25,14 @@ ERR = CtapError.ERR
 PROTOCOLS = {"v1": PinProtocolV1, "v2": PinProtocolV2}
 
 
+def shared_secret(ctap: Ctap2, proto: PinProtocolV1) -> tuple[dict[int, object], bytes]:
+    """Platform side of the key agreement, with public python-fido2 calls only."""
+    resp = ctap.client_pin(proto.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)
+    key_agreement, shared = proto.encapsulate(resp[ClientPin.RESULT.KEY_AGREEMENT])
+    return dict(key_agreement), shared
+
+
+
 @pytest.fixture(params=["v2", "v1"])
 def protocol(request: pytest.FixtureRequest) -> type[PinProtocolV1]:
     return PROTOCOLS[request.param]
@@ -132,7 +140,7 @@ def test_pin_policy_violation(tmp_path: Path, protocol: type[PinProtocolV1], new
     _, device = open_key(tmp_path)
     ctap = Ctap2(device)
     proto = protocol()
-    key_agreement, shared = ClientPin(ctap, proto)._get_shared_secret()
+    key_agreement, shared = shared_secret(ctap, proto)
     padded = new_pin.encode().ljust(64, b"\0")
     padded += b"\0" * (-len(padded) % 16)
     pin_enc = proto.encrypt(shared, padded)
@@ -147,7 +155,7 @@ def test_set_pin_with_a_bad_mac_is_refused(tmp_path: Path) -> None:
     _, device = open_key(tmp_path)
     ctap = Ctap2(device)
     proto = PinProtocolV2()
-    key_agreement, shared = ClientPin(ctap, proto)._get_shared_secret()
+    key_agreement, shared = shared_secret(ctap, proto)
     pin_enc = proto.encrypt(shared, PIN.encode().ljust(64, b"\0"))
     with pytest.raises(CtapError) as err:
         ctap.client_pin(2, ClientPin.CMD.SET_PIN, key_agreement=key_agreement, new_pin_enc=pin_enc,

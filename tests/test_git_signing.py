@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -212,3 +212,38 @@ def test_sign_needs_the_key_handle_file(world: SshWorld) -> None:
     res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk.pub", "/msg")
     assert res.exit_code == 2 and "key-handle file" in res.stderr
     assert not (world.root / "msg.sig").exists()
+
+
+def test_expired_signer_keeps_old_commits_verified(world: SshWorld) -> None:
+    """What `replace` does for a lost key: valid-before in allowed_signers. git hands each commit's
+    date to ssh-keygen, so commits from before still verify and later ones do not."""
+    import datetime
+
+    from yktool.git_signing import expire_signer
+    from yktool.host import Host
+    from yktool.ssh.keys import SkPublicKey
+
+    _keygen(world)
+    env = _git_env(world)
+    repo = world.home() / "project"
+    assert world.run(["git", "init", "-q", str(repo)], env=env).returncode == 0
+    assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
+    signers = world.ssh() / "allowed_signers"
+    other = ('bob@example.com namespaces="git" '
+             'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n')
+    signers.write_text(other + signers.read_text())
+    assert world.run(["git", "config", "--file", str(world.home() / ".gitconfig"), "gpg.ssh.program",
+                      str(TOOLS / "yktool-ssh-keygen")], env=env).returncode == 0
+    old = {**env, "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z", "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z"}
+    assert world.run(["git", "commit", "-q", "--allow-empty", "-m", "old"], env=old, cwd=repo).returncode == 0
+    public, _ = SkPublicKey.parse_line((world.ssh() / "id_ed25519_sk.pub").read_text())
+    lost_at = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+    assert expire_signer(Host(world.root), PurePosixPath("/home/alice/.ssh/allowed_signers"), public, lost_at) == 1
+    text = signers.read_text()
+    assert text.startswith(other)
+    assert f'{EMAIL} namespaces="git",valid-before="20250601000000Z" {public.line()}' in text
+    assert world.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo).returncode == 0
+    assert world.run(["git", "commit", "-q", "--allow-empty", "-m", "new"], env=env, cwd=repo).returncode == 0
+    late = world.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo)
+    assert late.returncode != 0
+    assert world.run(["git", "verify-commit", "HEAD~1"], env=env, cwd=repo).returncode == 0

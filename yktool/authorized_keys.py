@@ -78,23 +78,34 @@ def parse_line(line: str) -> AuthorizedLine | None:
     return AuthorizedLine(first, key_type, blob, comment.strip())
 
 
-def key_blob_in(line: str) -> bytes | None:
-    """The key blob anywhere in a line (authorized_keys or allowed_signers: the key may follow a
-    principals field and options); None for comments and lines without a key."""
+def tokens_of(line: str) -> list[str]:
+    """The whitespace-separated fields of a line, quoted strings kept whole."""
     text = line.rstrip("\r\n").strip(" \t")
-    if not text or text.startswith("#"):
-        return None
     tokens = []
     while text:
         token, text = _next_token(text)
         if not token:
             break
         tokens.append(token)
-    for key_type, b64 in zip(tokens, tokens[1:], strict=False):
+    return tokens
+
+
+def key_position(tokens: list[str]) -> tuple[int, bytes] | None:
+    """Index of the key type among `tokens`, and the key blob that follows it."""
+    for index, (key_type, b64) in enumerate(zip(tokens, tokens[1:], strict=False)):
         blob = _looks_like_key(key_type, b64)
         if blob is not None:
-            return blob
+            return index, blob
     return None
+
+
+def key_blob_in(line: str) -> bytes | None:
+    """The key blob anywhere in a line (authorized_keys or allowed_signers: the key may follow a
+    principals field and options); None for comments and lines without a key."""
+    if line.lstrip(" \t").startswith("#"):
+        return None
+    found = key_position(tokens_of(line))
+    return found[1] if found else None
 
 
 def remove_key(existing: bytes, blob: bytes) -> tuple[bytes, int, int]:

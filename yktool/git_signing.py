@@ -11,11 +11,12 @@ means the same on the target host as under an offline root.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from yktool.authorized_keys import existing_owner
+from yktool.authorized_keys import existing_owner, key_position, tokens_of
 from yktool.errors import UsageError
 from yktool.host import Host, Result
 from yktool.ssh.accounts import Account
@@ -152,3 +153,55 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
         os.chown(host.path(config_file), *owner)
     shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
     return SigningSetup(config_file, signers, values, changed, shown, sorted(changes))
+
+
+def _split_options(options: str) -> list[str]:
+    """Comma-separated options; commas inside quotes do not split."""
+    out, current, quoted = [], "", False
+    for ch in options:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        out.append(current)
+    return out
+
+
+def expire_signer_lines(existing: bytes, blob: bytes, before: datetime.datetime) -> tuple[bytes, int]:
+    """Give every allowed_signers line of `blob` the option valid-before="…Z" (UTC); other lines
+    stay byte for byte. git passes each commit's date to ssh-keygen (-Overify-time), so commits
+    signed before `before` still verify and anything the old key signs later does not."""
+    stamp = before.astimezone(datetime.UTC).strftime("%Y%m%d%H%M%SZ")
+    out: list[str] = []
+    changed = 0
+    for raw in existing.decode("utf-8", "surrogateescape").splitlines(keepends=True):
+        body = raw.rstrip("\r\n")
+        tokens = tokens_of(body)
+        found = None if body.lstrip().startswith("#") else key_position(tokens)
+        if found is None or found[1] != blob or found[0] not in (1, 2):
+            out.append(raw)
+            continue
+        index = found[0]
+        options = [o for o in _split_options(tokens[1]) if not o.lower().startswith("valid-before=")] \
+            if index == 2 else []
+        options.append(f'valid-before="{stamp}"')
+        line = " ".join([tokens[0], ",".join(options), *tokens[index:]])
+        out.append(line + raw[len(body):])
+        changed += line != body
+    return "".join(out).encode("utf-8", "surrogateescape"), changed
+
+
+def expire_signer(host: Host, path: PurePosixPath, public: SkPublicKey, before: datetime.datetime) -> int:
+    """Retire a (lost) key in an allowed_signers file without un-verifying its past commits;
+    returns how many lines changed. The old file is backed up."""
+    real = host.path(path)
+    if not real.is_file():
+        return 0
+    data, changed = expire_signer_lines(real.read_bytes(), public.blob(), before)
+    if changed:
+        host.write_file(path, data, host.mode(path), owner=existing_owner(host, path))
+    return changed

@@ -134,14 +134,14 @@ def pin_set(app: AppContext, pin_stdin: bool) -> None:
 @pass_app
 def pin_change(app: AppContext, pin_stdin: bool) -> None:
     """Change the PIN: the current one, then the new one (typed twice on a terminal)."""
-    from yktool.fido.session import MIN_PIN_LENGTH, check_new_pin
+    from yktool.fido.session import check_entered_pin, check_new_pin
 
     with _session(app) as session:
         if not session.pin_is_set:
             raise UsageError("the key has no PIN yet", "set one: yktool key pin set")
         old = _read_pin("Current PIN", from_stdin=pin_stdin)
         new = _read_pin("New PIN", from_stdin=pin_stdin, new=True)
-        check_new_pin(old, MIN_PIN_LENGTH)
+        check_entered_pin(old)
         check_new_pin(new, session.min_pin_length)
         session.change_pin(old, new)
         retries = session.pin_retries()

@@ -12,7 +12,7 @@ Two more, as subclasses so callers can catch them: CREDENTIAL_EXCLUDED -> Alread
 (a Refused), NO_CREDENTIALS in get_assertion -> NotThisKey (a NoDevice).
 
 Additions to the contract (all additive): `reset()`, `refresh()`, `device`, `ctap`,
-`min_pin_length`, `pin_token()`, `open_session()`, `check_new_pin()`, the `ALGORITHM_NAMES`
+`min_pin_length`, `pin_token()`, `open_session()`, `check_new_pin()`, `check_entered_pin()`, the `ALGORITHM_NAMES`
 table, the two error subclasses above.
 """
 
@@ -143,6 +143,14 @@ def check_new_pin(pin: str, min_length: int = MIN_PIN_LENGTH) -> None:
                          "choose a shorter PIN; nothing was sent to the key")
 
 
+def check_entered_pin(pin: str) -> None:
+    """Refuse an entered PIN that cannot be right (too short or too long) before it costs a retry."""
+    if len(pin) < MIN_PIN_LENGTH or len(pin.encode("utf-8")) > MAX_PIN_BYTES:
+        raise UsageError(f"that cannot be the key's PIN: a PIN has at least {MIN_PIN_LENGTH} characters "
+                         f"and at most {MAX_PIN_BYTES} bytes",
+                         "type the PIN again; nothing was sent to the key, no attempt was used")
+
+
 class KeySession:
     """One open key. The PIN is asked through `interaction` at most once per session and kept
     in memory only; pinUvAuthTokens are derived per rp_id/permission as needed."""
@@ -270,7 +278,7 @@ class KeySession:
             if not asked:
                 raise UsageError("the key has a PIN and none was given",
                                  "type it when asked, or pipe it in with --pin-stdin")
-            check_new_pin(asked, MIN_PIN_LENGTH)  # a too-short PIN can't be right: don't spend a retry
+            check_entered_pin(asked)  # a too-short PIN can't be right: don't spend a retry
             self._pin = asked
         return self._pin
 
@@ -361,7 +369,7 @@ class KeySession:
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         """Change the PIN; a wrong `old_pin` costs a retry like any wrong PIN."""
         check_new_pin(new_pin, self.min_pin_length)
-        check_new_pin(old_pin, MIN_PIN_LENGTH)
+        check_entered_pin(old_pin)
         if not self.pin_is_set:
             raise UsageError("the key has no PIN yet", "set one: yktool key pin set")
         client = self._client_pin()
@@ -371,7 +379,7 @@ class KeySession:
 
     def verify_pin(self, pin: str) -> None:
         """Raises PinInvalid/PinAuthBlocked/PinBlocked; returns when the PIN is right."""
-        check_new_pin(pin, MIN_PIN_LENGTH)
+        check_entered_pin(pin)
         if not self.pin_is_set:
             raise UsageError("the key has no PIN", "set one first: yktool key pin set")
         client = self._client_pin()

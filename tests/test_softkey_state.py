@@ -193,3 +193,16 @@ def test_state_survives_kill_9_during_writes(tmp_path: Path) -> None:
         Ctap2(SoftKey(path)).get_info()
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert len(counters) == 5  # the writer really was writing between the kills
+
+
+def test_opening_removes_only_its_own_stale_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "k[1].json"
+    SoftKey(path)
+    stale = tmp_path / ".k[1].json.x1y2z3.tmp"
+    stale.write_bytes(b'{"half": ')
+    unrelated = [tmp_path / ".other.json.abc.tmp", tmp_path / "k[1].json.tmp"]
+    for p in unrelated:
+        p.write_text("keep")
+    SoftKey(path)
+    assert not stale.exists()
+    assert all(p.read_text() == "keep" for p in unrelated)

@@ -211,9 +211,11 @@ def save_state(path: Path, state: SoftKeyState) -> None:
 def remove_stale_temp_files(path: Path) -> None:
     """Delete temporary files a killed writer left behind. Call with the lock held: every
     writer holds it, so no temporary file is in use then."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    prefix = f".{path.name}."  # as save_state's mkstemp names them (no glob: names may hold [ or *)
+    for tmp in path.parent.iterdir():
+        if tmp.name.startswith(prefix) and tmp.name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 @contextlib.contextmanager

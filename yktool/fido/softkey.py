@@ -95,7 +95,8 @@ class SoftKey(CtapDevice):
     """A software CTAP 2.1 authenticator whose state is the file at `path`.
 
     `create`: make a factory-fresh key when the file does not exist (else StateError).
-    `presence`: the user-presence callback (see module docstring).
+    `presence`: the user-presence callback (see module docstring). It runs with the state file
+    locked, so it must not open this same key (that would wait for itself).
     """
 
     vendor_id = VENDOR_ID

@@ -402,3 +402,14 @@ def test_home_encryption_detection(root: Path, marker: str | None, expect: str |
     users = pu.read_users(Host(root))
     found = pu.home_encryption(Host(root), users["alice"])
     assert (found or "").startswith(expect or "") and (found is None) == (expect is None)
+
+
+def test_non_utf8_bytes_survive_a_merge(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+    make_root(root)
+    raw = b"m\xfcller:AAAA\xff,BBBB\n" + legacy_line("bob").encode() + b"\n"
+    path = root / "etc/u2f_mappings"
+    path.write_bytes(raw)
+    res = cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    after = path.read_bytes()
+    assert after.startswith(raw) and after[len(raw):].startswith(b"root:")

@@ -163,3 +163,38 @@ def test_bad_input_one_line_hint_exit_code_nothing_written(cli: CliCall, measure
     assert len(lines) == 2 and lines[0].startswith("yktool: error: ") and lines[1].startswith("  hint: ")
     assert {p: p.read_bytes() for p in before} == before
     assert not (Path(str(tmp_path)) / "missing.img").exists()
+
+
+def test_replace_killed_after_enrolling_resumes_to_one_token(cli: CliCall, measured_tpm: SoftTpm,
+                                                             luks2_image: LuksImage) -> None:
+    from yktool.luks.tpm2 import plan_enroll_tpm2
+    from yktool.tpm import parse_tcti
+
+    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
+    measured_tpm.tamper(7)
+    op = plan_enroll_tpm2(Host(), str(luks2_image.path), parse_tcti(measured_tpm.tcti), replace=True)
+    op.unlock = luks2_image.passphrase
+    first = op.plan.steps[0]
+    assert first.action and first.prove
+    first.action()  # the new token is in; then the process "dies" before proving and wiping
+    first.prove()
+    assert len(tpm2_tokens(luks2_image)) == 2
+    r = enroll(cli, measured_tpm, luks2_image, "--replace")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert len(tpm2_tokens(luks2_image)) == 1
+    ok = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path)
+    assert ok.exit_code == 0 and "opens" in ok.stdout
+
+
+def test_test_unlock_unknown_token_and_recovery_are_not_failures(cli: CliCall, measured_tpm: SoftTpm,
+                                                                 luks2_image: LuksImage) -> None:
+    import subprocess
+
+    token = {"type": "acme-hsm", "keyslots": ["0"]}
+    subprocess.run(["cryptsetup", "token", "import", str(luks2_image.path)], input=json.dumps(token).encode(),
+                   check=True, capture_output=True)
+    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path)
+    assert r.exit_code == 0, r.output
+    assert [t["status"] for t in json.loads(r.stdout)["tokens"]] == ["not-tested"]
+    r = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path, "--token", "9")
+    assert r.exit_code == 2 and "has no token 9" in r.stderr

@@ -78,7 +78,7 @@ def free_port_pair() -> int:
     raise ToolFailed("no free port pair on 127.0.0.1 for swtpm", "close some listening programs and retry")
 
 
-def _wait_listening(port: int, timeout: float = 5.0) -> None:
+def _wait_listening(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -136,7 +136,7 @@ def start(host: Host, state_dir: str | PurePosixPath) -> SwTpm:
             last_error = ToolFailed(f"swtpm failed to start: {result.error_text or 'no message'}",
                                     "check that swtpm (Debian package swtpm) is installed and works")
             continue
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while not pid_file.exists() or not pid_file.read_text().strip():
             if time.monotonic() > deadline:
                 raise ToolFailed("swtpm started but wrote no pid file", "check swtpm by hand")

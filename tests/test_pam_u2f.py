@@ -413,3 +413,18 @@ def test_non_utf8_bytes_survive_a_merge(sim_key: Callable[..., str], cli: CliCal
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     after = path.read_bytes()
     assert after.startswith(raw) and after[len(raw):].startswith(b"root:")
+
+
+def test_check_reports_a_shared_rule_once(root: Path, cli: CliCall) -> None:
+    make_root(root)
+    _pam(root, "common-auth", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings nouserok cue\n")
+    _pam(root, "sudo", "@include common-auth\n")
+    _pam(root, "login", "auth include common-auth\n")
+    res = cli("--root", root, "--json", "pam", "check", "--service", "sudo", "--service", "login")
+    assert res.exit_code == 1  # type: ignore[attr-defined]   # the authfile is missing
+    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    nouserok = [f for f in data["findings"] if f["code"] == "nouserok"]
+    assert len(nouserok) == 1 and nouserok[0]["services"] == ["login", "sudo"]
+    assert "/etc/pam.d/common-auth:1" in nouserok[0]["message"]
+    missing = [f for f in data["findings"] if f["code"] == "authfile-missing"]
+    assert len(missing) == 1 and missing[0]["severity"] == "error"

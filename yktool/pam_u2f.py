@@ -962,26 +962,27 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
         for u in service.u2f_lines:
             o = u.options
             strict = u.control in ("required", "requisite") or "default=die" in u.control
+            at = f"{u.line.file}:{u.line.lineno}"
             if o.alwaysok:
-                f.append(Finding("error", "alwaysok", f"{service.name}: alwaysok lets everyone in",
+                f.append(Finding("error", "alwaysok", f"{at}: alwaysok lets everyone in",
                                  "remove alwaysok", [service.name]))
             if o.nouserok:
                 f.append(Finding("warning", "nouserok",
-                                 f"{service.name}: nouserok — a user without a credential (or "
+                                 f"{at}: nouserok — a user without a credential (or "
                                  "with an unreadable authfile) passes this rule without a key",
                                  "remove nouserok once every user has a key (CVE-2020-24612 class)",
                                  [service.name]))
             if o.origin is None and not o.sshformat:
                 f.append(Finding("warning", "origin-hostname",
-                                 f"{service.name}: no origin= — pam_u2f uses pam://<hostname> at "
+                                 f"{at}: no origin= — pam_u2f uses pam://<hostname> at "
                                  "login time; renaming the host breaks every registered key",
                                  "add origin=pam://NAME (the origin the keys were registered "
                                  "with; `yktool pam register` prints it)", [service.name]))
             if o.manual:
-                f.append(Finding("warning", "manual", f"{service.name}: manual mode (no device is "
+                f.append(Finding("warning", "manual", f"{at}: manual mode (no device is "
                                  "asked; meant for testing)", "remove manual", [service.name]))
             if o.debug:
-                f.append(Finding("info", "debug", f"{service.name}: debug logs key handles",
+                f.append(Finding("info", "debug", f"{at}: debug logs key handles",
                                  "remove debug when done", [service.name]))
             if version is not None and version < EDDSA_MIN_VERSION:
                 pass  # eddsa lines are flagged per authfile below
@@ -1004,7 +1005,7 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
                 where = e.get("path")
                 if where in [p for p, _ in paths] and effective_origin and e.get("origin") != effective_origin:
                     f.append(Finding("error", "origin-mismatch",
-                                     f"{service.name}: the key registered for {e.get('user')} in "
+                                     f"{at}: the key registered for {e.get('user')} in "
                                      f"{where} has origin {e.get('origin')}, but this rule uses "
                                      f"{effective_origin}", f"set origin={e.get('origin')} on the "
                                      "PAM line (or register again with the rule's origin)",
@@ -1037,7 +1038,21 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
                          f"no ~/{USER_AUTHFILE} for: {names_missing}"
                          + (" (nouserok lets them in without a key)" if nouserok else ""),
                          "register them: yktool pam register --user NAME", []))
+    report.findings = _merge_findings(f)
     return report
+
+
+def _merge_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per (severity, code, message): a rule in common-auth is reported once, with
+    every service that includes it."""
+    merged: dict[tuple[str, str, str], Finding] = {}
+    for item in findings:
+        key = (item.severity, item.code, item.message)
+        if key in merged:
+            merged[key].services = sorted(set(merged[key].services) | set(item.services))
+        else:
+            merged[key] = item
+    return list(merged.values())
 
 
 def default_origin_or_none(host: Host) -> str | None:

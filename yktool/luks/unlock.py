@@ -210,7 +210,9 @@ def test_tpm2(ctx: UnlockContext, token: Token) -> UnlockResult:
         pin = ctx.pin_for(token) if ctx.pin_for else None
         if pin is None:
             return result(PIN_NEEDED)
-    params = _Tpm2Params(0xFFFFFFFF, ctx.tcti.systemd_device.encode(), None)
+    # NULL device: the plugin picks the kernel's TPM itself (it does not parse "auto")
+    device = None if ctx.tcti.spec == "auto" else ctx.tcti.systemd_device.encode()
+    params = _Tpm2Params(0xFFFFFFFF, device, None)
     try:
         rc, log = activate_by_token(ctx.real_device, token.id, token.type, pin, params)
     finally:

@@ -200,3 +200,17 @@ def test_output_path_under_root_only(world: SshWorld, tmp_path: Path) -> None:
     res = world.yk("ssh", "keygen", "--user", "alice", "--output", "../../../../outside")
     assert res.exit_code == 2
     assert not (tmp_path / "outside").exists()
+
+
+def test_registry_names_each_physical_key(world: SshWorld, sim_key: Any) -> None:
+    second = sim_key("b")
+    assert world.yk("ssh", "keygen", "--user", "alice").exit_code == 0
+    assert world.yk("ssh", "keygen", "--user", "bob", device=second).exit_code == 0
+    # key "a" again: found by a silent probe of its first credential, not taken for a new key
+    assert world.yk("ssh", "keygen", "--user", "alice", "--output", "/home/alice/.ssh/second").exit_code == 0
+    assert world.yk("ssh", "authorize", "--user", "bob", "--pubkey", "/home/bob/.ssh/id_ed25519_sk.pub").exit_code == 0
+    keys = {k["nickname"]: k["enrollments"] for k in _registry(world)["keys"]}
+    assert sorted(keys) == ["backup-1", "primary"]
+    assert sorted(e["path"] for e in keys["primary"]) == ["/home/alice/.ssh/id_ed25519_sk", "/home/alice/.ssh/second"]
+    assert sorted(e["path"] for e in keys["backup-1"]) == ["/home/bob/.ssh/authorized_keys",
+                                                          "/home/bob/.ssh/id_ed25519_sk"]

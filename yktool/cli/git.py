@@ -24,10 +24,11 @@ def git() -> None:
 @click.option("--user", "-u", default=None, help="Whose git (home from the root's /etc/passwd; default: you).")
 @click.option("--allowed-signers", default=None,
               help="allowed_signers file inside the root (default ~USER/.ssh/allowed_signers).")
-@click.option("--nickname", default="primary", show_default=True, help="Name of the physical key in the registry.")
+@click.option("--nickname", default=None,
+              help="Name of the physical key in the registry (default: the key that made this SSH key).")
 @pass_app
 def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: str | None, user: str | None,
-            allowed_signers: str | None, nickname: str) -> None:
+            allowed_signers: str | None, nickname: str | None) -> None:
     """Configure git to sign commits and tags with the SSH key, and to verify them.
 
     Sets gpg.format=ssh, user.signingkey, commit.gpgsign, tag.gpgsign, gpg.ssh.allowedSignersFile
@@ -38,7 +39,7 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
     from yktool.git_signing import check_email, configure
     from yktool.inventory import Registry
     from yktool.ssh.accounts import default_user, lookup_user
-    from yktool.ssh.enroll import credential_id_b64, default_key_path, load_private, pub_path
+    from yktool.ssh.enroll import credential_id_b64, default_key_path, load_private, nickname_of_credential, pub_path
     from yktool.ssh.keys import ECDSA_SK, ED25519_SK, SkPublicKey
 
     if global_ and repo:
@@ -78,9 +79,10 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
         "public_key": public.line(), "fingerprint": public.fingerprint}
     if credential_id:
         fields["credential_id"] = credential_id
+    name = nickname_of_credential(host, credential_id, nickname)
     with Registry.update(host) as registry:
         registry.forget("git", email=email, config_file=str(setup.config_file))
-        registry.record(nickname, "git", **fields)
+        registry.record(name, "git", **fields)
     emit(app.json, {"ok": True, "config_file": str(setup.config_file), "allowed_signers": str(setup.allowed_signers),
                     "config": setup.values, "fingerprint": public.fingerprint},
          f"git signing configured in {setup.config_file}:\n{setup.shown}\n"

@@ -82,8 +82,9 @@ def _flag_names(key: SkPrivateKey) -> list[str]:
 
 
 _pin_stdin = click.option("--pin-stdin", is_flag=True, help="Read the key's PIN from one stdin line.")
-_nickname = click.option("--nickname", default="primary", show_default=True,
-                         help="Name of the physical key in the key registry.")
+_nickname = click.option("--nickname", default=None,
+                         help="Name of the physical key in the key registry (default: the name the registry "
+                              "knows it by, else primary / backup-N).")
 
 
 @click.group("ssh")
@@ -106,7 +107,7 @@ def ssh() -> None:
 @_nickname
 @pass_app
 def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: str | None, output: str | None,
-           user: str | None, force: bool, pin_stdin: bool, nickname: str) -> None:
+           user: str | None, force: bool, pin_stdin: bool, nickname: str | None) -> None:
     """Make a FIDO2-backed SSH key on the security key (one touch; the PIN when the key has one).
 
     Writes the key-handle file (0600) and the .pub (0644) in OpenSSH's own formats; the private
@@ -131,10 +132,11 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
              f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub")
         return
     with _session(app, pin_stdin) as session:
+        name = enroll.choose_nickname(session, host, nickname)  # silent probes, before the key changes
         key = enroll.make_key(session, opts, comment, force=force)
         aaguid = session.aaguid
     enroll.write_key_files(host, key, path, owner)
-    enroll.record_key(host, key, path, nickname=nickname, aaguid=aaguid, user=user_name)
+    enroll.record_key(host, key, path, nickname=name, aaguid=aaguid, user=user_name)
     proof = _prove(host, path, key)
     data = {"ok": True, "path": str(path), "pub_path": str(enroll.pub_path(path)),
             "public_key": key.public.line(key.comment), "fingerprint": key.public.fingerprint,
@@ -154,7 +156,7 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
 @_nickname
 @pass_app
 def download(app: AppContext, user: str | None, output_dir: str | None, force: bool, pin_stdin: bool,
-             nickname: str) -> None:
+             nickname: str | None) -> None:
     """Rebuild key files from the resident SSH keys on the security key (like `ssh-keygen -K`; PIN).
 
     A key the registry knows gets back its file name, comment and flags, so the files come back
@@ -168,6 +170,7 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
     with _session(app, pin_stdin) as session:
         found = enroll.resident_keys(session)
         aaguid = session.aaguid
+        name = enroll.choose_nickname(session, host, nickname)
     plans: list[tuple[SkPrivateKey, PurePosixPath, str]] = []
     for rk in found:
         entry = enroll.recorded_file(host, rk.key)
@@ -197,7 +200,7 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
         if state != "unchanged":
             enroll.write_key_files(host, key, path, account.owner())
             _prove(host, path, key)
-        enroll.record_key(host, key, path, nickname=nickname, aaguid=aaguid, user=account.name)
+        enroll.record_key(host, key, path, nickname=name, aaguid=aaguid, user=account.name)
         out.append({"path": str(path), "state": "written" if state != "unchanged" else "unchanged",
                     "fingerprint": key.public.fingerprint, "application": key.public.application,
                     "options": _flag_names(key)})
@@ -231,7 +234,7 @@ def _load_for_authorize(app: AppContext, pubkey: PurePosixPath) -> tuple[SkPriva
 @click.option("--file", "file_", default=None, help="authorized_keys file inside the root, if not the user's own.")
 @_nickname
 @pass_app
-def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None, nickname: str) -> None:
+def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None, nickname: str | None) -> None:
     """Add a security-key SSH public key to a user's authorized_keys.
 
     Existing lines, options, comments, blank lines and line endings stay byte for byte; a key
@@ -242,7 +245,7 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
     from yktool.authorized_keys import key_options
     from yktool.errors import UsageError
     from yktool.inventory import Registry
-    from yktool.ssh.enroll import credential_id_b64
+    from yktool.ssh.enroll import credential_id_b64, nickname_of_credential
     from yktool.ssh.keys import ECDSA_SK, ED25519_SK
 
     host = app.host
@@ -269,8 +272,9 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
                                            "public_key": public.line(), "fingerprint": public.fingerprint}
     if private is not None:
         fields["credential_id"] = credential_id_b64(private)
+    name = nickname_of_credential(host, str(fields.get("credential_id", "")), nickname)
     with Registry.update(host) as registry:
-        registry.record(nickname, "ssh", **fields)
+        registry.record(name, "ssh", **fields)
     options = key_options(private) if private else []
     data = {"ok": True, "path": str(path), "added": result.added, "fingerprint": public.fingerprint,
             "options": options}

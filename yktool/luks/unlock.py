@@ -202,7 +202,8 @@ def test_tpm2(ctx: UnlockContext, token: Token) -> UnlockResult:
     flush_leftovers(ctx.tcti)
     matches = policy_matches(ctx.tcti, token)
     if matches is False:
-        return result(PCR_CHANGED, f"PCRs {'+'.join(map(str, token.pcrs))} differ from when it was sealed",
+        pcrs = "+".join(map(str, token.pcrs))
+        return result(PCR_CHANGED, f"the current values of PCRs {pcrs} differ from those it was sealed to",
                       ["boot with the old firmware/Secure Boot settings, or unlock with the recovery key "
                        "and run `yktool luks enroll-tpm2 --replace`"])
     pin = None

@@ -428,3 +428,43 @@ def test_check_reports_a_shared_rule_once(root: Path, cli: CliCall) -> None:
     assert "/etc/pam.d/common-auth:1" in nouserok[0]["message"]
     missing = [f for f in data["findings"] if f["code"] == "authfile-missing"]
     assert len(missing) == 1 and missing[0]["severity"] == "error"
+
+
+def test_check_nixos_offline_root_with_age_file(sim_key: Callable[..., str], cli: CliCall,
+                                                root: Path, tmp_path: Path) -> None:
+    make_root(root)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "h")],
+                   check=True)
+    age_file = tmp_path / "yubikey-auth.age"
+    assert cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root",
+               "--age", (tmp_path / "h.pub").read_text(), "--age-file", age_file).exit_code == 0  # type: ignore[attr-defined]
+    module = "/nix/store/0abc-pam_u2f-1.3.0/lib/security/pam_u2f.so"
+    _pam(root, "sudo", f"auth sufficient {module} authfile=/run/agenix/yubikey-auth cue "
+                       "origin=pam://ws1\n")
+    res = cli("--root", root, "--json", "pam", "check", "--age-file", age_file,
+              "--age-identity", tmp_path / "h")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert data["pam_u2f_version"] == "1.3.0"
+    codes = {f["code"]: f for f in data["findings"]}
+    assert codes["authfile-agenix"]["severity"] == "info"
+    assert codes["single-key"]["services"] == ["sudo"]
+    assert {"path": str(age_file), "users": {"root": 1}}.items() <= {
+        k: v for k, v in data["authfiles"][-1].items() if k in ("path", "users")}.items()
+    # a wrong identity is a clear error
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "o")],
+                   check=True)
+    _assert_refused(cli("--root", root, "pam", "check", "--age-file", age_file,
+                        "--age-identity", tmp_path / "o"), 2, "not one of its recipients")
+
+
+def test_check_per_user_file_hidden_by_locked_ecryptfs_home(root: Path, cli: CliCall) -> None:
+    """A logged-out ecryptfs home hides ~/.config: the file looks missing, the cause is named."""
+    make_root(root)
+    (root / "home/.ecryptfs/alice").mkdir(parents=True)
+    (root / "home/alice").mkdir(parents=True)
+    _pam(root, "login", "auth required pam_u2f.so cue origin=pam://ws1\n")
+    res = cli("--root", root, "--json", "pam", "check", "--service", "login")
+    assert res.exit_code == 1  # type: ignore[attr-defined]
+    codes = [f["code"] for f in json.loads(res.stdout)["findings"]]  # type: ignore[attr-defined]
+    assert "encrypted-home" in codes and "authfile-missing" in codes

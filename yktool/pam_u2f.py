@@ -852,16 +852,49 @@ def _owner_of(users: dict[str, User], path: str) -> User | None:
     return best
 
 
+def _text_findings(report: AuthfileReport, text: str, *, strict: bool,
+                   services: list[str]) -> list[Finding]:
+    """What the authfile's content says: malformed lines, single keys, no credential."""
+    out: list[Finding] = []
+    authfile = Authfile.parse(text)
+    for problem in authfile.problems():
+        out.append(Finding("warning", "authfile-malformed", f"{report.path}: {problem}",
+                           "fix the line; pam_u2f fails for that user", services))
+    for u in authfile.users():
+        n = len(authfile.credentials_of(u))
+        report.users[u] = n
+        if n == 1:
+            out.append(Finding("warning", "single-key",
+                               f"{u} has one key in {report.path} and no backup",
+                               f"register a backup key: yktool pam register --user {u} …", services))
+    if report.user is None and not authfile.users():
+        out.append(Finding("error" if strict else "warning", "authfile-empty",
+                           f"{report.path} holds no credential", "register a key", services))
+    return out
+
+
 def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User],
                        *, strict: bool, user_run: list[str], services: list[str]) -> list[Finding]:
     out: list[Finding] = []
     real = host.path(report.path)
     sv = list(services)
+    # First, because an encrypted home that is not unlocked hides the file altogether
+    owner = users.get(report.user) if report.user else _owner_of(users, report.path)
+    if owner is not None:
+        enc = home_encryption(host, owner)
+        if enc:
+            out.append(Finding("error", "encrypted-home",
+                               f"{report.path} is inside {owner.name}'s home, encrypted with {enc}: "
+                               "pam_u2f cannot read it until the home is unlocked (login fails)",
+                               "use a central authfile: yktool pam register --authfile "
+                               f"{CENTRAL_AUTHFILE} and authfile={CENTRAL_AUTHFILE} on the PAM line",
+                               sv))
     if not real.exists():
         if report.path.startswith("/run/agenix") and not host.is_live:
             out.append(Finding("info", "authfile-agenix",
                                f"{report.path} is decrypted by agenix at boot (not in an offline root)",
-                               "check the age file with `yktool pam check` on the running host", sv))
+                               "check the age file itself: yktool pam check --age-file F "
+                               "--age-identity K", sv))
             return out
         sev = "error" if (strict or report.user is None) else "warning"
         who = f"{report.user}: " if report.user else ""
@@ -904,34 +937,12 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
         out.append(Finding("error", "authfile-unreadable", f"{report.path}: {exc.strerror}",
                            "check the file", sv))
         return out
-    authfile = Authfile.parse(text)
-    for problem in authfile.problems():
-        out.append(Finding("warning", "authfile-malformed", f"{report.path}: {problem}",
-                           "fix the line; pam_u2f fails for that user", sv))
-    for u in authfile.users():
-        n = len(authfile.credentials_of(u))
-        report.users[u] = n
-        if n == 1:
-            out.append(Finding("warning", "single-key",
-                               f"{u} has one key in {report.path} and no backup",
-                               f"register a backup key: yktool pam register --user {u} …", sv))
-    if report.user is None and not authfile.users():
-        out.append(Finding("error" if strict else "warning", "authfile-empty",
-                           f"{report.path} holds no credential", "register a key", sv))
-    owner = users.get(report.user) if report.user else _owner_of(users, report.path)
-    if owner is not None:
-        enc = home_encryption(host, owner)
-        if enc:
-            out.append(Finding("error", "encrypted-home",
-                               f"{report.path} is inside {owner.name}'s home, encrypted with {enc}: "
-                               "pam_u2f cannot read it until the home is unlocked (login fails)",
-                               "use a central authfile: yktool pam register --authfile "
-                               f"{CENTRAL_AUTHFILE} and authfile={CENTRAL_AUTHFILE} on the PAM line",
-                               sv))
+    out.extend(_text_findings(report, text, strict=strict, services=sv))
     return out
 
 
-def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> CheckReport:
+def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
+          age_authfiles: Iterable[tuple[str, str]] = ()) -> CheckReport:
     """Which services use pam_u2f, with which authfile/origin/cue, and every lockout trap
     found: missing/unreadable authfile, nouserok/alwaysok, an authfile in an encrypted home,
     an origin that follows the hostname, a user with a single key, origins that differ from
@@ -951,6 +962,7 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
         f.append(Finding("warning", "no-u2f", "no PAM service uses pam_u2f",
                          "add `auth sufficient pam_u2f.so authfile=… cue origin=…` to the services "
                          "(NixOS: security.pam.services.<name>.u2fAuth = true)"))
+        _add_age_authfiles(report, age_authfiles, [])
         return report
     try:
         registry = Registry.load(host)
@@ -1016,7 +1028,10 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
         found = _authfile_findings(host, rep, users, strict=strict, user_run=sorted(set(user_run)),
                                    services=rep.services)
         if rep.user is not None and not rep.exists:
+            # missing per-user files are summed up below; other causes (a locked encrypted
+            # home) are reported on their own
             per_user_missing.append(rep)
+            f.extend(x for x in found if x.code != "authfile-missing")
             continue
         f.extend(found)
         report.authfiles.append(rep)
@@ -1038,8 +1053,19 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None) -> Check
                          f"no ~/{USER_AUTHFILE} for: {names_missing}"
                          + (" (nouserok lets them in without a key)" if nouserok else ""),
                          "register them: yktool pam register --user NAME", []))
-    report.findings = _merge_findings(f)
+    agenix_services = sorted({s.name for s in services for u in s.u2f_lines
+                              if (u.options.authfile or "").startswith("/run/agenix")})
+    _add_age_authfiles(report, age_authfiles, agenix_services)
+    report.findings = _merge_findings(report.findings)
     return report
+
+
+def _add_age_authfiles(report: CheckReport, age_authfiles: Iterable[tuple[str, str]],
+                       services: list[str]) -> None:
+    for label, text in age_authfiles:
+        rep = AuthfileReport(label, None, True, services=services)
+        report.findings.extend(_text_findings(rep, text, strict=False, services=services))
+        report.authfiles.append(rep)
 
 
 def _merge_findings(findings: list[Finding]) -> list[Finding]:

@@ -135,8 +135,13 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
 @pam.command("check")
 @click.option("--service", "services", multiple=True,
               help="Services to look at [default: every file under /etc/pam.d plus the usual ones].")
+@click.option("--age-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also look into this agenix authfile (yubikey-auth.age; a local path).")
+@click.option("--age-identity", type=click.Path(dir_okay=False, path_type=Path),
+              help="Private key to decrypt --age-file (ssh-ed25519 or age identity).")
 @pass_app
-def check(app: AppContext, services: tuple[str, ...]) -> None:
+def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
+          age_identity: Path | None) -> None:
     """Report which PAM services use pam_u2f (authfile, origin, cue) and the lockout traps.
 
     Traps: authfile missing or unreadable, nouserok/alwaysok, an authfile inside an encrypted
@@ -147,7 +152,23 @@ def check(app: AppContext, services: tuple[str, ...]) -> None:
     from yktool.cli.output import emit_json
     from yktool.errors import CheckFailed
 
-    report = pu.check(app.host, list(services) or None)
+    age_texts: list[tuple[str, str]] = []
+    if age_file is not None:
+        from yktool import agefile
+        from yktool.errors import UsageError
+
+        if age_identity is None:
+            raise UsageError("--age-file needs --age-identity to be read",
+                             "pass the private key of one of its recipients")
+        try:
+            sealed, ident = age_file.read_bytes(), age_identity.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}",
+                             "check the paths") from None
+        plain = agefile.decrypt(sealed, agefile.parse_identities(ident, source=str(age_identity)),
+                                what=str(age_file))
+        age_texts.append((str(age_file), plain.decode("utf-8", "surrogateescape")))
+    report = pu.check(app.host, list(services) or None, age_texts)
     if app.json:
         emit_json(report.to_json())
     else:

@@ -273,6 +273,9 @@ class Check:
             result = Result(self.id, self.layer, self.title, "warn", [], reason=exc.message)
         except (OSError, ValueError, UnicodeError) as exc:
             result = Result(self.id, self.layer, self.title, "warn", [], reason=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the other fifty
+            result = Result(self.id, self.layer, self.title, "warn", [],
+                            reason=f"internal error in this check ({type(exc).__name__}: {exc}); please report it")
         if not result.fix and result.status in ("fail", "warn"):
             result.fix = self.fix
         return result

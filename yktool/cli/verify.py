@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from yktool.cli.context import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from yktool.checks import Result
 
 SYMBOL = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "warn": ("WARN", "yellow"), "n/a": (" n/a", None)}
 
@@ -74,12 +78,11 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
         sys.exit(1)
 
 
-def _render(results: list[object], counts: dict[str, int], verbose: int) -> None:
-    from yktool.checks import LAYER_NAMES, Result
+def _render(results: list[Result], counts: dict[str, int], verbose: int) -> None:
+    from yktool.checks import LAYER_NAMES
 
     by_layer: dict[int, list[Result]] = {}
     for r in results:
-        assert isinstance(r, Result)  # noqa: S101 - narrowing for mypy
         by_layer.setdefault(r.layer, []).append(r)
     width = max((len(r.id) for rs in by_layer.values() for r in rs), default=10)
     for layer in sorted(by_layer, reverse=True):  # top of the page's diagram first
@@ -97,7 +100,7 @@ def _render(results: list[object], counts: dict[str, int], verbose: int) -> None
     total = sum(counts.values())
     line = (f"{total} checks: {counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, "
             f"{counts['n/a']} n/a")
-    needs_root = sum(1 for r in results if getattr(r, "needs_root", False))
+    needs_root = sum(1 for r in results if r.needs_root)
     if needs_root:
         line += f" ({needs_root} need root: run with sudo for a full answer)"
     click.echo(click.style(line, fg="red" if counts["fail"] else "green", bold=True))

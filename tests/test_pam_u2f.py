@@ -468,3 +468,16 @@ def test_check_per_user_file_hidden_by_locked_ecryptfs_home(root: Path, cli: Cli
     assert res.exit_code == 1  # type: ignore[attr-defined]
     codes = [f["code"] for f in json.loads(res.stdout)["findings"]]  # type: ignore[attr-defined]
     assert "encrypted-home" in codes and "authfile-missing" in codes
+
+
+def test_registry_names_each_physical_key_once(sim_key: Callable[..., str], cli: CliCall,
+                                               root: Path) -> None:
+    make_root(root)
+    a, b = sim_key("a"), sim_key("b")
+    for spec, user in ((a, "alice"), (b, "alice"), (a, "root")):
+        assert cli("--root", root, "--device", spec, "pam", "register", "--user",
+                   user).exit_code == 0  # type: ignore[attr-defined]
+    from yktool.inventory import Registry
+    reg = Registry.load(Host(root))
+    names = {k.nickname: sorted(str(e["user"]) for e in k.enrollments) for k in reg.keys}
+    assert names == {"primary": ["alice", "root"], "backup-1": ["alice"]}

@@ -701,6 +701,11 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
     if (request.pin or request.verification) and not session.pin_is_set:
         raise UsageError("+pin/+verification need a PIN on the key, and it has none",
                          "set one first: yktool key pin set")
+    # the registry name of this physical key (silent probes, before the key changes), shared
+    # with the ssh/git enrollments: --nickname, a name the key is known by, primary, backup-N
+    from yktool.ssh.enroll import choose_nickname
+
+    nickname = choose_nickname(session, host, request.nickname)
     alg = EDDSA if request.algorithm == "eddsa" else ES256
     options = options_string(presence=request.presence, verification=request.verification,
                              pin=request.pin)
@@ -720,7 +725,6 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
     if not any(c.identity == entry.identity for c in creds):
         raise UsageError(f"{written}: the new credential is not on {request.user}'s line after "
                          "writing", "restore the backup under /var/backups/yktool and report this bug")
-    nickname = request.nickname or ("primary" if not existing else f"backup-{len(existing)}")
     with Registry.update(host) as registry:
         registry.ensure_key(nickname, aaguid=session.aaguid)
         fields: dict[str, str | int | bool] = {

@@ -132,8 +132,9 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
              f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub")
         return
     with _session(app, pin_stdin) as session:
-        name = enroll.choose_nickname(session, host, nickname)  # silent probes, before the key changes
-        key = enroll.make_key(session, opts, comment, force=force)
+        enroll.precheck(session, opts, force=force)
+        name = enroll.choose_nickname(session, host, nickname)  # silent probes, before the credential is made
+        key = enroll.make_key(session, opts, comment, force=force, prechecked=True)
         aaguid = session.aaguid
     enroll.write_key_files(host, key, path, owner)
     enroll.record_key(host, key, path, nickname=name, aaguid=aaguid, user=user_name)

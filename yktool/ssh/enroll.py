@@ -140,10 +140,10 @@ def check_algorithm(session: KeySession, options: KeygenOptions) -> None:
                          "set one first: yktool key pin set")
 
 
-def make_key(session: KeySession, options: KeygenOptions, comment: str, *, force: bool = False) -> SkPrivateKey:
-    """Make the credential on the key (one touch; the PIN when the key has one) and return the
-    key-handle file's content. A resident key for the same application and user that is already
-    on the key is refused (making it again would silently replace it) unless `force`."""
+def precheck(session: KeySession, options: KeygenOptions, *, force: bool = False) -> None:
+    """Everything that can refuse the key before it changes: algorithm, credProtect, PIN, and a
+    resident key for the same application and user already on the key (making it again would
+    silently replace it) unless `force`."""
     check_algorithm(session, options)
     if options.resident and not force:
         try:
@@ -155,6 +155,14 @@ def make_key(session: KeySession, options: KeygenOptions, comment: str, *, force
                           + (f" user {options.user}" if options.user else ""),
                           "making it again would replace it on the key; use `yktool ssh download` to get its "
                           "files back, another -O application=ssh:NAME / user=NAME, or --force to replace it")
+
+
+def make_key(session: KeySession, options: KeygenOptions, comment: str, *, force: bool = False,
+             prechecked: bool = False) -> SkPrivateKey:
+    """Make the credential on the key (one touch; the PIN when the key has one) and return the
+    key-handle file's content (see `precheck` for what is refused first)."""
+    if not prechecked:
+        precheck(session, options, force=force)
     try:
         cred = session.make_credential(
             options.application,

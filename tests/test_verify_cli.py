@@ -105,3 +105,28 @@ def test_verify_does_not_import_heavy_libraries(hardened_root: FixtureRoot) -> N
     proc = subprocess.run([sys.executable, "-c", code, str(hardened_root.root)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+def test_colour_only_on_a_terminal(hardened_root: FixtureRoot) -> None:
+    import pty
+
+    MUTATIONS["ssh.maxauthtries"].apply(hardened_root)
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "yktool", "--root", str(hardened_root.root), "verify",
+                                 "--only", "ssh"], cwd=REPO, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        os.close(primary)
+    out = b"".join(chunks).decode()
+    assert "\x1b[31m" in out and "FAIL" in out  # red on a terminal

@@ -98,3 +98,19 @@ def test_match_block_loosening_a_setting_fails(hardened_root: FixtureRoot) -> No
     assert r.status == "fail" and "Match" in r.reason
     assert "/etc/ssh/sshd_config:12: PasswordAuthentication=yes (Match Address 10.0.0.0/8)" in [
         e.render() for e in r.evidence]
+
+
+def test_nixos_lock_rule_with_store_program(hardened_root: FixtureRoot) -> None:
+    from yktool import udev
+
+    root = hardened_root.root
+    (root / "etc/udev/rules.d/85-yktool-lock.rules").unlink()
+    store_prog = "/nix/store/" + "c" * 32 + "-yktool-lock"
+    key = udev.KeyUsb(udev.SOFTKEY_VENDOR, udev.SOFTKEY_PRODUCT, "SK0001FIXTURE", udev.SOFTKEY_NAME)
+    # NixOS puts services.udev.extraRules into 99-local.rules
+    (root / "etc/udev/rules.d/99-local.rules").write_text(udev.render_rule(key, "primary", program=store_prog))
+    (root / store_prog.lstrip("/")).write_text(udev.lock_program())
+    assert results_of(hardened_root)["hw.udev.lock_rule"].status == "pass"
+    (root / store_prog.lstrip("/")).unlink()
+    r = results_of(hardened_root)["hw.udev.lock_rule"]
+    assert r.status == "fail" and f"{store_prog}: absent" in [e.render().split(" (")[0] for e in r.evidence]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from yktool import udev, usbguard
 from yktool.checks.base import CheckContext, R, Result, check, lines
 
@@ -111,14 +113,15 @@ def udev_lock_rule(ctx: CheckContext) -> Result:
         if vendor and not any(x.vendor == vendor and x.product == product for x in rules):
             return r.fail(f"key {key.nickname} ({vendor}:{product}) was installed by yktool but its rule is gone")
     for rule in rules:
-        if "yktool-lock" in rule.line:
-            prog = udev.PROGRAM_PATH
-            for word in rule.line.replace('"', " ").split():
-                if word.endswith("/yktool-lock"):
-                    prog = word
-            if not prog.startswith("/nix/store") and not ctx.exists(prog):
-                r.ev(prog, "absent")
-                return r.fail(f"the rule runs {prog}, which does not exist")
+        m = re.search(r'RUN\+?="([^"\s]+)', rule.line)
+        prog = m.group(1) if m else ""
+        if not prog.startswith("/") or prog.endswith("/loginctl"):
+            continue
+        if prog.startswith("/nix/store/") and not ctx.is_dir("/nix/store"):
+            continue  # an offline NixOS /etc without its store: nothing to look at
+        if not ctx.exists(prog):
+            r.ev(prog, "absent", note=f"run by {rule.path}")
+            return r.fail(f"the rule runs {prog}, which does not exist")
     return r.ok()
 
 

@@ -90,3 +90,12 @@ def test_key_without_resident_keys_or_pin(world: SshWorld, sim_key: Any) -> None
     assert not world.ssh().exists()
     res = world.yk("ssh", "download", "--user", "alice")  # key "a" has no PIN
     assert res.exit_code == 2 and "PIN" in res.stderr
+
+
+def test_download_for_another_user_stays_in_their_home(world: SshWorld, sim_key: Any) -> None:
+    device = sim_key("pinned", pin=PIN)
+    _make(world, device)
+    res = world.yk("ssh", "download", "--user", "bob", "--pin-stdin", input=PIN + "\n", device=device)
+    assert res.exit_code == 0, res.output
+    assert (world.ssh("bob") / "id_ed25519_sk").read_bytes() == (world.ssh() / "id_ed25519_sk").read_bytes()
+    assert (world.ssh("bob") / "id_ed25519_sk").stat().st_uid == 1001

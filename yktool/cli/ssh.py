@@ -180,8 +180,10 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
         default = enroll.default_key_path(account, key.public.key_type, rk.suffix)
         if output_dir is not None:
             path = PurePosixPath("/") / output_dir / (recorded.name if recorded else default.name)
-        else:
-            path = recorded or default
+        elif recorded is not None and entry is not None and entry.get("user") == account.name:
+            path = recorded
+        else:  # another user's key (or an unknown one): their file name, in this user's ~/.ssh
+            path = account.ssh_dir / (recorded.name if recorded else default.name)
         files = {path: key.to_file(), enroll.pub_path(path): key.pub_file()}
         state = "new"
         if all(host.exists(p) for p in files):

@@ -1,0 +1,77 @@
+"""Wizard questions: a flag answers first; then the terminal (questionary); with --yes or no
+terminal, the default — or a clear error naming the flag to pass."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from yktool.errors import UsageError
+
+
+@dataclass
+class Asker:
+    interactive: bool
+
+    @classmethod
+    def for_terminal(cls, yes: bool) -> Asker:
+        return cls(interactive=not yes and sys.stdin.isatty())
+
+    def text(self, question: str, given: str | None, *, flag: str, default: str | None = None) -> str:
+        if given is not None:
+            return given
+        if self.interactive:
+            import questionary
+
+            answer = questionary.text(question, default=default or "").unsafe_ask()
+            if answer:
+                return str(answer)
+        if default is not None:
+            return default
+        raise UsageError(f"{question} (no answer)", f"pass {flag}")
+
+    def select(self, question: str, given: str | None, choices: Sequence[str], *, flag: str,
+               default: str) -> str:
+        if given is not None:
+            if given not in choices:
+                raise UsageError(f"{flag} {given}: not one of {', '.join(choices)}", f"pass {flag} {choices[0]}")
+            return given
+        if self.interactive:
+            import questionary
+
+            return str(questionary.select(question, choices=list(choices), default=default).unsafe_ask())
+        return default
+
+    def checkbox(self, question: str, given: Sequence[str] | None, choices: Sequence[str], *,
+                 flag: str) -> list[str]:
+        if given:
+            unknown = [c for c in given if c not in choices]
+            if unknown:
+                raise UsageError(f"{flag}: unknown step(s) {', '.join(unknown)}",
+                                 f"choose from {', '.join(choices)}")
+            return list(given)
+        if self.interactive:
+            import questionary
+
+            picked = questionary.checkbox(
+                question, choices=[questionary.Choice(c, checked=True) for c in choices]).unsafe_ask()
+            return [str(c) for c in picked]
+        return list(choices)
+
+    def confirm(self, question: str, *, yes: bool) -> bool:
+        if yes:
+            return True
+        if self.interactive:
+            import questionary
+
+            return bool(questionary.confirm(question, default=True).unsafe_ask())
+        raise UsageError(f"{question} (cannot ask: no terminal)", "pass --yes to go ahead without asking")
+
+    def pause(self, message: str, *, yes: bool) -> None:
+        """Wait for the person (e.g. to swap keys); skipped with --yes."""
+        if yes or not self.interactive:
+            return
+        import questionary
+
+        questionary.press_any_key_to_continue(message).unsafe_ask()

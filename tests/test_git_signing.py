@@ -247,3 +247,19 @@ def test_expired_signer_keeps_old_commits_verified(world: SshWorld) -> None:
     late = world.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo)
     assert late.returncode != 0
     assert world.run(["git", "verify-commit", "HEAD~1"], env=env, cwd=repo).returncode == 0
+
+
+def test_existing_email_is_kept(world: SshWorld) -> None:
+    _keygen(world)
+    (world.home() / ".gitconfig").write_text("[user]\n\temail = alice@home.example\n\tname = Alice\n")
+    res = world.yk("--json", "git", "signing", "--email", EMAIL, "--user", "alice")
+    assert res.exit_code == 0, res.output
+    config = (world.home() / ".gitconfig").read_text()
+    assert "email = alice@home.example" in config and EMAIL not in config
+    assert "user.email stays alice@home.example" in res.stderr
+    import json
+
+    data = json.loads(res.stdout)
+    assert "user.email" not in data["config"] and data["config"]["gpg.format"] == "ssh"
+    backups = list((world.root / "var/backups/yktool/home/alice").glob(".gitconfig.*"))
+    assert [b.read_text() for b in backups] == ["[user]\n\temail = alice@home.example\n\tname = Alice\n"]

@@ -61,6 +61,7 @@ class SigningSetup:
     allowed_signers_changed: bool
     shown: str  # the signing keys as `git config --file … --get` reads them afterwards
     changed: list[str]
+    notes: list[str]
 
 
 class Git:
@@ -141,8 +142,14 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
         "tag.gpgsign": "true",
         "gpg.ssh.allowedSignersFile": account.display(signers),
     }
+    notes: list[str] = []
     if set_email:
-        values["user.email"] = email
+        current = git.get(config_file, "user.email")
+        if current is None:
+            values["user.email"] = email
+        elif current != email:
+            # the person's own setting wins; say why their commits may show another signer name
+            notes.append(f"user.email stays {current} (signatures name {email}, the allowed_signers principal)")
     new_config = not host.path(config_file).exists()
     changes = {k: v for k, v in values.items() if git.get(config_file, k) != v}
     if changes and not new_config:
@@ -152,7 +159,7 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     if new_config and repo is None and owner is not None and host.path(config_file).exists():
         os.chown(host.path(config_file), *owner)
     shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
-    return SigningSetup(config_file, signers, values, changed, shown, sorted(changes))
+    return SigningSetup(config_file, signers, values, changed, shown, sorted(changes), notes)
 
 
 def _split_options(options: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit
+from yktool.cli.output import emit, info
 
 
 @click.group("git")
@@ -83,7 +83,10 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
     with Registry.update(host) as registry:
         registry.forget("git", email=email, config_file=str(setup.config_file))
         registry.record(name, "git", **fields)
+    for note in setup.notes:
+        info(note)
     emit(app.json, {"ok": True, "config_file": str(setup.config_file), "allowed_signers": str(setup.allowed_signers),
-                    "config": setup.values, "fingerprint": public.fingerprint},
+                    "config": setup.values, "changed": setup.changed, "fingerprint": public.fingerprint,
+                    "notes": setup.notes},
          f"git signing configured in {setup.config_file}:\n{setup.shown}\n"
          f"allowed_signers: {setup.allowed_signers}" + ("" if setup.allowed_signers_changed else " (unchanged)"))

@@ -219,6 +219,7 @@ def test_legacy_get_pin_token_gives_mc_and_ga(tmp_path: Path) -> None:
     cp.set_pin(PIN)
     token = cp.get_pin_token(PIN)  # no permissions: CTAP 2.0 getPinToken
     make_cred(ctap, cp.protocol, token, RP_ID)
+    token = cp.get_pin_token(PIN)  # the first one was spent by makeCredential
     cdh = b"\0" * 32
     resp = ctap.get_assertion(RP_ID, cdh, None, pin_uv_param=cp.protocol.authenticate(token, cdh),
                               pin_uv_protocol=cp.protocol.VERSION)
@@ -238,3 +239,28 @@ def test_zero_length_pin_auth_probe(tmp_path: Path) -> None:
     ClientPin(ctap).set_pin(PIN)
     assert code_of(probe) == ERR.PIN_INVALID
     assert device.touches == 2
+
+
+def test_a_token_is_spent_by_one_touch_confirmed_operation(tmp_path: Path) -> None:
+    """CTAP 2.1: makeCredential or a user-present getAssertion clears the token's permissions;
+    silent (up=false) assertions do not (python-fido2 pre-flights an excludeList that way)."""
+    _, device = open_key(tmp_path)
+    ctap = Ctap2(device)
+    cp = ClientPin(ctap)
+    cp.set_pin(PIN)
+    perm = ClientPin.PERMISSION
+    token = cp.get_pin_token(PIN, perm.MAKE_CREDENTIAL | perm.GET_ASSERTION, RP_ID)
+    cdh = b"\0" * 32
+    auth = cp.protocol.authenticate(token, cdh)
+    make_cred(ctap, cp.protocol, token, RP_ID)
+    assert code_of(lambda: make_cred(ctap, cp.protocol, token, RP_ID)) == ERR.PIN_AUTH_INVALID
+
+    token = cp.get_pin_token(PIN, perm.GET_ASSERTION, RP_ID)
+    auth = cp.protocol.authenticate(token, cdh)
+    for _ in range(2):
+        silent = ctap.get_assertion(RP_ID, cdh, None, None, {"up": False}, auth, cp.protocol.VERSION)
+        assert silent.auth_data.is_user_verified() and not silent.auth_data.is_user_present()
+    touched = ctap.get_assertion(RP_ID, cdh, None, None, None, auth, cp.protocol.VERSION)
+    assert touched.auth_data.is_user_verified() and touched.auth_data.is_user_present()
+    assert code_of(lambda: ctap.get_assertion(RP_ID, cdh, None, None, None, auth, cp.protocol.VERSION)
+                   ) == ERR.PIN_AUTH_INVALID

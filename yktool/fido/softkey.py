@@ -372,6 +372,8 @@ class SoftKey(CtapDevice):
             AttestedCredentialData.create(AAGUID, cid, key.public_key()), ext_out or None,
         )
         save()
+        if uv:
+            self._pin.spend_token()
         # "packed" self-attestation: signed by the credential's own key, no certificate.
         return {1: "packed", 2: bytes(auth_data), 3: {"alg": alg, "sig": key.sign(auth_data + cdh)}}
 
@@ -431,6 +433,8 @@ class SoftKey(CtapDevice):
         pending = _PendingAssertion(rp_id_hash, cdh, matches, flags, uv, hmac_input)
         response = self._assert_one(state, pending, matches[0], discovered=not allow)
         save()
+        if uv and up:
+            self._pin.spend_token()
         if len(matches) > 1:
             response[5] = len(matches)
             pending.creds = matches[1:]

@@ -57,6 +57,13 @@ class PinUv:
         self.key_agreement = ec.generate_private_key(ec.SECP256R1())
         self.token = None
 
+    def spend_token(self) -> None:
+        """CTAP 2.1 §6.1.2/§6.2.2: a makeCredential or a user-present getAssertion made with the
+        token clears its permissions (except lbw, which this key has not): one token, one touch-
+        confirmed operation. Silent (up=false) assertions leave it alone."""
+        if self.token is not None:
+            self.token.permissions = 0
+
     # -- helpers shared with makeCredential/getAssertion/credentialManagement
 
     @staticmethod

@@ -114,3 +114,19 @@ def test_nixos_lock_rule_with_store_program(hardened_root: FixtureRoot) -> None:
     (root / store_prog.lstrip("/")).unlink()
     r = results_of(hardened_root)["hw.udev.lock_rule"]
     assert r.status == "fail" and f"{store_prog}: absent" in [e.render().split(" (")[0] for e in r.evidence]
+
+
+def test_git_signing_key_named_by_file(hardened_root: FixtureRoot) -> None:
+    cfg = hardened_root.root / "home/alice/.gitconfig"
+    text = cfg.read_text()
+    start = text.index("signingkey = ") + len("signingkey = ")
+    end = text.index("\n", start)
+    cfg.write_text(text[:start] + "~/.ssh/id_ed25519_sk" + text[end:])  # git accepts the private key's path too
+    r = results_of(hardened_root)["git.signing"]
+    assert r.status == "pass", describe({r.id: r})
+    (hardened_root.root / "home/alice/.ssh/id_ed25519_sk.pub").write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlainSoftwareKey alice\n")
+    r = results_of(hardened_root)["git.signing"]
+    assert r.status == "fail"
+    assert "/home/alice/.gitconfig: user.signingkey=~/.ssh/id_ed25519_sk (not a security-key key)" in [
+        e.render() for e in r.evidence]

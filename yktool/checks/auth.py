@@ -193,3 +193,55 @@ def _sk_key(ctx: CheckContext) -> Result:
 
 register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the user", _sk_key,
          "yktool ssh enroll   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)")
+
+
+# ------------------------------------------------------------------------------------- git signing
+def parse_gitconfig(text: str) -> dict[str, str]:
+    """`section.key` (subsection kept: `gpg.ssh.program`) -> last value, keys lower-cased."""
+    out: dict[str, str] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        m = re.match(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"([^"]*)")?\s*\]', line)
+        if m:
+            section = m.group(1).lower() + (f".{m.group(2)}" if m.group(2) else "")
+            continue
+        key, _, value = line.partition("=")
+        value = re.sub(r'\s+[#;].*$', "", value.strip()).strip('"')
+        out[f"{section}.{key.strip().lower()}"] = value if _ else "true"
+    return out
+
+
+def _git_signing(ctx: CheckContext) -> Result:
+    r = R("git.signing")
+    seen_config = False
+    for name, home in ctx.users_to_check():
+        for path in (f"{home}/.gitconfig", f"{home}/.config/git/config"):
+            text = ctx.read(path)
+            if text is None:
+                continue
+            seen_config = True
+            cfg = parse_gitconfig(text)
+            fmt, key, sign = cfg.get("gpg.format", ""), cfg.get("user.signingkey", ""), cfg.get("commit.gpgsign", "")
+            r.ev(path, fmt or "unset", "gpg.format").ev(path, sign or "unset", "commit.gpgsign")
+            if fmt != "ssh" or sign.lower() not in ("true", "yes", "on", "1") or not key:
+                continue
+            if key.startswith("key::"):
+                is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
+            else:
+                key_path = key.replace("~", home, 1) if key.startswith("~") else key
+                pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
+                is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
+            r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
+            if is_sk:
+                return r.ok(f"{name} signs commits with a security key")
+    if not seen_config:
+        return r.na("no user has a git configuration")
+    return r.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
+
+
+register("git.signing", 3, "git commits signed with the security key (gpg.format ssh, ed25519-sk)", _git_signing,
+         "yktool git setup   (git config --global gpg.format ssh; user.signingkey ~/.ssh/id_ed25519_sk.pub; "
+         "commit.gpgsign true)")

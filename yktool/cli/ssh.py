@@ -58,20 +58,6 @@ def _default_comment(host: Host, user: str) -> str:
     return f"{user}@{hostname}" if hostname else user
 
 
-def _prove(host: Host, path: PurePosixPath, key: SkPrivateKey) -> str:
-    """Read the written file back with the real ssh-keygen: `-y` must print the .pub line."""
-    from yktool.errors import ToolFailed
-
-    if host.which("ssh-keygen") is None:
-        warn("ssh-keygen is not installed here: the key files were not read back (apt-get install openssh-client)")
-        return "not checked (no ssh-keygen)"
-    result = host.run(["ssh-keygen", "-y", "-f", str(host.path(path))], check=False)
-    if result.returncode != 0 or result.stdout != key.pub_file():
-        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {result.error_text}",
-                         "this is a bug in yktool; the credential exists on the key, the file is wrong")
-    return "ssh-keygen -y reads the key back"
-
-
 def _flag_names(key: SkPrivateKey) -> list[str]:
     names = ["touch-required" if key.touch_required else "no-touch-required"]
     if key.verify_required:
@@ -118,27 +104,28 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
 
     host = app.host
     opts = enroll.parse_options(options, type_name)
-    account = _account(app, user) if output is None else _maybe_account(app, user)
-    path = PurePosixPath(output) if output else enroll.default_key_path(account, opts.key_type)  # type: ignore[arg-type]
-    if not path.is_absolute():
-        path = PurePosixPath("/") / path
+    account: Account | None
+    if output is None:
+        account = _account(app, user)
+        path = enroll.default_key_path(account, opts.key_type)
+    else:
+        account = _maybe_account(app, user)
+        path = PurePosixPath("/") / output
     owner = account.owner() if account else None
     user_name = account.name if account else (user or default_user())
-    enroll.check_free(host, path, force)
     if comment is None:
         comment = _default_comment(host, user_name)
+    enroll.check_free(host, path, force)  # before the key is even opened
     if app.dry_run:
         emit(app.json, {"ok": True, "dry_run": True, "path": str(path), "type": opts.key_type, "flags": opts.flags},
              f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub")
         return
     with _session(app, pin_stdin) as session:
-        enroll.precheck(session, opts, force=force)
-        name = enroll.choose_nickname(session, host, nickname)  # silent probes, before the credential is made
-        key = enroll.make_key(session, opts, comment, force=force, prechecked=True)
-        aaguid = session.aaguid
-    enroll.write_key_files(host, key, path, owner)
-    enroll.record_key(host, key, path, nickname=name, aaguid=aaguid, user=user_name)
-    proof = _prove(host, path, key)
+        made = enroll.keygen(host, session, opts, path=path, comment=comment, owner=owner, user=user_name,
+                             nickname=nickname, force=force)
+    key, proof = made.key, made.proof
+    if proof.startswith("not checked"):
+        warn(f"the key files were {proof}; install openssh-client to have them read back")
     data = {"ok": True, "path": str(path), "pub_path": str(enroll.pub_path(path)),
             "public_key": key.public.line(key.comment), "fingerprint": key.public.fingerprint,
             "type": key.public.key_type, "flags": key.flags, "options": _flag_names(key),
@@ -163,7 +150,6 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
     A key the registry knows gets back its file name, comment and flags, so the files come back
     byte for byte; others are named id_ed25519_sk_rk[_APP][_USER] with the application as comment.
     """
-    from yktool.errors import Refused
     from yktool.ssh import enroll
 
     host = app.host
@@ -172,41 +158,17 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
         found = enroll.resident_keys(session)
         aaguid = session.aaguid
         name = enroll.choose_nickname(session, host, nickname)
-    plans: list[tuple[SkPrivateKey, PurePosixPath, str]] = []
-    for rk in found:
-        entry = enroll.recorded_file(host, rk.key)
-        key = enroll.restore_from_record(rk.key, entry)
-        recorded = PurePosixPath(str(entry["path"])) if entry and "path" in entry else None
-        default = enroll.default_key_path(account, key.public.key_type, rk.suffix)
-        if output_dir is not None:
-            path = PurePosixPath("/") / output_dir / (recorded.name if recorded else default.name)
-        elif recorded is not None and entry is not None and entry.get("user") == account.name:
-            path = recorded
-        else:  # another user's key (or an unknown one): their file name, in this user's ~/.ssh
-            path = account.ssh_dir / (recorded.name if recorded else default.name)
-        files = {path: key.to_file(), enroll.pub_path(path): key.pub_file()}
-        state = "new"
-        if all(host.exists(p) for p in files):
-            state = "unchanged" if all(host.read_bytes(p) == d for p, d in files.items()) else "differs"
-        elif any(host.exists(p) for p in files):
-            state = "differs"
-        if state == "differs" and not force:
-            raise Refused(f"{path} (or its .pub) exists and differs from the key on the device",
-                          "move it away, use --output-dir, or pass --force to replace it (backed up first)")
-        plans.append((key, path, state))
+    plans = enroll.plan_download(host, found, account,
+                                 PurePosixPath("/") / output_dir if output_dir is not None else None, force=force)
     if app.dry_run:
-        emit(app.json, {"ok": True, "dry_run": True, "keys": [{"path": str(p), "state": s} for _, p, s in plans]},
-             "\n".join(f"would write {p} ({s})" for _, p, s in plans) or "no resident SSH keys on this key")
+        emit(app.json, {"ok": True, "dry_run": True,
+                        "keys": [{"path": str(p.path), "state": p.state} for p in plans]},
+             "\n".join(f"would write {p.path} ({p.state})" for p in plans) or "no resident SSH keys on this key")
         return
-    out = []
-    for key, path, state in plans:
-        if state != "unchanged":
-            enroll.write_key_files(host, key, path, account.owner())
-            _prove(host, path, key)
-        enroll.record_key(host, key, path, nickname=name, aaguid=aaguid, user=account.name)
-        out.append({"path": str(path), "state": "written" if state != "unchanged" else "unchanged",
-                    "fingerprint": key.public.fingerprint, "application": key.public.application,
-                    "options": _flag_names(key)})
+    done = enroll.apply_download(host, plans, account, nickname=name, aaguid=aaguid)
+    out = [{"path": str(p.path), "state": "unchanged" if p.state == "unchanged" else "written",
+            "fingerprint": p.key.public.fingerprint, "application": p.key.public.application,
+            "options": _flag_names(p.key)} for p in done]
     if not out:
         info("no resident SSH keys (application ssh:…) on this key")
     emit(app.json, {"ok": True, "keys": out},

@@ -372,7 +372,92 @@ def restore_from_record(key: SkPrivateKey, entry: dict[str, Scalar] | None) -> S
                         comment if isinstance(comment, str) else key.comment, key.reserved)
 
 
+
+
+# --------------------------------------------------------------------------------- whole steps
+def prove_files(host: Host, path: PurePosixPath, key: SkPrivateKey) -> str:
+    """Read the written file back with the real ssh-keygen: `-y` must print exactly the .pub line.
+    Returns what was proven; a mismatch is a ToolFailed."""
+    if host.which("ssh-keygen") is None:
+        return "not checked (ssh-keygen is not installed here)"
+    result = host.run(["ssh-keygen", "-y", "-f", str(host.path(path))], check=False)
+    if result.returncode != 0 or result.stdout != key.pub_file():
+        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {result.error_text}",
+                         "this is a bug in yktool; the credential exists on the key, the file is wrong")
+    return "ssh-keygen -y reads the key back"
+
+
+@dataclass(frozen=True)
+class KeygenResult:
+    key: SkPrivateKey
+    path: PurePosixPath
+    nickname: str
+    proof: str
+
+
+def keygen(host: Host, session: KeySession, options: KeygenOptions, *, path: PurePosixPath, comment: str,
+           owner: tuple[int, int] | None, user: str, nickname: str | None = None,
+           force: bool = False) -> KeygenResult:
+    """The whole `ssh keygen` step: refuse what must be refused before the key changes, make the
+    credential, write both files, record them in the registry, read them back with ssh-keygen."""
+    check_free(host, path, force)
+    precheck(session, options, force=force)
+    name = choose_nickname(session, host, nickname)  # silent probes, before the credential is made
+    key = make_key(session, options, comment, force=force, prechecked=True)
+    write_key_files(host, key, path, owner)
+    record_key(host, key, path, nickname=name, aaguid=session.aaguid, user=user)
+    return KeygenResult(key, path, name, prove_files(host, path, key))
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    key: SkPrivateKey
+    path: PurePosixPath
+    state: str  # new | unchanged | differs
+
+
+def plan_download(host: Host, found: Sequence[ResidentKey], account: Account,
+                  output_dir: PurePosixPath | None = None, *, force: bool = False) -> list[DownloadPlan]:
+    """Where each resident key's files go and whether they are new, unchanged or differ (a
+    difference is refused without `force`, before anything is written)."""
+    plans: list[DownloadPlan] = []
+    for rk in found:
+        entry = recorded_file(host, rk.key)
+        key = restore_from_record(rk.key, entry)
+        recorded = PurePosixPath(str(entry["path"])) if entry and "path" in entry else None
+        default = default_key_path(account, key.public.key_type, rk.suffix)
+        if output_dir is not None:
+            path = output_dir / (recorded.name if recorded else default.name)
+        elif recorded is not None and entry is not None and entry.get("user") == account.name:
+            path = recorded
+        else:  # another user's key (or an unknown one): the file name, in this user's ~/.ssh
+            path = account.ssh_dir / (recorded.name if recorded else default.name)
+        files = {path: key.to_file(), pub_path(path): key.pub_file()}
+        state = "new"
+        if all(host.exists(p) for p in files):
+            state = "unchanged" if all(host.read_bytes(p) == d for p, d in files.items()) else "differs"
+        elif any(host.exists(p) for p in files):
+            state = "differs"
+        if state == "differs" and not force:
+            raise Refused(f"{path} (or its .pub) exists and differs from the key on the device",
+                          "move it away, use --output-dir, or pass --force to replace it (backed up first)")
+        plans.append(DownloadPlan(key, path, state))
+    return plans
+
+
+def apply_download(host: Host, plans: Sequence[DownloadPlan], account: Account, *, nickname: str,
+                   aaguid: str) -> list[DownloadPlan]:
+    """Write the planned files (skipping unchanged ones), prove them, record them."""
+    for plan in plans:
+        if plan.state != "unchanged":
+            write_key_files(host, plan.key, plan.path, account.owner())
+            prove_files(host, plan.path, plan.key)
+        record_key(host, plan.key, plan.path, nickname=nickname, aaguid=aaguid, user=account.name)
+    return list(plans)
+
+
 __all__ = [
-    "ECDSA_SK", "ED25519_SK", "KeygenOptions", "ResidentKey", "check_free", "default_key_path", "load_private",
-    "make_key", "parse_options", "record_key", "resident_keys", "sign", "write_key_files",
+    "ECDSA_SK", "ED25519_SK", "DownloadPlan", "KeygenOptions", "KeygenResult", "ResidentKey", "apply_download",
+    "check_free", "default_key_path", "keygen", "load_private", "make_key", "parse_options", "plan_download",
+    "precheck", "prove_files", "record_key", "resident_keys", "sign", "write_key_files",
 ]

@@ -219,3 +219,31 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
     else:
         host.write_file(target, result.data, 0o600, owner=owner)
     return target, result
+
+
+@dataclass
+class AuthorizeResult:
+    path: PurePosixPath
+    added: bool
+    public: SkPublicKey
+    options: list[str]
+    nickname: str
+
+
+def authorize_and_record(host: Host, account: Account, pub: PurePosixPath, *, target: PurePosixPath | None = None,
+                         nickname: str | None = None) -> AuthorizeResult:
+    """The whole `ssh authorize` step: append the key (options from its key-handle file when it is
+    beside the .pub) and record it in the registry under the key that made it."""
+    from yktool.inventory import Registry
+    from yktool.ssh.enroll import credential_id_b64, load_key_pair, nickname_of_credential
+
+    public, comment, private = load_key_pair(host, pub)
+    path, result = authorize(host, account, private or public, comment, target)
+    fields: dict[str, str | int | bool] = {"role": "authorized_keys", "user": account.name, "path": str(path),
+                                           "public_key": public.line(), "fingerprint": public.fingerprint}
+    if private is not None:
+        fields["credential_id"] = credential_id_b64(private)
+    name = nickname_of_credential(host, str(fields.get("credential_id", "")), nickname)
+    with Registry.update(host) as registry:
+        registry.record(name, "ssh", **fields)
+    return AuthorizeResult(path, result.added, public, key_options(private) if private else [], name)

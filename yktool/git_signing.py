@@ -62,6 +62,7 @@ class SigningSetup:
     shown: str  # the signing keys as `git config --file … --get` reads them afterwards
     changed: list[str]
     notes: list[str]
+    fingerprint: str = ""
 
 
 class Git:
@@ -212,3 +213,31 @@ def expire_signer(host: Host, path: PurePosixPath, public: SkPublicKey, before: 
     if changed:
         host.write_file(path, data, host.mode(path), owner=existing_owner(host, path))
     return changed
+
+
+def configure_and_record(host: Host, account: Account, *, email: str, pub: PurePosixPath,
+                         repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
+                         nickname: str | None = None) -> SigningSetup:
+    """The whole `git signing` step: configure, then record it in the registry (kind git) under
+    the key that made the SSH key."""
+    from yktool.inventory import Registry
+    from yktool.ssh.enroll import credential_id_b64, load_key_pair, nickname_of_credential, pub_path
+
+    if not str(pub).endswith(".pub"):
+        pub = pub_path(pub)
+    public, _comment, private = load_key_pair(host, pub)
+    setup = configure(host, account, email=email, pub_path=pub, public=public, repo=repo,
+                      allowed_signers=allowed_signers)
+    fields: dict[str, str | int | bool] = {
+        "email": email, "user": account.name, "allowed_signers": str(setup.allowed_signers),
+        "config_scope": f"repo:{repo}" if repo else "global", "config_file": str(setup.config_file),
+        "public_key": public.line(), "fingerprint": public.fingerprint}
+    credential_id = credential_id_b64(private) if private else ""
+    if credential_id:
+        fields["credential_id"] = credential_id
+    name = nickname_of_credential(host, credential_id, nickname)
+    with Registry.update(host) as registry:
+        registry.forget("git", email=email, config_file=str(setup.config_file))
+        registry.record(name, "git", **fields)
+    setup.fingerprint = public.fingerprint
+    return setup

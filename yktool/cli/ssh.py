@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from yktool.fido.session import KeySession
     from yktool.host import Host
     from yktool.ssh.accounts import Account
-    from yktool.ssh.keys import SkPrivateKey, SkPublicKey
+    from yktool.ssh.keys import SkPrivateKey
 
 
 @contextmanager
@@ -175,24 +175,6 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
          "\n".join(f"{o['path']}: {o['state']} ({o['fingerprint']}, {o['application']})" for o in out))
 
 
-def _load_for_authorize(app: AppContext, pubkey: PurePosixPath) -> tuple[SkPrivateKey | None, str, SkPublicKey]:
-    from yktool.errors import UsageError
-    from yktool.ssh.enroll import load_private
-    from yktool.ssh.keys import SkPublicKey
-
-    host = app.host
-    public, comment = SkPublicKey.parse_line(host.read_text(pubkey))
-    bare = str(pubkey)[:-4] if str(pubkey).endswith(".pub") else None
-    if bare and host.exists(bare):
-        try:
-            private = load_private(host, bare)
-        except UsageError:
-            private = None
-        if private is not None and private.public == public:
-            return private.with_comment(comment), comment, public
-    return None, comment, public
-
-
 @ssh.command("authorize")
 @click.option("--user", "-u", required=True, help="The account to log in to (its ~/.ssh/authorized_keys).")
 @click.option("--pubkey", default=None, help="The .pub file inside the root (default ~USER/.ssh/id_ed25519_sk.pub).")
@@ -206,47 +188,25 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
     already there is not added again. A key made with no-touch-required gets that option (sshd
     insists on a touch otherwise), a verify-required key gets verify-required.
     """
-    from yktool.authorized_keys import authorize as do_authorize
-    from yktool.authorized_keys import key_options
-    from yktool.errors import UsageError
-    from yktool.inventory import Registry
-    from yktool.ssh.enroll import credential_id_b64, nickname_of_credential
-    from yktool.ssh.keys import ECDSA_SK, ED25519_SK
+    from yktool.authorized_keys import authorize_and_record, authorized_keys_path
+    from yktool.ssh.enroll import find_pubkey, load_key_pair
 
     host = app.host
     account = _account(app, user)
-    if pubkey is None:
-        from yktool.ssh.enroll import default_key_path, pub_path
-
-        candidates = [pub_path(default_key_path(account, t)) for t in (ED25519_SK, ECDSA_SK)]
-        found = [c for c in candidates if host.exists(c)]
-        if not found:
-            raise UsageError(f"no {candidates[0]} or {candidates[1]}", "name the key with --pubkey, or make one: "
-                             "yktool ssh keygen --user " + account.name)
-        pub = found[0]
-    else:
-        pub = PurePosixPath("/") / pubkey
-    private, comment, public = _load_for_authorize(app, pub)
+    pub = find_pubkey(host, account, pubkey)
     target = PurePosixPath("/") / file_ if file_ else None
     if app.dry_run:
+        public, _comment, _private = load_key_pair(host, pub)
         emit(app.json, {"ok": True, "dry_run": True, "pubkey": str(pub)},
-             f"would add {public.fingerprint} to {target or account.ssh_dir / 'authorized_keys'}")
+             f"would add {public.fingerprint} to {target or authorized_keys_path(account)}")
         return
-    path, result = do_authorize(host, account, private or public, comment, target)
-    fields: dict[str, str | int | bool] = {"role": "authorized_keys", "user": account.name, "path": str(path),
-                                           "public_key": public.line(), "fingerprint": public.fingerprint}
-    if private is not None:
-        fields["credential_id"] = credential_id_b64(private)
-    name = nickname_of_credential(host, str(fields.get("credential_id", "")), nickname)
-    with Registry.update(host) as registry:
-        registry.record(name, "ssh", **fields)
-    options = key_options(private) if private else []
-    data = {"ok": True, "path": str(path), "added": result.added, "fingerprint": public.fingerprint,
-            "options": options}
-    if result.added:
-        text = f"Added {public.fingerprint} to {path}" + (f" with {','.join(options)}" if options else "")
+    done = authorize_and_record(host, account, pub, target=target, nickname=nickname)
+    fp = done.public.fingerprint
+    data = {"ok": True, "path": str(done.path), "added": done.added, "fingerprint": fp, "options": done.options}
+    if done.added:
+        text = f"Added {fp} to {done.path}" + (f" with {','.join(done.options)}" if done.options else "")
     else:
-        text = f"{path} already holds {public.fingerprint}; nothing changed"
+        text = f"{done.path} already holds {fp}; nothing changed"
     emit(app.json, data, text)
 
 

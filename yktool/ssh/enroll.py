@@ -456,8 +456,37 @@ def apply_download(host: Host, plans: Sequence[DownloadPlan], account: Account, 
     return list(plans)
 
 
+def find_pubkey(host: Host, account: Account, given: str | None) -> PurePosixPath:
+    """The .pub to use: `given` (a path inside the root), else the account's id_ed25519_sk.pub or
+    id_ecdsa_sk.pub."""
+    if given is not None:
+        return PurePosixPath("/") / given
+    candidates = [pub_path(default_key_path(account, t)) for t in (ED25519_SK, ECDSA_SK)]
+    for candidate in candidates:
+        if host.exists(candidate):
+            return candidate
+    raise UsageError(f"no {candidates[0]} or {candidates[1]}",
+                     f"name the key's .pub, or make one: yktool ssh keygen --user {account.name}")
+
+
+def load_key_pair(host: Host, pub: PurePosixPath) -> tuple[SkPublicKey, str, SkPrivateKey | None]:
+    """The public key and comment of a .pub, and the key-handle file beside it when it matches
+    (it carries the flags: no-touch-required, verify-required)."""
+    public, comment = SkPublicKey.parse_line(host.read_text(pub))
+    text = str(pub)
+    if text.endswith(".pub") and host.exists(text[:-4]):
+        try:
+            private = load_private(host, text[:-4])
+        except UsageError:
+            return public, comment, None
+        if private.public == public:
+            return public, comment, private.with_comment(comment)
+    return public, comment, None
+
+
 __all__ = [
     "ECDSA_SK", "ED25519_SK", "DownloadPlan", "KeygenOptions", "KeygenResult", "ResidentKey", "apply_download",
     "check_free", "default_key_path", "keygen", "load_private", "make_key", "parse_options", "plan_download",
-    "precheck", "prove_files", "record_key", "resident_keys", "sign", "write_key_files",
+    "precheck", "prove_files", "record_key", "resident_keys", "sign", "write_key_files", "find_pubkey",
+    "load_key_pair",
 ]

@@ -214,3 +214,12 @@ def test_registry_names_each_physical_key(world: SshWorld, sim_key: Any) -> None
     assert sorted(e["path"] for e in keys["primary"]) == ["/home/alice/.ssh/id_ed25519_sk", "/home/alice/.ssh/second"]
     assert sorted(e["path"] for e in keys["backup-1"]) == ["/home/bob/.ssh/authorized_keys",
                                                           "/home/bob/.ssh/id_ed25519_sk"]
+
+
+def test_json_error_on_stdout(world: SshWorld) -> None:
+    import json
+
+    res = _unchanged(world, world.device, lambda: world.yk("--json", "ssh", "keygen", "--user", "alice", "-O", "x"))
+    assert res.exit_code == 2
+    data = json.loads(res.stdout)
+    assert data["ok"] is False and data["exit_code"] == 2 and "unknown -O option" in data["message"]

@@ -102,8 +102,10 @@ class Es256OnlyKey(CtapDevice):
     YubiKey 5 before firmware 5.2.3): getInfo lists ES256 only and an EdDSA-only makeCredential
     is answered UNSUPPORTED_ALGORITHM. Everything else is the real software key."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, list_algorithms: bool = True) -> None:
         self.inner = inner
+        # CTAP 2.0 keys (YubiKey 5 before 5.2) list no algorithms at all
+        self.list_algorithms = list_algorithms
 
     @property
     def capabilities(self) -> int:
@@ -129,7 +131,10 @@ class Es256OnlyKey(CtapDevice):
         reply: bytes = self.inner.call(cmd, data, event, on_keepalive)
         if data[:1] == b"\x04" and reply[:1] == b"\x00":  # getInfo
             info = cbor.decode(reply[1:])
-            info[10] = [a for a in info.get(10, []) if a.get("alg") != -8]
+            if self.list_algorithms:
+                info[10] = [a for a in info.get(10, []) if a.get("alg") != -8]
+            else:
+                info.pop(10, None)
             reply = b"\x00" + cbor.encode(info)
         return reply
 

@@ -157,11 +157,13 @@ def test_wrong_pin_exit_6_with_retries(world: SshWorld, sim_key: Any, option: st
     assert session.list_resident() == []
 
 
-def test_key_without_eddsa(world: SshWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("list_algorithms", [True, False])
+def test_key_without_eddsa(world: SshWorld, monkeypatch: pytest.MonkeyPatch, list_algorithms: bool) -> None:
     import yktool.fido.devices as devices
 
     real_open_sim = devices.open_sim
-    monkeypatch.setattr(devices, "open_sim", lambda path, *a, **k: Es256OnlyKey(real_open_sim(path, *a, **k)))
+    monkeypatch.setattr(devices, "open_sim", lambda path, *a, **k: Es256OnlyKey(
+        real_open_sim(path, *a, **k), list_algorithms=list_algorithms))
     res = _unchanged(world, world.device, lambda: world.yk("ssh", "keygen", "--user", "alice"))
     assert res.exit_code == 2
     assert "does not support Ed25519" in res.stderr and "--type ecdsa-sk" in res.stderr

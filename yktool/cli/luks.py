@@ -81,14 +81,43 @@ def status(app: AppContext, device: str) -> None:
     for _, slot in sorted(header.keyslots.items()):
         owner = f" <- token {', '.join(map(str, slot.tokens))}" if slot.tokens else ""
         lines.append(f"    {slot.id:>2}  {slot.role:<10} {slot.kdf:<9} {slot.cost}{owner}")
+    owners = _fido2_owners(app, header)
     lines.append("  tokens:" if header.tokens else "  tokens: none")
     for _, token in sorted(header.tokens.items()):
         slots = ", ".join(map(str, token.keyslots)) or "none"
         text = token.summary if token.role else f"{token.type} (unknown type) {token.raw}"
         lines.append(f"    {token.id:>2}  {text} -> keyslot {slots}")
+        if token.id in owners:
+            lines.append(f"        key: {owners[token.id].text}")
     if not header.knowledge_slots and header.usable_slots:
         lines.append("  warning: no passphrase or recovery key: only hardware can open this volume")
-    emit(app.json, header.to_json(), "\n".join(lines))
+    from yktool.luks.fido2 import pending_enrollment
+
+    pending = pending_enrollment(app.host, header.uuid)
+    if pending is not None:
+        lines.append(f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
+                     f"run `yktool luks enroll-fido2 {device}` again to finish or undo it")
+    data = header.to_json()
+    data["fido2_owners"] = {str(k): v.to_json() for k, v in sorted(owners.items())}
+    data["pending_fido2"] = pending
+    emit(app.json, data, "\n".join(lines))
+
+
+def _fido2_owners(app: AppContext, header: Any) -> dict[int, Any]:
+    """Registry owner of each FIDO2 token, plus a silent probe by the key at --device if one is there."""
+    if not header.tokens_of_type("systemd-fido2"):
+        return {}
+    from yktool.errors import YktoolError
+    from yktool.fido.session import open_session
+    from yktool.luks.fido2 import token_owners
+
+    try:
+        with open_session(app.device) as session:
+            return token_owners(app.host, header, session, session_name=None if app.device == "auto"
+                                else f"the key at {app.device}")
+    except YktoolError:
+        # no key plugged in (or several): the registry alone has to answer
+        return token_owners(app.host, header, None)
 
 
 # -------------------------------------------------------------------------------- enroll-tpm2
@@ -235,6 +264,23 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
 
 
 # --------------------------------------------------------------------------------- test-unlock
+def _fido2_session(app: AppContext, header: Any, stack: Any, pin_stdin: bool) -> Any:
+    """A KeySession on the key at --device when the volume has FIDO2 tokens (None without a key)."""
+    if not header.tokens_of_type("systemd-fido2"):
+        return None
+    import yktool.luks.fido2  # noqa: F401 - registers the systemd-fido2 tester
+    from yktool.cli.prompts import CliInteraction
+    from yktool.errors import NoDevice
+    from yktool.fido.session import open_session
+
+    try:
+        return stack.enter_context(open_session(app.device, CliInteraction(pin_from_stdin=pin_stdin)))
+    except NoDevice:
+        if app.device != "auto":
+            raise
+        return None
+
+
 @luks.command("test-unlock")
 @click.argument("device")
 @click.option("--token", "tokens", type=int, multiple=True, help="Only this token (repeatable).")
@@ -245,8 +291,10 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
 
     Uses libcryptsetup's own token plugins. For TPM2 tokens it says "opens", "PCR policy no
     longer matches (firmware or Secure Boot changed?)" or "PIN wrong". Run it before a firmware
-    update; after one, `enroll-tpm2 --replace`. Exit 1 when a token fails, 6 when only PINs were
-    wrong.
+    update; after one, `enroll-tpm2 --replace`. FIDO2 tokens are tested with the key at --device
+    (one touch when the token wants presence, its PIN when it wants one): the key derives the
+    passphrase, cryptsetup --test-passphrase proves it. Tokens of other keys are "not tested".
+    Exit 1 when a token fails, 6 when only PINs were wrong.
     """
     from yktool.errors import CheckFailed, PinInvalid
     from yktool.luks.header import read_header
@@ -262,8 +310,12 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
 
         return read_secret(f"PIN for token {token.id} ({token.summary})", from_stdin=pin_stdin)
 
-    ctx = UnlockContext(app.host, _path(app, device), header, tcti, pin_for=pin_for)
-    results = test_tokens(ctx, list(tokens) if tokens else None)
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        session = _fido2_session(app, header, stack, pin_stdin)
+        ctx = UnlockContext(app.host, _path(app, device), header, tcti, pin_for=pin_for, fido_device=session)
+        results = test_tokens(ctx, list(tokens) if tokens else None)
     failed = [r for r in results if r.failed]
     if app.json:
         emit_json({"ok": not failed, "device": device, "tokens": [r.to_json() for r in results]})
@@ -280,3 +332,66 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
         raise CheckFailed(f"{device}: {len(failed)} of {len(results)} token(s) do not open the volume",
                           "see the lines above; after a firmware or Secure Boot change run "
                           "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)")
+
+
+# ------------------------------------------------------------------------------- enroll-fido2
+@luks.command("enroll-fido2")
+@click.argument("device")
+@click.option("--with-pin/--no-pin", "with_pin", default=None,
+              help="Require the key's PIN at unlock (default: yes when the key has a PIN, as systemd).")
+@click.option("--with-up/--no-up", "with_up", default=True, show_default=True,
+              help="Require a touch at unlock.")
+@click.option("--with-uv", is_flag=True, help="Require built-in user verification (a fingerprint key).")
+@click.option("--algorithm", type=click.Choice(["es256", "eddsa"]), default="es256", show_default=True,
+              help="Credential algorithm (es256 is systemd's default and works on every key).")
+@click.option("--backend", type=click.Choice(["systemd", "native"]), default=None,
+              help="systemd: run systemd-cryptenroll (default for USB keys); native: yktool talks to the "
+                   "key and cryptsetup itself (default for sim: keys). Same token either way.")
+@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
+              help="Read the existing passphrase from FILE (inside --root; used byte for byte).")
+@click.option("--nickname", default=None, help="Name of the key in the registry (default: the name it has, "
+              "else primary / backup-N).")
+@click.option("--pin-stdin", is_flag=True, help="Read the key's PIN from one stdin line (after the passphrase).")
+@pass_app
+def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: bool, with_uv: bool, algorithm: str,
+                 backend: str | None, unlock_key_file: str | None, nickname: str | None, pin_stdin: bool) -> None:
+    """Add a keyslot to DEVICE that the FIDO2 key at --device opens (systemd-fido2 token).
+
+    The token is exactly what systemd 252 writes, so systemd-cryptsetup unlocks with it at boot.
+    A second key (a backup) gets its own keyslot; the first stays. A key already enrolled is
+    reported, never enrolled twice. The existing passphrase is asked (no echo), read from stdin,
+    or from --unlock-key-file; the key's PIN is asked after it. An enrollment killed half-way is
+    finished (or its orphan keyslot removed) by running the same command again.
+    """
+    from yktool.luks.fido2 import Fido2Options, plan_enroll_fido2
+
+    spec = app.device
+    options = Fido2Options(pin=with_pin, up=with_up, uv=with_uv, algorithm=algorithm, nickname=nickname)
+    op = plan_enroll_fido2(app.host, _path(app, device), spec, options, backend=backend)
+    if app.dry_run:
+        if app.json:
+            emit_json({**op.plan.to_json(), "backend": op.backend, "command": op.command})
+        else:
+            show_plan(op.plan, False)
+        return
+    if not app.json:
+        info(op.plan.render())
+    from yktool.cli.prompts import CliInteraction
+    from yktool.fido.session import open_session
+
+    if op.needs_unlock:
+        op.unlock = _read_unlock(app, device, unlock_key_file)
+    with open_session(spec, CliInteraction(pin_from_stdin=pin_stdin)) as session:
+        op.session = session
+        _run_plan(app, op.plan)
+        op.session = None
+    summary = {"ok": True, **op.summary()}
+    if op.already:
+        text = (f"{device}: key '{op.nickname}' already enrolled (token {op.new_token}, keyslot {op.new_slot})"
+                + (f"; {op.resumed}" if op.resumed else "; nothing changed"))
+    else:
+        text = (f"{device}: key '{op.nickname}' enrolled in keyslot {op.new_slot} (token {op.new_token}), "
+                "proven to open the volume")
+        if op.resumed:
+            text += f" ({op.resumed})"
+    emit(app.json, summary, text)

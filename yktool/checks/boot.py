@@ -201,9 +201,36 @@ def luks_fido2(ctx: CheckContext) -> Result:
     if not toks:
         r.ev(dev, "none", "systemd-fido2 tokens")
         return r.fail("no systemd-fido2 token in the LUKS header")
+    from yktool.inventory import Registry
+
+    try:
+        registry: Registry | None = Registry.load(ctx.host)
+    except YktoolError:
+        registry = None
     for t in toks:
-        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", "systemd-fido2")
+        owner = registry.owner_of(getattr(t, "credential", "")) if registry else None
+        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", "systemd-fido2",
+             f"key {owner.nickname}" if owner else "")
     return r.ok()
+
+
+@check("boot.luks.fallback", 2, "a typed way into the root volume remains (password or recovery key)",
+       "add one before you need it: yktool luks add-recovery DEVICE (systemd-cryptenroll --recovery-key DEVICE)")
+def luks_fallback(ctx: CheckContext) -> Result:
+    r, toks = _tokens(ctx, "boot.luks.fallback", "systemd-fido2")
+    if isinstance(toks, Result):
+        return toks
+    rd = root_device(ctx)
+    header = rd.header
+    typed = list(header.knowledge_slots)
+    r.ev(rd.device, ",".join(str(s) for s in typed) or "none", "password/recovery keyslots")
+    r.ev(rd.device, ",".join(str(s) for s in header.hardware_slots) or "none", "hardware keyslots")
+    if typed:
+        return r.ok()
+    if len(toks) >= 2:
+        return r.ok("no typed fallback, but two FIDO2 keys are enrolled")
+    return r.fail("every keyslot needs one piece of hardware: lose the key or change the firmware and the disk "
+                  "stays locked")
 
 
 @check("boot.luks.tpm2", 2, "TPM2 enrolled in the root's LUKS header",

@@ -1,0 +1,23 @@
+"""The package list in pyproject.toml covers every folder, and flows/ installs as yktool.flows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_subpackage_is_listed() -> None:
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "yktool").rglob("__init__.py")}
+    assert found | {"yktool.flows"} == listed
+
+
+def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", "import yktool.flows.state as s; print(s.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("flows/state.py")

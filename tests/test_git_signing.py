@@ -101,7 +101,9 @@ def _git_env(w: SshWorld) -> dict[str, str]:
     (w.root / "tmp").mkdir(exist_ok=True)
     env.update(HOME=str(home), GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), TMPDIR=str(w.root / "tmp"),
                YKTOOL_ROOT=str(w.root), YKTOOL_DEVICE=w.device, YKTOOL_PYTHON=sys.executable,
-               GIT_AUTHOR_NAME="Alice", GIT_COMMITTER_NAME="Alice")
+               GIT_AUTHOR_NAME="Alice", GIT_COMMITTER_NAME="Alice",
+               # the test runs as root, standing in for alice in her own (alice-owned) repository
+               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
     return env
 
 
@@ -112,6 +114,10 @@ def test_git_commit_and_tag_signed_and_verified(world: SshWorld, scope: str) -> 
     repo = world.home() / "project"
     repo.mkdir()
     assert world.run(["git", "init", "-q", str(repo)], env=env).returncode == 0
+    if scope == "repo":  # alice's repository, configured by root: git's safe.directory must not block it
+        for dirpath, _dirs, files in os.walk(repo):
+            for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
+                os.chown(name, 1000, 1000)
     scope_args = ["--global"] if scope == "global" else ["--repo", "/home/alice/project"]
     res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice", *scope_args)
     assert res.exit_code == 0, res.output

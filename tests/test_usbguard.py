@@ -105,3 +105,35 @@ def test_placeholder_detection() -> None:
     assert usbguard.placeholder_reason("allow\n") == "line 1 allows every device: allow"
     assert usbguard.placeholder_reason('block id 1234:5678\n') == "the rules file has no allow rule"
     assert usbguard.placeholder_reason(usbguard.rule_line(KEY) + "\n") is None
+
+
+def test_interfaces_of_a_plugged_in_key_come_from_sysfs(tmp_path: Path) -> None:
+    base = tmp_path / "sys/bus/usb/devices"
+    for name, vendor, product, serial, ifaces in (
+            ("1-1", "046d", "c539", "", ["03:01:01"]),
+            ("1-2", "1050", "0407", "0012345", ["03:01:01", "03:00:00", "0b:00:00"]),
+            ("1-3", "1050", "0407", "0099999", ["03:00:00"])):
+        d = base / name
+        d.mkdir(parents=True)
+        (d / "idVendor").write_text(vendor + "\n")
+        (d / "idProduct").write_text(product + "\n")
+        if serial:
+            (d / "serial").write_text(serial + "\n")
+        for i, iface in enumerate(ifaces):
+            c, sc, p = iface.split(":")
+            sub = d / f"{name}:1.{i}"
+            sub.mkdir()
+            (sub / "bInterfaceClass").write_text(c + "\n")
+            (sub / "bInterfaceSubClass").write_text(sc + "\n")
+            (sub / "bInterfaceProtocol").write_text(p + "\n")
+    sysfs = tmp_path / "sys"
+    assert usbguard.usb_interfaces("1050", "0407", "0012345", sysfs) == ("03:01:01", "03:00:00", "0b:00:00")
+    assert usbguard.usb_interfaces("1050", "0407", "0099999", sysfs) == ("03:00:00",)
+    assert usbguard.usb_interfaces("1050", "0120", "", sysfs) == ()
+    assert usbguard.usb_interfaces("1050", "0407", "", tmp_path / "nope") == ()
+
+
+def test_allow_without_interfaces_for_an_absent_real_key_warns(cli: CliCall, root: Path) -> None:
+    res = cli("--root", root, "usbguard", "allow", "--vendor", "1050", "--product", "0407", "--serial", "77")
+    assert res.exit_code == 0
+    assert "its USB interfaces are unknown" in res.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from yktool import nix
 from yktool.host import Host
@@ -118,6 +119,38 @@ def allow(host: Host, key: KeyUsb, path: str = RULES_PATH) -> AllowResult:
     body += line + "\n"
     host.write_file(path, body, 0o600)
     return AllowResult(path, line, True, stub)
+
+
+def usb_interfaces(vendor: str, product: str, serial: str = "", sysfs: Path = Path("/sys")) -> tuple[str, ...]:
+    """The interfaces (CC:SS:PP) of the plugged-in device, read from sysfs; () when not found.
+
+    USBGuard compares a rule's `with-interface` set with *all* the device's interfaces, so a
+    YubiKey with OTP+FIDO+CCID needs `{ 03:01:01 03:00:00 0b:00:00 }`, not the FIDO one alone.
+    """
+    base = sysfs / "bus/usb/devices"
+    try:
+        devices = sorted(base.iterdir())
+    except OSError:
+        return ()
+
+    def attr(d: Path, name: str) -> str:
+        try:
+            return (d / name).read_text().strip().lower()
+        except OSError:
+            return ""
+
+    for dev in devices:
+        if attr(dev, "idVendor") != vendor or attr(dev, "idProduct") != product:
+            continue
+        if serial and attr(dev, "serial") != serial.lower():
+            continue
+        found = []
+        for child in sorted(dev.iterdir()):
+            if ":" in child.name and (child / "bInterfaceClass").exists():
+                found.append(":".join(attr(child, f"bInterface{n}") for n in ("Class", "SubClass", "Protocol")))
+        if found:
+            return tuple(dict.fromkeys(found))
+    return ()
 
 
 def nixos_line(key: KeyUsb, nickname: str) -> str:

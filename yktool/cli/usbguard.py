@@ -35,6 +35,17 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
     from yktool.inventory import Registry
 
     key = resolve_key(app, vendor, product, serial, name, interfaces)
+    if not interfaces and key.vendor != "1209":
+        # a real key: USBGuard matches its whole interface set, so read it from the plugged-in device
+        found = lib.usb_interfaces(key.vendor, key.product, key.serial)
+        if found:
+            from dataclasses import replace
+
+            key = replace(key, interfaces=found)
+        else:
+            warn(f"{key.usb_id} is not plugged in here, so its USB interfaces are unknown: the rule says "
+                 f"with-interface {' '.join(key.interfaces)}, which matches only a key with exactly that interface; "
+                 "give every interface with --interface (see `usbguard list-devices`)")
     if nixos:
         text = lib.nixos_line(key, nickname)
         if not app.dry_run:

@@ -124,6 +124,7 @@ def test_git_commit_and_tag_signed_and_verified(world: SshWorld, scope: str) -> 
     assert "gpg.format=ssh" in res.stdout and "commit.gpgsign=true" in res.stdout
     # the test-only program signs through the software key; git itself is the real one
     config = repo / ".git" / "config" if scope == "repo" else world.home() / ".gitconfig"
+    assert config.stat().st_uid == 1000  # git's lock-and-rename would have made it root's
     assert world.run(["git", "config", "--file", str(config), "gpg.ssh.program", str(TOOLS / "yktool-ssh-keygen")],
                      env=env).returncode == 0
     (repo / "README").write_text("hello\n")
@@ -258,10 +259,12 @@ def test_expired_signer_keeps_old_commits_verified(world: SshWorld) -> None:
 def test_existing_email_is_kept(world: SshWorld) -> None:
     _keygen(world)
     (world.home() / ".gitconfig").write_text("[user]\n\temail = alice@home.example\n\tname = Alice\n")
+    os.chown(world.home() / ".gitconfig", 1000, 1000)
     res = world.yk("--json", "git", "signing", "--email", EMAIL, "--user", "alice")
     assert res.exit_code == 0, res.output
     config = (world.home() / ".gitconfig").read_text()
     assert "email = alice@home.example" in config and EMAIL not in config
+    assert (world.home() / ".gitconfig").stat().st_uid == 1000
     assert "user.email stays alice@home.example" in res.stderr
     import json
 

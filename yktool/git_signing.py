@@ -154,14 +154,23 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
         elif current != email:
             # the person's own setting wins; say why their commits may show another signer name
             notes.append(f"user.email stays {current} (signatures name {email}, the allowed_signers principal)")
-    new_config = not host.path(config_file).exists()
+    real_config = host.path(config_file)
+    new_config = not real_config.exists()
+    # git rewrites the file through config.lock + rename, so it ends up owned by whoever runs git:
+    # give it back to its owner (a new one: the user's, or the repository folder's)
+    if not new_config:
+        keep_owner = existing_owner(host, config_file)
+    elif repo is None:
+        keep_owner = owner
+    else:
+        keep_owner = existing_owner(host, config_file.parent)
     changes = {k: v for k, v in values.items() if git.get(config_file, k) != v}
     if changes and not new_config:
         host.backup(config_file)
     for key, value in changes.items():
         git.set(config_file, key, value)
-    if new_config and repo is None and owner is not None and host.path(config_file).exists():
-        os.chown(host.path(config_file), *owner)
+    if changes and keep_owner is not None and real_config.exists():
+        os.chown(real_config, *keep_owner)
     shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
     return SigningSetup(config_file, signers, values, changed, shown, sorted(changes), notes)
 

@@ -130,3 +130,36 @@ def test_colour_only_on_a_terminal(hardened_root: FixtureRoot) -> None:
         os.close(primary)
     out = b"".join(chunks).decode()
     assert "\x1b[31m" in out and "FAIL" in out  # red on a terminal
+
+
+def test_luks_device_option_checks_a_given_image(cli: CliCall, hardened_root: FixtureRoot, root: Path) -> None:
+    import shutil as sh
+
+    (root / "images").mkdir()
+    sh.copyfile(hardened_root.root / "var/lib/images/root.img", root / "images/disk.img")
+    res = cli("--root", root, "--json", "verify", "--only", "boot.luks", "--luks-device", "/images/disk.img")
+    assert res.exit_code == 0, res.output
+    checks = {c["id"]: c for c in json.loads(res.stdout)["checks"]}
+    assert {c["status"] for c in checks.values()} == {"pass"}
+    assert checks["boot.luks.root"]["evidence"][0] == {"source": "--luks-device", "key": "",
+                                                       "value": "/images/disk.img",
+                                                       "note": "given, not discovered from /"}
+    # a LUKS1 volume is a fail with the conversion as the fix
+    luks1 = root / "images/old.img"
+    with open(luks1, "wb") as fh:
+        fh.truncate(8 * 1024 * 1024)
+    key = root / "k"
+    key.write_bytes(b"k")
+    subprocess.run(["cryptsetup", "luksFormat", "--type", "luks1", "--batch-mode", "--pbkdf-force-iterations",
+                    "1000", "--key-file", str(key), str(luks1)], check=True, capture_output=True)
+    res = cli("--root", root, "--json", "verify", "--only", "boot.luks", "--luks-device", "/images/old.img")
+    assert res.exit_code == 1
+    checks = {c["id"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks["boot.luks.root"]["status"] == "fail" and "LUKS1" in checks["boot.luks.root"]["reason"]
+    assert "cryptsetup convert --type luks2" in checks["boot.luks.root"]["fix"]
+    assert checks["boot.luks.fido2"]["status"] == "n/a"
+    # not LUKS at all
+    (root / "images/plain.img").write_bytes(b"\0" * 4096)
+    res = cli("--root", root, "--json", "verify", "--only", "boot.luks.root", "--luks-device", "/images/plain.img")
+    check = json.loads(res.stdout)["checks"][0]
+    assert res.exit_code == 1 and "not a LUKS device" in check["reason"]

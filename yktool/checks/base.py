@@ -97,6 +97,7 @@ class CheckContext:
     user: str | None = None
     secrets: str | None = None  # a secrets.nix path inside the root (agenix), if given
     tpm2_pcrs: tuple[int, ...] = (7,)
+    luks_device: str | None = None  # check this LUKS device (inside the root) instead of the root's own
     privileged: bool = field(default_factory=lambda: os.geteuid() == 0)
     _cache: dict[str, object] = field(default_factory=dict)
 

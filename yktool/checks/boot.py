@@ -115,6 +115,11 @@ def root_device(ctx: CheckContext) -> RootDevice:
         return cached
     rd = RootDevice()
     ctx._cache["root_device"] = rd
+    if ctx.luks_device:
+        rd.device = ctx.luks_device
+        rd.evidence.append(Evidence("--luks-device", ctx.luks_device, note="given, not discovered from /"))
+        _read_header(ctx, rd)
+        return rd
     source = _root_source(ctx, rd)
     if source is None:
         rd.problem = "cannot tell what `/` is mounted from"
@@ -138,17 +143,25 @@ def root_device(ctx: CheckContext) -> RootDevice:
             rd.problem = f"`/` is on {source}, not on a dm-crypt (LUKS) device"
         return rd
     if rd.device:
-        try:
-            from yktool.luks.header import read_header
-
-            rd.header = read_header(ctx.host, rd.device)
-            rd.evidence.append(Evidence(rd.device, f"LUKS{rd.header.version}", "header",
-                                        "cryptsetup luksDump --dump-json-metadata"))
-        except YktoolError as exc:
-            rd.header_error = exc.message
-            rd.header_needs_root = "permission denied" in exc.message and not ctx.privileged
-            rd.evidence.append(Evidence(rd.device, "unreadable", "header", exc.message))
+        _read_header(ctx, rd)
     return rd
+
+
+def _read_header(ctx: CheckContext, rd: RootDevice) -> None:
+    try:
+        from yktool.luks.header import read_header
+
+        rd.header = read_header(ctx.host, rd.device)
+        rd.evidence.append(Evidence(rd.device, f"LUKS{rd.header.version}", "header",
+                                    "cryptsetup luksDump --dump-json-metadata"))
+    except YktoolError as exc:
+        rd.header_error = exc.message
+        rd.header_needs_root = "permission denied" in exc.message and not ctx.privileged
+        rd.evidence.append(Evidence(rd.device, "unreadable", "header", exc.message))
+        if type(exc).__name__ == "NotLuks":
+            rd.problem = exc.message
+        elif type(exc).__name__ == "Luks1Device":
+            rd.dm_luks_version = 1
 
 
 def _luks_version(rd: RootDevice) -> int | None:

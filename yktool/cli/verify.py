@@ -38,10 +38,12 @@ def _pcrs(text: str) -> tuple[int, ...]:
               help="agenix secrets.nix to check this host's scoping in (a path on this machine).")
 @click.option("--user", default=None, help="The user whose sk SSH key to look for (default: every login user).")
 @click.option("--tpm2-pcrs", default="7", show_default=True, help="PCRs the TPM2 token must be bound to (e.g. 0+7).")
+@click.option("--luks-device", default=None, metavar="PATH",
+              help="Check this LUKS2 device or image (inside --root) instead of the one under `/`.")
 @click.option("--list", "list_only", is_flag=True, help="List the checks (id, layer, title) and exit.")
 @pass_app
 def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secrets: str | None, user: str | None,
-           tpm2_pcrs: str, list_only: bool) -> None:
+           tpm2_pcrs: str, luks_device: str | None, list_only: bool) -> None:
     """Check the host against the page's "Security Checklist for New Hosts" and its tables.
 
     Every item is a check with a stable id and layer (0-7, as in the page's diagram): pass, fail,
@@ -64,7 +66,7 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
                 click.echo(f"{c.layer}  {c.id:<44} {c.title}")
         return
     ctx = CheckContext(app.host, user=user, secrets=os.path.abspath(secrets) if secrets else None,
-                       tpm2_pcrs=_pcrs(tpm2_pcrs))
+                       tpm2_pcrs=_pcrs(tpm2_pcrs), luks_device=luks_device)
     results = run_checks(ctx, _split(only), _split(skip))
     counts = summary(results)
     if app.json:

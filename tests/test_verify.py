@@ -130,3 +130,37 @@ def test_git_signing_key_named_by_file(hardened_root: FixtureRoot) -> None:
     assert r.status == "fail"
     assert "/home/alice/.gitconfig: user.signingkey=~/.ssh/id_ed25519_sk (not a security-key key)" in [
         e.render() for e in r.evidence]
+
+
+def test_iptables_input_filtering_through_user_chains() -> None:
+    from yktool.checks.network import ipt_filters_input
+
+    nixos = ("*filter\n:INPUT ACCEPT [0:0]\n:nixos-fw - [0:0]\n:nixos-fw-refuse - [0:0]\n"
+             "-A INPUT -j nixos-fw\n-A nixos-fw -i lo -j nixos-fw-accept\n-A nixos-fw -p tcp --dport 22 -j ACCEPT\n"
+             "-A nixos-fw -j nixos-fw-refuse\n-A nixos-fw-refuse -j DROP\nCOMMIT\n")
+    assert ipt_filters_input(nixos) == (
+        "-A INPUT -j nixos-fw -> -A nixos-fw -j nixos-fw-refuse -> -A nixos-fw-refuse -j DROP")
+    assert ipt_filters_input("*filter\n:INPUT DROP [0:0]\nCOMMIT\n") == ":INPUT DROP"
+    assert ipt_filters_input("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n") is None
+    assert ipt_filters_input("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j loop\n-A loop -j INPUT\nCOMMIT\n") is None
+
+
+def test_nft_input_filtering() -> None:
+    from tests.fixtures.roots import NFT_GOOD
+    from yktool.checks.network import nft_filters_input
+
+    assert nft_filters_input(NFT_GOOD) is not None
+    assert nft_filters_input(NFT_GOOD.replace("policy drop", "policy accept")) is None
+    ends_in_drop = NFT_GOOD.replace("policy drop", "policy accept").replace("tcp dport 22 accept",
+                                                                            "tcp dport 22 accept\n        drop")
+    assert nft_filters_input(ends_in_drop) == "drop"
+
+
+def test_nixos_per_user_locker_counts(hardened_root: FixtureRoot) -> None:
+    (hardened_root.root / "usr/bin/hyprlock").unlink()
+    per_user = hardened_root.root / "etc/profiles/per-user/alice/bin"
+    per_user.mkdir(parents=True)
+    (per_user / "swaylock").write_text("#!/bin/sh\n")
+    r = results_of(hardened_root)["hw.udev.lock_handler"]
+    assert r.status == "pass" and "/etc/profiles/per-user/alice/bin/swaylock: present" in [
+        e.render() for e in r.evidence]

@@ -35,7 +35,7 @@ LOCK_HANDLERS = ("hyprlock", "swaylock", "i3lock", "gtklock", "waylock", "swayid
                  "xsecurelock", "slock", "physlock", "light-locker", "xscreensaver", "xfce4-screensaver",
                  "cinnamon-screensaver", "mate-screensaver", "gnome-shell", "kscreenlocker_greet", "loginctl-lock")
 HANDLER_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/libexec", "/usr/lib/x86_64-linux-gnu/libexec",
-                "/run/current-system/sw/bin", "/run/current-system/sw/libexec", "/etc/profiles/per-user")
+                "/run/current-system/sw/bin", "/run/current-system/sw/libexec")
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._:+-]{1,126}$")
@@ -203,7 +203,13 @@ def nixos_snippet(key: KeyUsb, nickname: str) -> str:
 def find_lock_handlers(host: Host) -> list[str]:
     """Lock handlers present under the root (paths inside it): a locker or a desktop's."""
     found = []
-    for folder in HANDLER_DIRS:
+    folders = list(HANDLER_DIRS)
+    try:  # NixOS per-user packages (users.users.<name>.packages, home-manager's useUserPackages)
+        users = sorted(host.path("/etc/profiles/per-user").iterdir())
+        folders += [f"/etc/profiles/per-user/{u.name}/bin" for u in users]
+    except (OSError, UsageError):
+        pass
+    for folder in folders:
         for name in LOCK_HANDLERS:
             p = f"{folder}/{name}"
             try:

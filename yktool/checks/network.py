@@ -28,14 +28,48 @@ def nft_filters_input(text: str) -> str | None:
 
 
 def ipt_filters_input(text: str) -> str | None:
+    """The rule or policy that makes iptables-save output drop unmatched input, or None.
+
+    Follows jumps from INPUT into user chains (NixOS's nixos-fw, ufw's chains): a chain filters
+    when its policy is DROP or its last rule drops/rejects or jumps to a chain that does.
+    """
+    policies: dict[str, str] = {}
+    rules: dict[str, list[str]] = {}
     for line in text.splitlines():
         s = line.strip()
-        if re.match(r"^(:INPUT\s+DROP|-P\s+INPUT\s+DROP)", s):
-            return s
-    rules = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("-A INPUT")]
-    if rules and re.search(r"-j\s+(DROP|REJECT)\s*$", rules[-1]):
-        return rules[-1]
-    return None
+        m = re.match(r"^:(\S+)\s+(\S+)", s)
+        if m:
+            policies[m.group(1)] = m.group(2)
+            continue
+        m = re.match(r"^-P\s+(\S+)\s+(\S+)", s)
+        if m:
+            policies[m.group(1)] = m.group(2)
+            continue
+        m = re.match(r"^-A\s+(\S+)\s+(.*)$", s)
+        if m:
+            rules.setdefault(m.group(1), []).append(s)
+
+    def filters(chain: str, depth: int = 0) -> str | None:
+        if depth > 10:
+            return None
+        if policies.get(chain) == "DROP":
+            return f":{chain} DROP"
+        chain_rules = rules.get(chain, [])
+        if not chain_rules:
+            return None
+        last = chain_rules[-1]
+        m = re.search(r"-j\s+(\S+)\s*$", last) or re.search(r"-j\s+(\S+)", last)
+        if not m:
+            return None
+        target = m.group(1)
+        if target in ("DROP", "REJECT"):
+            return last
+        if target in rules or target in policies:
+            inner = filters(target, depth + 1)
+            return f"{last} -> {inner}" if inner else None
+        return None
+
+    return filters("INPUT")
 
 
 @check("net.firewall", 5, "firewall enabled, dropping unsolicited input",

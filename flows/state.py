@@ -25,6 +25,8 @@ class FlowState:
     done: list[str] = field(default_factory=list)
     started: str = ""
     finished: str = ""
+    # step-private marks that must survive a kill (e.g. "a recovery key was made but not yet shown")
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -39,7 +41,7 @@ class FlowState:
         try:
             raw = json.loads(host.read_text(state.path))
             return cls(flow, dict(raw.get("answers", {})), list(raw.get("done", [])),
-                       str(raw.get("started", "")), str(raw.get("finished", "")))
+                       str(raw.get("started", "")), str(raw.get("finished", "")), dict(raw.get("extra", {})))
         except (json.JSONDecodeError, AttributeError):
             raise UsageError(f"{state.path} is damaged",
                              f"delete it to start the {flow} flow afresh (every step is idempotent)") from None
@@ -47,7 +49,7 @@ class FlowState:
     def save(self, host: Host) -> None:
         host.mkdir(STATE_DIR, 0o700)
         body = {"flow": self.flow, "answers": self.answers, "done": self.done,
-                "started": self.started, "finished": self.finished}
+                "started": self.started, "finished": self.finished, "extra": self.extra}
         host.write_file(self.path, json.dumps(body, indent=2) + "\n", 0o600, backup=False)
 
     def mark(self, host: Host, step_id: str) -> None:
@@ -55,8 +57,8 @@ class FlowState:
             self.done.append(step_id)
         self.save(host)
 
-    def begin(self, host: Host, answers: dict[str, Any]) -> None:
-        """Start, or resume when the answers match the unfinished run on disk."""
+    def check_resume(self, host: Host, answers: dict[str, Any]) -> None:
+        """Refuse other answers while an unfinished run is on disk (writes nothing: --dry-run)."""
         if self.done and not self.finished and self.answers and self.answers != answers:
             changed = sorted(k for k in set(answers) | set(self.answers)
                              if answers.get(k) != self.answers.get(k))
@@ -64,8 +66,16 @@ class FlowState:
                 f"an unfinished {self.flow} run exists with other answers ({', '.join(changed)})",
                 f"re-run with the same answers to resume, or delete {host.root}{self.path} to start over",
             )
+
+    @property
+    def resuming(self) -> bool:
+        return bool(self.done) and not self.finished
+
+    def begin(self, host: Host, answers: dict[str, Any]) -> None:
+        """Start, or resume when the answers match the unfinished run on disk."""
+        self.check_resume(host, answers)
         if self.finished and self.answers != answers:
-            self.done, self.finished = [], ""
+            self.done, self.finished, self.extra = [], "", {}
         self.answers = answers
         self.started = self.started or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.save(host)

@@ -1,0 +1,539 @@
+"""`yktool commission`: the new-host wizard, as a library (no prompts here; see yktool/cli/flows.py).
+
+The answers (`CommissionAnswers`) say what to do; `build_steps` turns them into FlowSteps, in
+this order: per LUKS device the TPM2 seal (PCRs 0+7) and a recovery key; then for the primary key
+its PIN check (or first PIN), LUKS2 FIDO2, the ed25519-sk SSH key + authorized_keys, git signing,
+the pam_u2f credential (age-encrypted for agenix on NixOS), the removal-lock udev rule and the
+USBGuard rule; then the same for the backup key ("now insert your backup key"); then verify.
+
+Every step is idempotent and proves its result with the consumer's tool; every enrollment lands
+in the key registry (by the building blocks). One KeySession per key per run: the PIN is typed
+once per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from yktool.errors import Refused, ToolFailed, UsageError
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.plan import Plan
+
+from .keys import KeyRing
+from .runner import FlowStep, Outcome, make_plan, run_steps
+from .state import FlowState
+
+FLOW = "commission"
+HOST_KINDS = ("linux", "nixos")
+# what the person can choose (the key check / PIN step always runs for each key used)
+STEP_KINDS = ("luks-fido2", "luks-tpm2", "recovery", "ssh", "git", "pam", "udev", "usbguard", "verify")
+KEY_STEPS = ("luks-fido2", "ssh", "git", "pam", "udev", "usbguard")
+SSH_KEY = "id_ed25519_sk"
+LUKS_FIDO2_RP = "io.systemd.cryptsetup"
+
+
+@dataclass
+class CommissionAnswers:
+    """What the person answered (or passed as flags). Never a secret: saved in the FlowState."""
+
+    host_kind: str = "linux"
+    user: str = ""
+    luks_devices: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=lambda: list(STEP_KINDS))
+    git_email: str = ""
+    pam_origin: str = ""
+    age_host_key: str = ""           # NixOS: the host's ssh_host_ed25519_key.pub inside the root
+    age_file: str = ""               # NixOS: the agenix authfile (a path in the flake checkout)
+    primary_nickname: str = "primary"
+    backup_nickname: str = "backup"  # "" = no backup key
+    pcrs: list[int] = field(default_factory=lambda: [0, 7])
+    unlock_key_file: str = ""        # inside the root; else the passphrase is asked once
+    verify_only: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def roles(self) -> list[str]:
+        return ["primary", "backup"] if self.backup_nickname else ["primary"]
+
+    def nickname(self, role: str) -> str:
+        return self.primary_nickname if role == "primary" else self.backup_nickname
+
+    def check(self) -> None:
+        """Refuse inconsistent answers before anything is shown or done."""
+        if self.host_kind not in HOST_KINDS:
+            raise UsageError(f"host kind {self.host_kind!r} is not one of {', '.join(HOST_KINDS)}",
+                             "pass --kind linux or --kind nixos")
+        unknown = [s for s in self.steps if s not in STEP_KINDS]
+        if unknown:
+            raise UsageError(f"unknown step(s) {', '.join(unknown)}", f"choose from {', '.join(STEP_KINDS)}")
+        if {"luks-fido2", "luks-tpm2", "recovery"} & set(self.steps) and not self.luks_devices:
+            raise UsageError("LUKS steps were chosen but no LUKS device given",
+                             "pass --luks-device DEVICE (repeatable), or leave the luks steps out with --steps")
+        if {"ssh", "git", "pam"} & set(self.steps) and not self.user:
+            raise UsageError("no user given", "pass --user NAME")
+        if "git" in self.steps:
+            if "ssh" not in self.steps:
+                raise UsageError("git signing uses the SSH key: the ssh step is needed too", "add ssh to --steps")
+            from yktool.git_signing import check_email
+
+            check_email(self.git_email)
+        if self.backup_nickname and self.backup_nickname == self.primary_nickname:
+            raise UsageError("the primary and the backup key need different nicknames",
+                             "pass --backup-nickname NAME")
+        if self.host_kind == "nixos" and "pam" in self.steps and not (self.age_host_key and self.age_file):
+            raise UsageError("on NixOS the pam_u2f authfile is an agenix secret: say which host key "
+                             "encrypts it and where the .age file goes",
+                             "pass --age-host-key /etc/ssh/ssh_host_ed25519_key.pub and --age-file PATH")
+
+
+@dataclass
+class CommissionIO:
+    """What only the front end can do: secrets from the person, and showing the recovery key."""
+
+    new_pin: Callable[[str], str]                  # role -> a first PIN for a key that has none
+    unlock: Callable[[str], bytes]                 # LUKS device -> its current passphrase
+    show_recovery: Callable[[str, bytes], str]     # device, key -> where it went (no secret)
+    tcti: str = "auto"
+    allow_unmeasured: bool = False
+    notes: list[str] = field(default_factory=list)  # Nix snippets and hints collected for the end
+
+
+def step_id(kind: str, role: str | None = None, device: str | None = None, many: bool = False) -> str:
+    base = f"{role}.{kind}" if role else kind
+    return f"{base}@{device}" if many and device else base
+
+
+def key_path(answers: CommissionAnswers, role: str, home: PurePosixPath) -> PurePosixPath:
+    """~/.ssh/id_ed25519_sk for the primary, ~/.ssh/id_ed25519_sk_<nickname> for the backup."""
+    name = SSH_KEY if role == "primary" else f"{SSH_KEY}_{answers.nickname(role)}"
+    return home / ".ssh" / name
+
+
+class Commission:
+    """The steps of one commission run, sharing the host, the answers, the keys and the state."""
+
+    def __init__(self, host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO,
+                 state: FlowState) -> None:
+        self.host = host
+        self.a = answers
+        self.keys = keys
+        self.io = io
+        self.state = state
+        self._unlock: dict[str, bytes] = {}
+        self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+
+    # ------------------------------------------------------------------ helpers
+    def unlock(self, device: str) -> bytes:
+        """The volume's current passphrase: the key file, or asked once per device per run."""
+        if device not in self._unlock:
+            if self.a.unlock_key_file:
+                self._unlock[device] = self.host.read_bytes(self.a.unlock_key_file)
+            else:
+                self._unlock[device] = self.io.unlock(device)
+        return self._unlock[device]
+
+    def account(self) -> Any:
+        from yktool.ssh.accounts import lookup_user
+
+        return lookup_user(self.host, self.a.user)
+
+    def hostname(self) -> str:
+        if self.host.exists("/etc/hostname"):
+            return self.host.read_text("/etc/hostname").strip()
+        return ""
+
+    def origin(self) -> str:
+        from yktool import pam_u2f as pu
+
+        return pu.check_origin(self.a.pam_origin) if self.a.pam_origin else pu.default_origin(self.host)
+
+    # ------------------------------------------------------------------ steps
+    def build_steps(self) -> list[FlowStep]:
+        a = self.a
+        steps: list[FlowStep] = []
+        many = len(a.luks_devices) > 1
+        pcrs = "+".join(map(str, a.pcrs))
+        for dev in a.luks_devices:
+            if "luks-tpm2" in a.steps:
+                steps.append(FlowStep(step_id("luks-tpm2", None, dev, many),
+                                      f"seal a keyslot of {dev} to the TPM2 (PCRs {pcrs})",
+                                      partial(self.luks_tpm2, dev), [dev, f"TPM {self.io.tcti}"],
+                                      "test-unlock through systemd's token plugin"))
+            if "recovery" in a.steps:
+                steps.append(FlowStep(step_id("recovery", None, dev, many),
+                                      f"add a recovery key to {dev} (shown once)",
+                                      partial(self.recovery, dev), [dev],
+                                      "cryptsetup open --test-passphrase with the new key"))
+        for role in a.roles:
+            nick = a.nickname(role)
+            steps.append(FlowStep(step_id("pin", role), f"{role} key ({nick}): check it and its PIN "
+                                  "(set a first PIN if it has none)", partial(self.pin, role),
+                                  [f"{role} key"], "a PIN token from the key", role))
+            if "luks-fido2" in a.steps:
+                for dev in a.luks_devices:
+                    steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
+                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2)",
+                                          partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
+                                          "the key's hmac-secret opens the new keyslot", role))
+            if "ssh" in a.steps:
+                steps.append(FlowStep(step_id("ssh", role), f"ed25519-sk SSH key on the {role} key ({nick}) "
+                                      f"for {a.user}, added to authorized_keys", partial(self.ssh, role),
+                                      [f"~{a.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
+            if "git" in a.steps:
+                what = "sign git commits with it" if role == "primary" else "accept its git signatures"
+                steps.append(FlowStep(step_id("git", role), f"{what} ({a.git_email}, allowed_signers)",
+                                      partial(self.git, role), [f"~{a.user}/.gitconfig",
+                                                                    f"~{a.user}/.ssh/allowed_signers"],
+                                      "git config --get reads the settings back", role))
+            if "pam" in a.steps:
+                where = a.age_file if a.host_kind == "nixos" else "/etc/u2f_mappings"
+                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {a.user} on the {role} "
+                                      f"key ({nick}) in {where}", partial(self.pam, role), [where],
+                                      "an assertion with the origin verifies against the stored key", role))
+            if "udev" in a.steps:
+                steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
+                                      partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
+                                      if a.host_kind == "linux" else ["services.udev.extraRules (printed)"],
+                                      "the rule file read back", role))
+            if "usbguard" in a.steps:
+                steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
+                                      partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
+                                      if a.host_kind == "linux" else ["modules.hardware.usbguard.rules (printed)"],
+                                      "the rules file read back", role))
+        if "verify" in a.steps:
+            steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
+                                  self.verify, [], "reads only", None, always=True))
+        return steps
+
+    # -- key and PIN
+    def pin(self, role: str) -> str:
+        from fido2.ctap2.pin import ClientPin
+
+        s = self.keys.session(role)
+        if not s.pin_is_set:
+            new = self.io.new_pin(role)
+            self.keys.add_pin_entry(role)
+            s.set_pin(new)
+            if hasattr(s.interaction, "pin"):
+                # the person just typed it: building blocks that ask the interaction get it too
+                s.interaction.pin = new
+            return f"set a first PIN on the {role} key"
+        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, LUKS_FIDO2_RP)
+        return f"PIN accepted ({s.pin_retries()} attempts left)"
+
+    # -- LUKS
+    def luks_tpm2(self, device: str) -> str:
+        from yktool.luks.tpm2 import plan_enroll_tpm2
+        from yktool.tpm import parse_tcti
+
+        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.a.pcrs),
+                              allow_unmeasured=self.io.allow_unmeasured)
+        if op.needs_unlock:
+            op.unlock = self.unlock(device)
+        op.plan.apply()
+        pcrs = "+".join(map(str, op.pcrs))
+        if not op.plan.changed:
+            return f"already sealed to PCRs {pcrs} (token {op.new_token})"
+        return f"token {op.new_token} sealed to PCRs {pcrs}, proven to open {device}"
+
+    def recovery(self, device: str) -> str:
+        from yktool.luks.header import read_header
+        from yktool.luks.recovery import plan_add_recovery
+
+        pending: list[str] = list(self.state.extra.get("recovery-pending", []))
+        existing = read_header(self.host, device).slots_with_role("recovery")
+        if existing and device not in pending:
+            return f"kept the existing recovery key (keyslot {', '.join(map(str, existing))})"
+        # a key made by a run that died before showing it is unknown to anyone: replace it
+        op = plan_add_recovery(self.host, device, replace=bool(existing))
+        self.state.extra["recovery-pending"] = sorted(set(pending) | {device})
+        self.state.save(self.host)
+        op.unlock = self.unlock(device)
+        op.plan.apply()
+        if op.key is None:
+            raise ToolFailed("systemd-cryptenroll made no recovery key", "check `yktool luks status`")
+        where = self.io.show_recovery(device, op.key)
+        op.key = None
+        self.state.extra["recovery-pending"] = [d for d in pending if d != device]
+        self.state.save(self.host)
+        return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {where}"
+
+    def luks_fido2(self, role: str, device: str) -> str:
+        from yktool.fido.devices import entry_for
+        from yktool.luks import fido2 as lf
+
+        session = self.keys.session(role)
+        spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
+        op = lf.plan_enroll_fido2(self.host, device, spec, lf.Fido2Options(nickname=self.a.nickname(role)))
+        op.session = session
+        if op.needs_unlock:
+            op.unlock = self.unlock(device)
+        op.plan.apply()
+        if op.already and not op.changed:
+            return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
+        return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"
+
+    # -- SSH and git
+    def ssh(self, role: str) -> str:
+        from yktool.authorized_keys import authorize
+        from yktool.ssh import enroll
+
+        account = self.account()
+        path = key_path(self.a, role, account.home)
+        nick = self.a.nickname(role)
+        session = self.keys.session(role)
+        if self.host.exists(path):
+            key = enroll.load_private(self.host, path)
+            if not session.probe(key.public.application, key.key_handle):
+                raise Refused(f"{path} exists and was not made by the {role} key in hand",
+                              "move that file away (it may be another key's), then run the same command again")
+            made = "kept the key file made earlier"
+        else:
+            opts = enroll.parse_options([])
+            enroll.precheck(session, opts)
+            comment = f"{self.a.user}@{self.hostname() or 'host'} ({nick})"
+            key = enroll.make_key(session, opts, comment, prechecked=True)
+            enroll.write_key_files(self.host, key, path, account.owner())
+            made = "made a new key"
+        enroll.record_key(self.host, key, path, nickname=nick, aaguid=session.aaguid, user=account.name)
+        target, merged = authorize(self.host, account, key)
+        with Registry.update(self.host) as registry:
+            registry.record(nick, "ssh", role="authorized_keys", user=account.name, path=str(target),
+                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
+                            credential_id=enroll.credential_id_b64(key))
+        self._prove_ssh(path, key)
+        return (f"{made} {key.public.fingerprint} ({path}); "
+                f"{'added to' if merged.added else 'already in'} {target}; ssh-keygen -y reads it back")
+
+    def _prove_ssh(self, path: PurePosixPath, key: Any) -> None:
+        result = self.host.run(["ssh-keygen", "-y", "-f", str(self.host.path(path))], check=False)
+        if result.returncode != 0 or result.stdout != key.pub_file():
+            raise ToolFailed(f"ssh-keygen does not read {path} back as the key made: {result.error_text}",
+                             "remove the file and run the same command again")
+
+    def git(self, role: str) -> str:
+        from yktool.git_signing import allowed_signer_line, configure, merge_allowed_signers
+        from yktool.ssh.enroll import credential_id_b64, load_private, pub_path
+
+        account = self.account()
+        path = key_path(self.a, role, account.home)
+        key = load_private(self.host, path)
+        nick = self.a.nickname(role)
+        signers = account.home / ".ssh" / "allowed_signers"
+        if role == "primary":
+            setup = configure(self.host, account, email=self.a.git_email, pub_path=pub_path(path),
+                              public=key.public)
+            config_file, changed = str(setup.config_file), bool(setup.changed or setup.allowed_signers_changed)
+            self.io.notes.extend(setup.notes)
+            from yktool.git_signing import Git
+
+            got = Git(self.host, account).get(setup.config_file, "gpg.format")
+            if got != "ssh":
+                raise ToolFailed(f"git does not read gpg.format=ssh back from {setup.config_file}",
+                                 "check the file by hand, then run the same command again")
+        else:
+            # the backup key's signatures verify too; the primary stays the signing key
+            real = self.host.path(signers)
+            existing = real.read_bytes() if real.is_file() else b""
+            data, changed = merge_allowed_signers(existing, allowed_signer_line(self.a.git_email, key.public))
+            if changed:
+                if not self.host.path(signers.parent).is_dir():
+                    self.host.mkdir(signers.parent, 0o700, account.owner())
+                self.host.write_file(signers, data, 0o644, owner=account.owner())
+            config_file = ""
+        with Registry.update(self.host) as registry:
+            registry.forget("git", email=self.a.git_email, credential_id=credential_id_b64(key))
+            registry.record(nick, "git", email=self.a.git_email, user=account.name,
+                            allowed_signers=str(signers), config_file=config_file,
+                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
+                            credential_id=credential_id_b64(key))
+        if role == "primary":
+            return f"git signs with {key.public.fingerprint} ({config_file}){'' if changed else ', unchanged'}"
+        return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signers})"
+
+    # -- PAM
+    def pam_target(self) -> Any:
+        from yktool import agefile
+        from yktool import pam_u2f as pu
+
+        if self.a.host_kind != "nixos":
+            return pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
+        pub = self.a.age_host_key
+        recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
+        identity = None
+        private = pub.removesuffix(".pub")
+        if self.host.exists(private) and private != pub:
+            identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
+        return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+
+    def pam(self, role: str) -> str:
+        from yktool import pam_u2f as pu
+
+        request = pu.RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
+                                     nickname=self.a.nickname(role),
+                                     age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
+        result = pu.register(self.host, self.keys.session(role), request)
+        for name, snippet in result.nix.items():
+            note = f"--- {name} ---\n{snippet}"
+            if note not in self.io.notes:
+                self.io.notes.append(note)
+        if result.pam_line and result.pam_line not in self.io.notes:
+            self.io.notes.append(f"PAM line for /etc/pam.d/sudo, login, …: {result.pam_line}")
+        if result.already_registered:
+            return f"already registered for {self.a.user} (origin {result.origin})"
+        return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
+                "proven with an assertion")
+
+    # -- udev and USBGuard
+    def usb_identity(self, role: str) -> Any:
+        from yktool.fido.identity import usb_identity
+        from yktool.udev import identity_from
+
+        return identity_from(usb_identity(self.keys.session(role).device))
+
+    def udev(self, role: str) -> str:
+        from yktool import udev as lib
+
+        key = self.usb_identity(role)
+        nick = self.a.nickname(role)
+        if self.a.host_kind == "nixos":
+            snippet = lib.nixos_snippet(key, nick)
+            self.io.notes.append(f"--- udev rule for {nick} (NixOS module) ---\n{snippet.rstrip()}")
+            with Registry.update(self.host) as reg:
+                reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial,
+                           path="services.udev.extraRules")
+            return f"NixOS snippet for {key.usb_id} printed at the end"
+        result = lib.install(self.host, key, nick)
+        with Registry.update(self.host) as reg:
+            reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=lib.RULE_PATH)
+        if not any(r.vendor == key.vendor and r.product == key.product for r in lib.installed_rules(self.host)):
+            raise ToolFailed(f"{lib.RULE_PATH} does not hold the rule for {key.usb_id} after writing",
+                             "check the file by hand, then run the same command again")
+        return f"{'wrote' if result.changed else 'unchanged'} {lib.RULE_PATH} ({key.usb_id})"
+
+    def usbguard(self, role: str) -> str:
+        from yktool import usbguard as lib
+
+        key = self.usb_identity(role)
+        nick = self.a.nickname(role)
+        if self.a.host_kind == "nixos":
+            self.io.notes.append(f"--- USBGuard rule for {nick} ---\n{lib.nixos_line(key, nick)}")
+            with Registry.update(self.host) as reg:
+                reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION)
+            return f"NixOS line for {key.usb_id} printed at the end"
+        result = lib.allow(self.host, key)
+        with Registry.update(self.host) as reg:
+            reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.RULES_PATH)
+        if lib.find_rule(self.host.read_text(lib.RULES_PATH), key) is None:
+            raise ToolFailed(f"{lib.RULES_PATH} does not hold the rule for {key.usb_id} after writing",
+                             "check the file by hand, then run the same command again")
+        if result.placeholder:
+            self.io.notes.append(f"{lib.RULES_PATH} was a placeholder ({result.placeholder}): populate it "
+                                 "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
+        return f"{'added to' if result.added else 'already in'} {lib.RULES_PATH}: {result.line}"
+
+    # -- verify
+    def verify_selection(self) -> list[str]:
+        """The checks that prove what this run enrolled (the rest of `yktool verify` is the host's)."""
+        if self.a.verify_only:
+            return list(self.a.verify_only)
+        s, sel = set(self.a.steps), []
+        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+            sel.append("boot.luks.root")
+        if "luks-fido2" in s:
+            sel.append("boot.luks.fido2")
+        if "luks-tpm2" in s:
+            sel += ["boot.luks.tpm2", "boot.luks.tpm2_pcrs"]
+        if "ssh" in s:
+            sel.append("ssh.sk_key")
+        if "git" in s:
+            sel.append("git.signing")
+        if "pam" in s:
+            sel += ["pam.sudo", "pam.login"]
+        if self.a.host_kind == "linux":
+            if "udev" in s:
+                sel.append("hw.udev.lock_rule")
+            if "usbguard" in s:
+                sel.append("hw.usbguard.rules")
+        if self.a.backup_nickname:
+            sel.append("hw.registry.backup")
+        return sel
+
+    def verify(self) -> str:
+        from yktool.checks import CheckContext, run_checks, summary
+
+        self.keys.close()  # verify needs no key; count the last key's touches now
+        ctx = CheckContext(self.host, user=self.a.user or None, tpm2_pcrs=tuple(self.a.pcrs))
+        self.results = run_checks(ctx, self.verify_selection())
+        counts = summary(self.results)
+        return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
+
+
+# ================================================================================ the run
+@dataclass
+class CommissionReport:
+    """What a run did: each step's outcome, verify's results, touches and PIN prompts per key."""
+
+    outcomes: list[Outcome]
+    results: list[Any]
+    counts: dict[str, Any]
+    notes: list[str]
+    nothing_to_do: bool
+
+    @property
+    def changed(self) -> bool:
+        return any(o.status == "done" and o.id != "verify" for o in self.outcomes)
+
+    @property
+    def verify_ok(self) -> bool:
+        return not any(r.status == "fail" for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.verify_ok, "changed": self.changed, "nothing_to_do": self.nothing_to_do,
+                "steps": [o.to_json() for o in self.outcomes],
+                "verify": [r.to_json() for r in self.results],
+                "counts": self.counts, "notes": list(self.notes)}
+
+
+def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
+            io: CommissionIO) -> tuple[Commission, list[FlowStep], Plan]:
+    """Check the answers, load the state, build the steps and the Plan to show. Writes nothing."""
+    answers.check()
+    state = FlowState.load(host, FLOW)
+    state.check_resume(host, answers.to_json())
+    flow = Commission(host, answers, keys, io, state)
+    steps = flow.build_steps()
+    who = f" for {answers.user}" if answers.user else ""
+    plan = make_plan(f"commission this {answers.host_kind} host{who} "
+                     f"({' + '.join(answers.nickname(r) for r in answers.roles)} key)", steps, state)
+    if state.finished and state.answers == answers.to_json():
+        plan.notes.append(f"this commission finished at {state.finished}: nothing is left to do "
+                          "(verify runs again)")
+    elif state.resuming:
+        plan.notes.append("resuming an interrupted run: the steps marked (already done) are skipped")
+    if answers.backup_nickname:
+        plan.notes.append("halfway through you will be asked to swap to the backup key")
+    return flow, steps, plan
+
+
+def pending(flow: Commission, steps: list[FlowStep]) -> list[FlowStep]:
+    return [s for s in steps if s.id not in flow.state.done and not s.always]
+
+
+def execute(flow: Commission, steps: list[FlowStep],
+            on_step: Callable[[Outcome], None] | None = None) -> CommissionReport:
+    """Act: run every step not yet done, in order, marking each; then record the end."""
+    nothing = not pending(flow, steps)
+    flow.state.begin(flow.host, flow.a.to_json())
+    outcomes = run_steps(flow.host, flow.state, steps, on_step)
+    flow.keys.close()
+    if not nothing or not flow.state.finished:
+        flow.state.finish(flow.host)  # a re-run of a finished commission leaves even this file alone
+    return CommissionReport(outcomes, flow.results, flow.keys.totals(), list(flow.io.notes), nothing)

@@ -1,0 +1,108 @@
+"""The keys a flow works with: one KeySession per key per run (so one PIN entry per key), opened
+when a step first needs it, with the swap ("now insert your backup key") in between, and the
+touch / PIN counts that the flows print at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from yktool.errors import Refused
+from yktool.fido.session import KeySession
+from yktool.host import Host
+
+# (role, device spec or None) -> an open session; the front end supplies it with its interaction
+SessionOpener = Callable[[str, "str | None"], AbstractContextManager[KeySession]]
+
+
+@dataclass
+class Counts:
+    touches: int = 0
+    pin_prompts: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"touches": self.touches, "pin_prompts": self.pin_prompts}
+
+
+@dataclass
+class KeyRing:
+    """Open sessions by role. Only one key is open at a time: real keys are swapped by hand, and
+    `--device auto` must see exactly one."""
+
+    host: Host
+    opener: SessionOpener
+    specs: dict[str, str | None]
+    nicknames: dict[str, str]
+    # called before a role other than the first is opened (the person swaps keys)
+    on_swap: Callable[[str], None] | None = None
+    counts: dict[str, Counts] = field(default_factory=dict)
+    _open_role: str | None = None
+    _session: KeySession | None = None
+    _stack: contextlib.ExitStack | None = None
+    _opened: list[str] = field(default_factory=list)
+
+    def session(self, role: str) -> KeySession:
+        """The session of `role`, opening it (and closing the other) when needed."""
+        if self._open_role == role and self._session is not None:
+            return self._session
+        self.close()
+        if self._opened and role not in self._opened and self.on_swap is not None:
+            self.on_swap(role)
+        elif not self._opened and role != "primary" and self.on_swap is not None:
+            # a resumed run that starts with the backup key: say which key to insert
+            self.on_swap(role)
+        stack = contextlib.ExitStack()
+        try:
+            session = stack.enter_context(self.opener(role, self.specs.get(role)))
+            self._check_identity(role, session)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._session, self._open_role = stack, session, role
+        if role not in self._opened:
+            self._opened.append(role)
+        return session
+
+    def _check_identity(self, role: str, session: KeySession) -> None:
+        """Refuse the wrong key in hand (the primary where the backup is wanted, or the reverse),
+        found with silent probes of the registry's credentials (no touch, no PIN)."""
+        from yktool.ssh.enroll import identify_key
+
+        known = identify_key(session, self.host)
+        want = self.nicknames[role]
+        if known is not None and known != want and known in self.nicknames.values():
+            raise Refused(f"the key in hand is the one registered as {known!r}, not {want!r}",
+                          f"remove it and insert the {role} key ({want}), then run the same command again")
+
+    def close(self) -> None:
+        """Close the open session, adding its touches and PIN prompts to the counts."""
+        if self._session is not None and self._open_role is not None:
+            c = self.counts.setdefault(self._open_role, Counts())
+            c.touches += self._session.touches
+            # what the person typed: the interaction counts it when it can (building blocks may ask
+            # it directly); else every PIN request of the session counts
+            typed = getattr(self._session.interaction, "pin_prompts", None)
+            c.pin_prompts += typed if isinstance(typed, int) else self._session.pin_prompts
+        if self._stack is not None:
+            self._stack.close()
+        self._stack, self._session, self._open_role = None, None, None
+
+    def add_pin_entry(self, role: str) -> None:
+        """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""
+        self.counts.setdefault(role, Counts()).pin_prompts += 1
+
+    def totals(self) -> dict[str, Any]:
+        return {role: c.to_json() for role, c in self.counts.items()}
+
+
+@contextlib.contextmanager
+def ring(host: Host, opener: SessionOpener, specs: dict[str, str | None], nicknames: dict[str, str],
+         on_swap: Callable[[str], None] | None = None) -> Iterator[KeyRing]:
+    keys = KeyRing(host, opener, specs, nicknames, on_swap)
+    try:
+        yield keys
+    finally:
+        keys.close()

@@ -1,0 +1,226 @@
+"""`yktool commission` and `yktool replace`: the wizards. Thin: ask (or take flags), call
+yktool.flows, render. Every question has a flag; with --yes (or no terminal) the defaults apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from yktool.cli.context import AppContext, pass_app
+from yktool.cli.output import emit_json, info
+
+if TYPE_CHECKING:
+    from yktool.fido.session import KeySession
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for raw in values for v in raw.replace(",", " ").split() if v.strip()]
+
+
+def _opener(app: AppContext, pin_stdin: bool) -> Any:
+    """(role, spec) -> a session context, with one CliInteraction per key (the PIN asked once)."""
+    from yktool.cli.prompts import CliInteraction
+    from yktool.fido.session import open_session
+
+    interactions: dict[str, CliInteraction] = {}
+
+    @contextlib.contextmanager
+    def open_key(role: str, spec: str | None) -> Iterator[KeySession]:
+        interaction = interactions.setdefault(role, CliInteraction(pin_from_stdin=pin_stdin))
+        device = spec or (app.device if role == "primary" else "auto")
+        with open_session(device, interaction) as session:
+            yield session
+
+    return open_key
+
+
+def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interactive: bool) -> Any:
+    def show(device: str, key: bytes) -> str:
+        from yktool.host import Host
+
+        if recovery_file is not None:
+            text = (f"# yktool recovery key for {device} on {app.host.root}: keep it offline, it opens the disk\n"
+                    + key.decode() + "\n")
+            Host(Path("/")).write_file(str(recovery_file.absolute()), text, 0o600, backup=False)
+            return f"written to {recovery_file} (mode 0600): move it offline"
+        # the terminal only: never stdout (it may be --json for a script) and never a log
+        bar = "=" * 64
+        click.echo(f"\n{bar}\nRECOVERY KEY for {device} — shown once, write it down now:\n\n    "
+                   f"{key.decode()}\n\nIt opens the disk when the TPM and every key fail.\n{bar}\n", err=True)
+        if interactive:
+            click.pause("Press any key once it is written down…", err=True)
+            click.echo("\x1b[2J\x1b[H", err=True, nl=False)  # clear it from the screen
+        return "shown once on the terminal"
+
+    return show
+
+
+@click.command("commission")
+@click.option("--kind", type=click.Choice(["linux", "nixos"]), default=None,
+              help="Host kind (default: nixos when the root has /etc/NIXOS).")
+@click.option("--user", "-u", default=None, help="The person's login name on this host.")
+@click.option("--luks-device", "luks_devices", multiple=True, metavar="DEV",
+              help="LUKS2 device or image (inside --root) to enroll; repeatable. None: no LUKS steps.")
+@click.option("--steps", "steps", multiple=True, metavar="S,S",
+              help="Which steps (default all): luks-fido2 luks-tpm2 recovery ssh git pam udev usbguard verify.")
+@click.option("--git-email", default=None, help="Committer email for git signing (allowed_signers principal).")
+@click.option("--pam-origin", default=None, help="pam_u2f origin (default pam://HOSTNAME of the root).")
+@click.option("--age-host-key", default=None, metavar="PATH.pub",
+              help="NixOS: the host's ssh-ed25519 public key inside the root (agenix recipient).")
+@click.option("--age-file", default=None, metavar="PATH",
+              help="NixOS: where the age-encrypted pam_u2f authfile goes (your flake's secrets/).")
+@click.option("--primary-nickname", default=None, help="Registry name of the first key (default primary).")
+@click.option("--backup-nickname", default=None, help="Registry name of the backup key (default backup).")
+@click.option("--no-backup", is_flag=True, help="Enroll one key only (not recommended: a lost key locks you out).")
+@click.option("--primary-device", default=None, help="The first key (default: the global --device).")
+@click.option("--backup-device", default=None,
+              help="The backup key (default: asks you to swap keys, then auto).")
+@click.option("--unlock-key-file", default=None, metavar="FILE",
+              help="The LUKS volume's current passphrase, in FILE inside --root (else asked once).")
+@click.option("--pcrs", default=None, metavar="N+M", help="PCRs for the TPM2 seal (default 0+7).")
+@click.option("--allow-unmeasured", is_flag=True, help="Seal to the TPM even when PCRs are all zero.")
+@click.option("--recovery-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the recovery key to this file (mode 0600) instead of showing it on the terminal.")
+@click.option("--new-pin-stdin", is_flag=True, help="A key without a PIN gets one read from a stdin line.")
+@click.option("--pin-stdin", is_flag=True, help="Read each key's PIN from a stdin line.")
+@click.option("--verify-only", multiple=True, metavar="SEL",
+              help="The verify checks to run at the end (default: those for the steps done).")
+@pass_app
+def commission(app: AppContext, kind: str | None, user: str | None, luks_devices: tuple[str, ...],
+               steps: tuple[str, ...], git_email: str | None, pam_origin: str | None, age_host_key: str | None,
+               age_file: str | None, primary_nickname: str | None, backup_nickname: str | None, no_backup: bool,
+               primary_device: str | None, backup_device: str | None, unlock_key_file: str | None,
+               pcrs: str | None, allow_unmeasured: bool, recovery_key_file: Path | None, new_pin_stdin: bool,
+               pin_stdin: bool, verify_only: tuple[str, ...]) -> None:
+    """New-host wizard: enroll the key and a backup key everywhere, then prove it with verify.
+
+    Shows the whole plan first (--dry-run stops there, --json prints it), asks to go ahead
+    (--yes skips), then: TPM2 seal (PCRs 0+7) and a recovery key per LUKS device; for each key
+    its PIN, LUKS2 FIDO2, an ed25519-sk SSH key + authorized_keys, git signing, the pam_u2f
+    credential (age-encrypted on NixOS), the removal-lock udev rule and the USBGuard rule; then
+    `yktool verify` on what was enrolled. The PIN is typed once per key. Interrupted (Ctrl-C, a
+    pulled key, a crash)? Run the same command again: it resumes where it stopped. Run a finished
+    commission again: nothing changes. Touches and PIN prompts are counted and printed.
+    """
+    from yktool.cli.output import show_plan
+    from yktool.cli.prompts import read_secret
+    from yktool.errors import UsageError
+    from yktool.fido.session import check_new_pin
+    from yktool.flows import commission as fc
+    from yktool.flows.ask import Asker
+    from yktool.flows.keys import ring
+    from yktool.pam_u2f import default_origin
+    from yktool.ssh.accounts import default_user
+    from yktool.tpm import parse_pcrs
+
+    host = app.host
+    asker = Asker.for_terminal(app.yes)
+    kind = asker.select("Host kind?", kind, fc.HOST_KINDS, flag="--kind",
+                        default="nixos" if host.exists("/etc/NIXOS") else "linux")
+    user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user())
+    devices = list(luks_devices) or _split((asker.text(
+        "LUKS2 device(s) to enroll (space-separated; empty for none)?", None, flag="--luks-device", default=""),))
+    choices = [c for c in fc.STEP_KINDS if devices or c not in ("luks-fido2", "luks-tpm2", "recovery")]
+    chosen = asker.checkbox("Which steps?", _split(steps) or None, choices, flag="--steps")
+    email = ""
+    if "git" in chosen:
+        email = asker.text("Email for git signing?", git_email, flag="--git-email")
+    origin = ""
+    if "pam" in chosen:
+        origin = asker.text("pam_u2f origin (keep it stable: renaming the host must not break keys)?",
+                            pam_origin, flag="--pam-origin", default=default_origin(host))
+    host_key = agefile = ""
+    if kind == "nixos" and "pam" in chosen:
+        host_key = asker.text("The host's SSH public key (agenix recipient), inside the root?", age_host_key,
+                              flag="--age-host-key", default="/etc/ssh/ssh_host_ed25519_key.pub")
+        agefile = asker.text("Where does the age-encrypted authfile go (your flake's secrets/)?", age_file,
+                             flag="--age-file", default="secrets/yubikey-auth.age")
+        agefile = str(Path(agefile).absolute())
+    primary = asker.text("Nickname of the first key?", primary_nickname, flag="--primary-nickname",
+                         default="primary")
+    backup = "" if no_backup else asker.text("Nickname of the backup key?", backup_nickname,
+                                              flag="--backup-nickname", default="backup")
+    answers = fc.CommissionAnswers(
+        host_kind=kind, user=user, luks_devices=devices, steps=chosen, git_email=email, pam_origin=origin,
+        age_host_key=host_key, age_file=agefile, primary_nickname=primary, backup_nickname=backup,
+        pcrs=list(parse_pcrs(pcrs)) if pcrs else [0, 7], unlock_key_file=unlock_key_file or "",
+        verify_only=_split(verify_only))
+
+    def new_pin(role: str) -> str:
+        prompt = f"New PIN for the {role} key ({answers.nickname(role)}; it has none yet)"
+        pin = read_secret(prompt, from_stdin=new_pin_stdin, confirm=True).decode("utf-8")
+        check_new_pin(pin)
+        return pin
+
+    def unlock(device: str) -> bytes:
+        return read_secret(f"Current passphrase (or recovery key) of {device}")
+
+    swap_device = {"primary": primary_device, "backup": backup_device}
+
+    def on_swap(role: str) -> None:
+        spec = swap_device.get(role) or ""
+        info(f"Now insert your {role} key ({answers.nickname(role)})"
+             + ("" if spec.startswith("sim:") else " and remove the other one") + ".")
+        if not spec.startswith("sim:"):
+            asker.pause("Press any key when it is in…", yes=app.yes)
+
+    io = fc.CommissionIO(new_pin, unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
+                         tcti=app.tpm, allow_unmeasured=allow_unmeasured)
+    nicknames = {"primary": primary, "backup": backup}
+    with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap) as keys:
+        flow, flow_steps, plan = fc.prepare(host, answers, keys, io)
+        if app.dry_run:
+            show_plan(plan, app.json)
+            return
+        if not app.json:
+            show_plan(plan, False)
+        todo = fc.pending(flow, flow_steps)
+        if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
+                and not sys.stderr.isatty():
+            raise UsageError("the recovery key is shown once on the terminal, and there is none",
+                             "pass --recovery-key-file PATH (it is written there with mode 0600)")
+        if todo and not asker.confirm("Go ahead?", yes=app.yes):
+            from yktool.errors import Refused
+
+            raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
+
+        def on_step(out: Any) -> None:
+            if not app.json:
+                mark = "done" if out.status == "done" else "already done"
+                info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
+
+        report = fc.execute(flow, flow_steps, on_step)
+    _render_report(app, report)
+    if not report.verify_ok:
+        sys.exit(1)
+
+
+def _render_counts(counts: dict[str, Any]) -> str:
+    parts = [f"{role}: {c['touches']} touch{'es' if c['touches'] != 1 else ''}, "
+             f"{c['pin_prompts']} PIN entr{'ies' if c['pin_prompts'] != 1 else 'y'}" for role, c in counts.items()]
+    return "; ".join(parts) or "no key was needed"
+
+
+def _render_report(app: AppContext, report: Any) -> None:
+    if app.json:
+        emit_json(report.to_json())
+        return
+    for note in report.notes:
+        click.echo(note)
+    if report.results:
+        click.echo("verify:")
+        for r in report.results:
+            click.echo(f"  {r.status.upper():<4}  {r.id:<24} {r.title}")
+            if r.status in ("fail", "warn") and r.reason:
+                click.echo(f"        {r.reason}")
+                if r.fix:
+                    click.echo(f"        fix: {r.fix}")
+    if report.nothing_to_do:
+        click.echo("commission: already complete; nothing changed")
+    click.echo(f"touches and PIN entries: {_render_counts(report.counts)}")

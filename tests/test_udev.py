@@ -235,3 +235,12 @@ def test_nixos_flag_prints_and_writes_no_rule(cli: CliCall, root: Path) -> None:
     assert "services.udev.extraRules" in res.stdout and "pkgs.writeShellScript" in res.stdout
     assert not (root / udev.RULE_PATH.lstrip("/")).exists()
     assert not os.path.exists(root / udev.PROGRAM_PATH.lstrip("/"))
+
+
+def test_dry_run_writes_nothing(cli: CliCall, root: Path) -> None:
+    res = cli("--root", root, "--dry-run", "udev", "install", "--vendor", "1050", "--product", "0407")
+    assert res.exit_code == 0 and "would write /etc/udev/rules.d/85-yktool-lock.rules" in res.stdout
+    res = cli("--root", root, "--dry-run", "usbguard", "allow", "--vendor", "1050", "--product", "0407",
+              "--interface", "03:00:00")
+    assert res.exit_code == 0 and "would append to /etc/usbguard/rules.conf" in res.stdout
+    assert list(root.rglob("*")) == []

@@ -365,12 +365,18 @@ class Fido2Enrollment:
     def needs_unlock(self) -> bool:
         return any(s.id in ("check", "enroll") and s.status == "pending" for s in self.plan.steps)
 
+    @property
+    def changed(self) -> bool:
+        """True when the volume's header was changed (a keyslot, a token, an orphan removed)."""
+        writes = ("keyslot", "token", "resume") + (("enroll",) if self.backend == "systemd" else ())
+        return any(s.status == "done" and s.id in writes for s in self.plan.steps)
+
     def summary(self) -> dict[str, Any]:
         return {"device": self.device, "uuid": self.uuid, "backend": self.backend, "keyslot": self.new_slot,
                 "token": self.new_token, "credential": self.credential, "nickname": self.nickname,
                 "pin": self.pin_flag, "up": self.options.up, "uv": self.options.uv,
                 "algorithm": self.options.algorithm, "already_enrolled": self.already, "resumed": self.resumed,
-                "changed": self.plan.changed, "plan": self.plan.to_json(),
+                "changed": self.changed, "plan": self.plan.to_json(),
                 **({"command": self.command} if self.command else {})}
 
 

@@ -217,9 +217,14 @@ def parse_gitconfig(text: str) -> dict[str, str]:
 def _git_signing(ctx: CheckContext) -> Result:
     r = R("git.signing")
     seen_config = False
+    unreadable: list[Unreadable] = []
     for name, home in ctx.users_to_check():
         for path in (f"{home}/.gitconfig", f"{home}/.config/git/config"):
-            text = ctx.read(path)
+            try:
+                text = ctx.read(path)
+            except Unreadable as exc:
+                unreadable.append(exc)
+                continue
             if text is None:
                 continue
             seen_config = True
@@ -232,11 +237,21 @@ def _git_signing(ctx: CheckContext) -> Result:
                 is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
             else:
                 key_path = key.replace("~", home, 1) if key.startswith("~") else key
-                pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
+                try:
+                    pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
+                except Unreadable as exc:
+                    unreadable.append(exc)
+                    continue
                 is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
             r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
             if is_sk:
                 return r.ok(f"{name} signs commits with a security key")
+    if unreadable:
+        for u in unreadable[:3]:
+            r.ev(u.path, "unreadable", note=u.reason)
+        if any(u.needs_root for u in unreadable):
+            return r.needs_root("reading other users' git configuration")
+        return r.warn(f"cannot read {unreadable[0].path}: {unreadable[0].reason}")
     if not seen_config:
         return r.na("no user has a git configuration")
     return r.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")

@@ -466,3 +466,27 @@ def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksIma
     assert not any(TEST_PIN in " ".join(c.argv[1:]) for c in child_recorder.children)
     for f in (root / "etc/yktool/keys.toml",):
         assert passphrase.decode() not in f.read_text()
+
+
+def test_test_unlock_wrong_pin_shows_retries_exit_6(cli: CliCall, root: Path, vol: LuksImage,
+                                                    sim_key: SimKey) -> None:
+    a = sim_key("a", pin=TEST_PIN)
+    assert enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n").exit_code == 0  # type: ignore[attr-defined]
+    t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
+            input="9999\n")
+    assert t.exit_code == 6, t.output
+    assert "PIN wrong: wrong PIN (7 attempts left)" in t.stdout
+    assert "Traceback" not in t.output
+
+
+def test_wipe_of_a_fido2_slot_forgets_it_in_the_registry(cli: CliCall, root: Path, vol: LuksImage,
+                                                         sim_key: SimKey) -> None:
+    a, b = sim_key("a"), sim_key("b")
+    assert enroll(cli, root, a, vol, "--nickname", "primary").exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, root, b, vol, "--nickname", "backup").exit_code == 0  # type: ignore[attr-defined]
+    r = cli("--root", root, "--yes", "luks", "wipe", inside(root, vol.path), "--slot", "1")
+    assert r.exit_code == 0, r.output
+    registry = (root / "etc/yktool/keys.toml").read_text()
+    assert "keyslot = 1" not in registry and "keyslot = 2" in registry
+    owners = status(cli, root, vol)["fido2_owners"]
+    assert isinstance(owners, dict) and [o["registry"] for o in owners.values()] == ["backup"]

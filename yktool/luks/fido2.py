@@ -212,7 +212,7 @@ class TokenOwner:
         if self.probe:
             confirmed = self.registry is not None and self.probe_key == self.registry
             parts.append("confirmed by the key present" if confirmed
-                         else f"the key present answers: {self.probe_key}")
+                         else f"{self.probe_key or 'the key present'} (answers a silent probe)")
         elif self.probe is False and not self.registry:
             parts.append("not the key present")
         return "; ".join(parts) or "unknown key"
@@ -451,6 +451,9 @@ def plan_enroll_fido2(host: Host, device: str | PurePosixPath, spec: str, option
         op.pin_flag = True if options.pin is None else options.pin
         op.command = render_argv(systemd_argv(str(host.path(device)), _device_of(spec), pin=op.pin_flag,
                                               up=options.up, uv=options.uv, algorithm=options.algorithm))
+        if options.pin is None:
+            plan.notes.append("--fido2-with-client-pin follows the key: yes when it has a PIN, no when it has none "
+                              "(say --with-pin or --no-pin to choose)")
     plan.add(Step("check", "check the passphrase, and that the key has hmac-secret and is not enrolled yet",
                   touches=[f"key {spec}"], verify="cryptsetup --test-passphrase; a silent probe of each FIDO2 token",
                   action=lambda: _check(host, device, op)))
@@ -505,8 +508,12 @@ def _check(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None
         raise UsageError("this key has no hmac-secret extension, which LUKS FIDO2 unlocking needs",
                          "use a FIDO2 key that lists hmac-secret (`yktool key info`), e.g. a YubiKey 5")
     opts = op.options
-    if op.pin_flag is None:
-        op.pin_flag = session.pin_is_set if opts.pin is None else opts.pin
+    # Not given: PIN at unlock when the key has one (systemd's default is yes, which fails on a
+    # key without a PIN).
+    op.pin_flag = session.pin_is_set if opts.pin is None else opts.pin
+    if op.backend == "systemd":
+        op.command = render_argv(systemd_argv(str(host.path(device)), _device_of(op.spec), pin=op.pin_flag,
+                                              up=opts.up, uv=opts.uv, algorithm=opts.algorithm))
     if op.pin_flag and not session.pin_is_set:
         raise UsageError("--with-pin asks for the key's PIN at unlock, but the key has no PIN",
                          "set one first (`yktool key pin set`), or enroll with --no-pin")

@@ -40,10 +40,23 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
         "wipe", f"remove {', '.join(describe_slot(header, s) for s in chosen)}"
         + (f" and token(s) {', '.join(map(str, tokens))}" if tokens else ""),
         touches=[str(device)], verify="read the header back: the slots are gone, the others remain",
-        action=lambda: wipe_slots(host, device, chosen),
+        action=lambda: _wipe_and_forget(host, device, header.uuid, chosen),
         prove=lambda: _prove_gone(host, device, chosen),
     ))
     return plan, header, chosen
+
+
+def _wipe_and_forget(host: Host, device: str | PurePosixPath, uuid: str, slots: list[int]) -> None:
+    """Wipe, then drop the registry's record of any key enrolled into those slots."""
+    wipe_slots(host, device, slots)
+    from yktool.inventory import Registry
+
+    registry_file = host.path("/etc/yktool/keys.toml")
+    if not registry_file.exists():
+        return
+    with Registry.update(host) as registry:
+        for slot in slots:
+            registry.forget("luks", uuid=uuid, keyslot=slot)
 
 
 def _prove_gone(host: Host, device: str | PurePosixPath, slots: list[int]) -> None:

@@ -490,3 +490,31 @@ def test_wipe_of_a_fido2_slot_forgets_it_in_the_registry(cli: CliCall, root: Pat
     assert "keyslot = 1" not in registry and "keyslot = 2" in registry
     owners = status(cli, root, vol)["fido2_owners"]
     assert isinstance(owners, dict) and [o["registry"] for o in owners.values()] == ["backup"]
+
+
+def test_interrupted_run_never_removes_a_slot_it_did_not_add(root: Path, vol: LuksImage, sim_key: SimKey) -> None:
+    """Killed before luksAddKey finished; meanwhile the owner added a passphrase as that slot number."""
+    a, b = sim_key("a"), sim_key("b")
+    assert _run_yktool(root, a, vol, "after-keyslot").returncode == 137
+    subprocess.run(["systemd-cryptenroll", "--wipe-slot=1", str(vol.path)], check=True, capture_output=True)
+    other = b"the owner's second passphrase"
+    r, w = os.pipe()
+    os.write(w, other)
+    os.close(w)
+    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--key-slot", "1", "--pbkdf", "pbkdf2",
+                    "--pbkdf-force-iterations", "1000", "--key-file", str(vol.key_file), str(vol.path), "/dev/stdin"],
+                   stdin=r, check=True, capture_output=True)
+    os.close(r)
+    again = _run_yktool(root, b, vol, None)
+    assert again.returncode == 0, again.stderr
+    assert "left keyslot 1 alone" in again.stdout
+    assert vol.opens_with(other) and vol.opens_with(vol.passphrase)
+    assert [t.keyslots for t in fido2_tokens(vol)] == [[2]]
+
+
+def test_eddsa_credential_opens(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
+    a = sim_key("a")
+    r = enroll(cli, root, a, vol, "--algorithm", "eddsa")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert json.loads(r.stdout)["algorithm"] == "eddsa"  # type: ignore[attr-defined]
+    assert vol.opens_with(key_passphrase(a, fido2_tokens(vol)[0]))

@@ -710,12 +710,22 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
             op.resumed = f"finished: token {op.new_token} imported for orphan keyslot {slot}"
             op.already = True
             _skip_rest(op, "check", f"finished the interrupted enrollment (token {op.new_token}, keyslot {slot})")
+        elif not _looks_like_ours(header, slot):
+            # Not the slot yktool was adding (pbkdf2/sha512, 1000 iterations): someone added a slot
+            # with that number since. Leave it alone; only the journal goes.
+            clear_journal(host, op.uuid)
+            op.resumed = f"left keyslot {slot} alone: it is not the one the interrupted run was adding"
         else:
             check_remaining(header, [slot])
             cryptenroll.wipe_slots(host, device, [slot])
             clear_journal(host, op.uuid)
             op.resumed = f"removed orphan keyslot {slot} (the key present did not prove it its own)"
     step.detail = op.resumed or ""
+
+
+def _looks_like_ours(header: LuksHeader, slot: int) -> bool:
+    ks = header.keyslots.get(slot)
+    return ks is not None and ks.kdf == "pbkdf2" and ks.iterations == 1000 and ks.kdf_hash == "sha512"
 
 
 def pending_enrollment(host: Host, uuid: str) -> dict[str, Any] | None:

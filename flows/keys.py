@@ -72,8 +72,8 @@ class KeyRing:
         from yktool.ssh.enroll import identify_key
 
         known = identify_key(session, self.host)
-        want = self.nicknames[role]
-        if known is not None and known != want and known in self.nicknames.values():
+        want = self.nicknames.get(role, "")
+        if known is not None and want and known != want and known in self.nicknames.values():
             raise Refused(f"the key in hand is the one registered as {known!r}, not {want!r}",
                           f"remove it and insert the {role} key ({want}), then run the same command again")
 

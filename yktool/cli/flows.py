@@ -224,3 +224,114 @@ def _render_report(app: AppContext, report: Any) -> None:
     if report.nothing_to_do:
         click.echo("commission: already complete; nothing changed")
     click.echo(f"touches and PIN entries: {_render_counts(report.counts)}")
+
+
+@click.command("replace")
+@click.option("--present", "present", multiple=True, metavar="SPEC",
+              help="Another key you still have (besides the global --device); repeatable.")
+@click.option("--new-device", default=None, metavar="SPEC",
+              help="The replacement key. Without it, replace only revokes (a key present must still work).")
+@click.option("--new-nickname", default=None, help="Registry name of the replacement (default: LOST-2).")
+@click.option("--unlock-key-file", default=None, metavar="FILE",
+              help="A LUKS volume's current passphrase or recovery key, in FILE inside --root (else asked).")
+@click.option("--luks-device", "luks_devices", multiple=True, metavar="DEV",
+              help="Also look at this LUKS device (the registry's are always looked at); repeatable.")
+@click.option("--new-pin-stdin", is_flag=True, help="A new key without a PIN gets one read from a stdin line.")
+@click.option("--pin-stdin", is_flag=True, help="Read the new key's PIN from a stdin line.")
+@click.option("--keep-old-signatures", is_flag=True,
+              help="Do not list the lost key in gpg.ssh.revocationFile (its old commits keep verifying; "
+                   "a finder could back-date new ones).")
+@pass_app
+def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, new_nickname: str | None,
+            unlock_key_file: str | None, luks_devices: tuple[str, ...], new_pin_stdin: bool, pin_stdin: bool,
+            keep_old_signatures: bool) -> None:
+    """A key was lost: find what it opens, enroll the replacement there, prove it, then revoke it.
+
+    Insert the keys you still have (--device, --present) and the new one (--new-device). Every
+    enrolled credential (LUKS2 FIDO2 tokens, pam_u2f lines, SSH keys and so authorized_keys and
+    allowed_signers) is probed silently — no touch, no PIN — against the keys present; what none
+    answers belongs to the lost key, named from the registry. The plan enrolls the new key where
+    the lost one was and proves it, then wipes the lost key's keyslots, drops its pam_u2f
+    credential, takes its SSH key out of authorized_keys, retires it in allowed_signers and
+    git's revocation file, and removes its udev/USBGuard rules and registry entry. Refused when
+    no present key answers anything (get in with the recovery key first). Resumable.
+    """
+    from yktool.cli.output import show_plan
+    from yktool.cli.prompts import read_secret
+    from yktool.errors import Refused
+    from yktool.fido.session import check_new_pin
+    from yktool.flows import replace as fr
+    from yktool.flows.ask import Asker
+    from yktool.flows.keys import ring
+
+    host = app.host
+    asker = Asker.for_terminal(app.yes)
+    specs: dict[str, str | None] = {}
+    present_roles = []
+    for n, spec in enumerate([app.device, *present], 1):
+        role = f"present-{n}"
+        specs[role] = spec
+        present_roles.append(role)
+    if new_device:
+        specs["new"] = new_device
+
+    def new_pin(role: str) -> str:
+        pin = read_secret("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin,
+                          confirm=True).decode("utf-8")
+        check_new_pin(pin)
+        return pin
+
+    def unlock(device: str) -> bytes:
+        return read_secret(f"Current passphrase (or recovery key) of {device}")
+
+    def on_swap(role: str) -> None:
+        spec = specs.get(role) or ""
+        if not spec.startswith("sim:") and role == "new":
+            info("Now insert the new key.")
+            asker.pause("Press any key when it is in…", yes=app.yes)
+
+    nicknames = {r: "" for r in present_roles}
+    with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap) as keys:
+        found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices))
+        fr.check_safe(found)
+        lost = [f for f in found if f.lost]
+        names = sorted({f.owner for f in lost})
+        if not lost:
+            if app.json:
+                emit_json({"ok": True, "lost": [], "kept": [f.to_json() for f in found], "steps": []})
+            else:
+                click.echo("Every enrolled credential answers to a key present: nothing is lost, nothing to do.")
+            return
+        nick = new_nickname or f"{names[0]}-2"
+        keys.nicknames["new"] = nick
+        if new_device:
+            fr.check_new_key(found, nick)
+        answers = fr.ReplaceAnswers(new_nickname=nick, unlock_key_file=unlock_key_file or "",
+                                    revoke_git=not keep_old_signatures)
+        io = fr.ReplaceIO(new_pin, unlock)
+        flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device))
+        if not app.json:
+            click.echo(f"Lost ({', '.join(names)}): no key present answers for")
+            for f in lost:
+                click.echo(f"  - {f.describe()}  [{f.owner}]")
+            kept = [f for f in found if not f.lost]
+            click.echo(f"Kept ({len(kept)} credentials answer to a key present).")
+        if app.dry_run:
+            show_plan(plan, app.json)
+            return
+        if not app.json:
+            show_plan(plan, False)
+        if not asker.confirm("Go ahead?", yes=app.yes):
+            raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
+
+        def on_step(out: Any) -> None:
+            if not app.json:
+                mark = "done" if out.status == "done" else "already done"
+                info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
+
+        report = fr.execute(flow, steps, on_step)
+    if app.json:
+        emit_json(report.to_json())
+    else:
+        click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)")
+                   + f"; touches and PIN entries: {_render_counts(report.counts)}")

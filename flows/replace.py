@@ -1,0 +1,513 @@
+"""`yktool replace`: a key was lost. Find everything it can open, enroll the replacement there,
+prove the replacement works, then revoke the lost key. As a library (prompts: yktool/cli/flows.py).
+
+1. Find: every enrolled credential on the host — LUKS2 systemd-fido2 tokens, pam_u2f authfile
+   credentials, the registry's SSH keys (and so authorized_keys and allowed_signers) — is probed
+   silently (getAssertion with up=false: no touch, no PIN) against each key present. What no
+   present key answers belongs to a lost key; the registry names it.
+2. Refuse when no present key answers anything: every enrolled key would be revoked and nothing
+   proven would be left (the person should get in with the recovery key first).
+3. One plan: per area, enroll the new key where the lost one was, and prove it (the LUKS keyslot
+   opens with the key's passphrase, pam_u2f's assertion verifies, ssh-keygen reads the key);
+   then revoke: wipe the lost key's keyslots and tokens (never the last way in), drop its pam_u2f
+   credential (never a user's last), take its SSH key out of authorized_keys, retire it in
+   allowed_signers (valid-before: old commits keep verifying) and add it to git's
+   gpg.ssh.revocationFile, remove its udev/USBGuard rules and its registry entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import PurePosixPath
+from typing import Any
+
+from yktool.errors import Refused, ToolFailed, UsageError
+from yktool.fido.session import KeySession
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.plan import Plan
+
+from .keys import KeyRing
+from .runner import FlowStep, Outcome, make_plan, run_steps
+from .state import FlowState
+
+FLOW = "replace"
+LUKS_RP = "io.systemd.cryptsetup"
+REVOKED_FILE = ".ssh/revoked_signers"   # in the user's home: gpg.ssh.revocationFile
+
+
+@dataclass
+class Found:
+    """One enrolled credential on the host, and which present key (if any) answers for it."""
+
+    area: str                 # luks | pam | ssh
+    where: str                # the device, authfile or key file
+    rp_id: str
+    credential_id: bytes
+    owner: str                # registry nickname, or "unregistered"
+    user: str = ""
+    public_key: str = ""      # ssh: the public key line (for authorized_keys / allowed_signers)
+    token: int | None = None  # luks: token id
+    keyslots: list[int] = field(default_factory=list)
+    answered_by: str | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.answered_by is None
+
+    def describe(self) -> str:
+        if self.area == "luks":
+            return f"LUKS2 {self.where}: FIDO2 token {self.token} (keyslot {', '.join(map(str, self.keyslots))})"
+        if self.area == "pam":
+            return f"pam_u2f {self.where}: {self.user}'s credential ({self.rp_id})"
+        return f"SSH key {self.where} of {self.user} (authorized_keys, allowed_signers)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"area": self.area, "where": self.where, "owner": self.owner, "user": self.user,
+                "token": self.token, "keyslots": self.keyslots, "answered_by": self.answered_by,
+                "lost": self.lost, "description": self.describe()}
+
+
+def _b64(value: object) -> bytes | None:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except ValueError:
+        return None
+
+
+def gather(host: Host, extra_devices: list[str] | None = None) -> list[Found]:
+    """Every credential the host has enrolled that yktool can probe (no key needed here)."""
+    from yktool import pam_u2f as pu
+    from yktool.luks.header import read_header
+    from yktool.luks.tokens import Fido2Token
+
+    registry = Registry.load(host)
+
+    def owner(cid: str) -> str:
+        rec = registry.owner_of(cid)
+        return rec.nickname if rec else "unregistered"
+
+    found: list[Found] = []
+    devices = list(dict.fromkeys([str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e]
+                                 + list(extra_devices or [])))
+    for dev in devices:
+        header = read_header(host, dev)
+        for token in header.tokens_of_type("systemd-fido2"):
+            if not isinstance(token, Fido2Token):
+                continue
+            cid = _b64(token.credential)
+            if cid is None:
+                continue
+            found.append(Found("luks", dev, token.rp or LUKS_RP, cid, owner(token.credential),
+                               token=token.id, keyslots=list(token.keyslots)))
+    origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
+    authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
+    for path in authfiles:
+        if not host.exists(path):
+            continue
+        authfile = pu.Authfile.parse(host.read_text(path))
+        for user in authfile.users():
+            for cred in authfile.credentials_of(user):
+                raw = cred.credential_id
+                if raw is None:
+                    continue  # a resident credential (`*`): pam_u2f finds it on the key itself
+                cid_text = base64.b64encode(raw).decode()
+                origin = origins.get(cid_text) or pu.default_origin(host)
+                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user))
+    for _k, e in registry.enrollments("ssh"):
+        if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
+            continue
+        cid = _b64(e["credential_id"])
+        if cid is None:
+            continue
+        found.append(Found("ssh", str(e.get("path", "")), str(e.get("application", "ssh:")), cid,
+                           owner(str(e["credential_id"])), user=str(e.get("user", "")),
+                           public_key=str(e.get("public_key", ""))))
+    return found
+
+
+def probe(found: list[Found], sessions: dict[str, KeySession]) -> None:
+    """Ask each present key, silently, whether it made each credential (no touch, no PIN)."""
+    for f in found:
+        for role, session in sessions.items():
+            if session.probe(f.rp_id, f.credential_id):
+                f.answered_by = role
+                break
+
+
+@dataclass
+class ReplaceAnswers:
+    new_nickname: str = ""
+    unlock_key_file: str = ""
+    revoke_git: bool = True      # also list the lost key in gpg.ssh.revocationFile
+
+    def to_json(self) -> dict[str, Any]:
+        return {"new_nickname": self.new_nickname, "unlock_key_file": self.unlock_key_file,
+                "revoke_git": self.revoke_git}
+
+
+@dataclass
+class ReplaceIO:
+    new_pin: Callable[[str], str]
+    unlock: Callable[[str], bytes]
+    notes: list[str] = field(default_factory=list)
+
+
+def check_safe(found: list[Found]) -> None:
+    """Refuse when no present key answers for anything: nothing proven would remain."""
+    lost = [f for f in found if f.lost]
+    if not found:
+        raise UsageError("no enrolled credential found on this host (registry, LUKS tokens, pam_u2f authfiles)",
+                         "nothing to replace; enroll keys with `yktool commission`")
+    if len(lost) == len(found):
+        owners = sorted({f.owner for f in lost})
+        raise Refused(
+            f"none of the keys present answers for any enrolled credential (all belong to {', '.join(owners)}): "
+            "revoking them would leave no enrolled key, and a failed step could lock you out",
+            "get in without a key first: open the disk with the recovery key (or passphrase), enroll the new key "
+            "with `yktool commission`, then run `yktool replace` with that key present to revoke the lost one")
+
+
+class Replace:
+    """The steps of one replace run."""
+
+    def __init__(self, host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, state: FlowState,
+                 found: list[Found], has_new: bool) -> None:
+        self.host, self.a, self.keys, self.io, self.state = host, answers, keys, io, state
+        self.found = found
+        self.has_new = has_new
+        self._unlock: dict[str, bytes] = {}
+        self.lost_names = sorted({f.owner for f in found if f.lost})
+        self.now = datetime.datetime.now(datetime.UTC)
+
+    def lost(self, area: str) -> list[Found]:
+        return [f for f in self.found if f.lost and f.area == area]
+
+    def unlock(self, device: str) -> bytes:
+        if device not in self._unlock:
+            self._unlock[device] = (self.host.read_bytes(self.a.unlock_key_file) if self.a.unlock_key_file
+                                    else self.io.unlock(device))
+        return self._unlock[device]
+
+    # ------------------------------------------------------------------ plan
+    def build_steps(self) -> list[FlowStep]:
+        steps: list[FlowStep] = []
+        nick = self.a.new_nickname
+        luks_devs = list(dict.fromkeys(f.where for f in self.lost("luks")))
+        pam_targets = list(dict.fromkeys((f.where, f.user, f.rp_id) for f in self.lost("pam")))
+        ssh_keys = self.lost("ssh")
+        if self.has_new:
+            steps.append(FlowStep("new.pin", f"new key ({nick}): check it and its PIN (set one if it has none)",
+                                  self.new_pin, ["new key"], "a PIN token from the key", "new"))
+            for dev in luks_devs:
+                steps.append(FlowStep(f"new.luks@{dev}", f"enroll the new key into {dev} (systemd-fido2)",
+                                      partial(self.enroll_luks, dev), [dev], "its hmac-secret opens the new keyslot",
+                                      "new"))
+            for f in ssh_keys:
+                steps.append(FlowStep(f"new.ssh@{f.where}", f"new ed25519-sk key in place of {f.where}, authorized "
+                                      "and accepted for git", partial(self.enroll_ssh, f), [f.where],
+                                      "ssh-keygen -y reads it back", "new"))
+            for path, user, origin in pam_targets:
+                steps.append(FlowStep(f"new.pam@{path}:{user}", f"pam_u2f credential for {user} in {path}",
+                                      partial(self.enroll_pam, path, user, origin), [path],
+                                      "an assertion verifies against the stored key", "new"))
+            steps.append(FlowStep("new.rules", "udev lock and USBGuard rules for the new key where the lost had them",
+                                  self.enroll_rules, ["/etc/udev/rules.d", "/etc/usbguard/rules.conf"],
+                                  "the files read back", "new"))
+        for dev in luks_devs:
+            steps.append(FlowStep(f"revoke.luks@{dev}", f"wipe the lost key's keyslots and tokens in {dev}",
+                                  partial(self.revoke_luks, dev), [dev], "the header no longer has them"))
+        for path, user, _origin in pam_targets:
+            steps.append(FlowStep(f"revoke.pam@{path}:{user}", f"drop the lost key's pam_u2f credential of {user}",
+                                  partial(self.revoke_pam, path, user), [path], "the authfile parses without it"))
+        for f in ssh_keys:
+            steps.append(FlowStep(f"revoke.ssh@{f.where}", f"revoke SSH key {f.where}: authorized_keys, "
+                                  "allowed_signers (valid-before), git revocation file", partial(self.revoke_ssh, f),
+                                  [f.where], "the files read back"))
+        steps.append(FlowStep("revoke.registry", f"drop {', '.join(self.lost_names)} from the registry and its "
+                              "udev/USBGuard rules", self.revoke_registry, ["/etc/yktool/keys.toml"],
+                              "read the registry back"))
+        return steps
+
+    # ------------------------------------------------------------------ enroll the replacement
+    def new_pin(self) -> str:
+        from fido2.ctap2.pin import ClientPin
+
+        s = self.keys.session("new")
+        if not s.pin_is_set:
+            pin = self.io.new_pin("new")
+            self.keys.add_pin_entry("new")
+            s.set_pin(pin)
+            if hasattr(s.interaction, "pin"):
+                s.interaction.pin = pin
+            return "set a first PIN on the new key"
+        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, LUKS_RP)
+        return "PIN accepted"
+
+    def enroll_luks(self, device: str) -> str:
+        from yktool.fido.devices import entry_for
+        from yktool.luks import fido2 as lf
+
+        session = self.keys.session("new")
+        op = lf.plan_enroll_fido2(self.host, device, entry_for(session.device).spec,
+                                  lf.Fido2Options(nickname=self.a.new_nickname))
+        op.session = session
+        if op.needs_unlock:
+            op.unlock = self.unlock(device)
+        op.plan.apply()
+        return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
+
+    def new_key_path(self, f: Found) -> PurePosixPath:
+        return PurePosixPath(f.where)
+
+    def enroll_ssh(self, f: Found) -> str:
+        from yktool.authorized_keys import authorize
+        from yktool.git_signing import allowed_signer_line, configure, merge_allowed_signers
+        from yktool.ssh import enroll
+        from yktool.ssh.accounts import lookup_user
+
+        account = lookup_user(self.host, f.user)
+        path = self.new_key_path(f)
+        session = self.keys.session("new")
+        key = None
+        if self.host.exists(path):
+            current = enroll.load_private(self.host, path)
+            if session.probe(current.public.application, current.key_handle):
+                key = current  # made by an earlier (interrupted) run
+        if key is None:
+            opts = enroll.parse_options([])
+            enroll.precheck(session, opts)
+            key = enroll.make_key(session, opts, f"{f.user} ({self.a.new_nickname})", prechecked=True)
+            enroll.write_key_files(self.host, key, path, account.owner())  # the lost key's file is backed up
+        enroll.record_key(self.host, key, path, nickname=self.a.new_nickname, aaguid=session.aaguid, user=f.user)
+        target, _merged = authorize(self.host, account, key)
+        registry = Registry.load(self.host)
+        git = [e for _k, e in registry.enrollments("git") if str(e.get("public_key", "")) == f.public_key]
+        with Registry.update(self.host) as reg:
+            reg.record(self.a.new_nickname, "ssh", role="authorized_keys", user=f.user, path=str(target),
+                       public_key=key.public.line(), fingerprint=key.public.fingerprint,
+                       credential_id=enroll.credential_id_b64(key))
+        for e in git:
+            email = str(e.get("email", ""))
+            if e.get("config_file"):
+                configure(self.host, account, email=email, pub_path=enroll.pub_path(path), public=key.public)
+            else:
+                signers = PurePosixPath(str(e.get("allowed_signers")))
+                real = self.host.path(signers)
+                existing = real.read_bytes() if real.is_file() else b""
+                data, changed = merge_allowed_signers(existing, allowed_signer_line(email, key.public))
+                if changed:
+                    self.host.write_file(signers, data, 0o644, owner=account.owner())
+            with Registry.update(self.host) as reg:
+                reg.record(self.a.new_nickname, "git", email=email, user=f.user,
+                           allowed_signers=str(e.get("allowed_signers", "")), config_file=str(e.get("config_file", "")),
+                           public_key=key.public.line(), fingerprint=key.public.fingerprint,
+                           credential_id=enroll.credential_id_b64(key))
+        result = self.host.run(["ssh-keygen", "-y", "-f", str(self.host.path(path))], check=False)
+        if result.returncode != 0 or result.stdout != key.pub_file():
+            raise ToolFailed(f"ssh-keygen does not read {path} back as the new key", "run the same command again")
+        return f"{key.public.fingerprint} in {path}, authorized in {target}" + (", git signing" if git else "")
+
+    def enroll_pam(self, path: str, user: str, origin: str) -> str:
+        from yktool import pam_u2f as pu
+
+        request = pu.RegisterRequest(user=user, origin=origin, target=pu.plain_target(self.host, user, path),
+                                     nickname=self.a.new_nickname)
+        result = pu.register(self.host, self.keys.session("new"), request)
+        if result.already_registered:
+            return f"already registered for {user}"
+        return f"registered for {user} in {path} (origin {origin}), proven with an assertion"
+
+    def enroll_rules(self) -> str:
+        from yktool import udev, usbguard
+        from yktool.fido.identity import usb_identity
+
+        registry = Registry.load(self.host)
+        lost = [k for k in registry.keys if k.nickname in self.lost_names]
+        kinds = {e.get("kind") for k in lost for e in k.enrollments}
+        done = []
+        if kinds & {"udev", "usbguard"}:
+            key = udev.identity_from(usb_identity(self.keys.session("new").device))
+            if "udev" in kinds:
+                udev.install(self.host, key, self.a.new_nickname)
+                with Registry.update(self.host) as reg:
+                    reg.record(self.a.new_nickname, "udev", vendor=key.vendor, product=key.product,
+                               serial=key.serial, path=udev.RULE_PATH)
+                done.append("udev lock rule")
+            if "usbguard" in kinds:
+                usbguard.allow(self.host, key)
+                with Registry.update(self.host) as reg:
+                    reg.record(self.a.new_nickname, "usbguard", usb_id=key.usb_id, serial=key.serial,
+                               path=usbguard.RULES_PATH)
+                done.append("USBGuard rule")
+        self.keys.close()  # the new key is no longer needed: count its touches now
+        return ", ".join(done) or "the lost key had no udev/USBGuard rules"
+
+    # ------------------------------------------------------------------ revoke the lost key
+    def revoke_luks(self, device: str) -> str:
+        from yktool.luks.cryptenroll import wipe_slots
+        from yktool.luks.header import read_header
+        from yktool.luks.safety import check_remaining
+
+        header = read_header(self.host, device)
+        lost_tokens = {f.token for f in self.lost("luks") if f.where == device}
+        slots = sorted({s for t in header.tokens_of_type("systemd-fido2") if t.id in lost_tokens for s in t.keyslots})
+        if not slots:
+            return "already gone"
+        check_remaining(header, slots)
+        wipe_slots(self.host, device, slots)
+        after = read_header(self.host, device)
+        if any(s in after.keyslots for s in slots):
+            raise ToolFailed(f"keyslot(s) {slots} are still in {device}", "check `yktool luks status`")
+        return f"wiped keyslot(s) {', '.join(map(str, slots))} and their tokens"
+
+    def revoke_pam(self, path: str, user: str) -> str:
+        from yktool import pam_u2f as pu
+
+        lost_ids = {f.credential_id for f in self.lost("pam") if f.where == path and f.user == user}
+        authfile = pu.Authfile.parse(self.host.read_text(path))
+        line = authfile.effective_line(user)
+        if line is None:
+            return "the user has no line"
+        keep = [c for c in line.credentials if c.credential_id not in lost_ids]
+        if len(keep) == len(line.credentials):
+            return "already gone"
+        if not keep:
+            raise Refused(f"dropping the lost key's credential would leave {user} without any pam_u2f key in {path}",
+                          "enroll the replacement first (run replace with --new-device)")
+        text = line.text.split(":", 1)[0] + ":" + ":".join(c.raw or c.render() for c in keep)
+        lines = [pu.AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
+        new_text = "".join(ln.raw for ln in lines)
+        target = pu.plain_target(self.host, user, path)
+        pu.write_target(self.host, target, new_text)
+        back = pu.Authfile.parse(self.host.read_text(path))
+        if back.malformed or any(c.credential_id in lost_ids for c in back.credentials_of(user)):
+            raise ToolFailed(f"{path} does not read back as intended", "restore it from /var/backups/yktool")
+        return f"{user} keeps {len(keep)} credential(s)"
+
+    def revoke_ssh(self, f: Found) -> str:
+        from yktool.authorized_keys import revoke
+        from yktool.git_signing import Git, expire_signer
+        from yktool.ssh.accounts import lookup_user
+        from yktool.ssh.keys import SkPublicKey
+
+        public, _c = SkPublicKey.parse_line(f.public_key)
+        registry = Registry.load(self.host)
+        account = lookup_user(self.host, f.user)
+        done = []
+        for _k, e in registry.enrollments("ssh"):
+            if e.get("role") == "authorized_keys" and str(e.get("public_key")) == f.public_key:
+                removed = revoke(self.host, PurePosixPath(str(e["path"])), public)
+                if removed:
+                    done.append(f"out of {e['path']}")
+        for _k, e in registry.enrollments("git"):
+            if str(e.get("public_key", "")) != f.public_key:
+                continue
+            signers = PurePosixPath(str(e.get("allowed_signers")))
+            if expire_signer(self.host, signers, public, self.now):
+                done.append(f"valid-before now in {signers}")
+            if self.a.revoke_git:
+                revoked = account.home / REVOKED_FILE
+                real = self.host.path(revoked)
+                existing = real.read_text() if real.is_file() else ""
+                if public.line() not in existing.splitlines():
+                    self.host.write_file(revoked, existing + public.line() + "\n", 0o644, owner=account.owner())
+                    done.append(f"listed in {revoked}")
+                config = PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
+                git = Git(self.host, account)
+                if git.get(config, "gpg.ssh.revocationFile") != account.display(revoked):
+                    git.set(config, "gpg.ssh.revocationFile", account.display(revoked))
+        # the lost key's own file, unless the new key took its place
+        path = PurePosixPath(f.where)
+        if self.host.exists(path):
+            from yktool.ssh.enroll import load_private, pub_path
+
+            if load_private(self.host, path).public == public:
+                self.host.remove(path)
+                self.host.remove(pub_path(path))
+                done.append(f"removed {path}")
+        return "; ".join(done) or "already revoked"
+
+    def revoke_registry(self) -> str:
+        from yktool import udev
+
+        registry = Registry.load(self.host)
+        lost = [k for k in registry.keys if k.nickname in self.lost_names]
+        for k in lost:
+            for e in k.enrollments:
+                if e.get("kind") == "udev" and e.get("path") == udev.RULE_PATH and self.host.exists(udev.RULE_PATH):
+                    head, blocks = udev.split_blocks(self.host.read_text(udev.RULE_PATH))
+                    if blocks.pop(k.nickname, None) is not None:
+                        body = head.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for _n, b in
+                                                                     sorted(blocks.items()))
+                        self.host.write_file(udev.RULE_PATH, body, 0o644)
+                if e.get("kind") == "usbguard" and self.host.exists(str(e.get("path", ""))):
+                    path = str(e["path"])
+                    serial = str(e.get("serial", ""))
+                    text = self.host.read_text(path)
+                    kept = [ln for ln in text.splitlines(keepends=True)
+                            if not (str(e.get("usb_id")) in ln and (not serial or f'serial "{serial}"' in ln))]
+                    if len(kept) != len(text.splitlines(keepends=True)):
+                        self.host.write_file(path, "".join(kept), self.host.mode(path))
+        with Registry.update(self.host) as reg:
+            reg.keys = [k for k in reg.keys if k.nickname not in self.lost_names]
+        return f"{', '.join(self.lost_names)} removed from the registry"
+
+
+@dataclass
+class ReplaceReport:
+    found: list[Found]
+    outcomes: list[Outcome]
+    counts: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "lost": [f.to_json() for f in self.found if f.lost],
+                "kept": [f.to_json() for f in self.found if not f.lost],
+                "steps": [o.to_json() for o in self.outcomes], "counts": self.counts}
+
+
+def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
+         extra_devices: list[str] | None = None) -> list[Found]:
+    """Gather and probe with each present key (and the new one, whose credentials an interrupted
+    run may have made): every credential with the key that answers it, or None when lost."""
+    found = gather(host, extra_devices)
+    roles = present + (["new"] if with_new else [])
+    for role in roles:
+        session = keys.session(role)
+        probe([f for f in found if f.lost], {role: session})
+    keys.close()
+    return found
+
+
+def check_new_key(found: list[Found], new_nickname: str) -> None:
+    """The replacement must not be a key already enrolled under another name."""
+    taken = sorted({f.owner for f in found if f.answered_by == "new" and f.owner not in (new_nickname,
+                                                                                        "unregistered")})
+    if taken:
+        raise Refused(f"the new key is already enrolled here as {', '.join(taken)}",
+                      "use a key that is not enrolled yet as --new-device (or run without it to revoke only)")
+
+
+def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, found: list[Found],
+            has_new: bool) -> tuple[Replace, list[FlowStep], Plan]:
+    state = FlowState.load(host, FLOW)
+    if state.finished:
+        state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
+    flow = Replace(host, answers, keys, io, state, found, has_new)
+    steps = flow.build_steps()
+    plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
+                     + (f" with {answers.new_nickname}" if has_new else " (revoke only)"), steps, state)
+    plan.notes.append("the replacement is enrolled and proven everywhere before the lost key is revoked")
+    return flow, steps, plan
+
+
+def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
+    flow.state.begin(flow.host, {**flow.a.to_json(), "lost": flow.lost_names})
+    outcomes = run_steps(flow.host, flow.state, steps, on_step)
+    flow.keys.close()
+    flow.state.finish(flow.host)
+    return ReplaceReport(flow.found, outcomes, flow.keys.totals())

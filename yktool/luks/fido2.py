@@ -538,11 +538,15 @@ def _check(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None
         # Ask for (and check) the PIN once, now: a wrong PIN is reported before anything changes.
         from fido2.ctap2.pin import ClientPin
 
-        pin = session.interaction.request_pin(ClientPin.PERMISSION.MAKE_CREDENTIAL, RP_ID)
-        if not pin:
-            raise UsageError("the key has a PIN and none was given", "type it when asked, or pipe it in")
-        session.verify_pin(pin)
-        op._pin = pin
+        if op.backend == "native":
+            session.pin_token(ClientPin.PERMISSION.MAKE_CREDENTIAL, RP_ID)  # the session keeps the PIN
+        else:
+            # systemd needs the PIN itself (as the credential fido2-pin)
+            pin = session.interaction.request_pin(ClientPin.PERMISSION.MAKE_CREDENTIAL, RP_ID)
+            if not pin:
+                raise UsageError("the key has a PIN and none was given", "type it when asked, or pipe it in")
+            session.verify_pin(pin)
+            op._pin = pin
 
 
 def _make_secret(op: Fido2Enrollment) -> None:

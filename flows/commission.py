@@ -506,6 +506,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
             io: CommissionIO) -> tuple[Commission, list[FlowStep], Plan]:
     """Check the answers, load the state, build the steps and the Plan to show. Writes nothing."""
     answers.check()
+    check_host(host, answers)
     state = FlowState.load(host, FLOW)
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
@@ -521,6 +522,26 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
     if answers.backup_nickname:
         plan.notes.append("halfway through you will be asked to swap to the backup key")
     return flow, steps, plan
+
+
+def check_host(host: Host, answers: CommissionAnswers) -> None:
+    """What the answers name must be there before anything is done: the LUKS devices (LUKS2),
+    the user, the NixOS host key, the unlock key file."""
+    from yktool.luks.header import read_header
+
+    if {"luks-fido2", "luks-tpm2", "recovery"} & set(answers.steps):
+        for dev in answers.luks_devices:
+            read_header(host, dev)
+    if answers.user and {"ssh", "git", "pam"} & set(answers.steps):
+        from yktool.ssh.accounts import lookup_user
+
+        lookup_user(host, answers.user)
+    if answers.host_kind == "nixos" and "pam" in answers.steps and not host.exists(answers.age_host_key):
+        raise UsageError(f"the host key {answers.age_host_key} is not in {host.root}",
+                         "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root")
+    if answers.unlock_key_file and not host.exists(answers.unlock_key_file):
+        raise UsageError(f"--unlock-key-file {answers.unlock_key_file} is not in {host.root}",
+                         "name the passphrase file by its path inside the root")
 
 
 def pending(flow: Commission, steps: list[FlowStep]) -> list[FlowStep]:

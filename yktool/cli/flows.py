@@ -126,7 +126,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user())
     devices = list(luks_devices) or _split((asker.text(
         "LUKS2 device(s) to enroll (space-separated; empty for none)?", None, flag="--luks-device", default=""),))
-    choices = [c for c in fc.STEP_KINDS if devices or c not in ("luks-fido2", "luks-tpm2", "recovery")]
+    # without a LUKS device the LUKS steps are not offered (named by --steps, answers.check explains)
+    choices = [c for c in fc.STEP_KINDS if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
     chosen = asker.checkbox("Which steps?", _split(steps) or None, choices, flag="--steps")
     email = ""
     if "git" in chosen:

@@ -1,0 +1,123 @@
+"""Helpers for the flow tests: a commissioned demo scratch, and the consumers' own checks
+(cryptsetup on the LUKS image, the real pam_u2f through pamtester, ssh-keygen -Y verify)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from yktool.demo import IMAGE, KEYS, PASSPHRASE, PIN_FILE, ROOT
+from yktool.host import Host
+
+EMAIL = "alice@demo-host.example"
+ORIGIN = "pam://demo-host"
+YKTOOL = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "yktool")
+
+
+def copy_scratch(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def spec(scratch: Path, role: str) -> str:
+    return f"sim:{scratch / KEYS / (role + '.json')}"
+
+
+def demo_pin(scratch: Path) -> str:
+    return (scratch / KEYS / PIN_FILE).read_text()
+
+
+def root_host(scratch: Path) -> Host:
+    return Host(scratch / ROOT)
+
+
+def passphrase_opens(scratch: Path) -> bool:
+    """The image's original passphrase still opens it (cryptsetup --test-passphrase)."""
+    host = root_host(scratch)
+    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file",  # noqa: S607
+                        str(host.path(PASSPHRASE)), str(host.path(IMAGE))], capture_output=True, check=False)
+    return r.returncode == 0
+
+
+def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
+    """This key's FIDO2 token opens the image: hmac-secret → passphrase → cryptsetup --test-passphrase."""
+    from yktool.demo import DemoInteraction
+    from yktool.fido.session import open_session
+    from yktool.luks import cryptenroll
+    from yktool.luks import fido2 as lf
+    from yktool.luks.header import read_header
+    from yktool.luks.tokens import Fido2Token
+
+    host = root_host(scratch)
+    header = read_header(host, IMAGE)
+    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+        for token in header.tokens_of_type("systemd-fido2"):
+            if isinstance(token, Fido2Token) and lf.owns(session, token):
+                passphrase = lf.derive_passphrase(session, token)
+                return cryptenroll.check_passphrase(host, IMAGE, passphrase, token.keyslots[0])
+    return False
+
+
+def authfile_whole(scratch: Path) -> bool:
+    """The pam_u2f authfile, if there, parses with no malformed line and ends with a newline."""
+    from yktool import pam_u2f as pu
+
+    path = scratch / ROOT / "etc/u2f_mappings"
+    if not path.exists():
+        return True
+    text = path.read_text()
+    return text.endswith("\n") and not pu.Authfile.parse(text).malformed
+
+
+def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) -> subprocess.CompletedProcess[bytes]:
+    """Sign with the security key through yktool, verify with the real ssh-keygen -Y verify."""
+    from yktool.demo import DemoInteraction
+    from yktool.fido.session import open_session
+    from yktool.ssh.enroll import load_private, sign
+
+    host = root_host(scratch)
+    key = load_private(host, key_file)
+    message = b"a commit to sign\n"
+    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+        signature = sign(session, key, "git", message)
+    (tmp / "msg.sig").write_bytes(signature)
+    signers = host.path("/home/alice/.ssh/allowed_signers")
+    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git",  # noqa: S607
+                           "-s", str(tmp / "msg.sig")], input=message, capture_output=True, check=False)
+
+
+def pam_accepts(scratch: Path, key_spec: str, tmp: Path) -> bool:
+    """The real pam_u2f (pamtester, private mount namespace) accepts this key for alice's line.
+
+    pam_u2f looks the user up on this machine, which has no alice: her line is checked as root's.
+    """
+    from tests.pamdriver import authenticate
+    from yktool import pam_u2f as pu
+    from yktool.fido.session import NotThisKey, open_session
+
+    text = (scratch / ROOT / "etc/u2f_mappings").read_text()
+    authfile = tmp / "u2f_mappings"
+    authfile.write_text("".join("root:" + ln.split(":", 1)[1] if ln.startswith("alice:") else ln
+                                for ln in text.splitlines(keepends=True)))
+
+    def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
+        with open_session(key_spec) as session:
+            try:
+                return pu.manual_answers(session, origin, challenge, kh)
+            except NotThisKey:
+                return None
+
+    return authenticate(tmp, authfile, ORIGIN, answer).authenticated
+
+
+def pam_real_available() -> bool:
+    return (os.geteuid() == 0 and shutil.which("pamtester") is not None and shutil.which("unshare") is not None
+            and Path("/lib/x86_64-linux-gnu/security/pam_u2f.so").exists())
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), to prove nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}

@@ -1,0 +1,221 @@
+"""`yktool commission`: every step proven by its consumer, idempotent re-runs, a resumable run
+killed (-9) at every step boundary, and bad input refused with nothing changed.
+
+One demo scratch is commissioned per module and copied per test (the demo drives the same
+library flow as the command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliCall
+from tests.flows_support import (
+    EMAIL,
+    ORIGIN,
+    YKTOOL,
+    authfile_whole,
+    copy_scratch,
+    demo_pin,
+    key_opens_image,
+    pam_accepts,
+    pam_real_available,
+    passphrase_opens,
+    spec,
+    ssh_signs,
+    tree_bytes,
+)
+from yktool import swtpm
+from yktool.demo import IMAGE, PASSPHRASE, ROOT, TPM_STATE, VERIFY_ITEMS, Demo, DemoContext
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.luks.header import read_header
+
+
+@pytest.fixture(scope="module")
+def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    scratch = tmp_path_factory.mktemp("commissioned") / "demo"
+    ctx = Demo(scratch).run()
+    assert all(line.ok for line in ctx.lines), [ln for ln in ctx.lines if not ln.ok]
+    return scratch
+
+
+@pytest.fixture
+def scratch(commissioned: Path, tmp_path: Path) -> Path:
+    return copy_scratch(commissioned, tmp_path / "demo")
+
+
+def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> None:
+    pin = demo_pin(scratch)
+    host = Host(scratch / ROOT)
+    assert passphrase_opens(scratch)
+    header = read_header(host, IMAGE)
+    assert len(header.tokens_of_type("systemd-fido2")) == 2
+    assert len(header.tokens_of_type("systemd-tpm2")) == 1
+    assert header.slots_with_role("recovery")
+    for role in ("primary", "backup"):
+        assert key_opens_image(scratch, spec(scratch, role), pin), role
+    # the recovery key (in the demo written to a 0600 file) opens the image
+    rec = scratch / "recovery-key.txt"
+    assert oct(rec.stat().st_mode & 0o777) == "0o600"
+    key = [ln for ln in rec.read_text().splitlines() if not ln.startswith("#")][0]
+    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", str(host.path(IMAGE))],  # noqa: S607
+                       input=key.encode(), capture_output=True, check=False)
+    assert r.returncode == 0, r.stderr
+    # SSH: both key files read back by ssh-keygen, both authorized, both sign for git
+    ssh = scratch / ROOT / "home/alice/.ssh"
+    for name, role in (("id_ed25519_sk", "primary"), ("id_ed25519_sk_backup", "backup")):
+        pub = subprocess.run(["ssh-keygen", "-y", "-f", str(ssh / name)], capture_output=True,  # noqa: S607
+                             check=False)
+        assert pub.returncode == 0 and pub.stdout.split()[1] in (ssh / "authorized_keys").read_bytes()
+        verified = ssh_signs(scratch, f"/home/alice/.ssh/{name}", spec(scratch, role), pin, tmp_path)
+        assert verified.returncode == 0, verified.stderr
+    gitconfig = (scratch / ROOT / "home/alice/.gitconfig").read_text()
+    assert "format = ssh" in gitconfig and "id_ed25519_sk.pub" in gitconfig
+    # pam_u2f: one line for alice with both keys; the real module accepts each
+    lines = (scratch / ROOT / "etc/u2f_mappings").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alice:") and lines[0].count(":") == 2
+    if pam_real_available():
+        for role in ("primary", "backup"):
+            (tmp_path / role).mkdir()
+            assert pam_accepts(scratch, spec(scratch, role), tmp_path / role), role
+    # registry: both keys, every kind recorded
+    reg = Registry.load(host)
+    assert sorted(k.nickname for k in reg.keys) == ["backup", "primary"]
+    for k in reg.keys:
+        assert {"luks", "ssh", "git", "pam", "udev", "usbguard"} <= {str(e["kind"]) for e in k.enrollments}
+    state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
+    assert state["finished"] and "primary.pam" in state["done"] and "backup.usbguard" in state["done"]
+    assert demo_pin(scratch) not in json.dumps(state)
+
+
+def test_rerun_changes_nothing_and_says_so(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    before = tree_bytes(root)
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--luks-device", str(IMAGE), "--git-email", EMAIL, "--pam-origin", ORIGIN,
+            "--backup-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE),
+            "--verify-only", ",".join(v for v in VERIFY_ITEMS))
+    assert r.exit_code == 0, r.output
+    assert "already complete; nothing changed" in r.stdout
+    assert "no key was needed" in r.stdout
+    assert tree_bytes(root) == before
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    (root / "var/lib/yktool/commission.json").unlink()
+    before = tree_bytes(root)
+    r = cli("--root", root, "--json", "--dry-run", "commission", "--kind", "linux", "--user", "alice",
+            "--luks-device", str(IMAGE), "--git-email", EMAIL, "--pam-origin", ORIGIN)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    ids = [s["id"] for s in plan["steps"]]
+    assert ids[:3] == ["luks-tpm2", "recovery", "primary.pin"] and ids[-1] == "verify"
+    assert "backup.pam" in ids and all(s["status"] == "pending" for s in plan["steps"])
+    assert tree_bytes(root) == before
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--steps", "git,ssh"], "--git-email"),
+    (["--steps", "ssh", "--backup-nickname", "primary"], "different nicknames"),
+    (["--steps", "recovery"], "no LUKS device"),
+    (["--steps", "pam", "--kind", "nixos"], "--age-host-key"),
+    (["--steps", "bogus"], "unknown step"),
+])
+def test_bad_answers_are_refused_before_anything_changes(scratch: Path, cli: CliCall, args: list[str],
+                                                         needle: str) -> None:
+    root = scratch / ROOT
+    (root / "var/lib/yktool/commission.json").unlink()
+    before = tree_bytes(root)
+    r = cli("--root", root, "--yes", "commission", "--user", "alice", *args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.stderr and "hint:" in r.stderr
+    assert "Traceback" not in r.output
+    assert tree_bytes(root) == before
+
+
+# ---------------------------------------------------------------------------- kill -9 and resume
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An uncommissioned demo set-up with its swtpm running: (scratch, TCTI)."""
+    from yktool.demo import stage_image, stage_measured_boot, stage_root
+
+    scratch = tmp_path / "demo"
+    scratch.mkdir()
+    (scratch / ROOT).mkdir()
+    ctx = DemoContext(Host(scratch / ROOT), scratch)
+    ctx.tpm = swtpm.start(ctx.scratch_host, TPM_STATE)
+    try:
+        for stage in (stage_root, stage_image, stage_measured_boot):
+            stage(ctx)
+        yield scratch, ctx.tpm.tcti_spec
+    finally:
+        swtpm.stop(ctx.tpm)
+
+
+def _commission_argv(scratch: Path, tcti: str) -> list[str]:
+    return [YKTOOL, "--root", str(scratch / ROOT), "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes",
+            "commission", "--kind", "linux", "--user", "alice", "--luks-device", str(IMAGE), "--git-email", EMAIL,
+            "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE),
+            "--recovery-key-file", str(scratch / "recovery.txt"), "--new-pin-stdin", "--pin-stdin",
+            "--verify-only", ",".join(VERIFY_ITEMS)]
+
+
+def test_killed_at_every_step_boundary_resumes_and_never_breaks_the_volume(fresh: tuple[Path, str]) -> None:
+    scratch, tcti = fresh
+    argv = _commission_argv(scratch, tcti)
+    pin = "4321"
+    plan = subprocess.run([*argv[:7], "--json", "--dry-run", *argv[7:]], capture_output=True, check=False)
+    assert plan.returncode == 0, plan.stderr
+    ids = [s["id"] for s in json.loads(plan.stdout)["steps"]]
+    assert len(ids) >= 15
+    # every stdin line a run may ask: a new PIN per key, or the PIN of a key that has one
+    stdin = f"{pin}\n{pin}\n{pin}\n{pin}\n".encode()
+    killed = 0
+    for step in ids[:-1]:
+        run = subprocess.run(argv, input=stdin, capture_output=True, check=False,
+                             env={**os.environ, "YKTOOL_FAULT": f"after:{step}"})
+        assert run.returncode == 137, (step, run.stderr.decode()[-2000:])
+        killed += 1
+        assert passphrase_opens(scratch), step
+        assert authfile_whole(scratch), step
+        Registry.load(Host(scratch / ROOT))  # parses
+        state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
+        assert state["done"][-1] == step and not state["finished"]
+    final = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    assert final.returncode == 0, final.stderr.decode()[-3000:]
+    assert b"FAIL" not in final.stdout
+    assert killed == len(ids) - 1
+    for role in ("primary", "backup"):
+        assert key_opens_image(scratch, spec(scratch, role), pin)
+    header = read_header(Host(scratch / ROOT), IMAGE)
+    assert len(header.tokens_of_type("systemd-fido2")) == 2 and len(header.tokens_of_type("systemd-tpm2")) == 1
+    assert len(header.slots_with_role("recovery")) == 1
+    recovery = (scratch / "recovery.txt").read_text().splitlines()[-1]
+    assert recovery not in final.stdout.decode() + final.stderr.decode()
+
+
+def test_wrong_pin_is_refused_and_changes_nothing(fresh: tuple[Path, str], cli: CliCall) -> None:
+    from yktool.fido.session import open_session
+
+    scratch, tcti = fresh
+    with open_session(spec(scratch, "primary")) as s:
+        s.set_pin("4321")
+    root = scratch / ROOT
+    before = tree_bytes(root)
+    image_before = (root / str(IMAGE).lstrip("/")).read_bytes()
+    r = cli("--root", root, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes", "commission",
+            "--kind", "linux", "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pin-stdin",
+            "--pam-origin", ORIGIN, input="9999\n")
+    assert r.exit_code == 6, r.output
+    assert "wrong PIN" in r.stderr and "9999" not in r.output
+    after = tree_bytes(root)
+    after.pop("var/lib/yktool/commission.json", None)  # begun, nothing done
+    assert {k: v for k, v in before.items()} == after
+    assert (root / str(IMAGE).lstrip("/")).read_bytes() == image_before

@@ -1,0 +1,140 @@
+"""`yktool replace`: lose sim key A (its state file deleted), keep B, enroll C.
+
+Proven with the consumers: A's LUKS keyslot and token are gone and C's opens the image
+(cryptsetup), C passes the real pam_u2f and A is no longer on the line, C signs (ssh-keygen -Y
+verify) and A's key is out of authorized_keys, retired in allowed_signers and git's revocation
+file; B is untouched. With only A enrolled, replace refuses and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliCall, CliResult
+from tests.flows_support import (
+    ORIGIN,
+    authfile_whole,
+    copy_scratch,
+    demo_pin,
+    key_opens_image,
+    pam_accepts,
+    pam_real_available,
+    passphrase_opens,
+    spec,
+    ssh_signs,
+    tree_bytes,
+)
+from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, Demo
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.luks.header import read_header
+
+
+@pytest.fixture(scope="module")
+def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    scratch = tmp_path_factory.mktemp("replace") / "demo"
+    ctx = Demo(scratch).run()
+    assert all(line.ok for line in ctx.lines)
+    return scratch
+
+
+@pytest.fixture
+def scratch(commissioned: Path, tmp_path: Path) -> Path:
+    return copy_scratch(commissioned, tmp_path / "demo")
+
+
+def _replace(cli: CliCall, scratch: Path, *extra: str) -> CliResult:
+    return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
+               "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
+               input=demo_pin(scratch) + "\n")
+
+
+def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
+    root = scratch / ROOT
+    host = Host(root)
+    pin = demo_pin(scratch)
+    reg = Registry.load(host)
+    a_pub = next(str(e["public_key"]) for _k, e in reg.enrollments("ssh") if _k.nickname == "primary")
+    b_files = {p: (root / p).read_bytes() for p in ("home/alice/.ssh/id_ed25519_sk_backup",
+                                                     "home/alice/.ssh/id_ed25519_sk_backup.pub")}
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+
+    r = _replace(cli, scratch, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert {f["area"] for f in report["lost"]} == {"luks", "pam", "ssh"}
+    assert {f["owner"] for f in report["lost"]} == {"primary"}
+    assert report["counts"]["new"]["pin_prompts"] == 1
+    assert report["counts"]["present-1"] == {"touches": 0, "pin_prompts": 0}  # probes are silent
+
+    # LUKS: A's token gone, C opens, B still opens, the passphrase still opens
+    header = read_header(host, IMAGE)
+    assert len(header.tokens_of_type("systemd-fido2")) == 2
+    assert key_opens_image(scratch, spec(scratch, "new"), pin)
+    assert key_opens_image(scratch, spec(scratch, "backup"), pin)
+    assert passphrase_opens(scratch)
+    # pam_u2f: two credentials on alice's line (B, C); the real module accepts C
+    assert authfile_whole(scratch)
+    line = (root / "etc/u2f_mappings").read_text().splitlines()[0]
+    assert line.count(":") == 2
+    if pam_real_available():
+        (tmp_path / "c").mkdir()
+        assert pam_accepts(scratch, spec(scratch, "new"), tmp_path / "c")
+    # SSH: A out of authorized_keys, C in; C signs for git; A is retired, not deleted from history
+    blob = a_pub.split()[1]
+    assert blob not in (root / "home/alice/.ssh/authorized_keys").read_text()
+    signers = (root / "home/alice/.ssh/allowed_signers").read_text()
+    assert any(blob in ln and "valid-before=" in ln for ln in signers.splitlines())
+    assert blob in (root / "home/alice/.ssh/revoked_signers").read_text()
+    assert "revocationFile = ~/.ssh/revoked_signers" in (root / "home/alice/.gitconfig").read_text()
+    verified = ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk", spec(scratch, "new"), pin, tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    # B untouched: its files byte for byte, and still signing
+    assert all((root / p).read_bytes() == data for p, data in b_files.items())
+    assert ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk_backup", spec(scratch, "backup"), pin,
+                     tmp_path).returncode == 0
+    # registry: primary gone, the replacement recorded everywhere A was
+    names = sorted(k.nickname for k in Registry.load(host).keys)
+    assert names == ["backup", "primary-2"]
+    udev = (root / "etc/udev/rules.d/85-yktool-lock.rules").read_text()
+    assert "yktool-key: primary " not in udev and "yktool-key: primary-2" in udev
+
+    # a second run finds nothing lost and changes nothing
+    before = tree_bytes(root)
+    again = _replace(cli, scratch)
+    assert again.exit_code == 0, again.output
+    assert "nothing is lost" in again.stdout
+    assert tree_bytes(root) == before
+
+
+def test_with_only_the_lost_key_enrolled_replace_refuses(scratch: Path, cli: CliCall) -> None:
+    # a host where only A was ever enrolled: drop B's enrollments by commissioning afresh without backup
+    root = scratch / ROOT
+    for p in ("etc/u2f_mappings", "etc/yktool/keys.toml", "var/lib/yktool/commission.json",
+              "home/alice/.ssh/authorized_keys"):
+        (root / p).unlink()
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pam-origin", ORIGIN,
+            "--pin-stdin", input=demo_pin(scratch) + "\n")
+    assert r.exit_code == 0, r.output
+    (scratch / KEYS / "primary.json").unlink()
+    before = tree_bytes(root)
+    r = _replace(cli, scratch)
+    assert r.exit_code == 4, r.output
+    assert "none of the keys present answers" in r.stderr
+    assert "recovery key" in r.stderr
+    assert tree_bytes(root) == before
+
+
+def test_dry_run_lists_the_lost_key_and_changes_nothing(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    (scratch / KEYS / "backup.json").unlink()  # this time the backup is lost
+    before = tree_bytes(root)
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--dry-run", "replace",
+            "--new-device", spec(scratch, "new"))
+    assert r.exit_code == 0, r.output
+    assert "Lost (backup)" in r.stdout and "[backup]" in r.stdout
+    assert "wipe the lost key's keyslots" in r.stdout
+    assert tree_bytes(root) == before

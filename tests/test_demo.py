@@ -24,7 +24,7 @@ def swtpm_running_on(state: Path) -> bool:
     return False
 
 
-def test_demo_proves_enrollment_and_tamper_refusal_and_is_idempotent(cli: CliCall, tmp_path: Path) -> None:
+def test_demo_commissions_proves_and_is_idempotent(cli: CliCall, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     r = cli("--json", "demo", "--scratch", scratch)
     assert r.exit_code == 0, r.output
@@ -33,23 +33,38 @@ def test_demo_proves_enrollment_and_tamper_refusal_and_is_idempotent(cli: CliCal
     outcomes = {line["stage"]: line["outcome"] for line in report["stages"]}
     assert "opens" in outcomes["test-unlock"]
     assert "PCR policy no longer matches" in outcomes["tamper (PCR 7 changed)"]
-    assert "enrolled and proven" in outcomes["TPM2 enrollment"]
+    assert "proven to open" in outcomes["commission luks-tpm2"]
+    for role in ("primary", "backup"):
+        for step in ("pin", "luks-fido2", "ssh", "git", "pam", "udev", "usbguard"):
+            assert f"commission {role}.{step}" in outcomes
+    verify = [ln for ln in report["stages"] if ln["stage"].startswith("verify ")]
+    assert len(verify) >= 15 and all(ln["outcome"].startswith("pass") for ln in verify)
+    # one PIN entry per key; touches: 2 LUKS (make + hmac), 1 SSH, 2 pam_u2f (make + prove)
+    assert report["counts"] == {"primary": {"touches": 5, "pin_prompts": 1},
+                                "backup": {"touches": 5, "pin_prompts": 1}}
+    assert "replace --new-device" in report["replace_command"]
 
-    passphrase = scratch / "disk.passphrase"
-    assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
-    assert sorted(p.name for p in scratch.iterdir()) == ["disk.img", "disk.passphrase", "swtpm"]
+    # nothing outside the scratch folder; secrets only where they belong, mode 0600
+    assert sorted(p.name for p in scratch.iterdir()) == ["keys", "recovery-key.txt", "root", "swtpm"]
+    for secret in (scratch / "recovery-key.txt", scratch / "keys/demo-pin",
+                   scratch / "root/var/lib/demo/disk.passphrase"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    pin = (scratch / "keys/demo-pin").read_text()
+    assert pin not in r.output
     assert not swtpm_running_on(scratch / "swtpm")  # stopped at the end
-    header = read_header(Host(), str(scratch / "disk.img"))
+    header = read_header(Host(), str(scratch / "root/var/lib/demo/disk.img"))
     assert [t.type for t in header.tokens.values()].count("systemd-tpm2") == 1
+    assert [t.type for t in header.tokens.values()].count("systemd-fido2") == 2
 
-    before = (scratch / "disk.img").read_bytes()
+    before = (scratch / "root/var/lib/demo/disk.img").read_bytes()
     again = cli("--json", "demo", "--scratch", scratch)
     assert again.exit_code == 0, again.output
-    outcomes = {line["stage"]: line["outcome"] for line in json.loads(again.stdout)["stages"]}
-    assert "already enrolled" in outcomes["TPM2 enrollment"]
-    assert outcomes["recovery key"] == "already enrolled"
+    report = json.loads(again.stdout)
+    outcomes = {line["stage"]: line["outcome"] for line in report["stages"]}
+    assert outcomes["commission"] == "already complete: nothing changed"
     assert "opens" in outcomes["test-unlock"]
-    assert (scratch / "disk.img").read_bytes() == before  # the re-run changed nothing
+    assert report["counts"] == {}
+    assert (scratch / "root/var/lib/demo/disk.img").read_bytes() == before  # the re-run changed nothing
     assert not swtpm_running_on(scratch / "swtpm")
 
 
@@ -58,3 +73,5 @@ def test_demo_text_report(cli: CliCall, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1].strip() == "result: everything proven"
     assert "refuses" in r.stdout
+    assert "touches and PIN entries: primary: 5 touches, 1 PIN entry; backup: 5 touches, 1 PIN entry" in r.stdout
+    assert "replace --new-device" in r.stdout

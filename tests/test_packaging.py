@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_every_subpackage_is_listed() -> None:
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "yktool").rglob("__init__.py")}
-    assert found | {"yktool.flows"} == listed
+    assert found | {"yktool.flows", "yktool.udev_assets"} == listed
 
 
 def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> None:
@@ -21,3 +21,15 @@ def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> No
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("flows/state.py")
+
+
+def test_wheel_ships_flows_and_udev_assets(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import zipfile
+
+    names = zipfile.ZipFile(next(tmp_path.glob("yktool-*.whl"))).namelist()
+    for wanted in ("yktool/flows/state.py", "yktool/udev_assets/yktool-lock",
+                   "yktool/udev_assets/yktool-lock.rules.in", "yktool/cli/__init__.py", "yktool/py.typed"):
+        assert wanted in names

@@ -96,11 +96,12 @@ def identity_from(obj: object) -> KeyUsb:
 
 
 def assets_dir() -> Path:
-    """The repository's `udev/` folder (rule template and lock program)."""
-    here = Path(__file__).resolve().parent.parent / "udev"
+    """The `udev/` folder (rule template and lock program), installed as yktool.udev_assets."""
+    import yktool.udev_assets
+
+    here = Path(yktool.udev_assets.__file__).resolve().parent
     if not (here / "yktool-lock").is_file():
-        raise UsageError(f"the udev assets are missing ({here})",
-                         "reinstall yktool from its source tree (udev/ must sit next to yktool/)")
+        raise UsageError(f"the udev assets are missing ({here})", "reinstall yktool (pip install .)")
     return here
 
 

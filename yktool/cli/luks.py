@@ -329,9 +329,13 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
     if failed:
         if all(r.status == PIN_WRONG for r in failed):
             raise PinInvalid(None, f"{device}: wrong PIN for token {', '.join(str(r.token_id) for r in failed)}")
-        raise CheckFailed(f"{device}: {len(failed)} of {len(results)} token(s) do not open the volume",
-                          "see the lines above; after a firmware or Secure Boot change run "
-                          "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)")
+        if all(r.token_type == "systemd-fido2" for r in failed):  # noqa: S105 - a token type
+            hint = ("see the lines above; a key that no longer opens its slot can be enrolled again "
+                    f"(`yktool luks wipe {device} --slot N`, then `yktool luks enroll-fido2 {device}`)")
+        else:
+            hint = ("see the lines above; after a firmware or Secure Boot change run "
+                    "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)")
+        raise CheckFailed(f"{device}: {len(failed)} of {len(results)} token(s) do not open the volume", hint)
 
 
 # ------------------------------------------------------------------------------- enroll-fido2

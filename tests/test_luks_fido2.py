@@ -210,6 +210,7 @@ def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall
     t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path))
     assert t.exit_code == 1
     assert "does not open the keyslot" in t.stdout and "different secret with UV" in t.stdout
+    assert "enroll-fido2" in t.stderr  # the hint fits a FIDO2 failure
     assert "Traceback" not in t.output
 
 

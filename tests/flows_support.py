@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from yktool.demo import IMAGE, KEYS, PASSPHRASE, PIN_FILE, ROOT
@@ -121,3 +123,22 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (relative path -> bytes), to prove nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.is_symlink()}
+
+
+@contextlib.contextmanager
+def fresh_setup(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An uncommissioned demo set-up (scratch root, LUKS2 image, measured swtpm running): (scratch, TCTI)."""
+    from yktool import swtpm
+    from yktool.demo import TPM_STATE, DemoContext, stage_image, stage_measured_boot, stage_root
+
+    scratch = tmp_path / "demo"
+    scratch.mkdir()
+    (scratch / ROOT).mkdir()
+    ctx = DemoContext(Host(scratch / ROOT), scratch)
+    ctx.tpm = swtpm.start(ctx.scratch_host, TPM_STATE)
+    try:
+        for stage in (stage_root, stage_image, stage_measured_boot):
+            stage(ctx)
+        yield scratch, ctx.tpm.tcti_spec
+    finally:
+        swtpm.stop(ctx.tpm)

@@ -22,6 +22,7 @@ from tests.flows_support import (
     authfile_whole,
     copy_scratch,
     demo_pin,
+    fresh_setup,
     key_opens_image,
     pam_accepts,
     pam_real_available,
@@ -30,8 +31,7 @@ from tests.flows_support import (
     ssh_signs,
     tree_bytes,
 )
-from yktool import swtpm
-from yktool.demo import IMAGE, PASSPHRASE, ROOT, TPM_STATE, VERIFY_ITEMS, Demo, DemoContext
+from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS, Demo
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
@@ -144,19 +144,8 @@ def test_bad_answers_are_refused_before_anything_changes(scratch: Path, cli: Cli
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """An uncommissioned demo set-up with its swtpm running: (scratch, TCTI)."""
-    from yktool.demo import stage_image, stage_measured_boot, stage_root
-
-    scratch = tmp_path / "demo"
-    scratch.mkdir()
-    (scratch / ROOT).mkdir()
-    ctx = DemoContext(Host(scratch / ROOT), scratch)
-    ctx.tpm = swtpm.start(ctx.scratch_host, TPM_STATE)
-    try:
-        for stage in (stage_root, stage_image, stage_measured_boot):
-            stage(ctx)
-        yield scratch, ctx.tpm.tcti_spec
-    finally:
-        swtpm.stop(ctx.tpm)
+    with fresh_setup(tmp_path) as setup:
+        yield setup
 
 
 def _commission_argv(scratch: Path, tcti: str) -> list[str]:

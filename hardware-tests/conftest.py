@@ -9,12 +9,15 @@ docs/hardware-tests.md.
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fido2.client import UserInteraction
+from fido2.ctap2.pin import ClientPin
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -70,7 +73,7 @@ def find_candidates() -> list[Candidate]:
     """Every FIDO2 HID key on this machine, with its YubiKey serial where one can be read."""
     from fido2.hid import CtapHidDevice
 
-    from yktool.fido.yubikey import serial_for_hidraw  # type: ignore[attr-defined]
+    from yktool.fido.yubikey import serial_for_hidraw
 
     found = []
     for dev in CtapHidDevice.list_devices():
@@ -102,13 +105,24 @@ def hw_key(pytestconfig: pytest.Config) -> Iterator[Candidate]:
     yield key
 
 
+def firmware_of(key: Candidate) -> tuple[int, int, int] | None:
+    """The YubiKey firmware as a tuple, through yubikey-manager; None when it cannot tell."""
+    from yktool.fido.yubikey import read_facts as yubikey_facts
+
+    facts = yubikey_facts(key.open())
+    if facts is None or not facts.firmware:
+        return None
+    parts = [int(p) for p in facts.firmware.split(".")[:3] if p.isdigit()]
+    return (parts + [0, 0, 0])[:3] if parts else None  # type: ignore[return-value]
+
+
 @pytest.fixture(autouse=True)
 def _capabilities(request: pytest.FixtureRequest) -> None:
     marker = request.node.get_closest_marker("requires")
     if marker is None:
         return
     key: Candidate = request.getfixturevalue("hw_key")
-    why = unmet(read_facts(key.open()), **marker.kwargs)
+    why = unmet(read_facts(key.open(), firmware_of(key)), **marker.kwargs)
     if why:
         pytest.skip(why)
 
@@ -121,3 +135,42 @@ def touch(pytestconfig: pytest.Config) -> Any:
         announce(pytestconfig, f"touch the key now ({left} touch{'es' if left != 1 else ''} left in this test)")
 
     return say
+
+
+class Person(UserInteraction):
+    """The person at the key: touches are announced past pytest's capture; the PIN is asked on
+    the terminal once per run and kept in memory for the rest of it."""
+
+    pin: str | None = None  # shared by every session of the run
+
+    def __init__(self, touch: Any) -> None:
+        self.touch = touch
+        self.asked = 0
+
+    def prompt_up(self) -> None:
+        self.touch(1)
+
+    def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
+        if Person.pin is None:
+            self.asked += 1
+            Person.pin = getpass.getpass("\nPIN of the key under test: ")
+        return Person.pin
+
+
+@pytest.fixture
+def person(touch: Any) -> Person:
+    return Person(touch)
+
+
+@pytest.fixture
+def session(hw_key: Candidate, person: Person) -> Any:
+    """A KeySession on the key under test."""
+    from yktool.fido.session import KeySession
+
+    return KeySession(hw_key.open(), person)
+
+
+@pytest.fixture
+def yktool_cmd(hw_key: Candidate) -> list[str]:
+    """argv prefix that runs this checkout's yktool against the key under test."""
+    return [str(Path(sys.executable).parent / "yktool"), "--device", hw_key.spec]

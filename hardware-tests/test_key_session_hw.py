@@ -6,7 +6,6 @@ announced; a key with a PIN (with --allow-used-key) asks for it once on the term
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import subprocess
@@ -15,33 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fido2.client import UserInteraction
-from fido2.ctap2.pin import ClientPin
 
 from yktool.fido.session import ES256, KeySession
 
 RP = "yktool-hardware-test.invalid"
 ZERO = b"\0" * 32
-
-
-class Person(UserInteraction):
-    def __init__(self, touch: Any) -> None:
-        self.touch = touch
-        self.asked = 0
-
-    def prompt_up(self) -> None:
-        self.touch(1)
-
-    def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
-        self.asked += 1
-        with open("/dev/tty", "w") as tty:  # past pytest's capture
-            tty.write("\n")
-        return getpass.getpass("PIN of the key under test: ")
-
-
-@pytest.fixture
-def session(hw_key: Any, touch: Any) -> KeySession:
-    return KeySession(hw_key.open(), Person(touch))
 
 
 def test_make_get_probe_es256(session: KeySession) -> None:

@@ -36,13 +36,6 @@ def _pam_d_digest() -> str:
     return h.hexdigest()
 
 
-@pytest.fixture
-def session(hw_key: Any, touch: Any) -> KeySession:
-    from test_key_session_hw import Person
-
-    return KeySession(hw_key.open(), Person(touch))
-
-
 def test_real_pam_u2f_with_the_real_key(session: KeySession, tmp_path: Path, touch: Any) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

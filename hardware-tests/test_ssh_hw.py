@@ -12,20 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from yktool.fido.session import EDDSA, KeySession
 from yktool.ssh.enroll import make_key, parse_options, sign
 from yktool.ssh.keys import SkPrivateKey
 
 EMAIL = "hw@example.com"
-
-
-@pytest.fixture
-def session(hw_key: Any, touch: Any) -> KeySession:
-    from test_key_session_hw import Person  # type: ignore[import-not-found]
-
-    return KeySession(hw_key.open(), Person(touch))
 
 
 def _env(tmp: Path) -> dict[str, str]:

@@ -49,6 +49,7 @@ class CommissionAnswers:
     pam_origin: str = ""
     age_host_key: str = ""           # NixOS: the host's ssh_host_ed25519_key.pub inside the root
     age_file: str = ""               # NixOS: the agenix authfile (a path in the flake checkout)
+    age_identity: str = ""           # NixOS: a private key (local path) to read an existing age file
     primary_nickname: str = "primary"
     backup_nickname: str = "backup"  # "" = no backup key
     pcrs: list[int] = field(default_factory=lambda: [0, 7])
@@ -369,7 +370,12 @@ class Commission:
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
         private = pub.removesuffix(".pub")
-        if self.host.exists(private) and private != pub:
+        if self.a.age_identity:
+            # a local path (like --age-file), not inside the root
+            data = Path(self.a.age_identity).read_bytes()
+            identity = agefile.parse_identities(data, source=self.a.age_identity)
+        elif self.host.exists(private) and private != pub:
+            # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
         return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
 
@@ -539,6 +545,9 @@ def check_host(host: Host, answers: CommissionAnswers) -> None:
     if answers.host_kind == "nixos" and "pam" in answers.steps and not host.exists(answers.age_host_key):
         raise UsageError(f"the host key {answers.age_host_key} is not in {host.root}",
                          "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root")
+    if answers.age_identity and not Path(answers.age_identity).is_file():
+        raise UsageError(f"--age-identity {answers.age_identity}: no such file",
+                         "name a private key (ssh-ed25519 or age identity) of one of the age file's recipients")
     if answers.unlock_key_file and not host.exists(answers.unlock_key_file):
         raise UsageError(f"--unlock-key-file {answers.unlock_key_file} is not in {host.root}",
                          "name the passphrase file by its path inside the root")

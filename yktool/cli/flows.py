@@ -75,6 +75,9 @@ def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interact
               help="NixOS: the host's ssh-ed25519 public key inside the root (agenix recipient).")
 @click.option("--age-file", default=None, metavar="PATH",
               help="NixOS: where the age-encrypted pam_u2f authfile goes (your flake's secrets/).")
+@click.option("--age-identity", default=None, metavar="PATH",
+              help="NixOS: a private key (local path) to read an existing age file, so its lines are kept "
+                   "(default: the host key's private half inside the root, if there).")
 @click.option("--primary-nickname", default=None, help="Registry name of the first key (default primary).")
 @click.option("--backup-nickname", default=None, help="Registry name of the backup key (default backup).")
 @click.option("--no-backup", is_flag=True, help="Enroll one key only (not recommended: a lost key locks you out).")
@@ -94,7 +97,8 @@ def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interact
 @pass_app
 def commission(app: AppContext, kind: str | None, user: str | None, luks_devices: tuple[str, ...],
                steps: tuple[str, ...], git_email: str | None, pam_origin: str | None, age_host_key: str | None,
-               age_file: str | None, primary_nickname: str | None, backup_nickname: str | None, no_backup: bool,
+               age_file: str | None, age_identity: str | None, primary_nickname: str | None,
+               backup_nickname: str | None, no_backup: bool,
                primary_device: str | None, backup_device: str | None, unlock_key_file: str | None,
                pcrs: str | None, allow_unmeasured: bool, recovery_key_file: Path | None, new_pin_stdin: bool,
                pin_stdin: bool, verify_only: tuple[str, ...]) -> None:
@@ -149,7 +153,9 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                                               flag="--backup-nickname", default="backup")
     answers = fc.CommissionAnswers(
         host_kind=kind, user=user, luks_devices=devices, steps=chosen, git_email=email, pam_origin=origin,
-        age_host_key=host_key, age_file=agefile, primary_nickname=primary, backup_nickname=backup,
+        age_host_key=host_key, age_file=agefile,
+        age_identity=str(Path(age_identity).absolute()) if age_identity else "",
+        primary_nickname=primary, backup_nickname=backup,
         pcrs=list(parse_pcrs(pcrs)) if pcrs else [0, 7], unlock_key_file=unlock_key_file or "",
         verify_only=_split(verify_only))
 

@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "requires(min_firmware=None, algorithms=(), extensions=()): skip unless the key has it",
     )
     config.addinivalue_line("markers", "destructive: resets the key; needs --destructive")
+    config.addinivalue_line("markers", "real_key_only: needs libfido2 or sysfs; skipped when rehearsing on sim:")
 
 
 def gate_options(config: pytest.Config) -> GateOptions:
@@ -69,8 +70,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def find_candidates() -> list[Candidate]:
-    """Every FIDO2 HID key on this machine, with its YubiKey serial where one can be read."""
+def find_candidates(device: str | None = None) -> list[Candidate]:
+    """Every FIDO2 HID key on this machine, with its YubiKey serial where one can be read.
+
+    `--device sim:PATH` rehearses the suite on the software key (to check the tests themselves);
+    tests that need libfido2 or sysfs are then skipped (marker `real_key_only`).
+    """
+    if device and device.startswith("sim:"):
+        from yktool.fido import open_device
+
+        return [Candidate(spec=device, serial=None, open=lambda: open_device(device),
+                          product="yktool software key")]
     from fido2.hid import CtapHidDevice
 
     from yktool.fido.yubikey import serial_for_hidraw
@@ -98,7 +108,7 @@ def hw_key(pytestconfig: pytest.Config) -> Iterator[Candidate]:
     """The one key under test; refuses the whole run on any doubt."""
     opts = gate_options(pytestconfig)
     try:
-        key = select_key(opts, find_candidates())
+        key = select_key(opts, find_candidates(opts.device))
         check_unused(opts, read_facts(key.open()))
     except GateRefused as refusal:
         pytest.exit(f"hardware tests refused to start: {refusal.reason}", returncode=4)
@@ -118,6 +128,10 @@ def firmware_of(key: Candidate) -> tuple[int, int, int] | None:
 
 @pytest.fixture(autouse=True)
 def _capabilities(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("real_key_only") is not None:
+        device = request.config.getoption("hw_device") or ""
+        if device.startswith("sim:"):
+            pytest.skip("needs a real key: libfido2 and sysfs cannot see the software key")
     marker = request.node.get_closest_marker("requires")
     if marker is None:
         return

@@ -6,9 +6,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hwroot import make_root, run, tool_env
 
 
+@pytest.mark.real_key_only
 def test_real_git_signs_and_verifies_with_a_key_yktool_made(yktool_cmd: list[str], tmp_path: Path,
                                                            touch: Any) -> None:
     root = make_root(tmp_path)

@@ -36,6 +36,7 @@ def _pam_d_digest() -> str:
     return h.hexdigest()
 
 
+@pytest.mark.real_key_only
 def test_real_pam_u2f_with_the_real_key(session: KeySession, tmp_path: Path, touch: Any) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

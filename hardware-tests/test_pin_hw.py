@@ -28,7 +28,7 @@ def fresh_pin(pytestconfig: pytest.Config, yktool_cmd: list[str]) -> None:
     except (GateRefused, OSError) as refusal:
         pytest.skip(str(refusal))
     info = json.loads(_yk(yktool_cmd, "--json", "key", "info").stdout)
-    if info["pin"]["set"]:
+    if info["pin_set"]:
         pytest.skip("the key already has a PIN: reset it first (yktool key reset) to run the PIN tests")
 
 
@@ -40,7 +40,7 @@ def test_pin_set_change_verify(fresh_pin: None, yktool_cmd: list[str], tmp_path:
     assert _yk(yktool_cmd, "key", "pin", "change", "--pin-stdin", stdin=f"{PIN}\n{NEW_PIN}\n").returncode == 0
     assert _yk(yktool_cmd, "key", "pin", "verify", "--pin-stdin", stdin=f"{NEW_PIN}\n").returncode == 0
     info = json.loads(_yk(yktool_cmd, "--json", "key", "info").stdout)
-    assert info["pin"]["set"] is True and info["pin"]["retries"] == 8
+    assert info["pin_set"] is True and info["pin_retries"] == 8
 
 
 def test_short_pin_refused_before_the_key_is_asked(yktool_cmd: list[str], touch: Any) -> None:

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from yktool.fido.session import EDDSA, KeySession
 from yktool.ssh.enroll import make_key, parse_options, sign
 from yktool.ssh.keys import SkPrivateKey
@@ -30,6 +32,7 @@ def _verify(tmp: Path, key: SkPrivateKey, message: bytes, sig: Path) -> subproce
                            str(sig)], input=message, capture_output=True, env=_env(tmp), timeout=60, check=False)
 
 
+@pytest.mark.real_key_only
 def test_openssh_signs_with_a_key_yktool_made(session: KeySession, tmp_path: Path, touch: Any) -> None:
     type_name = "ed25519-sk" if session.supports_algorithm(EDDSA) else "ecdsa-sk"
     key = make_key(session, parse_options([], type_name), "yktool hardware test")
@@ -45,6 +48,7 @@ def test_openssh_signs_with_a_key_yktool_made(session: KeySession, tmp_path: Pat
     assert good.returncode == 0, good.stderr
 
 
+@pytest.mark.real_key_only
 def test_yktool_signs_with_a_key_openssh_made(session: KeySession, tmp_path: Path, touch: Any) -> None:
     type_name = "ed25519-sk" if session.supports_algorithm(EDDSA) else "ecdsa-sk"
     path = tmp_path / "id_sk"

@@ -22,6 +22,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.real_key_only
 @pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
                     reason="needs sshd (openssh-server) to run a throwaway server on 127.0.0.1")
 def test_ssh_login_with_the_key(yktool_cmd: list[str], tmp_path: Path, touch: Any) -> None:

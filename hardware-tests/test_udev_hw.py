@@ -25,6 +25,7 @@ def _usb_device(hidraw: str) -> Path:
     return path
 
 
+@pytest.mark.real_key_only
 @pytest.mark.skipif(shutil.which("udevadm") is None or shutil.which("unshare") is None,
                     reason="needs udevadm and unshare")
 def test_rule_matches_the_key_on_removal(hw_key: Any, yktool_cmd: list[str], tmp_path: Path) -> None:

@@ -86,7 +86,6 @@ def test_capability_conditions() -> None:
 def test_sim_keys_as_candidates_facts_come_from_the_key(sim_key) -> None:  # type: ignore[no-untyped-def]
     """Facts read through KeySession from software keys drive the refusals as a real key's would."""
     from hwgate import read_facts  # the hardware suite's own reader
-
     from yktool.fido import open_device
 
     fresh, used = sim_key("fresh"), sim_key("used", pin="123456")
@@ -104,3 +103,18 @@ def test_suite_collected_and_skipped_without_flag_and_not_by_readme_command() ->
     assert out.returncode == 0, out.stdout + out.stderr
     assert "hardware tests are opt-in" in out.stdout
     assert " passed" not in out.stdout and "skipped" in out.stdout
+
+
+def test_rehearsal_on_a_software_key_runs_and_then_refuses_it_once_used(sim_key) -> None:  # type: ignore[no-untyped-def]
+    """`--device sim:PATH` runs the hardware suite's own tests on the software key (those needing
+    libfido2 or sysfs skip), and the used-key refusal stops a run on a key that has a PIN."""
+    fresh = sim_key("rehearsal")
+    argv = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "hardware-tests",
+            "--hardware", "--device", fresh]
+    first = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert " passed" in first.stdout and "needs a real key" in first.stdout
+    used = sim_key("used-already", pin="123456")
+    refused = subprocess.run(argv[:-1] + [used], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 4
+    assert "refused to start: the key has a PIN set" in refused.stdout + refused.stderr

@@ -97,9 +97,10 @@ def identity_from(obj: object) -> KeyUsb:
 
 def assets_dir() -> Path:
     """The `udev/` folder (rule template and lock program), installed as yktool.udev_assets."""
-    import yktool.udev_assets
+    import importlib.util
 
-    here = Path(yktool.udev_assets.__file__).resolve().parent
+    spec = importlib.util.find_spec("yktool.udev_assets")
+    here = Path(spec.origin).resolve().parent if spec and spec.origin else Path("/nonexistent")
     if not (here / "yktool-lock").is_file():
         raise UsageError(f"the udev assets are missing ({here})", "reinstall yktool (pip install .)")
     return here

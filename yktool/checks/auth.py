@@ -258,5 +258,5 @@ def _git_signing(ctx: CheckContext) -> Result:
 
 
 register("git.signing", 3, "git commits signed with the security key (gpg.format ssh, ed25519-sk)", _git_signing,
-         "yktool git signing --email EMAIL --user USER   (git config --global gpg.format ssh; user.signingkey ~/.ssh/id_ed25519_sk.pub; "
-         "commit.gpgsign true)")
+         "yktool git signing --email EMAIL --user USER   (git config --global gpg.format ssh; "
+         "user.signingkey ~/.ssh/id_ed25519_sk.pub; commit.gpgsign true)")

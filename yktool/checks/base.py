@@ -335,6 +335,23 @@ class R:
         return self._result("warn", f"needs root: {what}", "run `sudo yktool verify`", True)
 
 
+def daemon_result(ctx: CheckContext, r: R, process: str, unit: str, name: str) -> Result:
+    """Pass when `process` runs (or, on a root with no /proc, when `unit` is enabled)."""
+    pids = ctx.running(process)
+    if pids:
+        r.ev(f"/proc/{pids[0]}/comm", process)
+        return r.ok()
+    if ctx.processes():
+        r.ev("/proc/*/comm", f"no {process} process")
+        return r.fail(f"{name} is not running")
+    link = ctx.unit_enabled(unit)
+    if link:
+        r.ev(link, "enabled", note="no /proc under the root: enabled, not seen running")
+        return r.ok("enabled (no running system to look at)")
+    r.ev("/proc", "absent").ev(f"/etc/systemd/system/*.wants/{unit}", "absent")
+    return r.fail(f"{unit} is neither running nor enabled")
+
+
 _COMMENT = re.compile(r"(^|\s)#.*$")
 
 

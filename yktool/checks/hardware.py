@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from yktool import udev, usbguard
-from yktool.checks.base import CheckContext, R, Result, check, lines
+from yktool.checks.base import CheckContext, R, Result, check, daemon_result, lines
 
 
 def _daemon_conf_path(ctx: CheckContext) -> tuple[str, str]:
@@ -34,20 +34,7 @@ def _daemon_conf(ctx: CheckContext) -> tuple[str, dict[str, str] | None]:
 @check("hw.usbguard.running", 0, "USBGuard daemon running",
        "systemctl enable --now usbguard  |  NixOS: services.usbguard.enable = true;")
 def usbguard_running(ctx: CheckContext) -> Result:
-    r = R("hw.usbguard.running")
-    pids = ctx.running("usbguard-daemon")
-    if pids:
-        r.ev(f"/proc/{pids[0]}/comm", "usbguard-daemon")
-        return r.ok()
-    if ctx.processes():
-        r.ev("/proc/*/comm", "no usbguard-daemon process")
-        return r.fail("usbguard-daemon is not running")
-    enabled = ctx.unit_enabled("usbguard.service")
-    if enabled:
-        r.ev(enabled, "enabled", note="no /proc under the root: enabled, not seen running")
-        return r.ok("enabled (no running system to look at)")
-    r.ev("/proc", "absent").ev("/etc/systemd/system/*.wants/usbguard.service", "absent")
-    return r.fail("usbguard.service is neither running nor enabled")
+    return daemon_result(ctx, R("hw.usbguard.running"), "usbguard-daemon", "usbguard.service", "usbguard-daemon")
 
 
 @check("hw.usbguard.policy", 0, "USBGuard blocks unknown devices (implicitPolicyTarget=block)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from yktool.checks.base import CheckContext, R, Result, check, lines
+from yktool.checks.base import CheckContext, R, Result, check, daemon_result, lines
 
 NFT_FILES = ("/etc/nftables.conf", "/etc/sysconfig/nftables.conf")
 IPT_FILES = ("/etc/iptables/rules.v4", "/etc/sysconfig/iptables", "/etc/iptables.rules")
@@ -132,20 +132,7 @@ def firewall(ctx: CheckContext) -> Result:
 @check("net.fail2ban.active", 5, "fail2ban running",
        "apt install fail2ban && systemctl enable --now fail2ban  |  NixOS: services.fail2ban.enable = true;")
 def fail2ban_active(ctx: CheckContext) -> Result:
-    r = R("net.fail2ban.active")
-    pids = ctx.running("fail2ban-server")
-    if pids:
-        r.ev(f"/proc/{pids[0]}/comm", "fail2ban-server")
-        return r.ok()
-    if ctx.processes():
-        r.ev("/proc/*/comm", "no fail2ban-server process")
-        return r.fail("fail2ban is not running")
-    link = ctx.unit_enabled("fail2ban.service")
-    if link:
-        r.ev(link, "enabled", note="no /proc under the root: enabled, not seen running")
-        return r.ok("enabled (no running system to look at)")
-    r.ev("/etc/systemd/system/*.wants/fail2ban.service", "absent")
-    return r.fail("fail2ban is neither running nor enabled")
+    return daemon_result(ctx, R("net.fail2ban.active"), "fail2ban-server", "fail2ban.service", "fail2ban")
 
 
 def fail2ban_config(ctx: CheckContext) -> tuple[configparser.RawConfigParser, list[str]]:

@@ -54,6 +54,7 @@ class Found:
     token: int | None = None  # luks: token id
     keyslots: list[int] = field(default_factory=list)
     answered_by: str | None = None
+    age: bool = False         # pam: `where` is an agenix file (outside the root), not a plain authfile
 
     @property
     def lost(self) -> bool:
@@ -79,7 +80,10 @@ def _b64(value: object) -> bytes | None:
         return None
 
 
-def gather(host: Host, extra_devices: list[str] | None = None) -> list[Found]:
+AgeTarget = Callable[[str], Any]   # age file path -> yktool.pam_u2f.Target that can read and write it
+
+
+def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
     """Every credential the host has enrolled that yktool can probe (no key needed here)."""
     from yktool import pam_u2f as pu
     from yktool.luks.header import read_header
@@ -106,10 +110,17 @@ def gather(host: Host, extra_devices: list[str] | None = None) -> list[Found]:
                                token=token.id, keyslots=list(token.keyslots)))
     origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
-    for path in authfiles:
-        if not host.exists(path):
-            continue
-        authfile = pu.Authfile.parse(host.read_text(path))
+    age_files = list(dict.fromkeys(str(e["age_file"]) for _k, e in registry.enrollments("pam") if "age_file" in e))
+    texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
+    for path in age_files:
+        if age_target is None:
+            raise UsageError(f"the registry lists the agenix authfile {path}, and no way to read it was given",
+                             "pass --age-host-key (the recipients) and --age-identity (a private key to decrypt)")
+        text, existed = pu.read_current(host, age_target(path))
+        if existed:
+            texts.append((path, text, True))
+    for path, text, is_age in texts:
+        authfile = pu.Authfile.parse(text)
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
                 raw = cred.credential_id
@@ -117,7 +128,7 @@ def gather(host: Host, extra_devices: list[str] | None = None) -> list[Found]:
                     continue  # a resident credential (`*`): pam_u2f finds it on the key itself
                 cid_text = base64.b64encode(raw).decode()
                 origin = origins.get(cid_text) or pu.default_origin(host)
-                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user))
+                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age))
     for _k, e in registry.enrollments("ssh"):
         if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
             continue
@@ -144,10 +155,36 @@ class ReplaceAnswers:
     new_nickname: str = ""
     unlock_key_file: str = ""
     revoke_git: bool = True      # also list the lost key in gpg.ssh.revocationFile
+    age_host_keys: list[str] = field(default_factory=list)  # NixOS: recipients (.pub inside the root)
+    age_identity: str = ""       # NixOS: a private key (local path) that decrypts the age file
 
     def to_json(self) -> dict[str, Any]:
         return {"new_nickname": self.new_nickname, "unlock_key_file": self.unlock_key_file,
-                "revoke_git": self.revoke_git}
+                "revoke_git": self.revoke_git, "age_host_keys": self.age_host_keys, "age_identity": self.age_identity}
+
+
+def age_target_for(host: Host, answers: ReplaceAnswers) -> AgeTarget:
+    """How to read and re-encrypt an agenix authfile: the host keys given (default the root's
+    ssh_host_ed25519_key.pub) as recipients; --age-identity, else that host key's private half."""
+    from pathlib import Path
+
+    def target(age_file: str) -> Any:
+        from yktool import agefile
+        from yktool import pam_u2f as pu
+
+        pubs = answers.age_host_keys or ["/etc/ssh/ssh_host_ed25519_key.pub"]
+        recipients = []
+        for pub in pubs:
+            recipients += agefile.parse_recipients_text(host.read_text(pub), source=pub)
+        identity = None
+        if answers.age_identity:
+            identity = agefile.parse_identities(Path(answers.age_identity).read_bytes(), source=answers.age_identity)
+        elif host.exists(pubs[0].removesuffix(".pub")):
+            private = pubs[0].removesuffix(".pub")
+            identity = agefile.parse_identities(host.read_bytes(private), source=private)
+        return pu.Target(age_file=Path(age_file), recipients=recipients, identity=identity)
+
+    return target
 
 
 @dataclass
@@ -312,10 +349,17 @@ class Replace:
             raise ToolFailed(f"ssh-keygen does not read {path} back as the new key", "run the same command again")
         return f"{key.public.fingerprint} in {path}, authorized in {target}" + (", git signing" if git else "")
 
+    def pam_target(self, path: str, user: str) -> Any:
+        from yktool import pam_u2f as pu
+
+        if any(f.age and f.where == path for f in self.found):
+            return age_target_for(self.host, self.a)(path)
+        return pu.plain_target(self.host, user, path)
+
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
         from yktool import pam_u2f as pu
 
-        request = pu.RegisterRequest(user=user, origin=origin, target=pu.plain_target(self.host, user, path),
+        request = pu.RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
                                      nickname=self.a.new_nickname)
         result = pu.register(self.host, self.keys.session("new"), request)
         if result.already_registered:
@@ -369,7 +413,8 @@ class Replace:
         from yktool import pam_u2f as pu
 
         lost_ids = {f.credential_id for f in self.lost("pam") if f.where == path and f.user == user}
-        authfile = pu.Authfile.parse(self.host.read_text(path))
+        target = self.pam_target(path, user)
+        authfile = pu.Authfile.parse(pu.read_current(self.host, target)[0])
         line = authfile.effective_line(user)
         if line is None:
             return "the user has no line"
@@ -382,9 +427,8 @@ class Replace:
         text = line.text.split(":", 1)[0] + ":" + ":".join(c.raw or c.render() for c in keep)
         lines = [pu.AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
         new_text = "".join(ln.raw for ln in lines)
-        target = pu.plain_target(self.host, user, path)
-        pu.write_target(self.host, target, new_text)
-        back = pu.Authfile.parse(self.host.read_text(path))
+        pu.write_target(self.host, target, new_text)   # an age file is encrypted again, whole
+        back = pu.Authfile.parse(pu.read_current(self.host, target)[0])
         if back.malformed or any(c.credential_id in lost_ids for c in back.credentials_of(user)):
             raise ToolFailed(f"{path} does not read back as intended", "restore it from /var/backups/yktool")
         return f"{user} keeps {len(keep)} credential(s)"
@@ -471,10 +515,10 @@ class ReplaceReport:
 
 
 def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
-         extra_devices: list[str] | None = None) -> list[Found]:
+         extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
     """Gather and probe with each present key (and the new one, whose credentials an interrupted
     run may have made): every credential with the key that answers it, or None when lost."""
-    found = gather(host, extra_devices)
+    found = gather(host, extra_devices, age_target)
     roles = present + (["new"] if with_new else [])
     for role in roles:
         session = keys.session(role)

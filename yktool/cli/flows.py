@@ -245,13 +245,19 @@ def _render_report(app: AppContext, report: Any) -> None:
               help="Also look at this LUKS device (the registry's are always looked at); repeatable.")
 @click.option("--new-pin-stdin", is_flag=True, help="A new key without a PIN gets one read from a stdin line.")
 @click.option("--pin-stdin", is_flag=True, help="Read the new key's PIN from a stdin line.")
+@click.option("--age-host-key", "age_host_keys", multiple=True, metavar="PATH.pub",
+              help="NixOS: a recipient of the agenix authfile, inside the root (default "
+                   "/etc/ssh/ssh_host_ed25519_key.pub); repeatable.")
+@click.option("--age-identity", default=None, metavar="PATH",
+              help="NixOS: a private key (local path) that decrypts the agenix authfile (default: the host "
+                   "key's private half inside the root).")
 @click.option("--keep-old-signatures", is_flag=True,
               help="Do not list the lost key in gpg.ssh.revocationFile (its old commits keep verifying; "
                    "a finder could back-date new ones).")
 @pass_app
 def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, new_nickname: str | None,
             unlock_key_file: str | None, luks_devices: tuple[str, ...], new_pin_stdin: bool, pin_stdin: bool,
-            keep_old_signatures: bool) -> None:
+            age_host_keys: tuple[str, ...], age_identity: str | None, keep_old_signatures: bool) -> None:
     """A key was lost: find what it opens, enroll the replacement there, prove it, then revoke it.
 
     Insert the keys you still have (--device, --present) and the new one (--new-device). Every
@@ -298,8 +304,11 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
             asker.pause("Press any key when it is in…", yes=app.yes)
 
     nicknames = {r: "" for r in present_roles}
+    age = fr.ReplaceAnswers(age_host_keys=list(age_host_keys),
+                            age_identity=str(Path(age_identity).absolute()) if age_identity else "")
     with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap) as keys:
-        found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices))
+        found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices),
+                        fr.age_target_for(host, age))
         fr.check_safe(found)
         lost = [f for f in found if f.lost]
         names = sorted({f.owner for f in lost})
@@ -314,7 +323,8 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         if new_device:
             fr.check_new_key(found, nick)
         answers = fr.ReplaceAnswers(new_nickname=nick, unlock_key_file=unlock_key_file or "",
-                                    revoke_git=not keep_old_signatures)
+                                    revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,
+                                    age_identity=age.age_identity)
         io = fr.ReplaceIO(new_pin, unlock)
         flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device))
         if not app.json:

@@ -536,6 +536,14 @@ def check_new_key(found: list[Found], new_nickname: str) -> None:
                       "use a key that is not enrolled yet as --new-device (or run without it to revoke only)")
 
 
+def settle(host: Host) -> None:
+    """Nothing is lost any more: a run killed after its last step is over (so a later loss starts
+    afresh instead of being refused as "other answers")."""
+    state = FlowState.load(host, FLOW)
+    if state.resuming:
+        state.finish(host)
+
+
 def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, found: list[Found],
             has_new: bool) -> tuple[Replace, list[FlowStep], Plan]:
     state = FlowState.load(host, FLOW)

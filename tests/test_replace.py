@@ -138,3 +138,36 @@ def test_dry_run_lists_the_lost_key_and_changes_nothing(scratch: Path, cli: CliC
     assert "Lost (backup)" in r.stdout and "[backup]" in r.stdout
     assert "wipe the lost key's keyslots" in r.stdout
     assert tree_bytes(root) == before
+
+
+def test_replace_killed_at_every_step_resumes_and_never_locks_out(scratch: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.flows_support import YKTOOL
+
+    pin = demo_pin(scratch)
+    (scratch / KEYS / "primary.json").unlink()
+    argv = [YKTOOL, "--root", str(scratch / ROOT), "--device", spec(scratch, "backup"), "--yes", "replace",
+            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin"]
+    stdin = (pin + "\n") * 4
+    plan = subprocess.run([*argv[:6], "--json", "--dry-run", *argv[6:]], capture_output=True, text=True, check=False)
+    assert plan.returncode == 0, plan.stderr
+    ids = [s["id"] for s in json.loads(plan.stdout)["steps"]]
+    assert ids[0] == "new.pin" and ids[-1] == "revoke.registry" and len(ids) >= 8
+    for step in ids:
+        run = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False,
+                             env={**os.environ, "YKTOOL_FAULT": f"after:{step}"})
+        assert run.returncode == 137, (step, run.stdout[-1500:], run.stderr[-1500:])
+        assert passphrase_opens(scratch), step
+        assert authfile_whole(scratch), step
+        assert key_opens_image(scratch, spec(scratch, "backup"), pin), step
+    final = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "nothing is lost" in final.stdout
+    assert key_opens_image(scratch, spec(scratch, "new"), pin)
+    header = read_header(Host(scratch / ROOT), IMAGE)
+    assert len(header.tokens_of_type("systemd-fido2")) == 2   # B and C; A's wiped
+    assert sorted(k.nickname for k in Registry.load(Host(scratch / ROOT)).keys) == ["backup", "primary-2"]
+    state = json.loads((scratch / ROOT / "var/lib/yktool/replace.json").read_text())
+    assert state["finished"]

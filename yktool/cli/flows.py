@@ -313,6 +313,8 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         lost = [f for f in found if f.lost]
         names = sorted({f.owner for f in lost})
         if not lost:
+            if not app.dry_run:
+                fr.settle(host)
             if app.json:
                 emit_json({"ok": True, "lost": [], "kept": [f.to_json() for f in found], "steps": []})
             else:

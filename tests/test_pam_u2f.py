@@ -256,11 +256,12 @@ def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: Callable[..., str], r
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         now = path.read_bytes()
-        assert now == old or (now.startswith(old) and now.count(b"\n") == old.count(b"\n") + 1), now
-        if now != old:
+        if now != old:  # then it is the old file plus exactly one whole credential for root
             seen_new = True
-            af = pu.Authfile.parse(now.decode())
-            assert not af.malformed
+            before, after = pu.Authfile.parse(old.decode()), pu.Authfile.parse(now.decode())
+            assert not after.malformed, now
+            assert after.credentials_of("bob") == before.credentials_of("bob")
+            assert len(after.credentials_of("root")) == len(before.credentials_of("root")) + 1, now
     # whatever the kills hit, a run to the end still works on the result
     done = subprocess.run([sys.executable, "-m", "yktool", "--root", str(root), "--device",
                            sim_key("last"), "pam", "register", "--user", "root"], env=env,

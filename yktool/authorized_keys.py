@@ -235,7 +235,8 @@ def authorize_and_record(host: Host, account: Account, pub: PurePosixPath, *, ta
     """The whole `ssh authorize` step: append the key (options from its key-handle file when it is
     beside the .pub) and record it in the registry under the key that made it."""
     from yktool.inventory import Registry
-    from yktool.ssh.enroll import credential_id_b64, load_key_pair, nickname_of_credential
+    from yktool.keynames import nickname_of_credential
+    from yktool.ssh.enroll import credential_id_b64, load_key_pair
 
     public, comment, private = load_key_pair(host, pub)
     path, result = authorize(host, account, private or public, comment, target)

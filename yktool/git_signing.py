@@ -233,7 +233,8 @@ def configure_and_record(host: Host, account: Account, *, email: str, pub: PureP
     """The whole `git signing` step: configure, then record it in the registry (kind git) under
     the key that made the SSH key."""
     from yktool.inventory import Registry
-    from yktool.ssh.enroll import credential_id_b64, load_key_pair, nickname_of_credential, pub_path
+    from yktool.keynames import nickname_of_credential
+    from yktool.ssh.enroll import credential_id_b64, load_key_pair, pub_path
 
     if not str(pub).endswith(".pub"):
         pub = pub_path(pub)

@@ -703,7 +703,7 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
                          "set one first: yktool key pin set")
     # the registry name of this physical key (silent probes, before the key changes), shared
     # with the ssh/git enrollments: --nickname, a name the key is known by, primary, backup-N
-    from yktool.ssh.enroll import choose_nickname
+    from yktool.keynames import choose_nickname
 
     nickname = choose_nickname(session, host, request.nickname)
     alg = EDDSA if request.algorithm == "eddsa" else ES256

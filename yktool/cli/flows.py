@@ -124,7 +124,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     from yktool.tpm import parse_pcrs
 
     host = app.host
-    asker = Asker.for_terminal(app.yes)
+    asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     kind = asker.select("Host kind?", kind, fc.HOST_KINDS, flag="--kind",
                         default="nixos" if host.exists("/etc/NIXOS") else "linux")
     user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user())
@@ -278,7 +278,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
     from yktool.flows.keys import ring
 
     host = app.host
-    asker = Asker.for_terminal(app.yes)
+    asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     specs: dict[str, str | None] = {}
     present_roles = []
     for n, spec in enumerate([app.device, *present], 1):

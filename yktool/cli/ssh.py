@@ -157,7 +157,9 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
     with _session(app, pin_stdin) as session:
         found = enroll.resident_keys(session)
         aaguid = session.aaguid
-        name = enroll.choose_nickname(session, host, nickname)
+        from yktool.keynames import choose_nickname
+
+        name = choose_nickname(session, host, nickname)
     plans = enroll.plan_download(host, found, account,
                                  PurePosixPath("/") / output_dir if output_dir is not None else None, force=force)
     if app.dry_run:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.host import Host, SecretPath
+from yktool.keynames import identify_key
 from yktool.luks import cryptenroll
 from yktool.luks.header import LuksHeader, read_header
 from yktool.luks.tokens import Fido2Token
@@ -234,7 +235,7 @@ def token_owners(host: Host, header: LuksHeader, session: KeySession | None = No
         registry = None
     present_name = session_name
     if session is not None and registry is not None and present_name is None:
-        present_name = _registry_name_of(session, registry)
+        present_name = identify_key(session, host, registry)
     out: dict[int, TokenOwner] = {}
     for token in header.tokens_of_type(TOKEN_TYPE):
         if not isinstance(token, Fido2Token):
@@ -252,25 +253,6 @@ def token_owners(host: Host, header: LuksHeader, session: KeySession | None = No
                 owner.probe_key = owner.registry or present_name
         out[token.id] = owner
     return out
-
-
-def _registry_name_of(session: KeySession, registry: Any) -> str | None:
-    for record in registry.keys:
-        for entry in record.enrollments:
-            rp_id = entry.get("rp_id") or entry.get("application") or entry.get("origin")
-            cid = entry.get("credential_id")
-            if not (isinstance(rp_id, str) and rp_id and isinstance(cid, str) and cid):
-                continue
-            try:
-                raw = base64.b64decode(cid, validate=True)
-            except ValueError:
-                continue
-            try:
-                if session.probe(rp_id, raw):
-                    return str(record.nickname)
-            except YktoolError:
-                return None
-    return None
 
 
 # ------------------------------------------------------------------------------------- cryptsetup
@@ -582,7 +564,7 @@ def _key_facts(op: Fido2Enrollment) -> tuple[str, int | None]:
 
 def _nickname(host: Host, op: Fido2Enrollment) -> str:
     if op.nickname is None:
-        from yktool.ssh.enroll import choose_nickname
+        from yktool.keynames import choose_nickname
 
         op.nickname = choose_nickname(_session(op), host, op.options.nickname)
     return op.nickname

@@ -24,6 +24,8 @@ from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.fido.session import EDDSA, ES256, KeySession
 from yktool.host import Host
 from yktool.inventory import Registry, Scalar
+from yktool.keynames import choose_nickname
+from yktool.keynames import identify_key as identify_key  # re-exported for older callers
 from yktool.ssh.accounts import Account
 from yktool.ssh.keys import (
     DEFAULT_FILES,
@@ -295,54 +297,6 @@ def record_key(host: Host, key: SkPrivateKey, path: PurePosixPath, *, nickname: 
         # one entry per credential: a re-made or moved file replaces the old entry
         registry.forget("ssh", credential_id=fields["credential_id"], path=str(path))
         registry.record(nickname, "ssh", **fields)
-
-
-def identify_key(session: KeySession, host: Host) -> str | None:
-    """The registry nickname of the key in hand: the first recorded credential it answers for
-    (a silent probe per credential: no touch, no PIN)."""
-    try:
-        registry = Registry.load(host)
-    except YktoolError:
-        return None
-    for record in registry.keys:
-        for entry in record.enrollments:
-            rp_id = entry.get("application") or entry.get("origin") or entry.get("rp_id")
-            cid = entry.get("credential_id")
-            if not (isinstance(rp_id, str) and rp_id and isinstance(cid, str) and cid):
-                continue
-            try:
-                raw = base64.b64decode(cid, validate=True)
-            except ValueError:
-                continue
-            if session.probe(rp_id, raw):
-                return record.nickname
-    return None
-
-
-def choose_nickname(session: KeySession, host: Host, requested: str | None) -> str:
-    """--nickname if given; else the name the registry knows this key by; else primary for the
-    first key and backup-N for the next ones (as `pam register` names them)."""
-    if requested:
-        return requested
-    known = identify_key(session, host)
-    if known:
-        return known
-    try:
-        count = len(Registry.load(host).keys)
-    except YktoolError:
-        count = 0
-    return "primary" if count == 0 else f"backup-{count}"
-
-
-def nickname_of_credential(host: Host, credential_id: str, requested: str | None) -> str:
-    """For steps without the key in hand: --nickname, else the key that made the credential."""
-    if requested:
-        return requested
-    try:
-        owner = Registry.load(host).owner_of(credential_id) if credential_id else None
-    except YktoolError:
-        owner = None
-    return owner.nickname if owner else "primary"
 
 
 def recorded_file(host: Host, key: SkPrivateKey) -> dict[str, Scalar] | None:

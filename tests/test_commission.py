@@ -208,3 +208,34 @@ def test_wrong_pin_is_refused_and_changes_nothing(fresh: tuple[Path, str], cli: 
     after.pop("var/lib/yktool/commission.json", None)  # begun, nothing done
     assert {k: v for k, v in before.items()} == after
     assert (root / str(IMAGE).lstrip("/")).read_bytes() == image_before
+
+
+def test_refused_touch_stops_and_the_rerun_resumes(fresh: tuple[Path, str]) -> None:
+    scratch, tcti = fresh
+    argv = _commission_argv(scratch, tcti)
+    stdin = b"4321\n" * 4
+    denied = subprocess.run(argv, input=stdin, capture_output=True, check=False,
+                            env={**os.environ, "YKTOOL_SIM_PRESENCE": "deny"})
+    assert denied.returncode == 9, denied.stderr
+    assert b"not touched" in denied.stderr and b"Traceback" not in denied.stderr
+    state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
+    assert state["done"] == ["luks-tpm2", "recovery", "primary.pin"]  # the first touch was refused
+    assert passphrase_opens(scratch)
+    again = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert b"[already done] seal a keyslot" in again.stderr
+
+
+def test_the_wrong_key_in_hand_is_refused(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    (root / "var/lib/yktool/commission.json").unlink()
+    backup_key = (root / "home/alice/.ssh/id_ed25519_sk_backup").read_bytes()
+    # both "keys" are the primary: the backup role finds the primary's credentials on it
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--steps", "ssh", "--backup-device", spec(scratch, "primary"), "--pin-stdin",
+            "--backup-nickname", "backup", input=demo_pin(scratch) + "\n" + demo_pin(scratch) + "\n")
+    assert r.exit_code == 4, r.output
+    assert "registered as 'primary', not 'backup'" in r.stderr and "insert the backup key" in r.stderr
+    state = json.loads((root / "var/lib/yktool/commission.json").read_text())
+    assert state["done"] == ["primary.pin", "primary.ssh"]  # the backup part waits for the right key
+    assert (root / "home/alice/.ssh/id_ed25519_sk_backup").read_bytes() == backup_key

@@ -69,7 +69,7 @@ class KeyRing:
     def _check_identity(self, role: str, session: KeySession) -> None:
         """Refuse the wrong key in hand (the primary where the backup is wanted, or the reverse),
         found with silent probes of the registry's credentials (no touch, no PIN)."""
-        from yktool.ssh.enroll import identify_key
+        from yktool.keynames import identify_key
 
         known = identify_key(session, self.host)
         want = self.nicknames.get(role, "")

@@ -142,3 +142,27 @@ def fresh_setup(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         yield scratch, ctx.tpm.tcti_spec
     finally:
         swtpm.stop(ctx.tpm)
+
+
+def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedProcess[bytes]:
+    """alice makes a signed commit with the real git (signing through the software key with the
+    test-only gpg.ssh.program) and `git verify-commit` checks it with her allowed_signers."""
+    import sys
+
+    root = scratch / ROOT
+    home = root / "home/alice"
+    repo = home / "project"
+    (root / "tmp").mkdir(exist_ok=True)
+    tool = Path(__file__).resolve().parent / "tools" / "yktool-ssh-keygen"
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
+           "TMPDIR": str(root / "tmp"), "YKTOOL_ROOT": str(root), "YKTOOL_DEVICE": key_spec,
+           "YKTOOL_PYTHON": sys.executable, "GIT_AUTHOR_NAME": "Alice", "GIT_COMMITTER_NAME": "Alice",
+           "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",
+           "GIT_CONFIG_KEY_1": "gpg.ssh.program", "GIT_CONFIG_VALUE_1": str(tool)}
+    if not repo.exists():
+        subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)  # noqa: S607
+    (repo / "file").write_text(f"signed by {key_spec}\n")
+    for argv in (["git", "add", "file"], ["git", "commit", "-q", "-S", "-m", "signed"]):
+        subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)  # noqa: S603
+    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True,  # noqa: S607
+                          check=False)

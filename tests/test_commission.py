@@ -23,6 +23,7 @@ from tests.flows_support import (
     copy_scratch,
     demo_pin,
     fresh_setup,
+    git_commit_verifies,
     key_opens_image,
     pam_accepts,
     pam_real_available,
@@ -77,6 +78,8 @@ def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> 
         assert verified.returncode == 0, verified.stderr
     gitconfig = (scratch / ROOT / "home/alice/.gitconfig").read_text()
     assert "format = ssh" in gitconfig and "id_ed25519_sk.pub" in gitconfig
+    committed = git_commit_verifies(scratch, spec(scratch, "primary"))
+    assert committed.returncode == 0 and f'Good "git" signature for {EMAIL}'.encode() in committed.stderr
     # pam_u2f: one line for alice with both keys; the real module accepts each
     lines = (scratch / ROOT / "etc/u2f_mappings").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alice:") and lines[0].count(":") == 2

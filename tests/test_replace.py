@@ -8,6 +8,7 @@ file; B is untouched. With only A enrolled, replace refuses and changes nothing.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.flows_support import (
     authfile_whole,
     copy_scratch,
     demo_pin,
+    git_commit_verifies,
     key_opens_image,
     pam_accepts,
     pam_real_available,
@@ -45,6 +47,14 @@ def scratch(commissioned: Path, tmp_path: Path) -> Path:
     return copy_scratch(commissioned, tmp_path / "demo")
 
 
+def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
+    home = root / "home/alice"
+    return subprocess.run(["git", "-c", "safe.directory=*", "verify-commit", rev],  # noqa: S607
+                          cwd=home / "project", capture_output=True, check=False,
+                          env={"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+                               "PATH": "/usr/bin:/bin"})
+
+
 def _replace(cli: CliCall, scratch: Path, *extra: str) -> CliResult:
     return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
                "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
@@ -55,6 +65,8 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     root = scratch / ROOT
     host = Host(root)
     pin = demo_pin(scratch)
+    old_commit = git_commit_verifies(scratch, spec(scratch, "primary"))  # A signs before it is lost
+    assert old_commit.returncode == 0, old_commit.stderr
     reg = Registry.load(host)
     a_pub = next(str(e["public_key"]) for _k, e in reg.enrollments("ssh") if _k.nickname == "primary")
     b_files = {p: (root / p).read_bytes() for p in ("home/alice/.ssh/id_ed25519_sk_backup",
@@ -91,6 +103,10 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     assert "revocationFile = ~/.ssh/revoked_signers" in (root / "home/alice/.gitconfig").read_text()
     verified = ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk", spec(scratch, "new"), pin, tmp_path)
     assert verified.returncode == 0, verified.stderr
+    committed = git_commit_verifies(scratch, spec(scratch, "new"))  # git now signs with C
+    assert committed.returncode == 0 and b'Good "git" signature' in committed.stderr, committed.stderr
+    # A's old commit: its key is in gpg.ssh.revocationFile now, so git no longer trusts it
+    assert _verify_commit(root, "HEAD~1").returncode != 0
     # B untouched: its files byte for byte, and still signing
     assert all((root / p).read_bytes() == data for p, data in b_files.items())
     assert ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk_backup", spec(scratch, "backup"), pin,
@@ -171,3 +187,16 @@ def test_replace_killed_at_every_step_resumes_and_never_locks_out(scratch: Path)
     assert sorted(k.nickname for k in Registry.load(Host(scratch / ROOT)).keys) == ["backup", "primary-2"]
     state = json.loads((scratch / ROOT / "var/lib/yktool/replace.json").read_text())
     assert state["finished"]
+
+
+def test_keep_old_signatures_keeps_the_lost_keys_past_commits_valid(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    assert git_commit_verifies(scratch, spec(scratch, "primary")).returncode == 0
+    (scratch / KEYS / "primary.json").unlink()
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--new-device",
+            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin", "--keep-old-signatures",
+            input=demo_pin(scratch) + "\n")
+    assert r.exit_code == 0, r.output
+    assert not (root / "home/alice/.ssh/revoked_signers").exists()
+    # signed before valid-before: still good
+    assert _verify_commit(root, "HEAD").returncode == 0

@@ -203,7 +203,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                 info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
 
         report = fc.execute(flow, flow_steps, on_step)
-    _render_report(app, report)
+    _render_report(app, report, plan)
     if not report.verify_ok:
         sys.exit(1)
 
@@ -214,9 +214,9 @@ def _render_counts(counts: dict[str, Any]) -> str:
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any) -> None:
+def _render_report(app: AppContext, report: Any, plan: Any) -> None:
     if app.json:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "plan": plan.to_json()})
         return
     for note in report.notes:
         click.echo(note)

@@ -171,11 +171,12 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     swap_device = {"primary": primary_device, "backup": backup_device}
 
     def on_swap(role: str) -> None:
-        spec = swap_device.get(role) or ""
-        info(f"Now insert your {role} key ({answers.nickname(role)})"
-             + ("" if spec.startswith("sim:") else " and remove the other one") + ".")
-        if not spec.startswith("sim:"):
-            asker.pause("Press any key when it is in…", yes=app.yes)
+        spec = swap_device.get(role) or "auto"
+        if spec != "auto":  # named by --backup-device: it is in already (or a software key)
+            info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
+            return
+        info(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
+        asker.pause("Press any key when it is in…", yes=app.yes)
 
     io = fc.CommissionIO(new_pin, unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
                          tcti=app.tpm, allow_unmeasured=allow_unmeasured)
@@ -298,9 +299,8 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         return read_secret(f"Current passphrase (or recovery key) of {device}")
 
     def on_swap(role: str) -> None:
-        spec = specs.get(role) or ""
-        if not spec.startswith("sim:") and role == "new":
-            info("Now insert the new key.")
+        if role == "new" and (specs.get(role) or "auto") == "auto":
+            info("Now remove the other keys and insert the new key.")
             asker.pause("Press any key when it is in…", yes=app.yes)
 
     nicknames = {r: "" for r in present_roles}

@@ -92,3 +92,31 @@ def test_asker_flag_default_or_error_naming_the_flag() -> None:
     with pytest.raises(UsageError):
         asker.confirm("Go ahead?", yes=False)
     assert asker.confirm("Go ahead?", yes=True)
+
+
+def test_keyring_opens_one_key_at_a_time_swaps_once_and_counts(tmp_path: Path) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    from yktool.fido.session import KeySession, open_session
+    from yktool.flows.keys import ring
+
+    swaps: list[str] = []
+    opened: list[str] = []
+
+    @contextlib.contextmanager
+    def opener(role: str, spec: str | None) -> Iterator[KeySession]:
+        opened.append(role)
+        with open_session(f"sim:{tmp_path / role}.json") as session:
+            yield session
+
+    host = Host(tmp_path)
+    with ring(host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"},
+              swaps.append) as keys:
+        first = keys.session("primary")
+        assert keys.session("primary") is first           # one session per key per run
+        first.make_credential("ssh:")                      # one touch
+        keys.session("backup")
+        assert swaps == ["backup"] and opened == ["primary", "backup"]
+    assert keys.totals() == {"primary": {"touches": 1, "pin_prompts": 0},
+                             "backup": {"touches": 0, "pin_prompts": 0}}

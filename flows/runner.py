@@ -6,7 +6,8 @@ FlowState (atomically), so a killed run resumes at the first step not marked don
 
 Fault injection for the tests (and for rehearsing a crash by hand): `YKTOOL_FAULT=after:<step-id>`
 ends the process with `os._exit(137)` (as kill -9 would) right after that step was marked done;
-`YKTOOL_FAULT=before:<step-id>` just before the step starts.
+`YKTOOL_FAULT=before:<step-id>` just before the step starts; `interrupt-after:<step-id>` is a
+Ctrl-C there.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ class Outcome:
 
 
 def fault_point(where: str, step_id: str) -> None:
-    """Die like kill -9 when $YKTOOL_FAULT names this point (tests and crash rehearsals only)."""
+    """Die like kill -9 when $YKTOOL_FAULT names this point (`after:ID`, `before:ID`), or act as
+    if Ctrl-C was pressed there (`interrupt-after:ID`). Tests and crash rehearsals only."""
     wanted = os.environ.get(FAULT_ENV, "")
-    if wanted and wanted == f"{where}:{step_id}":
+    if not wanted:
+        return
+    if wanted == f"{where}:{step_id}":
         os._exit(137)
+    if wanted == f"interrupt-{where}:{step_id}":
+        raise KeyboardInterrupt
 
 
 def make_plan(title: str, steps: list[FlowStep], state: FlowState) -> Plan:

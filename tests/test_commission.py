@@ -242,3 +242,19 @@ def test_the_wrong_key_in_hand_is_refused(scratch: Path, cli: CliCall) -> None:
     state = json.loads((root / "var/lib/yktool/commission.json").read_text())
     assert state["done"] == ["primary.pin", "primary.ssh"]  # the backup part waits for the right key
     assert (root / "home/alice/.ssh/id_ed25519_sk_backup").read_bytes() == backup_key
+
+
+def test_ctrl_c_between_steps_says_how_to_resume(fresh: tuple[Path, str]) -> None:
+    scratch, tcti = fresh
+    argv = _commission_argv(scratch, tcti)
+    stdin = b"4321\n" * 4
+    stopped = subprocess.run(argv, input=stdin, capture_output=True, check=False,
+                             env={**os.environ, "YKTOOL_FAULT": "interrupt-after:primary.ssh"})
+    assert stopped.returncode == 10, stopped.stderr
+    assert b"interrupted" in stopped.stderr and b"run the same command again to resume" in stopped.stderr
+    assert b"Traceback" not in stopped.stderr
+    assert passphrase_opens(scratch)
+    again = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert b"[already done] ed25519-sk SSH key on the primary key" in again.stderr
+    assert b"[done] pam_u2f credential for alice on the primary key" in again.stderr

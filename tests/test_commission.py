@@ -32,7 +32,7 @@ from tests.flows_support import (
     ssh_signs,
     tree_bytes,
 )
-from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS, Demo
+from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS, Demo, DemoContext
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
@@ -258,3 +258,49 @@ def test_ctrl_c_between_steps_says_how_to_resume(fresh: tuple[Path, str]) -> Non
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     assert b"[already done] ed25519-sk SSH key on the primary key" in again.stderr
     assert b"[done] pam_u2f credential for alice on the primary key" in again.stderr
+
+
+def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Path, str]) -> None:
+    """The primary key goes away during its third touch (the SSH key): NoDevice, nothing half
+    written; put back, the same run resumes at that step."""
+    import contextlib
+
+    from yktool.demo import DemoInteraction, commission_answers
+    from yktool.errors import NoDevice
+    from yktool.fido.devices import open_sim
+    from yktool.fido.session import KeySession
+    from yktool.flows.commission import CommissionIO, execute, prepare
+    from yktool.flows.keys import ring
+
+    scratch, tcti = fresh
+    host = Host(scratch / ROOT)
+    touches = {"n": 0}
+
+    def pulled_at_third_touch() -> bool:
+        touches["n"] += 1
+        if touches["n"] == 3:
+            raise OSError(19, "No such device")
+        return True
+
+    def run(presence: object) -> object:
+        @contextlib.contextmanager
+        def opener(role: str, _spec: str | None) -> Iterator[KeySession]:
+            device = open_sim(scratch / "keys" / f"{role}.json", presence if role == "primary" else None)  # type: ignore[arg-type]
+            yield KeySession(device, DemoInteraction("4321"))  # type: ignore[arg-type]
+
+        io = CommissionIO(lambda _r: "4321", lambda _d: b"", lambda _d, _k: "kept by the test", tcti=tcti)
+        with ring(host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"}) as keys:
+            flow, steps, _plan = prepare(host, commission_answers(DemoContext(host, scratch)), keys, io)
+            return execute(flow, steps)
+
+    (scratch / "keys").mkdir(exist_ok=True)
+    with pytest.raises(NoDevice) as err:
+        run(pulled_at_third_touch)
+    assert "removed" in err.value.message
+    state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
+    assert state["done"][-1] == "primary.luks-fido2" and not state["finished"]
+    assert passphrase_opens(scratch) and authfile_whole(scratch)
+    assert not (scratch / ROOT / "home/alice/.ssh/id_ed25519_sk").exists()
+    report = run(None)
+    assert report.verify_ok  # type: ignore[attr-defined]
+    assert [o.status for o in report.outcomes][:4] == ["already-done"] * 4  # type: ignore[attr-defined]

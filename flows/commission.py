@@ -390,8 +390,9 @@ class Commission:
             note = f"--- {name} ---\n{snippet}"
             if note not in self.io.notes:
                 self.io.notes.append(note)
-        if result.pam_line and result.pam_line not in self.io.notes:
-            self.io.notes.append(f"PAM line for /etc/pam.d/sudo, login, …: {result.pam_line}")
+        note = f"PAM line for /etc/pam.d/sudo, login, …: {result.pam_line}"
+        if result.pam_line and note not in self.io.notes:
+            self.io.notes.append(note)
         if result.already_registered:
             return f"already registered for {self.a.user} (origin {result.origin})"
         return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
@@ -525,7 +526,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
                           "(verify runs again)")
     elif state.resuming:
         plan.notes.append("resuming an interrupted run: the steps marked (already done) are skipped")
-    if answers.backup_nickname:
+    if answers.backup_nickname and (keys.specs.get("backup") or "auto") == "auto":
         plan.notes.append("halfway through you will be asked to swap to the backup key")
     return flow, steps, plan
 

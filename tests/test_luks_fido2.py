@@ -236,7 +236,7 @@ def test_systemd_backend_runs_through_host_with_secrets_in_memory(root: Path, vo
     before = vol.path.read_bytes()
     host = Host(root)
     with pytest.raises(ToolFailed) as err:
-        run_systemd_enroll(host, inside(root, vol.path), "/dev/hidraw-none", vol.passphrase, b"9876",
+        run_systemd_enroll(host, inside(root, vol.path), "/dev/hidraw-none", vol.passphrase, b"pin-9876-distinct",
                            pin_flag=True, up=True, uv=False, algorithm="eddsa")
     assert "systemd-cryptenroll failed" in err.value.message and "FIDO2" in err.value.message
     [child] = [c for c in child_recorder.children if c.argv[0] == "systemd-cryptenroll"]
@@ -245,7 +245,7 @@ def test_systemd_backend_runs_through_host_with_secrets_in_memory(root: Path, vo
                                "--fido2-credential-algorithm=eddsa"]
     assert child.argv[6].startswith("--unlock-key-file=/dev/fd/")
     assert "CREDENTIALS_DIRECTORY" in child.env  # the PIN as the credential fido2-pin
-    child_recorder.assert_no_secret(vol.passphrase, "9876")
+    child_recorder.assert_no_secret(vol.passphrase, "pin-9876-distinct")
     assert vol.path.read_bytes() == before
 
 

@@ -97,15 +97,16 @@ def test_application_and_user(world: SshWorld, sim_key: Any) -> None:
 
 
 def test_pin_never_leaves_memory(world: SshWorld, sim_key: Any, child_recorder: Any) -> None:
-    device = sim_key("pinned", pin=PIN)
+    pin = "58203917264"  # long and odd, so a match cannot be a port, pid or temp-folder name by chance
+    device = sim_key("pinned", pin=pin)
     res = world.yk("--json", "ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "verify-required",
-                   input=PIN + "\n", device=device)
+                   input=pin + "\n", device=device)
     assert res.exit_code == 0, res.output
-    assert PIN not in res.stdout
+    assert pin not in res.stdout
     assert child_recorder.children, "ssh-keygen should have read the key back"
-    child_recorder.assert_no_secret(PIN)
+    child_recorder.assert_no_secret(pin)
     for path in (world.root / "etc/yktool/keys.toml", world.ssh() / "id_ed25519_sk"):
-        assert PIN.encode() not in path.read_bytes()
+        assert pin.encode() not in path.read_bytes()
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -482,3 +484,38 @@ def test_registry_names_each_physical_key_once(sim_key: Callable[..., str], cli:
     reg = Registry.load(Host(root))
     names = {k.nickname: sorted(str(e["user"]) for e in k.enrollments) for k in reg.keys}
     assert names == {"primary": ["alice", "root"], "backup-1": ["alice"]}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: Callable[..., str]) -> None:
+    """Run as nobody against a root-only authfile: a one-line error with a hint, no traceback,
+    the authfile and the key untouched."""
+    top = Path(tempfile.mkdtemp(prefix="yktool-unreadable-"))
+    try:
+        os.chmod(top, 0o755)  # noqa: S103 - nobody must reach the root inside
+        (top / "root").mkdir()
+        root = make_root(top / "root")
+        for d in (root, root / "etc"):
+            os.chmod(d, 0o755)  # noqa: S103
+        authfile = root / "etc/u2f_mappings"
+        authfile.write_text(legacy_line("bob") + "\n")
+        os.chmod(authfile, 0o600)
+        spec = sim_key("nobody-key")
+        state = Path(spec.removeprefix("sim:"))
+        keydir = top / "key"
+        keydir.mkdir()
+        shutil.copy2(state, keydir / "key.json")
+        os.chown(keydir, 65534, 65534)
+        os.chown(keydir / "key.json", 65534, 65534)
+        before = snapshot(root), (keydir / "key.json").read_bytes()
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "yktool",
+             "--root", str(root), "--device", f"sim:{keydir / 'key.json'}", "pam", "register", "--user", "alice",
+             "--authfile", "/etc/u2f_mappings"],
+            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "permission denied" in proc.stderr and "hint:" in proc.stderr
+        assert (snapshot(root), (keydir / "key.json").read_bytes()) == before
+    finally:
+        shutil.rmtree(top)

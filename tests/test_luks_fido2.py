@@ -519,3 +519,17 @@ def test_eddsa_credential_opens(cli: CliCall, root: Path, vol: LuksImage, sim_ke
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
     assert json.loads(r.stdout)["algorithm"] == "eddsa"  # type: ignore[attr-defined]
     assert vol.opens_with(key_passphrase(a, fido2_tokens(vol)[0]))
+
+
+def test_orphan_slot_of_a_killed_run_is_not_a_passphrase_to_wipe_down_to(cli: CliCall, root: Path, vol: LuksImage,
+                                                                         sim_key: SimKey) -> None:
+    """The orphan keyslot a killed enrollment left opens only with the key's hmac-secret output:
+    wiping the real passphrase down to it would lock the owner out, so it is refused."""
+    assert _run_yktool(root, sim_key("a"), vol, "after-keyslot").returncode == 137
+    before = vol.path.read_bytes()
+    for how in (["--slot", "0"], ["--type", "password"]):
+        r = cli("--root", root, "--yes", "luks", "wipe", inside(root, vol.path), *how)
+        assert r.exit_code == 4, r.output
+        assert "only by hardware" in r.stderr
+        assert vol.path.read_bytes() == before
+    assert vol.opens_with(vol.passphrase)

@@ -140,3 +140,27 @@ def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: o
     for out in outputs:
         for secret in (passphrase, pin, recovery):
             assert secret not in out
+
+
+def test_wipe_checks_again_when_it_acts(cli: CliCall, luks2_image: LuksImage) -> None:
+    """The header may change between the plan (and the question) and the wipe: the last way in
+    is still never removed."""
+    import subprocess
+
+    import pytest
+
+    from yktool.errors import Refused
+    from yktool.luks.wipe import plan_wipe
+
+    _, key = add_recovery(cli, luks2_image)
+    assert key is not None
+    plan, _header, chosen = plan_wipe(Host(), str(luks2_image.path), slots=[0])
+    assert chosen == [0]
+    # meanwhile someone removes the recovery key
+    subprocess.run(["systemd-cryptenroll", "--wipe-slot=recovery", str(luks2_image.path)], check=True,
+                   capture_output=True)
+    before = luks2_image.path.read_bytes()
+    with pytest.raises(Refused, match="no way in at all"):
+        plan.apply()
+    assert luks2_image.path.read_bytes() == before
+    assert luks2_image.opens_with(luks2_image.passphrase)

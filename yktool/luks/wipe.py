@@ -9,13 +9,31 @@ from yktool.host import Host
 from yktool.luks.cryptenroll import wipe_slots
 from yktool.luks.header import LuksHeader, read_header
 from yktool.luks.safety import WIPE_TYPES, check_remaining, describe_slot, slots_of_type
+from yktool.luks.tokens import ROLE_FIDO2
 from yktool.plan import Plan, Step
+
+
+def _read(host: Host, device: str | PurePosixPath) -> LuksHeader:
+    """The header, with the orphan keyslot of an interrupted FIDO2 enrollment seen for what it is.
+
+    That slot has no token yet, so it looks like a typed passphrase; but its passphrase is the
+    key's hmac-secret output, which nobody can type. Counted as a passphrase, it would let the
+    real one be wiped and lock the owner out.
+    """
+    from yktool.luks.fido2 import pending_enrollment
+
+    header = read_header(host, device)
+    pending = pending_enrollment(host, header.uuid) or {}
+    slot = header.keyslots.get(pending["keyslot"]) if isinstance(pending.get("keyslot"), int) else None
+    if slot is not None and not slot.tokens:
+        slot.role = ROLE_FIDO2
+    return header
 
 
 def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | None = None,
               wipe_type: str | None = None, allow_hardware_only: bool = False) -> tuple[Plan, LuksHeader, list[int]]:
     """Plan removing `slots` or every slot of `wipe_type`; Refused (nothing touched) when unsafe."""
-    header = read_header(host, device)
+    header = _read(host, device)
     if (slots is None) == (wipe_type is None):
         raise UsageError("say what to wipe: --slot N or --type T (one of them)",
                          f"e.g. --slot 1, or --type {'|'.join(WIPE_TYPES)}")
@@ -40,14 +58,17 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
         "wipe", f"remove {', '.join(describe_slot(header, s) for s in chosen)}"
         + (f" and token(s) {', '.join(map(str, tokens))}" if tokens else ""),
         touches=[str(device)], verify="read the header back: the slots are gone, the others remain",
-        action=lambda: _wipe_and_forget(host, device, header.uuid, chosen),
+        action=lambda: _wipe_and_forget(host, device, header.uuid, chosen, allow_hardware_only),
         prove=lambda: _prove_gone(host, device, chosen),
     ))
     return plan, header, chosen
 
 
-def _wipe_and_forget(host: Host, device: str | PurePosixPath, uuid: str, slots: list[int]) -> None:
-    """Wipe, then drop the registry's record of any key enrolled into those slots."""
+def _wipe_and_forget(host: Host, device: str | PurePosixPath, uuid: str, slots: list[int],
+                     allow_hardware_only: bool) -> None:
+    """Check again (the header may have changed while the person was asked), wipe, then drop the
+    registry's record of any key enrolled into those slots."""
+    check_remaining(_read(host, device), slots, allow_hardware_only=allow_hardware_only)
     wipe_slots(host, device, slots)
     from yktool.inventory import Registry
 

@@ -3,8 +3,9 @@ prove the replacement works, then revoke the lost key. As a library (prompts: yk
 
 1. Find: every enrolled credential on the host — LUKS2 systemd-fido2 tokens, pam_u2f authfile
    credentials, the registry's SSH keys (and so authorized_keys and allowed_signers) — is probed
-   silently (getAssertion with up=false: no touch, no PIN) against each key present. What no
-   present key answers belongs to a lost key; the registry names it.
+   silently (getAssertion with up=false: no touch, no PIN; with the PIN for a verify-required SSH
+   key, which a key shows only to UV) against each key present. What no present key answers
+   belongs to a lost key; the registry names it.
 2. Refuse when no present key answers anything: every enrolled key would be revoked and nothing
    proven would be left (the person should get in with the recovery key first).
 3. One plan: per area, enroll the new key where the lost one was, and prove it (the LUKS keyslot
@@ -30,6 +31,7 @@ from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.plan import Plan
+from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
 from .keys import KeyRing
 from .runner import FlowStep, Outcome, make_plan, run_steps
@@ -55,6 +57,9 @@ class Found:
     keyslots: list[int] = field(default_factory=list)
     answered_by: str | None = None
     age: bool = False         # pam: `where` is an agenix file (outside the root), not a plain authfile
+    # ssh verify-required (credProtect 3): invisible to a silent probe, so probed with the PIN;
+    # else a kept key's credential would be taken for the lost key's and revoked
+    needs_uv: bool = False
 
     @property
     def lost(self) -> bool:
@@ -135,17 +140,20 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         cid = _b64(e["credential_id"])
         if cid is None:
             continue
+        flags = e.get("flags")
         found.append(Found("ssh", str(e.get("path", "")), str(e.get("application", "ssh:")), cid,
                            owner(str(e["credential_id"])), user=str(e.get("user", "")),
-                           public_key=str(e.get("public_key", ""))))
+                           public_key=str(e.get("public_key", "")),
+                           needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION)))
     return found
 
 
 def probe(found: list[Found], sessions: dict[str, KeySession]) -> None:
-    """Ask each present key, silently, whether it made each credential (no touch, no PIN)."""
+    """Ask each present key, silently, whether it made each credential (no touch; the PIN only
+    for verify-required SSH keys, which a key shows only to UV)."""
     for f in found:
         for role, session in sessions.items():
-            if session.probe(f.rp_id, f.credential_id):
+            if session.probe(f.rp_id, f.credential_id, uv=f.needs_uv):
                 f.answered_by = role
                 break
 

@@ -200,3 +200,33 @@ def test_keep_old_signatures_keeps_the_lost_keys_past_commits_valid(scratch: Pat
     assert not (root / "home/alice/.ssh/revoked_signers").exists()
     # signed before valid-before: still good
     assert _verify_commit(root, "HEAD").returncode == 0
+
+
+def test_a_kept_keys_verify_required_ssh_key_is_not_taken_for_lost(scratch: Path, cli: CliCall) -> None:
+    """A credProtect-3 credential (ssh -O verify-required) cannot be found by a silent probe: the
+    present key is asked with its PIN instead, so its key is neither listed as lost nor revoked."""
+    root = scratch / ROOT
+    pin = demo_pin(scratch)
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "ssh", "keygen", "-O", "verify-required",
+            "-u", "alice", "-f", "/home/alice/.ssh/id_vr_sk", "--nickname", "backup", "--pin-stdin",
+            input=pin + "\n")
+    assert r.exit_code == 0, r.output
+    vr = (root / "home/alice/.ssh/id_vr_sk").read_bytes()
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--json", "--dry-run", "replace",
+            "--new-device", spec(scratch, "new"), "--pin-stdin", input=pin + "\n")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert {s["where"] for s in report["lost"] if s["area"] == "ssh"} == {"/home/alice/.ssh/id_ed25519_sk"}
+    assert {s["owner"] for s in report["lost"]} == {"primary"}
+    assert any(s["where"] == "/home/alice/.ssh/id_vr_sk" and s["answered_by"] == "present-1"
+               for s in report["kept"])
+    # the kept key's PIN (for the probe), then the new key's first PIN
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--new-device",
+            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin", "--new-pin-stdin",
+            input=f"{pin}\n{pin}\n")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["counts"]["present-1"] == {"touches": 0, "pin_prompts": 1}
+    assert (root / "home/alice/.ssh/id_vr_sk").read_bytes() == vr
+    backup = Registry.load(Host(root)).get("backup")
+    assert backup is not None and any(e.get("path") == "/home/alice/.ssh/id_vr_sk" for e in backup.enrollments)

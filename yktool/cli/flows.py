@@ -245,7 +245,9 @@ def _render_report(app: AppContext, report: Any, plan: Any) -> None:
 @click.option("--luks-device", "luks_devices", multiple=True, metavar="DEV",
               help="Also look at this LUKS device (the registry's are always looked at); repeatable.")
 @click.option("--new-pin-stdin", is_flag=True, help="A new key without a PIN gets one read from a stdin line.")
-@click.option("--pin-stdin", is_flag=True, help="Read the new key's PIN from a stdin line.")
+@click.option("--pin-stdin", is_flag=True,
+              help="Read each key's PIN from a stdin line: a kept key's first when it holds a verify-required "
+                   "SSH key (found only with its PIN), then the new key's.")
 @click.option("--age-host-key", "age_host_keys", multiple=True, metavar="PATH.pub",
               help="NixOS: a recipient of the agenix authfile, inside the root (default "
                    "/etc/ssh/ssh_host_ed25519_key.pub); repeatable.")
@@ -263,7 +265,8 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
 
     Insert the keys you still have (--device, --present) and the new one (--new-device). Every
     enrolled credential (LUKS2 FIDO2 tokens, pam_u2f lines, SSH keys and so authorized_keys and
-    allowed_signers) is probed silently — no touch, no PIN — against the keys present; what none
+    allowed_signers) is probed silently — no touch, no PIN (a verify-required SSH key: the PIN)
+    — against the keys present; what none
     answers belongs to the lost key, named from the registry. The plan enrolls the new key where
     the lost one was and proves it, then wipes the lost key's keyslots, drops its pam_u2f
     credential, takes its SSH key out of authorized_keys, retires it in allowed_signers and
@@ -336,7 +339,11 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
             kept = [f for f in found if not f.lost]
             click.echo(f"Kept ({len(kept)} credentials answer to a key present).")
         if app.dry_run:
-            show_plan(plan, app.json)
+            if app.json:  # what was found, as the real run's report has it
+                emit_json({**plan.to_json(), "lost": [f.to_json() for f in lost],
+                           "kept": [f.to_json() for f in found if not f.lost]})
+            else:
+                show_plan(plan, False)
             return
         if not app.json:
             show_plan(plan, False)

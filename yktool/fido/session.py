@@ -492,13 +492,24 @@ class KeySession:
             cred_id = allow[0]  # CTAP allows omitting it when the allow list had one entry
         return Assertion(bytes(cred_id or b""), resp.auth_data, bytes(resp.signature), output)
 
-    def probe(self, rp_id: str, credential_id: bytes) -> bool:
+    def probe(self, rp_id: str, credential_id: bytes, *, uv: bool = False) -> bool:
         """True when this key made `credential_id` for `rp_id`: a silent getAssertion (up=false,
-        no touch, no PIN). A credProtect level-3 credential can only be found with UV."""
+        no touch, no PIN). A credProtect level-3 credential (ssh verify-required) is found only
+        with `uv`: then the PIN is used (asked once per session); a key without a PIN cannot
+        hold one, so it answers False without asking."""
+        cdh = os.urandom(32)
+        pin_uv_param = pin_uv_protocol = None
+        if uv:
+            if not self.pin_is_set:
+                return False
+            token = self.pin_token(ClientPin.PERMISSION.GET_ASSERTION, rp_id)
+            assert self._protocol is not None  # noqa: S101 - pin_token checked it
+            pin_uv_param = self._protocol.authenticate(token, cdh)
+            pin_uv_protocol = self._protocol.VERSION
         try:
             self._guard("probing for the credential", lambda: self.ctap.get_assertion(
-                rp_id, os.urandom(32), [{"type": "public-key", "id": credential_id}],
-                options={"up": False}))
+                rp_id, cdh, [{"type": "public-key", "id": credential_id}], options={"up": False},
+                pin_uv_param=pin_uv_param, pin_uv_protocol=pin_uv_protocol))
         except NotThisKey:
             return False
         except UsageError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def test_demo_commissions_proves_and_is_idempotent(cli: CliCall, tmp_path: Path)
                    scratch / "root/var/lib/demo/disk.passphrase"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     pin = (scratch / "keys/demo-pin").read_text()
-    assert pin not in r.output
+    recovery = re.search(r"[cbdefghijklnrtuv]{8}(?:-[cbdefghijklnrtuv]{8}){7}",
+                         (scratch / "recovery-key.txt").read_text())
+    assert recovery is not None
+    passphrase = (scratch / "root/var/lib/demo/disk.passphrase").read_text()
+    for secret in (pin, recovery.group(0), passphrase):
+        assert secret not in r.output
     assert not swtpm_running_on(scratch / "swtpm")  # stopped at the end
     header = read_header(Host(), str(scratch / "root/var/lib/demo/disk.img"))
     assert [t.type for t in header.tokens.values()].count("systemd-tpm2") == 1

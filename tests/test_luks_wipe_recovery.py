@@ -130,8 +130,11 @@ def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: o
     assert key is not None
     recovery = key.group(0)
     outputs.append(r.stdout)
+    measured_tpm.tamper(7)  # so --replace really enrolls again, unlocking with the recovery key
     r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "enroll-tpm2", luks2_image.path, "--with-pin",
             "--replace", input=f"{recovery}\n{pin}\n")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["changed"] is True
     outputs.append(r.output)
     recorder = child_recorder
     children = recorder.children  # type: ignore[attr-defined]

@@ -130,3 +130,16 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
         t.join(timeout=5)
     return PamRun(proc.returncode, b"".join(out).decode(errors="replace"),
                   b"".join(err).decode(errors="replace"), answered)
+
+
+def run_stack(tmp: Path, stack: str, user: str, timeout: float = 30) -> PamRun:
+    """Run a whole PAM service `stack` (rules as text) through pamtester for `user` with no
+    input at all, in the same private mount namespace as `authenticate`."""
+    pamd = tmp / "pam.d"
+    pamd.mkdir(exist_ok=True)
+    (pamd / "yktest").write_text(stack)
+    script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest "$2" authenticate'
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],  # noqa: S603,S607
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    return PamRun(proc.returncode, proc.stdout, proc.stderr, [])

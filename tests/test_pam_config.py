@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from yktool.host import Host
 from yktool.pam_config import logical_lines, parse_u2f_options, scan_services, tokenize
 
@@ -65,3 +67,17 @@ def test_default_scan_lists_present_and_expected(root: Path) -> None:
     assert "sudo" in names and "greetd" in names
     sudo = next(s for s in scan_services(Host(root)) if s.name == "sudo")
     assert sudo.path == "/usr/lib/pam.d/sudo" and sudo.uses_u2f
+
+
+@pytest.mark.parametrize(("control", "required", "ends"), [
+    ("required", True, False), ("requisite", True, False), ("sufficient", False, True),
+    ("optional", False, False), ("[success=ok default=bad]", True, False),
+    ("[success=done default=die]", True, True), ("[success=done default=ignore]", False, True),
+    ("[success=2 default=ignore]", False, True), ("[success=ok]", True, False),
+    ("[success=ok auth_err=ignore default=bad]", False, False),
+])
+def test_control_meaning_as_libpam_reads_it(control: str, required: bool, ends: bool) -> None:
+    from yktool.pam_config import key_required, success_ends_stack
+
+    assert key_required(control) is required
+    assert success_ends_stack(control) is ends

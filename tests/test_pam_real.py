@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pamdriver import Answer, authenticate, pam_d_digest
+from tests.pamdriver import Answer, authenticate, pam_d_digest, run_stack
 from yktool import pam_u2f as pu
 from yktool.fido.session import NotThisKey, open_session
 
@@ -184,3 +184,32 @@ def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
               "--algorithm", "eddsa")
     assert res.exit_code == 4  # type: ignore[attr-defined]
     assert (pam_root / "etc/u2f_mappings").read_bytes() == before
+
+
+def test_nouserok_skips_the_key_and_check_flags_it(tmp_path: Path, pam_root: Path,
+                                                    cli: Callable[..., object]) -> None:
+    """Why `verify` fails and `pam check` flags nouserok: the real pam_u2f lets a user through a
+    `required` rule with no key at all when it finds no authfile; on a pam-u2f that may predate
+    the CVE-2025-23013 fix a `sufficient` rule with nouserok is an error (no password either)."""
+    import json
+
+    before = pam_d_digest()
+    rule = f"auth required pam_u2f.so authfile={tmp_path}/absent origin={ORIGIN} cue nouserok\n"
+    permit = "auth required pam_permit.so\n"
+    assert run_stack(tmp_path, rule + permit, "nobody").authenticated
+    assert not run_stack(tmp_path, rule.replace(" nouserok", "") + permit, "nobody").authenticated
+    assert pam_d_digest() == before
+
+    def nouserok_severity(module: str, control: str) -> list[str]:
+        (pam_root / "etc/pam.d").mkdir(exist_ok=True)
+        (pam_root / "etc/pam.d/sudo").write_text(
+            f"auth {control} {module} authfile=/etc/u2f_mappings origin={ORIGIN} cue nouserok\n")
+        res = cli("--root", pam_root, "--json", "pam", "check", "--service", "sudo")
+        data = json.loads(res.stdout)  # type: ignore[attr-defined]
+        return [f["severity"] for f in data["findings"] if f["code"] == "nouserok"]
+
+    assert nouserok_severity("pam_u2f.so", "sufficient") == ["error"]     # version unknown
+    assert nouserok_severity("pam_u2f.so", "required") == ["warning"]     # the password stays
+    fixed = "/nix/store/0abc-pam_u2f-1.3.1/lib/security/pam_u2f.so"
+    assert nouserok_severity(fixed, "sufficient") == ["warning"]
+    assert nouserok_severity(fixed.replace("1.3.1", "1.2.2"), "[success=done default=ignore]") == ["error"]

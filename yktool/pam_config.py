@@ -242,6 +242,39 @@ def tokenize(line: str) -> list[str]:
     return words
 
 
+# libpam's meaning of the simple controls (pam.conf(5)); a bracketed control states its own
+# actions, and libpam treats any return value it does not name (and no `default=`) as `bad`.
+_SIMPLE_ACTIONS = {
+    "required": {"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore", "default": "bad"},
+    "requisite": {"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore", "default": "die"},
+    "sufficient": {"success": "done", "new_authtok_reqd": "done", "default": "ignore"},
+    "optional": {"success": "ok", "new_authtok_reqd": "ok", "default": "ignore"},
+}
+
+
+def control_action(control: str, value: str) -> str:
+    """What libpam does when a rule with `control` returns `value` (`success`, `auth_err`, …):
+    `ok`, `done`, `bad`, `die`, `ignore`, `reset` or a jump count (`2`)."""
+    if control.startswith("["):
+        actions = dict(w.partition("=")[::2] for w in control.strip("[]").split() if "=" in w)
+        return actions.get(value, actions.get("default", "bad")).lower()
+    table = _SIMPLE_ACTIONS.get(control.lower(), {})
+    return table.get(value, table.get("default", "bad"))
+
+
+def key_required(control: str) -> bool:
+    """True when a failing rule fails the stack (pam_u2f answers AUTH_ERR without the key,
+    AUTHINFO_UNAVAIL when it cannot read its authfile): the key cannot be skipped."""
+    return all(control_action(control, v) in ("bad", "die") for v in ("auth_err", "authinfo_unavail"))
+
+
+def success_ends_stack(control: str) -> bool:
+    """True when this rule's success alone can end the stack or jump over later rules (the
+    password): `sufficient`, `[success=done …]`, `[success=2 …]`."""
+    action = control_action(control, "success")
+    return action == "done" or action.isdigit()
+
+
 def _unbracket(arg: str) -> str:
     """libpam hands a `[a b]` argument to the module without the brackets."""
     return arg[1:-1] if arg.startswith("[") and arg.endswith("]") else arg

@@ -40,6 +40,7 @@ CENTRAL_AUTHFILE = "/etc/u2f_mappings"
 USER_AUTHFILE = ".config/Yubico/u2f_keys"     # relative to the user's home
 ORIGIN_PREFIX = "pam://"
 EDDSA_MIN_VERSION = (1, 2, 0)
+NOUSEROK_FIXED_VERSION = (1, 3, 1)   # CVE-2025-23013: nouserok no longer answers SUCCESS
 COSE_TYPES = ("es256", "rs256", "eddsa")
 KNOWN_OPTIONS = ("+presence", "+verification", "+pin")
 
@@ -977,15 +978,23 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
     for service in services:
         for u in service.u2f_lines:
             o = u.options
-            strict = u.control in ("required", "requisite") or "default=die" in u.control
+            strict = pam_config.key_required(u.control)
             at = f"{u.line.file}:{u.line.lineno}"
             if o.alwaysok:
                 f.append(Finding("error", "alwaysok", f"{at}: alwaysok lets everyone in",
                                  "remove alwaysok", [service.name]))
             if o.nouserok:
-                f.append(Finding("warning", "nouserok",
+                # pam-u2f before 1.3.1 (CVE-2025-23013) answers SUCCESS for a user it finds no
+                # credential for: behind a rule whose success ends the stack, that user is in
+                # with no key AND no password. Fixed ones answer IGNORE (the key is skipped).
+                lets_in = pam_config.success_ends_stack(u.control) and (
+                    version is None or version < NOUSEROK_FIXED_VERSION)
+                f.append(Finding("error" if lets_in else "warning", "nouserok",
                                  f"{at}: nouserok — a user without a credential (or "
-                                 "with an unreadable authfile) passes this rule without a key",
+                                 "with an unreadable authfile) passes this rule without a key"
+                                 + (f" and, as the rule is `{u.control}` and pam-u2f "
+                                    f"{version_text(version)} may predate the CVE-2025-23013 "
+                                    "fix (1.3.1), without a password" if lets_in else ""),
                                  "remove nouserok once every user has a key (CVE-2020-24612 class)",
                                  [service.name]))
             if o.origin is None and not o.sshformat:
@@ -1000,8 +1009,6 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
             if o.debug:
                 f.append(Finding("info", "debug", f"{at}: debug logs key handles",
                                  "remove debug when done", [service.name]))
-            if version is not None and version < EDDSA_MIN_VERSION:
-                pass  # eddsa lines are flagged per authfile below
             effective_origin = o.origin or (default_origin_or_none(host))
             paths: list[tuple[str, str | None]] = []
             if o.authfile:

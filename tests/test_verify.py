@@ -91,6 +91,30 @@ def test_pam_sufficient_is_a_warning_not_a_pass(hardened_root: FixtureRoot) -> N
     assert r.status == "warn" and "password alone still works" in r.reason
 
 
+@pytest.mark.parametrize(("line", "status", "reason"), [
+    ("auth required pam_u2f.so cue nouserok authfile=/etc/u2f_mappings", "fail", "`nouserok`"),
+    ("auth required pam_u2f.so cue alwaysok authfile=/etc/u2f_mappings", "fail", "`alwaysok`"),
+    ("auth required pam_u2f.so cue authfile=/etc/missing", "fail", "no credential in /etc/missing"),
+    ("auth [success=done default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings", "warn",
+     "a failed touch does not fail sudo"),
+    ("auth [success=2 default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings", "warn",
+     "a failed touch does not fail sudo"),
+    ("auth [success=ok default=die] pam_u2f.so cue authfile=/etc/u2f_mappings", "pass", ""),
+    ("auth required pam_u2f.so cue authfile=/run/agenix/yubikey-auth", "pass", ""),
+])
+def test_pam_rule_that_lets_someone_past_the_key_is_not_a_pass(
+        hardened_root: FixtureRoot, line: str, status: str, reason: str) -> None:
+    (hardened_root.root / "etc/pam.d/sudo").write_text(f"{line}\n@include common-auth\n")
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == status and reason in r.reason, describe({r.id: r})
+
+
+def test_pam_authfile_without_alice_credentials_fails(hardened_root: FixtureRoot) -> None:
+    (hardened_root.root / "etc/u2f_mappings").write_text("alice\n")  # a line with no credential
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == "fail" and "/etc/u2f_mappings: authfile=alice: 0 keys" in [e.render() for e in r.evidence]
+
+
 def test_match_block_loosening_a_setting_fails(hardened_root: FixtureRoot) -> None:
     cfg = hardened_root.root / "etc/ssh/sshd_config"
     cfg.write_text(cfg.read_text() + "Match Address 10.0.0.0/8\n    PasswordAuthentication yes\n")

@@ -18,7 +18,7 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
     cid = f"pam.{service}"
 
     def run(ctx: CheckContext) -> Result:
-        from yktool.pam_config import parse_service
+        from yktool.pam_config import key_required, parse_service
 
         r = R(cid)
         svc = parse_service(ctx.host, service)
@@ -40,25 +40,72 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         first = u2f[0]
         opts = first.options
         r.ev(first.line.where, first.line.raw, "auth")
-        if opts.authfile:
-            r.ev(first.line.where, opts.authfile, "authfile")
-        if first.control == "sufficient":
-            return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
-                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
-        if first.control not in STRONG_CONTROLS and not first.control.startswith("["):
-            return r.warn(f"pam_u2f control is {first.control}: the key is not required")
+        if opts.alwaysok:
+            r.ev(first.line.where, "present", "alwaysok")
+            return r.fail(f"pam_u2f in {service} has `alwaysok`: everyone passes it without a key",
+                          "remove alwaysok from the pam_u2f line")
+        if opts.nouserok:
+            r.ev(first.line.where, "present", "nouserok")
+            return r.fail(f"pam_u2f in {service} has `nouserok`: a user with no registered key "
+                          "(or an unreadable authfile) passes it without a touch",
+                          "register every user's keys, then remove nouserok  |  NixOS: drop "
+                          "security.pam.u2f.settings.nouserok")
         if not opts.cue:
             r.ev(first.line.where, "absent", "cue")
             return r.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
                           "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
+        missing = _authfile_missing(ctx, r, opts.authfile)
+        if missing:
+            return r.fail(missing, "register the keys: yktool pam register --user USER "
+                          f"--authfile {opts.authfile or '~'}")
+        if first.control == "sufficient":
+            return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
+                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+        if not key_required(first.control):
+            return r.warn(f"pam_u2f control is {first.control}: a failed touch does not fail {service}",
+                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
         return r.ok()
 
     return run
 
 
+def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None) -> str | None:
+    """Why pam_u2f would find no credential at all (every user locked out of a `required`
+    rule, the key never accepted by a `sufficient` one), or None; evidence added."""
+    from yktool.pam_u2f import USER_AUTHFILE, Authfile
+
+    if authfile is None:
+        paths = [f"{home.rstrip('/')}/{USER_AUTHFILE}" for _n, home in ctx.users_to_check()]
+    elif authfile.startswith("/run/") and not ctx.live:
+        # agenix decrypts it at boot: an offline root has no /run to look at
+        r.ev(authfile, "not in an offline root (decrypted at boot)", "authfile")
+        return None
+    else:
+        paths = [authfile]
+    for path in paths:
+        text = ctx.read(path)  # unreadable: the runner makes it a warn (needs root)
+        if text is None:
+            continue
+        users = {u: len(Authfile.parse(text).credentials_of(u)) for u in Authfile.parse(text).users()}
+        keys = sum(users.values())
+        r.ev(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
+             or "no credential", "authfile")
+        if keys:
+            return None
+    if not paths:
+        r.ev("/etc/passwd", "no login user", "authfile")
+        return "pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of"
+    for path in paths:
+        if not any(e.source == path for e in r.evidence):
+            r.ev(path, "absent", "authfile")
+    return (f"no credential in {' or '.join(paths[:3])}: pam_u2f can never accept a key "
+            "(with a `required` rule nobody gets in)")
+
+
 for _svc, _always in PAM_SERVICES:
     register(f"pam.{_svc}", 3, f"pam_u2f (with cue) protects {_svc}", _pam_check(_svc, _always),
-             f"yktool pam enroll --service {_svc}  |  NixOS: security.pam.u2f = {{ enable = true; cue = true; }};"
+             "yktool pam register --user USER (prints the PAM line)  |  NixOS: "
+             "security.pam.u2f = { enable = true; control = \"required\"; settings.cue = true; };"
              f" security.pam.services.{_svc}.u2fAuth = true;")
 
 
@@ -192,7 +239,7 @@ def _sk_key(ctx: CheckContext) -> Result:
 
 
 register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the user", _sk_key,
-         "yktool ssh enroll   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)")
+         "yktool ssh keygen --user USER   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)")
 
 
 # ------------------------------------------------------------------------------------- git signing

@@ -43,6 +43,7 @@ class KeyRing:
     _session: KeySession | None = None
     _stack: contextlib.ExitStack | None = None
     _opened: list[str] = field(default_factory=list)
+    _typed_before: int = 0   # the interaction's PIN count when the open session began
 
     def session(self, role: str) -> KeySession:
         """The session of `role`, opening it (and closing the other) when needed."""
@@ -62,6 +63,7 @@ class KeyRing:
             stack.close()
             raise
         self._stack, self._session, self._open_role = stack, session, role
+        self._typed_before = self._typed(session) or 0
         if role not in self._opened:
             self._opened.append(role)
         return session
@@ -83,12 +85,18 @@ class KeyRing:
             c = self.counts.setdefault(self._open_role, Counts())
             c.touches += self._session.touches
             # what the person typed: the interaction counts it when it can (building blocks may ask
-            # it directly); else every PIN request of the session counts
-            typed = getattr(self._session.interaction, "pin_prompts", None)
-            c.pin_prompts += typed if isinstance(typed, int) else self._session.pin_prompts
+            # it directly); else every PIN request of the session counts. The front end keeps one
+            # interaction per key for the whole run, so only what it counted meanwhile is new.
+            typed = self._typed(self._session)
+            c.pin_prompts += typed - self._typed_before if typed is not None else self._session.pin_prompts
         if self._stack is not None:
             self._stack.close()
         self._stack, self._session, self._open_role = None, None, None
+
+    @staticmethod
+    def _typed(session: KeySession) -> int | None:
+        typed = getattr(session.interaction, "pin_prompts", None)
+        return typed if isinstance(typed, int) else None
 
     def add_pin_entry(self, role: str) -> None:
         """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""

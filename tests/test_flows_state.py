@@ -120,3 +120,44 @@ def test_keyring_opens_one_key_at_a_time_swaps_once_and_counts(tmp_path: Path) -
         assert swaps == ["backup"] and opened == ["primary", "backup"]
     assert keys.totals() == {"primary": {"touches": 1, "pin_prompts": 0},
                              "backup": {"touches": 0, "pin_prompts": 0}}
+
+
+def test_keyring_reopening_a_key_counts_its_pin_entry_once(tmp_path: Path) -> None:
+    """The front end keeps one interaction per key (so the PIN is typed once per run); a key
+    opened again later in the run must not have that one entry counted again."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from fido2.client import UserInteraction
+
+    from yktool.fido.session import KeySession, open_session
+    from yktool.flows.keys import ring
+
+    class Typist(UserInteraction):
+        def __init__(self) -> None:
+            self.pin: str | None = None
+            self.pin_prompts = 0
+
+        def request_pin(self, permissions: object, rp_id: str | None) -> str | None:
+            if self.pin is None:
+                self.pin_prompts += 1
+                self.pin = "correct-horse-7"
+            return self.pin
+
+    for role in ("primary", "backup"):
+        with open_session(f"sim:{tmp_path / role}.json") as s:
+            s.set_pin("correct-horse-7")
+    typists = {"primary": Typist(), "backup": Typist()}
+
+    @contextlib.contextmanager
+    def opener(role: str, spec: str | None) -> Iterator[KeySession]:
+        with open_session(f"sim:{tmp_path / role}.json", typists[role]) as session:
+            yield session
+
+    with ring(Host(tmp_path), opener, {"primary": None, "backup": None}, {}) as keys:
+        keys.session("primary").make_credential("ssh:")
+        keys.session("backup").make_credential("ssh:")
+        keys.session("primary").make_credential("ssh:")  # opened again: the PIN is remembered
+    assert typists["primary"].pin_prompts == 1
+    assert keys.totals() == {"primary": {"touches": 2, "pin_prompts": 1},
+                             "backup": {"touches": 1, "pin_prompts": 1}}

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from yktool.host import Host
+if TYPE_CHECKING:  # imported when a command first needs it: `yktool --help` skips subprocess & co.
+    from yktool.host import Host
 
 
 @dataclass
@@ -24,6 +26,8 @@ class AppContext:
 
     @cached_property
     def host(self) -> Host:
+        from yktool.host import Host
+
         return Host(Path(self.root))
 
 

@@ -96,6 +96,7 @@ def test_with_pin_right_opens_wrong_is_reported_as_wrong(cli: CliCall, measured_
     wrong = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path, "--pin-stdin", input="1111\n")
     assert wrong.exit_code == 6
     assert "PIN wrong" in wrong.stdout and "wrong PIN" in wrong.stderr
+    assert "TPM's dictionary-attack lockout" in wrong.stderr and "re-insert" not in wrong.stderr  # not a key's
     # a changed PCR is told apart from a wrong PIN, and costs no authorisation attempt
     measured_tpm.tamper(0, b"firmware 2.0")
     moved = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path, "--pin-stdin", input="2468\n")

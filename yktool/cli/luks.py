@@ -328,7 +328,12 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
                 click.echo(f"    hint: {hint}")
     if failed:
         if all(r.status == PIN_WRONG for r in failed):
-            raise PinInvalid(None, f"{device}: wrong PIN for token {', '.join(str(r.token_id) for r in failed)}")
+            err = PinInvalid(None, f"{device}: wrong PIN for token {', '.join(str(r.token_id) for r in failed)}")
+            if all(r.token_type == "systemd-tpm2" for r in failed):  # noqa: S105 - a token type
+                # the FIDO2 key's retry rules do not apply: the TPM counts failures itself
+                err.hint = ("check the PIN and try again; every wrong PIN counts towards the TPM's "
+                            "dictionary-attack lockout")
+            raise err
         if all(r.token_type == "systemd-fido2" for r in failed):  # noqa: S105 - a token type
             hint = ("see the lines above; a key that no longer opens its slot can be enrolled again "
                     f"(`yktool luks wipe {device} --slot N`, then `yktool luks enroll-fido2 {device}`)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliCall
 from yktool.host import Host
 from yktool.inventory import REGISTRY_PATH, Registry
@@ -68,5 +70,24 @@ def test_keys_list_malformed_registry_is_a_usage_error(cli: CliCall, root: Path)
     assert r.exit_code == 2
     assert "not valid TOML" in r.stderr
     assert "hint:" in r.stderr
+    assert "Traceback" not in r.output
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("body", [
+    "keys = [1]\n",
+    "keys = 'primary'\n",
+    "[[keys]]\nnickname = 'a'\nenrollments = 3\n",
+    "[[keys]]\nnickname = 'a'\nenrollments = ['ab']\n",
+    "[[keys]]\nnickname = 'a'\nserial = 'x'\n",
+])
+def test_keys_list_registry_of_the_wrong_shape_is_a_usage_error(cli: CliCall, root: Path, body: str) -> None:
+    path = root / REGISTRY_PATH.lstrip("/")
+    path.parent.mkdir(parents=True)
+    path.write_text("version = 1\n" + body)
+    before = path.read_bytes()
+    r = cli("--root", root, "keys", "list")
+    assert r.exit_code == 2, r.output
+    assert REGISTRY_PATH in r.stderr and "hint:" in r.stderr
     assert "Traceback" not in r.output
     assert path.read_bytes() == before

@@ -75,17 +75,30 @@ class Registry:
                 f"{REGISTRY_PATH} is not valid TOML: {exc}",
                 f"fix the file by hand or restore it from {host.root}/var/backups/yktool/",
             ) from None
+        def malformed(what: str) -> UsageError:
+            return UsageError(f"{REGISTRY_PATH}: {what}",
+                              f"fix the file by hand or restore it from {host.root}/var/backups/yktool/")
+
+        raw_keys = data.get("keys", [])
+        if not isinstance(raw_keys, list):
+            raise malformed("`keys` is not a list of [[keys]] tables")
         keys = []
-        for raw in data.get("keys", []):
+        for raw in raw_keys:
             if not isinstance(raw, dict) or "nickname" not in raw:
                 raise UsageError(f"{REGISTRY_PATH}: a [[keys]] entry has no nickname",
                                  "give every key a nickname")
+            serial = raw.get("serial")
+            enrollments = raw.get("enrollments", [])
+            if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
+                raise malformed(f"key {raw['nickname']!r}: serial is not a number")
+            if not isinstance(enrollments, list) or not all(isinstance(e, dict) for e in enrollments):
+                raise malformed(f"key {raw['nickname']!r}: enrollments are not [[keys.enrollments]] tables")
             keys.append(KeyRecord(
                 nickname=str(raw["nickname"]),
                 aaguid=str(raw.get("aaguid", "")),
-                serial=raw.get("serial"),
+                serial=serial,
                 added=str(raw.get("added", "")),
-                enrollments=[dict(e) for e in raw.get("enrollments", [])],
+                enrollments=[dict(e) for e in enrollments],
             ))
         return cls(keys)
 

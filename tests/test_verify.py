@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.fixtures.roots import MUTATIONS, FixtureRoot
@@ -188,3 +190,29 @@ def test_nixos_per_user_locker_counts(hardened_root: FixtureRoot) -> None:
     r = results_of(hardened_root)["hw.udev.lock_handler"]
     assert r.status == "pass" and "/etc/profiles/per-user/alice/bin/swaylock: present" in [
         e.render() for e in r.evidence]
+
+
+def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(
+        hardened_root: FixtureRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nft is not installed on the test machine: a stub prints what a flushed kernel would show.
+    # The fixture's /etc/nftables.conf drops input and its service is enabled, but what the
+    # running kernel does is the answer (a failed nftables.service leaves it wide open).
+    class LiveHost(Host):
+        @property
+        def is_live(self) -> bool:
+            return True
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nft = bin_dir / "nft"
+    nft.write_text("#!/bin/sh\necho 'table inet filter {'\necho '  chain input { type filter hook input "
+                   "priority 0; policy accept; }'\necho '}'\n")
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    ctx = CheckContext(LiveHost(hardened_root.root), privileged=True)
+    [r] = run_checks(ctx, only=["net.firewall"])
+    assert r.status == "fail" and "running kernel" in r.reason, describe({r.id: r})
+    assert "nft list ruleset: input=no input filtering" in [e.render() for e in r.evidence]
+    nft.write_text(nft.read_text().replace("policy accept", "policy drop"))
+    [r] = run_checks(ctx, only=["net.firewall"])
+    assert r.status == "pass", describe({r.id: r})

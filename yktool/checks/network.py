@@ -77,6 +77,7 @@ def ipt_filters_input(text: str) -> str | None:
        "  |  NixOS: networking.firewall.enable = true;")
 def firewall(ctx: CheckContext) -> Result:
     r = R("net.firewall")
+    live_read = False
     # 1. the kernel's live ruleset, when we may read it
     if ctx.live:
         for tool, args, parse in (("nft", ["list", "ruleset"], nft_filters_input),
@@ -92,6 +93,7 @@ def firewall(ctx: CheckContext) -> Result:
                 r.ev(f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}", note=res.error_text[:80])
                 continue
             hit = parse(res.text)
+            live_read = True
             r.ev(f"{tool} {' '.join(args)}".strip(), hit or "no input filtering", "input")
             if hit:
                 return r.ok()
@@ -100,6 +102,10 @@ def firewall(ctx: CheckContext) -> Result:
     for u, link in enabled.items():
         if link:
             r.ev(link, "enabled", u)
+    if live_read:
+        # what the kernel does now is the answer; a configuration that would drop is only a hint
+        return r.fail("the running kernel's ruleset drops no unsolicited input"
+                      + (" (a firewall service is enabled: is it failing?)" if any(enabled.values()) else ""))
     if enabled.get("firewall.service") and ctx.exists("/etc/NIXOS"):
         return r.ok("NixOS firewall service enabled (drops unsolicited input by default)")
     found = None
@@ -122,6 +128,8 @@ def firewall(ctx: CheckContext) -> Result:
         if on:
             return r.ok()
     if not found:
+        if not r.evidence:
+            r.ev(", ".join((*NFT_FILES, *IPT_FILES, "/etc/ufw/ufw.conf")), "absent")
         return r.fail("no firewall ruleset that drops unsolicited input")
     if not any(enabled.values()):
         return r.fail(f"{found} drops input, but no firewall service loads it at boot",

@@ -26,7 +26,6 @@ from tests.flows_support import (
     git_commit_verifies,
     key_opens_image,
     pam_accepts,
-    pam_real_available,
     passphrase_opens,
     spec,
     ssh_signs,
@@ -83,10 +82,9 @@ def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> 
     # pam_u2f: one line for alice with both keys; the real module accepts each
     lines = (scratch / ROOT / "etc/u2f_mappings").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alice:") and lines[0].count(":") == 2
-    if pam_real_available():
-        for role in ("primary", "backup"):
-            (tmp_path / role).mkdir()
-            assert pam_accepts(scratch, spec(scratch, role), tmp_path / role), role
+    for role in ("primary", "backup"):
+        (tmp_path / role).mkdir()
+        assert pam_accepts(scratch, spec(scratch, role), tmp_path / role), role
     # registry: both keys, every kind recorded
     reg = Registry.load(host)
     assert sorted(k.nickname for k in reg.keys) == ["backup", "primary"]
@@ -304,3 +302,17 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
     report = run(None)
     assert report.verify_ok  # type: ignore[attr-defined]
     assert [o.status for o in report.outcomes][:4] == ["already-done"] * 4  # type: ignore[attr-defined]
+
+
+def test_a_pin_that_is_not_utf8_is_exit_2_and_changes_nothing(scratch: Path, cli: CliCall) -> None:
+    root = scratch / ROOT
+    (root / "var/lib/yktool/commission.json").unlink()
+    (root / "home/alice/.ssh/id_ed25519_sk").unlink()  # so the ssh step has to ask for the PIN
+    before = tree_bytes(root)
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--steps", "ssh", "--no-backup", "--pin-stdin", input=b"\xff\xfe-pin\n")
+    assert r.exit_code == 2, r.output
+    assert "not valid UTF-8" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.output
+    after = tree_bytes(root)
+    after.pop("var/lib/yktool/commission.json", None)  # begun, nothing done
+    assert after == before

@@ -113,7 +113,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     commission again: nothing changes. Touches and PIN prompts are counted and printed.
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_secret
+    from yktool.cli.prompts import read_pin, read_secret
     from yktool.errors import UsageError
     from yktool.fido.session import check_new_pin
     from yktool.flows import commission as fc
@@ -161,7 +161,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
 
     def new_pin(role: str) -> str:
         prompt = f"New PIN for the {role} key ({answers.nickname(role)}; it has none yet)"
-        pin = read_secret(prompt, from_stdin=new_pin_stdin, confirm=True).decode("utf-8")
+        pin = read_pin(prompt, from_stdin=new_pin_stdin, new=True)
         check_new_pin(pin)
         return pin
 
@@ -274,7 +274,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
     no present key answers anything (get in with the recovery key first). Resumable.
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_secret
+    from yktool.cli.prompts import read_pin, read_secret
     from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
     from yktool.flows import replace as fr
@@ -293,8 +293,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         specs["new"] = new_device
 
     def new_pin(role: str) -> str:
-        pin = read_secret("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin,
-                          confirm=True).decode("utf-8")
+        pin = read_pin("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin, new=True)
         check_new_pin(pin)
         return pin
 

@@ -22,13 +22,9 @@ if TYPE_CHECKING:
 
 
 def _read_pin(prompt: str, *, from_stdin: bool, new: bool = False) -> str:
-    from yktool.cli.prompts import read_secret
+    from yktool.cli.prompts import read_pin
 
-    raw = read_secret(prompt, from_stdin=from_stdin, confirm=new)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("the PIN is not valid UTF-8", "type the PIN again") from None
+    return read_pin(prompt, from_stdin=from_stdin, new=new)
 
 
 @contextmanager

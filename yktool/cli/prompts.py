@@ -40,6 +40,15 @@ def read_secret(prompt: str, *, from_stdin: bool = False, confirm: bool = False)
     return value.encode("utf-8")
 
 
+def read_pin(prompt: str, *, from_stdin: bool = False, new: bool = False) -> str:
+    """A key's PIN (see `read_secret`; a `new` one is typed twice on a terminal), as text."""
+    raw = read_secret(prompt, from_stdin=from_stdin, confirm=new)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # its message would carry none of the PIN, but a traceback is no answer
+        raise UsageError("the PIN is not valid UTF-8", "type the PIN again") from None
+
+
 @contextmanager
 def spinner(message: str) -> Iterator[None]:
     """A spinner on stderr while the key waits for a touch; nothing when stderr is not a tty."""
@@ -94,7 +103,7 @@ class CliInteraction(UserInteraction):
     def request_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str | None:
         if self.pin is None:
             self.pin_prompts += 1
-            self.pin = read_secret("PIN of the key", from_stdin=self.pin_from_stdin).decode()
+            self.pin = read_pin("PIN of the key", from_stdin=self.pin_from_stdin)
         return self.pin
 
     def pin_rejected(self) -> None:

@@ -533,3 +533,20 @@ def test_orphan_slot_of_a_killed_run_is_not_a_passphrase_to_wipe_down_to(cli: Cl
         assert "only by hardware" in r.stderr
         assert vol.path.read_bytes() == before
     assert vol.opens_with(vol.passphrase)
+
+
+def test_failed_luksaddkey_leaves_no_journal(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """luksAddKey failing (fault injected) adds no slot, so no journal may claim one for later."""
+    from yktool.errors import ToolFailed
+    from yktool.luks import fido2
+
+    def fails(*_a: object, **_k: object) -> None:
+        raise ToolFailed("cryptsetup failed (exit 1): injected", "nothing was added")
+
+    monkeypatch.setattr(fido2, "add_keyslot", fails)
+    before = vol.path.read_bytes()
+    r = enroll(cli, root, sim_key("a"), vol, json_out=False)
+    assert r.exit_code == 5, r.output  # type: ignore[attr-defined]
+    assert vol.path.read_bytes() == before
+    assert not list((root / "var/lib/yktool/luks-fido2").glob("*.json"))

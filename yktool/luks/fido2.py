@@ -587,7 +587,13 @@ def _add_slot(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> N
     write_journal(host, op.uuid, {"uuid": op.uuid, "device": str(device), "keyslot": slot, "token": token,
                                   "nickname": nickname, "aaguid": aaguid, "serial": serial,
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    add_keyslot(host, device, slot, op.unlock, op._passphrase)
+    try:
+        add_keyslot(host, device, slot, op.unlock, op._passphrase)
+    except YktoolError:
+        # no slot was added: a journal left behind would name a slot that is not ours
+        if slot not in read_header(host, device).keyslots:
+            clear_journal(host, op.uuid)
+        raise
     _fault("after-keyslot")
     op.new_slot = slot
     op.pending_token = token
@@ -696,7 +702,7 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
             op.resumed = f"finished: token {op.new_token} imported for orphan keyslot {slot}"
             op.already = True
             _skip_rest(op, "check", f"finished the interrupted enrollment (token {op.new_token}, keyslot {slot})")
-        elif not _looks_like_ours(header, slot):
+        elif not looks_like_ours(header, slot):
             # Not the slot yktool was adding (pbkdf2/sha512, 1000 iterations): someone added a slot
             # with that number since. Leave it alone; only the journal goes.
             clear_journal(host, op.uuid)
@@ -709,7 +715,8 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
     step.detail = op.resumed or ""
 
 
-def _looks_like_ours(header: LuksHeader, slot: int) -> bool:
+def looks_like_ours(header: LuksHeader, slot: int) -> bool:
+    """True when `slot` has the KDF yktool gives a FIDO2 keyslot (pbkdf2/sha512, 1000 iterations)."""
     ks = header.keyslots.get(slot)
     return ks is not None and ks.kdf == "pbkdf2" and ks.iterations == 1000 and ks.kdf_hash == "sha512"
 
@@ -720,7 +727,8 @@ def pending_enrollment(host: Host, uuid: str) -> dict[str, Any] | None:
 
 __all__ = [
     "ALGORITHMS", "BACKENDS", "DEFAULT_ALGORITHM", "RP_ID", "Fido2Enrollment", "Fido2Options", "TokenOwner",
-    "add_keyslot", "default_backend", "derive_passphrase", "import_token", "owns", "pending_enrollment",
+    "add_keyslot", "default_backend", "derive_passphrase", "import_token", "looks_like_ours", "owns",
+    "pending_enrollment",
     "plan_enroll_fido2", "render_argv", "run_systemd_enroll", "systemd_argv", "test_fido2", "token_json",
     "token_owners",
 ]

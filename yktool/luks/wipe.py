@@ -20,12 +20,12 @@ def _read(host: Host, device: str | PurePosixPath) -> LuksHeader:
     key's hmac-secret output, which nobody can type. Counted as a passphrase, it would let the
     real one be wiped and lock the owner out.
     """
-    from yktool.luks.fido2 import pending_enrollment
+    from yktool.luks.fido2 import looks_like_ours, pending_enrollment
 
     header = read_header(host, device)
     pending = pending_enrollment(host, header.uuid) or {}
     slot = header.keyslots.get(pending["keyslot"]) if isinstance(pending.get("keyslot"), int) else None
-    if slot is not None and not slot.tokens:
+    if slot is not None and not slot.tokens and looks_like_ours(header, slot.id):
         slot.role = ROLE_FIDO2
     return header
 

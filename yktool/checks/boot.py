@@ -10,6 +10,7 @@ under the root. The header is read with `yktool.luks.header.read_header` (crypts
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,27 +205,40 @@ def _tokens(ctx: CheckContext, cid: str, type_name: str) -> tuple[R, list[Any] |
     return r, toks
 
 
-@check("boot.luks.fido2", 2, "FIDO2 key enrolled in the root's LUKS header",
-       "yktool luks enroll-fido2 DEVICE   (or: systemd-cryptenroll --fido2-device=auto DEVICE)")
-def luks_fido2(ctx: CheckContext) -> Result:
-    r, toks = _tokens(ctx, "boot.luks.fido2", "systemd-fido2")
+def _enrolled(ctx: CheckContext, cid: str, type_name: str,
+              note: Callable[[Any], str] = lambda _t: "") -> Result:
+    """Pass when the root's header has a `type_name` token bound to a keyslot (each one listed)."""
+    r, toks = _tokens(ctx, cid, type_name)
     if isinstance(toks, Result):
         return toks
     dev = root_device(ctx).device
     if not toks:
-        r.ev(dev, "none", "systemd-fido2 tokens")
-        return r.fail("no systemd-fido2 token in the LUKS header")
+        r.ev(dev, "none", f"{type_name} tokens")
+        return r.fail(f"no {type_name} token in the LUKS header")
+    for t in toks:
+        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", type_name, note(t))
+    return r.ok()
+
+
+@check("boot.luks.fido2", 2, "FIDO2 key enrolled in the root's LUKS header",
+       "yktool luks enroll-fido2 DEVICE   (or: systemd-cryptenroll --fido2-device=auto DEVICE)")
+def luks_fido2(ctx: CheckContext) -> Result:
     from yktool.inventory import Registry
 
-    try:
-        registry: Registry | None = Registry.load(ctx.host)
-    except YktoolError:
-        registry = None
-    for t in toks:
-        owner = registry.owner_of(getattr(t, "credential", "")) if registry else None
-        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", "systemd-fido2",
-             f"key {owner.nickname}" if owner else "")
-    return r.ok()
+    registry: list[Registry | None] = []
+
+    def owner(token: Any) -> str:
+        # the registry names the key behind each credential; loaded once, only when tokens exist
+        if not registry:
+            try:
+                registry.append(Registry.load(ctx.host))
+            except YktoolError:
+                registry.append(None)
+        reg = registry[0]
+        found = reg.owner_of(getattr(token, "credential", "")) if reg else None
+        return f"key {found.nickname}" if found else ""
+
+    return _enrolled(ctx, "boot.luks.fido2", "systemd-fido2", owner)
 
 
 @check("boot.luks.fallback", 2, "a typed way into the root volume remains (password or recovery key)",
@@ -249,16 +263,7 @@ def luks_fallback(ctx: CheckContext) -> Result:
 @check("boot.luks.tpm2", 2, "TPM2 enrolled in the root's LUKS header",
        "yktool luks enroll-tpm2 DEVICE   (or: systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 DEVICE)")
 def luks_tpm2(ctx: CheckContext) -> Result:
-    r, toks = _tokens(ctx, "boot.luks.tpm2", "systemd-tpm2")
-    if isinstance(toks, Result):
-        return toks
-    dev = root_device(ctx).device
-    if not toks:
-        r.ev(dev, "none", "systemd-tpm2 tokens")
-        return r.fail("no systemd-tpm2 token in the LUKS header")
-    for t in toks:
-        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", "systemd-tpm2")
-    return r.ok()
+    return _enrolled(ctx, "boot.luks.tpm2", "systemd-tpm2")
 
 
 @check("boot.luks.tpm2_pcrs", 2, "TPM2 token sealed to the configured PCRs (incl. 7: Secure Boot state)",

@@ -166,12 +166,6 @@ def stop(tpm: SwTpm, timeout: float = 5.0) -> bool:
     return True
 
 
-def stop_dir(host: Host, state_dir: str | PurePosixPath) -> bool:
-    """Stop the swtpm that runs with its state in `state_dir`, if one does."""
-    running = _existing(host.path(state_dir))
-    return stop(running) if running is not None else False
-
-
 def reboot(host: Host, tpm: SwTpm) -> None:
     """A clean power cycle: TPM2_Shutdown, the platform's reset (CMD_INIT), TPM2_Startup.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,6 @@ class AppContext:
     tpm: str = "auto"
     device: str = "auto"
     verbose: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
     @cached_property
     def host(self) -> Host:

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host
 from yktool.luks import cryptenroll
-from yktool.luks.header import LuksHeader, read_header
+from yktool.luks.header import read_header
 from yktool.luks.safety import check_remaining
 from yktool.luks.tokens import Tpm2Token
 from yktool.luks.unlock import UnlockContext, UnlockResult, policy_matches, test_tokens
@@ -159,8 +159,3 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
                       f"keyslot {', '.join(map(str, old_slots))})", touches=[str(device)],
                       verify="read the header back: only the new TPM2 token remains", action=wipe_old))
     return op
-
-
-def tpm2_header_summary(header: LuksHeader) -> list[str]:
-    """One line per TPM2 token, for messages."""
-    return [f"token {t.id}: {t.summary}" for t in header.tokens_of_type("systemd-tpm2")]

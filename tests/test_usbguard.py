@@ -103,6 +103,10 @@ def test_placeholder_detection() -> None:
     assert usbguard.placeholder_reason(None) == "the rules file does not exist"
     assert usbguard.placeholder_reason("# only a comment\n\n") is not None
     assert usbguard.placeholder_reason("allow\n") == "line 1 allows every device: allow"
+    for every in ("allow id *:*", 'allow with-connect-type "hotplug"', "allow label \"all\""):
+        assert usbguard.placeholder_reason(f"{every}\n") == f"line 1 allows every device: {every}"
+    for narrow in ("allow id 1050:*", "allow with-interface equals { 08:*:* }", 'allow serial "X"'):
+        assert usbguard.placeholder_reason(f"{narrow}\n") is None
     assert usbguard.placeholder_reason('block id 1234:5678\n') == "the rules file has no allow rule"
     assert usbguard.placeholder_reason(usbguard.rule_line(KEY) + "\n") is None
 

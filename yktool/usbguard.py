@@ -81,10 +81,29 @@ def placeholder_reason(text: str | None) -> str | None:
         return f"line {marked[0].lineno} is a placeholder: {marked[0].line}"
     if not any(r.target == "allow" for r in rules):
         return "the rules file has no allow rule"
-    bare = [r for r in rules if r.target == "allow" and r.line.split() == ["allow"]]
+    bare = [r for r in rules if r.target == "allow" and _matches_every_device(r.line)]
     if bare:
         return f"line {bare[0].lineno} allows every device: {bare[0].line}"
     return None
+
+
+# Attributes that narrow which devices a rule matches (usbguard-rules.conf(5)); `label`,
+# `with-connect-type` and `if` alone do not name a device.
+_NARROWING = ("hash", "parent-hash", "name", "serial", "via-port", "with-interface")
+
+
+def _matches_every_device(line: str) -> bool:
+    """`allow`, `allow id *:*`, `allow with-connect-type "hotplug"`: rules that let any device in."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        words = line.split()
+    for i, w in enumerate(words[1:], 1):
+        if w in _NARROWING:
+            return False
+        if w == "id" and words[i + 1:i + 2] != ["*:*"]:
+            return False
+    return True
 
 
 def find_rule(text: str, key: KeyUsb) -> Rule | None:

@@ -216,3 +216,14 @@ def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(
     nft.write_text(nft.read_text().replace("policy accept", "policy drop"))
     [r] = run_checks(ctx, only=["net.firewall"])
     assert r.status == "pass", describe({r.id: r})
+
+
+def test_lock_rule_masked_by_a_same_named_file_in_etc_is_not_installed(hardened_root: FixtureRoot) -> None:
+    root = hardened_root.root
+    vendor_dir = root / "usr/lib/udev/rules.d"
+    vendor_dir.mkdir(parents=True)
+    (root / "etc/udev/rules.d/85-yktool-lock.rules").rename(vendor_dir / "85-yktool-lock.rules")
+    assert results_of(hardened_root)["hw.udev.lock_rule"].status == "pass"
+    (root / "etc/udev/rules.d/85-yktool-lock.rules").symlink_to("/dev/null")  # how udev rules are masked
+    r = results_of(hardened_root)["hw.udev.lock_rule"]
+    assert r.status == "fail", describe({r.id: r})

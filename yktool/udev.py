@@ -234,12 +234,18 @@ class InstalledRule:
 def installed_rules(host: Host) -> list[InstalledRule]:
     """Removal-lock rules under the root: ACTION=="remove" lines that run loginctl or yktool-lock."""
     out: list[InstalledRule] = []
+    seen: set[str] = set()
     for folder in RULE_DIRS:
         try:
             names = sorted(p.name for p in host.path(folder).iterdir() if p.name.endswith(".rules"))
         except (OSError, UsageError):
             continue
         for name in names:
+            # udev reads one file per name, the first folder's: /etc masks /usr/lib (even with
+            # an empty file or a /dev/null link)
+            if name in seen:
+                continue
+            seen.add(name)
             path = f"{folder}/{name}"
             try:
                 text = host.path(path).read_text(errors="replace")

@@ -60,6 +60,7 @@ class Found:
     # ssh verify-required (credProtect 3): invisible to a silent probe, so probed with the PIN;
     # else a kept key's credential would be taken for the lost key's and revoked
     needs_uv: bool = False
+    also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
 
     @property
     def lost(self) -> bool:
@@ -531,17 +532,24 @@ def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
     for role in roles:
         session = keys.session(role)
         probe([f for f in found if f.lost], {role: session})
+        if role == "new":  # silently: is it one of the kept keys (left in where the new one should be)?
+            for f in found:
+                if f.answered_by not in (None, "new") and not f.needs_uv:
+                    f.also_new = session.probe(f.rp_id, f.credential_id)
     keys.close()
     return found
 
 
 def check_new_key(found: list[Found], new_nickname: str) -> None:
-    """The replacement must not be a key already enrolled under another name."""
-    taken = sorted({f.owner for f in found if f.answered_by == "new" and f.owner not in (new_nickname,
-                                                                                        "unregistered")})
+    """The replacement must not be a key already enrolled here: not under another name, and not
+    a kept key (enrolled again under the new name, one physical key would stand for two)."""
+    taken = {f.owner for f in found if f.answered_by == "new" and f.owner not in (new_nickname, "unregistered")}
+    taken |= {f.owner for f in found if f.also_new}
     if taken:
-        raise Refused(f"the new key is already enrolled here as {', '.join(taken)}",
-                      "use a key that is not enrolled yet as --new-device (or run without it to revoke only)")
+        raise Refused(f"the new key is already enrolled here ({', '.join(sorted(taken))}): it answers for "
+                      "that key's credentials",
+                      "insert a key that is not enrolled yet and pass it as --new-device "
+                      "(or run without --new-device to revoke only)")
 
 
 def settle(host: Host) -> None:

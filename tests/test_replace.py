@@ -228,3 +228,17 @@ def test_a_kept_keys_verify_required_ssh_key_is_not_taken_for_lost(scratch: Path
     assert (root / "home/alice/.ssh/id_vr_sk").read_bytes() == vr
     backup = Registry.load(Host(root)).get("backup")
     assert backup is not None and any(e.get("path") == "/home/alice/.ssh/id_vr_sk" for e in backup.enrollments)
+
+
+def test_the_kept_key_given_as_the_new_one_is_refused(scratch: Path, cli: CliCall) -> None:
+    """The backup left in where the replacement should be: enrolling it again under the new name
+    would leave one physical key where the registry shows two."""
+    root = scratch / ROOT
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+    before = tree_bytes(root)
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--new-device",
+            spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
+            input=demo_pin(scratch) + "\n")
+    assert r.exit_code == 4, r.output
+    assert "already enrolled here (backup)" in r.stderr and "hint:" in r.stderr
+    assert tree_bytes(root) == before

@@ -227,3 +227,14 @@ def test_lock_rule_masked_by_a_same_named_file_in_etc_is_not_installed(hardened_
     (root / "etc/udev/rules.d/85-yktool-lock.rules").symlink_to("/dev/null")  # how udev rules are masked
     r = results_of(hardened_root)["hw.udev.lock_rule"]
     assert r.status == "fail", describe({r.id: r})
+
+
+def test_commented_out_sk_key_is_no_key(hardened_root: FixtureRoot) -> None:
+    from tests.fixtures.roots import sk_pubkey
+
+    ssh = hardened_root.root / "home/alice/.ssh"
+    (ssh / "id_ed25519_sk.pub").unlink()
+    (ssh / "authorized_keys").write_text("# " + sk_pubkey() + "\n")
+    assert results_of(hardened_root)["ssh.sk_key"].status == "fail"
+    (ssh / "authorized_keys").write_text('no-touch-required ' + sk_pubkey() + "\n")
+    assert results_of(hardened_root)["ssh.sk_key"].status == "pass"

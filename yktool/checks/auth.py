@@ -221,6 +221,8 @@ def _sk_key(ctx: CheckContext) -> Result:
                 unreadable.append(exc)
                 continue
             for line in text.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue  # a commented-out key is no key
                 words = line.split()
                 typ = next((w for w in words if w in SK_TYPES), None)
                 if typ:

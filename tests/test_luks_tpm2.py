@@ -73,6 +73,18 @@ def test_replace_when_nothing_changed_keeps_the_token(cli: CliCall, measured_tpm
     assert tpm2_tokens(luks2_image) == before
 
 
+def test_replace_with_pin_on_stdin_keeps_the_line_order(cli: CliCall, measured_tpm: SoftTpm,
+                                                        luks2_image: LuksImage) -> None:
+    """stdin is always passphrase line, then PIN line, even when --replace finds nothing to re-seal
+    (the passphrase line must not be taken for the PIN: that would spend a TPM authorisation)."""
+    lines = f"{luks2_image.passphrase.decode()}\n2468\n"
+    assert enroll(cli, measured_tpm, luks2_image, "--with-pin", input=lines).exit_code == 0  # type: ignore[attr-defined]
+    before = tpm2_tokens(luks2_image)
+    r = enroll(cli, measured_tpm, luks2_image, "--with-pin", "--replace", input=lines)
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert tpm2_tokens(luks2_image) == before
+
+
 def test_other_settings_need_replace(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
     assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
     digest = luks2_image.header_digest()

@@ -157,7 +157,9 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
         return
     if not app.json:
         info(op.plan.render())
-    if op.needs_unlock:
+    # On stdin the lines come in a fixed order (passphrase, then PIN), also when no keyslot is added
+    # and the passphrase goes unused: otherwise its line would be taken for the PIN.
+    if op.needs_unlock or (op.needs_pin and unlock_key_file is None and not sys.stdin.isatty()):
         op.unlock = _read_unlock(app, device, unlock_key_file)
     if op.needs_pin:
         from yktool.cli.prompts import read_secret

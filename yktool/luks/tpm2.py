@@ -140,7 +140,8 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
         ctx = UnlockContext(host, device, header_now, tcti, pin_for=lambda _t: op.pin)
         op.proof = test_tokens(ctx, [op.new_token])
         if not op.proof[0].ok:
-            raise ToolFailed(f"the new TPM2 token {op.new_token} does not open {device}: {op.proof[0].message}",
+            which = "new " if op.current is None else ""
+            raise ToolFailed(f"the {which}TPM2 token {op.new_token} does not open {device}: {op.proof[0].message}",
                              "the old enrollment was left in place; check `yktool luks test-unlock`")
 
     plan.add(Step("prove", "test-unlock the new token through systemd's own token plugin (nothing activated)",

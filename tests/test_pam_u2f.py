@@ -273,6 +273,55 @@ def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: Callable[..., str], r
     print("kill -9 runs that had already written:", seen_new)
 
 
+# The child writes the new authfile's temporary file half-way, says so, and waits to be killed:
+# the kill lands mid-write every time, not by luck of timing.
+_HALF_WRITE = """
+import os, sys, time
+real = os.write
+def write(fd, data):
+    try:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        name = ""
+    if os.path.dirname(name) == sys.argv[2] and "u2f_mappings" in os.path.basename(name):
+        real(fd, bytes(data)[: len(data) // 2])
+        open(sys.argv[1], "w").close()
+        time.sleep(120)
+    return real(fd, data)
+os.write = write
+from yktool.cli import main
+main(sys.argv[3:])
+"""
+
+
+def test_kill_9_in_the_middle_of_the_write_leaves_the_old_authfile(
+        tmp_path: Path, sim_key: Callable[..., str], root: Path) -> None:
+    make_root(root)
+    path = root / "etc/u2f_mappings"
+    path.write_text(legacy_line("bob") + "\n")
+    old = path.read_bytes()
+    marker = tmp_path / "half-written"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", _HALF_WRITE, str(marker), str(path.parent), "--root", str(root),
+                             "--device", sim_key("a"), "pam", "register", "--user", "root"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), proc.stderr.read() if proc.poll() is not None and proc.stderr else "no write"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert path.read_bytes() == old
+    # the next run completes on top of the intact old file
+    done = subprocess.run([sys.executable, "-m", "yktool", "--root", str(root), "--device",
+                           sim_key("a"), "pam", "register", "--user", "root"], env=env,
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr
+    after = pu.Authfile.parse(path.read_text())
+    assert after.credentials_of("bob") == pu.Authfile.parse(old.decode()).credentials_of("bob")
+    assert len(after.credentials_of("root")) == 1 and not after.malformed
+
+
 # ------------------------------------------------------------------------- pam check
 def _pam(root: Path, name: str, text: str) -> None:
     d = root / "etc/pam.d"

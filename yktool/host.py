@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -144,15 +145,31 @@ class Host:
         return self.read_bytes(path).decode("utf-8", "surrogateescape")
 
     # ----------------------------------------------------------------------------- writes
+    @staticmethod
+    @contextlib.contextmanager
+    def _may_write(path: str | PurePosixPath) -> Iterator[None]:
+        """A write the user may not make (not root, a read-only tree) is an error with a hint."""
+        try:
+            yield
+        except PermissionError:
+            raise UsageError(f"{path}: permission denied",
+                             "run as root (sudo), or give a --root you can write to") from None
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            raise UsageError(f"{path}: read-only file system",
+                             "remount it read-write, or pick another --root") from None
+
     def mkdir(self, path: str | PurePosixPath, mode: int = 0o755, owner: tuple[int, int] | None = None) -> Path:
         """Create a folder (and its parents, with mode 0755) inside the root; set mode/owner."""
         real = self.path(path)
         if not real.is_dir():
-            real.parent.mkdir(parents=True, exist_ok=True)
-            real.mkdir(mode=mode)
-            os.chmod(real, mode)
-            if owner is not None:
-                os.chown(real, *owner)
+            with self._may_write(path):
+                real.parent.mkdir(parents=True, exist_ok=True)
+                real.mkdir(mode=mode)
+                os.chmod(real, mode)
+                if owner is not None:
+                    os.chown(real, *owner)
         return real
 
     def backup(self, path: str | PurePosixPath) -> Path | None:
@@ -188,10 +205,11 @@ class Host:
         if isinstance(data, str):
             data = data.encode("utf-8")
         real = self.path(path)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        if backup:
-            self.backup(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".yktool-tmp", dir=real.parent)
+        with self._may_write(path):
+            real.parent.mkdir(parents=True, exist_ok=True)
+            if backup:
+                self.backup(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".yktool-tmp", dir=real.parent)
         try:
             os.fchmod(fd, mode)
             if owner is not None:
@@ -221,9 +239,10 @@ class Host:
         real = self.path(path)
         if not real.exists():
             return False
-        if backup:
-            self.backup(path)
-        real.unlink()
+        with self._may_write(path):
+            if backup:
+                self.backup(path)
+            real.unlink()
         return True
 
     def mode(self, path: str | PurePosixPath) -> int:
@@ -248,7 +267,7 @@ class Host:
         *,
         input: bytes | None = None,
         secrets: Sequence[bytes] = (),
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         check: bool = True,
         timeout: float | None = 300,
         cwd: str | os.PathLike[str] | None = None,
@@ -259,7 +278,7 @@ class Host:
 
         `input` goes to stdin; each of `secrets` is written into its own pipe whose read end the
         child inherits as the path a `SecretPath(i)` element of argv names. `env` adds plain
-        (non-secret) variables. With `check`, a non-zero exit raises ToolFailed carrying stderr.
+        (non-secret) variables; a None value removes that variable. With `check`, a non-zero exit raises ToolFailed carrying stderr.
 
         `secret_files=True` hands each secret over as an in-memory file (a sealed memfd, mode
         0400) instead of a pipe, for tools that seek or read a key file twice (systemd-cryptenroll
@@ -270,8 +289,11 @@ class Host:
         """
         self.require_tool(str(argv[0]))
         child_env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
-        if env:
-            child_env.update(env)
+        for key, value in (env or {}).items():
+            if value is None:
+                child_env.pop(key, None)
+            else:
+                child_env[key] = value
         opener = _secret_memfds if secret_files else _secret_pipes
         with opener(secrets) as fds, _credentials_dir(credentials or {}) as (cred_dir, cred_fds):
             if cred_dir is not None:

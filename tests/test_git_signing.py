@@ -272,3 +272,24 @@ def test_existing_email_is_kept(world: SshWorld) -> None:
     assert "user.email" not in data["config"] and data["config"]["gpg.format"] == "ssh"
     backups = list((world.root / "var/backups/yktool/home/alice").glob(".gitconfig.*"))
     assert [b.read_text() for b in backups] == ["[user]\n\temail = alice@home.example\n\tname = Alice\n"]
+
+
+def test_git_variables_of_the_callers_shell_do_not_redirect_the_config(
+        world: SshWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a git hook or `git rebase --exec`, the shell has GIT_DIR (and maybe -c values
+    in GIT_CONFIG_*): yktool's git must still configure the repository it was given."""
+    _keygen(world)
+    decoy = tmp_path / "decoy"
+    assert world.run(["git", "init", "-q", str(decoy)], env=_git_env(world)).returncode == 0
+    decoy_before = (decoy / ".git" / "config").read_bytes()
+    repo = world.home() / "project"
+    assert world.run(["git", "init", "-q", str(repo)], env=_git_env(world)).returncode == 0
+    monkeypatch.setenv("GIT_DIR", str(decoy / ".git"))
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "gpg.format")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "openpgp")
+    res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice", "--repo", "/home/alice/project")
+    assert res.exit_code == 0, res.output
+    assert (decoy / ".git" / "config").read_bytes() == decoy_before
+    assert "format = ssh" in (repo / ".git" / "config").read_text()
+    assert "gpg.format=ssh" in res.stdout

@@ -22,6 +22,10 @@ from yktool.host import Host, Result
 from yktool.ssh.accounts import Account
 from yktool.ssh.keys import SkPublicKey
 
+GIT_CALLER_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE", "GIT_CONFIG",
+                        "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG_SYSTEM",
+                        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_NAMESPACE",
+                        "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
 CONFIG_KEYS = ("gpg.format", "user.signingkey", "commit.gpgsign", "tag.gpgsign", "gpg.ssh.allowedSignersFile")
 
 
@@ -72,9 +76,12 @@ class Git:
         self.host = host
         self.account = account
 
-    def env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str | None]:
         home = str(self.host.path(self.account.home))
         return {
+            # the caller's shell may be inside git (a hook, `rebase --exec`): its repository and
+            # `-c` values must not steer where this git reads or writes
+            **dict.fromkeys(GIT_CALLER_VARIABLES),
             "HOME": home,
             "GIT_CONFIG_GLOBAL": str(self.host.path(self.account.home / ".gitconfig")),
             "GIT_CONFIG_NOSYSTEM": "1",

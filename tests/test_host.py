@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,3 +96,43 @@ def test_missing_tool_names_the_package(root: Path) -> None:
     with pytest.raises(ToolFailed) as err:
         Host(root).run(["yktool-no-such-tool"])
     assert "not installed" in err.value.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_write_without_permission_is_a_usage_error() -> None:
+    """Not root on a root-owned tree: a clear error with a hint, not a traceback, nothing written."""
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="yktool-perm-"))
+    try:
+        _write_as_nobody(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _write_as_nobody(top: Path) -> None:
+    (top / "etc").mkdir(parents=True)
+    (top / "locked").mkdir(mode=0o700)
+    os.chmod(top, 0o755)  # noqa: S103 - nobody must reach the tree
+    (top / "etc/keep").write_text("old\n")
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from yktool.errors import UsageError
+        from yktool.host import Host
+        h = Host(Path({str(top)!r}))
+        for act in (lambda: h.write_file("/etc/new", "x"), lambda: h.mkdir("/etc/d"),
+                    lambda: h.remove("/etc/keep"), lambda: h.write_file("/locked/f", "x")):
+            try:
+                act()
+            except UsageError as err:
+                print(err.message, "|", err.hint)
+    """)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # (removing /etc/keep fails at its backup under /var/backups/yktool first)
+    assert [ln.split(":")[0] for ln in lines] == ["/etc/new", "/etc/d", "/var/backups/yktool/etc", "/locked/f"]
+    assert all("permission denied | run as root" in ln for ln in lines)
+    assert sorted(p.name for p in (top / "etc").iterdir()) == ["keep"]
+    assert (top / "etc/keep").read_text() == "old\n"

@@ -113,7 +113,9 @@ class Host:
                 resolved.pop()
                 continue
             candidate = self.root.joinpath(*resolved, part)
-            if candidate.is_symlink():
+            with self._may_write(path):  # a folder on the way the user may not enter
+                is_link = candidate.is_symlink()
+            if is_link:
                 hops += 1
                 if hops > 40:
                     raise UsageError(f"too many symlinks resolving {path}", "fix the link loop")
@@ -278,7 +280,8 @@ class Host:
 
         `input` goes to stdin; each of `secrets` is written into its own pipe whose read end the
         child inherits as the path a `SecretPath(i)` element of argv names. `env` adds plain
-        (non-secret) variables; a None value removes that variable. With `check`, a non-zero exit raises ToolFailed carrying stderr.
+        (non-secret) variables; a None value removes that variable. With `check`, a non-zero exit
+        raises ToolFailed carrying stderr.
 
         `secret_files=True` hands each secret over as an in-memory file (a sealed memfd, mode
         0400) instead of a pipe, for tools that seek or read a key file twice (systemd-cryptenroll

@@ -316,3 +316,34 @@ def test_a_pin_that_is_not_utf8_is_exit_2_and_changes_nothing(scratch: Path, cli
     after = tree_bytes(root)
     after.pop("var/lib/yktool/commission.json", None)  # begun, nothing done
     assert after == before
+
+
+def test_recovery_keys_of_two_devices_both_stay_in_the_recovery_file(scratch: Path, cli: CliCall,
+                                                                     tmp_path: Path) -> None:
+    """One --recovery-key-file for several LUKS devices: each device's key is kept (the second
+    used to replace the first, which then opened nothing anyone had)."""
+    root = scratch / ROOT
+    (root / "var/lib/yktool/commission.json").unlink()
+    passphrase = root / str(PASSPHRASE).lstrip("/")
+    devices = ["/var/lib/demo/disk2.img", "/var/lib/demo/disk3.img"]
+    for dev in devices:
+        with open(root / dev.lstrip("/"), "wb") as fh:
+            fh.truncate(32 * 1024 * 1024)
+        subprocess.run(["cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2",  # noqa: S607
+                        "--pbkdf-force-iterations", "1000", "--batch-mode", "--key-file", str(passphrase),
+                        str(root / dev.lstrip("/"))], check=True, capture_output=True)
+    rec = tmp_path / "recovery.txt"
+    args = [a for dev in devices for a in ("--luks-device", dev)]
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--steps", "recovery", "--no-backup", *args, "--unlock-key-file", str(PASSPHRASE),
+            "--recovery-key-file", rec, "--pin-stdin", input=demo_pin(scratch) + "\n")
+    assert r.exit_code == 0, r.output
+    assert oct(rec.stat().st_mode & 0o777) == "0o600"
+    lines = rec.read_text().splitlines()
+    for dev in devices:
+        head = next(n for n, ln in enumerate(lines) if ln.startswith(f"# yktool recovery key for {dev} "))
+        opened = subprocess.run(["cryptsetup", "open", "--test-passphrase",  # noqa: S607
+                                 str(root / dev.lstrip("/"))], input=lines[head + 1].encode(),
+                                capture_output=True, check=False)
+        assert opened.returncode == 0, (dev, opened.stderr)
+    assert len(lines) == 4

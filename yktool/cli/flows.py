@@ -40,14 +40,48 @@ def _opener(app: AppContext, pin_stdin: bool) -> Any:
     return open_key
 
 
+def _read_unlock(device: str) -> bytes:
+    """A LUKS volume's current passphrase (or recovery key), asked when no key file is given."""
+    from yktool.cli.prompts import read_secret
+
+    return read_secret(f"Current passphrase (or recovery key) of {device}")
+
+
+def _step_printer(app: AppContext) -> Any:
+    """Each step's outcome on stderr as it ends (nothing with --json: the report has them)."""
+    def on_step(out: Any) -> None:
+        if not app.json:
+            mark = "done" if out.status == "done" else "already done"
+            info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
+
+    return on_step
+
+
+def recovery_file_text(existing: str, device: str, root: Path, key: str) -> str:
+    """The recovery-key file with `device`'s key (re)placed and every other device's kept: with
+    several LUKS devices one file holds each one's key, and a key replaced by a resumed run does
+    not linger next to the new one."""
+    head = f"# yktool recovery key for {device} on {root}: keep it offline, it opens the disk"
+    lines = existing.splitlines()
+    kept: list[str] = []
+    skip = False
+    for line in lines:
+        if line.startswith("# yktool recovery key for "):
+            skip = line == head
+        if not skip:
+            kept.append(line)
+    return "".join(f"{line}\n" for line in [*kept, head, key])
+
+
 def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interactive: bool) -> Any:
     def show(device: str, key: bytes) -> str:
         from yktool.host import Host
 
         if recovery_file is not None:
-            text = (f"# yktool recovery key for {device} on {app.host.root}: keep it offline, it opens the disk\n"
-                    + key.decode() + "\n")
-            Host(Path("/")).write_file(str(recovery_file.absolute()), text, 0o600, backup=False)
+            path = recovery_file.absolute()
+            existing = path.read_text() if path.is_file() else ""
+            text = recovery_file_text(existing, device, app.host.root, key.decode())
+            Host(Path("/")).write_file(str(path), text, 0o600, backup=False)
             return f"written to {recovery_file} (mode 0600): move it offline"
         # the terminal only: never stdout (it may be --json for a script) and never a log
         bar = "=" * 64
@@ -113,7 +147,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     commission again: nothing changes. Touches and PIN prompts are counted and printed.
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_pin, read_secret
+    from yktool.cli.prompts import read_pin
     from yktool.errors import UsageError
     from yktool.fido.session import check_new_pin
     from yktool.flows import commission as fc
@@ -165,9 +199,6 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         check_new_pin(pin)
         return pin
 
-    def unlock(device: str) -> bytes:
-        return read_secret(f"Current passphrase (or recovery key) of {device}")
-
     swap_device = {"primary": primary_device, "backup": backup_device}
 
     def on_swap(role: str) -> None:
@@ -178,7 +209,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         info(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
         asker.pause("Press any key when it is in…", yes=app.yes)
 
-    io = fc.CommissionIO(new_pin, unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
+    io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
                          tcti=app.tpm, allow_unmeasured=allow_unmeasured)
     nicknames = {"primary": primary, "backup": backup}
     with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap) as keys:
@@ -197,13 +228,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
             from yktool.errors import Refused
 
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-
-        def on_step(out: Any) -> None:
-            if not app.json:
-                mark = "done" if out.status == "done" else "already done"
-                info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
-
-        report = fc.execute(flow, flow_steps, on_step)
+        report = fc.execute(flow, flow_steps, _step_printer(app))
     _render_report(app, report, plan)
     if not report.verify_ok:
         sys.exit(1)
@@ -274,7 +299,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
     no present key answers anything (get in with the recovery key first). Resumable.
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_pin, read_secret
+    from yktool.cli.prompts import read_pin
     from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
     from yktool.flows import replace as fr
@@ -296,9 +321,6 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         pin = read_pin("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin, new=True)
         check_new_pin(pin)
         return pin
-
-    def unlock(device: str) -> bytes:
-        return read_secret(f"Current passphrase (or recovery key) of {device}")
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
@@ -329,7 +351,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         answers = fr.ReplaceAnswers(new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,
                                     age_identity=age.age_identity)
-        io = fr.ReplaceIO(new_pin, unlock)
+        io = fr.ReplaceIO(new_pin, _read_unlock)
         flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device))
         if not app.json:
             click.echo(f"Lost ({', '.join(names)}): no key present answers for")
@@ -348,13 +370,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
             show_plan(plan, False)
         if not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-
-        def on_step(out: Any) -> None:
-            if not app.json:
-                mark = "done" if out.status == "done" else "already done"
-                info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
-
-        report = fr.execute(flow, steps, on_step)
+        report = fr.execute(flow, steps, _step_printer(app))
     if app.json:
         emit_json(report.to_json())
     else:

@@ -462,9 +462,11 @@ class Commission:
             sel.append("ssh.sk_key")
         if "git" in s:
             sel.append("git.signing")
-        if "pam" in s:
-            sel += ["pam.sudo", "pam.login"]
+        # on NixOS /etc is generated: the PAM stack, udev and USBGuard rules come from the printed
+        # Nix after a rebuild, so the root's /etc/pam.d and rules are not what will run
         if self.a.host_kind == "linux":
+            if "pam" in s:
+                sel += ["pam.sudo", "pam.login"]
             if "udev" in s:
                 sel.append("hw.udev.lock_rule")
             if "usbguard" in s:

@@ -233,6 +233,22 @@ def test_probe_finds_own_credentials_only_silently(tmp_path: Path) -> None:
     assert len(ui.pin_requests) == 1  # only the makeCredential needed the PIN
 
 
+def test_probe_with_uv_finds_a_credprotect_3_credential(tmp_path: Path) -> None:
+    """credProtect 3 (ssh verify-required) hides a credential from a silent probe; with `uv` the
+    session's PIN finds it, still without a touch. A key without a PIN is not asked at all."""
+    ui = Recorder()
+    mine = KeySession(with_pin(tmp_path), ui)
+    cred = mine.make_credential("ssh:", algorithms=(EDDSA,), cred_protect=3)
+    touches = mine.touches
+    assert mine.probe("ssh:", cred.credential_id) is False
+    assert mine.probe("ssh:", cred.credential_id, uv=True) is True
+    assert mine.touches == touches and len(ui.pin_requests) == 1  # the PIN asked once, kept
+    other_ui = Recorder()
+    other = KeySession(sim(tmp_path, "other.json"), other_ui)
+    assert other.probe("ssh:", cred.credential_id, uv=True) is False
+    assert other_ui.pin_requests == []
+
+
 # ---------------------------------------------------------------------------- PIN
 
 

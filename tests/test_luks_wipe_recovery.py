@@ -167,3 +167,26 @@ def test_wipe_checks_again_when_it_acts(cli: CliCall, luks2_image: LuksImage) ->
         plan.apply()
     assert luks2_image.path.read_bytes() == before
     assert luks2_image.opens_with(luks2_image.passphrase)
+
+
+def test_wipe_leaving_only_an_unknown_token_slot_is_refused(cli: CliCall, luks2_image: LuksImage) -> None:
+    """A slot opened by a token yktool does not know (clevis: a Tang server or a TPM) is not a
+    passphrase anyone can type: removing the last typed one down to it is refused."""
+    import os
+    import subprocess
+
+    r, w = os.pipe()
+    os.write(w, os.urandom(32).hex().encode())  # clevis keeps a random secret, never shown
+    os.close(w)
+    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                    "1000", "--key-slot", "1", "--key-file", str(luks2_image.key_file), str(luks2_image.path),
+                    f"/dev/fd/{r}"], pass_fds=(r,), check=True, capture_output=True)
+    os.close(r)
+    token = {"type": "clevis", "keyslots": ["1"], "jwe": {"ciphertext": "x"}}
+    subprocess.run(["cryptsetup", "token", "import", str(luks2_image.path)], input=json.dumps(token).encode(),
+                   check=True, capture_output=True)
+    before = luks2_image.path.read_bytes()
+    r2 = cli("--yes", "luks", "wipe", luks2_image.path, "--slot", "0")
+    assert r2.exit_code == 4, r2.output
+    assert "--allow-hardware-only" in r2.stderr
+    assert luks2_image.path.read_bytes() == before

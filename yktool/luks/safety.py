@@ -34,7 +34,9 @@ def check_remaining(header: LuksHeader, removing: Iterable[int], *, allow_hardwa
         )
     knowledge_before = [s for s in header.knowledge_slots]
     knowledge_left = [s for s in header.knowledge_slots if s not in gone]
-    hardware_left = [s for s in header.hardware_slots if s not in gone]
+    # Every slot a person cannot type into: TPM2, FIDO2, PKCS#11, and tokens yktool does not know
+    # (clevis binds to a Tang server or a TPM): none of them survives losing that hardware.
+    hardware_left = [s for s in left if s not in header.knowledge_slots]
     if knowledge_before and not knowledge_left and hardware_left and not allow_hardware_only:
         raise Refused(
             f"removing {', '.join(describe_slot(header, s) for s in sorted(gone))} would leave {device} "

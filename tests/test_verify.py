@@ -238,3 +238,20 @@ def test_commented_out_sk_key_is_no_key(hardened_root: FixtureRoot) -> None:
     assert results_of(hardened_root)["ssh.sk_key"].status == "fail"
     (ssh / "authorized_keys").write_text('no-touch-required ' + sk_pubkey() + "\n")
     assert results_of(hardened_root)["ssh.sk_key"].status == "pass"
+
+
+def test_pam_u2f_module_not_installed_fails(hardened_root: FixtureRoot) -> None:
+    (hardened_root.root / "usr/lib/x86_64-linux-gnu/security/pam_u2f.so").unlink()
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == "fail" and "not installed: every sudo authentication fails" in r.reason
+    sudo = hardened_root.root / "etc/pam.d/sudo"
+    sudo.write_text("-" + sudo.read_text().removeprefix("#%PAM-1.0\n"))
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == "fail" and "libpam skips it" in r.reason, describe({r.id: r})
+    # NixOS names the module by its store path
+    module = f"/nix/store/{'c' * 32}-pam_u2f-1.3.1/lib/security/pam_u2f.so"
+    sudo.write_text(f"auth required {module} cue authfile=/etc/u2f_mappings\n")
+    assert results_of(hardened_root)["pam.sudo"].status == "fail"
+    (hardened_root.root / module.lstrip("/")).parent.mkdir(parents=True)
+    (hardened_root.root / module.lstrip("/")).write_bytes(b"\x7fELF")
+    assert results_of(hardened_root)["pam.sudo"].status == "pass"

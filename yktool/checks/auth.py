@@ -40,6 +40,15 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         first = u2f[0]
         opts = first.options
         r.ev(first.line.where, first.line.raw, "auth")
+        searched = _module_missing(ctx, first.line.module)
+        if searched:
+            r.ev(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent", first.line.module)
+            if first.line.ignore_missing:
+                return r.fail(f"{first.line.module} is not installed and the rule is `-auth`: libpam "
+                              f"skips it, {service} never asks for the key",
+                              "install pam_u2f (Debian: apt install libpam-u2f)")
+            return r.fail(f"{first.line.module} is not installed: every {service} authentication fails",
+                          "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
         if opts.alwaysok:
             r.ev(first.line.where, "present", "alwaysok")
             return r.fail(f"pam_u2f in {service} has `alwaysok`: everyone passes it without a key",
@@ -67,6 +76,23 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         return r.ok()
 
     return run
+
+
+PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
+
+
+def _module_missing(ctx: CheckContext, module: str) -> list[str]:
+    """Where libpam would look for `module` when it is not there ([] when found, or when an
+    offline root has no /nix/store to look in)."""
+    if module.startswith("/"):
+        if module.startswith("/nix/store/") and not ctx.is_dir("/nix/store"):
+            return []
+        return [] if ctx.exists(module) else [module]
+    dirs = list(PAM_MODULE_DIRS)
+    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
+        dirs += [f"{lib}/{d}/security" for d in ctx.listdir(lib) if "-linux-" in d]
+    candidates = [f"{d}/{module}" for d in dirs]
+    return [] if any(ctx.exists(c) for c in candidates) else candidates
 
 
 def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None) -> str | None:

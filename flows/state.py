@@ -42,7 +42,7 @@ class FlowState:
             raw = json.loads(host.read_text(state.path))
             return cls(flow, dict(raw.get("answers", {})), list(raw.get("done", [])),
                        str(raw.get("started", "")), str(raw.get("finished", "")), dict(raw.get("extra", {})))
-        except (json.JSONDecodeError, AttributeError):
+        except (ValueError, AttributeError, TypeError):  # not JSON, or JSON of another shape
             raise UsageError(f"{state.path} is damaged",
                              f"delete it to start the {flow} flow afresh (every step is idempotent)") from None
 

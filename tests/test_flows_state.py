@@ -36,10 +36,12 @@ def test_state_resumes_refuses_other_answers_and_restarts_after_finish(tmp_path:
     assert done.done == [] and not done.finished
 
 
-def test_damaged_state_file_says_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"answers": 3}', '{"done": 5}', '{"extra": [1]}',
+                                  "\udcff"])
+def test_damaged_state_file_says_what_to_do(tmp_path: Path, body: str) -> None:
     host = Host(tmp_path)
     (tmp_path / "var/lib/yktool").mkdir(parents=True)
-    (tmp_path / "var/lib/yktool/replace.json").write_text("{not json")
+    (tmp_path / "var/lib/yktool/replace.json").write_bytes(body.encode("utf-8", "surrogateescape"))
     with pytest.raises(UsageError) as err:
         FlowState.load(host, "replace")
     assert "damaged" in err.value.message and "delete it" in err.value.hint

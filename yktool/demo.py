@@ -190,11 +190,15 @@ def stage_image(ctx: DemoContext) -> None:
     # the passphrase file is the demo's artefact (a scratch secret): mode 0600 before content
     ctx.host.mkdir(IMAGE.parent, 0o700)
     ctx.host.write_file(PASSPHRASE, secrets.token_urlsafe(32), 0o600, backup=False)
+    # made under a temporary name and renamed when formatted: a run killed half-way leaves no
+    # image that is not LUKS (which the next run would stop at) under the real name
     real = ctx.host.path(IMAGE)
-    with open(real, "wb") as fh:
+    part = real.with_name(real.name + ".part")
+    with open(part, "wb") as fh:
         fh.truncate(32 * 1024 * 1024)
     ctx.host.run(["cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
-                  "1000", "--batch-mode", "--key-file", str(ctx.host.path(PASSPHRASE)), str(real)])
+                  "1000", "--batch-mode", "--key-file", str(ctx.host.path(PASSPHRASE)), str(part)])
+    part.replace(real)
     ctx.report("LUKS2 image", f"made {IMAGE} in the root (passphrase in {PASSPHRASE}, mode 0600)")
 
 

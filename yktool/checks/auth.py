@@ -92,7 +92,10 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
         dirs += [f"{lib}/{d}/security" for d in ctx.listdir(lib) if "-linux-" in d]
     candidates = [f"{d}/{module}" for d in dirs]
-    return [] if any(ctx.exists(c) for c in candidates) else candidates
+    if any(ctx.exists(c) for c in candidates):
+        return []
+    # a tree with no PAM module at all (not even pam_unix) holds configuration only: no verdict
+    return candidates if any(ctx.exists(f"{d}/pam_unix.so") for d in dirs) else []
 
 
 def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None) -> str | None:

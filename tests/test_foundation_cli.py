@@ -63,3 +63,12 @@ def test_json_error_is_machine_readable(cli, root: Path) -> None:  # type: ignor
     payload = json.loads(result.stdout)
     assert payload["ok"] is False and payload["exit_code"] == 2 and payload["hint"]
     assert "not valid TOML" in result.stderr
+
+
+def test_json_bad_flag_is_a_json_error_too(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("--json", "luks", "status", "--no-such-flag", "x")
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["error"] == "UsageError" and "--no-such-flag" in payload["message"]
+    plain = cli("luks", "status", "--no-such-flag", "x")
+    assert plain.exit_code == 2 and plain.stdout == "" and "No such option" in plain.stderr

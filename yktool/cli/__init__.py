@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from yktool.cli.context import AppContext
-from yktool.errors import ExitCode, Interrupted, YktoolError
+from yktool.errors import ExitCode, Interrupted, UsageError, YktoolError
 
 # name -> (module, attribute, one-line help shown in `yktool --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -49,21 +49,24 @@ class LazyGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         """Run; map every YktoolError to one message, a hint and its exit code."""
+        # The click context is gone when an error arrives here: tell emit_error about --json from
+        # the args (in-process callers such as CliRunner pass them here, not in sys.argv).
+        as_json = "--json" in (list(args) if args is not None else sys.argv[1:])
         try:
             return super().main(args, prog_name or "yktool", complete_var, standalone_mode=False, **extra)
         except YktoolError as err:
-            # The click context is gone by now: tell emit_error about --json from the args
-            # (in-process callers such as CliRunner pass them here, not in sys.argv).
-            argv = list(args) if args is not None else sys.argv[1:]
-            report_error(err, as_json="--json" in argv)
+            report_error(err, as_json=as_json)
             sys.exit(int(err.exit_code))
         except (KeyboardInterrupt, click.Abort):
-            report_error(Interrupted("interrupted"))
+            report_error(Interrupted("interrupted"), as_json=as_json)
             sys.exit(int(ExitCode.INTERRUPTED))
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            exc.show()
+            if as_json:  # a script asked for JSON: a bad flag is an error object too
+                report_error(UsageError(exc.format_message(), "see `yktool --help`"), as_json=True)
+            else:
+                exc.show()
             sys.exit(int(ExitCode.USAGE))
 
     def list_commands(self, ctx: click.Context) -> list[str]:

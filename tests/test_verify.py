@@ -259,3 +259,11 @@ def test_pam_u2f_module_not_installed_fails(hardened_root: FixtureRoot) -> None:
     (hardened_root.root / module.lstrip("/")).parent.mkdir(parents=True)
     (hardened_root.root / module.lstrip("/")).write_bytes(b"\x7fELF")
     assert results_of(hardened_root)["pam.sudo"].status == "pass"
+
+
+def test_locker_cannot_read_a_root_only_authfile(hardened_root: FixtureRoot) -> None:
+    (hardened_root.root / "etc/u2f_mappings").chmod(0o600)
+    results = results_of(hardened_root)
+    assert results["pam.hyprlock"].status == "fail" and "never unlocks" in results["pam.hyprlock"].reason
+    assert "/etc/u2f_mappings: mode=0600" in [e.render() for e in results["pam.hyprlock"].evidence]
+    assert results["pam.sudo"].status == "pass"  # sudo's pam_u2f runs as root

@@ -67,6 +67,14 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         if missing:
             return r.fail(missing, "register the keys: yktool pam register --user USER "
                           f"--authfile {opts.authfile or '~'}")
+        if svc.runs_as_user and opts.authfile and ctx.exists(opts.authfile):
+            # a screen locker runs pam_u2f as the user: a root-only authfile never unlocks
+            mode = ctx.host.path(opts.authfile).stat().st_mode & 0o777
+            r.ev(opts.authfile, f"{mode:04o}", "mode")
+            if not mode & 0o004:
+                return r.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
+                              f"(mode {mode:04o}): the screen never unlocks with the key",
+                              f"chmod 0644 {opts.authfile}  |  NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
         if first.control == "sufficient":
             return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
                           "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")

@@ -490,6 +490,8 @@ class Replace:
 
         registry = Registry.load(self.host)
         lost = [k for k in registry.keys if k.nickname in self.lost_names]
+        still_allowed = {_usb_rule(e) for k in registry.keys if k.nickname not in self.lost_names
+                         for e in k.enrollments if e.get("kind") == "usbguard"}
         for k in lost:
             for e in k.enrollments:
                 if e.get("kind") == "udev" and e.get("path") == udev.RULE_PATH and self.host.exists(udev.RULE_PATH):
@@ -499,16 +501,31 @@ class Replace:
                                                                      sorted(blocks.items()))
                         self.host.write_file(udev.RULE_PATH, body, 0o644)
                 if e.get("kind") == "usbguard" and self.host.exists(str(e.get("path", ""))):
+                    wanted = _usb_rule(e)
+                    if wanted in still_allowed:
+                        continue  # keys of one model without a USB serial share one rule: a kept key needs it
                     path = str(e["path"])
-                    serial = str(e.get("serial", ""))
-                    text = self.host.read_text(path)
-                    kept = [ln for ln in text.splitlines(keepends=True)
-                            if not (str(e.get("usb_id")) in ln and (not serial or f'serial "{serial}"' in ln))]
-                    if len(kept) != len(text.splitlines(keepends=True)):
+                    lines = self.host.read_text(path).splitlines(keepends=True)
+                    kept = [ln for ln in lines if not _is_rule_for(ln, wanted)]
+                    if len(kept) != len(lines):
                         self.host.write_file(path, "".join(kept), self.host.mode(path))
         with Registry.update(self.host) as reg:
             reg.keys = [k for k in reg.keys if k.nickname not in self.lost_names]
         return f"{', '.join(self.lost_names)} removed from the registry"
+
+
+def _usb_rule(entry: dict[str, Any]) -> tuple[str, str]:
+    """(usb id, serial) of a registry usbguard entry: what its allow rule matches."""
+    return str(entry.get("usb_id", "")).lower(), str(entry.get("serial", ""))
+
+
+def _is_rule_for(line: str, rule: tuple[str, str]) -> bool:
+    """This rules.conf line is the allow rule yktool wrote for exactly that id and serial (not a
+    substring match; a rule naming no serial lets every key of the model in and is not this key's)."""
+    from yktool.usbguard import parse_rules
+
+    parsed = parse_rules(line)
+    return bool(parsed) and parsed[0].target == "allow" and (parsed[0].usb_id, parsed[0].serial) == rule
 
 
 @dataclass

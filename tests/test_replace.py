@@ -242,3 +242,27 @@ def test_the_kept_key_given_as_the_new_one_is_refused(scratch: Path, cli: CliCal
     assert r.exit_code == 4, r.output
     assert "already enrolled here (backup)" in r.stderr and "hint:" in r.stderr
     assert tree_bytes(root) == before
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["lost-key-serial-less", "same-rule-as-kept-key"])
+def test_revoking_a_serial_less_key_keeps_the_other_keys_usbguard_rules(scratch: Path, cli: CliCall,
+                                                                        shared: bool) -> None:
+    """Keys of one model that show no USB serial (most YubiKeys) share one rule `serial ""`. The
+    lost key's revocation must not drop a rule a kept key (or the new one) is let in by."""
+    root = scratch / ROOT
+    host = Host(root)
+    rules = root / "etc/usbguard/rules.conf"
+    serial_less = 'allow id 1209:0001 serial "" name "yktool software key" with-interface 03:00:00'
+    rules.write_text(rules.read_text() + serial_less + "\n")
+    with Registry.update(host) as reg:  # as a serial-less key would have been recorded
+        for k in reg.keys:
+            for e in k.enrollments:
+                if e.get("kind") == "usbguard" and (k.nickname == "primary" or shared):
+                    e["serial"] = ""
+    kept_lines = [ln for ln in rules.read_text().splitlines() if ln != serial_less]
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+    r = _replace(cli, scratch)
+    assert r.exit_code == 0, r.output
+    after = rules.read_text().splitlines()
+    assert all(ln in after for ln in kept_lines), after   # the kept and the new key still get in
+    assert (serial_less in after) is shared                # shared with B: kept; A's alone: gone

@@ -292,7 +292,7 @@ class Commission:
         session = self.keys.session(role)
         if self.host.exists(path):
             key = enroll.load_private(self.host, path)
-            if not session.probe(key.public.application, key.key_handle):
+            if not session.probe(key.public.application, key.key_handle, uv=key.verify_required):
                 raise Refused(f"{path} exists and was not made by the {role} key in hand",
                               "move that file away (it may be another key's), then run the same command again")
             made = "kept the key file made earlier"

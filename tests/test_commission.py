@@ -347,3 +347,21 @@ def test_recovery_keys_of_two_devices_both_stay_in_the_recovery_file(scratch: Pa
                                 capture_output=True, check=False)
         assert opened.returncode == 0, (dev, opened.stderr)
     assert len(lines) == 4
+
+
+def test_a_verify_required_key_file_of_the_key_in_hand_is_kept(scratch: Path, cli: CliCall) -> None:
+    """The SSH step finds an existing key file: made by this key with -O verify-required (which a
+    silent probe cannot see), it is recognised with the PIN and kept, not refused as another's."""
+    root = scratch / ROOT
+    pin = demo_pin(scratch)
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "ssh", "keygen", "-O", "verify-required",
+            "-u", "alice", "-f", "/home/alice/.ssh/id_ed25519_sk", "--force", "--nickname", "primary",
+            "--pin-stdin", input=pin + "\n")
+    assert r.exit_code == 0, r.output
+    made = (root / "home/alice/.ssh/id_ed25519_sk").read_bytes()
+    (root / "var/lib/yktool/commission.json").unlink()
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--steps", "ssh", "--no-backup", "--pin-stdin", input=pin + "\n")
+    assert r.exit_code == 0, r.output
+    assert "kept the key file made earlier" in r.stderr
+    assert (root / "home/alice/.ssh/id_ed25519_sk").read_bytes() == made

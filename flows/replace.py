@@ -60,6 +60,7 @@ class Found:
     # ssh verify-required (credProtect 3): invisible to a silent probe, so probed with the PIN;
     # else a kept key's credential would be taken for the lost key's and revoked
     needs_uv: bool = False
+    ssh_flags: int | None = None  # ssh: the key file's flags (touch, verify-required, resident), when recorded
     also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
 
     @property
@@ -145,7 +146,8 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         found.append(Found("ssh", str(e.get("path", "")), str(e.get("application", "ssh:")), cid,
                            owner(str(e["credential_id"])), user=str(e.get("user", "")),
                            public_key=str(e.get("public_key", "")),
-                           needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION)))
+                           needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION),
+                           ssh_flags=flags if isinstance(flags, int) else None))
     return found
 
 
@@ -216,6 +218,18 @@ def check_safe(found: list[Found]) -> None:
             "revoking them would leave no enrolled key, and a failed step could lock you out",
             "get in without a key first: open the disk with the recovery key (or passphrase), enroll the new key "
             "with `yktool commission`, then run `yktool replace` with that key present to revoke the lost one")
+
+
+def replacement_options(f: Found) -> Any:
+    """The SSH key options of the lost key, for its replacement: the same application and the
+    same protection (verify-required, resident, no-touch-required), never a weaker key."""
+    from yktool.ssh.enroll import KeygenOptions
+    from yktool.ssh.keys import FLAG_RESIDENT, FLAG_USER_PRESENCE
+
+    flags = f.ssh_flags if f.ssh_flags is not None else FLAG_USER_PRESENCE
+    return KeygenOptions(application=f.rp_id if f.rp_id.startswith("ssh:") else "ssh:",
+                         verify_required=bool(flags & FLAG_USER_VERIFICATION), resident=bool(flags & FLAG_RESIDENT),
+                         no_touch_required=not flags & FLAG_USER_PRESENCE)
 
 
 class Replace:
@@ -322,10 +336,10 @@ class Replace:
         key = None
         if self.host.exists(path):
             current = enroll.load_private(self.host, path)
-            if session.probe(current.public.application, current.key_handle):
+            if session.probe(current.public.application, current.key_handle, uv=current.verify_required):
                 key = current  # made by an earlier (interrupted) run
         if key is None:
-            opts = enroll.parse_options([])
+            opts = replacement_options(f)
             enroll.precheck(session, opts)
             key = enroll.make_key(session, opts, f"{f.user} ({self.a.new_nickname})", prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())  # the lost key's file is backed up

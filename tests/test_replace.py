@@ -266,3 +266,26 @@ def test_revoking_a_serial_less_key_keeps_the_other_keys_usbguard_rules(scratch:
     after = rules.read_text().splitlines()
     assert all(ln in after for ln in kept_lines), after   # the kept and the new key still get in
     assert (serial_less in after) is shared                # shared with B: kept; A's alone: gone
+
+
+def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scratch: Path, cli: CliCall) -> None:
+    from yktool.ssh.enroll import load_private
+
+    root = scratch / ROOT
+    pin = demo_pin(scratch)
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "ssh", "keygen", "-O", "verify-required",
+            "-O", "application=ssh:work", "-u", "alice", "-f", "/home/alice/.ssh/id_vr_sk", "--nickname", "primary",
+            "--pin-stdin", input=pin + "\n")
+    assert r.exit_code == 0, r.output
+    lost = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--new-device",
+            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin", "--new-pin-stdin",
+            input=f"{pin}\n{pin}\n")
+    assert r.exit_code == 0, r.output
+    new = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
+    assert new.public != lost.public
+    assert new.verify_required and new.touch_required and new.public.application == "ssh:work"
+    pub = subprocess.run(["ssh-keygen", "-y", "-f", str(root / "home/alice/.ssh/id_vr_sk")],  # noqa: S607
+                         capture_output=True, check=False)
+    assert pub.returncode == 0 and pub.stdout.split()[1] == new.public.line().split()[1].encode()

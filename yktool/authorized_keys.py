@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from yktool.errors import Refused, UsageError
 from yktool.host import Host
-from yktool.ssh.accounts import Account
+from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
 
 
@@ -128,6 +128,7 @@ def revoke(host: Host, path: PurePosixPath, public: SkPublicKey, *, allow_empty:
     """Take the key out of an authorized_keys (or allowed_signers) file, keeping the rest byte for
     byte (the old file is backed up). Refuses to leave the file without any key unless
     `allow_empty`: enroll the replacement first, so nobody is locked out."""
+    refuse_user_links(host, path)
     real = host.path(path)
     if not real.is_file():
         return 0
@@ -202,6 +203,7 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
     else:
         public, options = key, []
     target = path or authorized_keys_path(account)
+    refuse_user_links(host, target)
     owner = account.owner()
     real = host.path(target)
     existing = real.read_bytes() if real.is_file() else b""

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from yktool.authorized_keys import existing_owner, key_position, tokens_of
 from yktool.errors import UsageError
 from yktool.host import Host, Result
-from yktool.ssh.accounts import Account
+from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.keys import SkPublicKey
 
 GIT_CALLER_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE", "GIT_CONFIG",
@@ -133,6 +133,9 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     git = Git(host, account)
     config_file = config_file_for(git, repo)
     signers = allowed_signers or (account.home / ".ssh" / "allowed_signers")
+    # git itself writes through a linked config file, so that one is checked too
+    refuse_user_links(host, signers)
+    refuse_user_links(host, config_file)
     owner = account.owner()
 
     real_signers = host.path(signers)
@@ -225,6 +228,7 @@ def expire_signer_lines(existing: bytes, blob: bytes, before: datetime.datetime)
 def expire_signer(host: Host, path: PurePosixPath, public: SkPublicKey, before: datetime.datetime) -> int:
     """Retire a (lost) key in an allowed_signers file without un-verifying its past commits;
     returns how many lines changed. The old file is backed up."""
+    refuse_user_links(host, path)
     real = host.path(path)
     if not real.is_file():
         return 0

@@ -473,6 +473,9 @@ def plain_target(host: Host, user: str, authfile: str | None) -> Target:
     if u is not None and u.home not in ("", "/") and authfile.startswith(u.home.rstrip("/") + "/"):
         # pam_u2f refuses a file owned by anyone but the user or root; keep it private
         mode, owner = 0o600, (u.uid, u.gid)
+    from yktool.ssh.accounts import refuse_user_links
+
+    refuse_user_links(host, authfile)
     return Target(authfile=authfile, mode=mode, owner=owner)
 
 

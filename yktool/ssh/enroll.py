@@ -26,7 +26,7 @@ from yktool.host import Host
 from yktool.inventory import Registry, Scalar
 from yktool.keynames import choose_nickname
 from yktool.keynames import identify_key as identify_key  # re-exported for older callers
-from yktool.ssh.accounts import Account
+from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.keys import (
     DEFAULT_FILES,
     ECDSA_SK,
@@ -256,6 +256,7 @@ def check_free(host: Host, path: PurePosixPath, force: bool) -> None:
     """Refuse (exit 4) to overwrite an existing key file without --force: checked before the key
     is touched, so nothing changes."""
     for p in (path, pub_path(path)):
+        refuse_user_links(host, p)
         if host.exists(p) and not force:
             raise Refused(f"{p} already exists", "choose another --output, or pass --force to replace it "
                           "(the old file is backed up under /var/backups/yktool)")
@@ -266,6 +267,8 @@ def check_free(host: Host, path: PurePosixPath, force: bool) -> None:
 def write_key_files(host: Host, key: SkPrivateKey, path: PurePosixPath,
                     owner: tuple[int, int] | None) -> tuple[Path, Path]:
     """The key-handle file (0600) and the .pub (0644); a missing folder is made 0700."""
+    refuse_user_links(host, path)
+    refuse_user_links(host, pub_path(path))
     if not host.path(path.parent).is_dir():
         host.mkdir(path.parent, 0o700, owner)
     private = host.write_file(path, key.to_file(), 0o600, owner=owner)

@@ -267,3 +267,15 @@ def test_locker_cannot_read_a_root_only_authfile(hardened_root: FixtureRoot) -> 
     assert results["pam.hyprlock"].status == "fail" and "never unlocks" in results["pam.hyprlock"].reason
     assert "/etc/u2f_mappings: mode=0600" in [e.render() for e in results["pam.hyprlock"].evidence]
     assert results["pam.sudo"].status == "pass"  # sudo's pam_u2f runs as root
+
+
+def test_pam_expand_authfile_per_user(hardened_root: FixtureRoot) -> None:
+    root = hardened_root.root
+    (root / "etc/u2f").mkdir()
+    (root / "etc/u2f_mappings").rename(root / "etc/u2f/alice")
+    sudo = root / "etc/pam.d/sudo"
+    sudo.write_text(sudo.read_text().replace("authfile=/etc/u2f_mappings", "authfile=/etc/u2f/%u expand"))
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == "pass" and "/etc/u2f/alice: authfile=alice: 2 keys" in [e.render() for e in r.evidence]
+    sudo.write_text(sudo.read_text().replace(" expand", ""))  # without expand, %u is taken literally
+    assert results_of(hardened_root)["pam.sudo"].status == "fail"

@@ -63,7 +63,7 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
             r.ev(first.line.where, "absent", "cue")
             return r.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
                           "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
-        missing = _authfile_missing(ctx, r, opts.authfile)
+        missing = _authfile_missing(ctx, r, opts.authfile, expand=opts.expand)
         if missing:
             return r.fail(missing, "register the keys: yktool pam register --user USER "
                           f"--authfile {opts.authfile or '~'}")
@@ -106,13 +106,16 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     return candidates if any(ctx.exists(f"{d}/pam_unix.so") for d in dirs) else []
 
 
-def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None) -> str | None:
+def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: bool = False) -> str | None:
     """Why pam_u2f would find no credential at all (every user locked out of a `required`
     rule, the key never accepted by a `sufficient` one), or None; evidence added."""
     from yktool.pam_u2f import USER_AUTHFILE, Authfile
 
     if authfile is None:
         paths = [f"{home.rstrip('/')}/{USER_AUTHFILE}" for _n, home in ctx.users_to_check()]
+    elif expand and ("%u" in authfile or "%h" in authfile):
+        # pam_u2f's `expand`: one file per user (%u: the name, %h: the home)
+        paths = [authfile.replace("%u", n).replace("%h", h.rstrip("/")) for n, h in ctx.users_to_check()]
     elif authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         r.ev(authfile, "not in an offline root (decrypted at boot)", "authfile")

@@ -275,8 +275,10 @@ def test_killed_after_keyslot_is_finished_by_a_rerun(root: Path, vol: LuksImage,
     assert sorted(header.keyslots) == [0, 1] and header.tokens == {}  # the orphan slot
     assert vol.opens_with(vol.passphrase)
     assert (root / "var/lib/yktool/luks-fido2" / f"{header.uuid}.json").exists()
-    assert "interrupted" in subprocess.run([str(YKTOOL), "--root", str(root), "luks", "status",
-                                            inside(root, vol.path)], capture_output=True, text=True).stdout
+    shown = subprocess.run([str(YKTOOL), "--root", str(root), "luks", "status", inside(root, vol.path)],
+                           capture_output=True, text=True).stdout
+    assert "interrupted" in shown
+    assert "     1  fido2 " in shown  # the orphan is the key's slot, not a passphrase
 
     again = _run_yktool(root, a, vol, None)
     assert again.returncode == 0, again.stderr

@@ -72,9 +72,10 @@ def status(app: AppContext, device: str) -> None:
 
     Unknown token types are shown as they are. Reads only.
     """
-    from yktool.luks.header import read_header
+    from yktool.luks.wipe import read_header_seeing_pending
 
-    header = read_header(app.host, _path(app, device))
+    # an interrupted FIDO2 enrollment's orphan slot is shown as the key's, not as a passphrase
+    header = read_header_seeing_pending(app.host, _path(app, device))
     label = f", label {header.label}" if header.label else ""
     lines = [f"{device}: LUKS{header.version}, UUID {header.uuid}{label}"]
     lines.append("  keyslots:")

@@ -13,7 +13,7 @@ from yktool.luks.tokens import ROLE_FIDO2
 from yktool.plan import Plan, Step
 
 
-def _read(host: Host, device: str | PurePosixPath) -> LuksHeader:
+def read_header_seeing_pending(host: Host, device: str | PurePosixPath) -> LuksHeader:
     """The header, with the orphan keyslot of an interrupted FIDO2 enrollment seen for what it is.
 
     That slot has no token yet, so it looks like a typed passphrase; but its passphrase is the
@@ -33,7 +33,7 @@ def _read(host: Host, device: str | PurePosixPath) -> LuksHeader:
 def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | None = None,
               wipe_type: str | None = None, allow_hardware_only: bool = False) -> tuple[Plan, LuksHeader, list[int]]:
     """Plan removing `slots` or every slot of `wipe_type`; Refused (nothing touched) when unsafe."""
-    header = _read(host, device)
+    header = read_header_seeing_pending(host, device)
     if (slots is None) == (wipe_type is None):
         raise UsageError("say what to wipe: --slot N or --type T (one of them)",
                          f"e.g. --slot 1, or --type {'|'.join(WIPE_TYPES)}")
@@ -68,7 +68,7 @@ def _wipe_and_forget(host: Host, device: str | PurePosixPath, uuid: str, slots: 
                      allow_hardware_only: bool) -> None:
     """Check again (the header may have changed while the person was asked), wipe, then drop the
     registry's record of any key enrolled into those slots."""
-    check_remaining(_read(host, device), slots, allow_hardware_only=allow_hardware_only)
+    check_remaining(read_header_seeing_pending(host, device), slots, allow_hardware_only=allow_hardware_only)
     wipe_slots(host, device, slots)
     from yktool.inventory import Registry
 

@@ -61,6 +61,7 @@ class Found:
     # else a kept key's credential would be taken for the lost key's and revoked
     needs_uv: bool = False
     ssh_flags: int | None = None  # ssh: the key file's flags (touch, verify-required, resident), when recorded
+    pam_options: str = ""         # pam: the credential's options as written (+presence+pin …)
     also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
 
     @property
@@ -135,7 +136,8 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                     continue  # a resident credential (`*`): pam_u2f finds it on the key itself
                 cid_text = base64.b64encode(raw).decode()
                 origin = origins.get(cid_text) or pu.default_origin(host)
-                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age))
+                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age,
+                                   pam_options=cred.options))
     for _k, e in registry.enrollments("ssh"):
         if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
             continue
@@ -382,8 +384,11 @@ class Replace:
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
         from yktool import pam_u2f as pu
 
+        # the lost credential's checks carry over (+pin, +verification): the replacement is never weaker
+        options = "".join(f.pam_options for f in self.lost("pam") if f.where == path and f.user == user)
         request = pu.RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
-                                     nickname=self.a.new_nickname)
+                                     nickname=self.a.new_nickname, pin="+pin" in options,
+                                     verification="+verification" in options)
         result = pu.register(self.host, self.keys.session("new"), request)
         if result.already_registered:
             return f"already registered for {user}"

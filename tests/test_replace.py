@@ -289,3 +289,24 @@ def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scr
     pub = subprocess.run(["ssh-keygen", "-y", "-f", str(root / "home/alice/.ssh/id_vr_sk")],  # noqa: S607
                          capture_output=True, check=False)
     assert pub.returncode == 0 and pub.stdout.split()[1] == new.public.line().split()[1].encode()
+
+
+def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: Path, cli: CliCall) -> None:
+    from yktool import pam_u2f as pu
+
+    root = scratch / ROOT
+    authfile = root / "etc/u2f_mappings"
+    a_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+                 if k.nickname == "primary")
+    parsed = pu.Authfile.parse(authfile.read_text())
+    a_cred = next(c for c in parsed.credentials_of("alice") if c.key_handle == a_cid)
+    assert a_cred.options == "+presence"
+    authfile.write_text(authfile.read_text().replace(a_cred.raw, a_cred.raw.replace("+presence", "+presence+pin")))
+    (scratch / KEYS / "primary.json").unlink()  # key A (whose line asks for its PIN) is lost
+    r = _replace(cli, scratch)
+    assert r.exit_code == 0, r.output
+    creds = pu.Authfile.parse(authfile.read_text()).credentials_of("alice")
+    c_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+                 if k.nickname == "primary-2")
+    assert {c.key_handle: c.options for c in creds}[c_cid] == "+presence+pin"
+    assert a_cid not in {c.key_handle for c in creds}

@@ -568,3 +568,15 @@ def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: Calla
         assert (snapshot(root), (keydir / "key.json").read_bytes()) == before
     finally:
         shutil.rmtree(top)
+
+
+def test_check_expand_reads_one_authfile_per_user(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+    make_root(root)
+    for name in ("a", "b"):
+        assert cli("--root", root, "--device", sim_key(name), "pam", "register", "--user", "root",
+                   "--authfile", "/etc/u2f/root").exit_code == 0  # type: ignore[attr-defined]
+    _pam(root, "sudo", "auth required pam_u2f.so authfile=/etc/u2f/%u expand cue origin=pam://ws1\n")
+    res = cli("--root", root, "--json", "pam", "check", "--service", "sudo")
+    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert {a["path"]: a["users"] for a in data["authfiles"]}["/etc/u2f/root"] == {"root": 2}
+    assert not [f for f in data["findings"] if "%u" in f["message"]], data["findings"]

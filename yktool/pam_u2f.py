@@ -1014,12 +1014,16 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
                                  "remove debug when done", [service.name]))
             effective_origin = o.origin or (default_origin_or_none(host))
             paths: list[tuple[str, str | None]] = []
-            if o.authfile:
+            per_user = o.expand and o.authfile is not None and ("%u" in o.authfile or "%h" in o.authfile)
+            if o.authfile and not per_user:
                 paths.append((o.authfile, None))
             else:
                 for user in users.values():
                     if user.can_log_in and (user.uid == 0 or user.uid >= 1000) and user.home:
-                        paths.append((str(PurePosixPath(user.home) / USER_AUTHFILE), user.name))
+                        # pam_u2f's `expand`: %u is the user's name, %h their home
+                        path = (o.authfile.replace("%u", user.name).replace("%h", user.home.rstrip("/"))
+                                if per_user and o.authfile else str(PurePosixPath(user.home) / USER_AUTHFILE))
+                        paths.append((path, user.name))
             for path, owner in paths:
                 entry = files.setdefault(path, (AuthfileReport(path, owner, False), [], False, []))
                 entry[1].append(service.name)
@@ -1061,10 +1065,11 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
     if per_user_missing:
         nouserok = any(u.options.nouserok for s in services for u in s.u2f_lines)
         anyone = any(r.user is not None for r in report.authfiles)
-        names_missing = ", ".join(sorted(r.user or "" for r in per_user_missing))
+        names_missing = ", ".join(f"{r.user} ({r.path})" for r in sorted(per_user_missing,
+                                                                          key=lambda r: r.user or ""))
         sev = "warning" if (anyone or nouserok) else "error"
         f.append(Finding(sev, "authfile-missing",
-                         f"no ~/{USER_AUTHFILE} for: {names_missing}"
+                         f"no authfile for: {names_missing}"
                          + (" (nouserok lets them in without a key)" if nouserok else ""),
                          "register them: yktool pam register --user NAME", []))
     agenix_services = sorted({s.name for s in services for u in s.u2f_lines

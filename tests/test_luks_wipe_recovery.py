@@ -93,21 +93,21 @@ def test_add_recovery_replace_proves_new_then_removes_old(cli: CliCall, luks2_im
     assert luks2_image.opens_with(new.encode()) and not luks2_image.opens_with(old.encode())
 
 
-def test_add_recovery_without_a_terminal_refuses_and_writes_nothing(cli: CliCall, luks2_image: LuksImage,
-                                                                    monkeypatch: object) -> None:
-    import builtins
+def test_add_recovery_without_a_terminal_refuses_and_writes_nothing(luks2_image: LuksImage) -> None:
+    """A new session has no controlling terminal: /dev/tty cannot be opened, so there is nowhere to
+    show the key once; refused before anything is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    real_open = builtins.open
-
-    def no_tty(path: object, *a: object, **k: object) -> object:
-        if path == "/dev/tty":
-            raise OSError("no controlling terminal")
-        return real_open(path, *a, **k)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(builtins, "open", no_tty)  # type: ignore[attr-defined]
     before = luks2_image.path.read_bytes()
-    r = cli("luks", "add-recovery", luks2_image.path, "--unlock-key-file", luks2_image.key_file)
-    assert r.exit_code == 4 and "--key-to-stderr" in r.stderr
+    proc = subprocess.run([sys.executable, "-m", "yktool", "luks", "add-recovery", str(luks2_image.path),
+                           "--unlock-key-file", str(luks2_image.key_file)],
+                          cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, start_new_session=True)
+    assert proc.returncode == 4, proc.stderr
+    assert "no terminal" in proc.stderr and "--key-to-stderr" in proc.stderr
+    assert KEY_RE.search(proc.stdout + proc.stderr) is None
     assert luks2_image.path.read_bytes() == before
 
 

@@ -414,3 +414,38 @@ def test_list_resident_filters_by_rp(tmp_path: Path) -> None:
 def test_list_resident_needs_a_pin_on_the_key(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="needs a PIN"):
         KeySession(sim(tmp_path)).list_resident()
+
+
+class AlwaysUv(CtapDevice):
+    """The software key behind a CTAP 2.1 "alwaysUv" policy: getAssertion without a PIN token is
+    answered PUAT_REQUIRED, as a key configured that way does (no such key here)."""
+
+    def __init__(self, inner: CtapDevice) -> None:
+        self.inner = inner
+
+    @property
+    def capabilities(self) -> int:
+        return self.inner.capabilities
+
+    def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
+        from fido2 import cbor
+        from fido2.ctap import CtapError
+        from fido2.hid import CTAPHID
+
+        if cmd == CTAPHID.CBOR and data[:1] == b"\x02" and 6 not in cbor.decode(data[1:]):
+            return bytes([CtapError.ERR.PUAT_REQUIRED])
+        return self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+
+    @classmethod
+    def list_devices(cls) -> Iterator[CtapDevice]:
+        return iter(())
+
+
+def test_probe_of_an_always_uv_key_uses_the_pin(tmp_path: Path) -> None:
+    device = with_pin(tmp_path)
+    cred = KeySession(device, pin=PIN).make_credential(RP)
+    ui = Recorder()
+    s = KeySession(AlwaysUv(device), ui)
+    assert s.probe(RP, cred.credential_id) is True
+    assert s.probe(RP, os.urandom(64)) is False
+    assert len(ui.pin_requests) == 1 and s.touches == 0

@@ -513,7 +513,10 @@ class KeySession:
         except NotThisKey:
             return False
         except UsageError:
-            # e.g. a key that wants its PIN even for a silent probe: not provably ours
+            # a key that wants its PIN even for a silent probe (CTAP 2.1 alwaysUv): ask it with the
+            # PIN, else a kept key's credentials would look like a lost key's
+            if not uv and self.pin_is_set:
+                return self.probe(rp_id, credential_id, uv=True)
             return False
         return True
 

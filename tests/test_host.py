@@ -50,6 +50,9 @@ def test_write_sets_mode_and_backs_up(root: Path) -> None:
     assert host.mode("/etc/u2f_mappings") == 0o644
     backups = list((root / "var/backups/yktool/etc").iterdir())
     assert [b.read_bytes() for b in backups] == [b"old\n"]
+    # the copy of a 0600 file is 0600, in a tree only root enters
+    assert [host.mode("/var/backups/yktool/etc/" + b.name) for b in backups] == [0o600]
+    assert host.mode("/var/backups/yktool") == 0o700
     assert not [p for p in (root / "etc").iterdir() if "yktool-tmp" in p.name]
 
 
@@ -131,7 +134,7 @@ def _write_as_nobody(top: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     # (removing /etc/keep fails at its backup under /var/backups/yktool first)
-    assert [ln.split(":")[0] for ln in lines] == ["/etc/new", "/etc/d", "/var/backups/yktool/etc"]
+    assert [ln.split(":")[0] for ln in lines] == ["/etc/new", "/etc/d", "/var/backups/yktool"]
     assert all("permission denied | run as root" in ln for ln in lines)
     assert sorted(p.name for p in (top / "etc").iterdir()) == ["keep"]
     assert (top / "etc/keep").read_text() == "old\n"

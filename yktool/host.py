@@ -180,13 +180,21 @@ class Host:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         inside = PurePosixPath("/") / PurePosixPath(str(path))
         dest_inside = BACKUP_DIR / f"{str(inside).lstrip('/')}.{stamp}"
+        # Backups of secret files (0600) live here too: the whole tree is root's alone, and each
+        # copy is made 0600 before a byte is copied (copy2 would create it 0644 first).
+        top = self.mkdir(BACKUP_DIR, 0o700)
+        if stat.S_IMODE(top.stat().st_mode) != 0o700:
+            os.chmod(top, 0o700)
         self.mkdir(dest_inside.parent, 0o700)
         dest = self.path(dest_inside)
         n = 0
         while dest.exists():
             n += 1
             dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
-        shutil.copy2(real, dest)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out, open(real, "rb") as src:
+            shutil.copyfileobj(src, out)
+        shutil.copystat(real, dest)
         return dest
 
     def write_file(

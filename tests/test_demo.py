@@ -81,3 +81,15 @@ def test_demo_text_report(cli: CliCall, tmp_path: Path) -> None:
     assert "refuses" in r.stdout
     assert "touches and PIN entries: primary: 5 touches, 1 PIN entry; backup: 5 touches, 1 PIN entry" in r.stdout
     assert "replace --new-device" in r.stdout
+
+
+def test_dry_run_shows_the_plan_and_makes_nothing(cli: CliCall, tmp_path: Path) -> None:
+    scratch = tmp_path / "s"
+    r = cli("--dry-run", "--json", "demo", "--scratch", scratch)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert [s["id"] for s in plan["steps"]][:2] == ["keys", "tpm"] and "commission" in r.stdout
+    assert all(s["touches"] == [str(scratch)] for s in plan["steps"])
+    assert not scratch.exists()
+    assert "Plan: yktool demo" in cli("--dry-run", "demo", "--scratch", scratch).stdout
+    assert not scratch.exists() and not swtpm_running_on(scratch / "swtpm")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit, info
+from yktool.cli.output import emit, info, show_plan
 
 
 @click.command("demo")
@@ -25,6 +25,9 @@ def demo(app: AppContext, scratch: Path) -> None:
     per key, and the command to rehearse losing a key with `yktool replace`. Nothing outside
     SCRATCH is touched. Run it again: nothing changes.
     """
+    if app.dry_run:
+        _show_plan(app, scratch.absolute())
+        return
     from yktool.demo import Demo
     from yktool.errors import CheckFailed
 
@@ -42,3 +45,22 @@ def demo(app: AppContext, scratch: Path) -> None:
                     "counts": ctx.counts, "replace_command": ctx.replace_command()}, text)
     if not ok:
         raise CheckFailed("the demo found a step that did not hold", "see the lines marked FAIL above")
+
+
+def _show_plan(app: AppContext, scratch: Path) -> None:
+    """--dry-run: what the demo would do, and that it touches SCRATCH only (nothing is made)."""
+    from yktool.plan import Plan, Step
+
+    plan = Plan(f"yktool demo in {scratch}")
+    for step_id, what in (
+        ("keys", "make (or reuse) two software keys, sim:SCRATCH/keys/primary.json and backup.json"),
+        ("tpm", "start a swtpm on 127.0.0.1 with its state in SCRATCH/swtpm"),
+        ("root", "make a scratch root in SCRATCH/root (an /etc, alice's home)"),
+        ("image", "make a 32 MiB LUKS2 image in the root, its passphrase in a 0600 file"),
+        ("measured-boot", "measure firmware and Secure Boot policy into PCRs 0 and 7"),
+        ("commission", "commission both keys and the TPM2 non-interactively, then verify"),
+        ("test-unlock", "prove the TPM2 token opens the image"),
+        ("tamper", "change PCR 7 and show the TPM2 token refusing; stop the swtpm"),
+    ):
+        plan.add(Step(step_id, what, touches=[str(scratch)]))
+    show_plan(plan, app.json)

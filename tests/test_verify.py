@@ -279,3 +279,15 @@ def test_pam_expand_authfile_per_user(hardened_root: FixtureRoot) -> None:
     assert r.status == "pass" and "/etc/u2f/alice: authfile=alice: 2 keys" in [e.render() for e in r.evidence]
     sudo.write_text(sudo.read_text().replace(" expand", ""))  # without expand, %u is taken literally
     assert results_of(hardened_root)["pam.sudo"].status == "fail"
+
+
+def test_mutable_users_from_configuration_nix_ignores_comments(hardened_root: FixtureRoot) -> None:
+    (hardened_root.root / "run/current-system").unlink()  # no activation script to read
+    conf = hardened_root.root / "etc/nixos/configuration.nix"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("{ ... }: {\n  # users.mutableUsers = false;\n  users.mutableUsers = true;\n}\n")
+    assert results_of(hardened_root)["nixos.mutable_users"].status == "fail"
+    conf.write_text("{ ... }: {\n  # users.mutableUsers = false;\n}\n")
+    assert results_of(hardened_root)["nixos.mutable_users"].status == "warn"
+    conf.write_text("{ ... }: {\n  users.mutableUsers = false; # accounts from here only\n}\n")
+    assert results_of(hardened_root)["nixos.mutable_users"].status == "pass"

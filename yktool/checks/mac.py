@@ -93,6 +93,8 @@ def mutable_users(ctx: CheckContext) -> Result:
     for conf in ("/etc/nixos/configuration.nix",):
         text = ctx.read(conf)
         if text:
+            text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)   # a commented-out line says nothing
+            text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
             m2 = re.search(r"users\.mutableUsers\s*=\s*(true|false)\s*;", text)
             if m2:
                 r.ev(conf, m2.group(1), "users.mutableUsers")

@@ -437,16 +437,36 @@ class Replace:
             raise ToolFailed(f"keyslot(s) {slots} are still in {device}", "check `yktool luks status`")
         return f"wiped keyslot(s) {', '.join(map(str, slots))} and their tokens"
 
-    def revoke_pam(self, path: str, user: str) -> str:
+    def _pam_line(self, path: str, user: str) -> tuple[Any, Any, Any, list[Any], set[bytes]]:
+        """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
         from yktool import pam_u2f as pu
 
         lost_ids = {f.credential_id for f in self.lost("pam") if f.where == path and f.user == user}
         target = self.pam_target(path, user)
         authfile = pu.Authfile.parse(pu.read_current(self.host, target)[0])
         line = authfile.effective_line(user)
+        keep = [c for c in line.credentials if c.credential_id not in lost_ids] if line is not None else []
+        return target, authfile, line, keep, lost_ids
+
+    def check_revoke_only(self) -> None:
+        """Without a new key, refuse before anything is done when revoking would leave a user's
+        pam_u2f line empty (the revoke step would refuse half-way, after the LUKS slots went)."""
+        if self.has_new:
+            return
+        for path, user in dict.fromkeys((f.where, f.user) for f in self.lost("pam")):
+            _t, _a, line, keep, _ids = self._pam_line(path, user)
+            if line is not None and not keep:
+                raise Refused(f"no key present is on {user}'s pam_u2f line in {path}: revoking the lost key "
+                              f"alone would leave {user} without any",
+                              "insert a new key and pass it as --new-device: it is enrolled and proven first, "
+                              "then the lost key is revoked")
+
+    def revoke_pam(self, path: str, user: str) -> str:
+        from yktool import pam_u2f as pu
+
+        target, authfile, line, keep, lost_ids = self._pam_line(path, user)
         if line is None:
             return "the user has no line"
-        keep = [c for c in line.credentials if c.credential_id not in lost_ids]
         if len(keep) == len(line.credentials):
             return "already gone"
         if not keep:
@@ -602,6 +622,7 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
     if state.finished:
         state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
     flow = Replace(host, answers, keys, io, state, found, has_new)
+    flow.check_revoke_only()
     steps = flow.build_steps()
     plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
                      + (f" with {answers.new_nickname}" if has_new else " (revoke only)"), steps, state)

@@ -310,3 +310,24 @@ def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: P
                  if k.nickname == "primary-2")
     assert {c.key_handle: c.options for c in creds}[c_cid] == "+presence+pin"
     assert a_cid not in {c.key_handle for c in creds}
+
+
+def test_revoke_only_refuses_up_front_when_a_pam_line_would_be_left_empty(scratch: Path, cli: CliCall) -> None:
+    """No --new-device and the kept key is not on alice's pam_u2f line: refused before the LUKS
+    slot or anything else is touched (the pam step used to refuse half-way)."""
+    from yktool import pam_u2f as pu
+
+    root = scratch / ROOT
+    authfile = root / "etc/u2f_mappings"
+    b_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+                 if k.nickname == "backup")
+    b_cred = next(c for c in pu.Authfile.parse(authfile.read_text()).credentials_of("alice") if c.key_handle == b_cid)
+    authfile.write_text(authfile.read_text().replace(":" + b_cred.raw, ""))
+    assert len(pu.Authfile.parse(authfile.read_text()).credentials_of("alice")) == 1
+    (scratch / KEYS / "primary.json").unlink()  # key A is lost
+    before = tree_bytes(root)
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace",
+            "--unlock-key-file", str(PASSPHRASE))
+    assert r.exit_code == 4, r.output
+    assert "without any" in r.stderr and "--new-device" in r.stderr
+    assert tree_bytes(root) == before

@@ -211,3 +211,26 @@ def test_test_unlock_unknown_token_and_recovery_are_not_failures(cli: CliCall, m
     assert [t["status"] for t in json.loads(r.stdout)["tokens"]] == ["not-tested"]
     r = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path, "--token", "9")
     assert r.exit_code == 2 and "has no token 9" in r.stderr
+
+
+def test_a_new_token_that_does_not_open_is_removed_again(measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
+    """The proof fails (here: the PIN changes between sealing and proving): the run removes the
+    keyslot it added, so the volume is as it was and a re-run does not call the broken token enrolled."""
+    from yktool.errors import ToolFailed
+    from yktool.luks.tpm2 import plan_enroll_tpm2
+    from yktool.tpm import parse_tcti
+
+    before = read_header(Host(), str(luks2_image.path))
+    op = plan_enroll_tpm2(Host(), str(luks2_image.path), parse_tcti(measured_tpm.tcti), with_pin=True)
+    op.unlock, op.pin = luks2_image.passphrase, b"2468"
+    enroll_step, prove_step = op.plan.steps
+    op.plan.steps = [enroll_step]
+    op.plan.apply()
+    assert len(tpm2_tokens(luks2_image)) == 1
+    op.pin = b"1357"
+    op.plan.steps = [enroll_step, prove_step]
+    with pytest.raises(ToolFailed, match="removed again"):
+        op.plan.apply()
+    after = read_header(Host(), str(luks2_image.path))
+    assert (after.keyslots.keys(), after.tokens) == (before.keyslots.keys(), before.tokens)
+    assert luks2_image.opens_with(luks2_image.passphrase)

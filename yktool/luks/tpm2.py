@@ -139,10 +139,20 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
         header_now = read_header(host, device)
         ctx = UnlockContext(host, device, header_now, tcti, pin_for=lambda _t: op.pin)
         op.proof = test_tokens(ctx, [op.new_token])
-        if not op.proof[0].ok:
-            which = "new " if op.current is None else ""
-            raise ToolFailed(f"the {which}TPM2 token {op.new_token} does not open {device}: {op.proof[0].message}",
-                             "the old enrollment was left in place; check `yktool luks test-unlock`")
+        if op.proof[0].ok:
+            return
+        message = op.proof[0].message
+        token = header_now.tokens.get(op.new_token)
+        if step_enroll.status == "done" and token is not None:
+            # This run added it and it does not open: take it out again, so a failed run leaves
+            # the header as it found it (and a re-run does not report a broken token as enrolled).
+            check_remaining(header_now, token.keyslots)
+            cryptenroll.wipe_slots(host, device, token.keyslots)
+            op.new_token = None
+            raise ToolFailed(f"the new TPM2 token does not open {device} ({message}); it was removed again",
+                             "nothing else changed: check the TPM (`yktool tpm status`) and run again")
+        raise ToolFailed(f"the TPM2 token {op.new_token} does not open {device}: {message}",
+                         "the old enrollment was left in place; check `yktool luks test-unlock`")
 
     plan.add(Step("prove", "test-unlock the new token through systemd's own token plugin (nothing activated)",
                   touches=[f"TPM {tcti}"], verify="libcryptsetup crypt_activate_by_token_pin returns its keyslot",

@@ -291,3 +291,19 @@ def test_mutable_users_from_configuration_nix_ignores_comments(hardened_root: Fi
     assert results_of(hardened_root)["nixos.mutable_users"].status == "warn"
     conf.write_text("{ ... }: {\n  users.mutableUsers = false; # accounts from here only\n}\n")
     assert results_of(hardened_root)["nixos.mutable_users"].status == "pass"
+
+
+@pytest.mark.parametrize(("before", "status", "reason"), [
+    ("auth sufficient pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
+    ("auth [success=1 default=ignore] pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
+    ("auth sufficient pam_permit.so", "fail", "anyone gets in"),
+    ("auth required pam_unix.so", "pass", ""),
+    ("auth [success=1 default=ignore] pam_unix.so\nauth requisite pam_deny.so", "pass", ""),
+])
+def test_a_rule_before_pam_u2f_that_ends_the_stack(hardened_root: FixtureRoot, before: str, status: str,
+                                                  reason: str) -> None:
+    from tests.fixtures.roots import PAM_U2F
+
+    (hardened_root.root / "etc/pam.d/sudo").write_text(f"{before}\n{PAM_U2F}")
+    r = results_of(hardened_root)["pam.sudo"]
+    assert r.status == status and reason in r.reason, describe({r.id: r})

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from yktool.checks.base import CheckContext, R, Result, Unreadable, register
 from yktool.checks.sshd import Setting, SshdConfig, effective, installed
+from yktool.pam_config import PamLine, control_action
 
 # The page: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
@@ -75,6 +76,15 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
                 return r.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
                               f"(mode {mode:04o}): the screen never unlocks with the key",
                               f"chmod 0644 {opts.authfile}  |  NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
+        bypass = _rule_before(svc.auth_lines, first.line)
+        if bypass is not None:
+            r.ev(bypass.where, bypass.raw, "auth", "before pam_u2f")
+            if bypass.module_name == "pam_permit":
+                return r.fail(f"{bypass.where}: `{bypass.control} pam_permit` ends {service}'s authentication "
+                              "before pam_u2f: anyone gets in", "remove that rule")
+            return r.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
+                          "authentication before pam_u2f is asked (no touch required)",
+                          "put pam_u2f first, or make the earlier rule `required`")
         if first.control == "sufficient":
             return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
                           "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
@@ -84,6 +94,17 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         return r.ok()
 
     return run
+
+
+def _rule_before(auth: list[PamLine], u2f: PamLine) -> PamLine | None:
+    """An earlier auth rule whose success ends the stack (`sufficient`, `success=done`) or jumps
+    over the pam_u2f rule (`success=N`): authentication can succeed without the key."""
+    index = auth.index(u2f)
+    for j, line in enumerate(auth[:index]):
+        action = control_action(line.control, "success")
+        if line.module_name != "pam_deny" and (action == "done" or (action.isdigit() and j + int(action) >= index)):
+            return line
+    return None
 
 
 PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")

@@ -141,3 +141,10 @@ def test_allow_without_interfaces_for_an_absent_real_key_warns(cli: CliCall, roo
     res = cli("--root", root, "usbguard", "allow", "--vendor", "1050", "--product", "0407", "--serial", "77")
     assert res.exit_code == 0
     assert "its USB interfaces are unknown" in res.stderr
+
+
+def test_restart_hint_never_invites_a_lockout() -> None:
+    stub = usbguard.AllowResult("/etc/usbguard/rules.conf", usbguard.rule_line(KEY), True, "no rules")
+    assert usbguard.restart_hint(stub).startswith("do NOT restart usbguard")
+    real = usbguard.AllowResult("/etc/usbguard/rules.conf", usbguard.rule_line(KEY), True, None)
+    assert usbguard.restart_hint(real) == "restart usbguard to load it: systemctl restart usbguard"

@@ -140,6 +140,15 @@ def allow(host: Host, key: KeyUsb, path: str = RULES_PATH) -> AllowResult:
     return AllowResult(path, line, True, stub)
 
 
+def restart_hint(result: AllowResult) -> str:
+    """What to tell before USBGuard reloads the file: a file that held no real rule now allows
+    only this key, and a restart applies the policy to every device plugged in (keyboard too)."""
+    if result.placeholder:
+        return ("do NOT restart usbguard yet: the file allows only this key, so a restart blocks every "
+                "other device, keyboard included; first add them (usbguard generate-policy, review, append)")
+    return "restart usbguard to load it: systemctl restart usbguard"
+
+
 def usb_interfaces(vendor: str, product: str, serial: str = "", sysfs: Path = Path("/sys")) -> tuple[str, ...]:
     """The interfaces (CC:SS:PP) of the plugged-in device, read from sysfs; () when not found.
 

@@ -64,6 +64,6 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
     with Registry.update(app.host) as reg:
         reg.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=rules_file)
     status = f"added to {rules_file}" if result.added else f"already allowed in {rules_file}"
-    hint = "\nrestart usbguard to load it: systemctl restart usbguard" if result.added and app.host.is_live else ""
+    hint = ("\n" + lib.restart_hint(result)) if result.added and app.host.is_live else ""
     emit(app.json, {"path": result.path, "rule": result.line, "added": result.added,
                     "placeholder": result.placeholder}, f"{status}:\n{result.line}{hint}")

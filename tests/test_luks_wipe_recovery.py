@@ -190,3 +190,26 @@ def test_wipe_leaving_only_an_unknown_token_slot_is_refused(cli: CliCall, luks2_
     assert r2.exit_code == 4, r2.output
     assert "--allow-hardware-only" in r2.stderr
     assert luks2_image.path.read_bytes() == before
+
+
+def test_a_recovery_key_that_does_not_open_is_never_shown(luks2_image: LuksImage) -> None:
+    """If the key systemd printed did not open its new slot (here: garbled between add and proof),
+    the slot goes again and the key is forgotten, so it can never be shown and trusted."""
+    import pytest
+
+    from yktool.errors import ToolFailed
+    from yktool.luks.recovery import plan_add_recovery
+
+    before = read_header(Host(), str(luks2_image.path))
+    op = plan_add_recovery(Host(), str(luks2_image.path))
+    op.unlock = luks2_image.passphrase
+    [step] = op.plan.steps
+    assert step.action and step.prove
+    step.action()
+    assert op.key is not None
+    op.key = op.key[:-1] + (b"c" if op.key[-1:] != b"c" else b"d")
+    with pytest.raises(ToolFailed, match="removed again"):
+        step.prove()
+    assert op.key is None
+    after = read_header(Host(), str(luks2_image.path))
+    assert (after.keyslots.keys(), after.tokens) == (before.keyslots.keys(), before.tokens)

@@ -51,7 +51,15 @@ def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool 
     def prove() -> None:
         after = read_header(host, device)
         new = [s for s in after.slots_with_role("recovery") if s not in before]
-        if len(new) != 1 or op.key is None or not cryptenroll.check_passphrase(host, device, op.key, new[0]):
+        if len(new) == 1 and op.key is not None and not cryptenroll.check_passphrase(host, device, op.key, new[0]):
+            # a key that does not open its slot must not be shown (someone would write it down
+            # and trust it): the slot this run added goes again, the key is forgotten
+            check_remaining(after, new)
+            cryptenroll.wipe_slots(host, device, new)
+            op.key = None
+            raise ToolFailed("the new recovery key did not open its keyslot; the keyslot was removed again",
+                             "nothing else changed; run again for a new recovery key")
+        if len(new) != 1 or op.key is None:
             raise ToolFailed("the new recovery key does not open its keyslot", "check `systemd-cryptenroll DEVICE`")
         op.new_slot = new[0]
 

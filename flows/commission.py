@@ -215,19 +215,7 @@ class Commission:
 
     # -- key and PIN
     def pin(self, role: str) -> str:
-        from fido2.ctap2.pin import ClientPin
-
-        s = self.keys.session(role)
-        if not s.pin_is_set:
-            new = self.io.new_pin(role)
-            self.keys.add_pin_entry(role)
-            s.set_pin(new)
-            if hasattr(s.interaction, "pin"):
-                # the person just typed it: building blocks that ask the interaction get it too
-                s.interaction.pin = new
-            return f"set a first PIN on the {role} key"
-        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, LUKS_FIDO2_RP)
-        return f"PIN accepted ({s.pin_retries()} attempts left)"
+        return self.keys.check_pin(role, self.io.new_pin)
 
     # -- LUKS
     def luks_tpm2(self, device: str) -> str:

@@ -98,6 +98,23 @@ class KeyRing:
         typed = getattr(session.interaction, "pin_prompts", None)
         return typed if isinstance(typed, int) else None
 
+    def check_pin(self, role: str, new_pin: Callable[[str], str]) -> str:
+        """The PIN step of a flow: a key without a PIN gets a first one (`new_pin` asks the person),
+        else its PIN is proven with a token. Either way the session holds the PIN for the run."""
+        from fido2.ctap2.pin import ClientPin
+
+        s = self.session(role)
+        if not s.pin_is_set:
+            pin = new_pin(role)
+            self.add_pin_entry(role)
+            s.set_pin(pin)
+            if hasattr(s.interaction, "pin"):
+                # the person just typed it: building blocks that ask the interaction get it too
+                s.interaction.pin = pin
+            return f"set a first PIN on the {role} key"
+        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, "io.systemd.cryptsetup")
+        return f"PIN accepted ({s.pin_retries()} attempts left)"
+
     def add_pin_entry(self, role: str) -> None:
         """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""
         self.counts.setdefault(role, Counts()).pin_prompts += 1

@@ -297,18 +297,7 @@ class Replace:
 
     # ------------------------------------------------------------------ enroll the replacement
     def new_pin(self) -> str:
-        from fido2.ctap2.pin import ClientPin
-
-        s = self.keys.session("new")
-        if not s.pin_is_set:
-            pin = self.io.new_pin("new")
-            self.keys.add_pin_entry("new")
-            s.set_pin(pin)
-            if hasattr(s.interaction, "pin"):
-                s.interaction.pin = pin
-            return "set a first PIN on the new key"
-        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, LUKS_RP)
-        return "PIN accepted"
+        return self.keys.check_pin("new", self.io.new_pin)
 
     def enroll_luks(self, device: str) -> str:
         from yktool.fido.devices import entry_for

@@ -34,7 +34,6 @@ HOST_KINDS = ("linux", "nixos")
 STEP_KINDS = ("luks-fido2", "luks-tpm2", "recovery", "ssh", "git", "pam", "udev", "usbguard", "verify")
 KEY_STEPS = ("luks-fido2", "ssh", "git", "pam", "udev", "usbguard")
 SSH_KEY = "id_ed25519_sk"
-LUKS_FIDO2_RP = "io.systemd.cryptsetup"
 
 
 @dataclass

@@ -103,6 +103,8 @@ class KeyRing:
         else its PIN is proven with a token. Either way the session holds the PIN for the run."""
         from fido2.ctap2.pin import ClientPin
 
+        from yktool.luks.fido2 import RP_ID
+
         s = self.session(role)
         if not s.pin_is_set:
             pin = new_pin(role)
@@ -112,7 +114,7 @@ class KeyRing:
                 # the person just typed it: building blocks that ask the interaction get it too
                 s.interaction.pin = pin
             return f"set a first PIN on the {role} key"
-        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, "io.systemd.cryptsetup")
+        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
         return f"PIN accepted ({s.pin_retries()} attempts left)"
 
     def add_pin_entry(self, role: str) -> None:

@@ -288,11 +288,11 @@ def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path,
     # No hidraw here: stand in for the HID enumeration with two software keys, one of them
     # behind a transport without CBOR (a U2F-only key cannot be read as FIDO2).
     from tests.test_session import U2fOnly
-    from yktool.fido import facts
+    from yktool.fido import devices
 
     good = open_device(dev(tmp_path / "a.json"))
     bad = U2fOnly(open_device(dev(tmp_path / "b.json")))
-    monkeypatch.setattr(facts, "_hid_devices", lambda: [good, bad])
+    monkeypatch.setattr(devices, "present_hid_keys", lambda: [good, bad])
     r = cli("--device", "auto", "--json", "key", "list")
     assert r.exit_code == 0, r.output
     (entry,) = json.loads(r.stdout)

@@ -120,7 +120,9 @@ def open_hid(path: str) -> CtapHidDevice:
 HidLister = Callable[[], Iterable["CtapDevice"]]
 
 
-def _list_hid() -> list[CtapDevice]:
+def present_hid_keys() -> list[CtapDevice]:
+    """Every FIDO HID key the system shows, opened (none where there is no hidraw, e.g. in a
+    container). Looked up at call time, so a test can stand in for the enumeration."""
     try:
         from fido2.hid import CtapHidDevice
 
@@ -152,7 +154,7 @@ def entry_for(device: CtapDevice, spec: str | None = None) -> DeviceEntry:
 def list_devices(lister: HidLister | None = None) -> list[DeviceEntry]:
     """Every FIDO2 USB key present (software keys are not discoverable: name them by path)."""
     entries = []
-    for device in (lister or _list_hid)():
+    for device in (lister or present_hid_keys)():
         try:
             entries.append(entry_for(device))
         finally:
@@ -163,7 +165,7 @@ def list_devices(lister: HidLister | None = None) -> list[DeviceEntry]:
 def open_auto(lister: HidLister | None = None) -> CtapDevice:
     """The only key present; NoDevice with none, MultipleDevices (a UsageError listing the
     `--device` value of each) with several."""
-    devices = list((lister or _list_hid)())
+    devices = list((lister or present_hid_keys)())
     if not devices:
         raise NoDevice("no FIDO2 key found", "plug one in, or use --device sim:PATH to rehearse")
     if len(devices) == 1:

@@ -193,16 +193,6 @@ def read_key_facts(session: KeySession, spec: str | None) -> KeyFacts:
     )
 
 
-def _hid_devices() -> list[CtapDevice]:
-    """Every FIDO HID key the system shows (none where there is no hidraw, e.g. in a container)."""
-    try:
-        from fido2.hid import CtapHidDevice
-
-        return list(CtapHidDevice.list_devices())
-    except OSError:
-        return []
-
-
 def list_present_keys(spec: str | None) -> tuple[list[KeyFacts], list[str]]:
     """Facts of every key present (HID), or of the one key `spec` names when it is not `auto`;
     and one line for each key present that could not be read (listing goes on without it)."""
@@ -213,7 +203,9 @@ def list_present_keys(spec: str | None) -> tuple[list[KeyFacts], list[str]]:
         devices = [open_device(spec)]
         specs: list[str | None] = [spec]
     else:
-        devices = _hid_devices()
+        from yktool.fido import devices as hid
+
+        devices = hid.present_hid_keys()
         specs = [None] * len(devices)
     out: list[KeyFacts] = []
     problems: list[str] = []

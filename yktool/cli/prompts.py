@@ -116,3 +116,22 @@ class CliInteraction(UserInteraction):
 
 def is_interactive() -> bool:
     return sys.stdin.isatty() and os.environ.get("CI") is None
+
+
+def choose_device(spec: str | None) -> str | None:
+    """`--device auto` with several keys plugged in, on a terminal: ask which one and return its
+    `--device` value. Otherwise `spec` as given (without a terminal, opening it fails and lists
+    the keys with the flag to pass)."""
+    from yktool.fido.devices import list_devices, resolve_spec
+
+    if resolve_spec(spec) != "auto" or not is_interactive():
+        return spec
+    entries = list_devices()
+    if len(entries) < 2:
+        return spec
+    import questionary
+
+    picked = questionary.select(
+        "Several FIDO2 keys are plugged in: which one?",
+        choices=[questionary.Choice(f"{e.product} ({e.spec})", value=e.spec) for e in entries]).unsafe_ask()
+    return str(picked)

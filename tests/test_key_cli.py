@@ -307,3 +307,14 @@ def test_pin_verify_or_change_without_a_pin_says_set_one(cli: CliCall, key: Path
     r = cli("--device", dev(key), "key", "pin", sub, "--pin-stdin", input=f"{PIN}\n{PIN}\n")
     assert r.exit_code == 2 and "no PIN" in r.stderr and "key pin set" in r.stderr
     assert key.read_bytes() == before
+
+
+def test_auto_with_two_keys_and_no_terminal_lists_them_with_the_flag(cli: CliCall, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from yktool.fido import devices
+
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    monkeypatch.setattr(devices, "present_hid_keys", lambda: [devices.open_sim(p) for p in paths])
+    r = cli("--device", "auto", "key", "info")
+    assert r.exit_code == 2, r.output
+    assert all(f"--device sim:{p}" in r.stderr for p in paths) and "hint:" in r.stderr

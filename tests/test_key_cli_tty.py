@@ -86,3 +86,56 @@ def test_reset_asks_first_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0, out
     assert b"Touch your key" in out  # the spinner's line, on the terminal
     assert not KeySession(open_device(spec)).pin_is_set
+
+
+CHOOSER = """
+import sys
+from yktool.fido import devices
+from yktool.cli import main
+
+# no hidraw here: two software keys stand in for two USB keys plugged in
+devices.present_hid_keys = lambda: [devices.open_sim(p) for p in sys.argv[1:3]]
+sys.exit(main(["--json", "key", "info"]))
+"""
+
+
+def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
+    import fcntl
+    import json
+    import struct
+    import termios
+
+    paths = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    for p in paths:
+        open_device(f"sim:{p}")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "YKTOOL_DEVICE")}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-c", CHOOSER, *paths], env)  # noqa: S606
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = b""
+    sent = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not sent and b"which one?" in out and b"b.json" in out:
+            time.sleep(0.3)
+            os.write(fd, b"\x1b[B")   # down: the second key
+            time.sleep(0.3)
+            os.write(fd, b"\r")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert sent, out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    info = json.loads(out[out.index(b"{"):].decode().replace("\r\n", "\n"))
+    assert info["path"] == paths[1]

@@ -25,7 +25,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 def _opener(app: AppContext, pin_stdin: bool) -> Any:
     """(role, spec) -> a session context, with one CliInteraction per key (the PIN asked once)."""
-    from yktool.cli.prompts import CliInteraction
+    from yktool.cli.prompts import CliInteraction, choose_device
     from yktool.fido.session import open_session
 
     interactions: dict[str, CliInteraction] = {}
@@ -33,7 +33,7 @@ def _opener(app: AppContext, pin_stdin: bool) -> Any:
     @contextlib.contextmanager
     def open_key(role: str, spec: str | None) -> Iterator[KeySession]:
         interaction = interactions.setdefault(role, CliInteraction(pin_from_stdin=pin_stdin))
-        device = spec or (app.device if role == "primary" else "auto")
+        device = choose_device(spec or (app.device if role == "primary" else "auto"))
         with open_session(device, interaction) as session:
             yield session
 

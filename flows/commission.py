@@ -24,7 +24,7 @@ from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.plan import Plan
 
-from .keys import KeyRing
+from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 
@@ -126,19 +126,10 @@ class Commission:
         self.keys = keys
         self.io = io
         self.state = state
-        self._unlock: dict[str, bytes] = {}
+        self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.results: list[Any] = []       # verify's results (yktool.checks.Result)
 
     # ------------------------------------------------------------------ helpers
-    def unlock(self, device: str) -> bytes:
-        """The volume's current passphrase: the key file, or asked once per device per run."""
-        if device not in self._unlock:
-            if self.a.unlock_key_file:
-                self._unlock[device] = self.host.read_bytes(self.a.unlock_key_file)
-            else:
-                self._unlock[device] = self.io.unlock(device)
-        return self._unlock[device]
-
     def account(self) -> Any:
         from yktool.ssh.accounts import lookup_user
 

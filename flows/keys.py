@@ -133,3 +133,19 @@ def ring(host: Host, opener: SessionOpener, specs: dict[str, str | None], nickna
         yield keys
     finally:
         keys.close()
+
+
+@dataclass
+class Passphrases:
+    """A LUKS volume's current passphrase: read from `key_file` (inside the root) when given,
+    else asked once per device per run; kept in memory only."""
+
+    host: Host
+    key_file: str
+    ask: Callable[[str], bytes]
+    _known: dict[str, bytes] = field(default_factory=dict, repr=False)  # secrets: never in a repr
+
+    def __call__(self, device: str) -> bytes:
+        if device not in self._known:
+            self._known[device] = self.host.read_bytes(self.key_file) if self.key_file else self.ask(device)
+        return self._known[device]

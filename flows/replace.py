@@ -33,7 +33,7 @@ from yktool.inventory import Registry
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
-from .keys import KeyRing
+from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 
@@ -242,18 +242,12 @@ class Replace:
         self.host, self.a, self.keys, self.io, self.state = host, answers, keys, io, state
         self.found = found
         self.has_new = has_new
-        self._unlock: dict[str, bytes] = {}
+        self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.lost_names = sorted({f.owner for f in found if f.lost})
         self.now = datetime.datetime.now(datetime.UTC)
 
     def lost(self, area: str) -> list[Found]:
         return [f for f in self.found if f.lost and f.area == area]
-
-    def unlock(self, device: str) -> bytes:
-        if device not in self._unlock:
-            self._unlock[device] = (self.host.read_bytes(self.a.unlock_key_file) if self.a.unlock_key_file
-                                    else self.io.unlock(device))
-        return self._unlock[device]
 
     # ------------------------------------------------------------------ plan
     def build_steps(self) -> list[FlowStep]:

@@ -293,3 +293,19 @@ def test_git_variables_of_the_callers_shell_do_not_redirect_the_config(
     assert (decoy / ".git" / "config").read_bytes() == decoy_before
     assert "format = ssh" in (repo / ".git" / "config").read_text()
     assert "gpg.format=ssh" in res.stdout
+
+
+
+def test_allowed_signers_comments_stay_with_their_entry() -> None:
+    from yktool.git_signing import merge_allowed_signers
+
+    existing = (b"# team\n\n# zed's laptop\nzed@example.com ssh-ed25519 AAAAZ\n"
+                b"# adam, since 2024\nadam@example.com ssh-ed25519 AAAAA\nadam@example.com ssh-ed25519 AAAAA\n"
+                b"# trailing note\n")
+    data, changed = merge_allowed_signers(existing, "me@example.com ssh-ed25519 AAAAM")
+    assert changed
+    assert data.decode().splitlines() == [
+        "# team", "", "# adam, since 2024", "adam@example.com ssh-ed25519 AAAAA",
+        "me@example.com ssh-ed25519 AAAAM", "# zed's laptop", "zed@example.com ssh-ed25519 AAAAZ",
+        "# trailing note"]
+    assert merge_allowed_signers(data, "me@example.com ssh-ed25519 AAAAM") == (data, False)

@@ -40,7 +40,8 @@ def check_email(email: str) -> None:
 
 
 def merge_allowed_signers(existing: bytes, line: str) -> tuple[bytes, bool]:
-    """The file with `line` added: leading comment/blank lines kept, entries sorted and unique."""
+    """The file with `line` added: the header (comments up to a blank line) kept on top, entries
+    sorted and unique, each with the comment lines just above it."""
     text = existing.decode("utf-8", "surrogateescape")
     lines = text.splitlines()
     head: list[str] = []
@@ -48,10 +49,28 @@ def merge_allowed_signers(existing: bytes, line: str) -> tuple[bytes, bool]:
     while index < len(lines) and (not lines[index].strip() or lines[index].lstrip().startswith("#")):
         head.append(lines[index])
         index += 1
-    entries = [entry for entry in lines[index:] if entry.strip()]
-    normalised = {" ".join(entry.split()) for entry in entries}
+    # each entry travels with the comment lines just above it (`# Bob's laptop`); the file's
+    # own header ends at its last blank line before the first entry
+    groups: dict[str, list[str]] = {}
+    pending: list[str] = []
+    while head and head[-1].strip():
+        pending.insert(0, head.pop())
+    for entry in lines[index:]:
+        if not entry.strip():
+            continue
+        if entry.lstrip().startswith("#"):
+            pending.append(entry)
+            continue
+        if entry in groups:      # a duplicate line goes; its comments stay with the first
+            groups[entry][-1:-1] = pending
+        else:
+            groups[entry] = [*pending, entry]
+        pending = []
+    normalised = {" ".join(entry.split()) for entry in groups}
     added = " ".join(line.split()) not in normalised
-    merged = sorted(set(entries) | ({line} if added else set()))
+    if added:
+        groups[line] = [line]
+    merged = [ln for entry in sorted(groups) for ln in groups[entry]] + pending
     out = "".join(h + "\n" for h in head) + "".join(m + "\n" for m in merged)
     data = out.encode("utf-8", "surrogateescape")
     return data, added or data != existing

@@ -89,17 +89,19 @@ def test_reset_asks_first_on_a_terminal(tmp_path: Path) -> None:
 
 
 CHOOSER = """
+import json
 import sys
 from yktool.fido import devices
 from yktool.cli import main
 
 # no hidraw here: two software keys stand in for two USB keys plugged in
 devices.present_hid_keys = lambda: [devices.open_sim(p) for p in sys.argv[1:3]]
-sys.exit(main(["--json", "key", "info"]))
+sys.exit(main(json.loads(sys.argv[3])))
 """
 
 
-def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
+def _pick_second_key(tmp_path: Path, argv: list[str]) -> tuple[list[str], bytes]:
+    """Run yktool with `--device auto` on a pty with two keys present; pick the second one."""
     import fcntl
     import json
     import struct
@@ -111,7 +113,7 @@ def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "YKTOOL_DEVICE")}
     pid, fd = pty.fork()
     if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-c", CHOOSER, *paths], env)  # noqa: S606
+        os.execve(sys.executable, [sys.executable, "-c", CHOOSER, *paths, json.dumps(argv)], env)  # noqa: S606
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     out = b""
     sent = False
@@ -137,5 +139,21 @@ def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
     os.close(fd)
     assert sent, out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    return paths, out
+
+
+def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
+    import json
+
+    paths, out = _pick_second_key(tmp_path, ["--json", "key", "info"])
     info = json.loads(out[out.index(b"{"):].decode().replace("\r\n", "\n"))
     assert info["path"] == paths[1]
+
+
+def test_building_blocks_ask_which_key_too(tmp_path: Path) -> None:
+    """Commands outside `key` (here `udev install`) open the key the person picked."""
+    from yktool.fido.identity import usb_identity
+
+    paths, out = _pick_second_key(tmp_path, ["udev", "install", "--nixos"])
+    serials = [usb_identity(open_device(f"sim:{p}")).serial for p in paths]
+    assert serials[1] and serials[1].encode() in out and serials[0].encode() not in out

@@ -29,6 +29,14 @@ class AppContext:
 
         return Host(Path(self.root))
 
+    @cached_property
+    def key_spec(self) -> str:
+        """--device for opening the key: with `auto` and several keys on a terminal, the one the
+        person picks (asked once per command)."""
+        from yktool.cli.prompts import choose_device
+
+        return choose_device(self.device) or self.device
+
 
 def app() -> AppContext:
     """The AppContext of the running command (works in any nested command)."""

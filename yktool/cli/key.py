@@ -29,10 +29,10 @@ def _read_pin(prompt: str, *, from_stdin: bool, new: bool = False) -> str:
 
 @contextmanager
 def _session(app: AppContext, interaction: CliInteraction | None = None) -> Iterator[KeySession]:
-    from yktool.cli.prompts import CliInteraction, choose_device
+    from yktool.cli.prompts import CliInteraction
     from yktool.fido.session import open_session
 
-    with open_session(choose_device(app.device), interaction or CliInteraction()) as session:
+    with open_session(app.key_spec, interaction or CliInteraction()) as session:
         try:
             yield session
         except PinAuthBlocked as err:

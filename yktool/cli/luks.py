@@ -113,7 +113,7 @@ def _fido2_owners(app: AppContext, header: Any) -> dict[int, Any]:
     from yktool.luks.fido2 import token_owners
 
     try:
-        with open_session(app.device) as session:
+        with open_session(app.key_spec) as session:
             return token_owners(app.host, header, session, session_name=None if app.device == "auto"
                                 else f"the key at {app.device}")
     except YktoolError:
@@ -277,7 +277,7 @@ def _fido2_session(app: AppContext, header: Any, stack: Any, pin_stdin: bool) ->
     from yktool.fido.session import open_session
 
     try:
-        return stack.enter_context(open_session(app.device, CliInteraction(pin_from_stdin=pin_stdin)))
+        return stack.enter_context(open_session(app.key_spec, CliInteraction(pin_from_stdin=pin_stdin)))
     except NoDevice:
         if app.device != "auto":
             raise
@@ -377,7 +377,7 @@ def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: b
     """
     from yktool.luks.fido2 import Fido2Options, plan_enroll_fido2
 
-    spec = app.device
+    spec = app.key_spec
     options = Fido2Options(pin=with_pin, up=with_up, uv=with_uv, algorithm=algorithm, nickname=nickname)
     op = plan_enroll_fido2(app.host, _path(app, device), spec, options, backend=backend)
     if app.dry_run:

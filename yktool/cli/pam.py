@@ -104,7 +104,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
              "(the hostname default breaks every key when the host is renamed)")
         info("Touch the key twice: once to make the credential, once to prove it.")
     interaction = CliInteraction()
-    with open_session(app.device, interaction) as session:
+    with open_session(app.key_spec, interaction) as session:
         result = pu.register(host, session, request)
     for w in result.warnings:
         warn(w)

@@ -29,7 +29,7 @@ def _session(app: AppContext, pin_stdin: bool) -> Iterator[KeySession]:
     from yktool.cli.prompts import CliInteraction
     from yktool.fido.session import open_session
 
-    with open_session(app.device, CliInteraction(pin_from_stdin=pin_stdin)) as session:
+    with open_session(app.key_spec, CliInteraction(pin_from_stdin=pin_stdin)) as session:
         yield session
 
 

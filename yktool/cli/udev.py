@@ -41,7 +41,7 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
         from yktool.fido import open_device
         from yktool.fido.identity import usb_identity
 
-        device = open_device(app.device)
+        device = open_device(app.key_spec)
         ident = identity_from(usb_identity(device))
     except YktoolError as exc:
         raise NoDevice(f"cannot read the key's USB identity: {exc.message}",

@@ -149,3 +149,20 @@ def test_the_child_recorder_sees_a_secret_in_a_shell_line_or_env(child_recorder)
     subprocess.run(["true"], env={"X": "hunter2-env-7734"}, check=True)  # noqa: S607
     with pytest.raises(AssertionError, match="leaked"):
         child_recorder.assert_no_secret("hunter2-env-7734")
+
+
+def test_folder_swapped_for_a_link_after_resolution_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user swaps ~/.ssh for a link to /root/.ssh between yktool's look and its write: the write
+    is refused and nothing lands behind the link."""
+    from yktool.errors import Refused
+
+    host = Host(root)
+    (root / "root/.ssh").mkdir(parents=True)
+    (root / "home/u").mkdir(parents=True)
+    resolved = host.path("/home/u/.ssh/authorized_keys")  # looked at while ~/.ssh did not exist
+    (root / "home/u/.ssh").symlink_to(root / "root/.ssh")  # ... then swapped in
+    monkeypatch.setattr(Host, "path", lambda self, p: resolved)
+    with pytest.raises(Refused, match="became a link"):
+        host.write_file("/home/u/.ssh/authorized_keys", b"ssh-ed25519 AAAA attacker\n", 0o600, backup=False)
+    assert list((root / "root/.ssh").iterdir()) == []
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import stat
 import subprocess  # noqa: S404 - the one command runner
@@ -24,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from yktool.errors import ToolFailed, UsageError
+from yktool.errors import Refused, ToolFailed, UsageError
 
 BACKUP_DIR = PurePosixPath("/var/backups/yktool")
 
@@ -217,8 +218,16 @@ class Host:
             real.parent.mkdir(parents=True, exist_ok=True)
             if backup:
                 self.backup(path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".yktool-tmp", dir=real.parent)
+            # The folder is opened component by component without following links: `real` was
+            # resolved with no link left in it, so a link now means someone swapped a folder
+            # (e.g. a user's ~/.ssh for a link to /root/.ssh) after we looked. Refuse that.
+            dir_fd = _open_dir_nofollow(real.parent, path)
+        tmp = f".{real.name}.{secrets.token_hex(6)}.yktool-tmp"
+        fd = -1
         try:
+            with self._may_write(path):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dir_fd)
             os.fchmod(fd, mode)
             if owner is not None:
                 os.fchown(fd, *owner)
@@ -229,16 +238,15 @@ class Host:
             os.fsync(fd)
             os.close(fd)
             fd = -1
-            os.replace(tmp, real)
+            # rename replaces a link at the final name itself; it never writes through it
+            os.replace(tmp, real.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
-        dir_fd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         return real
@@ -337,6 +345,28 @@ class Host:
                 "see the message above; nothing was changed by yktool after this step",
             )
         return result
+
+
+def _open_dir_nofollow(folder: Path, shown: str | PurePosixPath) -> int:
+    """An fd of `folder`, opened from / one component at a time, refusing any symlink on the way."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in folder.parts[1:]:
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise Refused(
+                    f"{shown}: a folder on its path became a link while yktool was working ({folder})",
+                    "someone changed the folder under yktool; check who owns it, then run again",
+                ) from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextlib.contextmanager

@@ -193,30 +193,49 @@ def test_nixos_per_user_locker_counts(hardened_root: FixtureRoot) -> None:
         e.render() for e in r.evidence]
 
 
-def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(
-        hardened_root: FixtureRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # nft is not installed on the test machine: a stub prints what a flushed kernel would show.
-    # The fixture's /etc/nftables.conf drops input and its service is enabled, but what the
-    # running kernel does is the answer (a failed nftables.service leaves it wide open).
-    class LiveHost(Host):
-        @property
-        def is_live(self) -> bool:
-            return True
+LIVE_FIREWALL = """
+import json, subprocess, sys
+from pathlib import Path
+from yktool.checks import CheckContext, run_checks
+from yktool.host import Host
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    nft = bin_dir / "nft"
-    nft.write_text("#!/bin/sh\necho 'table inet filter {'\necho '  chain input { type filter hook input "
-                   "priority 0; policy accept; }'\necho '}'\n")
-    nft.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    ctx = CheckContext(LiveHost(hardened_root.root), privileged=True)
-    [r] = run_checks(ctx, only=["net.firewall"])
-    assert r.status == "fail" and "running kernel" in r.reason, describe({r.id: r})
-    assert "nft list ruleset: input=no input filtering" in [e.render() for e in r.evidence]
-    nft.write_text(nft.read_text().replace("policy accept", "policy drop"))
-    [r] = run_checks(ctx, only=["net.firewall"])
-    assert r.status == "pass", describe({r.id: r})
+class LiveHost(Host):  # the fixture root's files, but the kernel (this namespace's) is live
+    @property
+    def is_live(self) -> bool:
+        return True
+
+subprocess.run(["nft", "-f", sys.argv[2]], check=True)
+[r] = run_checks(CheckContext(LiveHost(Path(sys.argv[1])), privileged=True), only=["net.firewall"])
+print(json.dumps({"status": r.status, "reason": r.reason, "evidence": [e.render() for e in r.evidence]}))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unshare"), reason="needs nft and unshare")
+def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(hardened_root: FixtureRoot,
+                                                                       tmp_path: Path) -> None:
+    """The real nft, in a private network namespace made for the test (this machine's own
+    ruleset is never touched). The fixture's /etc/nftables.conf drops input and its service is
+    enabled, but what the running kernel does is the answer (a failed nftables.service leaves
+    it wide open)."""
+    import json
+    import subprocess
+    import sys
+
+    def live(policy: str) -> dict[str, object]:
+        rules = tmp_path / f"{policy}.nft"
+        rules.write_text("table inet filter {\n  chain input { type filter hook input priority 0; "
+                         f"policy {policy}; }}\n}}\n")
+        out = subprocess.run(["unshare", "-n", sys.executable, "-c", LIVE_FIREWALL, str(hardened_root.root),
+                              str(rules)], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    accept = live("accept")
+    assert accept["status"] == "fail" and "running kernel" in str(accept["reason"]), accept
+    assert "nft list ruleset: input=no input filtering" in accept["evidence"]  # type: ignore[operator]
+    assert live("drop")["status"] == "pass"
 
 
 def test_lock_rule_masked_by_a_same_named_file_in_etc_is_not_installed(hardened_root: FixtureRoot) -> None:

@@ -34,6 +34,16 @@ HOST_KINDS = ("linux", "nixos")
 STEP_KINDS = ("luks-fido2", "luks-tpm2", "recovery", "ssh", "git", "pam", "udev", "usbguard", "verify")
 KEY_STEPS = ("luks-fido2", "ssh", "git", "pam", "udev", "usbguard")
 SSH_KEY = "id_ed25519_sk"
+# the verify checks that prove what each step enrolled
+VERIFY_FOR_STEP: dict[str, list[str]] = {
+    "luks-fido2": ["boot.luks.fido2"],
+    "luks-tpm2": ["boot.luks.tpm2", "boot.luks.tpm2_pcrs"],
+    "ssh": ["ssh.sk_key"],
+    "git": ["git.signing"],
+    "pam": ["pam.sudo", "pam.login"],
+    "udev": ["hw.udev.lock_rule"],
+    "usbguard": ["hw.usbguard.rules"],
+}
 
 
 @dataclass
@@ -432,23 +442,12 @@ class Commission:
         s, sel = set(self.a.steps), []
         if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
             sel.append("boot.luks.root")
-        if "luks-fido2" in s:
-            sel.append("boot.luks.fido2")
-        if "luks-tpm2" in s:
-            sel += ["boot.luks.tpm2", "boot.luks.tpm2_pcrs"]
-        if "ssh" in s:
-            sel.append("ssh.sk_key")
-        if "git" in s:
-            sel.append("git.signing")
         # on NixOS /etc is generated: the PAM stack, udev and USBGuard rules come from the printed
         # Nix after a rebuild, so the root's /etc/pam.d and rules are not what will run
-        if self.a.host_kind == "linux":
-            if "pam" in s:
-                sel += ["pam.sudo", "pam.login"]
-            if "udev" in s:
-                sel.append("hw.udev.lock_rule")
-            if "usbguard" in s:
-                sel.append("hw.usbguard.rules")
+        nixos_generated = {"pam", "udev", "usbguard"}
+        for step, check_ids in VERIFY_FOR_STEP.items():
+            if step in s and (self.a.host_kind == "linux" or step not in nixos_generated):
+                sel += check_ids
         if self.a.backup_nickname:
             sel.append("hw.registry.backup")
         return sel

@@ -52,6 +52,9 @@ class LazyGroup(click.Group):
         # The click context is gone when an error arrives here: tell emit_error about --json from
         # the args (in-process callers such as CliRunner pass them here, not in sys.argv).
         as_json = "--json" in (list(args) if args is not None else sys.argv[1:])
+        from yktool.cli.output import escape_streams
+
+        escape_streams()  # a non-UTF-8 byte read from a file is printed as \xNN, never a crash
         try:
             return super().main(args, prog_name or "yktool", complete_var, standalone_mode=False, **extra)
         except YktoolError as err:

@@ -232,3 +232,23 @@ def test_reads_refuse_a_users_link_anywhere_on_the_path(tmp_path: Path) -> None:
     with pytest.raises(Refused, match="folder uid 1000 can change"):
         host.read_bytes("/home/u/rootlink")
     _untouched(shadow)
+
+
+def test_links_root_keeps_in_its_own_folders_are_still_followed_chroot_style(tmp_path: Path) -> None:
+    """NixOS's /etc -> /etc/static -> /nix/store chain, a relative link, and a root link in a sticky
+    folder (only root can swap it): read and written as before, and never outside the root."""
+    root = tmp_path / "root"
+    store = root / "nix/store/abc-etc/etc"
+    store.mkdir(parents=True)
+    (store / "u2f_mappings").write_text("alice:x\n")
+    (root / "etc").mkdir()
+    os.symlink("/nix/store/abc-etc/etc", root / "etc/static")
+    os.symlink("static/u2f_mappings", root / "etc/u2f_mappings")
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "tmp").chmod(0o1777)
+    os.symlink("/etc/u2f_mappings", root / "tmp/link")
+    host = Host(root)
+    assert host.read_bytes("/etc/u2f_mappings") == host.read_bytes("/tmp/link") == b"alice:x\n"
+    assert host.path("/etc/u2f_mappings") == store / "u2f_mappings"
+    host.write_file("/etc/u2f_mappings", b"alice:y\n", 0o644)  # the link's target is replaced
+    assert (store / "u2f_mappings").read_bytes() == b"alice:y\n" and (root / "etc/u2f_mappings").is_symlink()

@@ -1,11 +1,18 @@
 """Host: every side effect of yktool on a machine goes through here.
 
 - Paths: every path a command names is a path *inside* the root (`--root`, default `/`). They are
-  resolved the way a chroot would: absolute symlinks are taken relative to the root, and `..` or
-  a link that climbs out of the root is refused.
-- Writes are atomic (temp file in the same folder, fsync, rename, fsync of the folder), the mode
-  is set before any content is written, and what is replaced is backed up first under
-  `/var/backups/yktool/` inside the root.
+  walked the way a chroot would, one component at a time from an fd of the root, each folder
+  opened with O_NOFOLLOW from the one before: absolute symlinks are taken relative to the root
+  (never the machine's own /), and `..` or a link that climbs out of the root is refused.
+- No path a user controls is followed as root: a link is followed only when root owns it and no
+  other user can change the folder it is in (NixOS's /etc -> /etc/static -> /nix/store, /home ->
+  /data/home). A user's link, or any link in a folder a user can write, is UnsafeLink (exit 4),
+  for reads and writes alike; a link swapped in after the walk looked is refused at the open.
+- Reads open the last name with O_NOFOLLOW and read regular files only. Writes are atomic: a temp
+  file made O_EXCL in the held folder fd, fchmod/fchown on its fd before any content, fsync,
+  renameat in the same folder fd (a rename replaces a link, never writes through it), fsync of
+  the folder; what is replaced is backed up first under `/var/backups/yktool/` inside the root.
+  New folders are mkdirat-ed, then opened O_NOFOLLOW and fchmod/fchown-ed on their fd.
 - Commands run from one place, `Host.run`: argv lists only, no shell. Secrets reach children on
   stdin or on inherited pipes (`SecretPath`), never in argv or the environment.
 """
@@ -105,7 +112,13 @@ class Host:
         """
         shown = str(path)
         parts = deque(PurePosixPath("/", shown).parts[1:])
-        stack = [os.open(self.root, _DIR_FLAGS)]
+        try:
+            stack = [os.open(self.root, _DIR_FLAGS)]
+        except FileNotFoundError:
+            if not make_parents:
+                raise
+            os.makedirs(self.root, 0o755, exist_ok=True)  # a new tree (an image being built)
+            stack = [os.open(self.root, _DIR_FLAGS)]
         names: list[str] = []
         hops = 0
         try:
@@ -178,7 +191,11 @@ class Host:
         UnsafeLink. The result is for naming the file to a tool; yktool's own reads and writes
         go through the fd walk (`read_bytes`, `write_file`, `mkdir`) and never by this path.
         """
-        spot = self._locate(path, lexical_rest=True)
+        try:
+            spot = self._locate(path, lexical_rest=True)
+        except (FileNotFoundError, NotADirectoryError):  # the root itself is missing: as written
+            parts = PurePosixPath("/", str(path)).parts[1:]
+            return self.root.joinpath(*_lexical(list(parts), [], str(path), self.root))
         os.close(spot.dir_fd)
         return self.root.joinpath(*spot.inside.parts[1:])
 

@@ -498,10 +498,15 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
         with os.fdopen(fd, "rb") as fh:
             return fh.read().decode("utf-8", "surrogateescape"), True
     assert target.age_file is not None  # noqa: S101
-    if not target.age_file.exists():
+    from yktool.host import Host as _Host
+
+    # the operator's file, on this machine: read through the walk too (as root, a link a user
+    # controls in a checkout under their home is refused, not followed)
+    local, age_path = _Host(Path("/")), str(target.age_file.absolute())
+    if not local.exists(age_path):
         return "", False
     try:
-        data = target.age_file.read_bytes()
+        data = local.read_bytes(age_path)
     except OSError as exc:
         raise UsageError(f"{target.age_file}: cannot read ({exc.strerror})",
                          "check the path and its permissions") from None
@@ -539,7 +544,8 @@ def write_target(host: Host, target: Target, text: str) -> str:
     assert target.age_file is not None  # noqa: S101
     encrypted = agefile.encrypt(data, target.recipients)
     local = _Host(Path("/"))
-    local.write_file(str(target.age_file.resolve()), encrypted, 0o644, backup=False)
+    # not .resolve(): that would follow a user's link as root before the walk could refuse it
+    local.write_file(str(target.age_file.absolute()), encrypted, 0o644, backup=False)
     return str(target.age_file)
 
 

@@ -279,6 +279,24 @@ class Host:
         with `errors="surrogateescape"`, print them through yktool.cli.output)."""
         return self.read_bytes(path).decode("utf-8", "surrogateescape")
 
+    @contextlib.contextmanager
+    def private_copy(self, path: str | PurePosixPath) -> Iterator[Path]:
+        """A copy of `path` (read through the walk; mode 0600) in a folder only we can enter, for a
+        tool that must read the file by name: run as root on a user's file, the tool never gets
+        the user's path, so a link swapped in after the walk cannot send it elsewhere."""
+        data = self.read_bytes(path)
+        folder = Path(tempfile.mkdtemp(prefix="yktool-copy-"))
+        try:
+            copy = folder / PurePosixPath(str(path)).name
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            yield copy
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def listdir(self, path: str | PurePosixPath) -> list[str]:
         """The names in a folder inside the root, sorted (opened through the walk)."""
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)

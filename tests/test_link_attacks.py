@@ -214,6 +214,8 @@ def test_pam_check_never_reads_a_users_authfile_link(world: SshWorld, cli: CliCa
     link = [f for f in findings if f["code"] == "authfile-link"]
     assert link and "symbolic link owned by uid 1000" in link[0]["message"], findings
     assert "/home/alice/.config/Yubico/u2f_keys" in link[0]["message"]
+    checked = cli("--root", world.root, "--json", "verify", "--only", "pam,3")
+    assert checked.exit_code in (0, 1) and "rootsecrethash" not in checked.output, checked.output
 
 
 def test_reads_refuse_a_users_link_anywhere_on_the_path(tmp_path: Path) -> None:

@@ -294,9 +294,9 @@ class CtapHidTransport:
     def _work(self, txn: _Transaction, data: bytes) -> None:
         def on_keepalive(status: STATUS) -> None:
             with self._lock:
-                if txn.status != status:
-                    txn.status = status
-                    self._keepalive(txn)
+                changed, txn.status = txn.status != status, status
+                if changed and status == STATUS.UPNEEDED:
+                    self._keepalive(txn)  # at once: the host shows "touch your key" now
 
         try:
             answer = self._call(CTAPHID.CBOR, data, txn.cancel, on_keepalive)

@@ -47,13 +47,15 @@ def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, to
                  control_path: str | None, uhid_path: str) -> None:
     from yktool.fido.devices import open_sim
     from yktool.fido.emulator import Emulator, Plugged, open_uhid
-    from yktool.fido.emulator_control import ControlSocket
+    from yktool.fido.emulator_control import ControlSocket, check_control_path
     from yktool.fido.touch import TouchGate, TouchPolicy
 
     path = _sim_path(app, device_spec)
+    if control_path is not None:
+        check_control_path(control_path)
     on_terminal = sys.stdin.isatty()
     policy = TouchPolicy(touch) if touch else (TouchPolicy.ASK if on_terminal else TouchPolicy.AUTO)
-    uhid = open_uhid(uhid_path)  # first: without uhid nothing else is made (no key file, no socket)
+    uhid = open_uhid(uhid_path)  # before the key: without uhid nothing is made (no key file, no socket)
     control = None
     try:
         key = open_sim(path)

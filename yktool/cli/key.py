@@ -234,7 +234,7 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
               metavar="SECONDS", help="How long a touch request waits (ask, timeout) before it times out.")
 @click.option("--control", "control_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Serve the control socket here (approve, deny, status, policy, unplug; see docs).")
-@click.option("--uhid", "uhid_path", default="/dev/uhid", show_default=True, hidden=True)
+@click.option("--uhid", "uhid_path", default="/dev/uhid", envvar="YKTOOL_UHID", show_default=True, hidden=True)
 @pass_app
 def emulate(app: AppContext, device_spec: str | None, touch: str | None, touch_timeout: float,
             control_path: str | None, uhid_path: str) -> None:

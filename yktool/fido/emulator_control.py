@@ -91,17 +91,23 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
 
 
+def check_control_path(path: str | Path) -> None:
+    """UsageError unless a new socket can be made at `path` (nothing is there; its folder is)."""
+    p = Path(path)
+    if os.path.lexists(p):
+        raise UsageError(f"the control socket path {p} already exists",
+                         "remove it (if no emulator uses it) or choose another --control PATH")
+    if not p.parent.is_dir():
+        raise UsageError(f"the folder of the control socket {p} does not exist",
+                         "create it first, or choose another --control PATH")
+
+
 class ControlSocket:
     """Serves the control protocol at `path` in a background thread until `close()`."""
 
     def __init__(self, path: str | Path, gate: TouchGate, unplug: Callable[[], None]) -> None:
         self.path = Path(path)
-        if os.path.lexists(self.path):
-            raise UsageError(f"the control socket path {self.path} already exists",
-                             "remove it (if no emulator uses it) or choose another --control PATH")
-        if not self.path.parent.is_dir():
-            raise UsageError(f"the folder of the control socket {self.path} does not exist",
-                             "create it first, or choose another --control PATH")
+        check_control_path(self.path)
         old = os.umask(0o177)  # the socket is born 0600: nobody else may touch the key
         try:
             self._server = _Server(str(self.path), _Handler)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap import STATUS, CtapError
-from fido2.ctap2 import ClientPin, Ctap2
+from fido2.ctap2 import ClientPin, CredentialManagement, Ctap2
+from fido2.ctap2.base import args
 from fido2.ctap2.extensions import HmacSecretExtension
 from fido2.hid import CAPABILITY
 from fido2.server import Fido2Server
@@ -115,3 +116,30 @@ def test_nobody_touching_times_out_with_user_action_timeout(tmp_path: Path) -> N
                                       [{"type": "public-key", "alg": -7}])
     assert err.value.code == CtapError.ERR.USER_ACTION_TIMEOUT
     assert wire.gate.counts().timed_out == 1
+
+
+def test_credential_management_answers_under_its_2_1_pre_number_as_libfido2_sends_it(tmp_path: Path) -> None:
+    # libfido2 1.12 (Debian 12: ssh-keygen -K, fido2-token -L -r) sends 0x41, never 0x0A.
+    device = hid_device(make_wire(tmp_path))
+    ctap = Ctap2(device)
+    ClientPin(ctap).set_pin(PIN)
+    Fido2Client(device, DefaultClientDataCollector(ORIGIN), Person()).make_credential({
+        "rp": {"id": RP_ID, "name": "Example"}, "user": {"id": b"user-1", "name": "alice"},
+        "challenge": b"\x01" * 32, "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+        "authenticatorSelection": {"residentKey": "required", "userVerification": "required"}})
+    pin = ClientPin(ctap)
+    for cmd in (Ctap2.CMD.CREDENTIAL_MGMT_PRE, Ctap2.CMD.CREDENTIAL_MGMT):
+        token = pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+        message = bytes([CredentialManagement.CMD.GET_CREDS_METADATA])
+        answer = ctap.send_cbor(cmd, args(CredentialManagement.CMD.GET_CREDS_METADATA, None, pin.protocol.VERSION,
+                                          pin.protocol.authenticate(token, message)))
+        assert answer[CredentialManagement.RESULT.EXISTING_CRED_COUNT] == 1
+
+
+def test_key_info_over_hid_tells_the_emulated_key_from_hardware(tmp_path: Path) -> None:
+    from yktool.fido.facts import read_key_facts
+    from yktool.fido.session import KeySession
+
+    facts = read_key_facts(KeySession(hid_device(make_wire(tmp_path))), None)
+    assert facts.usb_id == "1209:0001" and not facts.software  # it is a HID device now
+    assert "yktool key emulate" in facts.render()

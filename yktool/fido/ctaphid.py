@@ -7,9 +7,11 @@ worker thread, so that CANCEL and the 100 ms keepalives keep flowing while a tou
 It knows nothing of uhid: `send` gets each outgoing report, `handle_packet` each incoming one,
 and `tick()` (called when the host is quiet) times out half-sent messages and expired locks.
 
-Where CTAP leaves a choice the answer is a YubiKey 5's: capabilities CBOR|WINK|NMSG (no U2F,
-so MSG is ERR_INVALID_CMD), CTAPHID protocol version 2 with the firmware version as device
-version, a continuation packet nobody asked for is ignored, CANCEL on another channel is ignored.
+Where CTAP leaves a choice the answer is a YubiKey 5's (with U2F off): capabilities
+CBOR|WINK|NMSG, so MSG is ERR_INVALID_CMD; CTAPHID protocol version 2 and a firmware number
+as device version. As the spec asks: a continuation packet nobody announced is ignored, CANCEL
+on another channel or with nothing in flight is ignored, INIT on a channel resyncs it. The spec
+gives no figure for a half-sent message: 1 s between two packets here (MSG_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ class CtapHidTransport:
     def _cont_packet(self, cid: int, seq: int, data: bytes) -> None:
         a = self._assembly
         if a is None or a.cid != cid:
-            return  # a continuation nobody announced: ignored, as by a YubiKey
+            return  # a continuation nobody announced: ignored
         if seq != a.next_seq:
             self._assembly = None
             return self._error(cid, HidError.INVALID_SEQ)

@@ -344,3 +344,15 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(scratch: Path, cli: CliCa
     (root / (HOST_KEY + ".pub")).rename(tmp_path / "moved.pub")
     r = cli("--root", root, "nixos", "module", "--out", tmp_path / "new.nix")
     assert r.exit_code == 2 and "--age-host-key" in r.stderr and not (tmp_path / "new.nix").exists()
+
+
+def test_rules_only_the_usbguard_rule_file_holds_are_named_before_they_are_dropped(
+        scratch: Path, cli: CliCall, tmp_path: Path) -> None:
+    root = scratch / ROOT
+    (root / "var/lib/usbguard").mkdir(parents=True)
+    keyboard = 'allow id 046d:c539 serial "" name "USB Receiver" with-interface { 03:01:01 03:01:02 }'
+    (root / "var/lib/usbguard/rules.conf").write_text(keyboard + "\n")
+    r = cli("--root", root, "--json", "nixos", "module", "--out", tmp_path / "yktool.nix")
+    assert r.exit_code == 0, r.output
+    notes = " ".join(json.loads(r.stdout)["notes"])
+    assert "1 rule(s) the module does not" in notes and "046d:c539" in notes and "keyboard" in notes

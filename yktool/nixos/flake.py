@@ -66,8 +66,9 @@ def _secrets_entries(nf: tree.NixFile) -> list[tree.Binding]:
     return [b for b in nf.bindings if len(b.path) == 2 and b.path[1] == "publicKeys"]
 
 
-def scan(root: Path) -> FlakeTree:
-    """Read every .nix file of the tree once and collect what the module needs."""
+def scan(root: Path, secrets_nix: Path | None = None) -> FlakeTree:
+    """Read every .nix file of the tree once and collect what the module needs (`secrets_nix`:
+    the one the person named, when the tree has several)."""
     if not root.is_dir():
         raise UsageError(f"--flake {root}: not a folder", "pass the folder that holds your flake.nix")
     if not (root / "flake.nix").is_file():
@@ -99,11 +100,13 @@ def scan(root: Path) -> FlakeTree:
             word = t.value if t.kind == "str" else t.text
             if word in LOCKERS and word not in ft.lockers:
                 ft.lockers[word] = path
-    if len(candidates) > 1:
+    if secrets_nix is not None:
+        use_secrets_nix(ft, secrets_nix)
+    elif len(candidates) > 1:
         raise UsageError(f"{root} has {len(candidates)} agenix secrets.nix files "
                          f"({', '.join(str(c.relative_to(root)) for c in candidates[:4])})",
                          "say which with --secrets-nix FILE")
-    if candidates:
+    elif candidates:
         ft.secrets_nix = candidates[0]
         ft.secrets_dir = candidates[0].parent
     else:

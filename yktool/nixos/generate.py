@@ -84,11 +84,9 @@ def generate(host: Host, req: Request) -> Generated:
     """Render the module from the registry and write what the request asks for."""
     registry = Registry.load(host)
     notes: list[str] = []
-    ft = flake.scan(req.flake.resolve()) if req.flake else None
+    ft = flake.scan(req.flake.resolve(), req.secrets_nix) if req.flake else None
     if ft is not None:
         notes += ft.notes
-        if req.secrets_nix:
-            flake.use_secrets_nix(ft, req.secrets_nix)
     lockers = module.lockers_found(host, ft.lockers if ft else ())
     services = [*module.PAM_SERVICES, *lockers]
     spec = module.ModuleSpec(registry=f"{REGISTRY_PATH} (root {host.root})", command="",
@@ -110,7 +108,9 @@ def generate(host: Host, req: Request) -> Generated:
             notes.append(f"USBGuard: the tree declares {ft.usbguard_option} (a list) in "
                          f"{ft.usbguard_declared_in.relative_to(ft.root)}: using it")
     if spec.usbguard and spec.usbguard_option == flake.STANDARD_USBGUARD:
-        notes.append(_ruleset_warning(host))
+        warning = _ruleset_warning(host, [rule for _n, rule in spec.usbguard])
+        if warning:
+            notes.append(warning)
     age = None
     spec.pam = module.pam_part(registry, services)
     if spec.pam is not None:
@@ -147,10 +147,25 @@ def generate(host: Host, req: Request) -> Generated:
     return Generated(text, out, changed, spec, age, ft, hm, notes)
 
 
-def _ruleset_warning(host: Host) -> str:
-    return ("USBGuard: services.usbguard.rules replaces the rule file (services.usbguard.ruleFile, "
-            "/var/lib/usbguard/rules.conf): put every other device you allow (keyboard!) into "
-            "services.usbguard.rules too, or it is blocked after the rebuild")
+RULE_FILE = "/var/lib/usbguard/rules.conf"   # services.usbguard.ruleFile's default
+
+
+def _ruleset_warning(host: Host, ours: list[str]) -> str | None:
+    """services.usbguard.rules replaces the rule file: rules only that file holds stop applying
+    after the rebuild (a keyboard allowed there would be blocked)."""
+    from yktool.usbguard import parse_rules
+
+    try:
+        text = host.read_text(RULE_FILE) if host.exists(RULE_FILE) else ""
+    except UsageError:
+        text = ""
+    others = [r.line for r in parse_rules(text) if r.line not in ours]
+    if not others:
+        return None
+    return (f"USBGuard: {RULE_FILE} holds {len(others)} rule(s) the module does not (first: {others[0]}); "
+            "setting services.usbguard.rules makes the daemon ignore that file: add them to "
+            "services.usbguard.rules in your configuration (definitions merge) before `nixos-rebuild`, "
+            "or those devices (keyboard!) are blocked")
 
 
 def write_module(out: Path, text: str) -> bool:

@@ -13,6 +13,7 @@ decrypts with the host key to the authfile byte for byte (the real `age`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -312,6 +313,7 @@ def test_plain_flake_gets_the_standard_options(scratch: Path, cli: CliCall, tmp_
     flake.mkdir()
     (flake / "flake.nix").write_text("{ outputs = { ... }: { }; }\n")
     (flake / "configuration.nix").write_text("{ ... }:\n{\n  imports = [ ./yktool.nix ];\n}\n")
+    os.chown(flake, 1000, 1000)  # alice's checkout: what yktool adds to it is hers to commit
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -322,6 +324,8 @@ def test_plain_flake_gets_the_standard_options(scratch: Path, cli: CliCall, tmp_
     assert _decrypt(root, flake / "secrets/yubikey-auth.age") == \
         _decrypt(root, scratch / "flake-src/yubikey-auth.age")
     assert report["secrets_nix_entry"].startswith('"yubikey-auth.age".publicKeys = [ "ssh-ed25519 ')
+    made = (out, flake / "secrets", flake / "secrets/yubikey-auth.age")
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(1000, 1000)}
     types = leaves(evaluate(out)["types"])
     assert types["services.usbguard.rules"] == "string"
     assert types[f"boot.initrd.luks.devices.luks-{read_header(Host(root), IMAGE).uuid}.crypttabExtraOpts"] == \

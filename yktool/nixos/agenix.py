@@ -10,6 +10,7 @@ scoping), and leaves it alone while it still decrypts to the same authfile.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def host_identity(host: Host, pub: str, age_identity: Path | None) -> agefile.Id
     return None
 
 
+def checkout_owner(path: Path) -> tuple[int, int] | None:
+    """Files yktool puts into a person's checkout belong to the checkout's owner (the nearest
+    existing folder's), not to root: they commit and edit them."""
+    if os.geteuid() != 0:
+        return None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    st = folder.stat()
+    return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -94,7 +107,13 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
         if same and tags == [tag] and x25519 == 0:
             return False  # age output is randomised: rewriting an equal file only makes noise in git
     encrypted = agefile.encrypt(plain, [recipient])
-    Host(Path("/")).write_file(str(target.resolve()), encrypted, 0o644, backup=False)
+    owner = checkout_owner(target)
+    if not target.parent.exists():  # the tree's secrets/ folder, new: the checkout owner's too
+        target.parent.mkdir(parents=True, mode=0o755)
+        if owner is not None:
+            os.chown(target.parent, *owner)
+    Host(Path("/")).write_file(str(target.resolve()), encrypted, 0o644, owner=owner,
+                               backup=False)
     if agefile.decrypt(target.read_bytes(), identity, what=str(target)) != plain:
         raise UsageError(f"{target} does not decrypt to the authfile after writing", "run the command again")
     return True

@@ -181,7 +181,7 @@ def write_module(out: Path, text: str) -> bool:
                           "give --out a new file (yktool.nix), or move that file away")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist", "create it, or name another file")
-    Host(Path("/")).write_file(str(out), text, 0o644, backup=False)
+    Host(Path("/")).write_file(str(out), text, 0o644, owner=agenix.checkout_owner(out), backup=False)
     return True
 
 

@@ -10,12 +10,13 @@ scoping), and leaves it alone while it still decrypts to the same authfile.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from yktool import agefile, nix
-from yktool.errors import UsageError
+from yktool.errors import Refused, UsageError
 from yktool.host import Host
 from yktool.nixos import tree
 
@@ -81,9 +82,24 @@ def _read(path: Path) -> bytes:
         raise UsageError(f"{path}: {exc.strerror}", "check the path and its permissions") from None
 
 
+def _credentials(text: bytes) -> set[tuple[str, bytes]]:
+    from yktool.pam_u2f import Authfile
+
+    af = Authfile.parse(text.decode("utf-8", "surrogateescape"))
+    return {(user, c.identity) for user in af.users() for c in af.credentials_of(user)}
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def place(source: Path, target: Path, recipient: agefile.Recipient,
-          identity: agefile.Identities | None) -> bool:
-    """Make `target` the authfile of `source`, encrypted to `recipient`; True when written."""
+          identity: agefile.Identities | None, ours: str = "") -> bool:
+    """Make `target` the authfile of `source`, encrypted to `recipient`; True when written.
+
+    `ours` is the digest of the copy yktool wrote there last: a file that is not that copy (the
+    tree's own, or edited since) is overwritten only when the registry's authfile holds every
+    credential it holds, so no one's key is dropped from it."""
     data = _read(source)
     tag = agefile.ssh_tag(recipient)
     if source.resolve() == target.resolve():
@@ -101,11 +117,23 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
         old = target.read_bytes()
         tags, x25519 = agefile.header_recipients(old)
         try:
-            same = agefile.decrypt(old, identity, what=str(target)) == plain
+            old_plain: bytes | None = agefile.decrypt(old, identity, what=str(target))
         except UsageError:
-            same = False
-        if same and tags == [tag] and x25519 == 0:
+            old_plain = None
+        if old_plain == plain and tags == [tag] and x25519 == 0:
             return False  # age output is randomised: rewriting an equal file only makes noise in git
+        if digest(old) != ours:
+            if old_plain is None:
+                raise Refused(f"{target} exists, is not the copy yktool wrote, and {identity.source} cannot "
+                              "decrypt it: it is not overwritten",
+                              "move it away, or pass --age-identity with a key that reads it")
+            dropped = _credentials(old_plain) - _credentials(plain)
+            if dropped:
+                users = ", ".join(sorted({u for u, _c in dropped}))
+                raise Refused(f"{target} holds {len(dropped)} pam_u2f credential(s) ({users}) that the "
+                              f"registry's authfile {source} does not: writing it would drop them",
+                              f"register those keys into {source} (yktool pam register --age-file), or move "
+                              f"{target} away, then run again")
     encrypted = agefile.encrypt(plain, [recipient])
     owner = checkout_owner(target)
     if not target.parent.exists():  # the tree's secrets/ folder, new: the checkout owner's too

@@ -119,7 +119,7 @@ def generate(host: Host, req: Request) -> Generated:
         if ft is not None and ft.secrets_dir is not None:
             target = ft.secrets_dir / f"{spec.pam.secret}.age"
         identity = agenix.host_identity(host, req.host_key, req.age_identity)
-        written = agenix.place(spec.pam.age_file, target, recipient, identity)
+        written = agenix.place(spec.pam.age_file, target, recipient, identity, _placed(host, target))
         spec.pam.age_file = target
         shown = str(ft.secrets_nix.relative_to(ft.root)) if ft and ft.secrets_nix else "secrets.nix"
         entry, diff = agenix.secrets_entry(spec.pam.secret, recipient, ft.secrets_nix if ft else None, shown)
@@ -138,7 +138,8 @@ def generate(host: Host, req: Request) -> Generated:
     changed = False
     if out is not None:
         changed = write_module(out, text)
-        remember(host, req)
+        placed = {str(age.path): agenix.digest(age.path.read_bytes())} if age and age.path.is_file() else {}
+        remember(host, req, placed)
     hm = {}
     if req.home_manager:
         from yktool.nixos.home_manager import snippets
@@ -185,9 +186,20 @@ def write_module(out: Path, text: str) -> bool:
     return True
 
 
-def remember(host: Host, req: Request) -> None:
-    """Note where the module went, so commission and replace keep that file current."""
-    data = {"host_key": req.host_key}
+def _placed(host: Host, target: Path) -> str:
+    """The digest of the authfile copy yktool last wrote at `target` ("" when none)."""
+    try:
+        data = tomllib.loads(host.read_text(SETTINGS_PATH)) if host.exists(SETTINGS_PATH) else {}
+    except tomllib.TOMLDecodeError:
+        return ""
+    placed = data.get("placed", {})
+    return str(placed.get(str(target), "")) if isinstance(placed, dict) else ""
+
+
+def remember(host: Host, req: Request, placed: dict[str, str]) -> None:
+    """Note where the module went, so commission and replace keep that file current, and which
+    authfile copy yktool wrote (so a later run knows it is its own)."""
+    data: dict[str, object] = {"host_key": req.host_key}
     assert req.out is not None  # noqa: S101 - only a written module is remembered
     try:  # a module inside the root is remembered as a path in it (the root may be mounted elsewhere later)
         data["module_in_root"] = "/" + str(req.out.relative_to(host.root))
@@ -199,6 +211,8 @@ def remember(host: Host, req: Request) -> None:
         data["secrets_nix"] = str(req.secrets_nix.resolve())
     if req.age_identity:
         data["age_identity"] = str(req.age_identity.resolve())
+    if placed:
+        data["placed"] = placed
     body = "# where `yktool nixos module` last wrote the NixOS module (no secrets)\n" + tomli_w.dumps(data)
     if host.exists(SETTINGS_PATH) and host.read_text(SETTINGS_PATH) == body:
         return

@@ -44,29 +44,32 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
     from yktool.nixos.generate import Request, generate
 
     req = Request(out=out, flake=flake_dir, home_manager=home_manager, host_key=age_host_key,
-                  age_identity=age_identity, secrets_nix=secrets_nix)
+                  age_identity=age_identity, secrets_nix=secrets_nix, dry_run=app.dry_run)
     done = generate(app.host, req)
     if app.json:
         emit_json(done.to_json())
         return
-    if done.out is None:
+    if done.out is None or app.dry_run:
         click.echo(done.text, nl=False)
+        if app.dry_run and done.out is not None:
+            info(f"dry run: would {'write' if done.changed else 'leave unchanged'} {done.out}; nothing written")
     else:
         info(f"{'wrote' if done.changed else 'unchanged:'} {done.out}; import it from the host's configuration "
              "(imports = [ ./yktool.nix ];), then `nixos-rebuild switch`")
     if done.age is not None:
         age = done.age
-        info(f"agenix authfile: {age.path}{' (written, encrypted to this host key only)' if age.written else ''}")
+        did = "would be written" if app.dry_run else "written"
+        info(f"agenix authfile: {age.path}{f' ({did}, encrypted to this host key only)' if age.written else ''}")
         if age.diff:
             info(f"apply to {age.secrets_nix} (e.g. `patch -p1` in the flake):")
-            click.echo(age.diff, nl=False, err=done.out is None)
+            click.echo(age.diff, nl=False, err=done.out is None or app.dry_run)
         elif age.secrets_nix is not None:
             info(f"{age.secrets_nix} already has the entry")
         else:
             info("secrets.nix entry (inside its attribute set):")
-            click.echo(age.entry, err=done.out is None)
+            click.echo(age.entry, err=done.out is None or app.dry_run)
     for user, text in done.home_manager.items():
         info(f"Home Manager for {user}:")
-        click.echo(text, nl=False, err=done.out is None)
+        click.echo(text, nl=False, err=done.out is None or app.dry_run)
     for note in done.notes:
         info(f"note: {note}")

@@ -94,8 +94,9 @@ def digest(data: bytes) -> str:
 
 
 def place(source: Path, target: Path, recipient: agefile.Recipient,
-          identity: agefile.Identities | None, ours: str = "") -> bool:
-    """Make `target` the authfile of `source`, encrypted to `recipient`; True when written.
+          identity: agefile.Identities | None, ours: str = "", dry_run: bool = False) -> bool:
+    """Make `target` the authfile of `source`, encrypted to `recipient`; True when written (with
+    `dry_run`: when it would be).
 
     `ours` is the digest of the copy yktool wrote there last: a file that is not that copy (the
     tree's own, or edited since) is overwritten only when the registry's authfile holds every
@@ -134,6 +135,8 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
                               f"registry's authfile {source} does not: writing it would drop them",
                               f"register those keys into {source} (yktool pam register --age-file), or move "
                               f"{target} away, then run again")
+    if dry_run:
+        return True
     encrypted = agefile.encrypt(plain, [recipient])
     owner = checkout_owner(target)
     if not target.parent.exists():  # the tree's secrets/ folder, new: the checkout owner's too

@@ -34,6 +34,7 @@ class Request:
     age_identity: Path | None = None   # a local path
     secrets_nix: Path | None = None
     check_parse: bool = True
+    dry_run: bool = False              # render and check; write nothing
 
 
 @dataclass
@@ -119,7 +120,8 @@ def generate(host: Host, req: Request) -> Generated:
         if ft is not None and ft.secrets_dir is not None:
             target = ft.secrets_dir / f"{spec.pam.secret}.age"
         identity = agenix.host_identity(host, req.host_key, req.age_identity)
-        written = agenix.place(spec.pam.age_file, target, recipient, identity, _placed(host, target))
+        written = agenix.place(spec.pam.age_file, target, recipient, identity, _placed(host, target),
+                               dry_run=req.dry_run)
         spec.pam.age_file = target
         shown = str(ft.secrets_nix.relative_to(ft.root)) if ft and ft.secrets_nix else "secrets.nix"
         entry, diff = agenix.secrets_entry(spec.pam.secret, recipient, ft.secrets_nix if ft else None, shown)
@@ -136,7 +138,9 @@ def generate(host: Host, req: Request) -> Generated:
         else:
             notes.append("nix-instantiate is not installed here: the module was not parse-checked")
     changed = False
-    if out is not None:
+    if out is not None and req.dry_run:
+        changed = not out.is_file() or out.read_text("utf-8", "surrogateescape") != text
+    elif out is not None:
         changed = write_module(out, text)
         placed = {str(age.path): agenix.digest(age.path.read_bytes())} if age and age.path.is_file() else {}
         remember(host, req, placed)

@@ -292,6 +292,11 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     # the authfile, in the tree's folder, decrypts with the host key to the registry's authfile
     age_file = flake / "nix-secrets/secrets/yubikey-auth.age"
     assert _decrypt(root, age_file) == _decrypt(root, scratch / "flake-src/yubikey-auth.age")
+    import base64
+
+    lines = pu.Authfile.parse(_decrypt(root, age_file).decode()).credentials_of("alice")
+    assert {base64.b64encode(c.credential_id or b"").decode() for c in lines} == \
+        {str(e["credential_id"]) for _k, e in Registry.load(host).enrollments("pam")}
     from yktool import agefile
 
     host_recipient = agefile.parse_recipient(host_pub)

@@ -128,3 +128,17 @@ def test_path_literal_quotes_what_a_path_literal_cannot_hold(tmp_path: Path) -> 
     assert path_literal(tmp_path / "secrets/a.age", tmp_path / "hosts/x", "") == "../../secrets/a.age"
     odd = path_literal(tmp_path / "my secrets/a.age", tmp_path, "")
     assert odd == '(./. + "/./my secrets/a.age")' and nix_parses(odd)
+
+
+def test_an_empty_registry_gives_an_empty_module_that_parses(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from yktool.cli import main_group
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/NIXOS").write_text("")
+    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "# Keys: none registered" in r.stdout and nix_parses(r.stdout)
+    assert not (root / "etc/yktool").exists()  # printed only: nothing remembered, nothing written

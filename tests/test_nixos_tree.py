@@ -142,3 +142,11 @@ def test_an_empty_registry_gives_an_empty_module_that_parses(tmp_path: Path) -> 
     assert r.exit_code == 0, r.output
     assert "# Keys: none registered" in r.stdout and nix_parses(r.stdout)
     assert not (root / "etc/yktool").exists()  # printed only: nothing remembered, nothing written
+
+
+def test_nodes_scoping_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.nix"
+    path.write_text('{ "wifi-psk" = { publicKeys = [ ]; nodes = [ "bio-smart" ]; }; }\n')
+    assert agenix.uses_nodes(path)
+    path.write_text('{ "wifi-psk".publicKeys = [ ]; }\n')
+    assert not agenix.uses_nodes(path)

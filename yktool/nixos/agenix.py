@@ -160,6 +160,15 @@ def _key_binding(nf: tree.NixFile, recipient: agefile.Recipient) -> str | None:
     return None
 
 
+def uses_nodes(secrets_nix: Path) -> bool:
+    """The host page's per-host scoping: entries with a `nodes` attribute (filterByNodes)."""
+    try:
+        nf = tree.parse(secrets_nix.read_text("utf-8", "surrogateescape"))
+    except (OSError, tree.NixSyntaxError):
+        return False
+    return any(len(b.path) == 2 and b.path[1] == "nodes" for b in nf.bindings)
+
+
 def entry_name(nf: tree.NixFile | None, secret: str) -> str:
     """`<secret>.age` as agenix's CLI names entries, or `<secret>` where the tree's entries
     carry no suffix (the host page's `"smtp-password".publicKeys`)."""

@@ -126,6 +126,10 @@ def generate(host: Host, req: Request) -> Generated:
         shown = str(ft.secrets_nix.relative_to(ft.root)) if ft and ft.secrets_nix else "secrets.nix"
         entry, diff = agenix.secrets_entry(spec.pam.secret, recipient, ft.secrets_nix if ft else None, shown)
         age = agenix.AgeResult(target, written, recipient, entry, diff, ft.secrets_nix if ft else None)
+        if ft is not None and ft.secrets_nix is not None and agenix.uses_nodes(ft.secrets_nix):
+            notes.append(f"{ft.secrets_nix.relative_to(ft.root)} scopes secrets to hosts with `nodes`: give the "
+                         f"{spec.pam.secret} entry this host's nodes as its other entries do (yktool does not "
+                         "guess their form), or every host tries to decrypt it")
     for luks in spec.luks:
         if luks.named_by != "hardware-configuration.nix":
             notes.append(f"LUKS {luks.uuid}: no hardware-configuration.nix names it"

@@ -273,10 +273,14 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     uuid = read_header(host, IMAGE).uuid
     host_pub = " ".join((root / (HOST_KEY + ".pub")).read_text().split()[:2])
     _host_page_tree(flake, uuid, host_pub)
+    subprocess.run(["git", "init", "-q", str(flake)], check=True)  # noqa: S607
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     out = flake / "hosts/demo-host/yktool.nix"
+    # new files a flake would not see until git knows them
+    assert any(n.endswith("add hosts/demo-host/yktool.nix nix-secrets/secrets/yubikey-auth.age")
+               for n in report["notes"]), report["notes"]
     assert report["module"] == str(out) and report["usbguard_option"] == "modules.hardware.usbguard.rules"
     parse(out)
     text = out.read_text()
@@ -309,10 +313,12 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     subprocess.run(["patch", "-p1", "-i", str(patch)], cwd=flake, check=True, capture_output=True)  # noqa: S607
     parse(flake / "nix-secrets/secrets/secrets.nix")
     # again: nothing changes, the age file is not re-encrypted, secrets.nix has the entry
+    subprocess.run(["git", "-C", str(flake), "add", "-A"], check=True)  # noqa: S607
     age_before = age_file.read_bytes()
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     report = json.loads(r.stdout)
     assert r.exit_code == 0 and not report["changed"] and not report["age_written"] and report["secrets_nix_diff"] == ""
+    assert not any("git -C" in n for n in report["notes"])
     assert age_file.read_bytes() == age_before
 
 

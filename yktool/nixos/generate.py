@@ -148,6 +148,10 @@ def generate(host: Host, req: Request) -> Generated:
         changed = write_module(out, text)
         placed = {str(age.path): agenix.digest(age.path.read_bytes())} if age and age.path.is_file() else {}
         remember(host, req, placed)
+    if ft is not None and not req.dry_run:
+        untracked = _untracked(ft.root, [p for p in (out, age.path if age else None) if p is not None])
+        if untracked:
+            notes.append("a flake sees only files git knows: git -C " f"{ft.root} add {' '.join(untracked)}")
     hm = {}
     if req.home_manager:
         from yktool.nixos.home_manager import snippets
@@ -192,6 +196,23 @@ def write_module(out: Path, text: str) -> bool:
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist", "create it, or name another file")
     Host(Path("/")).write_file(str(out), text, 0o644, owner=agenix.checkout_owner(out), backup=False)
     return True
+
+
+def _untracked(root: Path, paths: list[Path]) -> list[str]:
+    """The files (relative to the flake) its git does not track yet; [] without git."""
+    if not (root / ".git").exists() or not shutil.which("git"):
+        return []
+    out = []
+    for p in paths:
+        try:
+            rel = str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            continue
+        r = Host().run(["git", "-c", "safe.directory=*", "-C", str(root), "ls-files", "--error-unmatch", "--", rel],
+                       check=False)
+        if r.returncode != 0:
+            out.append(rel)
+    return out
 
 
 def _placed(host: Host, target: Path) -> str:

@@ -26,11 +26,13 @@ HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 @dataclass
 class AgeResult:
     path: Path                 # the .age the module points at
-    written: bool
+    written: bool              # it is (to be) written there
     recipient: agefile.Recipient
     entry: str                 # the secrets.nix entry (one binding)
     diff: str = ""             # against the tree's secrets.nix, when it has one ("" = nothing to change)
     secrets_nix: Path | None = None
+    source: Path | None = None                 # the registry's authfile it is made from
+    identity: agefile.Identities | None = None
 
 
 def host_recipient(host: Host, pub: str) -> agefile.Recipient:

@@ -112,24 +112,8 @@ def generate(host: Host, req: Request) -> Generated:
         warning = _ruleset_warning(host, [rule for _n, rule in spec.usbguard])
         if warning:
             notes.append(warning)
-    age = None
     spec.pam = module.pam_part(registry, services)
-    if spec.pam is not None:
-        recipient = agenix.host_recipient(host, req.host_key)
-        target = spec.pam.age_file
-        if ft is not None and ft.secrets_dir is not None:
-            target = ft.secrets_dir / f"{spec.pam.secret}.age"
-        identity = agenix.host_identity(host, req.host_key, req.age_identity)
-        written = agenix.place(spec.pam.age_file, target, recipient, identity, _placed(host, target),
-                               dry_run=req.dry_run)
-        spec.pam.age_file = target
-        shown = str(ft.secrets_nix.relative_to(ft.root)) if ft and ft.secrets_nix else "secrets.nix"
-        entry, diff = agenix.secrets_entry(spec.pam.secret, recipient, ft.secrets_nix if ft else None, shown)
-        age = agenix.AgeResult(target, written, recipient, entry, diff, ft.secrets_nix if ft else None)
-        if ft is not None and ft.secrets_nix is not None and agenix.uses_nodes(ft.secrets_nix):
-            notes.append(f"{ft.secrets_nix.relative_to(ft.root)} scopes secrets to hosts with `nodes`: give the "
-                         f"{spec.pam.secret} entry this host's nodes as its other entries do (yktool does not "
-                         "guess their form), or every host tries to decrypt it")
+    age = _agenix_side(host, req, spec.pam, ft, notes) if spec.pam is not None else None
     for luks in spec.luks:
         if luks.named_by != "hardware-configuration.nix":
             notes.append(f"LUKS {luks.uuid}: no hardware-configuration.nix names it"
@@ -141,6 +125,9 @@ def generate(host: Host, req: Request) -> Generated:
             nix.check_parse(Host(), text)
         else:
             notes.append("nix-instantiate is not installed here: the module was not parse-checked")
+    if age is not None and age.written and age.source is not None and not req.dry_run:
+        # the module parsed: now the files
+        agenix.place(age.source, age.path, age.recipient, age.identity, _placed(host, age.path))
     changed = False
     if out is not None and req.dry_run:
         changed = not out.is_file() or out.read_text("utf-8", "surrogateescape") != text
@@ -158,6 +145,26 @@ def generate(host: Host, req: Request) -> Generated:
 
         hm = snippets(host, registry)
     return Generated(text, out, changed, spec, age, ft, hm, notes)
+
+
+def _agenix_side(host: Host, req: Request, pam: module.PamPart, ft: flake.FlakeTree | None,
+                 notes: list[str]) -> agenix.AgeResult:
+    """Where the authfile goes (the tree's secrets folder, else where the registry has it), whether
+    it has to be written there (decided, checked, not yet done), and its secrets.nix entry."""
+    recipient = agenix.host_recipient(host, req.host_key)
+    source = pam.age_file
+    target = ft.secrets_dir / f"{pam.secret}.age" if ft is not None and ft.secrets_dir is not None else source
+    identity = agenix.host_identity(host, req.host_key, req.age_identity)
+    would = agenix.place(source, target, recipient, identity, _placed(host, target), dry_run=True)
+    pam.age_file = target
+    secrets_nix = ft.secrets_nix if ft else None
+    shown = str(secrets_nix.relative_to(ft.root)) if ft and secrets_nix else "secrets.nix"
+    entry, diff = agenix.secrets_entry(pam.secret, recipient, secrets_nix, shown)
+    if ft is not None and secrets_nix is not None and agenix.uses_nodes(secrets_nix):
+        notes.append(f"{shown} scopes secrets to hosts with `nodes`: give the {pam.secret} entry this host's "
+                     "nodes as its other entries do (yktool does not guess their form), or every host tries "
+                     "to decrypt it")
+    return agenix.AgeResult(target, would, recipient, entry, diff, secrets_nix, source, identity)
 
 
 RULE_FILE = "/var/lib/usbguard/rules.conf"   # services.usbguard.ruleFile's default
@@ -270,8 +277,6 @@ def remembered(host: Host) -> Request:
 def regenerate(host: Host) -> str:
     """For commission and replace on NixOS: rewrite the module where it lives; one line back."""
     req = remembered(host)
-    if req.out is not None and str(req.out).startswith(str(host.root)) and not host.exists("/etc/yktool"):
-        host.mkdir("/etc/yktool", 0o755)
     done = generate(host, req)
     where = str(done.out)
     state = "rewrote" if done.changed else "unchanged:"

@@ -201,12 +201,12 @@ class Commission:
             if "udev" in a.steps:
                 steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
                                       partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
-                                      if a.host_kind == "linux" else ["services.udev.extraRules (printed)"],
+                                      if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
                                       "the rule file read back", role))
             if "usbguard" in a.steps:
                 steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
                                       partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
-                                      if a.host_kind == "linux" else ["modules.hardware.usbguard.rules (printed)"],
+                                      if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
                                       "the rules file read back", role))
         if a.host_kind == "nixos":
             steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "

@@ -206,6 +206,8 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     assert "rewrote the NixOS module" in steps["nixos.module"]["detail"], steps["nixos.module"]
     serials = usb_serials(host)
     assert sorted(serials) == ["backup", "primary-2"]
+    # NixOS generates /etc: the new key's rules went into the module, not into /etc
+    assert not (root / "etc/udev").exists() and not (root / "etc/usbguard").exists()
     text = out.read_text()
     parse(out)
     assert lost_serial not in text

@@ -99,6 +99,12 @@ class Host:
         return str(self.root) == "/"
 
     # ----------------------------------------------------------------------------- paths
+    def where_inside(self, path: str | PurePosixPath) -> str | PurePosixPath:
+        """Which path inside the root stands for `path`: itself. A view of the root (the NixOS
+        generation's /etc, yktool.nixos.generation) overrides this; every read, write and
+        `path()` goes through it."""
+        return path
+
     def _locate(self, path: str | PurePosixPath, *, make_parents: bool = False,
                 lexical_rest: bool = False, follow_last: bool = True) -> _Spot:
         """Walk `path` inside the root one component at a time, each folder opened with
@@ -110,6 +116,7 @@ class Host:
         is kept as written (for `path()`), else FileNotFoundError. Without `follow_last` a link
         at the last name is returned as it is (to look at the link itself).
         """
+        path = self.where_inside(path)
         shown = str(path)
         parts = deque(PurePosixPath("/", shown).parts[1:])
         try:

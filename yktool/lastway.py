@@ -1,0 +1,168 @@
+"""The last way in: what a change that takes credentials away would leave each person with.
+
+Every command that removes or kills a credential (`replace`, `key reset`, the pam_u2f and SSH
+revocations they do) first describes what it takes away as a `Removal` — keyslots per LUKS
+device, credential ids per (authfile, user), key blobs per (authorized_keys, user), and where a
+replacement is enrolled first — and `losses()` answers, before anything changes, who would be
+left without a way in:
+
+- a LUKS volume with no keyslot left, or only hardware-bound ones (`luks.safety`);
+- a user whose pam_u2f line would be empty where a PAM stack requires pam_u2f for that
+  authfile (read as libpam does, `pam_config`; a stack yktool cannot see counts as requiring it);
+- a user whose authorized_keys would hold no key at all.
+
+This module reads only; the callers refuse (or, with --force and a typed confirmation, go on
+and say what is lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from yktool.errors import Refused
+from yktool.host import Host
+
+PamPlace = tuple[str, str]   # (authfile path inside the root, user)
+SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
+
+
+@dataclass
+class Removal:
+    """What a change takes away, and where it puts a proven replacement first."""
+
+    luks: dict[str, set[int]] = field(default_factory=dict)
+    pam: dict[PamPlace, set[bytes]] = field(default_factory=dict)
+    ssh: dict[SshPlace, set[bytes]] = field(default_factory=dict)
+    pam_texts: dict[str, str] = field(default_factory=dict)  # authfiles not plain in the root (age)
+    replaced_pam: set[PamPlace] = field(default_factory=set)
+    replaced_ssh: set[SshPlace] = field(default_factory=set)
+
+    def add_pam(self, path: str, user: str, credential_id: bytes) -> None:
+        self.pam.setdefault((path, user), set()).add(credential_id)
+
+    def add_ssh(self, path: str, user: str, blob: bytes) -> None:
+        self.ssh.setdefault((path, user), set()).add(blob)
+
+    def add_luks(self, device: str, slots: list[int]) -> None:
+        self.luks.setdefault(device, set()).update(slots)
+
+
+@dataclass
+class Loss:
+    """One person or volume left without a way in."""
+
+    area: str       # luks | pam | ssh
+    where: str      # the device, authfile or authorized_keys
+    user: str       # "" for a LUKS volume
+    message: str
+    hint: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"area": self.area, "where": self.where, "user": self.user, "message": self.message,
+                "hint": self.hint}
+
+
+def losses(host: Host, removal: Removal) -> list[Loss]:
+    """Everyone the removal would leave without a way in (nothing is changed here)."""
+    return [*_luks_losses(host, removal), *_pam_losses(host, removal), *_ssh_losses(host, removal)]
+
+
+def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
+    from yktool.luks.header import read_header
+    from yktool.luks.safety import check_remaining
+
+    out = []
+    for device, slots in removal.luks.items():
+        header = read_header(host, device)
+        present = sorted(s for s in slots if s in header.keyslots)
+        if not present:
+            continue
+        try:
+            check_remaining(header, present)
+        except Refused as refusal:
+            out.append(Loss("luks", device, "", refusal.message, refusal.hint))
+    return out
+
+
+def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]]:
+    """(required, services): whether a PAM stack under the root cannot be passed without a
+    pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
+    No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
+    /run/agenix): counted as required — not seeing the consumer is no proof it is absent."""
+    from yktool import pam_config
+    from yktool import pam_u2f as pu
+
+    users = pu.read_users(host)
+    home = users[user].home if user in users else ""
+    reading: list[str] = []
+    required: list[str] = []
+    for service in pam_config.u2f_services(host):
+        for u2f in service.u2f_lines:
+            opts = u2f.options
+            if opts.authfile is None:
+                path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+            elif opts.expand:
+                path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
+            else:
+                path = opts.authfile
+            if path != authfile:
+                continue
+            reading.append(service.name)
+            if pam_config.key_required(u2f.control):
+                required.append(service.name)
+    if not reading:
+        return True, []
+    return bool(required), sorted(set(required))
+
+
+def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
+    from yktool import pam_u2f as pu
+
+    out = []
+    for (path, user), ids in removal.pam.items():
+        if (path, user) in removal.replaced_pam:
+            continue
+        if path in removal.pam_texts:
+            text = removal.pam_texts[path]
+        elif host.exists(path):
+            text = host.read_text(path)
+        else:
+            continue
+        line = pu.Authfile.parse(text).effective_line(user)
+        if line is None or any(c.credential_id not in ids for c in line.credentials):
+            continue  # another credential stays on the line (a resident `*` one counts too)
+        required, services = pam_requiring(host, path, user)
+        if not required:
+            continue
+        which = f" ({', '.join(services)})" if services else ""
+        out.append(Loss("pam", path, user,
+                        f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
+                        f"{which}: {user} could no longer pass pam_u2f (sudo, login)",
+                        f"register another key for {user} first (yktool pam register --user {user})"))
+    return out
+
+
+def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
+    from yktool.authorized_keys import key_blob_in, remove_key
+
+    out = []
+    for (path, user), blobs in removal.ssh.items():
+        if (path, user) in removal.replaced_ssh or not host.exists(path):
+            continue
+        data = host.read_bytes(path)
+        removed_any = False
+        for blob in blobs:
+            data, removed, _others = remove_key(data, blob)
+            removed_any = removed_any or bool(removed)
+        lines = data.decode("utf-8", "surrogateescape").splitlines()
+        if not removed_any or any(key_blob_in(ln) is not None for ln in lines):
+            continue
+        out.append(Loss("ssh", path, user,
+                        f"{user} would be left without any SSH key in {path}: no more SSH login by key",
+                        f"authorize another key for {user} first (yktool ssh authorize -u {user})"))
+    return out
+
+
+def describe(found: list[Loss]) -> str:
+    return "; ".join(f.message for f in found)

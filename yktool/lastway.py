@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from yktool.errors import Refused
 from yktool.host import Host
+
+if TYPE_CHECKING:
+    from yktool.fido.session import KeySession
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -166,3 +170,86 @@ def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
 
 def describe(found: list[Loss]) -> str:
     return "; ".join(f.message for f in found)
+
+
+@dataclass
+class Held:
+    """What one physical key holds on this host, found by the registry and silent probes."""
+
+    names: list[str]              # the registry names it answers as
+    removal: Removal              # every credential of it, as if it were gone
+    unregistered: list[str] = field(default_factory=list)   # places it answers that the registry does not know
+
+
+def held_by(host: Host, session: KeySession) -> Held:
+    """Everything the key in hand can open here: its registry name(s) come from silent probes
+    of the recorded credentials (no touch, no PIN), then every credential the registry has for
+    those names counts (a verify-required one too, which a silent probe cannot see), and so
+    does any LUKS token or authfile credential the key answers that the registry does not know."""
+    import base64
+
+    from yktool import pam_u2f as pu
+    from yktool.inventory import Registry
+    from yktool.luks.header import read_header
+    from yktool.luks.tokens import Fido2Token
+
+    def raw(value: object) -> bytes | None:
+        try:
+            return base64.b64decode(str(value), validate=True)
+        except ValueError:
+            return None
+
+    registry = Registry.load(host)
+    names: list[str] = []
+    for record in registry.keys:
+        for entry in record.enrollments:
+            rp_id = entry.get("application") or entry.get("origin") or entry.get("rp_id")
+            cid = raw(entry.get("credential_id", ""))
+            if isinstance(rp_id, str) and rp_id and cid and session.probe(rp_id, cid):
+                names.append(record.nickname)
+                break
+    ids = {cid for k in registry.keys if k.nickname in names for c in k.credential_ids()
+           if (cid := raw(c)) is not None}
+    held = Held(names, Removal())
+
+    def answers(rp_id: str, cid: bytes, where: str) -> bool:
+        if cid in ids:
+            return True
+        if session.probe(rp_id, cid):
+            held.unregistered.append(where)
+            return True
+        return False
+
+    devices = dict.fromkeys(str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e)
+    for device in devices:
+        if not host.exists(device):
+            continue
+        for token in read_header(host, device).tokens_of_type("systemd-fido2"):
+            cid = raw(token.credential) if isinstance(token, Fido2Token) else None
+            if isinstance(token, Fido2Token) and cid and answers(token.rp or "io.systemd.cryptsetup", cid,
+                                                                 f"{device} token {token.id}"):
+                held.removal.add_luks(device, list(token.keyslots))
+    origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
+    origins.add(pu.default_origin_or_none(host) or "")
+    authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
+    for path in authfiles:
+        if not host.exists(path):
+            continue
+        authfile = pu.Authfile.parse(host.read_text(path))
+        for user in authfile.users():
+            for cred in authfile.credentials_of(user):
+                cid = cred.credential_id
+                if cid is not None and any(answers(o, cid, f"{path} ({user})") for o in sorted(origins) if o):
+                    held.removal.add_pam(path, user, cid)
+    for _k, e in registry.enrollments("ssh"):
+        cid = raw(e.get("credential_id", ""))
+        if e.get("role", "key-file") != "key-file" or cid is None or cid not in ids:
+            continue
+        parts = str(e.get("public_key", "")).split()
+        blob = raw(parts[1]) if len(parts) > 1 else None
+        if blob is None:
+            continue
+        for _k2, a in registry.enrollments("ssh"):
+            if a.get("role") == "authorized_keys" and "path" in a and a.get("public_key") == e.get("public_key"):
+                held.removal.add_ssh(str(a["path"]), str(a.get("user") or e.get("user", "")), blob)
+    return held

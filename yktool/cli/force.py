@@ -5,11 +5,14 @@ enough, so a script cannot lock someone out by one flag)."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from yktool.errors import Refused
-from yktool.lastway import Loss
+
+if TYPE_CHECKING:
+    from yktool.lastway import Loss
 
 confirm_option = click.option(
     "--confirm", "confirm", multiple=True, metavar="NAME",

@@ -56,8 +56,8 @@ def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
 
 def _replace(cli: CliCall, scratch: Path, *extra: str) -> CliResult:
     return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
-               "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
-               input=demo_pin(scratch) + "\n")
+               "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
+               "--new-pin-stdin", input=demo_pin(scratch) + "\n")
 
 
 def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall, tmp_path: Path) -> None:

@@ -511,9 +511,20 @@ class Replace:
         for f in self.lost("ssh"):
             for path, user in self.ssh_places(f):
                 out.add_ssh(path, user, _blob(f.public_key))
-                if self.has_new:  # the new key is authorized for the same user before the lost one goes
-                    out.replaced_ssh.add((path, user))
+                if self.has_new and path == self.new_authorized_keys(user):
+                    out.replaced_ssh.add((path, user))  # the new key is authorized there before the lost one goes
         return out
+
+    def new_authorized_keys(self, user: str) -> str:
+        """Where enroll_ssh authorizes the new key: the user's own ~/.ssh/authorized_keys."""
+        from yktool.authorized_keys import authorized_keys_path
+        from yktool.errors import YktoolError
+        from yktool.ssh.accounts import lookup_user
+
+        try:
+            return str(authorized_keys_path(lookup_user(self.host, user)))
+        except YktoolError:
+            return ""
 
     def ssh_places(self, f: Found) -> list[tuple[str, str]]:
         """The authorized_keys files (and their users) the registry has the lost SSH key in."""

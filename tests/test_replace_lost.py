@@ -332,3 +332,21 @@ def test_reset_of_a_volumes_only_safe_unlock_is_refused(scratch: Path, cli: CliC
     assert r.exit_code == 4, r.output
     assert str(IMAGE) in r.stderr
     assert tree_bytes(root) == before
+
+
+def test_a_credential_the_registry_does_not_know_is_kept(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
+    """Added by hand (no registry entry) and not plugged in: nobody can say it is the lost key's."""
+    root = scratch / ROOT
+    r = cli("--root", root, "--device", spec(scratch, "hand"), "pam", "register", "--user", "alice",
+            "--origin", ORIGIN, "--nickname", "hand")
+    assert r.exit_code == 0, r.output
+    hand = credential_of(scratch, "hand")
+    with Registry.update(Host(root)) as reg:
+        reg.keys = [k for k in reg.keys if k.nickname != "hand"]
+    lose(scratch, "primary")
+    r = replace(cli, scratch, "--lost", "primary")
+    assert r.exit_code == 0, r.output
+    assert "not in the registry, kept" in r.stdout
+    assert hand in line_of(scratch, "alice")
+    (tmp_path / "h").mkdir()
+    assert pam_accepts(scratch, spec(scratch, "hand"), tmp_path / "h")

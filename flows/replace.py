@@ -538,7 +538,14 @@ class Replace:
         """The whole plan's last-way-in check, before anything is done: a LUKS volume left
         without a way in is always refused; a user left without a pam_u2f credential (where PAM
         requires one) or without any SSH key is refused unless `force` (then `self.forced` says
-        who loses what, for the plan and the typed confirmation)."""
+        who loses what, for the plan and the typed confirmation).
+
+        Why refuse by default rather than revoke: the refusal costs minutes (insert the new key,
+        or authorize another one) and changes nothing; revoking a user's only SSH key may cut off
+        the very session the owner runs this from, and cannot be undone from afar. Why allow
+        it with --force: a stolen key must be cut off now even when no replacement is at hand —
+        the finder keeping SSH access is the worse outcome, and the person decides it, typing
+        the key's name, with the plan saying who loses what."""
         found = losses(self.host, self.removal())
         luks = [x for x in found if x.area == "luks"]
         if luks:

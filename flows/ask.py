@@ -62,6 +62,8 @@ class Asker:
     def pick(self, question: str, choices: Sequence[tuple[str, str]], *, flag: str, listing: str) -> list[str]:
         """Several of `choices` ((value, label) pairs), none checked: the person must say. Without
         a terminal there is no default to fall back on: an error naming the flag and the list."""
+        if self.interactive and not choices:
+            raise UsageError(f"{question} (there is nothing to choose from)", f"registered: {listing}")
         if self.interactive:
             import questionary
 

@@ -329,7 +329,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
-    names = _split(lost)
+    names = list(dict.fromkeys(_split(lost)))
     if not names and not asker.interactive:  # never guess which key is lost: refuse before any key is opened
         asker.pick("Which key was lost?", [], flag="--lost", listing=fr.registry_listing(host))
     if names:

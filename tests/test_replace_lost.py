@@ -350,3 +350,20 @@ def test_a_credential_the_registry_does_not_know_is_kept(scratch: Path, cli: Cli
     assert hand in line_of(scratch, "alice")
     (tmp_path / "h").mkdir()
     assert pam_accepts(scratch, spec(scratch, "hand"), tmp_path / "h")
+
+
+def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path, cli: CliCall) -> None:
+    """A `*` credential does not say whose key it is: the registry's resident entry of the key
+    in hand counts it, so resetting alice's only (resident) key is refused too."""
+    root = scratch / ROOT
+    (root / AUTHFILE).write_text("")
+    r = cli("--root", root, "--device", spec(scratch, "primary"), "pam", "register", "--user", "alice",
+            "--origin", ORIGIN, "--nickname", "primary", "--resident", input=demo_pin(scratch) + "\n")
+    assert r.exit_code == 0, r.output
+    assert line_of(scratch, "alice").startswith("alice:*,")
+    before = tree_bytes(root)
+    r = _reset(cli, scratch, "primary")
+    assert r.exit_code == 4, r.output
+    assert "without any pam_u2f credential" in r.stderr
+    assert tree_bytes(root) == before
+    assert _reset(cli, scratch, "backup").exit_code == 0  # the backup is not on alice's line at all

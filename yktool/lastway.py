@@ -38,6 +38,9 @@ class Removal:
     luks: dict[str, set[int]] = field(default_factory=dict)
     pam: dict[PamPlace, set[bytes]] = field(default_factory=dict)
     ssh: dict[SshPlace, set[bytes]] = field(default_factory=dict)
+    # resident (`*`) pam_u2f credentials going, per place: the line does not say whose key a `*`
+    # credential is, so they are counted (the registry's `resident` entries), not matched
+    pam_resident: dict[PamPlace, int] = field(default_factory=dict)
     pam_texts: dict[str, str] = field(default_factory=dict)  # authfiles not plain in the root (age)
     replaced_pam: set[PamPlace] = field(default_factory=set)
     replaced_ssh: set[SshPlace] = field(default_factory=set)
@@ -124,7 +127,9 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool import pam_u2f as pu
 
     out = []
-    for (path, user), ids in removal.pam.items():
+    places = list(dict.fromkeys([*removal.pam, *removal.pam_resident]))
+    for path, user in places:
+        ids = removal.pam.get((path, user), set())
         if (path, user) in removal.replaced_pam:
             continue
         if path in removal.pam_texts:
@@ -134,8 +139,12 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         else:
             continue
         line = pu.Authfile.parse(text).effective_line(user)
-        if line is None or any(c.credential_id not in ids for c in line.credentials):
-            continue  # another credential stays on the line (a resident `*` one counts too)
+        if line is None:
+            continue
+        left = [c for c in line.credentials if c.credential_id not in ids]
+        resident_left = sum(c.resident for c in left) - removal.pam_resident.get((path, user), 0)
+        if any(not c.resident for c in left) or resident_left > 0:
+            continue  # another credential stays on the line
         required, services = pam_requiring(host, path, user)
         if not required:
             continue
@@ -241,6 +250,10 @@ def held_by(host: Host, session: KeySession) -> Held:
                 cid = cred.credential_id
                 if cid is not None and any(answers(o, cid, f"{path} ({user})") for o in sorted(origins) if o):
                     held.removal.add_pam(path, user, cid)
+    for k, e in registry.enrollments("pam"):
+        if k.nickname in names and e.get("resident") is True and "path" in e:
+            place = (str(e["path"]), str(e.get("user", "")))
+            held.removal.pam_resident[place] = held.removal.pam_resident.get(place, 0) + 1
     for _k, e in registry.enrollments("ssh"):
         cid = raw(e.get("credential_id", ""))
         if e.get("role", "key-file") != "key-file" or cid is None or cid not in ids:

@@ -293,13 +293,21 @@ def test_reset_of_a_users_only_pam_credential_is_refused(scratch: Path, cli: Cli
     assert not pam_accepts(scratch, spec(scratch, "primary"), tmp_path / "b")
 
 
-def test_reset_where_pam_does_not_require_the_key_goes_ahead(scratch: Path, cli: CliCall) -> None:
+@pytest.mark.parametrize(("control", "refused"), [
+    ("sufficient", False), ("optional", False), ("requisite", True), ("[success=done default=die]", True),
+    (None, True),  # no pam.d at all: yktool cannot see the consumer, so it counts as requiring the key
+], ids=["sufficient", "optional", "requisite", "bracket-die", "no-stack"])
+def test_reset_refused_only_where_pam_requires_the_key(scratch: Path, cli: CliCall, control: str | None,
+                                                       refused: bool) -> None:
     _alice_has_only(scratch, "primary")
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
-        path.write_text(path.read_text().replace("auth       required   pam_u2f.so", "auth sufficient pam_u2f.so"))
+        if control is None:
+            path.unlink()
+        else:
+            path.write_text(path.read_text().replace("auth       required   pam_u2f.so", f"auth {control} pam_u2f.so"))
     r = _reset(cli, scratch, "primary")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == (4 if refused else 0), r.output
 
 
 def test_reset_of_a_users_only_ssh_key_is_refused(scratch: Path, cli: CliCall) -> None:
@@ -367,3 +375,17 @@ def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path,
     assert "without any pam_u2f credential" in r.stderr
     assert tree_bytes(root) == before
     assert _reset(cli, scratch, "backup").exit_code == 0  # the backup is not on alice's line at all
+
+
+def test_revoke_only_drops_a_last_pam_credential_where_pam_does_not_require_it(scratch: Path, cli: CliCall) -> None:
+    _alice_has_only(scratch, "primary")
+    for service in ("sudo", "login"):
+        path = scratch / ROOT / "etc/pam.d" / service
+        path.write_text(path.read_text().replace("auth       required   pam_u2f.so", "auth sufficient pam_u2f.so"))
+    primary_cid = credential_of(scratch, "primary")
+    lose(scratch, "primary")
+    r = replace(cli, scratch, "--lost", "primary", new=False)
+    assert r.exit_code == 0, r.output
+    assert primary_cid not in (scratch / ROOT / AUTHFILE).read_text()
+    assert not any(ln.startswith("alice:") for ln in (scratch / ROOT / AUTHFILE).read_text().splitlines())
+    assert authfile_whole(scratch) or (scratch / ROOT / AUTHFILE).read_text() == ""

@@ -73,6 +73,7 @@ class Found:
     needs_uv: bool = False
     ssh_flags: int | None = None  # ssh: the key file's flags (touch, verify-required, resident), when recorded
     pam_options: str = ""         # pam: the credential's options as written (+presence+pin …)
+    resident_key: str = ""        # pam: a resident (`*`) credential's public key, as written
     also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
 
     def status(self) -> str:
@@ -146,17 +147,25 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         text, existed = pu.read_current(host, age_target(path))
         if existed:
             texts.append((path, text, True))
+    # a resident credential reads `*` in the authfile; the registry (since it records the public
+    # key) says whose it is and its credential id, so it can be probed and revoked like the others
+    resident = {(str(e.get("path", e.get("age_file", ""))), str(e.get("user")), str(e["public_key"])):
+                str(e.get("credential_id", "")) for _k, e in registry.enrollments("pam")
+                if e.get("resident") is True and "public_key" in e}
     for path, text, is_age in texts:
         authfile = pu.Authfile.parse(text)
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
-                raw = cred.credential_id
+                cid_text = resident.get((path, user, cred.public_key), "") if cred.resident else cred.key_handle
+                raw = cred.credential_id if not cred.resident else _b64(cid_text)
                 if raw is None:
-                    continue  # a resident credential (`*`): pam_u2f finds it on the key itself
-                cid_text = base64.b64encode(raw).decode()
+                    continue  # a resident credential the registry does not know: nobody's to revoke
+                if not cred.resident:
+                    cid_text = base64.b64encode(raw).decode()
                 origin = origins.get(cid_text) or pu.default_origin(host)
                 found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age,
-                                   pam_options=cred.options))
+                                   pam_options=cred.options,
+                                   resident_key=cred.public_key if cred.resident else ""))
     for _k, e in registry.enrollments("ssh"):
         if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
             continue
@@ -488,11 +497,14 @@ class Replace:
         """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
         from yktool import pam_u2f as pu
 
-        lost_ids = {f.credential_id for f in self.lost("pam") if f.where == path and f.user == user}
+        mine = [f for f in self.lost("pam") if f.where == path and f.user == user]
+        lost_ids = {f.credential_id for f in mine if not f.resident_key}
+        lost_resident = {f.resident_key for f in mine if f.resident_key}
         target = self.pam_target(path, user)
         authfile = pu.Authfile.parse(pu.read_current(self.host, target)[0])
         line = authfile.effective_line(user)
-        keep = [c for c in line.credentials if c.credential_id not in lost_ids] if line is not None else []
+        keep = [c for c in line.credentials if c.credential_id not in lost_ids
+                and not (c.resident and c.public_key in lost_resident)] if line is not None else []
         return target, authfile, line, keep, lost_ids
 
     def removal(self) -> Removal:
@@ -503,7 +515,10 @@ class Replace:
         for f in self.lost("luks"):
             out.add_luks(f.where, f.keyslots)
         for f in self.lost("pam"):
-            out.add_pam(f.where, f.user, f.credential_id)
+            if f.resident_key:
+                out.pam_resident[(f.where, f.user)] = out.pam_resident.get((f.where, f.user), 0) + 1
+            else:
+                out.add_pam(f.where, f.user, f.credential_id)
             if f.age and f.where not in out.pam_texts:
                 out.pam_texts[f.where] = pu.read_current(self.host, self.pam_target(f.where, f.user))[0]
             if self.has_new:
@@ -591,7 +606,9 @@ class Replace:
         new_text = "".join(ln.raw for ln in lines)
         pu.write_target(self.host, target, new_text)   # an age file is encrypted again, whole
         back = pu.Authfile.parse(pu.read_current(self.host, target)[0])
-        if back.malformed or any(c.credential_id in lost_ids for c in back.credentials_of(user)):
+        gone = {c.public_key for c in line.credentials if c not in keep}
+        if back.malformed or any(c.credential_id in lost_ids or (c.resident and c.public_key in gone)
+                                 for c in back.credentials_of(user)):
             raise ToolFailed(f"{path} does not read back as intended", "restore it from /var/backups/yktool")
         return f"{user} keeps {len(keep)} credential(s)" if keep else f"{user}'s line removed: no credential is left"
 

@@ -389,3 +389,28 @@ def test_revoke_only_drops_a_last_pam_credential_where_pam_does_not_require_it(s
     assert primary_cid not in (scratch / ROOT / AUTHFILE).read_text()
     assert not any(ln.startswith("alice:") for ln in (scratch / ROOT / AUTHFILE).read_text().splitlines())
     assert authfile_whole(scratch) or (scratch / ROOT / AUTHFILE).read_text() == ""
+
+
+def test_the_lost_keys_resident_pam_credential_is_revoked_and_a_kept_ones_stays(scratch: Path, cli: CliCall) -> None:
+    """`*` entries do not say whose they are: the registry's public key does. On carol's line
+    (both keys resident) the lost key's goes — a finder could pass pam_u2f with it — and the new
+    key takes its place; the backup's stays."""
+    root = scratch / ROOT
+    with (root / "etc/passwd").open("a") as f:
+        f.write("carol:x:1002:1002:Carol:/home/carol:/bin/bash\n")
+    pin = demo_pin(scratch)
+    for role in ("primary", "backup"):
+        r = cli("--root", root, "--device", spec(scratch, role), "pam", "register", "--user", "carol",
+                "--origin", ORIGIN, "--nickname", role, "--resident", input=pin + "\n")
+        assert r.exit_code == 0, r.output
+    keys = {k.nickname: str(e["public_key"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+            if e.get("resident") is True}
+    assert line_of(scratch, "carol").count(":*,") == 2
+    lose(scratch, "primary")
+    r = replace(cli, scratch, "--lost", "primary", flags=("--yes", "--json"))
+    assert r.exit_code == 0, r.output
+    creds = pu.Authfile.parse((root / AUTHFILE).read_text()).credentials_of("carol")
+    assert {c.public_key for c in creds if c.resident} == {keys["backup"]}
+    new = {str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+           if k.nickname == "primary-2" and e.get("user") == "carol"}
+    assert {c.key_handle for c in creds if not c.resident} == new and len(new) == 1

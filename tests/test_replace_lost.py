@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,18 @@ def replace(cli: CliCall, scratch: Path, *args: str, new: bool = True, device: s
     extra = ["--new-device", spec(scratch, "new"), "--new-pin-stdin"] if new else []
     return cli("--root", scratch / ROOT, "--device", spec(scratch, device), *flags, "replace", *args, *extra,
                "--unlock-key-file", str(PASSPHRASE), input=demo_pin(scratch) + "\n")
+
+
+def authorized_fingerprints(scratch: Path) -> set[str]:
+    """What the real ssh-keygen reads out of alice's authorized_keys (the fingerprint of each key)."""
+    r = subprocess.run(["ssh-keygen", "-l", "-f", str(scratch / ROOT / AUTHORIZED)],  # noqa: S607
+                       capture_output=True, text=True, check=False)
+    return {ln.split()[1] for ln in r.stdout.splitlines() if len(ln.split()) > 1} if r.returncode == 0 else set()
+
+
+def fingerprint_of(scratch: Path, nickname: str) -> str:
+    return next(str(e["fingerprint"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
+                if k.nickname == nickname and e.get("role") == "key-file")
 
 
 def credential_of(scratch: Path, nickname: str) -> str:
@@ -217,6 +230,7 @@ def test_revoke_only_of_the_only_ssh_key_refuses_before_anything(scratch: Path, 
     assert r.exit_code == 4, r.output
     assert "without any SSH key" in r.stderr and "--new-device" in r.stderr and "--force" in r.stderr
     assert watched(scratch) == sums and tree_bytes(scratch / ROOT) == before
+    assert authorized_fingerprints(scratch) == {fingerprint_of(scratch, "primary")}
     # --force alone is not enough without a terminal: the name must be typed (--confirm)
     r = replace(cli, scratch, "--lost", "primary", "--force", new=False)
     assert r.exit_code == 4 and "--confirm primary" in r.stderr, r.output
@@ -242,6 +256,7 @@ def test_forced_revoke_only_cuts_the_finder_off_everywhere_and_keeps_the_owner_i
     forced = json.loads(r.stdout)["forced"]
     assert [(x["area"], x["user"]) for x in forced] == [("ssh", "alice")]
     assert primary_blob not in (scratch / ROOT / AUTHORIZED).read_text()
+    assert authorized_fingerprints(scratch) == set()  # ssh-keygen finds no key: the finder's is out
     assert not key_opens_image(scratch, finder, pin)
     assert key_opens_image(scratch, spec(scratch, "backup"), pin) and passphrase_opens(scratch)
     (tmp_path / "b").mkdir()
@@ -256,8 +271,7 @@ def test_the_plan_with_a_new_key_does_not_need_force(scratch: Path, cli: CliCall
     lose(scratch, "primary")
     r = replace(cli, scratch, "--lost", "primary")
     assert r.exit_code == 0, r.output
-    text = (scratch / ROOT / AUTHORIZED).read_text()
-    assert len([ln for ln in text.splitlines() if ln.strip()]) == 1  # the new key's, authorized before the revoke
+    assert authorized_fingerprints(scratch) == {fingerprint_of(scratch, "primary-2")}  # authorized before the revoke
 
 
 # ------------------------------------------------------------------------------------ item 6

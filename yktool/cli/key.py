@@ -188,7 +188,8 @@ RESET_WARNING = (
                    "requires one, the only safe unlock of a LUKS volume, a user's only SSH key); the key's "
                    "registry name must be typed (on a terminal) or given with --confirm.")
 @click.option("--confirm", "confirm", multiple=True, metavar="NAME",
-              help="With --force and --yes (or no terminal): the key's registry name, typed out.")
+              help="With --force and --yes (or no terminal): the key's registry name, typed out (`reset` "
+                   "for a key the registry does not know).")
 @pass_app
 def reset(app: AppContext, force: bool, confirm: tuple[str, ...]) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).

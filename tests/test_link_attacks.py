@@ -63,8 +63,8 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scratch
 
 
-def _replace(cli: CliCall, scratch: Path, present: str) -> CliResult:
-    return cli("--root", scratch / ROOT, "--device", spec(scratch, present), "--yes", "replace",
+def _replace(cli: CliCall, scratch: Path, present: str, lost: str) -> CliResult:
+    return cli("--root", scratch / ROOT, "--device", spec(scratch, present), "--yes", "replace", "--lost", lost,
                "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
                input=demo_pin(scratch) + "\n")
 
@@ -76,7 +76,7 @@ def test_replace_never_writes_the_revocation_file_through_a_user_link(commission
     shadow = _shadow(root)
     _user_link(root / "home/alice/.ssh/revoked_signers", "/etc/shadow")
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    res = _replace(cli, scratch, "backup")
+    res = _replace(cli, scratch, "backup", "primary")
     _untouched(shadow)
     _refused_naming_the_link(res, "/home/alice/.ssh/revoked_signers")
 
@@ -92,7 +92,7 @@ def test_replace_never_merges_allowed_signers_through_a_user_link(commissioned: 
     signers.unlink()
     _user_link(signers, "/etc/shadow")
     (scratch / KEYS / "backup.json").unlink()
-    res = _replace(cli, scratch, "primary")
+    res = _replace(cli, scratch, "primary", "backup")
     _untouched(shadow)
     _refused_naming_the_link(res, "/home/alice/.ssh/allowed_signers")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, emit_json, info, show_plan, warn
 
 PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
@@ -64,6 +64,7 @@ def _confirm(app: AppContext, question: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- status
+@read_only
 @luks.command("status")
 @click.argument("device")
 @pass_app
@@ -284,6 +285,7 @@ def _fido2_session(app: AppContext, header: Any, stack: Any, pin_stdin: bool) ->
         return None
 
 
+@read_only
 @luks.command("test-unlock")
 @click.argument("device")
 @click.option("--token", "tokens", type=int, multiple=True, help="Only this token (repeatable).")

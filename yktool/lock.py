@@ -29,7 +29,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from yktool.errors import Refused, UsageError
@@ -52,12 +52,19 @@ def state_host(host: Host) -> tuple[Host, PurePosixPath]:
 
 
 @dataclass
-class _Held:
+class _Lock:
+    dir_fd: int
     fd: int
-    count: int
+    shown: str
+    made: list[Path] = field(default_factory=list)  # folders this run created for the lock
+    count: int = 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.dir_fd)
 
 
-_HELD: dict[str, _Held] = {}
+_HELD: dict[str, _Lock] = {}
 
 
 def _holder(fd: int) -> str:
@@ -109,24 +116,46 @@ def _user_lock_folders(host: Host) -> Iterator[Path]:
         yield folder
 
 
-def _open_lock(host: Host) -> tuple[int, int, str]:
+def _make_folders(state: Host, folder: PurePosixPath) -> tuple[Path, list[Path]]:
+    """Create the lock's folder where missing; returns it and the folders made (to remove them
+    again, when empty, so a run that changes nothing leaves the root as it found it)."""
+    made: list[Path] = []
+    parts = folder.parts
+    for n in range(1, len(parts) + 1):
+        inside = PurePosixPath(*parts[:n])
+        if not state.path(inside).is_dir():
+            made.append(state.mkdir(inside, 0o700 if n == len(parts) else 0o755))
+    return state.path(folder), made
+
+
+def _open_lock(host: Host) -> _Lock:
     state, folder = state_host(host)
     shown = str(host.root / str(folder).lstrip("/") / LOCK_NAME) if state is host else str(
         state.root / LOCK_NAME)
+    made: list[Path] = []
     try:
         with Host._may_write(shown):
-            real = state.mkdir(folder, 0o700)
-            return (*_open_safely(real, shown), shown)
+            real, made = _make_folders(state, folder)
+            return _Lock(*_open_safely(real, shown), shown, made)
     except UsageError as exc:
+        _remove_empty(made)
         if os.geteuid() == 0:
             raise
         failure: UsageError | Refused = exc
     for mine in _user_lock_folders(host):
         try:
-            return (*_open_safely(mine, str(mine / LOCK_NAME)), str(mine / LOCK_NAME))
+            return _Lock(*_open_safely(mine, str(mine / LOCK_NAME)), str(mine / LOCK_NAME))
         except (OSError, Refused) as exc:
             failure = exc if isinstance(exc, Refused) else failure
     raise failure
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's lock, a journal): it stays, and so do its parents
+            return
 
 
 def _same_file(dir_fd: int, fd: int) -> bool:
@@ -140,31 +169,36 @@ def _same_file(dir_fd: int, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _acquire(host: Host, deadline: float) -> tuple[int, int]:
+def _acquire(host: Host, deadline: float) -> _Lock:
     pause = 0.02
     while True:
-        dir_fd, fd, shown = _open_lock(host)
+        try:
+            lock = _open_lock(host)
+        except FileNotFoundError:
+            # a run that just finished removed the (empty) folder between our look and our open
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            continue
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise Refused(
-                            f"another yktool run ({_holder(fd)}) holds the lock on {host.root}; wait for it",
+                            f"another yktool run ({_holder(lock.fd)}) holds the lock on {host.root}; wait for it",
                             "run again when it has finished, or give --lock-wait SECONDS (before the "
-                            f"command) to wait longer (the lock is {shown})") from None
+                            f"command) to wait longer (the lock is {lock.shown})") from None
                     time.sleep(pause)
                     pause = min(pause * 2, 0.25)
-            if _same_file(dir_fd, fd):
-                return dir_fd, fd
+            if _same_file(lock.dir_fd, lock.fd):
+                return lock
         except BaseException:
-            os.close(fd)
-            os.close(dir_fd)
+            lock.close()
             raise
-        os.close(fd)
-        os.close(dir_fd)
+        lock.close()
 
 
 @contextlib.contextmanager
@@ -179,11 +213,11 @@ def root_lock(host: Host, what: str = "yktool", wait: float | None = None) -> It
         finally:
             held.count -= 1
         return
-    dir_fd, fd = _acquire(host, time.monotonic() + (DEFAULT_WAIT if wait is None else max(0.0, wait)))
+    lock = _acquire(host, time.monotonic() + (DEFAULT_WAIT if wait is None else max(0.0, wait)))
     try:
         # who holds it, for the message of a run that has to wait (no secret: pid and command)
-        os.pwrite(fd, f"{os.getpid()}\n{what}\n".encode("utf-8", "replace"), 0)
-        _HELD[key] = _Held(fd, 1)
+        os.pwrite(lock.fd, f"{os.getpid()}\n{what}\n".encode("utf-8", "replace"), 0)
+        _HELD[key] = lock
         try:
             yield
         finally:
@@ -191,10 +225,10 @@ def root_lock(host: Host, what: str = "yktool", wait: float | None = None) -> It
             # the name goes while we still hold the lock (a root is left as it was found); a
             # waiter on this file sees that and opens the next one
             with contextlib.suppress(OSError):
-                os.unlink(LOCK_NAME, dir_fd=dir_fd)
+                os.unlink(LOCK_NAME, dir_fd=lock.dir_fd)
+            _remove_empty(lock.made)
     finally:
-        os.close(fd)  # closing the last fd drops the flock
-        os.close(dir_fd)
+        lock.close()  # closing the last fd drops the flock
 
 
 def holds_lock(host: Host) -> bool:

@@ -220,20 +220,27 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
         if out is None:
             raise Refused("no terminal to show the recovery key on", "run on a terminal, or pass --key-to-stderr")
         op.unlock = _read_unlock(app, device, unlock_key_file)
+        terminal = out
+
+        def show(key: bytes) -> None:
+            # shown once proven, before an old key is removed; the journal goes right after
+            terminal.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
+                           f"manager now):\n\n    {key.decode()}\n\n")
+            terminal.flush()
+
+        op.show = show
     try:
         _run_plan(app, op.plan)
     finally:
-        if op.key is not None and out is not None:
-            out.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
-                      f"manager now):\n\n    {op.key.decode()}\n\n")
-            out.flush()
-            op.key = None
+        op.key = None
         if out is not None and out is not sys.stderr:
             out.close()
     summary = {"ok": True, "device": device, "slot": op.new_slot, "changed": op.plan.changed,
                "plan": op.plan.to_json()}
-    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it" if op.new_slot is not None
-            else f"{device}: already has a recovery key (nothing changed)")
+    healed = f" (removed keyslot {', '.join(map(str, op.unseen))}: an interrupted run's key nobody saw)" \
+        if op.unseen else ""
+    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it{healed}" if op.new_slot is not None
+            else f"{device}: already has a recovery key{healed or ' (nothing changed)'}")
     emit(app.json, summary, text)
 
 

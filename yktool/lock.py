@@ -124,7 +124,10 @@ def _make_folders(state: Host, folder: PurePosixPath) -> tuple[Path, list[Path]]
     for n in range(1, len(parts) + 1):
         inside = PurePosixPath(*parts[:n])
         if not state.path(inside).is_dir():
-            made.append(state.mkdir(inside, 0o700 if n == len(parts) else 0o755))
+            try:
+                made.append(state.mkdir(inside, 0o700 if n == len(parts) else 0o755))
+            except FileExistsError:  # another run made it just now: theirs to remove
+                continue
     return state.path(folder), made
 
 
@@ -177,7 +180,8 @@ def _acquire(host: Host, deadline: float) -> _Lock:
         except FileNotFoundError:
             # a run that just finished removed the (empty) folder between our look and our open
             if time.monotonic() >= deadline:
-                raise
+                raise Refused(f"the lock folder of {host.root} keeps vanishing while yktool opens it",
+                              "check who removes it, then run again") from None
             time.sleep(pause)
             continue
         try:

@@ -73,9 +73,9 @@ def status(app: AppContext, device: str) -> None:
 
     Unknown token types are shown as they are. Reads only.
     """
-    from yktool.luks.wipe import read_header_seeing_pending
+    from yktool.luks.pending import read_header_seeing_pending
 
-    # an interrupted FIDO2 enrollment's orphan slot is shown as the key's, not as a passphrase
+    # slots an interrupted enrollment left are shown for what they are, not as passphrases
     header = read_header_seeing_pending(app.host, _path(app, device))
     label = f", label {header.label}" if header.label else ""
     lines = [f"{device}: LUKS{header.version}, UUID {header.uuid}{label}"]
@@ -99,7 +99,19 @@ def status(app: AppContext, device: str) -> None:
     if pending is not None:
         lines.append(f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
                      f"run `yktool luks enroll-fido2 {device}` again to finish or undo it")
+    from yktool.luks.cryptenroll import orphan_tokens
+
+    orphans = orphan_tokens(header)
+    if orphans:
+        lines.append(f"  warning: token {', '.join(map(str, orphans))} points at no keyslot (an interrupted wipe); "
+                     f"`yktool luks wipe {device}` (naming no slot) removes it")
+    unseen = header.slots_with_role("unseen-recovery")
+    if unseen:
+        lines.append(f"  warning: keyslot {', '.join(map(str, unseen))} holds a recovery key nobody was shown (an "
+                     f"interrupted add-recovery): it is no way in; `yktool luks add-recovery {device}` replaces it")
     data = header.to_json()
+    data["orphan_tokens"] = orphans
+    data["unseen_recovery"] = unseen
     data["fido2_owners"] = {str(k): v.to_json() for k, v in sorted(owners.items())}
     data["pending_fido2"] = pending
     emit(app.json, data, "\n".join(lines))
@@ -259,6 +271,8 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
 
     Refused (exit 4, header untouched) when nothing would be left, or when only hardware-bound
     slots (TPM2, FIDO2) would be left, unless --allow-hardware-only. Asks first unless --yes.
+    Keyslots go before their tokens; a token an interrupted wipe left pointing at nothing (and the
+    registry's record of a gone slot) is removed by the next wipe, or by `wipe DEVICE` alone.
     """
     from yktool.luks.wipe import plan_wipe
 

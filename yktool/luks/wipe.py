@@ -19,6 +19,10 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
               wipe_type: str | None = None, allow_hardware_only: bool = False) -> tuple[Plan, LuksHeader, list[int]]:
     """Plan removing `slots` or every slot of `wipe_type`; Refused (nothing touched) when unsafe."""
     header = read_header_seeing_pending(host, device)
+    orphans = orphan_tokens(header)
+    stale = _stale_records(host, header)
+    if slots is None and wipe_type is None and (orphans or stale):
+        slots = []  # nothing named: only heal what an interrupted wipe left
     if (slots is None) == (wipe_type is None):
         raise UsageError("say what to wipe: --slot N or --type T (one of them)",
                          f"e.g. --slot 1, or --type {'|'.join(WIPE_TYPES)}")
@@ -26,8 +30,6 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
         if wipe_type not in WIPE_TYPES:
             raise UsageError(f"unknown slot type {wipe_type!r}", f"use one of {', '.join(WIPE_TYPES)}")
         chosen = slots_of_type(header, wipe_type)
-    orphans = orphan_tokens(header)
-    stale = _stale_records(host, header)
     if wipe_type is None:
         chosen = sorted(set(slots or []))
         missing = [s for s in chosen if s not in header.keyslots]

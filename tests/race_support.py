@@ -5,8 +5,10 @@ environment):
 
 - `YKTEST_DELAY="module:function=SECONDS;…"`: sleep before each call of those functions, to hold
   a run inside its read-modify-write window (so two runs really overlap);
-- `YKTEST_PAUSE="module:function:before|after"` with `YKTEST_MARK=FILE`: at that point write FILE
-  and wait, so the test kills the run exactly there (`kill_at`);
+- `YKTEST_PAUSE="module:function:before|after[#N]"` (also `module:Class.method`) with
+  `YKTEST_MARK=FILE`: at that point (of the N-th call) write FILE and wait, so the test kills the
+  run exactly there (`kill_at`); `yktool.host:Host.write_file:before#3` is "just before the third
+  file write", `yktool.host:Host.run:after#2` "just after the second child command";
 - `YKTEST_GO=FILE`: start only once FILE exists, so two runs leave the gate together.
 
 Everything the runs touch is real: cryptsetup, systemd-cryptenroll, the software key's state file,
@@ -21,36 +23,44 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 RUNNER = r"""
 import importlib, os, sys, time
 
-def _wrap(target, when, action):
-    modname, attr = target.rsplit(":", 1)
-    mod = importlib.import_module(modname)
-    orig = getattr(mod, attr)
+def _wrap(target, when, action, nth=0):
+    modname, path = target.rsplit(":", 1)
+    owner = importlib.import_module(modname)
+    *parents, attr = path.split(".")
+    for name in parents:
+        owner = getattr(owner, name)
+    orig = getattr(owner, attr)
+    calls = [0]
     def wrapped(*a, **k):
-        if when == "before":
+        calls[0] += 1
+        hit = not nth or calls[0] == nth
+        if when == "before" and hit:
             action()
         out = orig(*a, **k)
-        if when == "after":
+        if when == "after" and hit:
             action()
         return out
-    setattr(mod, attr, wrapped)
+    setattr(owner, attr, wrapped)
 
 for spec in filter(None, os.environ.get("YKTEST_DELAY", "").split(";")):
     target, secs = spec.rsplit("=", 1)
     _wrap(target, "before", lambda s=float(secs): time.sleep(s))
 pause = os.environ.get("YKTEST_PAUSE")
 if pause:
-    target, when = pause.rsplit(":", 1)
+    point, _, nth = pause.partition("#")
+    target, when = point.rsplit(":", 1)
     def _stop():
         with open(os.environ["YKTEST_MARK"], "w") as fh:
             fh.write("reached")
         time.sleep(120)
-    _wrap(target, when, _stop)
+    _wrap(target, when, _stop, int(nth or 0))
 go = os.environ.get("YKTEST_GO")
 while go and not os.path.exists(go):
     time.sleep(0.005)
@@ -80,7 +90,8 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def start(args: list[object], *, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.Popen[bytes]:
+def start(args: list[object], *, env: dict[str, str] | None = None,
+          stdin: bytes | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=PROJECT, env=_env(env),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -136,6 +147,21 @@ def kill_at(tmp: Path, args: list[object], point: str, *, stdin: bytes | None = 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     return True
+
+
+def kill_loop(tmp: Path, args: list[object], points: list[str], check: Callable[[], None], *,
+              stdin: bytes | None = None, env: dict[str, str] | None = None) -> int:
+    """Kill a run at each of `points` in turn (each attempt picks up what the last one left),
+    `check` after every kill, then let one run finish (exit 0). Returns how many kills hit."""
+    hits = 0
+    for point in points:
+        if kill_at(tmp, args, point, stdin=stdin, env=env):
+            hits += 1
+        check()
+    final = run(args, stdin=stdin, env=env)
+    assert final.returncode == 0, final.output
+    check()
+    return hits
 
 
 def kill_after(args: list[object], seconds: float, *, stdin: bytes | None = None,

@@ -259,7 +259,8 @@ def test_nothing_is_left_of_the_lock_after_a_refused_run(root: Path) -> None:
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
-@pytest.mark.parametrize("command", [["luks", "status", "/img/disk.img"], ["keys", "list"], ["verify", "--only", "ssh"]])
+@pytest.mark.parametrize("command", [["luks", "status", "/img/disk.img"], ["keys", "list"],
+                                     ["verify", "--only", "ssh"]])
 def test_read_only_commands_never_wait_for_the_lock(root: Path, command: list[str]) -> None:
     from yktool.lock import root_lock
 

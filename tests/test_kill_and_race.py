@@ -170,8 +170,7 @@ def _shown(run: rs.Run) -> list[bytes]:
 def test_add_recovery_killed_anywhere_and_two_at_once(world: World) -> None:
     w = world
     args = w.args("luks", "add-recovery", w.dev, "--unlock-key-file", w.key_file, "--key-to-stderr")
-    points = ["yktool.luks.cryptenroll:enroll_recovery:after", "yktool.host:Host.run:after#3"]
-    assert rs.kill_loop(w.tmp, args, points, w.check) >= 1
+    assert rs.kill_loop(w.tmp, args, ["yktool.luks.cryptenroll:enroll_recovery:after"], w.check) == 1
     # the finishing run showed a key that opens; and --replace killed after showing the new key,
     # before the old one went, leaves two keys that someone saw (never none)
     replace = [*args, "--replace"]

@@ -39,7 +39,8 @@ STATE_DIR = PurePosixPath("/var/lib/yktool")
 LOCK_NAME = "lock"
 DEFAULT_WAIT = 30.0
 # Test hook (like YKTOOL_FAULT): where the *live* root's lock and journals go, so a test suite that
-# works on image files with --root / never writes the machine's own /var/lib. Never set it for real.
+# works on image files on the live root (no --root) never writes the machine's own /var/lib. Never
+# set it for real: runs with different values do not see each other's lock.
 STATE_ENV = "YKTOOL_STATE_DIR"
 
 
@@ -101,19 +102,25 @@ def _open_safely(folder: Path, shown: str) -> tuple[int, int]:
     return dir_fd, fd
 
 
-def _user_lock_folders(host: Host) -> Iterator[Path]:
+def _user_lock_folders(host: Host) -> Iterator[tuple[Path, list[Path]]]:
     """A non-root user's own lock folders for this root, best first: their runtime folder, their
     ~/.cache, then a folder of theirs in the system's temporary folder (links are not followed and
-    the lock file must be theirs, so another user cannot plant one there)."""
+    the lock file must be theirs, so another user cannot plant one there). With each, the folders
+    made for it (removed again when empty)."""
     name = hashlib.sha256(str(host.root).encode()).hexdigest()[:16]
     bases = [os.environ.get("XDG_RUNTIME_DIR"), str(Path.home() / ".cache"), None]
     for base in bases:
-        folder = (Path(base) / "yktool" if base else Path(tempfile.gettempdir()) / f"yktool-{os.geteuid()}") / name
+        top = Path(base) / "yktool" if base else Path(tempfile.gettempdir()) / f"yktool-{os.geteuid()}"
+        made = []
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for folder in (top, top / name):
+                if not folder.is_dir():
+                    folder.mkdir(mode=0o700, parents=folder is top)
+                    made.append(folder)
         except OSError:
+            _remove_empty(made)
             continue
-        yield folder
+        yield top / name, made
 
 
 def _make_folders(state: Host, folder: PurePosixPath) -> tuple[Path, list[Path]]:
@@ -145,10 +152,11 @@ def _open_lock(host: Host) -> _Lock:
         if os.geteuid() == 0:
             raise
         failure: UsageError | Refused = exc
-    for mine in _user_lock_folders(host):
+    for mine, made in _user_lock_folders(host):
         try:
-            return _Lock(*_open_safely(mine, str(mine / LOCK_NAME)), str(mine / LOCK_NAME))
+            return _Lock(*_open_safely(mine, str(mine / LOCK_NAME)), str(mine / LOCK_NAME), made)
         except (OSError, Refused) as exc:
+            _remove_empty(made)
             failure = exc if isinstance(exc, Refused) else failure
     raise failure
 

@@ -227,6 +227,7 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
 """
 
 
+@read_only  # runs until stopped and changes no file of the root: it must not hold the lock
 @key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
              epilog=EMULATE_EXAMPLES)
 @click.option("--device", "device_spec", metavar="sim:PATH", default=None,

@@ -145,7 +145,7 @@ def test_enroll_fido2_killed_anywhere_and_two_at_once(world: World) -> None:
     w.header_agrees()
     # two new keys at once, both held before their keyslot is added (they would pick the same one)
     runs = rs.together(w.tmp, (_enroll_fido2(w, w.sim_key("n2"), "n2"), None),
-                       (_enroll_fido2(w, w.sim_key("n3"), "n3"), None), delay="yktool.luks.fido2:add_keyslot=0.4")
+                       (_enroll_fido2(w, w.sim_key("n3"), "n3"), None), delay="yktool.luks.fido2:add_keyslot=0.25")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     w.check()
     w.header_agrees()

@@ -669,6 +669,29 @@ def _open_folder(name: str, folder: int, inside: PurePosixPath, flags: int = os.
         raise
 
 
+def _open_dir_nofollow(folder: Path, shown: str | PurePosixPath) -> int:
+    """An fd of the machine path `folder`, opened from / one component at a time, refusing any
+    symlink on the way (yktool.lock opens its lock folders so)."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in folder.parts[1:]:
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise Refused(
+                    f"{shown}: a folder on its path became a link while yktool was working ({folder})",
+                    "someone changed the folder under yktool; check who owns it, then run again",
+                ) from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _lstat_at(folder: int, name: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=folder, follow_symlinks=False)

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yktool import agefile
 from yktool.errors import UsageError
@@ -150,3 +152,17 @@ def test_nodes_scoping_is_noticed(tmp_path: Path) -> None:
     assert agenix.uses_nodes(path)
     path.write_text('{ "wifi-psk".publicKeys = [ ]; }\n')
     assert not agenix.uses_nodes(path)
+
+
+_ATOMS = ["{", "}", "[", "]", "(", ")", ";", "=", ".", "let", "in", "with", "assert", "rec", "inherit", "a",
+          "b.c", '"s"', '"${x}"', "''x''", "${", "./p", "1", ":", "@", "...", ",", "?", "#c\n", "/*c*/", '"\\"',
+          "//", "++", "or", "'", '"']
+
+
+@given(st.lists(st.sampled_from(_ATOMS), max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_any_text_is_read_or_refused_as_nix_never_a_crash(atoms: list[str]) -> None:
+    try:
+        tree.parse(" ".join(atoms))
+    except tree.NixSyntaxError:
+        pass

@@ -166,3 +166,21 @@ def test_any_text_is_read_or_refused_as_nix_never_a_crash(atoms: list[str]) -> N
         tree.parse(" ".join(atoms))
     except tree.NixSyntaxError:
         pass
+
+
+def test_a_registry_rule_that_is_not_one_allow_line_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from yktool.cli import main_group
+    from yktool.host import Host
+    from yktool.inventory import Registry
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/NIXOS").write_text("")
+    with Registry.update(Host(root)) as reg:
+        reg.record("primary", "usbguard", usb_id="1050:0407", serial="1",
+                   rule='allow id 1050:0407 serial "1"\nallow')  # a second line would allow every device
+    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module", "--out", str(tmp_path / "m.nix")],
+                           catch_exceptions=False)
+    assert r.exit_code == 2 and "not one allow line" in r.stderr and not (tmp_path / "m.nix").exists()

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from yktool import nix
 from yktool.errors import UsageError
 from yktool.host import Host
-from yktool.inventory import Registry
+from yktool.inventory import REGISTRY_PATH, Registry
 from yktool.udev import KeyUsb
 
 PAM_SERVICES = ("sudo", "login", "greetd")
@@ -124,6 +124,10 @@ def usbguard_rules(registry: Registry) -> list[tuple[str, str]]:
         if not rule:
             serial = str(e.get("serial", "")).replace("\\", "\\\\").replace('"', '\\"')
             rule = f'allow id {str(e.get("usb_id", "")).lower()} serial "{serial}"'
+        if "\n" in rule or "\r" in rule or not rule.startswith("allow "):
+            # one line is one rule: anything else in the registry would smuggle rules into the module
+            raise UsageError(f"{REGISTRY_PATH}: key {key.nickname!r} has a USBGuard rule that is not one allow "
+                             "line", "fix or remove that [[keys.enrollments]] entry, then run the command again")
         if rule not in seen:
             seen.add(rule)
             out.append((key.nickname, rule))

@@ -119,7 +119,7 @@ def generate(host: Host, req: Request) -> Generated:
         if warning:
             notes.append(warning)
     spec.pam = module.pam_part(registry, services)
-    age = _agenix_side(host, req, spec.pam, ft, notes) if spec.pam is not None else None
+    age = _agenix_side(host, req, spec.pam, ft, notes) if spec.pam and spec.pam.age_file else None
     for luks in spec.luks:
         if luks.named_by not in ("hardware-configuration.nix", "--luks-name"):
             disko = f" (the tree's disko names LUKS volumes {', '.join(sorted(ft.disko_luks))})" \
@@ -161,6 +161,7 @@ def _agenix_side(host: Host, req: Request, pam: module.PamPart, ft: flake.FlakeT
     """Where the authfile goes (the tree's secrets folder, else where the registry has it), whether
     it has to be written there (decided, checked, not yet done), and its secrets.nix entry."""
     recipient = agenix.host_recipient(host, req.host_key)
+    assert pam.age_file is not None  # noqa: S101 - called for an agenix authfile only
     source = pam.age_file
     target = ft.secrets_dir / f"{pam.secret}.age" if ft is not None and ft.secrets_dir is not None else source
     identity = agenix.host_identity(host, req.host_key, req.age_identity)

@@ -79,8 +79,9 @@ def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, to
         def on_plugged(plugged: Plugged) -> None:
             line = plugged.hidraw
             if app.json:
-                line = json.dumps({**plugged.to_json(), "control": control_path, "device": f"sim:{key.path}",
-                                   "touch": policy.value})
+                line = json.dumps({**plugged.to_json(),
+                                   "control": os.path.abspath(control_path) if control_path else None,
+                                   "device": f"sim:{key.path.absolute()}", "touch": policy.value})
             try:
                 click.echo(line)
                 sys.stdout.flush()

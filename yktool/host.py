@@ -21,7 +21,7 @@ import stat
 import subprocess  # noqa: S404 - the one command runner
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -56,6 +56,11 @@ class SecretPath:
 
 
 Arg = str | SecretPath
+
+# Told each command's argv just before it runs (argv never holds a secret: SecretPath); what it
+# returns is told the exit code after (None: timed out). The CLI's -v/-vv show commands with it.
+CommandWatcher = Callable[[list[str]], Callable[[int | None], None]]
+command_watcher: CommandWatcher | None = None
 
 
 @dataclass
@@ -320,6 +325,7 @@ class Host:
                 a if isinstance(a, str) else f"{a.prefix}/dev/fd/{fds[a.index]}" for a in argv
             ]
             self.commands.append(final)
+            finished = command_watcher(final) if command_watcher is not None else None
             try:
                 proc = subprocess.run(  # noqa: S603 - argv list, never a shell
                     final,
@@ -333,10 +339,14 @@ class Host:
                     stdin=None if input is not None else subprocess.DEVNULL,
                 )
             except subprocess.TimeoutExpired:
+                if finished is not None:
+                    finished(None)
                 raise ToolFailed(
                     f"{final[0]} did not finish within {timeout:.0f} s",
                     "check the device it talks to, then run again",
                 ) from None
+        if finished is not None:
+            finished(proc.returncode)
         result = Result(final, proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise ToolFailed(

@@ -72,7 +72,7 @@ def list_cmd(app: AppContext) -> None:
     for problem in problems:
         warn(f"a key could not be read: {problem}")
     if app.json:
-        emit(True, [f.to_json() for f in facts], "")
+        emit(True, {"keys": [f.to_json() for f in facts], "problems": problems}, "")
         return
     if not facts:
         info("no FIDO2 key found; plug one in, or use --device sim:PATH to rehearse with the software key")

@@ -60,7 +60,7 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
         if app.json:
             from yktool.cli.output import emit_json
 
-            emit_json([{"id": c.id, "layer": c.layer, "title": c.title} for c in checks])
+            emit_json({"checks": [{"id": c.id, "layer": c.layer, "title": c.title} for c in checks]})
         else:
             for c in checks:
                 click.echo(f"{c.layer}  {c.id:<44} {c.title}")

@@ -123,10 +123,14 @@ class Interrupted(YktoolError):
     default_hint = "nothing half-written was left; run the same command again to resume"
 
 
-class PermissionDenied(YktoolError):
-    """The operating system refused a file or device: yktool was not run with enough rights."""
+class PermissionDenied(UsageError):
+    """The operating system refused a file or device: yktool runs without the rights it needs.
+
+    A UsageError (so code that steps past an unreadable input still does) with its own exit code.
+    """
 
     exit_code = ExitCode.PERMISSION_DENIED
+    default_hint = "run as root (sudo yktool …), or on a --root folder you own"
 
     @classmethod
     def from_os(cls, exc: PermissionError) -> PermissionDenied:
@@ -134,8 +138,7 @@ class PermissionDenied(YktoolError):
 
         where = exc.filename if exc.filename is not None else (exc.strerror or "an operation")
         if os.geteuid() == 0:  # root was refused: the cause is not the user
-            hint = ("even root was refused: check the file system (read-only, immutable attribute, "
-                    "NFS root squash) and any security module (AppArmor, SELinux)")
-        else:
-            hint = "run as root (sudo yktool …), or on a --root folder you own"
-        return cls(f"permission denied: {where}", hint)
+            return cls(f"{where}: permission denied",
+                       "even root was refused: check the file system (read-only, immutable attribute, "
+                       "NFS root squash) and any security module (AppArmor, SELinux)")
+        return cls(f"{where}: permission denied")

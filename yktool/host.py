@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from yktool.errors import Refused, ToolFailed, UsageError
+from yktool.errors import PermissionDenied, Refused, ToolFailed, UsageError
 
 BACKUP_DIR = PurePosixPath("/var/backups/yktool")
 
@@ -143,7 +143,8 @@ class Host:
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file", f"check the path (root is {self.root})") from None
         except PermissionError:
-            raise UsageError(f"{path}: permission denied", "run as a user who can read it") from None
+            raise PermissionDenied(f"{path}: permission denied",
+                                   "run as root (sudo yktool …), or as a user who can read it") from None
         except IsADirectoryError:
             raise UsageError(f"{path} is a folder, not a file", "name a file") from None
 
@@ -158,8 +159,8 @@ class Host:
         try:
             yield
         except PermissionError:
-            raise UsageError(f"{path}: permission denied",
-                             "run as root (sudo), or give a --root you can write to") from None
+            raise PermissionDenied(f"{path}: permission denied",
+                                   "run as root (sudo), or give a --root you can write to") from None
         except OSError as exc:
             if exc.errno != errno.EROFS:
                 raise

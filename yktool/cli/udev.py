@@ -35,7 +35,7 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
     if vendor and product:
         base = KeyUsb(vendor, product, serial or "", name or "", interfaces or ("03:00:00",))
         return base
-    from yktool.errors import NoDevice, YktoolError
+    from yktool.errors import NoDevice, PermissionDenied, YktoolError
 
     try:
         from yktool.fido import open_device
@@ -43,6 +43,8 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
 
         device = open_device(app.key_spec)
         ident = identity_from(usb_identity(device))
+    except PermissionDenied:
+        raise
     except YktoolError as exc:
         raise NoDevice(f"cannot read the key's USB identity: {exc.message}",
                        "plug the key in (or --device sim:PATH), or give --vendor and --product") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from yktool.errors import NoDevice, UsageError
+from yktool.errors import NoDevice, PermissionDenied, UsageError
 
 if TYPE_CHECKING:
     from fido2.ctap import CtapDevice
@@ -94,6 +94,10 @@ def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool
         raise UsageError(f"cannot use software key {p}: {e}",
                          "point --device sim:PATH at a state file yktool made, or at a new path to "
                          "create a fresh key") from None
+    except PermissionError:
+        raise PermissionDenied(f"{p}: permission denied",
+                               "run as the user who made the software key, or give a --device sim:PATH "
+                               "you own") from None
     except OSError as e:
         raise UsageError(f"cannot use software key {p}: {e.strerror or e}",
                          "check the path and its permissions") from None
@@ -110,8 +114,8 @@ def open_hid(path: str) -> CtapHidDevice:
     except FileNotFoundError:
         raise NoDevice(f"no key at {path}", "check `yktool key list` for the keys present") from None
     except PermissionError:
-        raise NoDevice(f"no permission to open {path}",
-                       "run as root, or give your user access to the key (udev uaccess rule)") from None
+        raise PermissionDenied(f"{path}: permission denied",
+                               "run as root, or give your user access to the key (udev uaccess rule)") from None
     except Exception as e:  # noqa: BLE001 - not a FIDO device / descriptor unreadable, many kinds
         raise NoDevice(f"{path} is not a usable FIDO2 key ({type(e).__name__}: {e})",
                        "check `yktool key list` for the keys present") from None

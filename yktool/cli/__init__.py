@@ -196,7 +196,7 @@ def _not_yet(name: str) -> click.Command:
     return missing
 
 
-@click.group(cls=LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("yktool", cls=LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False, path_type=str), default="/", show_default=True,
               envvar="YKTOOL_ROOT", help="Work on the tree under DIR (an offline root, an image being built).")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop; change nothing.")

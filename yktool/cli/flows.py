@@ -145,6 +145,14 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     `yktool verify` on what was enrolled. The PIN is typed once per key. Interrupted (Ctrl-C, a
     pulled key, a crash)? Run the same command again: it resumes where it stopped. Run a finished
     commission again: nothing changes. Touches and PIN prompts are counted and printed.
+
+    \b
+    Examples:
+      yktool commission
+      yktool --dry-run commission --user alice --luks-device /dev/nvme0n1p2
+      yktool --yes commission --user alice --luks-device /dev/vda2 \
+          --git-email alice@example.org --pin-stdin < pins.txt
+      yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
     from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_pin
@@ -297,6 +305,12 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
     credential, takes its SSH key out of authorized_keys, retires it in allowed_signers and
     git's revocation file, and removes its udev/USBGuard rules and registry entry. Refused when
     no present key answers anything (get in with the recovery key first). Resumable.
+
+    \b
+    Examples:
+      yktool --device hid:/dev/hidraw1 replace --new-device hid:/dev/hidraw2
+      yktool --dry-run replace
+      yktool replace --present 123456 --new-device /dev/hidraw3
     """
     from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_pin

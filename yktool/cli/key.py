@@ -59,13 +59,25 @@ def key() -> None:
 
     Pick the key with the global --device (auto, hid:/dev/hidrawN, sim:PATH):
     `yktool --device sim:/tmp/k.json key info`.
+
+    \b
+    Examples:
+      yktool key list
+      yktool --device sim:/tmp/k.json key info
+      yktool key pin change
     """
 
 
 @key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
-    """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
+    """List the FIDO2 keys present (and the software key named by --device sim:PATH).
+
+    \b
+    Examples:
+      yktool key list
+      yktool key list --json
+    """
     from yktool.fido.facts import list_present_keys
 
     facts, problems = list_present_keys(app.device)
@@ -91,7 +103,14 @@ def list_cmd(app: AppContext) -> None:
 @pass_app
 def info_cmd(app: AppContext) -> None:
     """Show what the key is: product, AAGUID, CTAP versions, extensions, algorithms, options,
-    PIN state and retries, and for a YubiKey its serial, firmware and form factor."""
+    PIN state and retries, and for a YubiKey its serial, firmware and form factor.
+
+    \b
+    Examples:
+      yktool key info
+      yktool --device /dev/hidraw2 key info --json
+      yktool --device 12345678 key info
+    """
     from yktool.fido.facts import read_key_facts
 
     with _session(app) as session:
@@ -101,7 +120,13 @@ def info_cmd(app: AppContext) -> None:
 
 @key.group("pin", short_help="Set, change or check the PIN.")
 def pin() -> None:
-    """Set, change or check the key's PIN (never given on the command line)."""
+    """Set, change or check the key's PIN (never given on the command line).
+
+    \b
+    Examples:
+      yktool key pin set
+      yktool key pin verify
+    """
 
 
 _pin_stdin = click.option("--pin-stdin", is_flag=True,
@@ -112,7 +137,13 @@ _pin_stdin = click.option("--pin-stdin", is_flag=True,
 @_pin_stdin
 @pass_app
 def pin_set(app: AppContext, pin_stdin: bool) -> None:
-    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes)."""
+    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes).
+
+    \b
+    Examples:
+      yktool key pin set
+      printf '%s\n' "$NEW" | yktool key pin set --pin-stdin
+    """
     from yktool.fido.session import check_new_pin
 
     with _session(app) as session:
@@ -129,7 +160,13 @@ def pin_set(app: AppContext, pin_stdin: bool) -> None:
 @_pin_stdin
 @pass_app
 def pin_change(app: AppContext, pin_stdin: bool) -> None:
-    """Change the PIN: the current one, then the new one (typed twice on a terminal)."""
+    """Change the PIN: the current one, then the new one (typed twice on a terminal).
+
+    \b
+    Examples:
+      yktool key pin change
+      printf '%s\n%s\n' "$OLD" "$NEW" | yktool key pin change --pin-stdin
+    """
     from yktool.fido.session import check_entered_pin, check_new_pin
 
     with _session(app) as session:
@@ -149,7 +186,13 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
 @pass_app
 def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     """Check a PIN against the key. A wrong PIN costs one of the key's retries (exit 6);
-    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8)."""
+    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8).
+
+    \b
+    Examples:
+      yktool key pin verify
+      yktool --device sim:/tmp/k.json key pin verify --pin-stdin < pin.txt
+    """
     with _session(app) as session:
         if not session.pin_is_set:
             raise UsageError("the key has no PIN", "set one first: yktool key pin set")
@@ -163,7 +206,12 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
 @pass_app
 def replug(app: AppContext) -> None:
     """Software key only: stand for pulling it out and plugging it back in (clears the
-    3-wrong-PINs block, opens the reset window)."""
+    3-wrong-PINs block, opens the reset window).
+
+    \b
+    Examples:
+      yktool --device sim:/tmp/k.json key replug
+    """
     from yktool.fido.devices import replug as replug_sim
     from yktool.fido.devices import resolve_spec
 
@@ -187,7 +235,13 @@ RESET_WARNING = (
 def reset(app: AppContext) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).
 
-    Real keys accept it only within seconds of being plugged in, and want a touch."""
+    Real keys accept it only within seconds of being plugged in, and want a touch.
+
+    \b
+    Examples:
+      yktool --dry-run key reset
+      yktool --device sim:/tmp/k.json --yes key reset
+    """
     import sys
 
     from yktool.cli.prompts import CliInteraction

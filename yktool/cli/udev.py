@@ -57,7 +57,13 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
 
 @click.group("udev")
 def udev() -> None:
-    """The lock-on-removal udev rule for a key (locks every session through logind)."""
+    """The lock-on-removal udev rule for a key (locks every session through logind).
+
+    \b
+    Examples:
+      yktool udev install
+      yktool udev show
+    """
 
 
 @udev.command("install")
@@ -73,6 +79,12 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
     matches this key's vendor/product (and serial, where the key shows one on USB) on
     ACTION=="remove"; the program waits 2 s (a key reset or mode switch re-enumerates) and then
     runs `loginctl lock-sessions`. Running again for the same nickname changes nothing.
+
+    \b
+    Examples:
+      yktool udev install
+      yktool udev install --nickname backup
+      yktool udev install --nixos --vendor 1050 --product 0407 --serial 12345678
     """
     from yktool import udev as lib
     from yktool.inventory import Registry
@@ -113,7 +125,13 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
 @pass_app
 def show(app: AppContext, nickname: str, vendor: str | None, product: str | None, serial: str | None,
          name: str | None) -> None:
-    """Print the rule for this key without installing anything."""
+    """Print the rule for this key without installing anything.
+
+    \b
+    Examples:
+      yktool udev show
+      yktool udev show --vendor 1050 --product 0407 --serial ''
+    """
     from yktool import udev as lib
 
     key = resolve_key(app, vendor, product, serial, name)

@@ -52,6 +52,13 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
     offline tree (`yktool --root DIR verify`); reads only.
 
     Exit 0 when nothing fails, 1 when a check fails.
+
+    \b
+    Examples:
+      sudo yktool verify
+      yktool verify --only ssh,boot.luks --json
+      yktool --root /mnt verify --luks-device /var/lib/images/root.img
+      yktool verify --list
     """
     from yktool.checks import CheckContext, all_checks, run_checks, select, summary
 

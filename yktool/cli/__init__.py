@@ -197,15 +197,15 @@ def _not_yet(name: str) -> click.Command:
 
 
 @click.group("yktool", cls=LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False, path_type=str), default="/", show_default=True,
+@click.option("--root", type=click.Path(file_okay=False, path_type=str), default="/", show_default=True, metavar="DIR",
               envvar="YKTOOL_ROOT", help="Work on the tree under DIR (an offline root, an image being built).")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop; change nothing.")
 @click.option("--json", "json_output", is_flag=True,
               help='One JSON document on stdout: {"schema": 1, "ok": …} (docs/json.md).')
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (non-interactive).")
-@click.option("--tpm", default="auto", show_default=True, envvar="YKTOOL_TPM",
+@click.option("--tpm", default="auto", show_default=True, envvar="YKTOOL_TPM", metavar="TCTI",
               help="TPM2 TCTI: auto (/dev/tpmrm0) or e.g. swtpm:host=127.0.0.1,port=2321.")
-@click.option("--device", default="auto", show_default=True, envvar="YKTOOL_DEVICE",
+@click.option("--device", default="auto", show_default=True, envvar="YKTOOL_DEVICE", metavar="SPEC",
               help="FIDO2 key: auto, hid:/dev/hidrawN (or /dev/hidrawN), a YubiKey serial, or sim:PATH "
                    "(the software key).")
 @click.option("-v", "--verbose", count=True,

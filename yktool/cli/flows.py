@@ -150,7 +150,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     Examples:
       yktool commission
       yktool --dry-run commission --user alice --luks-device /dev/nvme0n1p2
-      yktool --yes commission --user alice --luks-device /dev/vda2 \
+      yktool --yes commission --user alice --luks-device /dev/vda2 \\
           --git-email alice@example.org --pin-stdin < pins.txt
       yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """

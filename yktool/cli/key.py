@@ -142,7 +142,7 @@ def pin_set(app: AppContext, pin_stdin: bool) -> None:
     \b
     Examples:
       yktool key pin set
-      printf '%s\n' "$NEW" | yktool key pin set --pin-stdin
+      yktool key pin set --pin-stdin < new-pin.txt
     """
     from yktool.fido.session import check_new_pin
 
@@ -165,7 +165,7 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
     \b
     Examples:
       yktool key pin change
-      printf '%s\n%s\n' "$OLD" "$NEW" | yktool key pin change --pin-stdin
+      yktool key pin change --pin-stdin < old-and-new-pin.txt
     """
     from yktool.fido.session import check_entered_pin, check_new_pin
 

@@ -64,7 +64,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     Examples:
       yktool pam register --user alice
       yktool pam register --user alice --pin --origin pam://workstation
-      yktool pam register --user alice --age-host-key /etc/ssh/ssh_host_ed25519_key.pub \
+      yktool pam register --user alice --age-host-key /etc/ssh/ssh_host_ed25519_key.pub \\
           --age-file secrets/yubikey-auth.age
     """
     from yktool import agefile

@@ -17,6 +17,7 @@ from tests.conftest import CliCall
 from tests.fixtures.luks import make_image
 from tests.test_cli_every_command import leaf_commands
 from yktool.cli import main_group
+from yktool.cli.context import AppContext
 from yktool.fido.devices import hidraw_for_serial, resolve_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +55,8 @@ def test_an_option_of_the_command_itself_wins_over_the_global_one(cli: CliCall,
     @click.command("probe")
     @click.option("--device", default=None)
     @click.pass_obj
-    def probe(obj: object, device: str | None) -> None:
-        click.echo(f"own={device} global={getattr(obj, 'device')} json={getattr(obj, 'json')}")
+    def probe(obj: AppContext, device: str | None) -> None:
+        click.echo(f"own={device} global={obj.device} json={obj.json}")
 
     monkeypatch.setitem(main_group.commands, "probe", probe)
     r = cli("probe", "--device", "mine", "--json")

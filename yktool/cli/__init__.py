@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from yktool.cli import context
 from yktool.cli.context import AppContext
 from yktool.errors import ExitCode, Interrupted, PermissionDenied, UsageError, YktoolError
 
@@ -84,8 +85,9 @@ class LazyGroup(click.Group):
         # --no-color from the args (in-process callers such as CliRunner pass them here, not in argv).
         given = list(args) if args is not None else sys.argv[1:]
         given = given[:given.index("--")] if "--" in given else given
-        as_json = "--json" in given
+        as_json = "--json" in given  # until the global options are parsed (a bad flag before them)
         color = False if "--no-color" in given or os.environ.get("NO_COLOR") else None
+        context.last_run = None
         try:
             return super().main(args, prog_name or "yktool", complete_var, standalone_mode=False, **extra)
         except YktoolError as err:
@@ -224,8 +226,8 @@ def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, 
         raise UsageError("-q and -v exclude each other", "pick one: -q for less, -v for more")
     if no_color or os.environ.get("NO_COLOR"):  # https://no-color.org: set and not empty
         ctx.color = False
-    ctx.obj = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
-                         device=device, verbose=verbose, quiet=quiet)
+    ctx.obj = context.last_run = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
+                                            device=device, verbose=verbose, quiet=quiet)
     if verbose:
         from yktool.cli.context import watch_commands
 

@@ -24,6 +24,8 @@ class AppContext:
     device: str = "auto"
     verbose: int = 0
     quiet: bool = False
+    # a JSON document went to stdout: an error after it goes to stderr only (one document a run)
+    json_emitted: bool = False
 
     @cached_property
     def host(self) -> Host:
@@ -47,6 +49,11 @@ class AppContext:
         from yktool.cli.prompts import choose_device
 
         return choose_device(self.device) or self.device
+
+
+last_run: AppContext | None = None
+"""The AppContext of the latest run, for the error handler, which runs after click's contexts
+are gone."""
 
 
 def current() -> AppContext | None:

@@ -115,11 +115,19 @@ def man(output: Path | None) -> None:
       yktool man --output /usr/local/share/man/man1/yktool.1
     """
     from yktool.cli import main_group
+    from yktool.cli.context import app
+    from yktool.cli.output import emit_json, info
 
     page = render(main_group)
     if output is None:
-        click.echo(page, nl=False)
+        if app().json:
+            emit_json({"page": page})
+        else:
+            click.echo(page, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(page)
-    click.echo(f"wrote {output}", err=True)
+    if app().json:
+        emit_json({"path": str(output)})
+    else:
+        info(f"wrote {output}")

@@ -29,7 +29,12 @@ def envelope(data: Mapping[str, Any], ok: bool = True) -> dict[str, Any]:
 
 
 def emit_json(data: Mapping[str, Any]) -> None:
+    from yktool.cli.context import current
+
     click.echo(json.dumps(envelope(data), indent=2, sort_keys=False, default=_json_default))
+    app = current()
+    if app is not None:
+        app.json_emitted = True
 
 
 def emit(ctx_json: bool, data: Mapping[str, Any], text: str) -> None:
@@ -55,13 +60,14 @@ def warn(message: str) -> None:
 
 def emit_error(err: YktoolError, as_json: bool = False, color: bool | None = None) -> None:
     """The one error style: `yktool: error: …` and `  hint: …` on stderr (and JSON on stdout)."""
-    from yktool.cli.context import current
+    from yktool.cli import context
 
-    app = current()
+    app = context.current() or context.last_run  # the handler runs after click's contexts closed
     click.echo(click.style("yktool: error: ", fg="red", bold=True) + err.message, err=True, color=color)
     if err.hint:
         click.echo(f"  hint: {err.hint}", err=True)
-    if as_json or (app is not None and app.json):
+    wants_json = app.json if app is not None else as_json
+    if wants_json and not (app is not None and app.json_emitted):  # the answer already went out
         click.echo(json.dumps(envelope(err.to_json(), ok=False), indent=2))
 
 

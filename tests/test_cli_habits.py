@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import CliCall
-from tests.fixtures.luks import make_image
+from tests.fixtures.luks import LuksImage, make_image
+from tests.fixtures.tpm import SoftTpm
 from tests.test_cli_every_command import leaf_commands
 from yktool.cli import main_group
 from yktool.cli.context import AppContext
@@ -116,19 +117,30 @@ def test_verbose_shows_each_command_and_vv_its_time(cli: CliCall, tmp_path: Path
     assert host.command_watcher is None  # stopped with the command: nothing leaks into the next
 
 
+def test_verbose_never_shows_a_secret(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
+    # the passphrase comes on stdin and goes to systemd-cryptenroll on an in-memory file
+    secret = luks2_image.passphrase.decode()
+    r = cli("-vv", "--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, input=secret + "\n")
+    assert r.exit_code == 0, r.output
+    assert any(ln.startswith("+ systemd-cryptenroll ") for ln in r.stderr.splitlines())
+    assert secret not in r.stderr and secret not in r.stdout
+
+
 # ------------------------------------------------------------------------------- colours
 def _styled(args: list[str], env: dict[str, str] | None = None) -> str:
     result = CliRunner().invoke(main_group, args, env=env, color=True)
     return result.output
 
 
-def test_no_color_and_the_flag_drop_the_escapes(tmp_path: Path) -> None:
+def test_no_color_and_the_flag_drop_the_escapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
     (tmp_path / "etc").mkdir()
     args = ["--root", str(tmp_path), "verify", "--only", "sysctl.kernel.kptr_restrict"]
     assert "\x1b[" in _styled(args) and "\x1b[" in _styled(["no-such-command"])
     for out in (_styled(args, {"NO_COLOR": "1"}), _styled(["--no-color", *args]),
                 _styled(["no-such-command"], {"NO_COLOR": "1"}), _styled(["no-such-command", "--no-color"])):
         assert "\x1b[" not in out and ("WARN" in out or "yktool: error:" in out), out
+    assert "NO_COLOR" not in os.environ  # --no-color hands it to the prompts for its run only
 
 
 # --------------------------------------------------------------------------------- --root

@@ -226,6 +226,9 @@ def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, 
         raise UsageError("-q and -v exclude each other", "pick one: -q for less, -v for more")
     if no_color or os.environ.get("NO_COLOR"):  # https://no-color.org: set and not empty
         ctx.color = False
+        if not os.environ.get("NO_COLOR"):  # the prompts (prompt_toolkit) read only the variable
+            os.environ["NO_COLOR"] = "1"
+            ctx.call_on_close(lambda: os.environ.pop("NO_COLOR", None))
     ctx.obj = context.last_run = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
                                             device=device, verbose=verbose, quiet=quiet)
     if verbose:

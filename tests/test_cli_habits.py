@@ -81,6 +81,15 @@ def test_click_errors_read_like_every_other_error(cli: CliCall, args: list[str],
     assert not any(line.startswith(("Error:", "Usage:", "Try ")) for line in lines)
 
 
+def test_no_command_shows_the_help(cli: CliCall) -> None:
+    for args in ([], ["luks"]):
+        r = cli(*args)
+        assert r.exit_code == 2 and r.stderr.startswith("Usage: yktool") and "yktool: error" not in r.stderr
+        assert "Commands:" in r.stderr
+    r = cli("--json", "luks")
+    assert json.loads(r.stdout)["message"] == "a command is needed"
+
+
 def test_json_errors_have_the_envelope(cli: CliCall) -> None:
     r = cli("--json", "luks", "status")
     doc = json.loads(r.stdout)

@@ -50,6 +50,12 @@ def test_verify_splits_each_fix_into_command_and_nixos(cli: CliCall, root: Path)
     assert all(c["fix_command"] is None and c["fix_nixos"] is None for c in passed)
 
 
+def test_signing_stdin_with_json_is_refused_before_anything(cli: CliCall) -> None:
+    r = cli("--json", "ssh", "sign", "-n", "file", "-f", "/nonexistent/key", "-", input="data")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["error"] == "UsageError" and "stdout" in r.stderr
+
+
 def test_an_answer_then_a_failure_is_still_one_document(cli: CliCall, monkeypatch: pytest.MonkeyPatch) -> None:
     # as `luks test-unlock` does when a token fails: the answer (ok false) goes out, then the error
     @click.command("probe")

@@ -102,6 +102,12 @@ class LazyGroup(click.Group):
             sys.exit(int(ExitCode.INTERRUPTED))
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `yktool`, `yktool luks`: the help
+            if as_json:
+                report_error(UsageError("a command is needed", f"see `{exc.ctx.command_path} --help`"), as_json=True)
+            else:
+                exc.show()
+            sys.exit(int(ExitCode.USAGE))
         except click.ClickException as exc:
             report_error(_from_click(exc), as_json=as_json, color=color)
             sys.exit(int(ExitCode.USAGE))

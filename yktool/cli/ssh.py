@@ -257,6 +257,9 @@ def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...],
     from yktool.ssh.enroll import load_private
     from yktool.ssh.enroll import sign as do_sign
 
+    if "-" in files and app.json:
+        raise UsageError("`-` prints the signature on stdout, where --json puts its one document",
+                         "sign a file (FILE.sig is written), or leave out --json")
     host = app.host
     key = load_private(host, PurePosixPath("/") / key_file)
     if "-" in files and pin_stdin and key.verify_required:

@@ -65,6 +65,28 @@ def test_an_option_of_the_command_itself_wins_over_the_global_one(cli: CliCall,
     assert r.stdout.strip() == "own=mine global=auto json=True"
 
 
+# A command's own option of the same name as a global one wins after the command (above); so each
+# such shadowing must be meant. None today.
+SHADOWING: set[tuple[str, ...]] = set()
+
+
+def test_no_command_shadows_a_global_option_unless_meant() -> None:
+    from yktool.cli import _option_table
+
+    ctx = click.Context(main_group)
+    globals_ = set(_option_table(main_group)) - {"--help", "-h", "--version"}
+    shadowing = set()
+    for path in leaf_commands():
+        command: click.Command | None = main_group
+        for name in path:
+            assert isinstance(command, click.Group)
+            command = command.get_command(ctx, name)
+        assert command is not None
+        if set(_option_table(command)) & globals_:
+            shadowing.add(path)
+    assert shadowing == SHADOWING, "an option named like a global one: add the command to SHADOWING if meant"
+
+
 # ------------------------------------------------------------------------- one error style
 @pytest.mark.parametrize(("args", "message"), [
     (["luks", "status"], "yktool: error: Missing argument 'DEVICE'."),

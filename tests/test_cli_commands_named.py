@@ -1,5 +1,6 @@
 """Every `yktool …` command line that yktool tells a person to run — verify's fixes, error hints,
-the Examples of each --help — names commands and flags that exist: each is run with --help."""
+the Examples of each --help, the docs — names commands and flags that exist: each is run with
+--help."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from yktool.cli import _option_table, main_group
 
 REPO = Path(__file__).resolve().parent.parent
-STOP = re.compile(r"[`|()\n;,\"']|  | or: | then ")
+STOP = re.compile(r"[`|()\n;,\"']|  | or: | then |&&")
 # prose such as "yktool enrolls a key" is not a command; a word in backticks right after yktool is
 PLACEHOLDER = "X"
 
@@ -82,13 +83,18 @@ def check_command(tokens: list[str]) -> str | None:
     return None
 
 
-def _sources() -> list[tuple[str, str]]:
-    """(where, text) of every string in the package, and every fix in verify's registry."""
+def _sources() -> list[tuple[str, str, bool]]:
+    """(where, text, strict) of every fix in verify's registry, every string in the package, and
+    every line of the docs (strict: a word in backticks after yktool must be a command; the docs
+    also name things such as "`yktool software key`")."""
     from yktool.checks import all_checks
 
-    out = [(f"fix of {c.id}", c.fix) for c in all_checks()]
+    out = [(f"fix of {c.id}", c.fix, True) for c in all_checks()]
     for path in sorted((REPO / "yktool").rglob("*.py")):
-        out += [(str(path.relative_to(REPO)), s) for s in _strings(ast.parse(path.read_text()))]
+        out += [(str(path.relative_to(REPO)), s, True) for s in _strings(ast.parse(path.read_text()))]
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        out += [(f"{path.relative_to(REPO)}:{n}", line, False)
+                for n, line in enumerate(path.read_text().splitlines(), 1)]
     return out
 
 
@@ -96,11 +102,11 @@ def test_every_named_command_exists() -> None:
     problems = []
     runs = 0
     seen: set[tuple[str, ...]] = set()
-    for where, text in _sources():
+    for where, text, strict in _sources():
         for tokens, quoted in named_commands(text):
             verdict = check_command(tokens)
             if verdict == "prose":
-                if quoted and tokens[:1] != [PLACEHOLDER]:  # `yktool {name}`: made at run time
+                if strict and quoted and tokens[:1] != [PLACEHOLDER]:  # `yktool {name}`: made at run time
                     problems.append(f"{where}: `yktool {' '.join(tokens)}`: no such command")
                 continue
             if verdict is not None:

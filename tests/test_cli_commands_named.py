@@ -63,6 +63,10 @@ def check_command(tokens: list[str]) -> str | None:
     while i < len(tokens):
         token = tokens[i]
         i += 1
+        if token.startswith("-") and token != "-" and "/" in token.split("=", 1)[0]:  # --out/--flake: either
+            tokens[i - 1:i] = token.split("/")
+            i -= 1
+            continue
         if token.startswith("-") and token != "-":
             name = token.split("=", 1)[0]
             own = _option_table(command)

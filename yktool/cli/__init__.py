@@ -69,6 +69,21 @@ def _option_table(command: click.Command) -> dict[str, bool]:
     return table
 
 
+def _help_width() -> int:
+    """The width click's help formatter would choose (the terminal's columns, at most 80, less 2),
+    found without importing shutil (and with it bz2 and lzma) on every `yktool --help`."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return max(min(columns or 80, 80) - 2, 50)
+
+
 def _is_short_cluster(token: str, flags: dict[str, bool]) -> bool:
     """`-vv`, `-yq`: several short global flags (none taking a value) in one token."""
     return (len(token) > 2 and token[0] == "-" and token[1] != "-"
@@ -112,6 +127,12 @@ class LazyGroup(click.Group):
         except click.ClickException as exc:
             report_error(_from_click(exc), as_json=as_json, color=color)
             sys.exit(int(ExitCode.USAGE))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if parent is None:
+            extra.setdefault("terminal_width", _help_width())
+        return super().make_context(info_name, args, parent, **extra)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if ctx.parent is None:

@@ -1,6 +1,6 @@
 """Every command of the click tree, run the way a person gets it wrong: as an unprivileged user
-on a root owned by root, with --json. No traceback, an exit code that says what happened, and
-one JSON envelope on stdout."""
+on a root owned by root, with --json, on a root that is not there, with a bad flag. No
+traceback, an exit code that says what happened, and one JSON envelope on stdout."""
 
 from __future__ import annotations
 
@@ -120,6 +120,9 @@ def test_every_command_as_nobody_says_what_is_wrong(root_owned_root: Path) -> No
     for args in table.values():
         runs.append(["--root", str(root), "--device", device, "--tpm", TPM, *args])
         runs.append(["--json", "--root", str(root), "--device", device, "--tpm", TPM, *args])
+        # a root that is not there, and a flag no command has, put after the command
+        runs.append(["--root", f"{root}/nope", "--device", device, "--tpm", TPM, *args])
+        runs.append(["--root", str(root), "--device", device, "--tpm", TPM, *args, "--no-such-flag"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}
     proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                            sys.executable, str(REPO / "tests/tools/run_commands.py")],
@@ -142,6 +145,10 @@ def test_every_command_as_nobody_says_what_is_wrong(root_owned_root: Path) -> No
                 continue
             if doc.get("schema") != 1 or not isinstance(doc.get("ok"), bool):
                 problems.append(f"{shown}: no envelope: {run['stdout'][:200]}")
+        if run["argv"][-1] == "--no-such-flag":
+            if run["exit_code"] != 2 or "yktool: error: No such option '--no-such-flag'" not in run["stderr"]:
+                problems.append(f"{shown}: a bad flag is not a usage error: {text[:300]}")
+            continue
         if run["exit_code"] not in range(12):
             problems.append(f"{shown}: exit {run['exit_code']}")
         elif run["exit_code"] not in (0, 1) and "yktool: error: " not in run["stderr"]:
@@ -150,8 +157,13 @@ def test_every_command_as_nobody_says_what_is_wrong(root_owned_root: Path) -> No
             problems.append(f"{shown}: exit 1 (a check failed) from a command that checks nothing: {text[:300]}")
     assert not problems, "\n\n".join(problems)
     # the four the issue saw end in a traceback: now "permission denied", exit 11, the way out
+    # (and on a root that is not there, they say so)
     for run in results:
-        if run["argv"][6:8] in (["luks", "status"], ["luks", "enroll-fido2"], ["ssh", "keygen"]) \
-                or "commission" in run["argv"]:
+        if not (run["argv"][6:8] in (["luks", "status"], ["luks", "enroll-fido2"], ["ssh", "keygen"])
+                or "commission" in run["argv"]) or run["argv"][-1] == "--no-such-flag":
+            continue
+        if run["argv"][1].endswith("/nope"):
+            assert run["exit_code"] == 2 and "/nope does not exist" in run["stderr"], run
+        else:
             assert run["exit_code"] == 11, run
             assert ": permission denied" in run["stderr"] and "run as root" in run["stderr"], run

@@ -68,3 +68,16 @@ def test_an_answer_then_a_failure_is_still_one_document(cli: CliCall, monkeypatc
     assert r.exit_code == 1
     assert json.loads(r.stdout) == {"schema": 1, "ok": False, "tokens": []}  # one document
     assert "yktool: error: 1 of 1 token(s)" in r.stderr
+
+
+def test_commission_splits_its_verify_fixes_too(cli: CliCall, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "home/alice").mkdir(parents=True)
+    (root / "etc/passwd").write_text("alice:x:1000:1000::/home/alice:/bin/sh\n")
+    r = cli("--json", "--root", root, "--device", f"sim:{tmp_path / 'k.json'}", "--yes", "commission",
+            "--user", "alice", "--no-backup", "--steps", "verify", "--new-pin-stdin", input="123456\n")
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == 1 and doc["ok"] is False and r.exit_code == 1
+    udev = next(c for c in doc["verify"] if c["id"] == "hw.udev.lock_rule")
+    assert (udev["fix_command"], udev["fix_nixos"]) == ("yktool udev install", "yktool udev install --nixos")

@@ -250,7 +250,12 @@ def _render_counts(counts: dict[str, Any]) -> str:
 
 def _render_report(app: AppContext, report: Any, plan: Any) -> None:
     if app.json:
-        emit_json({**report.to_json(), "plan": plan.to_json()})
+        from yktool.cli.verify import split_fix
+
+        data = report.to_json()
+        for check in data.get("verify", []):  # each fix split as verify --json splits it
+            check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
+        emit_json({**data, "plan": plan.to_json()})
         return
     for note in report.notes:
         click.echo(note)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit_json, info
+from yktool.cli.output import emit_json, info, instruct
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
@@ -214,7 +214,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         if spec != "auto":  # named by --backup-device: it is in already (or a software key)
             info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
             return
-        info(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
+        instruct(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
         asker.pause("Press any key when it is in…", yes=app.yes)
 
     io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
@@ -343,7 +343,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
-            info("Now remove the other keys and insert the new key.")
+            instruct("Now remove the other keys and insert the new key.")
             asker.pause("Press any key when it is in…", yes=app.yes)
 
     nicknames = {r: "" for r in present_roles}

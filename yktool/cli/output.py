@@ -54,6 +54,11 @@ def info(message: str) -> None:
         click.echo(message, err=True)
 
 
+def instruct(message: str) -> None:
+    """What the person must do now (swap keys): stderr, also with -q."""
+    click.echo(message, err=True)
+
+
 def warn(message: str) -> None:
     click.echo(click.style("warning: ", fg="yellow") + message, err=True)
 

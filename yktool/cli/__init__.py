@@ -240,7 +240,8 @@ def _not_yet(name: str) -> click.Command:
                    "(the software key).")
 @click.option("-v", "--verbose", count=True,
               help="Say more, and show each command run (argv only, never a secret); -vv adds timings.")
-@click.option("-q", "--quiet", is_flag=True, help="Only results, warnings, errors and what to do now (insert a key, touch it): no progress or notes.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only results, warnings, errors and what to do now (insert a key, touch it): no progress or notes.")
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set).")
 @click.version_option(package_name="yktool")
 @click.pass_context

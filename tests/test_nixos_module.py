@@ -198,7 +198,7 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     lost_serial = usb_serials(host)["primary"]
     assert lost_serial in out.read_text()
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
             "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
             input=demo_pin(scratch) + "\n")
     assert r.exit_code == 0, r.output

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from yktool.errors import Refused, UsageError, YktoolError
+from yktool.errors import PermissionDenied, Refused, UsageError, YktoolError
 
 if TYPE_CHECKING:
     from yktool.fido.session import Assertion, Credential, KeySession
@@ -493,8 +493,8 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
         try:
             fd = host.open(target.authfile, os.O_RDONLY | os.O_NONBLOCK)
         except PermissionError:
-            raise UsageError(f"{target.authfile}: permission denied",
-                             "run as root (or the file's owner) so the existing lines can be kept") from None
+            raise PermissionDenied(f"{target.authfile}: permission denied",
+                                   "run as root (or the file's owner) so the existing lines can be kept") from None
         with os.fdopen(fd, "rb") as fh:
             return fh.read().decode("utf-8", "surrogateescape"), True
     assert target.age_file is not None  # noqa: S101

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 from yktool.checks.base import CheckContext, R, Result, Unreadable, register
-from yktool.checks.sshd import Setting, SshdConfig, effective, installed
+from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.pam_config import PamLine, control_action
 
 # The page: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
@@ -228,26 +228,36 @@ def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> 
             return r.na("no SSH server installed")
         for note in cfg.notes:
             r.ev(cfg.origin, "note", note=note)
-        setting = cfg.settings.get(key)
-        if setting is None:
-            if cfg.problems:
-                r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-                return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
-                              "fix the file: `sshd -t` names the bad line")
-            setting = Setting(default, f"{cfg.origin} (unset: OpenSSH default)")
-        r.ev(setting.source, setting.value, CAMEL[key])
-        if not ok(setting.value):
-            return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
-        loose = [s for s in cfg.matched.get(key, []) if not ok(s.value)]
-        if loose:
-            s = loose[0]
-            r.ev(s.source, s.value, CAMEL[key], f"Match {s.match}")
-            return r.fail(f"a Match block ({s.match}) sets {CAMEL[key]} {s.value}",
-                          f"remove {CAMEL[key]} from the Match block at {s.source}")
+        # judged per user that can log in, over every connection class the Match lines tell
+        # apart: a block for a user who does not exist changes nothing, `Match all` counts
+        users = ["root"] if key == "permitrootlogin" else login_users(ctx)
+        groups = group_lookup(ctx)
+        first: Setting | None = None
+        for user in users:
+            for conn in connections(cfg, user):
+                setting = cfg.settings_for(conn, groups).get(key)
+                unset = setting is None
+                if setting is None:
+                    setting = Setting(default, f"{cfg.origin} (unset: OpenSSH default)")
+                first = first or setting
+                if ok(setting.value):
+                    continue
+                if unset and cfg.problems:
+                    break  # the value sshd would use is unknown: the problem decides below
+                r.ev(setting.source, setting.value, CAMEL[key], f"Match {setting.match}" if setting.match else "")
+                if setting.match:
+                    return r.fail(f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} "
+                                  f"for {conn.describe()}",
+                                  f"remove {CAMEL[key]} from the Match block at {setting.source}")
+                if cfg.dumps:
+                    return r.fail(f"{CAMEL[key]} is {setting.value} for {conn.describe()}, want {want}", fix)
+                return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
         if cfg.problems:
             r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-            return r.warn(f"{CAMEL[key]} is {setting.value}, but {cfg.problems[0]}",
+            return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
                           "fix the file: `sshd -t` names the bad line")
+        if first is not None:
+            r.ev(first.source, first.value, CAMEL[key])
         return r.ok()
 
     return run

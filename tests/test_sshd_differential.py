@@ -1,0 +1,188 @@
+"""verify's sshd reading against the real `sshd -T -C` (Debian's sshd, unpacked, never installed).
+
+Hypothesis writes sshd_config trees (a main file, drop-ins pulled in by Include, Match blocks with
+every criterion, negation, wildcards, comma lists, CIDR, keyword case, `=`, quotes, comments);
+for each tree sshd accepts, the setting verify would judge — for several users and connections —
+must get the same verdict from verify's reader as from sshd itself, and the reader must see no
+problem in a file sshd accepts. The machine's /etc/ssh is never read: sshd runs in a private
+mount namespace (tests/sshd_real.py). Case counts are printed in the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fixtures.differential import report_cases
+from tests.sshd_real import SshdNamespace
+from yktool.checks.auth import SSH_TABLE
+from yktool.checks.base import CheckContext
+from yktool.checks.sshd import Connection, group_lookup, parse_config, parse_dump
+from yktool.host import Host
+
+CASES = int(os.environ.get("YKTOOL_SSHD_CASES", "300"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+PASSWD = ("root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n"
+          "alice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/sh\n"
+          "carol:x:1002:1002::/home/carol:/usr/sbin/nologin\n")
+GROUP = ("root:x:0:\nwheel:x:10:alice\nstaff:x:50:bob,carol\nalice:x:1000:\nbob:x:1001:\ncarol:x:1002:\n"
+         "nogroup:x:65534:\n")
+
+YES_NO = ["yes", "no", "YES", "No"]
+JUDGED = {
+    "PasswordAuthentication": YES_NO, "KbdInteractiveAuthentication": YES_NO,
+    "ChallengeResponseAuthentication": YES_NO, "X11Forwarding": YES_NO,
+    "PermitRootLogin": ["yes", "no", "prohibit-password", "without-password", "forced-commands-only"],
+    "MaxAuthTries": ["2", "3", "6", "10"],
+    "LoginGraceTime": ["30", "30s", "1m", "2m", "20s"],
+}
+FILLER = {"PubkeyAuthentication": ["yes"], "AllowTcpForwarding": ["no"], "Banner": ["none"], "UsePAM": ["yes"]}
+PATTERNS = {
+    "User": ["alice", "bob", "carol", "root", "dave", "a*", "b?b", "*", "!root", "!alice", "ALICE"],
+    "Group": ["wheel", "staff", "!wheel", "st*", "nogroup", "alice"],
+    "Host": ["*.example.com", "gw.example.com", "db.*", "!db.example.org", "10.0.0.5", "*", "GW.EXAMPLE.COM"],
+    "Address": ["10.0.0.0/8", "10.1.0.0/16", "!10.1.0.0/16", "192.168.*", "2001:db8::/32", "203.0.113.7",
+                "0.0.0.0/0", "10.0.0.?"],
+    "LocalAddress": ["192.0.2.1", "10.9.0.0/16", "!192.0.2.1"],
+    "LocalPort": ["22", "2222"],
+    "RDomain": ["vrf1", "vrf*", "!vrf2"],
+}
+
+
+def _case(word: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([word, word.lower(), word.upper()])
+
+
+@st.composite
+def setting_line(draw: st.DrawFn) -> str:
+    table = draw(st.sampled_from([JUDGED, JUDGED, JUDGED, FILLER]))
+    keyword = draw(st.sampled_from(sorted(table)))
+    value = draw(st.sampled_from(table[keyword]))
+    if draw(st.booleans()) and draw(st.booleans()):
+        value = f'"{value}"'
+    sep = draw(st.sampled_from([" ", " ", "=", " = ", "\t"]))
+    comment = draw(st.sampled_from(["", "", "", "  # why"]))
+    indent = draw(st.sampled_from(["", "", "    "]))
+    return f"{indent}{draw(_case(keyword))}{sep}{value}{comment}"
+
+
+@st.composite
+def match_line(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 4)) == 0:
+        return f"Match {draw(_case('all'))}"
+    attrs = draw(st.lists(st.sampled_from(sorted(PATTERNS)), min_size=1, max_size=2, unique=True))
+    parts = []
+    for attr in attrs:
+        pats = draw(st.lists(st.sampled_from(PATTERNS[attr]), min_size=1, max_size=3, unique=True))
+        if attr == "LocalPort":
+            pats = pats[:1]
+        parts.append(f"{draw(_case(attr))} {','.join(pats)}")
+    return "Match " + " ".join(parts)
+
+
+INCLUDES = ["Include sshd_config.d/*.conf", "Include /etc/ssh/sshd_config.d/*.conf",
+            "Include sshd_config.d/10-a.conf sshd_config.d/20-b.conf"]
+
+
+@st.composite
+def config_tree(draw: st.DrawFn) -> dict[str, str]:
+    def body(n_max: int, include: bool) -> str:
+        kinds = st.sampled_from(["set", "set", "set", "match", "comment"] + (["include"] if include else []))
+        out = []
+        for kind in draw(st.lists(kinds, max_size=n_max)):
+            if kind == "set":
+                out.append(draw(setting_line()))
+            elif kind == "match":
+                out.append(draw(match_line()))
+            elif kind == "include":
+                out.append(draw(st.sampled_from(INCLUDES)))
+            else:
+                out.append("# a comment")
+        return "\n".join(out) + "\n"
+
+    tree = {"sshd_config": body(9, True)}
+    for name in draw(st.lists(st.sampled_from(["10-a.conf", "20-b.conf"]), max_size=2, unique=True)):
+        tree[f"sshd_config.d/{name}"] = body(4, False)
+    return tree
+
+
+ADDRS = ["10.0.0.5", "10.1.2.3", "192.168.1.10", "2001:db8::1", "203.0.113.7"]
+connection = st.builds(
+    lambda user, addr, host, laddr, lport, rdomain: Connection(user, host or addr, addr, laddr, lport, rdomain),
+    st.sampled_from(["root", "alice", "bob", "carol", "dave"]), st.sampled_from(ADDRS),
+    st.sampled_from([None, "gw.example.com", "db.example.org"]), st.sampled_from(["192.0.2.1", "10.9.1.1"]),
+    st.sampled_from([22, 2222]), st.sampled_from([None, "vrf1", "vrf2"]))
+
+OK = {key: (default, ok) for key, _want, default, ok, _title in SSH_TABLE}
+
+
+@pytest.fixture
+def sshd_root(tmp_path: Path) -> Iterator[tuple[Path, SshdNamespace]]:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        if IN_CI:
+            pytest.fail("the sshd differential test needs root and unshare (a private mount namespace)")
+        pytest.skip("needs root and unshare (a private mount namespace)")
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "etc/group").write_text(GROUP)
+    ns = SshdNamespace(root)  # fetches sshd if missing; a failure to fetch fails the test
+    try:
+        yield root, ns
+    finally:
+        ns.close()
+
+
+def test_verify_reads_sshd_config_as_sshd_does(sshd_root: tuple[Path, SshdNamespace],
+                                               request: pytest.FixtureRequest) -> None:
+    root, ns = sshd_root
+    etc_ssh = root / "etc/ssh"
+    counts = {"cases": 0, "accepted": 0, "rejected": 0, "comparisons": 0, "rejected_unseen": 0}
+    started = time.monotonic()
+
+    @settings(max_examples=CASES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(tree=config_tree(), conns=st.lists(connection, min_size=3, max_size=3))
+    def compare(tree: dict[str, str], conns: list[Connection]) -> None:
+        shutil.rmtree(etc_ssh / "sshd_config.d", ignore_errors=True)
+        (etc_ssh / "sshd_config.d").mkdir()
+        for name, text in tree.items():
+            (etc_ssh / name).write_text(text)
+        counts["cases"] += 1
+        results = ns.run([["-T", "-C", c.spec()] for c in conns])
+        ctx = CheckContext(Host(root=root))
+        cfg = parse_config(ctx)
+        if any(rc != 0 for rc, _o, _e in results):
+            counts["rejected"] += 1
+            counts["rejected_unseen"] += not cfg.problems
+            return
+        counts["accepted"] += 1
+        shown = "\n".join(f"--- {n}\n{t}" for n, t in tree.items())
+        assert not cfg.problems, f"sshd accepts this, verify sees a problem: {cfg.problems}\n{shown}"
+        groups = group_lookup(ctx)
+        for conn, (_rc, out, _err) in zip(conns, results, strict=True):
+            real = parse_dump(out)
+            mine = cfg.settings_for(conn, groups)
+            for key, (default, ok) in OK.items():
+                counts["comparisons"] += 1
+                theirs = real[key].value
+                ours = mine[key].value if key in mine else default
+                assert ok(ours) == ok(theirs), (
+                    f"{key} for {conn.spec()}: sshd says {theirs}, verify read {ours} "
+                    f"({mine[key].source if key in mine else 'default'})\n{shown}")
+
+    try:
+        compare()
+    finally:
+        seconds = round(time.monotonic() - started, 1)
+        report_cases(request, "sshd -T -C", seconds=seconds, **counts)
+        print(f"sshd differential: {counts} in {seconds} s")
+    assert counts["accepted"] >= CASES // 4, f"too few configurations sshd accepts: {counts}"

@@ -10,8 +10,11 @@ mount namespace (tests/sshd_real.py). Case counts are printed in the summary.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +189,36 @@ def test_verify_reads_sshd_config_as_sshd_does(sshd_root: tuple[Path, SshdNamesp
         report_cases(request, "sshd -T -C", seconds=seconds, **counts)
         print(f"sshd differential: {counts} in {seconds} s")
     assert counts["accepted"] >= CASES // 4, f"too few configurations sshd accepts: {counts}"
+
+
+def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Path, SshdNamespace],
+                                                             tmp_path: Path) -> None:
+    """On the live host as root, verify takes the settings from `sshd -T -C` (here the unpacked
+    sshd, on PATH through a wrapper, with the temporary /etc/ssh, passwd and group bound in)."""
+    from tests.sshd_real import LIBS, SSHD
+
+    root, _ns = sshd_root
+    etc_ssh = root / "etc/ssh"
+    (etc_ssh / "sshd_config").write_text(
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxAuthTries 3\nLoginGraceTime 30\n"
+        "Match User bob\n    PasswordAuthentication yes\nMatch User dave\n    X11Forwarding yes\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sshd-runs"
+    (bin_dir / "sshd").write_text(f'#!/bin/sh\necho "$@" >> {log}\nLD_LIBRARY_PATH={LIBS} exec {SSHD} "$@"\n')
+    (bin_dir / "sshd").chmod(0o755)
+    script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
+              'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
+              'exec "$2" -m yktool --json verify --only ssh')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],  # noqa: S603,S607
+                          capture_output=True, text=True, env=env, timeout=120)
+    checks = {c["id"]: c for c in json.loads(proc.stdout[proc.stdout.index("{"):])["checks"]}
+    pw = checks["ssh.passwordauthentication"]
+    assert pw["status"] == "fail" and "user bob" in pw["reason"], pw
+    assert any(e["source"].startswith("sshd -T -C user=bob") for e in pw["evidence"]), pw
+    assert checks["ssh.x11forwarding"]["status"] == "pass", checks["ssh.x11forwarding"]
+    assert checks["ssh.maxauthtries"]["status"] == "pass", checks["ssh.maxauthtries"]
+    # users root, alice, bob (carol has nologin): two Match outcomes (bob's, everyone else's)
+    runs = log.read_text().splitlines()
+    assert all(r.startswith("-T -C user=") for r in runs) and len(runs) == 2, runs

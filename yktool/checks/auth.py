@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 from yktool.checks.base import CheckContext, R, Result, Unreadable, register
+from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.pam_config import PamLine, PamService, key_required
 
@@ -417,56 +418,49 @@ register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the
 
 
 # ------------------------------------------------------------------------------------- git signing
-def parse_gitconfig(text: str) -> dict[str, str]:
-    """`section.key` (subsection kept: `gpg.ssh.program`) -> last value, keys lower-cased."""
-    out: dict[str, str] = {}
-    section = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        m = re.match(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"([^"]*)")?\s*\]', line)
-        if m:
-            section = m.group(1).lower() + (f".{m.group(2)}" if m.group(2) else "")
-            continue
-        key, _, value = line.partition("=")
-        value = re.sub(r'\s+[#;].*$', "", value.strip()).strip('"')
-        out[f"{section}.{key.strip().lower()}"] = value if _ else "true"
-    return out
-
-
 def _git_signing(ctx: CheckContext) -> Result:
     r = R("git.signing")
     seen_config = False
     unreadable: list[Unreadable] = []
+    problems: list[str] = []
     for name, home in ctx.users_to_check():
-        for path in (f"{home}/.gitconfig", f"{home}/.config/git/config"):
+        # git's own precedence: /etc/gitconfig, then ~/.config/git/config, then ~/.gitconfig (last
+        # value wins, includes read in place), not each file on its own
+        try:
+            cfg = user_config(ctx, home)
+        except Unreadable as exc:
+            unreadable.append(exc)
+            continue
+        if not any(f.startswith(home.rstrip("/") + "/") for f in cfg.files):
+            continue
+        seen_config = True
+        if cfg.problems:
+            problems.append(cfg.problems[0])
+            r.ev(cfg.problems[0].rsplit(" in file ", 1)[-1], "unparsable", note=cfg.problems[0])
+            continue
+        got_fmt, got_key, got_sign = cfg.get("gpg.format"), cfg.get("user.signingkey"), cfg.get("commit.gpgsign")
+        fmt = (got_fmt[0] or "") if got_fmt else ""
+        key = (got_key[0] or "") if got_key else ""
+        signs = cfg.get_bool("commit.gpgsign") is True
+        r.ev(got_fmt[1] if got_fmt else f"{home}/.gitconfig", fmt or "unset", "gpg.format")
+        r.ev(got_sign[1] if got_sign else f"{home}/.gitconfig",
+             (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset", "commit.gpgsign")
+        path = got_key[1] if got_key else f"{home}/.gitconfig"
+        if fmt != "ssh" or not signs or not key:
+            continue
+        if key.startswith("key::"):
+            is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
+        else:
+            key_path = key.replace("~", home, 1) if key.startswith("~") else key
             try:
-                text = ctx.read(path)
+                pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
             except Unreadable as exc:
                 unreadable.append(exc)
                 continue
-            if text is None:
-                continue
-            seen_config = True
-            cfg = parse_gitconfig(text)
-            fmt, key, sign = cfg.get("gpg.format", ""), cfg.get("user.signingkey", ""), cfg.get("commit.gpgsign", "")
-            r.ev(path, fmt or "unset", "gpg.format").ev(path, sign or "unset", "commit.gpgsign")
-            if fmt != "ssh" or sign.lower() not in ("true", "yes", "on", "1") or not key:
-                continue
-            if key.startswith("key::"):
-                is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
-            else:
-                key_path = key.replace("~", home, 1) if key.startswith("~") else key
-                try:
-                    pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
-                except Unreadable as exc:
-                    unreadable.append(exc)
-                    continue
-                is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
-            r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
-            if is_sk:
-                return r.ok(f"{name} signs commits with a security key")
+            is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
+        r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
+        if is_sk:
+            return r.ok(f"{name} signs commits with a security key")
     if unreadable:
         for u in unreadable[:3]:
             r.ev(u.path, "unreadable", note=u.reason)
@@ -475,6 +469,9 @@ def _git_signing(ctx: CheckContext) -> Result:
         return r.warn(f"cannot read {unreadable[0].path}: {unreadable[0].reason}")
     if not seen_config:
         return r.na("no user has a git configuration")
+    if problems:
+        return r.warn(f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
+                      "fix the line: `git config --list` names it")
     return r.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
 
 

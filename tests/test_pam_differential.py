@@ -158,3 +158,55 @@ def test_verify_reads_pam_stacks_as_libpam_does(pam_ns: tuple[Path, PamNamespace
         report_cases(request, "pamtester", seconds=seconds, modules=results, **counts)
         print(f"pam differential: {counts} in {seconds} s; modules: {results}")
     assert counts["passed"] >= CASES // 20 and counts["failed"] >= CASES // 4, counts
+
+
+U2F_ARGS = ["cue", "cue=1", "cuex", "nouserok", "nouserok=0", "alwaysok", "manual", "openasuser", "interactive",
+            "nodetect", "sshformat", "sshformatX", "authfile=/etc/u2f_mappings", "authfile=/other", "authfile=",
+            "[authfile=/with space]", "[origin=pam://a b]", "origin=pam://ws1", "appid=pam://x", "prompt=Touch",
+            "authpending_file=/run/p", "userpresence=1", "userpresence=0", "userpresence=1x", "userpresence=x",
+            "userverification=1", "pinverification=1", "pinverification= 1", "max_devices=3", "max_devices=x",
+            "[cue]", "Cue", "expand", "debug_file=stderr"]
+DUMPED_FLAGS = ("interactive", "cue", "nodetect", "manual", "nouserok", "openasuser", "alwaysok", "sshformat")
+DUMPED_INTS = ("userpresence", "userverification", "pinverification")
+DUMPED_STRS = ("authfile", "authpending_file", "origin", "appid", "prompt")
+
+
+def test_verify_reads_pam_u2f_arguments_as_pam_u2f_does(pam_ns: tuple[Path, PamNamespace],
+                                                       request: pytest.FixtureRequest) -> None:
+    """pam_u2f's `debug` prints its parsed configuration (parse_cfg): it must be verify's reading of
+    the same rule (libpam's tokenizing of `[a b]` arguments included)."""
+    root, ns = pam_ns
+    pamd = root / "etc/pam.d"
+    counts = {"cases": 0}
+    started = time.monotonic()
+
+    @settings(max_examples=max(CASES // 3, 50), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(args=st.lists(st.sampled_from(U2F_ARGS), max_size=6))
+    def compare(args: list[str]) -> None:
+        (pamd / "yktest").write_text(f"auth required pam_u2f.so debug {' '.join(args)}\n")
+        ((_rc, out),) = ns.authenticate([("yktest", "root")])
+        dumped = {}
+        for line in out.splitlines():
+            if "(parse_cfg): " in line and "=" in line and "argv[" not in line:
+                key, _, value = line.split("(parse_cfg): ", 1)[1].partition("=")
+                dumped[key] = value
+        opts = parse_service(Host(root), "yktest").u2f_lines[0].options
+        counts["cases"] += 1
+        for flag in DUMPED_FLAGS:
+            assert dumped[flag] == str(int(getattr(opts, flag))), (flag, args, dumped)
+        for key in DUMPED_INTS:
+            ours = getattr(opts, key)
+            assert int(dumped[key]) == (-1 if ours is None else ours), (key, args, dumped)
+        for key in DUMPED_STRS:
+            ours = getattr(opts, key)
+            assert dumped[key] == ("(null)" if ours is None else ours), (key, args, dumped)
+        ours_max = opts.max_devices
+        assert int(dumped["max_devices"]) == (0 if ours_max is None else ours_max), (args, dumped)
+
+    try:
+        compare()
+    finally:
+        seconds = round(time.monotonic() - started, 1)
+        report_cases(request, "pam_u2f debug", seconds=seconds, **counts)
+        print(f"pam_u2f arguments differential: {counts} in {seconds} s")

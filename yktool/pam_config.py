@@ -13,6 +13,7 @@ This module only reads. The lockout checks built on it live in `yktool.pam_u2f.c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -115,8 +116,16 @@ _STR_OPTIONS = ("authfile", "origin", "appid", "authpending_file", "cue_prompt",
 _INT_OPTIONS = ("userpresence", "userverification", "pinverification", "max_devices")
 
 
+def _scanf_int(value: str) -> int | None:
+    """sscanf's %d: leading blanks, a sign, digits; the rest ignored (None: no number at all)."""
+    m = re.match(r"\s*([-+]?\d+)", value)
+    return int(m.group(1)) if m else None
+
+
 def parse_u2f_options(args: list[str]) -> U2fOptions:
-    """pam_u2f's own reading of its arguments (prefix matches, as its parse_cfg does)."""
+    """pam_u2f's own reading of its arguments (pam-u2f.c parse_cfg): flags only when exactly
+    the word (`cue=1` is not `cue`), `key=` options by prefix (the last one wins), numbers as
+    sscanf reads them (`userpresence=1x` is 1, `userpresence=x` leaves it unset)."""
     opts = U2fOptions()
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -127,10 +136,11 @@ def parse_u2f_options(args: list[str]) -> U2fOptions:
         elif eq and key in _STR_OPTIONS:
             setattr(opts, key, value)
         elif eq and key in _INT_OPTIONS:
-            try:
-                setattr(opts, key, int(value))
-            except ValueError:
+            number = _scanf_int(value)
+            if number is None or (key == "max_devices" and number < 0):
                 opts.other.append(arg)
+            else:
+                setattr(opts, key, number)
         else:
             opts.other.append(arg)
     return opts

@@ -27,7 +27,7 @@ from tests.fixtures.differential import report_cases
 from tests.sshd_real import SshdNamespace
 from yktool.checks.auth import SSH_TABLE
 from yktool.checks.base import CheckContext
-from yktool.checks.sshd import Connection, group_lookup, parse_config, parse_dump
+from yktool.checks.sshd import Connection, connections, group_lookup, login_users, parse_config, parse_dump
 from yktool.host import Host
 
 CASES = int(os.environ.get("YKTOOL_SSHD_CASES", "300"))
@@ -222,3 +222,62 @@ def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Pa
     # users root, alice, bob (carol has nologin): two Match outcomes (bob's, everyone else's)
     runs = log.read_text().splitlines()
     assert all(r.startswith("-T -C user=") for r in runs) and len(runs) == 2, runs
+
+
+def sshd_verdicts(ns: SshdNamespace, root: Path) -> dict[str, str] | None:
+    """sshd's own verdict per ssh.* check for the root's users: fail when, for any user who can log
+    in (root for PermitRootLogin) and any connection class the config distinguishes, sshd -T -C
+    prints a value the page does not allow; None when sshd refuses the configuration."""
+    ctx = CheckContext(Host(root))
+    cfg = parse_config(ctx)
+    conns = {user: connections(cfg, user)[:24] for user in login_users(ctx)}
+    flat = [c for cs in conns.values() for c in cs]
+    results = ns.run([["-T", "-C", c.spec()] for c in flat])
+    if any(rc != 0 for rc, _o, _e in results):
+        return None
+    dumps = {c: parse_dump(out) for c, (_rc, out, _e) in zip(flat, results, strict=True)}
+    verdicts = {}
+    for key, (_default, ok) in OK.items():
+        users = ["root"] if key == "permitrootlogin" else list(conns)
+        bad = any(not ok(dumps[c][key].value) for u in users for c in conns[u])
+        verdicts[f"ssh.{key}"] = "fail" if bad else "pass"
+    return verdicts
+
+
+def test_verify_ssh_checks_give_sshds_verdict(sshd_root: tuple[Path, SshdNamespace],
+                                              request: pytest.FixtureRequest) -> None:
+    """The checks themselves (users from the root's passwd, every connection class): each ssh.*
+    verdict is the one sshd's own output gives."""
+    from yktool.checks import run_checks
+
+    root, ns = sshd_root
+    etc_ssh = root / "etc/ssh"
+    counts = {"cases": 0, "accepted": 0, "checks": 0}
+    started = time.monotonic()
+
+    @settings(max_examples=max(CASES // 5, 40), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(tree=config_tree())
+    def compare(tree: dict[str, str]) -> None:
+        shutil.rmtree(etc_ssh / "sshd_config.d", ignore_errors=True)
+        (etc_ssh / "sshd_config.d").mkdir()
+        for name, text in tree.items():
+            (etc_ssh / name).write_text(text)
+        counts["cases"] += 1
+        truth = sshd_verdicts(ns, root)
+        if truth is None:
+            return
+        counts["accepted"] += 1
+        results = {r.id: r for r in run_checks(CheckContext(Host(root)), only=["ssh"])}
+        shown = "\n".join(f"--- {n}\n{t}" for n, t in tree.items())
+        for cid, want in truth.items():
+            counts["checks"] += 1
+            got = results[cid]
+            assert got.status == want, f"{cid}: sshd says {want}, verify {got.status} ({got.reason})\n{shown}"
+
+    try:
+        compare()
+    finally:
+        seconds = round(time.monotonic() - started, 1)
+        report_cases(request, "ssh.* checks vs sshd -T -C", seconds=seconds, **counts)
+        print(f"ssh checks differential: {counts} in {seconds} s")

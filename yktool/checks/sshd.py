@@ -288,9 +288,21 @@ def _examples(pattern_list: str, *, address: bool) -> list[str]:
                 if net.num_addresses > 2:
                     out.append(str(net.network_address + 1))
                 continue
-        value = entry.replace("*", "x" if not address else "1").replace("?", "x" if not address else "1")
-        if value:
-            out.append(value)
+        if not address:
+            value = entry.replace("*", "x").replace("?", "x")
+            if value:
+                out.append(value)
+            continue
+        # a wildcard address (`192.168.*`): a real address it matches (`*` may stand for octets)
+        for fill in ("1", "1.1", "1.1.1", "0:1"):
+            value = entry.replace("*", fill).replace("?", "1")
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                continue
+            if match_pattern(value, entry):
+                out.append(value)
+                break
     return out
 
 

@@ -27,6 +27,7 @@ from yktool.plan import Plan
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
+from .touched import commission_files, refuse_links
 
 FLOW = "commission"
 HOST_KINDS = ("linux", "nixos")
@@ -494,6 +495,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
     state = FlowState.load(host, FLOW)
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
+    refuse_links(host, commission_files(flow))  # a user's link: refused before any step acts
     steps = flow.build_steps()
     who = f" for {answers.user}" if answers.user else ""
     plan = make_plan(f"commission this {answers.host_kind} host{who} "

@@ -180,7 +180,8 @@ class Commission:
             if "luks-fido2" in a.steps:
                 for dev in a.luks_devices:
                     steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
-                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2)",
+                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; "
+                                          f"{self.luks_touches(role)})",
                                           partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
                                           "the key's hmac-secret opens the new keyslot", role))
             if "ssh" in a.steps:
@@ -216,6 +217,15 @@ class Commission:
             steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
                                   self.verify, [], "reads only", None, always=True))
         return steps
+
+    def luks_touches(self, role: str) -> str:
+        """The LUKS enrollment's touch count: one for yktool's own (native) enrollment; a real key
+        goes through systemd-cryptenroll, which asks its own two (make, then derive the secret)."""
+        from yktool.luks.fido2 import default_backend
+
+        if default_backend(self.keys.specs.get(role) or "auto") == "native":
+            return "1 touch"
+        return "systemd-cryptenroll's own count: 2 touches"
 
     # -- key and PIN
     def pin(self, role: str) -> str:

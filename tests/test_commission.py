@@ -259,7 +259,7 @@ def test_ctrl_c_between_steps_says_how_to_resume(fresh: tuple[Path, str]) -> Non
 
 
 def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Path, str]) -> None:
-    """The primary key goes away during its third touch (the SSH key): NoDevice, nothing half
+    """The primary key goes away during its second touch (the SSH key): NoDevice, nothing half
     written; put back, the same run resumes at that step."""
     import contextlib
 
@@ -274,9 +274,9 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
     host = Host(scratch / ROOT)
     touches = {"n": 0}
 
-    def pulled_at_third_touch() -> bool:
+    def pulled_at_second_touch() -> bool:
         touches["n"] += 1
-        if touches["n"] == 3:
+        if touches["n"] == 2:
             raise OSError(19, "No such device")
         return True
 
@@ -293,7 +293,7 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
 
     (scratch / "keys").mkdir(exist_ok=True)
     with pytest.raises(NoDevice) as err:
-        run(pulled_at_third_touch)
+        run(pulled_at_second_touch)
     assert "removed" in err.value.message
     state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
     assert state["done"][-1] == "primary.luks-fido2" and not state["finished"]

@@ -104,7 +104,7 @@ def test_interactive_wizard_in_tmux(tmp_path: Path) -> None:
             tmux.kill()
         assert "WIZARD-EXIT=0" in shown, shown
         assert PIN not in shown and recovery not in shown.split("Press any key")[-1]
-        assert "touches and PIN entries: primary: 5 touches, 1 PIN entry; backup: 5 touches, 1 PIN entry" in shown
+        assert "touches and PIN entries: primary: 3 touches, 1 PIN entry; backup: 3 touches, 1 PIN entry" in shown
         assert "FAIL" not in shown
         # every step proven by its consumer
         assert passphrase_opens(scratch)

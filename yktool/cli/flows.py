@@ -200,7 +200,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         check_new_pin(pin)
         return pin
 
-    swap_device = {"primary": primary_device, "backup": backup_device}
+    swap_device = {"primary": primary_device or app.device, "backup": backup_device}
 
     def on_swap(role: str) -> None:
         spec = swap_device.get(role) or "auto"

@@ -501,15 +501,45 @@ class CommissionReport:
                 "counts": self.counts, "notes": list(self.notes)}
 
 
+def saved_answers(state: FlowState) -> CommissionAnswers | None:
+    """The answers an unfinished run on disk was started with (None: no such run, or a state
+    file written by another version whose answers do not fit)."""
+    if not state.resuming or not state.answers:
+        return None
+    try:
+        return CommissionAnswers(**state.answers)
+    except TypeError:
+        return None
+
+
+def resume_question(state: FlowState, host: Host) -> str:
+    """"Resume the run started HH:MM on ROOT (9 of 17 steps done)?" """
+    started = state.started[11:16] + " UTC" if len(state.started) >= 16 else "earlier"
+    total = state.extra.get("steps_total")
+    done = f"{len(state.done)} of {total} steps done" if isinstance(total, int) else f"{len(state.done)} steps done"
+    return f"Resume the run started {started} on {host.root} ({done})?"
+
+
 def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
-            io: CommissionIO) -> tuple[Commission, list[FlowStep], Plan]:
-    """Check the answers, load the state, build the steps and the Plan to show. Writes nothing."""
+            io: CommissionIO, *, restart: bool = False) -> tuple[Commission, list[FlowStep], Plan]:
+    """Check the answers, load the state, build the steps and the Plan to show. Writes nothing.
+    `restart`: an unfinished run on disk is started over (every step is checked again; each is
+    idempotent, so what it did is found and kept) — other answers, or the person said so."""
     answers.check()
     check_host(host, answers)
     state = FlowState.load(host, FLOW)
+    restarted = restart and state.resuming
+    if restarted:
+        state.done = []  # in memory; written when the run begins
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
     steps = flow.build_steps()
+    for role in answers.roles:
+        # a key whose steps are not all done gets its PIN step again on a resumed run: a wrong PIN
+        # is then asked again there (with the attempts left), not fatal in the middle of a step
+        pin_id = step_id("pin", role)
+        if pin_id in state.done and any(s.role == role and s.id not in state.done for s in steps):
+            state.done.remove(pin_id)
     who = f" for {answers.user}" if answers.user else ""
     plan = make_plan(f"commission this {answers.host_kind} host{who} "
                      f"({' + '.join(answers.nickname(r) for r in answers.roles)} key)", steps, state)
@@ -518,6 +548,9 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
                           "(verify runs again)")
     elif state.resuming:
         plan.notes.append("resuming an interrupted run: the steps marked (already done) are skipped")
+    elif restarted:
+        plan.notes.append("starting the interrupted run over: every step is checked again, and what "
+                          "it did already is found and kept")
     if answers.backup_nickname and (keys.specs.get("backup") or "auto") == "auto":
         plan.notes.append("halfway through you will be asked to swap to the backup key")
     return flow, steps, plan
@@ -555,6 +588,8 @@ def execute(flow: Commission, steps: list[FlowStep],
     """Act: run every step not yet done, in order, marking each; then record the end."""
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming
+    flow.state.save(flow.host)
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     if not nothing or not flow.state.finished:

@@ -1,6 +1,7 @@
 """Checks for the wizard's answers, run as each one is typed (questionary `validate=`): each
-returns None when the answer is fine, else what is wrong, in words that name the path as the
-root sees it ("inside ROOT: /var/lib/…") and, where it helps, what to type instead."""
+returns None when the answer is fine, else what is wrong in one short line (questionary shows
+it on the bottom line of the terminal: 80 columns), with what to type instead where it helps. The
+questions name the root ("as the root sees them, inside ROOT"); the answers are paths inside it."""
 
 from __future__ import annotations
 
@@ -16,17 +17,12 @@ Check = Callable[[str], "str | None"]
 EMAIL = re.compile(r"[^@\s,\"']+@[^@\s,\"']+\.[^@\s,\"'.]+")
 
 
-def where(host: Host, path: str) -> str:
-    """`path` as the root sees it, with the root named (nothing added for the machine's own /)."""
-    return path if str(host.root) == "/" else f"inside {host.root}: {path}"
-
-
-def _machine_path_hint(host: Host, path: str) -> str:
+def _not_found(host: Host, path: str, what: str) -> str:
     """A path typed as this machine sees it (it starts with the root): say what to type instead."""
     root = str(host.root).rstrip("/")
     if root and path.startswith(root + "/"):
-        return f"; type it as the root sees it: {path[len(root):]}"
-    return ""
+        return f"not inside the root: type it as the root sees it: {path[len(root):]}"
+    return f"{path}: no such {what} inside the root" if root else f"{path}: no such {what}"
 
 
 def root_file(host: Host) -> Check:
@@ -39,7 +35,7 @@ def root_file(host: Host) -> Check:
         except YktoolError as exc:
             return exc.message
         if not real.is_file():
-            return f"no such file {where(host, path)}{_machine_path_hint(host, path)}"
+            return _not_found(host, path, "file")
         return None
 
     return check
@@ -58,7 +54,7 @@ def luks_devices(host: Host) -> Check:
             except YktoolError as exc:
                 return exc.message
             if not real.exists():
-                return f"no such device or image {where(host, dev)}{_machine_path_hint(host, dev)}"
+                return _not_found(host, dev, "device or image")
             try:
                 read_header(host, dev)
             except YktoolError as exc:
@@ -76,8 +72,8 @@ def user(host: Host) -> Check:
             return "give a login name"
         try:
             lookup_user(host, name.strip())
-        except YktoolError as exc:
-            return f"{exc.message}: the user must exist in the root's /etc/passwd"
+        except YktoolError:
+            return f"no user {name.strip()} in the root's /etc/passwd: the user must exist there"
         return None
 
     return check
@@ -85,7 +81,7 @@ def user(host: Host) -> Check:
 
 def email(text: str) -> str | None:
     if EMAIL.fullmatch(text.strip()) is None:
-        return f"{text.strip() or '(empty)'} does not look like an email address (name@example.org)"
+        return f"{text.strip() or '(empty)'}: does not look like an email address (name@example.org)"
     return None
 
 

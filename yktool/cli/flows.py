@@ -48,12 +48,17 @@ def _read_unlock(device: str) -> bytes:
     return read_secret(f"Current passphrase (or recovery key) of {device}")
 
 
-def _step_printer(app: AppContext) -> Any:
-    """Each step's outcome on stderr as it ends (nothing with --json: the report has them)."""
+def _step_printer(app: AppContext, total: int | None = None) -> Any:
+    """Each step's outcome on stderr as it ends, as "step 4/17" (nothing with --json: the report
+    has them)."""
+    seen = [0]
+
     def on_step(out: Any) -> None:
-        if not app.json:
+        seen[0] += 1
+        if not app.json and out.status == "done":  # the summary said how many were done already
             mark = "done" if out.status == "done" else "already done"
-            info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
+            where = f"step {seen[0]}/{total}" if total else f"step {seen[0]}"
+            info(f"{where} {mark}: {out.description}" + (f": {out.detail}" if out.detail else ""))
 
     return on_step
 
@@ -129,6 +134,8 @@ def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interact
 @click.option("--pin-stdin", is_flag=True, help="Read each key's PIN from a stdin line.")
 @click.option("--verify-only", multiple=True, metavar="SEL",
               help="The verify checks to run at the end (default: those for the steps done).")
+@click.option("--details", is_flag=True, help="Show the full plan (every step, what it changes, how it is "
+              "proven), not only the one-screen summary.")
 @pass_app
 def commission(app: AppContext, kind: str | None, user: str | None, luks_devices: tuple[str, ...],
                steps: tuple[str, ...], git_email: str | None, pam_origin: str | None, age_host_key: str | None,
@@ -136,7 +143,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                backup_nickname: str | None, no_backup: bool,
                primary_device: str | None, backup_device: str | None, unlock_key_file: str | None,
                pcrs: str | None, allow_unmeasured: bool, recovery_key_file: Path | None, new_pin_stdin: bool,
-               pin_stdin: bool, verify_only: tuple[str, ...]) -> None:
+               pin_stdin: bool, verify_only: tuple[str, ...], details: bool) -> None:
     """New-host wizard: enroll the key and a backup key everywhere, then prove it with verify.
 
     Shows the whole plan first (--dry-run stops there, --json prints it), asks to go ahead
@@ -260,11 +267,14 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
               _wrong_pin_handler(asker, pin_stdin)) as keys:
         flow, flow_steps, plan = fc.prepare(host, answers, keys, io, restart=restart)
         if app.dry_run:
+            if not app.json:
+                info("\n".join(fc.summary(flow, flow_steps)))
             show_plan(plan, app.json)
             return
-        if not app.json:
-            show_plan(plan, False)
         todo = fc.pending(flow, flow_steps)
+        if not app.json:
+            _show_summary(app, asker, flow, flow_steps, plan, details=details and bool(todo),
+                          resumed=resume_chosen and not restart)
         if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
                 and not sys.stderr.isatty():
             raise UsageError("the recovery key is shown once on the terminal, and there is none",
@@ -274,10 +284,23 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
             from yktool.errors import Refused
 
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fc.execute(flow, flow_steps, _step_printer(app))
-    _render_report(app, report, plan)
+        report = fc.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
+    _render_report(app, report, plan, fc.next_steps(flow, report))
     if not report.verify_ok:
         sys.exit(1)
+
+
+def _show_summary(app: AppContext, asker: Any, flow: Any, steps: list[Any], plan: Any, *, details: bool,
+                  resumed: bool) -> None:
+    """The one-screen summary on stderr; the full plan with --details, or when the person asks."""
+    from yktool.flows import commission as fc
+
+    info("\n".join(fc.summary(flow, steps)))
+    if not fc.pending(flow, steps):
+        return
+    if details or (asker.interactive and not resumed
+                   and asker.confirm("Show the full plan?", yes=False, default=False)):
+        info(plan.render())
 
 
 def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
@@ -303,28 +326,44 @@ def _render_counts(counts: dict[str, Any]) -> str:
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any, plan: Any) -> None:
+def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None) -> None:
+    """The one ending: verify on what this run owns, the other layers' results apart (they do not
+    fail the run), the counts, and "Next steps" with exactly what is left for the person."""
     if app.json:
         from yktool.cli.verify import split_fix
 
         data = report.to_json()
         for check in data.get("verify", []):  # each fix split as verify --json splits it
             check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
-        emit_json({**data, "plan": plan.to_json()})
+        emit_json({**data, "plan": plan.to_json(), "next_steps": list(next_steps or [])})
         return
     for note in report.notes:
         click.echo(note)
-    if report.results:
-        click.echo("verify:")
-        for r in report.results:
+
+    def show(results: list[Any]) -> None:
+        for r in results:
             click.echo(f"  {r.status.upper():<4}  {r.id:<24} {r.title}")
             if r.status in ("fail", "warn") and r.reason:
                 click.echo(f"        {r.reason}")
                 if r.fix:
                     click.echo(f"        fix: {r.fix}")
-    if report.nothing_to_do:
-        click.echo("commission: already complete; nothing changed")
+
+    ours = [r for r in report.results if r.id in report.owned]
+    if ours:
+        click.echo("verify (what this run enrolled):")
+        show(ours)
+    if report.not_ours:
+        click.echo("not part of this run (other layers: listed, they do not fail the run):")
+        show(report.not_ours)
     click.echo(f"touches and PIN entries: {_render_counts(report.counts)}")
+    if report.nothing_to_do:
+        click.echo("commission: finished earlier; nothing left to do (verify ran again)")
+    if next_steps:
+        click.echo("Next steps (for you):")
+        for n, line in enumerate(next_steps, 1):
+            click.echo(line if line.startswith("    ") else f"  {n}. {line}")
+    elif report.verify_ok:
+        click.echo("Next steps: none. Every step of this run is done and proven.")
 
 
 @click.command("replace")

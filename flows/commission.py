@@ -486,6 +486,8 @@ class Commission:
         person's to edit (Next steps), and checks named by --verify-only beyond the steps belong
         to other layers: listed as "not part of this run", they do not fail it."""
         s, owned = set(self.a.steps), set()
+        if not s - {"verify"}:
+            return {str(r.id) for r in self.results}  # nothing enrolled: the run is a verify, all its own
         for step, check_ids in VERIFY_FOR_STEP.items():
             if step in s:
                 owned |= set(check_ids) - PAM_STACK_CHECKS
@@ -638,8 +640,8 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
     check_host(host, answers)
     state = FlowState.load(host, FLOW)
     restarted = restart and state.resuming
-    if restarted:
-        state.done = []  # in memory; written when the run begins
+    if restarted or (state.finished and state.answers != answers.to_json()):
+        state.done = []  # in memory, as `begin` will write it: the summary counts what is left
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
     steps = flow.build_steps()

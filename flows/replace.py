@@ -498,9 +498,10 @@ class Replace:
     def revoke_luks(self, device: str) -> str:
         from yktool.luks.cryptenroll import wipe_slots
         from yktool.luks.header import read_header
+        from yktool.luks.pending import read_header_seeing_pending
         from yktool.luks.safety import check_remaining
 
-        header = read_header(self.host, device)
+        header = read_header_seeing_pending(self.host, device)  # an unseen recovery key is no way in
         lost_tokens = {f.token for f in self.lost("luks") if f.where == device}
         slots = sorted({s for t in header.tokens_of_type("systemd-fido2") if t.id in lost_tokens for s in t.keyslots})
         if not slots:

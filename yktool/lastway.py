@@ -76,12 +76,12 @@ def losses(host: Host, removal: Removal) -> list[Loss]:
 
 
 def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
-    from yktool.luks.header import read_header
+    from yktool.luks.pending import read_header_seeing_pending
     from yktool.luks.safety import check_remaining
 
     out = []
     for device, slots in removal.luks.items():
-        header = read_header(host, device)
+        header = read_header_seeing_pending(host, device)  # an unseen recovery key is no way in
         present = sorted(s for s in slots if s in header.keyslots)
         if not present:
             continue

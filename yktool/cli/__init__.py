@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from yktool.cli import context
-from yktool.cli.context import AppContext
+from yktool.cli.context import AppContext, guard
 from yktool.errors import ExitCode, Interrupted, PermissionDenied, UsageError, YktoolError
 
 # name -> (module, attribute, one-line help shown in `yktool --help` without importing it)
@@ -188,7 +188,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
-            return self.commands[cmd_name]
+            return guard(self.commands[cmd_name])
         if cmd_name not in COMMANDS:
             return None
         module_name, attr, _ = COMMANDS[cmd_name]
@@ -199,7 +199,7 @@ class LazyGroup(click.Group):
                 return _not_yet(cmd_name)
             raise
         command: click.Command = getattr(module, attr)
-        return command
+        return guard(command)  # the root's lock for every command not marked read-only
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
@@ -243,10 +243,12 @@ def _not_yet(name: str) -> click.Command:
 @click.option("-q", "--quiet", is_flag=True,
               help="Only results, warnings, errors and what to do now (insert a key, touch it): no progress or notes.")
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set).")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", envvar="YKTOOL_LOCK_WAIT",
+              help="How long to wait for another yktool run that changes this root (default 30).")
 @click.version_option(package_name="yktool")
 @click.pass_context
 def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, yes: bool,
-               tpm: str, device: str, verbose: int, quiet: bool, no_color: bool) -> None:
+               tpm: str, device: str, verbose: int, quiet: bool, no_color: bool, lock_wait: float | None) -> None:
     """yktool: enroll a FIDO2 key and the TPM2 into every layer of a hardened Linux host.
 
     Global options go before or after the command: `yktool --root DIR luks status IMG --json`.
@@ -259,7 +261,7 @@ def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, 
             os.environ["NO_COLOR"] = "1"
             ctx.call_on_close(lambda: os.environ.pop("NO_COLOR", None))
     ctx.obj = context.last_run = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
-                                            device=device, verbose=verbose, quiet=quiet)
+                                            device=device, verbose=verbose, quiet=quiet, lock_wait=lock_wait)
     if verbose:
         from yktool.cli.context import watch_commands
 

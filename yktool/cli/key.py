@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, warn
 from yktool.errors import PinAuthBlocked, Refused, UsageError
 
@@ -68,6 +68,7 @@ def key() -> None:
     """
 
 
+@read_only
 @key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
@@ -99,6 +100,7 @@ def list_cmd(app: AppContext) -> None:
     click.echo("\n".join(lines))
 
 
+@read_only
 @key.command("info", short_help="What the key is: AAGUID, versions, PIN state.")
 @pass_app
 def info_cmd(app: AppContext) -> None:
@@ -181,6 +183,7 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, "PIN changed.")
 
 
+@read_only
 @pin.command("verify")
 @_pin_stdin
 @pass_app
@@ -202,6 +205,7 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, f"PIN is correct ({retries} attempts left).")
 
 
+@read_only  # the software key's own state file only
 @key.command("replug", short_help="Software key: pull it out and back in.")
 @pass_app
 def replug(app: AppContext) -> None:
@@ -303,6 +307,7 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
 """
 
 
+@read_only  # runs until stopped and changes no file of the root: it must not hold the lock
 @key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
              epilog=EMULATE_EXAMPLES)
 @click.option("--device", "device_spec", metavar="sim:PATH", default=None,

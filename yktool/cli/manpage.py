@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from yktool.cli.context import read_only
+
 # Variables yktool reads (besides the options' own envvars), for the ENVIRONMENT section.
 ENVIRONMENT = {
     "YKTOOL_ROOT": "default of --root",
@@ -103,6 +105,7 @@ def render(group: click.Group) -> str:
     return "\n".join(parts) + "\n"
 
 
+@read_only  # writes no file under --root: no root lock to wait for
 @click.command("man")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the page to this file (e.g. …/share/man/man1/yktool.1) instead of stdout.")

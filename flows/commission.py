@@ -562,14 +562,14 @@ def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
     verify accepts), the NixOS rebuild, storing the recovery key."""
     a = flow.a
     out: list[str] = []
-    pam_failed = {r.id for r in report.results if r.id in PAM_STACK_CHECKS and r.status != "pass"}
+    pam_failed = {r.id for r in report.results if r.id in PAM_STACK_CHECKS and r.status in ("fail", "warn")}
     if "pam" in a.steps and a.host_kind == "linux" and (pam_failed or not report.results):
         line = flow.pam_line().replace("auth sufficient ", "auth required ", 1)
         for service in sorted(pam_failed) or ["pam.sudo"]:
             name = service.split(".", 1)[1]
+            works = "`sudo -k; sudo true` works with the key" if name == "sudo" else f"a new {name} works with the key"
             out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
-                       f"with a root shell kept open until `sudo -k; sudo true` works with the key:")
-            out.append(f"    {line}")
+                       f"with a root shell kept open until {works}:\n    {line}")
     if a.host_kind == "nixos":
         out.append("Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
                    "(PAM, udev and USBGuard come from it)")

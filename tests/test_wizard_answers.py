@@ -131,3 +131,23 @@ def test_other_layers_failures_are_listed_apart_and_do_not_fail_the_run(tmp_path
         doc = json.loads(r.stdout)
         assert r.exit_code == 0 and doc["ok"] is True and doc["nothing_to_do"] is True
         assert {"net.firewall", "hw.usbguard.running", "pam.sudo", "pam.login"} <= set(doc["not_part_of_this_run"])
+
+
+def test_the_pam_line_is_a_next_step_in_the_control_verify_accepts(cli: CliCall, tmp_path: Path) -> None:
+    """The PAM stack is the person's to edit: its checks fail until the line is in, and the run
+    says where the line goes (in `required`, which verify accepts) instead of failing."""
+    root = tmp_path / "root"
+    (root / "etc/pam.d").mkdir(parents=True)
+    (root / "home/alice").mkdir(parents=True)
+    (root / "etc/passwd").write_text("alice:x:1000:1000::/home/alice:/bin/sh\n")
+    (root / "etc/hostname").write_text("box\n")
+    (root / "etc/pam.d/sudo").write_text("#%PAM-1.0\n@include common-auth\n")
+    r = cli("--root", root, "--device", f"sim:{tmp_path / 'k.json'}", "--yes", "commission", "--kind", "linux",
+            "--user", "alice", "--no-backup", "--steps", "pam,verify", "--new-pin-stdin", input="2468\n")
+    assert r.exit_code == 0, r.output
+    ours, _, others = r.stdout.partition("not part of this run")
+    assert "FAIL" not in ours and "FAIL  pam.sudo" in others
+    _, _, after = r.stdout.partition("Next steps (for you):")
+    assert "Add to /etc/pam.d/sudo, as its first `auth` line (above `@include common-auth`)" in after
+    assert "    auth required pam_u2f.so" in after and "origin=pam://box" in after
+    assert "sufficient" not in after

@@ -360,8 +360,8 @@ def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str
         click.echo("commission: finished earlier; nothing left to do (verify ran again)")
     if next_steps:
         click.echo("Next steps (for you):")
-        for n, line in enumerate(next_steps, 1):
-            click.echo(line if line.startswith("    ") else f"  {n}. {line}")
+        for n, item in enumerate(next_steps, 1):
+            click.echo(f"  {n}. {item}")
     elif report.verify_ok:
         click.echo("Next steps: none. Every step of this run is done and proven.")
 

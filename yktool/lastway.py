@@ -104,20 +104,25 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
     home = users[user].home if user in users else ""
     reading: list[str] = []
     required: list[str] = []
+
+    def reads(u2f: pam_config.U2fLine) -> bool:
+        opts = u2f.options
+        if opts.authfile is None:
+            path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+        elif opts.expand:
+            path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
+        else:
+            path = opts.authfile
+        return path == authfile
+
     for service in pam_config.u2f_services(host):
-        for u2f in service.u2f_lines:
-            opts = u2f.options
-            if opts.authfile is None:
-                path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
-            elif opts.expand:
-                path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
-            else:
-                path = opts.authfile
-            if path != authfile:
-                continue
-            reading.append(service.name)
-            if pam_config.key_required(u2f.control):
-                required.append(service.name)
+        ours = {id(u.line) for u in service.u2f_lines if reads(u)}
+        if not ours:
+            continue
+        reading.append(service.name)
+        # the whole stack as libpam runs it, not the pam_u2f line's control word alone
+        if not pam_config.passes_without(service, lambda ln, ours=ours: id(ln) in ours):  # type: ignore[misc]
+            required.append(service.name)
     if not reading:
         return True, []
     return bool(required), sorted(set(required))

@@ -13,7 +13,9 @@ This module only reads. The lockout checks built on it live in `yktool.pam_u2f.c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from yktool.host import Host
@@ -48,6 +50,7 @@ class PamLine:
     raw: str                  # the logical line (continuations joined, comment removed)
     ignore_missing: bool = False   # the type had a leading `-`
     via: tuple[str, ...] = ()      # include chain: files that included this one, outermost first
+    frames: tuple[int, ...] = ()   # the substacks this rule runs in, outermost first (one id per substack line)
 
     @property
     def module_name(self) -> str:
@@ -268,6 +271,92 @@ def key_required(control: str) -> bool:
     return all(control_action(control, v) in ("bad", "die") for v in ("auth_err", "authinfo_unavail"))
 
 
+_FRAME_IDS = itertools.count(1)
+_MAX_UNKNOWN = 12   # modules of unknown outcome tried every way (2**12 runs); more: counted as requiring
+
+
+def _nest(lines: list[PamLine], depth: int = 0) -> list[PamLine | list]:  # type: ignore[type-arg]
+    """The flattened rules as libpam runs them: a substack's rules grouped into one item."""
+    items: list[PamLine | list] = []  # type: ignore[type-arg]
+    i = 0
+    while i < len(lines):
+        if len(lines[i].frames) > depth:
+            frame, j = lines[i].frames[depth], i
+            while j < len(lines) and len(lines[j].frames) > depth and lines[j].frames[depth] == frame:
+                j += 1
+            items.append(_nest(lines[i:j], depth + 1))
+            i = j
+        else:
+            items.append(lines[i])
+            i += 1
+    return items
+
+
+def _dispatch(items: list[PamLine | list], result: Callable[[PamLine], str]) -> tuple[str, bool]:  # type: ignore[type-arg]
+    """libpam's _pam_dispatch_aux for one stack: (impression undef/pos/neg, status is success).
+    A substack counts as one module of its parent; done/die and jumps end only the substack."""
+    impression, success, skip = "undef", False, 0
+    for item in items:
+        if skip:
+            skip -= 1
+            continue
+        if isinstance(item, list):
+            sub, sub_ok = _dispatch(item, result)
+            value = "ignore" if sub == "undef" else "success" if sub == "pos" and sub_ok else "auth_err"
+            action = control_action("required", value)
+        else:
+            value = result(item)
+            action = control_action(item.control, value)
+        if action == "reset":
+            impression, success = "undef", False
+        elif action in ("ok", "done"):
+            if (impression == "undef" or (impression == "pos" and success)) and value != "ignore":
+                impression, success = "pos", value == "success"
+            if action == "done" and impression != "neg":
+                return impression, success
+        elif action in ("bad", "die"):
+            if impression != "neg":
+                impression, success = "neg", False
+            if action == "die":
+                return impression, success
+        elif action.isdigit():
+            skip = int(action)
+    return impression, success
+
+
+def passes_without(service: PamService, failing: Callable[[PamLine], bool]) -> bool:
+    """Whether libpam can let the user through `service`'s auth stack while every rule for which
+    `failing` holds fails (pam_u2f without a credential: AUTH_ERR, or AUTHINFO_UNAVAIL), trying
+    every outcome of the other modules (pam_deny always fails, pam_permit always passes; a
+    password module may pass). Judged on the whole stack: `sufficient pam_u2f` followed by
+    `pam_deny`, or `[success=1 default=ignore] pam_u2f` + `requisite pam_deny` (pam-auth-update's
+    form), need the key as surely as `required` does."""
+    lines = service.auth_lines
+    unknown = [ln for ln in lines if not failing(ln) and ln.module_name not in ("pam_deny", "pam_permit")]
+    if len(unknown) > _MAX_UNKNOWN:
+        return False
+    items = _nest(lines)
+    for fail_as in ("auth_err", "authinfo_unavail"):
+        for values in itertools.product(("success", "auth_err"), repeat=len(unknown)):
+            chosen = {id(ln): v for ln, v in zip(unknown, values, strict=True)}
+
+            def result(ln: PamLine, fail_as: str = fail_as, chosen: dict[int, str] = chosen) -> str:
+                if failing(ln):
+                    return fail_as
+                if ln.module_name == "pam_deny":
+                    return "auth_err"
+                if ln.module_name == "pam_permit":
+                    return "success"
+                return chosen[id(ln)]
+
+            impression, success = _dispatch(items, result)
+            if impression == "pos" and success:
+                break
+        else:
+            return False  # this failure of pam_u2f lets nobody through
+    return True
+
+
 def success_ends_stack(control: str) -> bool:
     """True when this rule's success alone can end the stack or jump over later rules (the
     password): `sufficient`, `[success=done …]`, `[success=2 …]`."""
@@ -327,7 +416,11 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
         if not (control in SIMPLE_CONTROLS or control.startswith("[")):
             problems.append(f"{path}:{lineno}: unknown control {control!r}")
         if control in ("include", "substack"):
-            out.extend(_include(host, module, path, via, problems, lineno, only_type=ptype))
+            included = _include(host, module, path, via, problems, lineno, only_type=ptype)
+            if control == "substack":  # libpam runs these as one module of this stack (pam.conf(5))
+                frame = next(_FRAME_IDS)
+                included = [replace(ln, frames=(frame, *ln.frames)) for ln in included]
+            out.extend(included)
             continue
         out.append(PamLine(path, lineno, ptype, control, module, args, logical,
                            ignore_missing, via))

@@ -279,6 +279,22 @@ def check_names(host: Host, names: list[str]) -> list[str]:
     return [n for n in names if n in known]
 
 
+def check_new_nickname(host: Host, lost: list[str], nickname: str) -> None:
+    """The replacement's registry name must be a new one: the lost key's own name is dropped
+    from the registry by the revoke step (taking the new key's entries with it: its token and
+    credentials would stay, unregistered, and a later replace could never revoke them), and a
+    kept key's name would make two keys one entry (losing either revokes both). A resumed run
+    (same answers, unfinished) finds the name it recorded itself: that is allowed."""
+    state = FlowState.load(host, FLOW)
+    resuming = state.resuming and state.answers.get("new_nickname") == nickname \
+        and state.answers.get("lost") == lost
+    if nickname in lost or (not resuming and Registry.load(host).get(nickname) is not None):
+        what = "the lost key's own name" if nickname in lost else "already a registered key's name"
+        raise UsageError(f"--new-nickname {nickname}: {what}",
+                         f"give the replacement a name of its own (--new-nickname NAME); registered: "
+                         f"{registry_listing(host)}")
+
+
 def mark_lost(found: list[Found], names: list[str]) -> None:
     """A credential is lost when the registry says a key named lost made it; nothing else is."""
     for f in found:

@@ -124,3 +124,19 @@ def test_reset_goes_ahead_where_another_module_passes(scratch: Path, cli: CliCal
     _install_stack(scratch, stack)
     r = _reset(cli, scratch, "primary")
     assert r.exit_code == 0, r.output
+
+
+# --------------------------------------------------------------------------- unused by absence
+def test_reset_refused_when_the_registry_is_gone_but_pam_reads_the_keys_credential(scratch: Path,
+                                                                                   cli: CliCall) -> None:
+    """The careless admin lost /etc/yktool/keys.toml (or enrolled the key with pamu2fcfg): the
+    authfile sudo reads still holds alice's only credential, made by the key in hand. Absence
+    from the registry is no proof the key is unused: the authfiles the PAM stacks name are
+    probed too, and the reset is refused."""
+    _alice_has_only(scratch, "primary")
+    (scratch / ROOT / "etc/yktool/keys.toml").unlink()
+    before = tree_bytes(scratch / ROOT)
+    r = _reset(cli, scratch, "primary")
+    assert r.exit_code == 4, r.output
+    assert "without any pam_u2f credential" in r.stderr
+    assert tree_bytes(scratch / ROOT) == before

@@ -128,6 +128,19 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
     return bool(required), sorted(set(required))
 
 
+def _pam_authfiles(host: Host) -> list[tuple[str, str]]:
+    """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
+    from yktool import pam_config
+
+    out = []
+    for service in pam_config.u2f_services(host):
+        for u2f in service.u2f_lines:
+            path = u2f.options.authfile
+            if path and path.startswith("/") and not (u2f.options.expand and "%" in path):
+                out.append((path, u2f.options.origin or ""))
+    return list(dict.fromkeys(out))
+
+
 def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool import pam_u2f as pu
 
@@ -246,6 +259,13 @@ def held_by(host: Host, session: KeySession) -> Held:
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
     origins.add(pu.default_origin_or_none(host) or "")
     authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
+    # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
+    # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
+    # they are the user's to point elsewhere)
+    for path, origin in _pam_authfiles(host):
+        authfiles.setdefault(path)
+        if origin:
+            origins.add(origin)
     for path in authfiles:
         if not host.exists(path):
             continue

@@ -62,3 +62,23 @@ def test_default_new_nickname_taken_is_refused(scratch: Path, cli: CliCall) -> N
     assert r.exit_code == 2, r.output
     assert "primary-2" in r.stderr
     assert tree_bytes(scratch / ROOT) == before
+
+
+def test_lost_keys_credential_is_revoked_from_every_authfile_pam_reads(scratch: Path, cli: CliCall) -> None:
+    """The admin copied alice's line into a second authfile for sshd (by hand: the registry
+    names only /etc/u2f_mappings). The lost key's credential id is the registry's, so it is
+    known wherever PAM reads it: revoked from both files, or the finder keeps the way in."""
+    from tests.flows_support import ORIGIN
+    from yktool.host import Host
+    from yktool.inventory import Registry
+
+    root = scratch / ROOT
+    cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
+               if k.nickname == "primary")
+    (root / "etc/u2f_mappings.ssh").write_text((root / "etc/u2f_mappings").read_text())
+    (root / "etc/pam.d/sshd").write_text(f"auth required pam_u2f.so authfile=/etc/u2f_mappings.ssh origin={ORIGIN}\n")
+    assert cid in (root / "etc/u2f_mappings.ssh").read_text()
+    r = _replace(cli, scratch)
+    assert r.exit_code == 0, r.output
+    assert cid not in (root / "etc/u2f_mappings").read_text()
+    assert cid not in (root / "etc/u2f_mappings.ssh").read_text()

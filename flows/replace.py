@@ -138,6 +138,11 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                                token=token.id, keyslots=list(token.keyslots)))
     origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
+    # and every fixed authfile a PAM stack reads: a lost key's credential copied there by hand is
+    # still the registry's credential id, and still a way in for the finder
+    from yktool.lastway import pam_authfiles
+
+    authfiles = list(dict.fromkeys([*authfiles, *(p for p, _o in pam_authfiles(host))]))
     age_files = list(dict.fromkeys(str(e["age_file"]) for _k, e in registry.enrollments("pam") if "age_file" in e))
     texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
     for path in age_files:

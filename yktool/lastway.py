@@ -128,7 +128,7 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
     return bool(required), sorted(set(required))
 
 
-def _pam_authfiles(host: Host) -> list[tuple[str, str]]:
+def pam_authfiles(host: Host) -> list[tuple[str, str]]:
     """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
     from yktool import pam_config
 
@@ -262,7 +262,7 @@ def held_by(host: Host, session: KeySession) -> Held:
     # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
     # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
     # they are the user's to point elsewhere)
-    for path, origin in _pam_authfiles(host):
+    for path, origin in pam_authfiles(host):
         authfiles.setdefault(path)
         if origin:
             origins.add(origin)

@@ -140,3 +140,52 @@ def test_reset_refused_when_the_registry_is_gone_but_pam_reads_the_keys_credenti
     assert r.exit_code == 4, r.output
     assert "without any pam_u2f credential" in r.stderr
     assert tree_bytes(scratch / ROOT) == before
+
+
+# --------------------------------------------------------------------------- differential
+CONTROLS = ["required", "requisite", "sufficient", "optional", "[success=1 default=ignore]",
+            "[success=done default=die]", "[success=ok default=bad]", "[success=2 default=ignore]",
+            "[success=ok default=reset]", "[success=done default=ignore]"]
+MODULES = ["pam_u2f.so authfile=/etc/u2f_mappings", "pam_deny.so", "pam_permit.so"]
+
+
+def _generated_stacks(count: int) -> list[tuple[str, dict[str, str]]]:
+    import random
+
+    rng = random.Random(12)  # noqa: S311 - test data, not secrets
+    out = []
+    while len(out) < count:
+        rules = [f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}" for _ in range(rng.randint(1, 4))]
+        if not any("pam_u2f" in r for r in rules):
+            continue
+        extra: dict[str, str] = {}
+        if rng.random() < 0.3:  # part of it behind a substack
+            cut = rng.randint(0, len(rules) - 1)
+            extra = {"part": "\n".join(rules[cut:]) + "\n"}
+            rules = [*rules[:cut], "auth substack part"]
+        out.append(("\n".join(rules) + "\n", extra))
+    return out
+
+
+def test_passes_without_agrees_with_the_real_libpam(tmp_path: Path) -> None:
+    """yktool's reading of "can the user get through without a pam_u2f credential" against the
+    real libpam (pamtester, private mount namespace) on generated stacks of pam_u2f (no line for
+    the user: AUTH_ERR), pam_deny and pam_permit under simple and bracketed controls."""
+    from yktool import pam_config
+
+    disagree = []
+    stacks = _generated_stacks(30)
+    for n, stack in enumerate(stacks):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        real = libpam_passes_without_a_credential(folder, stack)
+        root = folder / "root"
+        (root / "etc/pam.d").mkdir(parents=True)
+        (root / "etc/pam.d/yktest").write_text(stack[0])
+        for name, text in stack[1].items():
+            (root / "etc/pam.d" / name).write_text(text)
+        service = pam_config.parse_service(Host(root), "yktest")
+        ours = pam_config.passes_without(service, lambda ln: ln.module_name == "pam_u2f")
+        if ours != real:
+            disagree.append((stack, real, ours))
+    assert not disagree, f"{len(disagree)} of {len(stacks)} disagree: {disagree[:3]}"

@@ -220,9 +220,9 @@ def test_keepalive_upneeded_every_100ms_while_a_touch_is_awaited(tmp_path: Path)
     assert {status for _, status in keepalives} == {STATUS.UPNEEDED}
     times = [start] + [t for t, _ in keepalives]
     gaps = sorted(b - a for a, b in zip(times[1:], times[2:], strict=False))
-    assert 4 <= len(keepalives) <= 8, keepalives
+    assert 3 <= len(keepalives) <= 9, keepalives
     assert keepalives[0][0] - start < 0.1  # the first one as soon as the key waits
-    assert 0.08 <= gaps[len(gaps) // 2] <= 0.2, gaps  # a busy machine may stretch one, not all
+    assert 0.08 <= gaps[len(gaps) // 2] <= 0.25, gaps  # a busy machine may stretch one, not all
     assert gaps[0] >= 0.05, gaps
     assert wire.quiet(0.25)  # nothing after the answer
 

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.luks",
     "tests.fixtures.fido",
     "tests.fixtures.roots",
+    "tests.fixtures.differential",
 ]
 
 

@@ -172,6 +172,7 @@ def test_passes_without_agrees_with_the_real_libpam(tmp_path: Path) -> None:
     real libpam (pamtester, private mount namespace) on generated stacks of pam_u2f (no line for
     the user: AUTH_ERR), pam_deny and pam_permit under simple and bracketed controls."""
     from yktool import pam_config
+    from yktool.lastway import passes_without
 
     disagree = []
     stacks = _generated_stacks(30)
@@ -185,7 +186,7 @@ def test_passes_without_agrees_with_the_real_libpam(tmp_path: Path) -> None:
         for name, text in stack[1].items():
             (root / "etc/pam.d" / name).write_text(text)
         service = pam_config.parse_service(Host(root), "yktest")
-        ours = pam_config.passes_without(service, lambda ln: ln.module_name == "pam_u2f")
+        ours = passes_without(service, lambda ln: ln.module_name == "pam_u2f")
         if ours != real:
             disagree.append((stack, real, ours))
     assert not disagree, f"{len(disagree)} of {len(stacks)} disagree: {disagree[:3]}"

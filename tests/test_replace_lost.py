@@ -307,12 +307,6 @@ def test_reset_of_a_users_only_pam_credential_is_refused(scratch: Path, cli: Cli
     assert not pam_accepts(scratch, spec(scratch, "primary"), tmp_path / "b")
 
 
-def _password_fallback(scratch: Path) -> None:
-    """The demo's services include common-auth, which its root lacks (libpam then lets nobody in):
-    give it the password rule a real host has, so a `sufficient` key is one way in of two."""
-    (scratch / ROOT / "etc/pam.d/common-auth").write_text("auth required pam_unix.so\n")
-
-
 @pytest.mark.parametrize(("control", "refused"), [
     ("sufficient", False), ("optional", False), ("requisite", True), ("[success=done default=die]", True),
     (None, True),  # no pam.d at all: yktool cannot see the consumer, so it counts as requiring the key
@@ -320,7 +314,6 @@ def _password_fallback(scratch: Path) -> None:
 def test_reset_refused_only_where_pam_requires_the_key(scratch: Path, cli: CliCall, control: str | None,
                                                        refused: bool) -> None:
     _alice_has_only(scratch, "primary")
-    _password_fallback(scratch)
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         if control is None:
@@ -400,7 +393,6 @@ def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path,
 
 def test_revoke_only_drops_a_last_pam_credential_where_pam_does_not_require_it(scratch: Path, cli: CliCall) -> None:
     _alice_has_only(scratch, "primary")
-    _password_fallback(scratch)
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         path.write_text(path.read_text().replace("auth       required   pam_u2f.so", "auth sufficient pam_u2f.so"))

@@ -484,6 +484,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
         if new_device:
+            fr.check_new_nickname(host, names, nick)
             fr.check_new_key(found, nick)
         answers = fr.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,

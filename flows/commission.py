@@ -201,13 +201,17 @@ class Commission:
             if "udev" in a.steps:
                 steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
                                       partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
-                                      if a.host_kind == "linux" else ["services.udev.extraRules (printed)"],
+                                      if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
                                       "the rule file read back", role))
             if "usbguard" in a.steps:
                 steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
                                       partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
-                                      if a.host_kind == "linux" else ["modules.hardware.usbguard.rules (printed)"],
+                                      if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
                                       "the rules file read back", role))
+        if a.host_kind == "nixos":
+            steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
+                                  "(yktool nixos module)", self.nixos_module, ["the NixOS module"],
+                                  "nix-instantiate --parse", None, always=True))
         if "verify" in a.steps:
             steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
                                   self.verify, [], "reads only", None, always=True))
@@ -374,10 +378,6 @@ class Commission:
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
         result = pu.register(self.host, self.keys.session(role), request)
-        for name, snippet in result.nix.items():
-            note = f"--- {name} ---\n{snippet}"
-            if note not in self.io.notes:
-                self.io.notes.append(note)
         note = f"PAM line for /etc/pam.d/sudo, login, …: {result.pam_line}"
         if result.pam_line and note not in self.io.notes:
             self.io.notes.append(note)
@@ -398,13 +398,11 @@ class Commission:
 
         key = self.usb_identity(role)
         nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":
-            snippet = lib.nixos_snippet(key, nick)
-            self.io.notes.append(f"--- udev rule for {nick} (NixOS module) ---\n{snippet.rstrip()}")
+        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
             with Registry.update(self.host) as reg:
                 reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial,
                            path="services.udev.extraRules")
-            return f"NixOS snippet for {key.usb_id} printed at the end"
+            return f"{key.usb_id} recorded for the NixOS module"
         result = lib.install(self.host, key, nick)
         with Registry.update(self.host) as reg:
             reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=lib.RULE_PATH)
@@ -418,11 +416,11 @@ class Commission:
 
         key = self.usb_identity(role)
         nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":
-            self.io.notes.append(f"--- USBGuard rule for {nick} ---\n{lib.nixos_line(key, nick)}")
+        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
             with Registry.update(self.host) as reg:
-                reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION)
-            return f"NixOS line for {key.usb_id} printed at the end"
+                reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION,
+                           rule=lib.rule_line(key))
+            return f"{key.usb_id} recorded for the NixOS module"
         result = lib.allow(self.host, key)
         with Registry.update(self.host) as reg:
             reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.RULES_PATH)
@@ -433,6 +431,11 @@ class Commission:
             self.io.notes.append(f"{lib.RULES_PATH} was a placeholder ({result.placeholder}): populate it "
                                  "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
         return f"{'added to' if result.added else 'already in'} {lib.RULES_PATH}: {result.line}"
+
+    def nixos_module(self) -> str:
+        from yktool.nixos.generate import regenerate
+
+        return regenerate(self.host)
 
     # -- verify
     def verify_selection(self) -> list[str]:

@@ -287,7 +287,16 @@ class Replace:
         steps.append(FlowStep("revoke.registry", f"drop {', '.join(self.lost_names)} from the registry and its "
                               "udev/USBGuard rules", self.revoke_registry, ["/etc/yktool/keys.toml"],
                               "read the registry back"))
+        if self.host.exists("/etc/NIXOS"):
+            steps.append(FlowStep("nixos.module", "rewrite the NixOS module from the key registry",
+                                  self.nixos_module, ["the NixOS module"], "nix-instantiate --parse",
+                                  None, always=True))
         return steps
+
+    def nixos_module(self) -> str:
+        from yktool.nixos.generate import regenerate
+
+        return regenerate(self.host)
 
     # ------------------------------------------------------------------ enroll the replacement
     def new_pin(self) -> str:
@@ -385,7 +394,17 @@ class Replace:
         lost = [k for k in registry.keys if k.nickname in self.lost_names]
         kinds = {e.get("kind") for k in lost for e in k.enrollments}
         done = []
-        if kinds & {"udev", "usbguard"}:
+        if kinds & {"udev", "usbguard"} and self.host.exists("/etc/NIXOS"):
+            key = udev.identity_from(usb_identity(self.keys.session("new").device))
+            with Registry.update(self.host) as reg:  # the NixOS module is rendered from these
+                if "udev" in kinds:
+                    reg.record(self.a.new_nickname, "udev", vendor=key.vendor, product=key.product,
+                               serial=key.serial, path="services.udev.extraRules")
+                if "usbguard" in kinds:
+                    reg.record(self.a.new_nickname, "usbguard", usb_id=key.usb_id, serial=key.serial,
+                               path=usbguard.NIX_OPTION, rule=usbguard.rule_line(key))
+            done.append("recorded for the NixOS module")
+        elif kinds & {"udev", "usbguard"}:
             key = udev.identity_from(usb_identity(self.keys.session("new").device))
             if "udev" in kinds:
                 udev.install(self.host, key, self.a.new_nickname)

@@ -7,6 +7,7 @@ files there. Everything printed goes through these helpers, and tests run `nix-i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from yktool.host import Host
@@ -28,6 +29,20 @@ def indented_string(value: str, indent: str = "  ") -> str:
 
 def string_list(values: Iterable[str]) -> str:
     return "[ " + " ".join(string(v) for v in values) + " ]"
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
+KEYWORDS = frozenset({"let", "in", "with", "assert", "rec", "inherit", "if", "then", "else", "or"})
+
+
+def attr_name(segment: str) -> str:
+    """One attribute name: as is when it is an identifier, else quoted."""
+    return segment if _IDENT.fullmatch(segment) and segment not in KEYWORDS else string(segment)
+
+
+def attr_path(*segments: str) -> str:
+    """`a.b."c d"`: an attribute path from its names (a name may hold dots or spaces)."""
+    return ".".join(attr_name(s) for s in segments)
 
 
 def attribute(path: str, value_expr: str) -> str:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pam": ("yktool.cli.pam", "pam", "pam_u2f credentials and authfiles (plain or age-encrypted)."),
     "udev": ("yktool.cli.udev", "udev", "The lock-on-removal udev rule for a key."),
     "usbguard": ("yktool.cli.usbguard", "usbguard", "USBGuard allow rules for a key."),
+    "nixos": ("yktool.cli.nixos", "nixos", "The NixOS module a flake imports, made from the key registry."),
 }
 
 EXIT_CODES_HELP = """\b

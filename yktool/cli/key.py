@@ -209,3 +209,41 @@ def reset(app: AppContext) -> None:
         session.reset()
     emit(app.json, {"ok": True, "reset": spec},
          f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used.")
+
+
+EMULATE_EXAMPLES = """\b
+Examples (as root, with the uhid module loaded: modprobe uhid):
+  yktool key emulate --device sim:/root/rehearsal-key.json
+  yktool --json key emulate --device sim:k.json --touch auto --control /run/k.sock
+  echo approve | socat - UNIX-CONNECT:/run/k.sock   # touch the key from a script
+\b
+Then use /dev/hidrawN like a real key: fido2-token -L, a browser, ssh-keygen -t ed25519-sk,
+systemd-cryptenroll --fido2-device=auto, yktool --device auto key info. Stop with Ctrl-C or
+SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
+"""
+
+
+@key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
+             epilog=EMULATE_EXAMPLES)
+@click.option("--device", "device_spec", metavar="sim:PATH", default=None,
+              help="The software key to plug in (default: the global --device / YKTOOL_DEVICE).")
+@click.option("--touch", type=click.Choice(["auto", "deny", "timeout", "ask"]), default=None,
+              help="How touch requests are answered: auto (at once), deny, timeout (nobody touches), "
+                   "ask (press Enter). Default: ask on a terminal, else auto.")
+@click.option("--touch-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              metavar="SECONDS", help="How long a touch request waits (ask, timeout) before it times out.")
+@click.option("--control", "control_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Serve the control socket here (approve, deny, status, policy, unplug; see docs).")
+@click.option("--uhid", "uhid_path", default="/dev/uhid", envvar="YKTOOL_UHID", show_default=True, hidden=True)
+@pass_app
+def emulate(app: AppContext, device_spec: str | None, touch: str | None, touch_timeout: float,
+            control_path: str | None, uhid_path: str) -> None:
+    """Present the software key (--device sim:PATH) as a USB-HID FIDO2 key through /dev/uhid,
+    until stopped: vendor/product 1209:0001, "yktool software key", HID serial = the key's serial.
+
+    Prints the /dev/hidrawN path on stdout as soon as the device exists (with --json one JSON
+    object: hidraw, serial, vendor_id, product_id, control). Needs root and the uhid module.
+    """
+    from yktool.cli.emulate import run_emulator
+
+    run_emulator(app, device_spec, touch, touch_timeout, control_path, uhid_path)

@@ -130,6 +130,8 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     if result.nix:
         click.echo(f"\n{result.written_to} holds the whole authfile, encrypted; commit it next "
                    "to secrets.nix.")
+        click.echo("One NixOS module with every key (pam_u2f, udev lock, USBGuard, stage-1 unlock): "
+                   "yktool nixos module --flake DIR")
 
 
 @pam.command("check")

@@ -50,8 +50,10 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
         text = lib.nixos_line(key, nickname)
         if not app.dry_run:
             with Registry.update(app.host) as reg:
-                reg.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION)
-        emit(app.json, {"nix": text, "rule": lib.rule_line(key)}, text)
+                reg.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION,
+                           rule=lib.rule_line(key))  # `yktool nixos module` renders every key's rule from it
+        emit(app.json, {"nix": text, "rule": lib.rule_line(key)},
+             text + "\n# every key's rules in one module: yktool nixos module")
         return
     if app.dry_run:
         emit(app.json, {"dry_run": True, "path": rules_file, "rule": lib.rule_line(key)},

@@ -65,17 +65,23 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
             for c in checks:
                 click.echo(f"{c.layer}  {c.id:<44} {c.title}")
         return
-    ctx = CheckContext(app.host, user=user, secrets=os.path.abspath(secrets) if secrets else None,
+    from yktool.nixos.generation import generation_view, is_nixos, needs_rebuild
+
+    ctx = CheckContext(generation_view(app.host), user=user, secrets=os.path.abspath(secrets) if secrets else None,
                        tpm2_pcrs=_pcrs(tpm2_pcrs), luks_device=luks_device)
     results = run_checks(ctx, _split(only), _split(skip))
     counts = summary(results)
+    rebuild = needs_rebuild(app.host, results) if is_nixos(app.host) else None
     if app.json:
         from yktool.cli.output import emit_json
 
         emit_json({"ok": counts["fail"] == 0, "root": str(app.host.root), "privileged": ctx.privileged,
-                   "summary": counts, "checks": [r.to_json() for r in results]})
+                   "summary": counts, "checks": [r.to_json() for r in results],
+                   **({"nixos": rebuild.to_json()} if rebuild else {})})
     else:
         _render(results, counts, app.verbose)
+        if rebuild and rebuild.checks:
+            click.echo(click.style(rebuild.text(), fg="yellow"))
     if counts["fail"]:
         sys.exit(1)
 

@@ -48,6 +48,10 @@ def device_spec(device: CtapDevice, spec: str | None) -> str:
     return f"sim:{path}" if is_software_key(device) else f"hid:{path}"
 
 
+EMULATED_USB_ID = "1209:0001"  # the software key's own USB identity (softkey.VENDOR_ID/PRODUCT_ID)
+EMULATED_AAGUID = "e2f16795-c25f-41b2-80fb-83acaa153d87"  # softkey.AAGUID
+
+
 def product_name(device: CtapDevice) -> str:
     """What the key calls itself (the USB product string)."""
     for holder in (device, getattr(device, "descriptor", None)):
@@ -108,6 +112,8 @@ class KeyFacts:
     def render(self) -> str:
         """The human-readable block of `yktool key info`."""
         kind = "software key (yktool's simulated authenticator; no hardware)" if self.software else "hardware key"
+        if not self.software and self.usb_id == EMULATED_USB_ID and self.aaguid == EMULATED_AAGUID:
+            kind = "software key plugged in over USB-HID (yktool key emulate; no hardware)"
         rows: list[tuple[str, str]] = [
             ("device", self.device),
             ("path", self.path),

@@ -214,6 +214,10 @@ class SoftKey(CtapDevice):
 
         if cmd != Ctap2.CMD.GET_NEXT_ASSERTION:
             self._pending = None
+        if cmd == Ctap2.CMD.CREDENTIAL_MGMT_PRE:
+            # CTAP 2.1-PRE's number, which a YubiKey 5 answers too and libfido2 1.12 always sends
+            # (ssh-keygen -K, fido2-token -L -r): the same command.
+            cmd = Ctap2.CMD.CREDENTIAL_MGMT
         if cmd not in (Ctap2.CMD.CREDENTIAL_MGMT,):
             self._rps, self._creds = [], []
         if cmd == Ctap2.CMD.GET_INFO:

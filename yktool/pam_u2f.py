@@ -734,7 +734,9 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
         fields: dict[str, str | int | bool] = {
             "user": request.user, "origin": origin,
             "credential_id": base64.b64encode(made.credential_id).decode(),
-            "cose_type": entry.cose_type, "options": options, "resident": request.resident}
+            "cose_type": entry.cose_type, "options": options, "resident": request.resident,
+            # a resident entry reads `*` in the authfile: its public key is what says whose it is
+            "public_key": entry.public_key}
         if target.authfile is not None:
             fields["path"] = target.authfile
         else:

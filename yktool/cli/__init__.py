@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from yktool.cli.context import AppContext
+from yktool.cli.context import AppContext, guard
 from yktool.errors import ExitCode, Interrupted, UsageError, YktoolError
 
 # name -> (module, attribute, one-line help shown in `yktool --help` without importing it)
@@ -75,7 +75,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
-            return self.commands[cmd_name]
+            return guard(self.commands[cmd_name])
         if cmd_name not in COMMANDS:
             return None
         module_name, attr, _ = COMMANDS[cmd_name]
@@ -86,7 +86,7 @@ class LazyGroup(click.Group):
                 return _not_yet(cmd_name)
             raise
         command: click.Command = getattr(module, attr)
-        return command
+        return guard(command)  # the root's lock for every command not marked read-only
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
@@ -113,16 +113,18 @@ def _not_yet(name: str) -> click.Command:
 @click.option("--device", default="auto", show_default=True, envvar="YKTOOL_DEVICE",
               help="FIDO2 key: auto, hid:/dev/hidrawN, or sim:PATH (the software key).")
 @click.option("-v", "--verbose", count=True, help="Say more (repeat for the commands run).")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", envvar="YKTOOL_LOCK_WAIT",
+              help="How long to wait for another yktool run that changes this root (default 30).")
 @click.version_option(package_name="yktool")
 @click.pass_context
 def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, yes: bool,
-               tpm: str, device: str, verbose: int) -> None:
+               tpm: str, device: str, verbose: int, lock_wait: float | None) -> None:
     """yktool: enroll a FIDO2 key and the TPM2 into every layer of a hardened Linux host.
 
     Global options go before the command: `yktool --root DIR --json luks status IMG`.
     """
     ctx.obj = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
-                         device=device, verbose=verbose)
+                         device=device, verbose=verbose, lock_wait=lock_wait)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, warn
 from yktool.errors import PinAuthBlocked, Refused, UsageError
 
@@ -62,6 +62,7 @@ def key() -> None:
     """
 
 
+@read_only
 @key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
@@ -87,6 +88,7 @@ def list_cmd(app: AppContext) -> None:
     click.echo("\n".join(lines))
 
 
+@read_only
 @key.command("info", short_help="What the key is: AAGUID, versions, PIN state.")
 @pass_app
 def info_cmd(app: AppContext) -> None:
@@ -144,6 +146,7 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, "PIN changed.")
 
 
+@read_only
 @pin.command("verify")
 @_pin_stdin
 @pass_app
@@ -159,6 +162,7 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, f"PIN is correct ({retries} attempts left).")
 
 
+@read_only  # the software key's own state file only
 @key.command("replug", short_help="Software key: pull it out and back in.")
 @pass_app
 def replug(app: AppContext) -> None:
@@ -183,32 +187,64 @@ RESET_WARNING = (
 
 
 @key.command("reset", short_help="Factory reset (wipes every credential).")
+@click.option("--force", is_flag=True,
+              help="Reset even when the key is someone's last way in (the only pam_u2f credential where PAM "
+                   "requires one, the only safe unlock of a LUKS volume, a user's only SSH key); the key's "
+                   "registry name must be typed (on a terminal) or given with --confirm.")
+@click.option("--confirm", "confirm", multiple=True, metavar="NAME",
+              help="With --force and --yes (or no terminal): the key's registry name, typed out (`reset` "
+                   "for a key the registry does not know).")
 @pass_app
-def reset(app: AppContext) -> None:
+def reset(app: AppContext, force: bool, confirm: tuple[str, ...]) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).
 
-    Real keys accept it only within seconds of being plugged in, and want a touch."""
+    First, what the key opens on this host (--root) is found from the registry and silent probes
+    (no touch, no PIN): a reset that would leave a user without any pam_u2f credential (where
+    PAM requires pam_u2f), a LUKS volume without a safe way in, or a user without any SSH key
+    is refused (exit 4) before anything happens, unless --force with the key's name typed.
+    Real keys accept a reset only within seconds of being plugged in, and want a touch.
+
+    \b
+    Examples:
+      yktool --device hid:/dev/hidraw2 key reset
+      yktool --yes --device hid:/dev/hidraw2 key reset --force --confirm old-nano
+    """
     import sys
 
+    from yktool.cli.force import confirm_forced
     from yktool.cli.prompts import CliInteraction
+    from yktool.lastway import held_by, losses
 
     interaction = CliInteraction()
     with _session(app, interaction) as session:
         spec = _spec(app, session)
+        held = held_by(app.host, session)
+        lost = losses(app.host, held.removal)
+        label = f"{spec} ({', '.join(held.names)})" if held.names else spec
+        words = held.names or ["reset"]
+        if lost and not force:
+            raise Refused(f"resetting {label} would lock out: {'; '.join(x.message for x in lost)}; nothing was "
+                          "done", f"{lost[0].hint}; or reset anyway, knowing who loses what: --force --confirm "
+                          f"{words[0]}")
         if app.dry_run:
-            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec},
-                 f"Would reset {spec}. {RESET_WARNING}")
+            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec, "names": held.names,
+                            "would_lock_out": [x.to_json() for x in lost]},
+                 f"Would reset {label}. {RESET_WARNING}"
+                 + "".join(f"\nFORCED: {x.message}" for x in lost))
             return
-        if not app.yes:
+        if lost:
+            confirm_forced(lost, words, confirm, yes=app.yes or app.json)
+        elif not app.yes:
             if not sys.stdin.isatty():
                 raise Refused(f"resetting {spec} needs confirmation. {RESET_WARNING}",
                               "run on a terminal to be asked, or pass --yes (before `key`)")
             info(RESET_WARNING)
-            if not click.confirm(f"Reset {spec}?", default=False, err=True):
+            if not click.confirm(f"Reset {label}?", default=False, err=True):
                 raise Refused("reset not confirmed; the key is unchanged", "nothing was done")
         session.reset()
-    emit(app.json, {"ok": True, "reset": spec},
-         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used.")
+    emit(app.json, {"ok": True, "reset": spec, "names": held.names, "locked_out": [x.to_json() for x in lost]},
+         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used."
+         + "".join(f"\nlost: {x.message}" for x in lost))
 
 
 EMULATE_EXAMPLES = """\b
@@ -223,6 +259,7 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
 """
 
 
+@read_only  # runs until stopped and changes no file of the root: it must not hold the lock
 @key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
              epilog=EMULATE_EXAMPLES)
 @click.option("--device", "device_spec", metavar="sim:PATH", default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit
 
 # Fields shown first on an enrollment line; the rest follow as key=value.
@@ -26,6 +26,7 @@ def _enrollment_line(entry: dict[str, str | int | bool]) -> str:
     return f"    {kind:<9} " + "  ".join(rest)
 
 
+@read_only
 @keys.command("list", short_help="Registered keys and their enrollments.")
 @pass_app
 def list_cmd(app: AppContext) -> None:

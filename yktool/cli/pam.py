@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 
 
 @click.group("pam")
@@ -134,6 +134,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
                    "yktool nixos module --flake DIR")
 
 
+@read_only
 @pam.command("check")
 @click.option("--service", "services", multiple=True,
               help="Services to look at [default: every file under /etc/pam.d plus the usual ones].")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, warn
 
 if TYPE_CHECKING:
@@ -212,6 +212,7 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
     emit(app.json, data, text)
 
 
+@read_only  # writes only the .sig files it is asked for, no shared file of the root
 @ssh.command("sign")
 @click.option("-n", "--namespace", required=True, help="Signature namespace, e.g. git or file.")
 @click.option("-f", "--key", "key_file", required=True, help="Key-handle file (or its .pub) inside the root.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit
 
 
@@ -13,6 +13,7 @@ def tpm() -> None:
     """TPM2 presence, PCR banks and values, Secure Boot state."""
 
 
+@read_only
 @tpm.command("status")
 @click.option("--pcrs", default="0+7", show_default=True, help="PCRs to show, e.g. 0+2+7.")
 @click.option("--bank", default="sha256", show_default=True, help="PCR bank to read.")

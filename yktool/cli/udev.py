@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, warn
 
 F = Callable[..., Any]
@@ -106,6 +106,7 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
                     "usb_id": key.usb_id, "serial": key.serial}, "\n".join(lines))
 
 
+@read_only
 @udev.command("show")
 @key_options
 @pass_app

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 
 if TYPE_CHECKING:
     from yktool.checks import Result
@@ -29,6 +29,7 @@ def _pcrs(text: str) -> tuple[int, ...]:
         raise UsageError(f"--tpm2-pcrs {text!r} is not a list of PCR numbers", "give e.g. 7 or 0+7") from None
 
 
+@read_only
 @click.command("verify")
 @click.option("--only", multiple=True, metavar="SEL",
               help="Run only these checks: an id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7. Repeatable,"

@@ -52,7 +52,8 @@ class MultipleDevices(UsageError):
 
     def __init__(self, entries: list[DeviceEntry]) -> None:
         self.entries = entries
-        lines = [f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x})" for e in entries]
+        lines = [f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x}"
+                 f"{f', serial {e.serial}' if e.serial else ''})" for e in entries]
         super().__init__(f"{len(entries)} FIDO2 keys found; say which one: " + "; ".join(lines),
                          "pass one of the --device values above (or set YKTOOL_DEVICE)")
 

@@ -119,9 +119,15 @@ def run_as_udev(program: Path, stub: Path, sysfs: Path, *args: str, action: str 
            "DEVTYPE": "usb_device", "DEVPATH": "/devices/pci0000:00/0000:00:14.0/usb1/1-1",
            "ID_VENDOR_ID": "1050", "ID_MODEL_ID": "0407", "ID_SERIAL_SHORT": "123456", "SEQNUM": "4242"}
     start = time.monotonic()
-    p = subprocess.run([str(program), "--debounce", "0.3", "--sysfs", str(sysfs), *args], env=env,
-                       capture_output=True, timeout=20)
+    p = subprocess.run([str(program), "--debounce", "0.3", "--sysfs", str(sysfs), "--run-dir", str(sysfs.parent),
+                        *args], env=env, capture_output=True, timeout=20)
     return p.returncode, time.monotonic() - start
+
+
+def fake_hid(sysfs: Path, hid_id: str, uniq: str) -> None:
+    d = sysfs / "bus/hid/devices" / f"{hid_id}.0001"
+    d.mkdir(parents=True)
+    (d / "uevent").write_text(f"DRIVER=hid-generic\nHID_ID={hid_id}\nHID_NAME=key\nHID_UNIQ={uniq}\n")
 
 
 def test_lock_program_locks_all_sessions_through_logind_when_key_stays_away(
@@ -150,6 +156,51 @@ def test_lock_program_other_key_with_same_model_still_locks(tmp_path: Path,
     sysfs = fake_sysfs(tmp_path, [("1050", "0407", "999999")])  # a colleague's key, not ours
     assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
     assert log.read_text() == "lock-sessions\n"
+
+
+def test_rule_also_matches_the_keys_hid_device_by_hid_id_and_uniq() -> None:
+    """An emulated key has no USB parent, and some keys show no serial on USB: the HID device's
+    removal (HID_ID, HID_UNIQ from the kernel's uevent) runs the same lock program."""
+    rule = udev.render_rule(udev.KeyUsb("1209", "00ab", "SOFT123"), "soft")
+    hid_line = next(ln for ln in rule.splitlines() if 'SUBSYSTEM=="hid"' in ln)
+    assert hid_line.startswith('ACTION=="remove", SUBSYSTEM=="hid", ENV{HID_ID}=="*:00001209:000000AB"')
+    assert 'ENV{HID_UNIQ}=="SOFT123"' in hid_line
+    assert hid_line.endswith('RUN+="/usr/local/libexec/yktool-lock 1209 00ab SOFT123"')
+    assert 'ENV{HID_UNIQ}' not in udev.render_rule(udev.KeyUsb("1209", "0001"), "soft")
+
+
+def test_installed_rules_read_the_hid_line_as_the_same_key(root: Path) -> None:
+    (root / "etc/udev/rules.d").mkdir(parents=True)
+    (root / "etc/udev/rules.d/85-yktool-lock.rules").write_text(udev.render_rule(KEY, "primary"))
+    rules = udev.installed_rules(Host(root=str(root)))
+    assert [(r.vendor, r.product, r.serial) for r in rules] == [("1050", "0407", "123456")] * 2
+
+
+def test_lock_program_does_not_lock_while_the_keys_hid_device_is_there(
+        tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    fake_hid(sysfs, "0003:00001050:00000407", "123456")  # no USB parent, e.g. the emulated key
+    rc, _ = run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")
+    assert rc == 0 and not log.exists()
+    other = fake_sysfs(tmp_path / "other", [])
+    fake_hid(other, "0003:00001050:00000407", "999999")  # a colleague's key of the same model
+    assert run_as_udev(PROGRAM, bindir, other, "1050", "0407", "123456")[0] == 0
+    assert log.read_text() == "lock-sessions\n"
+
+
+def test_lock_program_locks_once_when_usb_and_hid_removal_both_fire(
+        tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456"), range(2)))
+    assert [rc for rc, _ in runs] == [0, 0]
+    assert log.read_text() == "lock-sessions\n"  # one lock for one removal
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
+    assert log.read_text() == "lock-sessions\n" * 2  # a later removal locks again
 
 
 def test_lock_program_ignores_non_remove_events_and_bad_usage(tmp_path: Path,
@@ -189,7 +240,7 @@ def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: C
     assert cli("--root", root, "udev", "install", "--nickname", "backup", "--vendor", "1209", "--product",
                "0001", "--serial", "SK2").exit_code == 0
     text = (root / udev.RULE_PATH.lstrip("/")).read_text()
-    assert text.count("ACTION==\"remove\"") == 2 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
+    assert text.count("ACTION==\"remove\"") == 4 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
     keys = cli("--root", root, "--json", "keys", "list")
     kinds = {(k["nickname"], e["kind"]) for k in json.loads(keys.stdout)["keys"] for e in k["enrollments"]}
     assert {("primary", "udev"), ("backup", "udev")} <= kinds

@@ -2,8 +2,10 @@
 
 The rule (template `udev/yktool-lock.rules.in`) matches *this* key on `ACTION=="remove"` by the
 udev database values `ID_VENDOR_ID`, `ID_MODEL_ID` and, where the key exposes one on USB, its
-serial (`ID_SERIAL_SHORT`), and runs the small lock program `udev/yktool-lock`, which waits out
-a re-enumeration and then locks every session through logind (`loginctl lock-sessions`).
+serial (`ID_SERIAL_SHORT`); a second line matches the key's HID device (`HID_ID`, `HID_UNIQ`),
+for keys with no USB parent (the emulated key) or no USB serial. Both run the small lock
+program `udev/yktool-lock`, which locks once per removal whichever fires first, waits out a
+re-enumeration and then locks every session through logind (`loginctl lock-sessions`).
 
 One rules file holds one block per key nickname (`# yktool-key: NAME`); installing again for the
 same nickname replaces that block, so re-runs change nothing.
@@ -121,10 +123,13 @@ def render_rule(key: KeyUsb, nickname: str, program: str = PROGRAM_PATH) -> str:
     _check_nick(nickname)
     template = (assets_dir() / "yktool-lock.rules.in").read_text()
     serial_match = f', ENV{{ID_SERIAL_SHORT}}=="{key.serial}"' if key.serial else ""
+    uniq_match = f', ENV{{HID_UNIQ}}=="{key.serial}"' if key.serial else ""
+    # the kernel writes HID_ID as BUS:0000VVVV:0000PPPP in upper-case hex
     return (template.replace("@NICKNAME@", nickname).replace("@NAME@", key.name or "unnamed key")
             .replace("@VENDOR@", key.vendor).replace("@PRODUCT@", key.product)
-            .replace("@SERIAL_MATCH@", serial_match).replace("@SERIAL_ARG@", key.serial or "-")
-            .replace("@PROGRAM@", program))
+            .replace("@HID_VENDOR@", key.vendor.upper()).replace("@HID_PRODUCT@", key.product.upper())
+            .replace("@SERIAL_MATCH@", serial_match).replace("@HID_UNIQ_MATCH@", uniq_match)
+            .replace("@SERIAL_ARG@", key.serial or "-").replace("@PROGRAM@", program))
 
 
 HEADER = "# Written by `yktool udev install`: lock all sessions when a registered key is removed.\n"
@@ -260,7 +265,10 @@ def installed_rules(host: Host) -> list[InstalledRule]:
                 def env(k: str, s: str = s) -> str:
                     m = re.search(r'(?:ENV|ATTRS?)\{' + k + r'\}=="([^"]*)"', s)
                     return m.group(1) if m else ""
-                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor"),
-                                         env("ID_MODEL_ID") or env("idProduct"),
-                                         env("ID_SERIAL_SHORT") or env("serial")))
+                # a HID line: HID_ID=="BUS:0000VVVV:0000PPPP", the serial in HID_UNIQ
+                hid = re.match(r"^[^:]*:0000([0-9A-Fa-f]{4}):0000([0-9A-Fa-f]{4})$", env("HID_ID"))
+                hid_vendor, hid_product = (hid.group(1).lower(), hid.group(2).lower()) if hid else ("", "")
+                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor") or hid_vendor,
+                                         env("ID_MODEL_ID") or env("idProduct") or hid_product,
+                                         env("ID_SERIAL_SHORT") or env("serial") or env("HID_UNIQ")))
     return out

@@ -78,8 +78,10 @@ def free_port() -> int:
 def sshd_user() -> None:
     """sshd's privilege-separation user and folder, in the guest's own /etc and /run."""
     if run(["getent", "passwd", "sshd"]).returncode != 0:
-        run(["useradd", "--system", "--no-create-home", "--home-dir", "/run/sshd", "--shell", "/usr/sbin/nologin",
-             "sshd"], check=True)
+        # appended, not useradd: virtme-ng mounts a file over /etc/shadow, which useradd renames onto
+        uid = next(u for u in range(990, 900, -1) if run(["getent", "passwd", str(u)]).returncode != 0)
+        with open("/etc/passwd", "a") as passwd:
+            passwd.write(f"sshd:x:{uid}:65534:sshd privilege separation:/run/sshd:/usr/sbin/nologin\n")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
 

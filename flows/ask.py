@@ -59,6 +59,22 @@ class Asker:
             return [str(c) for c in picked]
         return list(choices)
 
+    def pick(self, question: str, choices: Sequence[tuple[str, str]], *, flag: str, listing: str) -> list[str]:
+        """Several of `choices` ((value, label) pairs), none checked: the person must say. Without
+        a terminal there is no default to fall back on: an error naming the flag and the list."""
+        if self.interactive and not choices:
+            raise UsageError(f"{question} (there is nothing to choose from)", f"registered: {listing}")
+        if self.interactive:
+            import questionary
+
+            picked = questionary.checkbox(question, choices=[questionary.Choice(label, value=value)
+                                                             for value, label in choices]).unsafe_ask()
+            if picked:
+                return [str(c) for c in picked]
+            raise UsageError(f"{question} (none chosen)", f"choose at least one, or pass {flag}")
+        raise UsageError(f"{question} (cannot ask: no terminal, and {flag} was not given)",
+                         f"pass {flag} NAME (several allowed); registered: {listing}")
+
     def confirm(self, question: str, *, yes: bool) -> bool:
         if yes:
             return True

@@ -237,11 +237,12 @@ class Commission:
         return f"token {op.new_token} sealed to PCRs {pcrs}, proven to open {device}"
 
     def recovery(self, device: str) -> str:
-        from yktool.luks.header import read_header
+        from yktool.luks.pending import read_header_seeing_pending
         from yktool.luks.recovery import plan_add_recovery
 
         pending: list[str] = list(self.state.extra.get("recovery-pending", []))
-        existing = read_header(self.host, device).slots_with_role("recovery")
+        # a key an interrupted add-recovery made and never showed is not counted (luks.pending)
+        existing = read_header_seeing_pending(self.host, device).slots_with_role("recovery")
         if existing and device not in pending:
             return f"kept the existing recovery key (keyslot {', '.join(map(str, existing))})"
         # a key made by a run that died before showing it is unknown to anyone: replace it
@@ -249,14 +250,14 @@ class Commission:
         self.state.extra["recovery-pending"] = sorted(set(pending) | {device})
         self.state.save(self.host)
         op.unlock = self.unlock(device)
+        shown: list[str] = []
+        op.show = lambda key: shown.append(self.io.show_recovery(device, key))  # before an old key goes
         op.plan.apply()
-        if op.key is None:
+        if not shown:
             raise ToolFailed("systemd-cryptenroll made no recovery key", "check `yktool luks status`")
-        where = self.io.show_recovery(device, op.key)
-        op.key = None
         self.state.extra["recovery-pending"] = [d for d in pending if d != device]
         self.state.save(self.host)
-        return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {where}"
+        return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
 
     def luks_fido2(self, role: str, device: str) -> str:
         from yktool.fido.devices import entry_for

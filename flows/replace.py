@@ -1,19 +1,28 @@
-"""`yktool replace`: a key was lost. Find everything it can open, enroll the replacement there,
-prove the replacement works, then revoke the lost key. As a library (prompts: yktool/cli/flows.py).
+"""`yktool replace`: a key was lost. Revoke it everywhere, enroll the replacement there, prove the
+replacement works first. As a library (prompts: yktool/cli/flows.py).
 
-1. Find: every enrolled credential on the host — LUKS2 systemd-fido2 tokens, pam_u2f authfile
-   credentials, the registry's SSH keys (and so authorized_keys and allowed_signers) — is probed
-   silently (getAssertion with up=false: no touch, no PIN; with the PIN for a verify-required SSH
-   key, which a key shows only to UV) against each key present. What no present key answers
-   belongs to a lost key; the registry names it.
-2. Refuse when no present key answers anything: every enrolled key would be revoked and nothing
-   proven would be left (the person should get in with the recovery key first).
-3. One plan: per area, enroll the new key where the lost one was, and prove it (the LUKS keyslot
-   opens with the key's passphrase, pam_u2f's assertion verifies, ssh-keygen reads the key);
-   then revoke: wipe the lost key's keyslots and tokens (never the last way in), drop its pam_u2f
-   credential (never a user's last), take its SSH key out of authorized_keys, retire it in
-   allowed_signers (valid-before: old commits keep verifying) and add it to git's
-   gpg.ssh.revocationFile, remove its udev/USBGuard rules and its registry entry.
+1. Which key is lost is said by the person, by registry name (`--lost NAME…`, or the wizard
+   asks): never decided by absence. A key not plugged in and not named (a spare in a safe) is
+   kept, and the plan says so.
+2. Find: every enrolled credential on the host — LUKS2 systemd-fido2 tokens, pam_u2f authfile
+   credentials (each with the user of the line it is on), the registry's SSH keys (and so
+   authorized_keys and allowed_signers) — and its owner from the registry (credential id ->
+   key). Each is probed silently (getAssertion with up=false: no touch, no PIN; with the PIN
+   for a verify-required SSH key, which a key shows only to UV) against each key present: a
+   key named lost that answers is plugged in, and the run is refused. A credential the
+   registry does not know is nobody's to revoke: kept, and said so.
+3. One plan, checked whole before anything changes: no present key answering anything, a
+   LUKS volume left without a way in, a user left without a pam_u2f credential where PAM
+   requires one, or without any SSH key (`yktool.lastway`) — each is refused up front; the
+   last two can be forced (`force`, with the CLI's typed confirmation) and the plan then says
+   who loses what.
+4. Act, per area: enroll the new key where the lost one was (on the same user's line, in the
+   same user's files), and prove it (the LUKS keyslot opens with the key's passphrase,
+   pam_u2f's assertion verifies, ssh-keygen reads the key); then revoke: wipe the lost key's
+   keyslots and tokens, drop its pam_u2f credentials, take its SSH key out of
+   authorized_keys, retire it in allowed_signers (valid-before: old commits keep verifying)
+   and add it to git's gpg.ssh.revocationFile, remove its udev/USBGuard rules and its registry
+   entry.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
@@ -55,18 +65,28 @@ class Found:
     public_key: str = ""      # ssh: the public key line (for authorized_keys / allowed_signers)
     token: int | None = None  # luks: token id
     keyslots: list[int] = field(default_factory=list)
-    answered_by: str | None = None
+    answered_by: str | None = None   # the role of the present key that answers for it
+    lost: bool = False               # its owner is a key named lost (never decided by absence)
     age: bool = False         # pam: `where` is an agenix file (outside the root), not a plain authfile
     # ssh verify-required (credProtect 3): invisible to a silent probe, so probed with the PIN;
     # else a kept key's credential would be taken for the lost key's and revoked
     needs_uv: bool = False
     ssh_flags: int | None = None  # ssh: the key file's flags (touch, verify-required, resident), when recorded
     pam_options: str = ""         # pam: the credential's options as written (+presence+pin …)
+    resident_key: str = ""        # pam: a resident (`*`) credential's public key, as written
     also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
 
-    @property
-    def lost(self) -> bool:
-        return self.answered_by is None
+    def status(self) -> str:
+        """Why it is revoked or kept, as the plan says it."""
+        if self.lost:
+            return "lost (named): revoked"
+        if self.answered_by == "new":
+            return "the new key's (an earlier run made it)"
+        if self.answered_by is not None:
+            return f"plugged in ({self.answered_by}): kept"
+        if self.owner == "unregistered":
+            return "not in the registry: kept (yktool cannot tell which key made it)"
+        return "not plugged in: kept"
 
     def describe(self) -> str:
         if self.area == "luks":
@@ -78,7 +98,7 @@ class Found:
     def to_json(self) -> dict[str, Any]:
         return {"area": self.area, "where": self.where, "owner": self.owner, "user": self.user,
                 "token": self.token, "keyslots": self.keyslots, "answered_by": self.answered_by,
-                "lost": self.lost, "description": self.describe()}
+                "lost": self.lost, "status": self.status(), "description": self.describe()}
 
 
 def _b64(value: object) -> bytes | None:
@@ -127,17 +147,25 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         text, existed = pu.read_current(host, age_target(path))
         if existed:
             texts.append((path, text, True))
+    # a resident credential reads `*` in the authfile; the registry (since it records the public
+    # key) says whose it is and its credential id, so it can be probed and revoked like the others
+    resident = {(str(e.get("path", e.get("age_file", ""))), str(e.get("user")), str(e["public_key"])):
+                str(e.get("credential_id", "")) for _k, e in registry.enrollments("pam")
+                if e.get("resident") is True and "public_key" in e}
     for path, text, is_age in texts:
         authfile = pu.Authfile.parse(text)
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
-                raw = cred.credential_id
+                cid_text = resident.get((path, user, cred.public_key), "") if cred.resident else cred.key_handle
+                raw = cred.credential_id if not cred.resident else _b64(cid_text)
                 if raw is None:
-                    continue  # a resident credential (`*`): pam_u2f finds it on the key itself
-                cid_text = base64.b64encode(raw).decode()
+                    continue  # a resident credential the registry does not know: nobody's to revoke
+                if not cred.resident:
+                    cid_text = base64.b64encode(raw).decode()
                 origin = origins.get(cid_text) or pu.default_origin(host)
                 found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age,
-                                   pam_options=cred.options))
+                                   pam_options=cred.options,
+                                   resident_key=cred.public_key if cred.resident else ""))
     for _k, e in registry.enrollments("ssh"):
         if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
             continue
@@ -165,6 +193,7 @@ def probe(found: list[Found], sessions: dict[str, KeySession]) -> None:
 
 @dataclass
 class ReplaceAnswers:
+    lost: list[str] = field(default_factory=list)   # registry names of the lost keys, as the person said
     new_nickname: str = ""
     unlock_key_file: str = ""
     revoke_git: bool = True      # also list the lost key in gpg.ssh.revocationFile
@@ -172,7 +201,7 @@ class ReplaceAnswers:
     age_identity: str = ""       # NixOS: a private key (local path) that decrypts the age file
 
     def to_json(self) -> dict[str, Any]:
-        return {"new_nickname": self.new_nickname, "unlock_key_file": self.unlock_key_file,
+        return {"lost": list(self.lost), "new_nickname": self.new_nickname, "unlock_key_file": self.unlock_key_file,
                 "revoke_git": self.revoke_git, "age_host_keys": self.age_host_keys, "age_identity": self.age_identity}
 
 
@@ -209,17 +238,60 @@ class ReplaceIO:
 
 def check_safe(found: list[Found]) -> None:
     """Refuse when no present key answers for anything: nothing proven would remain."""
-    lost = [f for f in found if f.lost]
     if not found:
         raise UsageError("no enrolled credential found on this host (registry, LUKS tokens, pam_u2f authfiles)",
                          "nothing to replace; enroll keys with `yktool commission`")
-    if len(lost) == len(found):
-        owners = sorted({f.owner for f in lost})
+    if all(f.answered_by is None for f in found):
+        owners = sorted({f.owner for f in found})
         raise Refused(
             f"none of the keys present answers for any enrolled credential (all belong to {', '.join(owners)}): "
             "revoking them would leave no enrolled key, and a failed step could lock you out",
             "get in without a key first: open the disk with the recovery key (or passphrase), enroll the new key "
             "with `yktool commission`, then run `yktool replace` with that key present to revoke the lost one")
+
+
+def registry_listing(host: Host) -> str:
+    """`primary (luks, ssh, pam), backup (…)`: the names `--lost` takes, as `yktool keys list` has them."""
+    registry = Registry.load(host)
+    return ", ".join(f"{k.nickname} ({', '.join(dict.fromkeys(str(e.get('kind')) for e in k.enrollments))})"
+                     for k in registry.keys) or "none: the registry is empty"
+
+
+def revoked_before(host: Host) -> list[str]:
+    """The names an earlier (finished or interrupted) replace run was told were lost."""
+    state = FlowState.load(host, FLOW)
+    return [str(n) for n in state.answers.get("lost", [])] if isinstance(state.answers.get("lost"), list) else []
+
+
+def check_names(host: Host, names: list[str]) -> list[str]:
+    """The names given as lost, checked against the registry (`yktool keys list`); a name an
+    earlier replace run already revoked is accepted (a re-run, or a resumed one). Returns the
+    names still in the registry."""
+    if not names:
+        raise UsageError("which key was lost? (none named)",
+                         f"name it with --lost NAME (several allowed); registered: {registry_listing(host)}")
+    known = {k.nickname for k in Registry.load(host).keys}
+    earlier = set(revoked_before(host))
+    unknown = [n for n in names if n not in known and n not in earlier]
+    if unknown:
+        raise UsageError(f"--lost {', '.join(unknown)}: no such key in the registry",
+                         f"name one of the registered keys (yktool keys list): {registry_listing(host)}")
+    return [n for n in names if n in known]
+
+
+def mark_lost(found: list[Found], names: list[str]) -> None:
+    """A credential is lost when the registry says a key named lost made it; nothing else is."""
+    for f in found:
+        f.lost = f.owner in names
+
+
+def check_named_absent(found: list[Found]) -> None:
+    """A key named lost that answers a probe is in hand: refuse rather than revoke a key that is here."""
+    here = sorted({(f.owner, f.answered_by) for f in found if f.lost and f.answered_by not in (None, "new")})
+    if here:
+        which = ", ".join(f"{owner} (answers as {role})" for owner, role in here)
+        raise Refused(f"the key named lost is plugged in: {which}",
+                      "check the name (yktool keys list), or remove that key and run again")
 
 
 def replacement_options(f: Found) -> Any:
@@ -243,7 +315,8 @@ class Replace:
         self.found = found
         self.has_new = has_new
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
-        self.lost_names = sorted({f.owner for f in found if f.lost})
+        self.lost_names = list(answers.lost)
+        self.forced: list[Loss] = []   # what --force lets go (checked whole in check_plan)
         self.now = datetime.datetime.now(datetime.UTC)
 
     def lost(self, area: str) -> list[Found]:
@@ -425,9 +498,10 @@ class Replace:
     def revoke_luks(self, device: str) -> str:
         from yktool.luks.cryptenroll import wipe_slots
         from yktool.luks.header import read_header
+        from yktool.luks.pending import read_header_seeing_pending
         from yktool.luks.safety import check_remaining
 
-        header = read_header(self.host, device)
+        header = read_header_seeing_pending(self.host, device)  # an unseen recovery key is no way in
         lost_tokens = {f.token for f in self.lost("luks") if f.where == device}
         slots = sorted({s for t in header.tokens_of_type("systemd-fido2") if t.id in lost_tokens for s in t.keyslots})
         if not slots:
@@ -443,25 +517,93 @@ class Replace:
         """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
         from yktool import pam_u2f as pu
 
-        lost_ids = {f.credential_id for f in self.lost("pam") if f.where == path and f.user == user}
+        mine = [f for f in self.lost("pam") if f.where == path and f.user == user]
+        lost_ids = {f.credential_id for f in mine if not f.resident_key}
+        lost_resident = {f.resident_key for f in mine if f.resident_key}
         target = self.pam_target(path, user)
         authfile = pu.Authfile.parse(pu.read_current(self.host, target)[0])
         line = authfile.effective_line(user)
-        keep = [c for c in line.credentials if c.credential_id not in lost_ids] if line is not None else []
+        keep = [c for c in line.credentials if c.credential_id not in lost_ids
+                and not (c.resident and c.public_key in lost_resident)] if line is not None else []
         return target, authfile, line, keep, lost_ids
 
-    def check_revoke_only(self) -> None:
-        """Without a new key, refuse before anything is done when revoking would leave a user's
-        pam_u2f line empty (the revoke step would refuse half-way, after the LUKS slots went)."""
-        if self.has_new:
-            return
-        for path, user in dict.fromkeys((f.where, f.user) for f in self.lost("pam")):
-            _t, _a, line, keep, _ids = self._pam_line(path, user)
-            if line is not None and not keep:
-                raise Refused(f"no key present is on {user}'s pam_u2f line in {path}: revoking the lost key "
-                              f"alone would leave {user} without any",
-                              "insert a new key and pass it as --new-device: it is enrolled and proven first, "
-                              "then the lost key is revoked")
+    def removal(self) -> Removal:
+        """Everything the run takes away, and where the new key is enrolled (and proven) first."""
+        from yktool import pam_u2f as pu
+
+        out = Removal()
+        for f in self.lost("luks"):
+            out.add_luks(f.where, f.keyslots)
+        for f in self.lost("pam"):
+            if f.resident_key:
+                out.pam_resident[(f.where, f.user)] = out.pam_resident.get((f.where, f.user), 0) + 1
+            else:
+                out.add_pam(f.where, f.user, f.credential_id)
+            if f.age and f.where not in out.pam_texts:
+                out.pam_texts[f.where] = pu.read_current(self.host, self.pam_target(f.where, f.user))[0]
+            if self.has_new:
+                out.replaced_pam.add((f.where, f.user))
+        for f in self.lost("ssh"):
+            for path, user in self.ssh_places(f):
+                out.add_ssh(path, user, _blob(f.public_key))
+                if self.has_new and path == self.new_authorized_keys(user):
+                    out.replaced_ssh.add((path, user))  # the new key is authorized there before the lost one goes
+        return out
+
+    def new_authorized_keys(self, user: str) -> str:
+        """Where enroll_ssh authorizes the new key: the user's own ~/.ssh/authorized_keys."""
+        from yktool.authorized_keys import authorized_keys_path
+        from yktool.errors import YktoolError
+        from yktool.ssh.accounts import lookup_user
+
+        try:
+            return str(authorized_keys_path(lookup_user(self.host, user)))
+        except YktoolError:
+            return ""
+
+    def ssh_places(self, f: Found) -> list[tuple[str, str]]:
+        """The authorized_keys files (and their users) the registry has the lost SSH key in."""
+        registry = Registry.load(self.host)
+        return list(dict.fromkeys((str(e["path"]), str(e.get("user") or f.user))
+                                  for _k, e in registry.enrollments("ssh")
+                                  if e.get("role") == "authorized_keys" and "path" in e
+                                  and str(e.get("public_key")) == f.public_key))
+
+    def check_plan(self, force: bool) -> None:
+        """The whole plan's last-way-in check, before anything is done: a LUKS volume left
+        without a way in is always refused; a user left without a pam_u2f credential (where PAM
+        requires one) or without any SSH key is refused unless `force` (then `self.forced` says
+        who loses what, for the plan and the typed confirmation).
+
+        Why refuse by default rather than revoke: the refusal costs minutes (insert the new key,
+        or authorize another one) and changes nothing; revoking a user's only SSH key may cut off
+        the very session the owner runs this from, and cannot be undone from afar. Why allow
+        it with --force: a stolen key must be cut off now even when no replacement is at hand —
+        the finder keeping SSH access is the worse outcome, and the person decides it, typing
+        the key's name, with the plan saying who loses what."""
+        found = losses(self.host, self.removal())
+        luks = [x for x in found if x.area == "luks"]
+        if luks:
+            raise Refused(f"revoking {', '.join(self.lost_names)} would leave {luks[0].where} without a safe "
+                          f"way in: {luks[0].message}", luks[0].hint)
+        if found and not force:
+            ways = ("insert a new key and pass it as --new-device: it is enrolled and proven first, then the lost "
+                    "key is revoked" if not self.has_new else "")
+            raise Refused(f"revoking {', '.join(self.lost_names)} {'alone ' if not self.has_new else ''}would lock "
+                          f"out: {describe(found)}; nothing was changed",
+                          "; ".join(w for w in (ways, found[0].hint, "or revoke anyway, knowing who loses what: "
+                                                f"--force --confirm {self.lost_names[0]}") if w))
+        self.forced = found
+
+    def forced_empty(self, area: str, path: str, user: str) -> bool:
+        return any(x.area == area and x.where == path and x.user == user for x in self.forced)
+
+    def _may_empty(self, path: str, user: str) -> bool:
+        """The plan found emptying this line leaves the user a way in, or it was forced."""
+        if self.forced_empty("pam", path, user):
+            return True
+        required, _services = pam_requiring(self.host, path, user)
+        return not required
 
     def revoke_pam(self, path: str, user: str) -> str:
         from yktool import pam_u2f as pu
@@ -471,17 +613,24 @@ class Replace:
             return "the user has no line"
         if len(keep) == len(line.credentials):
             return "already gone"
-        if not keep:
+        if keep:
+            text = line.text.split(":", 1)[0] + ":" + ":".join(c.raw or c.render() for c in keep)
+            lines = [pu.AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
+        elif self._may_empty(path, user):
+            # the plan allowed it (PAM does not require pam_u2f here, or --force): the user's lines
+            # go whole (an earlier line would otherwise become the one pam_u2f reads)
+            lines = [ln for ln in authfile.lines if ln.user != user]
+        else:
             raise Refused(f"dropping the lost key's credential would leave {user} without any pam_u2f key in {path}",
                           "enroll the replacement first (run replace with --new-device)")
-        text = line.text.split(":", 1)[0] + ":" + ":".join(c.raw or c.render() for c in keep)
-        lines = [pu.AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
         new_text = "".join(ln.raw for ln in lines)
         pu.write_target(self.host, target, new_text)   # an age file is encrypted again, whole
         back = pu.Authfile.parse(pu.read_current(self.host, target)[0])
-        if back.malformed or any(c.credential_id in lost_ids for c in back.credentials_of(user)):
+        gone = {c.public_key for c in line.credentials if c not in keep}
+        if back.malformed or any(c.credential_id in lost_ids or (c.resident and c.public_key in gone)
+                                 for c in back.credentials_of(user)):
             raise ToolFailed(f"{path} does not read back as intended", "restore it from /var/backups/yktool")
-        return f"{user} keeps {len(keep)} credential(s)"
+        return f"{user} keeps {len(keep)} credential(s)" if keep else f"{user}'s line removed: no credential is left"
 
     def revoke_ssh(self, f: Found) -> str:
         from yktool.authorized_keys import revoke
@@ -495,7 +644,9 @@ class Replace:
         done = []
         for _k, e in registry.enrollments("ssh"):
             if e.get("role") == "authorized_keys" and str(e.get("public_key")) == f.public_key:
-                removed = revoke(self.host, PurePosixPath(str(e["path"])), public)
+                where = str(e["path"])
+                removed = revoke(self.host, PurePosixPath(where), public,
+                                 allow_empty=self.forced_empty("ssh", where, str(e.get("user") or f.user)))
                 if removed:
                     done.append(f"out of {e['path']}")
         for _k, e in registry.enrollments("git"):
@@ -555,6 +706,12 @@ class Replace:
         return f"{', '.join(self.lost_names)} removed from the registry"
 
 
+def _blob(public_key_line: str) -> bytes:
+    """The key blob of an `sk-ssh-ed25519@openssh.com AAAA…` line (b"" when it has none)."""
+    parts = public_key_line.split()
+    return (_b64(parts[1]) or b"") if len(parts) > 1 else b""
+
+
 def _usb_rule(entry: dict[str, Any]) -> tuple[str, str]:
     """(usb id, serial) of a registry usbguard entry: what its allow rule matches."""
     return str(entry.get("usb_id", "")).lower(), str(entry.get("serial", ""))
@@ -589,7 +746,7 @@ def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
     roles = present + (["new"] if with_new else [])
     for role in roles:
         session = keys.session(role)
-        probe([f for f in found if f.lost], {role: session})
+        probe([f for f in found if f.answered_by is None], {role: session})
         if role == "new":  # silently: is it one of the kept keys (left in where the new one should be)?
             for f in found:
                 if f.answered_by not in (None, "new") and not f.needs_uv:
@@ -618,22 +775,45 @@ def settle(host: Host) -> None:
         state.finish(host)
 
 
+def kept_notes(host: Host, found: list[Found], lost_names: list[str]) -> list[str]:
+    """What the plan keeps, by key: plugged in, or not plugged in and not named (a spare in a
+    safe is not lost because it is absent), and credentials the registry does not know."""
+    answered = {f.owner: f.answered_by for f in found if f.answered_by not in (None, "new")}
+    notes = []
+    for k in Registry.load(host).keys:
+        if k.nickname in lost_names:
+            continue
+        if k.nickname in answered:
+            notes.append(f"{k.nickname} (plugged in, {answered[k.nickname]}): kept")
+        elif any(f.owner == k.nickname and f.answered_by == "new" for f in found):
+            continue
+        else:
+            notes.append(f"{k.nickname} (not plugged in): kept — not named lost")
+    for f in found:
+        if f.owner == "unregistered" and not f.lost:
+            notes.append(f"{f.describe()}: not in the registry, kept (yktool cannot tell which key made it)")
+    return notes
+
+
 def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, found: list[Found],
-            has_new: bool) -> tuple[Replace, list[FlowStep], Plan]:
+            has_new: bool, force: bool = False) -> tuple[Replace, list[FlowStep], Plan]:
+    """The whole plan, checked whole (last way in, per user and volume) before anything changes."""
     state = FlowState.load(host, FLOW)
     if state.finished:
         state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
     flow = Replace(host, answers, keys, io, state, found, has_new)
-    flow.check_revoke_only()
+    flow.check_plan(force)
     steps = flow.build_steps()
     plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
                      + (f" with {answers.new_nickname}" if has_new else " (revoke only)"), steps, state)
     plan.notes.append("the replacement is enrolled and proven everywhere before the lost key is revoked")
+    plan.notes.extend(kept_notes(host, found, flow.lost_names))
+    plan.notes.extend(f"FORCED: {x.message}" for x in flow.forced)
     return flow, steps, plan
 
 
 def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
-    flow.state.begin(flow.host, {**flow.a.to_json(), "lost": flow.lost_names})
+    flow.state.begin(flow.host, flow.a.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     flow.state.finish(flow.host)

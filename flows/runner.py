@@ -72,7 +72,18 @@ def make_plan(title: str, steps: list[FlowStep], state: FlowState) -> Plan:
 def run_steps(host: Host, state: FlowState, steps: list[FlowStep],
               on_step: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Run every step not yet done; mark each in `state` as it succeeds. Stops at the first error
-    (it propagates; the steps before it stay marked, so a re-run resumes there)."""
+    (it propagates; the steps before it stay marked, so a re-run resumes there).
+
+    Under the root's lock: the CLI already holds it from the flow's first look at the host (this
+    nests); a library caller such as the demo gets it here."""
+    from yktool.lock import root_lock
+
+    with root_lock(host, f"yktool {state.flow}"):
+        return _run_steps(host, state, steps, on_step)
+
+
+def _run_steps(host: Host, state: FlowState, steps: list[FlowStep],
+               on_step: Callable[[Outcome], None] | None) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for s in steps:
         if s.id in state.done and not s.always:

@@ -76,6 +76,13 @@ class CliResult:
 CliCall = Callable[..., CliResult]
 
 
+@pytest.fixture(autouse=True)
+def _live_state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands on the live root (`luks …` on an image file, no --root) keep their lock and
+    journals in the test's tmp folder, never in the machine's own /var/lib/yktool."""
+    monkeypatch.setenv("YKTOOL_STATE_DIR", str(tmp_path / "live-state"))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """An empty scratch root for `--root`."""

@@ -90,8 +90,8 @@ def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) 
                            "-s", str(tmp / "msg.sig")], input=message, capture_output=True, check=False)
 
 
-def pam_accepts(scratch: Path, key_spec: str, tmp: Path) -> bool:
-    """The real pam_u2f (pamtester, private mount namespace) accepts this key for alice's line.
+def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") -> bool:
+    """The real pam_u2f (pamtester, private mount namespace) accepts this key for `user`'s line.
 
     pam_u2f looks the user up on this machine, which has no alice: her line is checked as root's.
     The real module is part of the test set-up (scripts/setup): without it this fails, never skips.
@@ -103,8 +103,8 @@ def pam_accepts(scratch: Path, key_spec: str, tmp: Path) -> bool:
 
     text = (scratch / ROOT / "etc/u2f_mappings").read_text()
     authfile = tmp / "u2f_mappings"
-    authfile.write_text("".join("root:" + ln.split(":", 1)[1] if ln.startswith("alice:") else ln
-                                for ln in text.splitlines(keepends=True)))
+    authfile.write_text("".join("root:" + ln.split(":", 1)[1] if ln.startswith(f"{user}:") else ln
+                                for ln in text.splitlines(keepends=True) if not ln.startswith("root:")))
 
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(key_spec) as session:

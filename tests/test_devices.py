@@ -119,6 +119,8 @@ def test_auto_with_several_keys_lists_the_flags_and_closes_them(tmp_path: Path) 
     for key in keys:
         assert f"--device sim:{key.path}" in err.value.message
     assert "1209:0001" in err.value.message
+    for key in keys:  # two keys of one model: the serial tells them apart
+        assert f"serial {key.serial_number}" in err.value.message
     assert Closing.closed == 2
 
 

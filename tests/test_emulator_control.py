@@ -116,3 +116,24 @@ def test_a_path_already_taken_is_refused_and_left_alone(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="already exists"):
         ControlSocket(taken, wire.gate, lambda: None)
     assert taken.read_text() == "keep me"
+
+
+def test_under_ask_enter_on_stdin_touches_and_n_refuses(tmp_path: Path) -> None:
+    from yktool.cli.emulate import read_answers
+
+    wire = make_wire(tmp_path, TouchPolicy.ASK, timeout=10)
+    prompts: list[str] = []
+    wire.gate.prompt = lambda: prompts.append("Touch requested")
+    r, w = os.pipe()
+    with os.fdopen(r) as stdin, os.fdopen(w, "w") as typing:
+        reader = threading.Thread(target=read_answers, args=(wire.gate, stdin), daemon=True)
+        reader.start()
+        for typed, expected in (("\n", None), ("n\n", CtapError.ERR.OPERATION_DENIED)):
+            t, out = make_credential_in_background(wire)
+            assert wire.gate.wait_for_request(10)
+            typing.write(typed)
+            typing.flush()
+            t.join(10)
+            assert (out[0] if isinstance(out[0], int) else None) == expected
+    reader.join(5)
+    assert prompts == ["Touch requested"] * 2 and not reader.is_alive()  # EOF ends the reader

@@ -203,7 +203,7 @@ def test_a_recovery_key_that_does_not_open_is_never_shown(luks2_image: LuksImage
     before = read_header(Host(), str(luks2_image.path))
     op = plan_add_recovery(Host(), str(luks2_image.path))
     op.unlock = luks2_image.passphrase
-    [step] = op.plan.steps
+    step = next(s for s in op.plan.steps if s.id == "add")  # then "show", which never runs here
     assert step.action and step.prove
     step.action()
     assert op.key is not None

@@ -199,7 +199,7 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     lost_serial = usb_serials(host)["primary"]
     assert lost_serial in out.read_text()
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
             "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
             input=demo_pin(scratch) + "\n")
     assert r.exit_code == 0, r.output
@@ -344,10 +344,23 @@ def test_plain_flake_gets_the_standard_options(scratch: Path, cli: CliCall, tmp_
     assert report["secrets_nix_entry"].startswith('"yubikey-auth.age".publicKeys = [ "ssh-ed25519 ')
     made = (out, flake / "secrets", flake / "secrets/yubikey-auth.age")
     assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(1000, 1000)}
+    uuid = read_header(Host(root), IMAGE).uuid
     types = leaves(evaluate(out)["types"])
     assert types["services.usbguard.rules"] == "string"
-    assert types[f"boot.initrd.luks.devices.luks-{read_header(Host(root), IMAGE).uuid}.crypttabExtraOpts"] == \
-        ["string", "string"]
+    assert types[f"boot.initrd.luks.devices.luks-{uuid}.crypttabExtraOpts"] == ["string", "string"]
+    # disko names the mapping, not hardware-configuration.nix: said, not guessed; --luks-name sets it
+    (flake / "disko.nix").write_text('{ disko.devices.disk.main.content.partitions.luks.content = '
+                                     '{ type = "luks"; name = "crypted"; }; }\n')
+    r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
+    assert any("disko names LUKS volumes crypted" in n and f"--luks-name {uuid}=NAME" in n
+               for n in json.loads(r.stdout)["notes"]), r.stdout
+    r = cli("--root", root, "--json", "nixos", "module", "--flake", flake, "--luks-name", f"{uuid}=crypted")
+    assert r.exit_code == 0, r.output
+    types = leaves(evaluate(out)["types"])
+    assert types["boot.initrd.luks.devices.crypted.crypttabExtraOpts"] == ["string", "string"]
+    assert f"--luks-name {uuid}=crypted" in out.read_text()  # the regenerate command keeps it
+    r = cli("--root", root, "nixos", "module", "--flake", flake, "--luks-name", "crypted")
+    assert r.exit_code == 2 and "is not UUID=NAME" in r.stderr
 
 
 def test_bad_input_is_a_clear_error_and_writes_nothing(scratch: Path, cli: CliCall, tmp_path: Path) -> None:

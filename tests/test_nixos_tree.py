@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yktool import agefile
 from yktool.errors import UsageError
@@ -150,3 +152,63 @@ def test_nodes_scoping_is_noticed(tmp_path: Path) -> None:
     assert agenix.uses_nodes(path)
     path.write_text('{ "wifi-psk".publicKeys = [ ]; }\n')
     assert not agenix.uses_nodes(path)
+
+
+_ATOMS = ["{", "}", "[", "]", "(", ")", ";", "=", ".", "let", "in", "with", "assert", "rec", "inherit", "a",
+          "b.c", '"s"', '"${x}"', "''x''", "${", "./p", "1", ":", "@", "...", ",", "?", "#c\n", "/*c*/", '"\\"',
+          "//", "++", "or", "'", '"']
+
+
+@given(st.lists(st.sampled_from(_ATOMS), max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_any_text_is_read_or_refused_as_nix_never_a_crash(atoms: list[str]) -> None:
+    try:
+        tree.parse(" ".join(atoms))
+    except tree.NixSyntaxError:
+        pass
+
+
+def test_a_registry_rule_that_is_not_one_allow_line_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from yktool.cli import main_group
+    from yktool.host import Host
+    from yktool.inventory import Registry
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/NIXOS").write_text("")
+    with Registry.update(Host(root)) as reg:
+        reg.record("primary", "usbguard", usb_id="1050:0407", serial="1",
+                   rule='allow id 1050:0407 serial "1"\nallow')  # a second line would allow every device
+    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module", "--out", str(tmp_path / "m.nix")],
+                           catch_exceptions=False)
+    assert r.exit_code == 2 and "not one allow line" in r.stderr and not (tmp_path / "m.nix").exists()
+
+
+def test_users_own_authfiles_give_pam_u2f_without_an_authfile_or_secret(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from yktool.cli import main_group
+    from yktool.host import Host
+    from yktool.inventory import Registry
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/NIXOS").write_text("")
+    with Registry.update(Host(root)) as reg:
+        reg.record("primary", "pam", user="alice", origin="pam://ws1", credential_id="QUFB",
+                   path="/home/alice/.config/Yubico/u2f_keys")
+    out = tmp_path / "m.nix"
+    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module", "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    expr = (f"(import {out} {{ config = {{ }}; lib = {{ }}; pkgs = {{ }}; }})")
+    got = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],  # noqa: S607
+                         capture_output=True, text=True, check=True).stdout
+    module = json.loads(got)
+    assert "age" not in module
+    assert module["security"]["pam"]["u2f"]["settings"] == {"origin": "pam://ws1", "cue": True}
+    assert module["security"]["pam"]["services"]["sudo"] == {"u2fAuth": True}

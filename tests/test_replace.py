@@ -56,8 +56,8 @@ def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
 
 def _replace(cli: CliCall, scratch: Path, *extra: str) -> CliResult:
     return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
-               "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
-               input=demo_pin(scratch) + "\n")
+               "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
+               "--new-pin-stdin", input=demo_pin(scratch) + "\n")
 
 
 def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_dry_run_lists_the_lost_key_and_changes_nothing(scratch: Path, cli: CliC
     (scratch / KEYS / "backup.json").unlink()  # this time the backup is lost
     before = tree_bytes(root)
     r = cli("--root", root, "--device", spec(scratch, "primary"), "--dry-run", "replace",
-            "--new-device", spec(scratch, "new"))
+            "--lost", "backup", "--new-device", spec(scratch, "new"))
     assert r.exit_code == 0, r.output
     assert "Lost (backup)" in r.stdout and "[backup]" in r.stdout
     assert "wipe the lost key's keyslots" in r.stdout
@@ -163,7 +163,8 @@ def test_replace_killed_at_every_step_resumes_and_never_locks_out(scratch: Path)
     pin = demo_pin(scratch)
     (scratch / KEYS / "primary.json").unlink()
     argv = [YKTOOL, "--root", str(scratch / ROOT), "--device", spec(scratch, "backup"), "--yes", "replace",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin"]
+            "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
+            "--new-pin-stdin"]
     stdin = (pin + "\n") * 4
     plan = subprocess.run([*argv[:6], "--json", "--dry-run", *argv[6:]], capture_output=True, text=True, check=False)
     assert plan.returncode == 0, plan.stderr
@@ -191,8 +192,9 @@ def test_keep_old_signatures_keeps_the_lost_keys_past_commits_valid(scratch: Pat
     root = scratch / ROOT
     assert git_commit_verifies(scratch, spec(scratch, "primary")).returncode == 0
     (scratch / KEYS / "primary.json").unlink()
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--new-device",
-            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin", "--keep-old-signatures",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
+            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
+            "--keep-old-signatures",
             input=demo_pin(scratch) + "\n")
     assert r.exit_code == 0, r.output
     assert not (root / "home/alice/.ssh/revoked_signers").exists()
@@ -212,7 +214,7 @@ def test_a_kept_keys_verify_required_ssh_key_is_not_taken_for_lost(scratch: Path
     vr = (root / "home/alice/.ssh/id_vr_sk").read_bytes()
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     r = cli("--root", root, "--device", spec(scratch, "backup"), "--json", "--dry-run", "replace",
-            "--new-device", spec(scratch, "new"), "--pin-stdin", input=pin + "\n")
+            "--lost", "primary", "--new-device", spec(scratch, "new"), "--pin-stdin", input=pin + "\n")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert {s["where"] for s in report["lost"] if s["area"] == "ssh"} == {"/home/alice/.ssh/id_ed25519_sk"}
@@ -220,8 +222,9 @@ def test_a_kept_keys_verify_required_ssh_key_is_not_taken_for_lost(scratch: Path
     assert any(s["where"] == "/home/alice/.ssh/id_vr_sk" and s["answered_by"] == "present-1"
                for s in report["kept"])
     # the kept key's PIN (for the probe), then the new key's first PIN
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--new-device",
-            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin", "--new-pin-stdin",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
+            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
+            "--new-pin-stdin",
             input=f"{pin}\n{pin}\n")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["counts"]["present-1"] == {"touches": 0, "pin_prompts": 1}
@@ -236,8 +239,8 @@ def test_the_kept_key_given_as_the_new_one_is_refused(scratch: Path, cli: CliCal
     root = scratch / ROOT
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--new-device",
-            spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
+            "--new-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
             input=demo_pin(scratch) + "\n")
     assert r.exit_code == 4, r.output
     assert "already enrolled here (backup)" in r.stderr and "hint:" in r.stderr
@@ -279,8 +282,9 @@ def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scr
     assert r.exit_code == 0, r.output
     lost = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--new-device",
-            spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin", "--new-pin-stdin",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
+            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
+            "--new-pin-stdin",
             input=f"{pin}\n{pin}\n")
     assert r.exit_code == 0, r.output
     new = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
@@ -326,7 +330,7 @@ def test_revoke_only_refuses_up_front_when_a_pam_line_would_be_left_empty(scratc
     assert len(pu.Authfile.parse(authfile.read_text()).credentials_of("alice")) == 1
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace",
+    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
             "--unlock-key-file", str(PASSPHRASE))
     assert r.exit_code == 4, r.output
     assert "without any" in r.stderr and "--new-device" in r.stderr

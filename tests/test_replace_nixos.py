@@ -49,7 +49,7 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     handle = {k.nickname: str(e["credential_id"]) for k, e in reg.enrollments("pam")}
     (keys / "a.json").unlink()  # key A is lost
     r = cli("--root", root, "--device", f"sim:{keys}/b.json", "--yes", "--json", "replace",
-            "--new-device", f"sim:{keys}/c.json", "--new-pin-stdin", input="1234\n")
+            "--lost", "primary", "--new-device", f"sim:{keys}/c.json", "--new-pin-stdin", input="1234\n")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert [(f["area"], f["owner"]) for f in report["lost"]] == [("pam", "primary")]
@@ -60,5 +60,5 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     # without a way to read the age file, replace says what to pass, and changes nothing
     (hostkey).rename(tmp_path / "moved-key")
     r = cli("--root", root, "--device", f"sim:{keys}/b.json", "--yes", "replace",
-            "--new-device", f"sim:{keys}/d.json")
+            "--lost", "primary-2", "--new-device", f"sim:{keys}/d.json")
     assert r.exit_code == 2 and "--age-identity" in r.stderr, r.output

@@ -167,7 +167,7 @@ class DemoContext:
         d = self.scratch
         return (f"rm {d}/{KEYS}/primary.json && yktool --root {d}/{ROOT} --device sim:{d}/{KEYS}/backup.json "
                 f"--yes replace --new-device sim:{d}/{KEYS}/new.json --unlock-key-file {PASSPHRASE} "
-                f"--new-pin-stdin < {d}/{KEYS}/{PIN_FILE}")
+                f"--lost primary --new-pin-stdin < {d}/{KEYS}/{PIN_FILE}")
 
 
 def stage_tpm(ctx: DemoContext) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
-import os
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from yktool.errors import UsageError
 from yktool.host import Host
 
 REGISTRY_PATH = "/etc/yktool/keys.toml"
-LOCK_PATH = "/etc/yktool/.keys.lock"
 
 Scalar = str | int | bool
 
@@ -110,16 +107,16 @@ class Registry:
     @classmethod
     @contextlib.contextmanager
     def update(cls, host: Host) -> Iterator[Registry]:
-        """Load, let the caller change, save, under a lock (two enrollments never race)."""
-        host.mkdir("/etc/yktool", 0o755)
-        lock_fd = os.open(host.path(LOCK_PATH), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        """Load, let the caller change, save, under the root's lock (two enrollments never race).
+
+        A command already holds that lock from its first read; a library caller gets it here."""
+        from yktool.lock import root_lock
+
+        with root_lock(host, "yktool (key registry)"):
+            host.mkdir("/etc/yktool", 0o755)
             registry = cls.load(host)
             yield registry
             registry.save(host)
-        finally:
-            os.close(lock_fd)
 
     # ------------------------------------------------------------------ queries and changes
     def get(self, nickname: str) -> KeyRecord | None:

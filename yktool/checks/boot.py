@@ -150,9 +150,11 @@ def root_device(ctx: CheckContext) -> RootDevice:
 
 def _read_header(ctx: CheckContext, rd: RootDevice) -> None:
     try:
-        from yktool.luks.header import read_header
+        from yktool.luks.pending import read_header_seeing_pending
 
-        rd.header = read_header(ctx.host, rd.device)
+        # slots an interrupted run left are judged for what they are: an unseen recovery key is
+        # no typed fallback (luks.pending)
+        rd.header = read_header_seeing_pending(ctx.host, rd.device)
         rd.evidence.append(Evidence(rd.device, f"LUKS{rd.header.version}", "header",
                                     "cryptsetup luksDump --dump-json-metadata"))
     except YktoolError as exc:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, show_plan
 
 
+@read_only  # works on its own scratch root (its flows lock that one), never on --root
 @click.command("demo")
 @click.option("--scratch", default="scratch", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for everything the demo makes (created; nothing outside it is touched).")
@@ -24,6 +25,12 @@ def demo(app: AppContext, scratch: Path) -> None:
     unlock and shows the TPM refusing after a Secure Boot change. Prints touches and PIN entries
     per key, and the command to rehearse losing a key with `yktool replace`. Nothing outside
     SCRATCH is touched. Run it again: nothing changes.
+
+    \b
+    Examples:
+      yktool demo
+      yktool --dry-run demo --scratch /tmp/yk-demo
+      yktool demo --json
     """
     if app.dry_run:
         _show_plan(app, scratch.absolute())

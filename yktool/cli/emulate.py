@@ -9,12 +9,12 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from yktool.cli.context import AppContext
-from yktool.cli.output import info
+from yktool.cli.output import envelope, info
 from yktool.errors import NoDevice, UsageError
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ def _sim_path(app: AppContext, device_spec: str | None) -> str:
     return rest
 
 
-def _read_terminal(gate: TouchGate) -> None:
+def read_answers(gate: TouchGate, stream: TextIO) -> None:
     """Enter touches the waiting request, `n` + Enter refuses it; other lines are ignored."""
     try:
-        for line in sys.stdin:
+        for line in stream:
             answer = line.strip().lower()
             if answer in ("", "y", "yes"):
                 gate.answer(True)
@@ -74,13 +74,14 @@ def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, to
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
         if sys.stdin is not None and (on_terminal or policy is TouchPolicy.ASK):
-            threading.Thread(target=_read_terminal, args=(gate,), name="emulator-stdin", daemon=True).start()
+            threading.Thread(target=read_answers, args=(gate, sys.stdin), name="emulator-stdin", daemon=True).start()
 
         def on_plugged(plugged: Plugged) -> None:
             line = plugged.hidraw
             if app.json:
-                line = json.dumps({**plugged.to_json(), "control": control_path, "device": f"sim:{key.path}",
-                                   "touch": policy.value})
+                line = json.dumps(envelope({**plugged.to_json(),  # one line: read as soon as it comes
+                                            "control": os.path.abspath(control_path) if control_path else None,
+                                            "device": f"sim:{key.path.absolute()}", "touch": policy.value}))
             try:
                 click.echo(line)
                 sys.stdout.flush()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit_json, info
+from yktool.cli.force import confirm_forced, confirm_option, force_option
+from yktool.cli.output import emit_json, info, instruct
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
@@ -145,6 +146,14 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     `yktool verify` on what was enrolled. The PIN is typed once per key. Interrupted (Ctrl-C, a
     pulled key, a crash)? Run the same command again: it resumes where it stopped. Run a finished
     commission again: nothing changes. Touches and PIN prompts are counted and printed.
+
+    \b
+    Examples:
+      yktool commission
+      yktool --dry-run commission --user alice --luks-device /dev/nvme0n1p2
+      yktool --yes commission --user alice --luks-device /dev/vda2 \\
+          --git-email alice@example.org --pin-stdin < pins.txt
+      yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
     from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_pin
@@ -206,7 +215,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         if spec != "auto":  # named by --backup-device: it is in already (or a software key)
             info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
             return
-        info(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
+        instruct(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
         asker.pause("Press any key when it is in…", yes=app.yes)
 
     io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
@@ -242,7 +251,12 @@ def _render_counts(counts: dict[str, Any]) -> str:
 
 def _render_report(app: AppContext, report: Any, plan: Any) -> None:
     if app.json:
-        emit_json({**report.to_json(), "plan": plan.to_json()})
+        from yktool.cli.verify import split_fix
+
+        data = report.to_json()
+        for check in data.get("verify", []):  # each fix split as verify --json splits it
+            check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
+        emit_json({**data, "plan": plan.to_json()})
         return
     for note in report.notes:
         click.echo(note)
@@ -260,6 +274,9 @@ def _render_report(app: AppContext, report: Any, plan: Any) -> None:
 
 
 @click.command("replace")
+@click.option("--lost", "lost", multiple=True, metavar="NAME",
+              help="The lost key's registry name (`yktool keys list`); repeatable or comma-separated. "
+                   "Only named keys are revoked. Without it the wizard asks (and without a terminal, refuses).")
 @click.option("--present", "present", multiple=True, metavar="SPEC",
               help="Another key you still have (besides the global --device); repeatable.")
 @click.option("--new-device", default=None, metavar="SPEC",
@@ -282,21 +299,38 @@ def _render_report(app: AppContext, report: Any, plan: Any) -> None:
 @click.option("--keep-old-signatures", is_flag=True,
               help="Do not list the lost key in gpg.ssh.revocationFile (its old commits keep verifying; "
                    "a finder could back-date new ones).")
+@force_option
+@confirm_option
 @pass_app
-def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, new_nickname: str | None,
-            unlock_key_file: str | None, luks_devices: tuple[str, ...], new_pin_stdin: bool, pin_stdin: bool,
-            age_host_keys: tuple[str, ...], age_identity: str | None, keep_old_signatures: bool) -> None:
-    """A key was lost: find what it opens, enroll the replacement there, prove it, then revoke it.
+def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], new_device: str | None,
+            new_nickname: str | None, unlock_key_file: str | None, luks_devices: tuple[str, ...],
+            new_pin_stdin: bool, pin_stdin: bool, age_host_keys: tuple[str, ...], age_identity: str | None,
+            keep_old_signatures: bool, force: bool, confirm: tuple[str, ...]) -> None:
+    """A key was lost: revoke it everywhere, enroll the replacement there, prove it first.
 
-    Insert the keys you still have (--device, --present) and the new one (--new-device). Every
-    enrolled credential (LUKS2 FIDO2 tokens, pam_u2f lines, SSH keys and so authorized_keys and
-    allowed_signers) is probed silently — no touch, no PIN (a verify-required SSH key: the PIN)
-    — against the keys present; what none
-    answers belongs to the lost key, named from the registry. The plan enrolls the new key where
-    the lost one was and proves it, then wipes the lost key's keyslots, drops its pam_u2f
-    credential, takes its SSH key out of authorized_keys, retires it in allowed_signers and
-    git's revocation file, and removes its udev/USBGuard rules and registry entry. Refused when
-    no present key answers anything (get in with the recovery key first). Resumable.
+    Say which key was lost by its registry name (--lost NAME, several allowed; the wizard asks,
+    listing `yktool keys list`). Only named keys are revoked: a key that is merely not plugged in
+    (a spare in a safe) is kept, and the plan says so. Insert the keys you still have (--device,
+    --present) and the new one (--new-device). Every enrolled credential (LUKS2 FIDO2 tokens,
+    pam_u2f lines, SSH keys and so authorized_keys and allowed_signers) gets its owner from the
+    registry and its user from the authfile line, and is probed silently — no touch, no PIN (a
+    verify-required SSH key: the PIN) — against the keys present: a key named lost that answers
+    is refused. The plan enrolls the new key where the lost one was (the same user's line and
+    files) and proves it, then wipes the lost key's keyslots, drops its pam_u2f credentials,
+    takes its SSH key out of authorized_keys, retires it in allowed_signers and git's
+    revocation file, and removes its udev/USBGuard rules and registry entry.
+
+    The whole plan is checked before anything changes: refused (exit 4) when no present key
+    answers anything, when a LUKS volume would keep no safe way in, or when a user would be
+    left without a pam_u2f credential (where PAM requires one) or without any SSH key. The last
+    two can be forced: --force, then type the key's name (or --confirm NAME with --yes). Resumable.
+
+    \b
+    Examples:
+      yktool replace --lost primary --new-device auto
+      yktool --yes replace --lost primary --new-device hid:/dev/hidraw3 --unlock-key-file /root/pass
+      yktool --dry-run replace --lost primary,old-nano          # the plan only
+      yktool --yes replace --lost primary --force --confirm primary   # revoke only, alice loses SSH
     """
     from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_pin
@@ -308,6 +342,11 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
+    names = list(dict.fromkeys(_split(lost)))
+    if not names and not asker.interactive:  # never guess which key is lost: refuse before any key is opened
+        asker.pick("Which key was lost?", [], flag="--lost", listing=fr.registry_listing(host))
+    if names:
+        fr.check_names(host, names)
     specs: dict[str, str | None] = {}
     present_roles = []
     for n, spec in enumerate([app.device, *present], 1):
@@ -324,7 +363,7 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
-            info("Now remove the other keys and insert the new key.")
+            instruct("Now remove the other keys and insert the new key.")
             asker.pause("Press any key when it is in…", yes=app.yes)
 
     nicknames = {r: "" for r in present_roles}
@@ -334,45 +373,72 @@ def replace(app: AppContext, present: tuple[str, ...], new_device: str | None, n
         found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices),
                         fr.age_target_for(host, age))
         fr.check_safe(found)
-        lost = [f for f in found if f.lost]
-        names = sorted({f.owner for f in lost})
-        if not lost:
+        if not names:
+            names = _ask_lost(asker, host, found)
+        known = fr.check_names(host, names)
+        fr.mark_lost(found, names)
+        fr.check_named_absent(found)
+        lost_found = [f for f in found if f.lost]
+        if not lost_found and not known:
             if not app.dry_run:
                 fr.settle(host)
             if app.json:
                 emit_json({"ok": True, "lost": [], "kept": [f.to_json() for f in found], "steps": []})
             else:
-                click.echo("Every enrolled credential answers to a key present: nothing is lost, nothing to do.")
+                click.echo(f"{', '.join(names)}: already revoked (no longer in the registry): nothing is lost, "
+                           "nothing to do.")
             return
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
         if new_device:
             fr.check_new_key(found, nick)
-        answers = fr.ReplaceAnswers(new_nickname=nick, unlock_key_file=unlock_key_file or "",
+        answers = fr.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,
                                     age_identity=age.age_identity)
         io = fr.ReplaceIO(new_pin, _read_unlock)
-        flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device))
+        flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device), force)
         if not app.json:
-            click.echo(f"Lost ({', '.join(names)}): no key present answers for")
-            for f in lost:
+            click.echo(f"Lost ({', '.join(names)}), as named: revoked from")
+            for f in lost_found:
                 click.echo(f"  - {f.describe()}  [{f.owner}]")
+            if not lost_found:
+                click.echo("  - no credential on this host (the registry entry and its rules only)")
             kept = [f for f in found if not f.lost]
-            click.echo(f"Kept ({len(kept)} credentials answer to a key present).")
+            click.echo(f"Kept ({len(kept)} credentials):")
+            for f in kept:
+                click.echo(f"  - {f.describe()}  [{f.owner}: {f.status()}]")
         if app.dry_run:
             if app.json:  # what was found, as the real run's report has it
-                emit_json({**plan.to_json(), "lost": [f.to_json() for f in lost],
-                           "kept": [f.to_json() for f in found if not f.lost]})
+                emit_json({**plan.to_json(), "lost": [f.to_json() for f in lost_found],
+                           "kept": [f.to_json() for f in found if not f.lost],
+                           "forced": [x.to_json() for x in flow.forced]})
             else:
                 show_plan(plan, False)
             return
         if not app.json:
             show_plan(plan, False)
+        confirm_forced(flow.forced, names, confirm, yes=app.yes or app.json)
         if not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
         report = fr.execute(flow, steps, _step_printer(app))
     if app.json:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "forced": [x.to_json() for x in flow.forced]})
     else:
         click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)")
                    + f"; touches and PIN entries: {_render_counts(report.counts)}")
+
+
+def _ask_lost(asker: Any, host: Any, found: list[Any]) -> list[str]:
+    """The wizard's question: which registered key was lost (each shown plugged in or not)."""
+    from yktool.flows import replace as fr
+    from yktool.inventory import Registry
+
+    here = {f.owner: f.answered_by for f in found if f.answered_by not in (None, "new")}
+    choices = []
+    for k in Registry.load(host).keys:
+        kinds = ", ".join(dict.fromkeys(str(e.get("kind")) for e in k.enrollments)) or "no enrollments"
+        where = f"plugged in ({here[k.nickname]})" if k.nickname in here else "not plugged in"
+        choices.append((k.nickname, f"{k.nickname} — {kinds}; {where}"))
+    picked: list[str] = asker.pick("Which key was lost? (space to mark, enter to go on)", choices,
+                                   flag="--lost", listing=fr.registry_listing(host))
+    return picked

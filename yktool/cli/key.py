@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, warn
 from yktool.errors import PinAuthBlocked, Refused, UsageError
 
@@ -59,20 +59,33 @@ def key() -> None:
 
     Pick the key with the global --device (auto, hid:/dev/hidrawN, sim:PATH):
     `yktool --device sim:/tmp/k.json key info`.
+
+    \b
+    Examples:
+      yktool key list
+      yktool --device sim:/tmp/k.json key info
+      yktool key pin change
     """
 
 
+@read_only
 @key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
-    """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
+    """List the FIDO2 keys present (and the software key named by --device sim:PATH).
+
+    \b
+    Examples:
+      yktool key list
+      yktool key list --json
+    """
     from yktool.fido.facts import list_present_keys
 
     facts, problems = list_present_keys(app.device)
     for problem in problems:
         warn(f"a key could not be read: {problem}")
     if app.json:
-        emit(True, [f.to_json() for f in facts], "")
+        emit(True, {"keys": [f.to_json() for f in facts], "problems": problems}, "")
         return
     if not facts:
         info("no FIDO2 key found; plug one in, or use --device sim:PATH to rehearse with the software key")
@@ -87,11 +100,19 @@ def list_cmd(app: AppContext) -> None:
     click.echo("\n".join(lines))
 
 
+@read_only
 @key.command("info", short_help="What the key is: AAGUID, versions, PIN state.")
 @pass_app
 def info_cmd(app: AppContext) -> None:
     """Show what the key is: product, AAGUID, CTAP versions, extensions, algorithms, options,
-    PIN state and retries, and for a YubiKey its serial, firmware and form factor."""
+    PIN state and retries, and for a YubiKey its serial, firmware and form factor.
+
+    \b
+    Examples:
+      yktool key info
+      yktool --device /dev/hidraw2 key info --json
+      yktool --device 12345678 key info
+    """
     from yktool.fido.facts import read_key_facts
 
     with _session(app) as session:
@@ -101,7 +122,13 @@ def info_cmd(app: AppContext) -> None:
 
 @key.group("pin", short_help="Set, change or check the PIN.")
 def pin() -> None:
-    """Set, change or check the key's PIN (never given on the command line)."""
+    """Set, change or check the key's PIN (never given on the command line).
+
+    \b
+    Examples:
+      yktool key pin set
+      yktool key pin verify
+    """
 
 
 _pin_stdin = click.option("--pin-stdin", is_flag=True,
@@ -112,7 +139,13 @@ _pin_stdin = click.option("--pin-stdin", is_flag=True,
 @_pin_stdin
 @pass_app
 def pin_set(app: AppContext, pin_stdin: bool) -> None:
-    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes)."""
+    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes).
+
+    \b
+    Examples:
+      yktool key pin set
+      yktool key pin set --pin-stdin < new-pin.txt
+    """
     from yktool.fido.session import check_new_pin
 
     with _session(app) as session:
@@ -129,7 +162,13 @@ def pin_set(app: AppContext, pin_stdin: bool) -> None:
 @_pin_stdin
 @pass_app
 def pin_change(app: AppContext, pin_stdin: bool) -> None:
-    """Change the PIN: the current one, then the new one (typed twice on a terminal)."""
+    """Change the PIN: the current one, then the new one (typed twice on a terminal).
+
+    \b
+    Examples:
+      yktool key pin change
+      yktool key pin change --pin-stdin < old-and-new-pin.txt
+    """
     from yktool.fido.session import check_entered_pin, check_new_pin
 
     with _session(app) as session:
@@ -144,12 +183,19 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, "PIN changed.")
 
 
+@read_only
 @pin.command("verify")
 @_pin_stdin
 @pass_app
 def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     """Check a PIN against the key. A wrong PIN costs one of the key's retries (exit 6);
-    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8)."""
+    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8).
+
+    \b
+    Examples:
+      yktool key pin verify
+      yktool --device sim:/tmp/k.json key pin verify --pin-stdin < pin.txt
+    """
     with _session(app) as session:
         if not session.pin_is_set:
             raise UsageError("the key has no PIN", "set one first: yktool key pin set")
@@ -159,11 +205,17 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     emit(app.json, {"ok": True, "pin_retries": retries}, f"PIN is correct ({retries} attempts left).")
 
 
+@read_only  # the software key's own state file only
 @key.command("replug", short_help="Software key: pull it out and back in.")
 @pass_app
 def replug(app: AppContext) -> None:
     """Software key only: stand for pulling it out and plugging it back in (clears the
-    3-wrong-PINs block, opens the reset window)."""
+    3-wrong-PINs block, opens the reset window).
+
+    \b
+    Examples:
+      yktool --device sim:/tmp/k.json key replug
+    """
     from yktool.fido.devices import replug as replug_sim
     from yktool.fido.devices import resolve_spec
 
@@ -183,32 +235,64 @@ RESET_WARNING = (
 
 
 @key.command("reset", short_help="Factory reset (wipes every credential).")
+@click.option("--force", is_flag=True,
+              help="Reset even when the key is someone's last way in (the only pam_u2f credential where PAM "
+                   "requires one, the only safe unlock of a LUKS volume, a user's only SSH key); the key's "
+                   "registry name must be typed (on a terminal) or given with --confirm.")
+@click.option("--confirm", "confirm", multiple=True, metavar="NAME",
+              help="With --force and --yes (or no terminal): the key's registry name, typed out (`reset` "
+                   "for a key the registry does not know).")
 @pass_app
-def reset(app: AppContext) -> None:
+def reset(app: AppContext, force: bool, confirm: tuple[str, ...]) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).
 
-    Real keys accept it only within seconds of being plugged in, and want a touch."""
+    First, what the key opens on this host (--root) is found from the registry and silent probes
+    (no touch, no PIN): a reset that would leave a user without any pam_u2f credential (where
+    PAM requires pam_u2f), a LUKS volume without a safe way in, or a user without any SSH key
+    is refused (exit 4) before anything happens, unless --force with the key's name typed.
+    Real keys accept a reset only within seconds of being plugged in, and want a touch.
+
+    \b
+    Examples:
+      yktool --device hid:/dev/hidraw2 key reset
+      yktool --yes --device hid:/dev/hidraw2 key reset --force --confirm old-nano
+    """
     import sys
 
+    from yktool.cli.force import confirm_forced
     from yktool.cli.prompts import CliInteraction
+    from yktool.lastway import held_by, losses
 
     interaction = CliInteraction()
     with _session(app, interaction) as session:
         spec = _spec(app, session)
+        held = held_by(app.host, session)
+        lost = losses(app.host, held.removal)
+        label = f"{spec} ({', '.join(held.names)})" if held.names else spec
+        words = held.names or ["reset"]
+        if lost and not force:
+            raise Refused(f"resetting {label} would lock out: {'; '.join(x.message for x in lost)}; nothing was "
+                          "done", f"{lost[0].hint}; or reset anyway, knowing who loses what: --force --confirm "
+                          f"{words[0]}")
         if app.dry_run:
-            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec},
-                 f"Would reset {spec}. {RESET_WARNING}")
+            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec, "names": held.names,
+                            "would_lock_out": [x.to_json() for x in lost]},
+                 f"Would reset {label}. {RESET_WARNING}"
+                 + "".join(f"\nFORCED: {x.message}" for x in lost))
             return
-        if not app.yes:
+        if lost:
+            confirm_forced(lost, words, confirm, yes=app.yes or app.json)
+        elif not app.yes:
             if not sys.stdin.isatty():
                 raise Refused(f"resetting {spec} needs confirmation. {RESET_WARNING}",
                               "run on a terminal to be asked, or pass --yes (before `key`)")
             info(RESET_WARNING)
-            if not click.confirm(f"Reset {spec}?", default=False, err=True):
+            if not click.confirm(f"Reset {label}?", default=False, err=True):
                 raise Refused("reset not confirmed; the key is unchanged", "nothing was done")
         session.reset()
-    emit(app.json, {"ok": True, "reset": spec},
-         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used.")
+    emit(app.json, {"ok": True, "reset": spec, "names": held.names, "locked_out": [x.to_json() for x in lost]},
+         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used."
+         + "".join(f"\nlost: {x.message}" for x in lost))
 
 
 EMULATE_EXAMPLES = """\b
@@ -223,6 +307,7 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
 """
 
 
+@read_only  # runs until stopped and changes no file of the root: it must not hold the lock
 @key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
              epilog=EMULATE_EXAMPLES)
 @click.option("--device", "device_spec", metavar="sim:PATH", default=None,

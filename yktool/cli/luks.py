@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, emit_json, info, show_plan, warn
 
 PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
@@ -21,7 +21,13 @@ PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: 
 
 @click.group("luks")
 def luks() -> None:
-    """LUKS2 status, TPM2/FIDO2/recovery enrollment, test-unlock, wipe."""
+    """LUKS2 status, TPM2/FIDO2/recovery enrollment, test-unlock, wipe.
+
+    \b
+    Examples:
+      yktool luks status /dev/nvme0n1p2
+      yktool luks enroll-fido2 /dev/nvme0n1p2
+    """
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -64,6 +70,7 @@ def _confirm(app: AppContext, question: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- status
+@read_only
 @luks.command("status")
 @click.argument("device")
 @pass_app
@@ -71,10 +78,15 @@ def status(app: AppContext, device: str) -> None:
     """Show DEVICE's LUKS version, keyslots (KDF and cost) and tokens, and which token owns a slot.
 
     Unknown token types are shown as they are. Reads only.
-    """
-    from yktool.luks.wipe import read_header_seeing_pending
 
-    # an interrupted FIDO2 enrollment's orphan slot is shown as the key's, not as a passphrase
+    \b
+    Examples:
+      yktool luks status /dev/nvme0n1p2
+      yktool --root /mnt luks status /var/lib/images/root.img --json
+    """
+    from yktool.luks.pending import read_header_seeing_pending
+
+    # slots an interrupted enrollment left are shown for what they are, not as passphrases
     header = read_header_seeing_pending(app.host, _path(app, device))
     label = f", label {header.label}" if header.label else ""
     lines = [f"{device}: LUKS{header.version}, UUID {header.uuid}{label}"]
@@ -98,7 +110,19 @@ def status(app: AppContext, device: str) -> None:
     if pending is not None:
         lines.append(f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
                      f"run `yktool luks enroll-fido2 {device}` again to finish or undo it")
+    from yktool.luks.cryptenroll import orphan_tokens
+
+    orphans = orphan_tokens(header)
+    if orphans:
+        lines.append(f"  warning: token {', '.join(map(str, orphans))} points at no keyslot (an interrupted wipe); "
+                     f"`yktool luks wipe {device}` (naming no slot) removes it")
+    unseen = header.slots_with_role("unseen-recovery")
+    if unseen:
+        lines.append(f"  warning: keyslot {', '.join(map(str, unseen))} holds a recovery key nobody was shown (an "
+                     f"interrupted add-recovery): it is no way in; `yktool luks add-recovery {device}` replaces it")
     data = header.to_json()
+    data["orphan_tokens"] = orphans
+    data["unseen_recovery"] = unseen
     data["fido2_owners"] = {str(k): v.to_json() for k, v in sorted(owners.items())}
     data["pending_fido2"] = pending
     emit(app.json, data, "\n".join(lines))
@@ -142,6 +166,13 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
 
     PCR 0 measures the firmware: after a firmware update the TPM no longer unseals. Keep the
     recovery key, and run `enroll-tpm2 --replace` after the update.
+
+    \b
+    Examples:
+      yktool luks enroll-tpm2 /dev/nvme0n1p2
+      yktool luks enroll-tpm2 /dev/nvme0n1p2 --with-pin
+      yktool luks enroll-tpm2 /dev/nvme0n1p2 --replace   (after a firmware update)
+      yktool --dry-run luks enroll-tpm2 disk.img --pcrs 7 --unlock-key-file /root/disk.key
     """
     from yktool.luks.tpm2 import plan_enroll_tpm2
     from yktool.tpm import parse_pcrs, parse_tcti
@@ -205,6 +236,11 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
     The key is never written to stdout, --json, a log or a file. Without a terminal the command
     refuses (nothing changed) unless --key-to-stderr. Idempotent: an existing recovery key is
     reported (use --replace for a new one).
+
+    \b
+    Examples:
+      yktool luks add-recovery /dev/nvme0n1p2
+      yktool luks add-recovery /dev/nvme0n1p2 --replace
     """
     from yktool.errors import Refused
     from yktool.luks.recovery import plan_add_recovery
@@ -219,20 +255,27 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
         if out is None:
             raise Refused("no terminal to show the recovery key on", "run on a terminal, or pass --key-to-stderr")
         op.unlock = _read_unlock(app, device, unlock_key_file)
+        terminal = out
+
+        def show(key: bytes) -> None:
+            # shown once proven, before an old key is removed; the journal goes right after
+            terminal.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
+                           f"manager now):\n\n    {key.decode()}\n\n")
+            terminal.flush()
+
+        op.show = show
     try:
         _run_plan(app, op.plan)
     finally:
-        if op.key is not None and out is not None:
-            out.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
-                      f"manager now):\n\n    {op.key.decode()}\n\n")
-            out.flush()
-            op.key = None
+        op.key = None
         if out is not None and out is not sys.stderr:
             out.close()
     summary = {"ok": True, "device": device, "slot": op.new_slot, "changed": op.plan.changed,
                "plan": op.plan.to_json()}
-    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it" if op.new_slot is not None
-            else f"{device}: already has a recovery key (nothing changed)")
+    healed = f" (removed keyslot {', '.join(map(str, op.unseen))}: an interrupted run's key nobody saw)" \
+        if op.unseen else ""
+    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it{healed}" if op.new_slot is not None
+            else f"{device}: already has a recovery key{healed or ' (nothing changed)'}")
     emit(app.json, summary, text)
 
 
@@ -251,6 +294,13 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
 
     Refused (exit 4, header untouched) when nothing would be left, or when only hardware-bound
     slots (TPM2, FIDO2) would be left, unless --allow-hardware-only. Asks first unless --yes.
+    Keyslots go before their tokens; a token an interrupted wipe left pointing at nothing (and the
+    registry's record of a gone slot) is removed by the next wipe, or by `wipe DEVICE` alone.
+
+    \b
+    Examples:
+      yktool --dry-run luks wipe /dev/nvme0n1p2 --slot 3
+      yktool luks wipe /dev/nvme0n1p2 --type password
     """
     from yktool.luks.wipe import plan_wipe
 
@@ -284,6 +334,7 @@ def _fido2_session(app: AppContext, header: Any, stack: Any, pin_stdin: bool) ->
         return None
 
 
+@read_only
 @luks.command("test-unlock")
 @click.argument("device")
 @click.option("--token", "tokens", type=int, multiple=True, help="Only this token (repeatable).")
@@ -298,6 +349,11 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
     (one touch when the token wants presence, its PIN when it wants one): the key derives the
     passphrase, cryptsetup --test-passphrase proves it. Tokens of other keys are "not tested".
     Exit 1 when a token fails, 6 when only PINs were wrong.
+
+    \b
+    Examples:
+      yktool luks test-unlock /dev/nvme0n1p2
+      yktool luks test-unlock /dev/nvme0n1p2 --token 1 --pin-stdin
     """
     from yktool.errors import CheckFailed, PinInvalid
     from yktool.luks.header import read_header
@@ -374,6 +430,12 @@ def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: b
     reported, never enrolled twice. The existing passphrase is asked (no echo), read from stdin,
     or from --unlock-key-file; the key's PIN is asked after it. An enrollment killed half-way is
     finished (or its orphan keyslot removed) by running the same command again.
+
+    \b
+    Examples:
+      yktool luks enroll-fido2 /dev/nvme0n1p2
+      yktool --device /dev/hidraw3 luks enroll-fido2 /dev/nvme0n1p2 --nickname backup
+      yktool luks enroll-fido2 disk.img --no-pin --unlock-key-file /root/disk.key
     """
     from yktool.luks.fido2 import Fido2Options, plan_enroll_fido2
 

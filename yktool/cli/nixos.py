@@ -12,7 +12,12 @@ from yktool.cli.output import emit_json, info
 
 @click.group("nixos")
 def nixos() -> None:
-    """The NixOS module (pam_u2f + agenix, udev lock, USBGuard, stage-1 unlock) for a flake."""
+    """The NixOS module (pam_u2f + agenix, udev lock, USBGuard, stage-1 unlock) for a flake.
+
+    \b
+    Examples:
+      yktool nixos module --flake ~/nixos-config
+    """
 
 
 @nixos.command("module")
@@ -28,9 +33,12 @@ def nixos() -> None:
               help="A private key (local path) that decrypts the authfile (default: the host key's private half).")
 @click.option("--secrets-nix", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The tree's agenix secrets.nix, when --flake finds several.")
+@click.option("--luks-name", "luks_names", multiple=True, metavar="UUID=NAME",
+              help="The boot.initrd.luks.devices name of a LUKS2 volume your configuration uses (disko, a "
+                   "hand-written name), when no hardware-configuration.nix names it by UUID. Repeatable.")
 @pass_app
 def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manager: bool, age_host_key: str,
-           age_identity: Path | None, secrets_nix: Path | None) -> None:
+           age_identity: Path | None, secrets_nix: Path | None, luks_names: tuple[str, ...]) -> None:
     """Write the one NixOS module for this host, rendered from the key registry every time.
 
     It holds security.pam.u2f (authfile = the agenix secret, origin pinned, cue) and u2fAuth for
@@ -40,11 +48,18 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
     own USBGuard list option when it declares one, its secrets folder (the authfile is written
     there, encrypted to this host's key only), a diff for its secrets.nix, and the LUKS names of
     its hardware-configuration.nix.
+
+    \b
+    Examples:
+      yktool nixos module
+      yktool nixos module --flake ~/nixos-config --home-manager
+      yktool --dry-run nixos module --flake ~/nixos-config
     """
     from yktool.nixos.generate import Request, generate
 
     req = Request(out=out, flake=flake_dir, home_manager=home_manager, host_key=age_host_key,
-                  age_identity=age_identity, secrets_nix=secrets_nix, dry_run=app.dry_run)
+                  age_identity=age_identity, secrets_nix=secrets_nix, dry_run=app.dry_run,
+                  luks_names=_luks_names(luks_names))
     done = generate(app.host, req)
     if app.json:
         emit_json(done.to_json())
@@ -73,3 +88,19 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
         click.echo(text, nl=False, err=done.out is None or app.dry_run)
     for note in done.notes:
         info(f"note: {note}")
+
+
+def _luks_names(values: tuple[str, ...]) -> dict[str, str]:
+    import re
+
+    from yktool.errors import UsageError
+
+    out: dict[str, str] = {}
+    for value in values:
+        uuid, sep, name = value.partition("=")
+        if not sep or not re.fullmatch(r"[0-9a-fA-F-]{8,64}", uuid) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise UsageError(f"--luks-name {value!r} is not UUID=NAME",
+                             "give the LUKS2 UUID (yktool luks status) and the boot.initrd.luks.devices name, "
+                             "e.g. --luks-name 5896c26b-…=cryptroot")
+        out[uuid.lower()] = name
+    return out

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import click
 
-from yktool.cli.context import AppContext, pass_app
+from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit
 
 
 @click.group("tpm")
 def tpm() -> None:
-    """TPM2 presence, PCR banks and values, Secure Boot state."""
+    """TPM2 presence, PCR banks and values, Secure Boot state.
+
+    \b
+    Examples:
+      yktool tpm status
+    """
 
 
+@read_only
 @tpm.command("status")
 @click.option("--pcrs", default="0+7", show_default=True, help="PCRs to show, e.g. 0+2+7.")
 @click.option("--bank", default="sha256", show_default=True, help="PCR bank to read.")
@@ -23,6 +29,12 @@ def status(app: AppContext, pcrs: str, bank: str) -> None:
     PCR 7 all zero means the boot was not measured (no UEFI measured boot): a TPM2 seal would
     then protect nothing. Secure Boot is read from efivars under --root. Exit 3 when there is no
     TPM at the TCTI.
+
+    \b
+    Examples:
+      yktool tpm status
+      yktool --tpm swtpm:host=127.0.0.1,port=2321 tpm status --pcrs 0+2+7
+      yktool tpm status --bank sha1 --json
     """
     from yktool.tpm import parse_pcrs, parse_tcti, read_info, secure_boot
 

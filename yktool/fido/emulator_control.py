@@ -22,6 +22,7 @@ import socketserver
 import stat
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from yktool.errors import UsageError
@@ -133,7 +134,12 @@ class ControlSocket:
 
 
 def control(path: str | Path, line: str, timeout: float = 60.0) -> str:
-    """Send one command to an emulator's control socket; its reply line."""
+    """Send one command to an emulator's control socket; its reply line. (`wait N` may take
+    N seconds: the timeout is stretched to cover it.)"""
+    words = line.split()
+    if len(words) == 2 and words[0].lower() == "wait":
+        with suppress(ValueError):
+            timeout = max(timeout, float(words[1]) + 10)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))

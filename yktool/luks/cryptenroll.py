@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 
 from yktool.errors import ToolFailed, UsageError
 from yktool.host import Host, SecretPath
+from yktool.luks.header import LuksHeader, read_header
 from yktool.tpm import Tcti, flush_leftovers, format_pcrs
 
 MIN_SYSTEMD = 252  # --unlock-key-file arrived in 252
@@ -94,8 +95,38 @@ def enroll_recovery(host: Host, device: str | PurePosixPath, unlock: bytes) -> b
 
 
 def wipe_slots(host: Host, device: str | PurePosixPath, slots: Iterable[int]) -> None:
-    """Remove keyslots (and the tokens that point at them). Callers check safety first."""
-    numbers = ",".join(str(s) for s in sorted(set(slots)))
-    if not numbers:
+    """Remove keyslots, then the tokens left pointing at no keyslot. Callers check safety first.
+
+    The order is what makes a kill harmless: a keyslot goes first (libcryptsetup takes it out of
+    every token's list in the same header write), its token after. Killed in between, the header
+    holds a token that points at nothing, which opens nothing and which `remove_orphan_tokens`
+    (run by every wipe) removes. The other order would leave a hardware slot without its token,
+    which looks like a typed passphrase and would let the real one be wiped.
+    """
+    wanted = sorted(set(slots))
+    if not wanted:
         return
-    host.run(["systemd-cryptenroll", f"--wipe-slot={numbers}", _device(host, device)], timeout=120)
+    real = _device(host, device)
+    present = read_header(host, device).keyslots
+    for slot in wanted:
+        if slot in present:
+            host.run(["cryptsetup", "luksKillSlot", "--batch-mode", real, str(slot)], timeout=120)
+    remove_orphan_tokens(host, device)
+
+
+# token types whose keyslot list yktool and systemd always fill: empty, the token is a leftover
+_FILLED_TOKENS = frozenset({"systemd-tpm2", "systemd-fido2", "systemd-recovery", "systemd-pkcs11"})
+
+
+def orphan_tokens(header: LuksHeader) -> list[int]:
+    """systemd tokens that point at no existing keyslot (left by a wipe killed half-way)."""
+    return [t.id for _, t in sorted(header.tokens.items())
+            if t.type in _FILLED_TOKENS and not any(k in header.keyslots for k in t.keyslots)]
+
+
+def remove_orphan_tokens(host: Host, device: str | PurePosixPath) -> list[int]:
+    """Remove the tokens `orphan_tokens` names; returns their ids."""
+    orphans = orphan_tokens(read_header(host, device))
+    for token_id in orphans:
+        host.run(["cryptsetup", "token", "remove", "--token-id", str(token_id), _device(host, device)], timeout=60)
+    return orphans

@@ -43,6 +43,7 @@ from yktool.host import Host, SecretPath
 from yktool.keynames import identify_key
 from yktool.luks import cryptenroll
 from yktool.luks.header import LuksHeader, read_header
+from yktool.luks.journal import FIDO2_JOURNAL
 from yktool.luks.tokens import Fido2Token
 from yktool.luks.unlock import (
     FAILED,
@@ -71,7 +72,7 @@ BACKENDS = ("systemd", "native")
 LUKS2_MAX_KEYSLOTS = 32
 # systemd's minimal PBKDF: pbkdf2/sha512, libcryptsetup raises the iterations to its floor of 1000.
 MINIMAL_PBKDF = ["--pbkdf", "pbkdf2", "--hash", "sha512", "--pbkdf-force-iterations", "1000"]
-JOURNAL_DIR = PurePosixPath("/var/lib/yktool/luks-fido2")
+JOURNAL_DIR = PurePosixPath("/var/lib/yktool/luks-fido2")  # see yktool.luks.journal
 FAULT_ENV = "YKTOOL_FAULT"  # test hook: `after-keyslot` dies like kill -9 right after luksAddKey
 
 
@@ -288,23 +289,16 @@ def journal_path(uuid: str) -> PurePosixPath:
 
 def read_journal(host: Host, uuid: str) -> dict[str, Any] | None:
     """The pending enrollment of the volume `uuid`, if a run stopped half-way (no secrets in it)."""
-    path = journal_path(uuid)
-    if not host.exists(path):
-        return None
-    try:
-        data = json.loads(host.read_text(path))
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("token"), dict) else None
+    data = FIDO2_JOURNAL.read(host, uuid)
+    return data if data is not None and isinstance(data.get("token"), dict) else None
 
 
 def write_journal(host: Host, uuid: str, entry: dict[str, Any]) -> None:
-    host.mkdir(JOURNAL_DIR, 0o700)
-    host.write_file(journal_path(uuid), json.dumps(entry, indent=2) + "\n", 0o600, backup=False)
+    FIDO2_JOURNAL.write(host, uuid, entry)
 
 
 def clear_journal(host: Host, uuid: str) -> None:
-    host.remove(journal_path(uuid), backup=False)
+    FIDO2_JOURNAL.clear(host, uuid)
 
 
 # ------------------------------------------------------------------------------------- enrollment
@@ -671,6 +665,7 @@ def _record(host: Host, op: Fido2Enrollment) -> None:
 def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pending: dict[str, Any]) -> None:
     """Finish (import the token, when the present key proves the slot is its own) or remove the
     orphan keyslot a killed run left; the original passphrase opens the volume throughout."""
+    from yktool.luks.pending import see_pending
     from yktool.luks.safety import check_remaining
 
     header = read_header(host, device)
@@ -714,7 +709,7 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
             clear_journal(host, op.uuid)
             op.resumed = f"left keyslot {slot} alone: it is not the one the interrupted run was adding"
         else:
-            check_remaining(header, [slot])
+            check_remaining(see_pending(host, read_header(host, device)), [slot])
             cryptenroll.wipe_slots(host, device, [slot])
             clear_journal(host, op.uuid)
             op.resumed = f"removed orphan keyslot {slot} (the key present did not prove it its own)"
@@ -723,8 +718,10 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
 
 def looks_like_ours(header: LuksHeader, slot: int) -> bool:
     """True when `slot` has the KDF yktool gives a FIDO2 keyslot (pbkdf2/sha512, 1000 iterations)."""
+    from yktool.luks.pending import minimal_pbkdf
+
     ks = header.keyslots.get(slot)
-    return ks is not None and ks.kdf == "pbkdf2" and ks.iterations == 1000 and ks.kdf_hash == "sha512"
+    return ks is not None and minimal_pbkdf(ks)
 
 
 def pending_enrollment(host: Host, uuid: str) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from yktool.errors import Refused
 from yktool.luks.header import LuksHeader
+from yktool.luks.tokens import ROLE_RECOVERY, ROLE_UNSEEN
 
 WIPE_TYPES = ("password", "recovery", "tpm2", "fido2", "pkcs11")
 
@@ -24,7 +25,8 @@ def describe_slot(header: LuksHeader, slot: int) -> str:
 def check_remaining(header: LuksHeader, removing: Iterable[int], *, allow_hardware_only: bool = False) -> None:
     """Refused unless a way in remains after `removing` (and a typed one, unless allowed)."""
     gone = set(removing)
-    left = [s for s in header.usable_slots if s not in gone]
+    # a recovery key nobody was shown (an interrupted add-recovery) is no way in for anyone
+    left = [s for s in header.usable_slots if s not in gone and header.keyslots[s].role != ROLE_UNSEEN]
     device = header.device
     if not left:
         raise Refused(
@@ -48,5 +50,8 @@ def check_remaining(header: LuksHeader, removing: Iterable[int], *, allow_hardwa
 
 
 def slots_of_type(header: LuksHeader, wipe_type: str) -> list[int]:
-    """The usable keyslots of one kind (`password` = slots without a token)."""
+    """The usable keyslots of one kind (`password` = slots without a token; `recovery` includes
+    the unseen ones an interrupted add-recovery left)."""
+    if wipe_type == ROLE_RECOVERY:
+        return header.slots_with_role(ROLE_RECOVERY, ROLE_UNSEEN)
     return header.slots_with_role(wipe_type)

@@ -19,6 +19,9 @@ ROLE_RECOVERY = "recovery"
 ROLE_TPM2 = "tpm2"
 ROLE_FIDO2 = "fido2"
 ROLE_PKCS11 = "pkcs11"
+# A recovery key an interrupted `add-recovery` made and nobody was shown (see luks.recovery): it
+# opens the volume, but no person knows it, so it is no way in for anyone.
+ROLE_UNSEEN = "unseen-recovery"
 
 # Roles that need a particular piece of hardware (this machine's TPM, one key) to open the slot.
 HARDWARE_ROLES = frozenset({ROLE_TPM2, ROLE_FIDO2, ROLE_PKCS11})

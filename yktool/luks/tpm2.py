@@ -11,6 +11,7 @@ from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host
 from yktool.luks import cryptenroll
 from yktool.luks.header import read_header
+from yktool.luks.pending import see_pending
 from yktool.luks.safety import check_remaining
 from yktool.luks.tokens import Tpm2Token
 from yktool.luks.unlock import UnlockContext, UnlockResult, policy_matches, test_tokens
@@ -146,7 +147,7 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
         if step_enroll.status == "done" and token is not None:
             # This run added it and it does not open: take it out again, so a failed run leaves
             # the header as it found it (and a re-run does not report a broken token as enrolled).
-            check_remaining(header_now, token.keyslots)
+            check_remaining(see_pending(host, header_now), token.keyslots)
             cryptenroll.wipe_slots(host, device, token.keyslots)
             op.new_token = None
             raise ToolFailed(f"the new TPM2 token does not open {device} ({message}); it was removed again",
@@ -163,7 +164,7 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
         def wipe_old() -> None:
             now = read_header(host, device)
             present = [s for s in old_slots if s in now.keyslots]
-            check_remaining(now, present)
+            check_remaining(see_pending(host, now), present)
             cryptenroll.wipe_slots(host, device, present)
 
         plan.add(Step("wipe-old", f"remove the old TPM2 enrollment (token {', '.join(str(t.id) for t in stale)}, "

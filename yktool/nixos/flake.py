@@ -40,6 +40,7 @@ class FlakeTree:
     luks_names: dict[str, LuksName] = field(default_factory=dict)   # LUKS UUID -> device name
     hardware_configs: list[Path] = field(default_factory=list)
     lockers: dict[str, Path] = field(default_factory=dict)          # locker -> a file naming it
+    disko_luks: dict[str, Path] = field(default_factory=dict)       # disko `type = "luks"` names -> file
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +93,12 @@ def scan(root: Path, secrets_nix: Path | None = None) -> FlakeTree:
                     and b.path[-1] == "device" and b.string and b.string.startswith("/dev/disk/by-uuid/"):
                 uuid = b.string.removeprefix("/dev/disk/by-uuid/").lower()
                 ft.luks_names.setdefault(uuid, LuksName(b.path[-2], path))
+        by_path = {b.path: b for b in nf.bindings}
+        for b in nf.bindings:  # disko: `{ type = "luks"; name = "crypted"; … }` names the mapping
+            if b.path[-1:] == ("type",) and b.string == "luks":
+                named = by_path.get((*b.path[:-1], "name"))
+                if named is not None and named.string:
+                    ft.disko_luks.setdefault(named.string, path)
         if path.name == "hardware-configuration.nix":
             ft.hardware_configs.append(path)
         if path.name == "secrets.nix" and _secrets_entries(nf):

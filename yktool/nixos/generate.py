@@ -35,6 +35,7 @@ class Request:
     secrets_nix: Path | None = None
     check_parse: bool = True
     dry_run: bool = False              # render and check; write nothing
+    luks_names: dict[str, str] = field(default_factory=dict)   # --luks-name UUID=NAME
 
 
 @dataclass
@@ -69,6 +70,8 @@ def command_line(req: Request) -> str:
         parts += ["--out", str(req.out)]
     if req.flake:
         parts += ["--flake", str(req.flake)]
+    for uuid, name in sorted(req.luks_names.items()):
+        parts += ["--luks-name", f"{uuid}={name}"]
     return " ".join(parts)
 
 
@@ -93,7 +96,10 @@ def generate(host: Host, req: Request) -> Generated:
     spec = module.ModuleSpec(registry=f"{REGISTRY_PATH} (root {host.root})", command="",
                              keys=[k.nickname for k in registry.keys], notes=notes)
     names = {u: n.name for u, n in ft.luks_names.items()} if ft else {}
-    spec.luks = module.luks_parts(host, registry, names, notes)
+    spec.luks = module.luks_parts(host, registry, {**names, **req.luks_names}, notes)
+    for part in spec.luks:
+        if part.uuid in req.luks_names:
+            part.named_by = "--luks-name"
     out = req.out
     if out is None and ft is not None:
         out = default_out(ft, [p.uuid for p in spec.luks])
@@ -113,12 +119,15 @@ def generate(host: Host, req: Request) -> Generated:
         if warning:
             notes.append(warning)
     spec.pam = module.pam_part(registry, services)
-    age = _agenix_side(host, req, spec.pam, ft, notes) if spec.pam is not None else None
+    age = _agenix_side(host, req, spec.pam, ft, notes) if spec.pam and spec.pam.age_file else None
     for luks in spec.luks:
-        if luks.named_by != "hardware-configuration.nix":
+        if luks.named_by not in ("hardware-configuration.nix", "--luks-name"):
+            disko = f" (the tree's disko names LUKS volumes {', '.join(sorted(ft.disko_luks))})" \
+                if ft and ft.disko_luks else ""
             notes.append(f"LUKS {luks.uuid}: no hardware-configuration.nix names it"
-                         f"{' in the tree' if ft else ' (no --flake)'}; the module calls it {luks.name!r} "
-                         "as nixos-generate-config does: the build fails if your configuration names it otherwise")
+                         f"{' in the tree' if ft else ' (no --flake)'}{disko}; the module calls it {luks.name!r} "
+                         "as nixos-generate-config does: the build fails if your configuration names it otherwise "
+                         f"(then pass --luks-name {luks.uuid}=NAME)")
     text = module.render(spec)
     if req.check_parse:
         if shutil.which("nix-instantiate"):
@@ -152,6 +161,7 @@ def _agenix_side(host: Host, req: Request, pam: module.PamPart, ft: flake.FlakeT
     """Where the authfile goes (the tree's secrets folder, else where the registry has it), whether
     it has to be written there (decided, checked, not yet done), and its secrets.nix entry."""
     recipient = agenix.host_recipient(host, req.host_key)
+    assert pam.age_file is not None  # noqa: S101 - called for an agenix authfile only
     source = pam.age_file
     target = ft.secrets_dir / f"{pam.secret}.age" if ft is not None and ft.secrets_dir is not None else source
     identity = agenix.host_identity(host, req.host_key, req.age_identity)
@@ -247,6 +257,8 @@ def remember(host: Host, req: Request, placed: dict[str, str]) -> None:
         data["secrets_nix"] = str(req.secrets_nix.resolve())
     if req.age_identity:
         data["age_identity"] = str(req.age_identity.resolve())
+    if req.luks_names:
+        data["luks_names"] = dict(req.luks_names)
     if placed:
         data["placed"] = placed
     body = "# where `yktool nixos module` last wrote the NixOS module (no secrets)\n" + tomli_w.dumps(data)
@@ -270,7 +282,9 @@ def remembered(host: Host) -> Request:
         return Path(str(data[name])) if data.get(name) else None
 
     out = host.path(str(data["module_in_root"])) if data.get("module_in_root") else opt("module")
-    return Request(out=out, flake=opt("flake"), host_key=str(data.get("host_key", agenix.HOST_KEY)),
+    luks = data.get("luks_names", {})
+    return Request(out=out, flake=opt("flake"), luks_names={str(k): str(v) for k, v in luks.items()}
+                   if isinstance(luks, dict) else {}, host_key=str(data.get("host_key", agenix.HOST_KEY)),
                    secrets_nix=opt("secrets_nix"), age_identity=opt("age_identity"))
 
 

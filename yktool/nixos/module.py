@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from yktool import nix
 from yktool.errors import UsageError
 from yktool.host import Host
-from yktool.inventory import Registry
+from yktool.inventory import REGISTRY_PATH, Registry
 from yktool.udev import KeyUsb
 
 PAM_SERVICES = ("sudo", "login", "greetd")
@@ -35,7 +35,8 @@ LOCK_VAR = "yktoolLock"
 @dataclass
 class PamPart:
     secret: str                     # age.secrets.<secret>
-    age_file: Path                  # the .age the module points at (a local path)
+    age_file: Path | None           # the .age the module points at (a local path); None: each
+                                    # user's own ~/.config/Yubico/u2f_keys (pam_u2f's default)
     origin: str
     services: list[str]
     user_run: list[str]             # services among them that run pam_u2f as the user (lockers)
@@ -69,12 +70,14 @@ class ModuleSpec:
 def pam_part(registry: Registry, services: list[str]) -> PamPart | None:
     """The agenix authfile the registry's pam_u2f credentials live in (one file, one origin)."""
     from yktool.pam_config import USER_RUN_SERVICES
+    from yktool.pam_u2f import USER_AUTHFILE
 
     entries = [e for _k, e in registry.enrollments("pam") if "age_file" in e]
-    if not entries:
+    own = [e for _k, e in registry.enrollments("pam") if str(e.get("path", "")).endswith("/" + USER_AUTHFILE)]
+    if not entries and not own:
         return None
     files = sorted({str(e["age_file"]) for e in entries})
-    origins = sorted({str(e.get("origin", "")) for e in entries})
+    origins = sorted({str(e.get("origin", "")) for e in entries or own})
     if len(files) > 1:
         raise UsageError(f"the registry's pam_u2f credentials are in {len(files)} agenix files "
                          f"({', '.join(files)}): pam_u2f reads one authfile",
@@ -83,9 +86,12 @@ def pam_part(registry: Registry, services: list[str]) -> PamPart | None:
         raise UsageError(f"the registry's pam_u2f credentials use {len(origins)} origins "
                          f"({', '.join(origins)}): pam_u2f checks one",
                          "register the keys again with one --origin")
+    user_run = [s for s in services if s in USER_RUN_SERVICES]
+    if not files:  # the users' own files: pam_u2f reads them without an authfile setting
+        return PamPart("", None, origins[0], services, user_run)
     age_file = Path(files[0])
     secret = age_file.name.removesuffix(".age") or SECRET_NAME
-    return PamPart(secret, age_file, origins[0], services, [s for s in services if s in USER_RUN_SERVICES])
+    return PamPart(secret, age_file, origins[0], services, user_run)
 
 
 def luks_parts(host: Host, registry: Registry, names: dict[str, str], notes: list[str]) -> list[LuksPart]:
@@ -124,6 +130,10 @@ def usbguard_rules(registry: Registry) -> list[tuple[str, str]]:
         if not rule:
             serial = str(e.get("serial", "")).replace("\\", "\\\\").replace('"', '\\"')
             rule = f'allow id {str(e.get("usb_id", "")).lower()} serial "{serial}"'
+        if "\n" in rule or "\r" in rule or not rule.startswith("allow "):
+            # one line is one rule: anything else in the registry would smuggle rules into the module
+            raise UsageError(f"{REGISTRY_PATH}: key {key.nickname!r} has a USBGuard rule that is not one allow "
+                             "line", "fix or remove that [[keys.enrollments]] entry, then run the command again")
         if rule not in seen:
             seen.add(rule)
             out.append((key.nickname, rule))
@@ -202,28 +212,34 @@ def render(spec: ModuleSpec) -> str:
     return "\n".join([*head, "{", *body, "}"]) + "\n"
 
 
-def _pam_lines(pam: PamPart, module_dir: Path | None) -> list[str]:
+def _age_secret_lines(pam: PamPart, module_dir: Path | None) -> list[str]:
+    assert pam.age_file is not None  # noqa: S101
     file = path_literal(pam.age_file, module_dir, f"./secrets/{pam.age_file.name}")
-    s = pam.secret
     why = (f"{', '.join(pam.user_run)} run{'s' if len(pam.user_run) == 1 else ''} pam_u2f as the user: "
            "the authfile (public keys and key handles only) must be readable by users"
            if pam.user_run else "only root reads it (no screen locker found)")
-    secret = nix.attr_path("age", "secrets", s)
+    return [f"  {nix.attr_path('age', 'secrets', pam.secret)} = {{",
+            f"    file = {file};",
+            '    owner = "root";',
+            '    group = "root";',
+            f"    # {why}",
+            f"    mode = {nix.string('0444' if pam.user_run else '0400')};",
+            "  };"]
+
+
+def _pam_lines(pam: PamPart, module_dir: Path | None) -> list[str]:
+    agenix = pam.age_file is not None
+    authfile = [f"      authfile = config.{nix.attr_path('age', 'secrets', pam.secret)}.path;"] if agenix else \
+        ["      # no authfile: each user's own ~/.config/Yubico/u2f_keys"]
     lines = [
-        f"  {secret} = {{",
-        f"    file = {file};",
-        '    owner = "root";',
-        '    group = "root";',
-        f"    # {why}",
-        f"    mode = {nix.string('0444' if pam.user_run else '0400')};",
-        "  };",
+        *(_age_secret_lines(pam, module_dir) if agenix else []),
         "  security.pam.u2f = {",
         "    enable = true;",
         "    # \"required\" makes the touch mandatory on top of the password: switch to it only once",
         "    # `yktool pam check` passes and every user has a backup key",
         f"    control = {nix.string(pam.control)};",
         "    settings = {",
-        f"      authfile = config.{secret}.path;",
+        *authfile,
         "      # pinned: without it pam_u2f uses pam://$HOSTNAME, and a hostname change breaks every key",
         f"      origin = {nix.string(pam.origin)};",
         "      cue = true;",
@@ -232,7 +248,8 @@ def _pam_lines(pam: PamPart, module_dir: Path | None) -> list[str]:
         "  # u2fAuth defaults to security.pam.u2f.enable for every service; these are set on purpose",
         *[f"  {nix.attr_path('security', 'pam', 'services', svc, 'u2fAuth')} = true;" for svc in pam.services],
     ]
-    return _section("pam_u2f with the authfile as an agenix secret", lines)
+    return _section("pam_u2f with the authfile as an agenix secret" if agenix else
+                    "pam_u2f with each user's own authfile", lines)
 
 
 def _udev_lines(keys: list[tuple[str, KeyUsb]]) -> list[str]:

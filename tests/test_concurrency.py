@@ -294,7 +294,7 @@ def test_every_command_takes_the_lock_unless_it_is_on_the_read_only_list() -> No
     read_only = {p for p, c in leaves.items() if getattr(c, "yktool_read_only", False)}
     assert read_only == {"verify", "demo", "luks status", "luks test-unlock", "keys list", "key list", "key info",
                          "key pin verify", "key replug", "key emulate", "pam check", "ssh sign", "tpm status",
-                         "udev show"}
+                         "udev show", "man"}
     for path in set(leaves) - read_only:
         assert leaves[path].callback is not None and hasattr(leaves[path].callback, "__wrapped__"), path
     assert {"luks wipe", "pam register", "ssh authorize", "git signing", "udev install", "usbguard allow",

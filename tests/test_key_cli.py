@@ -49,7 +49,7 @@ def test_key_info_json_has_the_fields(cli: CliCall, key: Path) -> None:
     r = cli("--device", dev(key), "--json", "key", "info")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert set(data) == INFO_FIELDS
+    assert set(data) == INFO_FIELDS | {"schema", "ok"}
     assert data["device"] == dev(key) and data["path"] == str(key)
     assert data["software"] is True
     assert data["product"] == "yktool software key"
@@ -76,7 +76,7 @@ def test_key_info_text_says_software_key_and_pin_state(cli: CliCall, key: Path) 
 def test_key_list_names_the_sim_key(cli: CliCall, key: Path) -> None:
     r = cli("--device", dev(key), "--json", "key", "list")
     assert r.exit_code == 0, r.output
-    (entry,) = json.loads(r.stdout)
+    (entry,) = json.loads(r.stdout)["keys"]
     assert set(entry) == INFO_FIELDS and entry["device"] == dev(key)
     r = cli("--device", dev(key), "key", "list")
     assert dev(key) in r.stdout and "software key" in r.stdout
@@ -85,7 +85,7 @@ def test_key_list_names_the_sim_key(cli: CliCall, key: Path) -> None:
 def test_key_list_without_keys_says_so(cli: CliCall) -> None:
     # This machine has no hidraw devices: `auto` lists nothing, and says what to do.
     r = cli("--device", "auto", "--json", "key", "list")
-    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    assert r.exit_code == 0 and json.loads(r.stdout)["keys"] == []
     r = cli("--device", "auto", "key", "list")
     assert "no FIDO2 key found" in r.stderr and "--device sim:PATH" in r.stderr
 
@@ -106,7 +106,7 @@ def test_pin_set_verify_change(cli: CliCall, key: Path) -> None:
     assert r.exit_code == 0 and "8 attempts left" in r.stdout
     r = cli("--device", dev(key), "--json", "key", "pin", "change", "--pin-stdin", input=f"{PIN}\nnew-pin-1234\n")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout) == {"ok": True, "pin_retries": 8}
+    assert json.loads(r.stdout) == {"schema": 1, "ok": True, "pin_retries": 8}
     KeySession(open_device(dev(key))).verify_pin("new-pin-1234")
     assert PIN not in r.output and "new-pin-1234" not in r.output
 
@@ -295,7 +295,7 @@ def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path,
     monkeypatch.setattr(devices, "present_hid_keys", lambda: [good, bad])
     r = cli("--device", "auto", "--json", "key", "list")
     assert r.exit_code == 0, r.output
-    (entry,) = json.loads(r.stdout)
+    (entry,) = json.loads(r.stdout)["keys"]
     assert entry["path"] == str(tmp_path / "a.json")
     assert "a key could not be read" in r.stderr and "could not be understood" in r.stderr
 

@@ -562,7 +562,7 @@ def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: Calla
              "--root", str(root), "--device", f"sim:{keydir / 'key.json'}", "pam", "register", "--user", "alice",
              "--authfile", "/etc/u2f_mappings"],
             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 11, proc.stderr  # permission denied
         assert "Traceback" not in proc.stderr
         assert "permission denied" in proc.stderr and "hint:" in proc.stderr
         assert (snapshot(root), (keydir / "key.json").read_bytes()) == before

@@ -68,7 +68,7 @@ def test_unknown_selector_is_a_usage_error(cli: CliCall, root: Path) -> None:
 def test_list_shows_every_check(cli: CliCall) -> None:
     res = cli("--json", "verify", "--list")
     assert res.exit_code == 0
-    listed = json.loads(res.stdout)
+    listed = json.loads(res.stdout)["checks"]
     assert {c["id"] for c in listed} == set(MUTATIONS)
 
 

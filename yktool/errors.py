@@ -13,6 +13,7 @@ Exit codes (also in `yktool --help` and docs/exit-codes.md):
   8  PIN blocked for good: only a reset (which wipes every credential on the key) helps
   9  user presence not given: touch refused or timed out
  10  interrupted (Ctrl-C); nothing half-written is left behind
+ 11  permission denied: a file or device needs more rights than yktool has (run as root)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ExitCode(IntEnum):
     PIN_BLOCKED = 8
     NO_PRESENCE = 9
     INTERRUPTED = 10
+    PERMISSION_DENIED = 11
 
 
 class YktoolError(Exception):
@@ -119,3 +121,24 @@ class NoPresence(YktoolError):
 class Interrupted(YktoolError):
     exit_code = ExitCode.INTERRUPTED
     default_hint = "nothing half-written was left; run the same command again to resume"
+
+
+class PermissionDenied(UsageError):
+    """The operating system refused a file or device: yktool runs without the rights it needs.
+
+    A UsageError (so code that steps past an unreadable input still does) with its own exit code.
+    """
+
+    exit_code = ExitCode.PERMISSION_DENIED
+    default_hint = "run as root (sudo yktool …), or on a --root folder you own"
+
+    @classmethod
+    def from_os(cls, exc: PermissionError) -> PermissionDenied:
+        import os
+
+        where = exc.filename if exc.filename is not None else (exc.strerror or "an operation")
+        if os.geteuid() == 0:  # root was refused: the cause is not the user
+            return cls(f"{where}: permission denied",
+                       "even root was refused: check the file system (read-only, immutable attribute, "
+                       "NFS root squash) and any security module (AppArmor, SELinux)")
+        return cls(f"{where}: permission denied")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from yktool.errors import Refused, UsageError
+from yktool.errors import PermissionDenied, Refused, UsageError
 
 if TYPE_CHECKING:
     from yktool.fido.session import Assertion, Credential, KeySession
@@ -490,7 +490,7 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
         if not real.is_file():
             raise UsageError(f"{target.authfile} is not a regular file", "name the authfile itself")
         if not os.access(real, os.R_OK):
-            raise UsageError(f"{target.authfile}: permission denied",
+            raise PermissionDenied(f"{target.authfile}: permission denied",
                              "run as root (or the file's owner) so the existing lines can be kept")
         return host.read_text(target.authfile), True
     assert target.age_file is not None  # noqa: S101

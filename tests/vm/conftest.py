@@ -43,8 +43,11 @@ class Keys:
         return key
 
     def cleanup(self) -> None:
-        for key in self.running:
+        plugged = [key for key in self.running if key.status is None]
+        for key in plugged:
             key.stop()
+        # only those: a node of a key stopped earlier may be another key's by now
+        for key in plugged:
             key.gone()
 
 

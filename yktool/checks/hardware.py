@@ -127,7 +127,8 @@ def udev_lock_handler(ctx: CheckContext) -> Result:
 
 
 @check("hw.registry.backup", 0, "at least two keys registered (a backup key exists)",
-       "enroll a backup key: yktool commission --backup (or the building blocks with --nickname backup)")
+       "enroll a backup key: yktool commission --backup-nickname backup (insert it when asked), or each "
+       "building block with --nickname backup")
 def registry_backup(ctx: CheckContext) -> Result:
     from yktool.inventory import REGISTRY_PATH, Registry
 

@@ -24,12 +24,24 @@ class AppContext:
     tpm: str = "auto"
     device: str = "auto"
     verbose: int = 0
+    quiet: bool = False
+    # a JSON document went to stdout: an error after it goes to stderr only (one document a run)
+    json_emitted: bool = False
     lock_wait: float | None = None  # seconds a run waits for the root's lock (None: the default)
 
     @cached_property
     def host(self) -> Host:
+        """The Host of --root, refused (exit 2) when that folder does not exist: verifying or
+        writing into a typo would answer for a tree that is not there."""
+        import os
+
+        from yktool.errors import UsageError
         from yktool.host import Host
 
+        if not os.path.isdir(self.root):
+            what = "is not a folder" if os.path.lexists(self.root) else "does not exist"
+            raise UsageError(f"--root {self.root} {what}",
+                             "give the folder the offline tree is mounted at (or leave --root out for /)")
         return Host(Path(self.root))
 
     @cached_property
@@ -39,6 +51,44 @@ class AppContext:
         from yktool.cli.prompts import choose_device
 
         return choose_device(self.device) or self.device
+
+
+last_run: AppContext | None = None
+"""The AppContext of the latest run, for the error handler, which runs after click's contexts
+are gone."""
+
+
+def current() -> AppContext | None:
+    """The running command's AppContext, or None outside a command (no click context)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_object(AppContext) if ctx is not None else None
+
+
+def watch_commands(verbose: int) -> Callable[[], None]:
+    """-v: show each command Host runs (argv only: secrets never are in it) on stderr; -vv adds
+    how long it took and its exit code. Returns the function that stops it."""
+    import shlex
+    import time
+
+    from yktool import host
+
+    def watcher(argv: list[str]) -> Callable[[int | None], None]:
+        click.echo(click.style(f"+ {shlex.join(argv)}", dim=True), err=True)
+        start = time.monotonic()
+
+        def finished(code: int | None) -> None:
+            if verbose >= 2:
+                outcome = "timed out" if code is None else f"exit {code}"
+                click.echo(click.style(f"  {time.monotonic() - start:.3f} s, {outcome}", dim=True), err=True)
+
+        return finished
+
+    host.command_watcher = watcher
+
+    def stop() -> None:
+        host.command_watcher = None
+
+    return stop
 
 
 def app() -> AppContext:

@@ -25,6 +25,12 @@ def demo(app: AppContext, scratch: Path) -> None:
     unlock and shows the TPM refusing after a Secure Boot change. Prints touches and PIN entries
     per key, and the command to rehearse losing a key with `yktool replace`. Nothing outside
     SCRATCH is touched. Run it again: nothing changes.
+
+    \b
+    Examples:
+      yktool demo
+      yktool --dry-run demo --scratch /tmp/yk-demo
+      yktool demo --json
     """
     if app.dry_run:
         _show_plan(app, scratch.absolute())

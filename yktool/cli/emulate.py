@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 import click
 
 from yktool.cli.context import AppContext
-from yktool.cli.output import info
+from yktool.cli.output import envelope, info
 from yktool.errors import NoDevice, UsageError
 
 if TYPE_CHECKING:
@@ -79,9 +79,9 @@ def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, to
         def on_plugged(plugged: Plugged) -> None:
             line = plugged.hidraw
             if app.json:
-                line = json.dumps({**plugged.to_json(),
-                                   "control": os.path.abspath(control_path) if control_path else None,
-                                   "device": f"sim:{key.path.absolute()}", "touch": policy.value})
+                line = json.dumps(envelope({**plugged.to_json(),  # one line: read as soon as it comes
+                                            "control": os.path.abspath(control_path) if control_path else None,
+                                            "device": f"sim:{key.path.absolute()}", "touch": policy.value}))
             try:
                 click.echo(line)
                 sys.stdout.flush()

@@ -14,7 +14,7 @@ import click
 
 from yktool.cli.context import AppContext, pass_app
 from yktool.cli.force import confirm_forced, confirm_option, force_option
-from yktool.cli.output import emit_json, info
+from yktool.cli.output import emit_json, info, instruct
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
@@ -146,6 +146,14 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     `yktool verify` on what was enrolled. The PIN is typed once per key. Interrupted (Ctrl-C, a
     pulled key, a crash)? Run the same command again: it resumes where it stopped. Run a finished
     commission again: nothing changes. Touches and PIN prompts are counted and printed.
+
+    \b
+    Examples:
+      yktool commission
+      yktool --dry-run commission --user alice --luks-device /dev/nvme0n1p2
+      yktool --yes commission --user alice --luks-device /dev/vda2 \\
+          --git-email alice@example.org --pin-stdin < pins.txt
+      yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
     from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_pin
@@ -207,7 +215,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         if spec != "auto":  # named by --backup-device: it is in already (or a software key)
             info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
             return
-        info(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
+        instruct(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
         asker.pause("Press any key when it is in…", yes=app.yes)
 
     io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
@@ -243,7 +251,12 @@ def _render_counts(counts: dict[str, Any]) -> str:
 
 def _render_report(app: AppContext, report: Any, plan: Any) -> None:
     if app.json:
-        emit_json({**report.to_json(), "plan": plan.to_json()})
+        from yktool.cli.verify import split_fix
+
+        data = report.to_json()
+        for check in data.get("verify", []):  # each fix split as verify --json splits it
+            check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
+        emit_json({**data, "plan": plan.to_json()})
         return
     for note in report.notes:
         click.echo(note)
@@ -350,7 +363,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
-            info("Now remove the other keys and insert the new key.")
+            instruct("Now remove the other keys and insert the new key.")
             asker.pause("Press any key when it is in…", yes=app.yes)
 
     nicknames = {r: "" for r in present_roles}

@@ -12,7 +12,12 @@ from yktool.cli.output import emit, info
 
 @click.group("git")
 def git() -> None:
-    """Git commit and tag signing with a FIDO2-backed SSH key (gpg.format ssh)."""
+    """Git commit and tag signing with a FIDO2-backed SSH key (gpg.format ssh).
+
+    \b
+    Examples:
+      yktool git signing --email alice@example.org
+    """
 
 
 @git.command("signing")
@@ -34,6 +39,12 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
     Sets gpg.format=ssh, user.signingkey, commit.gpgsign, tag.gpgsign, gpg.ssh.allowedSignersFile
     (and user.email) with `git config --file`, and adds `EMAIL namespaces="git" KEY` to the
     allowed_signers file (sorted, no duplicates). Prints the resulting config.
+
+    \b
+    Examples:
+      yktool git signing --email alice@example.org
+      yktool git signing --email alice@example.org --repo /home/alice/src/project
+      yktool --root /mnt git signing --email alice@example.org --user alice
     """
     from yktool.errors import UsageError
     from yktool.git_signing import check_email, configure_and_record

@@ -59,6 +59,12 @@ def key() -> None:
 
     Pick the key with the global --device (auto, hid:/dev/hidrawN, sim:PATH):
     `yktool --device sim:/tmp/k.json key info`.
+
+    \b
+    Examples:
+      yktool key list
+      yktool --device sim:/tmp/k.json key info
+      yktool key pin change
     """
 
 
@@ -66,14 +72,20 @@ def key() -> None:
 @key.command("list", short_help="List the FIDO2 keys present.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
-    """List the FIDO2 keys present (and the software key named by --device sim:PATH)."""
+    """List the FIDO2 keys present (and the software key named by --device sim:PATH).
+
+    \b
+    Examples:
+      yktool key list
+      yktool key list --json
+    """
     from yktool.fido.facts import list_present_keys
 
     facts, problems = list_present_keys(app.device)
     for problem in problems:
         warn(f"a key could not be read: {problem}")
     if app.json:
-        emit(True, [f.to_json() for f in facts], "")
+        emit(True, {"keys": [f.to_json() for f in facts], "problems": problems}, "")
         return
     if not facts:
         info("no FIDO2 key found; plug one in, or use --device sim:PATH to rehearse with the software key")
@@ -93,7 +105,14 @@ def list_cmd(app: AppContext) -> None:
 @pass_app
 def info_cmd(app: AppContext) -> None:
     """Show what the key is: product, AAGUID, CTAP versions, extensions, algorithms, options,
-    PIN state and retries, and for a YubiKey its serial, firmware and form factor."""
+    PIN state and retries, and for a YubiKey its serial, firmware and form factor.
+
+    \b
+    Examples:
+      yktool key info
+      yktool --device /dev/hidraw2 key info --json
+      yktool --device 12345678 key info
+    """
     from yktool.fido.facts import read_key_facts
 
     with _session(app) as session:
@@ -103,7 +122,13 @@ def info_cmd(app: AppContext) -> None:
 
 @key.group("pin", short_help="Set, change or check the PIN.")
 def pin() -> None:
-    """Set, change or check the key's PIN (never given on the command line)."""
+    """Set, change or check the key's PIN (never given on the command line).
+
+    \b
+    Examples:
+      yktool key pin set
+      yktool key pin verify
+    """
 
 
 _pin_stdin = click.option("--pin-stdin", is_flag=True,
@@ -114,7 +139,13 @@ _pin_stdin = click.option("--pin-stdin", is_flag=True,
 @_pin_stdin
 @pass_app
 def pin_set(app: AppContext, pin_stdin: bool) -> None:
-    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes)."""
+    """Set the first PIN of a key that has none (at least 4 characters, at most 63 bytes).
+
+    \b
+    Examples:
+      yktool key pin set
+      yktool key pin set --pin-stdin < new-pin.txt
+    """
     from yktool.fido.session import check_new_pin
 
     with _session(app) as session:
@@ -131,7 +162,13 @@ def pin_set(app: AppContext, pin_stdin: bool) -> None:
 @_pin_stdin
 @pass_app
 def pin_change(app: AppContext, pin_stdin: bool) -> None:
-    """Change the PIN: the current one, then the new one (typed twice on a terminal)."""
+    """Change the PIN: the current one, then the new one (typed twice on a terminal).
+
+    \b
+    Examples:
+      yktool key pin change
+      yktool key pin change --pin-stdin < old-and-new-pin.txt
+    """
     from yktool.fido.session import check_entered_pin, check_new_pin
 
     with _session(app) as session:
@@ -152,7 +189,13 @@ def pin_change(app: AppContext, pin_stdin: bool) -> None:
 @pass_app
 def pin_verify(app: AppContext, pin_stdin: bool) -> None:
     """Check a PIN against the key. A wrong PIN costs one of the key's retries (exit 6);
-    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8)."""
+    3 wrong in a row need the key re-inserted (exit 7); the 8th blocks it for good (exit 8).
+
+    \b
+    Examples:
+      yktool key pin verify
+      yktool --device sim:/tmp/k.json key pin verify --pin-stdin < pin.txt
+    """
     with _session(app) as session:
         if not session.pin_is_set:
             raise UsageError("the key has no PIN", "set one first: yktool key pin set")
@@ -167,7 +210,12 @@ def pin_verify(app: AppContext, pin_stdin: bool) -> None:
 @pass_app
 def replug(app: AppContext) -> None:
     """Software key only: stand for pulling it out and plugging it back in (clears the
-    3-wrong-PINs block, opens the reset window)."""
+    3-wrong-PINs block, opens the reset window).
+
+    \b
+    Examples:
+      yktool --device sim:/tmp/k.json key replug
+    """
     from yktool.fido.devices import replug as replug_sim
     from yktool.fido.devices import resolve_spec
 

@@ -13,7 +13,12 @@ _LEAD = ("kind", "credential_id")
 
 @click.group("keys")
 def keys() -> None:
-    """The key registry: which key (by nickname) was enrolled into what."""
+    """The key registry: which key (by nickname) was enrolled into what.
+
+    \b
+    Examples:
+      yktool keys list
+    """
 
 
 def _enrollment_line(entry: dict[str, str | int | bool]) -> str:
@@ -30,7 +35,13 @@ def _enrollment_line(entry: dict[str, str | int | bool]) -> str:
 @keys.command("list", short_help="Registered keys and their enrollments.")
 @pass_app
 def list_cmd(app: AppContext) -> None:
-    """List the registered keys: nickname, AAGUID, serial, when added, and each enrollment."""
+    """List the registered keys: nickname, AAGUID, serial, when added, and each enrollment.
+
+    \b
+    Examples:
+      yktool keys list
+      yktool --root /mnt keys list --json
+    """
     from yktool.inventory import REGISTRY_PATH, Registry
 
     registry = Registry.load(app.host)

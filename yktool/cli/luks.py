@@ -21,7 +21,13 @@ PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: 
 
 @click.group("luks")
 def luks() -> None:
-    """LUKS2 status, TPM2/FIDO2/recovery enrollment, test-unlock, wipe."""
+    """LUKS2 status, TPM2/FIDO2/recovery enrollment, test-unlock, wipe.
+
+    \b
+    Examples:
+      yktool luks status /dev/nvme0n1p2
+      yktool luks enroll-fido2 /dev/nvme0n1p2
+    """
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -72,6 +78,11 @@ def status(app: AppContext, device: str) -> None:
     """Show DEVICE's LUKS version, keyslots (KDF and cost) and tokens, and which token owns a slot.
 
     Unknown token types are shown as they are. Reads only.
+
+    \b
+    Examples:
+      yktool luks status /dev/nvme0n1p2
+      yktool --root /mnt luks status /var/lib/images/root.img --json
     """
     from yktool.luks.pending import read_header_seeing_pending
 
@@ -155,6 +166,13 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
 
     PCR 0 measures the firmware: after a firmware update the TPM no longer unseals. Keep the
     recovery key, and run `enroll-tpm2 --replace` after the update.
+
+    \b
+    Examples:
+      yktool luks enroll-tpm2 /dev/nvme0n1p2
+      yktool luks enroll-tpm2 /dev/nvme0n1p2 --with-pin
+      yktool luks enroll-tpm2 /dev/nvme0n1p2 --replace   (after a firmware update)
+      yktool --dry-run luks enroll-tpm2 disk.img --pcrs 7 --unlock-key-file /root/disk.key
     """
     from yktool.luks.tpm2 import plan_enroll_tpm2
     from yktool.tpm import parse_pcrs, parse_tcti
@@ -218,6 +236,11 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
     The key is never written to stdout, --json, a log or a file. Without a terminal the command
     refuses (nothing changed) unless --key-to-stderr. Idempotent: an existing recovery key is
     reported (use --replace for a new one).
+
+    \b
+    Examples:
+      yktool luks add-recovery /dev/nvme0n1p2
+      yktool luks add-recovery /dev/nvme0n1p2 --replace
     """
     from yktool.errors import Refused
     from yktool.luks.recovery import plan_add_recovery
@@ -273,6 +296,11 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
     slots (TPM2, FIDO2) would be left, unless --allow-hardware-only. Asks first unless --yes.
     Keyslots go before their tokens; a token an interrupted wipe left pointing at nothing (and the
     registry's record of a gone slot) is removed by the next wipe, or by `wipe DEVICE` alone.
+
+    \b
+    Examples:
+      yktool --dry-run luks wipe /dev/nvme0n1p2 --slot 3
+      yktool luks wipe /dev/nvme0n1p2 --type password
     """
     from yktool.luks.wipe import plan_wipe
 
@@ -321,6 +349,11 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
     (one touch when the token wants presence, its PIN when it wants one): the key derives the
     passphrase, cryptsetup --test-passphrase proves it. Tokens of other keys are "not tested".
     Exit 1 when a token fails, 6 when only PINs were wrong.
+
+    \b
+    Examples:
+      yktool luks test-unlock /dev/nvme0n1p2
+      yktool luks test-unlock /dev/nvme0n1p2 --token 1 --pin-stdin
     """
     from yktool.errors import CheckFailed, PinInvalid
     from yktool.luks.header import read_header
@@ -397,6 +430,12 @@ def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: b
     reported, never enrolled twice. The existing passphrase is asked (no echo), read from stdin,
     or from --unlock-key-file; the key's PIN is asked after it. An enrollment killed half-way is
     finished (or its orphan keyslot removed) by running the same command again.
+
+    \b
+    Examples:
+      yktool luks enroll-fido2 /dev/nvme0n1p2
+      yktool --device /dev/hidraw3 luks enroll-fido2 /dev/nvme0n1p2 --nickname backup
+      yktool luks enroll-fido2 disk.img --no-pin --unlock-key-file /root/disk.key
     """
     from yktool.luks.fido2 import Fido2Options, plan_enroll_fido2
 

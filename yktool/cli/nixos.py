@@ -12,7 +12,12 @@ from yktool.cli.output import emit_json, info
 
 @click.group("nixos")
 def nixos() -> None:
-    """The NixOS module (pam_u2f + agenix, udev lock, USBGuard, stage-1 unlock) for a flake."""
+    """The NixOS module (pam_u2f + agenix, udev lock, USBGuard, stage-1 unlock) for a flake.
+
+    \b
+    Examples:
+      yktool nixos module --flake ~/nixos-config
+    """
 
 
 @nixos.command("module")
@@ -43,6 +48,12 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
     own USBGuard list option when it declares one, its secrets folder (the authfile is written
     there, encrypted to this host's key only), a diff for its secrets.nix, and the LUKS names of
     its hardware-configuration.nix.
+
+    \b
+    Examples:
+      yktool nixos module
+      yktool nixos module --flake ~/nixos-config --home-manager
+      yktool --dry-run nixos module --flake ~/nixos-config
     """
     from yktool.nixos.generate import Request, generate
 

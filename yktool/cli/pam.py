@@ -12,7 +12,13 @@ from yktool.cli.context import AppContext, pass_app, read_only
 
 @click.group("pam")
 def pam() -> None:
-    """pam_u2f credentials and authfiles (plain or age-encrypted for agenix), and PAM checks."""
+    """pam_u2f credentials and authfiles (plain or age-encrypted for agenix), and PAM checks.
+
+    \b
+    Examples:
+      yktool pam register --user alice
+      yktool pam check
+    """
 
 
 @pam.command("register")
@@ -53,6 +59,13 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     with that origin and the signature is checked against the public key about to be stored.
     One line per user; other lines are kept byte for byte. With --age/--age-host-key the whole
     authfile is encrypted for agenix and the secrets.nix / configuration lines are printed.
+
+    \b
+    Examples:
+      yktool pam register --user alice
+      yktool pam register --user alice --pin --origin pam://workstation
+      yktool pam register --user alice --age-host-key /etc/ssh/ssh_host_ed25519_key.pub \\
+          --age-file secrets/yubikey-auth.age
     """
     from yktool import agefile
     from yktool import pam_u2f as pu
@@ -150,6 +163,12 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
     Traps: authfile missing or unreadable, nouserok/alwaysok, an authfile inside an encrypted
     home, no origin= (follows the hostname), a user with a single key, eddsa keys on an old
     pam-u2f, origins that differ from the registered keys'. Exits 1 when an error is found.
+
+    \b
+    Examples:
+      yktool pam check
+      yktool pam check --service sudo --json
+      yktool pam check --age-file secrets/yubikey-auth.age --age-identity ~/.ssh/id_ed25519
     """
     from yktool import pam_u2f as pu
     from yktool.cli.output import emit_json

@@ -75,7 +75,13 @@ _nickname = click.option("--nickname", default=None,
 
 @click.group("ssh")
 def ssh() -> None:
-    """FIDO2-backed OpenSSH keys (ed25519-sk, ecdsa-sk), authorized_keys and SSH signatures."""
+    """FIDO2-backed OpenSSH keys (ed25519-sk, ecdsa-sk), authorized_keys and SSH signatures.
+
+    \b
+    Examples:
+      yktool ssh keygen
+      yktool ssh authorize --user alice
+    """
 
 
 @ssh.command("keygen")
@@ -98,6 +104,12 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
 
     Writes the key-handle file (0600) and the .pub (0644) in OpenSSH's own formats; the private
     key never leaves the security key. Existing files are not replaced without --force (exit 4).
+
+    \b
+    Examples:
+      yktool ssh keygen
+      yktool ssh keygen --user alice -O resident -O verify-required
+      yktool --root /mnt ssh keygen --user alice --type ecdsa-sk
     """
     from yktool.ssh import enroll
     from yktool.ssh.accounts import default_user
@@ -149,6 +161,11 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
 
     A key the registry knows gets back its file name, comment and flags, so the files come back
     byte for byte; others are named id_ed25519_sk_rk[_APP][_USER] with the application as comment.
+
+    \b
+    Examples:
+      yktool ssh download
+      yktool ssh download --user alice --output-dir /home/alice/.ssh
     """
     from yktool.ssh import enroll
 
@@ -189,6 +206,11 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
     Existing lines, options, comments, blank lines and line endings stay byte for byte; a key
     already there is not added again. A key made with no-touch-required gets that option (sshd
     insists on a touch otherwise), a verify-required key gets verify-required.
+
+    \b
+    Examples:
+      yktool ssh authorize --user alice
+      yktool ssh authorize --user git --pubkey /home/alice/.ssh/id_ed25519_sk.pub
     """
     from yktool.authorized_keys import authorize_and_record, authorized_keys_path
     from yktool.ssh.enroll import find_pubkey, load_key_pair
@@ -224,6 +246,11 @@ def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...],
 
     `-` signs stdin and prints the signature. Verify with
     `ssh-keygen -Y verify -f allowed_signers -I EMAIL -n NAMESPACE -s FILE.sig < FILE`.
+
+    \b
+    Examples:
+      yktool ssh sign -n file -f ~/.ssh/id_ed25519_sk notes.txt
+      git archive HEAD | yktool ssh sign -n file -f ~/.ssh/id_ed25519_sk - > release.sig
     """
     import sys
 
@@ -231,6 +258,9 @@ def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...],
     from yktool.ssh.enroll import load_private
     from yktool.ssh.enroll import sign as do_sign
 
+    if "-" in files and app.json:
+        raise UsageError("`-` prints the signature on stdout, where --json puts its one document",
+                         "sign a file (FILE.sig is written), or leave out --json")
     host = app.host
     key = load_private(host, PurePosixPath("/") / key_file)
     if "-" in files and pin_stdin and key.verify_required:

@@ -10,7 +10,12 @@ from yktool.cli.output import emit
 
 @click.group("tpm")
 def tpm() -> None:
-    """TPM2 presence, PCR banks and values, Secure Boot state."""
+    """TPM2 presence, PCR banks and values, Secure Boot state.
+
+    \b
+    Examples:
+      yktool tpm status
+    """
 
 
 @read_only
@@ -24,6 +29,12 @@ def status(app: AppContext, pcrs: str, bank: str) -> None:
     PCR 7 all zero means the boot was not measured (no UEFI measured boot): a TPM2 seal would
     then protect nothing. Secure Boot is read from efivars under --root. Exit 3 when there is no
     TPM at the TCTI.
+
+    \b
+    Examples:
+      yktool tpm status
+      yktool --tpm swtpm:host=127.0.0.1,port=2321 tpm status --pcrs 0+2+7
+      yktool tpm status --bank sha1 --json
     """
     from yktool.tpm import parse_pcrs, parse_tcti, read_info, secure_boot
 

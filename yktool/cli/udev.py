@@ -35,7 +35,7 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
     if vendor and product:
         base = KeyUsb(vendor, product, serial or "", name or "", interfaces or ("03:00:00",))
         return base
-    from yktool.errors import NoDevice, YktoolError
+    from yktool.errors import NoDevice, PermissionDenied, YktoolError
 
     try:
         from yktool.fido import open_device
@@ -43,6 +43,8 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
 
         device = open_device(app.key_spec)
         ident = identity_from(usb_identity(device))
+    except PermissionDenied:
+        raise
     except YktoolError as exc:
         raise NoDevice(f"cannot read the key's USB identity: {exc.message}",
                        "plug the key in (or --device sim:PATH), or give --vendor and --product") from None
@@ -55,7 +57,13 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
 
 @click.group("udev")
 def udev() -> None:
-    """The lock-on-removal udev rule for a key (locks every session through logind)."""
+    """The lock-on-removal udev rule for a key (locks every session through logind).
+
+    \b
+    Examples:
+      yktool udev install
+      yktool udev show
+    """
 
 
 @udev.command("install")
@@ -71,6 +79,12 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
     matches this key's vendor/product (and serial, where the key shows one on USB) on
     ACTION=="remove"; the program waits 2 s (a key reset or mode switch re-enumerates) and then
     runs `loginctl lock-sessions`. Running again for the same nickname changes nothing.
+
+    \b
+    Examples:
+      yktool udev install
+      yktool udev install --nickname backup
+      yktool udev install --nixos --vendor 1050 --product 0407 --serial 12345678
     """
     from yktool import udev as lib
     from yktool.inventory import Registry
@@ -112,7 +126,13 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
 @pass_app
 def show(app: AppContext, nickname: str, vendor: str | None, product: str | None, serial: str | None,
          name: str | None) -> None:
-    """Print the rule for this key without installing anything."""
+    """Print the rule for this key without installing anything.
+
+    \b
+    Examples:
+      yktool udev show
+      yktool udev show --vendor 1050 --product 0407 --serial ''
+    """
     from yktool import udev as lib
 
     key = resolve_key(app, vendor, product, serial, name)

@@ -11,7 +11,12 @@ from yktool.cli.udev import key_options, resolve_key
 
 @click.group("usbguard")
 def usbguard() -> None:
-    """USBGuard allow rules for a key."""
+    """USBGuard allow rules for a key.
+
+    \b
+    Examples:
+      yktool usbguard allow
+    """
 
 
 @usbguard.command("allow")
@@ -30,6 +35,12 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
     there already; warns when the file is still a placeholder (then everything else not plugged
     in at boot stays blocked, which may not be what you want). --nixos prints the line for
     `modules.hardware.usbguard.rules` instead.
+
+    \b
+    Examples:
+      yktool usbguard allow
+      yktool usbguard allow --nixos
+      yktool --dry-run usbguard allow --vendor 1050 --product 0407 --serial 12345678
     """
     from yktool import usbguard as lib
     from yktool.inventory import Registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,23 @@ if TYPE_CHECKING:
     from yktool.checks import Result
 
 SYMBOL = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "warn": ("WARN", "yellow"), "n/a": (" n/a", None)}
+
+
+NIXOS_MARK = re.compile(r"\s*\|?\s*NixOS:\s*")
+
+
+def split_fix(fix: str) -> tuple[str | None, str | None]:
+    """A fix as (what to run on a plain system, what to set on NixOS): its text says
+    `COMMAND  |  NixOS: OPTION`; either part may be missing."""
+    if not fix:
+        return None, None
+    command, nixos = [*NIXOS_MARK.split(fix, maxsplit=1), ""][:2]
+    return command.strip() or None, nixos.strip() or None
+
+
+def _check_json(result: Result) -> dict[str, object]:
+    command, nixos = split_fix(result.fix)
+    return {**result.to_json(), "fix_command": command, "fix_nixos": nixos}
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -53,6 +71,13 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
     offline tree (`yktool --root DIR verify`); reads only.
 
     Exit 0 when nothing fails, 1 when a check fails.
+
+    \b
+    Examples:
+      sudo yktool verify
+      yktool verify --only ssh,boot.luks --json
+      yktool --root /mnt verify --luks-device /var/lib/images/root.img
+      yktool verify --list
     """
     from yktool.checks import CheckContext, all_checks, run_checks, select, summary
 
@@ -61,7 +86,7 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
         if app.json:
             from yktool.cli.output import emit_json
 
-            emit_json([{"id": c.id, "layer": c.layer, "title": c.title} for c in checks])
+            emit_json({"checks": [{"id": c.id, "layer": c.layer, "title": c.title} for c in checks]})
         else:
             for c in checks:
                 click.echo(f"{c.layer}  {c.id:<44} {c.title}")
@@ -77,7 +102,7 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
         from yktool.cli.output import emit_json
 
         emit_json({"ok": counts["fail"] == 0, "root": str(app.host.root), "privileged": ctx.privileged,
-                   "summary": counts, "checks": [r.to_json() for r in results],
+                   "summary": counts, "checks": [_check_json(r) for r in results],
                    **({"nixos": rebuild.to_json()} if rebuild else {})})
     else:
         _render(results, counts, app.verbose)

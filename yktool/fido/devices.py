@@ -3,7 +3,10 @@
 - `sim:PATH`: yktool's software key (`yktool.fido.softkey.SoftKey`), its state in PATH
   (created, factory-fresh, when missing). `YKTOOL_SIM_PRESENCE=deny|timeout` makes it refuse
   or time out every touch, to rehearse those failures from the command line.
-- `hid:/dev/hidrawN`: that USB key, through python-fido2's HID transport.
+- `hid:/dev/hidrawN`: that USB key, through python-fido2's HID transport; a bare `/dev/hidrawN`
+  means the same.
+- a YubiKey's serial (the number printed on it, e.g. `12345678`): the YubiKey yubikey-manager
+  finds with that serial, as `hid:` of its FIDO interface.
 - `auto`: the only FIDO2 key present; none -> NoDevice, several -> UsageError listing the
   `--device hid:…` value of each.
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from yktool.errors import NoDevice, UsageError
+from yktool.errors import NoDevice, PermissionDenied, UsageError
 
 if TYPE_CHECKING:
     from fido2.ctap import CtapDevice
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
 ENV_DEVICE = "YKTOOL_DEVICE"
 ENV_SIM_PRESENCE = "YKTOOL_SIM_PRESENCE"
-SPEC_HELP = "auto, hid:/dev/hidrawN or sim:PATH"
+SPEC_HELP = "auto, hid:/dev/hidrawN (or /dev/hidrawN), a YubiKey serial, or sim:PATH"
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,40 @@ class MultipleDevices(UsageError):
 
 
 def resolve_spec(spec: str | None) -> str:
-    """The spec to use: the given one, else $YKTOOL_DEVICE, else `auto`."""
-    if spec:
-        return spec
-    return os.environ.get(ENV_DEVICE) or "auto"
+    """The spec to use: the given one, else $YKTOOL_DEVICE, else `auto`; a bare /dev/hidrawN or a
+    YubiKey serial become the `hid:` spec of that key."""
+    spec = spec or os.environ.get(ENV_DEVICE) or "auto"
+    if spec.startswith("/dev/"):
+        return f"hid:{spec}"
+    if spec.isdigit():
+        return f"hid:{hidraw_for_serial(int(spec))}"
+    return spec
+
+
+SerialLister = Callable[[], Iterable[tuple[str, int | None]]]
+
+
+def yubikey_fido_paths() -> list[tuple[str, int | None]]:
+    """(hidraw path of its FIDO interface, serial) of each YubiKey yubikey-manager finds."""
+    from ykman.device import list_all_devices
+    from yubikit.core.fido import FidoConnection
+
+    out = []
+    for device, info in list_all_devices([FidoConnection]):  # FIDO only: no pcscd needed
+        path = device.fingerprint  # ykman's FIDO devices are told apart by their hidraw path
+        out.append((path.decode() if isinstance(path, bytes) else str(path), info.serial))
+    return out
+
+
+def hidraw_for_serial(serial: int, lister: SerialLister | None = None) -> str:
+    """The hidraw node of the YubiKey with this serial (NoDevice when none has it)."""
+    found = list((lister or yubikey_fido_paths)())
+    for path, their_serial in found:
+        if their_serial == serial:
+            return path
+    seen = ", ".join(str(s) for _, s in found if s is not None) or "none"
+    raise NoDevice(f"no YubiKey with serial {serial} found (serials present: {seen})",
+                   "check the number printed on the key, or see `yktool key list`")
 
 
 def sim_presence_from_env() -> Presence | None:
@@ -95,6 +128,10 @@ def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool
         raise UsageError(f"cannot use software key {p}: {e}",
                          "point --device sim:PATH at a state file yktool made, or at a new path to "
                          "create a fresh key") from None
+    except PermissionError:
+        raise PermissionDenied(f"{p}: permission denied",
+                               "run as the user who made the software key, or give a --device sim:PATH "
+                               "you own") from None
     except OSError as e:
         raise UsageError(f"cannot use software key {p}: {e.strerror or e}",
                          "check the path and its permissions") from None
@@ -111,8 +148,8 @@ def open_hid(path: str) -> CtapHidDevice:
     except FileNotFoundError:
         raise NoDevice(f"no key at {path}", "check `yktool key list` for the keys present") from None
     except PermissionError:
-        raise NoDevice(f"no permission to open {path}",
-                       "run as root, or give your user access to the key (udev uaccess rule)") from None
+        raise PermissionDenied(f"{path}: permission denied",
+                               "run as root, or give your user access to the key (udev uaccess rule)") from None
     except Exception as e:  # noqa: BLE001 - not a FIDO device / descriptor unreadable, many kinds
         raise NoDevice(f"{path} is not a usable FIDO2 key ({type(e).__name__}: {e})",
                        "check `yktool key list` for the keys present") from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from yktool.errors import NoDevice, UsageError
+from yktool.errors import NoDevice, PermissionDenied, UsageError
 from yktool.host import Host
 from yktool.luks.tokens import (
     HARDWARE_ROLES,
@@ -140,7 +140,7 @@ def probe(host: Host, device: str | PurePosixPath) -> tuple[int, str, str]:
         with open(real, "rb") as fh:
             head = fh.read(512)
     except PermissionError:
-        raise UsageError(f"{device}: permission denied", "run as root to read a LUKS header") from None
+        raise PermissionDenied(f"{device}: permission denied", "run as root to read a LUKS header") from None
     if len(head) < 8 or head[:6] != LUKS_MAGIC:
         raise NotLuks(f"{device} is not a LUKS device (no LUKS header at its start)",
                       "check the path: `lsblk -f` shows which partition has FSTYPE crypto_LUKS")

@@ -215,8 +215,33 @@ class CheckContext:
         self._cache["procs"] = procs
         return procs
 
-    def running(self, comm: str) -> list[int]:
-        return sorted(pid for pid, c in self.processes().items() if c == comm[:15])
+    def running(self, name: str) -> list[int]:
+        """The pids of processes that are the program `name`: the comm the kernel keeps (its first
+        15 characters) matches, the process runs as root, and the program is so named — the
+        executable's file name, or for a script the name in argv[0] or argv[1]. A comm alone
+        proves nothing: any user can name a process anything (prctl PR_SET_NAME, a renamed copy)."""
+        return sorted(pid for pid, c in self.processes().items() if c == name[:15] and self._is_program(pid, name))
+
+    def _is_program(self, pid: int, name: str) -> bool:
+        proc = f"/proc/{pid}"
+        try:
+            status = self.read(f"{proc}/status") or ""
+        except Unreadable:
+            return False
+        uid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:") and len(ln.split()) > 1), None)
+        if uid != "0":
+            return False
+        try:  # the link itself, never followed into the root (a live /proc: the real program)
+            exe = os.readlink(self.host.root / proc.lstrip("/") / "exe")
+        except OSError:
+            exe = ""
+        if PurePosixPath(exe.removesuffix(" (deleted)")).name == name:
+            return True
+        try:
+            argv = (self.read(f"{proc}/cmdline") or "").split("\0")
+        except Unreadable:
+            return False
+        return any(PurePosixPath(a).name == name for a in argv[:2] if a)
 
     def unit_enabled(self, unit: str) -> str | None:
         """The path of a `*.wants/<unit>` link (or the NixOS generated unit), if the unit is enabled."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,16 @@ PIN = "482916"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
 
 
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """How long a step took in the guest, on the console (the tier's time budget is tight)."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        print(f"vm-time {time.monotonic() - start:5.1f}s  {step}", file=sys.__stderr__, flush=True)
+
+
 @dataclass
 class Yk:
     """yktool in this process (no fresh interpreter: ~6 s each under TCG) on a scratch root."""
@@ -38,7 +49,8 @@ class Yk:
     def __call__(self, device: str, *args: str, input: str | None = None) -> str:
         argv = ["--root", str(self.root), "--device", device, *args]
         self.calls.append(argv)
-        res = CliRunner().invoke(main_group, argv, input=input, catch_exceptions=False)
+        with timed("yktool " + " ".join(args[:2])):
+            res = CliRunner().invoke(main_group, argv, input=input, catch_exceptions=False)
         assert res.exit_code == 0, f"yktool {' '.join(args)} exited {res.exit_code}:\n{res.output}"
         return res.stdout
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.vm.ssh_support import Yk, scratch_root, tool_env
+from tests.vm.ssh_support import Yk, scratch_root, timed, tool_env
 from tests.vm.support import plug, touches
 from yktool.fido.softkey import SoftKey
 
@@ -17,7 +17,8 @@ def test_git_commit_signed_through_libfido2_verifies(tmp_path: Path) -> None:
     SoftKey(state)
     yk = Yk(scratch_root(tmp_path))
     home = yk.root / "home/alice"
-    key = plug(state, tmp_path / "emulated")
+    with timed("plug"):
+        key = plug(state, tmp_path / "emulated")
     try:
         yk(key.spec, "ssh", "keygen", "--user", "alice")
         yk(key.spec, "git", "signing", "--email", "alice@example.com", "--user", "alice")
@@ -35,11 +36,12 @@ def test_git_commit_signed_through_libfido2_verifies(tmp_path: Path) -> None:
         assert git("init", "-q").returncode == 0
         (repo / "file").write_text("signed through libfido2\n")
         assert git("add", "file").returncode == 0
-        with touches(key, "git commit -S (ssh-keygen -Y sign)"):
+        with touches(key, "git commit -S (ssh-keygen -Y sign)"), timed("git commit -S"):
             committed = git("commit", "-q", "-m", "signed")  # commit.gpgsign = true: signed
         assert committed.returncode == 0, committed.stdout + committed.stderr
         after = key.counts()
-        verified = git("verify-commit", "HEAD")
+        with timed("git verify-commit"):
+            verified = git("verify-commit", "HEAD")
         assert verified.returncode == 0, verified.stderr
         assert 'Good "git" signature for alice@example.com with ED25519-SK key' in verified.stderr, verified.stderr
         assert key.counts()["requested"] == after["requested"]  # verifying needs no key

@@ -6,6 +6,7 @@ One emulated key (with a PIN) for the module."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from fido2.ctap2.base import Ctap2
 from fido2.ctap2.pin import ClientPin
 
-from tests.vm.ssh_support import PIN, Yk, public_blobs, scratch_root, sshd, tool_env
+from tests.vm.ssh_support import PIN, Yk, public_blobs, scratch_root, sshd, timed, tool_env
 from tests.vm.support import Key, plug, run, touches
 from yktool.fido.softkey import SoftKey
 
@@ -35,7 +36,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state, backup = base / "primary.json", base / "backup.json"
     ClientPin(Ctap2(SoftKey(state))).set_pin(PIN)
     SoftKey(backup)
-    key = plug(state, base / "emulated")
+    with timed("plug"):
+        key = plug(state, base / "emulated")
     try:
         yield World(base, key, Yk(scratch_root(base)), tool_env(base), f"sim:{backup}")
     finally:
@@ -46,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def test_openssh_enrolls_a_resident_key_and_yktool_downloads_the_same(world: World) -> None:
     made = world.base / "openssh"
     made.mkdir()
-    with touches(world.key, "ssh-keygen -t ed25519-sk -O resident (enroll)"):
+    with touches(world.key, "ssh-keygen -t ed25519-sk -O resident (enroll)"), timed("ssh-keygen -t ed25519-sk"):
         r = run(["ssh-keygen", "-t", "ed25519-sk", "-O", "resident", "-O", "application=ssh:yk", "-N", "",
                  "-C", "made-by-openssh", "-f", made / "id_yk"], env=world.env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -54,7 +56,7 @@ def test_openssh_enrolls_a_resident_key_and_yktool_downloads_the_same(world: Wor
 
     downloaded = world.base / "ssh-keygen-K"
     downloaded.mkdir()
-    with touches(world.key, "ssh-keygen -K (download)"):
+    with touches(world.key, "ssh-keygen -K (download)"), timed("ssh-keygen -K"):
         r = subprocess.run(["ssh-keygen", "-K", "-N", ""], cwd=downloaded, env=world.env, capture_output=True,
                            text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -80,10 +82,10 @@ def test_sshd_accepts_the_yktool_key_until_replace_revokes_it(world: World) -> N
     assert "verify-required" in authorized.read_text()
     identity = ssh_dir / "id_ed25519_sk"
 
-    with sshd(world.base, authorized) as server:
+    with timed("sshd start"), sshd(world.base, authorized) as server, timed("sshd session"):
         world.key.control("policy ask")  # the touch is given through the control socket
         try:
-            with touches(world.key, "ssh login (verify-required: PIN + touch)"):
+            with touches(world.key, "ssh login (verify-required: PIN + touch)"), timed("ssh login"):
                 login = server.ssh(identity, world.env, world.base)
                 assert world.key.control("wait 90", timeout=100) == "ok waiting", server.log.read_text()
                 assert world.key.control("approve") == "ok approved"
@@ -94,11 +96,18 @@ def test_sshd_accepts_the_yktool_key_until_replace_revokes_it(world: World) -> N
         assert "Accepted publickey for root" in server.log.read_text()
         assert "ED25519-SK" in server.log.read_text()
 
-        # the key is lost: revoked with the backup present (probes are silent)
+        # the key is lost: revoked with the backup present (probes are silent). Its key files
+        # stay usable elsewhere (a copy, as on another machine): sshd must refuse them now.
+        kept = world.base / "lost-copy"
+        kept.mkdir()
+        for f in (identity, identity.with_name(identity.name + ".pub")):
+            shutil.copy2(f, kept / f.name)
+        blob = (kept / "id_ed25519_sk.pub").read_text().split()[1]
         out = yk(world.backup, "--yes", "replace", "--lost", "primary")
-        assert identity.with_suffix(".pub").read_text().split()[1] not in authorized.read_text(), out
-        with touches(world.key, "ssh login after replace --lost (refused)"):
-            again = server.ssh(identity, world.env, world.base)
+        assert blob not in authorized.read_text(), out
+        assert "id_backup_sk" in out or authorized.read_text().count("sk-ssh-ed25519") == 1, out  # backup kept
+        with touches(world.key, "ssh login after replace --lost (refused)"), timed("ssh refused"):
+            again = server.ssh(kept / "id_ed25519_sk", world.env, world.base)
             out, err = again.communicate(timeout=120)
         assert again.returncode == 255 and "logged-in" not in out, out + err
         assert "Permission denied (publickey)" in err, err

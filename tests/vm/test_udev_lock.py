@@ -82,6 +82,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockWorld]:
     stub.chmod(0o755)
     assert LOGINCTL.exists(), "the guest has no /usr/bin/loginctl to stand in for"
     root = scratch / "root"
+    root.mkdir()
     key = plug(a, scratch / "emulated")
     try:
         # the rule as `yktool udev install` writes it for the plugged-in key, into a scratch root
@@ -155,7 +156,11 @@ def test_two_removals_inside_the_debounce_window_lock_once(world: LockWorld) -> 
     assert first.serial == twin.serial == world.a_serial
     for k in (first, twin):
         os.kill(k.pid, signal.SIGTERM)
-    assert first.stop() == 0 and twin.stop() == 0
+    try:
+        assert first.stop(timeout=120) == 0 and twin.stop(timeout=120) == 0
+    except AssertionError as e:
+        logs = "\n".join(f"--- {k.log.name}:\n{k.log.read_text(errors='replace')[-3000:]}" for k in (first, twin))
+        raise AssertionError(f"{e}\n{logs}") from None
     settle()
     calls = world.lock_calls()
     assert [args for _, _, args in calls] == ["lock-sessions"], calls

@@ -146,7 +146,8 @@ def test_removing_another_key_does_not_lock(world: LockWorld) -> None:
 
 def test_two_removals_inside_the_debounce_window_lock_once(world: LockWorld) -> None:
     """Two devices with the registered serial leave together: two remove events, handled in
-    parallel by udev's workers, one lock."""
+    parallel by udev's workers, one lock. (Pulled, not stopped: two emulators shutting down at
+    the same moment once hung one of them under a loaded TCG guest; a pull has no shutdown.)"""
     world.plugged_a.stop()
     world.reset()
     twin_state = world.scratch / "a-twin.json"
@@ -154,13 +155,12 @@ def test_two_removals_inside_the_debounce_window_lock_once(world: LockWorld) -> 
     first = world.plug(world.a)
     twin = world.plug(twin_state)
     assert first.serial == twin.serial == world.a_serial
+    # both yanked out at once (SIGKILL: the kernel drops each device as its /dev/uhid closes)
     for k in (first, twin):
-        os.kill(k.pid, signal.SIGTERM)
-    try:
-        assert first.stop(timeout=120) == 0 and twin.stop(timeout=120) == 0
-    except AssertionError as e:
-        logs = "\n".join(f"--- {k.log.name}:\n{k.log.read_text(errors='replace')[-3000:]}" for k in (first, twin))
-        raise AssertionError(f"{e}\n{logs}") from None
+        os.kill(k.pid, signal.SIGKILL)
+    for k in (first, twin):
+        k.pull()
+        assert k.gone(), k.hidraw
     settle()
     calls = world.lock_calls()
     assert [args for _, _, args in calls] == ["lock-sessions"], calls

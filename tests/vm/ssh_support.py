@@ -20,9 +20,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tests.vm.support import REPO, run
+from tests.vm.support import run
 from yktool.cli import main_group  # imported before any plug(): the emulator's fork starts warm
 
+REPO = Path(__file__).resolve().parents[2]
 SSHD = REPO / ".venv/vm/openssh-server/usr/sbin/sshd"
 LIBWRAP = REPO / ".venv/vm/libwrap0/usr/lib/x86_64-linux-gnu"
 PIN = "482916"

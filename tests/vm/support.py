@@ -21,7 +21,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 TPM = "device:/dev/tpmrm0"
 SYSTEMD_CRYPTSETUP = "/lib/systemd/systemd-cryptsetup"
 

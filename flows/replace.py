@@ -46,6 +46,7 @@ from yktool.ssh.keys import FLAG_USER_VERIFICATION
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
+from .touched import refuse_links, replace_files
 
 FLOW = "replace"
 LUKS_RP = "io.systemd.cryptsetup"
@@ -138,6 +139,11 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                                token=token.id, keyslots=list(token.keyslots)))
     origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
+    # and every fixed authfile a PAM stack reads: a lost key's credential copied there by hand is
+    # still the registry's credential id, and still a way in for the finder
+    from yktool.lastway import pam_authfiles
+
+    authfiles = list(dict.fromkeys([*authfiles, *(p for p, _o in pam_authfiles(host))]))
     age_files = list(dict.fromkeys(str(e["age_file"]) for _k, e in registry.enrollments("pam") if "age_file" in e))
     texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
     for path in age_files:
@@ -279,6 +285,22 @@ def check_names(host: Host, names: list[str]) -> list[str]:
     return [n for n in names if n in known]
 
 
+def check_new_nickname(host: Host, lost: list[str], nickname: str) -> None:
+    """The replacement's registry name must be a new one: the lost key's own name is dropped
+    from the registry by the revoke step (taking the new key's entries with it: its token and
+    credentials would stay, unregistered, and a later replace could never revoke them), and a
+    kept key's name would make two keys one entry (losing either revokes both). A resumed run
+    (same answers, unfinished) finds the name it recorded itself: that is allowed."""
+    state = FlowState.load(host, FLOW)
+    resuming = state.resuming and state.answers.get("new_nickname") == nickname \
+        and state.answers.get("lost") == lost
+    if nickname in lost or (not resuming and Registry.load(host).get(nickname) is not None):
+        what = "the lost key's own name" if nickname in lost else "already a registered key's name"
+        raise UsageError(f"--new-nickname {nickname}: {what}",
+                         f"give the replacement a name of its own (--new-nickname NAME); registered: "
+                         f"{registry_listing(host)}")
+
+
 def mark_lost(found: list[Found], names: list[str]) -> None:
     """A credential is lost when the registry says a key named lost made it; nothing else is."""
     for f in found:
@@ -393,7 +415,7 @@ class Replace:
 
     def enroll_ssh(self, f: Found) -> str:
         from yktool.authorized_keys import authorize
-        from yktool.git_signing import allowed_signer_line, configure, merge_allowed_signers
+        from yktool.git_signing import add_allowed_signer, configure
         from yktool.ssh import enroll
         from yktool.ssh.accounts import lookup_user
 
@@ -424,11 +446,7 @@ class Replace:
                 configure(self.host, account, email=email, pub_path=enroll.pub_path(path), public=key.public)
             else:
                 signers = PurePosixPath(str(e.get("allowed_signers")))
-                real = self.host.path(signers)
-                existing = real.read_bytes() if real.is_file() else b""
-                data, changed = merge_allowed_signers(existing, allowed_signer_line(email, key.public))
-                if changed:
-                    self.host.write_file(signers, data, 0o644, owner=account.owner())
+                add_allowed_signer(self.host, signers, email, key.public, account.owner())
             with Registry.update(self.host) as reg:
                 reg.record(self.a.new_nickname, "git", email=email, user=f.user,
                            allowed_signers=str(e.get("allowed_signers", "")), config_file=str(e.get("config_file", "")),
@@ -581,6 +599,7 @@ class Replace:
         it with --force: a stolen key must be cut off now even when no replacement is at hand —
         the finder keeping SSH access is the worse outcome, and the person decides it, typing
         the key's name, with the plan saying who loses what."""
+        refuse_links(self.host, replace_files(self))  # a user's link: refused before any step acts
         found = losses(self.host, self.removal())
         luks = [x for x in found if x.area == "luks"]
         if luks:
@@ -634,7 +653,7 @@ class Replace:
 
     def revoke_ssh(self, f: Found) -> str:
         from yktool.authorized_keys import revoke
-        from yktool.git_signing import Git, expire_signer
+        from yktool.git_signing import Git, add_revoked_signer, expire_signer
         from yktool.ssh.accounts import lookup_user
         from yktool.ssh.keys import SkPublicKey
 
@@ -657,10 +676,7 @@ class Replace:
                 done.append(f"valid-before now in {signers}")
             if self.a.revoke_git:
                 revoked = account.home / REVOKED_FILE
-                real = self.host.path(revoked)
-                existing = real.read_text() if real.is_file() else ""
-                if public.line() not in existing.splitlines():
-                    self.host.write_file(revoked, existing + public.line() + "\n", 0o644, owner=account.owner())
+                if add_revoked_signer(self.host, revoked, public, account.owner()):
                     done.append(f"listed in {revoked}")
                 config = PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
                 git = Git(self.host, account)

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.luks",
     "tests.fixtures.fido",
     "tests.fixtures.roots",
+    "tests.fixtures.differential",
 ]
 
 # tests/vm runs only inside the VM that scripts/test-vm boots (a real kernel: /dev/uhid,

@@ -267,7 +267,8 @@ def test_pam_u2f_module_not_installed_fails(hardened_root: FixtureRoot) -> None:
     sudo = hardened_root.root / "etc/pam.d/sudo"
     sudo.write_text("-" + sudo.read_text().removeprefix("#%PAM-1.0\n"))
     r = results_of(hardened_root)["pam.sudo"]
-    assert r.status == "fail" and "libpam skips it" in r.reason, describe({r.id: r})
+    # `-` only silences libpam's log: the rule still runs and answers MODULE_UNKNOWN (pamtester agrees)
+    assert r.status == "fail" and "answers MODULE_UNKNOWN" in r.reason, describe({r.id: r})
     # a tree that holds no PAM module at all is configuration only: no verdict on modules
     shutil.rmtree(hardened_root.root / "usr/lib/x86_64-linux-gnu/security")
     assert results_of(hardened_root)["pam.sudo"].status == "pass"
@@ -314,8 +315,19 @@ def test_mutable_users_from_configuration_nix_ignores_comments(hardened_root: Fi
 
 @pytest.mark.parametrize(("before", "status", "reason"), [
     ("auth sufficient pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
-    ("auth [success=1 default=ignore] pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
+    # a jump over the last rule ends the stack with nothing positive: libpam denies (pamtester agrees)
+    ("auth [success=1 default=ignore] pam_unix.so", "pass", ""),
+    ("auth [success=1 default=ignore] pam_unix.so\n@AFTER auth required pam_permit.so", "warn",
+     "can end sudo's authentication before pam_u2f"),
     ("auth sufficient pam_permit.so", "fail", "anyone gets in"),
+    ("auth SUFFICIENT pam_permit.so", "fail", "anyone gets in"),
+    ("auth [success=done default=ignore] pam_permit.so", "fail", "anyone gets in"),
+    # libpam reads `DONE` as a syntax error: every result is bad, even pam_permit's success: nobody
+    # gets in, with the key or without (pamtester agrees)
+    ("auth [success=DONE default=ignore] pam_permit.so", "fail", "everyone is locked out"),
+    # `reset` forgets pam_u2f's failure (pamtester agrees)
+    ("auth required pam_permit.so\n@AFTER auth [default=reset] pam_deny.so\nauth required pam_permit.so",
+     "fail", "anyone gets in"),
     ("auth required pam_unix.so", "pass", ""),
     ("auth [success=1 default=ignore] pam_unix.so\nauth requisite pam_deny.so", "pass", ""),
 ])
@@ -323,6 +335,7 @@ def test_a_rule_before_pam_u2f_that_ends_the_stack(hardened_root: FixtureRoot, b
                                                   reason: str) -> None:
     from tests.fixtures.roots import PAM_U2F
 
-    (hardened_root.root / "etc/pam.d/sudo").write_text(f"{before}\n{PAM_U2F}")
+    before, _, after = before.partition("\n@AFTER ")
+    (hardened_root.root / "etc/pam.d/sudo").write_text(f"{before}\n{PAM_U2F}{after}\n")
     r = results_of(hardened_root)["pam.sudo"]
     assert r.status == status and reason in r.reason, describe({r.id: r})

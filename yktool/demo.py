@@ -63,6 +63,11 @@ account    include    common-account
 session    include    common-session
 """
 
+COMMON_AUTH = """auth [success=1 default=ignore] pam_unix.so nullok
+auth requisite pam_deny.so
+auth required pam_permit.so
+"""
+
 SSHD_CONFIG = """# the page's SSH server table
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -92,6 +97,12 @@ def build_root(host: Host) -> list[str]:
         "/etc/fstab": "/dev/mapper/root / ext4 defaults 0 1\n",
         "/etc/crypttab": f"root {IMAGE} none luks,fido2-device=auto,tpm2-device=auto\n",
         "/etc/ssh/sshd_config": SSHD_CONFIG,
+        # Debian's common-* files the services include: without them libpam fails every
+        # authentication (a missing include is a rule that fails), and verify says so
+        "/etc/pam.d/common-auth": COMMON_AUTH,
+        "/etc/pam.d/common-account": "account [success=1 new_authtok_reqd=done default=ignore] pam_unix.so\n"
+                                     "account requisite pam_deny.so\naccount required pam_permit.so\n",
+        "/etc/pam.d/common-session": "session required pam_unix.so\n",
         "/etc/pam.d/sudo": PAM_SERVICE.format(origin=ORIGIN),
         "/etc/pam.d/login": PAM_SERVICE.format(origin=ORIGIN),
     }

@@ -13,6 +13,7 @@ This module only reads. The lockout checks built on it live in `yktool.pam_u2f.c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -48,6 +49,14 @@ class PamLine:
     raw: str                  # the logical line (continuations joined, comment removed)
     ignore_missing: bool = False   # the type had a leading `-`
     via: tuple[str, ...] = ()      # include chain: files that included this one, outermost first
+    level: int = 0                 # substack depth (libpam's stack_level)
+    must_fail: bool = False        # libpam installs it to fail when run (bad type, missing include …)
+    substack: bool = False         # the `substack` entry itself (skipped when run; a jump unit)
+
+    @property
+    def actions(self) -> dict[str, str]:
+        """libpam's action for every return value of this rule."""
+        return parse_actions(self.control)
 
     @property
     def module_name(self) -> str:
@@ -107,8 +116,16 @@ _STR_OPTIONS = ("authfile", "origin", "appid", "authpending_file", "cue_prompt",
 _INT_OPTIONS = ("userpresence", "userverification", "pinverification", "max_devices")
 
 
+def _scanf_int(value: str) -> int | None:
+    """sscanf's %d: leading blanks, a sign, digits; the rest ignored (None: no number at all)."""
+    m = re.match(r"\s*([-+]?\d+)", value)
+    return int(m.group(1)) if m else None
+
+
 def parse_u2f_options(args: list[str]) -> U2fOptions:
-    """pam_u2f's own reading of its arguments (prefix matches, as its parse_cfg does)."""
+    """pam_u2f's own reading of its arguments (pam-u2f.c parse_cfg): flags only when exactly
+    the word (`cue=1` is not `cue`), `key=` options by prefix (the last one wins), numbers as
+    sscanf reads them (`userpresence=1x` is 1, `userpresence=x` leaves it unset)."""
     opts = U2fOptions()
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -119,10 +136,11 @@ def parse_u2f_options(args: list[str]) -> U2fOptions:
         elif eq and key in _STR_OPTIONS:
             setattr(opts, key, value)
         elif eq and key in _INT_OPTIONS:
-            try:
-                setattr(opts, key, int(value))
-            except ValueError:
+            number = _scanf_int(value)
+            if number is None or (key == "max_devices" and number < 0):
                 opts.other.append(arg)
+            else:
+                setattr(opts, key, number)
         else:
             opts.other.append(arg)
     return opts
@@ -153,8 +171,13 @@ class PamService:
 
     name: str
     path: str | None              # the file inside the root, None when the service has no file
-    lines: list[PamLine] = field(default_factory=list)
+    lines: list[PamLine] = field(default_factory=list)   # the rules (without substack entries)
     problems: list[str] = field(default_factory=list)
+    stack: list[PamLine] = field(default_factory=list)   # libpam's handler list, substack entries kept
+
+    def handlers(self, ptype: str) -> list[PamLine]:
+        """The handlers libpam runs for one type (`auth`), in order, substack entries included."""
+        return [ln for ln in self.stack if ln.type == ptype]
 
     @property
     def exists(self) -> bool:
@@ -186,85 +209,149 @@ class PamService:
 
 # --------------------------------------------------------------------------------- parsing
 def logical_lines(text: str) -> list[tuple[int, str]]:
-    """(first line number, text) per rule: comments cut at `#`, `\\`-newline joined."""
+    """(first line number, text) per rule, as libpam's _pam_assemble_line reads them: a `#`
+    ends the line (no continuation after it), a trailing `\\` joins the next non-blank,
+    non-comment line (its leading blanks dropped), blank and comment lines are skipped."""
     out: list[tuple[int, str]] = []
     pending = ""
     start = 0
     for n, physical in enumerate(text.split("\n"), 1):
+        s = physical.lstrip(" \n\t")
+        if not s or s.startswith("#"):
+            continue  # nothing in this line (a continuation carries on past it)
         if not pending:
             start = n
-        cut = physical.split("#", 1)[0] if "#" in physical else physical
-        if cut.rstrip().endswith("\\"):
-            cut = cut.rstrip()
-            pending += cut[:-1] + " "
+        if "#" in s:
+            pending += s.split("#", 1)[0]
+            out.append((start, pending.strip(" \t")))
+            pending = ""
             continue
-        pending += cut
-        if pending.strip():
-            out.append((start, pending.strip()))
+        stripped = s.rstrip(" \t\n")
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        pending += s
+        out.append((start, pending.strip(" \t")))
         pending = ""
     if pending.strip():
-        out.append((start, pending.strip()))
+        out.append((start, pending.strip(" \t")))  # libpam: an incomplete read (its file aborts)
     return out
 
 
 def tokenize(line: str) -> list[str]:
-    """Split a rule into words; `[ … ]` (with `\\]` inside) is one word, brackets kept."""
+    """Split a rule into words as libpam's _pam_StrTok does: blanks separate; `[` starts one word
+    that runs to the first `]` (`\\]` inside is a `]`), kept here with its brackets; the text after
+    that `]` starts the next word."""
     words: list[str] = []
     i, n = 0, len(line)
     while i < n:
-        if line[i].isspace():
+        if line[i] in " \t\n":
             i += 1
             continue
         if line[i] == "[":
             j = i + 1
-            buf = "["
+            buf = []
             while j < n and line[j] != "]":
                 if line[j] == "\\" and j + 1 < n and line[j + 1] == "]":
-                    buf += "]"
-                    j += 2
-                    continue
-                buf += line[j]
+                    j += 1
+                buf.append(line[j])
                 j += 1
-            buf += "]"
-            # a bracket may be glued to more text (`[a]b` is rare; keep it with the word)
-            j += 1
-            while j < n and not line[j].isspace():
-                buf += line[j]
-                j += 1
-            words.append(buf)
-            i = j
+            words.append("[" + "".join(buf) + "]")
+            i = j + 1
             continue
         j = i
-        while j < n and not line[j].isspace():
+        while j < n and line[j] not in " \t\n":
             j += 1
         words.append(line[i:j])
         i = j
     return words
 
 
-# libpam's meaning of the simple controls (pam.conf(5)); a bracketed control states its own
-# actions, and libpam treats any return value it does not name (and no `default=`) as `bad`.
-_SIMPLE_ACTIONS = {
-    "required": {"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore", "default": "bad"},
-    "requisite": {"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore", "default": "die"},
-    "sufficient": {"success": "done", "new_authtok_reqd": "done", "default": "ignore"},
-    "optional": {"success": "ok", "new_authtok_reqd": "ok", "default": "ignore"},
+# libpam's return values (pam_tokens.h, in order: the first name that prefixes a word is taken)
+RETURN_VALUES = ("success", "open_err", "symbol_err", "service_err", "system_err", "buf_err", "perm_denied",
+                 "auth_err", "cred_insufficient", "authinfo_unavail", "user_unknown", "maxtries",
+                 "new_authtok_reqd", "acct_expired", "session_err", "cred_unavail", "cred_expired", "cred_err",
+                 "no_module_data", "conv_err", "authtok_err", "authtok_recover_err", "authtok_lock_busy",
+                 "authtok_disable_aging", "try_again", "ignore", "abort", "authtok_expired", "module_unknown",
+                 "bad_item", "conv_again", "incomplete")
+ACTIONS = ("ignore", "ok", "done", "bad", "die", "reset")
+# what the simple controls set (pam_handlers.c), the rest taking the default
+_SIMPLE_ACTIONS: dict[str, tuple[dict[str, str], str]] = {
+    "required": ({"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore"}, "bad"),
+    "requisite": ({"success": "ok", "new_authtok_reqd": "ok", "ignore": "ignore"}, "die"),
+    "optional": ({"success": "ok", "new_authtok_reqd": "ok"}, "ignore"),
+    "sufficient": ({"success": "done", "new_authtok_reqd": "done"}, "ignore"),
 }
+
+
+def _parse_control(text: str) -> dict[str, str] | None:
+    """pam_misc.c _pam_parse_control: `value=action …` (case-sensitive, prefix-matched, a jump
+    is a positive number); None on a syntax error (libpam then makes every value `bad`)."""
+    actions: dict[str, str] = {}
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        ret = next((r for r in (*RETURN_VALUES, "default") if text.startswith(r, i)), None)
+        if ret is None:
+            return None
+        i += len(ret)
+        if i >= n:
+            return None
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or text[i] != "=":
+            return None
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return None
+        act = next((a for a in ACTIONS if text.startswith(a, i)), None)
+        if act is not None:
+            i += len(act)
+        else:
+            j = i
+            while j < n and text[j].isdigit():
+                j += 1
+            if j == i or int(text[i:j]) == 0:
+                return None
+            act, i = str(int(text[i:j])), j
+        if ret == "default":
+            for r in RETURN_VALUES:
+                actions.setdefault(r, act)
+        else:
+            actions[ret] = act
+    return actions
+
+
+def parse_actions(control: str) -> dict[str, str]:
+    """libpam's action for each return value of a rule with `control` (`required`, any case, or
+    `[success=1 default=ignore]`); anything libpam cannot parse is `bad` for every value."""
+    simple = _SIMPLE_ACTIONS.get(control.lower())
+    if simple is not None:
+        table, default = simple
+        return {r: table.get(r, default) for r in RETURN_VALUES}
+    inner = control[1:-1] if control.startswith("[") and control.endswith("]") else control
+    if inner.lower() in _SIMPLE_ACTIONS:  # `[required]`: libpam strips the brackets first
+        return parse_actions(inner)
+    parsed = _parse_control(inner)
+    if parsed is None:
+        return dict.fromkeys(RETURN_VALUES, "bad")
+    return {r: parsed.get(r, "bad") for r in RETURN_VALUES}
 
 
 def control_action(control: str, value: str) -> str:
     """What libpam does when a rule with `control` returns `value` (`success`, `auth_err`, …):
     `ok`, `done`, `bad`, `die`, `ignore`, `reset` or a jump count (`2`)."""
-    if control.startswith("["):
-        actions = dict(w.partition("=")[::2] for w in control.strip("[]").split() if "=" in w)
-        return actions.get(value, actions.get("default", "bad")).lower()
-    table = _SIMPLE_ACTIONS.get(control.lower(), {})
-    return table.get(value, table.get("default", "bad"))
+    return parse_actions(control).get(value, "bad")
 
 
 def key_required(control: str) -> bool:
     """True when a failing rule fails the stack (pam_u2f answers AUTH_ERR without the key,
-    AUTHINFO_UNAVAIL when it cannot read its authfile): the key cannot be skipped."""
+    AUTHINFO_UNAVAIL when it has no credential for the user): the key cannot be skipped."""
     return all(control_action(control, v) in ("bad", "die") for v in ("auth_err", "authinfo_unavail"))
 
 
@@ -292,8 +379,11 @@ def find_service_file(host: Host, name: str) -> str | None:
 
 
 def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
-               problems: list[str] | None = None) -> list[PamLine]:
-    """The rules of one file with every include, substack and @include flattened in place."""
+               problems: list[str] | None = None, want: str | None = None, level: int = 0) -> list[PamLine]:
+    """libpam's handlers from one file (pam_handlers.c _pam_parse_conf_file): every include,
+    substack and @include flattened in place, only `want`'s type when loaded for one type. A
+    rule libpam cannot read (bad type, no control, no module, an include it cannot find) stays
+    in, marked must_fail: libpam installs it to fail when run, it does not skip it."""
     problems = problems if problems is not None else []
     if len(via) > MAX_INCLUDE_DEPTH or path in via:
         problems.append(f"{path}: include loop ({' -> '.join((*via, path))})")
@@ -308,41 +398,62 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
         words = tokenize(logical)
         if not words:
             continue
-        if words[0] == "@include":
+        where = f"{path}:{lineno}"
+        if words[0] == "@include":  # Debian: the file's rules, of the type asked for
             if len(words) < 2:
-                problems.append(f"{path}:{lineno}: @include without a file")
+                problems.append(f"{where}: @include without a file")
                 continue
-            out.extend(_include(host, words[1], path, via, problems, lineno, only_type=None))
+            got = _include(host, words[1], path, via, problems, lineno, want, level)
+            if got is None:
+                out.append(PamLine(path, lineno, want or "auth", "required", "", [], logical, via=via,
+                                   level=level, must_fail=True))
+            else:
+                out.extend(got)
             continue
         type_word = words[0]
         ignore_missing = type_word.startswith("-")
-        ptype = type_word.lstrip("-").lower()
+        ptype = type_word[1:].lower() if ignore_missing else type_word.lower()
+        must_fail = False
         if ptype not in PAM_TYPES:
-            problems.append(f"{path}:{lineno}: unknown type {type_word!r} (libpam skips the rule)")
+            problems.append(f"{where}: unknown type {type_word!r} (libpam makes the rule fail when run)")
+            ptype, must_fail = want or "auth", True
+        if want is not None and ptype != want:
             continue
-        if len(words) < 3:
-            problems.append(f"{path}:{lineno}: incomplete rule {logical!r}")
+        control = words[1] if len(words) > 1 else ""
+        module = words[2] if len(words) > 2 else ""
+        if not control or not module:
+            problems.append(f"{where}: incomplete rule {logical!r} (libpam makes it fail when run)")
+            out.append(PamLine(path, lineno, ptype, control or "required", module, [], logical,
+                               ignore_missing, via, level, must_fail=True))
             continue
-        control, module, args = words[1], words[2], [_unbracket(a) for a in words[3:]]
-        if not (control in SIMPLE_CONTROLS or control.startswith("[")):
-            problems.append(f"{path}:{lineno}: unknown control {control!r}")
-        if control in ("include", "substack"):
-            out.extend(_include(host, module, path, via, problems, lineno, only_type=ptype))
+        low = control.lower()
+        if low in ("include", "substack"):
+            sub = low == "substack"
+            if sub:
+                out.append(PamLine(path, lineno, ptype, control, module, [], logical, ignore_missing, via,
+                                   level, must_fail, substack=True))
+            got = _include(host, module, path, via, problems, lineno, ptype, level + sub)
+            if got is None:
+                out.append(PamLine(path, lineno, ptype, "required", module, [], logical, ignore_missing, via,
+                                   level, must_fail=True))
+            else:
+                out.extend(got)
             continue
-        out.append(PamLine(path, lineno, ptype, control, module, args, logical,
-                           ignore_missing, via))
+        if not (low in SIMPLE_CONTROLS or control.startswith("[")):
+            problems.append(f"{where}: control {control!r} is not one libpam knows (every result counts as bad)")
+        args = [_unbracket(a) for a in words[3:]]
+        out.append(PamLine(path, lineno, ptype, control, module, args, logical, ignore_missing, via, level,
+                           must_fail))
     return out
 
 
 def _include(host: Host, target: str, path: str, via: tuple[str, ...], problems: list[str],
-             lineno: int, only_type: str | None) -> list[PamLine]:
+             lineno: int, want: str | None, level: int) -> list[PamLine] | None:
     found = find_service_file(host, target)
     if found is None:
-        problems.append(f"{path}:{lineno}: included file {target!r} not found")
-        return []
-    lines = parse_file(host, found, via=(*via, path), problems=problems)
-    # `auth include X` takes only X's auth rules; `@include X` takes all of them
-    return [ln for ln in lines if only_type is None or ln.type == only_type]
+        problems.append(f"{path}:{lineno}: included file {target!r} not found (libpam makes the rule fail)")
+        return None
+    return parse_file(host, found, via=(*via, path), problems=problems, want=want, level=level)
 
 
 def parse_service(host: Host, name: str) -> PamService:
@@ -350,7 +461,8 @@ def parse_service(host: Host, name: str) -> PamService:
     path = find_service_file(host, name)
     service = PamService(name, path)
     if path is not None:
-        service.lines = parse_file(host, path, problems=service.problems)
+        service.stack = parse_file(host, path, problems=service.problems)
+        service.lines = [ln for ln in service.stack if not ln.substack]
     return service
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
 from yktool.checks.base import CheckContext, R, Result, Unreadable, register
-from yktool.checks.sshd import Setting, SshdConfig, effective, installed
-from yktool.pam_config import PamLine, control_action
+from yktool.checks.gitconfig import user_config
+from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
+from yktool.pam_config import PamLine, PamService, key_required
 
 # The page: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
@@ -19,7 +21,7 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
     cid = f"pam.{service}"
 
     def run(ctx: CheckContext) -> Result:
-        from yktool.pam_config import key_required, parse_service
+        from yktool.pam_config import parse_service
 
         r = R(cid)
         svc = parse_service(ctx.host, service)
@@ -45,8 +47,10 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
         if searched:
             r.ev(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent", first.line.module)
             if first.line.ignore_missing:
-                return r.fail(f"{first.line.module} is not installed and the rule is `-auth`: libpam "
-                              f"skips it, {service} never asks for the key",
+                # `-auth` only keeps the missing module out of the log: libpam still runs the rule,
+                # which answers MODULE_UNKNOWN (never a touch)
+                return r.fail(f"{first.line.module} is not installed (`-auth` only silences libpam's log): the "
+                              f"rule answers MODULE_UNKNOWN, {service} never asks for the key",
                               "install pam_u2f (Debian: apt install libpam-u2f)")
             return r.fail(f"{first.line.module} is not installed: every {service} authentication fails",
                           "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
@@ -76,35 +80,94 @@ def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
                 return r.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
                               f"(mode {mode:04o}): the screen never unlocks with the key",
                               f"chmod 0644 {opts.authfile}  |  NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
-        bypass = _rule_before(svc.auth_lines, first.line)
-        if bypass is not None:
-            r.ev(bypass.where, bypass.raw, "auth", "before pam_u2f")
-            if bypass.module_name == "pam_permit":
-                return r.fail(f"{bypass.where}: `{bypass.control} pam_permit` ends {service}'s authentication "
-                              "before pam_u2f: anyone gets in", "remove that rule")
-            return r.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
-                          "authentication before pam_u2f is asked (no touch required)",
-                          "put pam_u2f first, or make the earlier rule `required`")
-        if first.control == "sufficient":
-            return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
-                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
-        if not key_required(first.control):
-            return r.warn(f"pam_u2f control is {first.control}: a failed touch does not fail {service}",
-                          "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
-        return r.ok()
+        return _without_key(ctx, r, svc, first.line)
 
     return run
 
 
-def _rule_before(auth: list[PamLine], u2f: PamLine) -> PamLine | None:
-    """An earlier auth rule whose success ends the stack (`sufficient`, `success=done`) or jumps
-    over the pam_u2f rule (`success=N`): authentication can succeed without the key."""
-    index = auth.index(u2f)
-    for j, line in enumerate(auth[:index]):
-        action = control_action(line.control, "success")
-        if line.module_name != "pam_deny" and (action == "done" or (action.isdigit() and j + int(action) >= index)):
-            return line
-    return None
+def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine], tuple[str, ...]]:
+    """What each auth rule may return when nobody touches the key: pam_u2f fails (AUTH_ERR, or
+    AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after),
+    pam_permit succeeds, pam_deny fails, a module that is not there is MODULE_UNKNOWN (also with
+    `-auth`), any other module (a password) succeeds or not — never, when `strict`."""
+    from yktool.pam_config import parse_u2f_options
+
+    def results(line: PamLine) -> tuple[str, ...]:
+        name = line.module_name
+        if _module_missing(ctx, line.module):
+            return ("module_unknown",)
+        if name == "pam_u2f":
+            opts = parse_u2f_options(line.args)
+            if opts.alwaysok:
+                return ("success",)
+            return ("auth_err", "authinfo_unavail") + (("success", "ignore") if opts.nouserok else ())
+        if name == "pam_permit":
+            return ("success",)
+        if name == "pam_deny":
+            return ("auth_err",)
+        return ("auth_err", "ignore") if strict else ("success", "auth_err", "ignore")
+
+    return results
+
+
+def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]:
+    """What each auth rule may return for the user with the key and the password at hand."""
+    loose = _results_without_key(ctx, strict=False)
+
+    def results(line: PamLine) -> tuple[str, ...]:
+        if line.module_name == "pam_u2f" and not _module_missing(ctx, line.module):
+            return ("success",)
+        return loose(line)
+
+    return results
+
+
+def _without_key(ctx: CheckContext, r: R, svc: PamService, u2f: PamLine) -> Result:
+    """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
+    pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
+    from yktool import pam_dispatch
+
+    service = svc.name
+    handlers = svc.handlers("auth")
+    try:
+        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx))
+        if with_key is None:
+            r.ev(svc.path or service, "no way through", "auth", "even with the key and the password")
+            return r.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
+                          "(libpam's reading): everyone is locked out", "fix the stack before anyone logs out; "
+                          "`pamtester SERVICE USER authenticate` shows libpam's verdict")
+        anyone = pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=True))
+        path = anyone or pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=False))
+    except pam_dispatch.TooManyPaths:
+        return r.warn(f"{service}'s auth stack has too many branches to follow: cannot tell whether the key "
+                      "is required", "simplify the stack")
+    if path is None:
+        return r.ok()
+    ran_u2f = any(step.line is u2f for step in path)
+    # the rule whose success ended the stack or jumped over pam_u2f
+    bypass = next((st.line for st in path if st.result == "success" and st.line.module_name != "pam_u2f"
+                   and (st.action == "done" or st.action.isdigit())), None)
+    trail = " -> ".join(f"{st.line.module_name or st.line.raw} {st.result}" for st in path)
+    r.ev(svc.path or service, trail, "auth", "a way through without the key")
+    if not ran_u2f and bypass is not None:
+        r.ev(bypass.where, bypass.raw, "auth", "before pam_u2f")
+        if anyone:
+            return r.fail(f"{bypass.where}: `{bypass.control} {bypass.module_name}` ends {service}'s authentication "
+                          "before pam_u2f: anyone gets in", "remove that rule")
+        return r.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
+                      "authentication before pam_u2f is asked (no touch required)",
+                      "put pam_u2f first, or make the earlier rule `required`")
+    if anyone:
+        return r.fail(f"{service} lets anyone in without the key ({trail}): anyone gets in",
+                      "make pam_u2f `required` and remove the rules that let everyone through")
+    if u2f.control.lower() == "sufficient":
+        return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
+                      "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+    if not key_required(u2f.control):
+        return r.warn(f"pam_u2f control is {u2f.control}: a failed touch does not fail {service}",
+                      "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+    return r.warn(f"{service} can be passed without the key ({trail})",
+                  "make pam_u2f `required` and put it before any rule whose success ends the stack")
 
 
 PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
@@ -112,7 +175,17 @@ PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/us
 
 def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     """Where libpam would look for `module` when it is not there ([] when found, or when an
-    offline root has no /nix/store to look in)."""
+    offline root has no /nix/store to look in); cached, the stack runs ask it per rule."""
+    key = "pam-module:" + module
+    cached = ctx._cache.get(key)
+    if isinstance(cached, list):
+        return cached
+    found = _module_search(ctx, module)
+    ctx._cache[key] = found
+    return found
+
+
+def _module_search(ctx: CheckContext, module: str) -> list[str]:
     if module.startswith("/"):
         if module.startswith("/nix/store/") and not ctx.is_dir("/nix/store"):
             return []
@@ -137,6 +210,9 @@ def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: 
     elif expand and ("%u" in authfile or "%h" in authfile):
         # pam_u2f's `expand`: one file per user (%u: the name, %h: the home)
         paths = [authfile.replace("%u", n).replace("%h", h.rstrip("/")) for n, h in ctx.users_to_check()]
+    elif not authfile.startswith("/"):
+        # pam_u2f: a relative authfile= is under each user's home
+        paths = [f"{h.rstrip('/')}/{authfile}" for _n, h in ctx.users_to_check()]
     elif authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         r.ev(authfile, "not in an offline root (decrypted at boot)", "authfile")
@@ -147,6 +223,10 @@ def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: 
         text = ctx.read(path)  # unreadable: the runner makes it a warn (needs root)
         if text is None:
             continue
+        refused = _authfile_refused(ctx, r, path, per_user=authfile is None or not authfile.startswith("/")
+                                    or expand)
+        if refused:
+            return refused
         users = {u: len(Authfile.parse(text).credentials_of(u)) for u in Authfile.parse(text).users()}
         keys = sum(users.values())
         r.ev(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
@@ -161,6 +241,28 @@ def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: 
             r.ev(path, "absent", "authfile")
     return (f"no credential in {' or '.join(paths[:3])}: pam_u2f can never accept a key "
             "(with a `required` rule nobody gets in)")
+
+
+def _authfile_refused(ctx: CheckContext, r: R, path: str, *, per_user: bool) -> str | None:
+    """pam_u2f's own test of an authfile (util.c get_devices_from_authfile: a regular file, owned
+    by the user or root, else no credential is read) and who else could add a key to it."""
+    try:
+        st = ctx.host.path(path).stat()
+    except OSError:
+        return None
+    names = {uid: name for name, uid, _h in ctx.passwd()}
+    owner = names.get(st.st_uid, str(st.st_uid))
+    mode = st.st_mode & 0o777
+    if mode & 0o022:
+        r.ev(path, f"{mode:04o} owner {owner}", "mode")
+        return (f"{path} is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:04o}): "
+                "anyone who can write it can add their own key")
+    # on an offline tree built by this (unprivileged) user every file is the builder's: no verdict
+    if owner != "root" and not per_user and (ctx.live or os.geteuid() == 0 or st.st_uid != os.geteuid()):
+        r.ev(path, f"owner {owner}", "owner")
+        return (f"{path} is owned by {owner}: pam_u2f reads it for {owner} only (it refuses an authfile "
+                f"owned by neither the user nor root), and {owner} can add a key for root")
+    return None
 
 
 for _svc, _always in PAM_SERVICES:
@@ -228,26 +330,36 @@ def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> 
             return r.na("no SSH server installed")
         for note in cfg.notes:
             r.ev(cfg.origin, "note", note=note)
-        setting = cfg.settings.get(key)
-        if setting is None:
-            if cfg.problems:
-                r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-                return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
-                              "fix the file: `sshd -t` names the bad line")
-            setting = Setting(default, f"{cfg.origin} (unset: OpenSSH default)")
-        r.ev(setting.source, setting.value, CAMEL[key])
-        if not ok(setting.value):
-            return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
-        loose = [s for s in cfg.matched.get(key, []) if not ok(s.value)]
-        if loose:
-            s = loose[0]
-            r.ev(s.source, s.value, CAMEL[key], f"Match {s.match}")
-            return r.fail(f"a Match block ({s.match}) sets {CAMEL[key]} {s.value}",
-                          f"remove {CAMEL[key]} from the Match block at {s.source}")
+        # judged per user that can log in, over every connection class the Match lines tell
+        # apart: a block for a user who does not exist changes nothing, `Match all` counts
+        users = ["root"] if key == "permitrootlogin" else login_users(ctx)
+        groups = group_lookup(ctx)
+        first: Setting | None = None
+        for user in users:
+            for conn in connections(cfg, user):
+                setting = cfg.settings_for(conn, groups).get(key)
+                unset = setting is None
+                if setting is None:
+                    setting = Setting(default, f"{cfg.origin} (unset: OpenSSH default)")
+                first = first or setting
+                if ok(setting.value):
+                    continue
+                if unset and cfg.problems:
+                    break  # the value sshd would use is unknown: the problem decides below
+                r.ev(setting.source, setting.value, CAMEL[key], f"Match {setting.match}" if setting.match else "")
+                if setting.match:
+                    return r.fail(f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} "
+                                  f"for {conn.describe()}",
+                                  f"remove {CAMEL[key]} from the Match block at {setting.source}")
+                if cfg.dumps:
+                    return r.fail(f"{CAMEL[key]} is {setting.value} for {conn.describe()}, want {want}", fix)
+                return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
         if cfg.problems:
             r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-            return r.warn(f"{CAMEL[key]} is {setting.value}, but {cfg.problems[0]}",
+            return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
                           "fix the file: `sshd -t` names the bad line")
+        if first is not None:
+            r.ev(first.source, first.value, CAMEL[key])
         return r.ok()
 
     return run
@@ -306,56 +418,49 @@ register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the
 
 
 # ------------------------------------------------------------------------------------- git signing
-def parse_gitconfig(text: str) -> dict[str, str]:
-    """`section.key` (subsection kept: `gpg.ssh.program`) -> last value, keys lower-cased."""
-    out: dict[str, str] = {}
-    section = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        m = re.match(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"([^"]*)")?\s*\]', line)
-        if m:
-            section = m.group(1).lower() + (f".{m.group(2)}" if m.group(2) else "")
-            continue
-        key, _, value = line.partition("=")
-        value = re.sub(r'\s+[#;].*$', "", value.strip()).strip('"')
-        out[f"{section}.{key.strip().lower()}"] = value if _ else "true"
-    return out
-
-
 def _git_signing(ctx: CheckContext) -> Result:
     r = R("git.signing")
     seen_config = False
     unreadable: list[Unreadable] = []
+    problems: list[str] = []
     for name, home in ctx.users_to_check():
-        for path in (f"{home}/.gitconfig", f"{home}/.config/git/config"):
+        # git's own precedence: /etc/gitconfig, then ~/.config/git/config, then ~/.gitconfig (last
+        # value wins, includes read in place), not each file on its own
+        try:
+            cfg = user_config(ctx, home)
+        except Unreadable as exc:
+            unreadable.append(exc)
+            continue
+        if not any(f.startswith(home.rstrip("/") + "/") for f in cfg.files):
+            continue
+        seen_config = True
+        if cfg.problems:
+            problems.append(cfg.problems[0])
+            r.ev(cfg.problems[0].rsplit(" in file ", 1)[-1], "unparsable", note=cfg.problems[0])
+            continue
+        got_fmt, got_key, got_sign = cfg.get("gpg.format"), cfg.get("user.signingkey"), cfg.get("commit.gpgsign")
+        fmt = (got_fmt[0] or "") if got_fmt else ""
+        key = (got_key[0] or "") if got_key else ""
+        signs = cfg.get_bool("commit.gpgsign") is True
+        r.ev(got_fmt[1] if got_fmt else f"{home}/.gitconfig", fmt or "unset", "gpg.format")
+        r.ev(got_sign[1] if got_sign else f"{home}/.gitconfig",
+             (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset", "commit.gpgsign")
+        path = got_key[1] if got_key else f"{home}/.gitconfig"
+        if fmt != "ssh" or not signs or not key:
+            continue
+        if key.startswith("key::"):
+            is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
+        else:
+            key_path = key.replace("~", home, 1) if key.startswith("~") else key
             try:
-                text = ctx.read(path)
+                pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
             except Unreadable as exc:
                 unreadable.append(exc)
                 continue
-            if text is None:
-                continue
-            seen_config = True
-            cfg = parse_gitconfig(text)
-            fmt, key, sign = cfg.get("gpg.format", ""), cfg.get("user.signingkey", ""), cfg.get("commit.gpgsign", "")
-            r.ev(path, fmt or "unset", "gpg.format").ev(path, sign or "unset", "commit.gpgsign")
-            if fmt != "ssh" or sign.lower() not in ("true", "yes", "on", "1") or not key:
-                continue
-            if key.startswith("key::"):
-                is_sk = key[5:].split()[0] in SK_TYPES if key[5:].split() else False
-            else:
-                key_path = key.replace("~", home, 1) if key.startswith("~") else key
-                try:
-                    pub = ctx.read(key_path if key_path.endswith(".pub") else key_path + ".pub") or ""
-                except Unreadable as exc:
-                    unreadable.append(exc)
-                    continue
-                is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
-            r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
-            if is_sk:
-                return r.ok(f"{name} signs commits with a security key")
+            is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
+        r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
+        if is_sk:
+            return r.ok(f"{name} signs commits with a security key")
     if unreadable:
         for u in unreadable[:3]:
             r.ev(u.path, "unreadable", note=u.reason)
@@ -364,6 +469,9 @@ def _git_signing(ctx: CheckContext) -> Result:
         return r.warn(f"cannot read {unreadable[0].path}: {unreadable[0].reason}")
     if not seen_config:
         return r.na("no user has a git configuration")
+    if problems:
+        return r.warn(f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
+                      "fix the line: `git config --list` names it")
     return r.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
 
 

@@ -9,8 +9,10 @@ YktoolError or OSError into a warn that names the reason.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -111,8 +113,7 @@ class CheckContext:
                 raise cached
             return cached  # type: ignore[return-value]
         try:
-            real = self.host.path(path)
-            text: str | None = real.read_bytes().decode("utf-8", "surrogateescape")
+            text: str | None = self._read_fd(path).decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             text = None
         except NotADirectoryError:
@@ -125,7 +126,7 @@ class CheckContext:
             err = Unreadable(path, "is a folder, not a file")
             self._cache[key] = err
             raise err from None
-        except UsageError as exc:  # a link climbing out of the root
+        except YktoolError as exc:  # a link climbing out of the root, a user's link, a swap
             err = Unreadable(path, exc.message)
             self._cache[key] = err
             raise err from None
@@ -135,6 +136,24 @@ class CheckContext:
             raise err from None
         self._cache[key] = text
         return text
+
+    def _read_fd(self, path: str) -> bytes:
+        """Read through Host's fd walk and on the fd it opened (O_NOFOLLOW at the last name):
+        resolving first and reading by path after would let a link swapped in between send root
+        through it. O_NONBLOCK: a FIFO put there never hangs verify."""
+        fd = self.host.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def exists(self, path: str) -> bool:
         try:
@@ -215,8 +234,33 @@ class CheckContext:
         self._cache["procs"] = procs
         return procs
 
-    def running(self, comm: str) -> list[int]:
-        return sorted(pid for pid, c in self.processes().items() if c == comm[:15])
+    def running(self, name: str) -> list[int]:
+        """The pids of processes that are the program `name`: the comm the kernel keeps (its first
+        15 characters) matches, the process runs as root, and the program is so named — the
+        executable's file name, or for a script the name in argv[0] or argv[1]. A comm alone
+        proves nothing: any user can name a process anything (prctl PR_SET_NAME, a renamed copy)."""
+        return sorted(pid for pid, c in self.processes().items() if c == name[:15] and self._is_program(pid, name))
+
+    def _is_program(self, pid: int, name: str) -> bool:
+        proc = f"/proc/{pid}"
+        try:
+            status = self.read(f"{proc}/status") or ""
+        except Unreadable:
+            return False
+        uid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:") and len(ln.split()) > 1), None)
+        if uid != "0":
+            return False
+        try:  # the link itself, never followed into the root (a live /proc: the real program)
+            exe = os.readlink(self.host.root / proc.lstrip("/") / "exe")
+        except OSError:
+            exe = ""
+        if PurePosixPath(exe.removesuffix(" (deleted)")).name == name:
+            return True
+        try:
+            argv = (self.read(f"{proc}/cmdline") or "").split("\0")
+        except Unreadable:
+            return False
+        return any(PurePosixPath(a).name == name for a in argv[:2] if a)
 
     def unit_enabled(self, unit: str) -> str | None:
         """The path of a `*.wants/<unit>` link (or the NixOS generated unit), if the unit is enabled."""

@@ -67,13 +67,21 @@ def sysctl_fix(name: str, value: str) -> str:
             f"  |  NixOS: boot.kernel.sysctl.\"{name}\" = {value};")
 
 
+def sysctl_files(ctx: CheckContext) -> list[str]:
+    """The files systemd-sysctl reads at boot, in its order (`systemd-sysctl --cat-config`): the
+    sysctl.d folders merged by file name (a name in /etc masks it in /run, /usr/local/lib,
+    /usr/lib), sorted by name, later files winning. /etc/sysctl.conf only through a sysctl.d
+    entry (Debian's 99-sysctl.conf link): systemd-sysctl does not read it on its own."""
+    return ctx.conf_dirs("sysctl", SYSCTL_DIRS)
+
+
 def configured_sysctls(ctx: CheckContext) -> dict[str, tuple[str, str]]:
-    """name -> (value, file) from sysctl.d and /etc/sysctl.conf under the root (last one wins)."""
+    """name -> (value, file) from what systemd-sysctl reads under the root (last one wins)."""
     cached = ctx._cache.get("sysctl.d")
     if isinstance(cached, dict):
         return cached
     out: dict[str, tuple[str, str]] = {}
-    files = ctx.conf_dirs("sysctl", SYSCTL_DIRS) + ["/etc/sysctl.conf"]
+    files = sysctl_files(ctx)
     for path in files:
         for line in lines(ctx.read(path)):
             if "=" not in line or line.startswith(";"):

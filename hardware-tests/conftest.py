@@ -22,7 +22,7 @@ from yktool.fido.interaction import KeyInteraction
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hwgate import (  # noqa: E402
+from hwgate import (
     Candidate,
     GateOptions,
     GateRefused,

@@ -39,7 +39,7 @@ class Tmux:
         self.run("new-session", "-d", "-s", "w", "-x", "200", "-y", "60", command)
 
     def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,  # noqa: S607
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
                               check=False).stdout
 
     def screen(self) -> str:
@@ -108,7 +108,7 @@ def test_interactive_wizard_in_tmux(tmp_path: Path) -> None:
         assert "FAIL" not in shown
         # every step proven by its consumer
         assert passphrase_opens(scratch)
-        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",  # noqa: S607
+        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",
                             str(scratch / ROOT / str(IMAGE).lstrip("/"))], input=recovery.encode(),
                            capture_output=True, check=False)
         assert r.returncode == 0, r.stderr

@@ -108,7 +108,7 @@ def test_interactive_wizard_in_tmux(tmp_path: Path) -> None:
         assert "FAIL" not in shown
         # every step proven by its consumer
         assert passphrase_opens(scratch)
-        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",
+        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",  # noqa: S607
                             str(scratch / ROOT / str(IMAGE).lstrip("/"))], input=recovery.encode(),
                            capture_output=True, check=False)
         assert r.returncode == 0, r.stderr

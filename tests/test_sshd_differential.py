@@ -227,7 +227,7 @@ def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Pa
 def sshd_verdicts(ns: SshdNamespace, root: Path) -> dict[str, str] | None:
     """sshd's own verdict per ssh.* check for the root's users: fail when, for any user who can log
     in (root for PermitRootLogin) and any connection class the config distinguishes, sshd -T -C
-    prints a value the page does not allow; None when sshd refuses the configuration."""
+    prints a value the hardening checklist does not allow; None when sshd refuses the configuration."""
     ctx = CheckContext(Host(root))
     cfg = parse_config(ctx)
     conns = {user: connections(cfg, user)[:24] for user in login_users(ctx)}

@@ -313,7 +313,7 @@ class Commission:
                              "remove the file and run the same command again")
 
     def git(self, role: str) -> str:
-        from yktool.git_signing import allowed_signer_line, configure, merge_allowed_signers
+        from yktool.git_signing import add_allowed_signer, configure
         from yktool.ssh.enroll import credential_id_b64, load_private, pub_path
 
         account = self.account()
@@ -334,13 +334,7 @@ class Commission:
                                  "check the file by hand, then run the same command again")
         else:
             # the backup key's signatures verify too; the primary stays the signing key
-            real = self.host.path(signers)
-            existing = real.read_bytes() if real.is_file() else b""
-            data, changed = merge_allowed_signers(existing, allowed_signer_line(self.a.git_email, key.public))
-            if changed:
-                if not self.host.path(signers.parent).is_dir():
-                    self.host.mkdir(signers.parent, 0o700, account.owner())
-                self.host.write_file(signers, data, 0o644, owner=account.owner())
+            changed = add_allowed_signer(self.host, signers, self.a.git_email, key.public, account.owner())
             config_file = ""
         with Registry.update(self.host) as registry:
             registry.forget("git", email=self.a.git_email, credential_id=credential_id_b64(key))

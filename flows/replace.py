@@ -393,7 +393,7 @@ class Replace:
 
     def enroll_ssh(self, f: Found) -> str:
         from yktool.authorized_keys import authorize
-        from yktool.git_signing import allowed_signer_line, configure, merge_allowed_signers
+        from yktool.git_signing import add_allowed_signer, configure
         from yktool.ssh import enroll
         from yktool.ssh.accounts import lookup_user
 
@@ -424,11 +424,7 @@ class Replace:
                 configure(self.host, account, email=email, pub_path=enroll.pub_path(path), public=key.public)
             else:
                 signers = PurePosixPath(str(e.get("allowed_signers")))
-                real = self.host.path(signers)
-                existing = real.read_bytes() if real.is_file() else b""
-                data, changed = merge_allowed_signers(existing, allowed_signer_line(email, key.public))
-                if changed:
-                    self.host.write_file(signers, data, 0o644, owner=account.owner())
+                add_allowed_signer(self.host, signers, email, key.public, account.owner())
             with Registry.update(self.host) as reg:
                 reg.record(self.a.new_nickname, "git", email=email, user=f.user,
                            allowed_signers=str(e.get("allowed_signers", "")), config_file=str(e.get("config_file", "")),
@@ -634,7 +630,7 @@ class Replace:
 
     def revoke_ssh(self, f: Found) -> str:
         from yktool.authorized_keys import revoke
-        from yktool.git_signing import Git, expire_signer
+        from yktool.git_signing import Git, add_revoked_signer, expire_signer
         from yktool.ssh.accounts import lookup_user
         from yktool.ssh.keys import SkPublicKey
 
@@ -657,10 +653,7 @@ class Replace:
                 done.append(f"valid-before now in {signers}")
             if self.a.revoke_git:
                 revoked = account.home / REVOKED_FILE
-                real = self.host.path(revoked)
-                existing = real.read_text() if real.is_file() else ""
-                if public.line() not in existing.splitlines():
-                    self.host.write_file(revoked, existing + public.line() + "\n", 0o644, owner=account.owner())
+                if add_revoked_signer(self.host, revoked, public, account.owner()):
                     done.append(f"listed in {revoked}")
                 config = PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
                 git = Git(self.host, account)

@@ -152,17 +152,23 @@ def test_the_child_recorder_sees_a_secret_in_a_shell_line_or_env(child_recorder)
 
 
 def test_folder_swapped_for_a_link_after_resolution_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A user swaps ~/.ssh for a link to /root/.ssh between yktool's look and its write: the write
-    is refused and nothing lands behind the link."""
+    """A user swaps ~/.ssh for a link to /root/.ssh between yktool's look at it and its open:
+    the folder is opened with O_NOFOLLOW, so the write is refused and nothing lands behind it."""
+    import yktool.host as host_module
     from yktool.errors import Refused
 
     host = Host(root)
     (root / "root/.ssh").mkdir(parents=True)
-    (root / "home/u").mkdir(parents=True)
-    resolved = host.path("/home/u/.ssh/authorized_keys")  # looked at while ~/.ssh did not exist
-    (root / "home/u/.ssh").symlink_to(root / "root/.ssh")  # ... then swapped in
-    monkeypatch.setattr(Host, "path", lambda self, p: resolved)
+    (root / "home/u/.ssh").mkdir(parents=True)
+    real_open = host_module._open_folder
+
+    def swap_then_open(name: str, folder: int, inside: object, flags: int = os.O_PATH) -> int:
+        if name == ".ssh":  # looked at as a folder a moment ago; now the user swaps it
+            os.rename(root / "home/u/.ssh", root / "home/u/old")
+            (root / "home/u/.ssh").symlink_to("/root/.ssh")
+        return real_open(name, folder, inside, flags)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(host_module, "_open_folder", swap_then_open)
     with pytest.raises(Refused, match="became a link"):
         host.write_file("/home/u/.ssh/authorized_keys", b"ssh-ed25519 AAAA attacker\n", 0o600, backup=False)
     assert list((root / "root/.ssh").iterdir()) == []
-

@@ -129,10 +129,9 @@ def revoke(host: Host, path: PurePosixPath, public: SkPublicKey, *, allow_empty:
     byte (the old file is backed up). Refuses to leave the file without any key unless
     `allow_empty`: enroll the replacement first, so nobody is locked out."""
     refuse_user_links(host, path)
-    real = host.path(path)
-    if not real.is_file():
+    if not host.is_file(path):
         return 0
-    data, removed, others = remove_key(real.read_bytes(), public.blob())
+    data, removed, others = remove_key(host.read_bytes(path), public.blob())
     if not removed:
         return 0
     if others == 0 and not allow_empty:
@@ -146,8 +145,7 @@ def existing_owner(host: Host, path: PurePosixPath) -> tuple[int, int] | None:
     """The owner a rewritten file must keep (only root can, and must, set it back)."""
     if os.geteuid() != 0:
         return None
-    st = host.path(path).stat()
-    return st.st_uid, st.st_gid
+    return host.owner(path)
 
 
 def key_options(key: SkPrivateKey) -> list[str]:
@@ -205,18 +203,18 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
     target = path or authorized_keys_path(account)
     refuse_user_links(host, target)
     owner = account.owner()
-    real = host.path(target)
-    existing = real.read_bytes() if real.is_file() else b""
+    present = host.is_file(target)
+    existing = host.read_bytes(target) if present else b""
     result = merge(existing, public, comment, options)
     if not result.added:
         return target, result
-    if not host.path(target.parent).is_dir():
+    if not host.is_dir(target.parent):
         if target.parent != account.ssh_dir:
             # e.g. /etc/ssh/authorized_keys/%u: its folder's owner and mode are the admin's call
             raise UsageError(f"the folder {target.parent} does not exist",
                              "create it with the owner and mode sshd's StrictModes expects, then run again")
         host.mkdir(target.parent, 0o700, owner)
-    if real.is_file():
+    if present:
         host.write_file(target, result.data, host.mode(target), owner=existing_owner(host, target))
     else:
         host.write_file(target, result.data, 0o600, owner=owner)

@@ -11,13 +11,17 @@ means the same on the target host as under an offline root.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from yktool.authorized_keys import existing_owner, key_position, tokens_of
-from yktool.errors import UsageError
+from yktool.errors import ToolFailed, UsageError
 from yktool.host import Host, Result
 from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.keys import SkPublicKey
@@ -129,11 +133,51 @@ class Git:
             raise UsageError(f"the git folder of {repo} lies outside the root", "name a repository inside it") \
                 from None
 
+    @contextlib.contextmanager
+    def _private_copy(self, config_file: PurePosixPath) -> Iterator[Path]:
+        """The config file copied (read through Host's walk) into a folder only root can enter.
+
+        git writes a config through `config.lock` + rename *next to the file a link points at*:
+        run as root on a user's ~/.gitconfig, a link swapped in at the right moment would have
+        git rewrite /etc/shadow. So git only ever sees this copy; yktool writes the result back
+        with Host.write_file, which refuses a user's link."""
+        folder = Path(tempfile.mkdtemp(prefix="yktool-git-"))
+        try:
+            copy = folder / "config"
+            if self.host.is_file(config_file):
+                copy.write_bytes(self.host.read_bytes(config_file))
+            yield copy
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _config(self, copy: Path, shown: PurePosixPath, *args: str, check: bool = True) -> Result:
+        env = {**self.env(), "GIT_CONFIG_GLOBAL": os.devnull}
+        try:
+            return self.host.run(["git", "config", "--file", str(copy), *args], env=env, check=check,
+                                 cwd=copy.parent)
+        except ToolFailed as exc:
+            raise ToolFailed(exc.message.replace(str(copy), str(shown)), exc.hint) from None
+
+    def edit(self, config_file: PurePosixPath, changes: dict[str, str], *,
+             owner: tuple[int, int] | None = None, backup: bool = False) -> None:
+        """Set `changes` in `config_file` with the real `git config`, on a private copy written
+        back atomically; the file keeps its mode and owner (a new one: 0644, `owner`)."""
+        if not changes:
+            return
+        with self._private_copy(config_file) as copy:
+            for key, value in changes.items():
+                self._config(copy, config_file, key, value)
+            present = self.host.is_file(config_file)
+            mode = self.host.mode(config_file) if present else 0o644
+            keep = existing_owner(self.host, config_file) if present else owner
+            self.host.write_file(config_file, copy.read_bytes(), mode, owner=keep, backup=backup)
+
     def set(self, config_file: PurePosixPath, key: str, value: str) -> None:
-        self.run("config", "--file", str(self.host.path(config_file)), key, value)
+        self.edit(config_file, {key: value})
 
     def get(self, config_file: PurePosixPath, key: str) -> str | None:
-        result = self.run("config", "--file", str(self.host.path(config_file)), "--get", key, check=False)
+        with self._private_copy(config_file) as copy:
+            result = self._config(copy, config_file, "--get", key, check=False)
         return result.text.strip() if result.returncode == 0 else None
 
 
@@ -142,6 +186,46 @@ def config_file_for(git: Git, repo: PurePosixPath | None) -> PurePosixPath:
     if repo is None:
         return git.account.home / ".gitconfig"
     return git.git_dir(repo) / "config"
+
+
+def add_allowed_signer(host: Host, signers: PurePosixPath, email: str, public: SkPublicKey,
+                       owner: tuple[int, int] | None) -> bool:
+    """Merge `email`'s line for `public` into an allowed_signers file (made 0644 with `owner`,
+    its folder 0700, when new; an existing file keeps its mode and owner). Read and written
+    through Host's walk: a user's link at or above the file is refused, never written through.
+    Returns whether the file changed."""
+    refuse_user_links(host, signers)
+    present = host.is_file(signers)
+    existing = host.read_bytes(signers) if present else b""
+    data, changed = merge_allowed_signers(existing, allowed_signer_line(email, public))
+    if not changed:
+        return False
+    if not host.is_dir(signers.parent):
+        host.mkdir(signers.parent, 0o700, owner)
+    if present:
+        host.write_file(signers, data, host.mode(signers), owner=existing_owner(host, signers))
+    else:
+        host.write_file(signers, data, 0o644, owner=owner)
+    return True
+
+
+def add_revoked_signer(host: Host, path: PurePosixPath, public: SkPublicKey,
+                       owner: tuple[int, int] | None) -> bool:
+    """List `public` in a git/ssh-keygen revocation file (gpg.ssh.revocationFile), every other
+    byte kept; through Host's walk like `add_allowed_signer`. Returns whether it was added."""
+    refuse_user_links(host, path)
+    present = host.is_file(path)
+    existing = host.read_bytes(path) if present else b""
+    line = public.line().encode("ascii")
+    if line in existing.splitlines():
+        return False
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    if present:
+        host.write_file(path, existing + line + b"\n", host.mode(path), owner=existing_owner(host, path))
+    else:
+        host.write_file(path, line + b"\n", 0o644, owner=owner)
+    return True
 
 
 def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPath, public: SkPublicKey,
@@ -157,16 +241,7 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     refuse_user_links(host, config_file)
     owner = account.owner()
 
-    real_signers = host.path(signers)
-    existing = real_signers.read_bytes() if real_signers.is_file() else b""
-    data, changed = merge_allowed_signers(existing, allowed_signer_line(email, public))
-    if changed:
-        if not host.path(signers.parent).is_dir():
-            host.mkdir(signers.parent, 0o700, owner)
-        if real_signers.is_file():
-            host.write_file(signers, data, host.mode(signers), owner=existing_owner(host, signers))
-        else:
-            host.write_file(signers, data, 0o644, owner=owner)
+    changed = add_allowed_signer(host, signers, email, public, owner)
 
     values = {
         "gpg.format": "ssh",
@@ -183,23 +258,11 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
         elif current != email:
             # the person's own setting wins; say why their commits may show another signer name
             notes.append(f"user.email stays {current} (signatures name {email}, the allowed_signers principal)")
-    real_config = host.path(config_file)
-    new_config = not real_config.exists()
-    # git rewrites the file through config.lock + rename, so it ends up owned by whoever runs git:
-    # give it back to its owner (a new one: the user's, or the repository folder's)
-    if not new_config:
-        keep_owner = existing_owner(host, config_file)
-    elif repo is None:
-        keep_owner = owner
-    else:
-        keep_owner = existing_owner(host, config_file.parent)
+    new_config = not host.exists(config_file)
+    # a new file belongs to the user (or, in a repository, to the folder's owner)
+    new_owner = owner if repo is None else existing_owner(host, config_file.parent)
     changes = {k: v for k, v in values.items() if git.get(config_file, k) != v}
-    if changes and not new_config:
-        host.backup(config_file)
-    for key, value in changes.items():
-        git.set(config_file, key, value)
-    if changes and keep_owner is not None and real_config.exists():
-        os.chown(real_config, *keep_owner)
+    git.edit(config_file, changes, owner=new_owner, backup=not new_config)
     shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
     return SigningSetup(config_file, signers, values, changed, shown, sorted(changes), notes)
 
@@ -248,10 +311,9 @@ def expire_signer(host: Host, path: PurePosixPath, public: SkPublicKey, before: 
     """Retire a (lost) key in an allowed_signers file without un-verifying its past commits;
     returns how many lines changed. The old file is backed up."""
     refuse_user_links(host, path)
-    real = host.path(path)
-    if not real.is_file():
+    if not host.is_file(path):
         return 0
-    data, changed = expire_signer_lines(real.read_bytes(), public.blob(), before)
+    data, changed = expire_signer_lines(host.read_bytes(path), public.blob(), before)
     if changed:
         host.write_file(path, data, host.mode(path), owner=existing_owner(host, path))
     return changed

@@ -25,12 +25,13 @@ import binascii
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from yktool.errors import PermissionDenied, Refused, UsageError
+from yktool.errors import PermissionDenied, Refused, UsageError, YktoolError
 
 if TYPE_CHECKING:
     from yktool.fido.session import Assertion, Credential, KeySession
@@ -377,7 +378,7 @@ class User:
 
 def read_users(host: Host) -> dict[str, User]:
     """/etc/passwd under the root (empty when there is none)."""
-    if not host.path("/etc/passwd").is_file():
+    if not host.is_file("/etc/passwd"):
         return {}
     out: dict[str, User] = {}
     for line in host.read_text("/etc/passwd").splitlines():
@@ -390,7 +391,7 @@ def read_users(host: Host) -> dict[str, User]:
 def default_origin(host: Host) -> str:
     """`pam://<hostname>` of the target root (its /etc/hostname)."""
     name = ""
-    if host.path("/etc/hostname").is_file():
+    if host.is_file("/etc/hostname"):
         name = host.read_text("/etc/hostname").strip().splitlines()[0].strip() \
             if host.read_text("/etc/hostname").strip() else ""
     if not name and host.is_live:
@@ -418,10 +419,9 @@ def installed_version(host: Host, module_paths: Iterable[str] = ()) -> tuple[tup
         m = _VERSION_RE.search(path)
         if m:
             return (int(m[1]), int(m[2]), int(m[3])), f"module path {path}"
-    status = host.path("/var/lib/dpkg/status")
-    if status.is_file():
+    if host.is_file("/var/lib/dpkg/status"):
         block = None
-        for para in status.read_text("utf-8", "replace").split("\n\n"):
+        for para in host.read_text("/var/lib/dpkg/status").split("\n\n"):
             if re.search(r"^Package: libpam-u2f$", para, re.M):
                 block = para
                 break
@@ -484,20 +484,29 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
     from yktool import agefile
 
     if target.authfile is not None:
-        real = host.path(target.authfile)
-        if not real.exists():
+        # through Host's walk: a user's link at (or above) the authfile is refused, not followed
+        st = host.lstat(target.authfile)
+        if st is None:
             return "", False
-        if not real.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{target.authfile} is not a regular file", "name the authfile itself")
-        if not os.access(real, os.R_OK):
+        try:
+            fd = host.open(target.authfile, os.O_RDONLY | os.O_NONBLOCK)
+        except PermissionError:
             raise PermissionDenied(f"{target.authfile}: permission denied",
-                             "run as root (or the file's owner) so the existing lines can be kept")
-        return host.read_text(target.authfile), True
+                                   "run as root (or the file's owner) so the existing lines can be kept") from None
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read().decode("utf-8", "surrogateescape"), True
     assert target.age_file is not None  # noqa: S101
-    if not target.age_file.exists():
+    from yktool.host import Host as _Host
+
+    # the operator's file, on this machine: read through the walk too (as root, a link a user
+    # controls in a checkout under their home is refused, not followed)
+    local, age_path = _Host(Path("/")), str(target.age_file.absolute())
+    if not local.exists(age_path):
         return "", False
     try:
-        data = target.age_file.read_bytes()
+        data = local.read_bytes(age_path)
     except OSError as exc:
         raise UsageError(f"{target.age_file}: cannot read ({exc.strerror})",
                          "check the path and its permissions") from None
@@ -535,7 +544,8 @@ def write_target(host: Host, target: Target, text: str) -> str:
     assert target.age_file is not None  # noqa: S101
     encrypted = agefile.encrypt(data, target.recipients)
     local = _Host(Path("/"))
-    local.write_file(str(target.age_file.resolve()), encrypted, 0o644, backup=False)
+    # not .resolve(): that would follow a user's link as root before the walk could refuse it
+    local.write_file(str(target.age_file.absolute()), encrypted, 0o644, backup=False)
     return str(target.age_file)
 
 
@@ -545,7 +555,7 @@ def _ensure_user_dirs(host: Host, target: Target) -> None:
     parent = PurePosixPath(target.authfile).parent
     missing = []
     p = parent
-    while not host.path(p).exists():
+    while not host.exists(p):
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
@@ -721,6 +731,12 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
     prove_credential(session, entry, made.credential_id, origin, up=request.presence,
                      uv=request.verification or request.pin)
     merged = merge_credential(authfile, request.user, entry)
+    if target.authfile is not None:
+        # the touches took seconds: look again at the path now (a user may have swapped the file
+        # for a link meanwhile); write_target's fd walk refuses one swapped in even later
+        from yktool.ssh.accounts import refuse_user_links
+
+        refuse_user_links(host, target.authfile)
     written = write_target(host, target, merged.text)
     # read back what was written and check the user's effective line holds the credential
     readback = Authfile.parse(read_current(host, target)[0]) if (
@@ -830,12 +846,18 @@ def home_encryption(host: Host, user: User) -> str | None:
     the files under the root (and /proc/mounts on a live host) tell."""
     home = PurePosixPath(user.home)
     base = home.parent
-    if host.path(base / ".ecryptfs" / user.name).exists() or host.path(home / ".ecryptfs").exists() \
-            or host.path(home / ".Private").exists():
+
+    def there(p: str | PurePosixPath) -> bool:
+        # ecryptfs makes ~/.ecryptfs and ~/.Private links the user owns: seen, never followed
+        try:
+            return host.lexists(p)
+        except (UsageError, OSError):
+            return False
+
+    if there(base / ".ecryptfs" / user.name) or there(home / ".ecryptfs") or there(home / ".Private"):
         return "ecryptfs"
-    if host.path(f"/var/lib/systemd/home/{user.name}.identity").exists() \
-            or host.path(base / f"{user.name}.homedir").exists() \
-            or host.path(base / f"{user.name}.home").exists():
+    if there(f"/var/lib/systemd/home/{user.name}.identity") or there(base / f"{user.name}.homedir") \
+            or there(base / f"{user.name}.home"):
         return "systemd-homed"
     if host.is_live:
         try:
@@ -847,7 +869,11 @@ def home_encryption(host: Host, user: User) -> str | None:
             if len(f) >= 3 and f[2] == "ecryptfs" and (f[1] == str(home) or str(home).startswith(f[1] + "/")):
                 return "ecryptfs"
     for meta in (base / ".fscrypt", PurePosixPath("/.fscrypt")):
-        if host.path(meta / "policies").is_dir() and any(host.path(meta / "policies").iterdir()):
+        try:
+            policies = host.listdir(meta / "policies") if host.is_dir(meta / "policies") else []
+        except (UsageError, OSError):
+            policies = []
+        if policies:
             return "fscrypt (policies exist on this filesystem; the home may be encrypted)"
     return None
 
@@ -886,7 +912,6 @@ def _text_findings(report: AuthfileReport, text: str, *, strict: bool,
 def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User],
                        *, strict: bool, user_run: list[str], services: list[str]) -> list[Finding]:
     out: list[Finding] = []
-    real = host.path(report.path)
     sv = list(services)
     # First, because an encrypted home that is not unlocked hides the file altogether
     owner = users.get(report.user) if report.user else _owner_of(users, report.path)
@@ -899,7 +924,15 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
                                "use a central authfile: yktool pam register --authfile "
                                f"{CENTRAL_AUTHFILE} and authfile={CENTRAL_AUTHFILE} on the PAM line",
                                sv))
-    if not real.exists():
+    try:
+        st = host.lstat(report.path)
+    except UsageError as exc:  # a user's link (UnsafeLink), or one climbing out of the root
+        report.exists = True
+        out.append(Finding("error", "authfile-link", f"{report.path}: {exc.message}",
+                           "make the authfile a plain file (pam_u2f, reading it as the user, cannot "
+                           "rely on what a link points at either)", sv))
+        return out
+    if st is None:
         if report.path.startswith("/run/agenix") and not host.is_live:
             out.append(Finding("info", "authfile-agenix",
                                f"{report.path} is decrypted by agenix at boot (not in an offline root)",
@@ -915,9 +948,8 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
                            sv))
         return out
     report.exists = True
-    st = real.stat()
     report.mode, report.owner_uid = st.st_mode & 0o7777, st.st_uid
-    if not real.is_file():
+    if not stat.S_ISREG(st.st_mode):
         out.append(Finding("error", "authfile-unreadable", f"{report.path} is not a regular file",
                            "pam_u2f only reads regular files", sv))
         return out
@@ -937,14 +969,17 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
                            f"{report.path} (mode {st.st_mode & 0o777:04o}) is not readable by "
                            f"users, but {', '.join(user_run)} run pam_u2f as the user",
                            f"chmod 0644 {report.path} (agenix: mode = \"0444\")", user_run))
-    if not os.access(real, os.R_OK):
+    try:
+        fd = host.open(report.path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            text = fh.read().decode("utf-8", "surrogateescape")
+    except PermissionError:
         out.append(Finding("error", "authfile-unreadable", f"{report.path}: permission denied",
                            "run the check as root", sv))
         return out
-    try:
-        text = real.read_bytes().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        out.append(Finding("error", "authfile-unreadable", f"{report.path}: {exc.strerror}",
+    except (OSError, YktoolError) as exc:
+        why = exc.message if isinstance(exc, YktoolError) else exc.strerror
+        out.append(Finding("error", "authfile-unreadable", f"{report.path}: {why}",
                            "check the file", sv))
         return out
     out.extend(_text_findings(report, text, strict=strict, services=sv))
@@ -1056,7 +1091,10 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
         f.extend(found)
         report.authfiles.append(rep)
         if version is not None and version < EDDSA_MIN_VERSION and rep.exists:
-            text = host.read_text(path) if os.access(host.path(path), os.R_OK) else ""
+            try:
+                text = host.read_text(path)
+            except (UsageError, OSError):
+                text = ""
             bad = [u for u in Authfile.parse(text).users()
                    if any(c.cose_type == "eddsa" for c in Authfile.parse(text).credentials_of(u))]
             if bad:

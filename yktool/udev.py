@@ -166,12 +166,12 @@ class InstallResult:
 def install(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
     """Write the lock program and the rule under the root; reload udev only on the live `/`."""
     program = lock_program()
-    rule_real = host.path(RULE_PATH)
-    existing = rule_real.read_text() if rule_real.is_file() else None
+    # bytes that are not UTF-8 ride along as surrogates and are written back as they were
+    existing = host.read_text(RULE_PATH) if host.is_file(RULE_PATH) else None
     new_rules = merged_rules(existing, nickname, render_rule(key, nickname))
     changed = []
-    prog_real = host.path(PROGRAM_PATH)
-    if not prog_real.is_file() or prog_real.read_text() != program or host.mode(PROGRAM_PATH) != 0o755:
+    if not host.is_file(PROGRAM_PATH) or host.read_text(PROGRAM_PATH) != program \
+            or host.mode(PROGRAM_PATH) != 0o755:
         host.write_file(PROGRAM_PATH, program, 0o755)
         changed.append(PROGRAM_PATH)
     if existing != new_rules:
@@ -207,15 +207,15 @@ def find_lock_handlers(host: Host) -> list[str]:
     found = []
     folders = list(HANDLER_DIRS)
     try:  # NixOS per-user packages (users.users.<name>.packages, home-manager's useUserPackages)
-        users = sorted(host.path("/etc/profiles/per-user").iterdir())
-        folders += [f"/etc/profiles/per-user/{u.name}/bin" for u in users]
+        users = host.listdir("/etc/profiles/per-user")
+        folders += [f"/etc/profiles/per-user/{u}/bin" for u in users]
     except (OSError, UsageError):
         pass
     for folder in folders:
         for name in LOCK_HANDLERS:
             p = f"{folder}/{name}"
             try:
-                if host.path(p).is_file():
+                if host.is_file(p):
                     found.append(p)
             except (UsageError, OSError):
                 continue
@@ -237,7 +237,7 @@ def installed_rules(host: Host) -> list[InstalledRule]:
     seen: set[str] = set()
     for folder in RULE_DIRS:
         try:
-            names = sorted(p.name for p in host.path(folder).iterdir() if p.name.endswith(".rules"))
+            names = [n for n in host.listdir(folder) if n.endswith(".rules")]
         except (OSError, UsageError):
             continue
         for name in names:
@@ -248,8 +248,8 @@ def installed_rules(host: Host) -> list[InstalledRule]:
             seen.add(name)
             path = f"{folder}/{name}"
             try:
-                text = host.path(path).read_text(errors="replace")
-            except OSError:
+                text = host.read_text(path)
+            except (OSError, UsageError):
                 continue
             for line in text.replace("\\\n", "").splitlines():
                 s = line.strip()

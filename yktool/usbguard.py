@@ -126,8 +126,8 @@ class AllowResult:
 
 def allow(host: Host, key: KeyUsb, path: str = RULES_PATH) -> AllowResult:
     """Append the key's allow rule to the rules file (mode 0600) unless it is already there."""
-    real = host.path(path)
-    existing = real.read_text() if real.is_file() else None
+    # bytes that are not UTF-8 ride along as surrogates and are written back as they were
+    existing = host.read_text(path) if host.is_file(path) else None
     stub = placeholder_reason(existing)
     line = rule_line(key)
     if existing is not None and find_rule(existing, key) is not None:
@@ -163,7 +163,7 @@ def usb_interfaces(vendor: str, product: str, serial: str = "", sysfs: Path = Pa
 
     def attr(d: Path, name: str) -> str:
         try:
-            return (d / name).read_text().strip().lower()
+            return (d / name).read_bytes().decode("utf-8", "surrogateescape").strip().lower()
         except OSError:
             return ""
 

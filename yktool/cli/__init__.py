@@ -104,6 +104,9 @@ class LazyGroup(click.Group):
         as_json = "--json" in given  # until the global options are parsed (a bad flag before them)
         color = False if "--no-color" in given or os.environ.get("NO_COLOR") else None
         context.last_run = None
+        from yktool.cli.output import escape_streams
+
+        escape_streams()  # a non-UTF-8 byte read from a file is printed as \xNN, never a crash
         try:
             return super().main(args, prog_name or "yktool", complete_var, standalone_mode=False, **extra)
         except YktoolError as err:

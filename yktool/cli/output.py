@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +16,54 @@ from yktool.plan import Plan
 
 SCHEMA = 1
 """Version of the --json envelope: every document is `{"schema": 1, "ok": …, …}` (docs/json.md)."""
+
+ESCAPE_ERRORS = "yktool-escape"
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler for yktool's output streams: a byte that was not UTF-8 in a file
+    (decoded with surrogateescape, so a lone surrogate U+DC80..U+DCFF) is shown as `\\xNN`,
+    anything else the stream cannot encode as `\\uXXXX`, instead of UnicodeEncodeError."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for ch in exc.object[exc.start:exc.end]:
+        code = ord(ch)
+        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
+                   else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out), exc.end
+
+
+codecs.register_error(ESCAPE_ERRORS, _escape_unencodable)
+
+
+def escape(text: str) -> str:
+    """`text` as it will be printed: undecodable bytes (surrogates) as `\\xNN`."""
+    return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
+
+
+def escape_streams() -> None:
+    """Make stdout and stderr escape what they cannot encode (a non-UTF-8 byte from a file in
+    evidence, or any text on an ASCII terminal) instead of crashing with UnicodeEncodeError:
+    PYTHONIOENCODING=utf-8:strict or a strict wrapper (click's test runner) included."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not callable(reconfigure):
+            continue
+        # click writes UTF-8 (with "?" for what it cannot encode) to a stream set to ASCII;
+        # say UTF-8 here so that it keeps this stream and its escapes
+        ascii_stream = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "ascii"
+        try:
+            if ascii_stream:
+                reconfigure(encoding="utf-8", errors=ESCAPE_ERRORS)
+            else:
+                reconfigure(errors=ESCAPE_ERRORS)
+        except (ValueError, OSError, LookupError):  # closed or detached: nothing to print to
+            continue
+
+
+# a JSON escape of a lone surrogate (\udc80..\udcff) not preceded by an escaped backslash
+_JSON_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
 def _json_default(value: object) -> object:
@@ -29,9 +80,12 @@ def envelope(data: Mapping[str, Any], ok: bool = True) -> dict[str, Any]:
 
 
 def emit_json(data: Mapping[str, Any]) -> None:
+    """The envelope on stdout; a byte that was not UTF-8 in a file becomes the text `\\xNN` (a
+    lone surrogate escape would be refused by strict JSON parsers)."""
     from yktool.cli.context import current
 
-    click.echo(json.dumps(envelope(data), indent=2, sort_keys=False, default=_json_default))
+    text = json.dumps(envelope(data), indent=2, sort_keys=False, default=_json_default)
+    click.echo(_JSON_SURROGATE.sub(r"\1\\\\x\2", text))
     app = current()
     if app is not None:
         app.json_emitted = True

@@ -39,6 +39,13 @@ class Luks1Device(UsageError):
     """A LUKS1 volume: readable by cryptsetup, but systemd tokens need LUKS2."""
 
 
+# LUKS2 metadata outside the schema yktool relies on (damaged, or written by a tool that puts
+# other shapes where LUKS2 has objects, strings and numbers) is a NotLuks: bad input, exit 2.
+DAMAGED_HINT = ("check it with `cryptsetup luksDump DEVICE`: if cryptsetup reads it too, a tool wrote "
+                "fields yktool does not know (leave the volume as it is and report it); if not, the "
+                "header is damaged: restore it from a `cryptsetup luksHeaderBackup` copy")
+
+
 @dataclass
 class Keyslot:
     """One keyslot: how its passphrase is stretched, and what (by its tokens) opens it."""
@@ -159,8 +166,68 @@ def _int(value: object) -> int | None:
         return None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(key: object) -> bool:
+    return isinstance(key, str) and key.isascii() and key.isdecimal() and len(key) < 10
+
+
+def schema_problems(meta: object) -> list[str]:
+    """Where the metadata leaves the part of the LUKS2 schema yktool reads (empty: it fits).
+
+    keyslots: {"N": {"type": str, "key_size": int, "kdf": {"type": str, "hash"?: str,
+    "iterations"?/"time"?/"memory"?/"cpus"?: int}, "priority"?: int}}; tokens: {"N": {"type": str,
+    "keyslots": ["N", ...]}} (a token's own fields are its type's business: a bad one is shown
+    raw). Anything else is left alone.
+    """
+    if not isinstance(meta, dict):
+        return [f"the metadata is a JSON {type(meta).__name__}, not an object"]
+    problems: list[str] = []
+    for section in ("keyslots", "tokens"):
+        value = meta.get(section, {})
+        if not isinstance(value, dict):
+            problems.append(f"{section} is a JSON {type(value).__name__}, not an object")
+            continue
+        for key, entry in value.items():
+            where = f"{section[:-1]} {key!r}"
+            if not _is_id(key):
+                problems.append(f"{where}: the id is not a number")
+            if not isinstance(entry, dict):
+                problems.append(f"{where} is a JSON {type(entry).__name__}, not an object")
+                continue
+            if not isinstance(entry.get("type"), str):
+                problems.append(f"{where}: its type is not a string")
+            if section == "tokens":
+                slots = entry.get("keyslots")
+                if not isinstance(slots, list) or not all(_is_id(s) for s in slots):
+                    problems.append(f"{where}: keyslots is not a list of keyslot numbers")
+                continue
+            if not _is_int(entry.get("key_size")):
+                problems.append(f"{where}: key_size is not a number")
+            if "priority" in entry and not _is_int(entry["priority"]):
+                problems.append(f"{where}: priority is not a number")
+            kdf = entry.get("kdf")
+            if not isinstance(kdf, dict) or not isinstance(kdf.get("type"), str):
+                problems.append(f"{where}: kdf is not an object with a type")
+                continue
+            if "hash" in kdf and not isinstance(kdf["hash"], str):
+                problems.append(f"{where}: the kdf hash is not a string")
+            for name in ("iterations", "time", "memory", "cpus"):
+                if name in kdf and not _is_int(kdf[name]):
+                    problems.append(f"{where}: the kdf {name} is not a number")
+    return problems
+
+
 def parse_metadata(device: str, version: int, uuid: str, label: str, meta: dict[str, Any]) -> LuksHeader:
-    """Build a LuksHeader from the JSON metadata cryptsetup printed."""
+    """Build a LuksHeader from the JSON metadata cryptsetup printed; NotLuks (exit 2, "damaged
+    or of an unknown kind") when it is outside the schema `schema_problems` checks."""
+    problems = schema_problems(meta)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise NotLuks(f"{device}: the LUKS2 metadata is damaged or of an unknown kind: "
+                            + "; ".join(problems[:3]) + more, DAMAGED_HINT.replace("DEVICE", device))
     tokens: dict[int, Token] = {}
     for key, raw in (meta.get("tokens") or {}).items():
         token_id = _int(key)
@@ -171,7 +238,7 @@ def parse_metadata(device: str, version: int, uuid: str, label: str, meta: dict[
         slot_id = _int(key)
         if slot_id is None or not isinstance(raw, dict):
             continue
-        kdf = raw.get("kdf") or {}
+        kdf = raw["kdf"]
         slot = Keyslot(
             id=slot_id, type=str(raw.get("type", "?")), key_size=_int(raw.get("key_size")) or 0,
             kdf=str(kdf.get("type", "?")), kdf_hash=kdf.get("hash"), iterations=_int(kdf.get("iterations")),
@@ -210,9 +277,7 @@ def read_header(host: Host, device: str | PurePosixPath) -> LuksHeader:
                       "the header may be damaged; restore it from a `cryptsetup luksHeaderBackup` copy")
     try:
         meta = json.loads(result.stdout)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
         raise NotLuks(f"{device}: cryptsetup printed metadata that is not JSON",
                       "check `cryptsetup luksDump` by hand; the header may be damaged") from None
-    if not isinstance(meta, dict):
-        raise NotLuks(f"{device}: unexpected LUKS2 metadata", "check `cryptsetup luksDump` by hand")
     return parse_metadata(str(device), version, uuid, label, meta)

@@ -141,12 +141,12 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
         return True
     encrypted = agefile.encrypt(plain, [recipient])
     owner = checkout_owner(target)
-    if not target.parent.exists():  # the tree's secrets/ folder, new: the checkout owner's too
-        target.parent.mkdir(parents=True, mode=0o755)
-        if owner is not None:
-            os.chown(target.parent, *owner)
-    Host(Path("/")).write_file(str(target.resolve()), encrypted, 0o644, owner=owner,
-                               backup=False)
+    # through the walk, never .resolve() or chown by path: as root in a person's checkout, a link
+    # of theirs would otherwise send the write (or the chown) anywhere
+    local = Host(Path("/"))
+    if not local.exists(str(target.parent.absolute())):  # a new secrets/ folder: the owner's too
+        local.mkdir(str(target.parent.absolute()), 0o755, owner)
+    local.write_file(str(target.absolute()), encrypted, 0o644, owner=owner, backup=False)
     if agefile.decrypt(target.read_bytes(), identity, what=str(target)) != plain:
         raise UsageError(f"{target} does not decrypt to the authfile after writing", "run the command again")
     return True

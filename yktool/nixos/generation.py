@@ -47,14 +47,15 @@ class GenerationHost(Host):
 
     etc_from: str = ""
 
-    def path(self, path: str | PurePosixPath) -> Path:
-        real = super().path(path)
+    def where_inside(self, path: str | PurePosixPath) -> str | PurePosixPath:
+        # Host reads, writes and path() all ask here (fd walk included); the plain view decides
         inside = str(PurePosixPath("/") / PurePosixPath(str(path)))
-        if self.etc_from and (inside == "/etc" or inside.startswith("/etc/")) and not real.exists():
-            alt = super().path(self.etc_from + "/etc" + inside[len("/etc"):])
-            if alt.exists():
+        if self.etc_from and (inside == "/etc" or inside.startswith("/etc/")):
+            plain = Host(self.root)
+            alt = self.etc_from + "/etc" + inside[len("/etc"):]
+            if not plain.exists(inside) and plain.exists(alt):
                 return alt
-        return real
+        return path
 
 
 def generation_view(host: Host) -> Host:

@@ -337,9 +337,11 @@ def prove_files(host: Host, path: PurePosixPath, key: SkPrivateKey) -> str:
     Returns what was proven; a mismatch is a ToolFailed."""
     if host.which("ssh-keygen") is None:
         return "not checked (ssh-keygen is not installed here)"
-    result = host.run(["ssh-keygen", "-y", "-f", str(host.path(path))], check=False)
+    with host.private_copy(path) as copy:  # ssh-keygen never opens the user's path as root
+        result = host.run(["ssh-keygen", "-y", "-f", str(copy)], check=False)
+        why = result.error_text.replace(str(copy), str(path))
     if result.returncode != 0 or result.stdout != key.pub_file():
-        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {result.error_text}",
+        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {why}",
                          "this is a bug in yktool; the credential exists on the key, the file is wrong")
     return "ssh-keygen -y reads the key back"
 

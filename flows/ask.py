@@ -4,10 +4,25 @@ terminal, the default — or a clear error naming the flag to pass."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from yktool.errors import UsageError
+
+Check = Callable[[str], "str | None"]
+
+
+def _questionary_check(check: Check | None, default: str | None) -> Callable[[str], Any] | None:
+    """questionary's `validate=`: True, or the text saying what is wrong (shown under the answer)."""
+    if check is None:
+        return None
+
+    def validate(text: str) -> bool | str:
+        problem = check(text or default or "")
+        return True if problem is None else problem
+
+    return validate
 
 
 @dataclass
@@ -18,13 +33,17 @@ class Asker:
     def for_terminal(cls, yes: bool) -> Asker:
         return cls(interactive=not yes and sys.stdin.isatty())
 
-    def text(self, question: str, given: str | None, *, flag: str, default: str | None = None) -> str:
+    def text(self, question: str, given: str | None, *, flag: str, default: str | None = None,
+             check: Check | None = None) -> str:
+        """`check` runs as the answer is typed: the person cannot go on with a wrong one (a flag's
+        value is checked later, with the rest of the answers)."""
         if given is not None:
             return given
         if self.interactive:
             import questionary
 
-            answer = questionary.text(question, default=default or "").unsafe_ask()
+            answer = questionary.text(question, default=default or "",
+                                      validate=_questionary_check(check, default)).unsafe_ask()
             if answer:
                 return str(answer)
         if default is not None:
@@ -75,13 +94,13 @@ class Asker:
         raise UsageError(f"{question} (cannot ask: no terminal, and {flag} was not given)",
                          f"pass {flag} NAME (several allowed); registered: {listing}")
 
-    def confirm(self, question: str, *, yes: bool) -> bool:
+    def confirm(self, question: str, *, yes: bool, default: bool = True) -> bool:
         if yes:
             return True
         if self.interactive:
             import questionary
 
-            return bool(questionary.confirm(question, default=True).unsafe_ask())
+            return bool(questionary.confirm(question, default=default).unsafe_ask())
         raise UsageError(f"{question} (cannot ask: no terminal)", "pass --yes to go ahead without asking")
 
     def pause(self, message: str, *, yes: bool) -> None:

@@ -138,6 +138,7 @@ class Commission:
         self.state = state
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+        self.recovery_shown = False        # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
     def account(self) -> Any:
@@ -180,7 +181,8 @@ class Commission:
             if "luks-fido2" in a.steps:
                 for dev in a.luks_devices:
                     steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
-                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2)",
+                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; "
+                                          f"{self.luks_touches(role)})",
                                           partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
                                           "the key's hmac-secret opens the new keyslot", role))
             if "ssh" in a.steps:
@@ -216,6 +218,15 @@ class Commission:
             steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
                                   self.verify, [], "reads only", None, always=True))
         return steps
+
+    def luks_touches(self, role: str) -> str:
+        """The LUKS enrollment's touch count: one for yktool's own (native) enrollment; a real key
+        goes through systemd-cryptenroll, which asks its own two (make, then derive the secret)."""
+        from yktool.luks.fido2 import default_backend
+
+        if default_backend(self.keys.specs.get(role) or "auto") == "native":
+            return "1 touch"
+        return "systemd-cryptenroll's own count: 2 touches"
 
     # -- key and PIN
     def pin(self, role: str) -> str:
@@ -255,6 +266,7 @@ class Commission:
         op.plan.apply()
         if not shown:
             raise ToolFailed("systemd-cryptenroll made no recovery key", "check `yktool luks status`")
+        self.recovery_shown = True
         self.state.extra["recovery-pending"] = [d for d in pending if d != device]
         self.state.save(self.host)
         return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
@@ -366,6 +378,13 @@ class Commission:
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
         return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
 
+    def pam_line(self) -> str:
+        """The PAM auth line for this run's authfile and origin (plain Linux)."""
+        from yktool import pam_u2f as pu
+
+        target = pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
+        return pu.pam_line_for(target, self.origin(), pin=False, verification=False)
+
     def pam(self, role: str) -> str:
         from yktool import pam_u2f as pu
 
@@ -373,9 +392,6 @@ class Commission:
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
         result = pu.register(self.host, self.keys.session(role), request)
-        note = f"PAM line for /etc/pam.d/sudo, login, …: {result.pam_line}"
-        if result.pam_line and note not in self.io.notes:
-            self.io.notes.append(note)
         if result.already_registered:
             return f"already registered for {self.a.user} (origin {result.origin})"
         return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
@@ -460,16 +476,115 @@ class Commission:
         return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
 
 
+    def owned_checks(self) -> set[str]:
+        """The verify checks that prove what this run wrote. The PAM stack (/etc/pam.d) is the
+        person's to edit (Next steps), and checks named by --verify-only beyond the steps belong
+        to other layers: listed as "not part of this run", they do not fail it."""
+        s, owned = set(self.a.steps), set()
+        if not s - {"verify"}:
+            return {str(r.id) for r in self.results}  # nothing enrolled: the run is a verify, all its own
+        for step, check_ids in VERIFY_FOR_STEP.items():
+            if step in s:
+                owned |= set(check_ids) - PAM_STACK_CHECKS
+        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+            owned.add("boot.luks.root")
+        if self.a.backup_nickname:
+            owned.add("hw.registry.backup")
+        return owned
+
+    def touch_budget(self) -> str:
+        """What each key costs: one touch per credential made (the LUKS slot's secret and the
+        pam_u2f proof are read silently), one PIN entry (a first PIN is typed twice, once counted)."""
+        per_role = []
+        for role in self.a.roles:
+            n = 0
+            if "luks-fido2" in self.a.steps:
+                n += len(self.a.luks_devices) * (1 if self.luks_touches(role) == "1 touch" else 2)
+            n += sum(1 for k in ("ssh", "pam") if k in self.a.steps)
+            per_role.append(n)
+        if not per_role:
+            return ""
+        if len(set(per_role)) == 1:
+            return f"each key: {per_role[0]} touch{'es' if per_role[0] != 1 else ''}, 1 PIN"
+        return ", ".join(f"{r} key: {n} touches, 1 PIN" for r, n in zip(self.a.roles, per_role, strict=True))
+
+
+PAM_STACK_CHECKS = {"pam.sudo", "pam.login"}
+WHAT = {"luks-fido2": "LUKS2 FIDO2 slot", "ssh": "SSH key", "git": "git signing", "pam": "pam_u2f",
+        "udev": "removal lock", "usbguard": "USBGuard rule"}
+
+
+def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[str]:
+    """The plan on one screen: the root and host, what changes per LUKS device and per key, the
+    touch and PIN budget. The full plan (every step, what it changes, how it is proven) is on
+    demand."""
+    import textwrap
+
+    a = flow.a
+    done = set(flow.state.done)
+    todo = [st for st in steps if st.id not in done or st.always]
+    host = flow.hostname() or "no /etc/hostname"
+    lines = [f"commission: {flow.host.root}", f"  host {host} ({a.host_kind}), for {a.user or 'no user'}; "
+             f"{len(steps)} steps, {len(steps) - len(todo)} done already"]
+
+    def add(head: str, items: list[str]) -> None:
+        text = f"{head}: {', '.join(items) if items else 'nothing left to do'}"
+        lines.extend(textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="      "))
+
+    for dev in a.luks_devices:
+        items = []
+        for st in todo:
+            if st.role is None and dev in st.description:
+                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, a.pcrs)) + ")"
+                             if "tpm2" in st.id else "a recovery key (shown once)")
+        if {"luks-tpm2", "recovery"} & set(a.steps):
+            add(dev, items)
+    for role in a.roles:
+        items = [WHAT[k] for k in KEY_STEPS if any(st.id.startswith(f"{role}.{k}") for st in todo)]
+        add(f"{role} key ({a.nickname(role)})", items)
+    budget = flow.touch_budget()
+    if budget and any(st.role is not None for st in todo):
+        lines.append(f"  {budget}" + (" (systemd-cryptenroll asks its own for LUKS)"
+                                      if "2 touches" in flow.luks_touches(a.roles[0]) else ""))
+    if any(st.id == "verify" for st in steps):
+        lines.append("  then yktool verify: the checks for what was enrolled")
+    return lines
+
+
+def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
+    """What is left for the person, exactly: the PAM line and where it goes (in the control
+    verify accepts), the NixOS rebuild, storing the recovery key."""
+    a = flow.a
+    out: list[str] = []
+    pam_failed = {r.id for r in report.results if r.id in PAM_STACK_CHECKS and r.status in ("fail", "warn")}
+    if "pam" in a.steps and a.host_kind == "linux" and (pam_failed or not report.results):
+        line = flow.pam_line().replace("auth sufficient ", "auth required ", 1)
+        for service in sorted(pam_failed) or ["pam.sudo"]:
+            name = service.split(".", 1)[1]
+            works = "`sudo -k; sudo true` works with the key" if name == "sudo" else f"a new {name} works with the key"
+            out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
+                       f"with a root shell kept open until {works}:\n    {line}")
+    if a.host_kind == "nixos":
+        out.append("Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
+                   "(PAM, udev and USBGuard come from it)")
+    if flow.recovery_shown:
+        out.append("Store the recovery key offline (paper, a password manager on another device): it opens "
+                   "the disk when the TPM and every key fail")
+    return out
+
+
 # ================================================================================ the run
 @dataclass
 class CommissionReport:
-    """What a run did: each step's outcome, verify's results, touches and PIN prompts per key."""
+    """What a run did: each step's outcome, verify's results, touches and PIN prompts per key.
+    `owned`: the verify checks that prove this run's own steps (the others are listed apart)."""
 
     outcomes: list[Outcome]
     results: list[Any]
     counts: dict[str, Any]
     notes: list[str]
     nothing_to_do: bool
+    owned: set[str] = field(default_factory=set)
 
     @property
     def changed(self) -> bool:
@@ -477,24 +592,60 @@ class CommissionReport:
 
     @property
     def verify_ok(self) -> bool:
-        return not any(r.status == "fail" for r in self.results)
+        """Every check of what this run owns passes (other layers' failures do not count)."""
+        return not any(r.status == "fail" for r in self.results if r.id in self.owned)
+
+    @property
+    def not_ours(self) -> list[Any]:
+        return [r for r in self.results if r.id not in self.owned]
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.verify_ok, "changed": self.changed, "nothing_to_do": self.nothing_to_do,
                 "steps": [o.to_json() for o in self.outcomes],
                 "verify": [r.to_json() for r in self.results],
+                "not_part_of_this_run": sorted(r.id for r in self.not_ours),
                 "counts": self.counts, "notes": list(self.notes)}
 
 
+def saved_answers(state: FlowState) -> CommissionAnswers | None:
+    """The answers an unfinished run on disk was started with (None: no such run, or a state
+    file written by another version whose answers do not fit)."""
+    if not state.resuming or not state.answers:
+        return None
+    try:
+        return CommissionAnswers(**state.answers)
+    except TypeError:
+        return None
+
+
+def resume_question(state: FlowState, host: Host) -> str:
+    """"Resume the run started HH:MM on ROOT (9 of 17 steps done)?" """
+    started = state.started[11:16] + " UTC" if len(state.started) >= 16 else "earlier"
+    total = state.extra.get("steps_total")
+    done = f"{len(state.done)} of {total} steps done" if isinstance(total, int) else f"{len(state.done)} steps done"
+    return f"Resume the run started {started} on {host.root} ({done})?"
+
+
 def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
-            io: CommissionIO) -> tuple[Commission, list[FlowStep], Plan]:
-    """Check the answers, load the state, build the steps and the Plan to show. Writes nothing."""
+            io: CommissionIO, *, restart: bool = False) -> tuple[Commission, list[FlowStep], Plan]:
+    """Check the answers, load the state, build the steps and the Plan to show. Writes nothing.
+    `restart`: an unfinished run on disk is started over (every step is checked again; each is
+    idempotent, so what it did is found and kept) — other answers, or the person said so."""
     answers.check()
     check_host(host, answers)
     state = FlowState.load(host, FLOW)
+    restarted = restart and state.resuming
+    if restarted or (state.finished and state.answers != answers.to_json()):
+        state.done = []  # in memory, as `begin` will write it: the summary counts what is left
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
     steps = flow.build_steps()
+    for role in answers.roles:
+        # a key whose steps are not all done gets its PIN step again on a resumed run: a wrong PIN
+        # is then asked again there (with the attempts left), not fatal in the middle of a step
+        pin_id = step_id("pin", role)
+        if pin_id in state.done and any(s.role == role and s.id not in state.done for s in steps):
+            state.done.remove(pin_id)
     who = f" for {answers.user}" if answers.user else ""
     plan = make_plan(f"commission this {answers.host_kind} host{who} "
                      f"({' + '.join(answers.nickname(r) for r in answers.roles)} key)", steps, state)
@@ -503,6 +654,9 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
                           "(verify runs again)")
     elif state.resuming:
         plan.notes.append("resuming an interrupted run: the steps marked (already done) are skipped")
+    elif restarted:
+        plan.notes.append("starting the interrupted run over: every step is checked again, and what "
+                          "it did already is found and kept")
     if answers.backup_nickname and (keys.specs.get("backup") or "auto") == "auto":
         plan.notes.append("halfway through you will be asked to swap to the backup key")
     return flow, steps, plan
@@ -540,8 +694,11 @@ def execute(flow: Commission, steps: list[FlowStep],
     """Act: run every step not yet done, in order, marking each; then record the end."""
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming
+    flow.state.save(flow.host)
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     if not nothing or not flow.state.finished:
         flow.state.finish(flow.host)  # a re-run of a finished commission leaves even this file alone
-    return CommissionReport(outcomes, flow.results, flow.keys.totals(), list(flow.io.notes), nothing)
+    return CommissionReport(outcomes, flow.results, flow.keys.totals(), list(flow.io.notes), nothing,
+                            flow.owned_checks())

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from yktool.errors import Refused
+from yktool.errors import PinInvalid, Refused
 from yktool.fido.session import KeySession
 from yktool.host import Host
 
@@ -38,6 +38,9 @@ class KeyRing:
     nicknames: dict[str, str]
     # called before a role other than the first is opened (the person swaps keys)
     on_swap: Callable[[str], None] | None = None
+    # a wrong PIN in the PIN step: (role, attempts left) -> True to ask again (the front end says
+    # how many are left, and asks before the key gets close to blocking); None: the error stands
+    on_wrong_pin: Callable[[str, int | None], bool] | None = None
     counts: dict[str, Counts] = field(default_factory=dict)
     _open_role: str | None = None
     _session: KeySession | None = None
@@ -114,7 +117,13 @@ class KeyRing:
                 # the person just typed it: building blocks that ask the interaction get it too
                 s.interaction.pin = pin
             return f"set a first PIN on the {role} key"
-        s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+        while True:
+            try:
+                s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+                break
+            except PinInvalid as exc:  # the session forgot the PIN: the next try asks again
+                if self.on_wrong_pin is None or not self.on_wrong_pin(role, exc.retries):
+                    raise
         return f"PIN accepted ({s.pin_retries()} attempts left)"
 
     def add_pin_entry(self, role: str) -> None:
@@ -127,8 +136,9 @@ class KeyRing:
 
 @contextlib.contextmanager
 def ring(host: Host, opener: SessionOpener, specs: dict[str, str | None], nicknames: dict[str, str],
-         on_swap: Callable[[str], None] | None = None) -> Iterator[KeyRing]:
-    keys = KeyRing(host, opener, specs, nicknames, on_swap)
+         on_swap: Callable[[str], None] | None = None,
+         on_wrong_pin: Callable[[str, int | None], bool] | None = None) -> Iterator[KeyRing]:
+    keys = KeyRing(host, opener, specs, nicknames, on_swap, on_wrong_pin)
     try:
         yield keys
     finally:

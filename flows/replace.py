@@ -138,6 +138,11 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                                token=token.id, keyslots=list(token.keyslots)))
     origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
+    # and every fixed authfile a PAM stack reads: a lost key's credential copied there by hand is
+    # still the registry's credential id, and still a way in for the finder
+    from yktool.lastway import pam_authfiles
+
+    authfiles = list(dict.fromkeys([*authfiles, *(p for p, _o in pam_authfiles(host))]))
     age_files = list(dict.fromkeys(str(e["age_file"]) for _k, e in registry.enrollments("pam") if "age_file" in e))
     texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
     for path in age_files:
@@ -277,6 +282,22 @@ def check_names(host: Host, names: list[str]) -> list[str]:
         raise UsageError(f"--lost {', '.join(unknown)}: no such key in the registry",
                          f"name one of the registered keys (yktool keys list): {registry_listing(host)}")
     return [n for n in names if n in known]
+
+
+def check_new_nickname(host: Host, lost: list[str], nickname: str) -> None:
+    """The replacement's registry name must be a new one: the lost key's own name is dropped
+    from the registry by the revoke step (taking the new key's entries with it: its token and
+    credentials would stay, unregistered, and a later replace could never revoke them), and a
+    kept key's name would make two keys one entry (losing either revokes both). A resumed run
+    (same answers, unfinished) finds the name it recorded itself: that is allowed."""
+    state = FlowState.load(host, FLOW)
+    resuming = state.resuming and state.answers.get("new_nickname") == nickname \
+        and state.answers.get("lost") == lost
+    if nickname in lost or (not resuming and Registry.load(host).get(nickname) is not None):
+        what = "the lost key's own name" if nickname in lost else "already a registered key's name"
+        raise UsageError(f"--new-nickname {nickname}: {what}",
+                         f"give the replacement a name of its own (--new-nickname NAME); registered: "
+                         f"{registry_listing(host)}")
 
 
 def mark_lost(found: list[Found], names: list[str]) -> None:

@@ -40,9 +40,9 @@ def test_demo_commissions_proves_and_is_idempotent(cli: CliCall, tmp_path: Path)
             assert f"commission {role}.{step}" in outcomes
     verify = [ln for ln in report["stages"] if ln["stage"].startswith("verify ")]
     assert len(verify) >= 15 and all(ln["outcome"].startswith("pass") for ln in verify)
-    # one PIN entry per key; touches: 2 LUKS (make + hmac), 1 SSH, 2 pam_u2f (make + prove)
-    assert report["counts"] == {"primary": {"touches": 5, "pin_prompts": 1},
-                                "backup": {"touches": 5, "pin_prompts": 1}}
+    # one PIN entry per key; touches: one per credential made (LUKS, SSH, pam_u2f)
+    assert report["counts"] == {"primary": {"touches": 3, "pin_prompts": 1},
+                                "backup": {"touches": 3, "pin_prompts": 1}}
     assert "replace --new-device" in report["replace_command"]
 
     # nothing outside the scratch folder; secrets only where they belong, mode 0600
@@ -79,7 +79,7 @@ def test_demo_text_report(cli: CliCall, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1].strip() == "result: everything proven"
     assert "refuses" in r.stdout
-    assert "touches and PIN entries: primary: 5 touches, 1 PIN entry; backup: 5 touches, 1 PIN entry" in r.stdout
+    assert "touches and PIN entries: primary: 3 touches, 1 PIN entry; backup: 3 touches, 1 PIN entry" in r.stdout
     assert "replace --new-device" in r.stdout
 
 

@@ -25,7 +25,10 @@ from yktool.errors import Refused
 from yktool.host import Host
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from yktool.fido.session import KeySession
+    from yktool.pam_config import PamLine, PamService
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -92,6 +95,39 @@ def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
     return out
 
 
+def _rule(line: PamLine) -> tuple[str, int, tuple[str, ...]]:
+    return line.file, line.lineno, line.via
+
+
+def passes_without(service: PamService, failing: Callable[[PamLine], bool]) -> bool:
+    """Whether libpam (`pam_dispatch`) can let the user through `service`'s auth stack while every
+    rule for which `failing` holds fails as pam_u2f does without a credential (AUTH_ERR, or
+    AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (pam_deny
+    fails, pam_permit passes, a password module may pass). Judged on the whole stack:
+    `sufficient pam_u2f` followed by `pam_deny`, or pam-auth-update's `[success=1
+    default=ignore] pam_u2f` + `requisite pam_deny`, need the key as surely as `required`
+    does. Too many branches to follow: counted as requiring the key."""
+    from yktool import pam_dispatch
+
+    handlers = service.handlers("auth")
+    for fail_as in ("auth_err", "authinfo_unavail"):
+        def outcomes(line: PamLine, fail_as: str = fail_as) -> tuple[str, ...]:
+            if failing(line):
+                return (fail_as,)
+            if line.module_name == "pam_deny":
+                return ("auth_err",)
+            if line.module_name == "pam_permit":
+                return ("success",)
+            return ("success", "auth_err")
+
+        try:
+            if pam_dispatch.passing_path(handlers, outcomes) is None:
+                return False
+        except pam_dispatch.TooManyPaths:
+            return False
+    return True
+
+
 def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]]:
     """(required, services): whether a PAM stack under the root cannot be passed without a
     pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
@@ -104,23 +140,41 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
     home = users[user].home if user in users else ""
     reading: list[str] = []
     required: list[str] = []
+
+    def reads(u2f: pam_config.U2fLine) -> bool:
+        opts = u2f.options
+        if opts.authfile is None:
+            path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+        elif opts.expand:
+            path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
+        else:
+            path = opts.authfile
+        return path == authfile
+
     for service in pam_config.u2f_services(host):
-        for u2f in service.u2f_lines:
-            opts = u2f.options
-            if opts.authfile is None:
-                path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
-            elif opts.expand:
-                path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
-            else:
-                path = opts.authfile
-            if path != authfile:
-                continue
-            reading.append(service.name)
-            if pam_config.key_required(u2f.control):
-                required.append(service.name)
+        ours = {_rule(u.line) for u in service.u2f_lines if reads(u)}
+        if not ours:
+            continue
+        reading.append(service.name)
+        # the whole stack as libpam runs it, not the pam_u2f line's control word alone
+        if not passes_without(service, lambda ln, ours=ours: _rule(ln) in ours):  # type: ignore[misc]
+            required.append(service.name)
     if not reading:
         return True, []
     return bool(required), sorted(set(required))
+
+
+def pam_authfiles(host: Host) -> list[tuple[str, str]]:
+    """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
+    from yktool import pam_config
+
+    out = []
+    for service in pam_config.u2f_services(host):
+        for u2f in service.u2f_lines:
+            path = u2f.options.authfile
+            if path and path.startswith("/") and not (u2f.options.expand and "%" in path):
+                out.append((path, u2f.options.origin or ""))
+    return list(dict.fromkeys(out))
 
 
 def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
@@ -241,6 +295,13 @@ def held_by(host: Host, session: KeySession) -> Held:
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
     origins.add(pu.default_origin_or_none(host) or "")
     authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
+    # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
+    # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
+    # they are the user's to point elsewhere)
+    for path, origin in pam_authfiles(host):
+        authfiles.setdefault(path)
+        if origin:
+            origins.add(origin)
     for path in authfiles:
         if not host.exists(path):
             continue

@@ -728,7 +728,9 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
         resident=request.resident, uv=request.verification,
         exclude=[c for c in (e.credential_id for e in existing) if c is not None])
     entry = credential_from(made, options=options, resident=request.resident)
-    prove_credential(session, entry, made.credential_id, origin, up=request.presence,
+    # the proof is silent (up=false): the credential was just touched into being, and the
+    # signature over the origin proves the key holds it all the same (one touch, not two)
+    prove_credential(session, entry, made.credential_id, origin, up=False,
                      uv=request.verification or request.pin)
     merged = merge_credential(authfile, request.user, entry)
     if target.authfile is not None:

@@ -63,7 +63,7 @@ class Plan:
                     "failed": " (FAILED)"}.get(step.status, "")
             lines.append(f"  {n}. {step.description}{mark}")
             if step.touches:
-                lines.append(f"     touches: {', '.join(step.touches)}")
+                lines.append(f"     changes: {', '.join(step.touches)}")
             if step.verify:
                 lines.append(f"     proven by: {step.verify}")
             if step.detail:

@@ -48,12 +48,17 @@ def _read_unlock(device: str) -> bytes:
     return read_secret(f"Current passphrase (or recovery key) of {device}")
 
 
-def _step_printer(app: AppContext) -> Any:
-    """Each step's outcome on stderr as it ends (nothing with --json: the report has them)."""
+def _step_printer(app: AppContext, total: int | None = None) -> Any:
+    """Each step's outcome on stderr as it ends, as "step 4/17" (nothing with --json: the report
+    has them)."""
+    seen = [0]
+
     def on_step(out: Any) -> None:
-        if not app.json:
+        seen[0] += 1
+        if not app.json and out.status == "done":  # the summary said how many were done already
             mark = "done" if out.status == "done" else "already done"
-            info(f"  [{mark}] {out.description}" + (f": {out.detail}" if out.detail else ""))
+            where = f"step {seen[0]}/{total}" if total else f"step {seen[0]}"
+            info(f"{where} {mark}: {out.description}" + (f": {out.detail}" if out.detail else ""))
 
     return on_step
 
@@ -129,6 +134,8 @@ def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interact
 @click.option("--pin-stdin", is_flag=True, help="Read each key's PIN from a stdin line.")
 @click.option("--verify-only", multiple=True, metavar="SEL",
               help="The verify checks to run at the end (default: those for the steps done).")
+@click.option("--details", is_flag=True, help="Show the full plan (every step, what it changes, how it is "
+              "proven), not only the one-screen summary.")
 @pass_app
 def commission(app: AppContext, kind: str | None, user: str | None, luks_devices: tuple[str, ...],
                steps: tuple[str, ...], git_email: str | None, pam_origin: str | None, age_host_key: str | None,
@@ -136,7 +143,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                backup_nickname: str | None, no_backup: bool,
                primary_device: str | None, backup_device: str | None, unlock_key_file: str | None,
                pcrs: str | None, allow_unmeasured: bool, recovery_key_file: Path | None, new_pin_stdin: bool,
-               pin_stdin: bool, verify_only: tuple[str, ...]) -> None:
+               pin_stdin: bool, verify_only: tuple[str, ...], details: bool) -> None:
     """New-host wizard: enroll the key and a backup key everywhere, then prove it with verify.
 
     Shows the whole plan first (--dry-run stops there, --json prints it), asks to go ahead
@@ -156,44 +163,78 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
       yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_pin
+    from yktool.cli.prompts import read_new_pin
     from yktool.errors import UsageError
     from yktool.fido.session import check_new_pin
     from yktool.flows import commission as fc
+    from yktool.flows import validate
     from yktool.flows.ask import Asker
     from yktool.flows.keys import ring
+    from yktool.flows.state import FlowState
     from yktool.pam_u2f import default_origin
     from yktool.ssh.accounts import default_user
     from yktool.tpm import parse_pcrs
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
+    # An unfinished run on disk: resume it with its answers (a flag given now overrides its own
+    # answer only), or start over. Without a terminal it resumes, as it always did.
+    state = FlowState.load(host, fc.FLOW)
+    saved = fc.saved_answers(state)
+    resume_chosen = False
+    if saved is not None and asker.interactive:
+        resume_chosen = asker.select(fc.resume_question(state, host), None, ["resume", "start over"],
+                                     flag="--yes", default="resume") == "resume"
+        saved = saved if resume_chosen else None
+    s = saved
+    if s is not None:
+        kind = kind or s.host_kind
+        user = user or s.user
+        luks_devices = luks_devices or tuple(s.luks_devices)
+        steps = steps or tuple(s.steps)
+        git_email = git_email or s.git_email or None
+        pam_origin = pam_origin or s.pam_origin or None
+        age_host_key = age_host_key or s.age_host_key or None
+        age_file = age_file or s.age_file or None
+        age_identity = age_identity or s.age_identity or None
+        primary_nickname = primary_nickname or s.primary_nickname
+        no_backup = no_backup or not s.backup_nickname
+        backup_nickname = backup_nickname or s.backup_nickname or None
+        pcrs = pcrs or "+".join(map(str, s.pcrs))
+        unlock_key_file = unlock_key_file or s.unlock_key_file or None
+        verify_only = verify_only or tuple(s.verify_only)
+
     kind = asker.select("Host kind?", kind, fc.HOST_KINDS, flag="--kind",
                         default="nixos" if host.exists("/etc/NIXOS") else "linux")
-    user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user())
-    devices = list(luks_devices) or _split((asker.text(
-        "LUKS2 device(s) to enroll (space-separated; empty for none)?", None, flag="--luks-device", default=""),))
+    user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user(),
+                      check=validate.user(host))
+    inside = "" if str(host.root) == "/" else f" inside {host.root}"
+    devices = list(luks_devices) if luks_devices or s is not None else _split((asker.text(
+        f"LUKS2 device(s) to enroll, as the root sees them{inside} (space-separated; empty for none)?",
+        None, flag="--luks-device", default="", check=validate.luks_devices(host)),))
     # without a LUKS device the LUKS steps are not offered (named by --steps, answers.check explains)
     choices = [c for c in fc.STEP_KINDS if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
     chosen = asker.checkbox("Which steps?", _split(steps) or None, choices, flag="--steps")
     email = ""
     if "git" in chosen:
-        email = asker.text("Email for git signing?", git_email, flag="--git-email")
+        email = asker.text("Email for git signing?", git_email, flag="--git-email", check=validate.email)
     origin = ""
     if "pam" in chosen:
         origin = asker.text("pam_u2f origin (keep it stable: renaming the host must not break keys)?",
                             pam_origin, flag="--pam-origin", default=default_origin(host))
     host_key = agefile = ""
     if kind == "nixos" and "pam" in chosen:
-        host_key = asker.text("The host's SSH public key (agenix recipient), inside the root?", age_host_key,
-                              flag="--age-host-key", default="/etc/ssh/ssh_host_ed25519_key.pub")
+        host_key = asker.text(f"The host's SSH public key (agenix recipient), as the root sees it{inside}?",
+                              age_host_key, flag="--age-host-key", default="/etc/ssh/ssh_host_ed25519_key.pub",
+                              check=validate.root_file(host))
         agefile = asker.text("Where does the age-encrypted authfile go (your flake's secrets/)?", age_file,
                              flag="--age-file", default="secrets/yubikey-auth.age")
         agefile = str(Path(agefile).absolute())
     primary = asker.text("Nickname of the first key?", primary_nickname, flag="--primary-nickname",
-                         default="primary")
+                         default="primary", check=validate.nickname())
     backup = "" if no_backup else asker.text("Nickname of the backup key?", backup_nickname,
-                                              flag="--backup-nickname", default="backup")
+                                              flag="--backup-nickname", default="backup",
+                                              check=validate.nickname(primary))
     answers = fc.CommissionAnswers(
         host_kind=kind, user=user, luks_devices=devices, steps=chosen, git_email=email, pam_origin=origin,
         age_host_key=host_key, age_file=agefile,
@@ -204,11 +245,9 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
 
     def new_pin(role: str) -> str:
         prompt = f"New PIN for the {role} key ({answers.nickname(role)}; it has none yet)"
-        pin = read_pin(prompt, from_stdin=new_pin_stdin, new=True)
-        check_new_pin(pin)
-        return pin
+        return read_new_pin(prompt, from_stdin=new_pin_stdin, check=check_new_pin)
 
-    swap_device = {"primary": primary_device, "backup": backup_device}
+    swap_device = {"primary": primary_device or app.device, "backup": backup_device}
 
     def on_swap(role: str) -> None:
         spec = swap_device.get(role) or "auto"
@@ -221,26 +260,64 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
                          tcti=app.tpm, allow_unmeasured=allow_unmeasured)
     nicknames = {"primary": primary, "backup": backup}
-    with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap) as keys:
-        flow, flow_steps, plan = fc.prepare(host, answers, keys, io)
+    # other answers than the unfinished run's (a flag, or "start over"): every step is checked again
+    restart = state.resuming and answers.to_json() != state.answers or (state.resuming and not resume_chosen
+                                                                        and asker.interactive)
+    with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap,
+              _wrong_pin_handler(asker, pin_stdin)) as keys:
+        flow, flow_steps, plan = fc.prepare(host, answers, keys, io, restart=restart)
         if app.dry_run:
+            if not app.json:
+                info("\n".join(fc.summary(flow, flow_steps)))
             show_plan(plan, app.json)
             return
-        if not app.json:
-            show_plan(plan, False)
         todo = fc.pending(flow, flow_steps)
+        if not app.json:
+            _show_summary(app, asker, flow, flow_steps, plan, details=details and bool(todo),
+                          resumed=resume_chosen and not restart)
         if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
                 and not sys.stderr.isatty():
             raise UsageError("the recovery key is shown once on the terminal, and there is none",
                              "pass --recovery-key-file PATH (it is written there with mode 0600)")
-        if todo and not asker.confirm("Go ahead?", yes=app.yes):
+        # "resume" was the go-ahead: a resumed run asks nothing that was answered already
+        if todo and not (resume_chosen and not restart) and not asker.confirm("Go ahead?", yes=app.yes):
             from yktool.errors import Refused
 
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fc.execute(flow, flow_steps, _step_printer(app))
-    _render_report(app, report, plan)
+        report = fc.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
+    _render_report(app, report, plan, fc.next_steps(flow, report))
     if not report.verify_ok:
         sys.exit(1)
+
+
+def _show_summary(app: AppContext, asker: Any, flow: Any, steps: list[Any], plan: Any, *, details: bool,
+                  resumed: bool) -> None:
+    """The one-screen summary on stderr; the full plan with --details, or when the person asks."""
+    from yktool.flows import commission as fc
+
+    info("\n".join(fc.summary(flow, steps)))
+    if not fc.pending(flow, steps):
+        return
+    if details or (asker.interactive and not resumed
+                   and asker.confirm("Show the full plan?", yes=False, default=False)):
+        info(plan.render())
+
+
+def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
+    """A wrong PIN on a terminal: say how many attempts are left and ask again; from 3 left on,
+    first say that the key will block, and go on only when the person says so."""
+    def again(role: str, retries: int | None) -> bool:
+        if not asker.interactive or pin_stdin:
+            return False
+        left = f"{retries} attempts left" if retries is not None else "attempts left unknown"
+        info(f"wrong PIN for the {role} key ({left})")
+        if retries is not None and retries <= 3:
+            return bool(asker.confirm(
+                f"After {retries} more wrong PINs the key blocks its PIN for good (only a reset, "
+                "which wipes the key, makes it usable again). Try again?", yes=False, default=False))
+        return True
+
+    return again
 
 
 def _render_counts(counts: dict[str, Any]) -> str:
@@ -249,28 +326,44 @@ def _render_counts(counts: dict[str, Any]) -> str:
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any, plan: Any) -> None:
+def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None) -> None:
+    """The one ending: verify on what this run owns, the other layers' results apart (they do not
+    fail the run), the counts, and "Next steps" with exactly what is left for the person."""
     if app.json:
         from yktool.cli.verify import split_fix
 
         data = report.to_json()
         for check in data.get("verify", []):  # each fix split as verify --json splits it
             check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
-        emit_json({**data, "plan": plan.to_json()})
+        emit_json({**data, "plan": plan.to_json(), "next_steps": list(next_steps or [])})
         return
     for note in report.notes:
         click.echo(note)
-    if report.results:
-        click.echo("verify:")
-        for r in report.results:
+
+    def show(results: list[Any]) -> None:
+        for r in results:
             click.echo(f"  {r.status.upper():<4}  {r.id:<24} {r.title}")
             if r.status in ("fail", "warn") and r.reason:
                 click.echo(f"        {r.reason}")
                 if r.fix:
                     click.echo(f"        fix: {r.fix}")
-    if report.nothing_to_do:
-        click.echo("commission: already complete; nothing changed")
+
+    ours = [r for r in report.results if r.id in report.owned]
+    if ours:
+        click.echo("verify (what this run enrolled):")
+        show(ours)
+    if report.not_ours:
+        click.echo("not part of this run (other layers: listed, they do not fail the run):")
+        show(report.not_ours)
     click.echo(f"touches and PIN entries: {_render_counts(report.counts)}")
+    if report.nothing_to_do:
+        click.echo("commission: finished earlier; nothing left to do (verify ran again)")
+    if next_steps:
+        click.echo("Next steps (for you):")
+        for n, item in enumerate(next_steps, 1):
+            click.echo(f"  {n}. {item}")
+    elif report.verify_ok:
+        click.echo("Next steps: none. Every step of this run is done and proven.")
 
 
 @click.command("replace")
@@ -333,7 +426,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
       yktool --yes replace --lost primary --force --confirm primary   # revoke only, alice loses SSH
     """
     from yktool.cli.output import show_plan
-    from yktool.cli.prompts import read_pin
+    from yktool.cli.prompts import read_new_pin
     from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
     from yktool.flows import replace as fr
@@ -357,9 +450,8 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
         specs["new"] = new_device
 
     def new_pin(role: str) -> str:
-        pin = read_pin("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin, new=True)
-        check_new_pin(pin)
-        return pin
+        return read_new_pin("New PIN for the new key (it has none yet)", from_stdin=new_pin_stdin,
+                            check=check_new_pin)
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
@@ -369,7 +461,8 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
     nicknames = {r: "" for r in present_roles}
     age = fr.ReplaceAnswers(age_host_keys=list(age_host_keys),
                             age_identity=str(Path(age_identity).absolute()) if age_identity else "")
-    with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap) as keys:
+    with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap,
+              _wrong_pin_handler(asker, pin_stdin)) as keys:
         found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices),
                         fr.age_target_for(host, age))
         fr.check_safe(found)
@@ -391,6 +484,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
         if new_device:
+            fr.check_new_nickname(host, names, nick)
             fr.check_new_key(found, nick)
         answers = fr.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -47,6 +47,27 @@ def read_pin(prompt: str, *, from_stdin: bool = False, new: bool = False) -> str
         return raw.decode("utf-8")
     except UnicodeDecodeError:  # its message would carry none of the PIN, but a traceback is no answer
         raise UsageError("the PIN is not valid UTF-8", "type the PIN again") from None
+
+
+def read_new_pin(prompt: str, *, from_stdin: bool = False, check: Callable[[str], None] | None = None) -> str:
+    """A new PIN: typed twice on a terminal, and asked again (saying why) while the two entries
+    differ or `check` refuses it; from stdin one line, and an error ends the run."""
+    if from_stdin or not sys.stdin.isatty():
+        pin = read_pin(prompt, from_stdin=True)
+        if check is not None:
+            check(pin)
+        return pin
+    while True:
+        first = read_pin(prompt)
+        if check is not None:
+            try:
+                check(first)
+            except UsageError as exc:
+                click.echo(f"{exc.message}: type another", err=True)
+                continue
+        if read_pin(f"{prompt} (again)") == first:
+            return first
+        click.echo("the two entries differ: type the new PIN again (twice)", err=True)
 
 
 @contextmanager

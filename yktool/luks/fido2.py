@@ -115,9 +115,11 @@ def _fault(point: str) -> None:
 
 
 # ------------------------------------------------------------------------------ the key's answer
-def derive_passphrase(session: KeySession, token: Fido2Token) -> bytes:
+def derive_passphrase(session: KeySession, token: Fido2Token, *, silent: bool = False) -> bytes:
     """The passphrase of `token`'s keyslot, through the key: one touch when the token wants
     presence, the PIN (asked through the session's interaction) when it wants PIN or UV.
+    `silent` asks without presence (up=false, no touch): the hmac-secret output depends on UV
+    only, never on UP, so the passphrase is the one an unlock with a touch derives.
 
     Raises NotThisKey when the key did not make the credential, PinInvalid etc. from the key.
     """
@@ -128,7 +130,7 @@ def derive_passphrase(session: KeySession, token: Fido2Token) -> bytes:
                          "the token is damaged; enroll the key again")
     uses_pin = token.pin_required or token.uv_required
     assertion = session.get_assertion(token.rp or RP_ID, ZERO_CLIENT_DATA_HASH, allow=[credential],
-                                      up=token.up_required, uv=uses_pin, hmac_salt=salt)
+                                      up=token.up_required and not silent, uv=uses_pin, hmac_salt=salt)
     if assertion.hmac_output is None:
         raise ToolFailed("the key gave no hmac-secret output", "the credential was made without hmac-secret")
     return passphrase_from_output(assertion.hmac_output)
@@ -434,8 +436,8 @@ def plan_enroll_fido2(host: Host, device: str | PurePosixPath, spec: str, option
                   touches=[f"key {spec}"], verify="cryptsetup --test-passphrase; a silent probe of each FIDO2 token",
                   action=lambda: _check(host, device, op)))
     if backend == "native":
-        plan.add(Step("enroll", "make a credential on the key (rp io.systemd.cryptsetup, hmac-secret) and "
-                      "derive the slot's passphrase from a fresh 32-byte salt",
+        plan.add(Step("enroll", "make a credential on the key (rp io.systemd.cryptsetup, hmac-secret; one touch) "
+                      "and derive the slot's passphrase from a fresh 32-byte salt (silently)",
                       touches=[f"key {spec}"], verify="the key answers with a 32-byte hmac-secret output",
                       action=lambda: _make_secret(op)))
         plan.add(Step("keyslot", "add a keyslot with that passphrase (pbkdf2, minimal iterations, as systemd)",
@@ -537,7 +539,8 @@ def _make_secret(op: Fido2Enrollment) -> None:
     slot_token = Fido2Token(id=-1, type=TOKEN_TYPE, keyslots=[], raw={}, credential=b64(credential.credential_id),
                             salt=b64(salt), rp=RP_ID, pin_required=bool(op.pin_flag), up_required=op.options.up,
                             uv_required=op.options.uv)
-    op._passphrase = derive_passphrase(session, slot_token)
+    # the credential was just touched into being: read its secret silently (one touch, not two)
+    op._passphrase = derive_passphrase(session, slot_token, silent=True)
     op.credential = slot_token.credential
     op.pending_token = token_json(credential.credential_id, salt, 0, pin=bool(op.pin_flag), up=op.options.up,
                                   uv=op.options.uv)

@@ -27,6 +27,7 @@ from yktool.plan import Plan
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
+from .touched import commission_files, refuse_links
 
 FLOW = "commission"
 HOST_KINDS = ("linux", "nixos")
@@ -639,6 +640,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
         state.done = []  # in memory, as `begin` will write it: the summary counts what is left
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
+    refuse_links(host, commission_files(flow))  # a user's link: refused before any step acts
     steps = flow.build_steps()
     for role in answers.roles:
         # a key whose steps are not all done gets its PIN step again on a resumed run: a wrong PIN

@@ -46,6 +46,7 @@ from yktool.ssh.keys import FLAG_USER_VERIFICATION
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
+from .touched import refuse_links, replace_files
 
 FLOW = "replace"
 LUKS_RP = "io.systemd.cryptsetup"
@@ -598,6 +599,7 @@ class Replace:
         it with --force: a stolen key must be cut off now even when no replacement is at hand —
         the finder keeping SSH access is the worse outcome, and the person decides it, typing
         the key's name, with the plan saying who loses what."""
+        refuse_links(self.host, replace_files(self))  # a user's link: refused before any step acts
         found = losses(self.host, self.removal())
         luks = [x for x in found if x.area == "luks"]
         if luks:

@@ -19,6 +19,49 @@ pytest_plugins = [
     "tests.fixtures.differential",
 ]
 
+# tests/vm runs only inside the VM that scripts/test-vm boots (a real kernel: /dev/uhid,
+# dm-crypt, a kernel TPM). The plain run (`pytest tests`) does not collect it; naming it
+# (`pytest tests/vm`) outside that VM is refused, never skipped into a green run.
+VM_TIER = Path(__file__).resolve().parent / "vm"
+
+
+def _names_vm_tier(config: pytest.Config) -> bool:
+    base = config.invocation_params.dir
+    for arg in config.args:
+        path = (base / arg.split("::")[0]).resolve()
+        if path == VM_TIER or VM_TIER in path.parents:
+            return True
+    return False
+
+
+def in_vm_tier() -> bool:
+    """Inside scripts/test-vm's guest: its marker, and a kernel booted by virtme-ng."""
+    try:
+        cmdline = Path("/proc/cmdline").read_text()
+    except OSError:
+        return False
+    return os.environ.get("YKTOOL_VM_TIER") == "1" and "virtme" in cmdline
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path == VM_TIER and not _names_vm_tier(config):
+        return True
+    return None
+
+
+VM_ONLY = ("tests/vm runs only inside the VM that scripts/test-vm boots (it maps disks, loads "
+           "kernel modules and drives the kernel TPM): run scripts/test-vm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _names_vm_tier(config) and not in_vm_tier():
+        raise pytest.UsageError(VM_ONLY)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not in_vm_tier() and any(VM_TIER in Path(item.path).parents for item in items):
+        pytest.exit(VM_ONLY, returncode=pytest.ExitCode.USAGE_ERROR)
+
 
 @dataclass
 class CliResult:

@@ -184,3 +184,26 @@ def test_replug_helper(sim_key: SimKey, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         replug(f"sim:{tmp_path / 'missing.json'}")  # replug does not invent a key
     assert not (tmp_path / "missing.json").exists()
+
+
+def test_stale_hid_reports_another_program_caused_are_dropped_before_our_next_call() -> None:
+    """hidraw hands each input report to every open handle: what libfido2's conversation left on
+    ours is read away (without blocking), so python-fido2 does not take it for a broken channel."""
+    import os
+    from types import SimpleNamespace
+
+    r, w = os.pipe()
+    try:
+        for _ in range(3):
+            os.write(w, b"\x01" * 64)
+        device = SimpleNamespace(_connection=SimpleNamespace(handle=r, descriptor=SimpleNamespace(report_size_in=64)))
+        assert devices.discard_stale_reports(device) == 3  # type: ignore[arg-type]
+        assert devices.discard_stale_reports(device) == 0  # type: ignore[arg-type]
+        assert os.get_blocking(r)  # the handle blocks again for python-fido2's reads
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_software_key_has_no_stale_reports(sim_device: SimDevices) -> None:
+    assert devices.discard_stale_reports(sim_device("a")) == 0

@@ -155,16 +155,17 @@ def test_module_evaluates_to_the_nixos_option_paths_and_types(scratch: Path, cli
     assert values["age.secrets.yubikey-auth.mode"] == "0400"  # no screen locker in this root
     opts = values[f"boot.initrd.luks.devices.{name}.crypttabExtraOpts"]
     assert opts == ["fido2-device=auto", "tpm2-device=auto"] and all("\n" not in o for o in opts)
-    # one lock program, one removal rule per key, by serial
+    # one lock program, two removal rules per key (its USB device, its HID device), by serial
     rules = values["services.udev.extraRules"]
     remove_lines = [ln for ln in rules.splitlines() if ln.startswith('ACTION=="remove"')]
-    assert len(remove_lines) == 2
-    assert rules.count("/nix/store/00000000000000000000000000000000-yktool-lock ") == 2
+    assert len(remove_lines) == 4
+    assert rules.count("/nix/store/00000000000000000000000000000000-yktool-lock ") == 4
     assert out.read_text().count("pkgs.writeShellScript") == 1
     serials = usb_serials(host)
     assert len(set(serials.values())) == 2
     for nick, serial in serials.items():
         assert sum(f'ENV{{ID_SERIAL_SHORT}}=="{serial}"' in ln for ln in remove_lines) == 1, nick
+        assert sum(f'ENV{{HID_UNIQ}}=="{serial}"' in ln and 'SUBSYSTEM=="hid"' in ln for ln in remove_lines) == 1, nick
     usbguard = values["services.usbguard.rules"]
     assert [ln for ln in usbguard.splitlines() if ln.startswith("allow ")] == \
         [next(str(e["rule"]) for k, e in Registry.load(host).enrollments("usbguard") if k.nickname == nick)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,30 @@ def snapshot(root: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------ render
 def test_rule_matches_this_key_on_remove_and_runs_the_lock_program() -> None:
     rule = udev.render_rule(KEY, "primary")
-    line = next(ln for ln in rule.splitlines() if not ln.startswith("#"))
-    assert line.startswith('ACTION=="remove", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device"')
-    assert 'ENV{ID_VENDOR_ID}=="1050"' in line and 'ENV{ID_MODEL_ID}=="0407"' in line
-    assert 'ENV{ID_SERIAL_SHORT}=="123456"' in line
-    assert line.endswith('RUN+="/usr/local/libexec/yktool-lock 1050 0407 123456"')
-    assert "hyprlock" not in line and "swaylock" not in line  # never a locker as root from udev
+    usb_line, hid_line = (ln for ln in rule.splitlines() if not ln.startswith("#"))
+    assert usb_line.startswith('ACTION=="remove", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device"')
+    assert 'ENV{ID_VENDOR_ID}=="1050"' in usb_line and 'ENV{ID_MODEL_ID}=="0407"' in usb_line
+    assert 'ENV{ID_SERIAL_SHORT}=="123456"' in usb_line
+    # the HID device: the kernel's HID_ID (any bus, 8 upper-case hex digits each) and HID_UNIQ
+    assert hid_line.startswith('ACTION=="remove", SUBSYSTEM=="hid", ENV{HID_ID}=="*:00001050:00000407"')
+    assert 'ENV{HID_UNIQ}=="123456"' in hid_line
+    for line in (usb_line, hid_line):
+        assert line.endswith('RUN+="/usr/local/libexec/yktool-lock 1050 0407 123456"')
+        assert "hyprlock" not in line and "swaylock" not in line  # never a locker as root from udev
+    assert 'ENV{HID_ID}=="*:00001050:0000040A"' in udev.render_rule(udev.KeyUsb("1050", "040a"), "x")
     no_serial = udev.render_rule(udev.KeyUsb("1209", "0001"), "soft")
-    assert "ID_SERIAL_SHORT" not in no_serial and no_serial.rstrip().endswith('yktool-lock 1209 0001 -"')
+    assert "ENV{ID_SERIAL_SHORT}" not in no_serial and "ENV{HID_UNIQ}" not in no_serial
+    assert all(ln.endswith('yktool-lock 1209 0001 -"') for ln in no_serial.splitlines() if not ln.startswith("#"))
+    # verify reads both lines back as this key's
+    assert {(r.vendor, r.product, r.serial) for r in _parsed(rule)} == {("1050", "0407", "123456")}
+
+
+def _parsed(rules_text: str) -> list[udev.InstalledRule]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        Host(Path(d)).write_file(udev.RULE_PATH, rules_text)
+        return udev.installed_rules(Host(Path(d)))
 
 
 def _udev_parse_errors(rules_text: str, tmp_path: Path) -> tuple[str, str]:
@@ -65,6 +82,40 @@ def test_udev_accepts_the_rendered_rules(tmp_path: Path) -> None:
     # the same check notices a broken rule (so it is a real check)
     broken, _ = _udev_parse_errors(text.replace('RUN+="', 'RUN+ "', 1), tmp_path)
     assert broken, "udev should reject a broken key/value pair"
+
+
+def _udev_runs_on_hid_remove(rules_text: str, uniq: str, tmp_path: Path) -> list[str]:
+    """What the real udev rule engine would RUN for a HID device's remove event (1209:0001,
+    HID_UNIQ=uniq, no USB parent: the emulated key as the kernel shows it). `udevadm test` in a
+    private mount namespace, with the rules folder bound and a tmpfs sysfs branch holding the
+    device's uevent (SYSTEMD_DEVICE_VERIFY_SYSFS=0 lets sd-device read it there)."""
+    rules_dir = tmp_path / "rules-hid"
+    rules_dir.mkdir(exist_ok=True)
+    (rules_dir / "85-yktool-lock.rules").write_text(rules_text)
+    dev = "/sys/devices/virtual/misc/uhid/0003:1209:0001.0001"
+    uevent = ("DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\n"
+              f"HID_PHYS=yktool-emulate/1/0\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003g0001v00001209p00000001\n")
+    script = (f"set -e; mount --bind {rules_dir} /etc/udev/rules.d; mount -t tmpfs yktool-test /run; "
+              f"mount -t tmpfs yktool-test /sys/devices/virtual; mkdir -p {dev}; "
+              f"printf '{uevent}' > {dev}/uevent; ln -s /sys/bus/hid {dev}/subsystem; "
+              f"SYSTEMD_DEVICE_VERIFY_SYSFS=0 udevadm test --action=remove {dev}")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    out = p.stdout + p.stderr
+    assert f"HID_UNIQ={uniq}" in out and "SUBSYSTEM=hid" in out, out[-2000:]  # the event udev saw
+    return [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("run: '")]
+
+
+@pytest.mark.skipif(not shutil.which("udevadm") or not shutil.which("unshare"), reason="needs udevadm and unshare")
+def test_udev_runs_the_lock_program_for_this_keys_hid_removal_only(tmp_path: Path) -> None:
+    text = udev.merged_rules(None, "soft", udev.render_rule(udev.KeyUsb("1209", "0001", "SK1"), "soft"))
+    assert _udev_runs_on_hid_remove(text, "SK1", tmp_path) == ["/usr/local/libexec/yktool-lock 1209 0001 SK1"]
+    assert _udev_runs_on_hid_remove(text, "SK2", tmp_path) == []  # another key of the same model
+    # a key registered without a serial: any key of its model locks (the safe direction)
+    any_serial = udev.merged_rules(None, "soft", udev.render_rule(udev.KeyUsb("1209", "0001"), "soft"))
+    assert _udev_runs_on_hid_remove(any_serial, "SK2", tmp_path) == ["/usr/local/libexec/yktool-lock 1209 0001 -"]
+    # a YubiKey's rule does not fire for the software key
+    yubikey = udev.merged_rules(None, "primary", udev.render_rule(KEY, "primary"))
+    assert _udev_runs_on_hid_remove(yubikey, "123456", tmp_path) == []
 
 
 def test_nixos_module_parses_and_evaluates_to_the_same_rule_and_program(tmp_path: Path) -> None:
@@ -113,14 +164,16 @@ def fake_sysfs(tmp_path: Path, devices: list[tuple[str, str, str]]) -> Path:
     return sysfs
 
 
-def run_as_udev(program: Path, stub: Path, sysfs: Path, *args: str, action: str = "remove") -> tuple[int, float]:
+def run_as_udev(program: Path, stub: Path, sysfs: Path, *args: str, action: str = "remove",
+                debounce: str = "0.3") -> tuple[int, float]:
     # what udevd hands a RUN program: its own PATH and the event's properties, no session at all
     env = {"PATH": f"{stub}:/usr/sbin:/usr/bin:/sbin:/bin", "ACTION": action, "SUBSYSTEM": "usb",
            "DEVTYPE": "usb_device", "DEVPATH": "/devices/pci0000:00/0000:00:14.0/usb1/1-1",
            "ID_VENDOR_ID": "1050", "ID_MODEL_ID": "0407", "ID_SERIAL_SHORT": "123456", "SEQNUM": "4242"}
     start = time.monotonic()
-    p = subprocess.run([str(program), "--debounce", "0.3", "--sysfs", str(sysfs), *args], env=env,
-                       capture_output=True, timeout=20)
+    state = sysfs.parent / "run-yktool-lock"  # never this machine's /run
+    p = subprocess.run([str(program), "--debounce", debounce, "--sysfs", str(sysfs), "--state-dir", str(state),
+                        *args], env=env, capture_output=True, timeout=20)
     return p.returncode, time.monotonic() - start
 
 
@@ -162,6 +215,59 @@ def test_lock_program_ignores_non_remove_events_and_bad_usage(tmp_path: Path,
     assert not log.exists()
 
 
+def test_lock_program_sees_the_key_back_as_a_hid_device(tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    """A key with no USB parent (the emulated key) re-plugged inside the wait: not locked."""
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    dev = sysfs / "bus/hid/devices/0003:1209:0001.0002"
+    dev.mkdir(parents=True)
+    (dev / "uevent").write_text("DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\n"
+                                "HID_UNIQ=SK1\n")
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1209", "0001", "SK1")[0] == 0
+    assert not log.exists()
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1209", "0001", "SK2")[0] == 0  # another serial is not ours
+    assert log.read_text() == "lock-sessions\n"
+
+
+def test_lock_program_events_arriving_together_lock_once(tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    """One removal fires the USB and the HID rule (and a key with two HID interfaces, two HID
+    rules): started at the same instant, they share one wait and one lock."""
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    with ThreadPoolExecutor(4) as pool:
+        rcs = list(pool.map(lambda _: run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0], range(4)))
+    assert rcs == [0, 0, 0, 0]
+    assert log.read_text() == "lock-sessions\n"
+
+
+def test_lock_program_a_parents_event_after_the_childs_lock_does_not_lock_again(
+        tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    """udev runs the USB device's event only after its HID child's has finished: the second
+    run, right after the first locked, is the same removal. A removal later than the window
+    (a new one) locks again, and another key's removal is its own."""
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
+    assert log.read_text() == "lock-sessions\n"
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "654321")[0] == 0  # another key
+    assert log.read_text() == "lock-sessions\n" * 2
+    stamp = sysfs.parent / "run-yktool-lock" / "1050-0407-123456.locked"
+    stamp.write_text(f"{int(time.time()) - 6}\n")  # that lock was 6 s ago: past the 5 s window
+    assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
+    assert log.read_text() == "lock-sessions\n" * 3
+
+
+def test_lock_program_without_a_usable_state_folder_still_locks(tmp_path: Path,
+                                                                 loginctl_stub: tuple[Path, Path]) -> None:
+    bindir, log = loginctl_stub
+    sysfs = fake_sysfs(tmp_path, [])
+    (sysfs.parent / "run-yktool-lock").write_text("not a folder")
+    for _ in range(2):  # no dedupe without state: every removal locks (the safe direction)
+        assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
+    assert log.read_text() == "lock-sessions\n" * 2
+
+
 # ------------------------------------------------------------------------------------ install (CLI)
 def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: CliCall, root: Path,
                                                                           tmp_path: Path,
@@ -189,7 +295,7 @@ def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: C
     assert cli("--root", root, "udev", "install", "--nickname", "backup", "--vendor", "1209", "--product",
                "0001", "--serial", "SK2").exit_code == 0
     text = (root / udev.RULE_PATH.lstrip("/")).read_text()
-    assert text.count("ACTION==\"remove\"") == 2 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
+    assert text.count("ACTION==\"remove\"") == 4 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
     keys = cli("--root", root, "--json", "keys", "list")
     kinds = {(k["nickname"], e["kind"]) for k in json.loads(keys.stdout)["keys"] for e in k["enrollments"]}
     assert {("primary", "udev"), ("backup", "udev")} <= kinds

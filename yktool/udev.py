@@ -1,9 +1,12 @@
 """The removal-lock udev rule: render it for a key, install it (plain Linux) or print it (NixOS).
 
-The rule (template `udev/yktool-lock.rules.in`) matches *this* key on `ACTION=="remove"` by the
-udev database values `ID_VENDOR_ID`, `ID_MODEL_ID` and, where the key exposes one on USB, its
-serial (`ID_SERIAL_SHORT`), and runs the small lock program `udev/yktool-lock`, which waits out
-a re-enumeration and then locks every session through logind (`loginctl lock-sessions`).
+The rules (template `udev/yktool-lock.rules.in`) match *this* key on `ACTION=="remove"` twice:
+the USB device by the udev database values `ID_VENDOR_ID`, `ID_MODEL_ID` and, where the key
+exposes one on USB, its serial (`ID_SERIAL_SHORT`); and the HID device by `HID_ID`
+(bus:0000VVVV:0000PPPP) and `HID_UNIQ` (the serial), which a key with no USB parent (the
+emulated key) or no serial on USB also has. Both run the small lock program `udev/yktool-lock`,
+which locks once per removal: it waits out a re-enumeration and then locks every session through
+logind (`loginctl lock-sessions`).
 
 One rules file holds one block per key nickname (`# yktool-key: NAME`); installing again for the
 same nickname replaces that block, so re-runs change nothing.
@@ -121,10 +124,18 @@ def render_rule(key: KeyUsb, nickname: str, program: str = PROGRAM_PATH) -> str:
     _check_nick(nickname)
     template = (assets_dir() / "yktool-lock.rules.in").read_text()
     serial_match = f', ENV{{ID_SERIAL_SHORT}}=="{key.serial}"' if key.serial else ""
+    hid_serial_match = f', ENV{{HID_UNIQ}}=="{key.serial}"' if key.serial else ""
     return (template.replace("@NICKNAME@", nickname).replace("@NAME@", key.name or "unnamed key")
+            .replace("@HID_VENDOR@", hid_hex(key.vendor)).replace("@HID_PRODUCT@", hid_hex(key.product))
             .replace("@VENDOR@", key.vendor).replace("@PRODUCT@", key.product)
-            .replace("@SERIAL_MATCH@", serial_match).replace("@SERIAL_ARG@", key.serial or "-")
+            .replace("@SERIAL_MATCH@", serial_match).replace("@HID_SERIAL_MATCH@", hid_serial_match)
+            .replace("@SERIAL_ARG@", key.serial or "-")
             .replace("@PROGRAM@", program))
+
+
+def hid_hex(usb_hex4: str) -> str:
+    """A USB id as the kernel writes it into HID_ID: 8 upper-case hex digits (1050 -> 00001050)."""
+    return usb_hex4.upper().rjust(8, "0")
 
 
 HEADER = "# Written by `yktool udev install`: lock all sessions when a registered key is removed.\n"
@@ -260,7 +271,11 @@ def installed_rules(host: Host) -> list[InstalledRule]:
                 def env(k: str, s: str = s) -> str:
                     m = re.search(r'(?:ENV|ATTRS?)\{' + k + r'\}=="([^"]*)"', s)
                     return m.group(1) if m else ""
-                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor"),
-                                         env("ID_MODEL_ID") or env("idProduct"),
-                                         env("ID_SERIAL_SHORT") or env("serial")))
+                # the HID rule: HID_ID=="*:0000VVVV:0000PPPP" (the kernel's upper-case hex)
+                hid = re.fullmatch(r"[^:]*:0*([0-9A-Fa-f]{1,4}):0*([0-9A-Fa-f]{1,4})", env("HID_ID"))
+                hid_vendor, hid_product = (hid.group(1).lower().rjust(4, "0"),
+                                           hid.group(2).lower().rjust(4, "0")) if hid else ("", "")
+                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor") or hid_vendor,
+                                         env("ID_MODEL_ID") or env("idProduct") or hid_product,
+                                         env("ID_SERIAL_SHORT") or env("serial") or env("HID_UNIQ")))
     return out

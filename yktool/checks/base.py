@@ -10,8 +10,10 @@ YktoolError or OSError into a warn that names the reason.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -112,8 +114,7 @@ class CheckContext:
                 raise cached
             return cached  # type: ignore[return-value]
         try:
-            real = self.host.path(path)
-            text: str | None = real.read_bytes().decode("utf-8", "surrogateescape")
+            text: str | None = self._read_fd(path).decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             text = None
         except NotADirectoryError:
@@ -126,7 +127,7 @@ class CheckContext:
             err = Unreadable(path, "is a folder, not a file")
             self._cache[key] = err
             raise err from None
-        except UsageError as exc:  # a link climbing out of the root
+        except YktoolError as exc:  # a link climbing out of the root, a user's link, a swap
             err = Unreadable(path, exc.message)
             self._cache[key] = err
             raise err from None
@@ -136,6 +137,24 @@ class CheckContext:
             raise err from None
         self._cache[key] = text
         return text
+
+    def _read_fd(self, path: str) -> bytes:
+        """Read through Host's fd walk and on the fd it opened (O_NOFOLLOW at the last name):
+        resolving first and reading by path after would let a link swapped in between send root
+        through it. O_NONBLOCK: a FIFO put there never hangs verify."""
+        fd = self.host.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def exists(self, path: str) -> bool:
         try:

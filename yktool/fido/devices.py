@@ -155,6 +155,33 @@ def open_hid(path: str) -> CtapHidDevice:
                        "check `yktool key list` for the keys present") from None
 
 
+def discard_stale_reports(device: CtapDevice) -> int:
+    """Drop the input reports queued on our hidraw handle while another program (libfido2 in
+    systemd-cryptenroll, ssh-keygen) talked to the key; how many.
+
+    hidraw gives every input report to every open handle, and python-fido2 takes a leftover
+    report of another channel for a broken connection ("Wrong channel"). Not a HID key: 0.
+    """
+    connection = getattr(device, "_connection", None)
+    handle = getattr(connection, "handle", None)
+    if not isinstance(handle, int):
+        return 0
+    size = getattr(getattr(connection, "descriptor", None), "report_size_in", 64)
+    dropped = 0
+    os.set_blocking(handle, False)
+    try:
+        while True:
+            try:
+                if not os.read(handle, size):
+                    break
+            except BlockingIOError:
+                break
+            dropped += 1
+    finally:
+        os.set_blocking(handle, True)
+    return dropped
+
+
 HidLister = Callable[[], Iterable["CtapDevice"]]
 
 

@@ -615,8 +615,14 @@ def _systemd_enroll(host: Host, device: str | PurePosixPath, op: Fido2Enrollment
 
         fido2_device = _device_of(hid_spec(session.device))
     before = set(read_header(host, device).tokens)
-    run_systemd_enroll(host, device, fido2_device, op.unlock, pin, pin_flag=bool(op.pin_flag), up=op.options.up,
-                       uv=op.options.uv, algorithm=op.options.algorithm)
+    try:
+        run_systemd_enroll(host, device, fido2_device, op.unlock, pin, pin_flag=bool(op.pin_flag), up=op.options.up,
+                           uv=op.options.uv, algorithm=op.options.algorithm)
+    finally:
+        # systemd-cryptenroll's conversation with the key is queued on our handle too
+        from yktool.fido.devices import discard_stale_reports
+
+        discard_stale_reports(session.device)
     after = read_header(host, device)
     new = [t for t in after.tokens_of_type(TOKEN_TYPE) if t.id not in before and isinstance(t, Fido2Token)]
     if len(new) != 1:

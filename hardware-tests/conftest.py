@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fido2.client import UserInteraction
 from fido2.ctap2.pin import ClientPin
+
+from yktool.fido.interaction import KeyInteraction
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hwgate import (  # noqa: E402
+from hwgate import (
     Candidate,
     GateOptions,
     GateRefused,
@@ -151,7 +152,7 @@ def touch(pytestconfig: pytest.Config) -> Any:
     return say
 
 
-class Person(UserInteraction):
+class Person(KeyInteraction):
     """The person at the key: touches are announced past pytest's capture; the PIN is asked on
     the terminal once per run and kept in memory for the rest of it."""
 

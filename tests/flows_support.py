@@ -38,7 +38,7 @@ def root_host(scratch: Path) -> Host:
 def passphrase_opens(scratch: Path) -> bool:
     """The image's original passphrase still opens it (cryptsetup --test-passphrase)."""
     host = root_host(scratch)
-    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file",  # noqa: S607
+    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file",
                         str(host.path(PASSPHRASE)), str(host.path(IMAGE))], capture_output=True, check=False)
     return r.returncode == 0
 
@@ -86,7 +86,7 @@ def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) 
         signature = sign(session, key, "git", message)
     (tmp / "msg.sig").write_bytes(signature)
     signers = host.path("/home/alice/.ssh/allowed_signers")
-    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git",  # noqa: S607
+    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git",
                            "-s", str(tmp / "msg.sig")], input=message, capture_output=True, check=False)
 
 
@@ -162,9 +162,9 @@ def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedPro
            "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",
            "GIT_CONFIG_KEY_1": "gpg.ssh.program", "GIT_CONFIG_VALUE_1": str(tool)}
     if not repo.exists():
-        subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)  # noqa: S607
+        subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
     (repo / "file").write_text(f"signed by {key_spec}\n")
     for argv in (["git", "add", "file"], ["git", "commit", "-q", "-S", "-m", "signed"]):
-        subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)  # noqa: S603
-    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True,  # noqa: S607
+        subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)
+    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True,
                           check=False)

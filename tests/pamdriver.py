@@ -70,7 +70,7 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
     (pamd / "yktest").write_text(
         f"auth required pam_u2f.so authfile={authfile} manual debug origin={origin} {extra_args}\n")
     script = 'mount --bind "$1" /etc/pam.d && exec stdbuf -o0 pamtester yktest "$2" authenticate'
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],  # noqa: S603,S607
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[bytes] = []
     err: list[bytes] = []
@@ -139,7 +139,7 @@ def run_stack(tmp: Path, stack: str, user: str, timeout: float = 30) -> PamRun:
     pamd.mkdir(exist_ok=True)
     (pamd / "yktest").write_text(stack)
     script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest "$2" authenticate'
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],  # noqa: S603,S607
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
                           check=False)
     return PamRun(proc.returncode, proc.stdout, proc.stderr, [])

@@ -39,7 +39,7 @@ for line in sys.stdin:
 def ensure_sshd() -> Path:
     """The unpacked sshd, fetched now if missing (scripts/setup does it; a failure is an error)."""
     if not SSHD.exists():
-        subprocess.run([str(REPO / "scripts/fetch-sshd")], check=True)  # noqa: S603
+        subprocess.run([str(REPO / "scripts/fetch-sshd")], check=True)
     if not SSHD.exists():
         raise RuntimeError("scripts/fetch-sshd did not produce .venv/cache/openssh/usr/sbin/sshd")
     return SSHD
@@ -54,12 +54,12 @@ class SshdNamespace:
             (root / d).mkdir(parents=True, exist_ok=True)
         key = root / "etc/ssh/ssh_host_ed25519_key"
         if not key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],  # noqa: S603,S607
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
                            check=True)
         script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
                   'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
                   'exec "$2" -c "$3" "$4" "$5"')
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             ["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable, _SERVER, str(sshd), str(LIBS)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ})
 

@@ -95,7 +95,7 @@ def libpam_passes_without_a_credential(tmp: Path, stack: tuple[str, dict[str, st
         (pamd / name).write_text(text.replace("/etc/u2f_mappings", fix))
     before = pam_d_digest()
     script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate'
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd)],  # noqa: S603,S607
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd)],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False)
     assert pam_d_digest() == before
     return r.returncode == 0 and "successfully authenticated" in r.stdout + r.stderr
@@ -152,7 +152,7 @@ MODULES = ["pam_u2f.so authfile=/etc/u2f_mappings", "pam_deny.so", "pam_permit.s
 def _generated_stacks(count: int) -> list[tuple[str, dict[str, str]]]:
     import random
 
-    rng = random.Random(12)  # noqa: S311 - test data, not secrets
+    rng = random.Random(12)  # test data, not secrets
     out = []
     while len(out) < count:
         rules = [f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}" for _ in range(rng.randint(1, 4))]

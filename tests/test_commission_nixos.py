@@ -26,7 +26,7 @@ def test_nixos_commission_writes_the_agenix_secret_and_prints_nix(tmp_path: Path
     host = Host(root)
     build_root(host)
     host.write_file("/etc/NIXOS", "", 0o644)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host", "-f",  # noqa: S607
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host", "-f",
                     str(root / "etc/ssh/ssh_host_ed25519_key")], check=True)
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -42,7 +42,7 @@ def test_nixos_commission_writes_the_agenix_secret_and_prints_nix(tmp_path: Path
     # verify: only what the root already shows (PAM, udev and USBGuard come from the printed Nix)
     assert report["ok"] and {v["id"] for v in report["verify"]} == {"hw.registry.backup"}
     # the host decrypts its authfile with the real age: alice's line holds both keys
-    plain = subprocess.run(["age", "-d", "-i", str(root / "etc/ssh/ssh_host_ed25519_key"), str(age_file)],  # noqa: S607
+    plain = subprocess.run(["age", "-d", "-i", str(root / "etc/ssh/ssh_host_ed25519_key"), str(age_file)],
                            capture_output=True, check=True).stdout.decode()
     assert len(pu.Authfile.parse(plain).credentials_of("alice")) == 2
     # /etc untouched apart from the registry and the flow's state (NixOS generates it)

@@ -42,7 +42,7 @@ class Tmux:
         self.run("new-session", "-d", "-s", "w", "-x", str(width), "-y", str(height), command)
 
     def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,  # noqa: S607
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
                               check=False).stdout
 
     def screen(self) -> str:
@@ -206,7 +206,7 @@ def _wizard(base: Path, tmp_path: Path) -> None:
         assert "Next steps" in ending and "Store the recovery key offline" not in ending  # shown in run 1
         # every step proven by its consumer
         assert passphrase_opens(scratch)
-        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",  # noqa: S607
+        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",
                             str(root / str(IMAGE).lstrip("/"))], input=recovery.encode(),
                            capture_output=True, check=False)
         assert r.returncode == 0, r.stderr

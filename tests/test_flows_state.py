@@ -130,12 +130,11 @@ def test_keyring_reopening_a_key_counts_its_pin_entry_once(tmp_path: Path) -> No
     import contextlib
     from collections.abc import Iterator
 
-    from fido2.client import UserInteraction
-
+    from yktool.fido.interaction import KeyInteraction
     from yktool.fido.session import KeySession, open_session
     from yktool.flows.keys import ring
 
-    class Typist(UserInteraction):
+    class Typist(KeyInteraction):
         def __init__(self) -> None:
             self.pin: str | None = None
             self.pin_prompts = 0

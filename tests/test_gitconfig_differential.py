@@ -58,7 +58,7 @@ def config_files(draw: st.DrawFn) -> dict[str, str]:
 def _git(root: Path, args: list[str]) -> tuple[int, str, str]:
     env = {"PATH": os.environ["PATH"], "HOME": str(root / "home/alice"),
            "GIT_CONFIG_SYSTEM": str(root / "etc/gitconfig"), "GIT_CEILING_DIRECTORIES": str(root)}
-    proc = subprocess.run(["git", "config", *args], cwd=root / "work", env=env,  # noqa: S603,S607
+    proc = subprocess.run(["git", "config", *args], cwd=root / "work", env=env,
                           capture_output=True, text=True, timeout=10)
     return proc.returncode, proc.stdout.rstrip("\n"), proc.stderr
 

@@ -44,7 +44,7 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root = scratch / ROOT
         (root / "etc/NIXOS").write_text("")
         (root / "etc/ssh").mkdir(exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host",  # noqa: S607
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host",
                         "-f", str(root / HOST_KEY)], check=True)
         (scratch / "flake-src").mkdir()
         from click.testing import CliRunner
@@ -76,7 +76,7 @@ def scratch(commissioned: Path, tmp_path: Path) -> Path:
 
 
 def parse(path: Path) -> None:
-    r = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, check=False)  # noqa: S607
+    r = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
 
 
@@ -101,7 +101,7 @@ in {{ types = types out; values = plain out; }}
 
 def evaluate(module: Path, secret: str = "yubikey-auth") -> dict[str, Any]:  # noqa: S107 - a secret's name
     expr = EVAL.format(module=module, secret=secret)
-    r = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],  # noqa: S607
+    r = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     data: dict[str, Any] = json.loads(r.stdout)
@@ -264,7 +264,7 @@ def _host_page_tree(flake: Path, uuid: str, host_pub: str) -> None:
 
 
 def _decrypt(root: Path, path: Path) -> bytes:
-    return subprocess.run(["age", "-d", "-i", str(root / HOST_KEY), str(path)], capture_output=True,  # noqa: S607
+    return subprocess.run(["age", "-d", "-i", str(root / HOST_KEY), str(path)], capture_output=True,
                           check=True).stdout
 
 
@@ -276,7 +276,7 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     uuid = read_header(host, IMAGE).uuid
     host_pub = " ".join((root / (HOST_KEY + ".pub")).read_text().split()[:2])
     _host_page_tree(flake, uuid, host_pub)
-    subprocess.run(["git", "init", "-q", str(flake)], check=True)  # noqa: S607
+    subprocess.run(["git", "init", "-q", str(flake)], check=True)
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -313,10 +313,10 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     assert '+  "yubikey-auth".publicKeys = [ demo-host ];' in diff, diff
     patch = tmp_path / "secrets.diff"
     patch.write_text(diff)
-    subprocess.run(["patch", "-p1", "-i", str(patch)], cwd=flake, check=True, capture_output=True)  # noqa: S607
+    subprocess.run(["patch", "-p1", "-i", str(patch)], cwd=flake, check=True, capture_output=True)
     parse(flake / "nix-secrets/secrets/secrets.nix")
     # again: nothing changes, the age file is not re-encrypted, secrets.nix has the entry
-    subprocess.run(["git", "-C", str(flake), "add", "-A"], check=True)  # noqa: S607
+    subprocess.run(["git", "-C", str(flake), "add", "-A"], check=True)
     age_before = age_file.read_bytes()
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     report = json.loads(r.stdout)

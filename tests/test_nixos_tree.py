@@ -37,7 +37,7 @@ in rec {
 
 
 def nix_parses(text: str) -> bool:
-    return subprocess.run(["nix-instantiate", "--parse", "-E", text], capture_output=True,  # noqa: S607
+    return subprocess.run(["nix-instantiate", "--parse", "-E", text], capture_output=True,
                           check=False).returncode == 0
 
 
@@ -121,7 +121,7 @@ def test_secrets_nix_diff(tmp_path: Path, before: str, after: str) -> None:
     assert "+" + after in diff, diff
     patch = tmp_path / "d.diff"
     patch.write_text(diff)
-    subprocess.run(["patch", "-p1", "-i", str(patch)], cwd=tmp_path, check=True, capture_output=True)  # noqa: S607
+    subprocess.run(["patch", "-p1", "-i", str(patch)], cwd=tmp_path, check=True, capture_output=True)
     assert nix_parses(path.read_text())
     assert agenix.secrets_entry("yubikey-auth", recipient, path)[1] == ""  # applied: nothing more to do
 
@@ -206,7 +206,7 @@ def test_users_own_authfiles_give_pam_u2f_without_an_authfile_or_secret(tmp_path
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     expr = (f"(import {out} {{ config = {{ }}; lib = {{ }}; pkgs = {{ }}; }})")
-    got = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],  # noqa: S607
+    got = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
                          capture_output=True, text=True, check=True).stdout
     module = json.loads(got)
     assert "age" not in module

@@ -28,7 +28,7 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     build_root(host)
     host.write_file("/etc/NIXOS", "", 0o644)
     hostkey = root / "etc/ssh/ssh_host_ed25519_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)  # noqa: S607
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
     keys = tmp_path / "keys"
     keys.mkdir()
     age_file = tmp_path / "flake/secrets/yubikey-auth.age"
@@ -40,7 +40,7 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     assert r.exit_code == 0, r.output
 
     def creds() -> list[str]:
-        plain = subprocess.run(["age", "-d", "-i", str(hostkey), str(age_file)], capture_output=True,  # noqa: S607
+        plain = subprocess.run(["age", "-d", "-i", str(hostkey), str(age_file)], capture_output=True,
                                check=True).stdout.decode()
         return [c.key_handle for c in pu.Authfile.parse(plain).credentials_of("alice")]
 

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fido2.client import UserInteraction
 from fido2.ctap import CtapDevice
 from fido2.ctap2.pin import ClientPin
 
 from yktool.errors import NoDevice, NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, ToolFailed, UsageError
 from yktool.fido import open_device
+from yktool.fido.interaction import KeyInteraction
 from yktool.fido.session import (
     EDDSA,
     ES256,
@@ -32,7 +32,7 @@ RP = "io.systemd.cryptsetup"
 ZERO = b"\0" * 32
 
 
-class Recorder(UserInteraction):
+class Recorder(KeyInteraction):
     """A person at the keyboard: counts PIN requests and touch prompts."""
 
     def __init__(self, pin: str | None = PIN) -> None:

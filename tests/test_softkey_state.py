@@ -19,7 +19,7 @@ from fido2.ctap2 import ClientPin, Ctap2
 
 from tests.fixtures.fido import TEST_PIN, SimDevices, SimKey, presence_script
 from yktool.fido.softkey import SoftKey
-from yktool.fido.softkey_state import StateError, load_state
+from yktool.fido.softkey.state import StateError, load_state
 
 ERR = CtapError.ERR
 RP_ID = "example.com"

@@ -211,7 +211,7 @@ def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Pa
               'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
               'exec "$2" -m yktool --json verify --only ssh')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],  # noqa: S603,S607
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],
                           capture_output=True, text=True, env=env, timeout=120)
     checks = {c["id"]: c for c in json.loads(proc.stdout[proc.stdout.index("{"):])["checks"]}
     pw = checks["ssh.passwordauthentication"]
@@ -227,7 +227,7 @@ def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Pa
 def sshd_verdicts(ns: SshdNamespace, root: Path) -> dict[str, str] | None:
     """sshd's own verdict per ssh.* check for the root's users: fail when, for any user who can log
     in (root for PermitRootLogin) and any connection class the config distinguishes, sshd -T -C
-    prints a value the page does not allow; None when sshd refuses the configuration."""
+    prints a value the hardening checklist does not allow; None when sshd refuses the configuration."""
     ctx = CheckContext(Host(root))
     cfg = parse_config(ctx)
     conns = {user: connections(cfg, user)[:24] for user in login_users(ctx)}

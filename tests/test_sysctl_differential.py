@@ -42,7 +42,7 @@ def _cat_config(root: Path) -> str:
               'for d in etc/sysctl.d run/sysctl.d usr/local/lib/sysctl.d usr/lib/sysctl.d; do '
               'mount --bind "$1/$d" "/$d" || exit 1; done && mount --bind "$1/etc/sysctl.conf" /etc/sysctl.conf && '
               'exec "$2" --cat-config --no-pager')
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), SYSCTL],  # noqa: S603,S607
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), SYSCTL],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

@@ -36,7 +36,7 @@ def test_one_fail_exits_1_and_text_names_file_value_and_fix(cli: CliCall, harden
     out = res.stdout
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
     headings = re.findall(r"^Layer (\d):", out, re.M)
-    assert headings == ["7", "6", "5", "4", "3", "2", "1", "0"]  # the page's diagram order
+    assert headings == ["7", "6", "5", "4", "3", "2", "1", "0"]  # the checklist's layer order, 7 on top
     block = out[out.index("FAIL  ssh.maxauthtries"):]
     assert "MaxAuthTries is 6, want 3" in block
     assert "read /etc/ssh/sshd_config.d/10-hardening.conf:1: MaxAuthTries=6" in block

@@ -43,7 +43,7 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _start(procs: list[subprocess.Popen[bytes]], argv: list[str]) -> None:
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE)  # noqa: S603
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
     procs.append(p)
     assert p.stdout is not None
     if argv[-1] == RENAME:

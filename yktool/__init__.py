@@ -1,3 +1,5 @@
-"""yktool: enroll a FIDO2 security key and the TPM2 into every layer of a hardened Linux host."""
+"""yktool: enroll a FIDO2 security key and the TPM2 into every layer of a hardened Linux host.
 
-__version__ = "0.1.0"
+The version is written once, in pyproject.toml; `yktool --version` and the man page read it
+from the installed metadata (importlib.metadata.version("yktool")).
+"""

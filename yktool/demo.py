@@ -30,6 +30,7 @@ from typing import Any
 
 from yktool import swtpm
 from yktool.errors import ToolFailed
+from yktool.fido.interaction import KeyInteraction
 from yktool.host import Host
 from yktool.luks.header import read_header
 from yktool.luks.unlock import PCR_CHANGED, UnlockContext, test_tokens
@@ -222,8 +223,8 @@ def stage_measured_boot(ctx: DemoContext) -> None:
         ctx.report("measured boot", "PCRs 0 and 7 already measured")
 
 
-class DemoInteraction:
-    """python-fido2's UserInteraction for the software keys: the demo PIN, touches at once."""
+class DemoInteraction(KeyInteraction):
+    """The interaction for the software keys: the demo PIN, touches at once."""
 
     def __init__(self, pin: str) -> None:
         self._demo_pin = pin
@@ -265,7 +266,7 @@ def stage_commission(ctx: DemoContext) -> None:
 
     @contextlib.contextmanager
     def opener(role: str, spec: str | None) -> Iterator[KeySession]:
-        with open_session(spec or ctx.key_spec(role), DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+        with open_session(spec or ctx.key_spec(role), DemoInteraction(pin)) as session:
             yield session
 
     def show_recovery(device: str, key: bytes) -> str:

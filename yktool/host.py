@@ -25,7 +25,7 @@ import os
 import secrets
 import shutil
 import stat
-import subprocess  # noqa: S404 - the one command runner
+import subprocess  # the one command runner
 import tempfile
 import time
 from collections import deque
@@ -547,7 +547,7 @@ class Host:
             self.commands.append(final)
             finished = command_watcher(final) if command_watcher is not None else None
             try:
-                proc = subprocess.run(  # noqa: S603 - argv list, never a shell
+                proc = subprocess.run(  # argv list, never a shell
                     final,
                     input=input,
                     capture_output=True,

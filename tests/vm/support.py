@@ -183,9 +183,9 @@ def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 12
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(w, 1)
             os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
-            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the child's own, until os._exit
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stdin = open(0, closefd=False)  # the child's own, until os._exit
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             from yktool.cli import main_group
@@ -194,7 +194,7 @@ def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 12
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: B036 - the child must never return into pytest
+        except BaseException:  # noqa: B036, BLE001 - the child must never return into pytest
             traceback.print_exc()
         finally:
             with suppress(Exception):

@@ -1,10 +1,10 @@
-"""`yktool verify`'s checks: the host page's checklist and tables, one check per item.
+"""`yktool verify`'s checks: the hardening checklist and its tables (docs/verify.md), one check per item.
 
     from yktool.checks import run_checks, CheckContext
     results = run_checks(CheckContext(Host(root)), only=["sysctl", "2"], skip=["boot.sbctl"])
 
 Each check has a stable id (`sysctl.kernel.kptr_restrict`, `boot.luks.fido2`, …) and a layer
-0–7 as on the page's diagram. `only`/`skip` take ids, id prefixes (`sysctl`, `ssh`) or layers
+0–7 as in the checklist's layers. `only`/`skip` take ids, id prefixes (`sysctl`, `ssh`) or layers
 (`3`, `layer3`). Checks only read; none needs tpm2-pytss, ykman or python-fido2.
 """
 

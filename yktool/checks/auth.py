@@ -1,4 +1,4 @@
-"""Layer 3: user authentication — pam_u2f on the page's services, the SSH server table, sk keys."""
+"""Layer 3: user authentication — pam_u2f on the checklist's services, the SSH server table, sk keys."""
 
 from __future__ import annotations
 
@@ -6,81 +6,80 @@ import os
 import re
 from collections.abc import Callable
 
-from yktool.checks.base import CheckContext, R, Result, Unreadable, register
+from yktool.checks.base import CheckContext, CheckFunc, Result, Unreadable, Verdict, register
 from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.pam_config import PamLine, PamService, key_required
 
-# The page: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
+# The hardening checklist: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
 PAM_SERVICES = (("sudo", False), ("login", False), ("greetd", False), ("hyprlock", False))
 STRONG_CONTROLS = ("required", "requisite")
 
 
-def _pam_check(service: str, always: bool) -> Callable[[CheckContext], Result]:
-    cid = f"pam.{service}"
-
-    def run(ctx: CheckContext) -> Result:
+def _pam_check(service: str, always: bool) -> CheckFunc:
+    def run(ctx: CheckContext, verdict: Verdict) -> Result:
         from yktool.pam_config import parse_service
 
-        r = R(cid)
         svc = parse_service(ctx.host, service)
         if not svc.exists:
-            r.ev(f"/etc/pam.d/{service}", "absent")
+            verdict.add_evidence(f"/etc/pam.d/{service}", "absent")
             if always:
-                return r.fail(f"no PAM service {service}")
-            return r.na(f"{service} is not installed (no /etc/pam.d/{service})")
+                return verdict.fail(f"no PAM service {service}")
+            return verdict.not_applicable(f"{service} is not installed (no /etc/pam.d/{service})")
         unreadable = [p for p in svc.problems if "cannot read" in p]
         u2f = svc.u2f_lines
         if not u2f:
             if unreadable:
-                r.ev(svc.path or service, "unreadable", note=unreadable[0])
+                verdict.add_evidence(svc.path or service, "unreadable", note=unreadable[0])
                 if "permission denied" in unreadable[0] and not ctx.privileged:
-                    return r.needs_root(unreadable[0])
-                return r.warn(unreadable[0])
-            r.ev(svc.path or service, "no pam_u2f in the auth stack", "auth")
-            return r.fail(f"{service} does not ask for the key (no pam_u2f)")
+                    return verdict.needs_root(unreadable[0])
+                return verdict.warn(unreadable[0])
+            verdict.add_evidence(svc.path or service, "no pam_u2f in the auth stack", "auth")
+            return verdict.fail(f"{service} does not ask for the key (no pam_u2f)")
         first = u2f[0]
         opts = first.options
-        r.ev(first.line.where, first.line.raw, "auth")
+        verdict.add_evidence(first.line.where, first.line.raw, "auth")
         searched = _module_missing(ctx, first.line.module)
         if searched:
-            r.ev(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent", first.line.module)
+            verdict.add_evidence(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent",
+                                 first.line.module)
             if first.line.ignore_missing:
                 # `-auth` only keeps the missing module out of the log: libpam still runs the rule,
                 # which answers MODULE_UNKNOWN (never a touch)
-                return r.fail(f"{first.line.module} is not installed (`-auth` only silences libpam's log): the "
-                              f"rule answers MODULE_UNKNOWN, {service} never asks for the key",
-                              "install pam_u2f (Debian: apt install libpam-u2f)")
-            return r.fail(f"{first.line.module} is not installed: every {service} authentication fails",
-                          "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
+                return verdict.fail(f"{first.line.module} is not installed (`-auth` only silences libpam's log): the "
+                                    f"rule answers MODULE_UNKNOWN, {service} never asks for the key",
+                                    "install pam_u2f (Debian: apt install libpam-u2f)")
+            return verdict.fail(f"{first.line.module} is not installed: every {service} authentication fails",
+                                "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
         if opts.alwaysok:
-            r.ev(first.line.where, "present", "alwaysok")
-            return r.fail(f"pam_u2f in {service} has `alwaysok`: everyone passes it without a key",
-                          "remove alwaysok from the pam_u2f line")
+            verdict.add_evidence(first.line.where, "present", "alwaysok")
+            return verdict.fail(f"pam_u2f in {service} has `alwaysok`: everyone passes it without a key",
+                                "remove alwaysok from the pam_u2f line")
         if opts.nouserok:
-            r.ev(first.line.where, "present", "nouserok")
-            return r.fail(f"pam_u2f in {service} has `nouserok`: a user with no registered key "
-                          "(or an unreadable authfile) passes it without a touch",
-                          "register every user's keys, then remove nouserok  |  NixOS: drop "
-                          "security.pam.u2f.settings.nouserok")
+            verdict.add_evidence(first.line.where, "present", "nouserok")
+            return verdict.fail(f"pam_u2f in {service} has `nouserok`: a user with no registered key "
+                                "(or an unreadable authfile) passes it without a touch",
+                                "register every user's keys, then remove nouserok  |  NixOS: drop "
+                                "security.pam.u2f.settings.nouserok")
         if not opts.cue:
-            r.ev(first.line.where, "absent", "cue")
-            return r.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
-                          "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
-        missing = _authfile_missing(ctx, r, opts.authfile, expand=opts.expand)
+            verdict.add_evidence(first.line.where, "absent", "cue")
+            return verdict.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
+                                "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
+        missing = _authfile_missing(ctx, verdict, opts.authfile, expand=opts.expand)
         if missing:
-            return r.fail(missing, "register the keys: yktool pam register --user USER "
-                          f"--authfile {opts.authfile or '~'}")
+            return verdict.fail(missing, "register the keys: yktool pam register --user USER "
+                                f"--authfile {opts.authfile or '~'}")
         if svc.runs_as_user and opts.authfile and ctx.exists(opts.authfile):
             # a screen locker runs pam_u2f as the user: a root-only authfile never unlocks
             mode = ctx.host.path(opts.authfile).stat().st_mode & 0o777
-            r.ev(opts.authfile, f"{mode:04o}", "mode")
+            verdict.add_evidence(opts.authfile, f"{mode:04o}", "mode")
             if not mode & 0o004:
-                return r.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
-                              f"(mode {mode:04o}): the screen never unlocks with the key",
-                              f"chmod 0644 {opts.authfile}  |  NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
-        return _without_key(ctx, r, svc, first.line)
+                return verdict.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
+                                    f"(mode {mode:04o}): the screen never unlocks with the key",
+                                    f"chmod 0644 {opts.authfile}  |  "
+                                    "NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
+        return _without_key(ctx, verdict, svc, first.line)
 
     return run
 
@@ -122,7 +121,7 @@ def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]
     return results
 
 
-def _without_key(ctx: CheckContext, r: R, svc: PamService, u2f: PamLine) -> Result:
+def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
     from yktool import pam_dispatch
@@ -132,42 +131,42 @@ def _without_key(ctx: CheckContext, r: R, svc: PamService, u2f: PamLine) -> Resu
     try:
         with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx))
         if with_key is None:
-            r.ev(svc.path or service, "no way through", "auth", "even with the key and the password")
-            return r.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
-                          "(libpam's reading): everyone is locked out", "fix the stack before anyone logs out; "
-                          "`pamtester SERVICE USER authenticate` shows libpam's verdict")
+            verdict.add_evidence(svc.path or service, "no way through", "auth", "even with the key and the password")
+            return verdict.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
+                                "(libpam's reading): everyone is locked out", "fix the stack before anyone logs out; "
+                                "`pamtester SERVICE USER authenticate` shows libpam's verdict")
         anyone = pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=True))
         path = anyone or pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=False))
     except pam_dispatch.TooManyPaths:
-        return r.warn(f"{service}'s auth stack has too many branches to follow: cannot tell whether the key "
-                      "is required", "simplify the stack")
+        return verdict.warn(f"{service}'s auth stack has too many branches to follow: cannot tell whether the key "
+                            "is required", "simplify the stack")
     if path is None:
-        return r.ok()
+        return verdict.ok()
     ran_u2f = any(step.line is u2f for step in path)
     # the rule whose success ended the stack or jumped over pam_u2f
     bypass = next((st.line for st in path if st.result == "success" and st.line.module_name != "pam_u2f"
                    and (st.action == "done" or st.action.isdigit())), None)
     trail = " -> ".join(f"{st.line.module_name or st.line.raw} {st.result}" for st in path)
-    r.ev(svc.path or service, trail, "auth", "a way through without the key")
+    verdict.add_evidence(svc.path or service, trail, "auth", "a way through without the key")
     if not ran_u2f and bypass is not None:
-        r.ev(bypass.where, bypass.raw, "auth", "before pam_u2f")
+        verdict.add_evidence(bypass.where, bypass.raw, "auth", "before pam_u2f")
         if anyone:
-            return r.fail(f"{bypass.where}: `{bypass.control} {bypass.module_name}` ends {service}'s authentication "
-                          "before pam_u2f: anyone gets in", "remove that rule")
-        return r.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
-                      "authentication before pam_u2f is asked (no touch required)",
-                      "put pam_u2f first, or make the earlier rule `required`")
+            return verdict.fail(f"{bypass.where}: `{bypass.control} {bypass.module_name}` ends {service}'s "
+                                "authentication before pam_u2f: anyone gets in", "remove that rule")
+        return verdict.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
+                            "authentication before pam_u2f is asked (no touch required)",
+                            "put pam_u2f first, or make the earlier rule `required`")
     if anyone:
-        return r.fail(f"{service} lets anyone in without the key ({trail}): anyone gets in",
-                      "make pam_u2f `required` and remove the rules that let everyone through")
+        return verdict.fail(f"{service} lets anyone in without the key ({trail}): anyone gets in",
+                            "make pam_u2f `required` and remove the rules that let everyone through")
     if u2f.control.lower() == "sufficient":
-        return r.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
-                      "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+        return verdict.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
+                            "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
     if not key_required(u2f.control):
-        return r.warn(f"pam_u2f control is {u2f.control}: a failed touch does not fail {service}",
-                      "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
-    return r.warn(f"{service} can be passed without the key ({trail})",
-                  "make pam_u2f `required` and put it before any rule whose success ends the stack")
+        return verdict.warn(f"pam_u2f control is {u2f.control}: a failed touch does not fail {service}",
+                            "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+    return verdict.warn(f"{service} can be passed without the key ({trail})",
+                        "make pam_u2f `required` and put it before any rule whose success ends the stack")
 
 
 PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
@@ -200,7 +199,7 @@ def _module_search(ctx: CheckContext, module: str) -> list[str]:
     return candidates if any(ctx.exists(f"{d}/pam_unix.so") for d in dirs) else []
 
 
-def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: bool = False) -> str | None:
+def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None, *, expand: bool = False) -> str | None:
     """Why pam_u2f would find no credential at all (every user locked out of a `required`
     rule, the key never accepted by a `sufficient` one), or None; evidence added."""
     from yktool.pam_u2f import USER_AUTHFILE, Authfile
@@ -215,7 +214,7 @@ def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: 
         paths = [f"{h.rstrip('/')}/{authfile}" for _n, h in ctx.users_to_check()]
     elif authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
-        r.ev(authfile, "not in an offline root (decrypted at boot)", "authfile")
+        verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
         return None
     else:
         paths = [authfile]
@@ -223,27 +222,27 @@ def _authfile_missing(ctx: CheckContext, r: R, authfile: str | None, *, expand: 
         text = ctx.read(path)  # unreadable: the runner makes it a warn (needs root)
         if text is None:
             continue
-        refused = _authfile_refused(ctx, r, path, per_user=authfile is None or not authfile.startswith("/")
+        refused = _authfile_refused(ctx, verdict, path, per_user=authfile is None or not authfile.startswith("/")
                                     or expand)
         if refused:
             return refused
         users = {u: len(Authfile.parse(text).credentials_of(u)) for u in Authfile.parse(text).users()}
         keys = sum(users.values())
-        r.ev(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
-             or "no credential", "authfile")
+        verdict.add_evidence(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
+                             or "no credential", "authfile")
         if keys:
             return None
     if not paths:
-        r.ev("/etc/passwd", "no login user", "authfile")
+        verdict.add_evidence("/etc/passwd", "no login user", "authfile")
         return "pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of"
     for path in paths:
-        if not any(e.source == path for e in r.evidence):
-            r.ev(path, "absent", "authfile")
+        if not any(e.source == path for e in verdict.evidence):
+            verdict.add_evidence(path, "absent", "authfile")
     return (f"no credential in {' or '.join(paths[:3])}: pam_u2f can never accept a key "
             "(with a `required` rule nobody gets in)")
 
 
-def _authfile_refused(ctx: CheckContext, r: R, path: str, *, per_user: bool) -> str | None:
+def _authfile_refused(ctx: CheckContext, verdict: Verdict, path: str, *, per_user: bool) -> str | None:
     """pam_u2f's own test of an authfile (util.c get_devices_from_authfile: a regular file, owned
     by the user or root, else no credential is read) and who else could add a key to it."""
     try:
@@ -254,12 +253,12 @@ def _authfile_refused(ctx: CheckContext, r: R, path: str, *, per_user: bool) -> 
     owner = names.get(st.st_uid, str(st.st_uid))
     mode = st.st_mode & 0o777
     if mode & 0o022:
-        r.ev(path, f"{mode:04o} owner {owner}", "mode")
+        verdict.add_evidence(path, f"{mode:04o} owner {owner}", "mode")
         return (f"{path} is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:04o}): "
                 "anyone who can write it can add their own key")
     # on an offline tree built by this (unprivileged) user every file is the builder's: no verdict
     if owner != "root" and not per_user and (ctx.live or os.geteuid() == 0 or st.st_uid != os.geteuid()):
-        r.ev(path, f"owner {owner}", "owner")
+        verdict.add_evidence(path, f"owner {owner}", "owner")
         return (f"{path} is owned by {owner}: pam_u2f reads it for {owner} only (it refuses an authfile "
                 f"owned by neither the user nor root), and {owner} can add a key for root")
     return None
@@ -317,19 +316,17 @@ CAMEL = {"passwordauthentication": "PasswordAuthentication", "kbdinteractiveauth
          "maxauthtries": "MaxAuthTries", "logingracetime": "LoginGraceTime"}
 
 
-def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> Callable[[CheckContext], Result]:
-    cid = f"ssh.{key}"
+def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> CheckFunc:
     fix = (f"set `{CAMEL[key]} {want}` in /etc/ssh/sshd_config (before any Match block) and reload sshd"
            f"  |  NixOS: services.openssh.settings.{NIX_SSH[key]};")
 
-    def run(ctx: CheckContext) -> Result:
-        r = R(cid)
+    def run(ctx: CheckContext, verdict: Verdict) -> Result:
         cfg: SshdConfig = effective(ctx)
         if not installed(ctx, cfg):
-            r.ev("/etc/ssh/sshd_config", "absent")
-            return r.na("no SSH server installed")
+            verdict.add_evidence("/etc/ssh/sshd_config", "absent")
+            return verdict.not_applicable("no SSH server installed")
         for note in cfg.notes:
-            r.ev(cfg.origin, "note", note=note)
+            verdict.add_evidence(cfg.origin, "note", note=note)
         # judged per user that can log in, over every connection class the Match lines tell
         # apart: a block for a user who does not exist changes nothing, `Match all` counts
         users = ["root"] if key == "permitrootlogin" else login_users(ctx)
@@ -346,21 +343,22 @@ def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> 
                     continue
                 if unset and cfg.problems:
                     break  # the value sshd would use is unknown: the problem decides below
-                r.ev(setting.source, setting.value, CAMEL[key], f"Match {setting.match}" if setting.match else "")
+                verdict.add_evidence(setting.source, setting.value, CAMEL[key],
+                                     f"Match {setting.match}" if setting.match else "")
                 if setting.match:
-                    return r.fail(f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} "
-                                  f"for {conn.describe()}",
-                                  f"remove {CAMEL[key]} from the Match block at {setting.source}")
+                    return verdict.fail(f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} "
+                                        f"for {conn.describe()}",
+                                        f"remove {CAMEL[key]} from the Match block at {setting.source}")
                 if cfg.dumps:
-                    return r.fail(f"{CAMEL[key]} is {setting.value} for {conn.describe()}, want {want}", fix)
-                return r.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
+                    return verdict.fail(f"{CAMEL[key]} is {setting.value} for {conn.describe()}, want {want}", fix)
+                return verdict.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
         if cfg.problems:
-            r.ev(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-            return r.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
-                          "fix the file: `sshd -t` names the bad line")
+            verdict.add_evidence(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
+            return verdict.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
+                                "fix the file: `sshd -t` names the bad line")
         if first is not None:
-            r.ev(first.source, first.value, CAMEL[key])
-        return r.ok()
+            verdict.add_evidence(first.source, first.value, CAMEL[key])
+        return verdict.ok()
 
     return run
 
@@ -372,12 +370,11 @@ for _key, _want, _default, _ok, _title in SSH_TABLE:
 SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 
-def _sk_key(ctx: CheckContext) -> Result:
-    r = R("ssh.sk_key")
+def _sk_key(ctx: CheckContext, verdict: Verdict) -> Result:
     users = ctx.users_to_check()
     if not users:
-        r.ev("/etc/passwd", "no login users")
-        return r.fail("no login user to look at (give --user)")
+        verdict.add_evidence("/etc/passwd", "no login users")
+        return verdict.fail("no login user to look at (give --user)")
     unreadable: list[Unreadable] = []
     found = False
     for name, home in users:
@@ -400,17 +397,17 @@ def _sk_key(ctx: CheckContext) -> Result:
                 typ = next((w for w in words if w in SK_TYPES), None)
                 if typ:
                     comment = words[-1] if words[-1] != typ and len(words) > 2 else ""
-                    r.ev(path, f"{typ} {comment}".strip(), name)
+                    verdict.add_evidence(path, f"{typ} {comment}".strip(), name)
                     found = True
                     break
     if found:
-        return r.ok()
+        return verdict.ok()
     for u in unreadable[:3]:
-        r.ev(u.path, "unreadable", note=u.reason)
-    r.ev(", ".join(f"{h}/.ssh" for _n, h in users[:4]), "no sk-ssh-ed25519 key")
+        verdict.add_evidence(u.path, "unreadable", note=u.reason)
+    verdict.add_evidence(", ".join(f"{h}/.ssh" for _n, h in users[:4]), "no sk-ssh-ed25519 key")
     if unreadable and any(e.needs_root for e in unreadable):
-        return r.needs_root("reading other users' ~/.ssh")
-    return r.fail("no user has an ed25519-sk (security key) SSH key")
+        return verdict.needs_root("reading other users' ~/.ssh")
+    return verdict.fail("no user has an ed25519-sk (security key) SSH key")
 
 
 register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the user", _sk_key,
@@ -418,8 +415,7 @@ register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the
 
 
 # ------------------------------------------------------------------------------------- git signing
-def _git_signing(ctx: CheckContext) -> Result:
-    r = R("git.signing")
+def _git_signing(ctx: CheckContext, verdict: Verdict) -> Result:
     seen_config = False
     unreadable: list[Unreadable] = []
     problems: list[str] = []
@@ -436,15 +432,16 @@ def _git_signing(ctx: CheckContext) -> Result:
         seen_config = True
         if cfg.problems:
             problems.append(cfg.problems[0])
-            r.ev(cfg.problems[0].rsplit(" in file ", 1)[-1], "unparsable", note=cfg.problems[0])
+            verdict.add_evidence(cfg.problems[0].rsplit(" in file ", 1)[-1], "unparsable", note=cfg.problems[0])
             continue
         got_fmt, got_key, got_sign = cfg.get("gpg.format"), cfg.get("user.signingkey"), cfg.get("commit.gpgsign")
         fmt = (got_fmt[0] or "") if got_fmt else ""
         key = (got_key[0] or "") if got_key else ""
         signs = cfg.get_bool("commit.gpgsign") is True
-        r.ev(got_fmt[1] if got_fmt else f"{home}/.gitconfig", fmt or "unset", "gpg.format")
-        r.ev(got_sign[1] if got_sign else f"{home}/.gitconfig",
-             (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset", "commit.gpgsign")
+        verdict.add_evidence(got_fmt[1] if got_fmt else f"{home}/.gitconfig", fmt or "unset", "gpg.format")
+        verdict.add_evidence(got_sign[1] if got_sign else f"{home}/.gitconfig",
+                             (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset",
+                             "commit.gpgsign")
         path = got_key[1] if got_key else f"{home}/.gitconfig"
         if fmt != "ssh" or not signs or not key:
             continue
@@ -458,21 +455,21 @@ def _git_signing(ctx: CheckContext) -> Result:
                 unreadable.append(exc)
                 continue
             is_sk = pub.split()[0] in SK_TYPES if pub.split() else False
-        r.ev(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
+        verdict.add_evidence(path, key, "user.signingkey", "an sk key" if is_sk else "not a security-key key")
         if is_sk:
-            return r.ok(f"{name} signs commits with a security key")
+            return verdict.ok(f"{name} signs commits with a security key")
     if unreadable:
         for u in unreadable[:3]:
-            r.ev(u.path, "unreadable", note=u.reason)
+            verdict.add_evidence(u.path, "unreadable", note=u.reason)
         if any(u.needs_root for u in unreadable):
-            return r.needs_root("reading other users' git configuration")
-        return r.warn(f"cannot read {unreadable[0].path}: {unreadable[0].reason}")
+            return verdict.needs_root("reading other users' git configuration")
+        return verdict.warn(f"cannot read {unreadable[0].path}: {unreadable[0].reason}")
     if not seen_config:
-        return r.na("no user has a git configuration")
+        return verdict.not_applicable("no user has a git configuration")
     if problems:
-        return r.warn(f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
-                      "fix the line: `git config --list` names it")
-    return r.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
+        return verdict.warn(f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
+                            "fix the line: `git config --list` names it")
+    return verdict.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
 
 
 register("git.signing", 3, "git commits signed with the security key (gpg.format ssh, ed25519-sk)", _git_signing,

@@ -1,6 +1,7 @@
 """The pieces every check is made of: Result, Evidence, the check registry and the context.
 
-A check is a function `(ctx: CheckContext) -> Result` registered with `@check(id, layer, title)`.
+A check is a function `(ctx: CheckContext, verdict: Verdict) -> Result` registered with
+`@check(id, layer, title)`; the runner makes its `Verdict`, so the id is written once.
 It only reads: files under the root (through `ctx`, which turns unreadable files into a warn with
 the reason), and, when the root is the live `/`, a few read-only commands (`sshd -T`, `sbctl
 verify`, `nft list ruleset`). A check never raises for bad input: the runner turns any
@@ -293,7 +294,7 @@ class CheckContext:
         return [(n, h) for n, u, h in entries if (1000 <= u < 60000) or u == 0]
 
 
-CheckFunc = Callable[[CheckContext], Result]
+CheckFunc = Callable[[CheckContext, "Verdict"], Result]
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ class Check:
     def run(self, ctx: CheckContext) -> Result:
         """Run the check; any expected error becomes a warn with its reason (never a crash)."""
         try:
-            result = self.func(ctx)
+            result = self.func(ctx, Verdict(self))
         except Unreadable as exc:
             result = Result(self.id, self.layer, self.title, "warn",
                             [Evidence(exc.path, "unreadable", note=exc.reason)],
@@ -346,15 +347,18 @@ def register(id: str, layer: int, title: str, func: CheckFunc, fix: str = "") ->
     check(id, layer, title, fix)(func)
 
 
-class R:
-    """Builds the Result of a running check: `r = R(ctx_id)`; `return r.fail(...)`."""
+class Verdict:
+    """The result a running check is building: the evidence it gathered, then its status.
 
-    def __init__(self, check_id: str) -> None:
-        c = REGISTRY[check_id]
-        self.check = c
+    The runner hands each check one, made for that check (its id, layer, title, default fix):
+    `verdict.add_evidence(source, value)`; `return verdict.fail(reason)`.
+    """
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
         self.evidence: list[Evidence] = []
 
-    def ev(self, source: str, value: object, key: str = "", note: str = "") -> R:
+    def add_evidence(self, source: str, value: object, key: str = "", note: str = "") -> Verdict:
         self.evidence.append(Evidence(source, str(value), key, note))
         return self
 
@@ -372,28 +376,28 @@ class R:
     def warn(self, reason: str, fix: str = "", needs_root: bool = False) -> Result:
         return self._result("warn", reason, fix or self.check.fix, needs_root)
 
-    def na(self, reason: str) -> Result:
+    def not_applicable(self, reason: str) -> Result:
         return self._result("n/a", reason)
 
     def needs_root(self, what: str) -> Result:
         return self._result("warn", f"needs root: {what}", "run `sudo yktool verify`", True)
 
 
-def daemon_result(ctx: CheckContext, r: R, process: str, unit: str, name: str) -> Result:
+def daemon_result(ctx: CheckContext, verdict: Verdict, process: str, unit: str, name: str) -> Result:
     """Pass when `process` runs (or, on a root with no /proc, when `unit` is enabled)."""
     pids = ctx.running(process)
     if pids:
-        r.ev(f"/proc/{pids[0]}/comm", process)
-        return r.ok()
+        verdict.add_evidence(f"/proc/{pids[0]}/comm", process)
+        return verdict.ok()
     if ctx.processes():
-        r.ev("/proc/*/comm", f"no {process} process")
-        return r.fail(f"{name} is not running")
+        verdict.add_evidence("/proc/*/comm", f"no {process} process")
+        return verdict.fail(f"{name} is not running")
     link = ctx.unit_enabled(unit)
     if link:
-        r.ev(link, "enabled", note="no /proc under the root: enabled, not seen running")
-        return r.ok("enabled (no running system to look at)")
-    r.ev("/proc", "absent").ev(f"/etc/systemd/system/*.wants/{unit}", "absent")
-    return r.fail(f"{unit} is neither running nor enabled")
+        verdict.add_evidence(link, "enabled", note="no /proc under the root: enabled, not seen running")
+        return verdict.ok("enabled (no running system to look at)")
+    verdict.add_evidence("/proc", "absent").add_evidence(f"/etc/systemd/system/*.wants/{unit}", "absent")
+    return verdict.fail(f"{unit} is neither running nor enabled")
 
 
 _COMMENT = re.compile(r"(^|\s)#.*$")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from yktool.checks.base import CheckContext, Evidence, R, Result, check, lines
+from yktool.checks.base import CheckContext, Evidence, Result, Verdict, check, lines
 from yktool.errors import YktoolError
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
@@ -176,55 +176,53 @@ def _luks_version(rd: RootDevice) -> int | None:
 @check("boot.luks.root", 2, "root filesystem on LUKS2",
        "reinstall with LUKS2 on the root partition (or `cryptsetup convert --type luks2` a LUKS1 one)"
        "  |  NixOS: boot.initrd.luks.devices.<name>.device = …;")
-def luks_root(ctx: CheckContext) -> Result:
+def luks_root(ctx: CheckContext, verdict: Verdict) -> Result:
     rd = root_device(ctx)
-    r = R("boot.luks.root")
-    r.evidence.extend(rd.evidence)
+    verdict.evidence.extend(rd.evidence)
     if rd.problem:
-        return r.fail(rd.problem)
+        return verdict.fail(rd.problem)
     version = _luks_version(rd)
     if version is None:
         if rd.header_needs_root:
-            return r.needs_root(f"reading the LUKS header of {rd.device}")
-        return r.warn(f"cannot read the LUKS header of {rd.device}: {rd.header_error}")
+            return verdict.needs_root(f"reading the LUKS header of {rd.device}")
+        return verdict.warn(f"cannot read the LUKS header of {rd.device}: {rd.header_error}")
     if version != 2:
-        return r.fail(f"root is on LUKS{version}; systemd's FIDO2/TPM2 tokens need LUKS2",
-                      f"cryptsetup convert --type luks2 {rd.device} (after a luksHeaderBackup)")
-    return r.ok()
+        return verdict.fail(f"root is on LUKS{version}; systemd's FIDO2/TPM2 tokens need LUKS2",
+                            f"cryptsetup convert --type luks2 {rd.device} (after a luksHeaderBackup)")
+    return verdict.ok()
 
 
-def _tokens(ctx: CheckContext, cid: str, type_name: str) -> tuple[R, list[Any] | Result]:
+def _tokens(ctx: CheckContext, verdict: Verdict, type_name: str) -> list[Any] | Result:
     rd = root_device(ctx)
-    r = R(cid)
     if rd.problem or (_luks_version(rd) not in (None, 2)):
-        return r, r.na("the root is not on LUKS2 (see boot.luks.root)")
+        return verdict.not_applicable("the root is not on LUKS2 (see boot.luks.root)")
     if rd.header is None:
-        r.evidence.extend(e for e in rd.evidence if e.key == "header")
+        verdict.evidence.extend(e for e in rd.evidence if e.key == "header")
         if rd.header_needs_root:
-            return r, r.needs_root(f"reading the LUKS header of {rd.device or rd.mapper}")
-        return r, r.warn(f"cannot read the LUKS header of {rd.device or rd.mapper}: {rd.header_error or 'unknown'}")
+            return verdict.needs_root(f"reading the LUKS header of {rd.device or rd.mapper}")
+        return verdict.warn(f"cannot read the LUKS header of {rd.device or rd.mapper}: {rd.header_error or 'unknown'}")
     toks = [t for t in rd.header.tokens_of_type(type_name) if t.keyslots]
-    return r, toks
+    return toks
 
 
-def _enrolled(ctx: CheckContext, cid: str, type_name: str,
+def _enrolled(ctx: CheckContext, verdict: Verdict, type_name: str,
               note: Callable[[Any], str] = lambda _t: "") -> Result:
     """Pass when the root's header has a `type_name` token bound to a keyslot (each one listed)."""
-    r, toks = _tokens(ctx, cid, type_name)
+    toks = _tokens(ctx, verdict, type_name)
     if isinstance(toks, Result):
         return toks
     dev = root_device(ctx).device
     if not toks:
-        r.ev(dev, "none", f"{type_name} tokens")
-        return r.fail(f"no {type_name} token in the LUKS header")
+        verdict.add_evidence(dev, "none", f"{type_name} tokens")
+        return verdict.fail(f"no {type_name} token in the LUKS header")
     for t in toks:
-        r.ev(dev, f"token {t.id} -> keyslots {t.keyslots}", type_name, note(t))
-    return r.ok()
+        verdict.add_evidence(dev, f"token {t.id} -> keyslots {t.keyslots}", type_name, note(t))
+    return verdict.ok()
 
 
 @check("boot.luks.fido2", 2, "FIDO2 key enrolled in the root's LUKS header",
        "yktool luks enroll-fido2 DEVICE   (or: systemd-cryptenroll --fido2-device=auto DEVICE)")
-def luks_fido2(ctx: CheckContext) -> Result:
+def luks_fido2(ctx: CheckContext, verdict: Verdict) -> Result:
     from yktool.inventory import Registry
 
     registry: list[Registry | None] = []
@@ -240,54 +238,54 @@ def luks_fido2(ctx: CheckContext) -> Result:
         found = reg.owner_of(getattr(token, "credential", "")) if reg else None
         return f"key {found.nickname}" if found else ""
 
-    return _enrolled(ctx, "boot.luks.fido2", "systemd-fido2", owner)
+    return _enrolled(ctx, verdict, "systemd-fido2", owner)
 
 
 @check("boot.luks.fallback", 2, "a typed way into the root volume remains (password or recovery key)",
        "add one before you need it: yktool luks add-recovery DEVICE (systemd-cryptenroll --recovery-key DEVICE)")
-def luks_fallback(ctx: CheckContext) -> Result:
-    r, toks = _tokens(ctx, "boot.luks.fallback", "systemd-fido2")
+def luks_fallback(ctx: CheckContext, verdict: Verdict) -> Result:
+    toks = _tokens(ctx, verdict, "systemd-fido2")
     if isinstance(toks, Result):
         return toks
     rd = root_device(ctx)
     header = rd.header
     typed = list(header.knowledge_slots)
-    r.ev(rd.device, ",".join(str(s) for s in typed) or "none", "password/recovery keyslots")
-    r.ev(rd.device, ",".join(str(s) for s in header.hardware_slots) or "none", "hardware keyslots")
+    verdict.add_evidence(rd.device, ",".join(str(s) for s in typed) or "none", "password/recovery keyslots")
+    verdict.add_evidence(rd.device, ",".join(str(s) for s in header.hardware_slots) or "none", "hardware keyslots")
     if typed:
-        return r.ok()
+        return verdict.ok()
     if len(toks) >= 2:
-        return r.ok("no typed fallback, but two FIDO2 keys are enrolled")
-    return r.fail("every keyslot needs one piece of hardware: lose the key or change the firmware and the disk "
-                  "stays locked")
+        return verdict.ok("no typed fallback, but two FIDO2 keys are enrolled")
+    return verdict.fail("every keyslot needs one piece of hardware: lose the key or change the firmware and the disk "
+                        "stays locked")
 
 
 @check("boot.luks.tpm2", 2, "TPM2 enrolled in the root's LUKS header",
        "yktool luks enroll-tpm2 DEVICE   (or: systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 DEVICE)")
-def luks_tpm2(ctx: CheckContext) -> Result:
-    return _enrolled(ctx, "boot.luks.tpm2", "systemd-tpm2")
+def luks_tpm2(ctx: CheckContext, verdict: Verdict) -> Result:
+    return _enrolled(ctx, verdict, "systemd-tpm2")
 
 
 @check("boot.luks.tpm2_pcrs", 2, "TPM2 token sealed to the configured PCRs (incl. 7: Secure Boot state)",
        "re-enroll: yktool luks enroll-tpm2 --pcrs 7 DEVICE (systemd-cryptenroll --wipe-slot=tpm2 --tpm2-pcrs=7)")
-def luks_tpm2_pcrs(ctx: CheckContext) -> Result:
-    r, toks = _tokens(ctx, "boot.luks.tpm2_pcrs", "systemd-tpm2")
+def luks_tpm2_pcrs(ctx: CheckContext, verdict: Verdict) -> Result:
+    toks = _tokens(ctx, verdict, "systemd-tpm2")
     if isinstance(toks, Result):
         return toks
     if not toks:
-        return r.na("no TPM2 token (see boot.luks.tpm2)")
+        return verdict.not_applicable("no TPM2 token (see boot.luks.tpm2)")
     dev = root_device(ctx).device
     want = set(ctx.tpm2_pcrs)
     bad = []
     for t in toks:
         pcrs = set(getattr(t, "pcrs", []) or []) | set(getattr(t, "pubkey_pcrs", []) or [])
-        r.ev(dev, "+".join(str(p) for p in sorted(pcrs)) or "none", f"token {t.id} tpm2-pcrs")
+        verdict.add_evidence(dev, "+".join(str(p) for p in sorted(pcrs)) or "none", f"token {t.id} tpm2-pcrs")
         if not want <= pcrs:
             bad.append(t)
     if bad:
         missing = "+".join(str(p) for p in sorted(want))
-        return r.fail(f"a TPM2 token is not bound to PCRs {missing}: the key unseals whatever booted")
-    return r.ok(f"bound to {'+'.join(str(p) for p in sorted(want))}")
+        return verdict.fail(f"a TPM2 token is not bound to PCRs {missing}: the key unseals whatever booted")
+    return verdict.ok(f"bound to {'+'.join(str(p) for p in sorted(want))}")
 
 
 def _efivar(ctx: CheckContext, name: str) -> tuple[int | None, str]:
@@ -303,41 +301,38 @@ def _efivar(ctx: CheckContext, name: str) -> tuple[int | None, str]:
 @check("boot.secureboot", 2, "Secure Boot enabled (efivars)",
        "enroll your keys (sbctl create-keys && sbctl enroll-keys --microsoft) and turn Secure Boot on in the "
        "firmware  |  NixOS: boot.lanzaboote.enable = true;")
-def secureboot(ctx: CheckContext) -> Result:
-    r = R("boot.secureboot")
+def secureboot(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.is_dir("/sys/firmware"):
-        r.ev("/sys/firmware", "absent")
-        return r.warn("no /sys under the root: cannot read the firmware's Secure Boot state")
+        verdict.add_evidence("/sys/firmware", "absent")
+        return verdict.warn("no /sys under the root: cannot read the firmware's Secure Boot state")
     if not ctx.is_dir("/sys/firmware/efi"):
-        r.ev("/sys/firmware/efi", "absent")
-        return r.fail("not booted through UEFI: no Secure Boot")
+        verdict.add_evidence("/sys/firmware/efi", "absent")
+        return verdict.fail("not booted through UEFI: no Secure Boot")
     value, path = _efivar(ctx, "SecureBoot")
     if value is None:
-        r.ev(path, "absent")
-        return r.fail("the firmware does not report a SecureBoot variable")
-    r.ev(path, value, "SecureBoot")
-    return r.ok() if value == 1 else r.fail("Secure Boot is disabled in the firmware")
+        verdict.add_evidence(path, "absent")
+        return verdict.fail("the firmware does not report a SecureBoot variable")
+    verdict.add_evidence(path, value, "SecureBoot")
+    return verdict.ok() if value == 1 else verdict.fail("Secure Boot is disabled in the firmware")
 
 
 @check("boot.secureboot.setup_mode", 2, "firmware not in Secure Boot setup mode (platform key enrolled)",
        "sbctl enroll-keys --microsoft, then reboot")
-def setup_mode(ctx: CheckContext) -> Result:
-    r = R("boot.secureboot.setup_mode")
+def setup_mode(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.is_dir("/sys/firmware/efi"):
-        return r.na("not a UEFI system (see boot.secureboot)")
+        return verdict.not_applicable("not a UEFI system (see boot.secureboot)")
     value, path = _efivar(ctx, "SetupMode")
     if value is None:
-        r.ev(path, "absent")
-        return r.warn("the firmware does not report SetupMode")
-    r.ev(path, value, "SetupMode")
-    return r.ok() if value == 0 else r.fail("the firmware is in setup mode: anyone can enroll keys")
+        verdict.add_evidence(path, "absent")
+        return verdict.warn("the firmware does not report SetupMode")
+    verdict.add_evidence(path, value, "SetupMode")
+    return verdict.ok() if value == 0 else verdict.fail("the firmware is in setup mode: anyone can enroll keys")
 
 
 @check("boot.sbctl", 2, "Secure Boot signing keys present and boot files signed (sbctl / lanzaboote)",
        "sbctl create-keys && sbctl enroll-keys --microsoft && sbctl sign-all  |  NixOS: "
        "boot.lanzaboote = { enable = true; pkiBundle = \"/etc/secureboot\"; };")
-def sbctl(ctx: CheckContext) -> Result:
-    r = R("boot.sbctl")
+def sbctl(ctx: CheckContext, verdict: Verdict) -> Result:
     bundle = None
     for path in SBCTL_BUNDLES:
         try:
@@ -351,21 +346,21 @@ def sbctl(ctx: CheckContext) -> Result:
             try:
                 ctx.listdir(folder)
             except Exception:  # noqa: BLE001 - Unreadable: the bundle exists but is root-only
-                r.ev(folder, "unreadable")
-                return r.needs_root(f"listing {folder}")
-        r.ev(", ".join(SBCTL_BUNDLES[:2]), "absent")
-        return r.fail("no Secure Boot signing keys (sbctl / lanzaboote pkiBundle)")
-    r.ev(bundle, "present")
+                verdict.add_evidence(folder, "unreadable")
+                return verdict.needs_root(f"listing {folder}")
+        verdict.add_evidence(", ".join(SBCTL_BUNDLES[:2]), "absent")
+        return verdict.fail("no Secure Boot signing keys (sbctl / lanzaboote pkiBundle)")
+    verdict.add_evidence(bundle, "present")
     sbctl_bin = ctx.host.which("sbctl")
     if not (ctx.live and sbctl_bin):
-        return r.ok("keys present" + ("" if ctx.live else " (offline root: `sbctl verify` not run)"))
+        return verdict.ok("keys present" + ("" if ctx.live else " (offline root: `sbctl verify` not run)"))
     if not ctx.privileged:
-        return r.needs_root("sbctl verify reads the EFI system partition")
+        return verdict.needs_root("sbctl verify reads the EFI system partition")
     res = ctx.host.run([sbctl_bin, "verify"], check=False, timeout=20)
     unsigned = [ln.strip() for ln in res.text.splitlines() if "not signed" in ln]
-    r.ev("sbctl verify", f"exit {res.returncode}, {len(unsigned)} unsigned")
+    verdict.add_evidence("sbctl verify", f"exit {res.returncode}, {len(unsigned)} unsigned")
     for ln in unsigned[:5]:
-        r.ev("sbctl verify", ln)
+        verdict.add_evidence("sbctl verify", ln)
     if res.returncode != 0 or unsigned:
-        return r.fail("sbctl verify reports unsigned boot files", "sbctl sign-all (or rebuild with lanzaboote)")
-    return r.ok()
+        return verdict.fail("sbctl verify reports unsigned boot files", "sbctl sign-all (or rebuild with lanzaboote)")
+    return verdict.ok()

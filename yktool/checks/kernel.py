@@ -1,4 +1,4 @@
-"""Layer 1: the kernel — every sysctl in the page's tables, blacklisted modules, coredumps.
+"""Layer 1: the kernel — every sysctl in the hardening checklist's tables, blacklisted modules, coredumps.
 
 Values come from /proc/sys under the root (the running kernel). An offline root without /proc
 falls back to what sysctl.d configures (said so in the evidence); without either it is a warn.
@@ -6,11 +6,10 @@ falls back to what sysctl.d configures (said so in the evidence); without either
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from yktool.checks.base import CheckContext, R, Result, lines, register
+from yktool.checks.base import CheckContext, CheckFunc, Result, Verdict, lines, register
 
 SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d")
 
@@ -38,7 +37,7 @@ class Sysctl:
         return str(self.want)
 
 
-# The page's "Memory & Address Space" and "Network Hardening" tables, in order.
+# The checklist's "Memory & Address Space" and "Network Hardening" tables, in order.
 SYSCTLS = (
     Sysctl("kernel.kptr_restrict", 2, "eq", "kernel pointers hidden (kptr_restrict=2)"),
     Sysctl("kernel.dmesg_restrict", 1, "eq", "dmesg restricted to root (dmesg_restrict=1)"),
@@ -56,7 +55,7 @@ SYSCTLS = (
     Sysctl("net.ipv4.icmp_echo_ignore_broadcasts", 1, "eq", "broadcast pings ignored"),
 )
 
-# boot.blacklistedKernelModules on the page: rare protocols, then the Dirty Frag LPE mitigation.
+# boot.blacklistedKernelModules in the checklist: rare protocols, then the Dirty Frag LPE mitigation.
 BLACKLIST = ("dccp", "sctp", "rds", "tipc", "esp4", "esp6", "rxrpc")
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d",
                  "/lib/modprobe.d")
@@ -104,37 +103,34 @@ def read_sysctl(ctx: CheckContext, name: str) -> tuple[str | None, str]:
     return None, f"{path} does not exist (this kernel has no such setting)"
 
 
-def _sysctl_check(spec: Sysctl) -> Callable[[CheckContext], Result]:
-    cid = "sysctl." + spec.name
-
-    def run(ctx: CheckContext) -> Result:
-        r = R(cid)
+def _sysctl_check(spec: Sysctl) -> CheckFunc:
+    def run(ctx: CheckContext, verdict: Verdict) -> Result:
         value, source = read_sysctl(ctx, spec.name)
         fix = sysctl_fix(spec.name, str(spec.want if spec.op != "in" else spec.allowed[0]))
         if value is None:
             conf = configured_sysctls(ctx).get(spec.name)
-            r.ev(source, "absent", spec.name)
+            verdict.add_evidence(source, "absent", spec.name)
             if conf is not None:
                 val, path = conf
-                r.ev(path, val, spec.name, "configured, not read from a running kernel")
+                verdict.add_evidence(path, val, spec.name, "configured, not read from a running kernel")
                 try:
                     good = spec.ok(int(val))
                 except ValueError:
-                    return r.fail(f"{path} sets {spec.name} = {val!r}, not a number", fix)
+                    return verdict.fail(f"{path} sets {spec.name} = {val!r}, not a number", fix)
                 if good:
-                    return r.ok(f"configured {spec.name} = {val} in {path} (no running kernel to read)")
-                return r.fail(f"{path} sets {spec.name} = {val}, want {spec.wanted()}", fix)
+                    return verdict.ok(f"configured {spec.name} = {val} in {path} (no running kernel to read)")
+                return verdict.fail(f"{path} sets {spec.name} = {val}, want {spec.wanted()}", fix)
             if "does not exist" in source:
-                return r.na(source)
-            return r.warn(f"{source}; and sysctl.d does not set {spec.name}", fix)
-        r.ev(source, value, spec.name)
+                return verdict.not_applicable(source)
+            return verdict.warn(f"{source}; and sysctl.d does not set {spec.name}", fix)
+        verdict.add_evidence(source, value, spec.name)
         try:
             number = int(value.split()[0])
         except (ValueError, IndexError):
-            return r.warn(f"{source} holds {value!r}, not a number")
+            return verdict.warn(f"{source} holds {value!r}, not a number")
         if spec.ok(number):
-            return r.ok()
-        return r.fail(f"{spec.name} = {number}, want {spec.wanted()}", fix)
+            return verdict.ok()
+        return verdict.fail(f"{spec.name} = {number}, want {spec.wanted()}", fix)
 
     return run
 
@@ -177,28 +173,26 @@ def loaded_modules(ctx: CheckContext) -> set[str] | None:
     return {line.split()[0] for line in text.splitlines() if line.strip()}
 
 
-def _module_check(mod: str) -> Callable[[CheckContext], Result]:
-    cid = "kernel.module." + mod
+def _module_check(mod: str) -> CheckFunc:
     fix = (f"echo 'install {mod} /bin/false' > /etc/modprobe.d/90-blacklist-{mod}.conf && rmmod {mod}"
            f"  |  NixOS: boot.blacklistedKernelModules = [ \"{mod}\" ];")
 
-    def run(ctx: CheckContext) -> Result:
-        r = R(cid)
+    def run(ctx: CheckContext, verdict: Verdict) -> Result:
         rules = modprobe_rules(ctx).get(mod, [])
         loaded = loaded_modules(ctx)
         for how, path in rules:
-            r.ev(path, how, mod)
+            verdict.add_evidence(path, how, mod)
         if loaded is None:
-            r.ev("/proc/modules", "absent", note="no /proc, or a kernel without loadable modules")
+            verdict.add_evidence("/proc/modules", "absent", note="no /proc, or a kernel without loadable modules")
         else:
-            r.ev("/proc/modules", "loaded" if mod in loaded else "not loaded", mod)
+            verdict.add_evidence("/proc/modules", "loaded" if mod in loaded else "not loaded", mod)
         if loaded is not None and mod in loaded:
-            return r.fail(f"module {mod} is loaded", fix)
+            return verdict.fail(f"module {mod} is loaded", fix)
         if not rules:
             read = modprobe_files(ctx)
-            r.ev(", ".join(read) if read else MODPROBE_DIRS[0], "not blacklisted", mod)
-            return r.fail(f"{mod} is not blacklisted in modprobe.d", fix)
-        return r.ok()
+            verdict.add_evidence(", ".join(read) if read else MODPROBE_DIRS[0], "not blacklisted", mod)
+            return verdict.fail(f"{mod} is not blacklisted in modprobe.d", fix)
+        return verdict.ok()
 
     return run
 
@@ -211,20 +205,19 @@ for _mod in BLACKLIST:
 COREDUMP_DIRS = ("/etc/systemd/coredump.conf.d", "/run/systemd/coredump.conf.d", "/usr/lib/systemd/coredump.conf.d")
 
 
-def _coredump(ctx: CheckContext) -> Result:
-    r = R("kernel.coredump")
+def _coredump(ctx: CheckContext, verdict: Verdict) -> Result:
     pattern, source = read_sysctl(ctx, "kernel.core_pattern")
     if pattern is None:
         conf = configured_sysctls(ctx).get("kernel.core_pattern")
         if conf is not None:
             pattern, source = conf
     if pattern is None:
-        return r.warn(f"cannot read kernel.core_pattern: {source}")
-    r.ev(source, pattern, "kernel.core_pattern")
+        return verdict.warn(f"cannot read kernel.core_pattern: {source}")
+    verdict.add_evidence(source, pattern, "kernel.core_pattern")
     if pattern.startswith("|"):
         handler = PurePosixPath(pattern[1:].split()[0]).name if pattern[1:].strip() else ""
         if handler in ("false", "true"):
-            return r.ok("core dumps are piped to a program that drops them")
+            return verdict.ok("core dumps are piped to a program that drops them")
         if handler == "systemd-coredump":
             storage, process_max = "external", ""
             for path in ["/etc/systemd/coredump.conf", *ctx.conf_dirs("coredump", COREDUMP_DIRS)]:
@@ -232,15 +225,15 @@ def _coredump(ctx: CheckContext) -> Result:
                     key, _, value = line.partition("=")
                     if key.strip() == "Storage":
                         storage = value.strip()
-                        r.ev(path, storage, "Storage")
+                        verdict.add_evidence(path, storage, "Storage")
                     elif key.strip() == "ProcessSizeMax":
                         process_max = value.strip()
-                        r.ev(path, process_max, "ProcessSizeMax")
+                        verdict.add_evidence(path, process_max, "ProcessSizeMax")
             if storage == "none" or process_max == "0":
-                return r.ok("systemd-coredump keeps nothing")
-            return r.fail(f"systemd-coredump stores dumps (Storage={storage})")
-        return r.fail(f"core dumps are piped to {handler}")
-    return r.fail("core dumps are written to files")
+                return verdict.ok("systemd-coredump keeps nothing")
+            return verdict.fail(f"systemd-coredump stores dumps (Storage={storage})")
+        return verdict.fail(f"core dumps are piped to {handler}")
+    return verdict.fail("core dumps are written to files")
 
 
 register("kernel.coredump", 1, "coredumps disabled system-wide", _coredump,

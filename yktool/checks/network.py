@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from yktool.checks.base import CheckContext, R, Result, check, daemon_result, lines
+from yktool.checks.base import CheckContext, Result, Verdict, check, daemon_result, lines
 
 NFT_FILES = ("/etc/nftables.conf", "/etc/sysconfig/nftables.conf")
 IPT_FILES = ("/etc/iptables/rules.v4", "/etc/sysconfig/iptables", "/etc/iptables.rules")
@@ -75,8 +75,7 @@ def ipt_filters_input(text: str) -> str | None:
 @check("net.firewall", 5, "firewall enabled, dropping unsolicited input",
        "enable nftables with an input policy drop (apt install nftables; systemctl enable --now nftables)"
        "  |  NixOS: networking.firewall.enable = true;")
-def firewall(ctx: CheckContext) -> Result:
-    r = R("net.firewall")
+def firewall(ctx: CheckContext, verdict: Verdict) -> Result:
     live_read = False
     # 1. the kernel's live ruleset, when we may read it
     if ctx.live:
@@ -86,61 +85,62 @@ def firewall(ctx: CheckContext) -> Result:
             if exe is None:
                 continue
             if not ctx.privileged:
-                r.ev(f"{tool} {' '.join(args)}".strip(), "not run", note="needs root")
+                verdict.add_evidence(f"{tool} {' '.join(args)}".strip(), "not run", note="needs root")
                 continue
             res = ctx.host.run([exe, *args], check=False, timeout=10)
             if res.returncode != 0:
-                r.ev(f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}", note=res.error_text[:80])
+                verdict.add_evidence(f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}",
+                                     note=res.error_text[:80])
                 continue
             hit = parse(res.text)
             live_read = True
-            r.ev(f"{tool} {' '.join(args)}".strip(), hit or "no input filtering", "input")
+            verdict.add_evidence(f"{tool} {' '.join(args)}".strip(), hit or "no input filtering", "input")
             if hit:
-                return r.ok()
+                return verdict.ok()
     # 2. the configuration that is loaded at boot
     enabled = {u: ctx.unit_enabled(u) for u in FIREWALL_UNITS}
     for u, link in enabled.items():
         if link:
-            r.ev(link, "enabled", u)
+            verdict.add_evidence(link, "enabled", u)
     if live_read:
         # what the kernel does now is the answer; a configuration that would drop is only a hint
-        return r.fail("the running kernel's ruleset drops no unsolicited input"
-                      + (" (a firewall service is enabled: is it failing?)" if any(enabled.values()) else ""))
+        return verdict.fail("the running kernel's ruleset drops no unsolicited input"
+                            + (" (a firewall service is enabled: is it failing?)" if any(enabled.values()) else ""))
     if enabled.get("firewall.service") and ctx.exists("/etc/NIXOS"):
-        return r.ok("NixOS firewall service enabled (drops unsolicited input by default)")
+        return verdict.ok("NixOS firewall service enabled (drops unsolicited input by default)")
     found = None
     for path in NFT_FILES + tuple(ctx.glob("/etc/nftables.d", ".nft")):
         text = ctx.read(path)
         if text is not None:
             hit = nft_filters_input(text)
-            r.ev(path, hit or "no input drop policy", "input")
+            verdict.add_evidence(path, hit or "no input drop policy", "input")
             found = found or (hit and path)
     for path in IPT_FILES:
         text = ctx.read(path)
         if text is not None:
             hit = ipt_filters_input(text)
-            r.ev(path, hit or "no INPUT DROP", "INPUT")
+            verdict.add_evidence(path, hit or "no INPUT DROP", "INPUT")
             found = found or (hit and path)
     ufw = ctx.read("/etc/ufw/ufw.conf")
     if ufw is not None:
         on = any(ln.replace(" ", "") == "ENABLED=yes" for ln in lines(ufw))
-        r.ev("/etc/ufw/ufw.conf", "yes" if on else "no", "ENABLED")
+        verdict.add_evidence("/etc/ufw/ufw.conf", "yes" if on else "no", "ENABLED")
         if on:
-            return r.ok()
+            return verdict.ok()
     if not found:
-        if not r.evidence:
-            r.ev(", ".join((*NFT_FILES, *IPT_FILES, "/etc/ufw/ufw.conf")), "absent")
-        return r.fail("no firewall ruleset that drops unsolicited input")
+        if not verdict.evidence:
+            verdict.add_evidence(", ".join((*NFT_FILES, *IPT_FILES, "/etc/ufw/ufw.conf")), "absent")
+        return verdict.fail("no firewall ruleset that drops unsolicited input")
     if not any(enabled.values()):
-        return r.fail(f"{found} drops input, but no firewall service loads it at boot",
-                      "systemctl enable nftables (or netfilter-persistent)")
-    return r.ok("configured" + ("" if not ctx.live else " (live ruleset not readable)"))
+        return verdict.fail(f"{found} drops input, but no firewall service loads it at boot",
+                            "systemctl enable nftables (or netfilter-persistent)")
+    return verdict.ok("configured" + ("" if not ctx.live else " (live ruleset not readable)"))
 
 
 @check("net.fail2ban.active", 5, "fail2ban running",
        "apt install fail2ban && systemctl enable --now fail2ban  |  NixOS: services.fail2ban.enable = true;")
-def fail2ban_active(ctx: CheckContext) -> Result:
-    return daemon_result(ctx, R("net.fail2ban.active"), "fail2ban-server", "fail2ban.service", "fail2ban")
+def fail2ban_active(ctx: CheckContext, verdict: Verdict) -> Result:
+    return daemon_result(ctx, verdict, "fail2ban-server", "fail2ban.service", "fail2ban")
 
 
 def fail2ban_config(ctx: CheckContext) -> tuple[configparser.RawConfigParser, list[str]]:
@@ -171,17 +171,16 @@ def _truthy(v: str) -> bool:
 
 @check("net.fail2ban.jails", 5, "fail2ban jails enabled (sshd at least, where SSH runs)",
        "enable jails in /etc/fail2ban/jail.local ([sshd] enabled = true)  |  NixOS: services.fail2ban.jails")
-def fail2ban_jails(ctx: CheckContext) -> Result:
-    r = R("net.fail2ban.jails")
+def fail2ban_jails(ctx: CheckContext, verdict: Verdict) -> Result:
     parser, files = fail2ban_config(ctx)
     if not files:
-        r.ev("/etc/fail2ban/jail.conf", "absent")
-        return r.fail("no fail2ban configuration")
+        verdict.add_evidence("/etc/fail2ban/jail.conf", "absent")
+        return verdict.fail("no fail2ban configuration")
     jails = [s for s in parser.sections() if s not in ("INCLUDES",) and _truthy(parser.get(s, "enabled",
                                                                                              fallback="false"))]
-    r.ev(", ".join(files), ", ".join(jails) or "none", "enabled jails")
+    verdict.add_evidence(", ".join(files), ", ".join(jails) or "none", "enabled jails")
     if not jails:
-        return r.fail("no fail2ban jail is enabled")
+        return verdict.fail("no fail2ban jail is enabled")
     from yktool.checks.sshd import effective, installed
 
     try:
@@ -189,23 +188,22 @@ def fail2ban_jails(ctx: CheckContext) -> Result:
     except Exception:  # noqa: BLE001 - sshd config problems are the ssh.* checks' to report
         ssh_here = False
     if ssh_here and not any(j in ("sshd", "ssh") for j in jails):
-        return r.fail("an SSH server is installed but the sshd jail is not enabled")
-    return r.ok()
+        return verdict.fail("an SSH server is installed but the sshd jail is not enabled")
+    return verdict.ok()
 
 
 @check("net.fail2ban.bantime_increment", 5, "fail2ban ban times grow on repeat offenses (exponential, capped)",
        "set `bantime.increment = true` and `bantime.maxtime = 168h` in [DEFAULT] of jail.local"
        "  |  NixOS: services.fail2ban.bantime-increment = { enable = true; maxtime = \"168h\"; };")
-def fail2ban_increment(ctx: CheckContext) -> Result:
-    r = R("net.fail2ban.bantime_increment")
+def fail2ban_increment(ctx: CheckContext, verdict: Verdict) -> Result:
     parser, files = fail2ban_config(ctx)
     if not files:
-        return r.na("no fail2ban configuration (see net.fail2ban.jails)")
+        return verdict.not_applicable("no fail2ban configuration (see net.fail2ban.jails)")
     value = parser.defaults().get("bantime.increment", "false")
     maxtime = parser.defaults().get("bantime.maxtime", "")
-    r.ev(", ".join(files), value, "bantime.increment")
+    verdict.add_evidence(", ".join(files), value, "bantime.increment")
     if maxtime:
-        r.ev(", ".join(files), maxtime, "bantime.maxtime")
+        verdict.add_evidence(", ".join(files), maxtime, "bantime.maxtime")
     if not _truthy(value):
-        return r.fail("bantime.increment is off: every ban has the same short length")
-    return r.ok()
+        return verdict.fail("bantime.increment is off: every ban has the same short length")
+    return verdict.ok()

@@ -1,6 +1,6 @@
 """Layer 4: agenix — the host's key is a recipient of its secrets in secrets.nix (per-host scoping).
 
-secrets.nix is Nix; this reads the shapes agenix documents and the page uses: `let` bindings of
+secrets.nix is Nix; this reads the shapes agenix documents and the hardening checklist uses: `let` bindings of
 key strings and lists of them, and `"name.age".publicKeys = [ a b ] ++ list;` entries. An
 identifier it cannot resolve is reported, never guessed.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from yktool.checks.base import CheckContext, R, Result, check
+from yktool.checks.base import CheckContext, Result, Verdict, check
 
 HOST_KEYS = ("/etc/ssh/ssh_host_ed25519_key.pub", "/persist/etc/ssh/ssh_host_ed25519_key.pub")
 _BIND_STR = re.compile(r'([A-Za-z_][\w\'-]*)\s*=\s*"([^"]*)"\s*;')
@@ -55,20 +55,19 @@ def parse_secrets_nix(text: str) -> tuple[dict[str, list[str]], list[str]]:
 
 @check("secrets.agenix.scoped", 4, "agenix secrets scoped to this host (secrets.nix lists its key)",
        "add this host's key (ssh_host_ed25519_key.pub) to the publicKeys of its secrets in secrets.nix, "
-       "then `agenix -r`")
-def agenix_scoped(ctx: CheckContext) -> Result:
-    r = R("secrets.agenix.scoped")
+       "then `agenix -verdict`")
+def agenix_scoped(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.secrets:
-        return r.na("no secrets.nix given (--secrets PATH)")
+        return verdict.not_applicable("no secrets.nix given (--secrets PATH)")
     path = Path(ctx.secrets)
     try:
         text = path.read_text(errors="surrogateescape")
     except FileNotFoundError:
-        r.ev(str(path), "absent")
-        return r.fail(f"{path} does not exist")
+        verdict.add_evidence(str(path), "absent")
+        return verdict.fail(f"{path} does not exist")
     except OSError as exc:
-        r.ev(str(path), "unreadable", note=exc.strerror or str(exc))
-        return r.warn(f"cannot read {path}: {exc.strerror or exc}")
+        verdict.add_evidence(str(path), "unreadable", note=exc.strerror or str(exc))
+        return verdict.warn(f"cannot read {path}: {exc.strerror or exc}")
     host_key, host_path = None, ""
     for p in HOST_KEYS:
         k = ctx.read(p)
@@ -76,21 +75,21 @@ def agenix_scoped(ctx: CheckContext) -> Result:
             host_key, host_path = _key_id(k), p
             break
     if host_key is None:
-        r.ev(" / ".join(HOST_KEYS), "absent")
-        return r.warn("this host has no ssh_host_ed25519_key.pub: cannot tell which secrets are its own")
-    r.ev(host_path, host_key[:40] + "…", "host key")
+        verdict.add_evidence(" / ".join(HOST_KEYS), "absent")
+        return verdict.warn("this host has no ssh_host_ed25519_key.pub: cannot tell which secrets are its own")
+    verdict.add_evidence(host_path, host_key[:40] + "…", "host key")
     entries, unresolved = parse_secrets_nix(text)
     if not entries:
-        r.ev(str(path), "no `\"name\".publicKeys = …;` entries")
-        return r.warn(f"{path} has no secret entries agenix would read")
+        verdict.add_evidence(str(path), "no `\"name\".publicKeys = …;` entries")
+        return verdict.warn(f"{path} has no secret entries agenix would read")
     mine = sorted(name for name, keys in entries.items() if host_key in keys)
     empty = sorted(name for name, keys in entries.items() if not keys)
-    r.ev(str(path), f"{len(mine)} of {len(entries)} secrets", "for this host")
+    verdict.add_evidence(str(path), f"{len(mine)} of {len(entries)} secrets", "for this host")
     if unresolved:
-        r.ev(str(path), ", ".join(unresolved[:5]), "unresolved names")
+        verdict.add_evidence(str(path), ", ".join(unresolved[:5]), "unresolved names")
     if empty:
-        r.ev(str(path), ", ".join(empty[:5]), "no recipients")
-        return r.fail(f"secrets with no recipient: {', '.join(empty[:5])}")
+        verdict.add_evidence(str(path), ", ".join(empty[:5]), "no recipients")
+        return verdict.fail(f"secrets with no recipient: {', '.join(empty[:5])}")
     if not mine:
-        return r.fail("this host's key is a recipient of no secret: it can decrypt none at boot")
-    return r.ok()
+        return verdict.fail("this host's key is a recipient of no secret: it can decrypt none at boot")
+    return verdict.ok()

@@ -216,7 +216,7 @@ def _terminal(key_to_stderr: bool) -> Any:
     if key_to_stderr or sys.stderr.isatty():
         return sys.stderr
     try:
-        return open("/dev/tty", "w")  # noqa: SIM115 - closed by the caller
+        return open("/dev/tty", "w")  # closed by the caller
     except OSError:
         return None
 

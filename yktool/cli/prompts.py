@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-from fido2.client import UserInteraction
 from fido2.ctap2.pin import ClientPin
 
 from yktool.errors import UsageError
+from yktool.fido.interaction import KeyInteraction
 
 
 def read_secret(prompt: str, *, from_stdin: bool = False, confirm: bool = False) -> bytes:
@@ -97,8 +97,8 @@ def spinner(message: str) -> Iterator[None]:
         thread.join()
 
 
-class CliInteraction(UserInteraction):
-    """python-fido2's UserInteraction for the terminal: asks for the PIN once and counts touches."""
+class CliInteraction(KeyInteraction):
+    """The key's interaction on the terminal: asks for the PIN once and counts touches."""
 
     def __init__(self, pin: str | None = None, *, pin_from_stdin: bool = False) -> None:
         self.pin = pin

@@ -1,4 +1,4 @@
-"""`yktool verify`: the host page's checklist and tables, checked, with evidence and a fix per miss."""
+"""`yktool verify`: the hardening checklist (docs/verify.md), checked, with evidence and a fix per miss."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ def _pcrs(text: str) -> tuple[int, ...]:
 @pass_app
 def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secrets: str | None, user: str | None,
            tpm2_pcrs: str, luks_device: str | None, list_only: bool) -> None:
-    """Check the host against the page's "Security Checklist for New Hosts" and its tables.
+    """Check the host against the hardening checklist and its tables (see docs/verify.md).
 
-    Every item is a check with a stable id and layer (0-7, as in the page's diagram): pass, fail,
+    Every item is a check with a stable id and a layer (0-7, as in the checklist): pass, fail,
     warn (e.g. needs root to read, or a file it could not parse) or n/a. Each miss shows what was
     read, where, and the fix (a command, or the NixOS option). Works on the live host or an
     offline tree (`yktool --root DIR verify`); reads only.
@@ -120,7 +120,7 @@ def _render(results: list[Result], counts: dict[str, int], verbose: int) -> None
     for r in results:
         by_layer.setdefault(r.layer, []).append(r)
     width = max((len(r.id) for rs in by_layer.values() for r in rs), default=10)
-    for layer in sorted(by_layer, reverse=True):  # top of the page's diagram first
+    for layer in sorted(by_layer, reverse=True):  # layer 7 first, as the checklist draws them
         click.echo(click.style(f"Layer {layer}: {LAYER_NAMES[layer]}", bold=True))
         for r in sorted(by_layer[layer], key=lambda x: x.id):
             label, colour = SYMBOL[r.status]

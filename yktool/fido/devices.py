@@ -114,7 +114,7 @@ def sim_presence_from_env() -> Presence | None:
 def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool = True) -> SoftKey:
     """Open (or create) the software key whose state is at `path`."""
     from yktool.fido.softkey import SoftKey
-    from yktool.fido.softkey_state import StateError
+    from yktool.fido.softkey.state import StateError
 
     p = Path(path).expanduser()
     if not str(path):

@@ -21,12 +21,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fido2.client import UserInteraction
 from fido2.cose import CoseKey
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.ctap2.base import Ctap2, Info
@@ -46,6 +44,7 @@ from yktool.errors import (
     UsageError,
     YktoolError,
 )
+from yktool.fido.interaction import KeyInteraction
 
 ES256 = -7
 EDDSA = -8
@@ -60,14 +59,6 @@ _REMOVED = "the key was removed during the operation"
 _REMOVED_HINT = "insert the key again and run the same command; nothing was changed on the key"
 
 T = TypeVar("T")
-
-
-def _is_softkey_gone(exc: Exception) -> bool:
-    """The software key's way of being unplugged: its state file vanished or broke mid-session."""
-    # Looked up, not imported: a session on a real key never loads the software key.
-    module = sys.modules.get("yktool.fido.softkey_state")
-    state_error = getattr(module, "StateError", None)
-    return isinstance(state_error, type) and isinstance(exc, state_error)
 
 
 class AlreadyEnrolled(Refused):
@@ -158,10 +149,10 @@ class KeySession:
     touches: int
     pin_prompts: int
 
-    def __init__(self, device: CtapDevice, interaction: UserInteraction | None = None,
+    def __init__(self, device: CtapDevice, interaction: KeyInteraction | None = None,
                  pin: str | None = None) -> None:
         self.device = device
-        self.interaction = interaction if interaction is not None else UserInteraction()
+        self.interaction = interaction if interaction is not None else KeyInteraction()
         self._pin = pin
         self.touches = 0
         self.pin_prompts = 0
@@ -182,10 +173,7 @@ class KeySession:
             self.interaction.prompt_up()
 
     def _touch_over(self) -> None:
-        # CliInteraction stops its spinner here; python-fido2 has no "touch done" callback.
-        done = getattr(self.interaction, "touch_done", None)
-        if callable(done):
-            done()
+        self.interaction.touch_done()
 
     def _guard(self, what: str, func: Callable[[], T], *, not_allowed: YktoolError | None = None) -> T:
         """Run one exchange with the key and turn its failures into yktool errors
@@ -198,16 +186,11 @@ class KeySession:
             raise self._map_error(exc, what) from None
         except (OSError, EOFError, ConnectionError) as exc:
             raise NoDevice(_REMOVED, _REMOVED_HINT) from exc
-        except Exception as exc:
-            if _is_softkey_gone(exc):
-                raise NoDevice(f"{_REMOVED} (the software key's state file is gone or unreadable: {exc})",
-                               _REMOVED_HINT) from None
-            if isinstance(exc, (ValueError, TypeError, KeyError)):
-                # python-fido2 could not parse the key's answer (or the key is U2F-only)
-                raise ToolFailed(f"the key's answer to {what} could not be understood ({type(exc).__name__})",
-                                 "remove and re-insert the key; a U2F-only key cannot be used, it needs FIDO2"
-                                 ) from exc
-            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            # python-fido2 could not parse the key's answer (or the key is U2F-only)
+            raise ToolFailed(f"the key's answer to {what} could not be understood ({type(exc).__name__})",
+                             "remove and re-insert the key; a U2F-only key cannot be used, it needs FIDO2"
+                             ) from exc
         finally:
             self._touch_over()
 
@@ -255,9 +238,7 @@ class KeySession:
     def _forget_pin(self) -> None:
         """Never reuse a PIN the key refused: drop ours and tell the interaction to drop its copy."""
         self._pin = None
-        rejected = getattr(self.interaction, "pin_rejected", None)
-        if callable(rejected):
-            rejected()
+        self.interaction.pin_rejected()
 
     def _retries_after_failure(self) -> int | None:
         try:
@@ -565,7 +546,7 @@ class KeySession:
 
 
 @contextlib.contextmanager
-def open_session(spec: str | None, interaction: UserInteraction | None = None,
+def open_session(spec: str | None, interaction: KeyInteraction | None = None,
                  pin: str | None = None) -> Iterator[KeySession]:
     """Open the key named by `spec` (see `yktool.fido.open_device`) and wrap it in a KeySession;
     the device is closed on the way out."""

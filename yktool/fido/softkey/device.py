@@ -3,7 +3,7 @@
 It is a product feature (the demo, `--device sim:PATH` rehearsals and every test use it), not a
 test double: python-fido2's own clients (`Ctap2`, `ClientPin`, `Fido2Client`,
 `CredentialManagement`) drive it exactly like a USB key. Its state lives in one file, written
-atomically (see `softkey_state`).
+atomically (see `yktool.fido.softkey.state`).
 
 What it implements (CTAP 2.1): authenticatorGetInfo, makeCredential, getAssertion,
 getNextAssertion (EdDSA and ES256, "packed" self-attestation, excludeList, discoverable and
@@ -38,8 +38,10 @@ from fido2.hid import CAPABILITY, CTAPHID
 from fido2.utils import hmac_sha256, sha256
 from fido2.webauthn import Aaguid, AttestedCredentialData, AuthenticatorData
 
-from yktool.fido.softkey_pin import PERM, PinUv, fail
-from yktool.fido.softkey_state import (
+from yktool.fido.softkey.credman import Enumeration, credential_management
+from yktool.fido.softkey.pin import PERM, PinUv, fail
+from yktool.fido.softkey.state import (
+    MAX_RESIDENT,
     CredKey,
     ResidentCred,
     SoftKeyState,
@@ -60,7 +62,6 @@ PRODUCT_ID = 0x0001  # pid.codes "test PID": for testing, never shipped on hardw
 PRODUCT_NAME = "yktool software key"
 AAGUID = Aaguid(uuid.UUID("e2f16795-c25f-41b2-80fb-83acaa153d87").bytes)
 RESET_WINDOW = 10.0  # seconds after power-up in which authenticatorReset is allowed (like a YubiKey)
-MAX_RESIDENT = 25
 MAX_CREDS_IN_LIST = 8
 MAX_CRED_ID_LENGTH = 128
 MAX_MSG_SIZE = 1200
@@ -111,8 +112,7 @@ class SoftKey(CtapDevice):
         self.presence_requests = 0
         self._pin = PinUv()
         self._pending: _PendingAssertion | None = None
-        self._rps: list[tuple[str, str | None]] = []
-        self._creds: list[ResidentCred] = []
+        self._enumeration = Enumeration()
         with locked(self.path):
             if not self.path.exists():
                 if not create:
@@ -187,7 +187,7 @@ class SoftKey(CtapDevice):
             save_state(self.path, state)
         self._pin = PinUv()
         self._pending = None
-        self._rps, self._creds = [], []
+        self._enumeration = Enumeration()
 
     def _user_presence(self, ctx: _Call) -> None:
         """Ask for a touch: keepalive UPNEEDED first, honour cancel, map refusal and timeout."""
@@ -219,7 +219,7 @@ class SoftKey(CtapDevice):
             # (ssh-keygen -K, fido2-token -L -r): the same command.
             cmd = Ctap2.CMD.CREDENTIAL_MGMT
         if cmd not in (Ctap2.CMD.CREDENTIAL_MGMT,):
-            self._rps, self._creds = [], []
+            self._enumeration = Enumeration()
         if cmd == Ctap2.CMD.GET_INFO:
             return self._get_info(state)
         if cmd == Ctap2.CMD.MAKE_CREDENTIAL:
@@ -234,9 +234,7 @@ class SoftKey(CtapDevice):
             self._reset(state, ctx)
             return None
         if cmd == Ctap2.CMD.CREDENTIAL_MGMT:
-            from yktool.fido.softkey_credman import credential_management
-
-            return credential_management(self, state, p, save)
+            return credential_management(state, self._pin, self._enumeration, p, save)
         if cmd == Ctap2.CMD.SELECTION:
             self._user_presence(ctx)
             return None
@@ -491,7 +489,7 @@ class SoftKey(CtapDevice):
             raise fail(ERR.MISSING_PARAMETER)
         protocol = self._pin.protocol(ext.get(4, 1))
         shared = self._pin.shared_secret(protocol, ext.get(1))
-        self._pin._check_param(protocol, shared, salt_enc, salt_auth)
+        self._pin.check_param(protocol, shared, salt_enc, salt_auth)
         try:
             salts = protocol.decrypt(shared, salt_enc)  # type: ignore[no-untyped-call]
         except ValueError:

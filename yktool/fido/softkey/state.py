@@ -39,6 +39,7 @@ from fido2.utils import hmac_sha256
 
 STATE_VERSION = 1
 MAX_PIN_RETRIES = 8
+MAX_RESIDENT = 25  # discoverable credentials the state holds at most
 ID_VERSION = 0x01
 _NONCE_LEN = 12
 

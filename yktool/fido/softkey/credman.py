@@ -5,18 +5,16 @@ update discoverable credentials. `ssh-keygen -K`-style downloads of resident SSH
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from fido2 import cbor
 from fido2.ctap import CtapError
 from fido2.ctap2.credman import CredentialManagement
 from fido2.utils import sha256
 
-from yktool.fido.softkey_pin import PERM, fail
-from yktool.fido.softkey_state import ResidentCred, SoftKeyState, unwrap_credential
-
-if TYPE_CHECKING:
-    from yktool.fido.softkey import SoftKey
+from yktool.fido.softkey.pin import PERM, PinUv, fail
+from yktool.fido.softkey.state import MAX_RESIDENT, ResidentCred, SoftKeyState, unwrap_credential
 
 ERR = CtapError.ERR
 CMD = CredentialManagement.CMD
@@ -25,12 +23,19 @@ _AUTHENTICATED = (CMD.GET_CREDS_METADATA, CMD.ENUMERATE_RPS_BEGIN, CMD.ENUMERATE
                   CMD.DELETE_CREDENTIAL, CMD.UPDATE_USER_INFO)
 
 
-def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any],
-                          save: Callable[[], None]) -> dict[int, Any] | None:
-    """Handle one credentialManagement request against `state` (in-progress enumerations are
-    kept on `key`, like a real key keeps them in RAM)."""
-    from yktool.fido.softkey import MAX_RESIDENT
+@dataclass
+class Enumeration:
+    """What the ENUMERATE_*_NEXT subcommands still have to hand out: kept in RAM (a real key
+    forgets it on any other command or a replug, and so does the software key)."""
 
+    rps: list[tuple[str, str | None]] = field(default_factory=list)
+    creds: list[ResidentCred] = field(default_factory=list)
+
+
+def credential_management(state: SoftKeyState, pin: PinUv, enumeration: Enumeration,
+                          p: Mapping[int, Any], save: Callable[[], None]) -> dict[int, Any] | None:
+    """Handle one credentialManagement request against `state`, its pinUvAuthParam checked by
+    `pin`, an enumeration in progress continued from (and kept in) `enumeration`."""
     sub, params = p.get(1), p.get(2)
     if sub is None:
         raise fail(ERR.MISSING_PARAMETER)
@@ -42,14 +47,14 @@ def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any
         if p.get(4) is None:
             raise fail(ERR.PUAT_REQUIRED)
         message = bytes([sub]) + (cbor.encode(p[2]) if p.get(2) is not None else b"")
-        key._pin.verify(p.get(3), p.get(4), message, PERM.CREDENTIAL_MGMT, None)
-        token = key._pin.token
+        pin.verify(p.get(3), p.get(4), message, PERM.CREDENTIAL_MGMT, None)
+        token = pin.token
         bound_rp = token.rp_id if token is not None else None
     else:
-        key_rps_or_creds = key._rps if sub == CMD.ENUMERATE_RPS_NEXT else key._creds
+        still_to_give = enumeration.rps if sub == CMD.ENUMERATE_RPS_NEXT else enumeration.creds
         if sub not in (CMD.ENUMERATE_RPS_NEXT, CMD.ENUMERATE_CREDS_NEXT):
             raise fail(ERR.INVALID_SUBCOMMAND)
-        if not key_rps_or_creds:
+        if not still_to_give:
             raise fail(ERR.NOT_ALLOWED)
 
     if sub == CMD.GET_CREDS_METADATA:
@@ -65,13 +70,13 @@ def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any
             rps.setdefault(c.rp_id, c.rp_name)
         if not rps:
             raise fail(ERR.NO_CREDENTIALS)
-        key._rps = list(rps.items())[1:]
+        enumeration.rps = list(rps.items())[1:]
         first = _rp_entry(next(iter(rps.items())))
         first[RES.TOTAL_RPS] = len(rps)
         return first
 
     if sub == CMD.ENUMERATE_RPS_NEXT:
-        return _rp_entry(key._rps.pop(0))
+        return _rp_entry(enumeration.rps.pop(0))
 
     if sub == CMD.ENUMERATE_CREDS_BEGIN:
         rp_id_hash = params.get(1)
@@ -82,13 +87,13 @@ def credential_management(key: SoftKey, state: SoftKeyState, p: Mapping[int, Any
         creds = [c for c in sorted(state.creds, key=lambda c: c.created) if sha256(c.rp_id.encode()) == rp_id_hash]
         if not creds:
             raise fail(ERR.NO_CREDENTIALS)
-        key._creds = creds[1:]
+        enumeration.creds = creds[1:]
         first = _cred_entry(state, creds[0])
         first[RES.TOTAL_CREDENTIALS] = len(creds)
         return first
 
     if sub == CMD.ENUMERATE_CREDS_NEXT:
-        return _cred_entry(state, key._creds.pop(0))
+        return _cred_entry(state, enumeration.creds.pop(0))
 
     # delete / update: both name a credential by its descriptor
     desc = params.get(2)

@@ -17,7 +17,7 @@ from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 from fido2.utils import sha256
 
-from yktool.fido.softkey_state import MAX_PIN_RETRIES, SoftKeyState
+from yktool.fido.softkey.state import MAX_PIN_RETRIES, SoftKeyState
 
 ERR = CtapError.ERR
 PERM = ClientPin.PERMISSION
@@ -155,7 +155,7 @@ class PinUv:
         if state.pin_hash is not None:
             raise fail(ERR.NOT_ALLOWED)
         shared = self.shared_secret(protocol, p.get(3))
-        self._check_param(protocol, shared, new_pin_enc, param)
+        self.check_param(protocol, shared, new_pin_enc, param)
         state.pin_hash = self._decode_new_pin(protocol, shared, new_pin_enc)
         state.pin_retries = MAX_PIN_RETRIES
         state.pin_fails_in_a_row = 0
@@ -170,7 +170,7 @@ class PinUv:
         if state.pin_hash is None:
             raise fail(ERR.PIN_NOT_SET)
         shared = self.shared_secret(protocol, p.get(3))
-        self._check_param(protocol, shared, new_pin_enc + pin_hash_enc, param)
+        self.check_param(protocol, shared, new_pin_enc + pin_hash_enc, param)
         self._check_pin(state, protocol, shared, pin_hash_enc, save)
         state.pin_hash = self._decode_new_pin(protocol, shared, new_pin_enc)
         save()
@@ -190,7 +190,7 @@ class PinUv:
         return {2: protocol.encrypt(shared, self.token.value)}  # type: ignore[no-untyped-call]
 
     @staticmethod
-    def _check_param(protocol: PinProtocolV1, shared: bytes, message: bytes, param: bytes) -> None:
+    def check_param(protocol: PinProtocolV1, shared: bytes, message: bytes, param: bytes) -> None:
         expected = cast(bytes, protocol.authenticate(shared, message))  # type: ignore[no-untyped-call]
         if not hmac.compare_digest(expected, param):
             raise fail(ERR.PIN_AUTH_INVALID)

@@ -111,7 +111,8 @@ class Host:
         return path
 
     def _locate(self, path: str | PurePosixPath, *, make_parents: bool = False,
-                lexical_rest: bool = False, follow_last: bool = True) -> _Spot:
+                lexical_rest: bool = False, follow_last: bool = True,
+                seen: Callable[[PurePosixPath, os.stat_result], None] | None = None) -> _Spot:
         """Walk `path` inside the root one component at a time, each folder opened with
         O_NOFOLLOW from the one before, and return the open folder that holds its last name.
 
@@ -119,7 +120,8 @@ class Host:
         `_refuse_link` allows it; `..` or a link above the root is refused. Missing folders are
         made (0755, root's) with `make_parents`; with `lexical_rest` the missing rest of the path
         is kept as written (for `path()`), else FileNotFoundError. Without `follow_last` a link
-        at the last name is returned as it is (to look at the link itself).
+        at the last name is returned as it is (to look at the link itself). `seen` is told every
+        name the walk meets (the root, folders, links, the last name), as fstatat saw it.
         """
         path = self.where_inside(path)
         shown = str(path)
@@ -134,6 +136,8 @@ class Host:
         names: list[str] = []
         hops = 0
         try:
+            if seen is not None:
+                seen(PurePosixPath("/"), os.stat(stack[0]))
             while parts:
                 part = parts.popleft()
                 if part in ("", "."):
@@ -149,6 +153,8 @@ class Host:
                     st: os.stat_result | None = os.stat(part, dir_fd=folder, follow_symlinks=False)
                 except (FileNotFoundError, NotADirectoryError):
                     st = None
+                if st is not None and seen is not None:
+                    seen(PurePosixPath("/", *names, part), st)
                 if st is not None and stat.S_ISLNK(st.st_mode) and (parts or follow_last):
                     hops += 1
                     if hops > 40:
@@ -223,6 +229,16 @@ class Host:
 
     def exists(self, path: str | PurePosixPath) -> bool:
         return self.lstat(path) is not None
+
+    def trail(self, path: str | PurePosixPath) -> list[tuple[PurePosixPath, os.stat_result]]:
+        """Every name the fd walk to `path` meets, in order, with its own status (fstatat, nothing
+        followed): the root, each folder, each link followed and then where its target leads,
+        the last name. Who can change one of them can change what `path` reads. Missing:
+        FileNotFoundError; a link root may not follow: UnsafeLink."""
+        met: list[tuple[PurePosixPath, os.stat_result]] = []
+        spot = self._locate(path, seen=lambda inside, st: met.append((inside, st)))
+        os.close(spot.dir_fd)
+        return met
 
     def lexists(self, path: str | PurePosixPath) -> bool:
         """True when the name exists, a link at it counted as it is (never followed)."""

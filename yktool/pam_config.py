@@ -174,6 +174,7 @@ class PamService:
     lines: list[PamLine] = field(default_factory=list)   # the rules (without substack entries)
     problems: list[str] = field(default_factory=list)
     stack: list[PamLine] = field(default_factory=list)   # libpam's handler list, substack entries kept
+    files: list[str] = field(default_factory=list)  # every file read: the service's, then its includes
 
     def handlers(self, ptype: str) -> list[PamLine]:
         """The handlers libpam runs for one type (`auth`), in order, substack entries included."""
@@ -379,11 +380,13 @@ def find_service_file(host: Host, name: str) -> str | None:
 
 
 def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
-               problems: list[str] | None = None, want: str | None = None, level: int = 0) -> list[PamLine]:
+               problems: list[str] | None = None, want: str | None = None, level: int = 0,
+               files: list[str] | None = None) -> list[PamLine]:
     """libpam's handlers from one file (pam_handlers.c _pam_parse_conf_file): every include,
     substack and @include flattened in place, only `want`'s type when loaded for one type. A
     rule libpam cannot read (bad type, no control, no module, an include it cannot find) stays
-    in, marked must_fail: libpam installs it to fail when run, it does not skip it."""
+    in, marked must_fail: libpam installs it to fail when run, it does not skip it. Each file
+    read is added to `files` (who may write them decides the stack)."""
     problems = problems if problems is not None else []
     if len(via) > MAX_INCLUDE_DEPTH or path in via:
         problems.append(f"{path}: include loop ({' -> '.join((*via, path))})")
@@ -393,6 +396,8 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
     except Exception as exc:  # noqa: BLE001 - reported, never fatal for a report
         problems.append(f"{path}: cannot read ({getattr(exc, 'message', exc)})")
         return []
+    if files is not None and path not in files:
+        files.append(path)
     out: list[PamLine] = []
     for lineno, logical in logical_lines(text):
         words = tokenize(logical)
@@ -403,7 +408,7 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
             if len(words) < 2:
                 problems.append(f"{where}: @include without a file")
                 continue
-            got = _include(host, words[1], path, via, problems, lineno, want, level)
+            got = _include(host, words[1], path, via, problems, lineno, want, level, files)
             if got is None:
                 out.append(PamLine(path, lineno, want or "auth", "required", "", [], logical, via=via,
                                    level=level, must_fail=True))
@@ -432,7 +437,7 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
             if sub:
                 out.append(PamLine(path, lineno, ptype, control, module, [], logical, ignore_missing, via,
                                    level, must_fail, substack=True))
-            got = _include(host, module, path, via, problems, lineno, ptype, level + sub)
+            got = _include(host, module, path, via, problems, lineno, ptype, level + sub, files)
             if got is None:
                 out.append(PamLine(path, lineno, ptype, "required", module, [], logical, ignore_missing, via,
                                    level, must_fail=True))
@@ -448,12 +453,12 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
 
 
 def _include(host: Host, target: str, path: str, via: tuple[str, ...], problems: list[str],
-             lineno: int, want: str | None, level: int) -> list[PamLine] | None:
+             lineno: int, want: str | None, level: int, files: list[str] | None) -> list[PamLine] | None:
     found = find_service_file(host, target)
     if found is None:
         problems.append(f"{path}:{lineno}: included file {target!r} not found (libpam makes the rule fail)")
         return None
-    return parse_file(host, found, via=(*via, path), problems=problems, want=want, level=level)
+    return parse_file(host, found, via=(*via, path), problems=problems, want=want, level=level, files=files)
 
 
 def parse_service(host: Host, name: str) -> PamService:
@@ -461,7 +466,7 @@ def parse_service(host: Host, name: str) -> PamService:
     path = find_service_file(host, name)
     service = PamService(name, path)
     if path is not None:
-        service.stack = parse_file(host, path, problems=service.problems)
+        service.stack = parse_file(host, path, problems=service.problems, files=service.files)
         service.lines = [ln for ln in service.stack if not ln.substack]
     return service
 

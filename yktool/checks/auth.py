@@ -9,7 +9,8 @@ from collections.abc import Callable
 from yktool.checks.base import CheckContext, CheckFunc, Result, Unreadable, Verdict, register
 from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
-from yktool.pam_config import PamLine, PamService, key_required
+from yktool.checks.writers import refuse_writable
+from yktool.pam_config import PAM_DIRS, PamLine, PamService, key_required
 
 # The hardening checklist: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
@@ -27,6 +28,11 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
             if always:
                 return verdict.fail(f"no PAM service {service}")
             return verdict.not_applicable(f"{service} is not installed (no /etc/pam.d/{service})")
+        # whoever can rewrite the stack decides it: judge its content only when only root can
+        refused = refuse_writable(ctx, verdict, f"{service}'s PAM stack",
+                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)])
+        if refused is not None:
+            return refused
         unreadable = [p for p in svc.problems if "cannot read" in p]
         u2f = svc.u2f_lines
         if not u2f:
@@ -325,6 +331,10 @@ def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> 
         if not installed(ctx, cfg):
             verdict.add_evidence("/etc/ssh/sshd_config", "absent")
             return verdict.not_applicable("no SSH server installed")
+        # whoever can rewrite sshd_config or an Include'd file decides the setting
+        refused = refuse_writable(ctx, verdict, "the SSH server's settings", cfg.files + cfg.folders)
+        if refused is not None:
+            return refused
         for note in cfg.notes:
             verdict.add_evidence(cfg.origin, "note", note=note)
         # judged per user that can log in, over every connection class the Match lines tell

@@ -137,6 +137,7 @@ class SshdConfig:
     directives: list[Directive] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # folders an Include glob was expanded in
     present: bool = True
     notes: list[str] = field(default_factory=list)
     too_deep: bool = False  # sshd's fatal "Too many recursive configuration includes": stop reading
@@ -437,7 +438,7 @@ def parse_match(rest: str, source: str) -> MatchLine | str:
     return MatchLine(tuple(criteria), rest.strip(), source)
 
 
-def _expand_include(ctx: CheckContext, pattern: str) -> list[str]:
+def _expand_include(ctx: CheckContext, pattern: str, listed: list[str]) -> list[str]:
     pat = pattern if pattern.startswith(("/", "~")) else f"/etc/ssh/{pattern}"
     if pat.startswith("~"):
         return []  # glob(3) without GLOB_TILDE: a literal `~` path, never there
@@ -449,6 +450,7 @@ def _expand_include(ctx: CheckContext, pattern: str) -> list[str]:
         nxt: list[str] = []
         for base in found:
             if any(c in part for c in "*?["):
+                listed.append(base)  # who can write it can add a drop-in the glob picks up
                 nxt += [str(PurePosixPath(base) / n) for n in ctx.listdir(base)
                         if fnmatch.fnmatchcase(n, part) and (not n.startswith(".") or part.startswith("."))]
             else:
@@ -543,7 +545,7 @@ def _parse(ctx: CheckContext, path: str, cfg: SshdConfig, chain: tuple[MatchLine
             continue
         if key == "include":
             for inc in args:
-                for sub in _expand_include(ctx, inc):
+                for sub in _expand_include(ctx, inc, cfg.folders):
                     _parse(ctx, sub, cfg, block, depth + 1)
             continue
         bad = _check_value(key, args)

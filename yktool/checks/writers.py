@@ -29,10 +29,11 @@ class Writer:
 
     @property
     def fix(self) -> str:
-        direct = f"chown root:root {self.path}; chmod go-w {self.path}"
-        if self.via_link:
-            return f"replace the link {self.via_link} with a root-owned file (reviewed), or: {direct}"
-        return direct
+        return f"chown root:root {self.path}; chmod go-w {self.path}"
+
+
+def _named(number: int, names: dict[int, str]) -> str:
+    return f"{number} ({names[number]})" if number in names else str(number)
 
 
 def _names(ctx: CheckContext, table: str) -> dict[int, str]:
@@ -60,7 +61,7 @@ def _judge(st: os.stat_result, users: dict[int, str], groups: dict[int, str],
            builder: tuple[int | None, int | None]) -> str | None:
     uid, gid = builder
     if st.st_uid != 0 and st.st_uid != uid:
-        return f"uid {st.st_uid} ({users.get(st.st_uid, '?')}) owns it"
+        return f"uid {_named(st.st_uid, users)} owns it"
     if stat.S_ISLNK(st.st_mode):
         return None  # a link's own mode is always 0777 and means nothing
     if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
@@ -68,7 +69,7 @@ def _judge(st: os.stat_result, users: dict[int, str], groups: dict[int, str],
     if st.st_mode & 0o002:
         return "every user may write it"
     if st.st_mode & 0o020 and st.st_gid not in (0, gid):
-        return f"group {st.st_gid} ({groups.get(st.st_gid, '?')}) may write it"
+        return f"group {_named(st.st_gid, groups)} may write it"
     return None
 
 
@@ -112,7 +113,10 @@ def refuse_writable(ctx: CheckContext, verdict: Verdict, what: str, paths: list[
     for w in found:
         verdict.add_evidence(w.path, w.mode, "writable", w.who + (f" (through {w.via_link})" if w.via_link else ""))
     first = found[0]
-    return verdict.fail(f"{first.path}: {first.who}, so that user decides {what} (whoever can write the "
-                        "config can turn the key off)" + (f"; reached through {first.via_link}" if first.via_link
-                                                          else ""),
-                        "; ".join(dict.fromkeys(w.fix for w in found)))
+    through = f" (reached through the link {first.via_link})" if first.via_link else ""
+    fix = "; ".join(dict.fromkeys(w.fix for w in found))
+    links = list(dict.fromkeys(w.via_link for w in found if w.via_link))
+    if links:
+        fix = f"replace the link {', '.join(links)} with a root-owned file (review its content first), or: {fix}"
+    return verdict.fail(f"{first.path}{through}: {first.who}, so not root alone decides {what} (whoever can "
+                        "write the config can turn the key off)", fix)

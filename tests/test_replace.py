@@ -17,7 +17,6 @@ from tests.conftest import CliCall, CliResult
 from tests.flows_support import (
     ORIGIN,
     authfile_whole,
-    copy_scratch,
     demo_pin,
     git_commit_verifies,
     key_opens_image,
@@ -27,23 +26,10 @@ from tests.flows_support import (
     ssh_signs,
     tree_bytes,
 )
-from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
-
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("replace") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:

@@ -20,7 +20,6 @@ from tests.conftest import CliCall, CliResult
 from tests.flows_support import (
     ORIGIN,
     authfile_whole,
-    copy_scratch,
     demo_pin,
     key_opens_image,
     pam_accepts,
@@ -29,7 +28,7 @@ from tests.flows_support import (
     tree_bytes,
 )
 from yktool import pam_u2f as pu
-from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
@@ -37,18 +36,6 @@ from yktool.luks.header import read_header
 AUTHFILE = "etc/u2f_mappings"
 AUTHORIZED = "home/alice/.ssh/authorized_keys"
 
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("replace-lost") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def watched(scratch: Path) -> dict[str, str]:

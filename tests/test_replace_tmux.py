@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows_support import YKTOOL, copy_scratch, demo_pin, key_opens_image, spec, tree_bytes
+from tests.flows_support import YKTOOL, demo_pin, key_opens_image, spec, tree_bytes
 from tests.test_commission_tmux import Tmux
-from yktool.demo import KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("replace-tmux") / "demo"
-    assert all(line.ok for line in Demo(scratch).run().lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def _tmux(argv: list[str]) -> Tmux:

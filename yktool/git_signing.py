@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from yktool.authorized_keys import existing_owner, key_position, tokens_of
-from yktool.errors import ToolFailed, UsageError
+from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host, Result
 from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.keys import SkPublicKey
@@ -128,10 +128,16 @@ class Git:
             raise UsageError(f"{repo} is not a git repository", "run `git init` there first, or name another")
         real = PurePosixPath(result.text.strip())
         try:
-            return PurePosixPath("/") / real.relative_to(self.host.root)
+            inside = PurePosixPath("/") / real.relative_to(self.host.root)
         except ValueError:
             raise UsageError(f"the git folder of {repo} lies outside the root", "name a repository inside it") \
                 from None
+        # a `.git` file (gitdir: …) is the checkout owner's to write: root follows it only to a
+        # git folder of that same owner, never into root's or another user's repository
+        if self.host.owner(inside)[0] != self.host.owner(repo)[0]:
+            raise Refused(f"the git folder of {repo} ({inside}) belongs to another owner than the checkout",
+                          "name the repository that holds its own git folder")
+        return inside
 
     @contextlib.contextmanager
     def _private_copy(self, config_file: PurePosixPath) -> Iterator[Path]:

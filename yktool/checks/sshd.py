@@ -139,6 +139,7 @@ class SshdConfig:
     files: list[str] = field(default_factory=list)
     present: bool = True
     notes: list[str] = field(default_factory=list)
+    too_deep: bool = False  # sshd's fatal "Too many recursive configuration includes": stop reading
     # filled when the settings come from sshd itself: Connection -> sshd -T's settings
     dumps: dict[Connection, dict[str, Setting]] = field(default_factory=dict)
 
@@ -484,8 +485,13 @@ def convtime(value: str) -> int | None:
 
 def _parse(ctx: CheckContext, path: str, cfg: SshdConfig, chain: tuple[MatchLine, ...], depth: int) -> None:
     """Parse one file into cfg, its lines under `chain` (the includer's Match blocks)."""
+    if cfg.too_deep:
+        return
     if depth > MAX_DEPTH:
-        cfg.problems.append(f"{path}: Include nested too deep")
+        # sshd dies at the first one; going on would walk an Include loop that fans out
+        # (drop-ins including their own glob) n^16 times and hang verify
+        cfg.problems.append(f"{path}: Include nested too deep (sshd would refuse the file)")
+        cfg.too_deep = True
         return
     text = ctx.read(path)
     if text is None:

@@ -42,6 +42,16 @@ def escape(text: str) -> str:
     return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
 
 
+# C0 controls, DEL and C1 controls: ESC, CSI (0x9b), CR and BEL from a user's file would move the
+# cursor, erase lines, retitle the window or forge a verdict on root's terminal
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters as `\\xNN` (a line is one line)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def escape_streams() -> None:
     """Make stdout and stderr escape what they cannot encode (a non-UTF-8 byte from a file in
     evidence, or any text on an ASCII terminal) instead of crashing with UnicodeEncodeError:

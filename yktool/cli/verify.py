@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from yktool.cli.context import AppContext, pass_app, read_only
+from yktool.cli.output import printable
 
 if TYPE_CHECKING:
     from yktool.checks import Result
@@ -126,9 +127,9 @@ def _render(results: list[Result], counts: dict[str, int], verbose: int) -> None
             click.echo(f"  {click.style(label, fg=colour, bold=r.status == 'fail')}  {r.id:<{width}}  {r.title}")
             if r.status in ("fail", "warn") or verbose:
                 if r.reason:
-                    click.echo(f"        {r.reason}")
+                    click.echo(f"        {printable(r.reason)}")
                 for e in r.evidence[:4]:
-                    click.echo(click.style(f"        read {e.render()}", dim=True))
+                    click.echo(click.style(f"        read {printable(e.render())}", dim=True))
                 if r.fix and r.status in ("fail", "warn"):
                     click.echo(f"        fix: {r.fix}")
     total = sum(counts.values())

@@ -8,7 +8,9 @@ neither, and gets the standard `services.usbguard.rules` and `secrets/`.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,25 @@ def nix_files(root: Path) -> list[Path]:
     return out
 
 
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of a regular file of the checkout, None when too big. Opened O_NONBLOCK and
+    O_NOFOLLOW, then checked on the fd: a FIFO the checkout's owner put there (or swapped in after
+    the walk) never hangs root, a link swapped in is never followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_BYTES:
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _secrets_entries(nf: tree.NixFile) -> list[tree.Binding]:
     return [b for b in nf.bindings if len(b.path) == 2 and b.path[1] == "publicKeys"]
 
@@ -78,9 +99,10 @@ def scan(root: Path, secrets_nix: Path | None = None) -> FlakeTree:
     candidates: list[Path] = []
     for path in nix_files(root):
         try:
-            if path.stat().st_size > MAX_BYTES:
+            data = _read_regular(path)
+            if data is None:
                 continue
-            text = path.read_text("utf-8", "surrogateescape")
+            text = data.decode("utf-8", "surrogateescape")
             nf = tree.parse(text)
         except (OSError, tree.NixSyntaxError) as exc:
             ft.notes.append(f"skipped {path.relative_to(root)}: {exc}")

@@ -24,6 +24,7 @@ from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.plan import Plan
 
+from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
@@ -148,9 +149,7 @@ class Commission:
         return lookup_user(self.host, self.a.user)
 
     def hostname(self) -> str:
-        if self.host.exists("/etc/hostname"):
-            return self.host.read_text("/etc/hostname").strip()
-        return ""
+        return hostname(self.host)
 
     def origin(self) -> str:
         from yktool import pam_u2f as pu
@@ -221,13 +220,9 @@ class Commission:
         return steps
 
     def luks_touches(self, role: str) -> str:
-        """The LUKS enrollment's touch count: one for yktool's own (native) enrollment; a real key
-        goes through systemd-cryptenroll, which asks its own two (make, then derive the secret)."""
-        from yktool.luks.fido2 import default_backend
-
-        if default_backend(self.keys.specs.get(role) or "auto") == "native":
-            return "1 touch"
-        return "systemd-cryptenroll's own count: 2 touches"
+        """The LUKS enrollment's touch count, as the plan says it (systemd's own count for a real key)."""
+        n = luks_touches(self.keys.specs.get(role))
+        return "1 touch" if n == 1 else f"systemd-cryptenroll's own count: {n} touches"
 
     # -- key and PIN
     def pin(self, role: str) -> str:
@@ -506,8 +501,8 @@ class Commission:
         if not per_role:
             return ""
         if len(set(per_role)) == 1:
-            return f"each key: {per_role[0]} touch{'es' if per_role[0] != 1 else ''}, 1 PIN"
-        return ", ".join(f"{r} key: {n} touches, 1 PIN" for r, n in zip(self.a.roles, per_role, strict=True))
+            return f"each key: {budget(per_role[0])}"
+        return ", ".join(f"{r} key: {budget(n)}" for r, n in zip(self.a.roles, per_role, strict=True))
 
 
 PAM_STACK_CHECKS = {"pam.sudo", "pam.login"}
@@ -519,8 +514,6 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
     """The plan on one screen: the root and host, what changes per LUKS device and per key, the
     touch and PIN budget. The full plan (every step, what it changes, how it is proven) is on
     demand."""
-    import textwrap
-
     a = flow.a
     done = set(flow.state.done)
     todo = [st for st in steps if st.id not in done or st.always]
@@ -529,8 +522,7 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
              f"{len(steps)} steps, {len(steps) - len(todo)} done already"]
 
     def add(head: str, items: list[str]) -> None:
-        text = f"{head}: {', '.join(items) if items else 'nothing left to do'}"
-        lines.extend(textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="      "))
+        lines.extend(summary_item(head, items, width))
 
     for dev in a.luks_devices:
         items = []
@@ -566,8 +558,7 @@ def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
             out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
                        f"with a root shell kept open until {works}:\n    {line}")
     if a.host_kind == "nixos":
-        out.append("Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
-                   "(PAM, udev and USBGuard come from it)")
+        out.append(NIXOS_REBUILD)
     if flow.recovery_shown:
         out.append("Store the recovery key offline (paper, a password manager on another device): it opens "
                    "the disk when the TPM and every key fail")
@@ -575,37 +566,8 @@ def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
 
 
 # ================================================================================ the run
-@dataclass
-class CommissionReport:
-    """What a run did: each step's outcome, verify's results, touches and PIN prompts per key.
-    `owned`: the verify checks that prove this run's own steps (the others are listed apart)."""
-
-    outcomes: list[Outcome]
-    results: list[Any]
-    counts: dict[str, Any]
-    notes: list[str]
-    nothing_to_do: bool
-    owned: set[str] = field(default_factory=set)
-
-    @property
-    def changed(self) -> bool:
-        return any(o.status == "done" and o.id != "verify" for o in self.outcomes)
-
-    @property
-    def verify_ok(self) -> bool:
-        """Every check of what this run owns passes (other layers' failures do not count)."""
-        return not any(r.status == "fail" for r in self.results if r.id in self.owned)
-
-    @property
-    def not_ours(self) -> list[Any]:
-        return [r for r in self.results if r.id not in self.owned]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.verify_ok, "changed": self.changed, "nothing_to_do": self.nothing_to_do,
-                "steps": [o.to_json() for o in self.outcomes],
-                "verify": [r.to_json() for r in self.results],
-                "not_part_of_this_run": sorted(r.id for r in self.not_ours),
-                "counts": self.counts, "notes": list(self.notes)}
+class CommissionReport(FlowReport):
+    """What a commission run did (the shared report: see flows/ending.py)."""
 
 
 def saved_answers(state: FlowState) -> CommissionAnswers | None:

@@ -43,6 +43,7 @@ from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
+from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
 from .keys import KeyRing, Passphrases
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
@@ -392,6 +393,13 @@ class Replace:
         from yktool.nixos.generate import regenerate
 
         return regenerate(self.host)
+
+    def touches(self) -> int:
+        """The new key's touches: one per credential made (the LUKS slot's secret and the pam_u2f
+        proof are read silently; systemd-cryptenroll asks its own two)."""
+        luks = len(dict.fromkeys(f.where for f in self.lost("luks")))
+        pam = len(dict.fromkeys((f.where, f.user, f.rp_id) for f in self.lost("pam")))
+        return luks * luks_touches(self.keys.specs.get("new")) + len(self.lost("ssh")) + pam
 
     # ------------------------------------------------------------------ enroll the replacement
     def new_pin(self) -> str:
@@ -743,15 +751,68 @@ def _is_rule_for(line: str, rule: tuple[str, str]) -> bool:
 
 
 @dataclass
-class ReplaceReport:
-    found: list[Found]
-    outcomes: list[Outcome]
-    counts: dict[str, Any]
+class ReplaceReport(FlowReport):
+    """What a replace run did (the shared report: see flows/ending.py), and what it found."""
+
+    found: list[Found] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": True, "lost": [f.to_json() for f in self.found if f.lost],
-                "kept": [f.to_json() for f in self.found if not f.lost],
-                "steps": [o.to_json() for o in self.outcomes], "counts": self.counts}
+        return {**super().to_json(), "lost": [f.to_json() for f in self.found if f.lost],
+                "kept": [f.to_json() for f in self.found if not f.lost]}
+
+
+AREA = {"luks": "LUKS2 FIDO2 slot", "pam": "pam_u2f", "ssh": "SSH key"}
+
+
+def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
+    """The plan on one screen: the root and host, per lost key what is revoked (per layer), the
+    keys kept, the new key's enrollments and its touch and PIN budget. The full plan (every
+    credential, every step) is on demand."""
+    host = flow.host
+    kind = "nixos" if host.exists("/etc/NIXOS") else "linux"
+    done = set(flow.state.done)
+    lines = [f"replace: {host.root}", f"  host {hostname(host) or 'no /etc/hostname'} ({kind}); {len(steps)} steps, "
+             f"{sum(1 for st in steps if st.id in done and not st.always)} done already"]
+    for name in flow.lost_names:
+        items = [f"{AREA[f.area]} {f.user + ' in ' if f.area == 'pam' else ''}{f.where}"
+                 for f in flow.found if f.lost and f.owner == name]
+        lines += summary_item(f"lost {name}, revoked", [*items, "registry entry and udev/USBGuard rules"], width)
+    answered = {f.owner: f.answered_by for f in flow.found if f.answered_by not in (None, "new")}
+    kept = [f"{k.nickname} ({'plugged in' if k.nickname in answered else 'not plugged in'})"
+            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.a.new_nickname)]
+    kept += [f"{f.describe()} (not in the registry, kept: yktool cannot tell which key made it)"
+             for f in flow.found if f.owner == "unregistered" and not f.lost]
+    lines += summary_item("kept", kept or ["no other key"], width)
+    for x in flow.forced:  # what --force lets go is never only in the details
+        lines += summary_item("FORCED", [x.message], width)
+    if flow.has_new:
+        items = [f"LUKS2 FIDO2 slot {dev}" for dev in dict.fromkeys(f.where for f in flow.lost("luks"))]
+        items += [f"SSH key {f.where} (authorized, git signing)" for f in flow.lost("ssh")]
+        items += [f"pam_u2f {user} in {path}" for path, user, _o in
+                  dict.fromkeys((f.where, f.user, f.rp_id) for f in flow.lost("pam"))]
+        items.append("udev lock and USBGuard rules where the lost key had them")
+        lines += summary_item(f"new key ({flow.a.new_nickname}), first", items, width)
+        lines.append(f"  new key: {budget(flow.touches())}, before anything of the lost key goes")
+    else:
+        lines.append("  no new key: revoke only (the kept keys stay the way in)")
+    return lines
+
+
+def next_steps(flow: Replace, report: ReplaceReport) -> list[str]:
+    """What is left for the person, exactly: the new key in its place, its SSH key wherever the
+    lost one was accepted off this host, the NixOS rebuild; without a new key, a new backup."""
+    out: list[str] = []
+    if flow.has_new:
+        out.append(f"Put the new key ({flow.a.new_nickname}) where the lost one was (keyring, laptop port); "
+                   "keep the other keys where they are")
+        for f in flow.lost("ssh"):
+            out.append(f"Authorize the new SSH key {f.where}.pub wherever the lost one was accepted off this "
+                       "host (GitHub, other servers), and remove the lost one there")
+    else:
+        out.append("Enroll a new backup key soon: one more lost key must not lock you out")
+    if flow.host.exists("/etc/NIXOS"):
+        out.append(NIXOS_REBUILD)
+    return out
 
 
 def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
@@ -829,8 +890,14 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
 
 
 def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
+    nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     flow.state.finish(flow.host)
-    return ReplaceReport(flow.found, outcomes, flow.keys.totals())
+    # each step is proven by its consumer as it runs: no verify of its own, so nothing of another layer's
+    return ReplaceReport(outcomes, [], flow.keys.totals(), list(flow.io.notes), nothing, found=flow.found)
+
+
+def pending(flow: Replace, steps: list[FlowStep]) -> list[FlowStep]:
+    return [s for s in steps if s.id not in flow.state.done and not s.always]

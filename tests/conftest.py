@@ -155,3 +155,23 @@ def child_recorder() -> Iterator[ChildRecorder]:
         yield _RECORDER
     finally:
         _RECORDER.active = False
+
+
+@pytest.fixture(scope="session")
+def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo commissioned once per test worker (two software keys, swtpm, a LUKS2 image, a
+    scratch root): tests take a copy (`scratch`), never change this one."""
+    from yktool.demo import Demo
+
+    demo = tmp_path_factory.mktemp("commissioned") / "demo"
+    ctx = Demo(demo).run()
+    assert all(line.ok for line in ctx.lines), [line for line in ctx.lines if not line.ok]
+    return demo
+
+
+@pytest.fixture
+def scratch(commissioned: Path, tmp_path: Path) -> Path:
+    """A private copy of the commissioned demo, to change at will."""
+    from tests.flows_support import copy_scratch
+
+    return copy_scratch(commissioned, tmp_path / "demo")

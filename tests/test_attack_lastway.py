@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliCall, CliResult
-from tests.flows_support import copy_scratch, spec, tree_bytes
+from tests.flows_support import spec, tree_bytes
 from tests.pamdriver import pam_d_digest
 from yktool import pam_u2f as pu
-from yktool.demo import ROOT, Demo
+from yktool.demo import ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 
@@ -45,18 +45,6 @@ KEY_OPTIONAL = {
                           {"u2f-or-pass": f"auth sufficient {U2F}\nauth required pam_permit.so\n"}),
 }
 
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("attack-lastway") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def _alice_has_only(scratch: Path, keep: str) -> None:

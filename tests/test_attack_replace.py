@@ -17,21 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliCall, CliResult
-from tests.flows_support import copy_scratch, demo_pin, spec, tree_bytes
-from yktool.demo import KEYS, PASSPHRASE, ROOT, Demo
-
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("attack-replace") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
+from tests.flows_support import demo_pin, spec, tree_bytes
+from yktool.demo import KEYS, PASSPHRASE, ROOT
 
 
 def _replace(cli: CliCall, scratch: Path, *args: str) -> CliResult:

@@ -1,8 +1,8 @@
 """`yktool commission`: every step proven by its consumer, idempotent re-runs, a resumable run
 killed (-9) at every step boundary, and bad input refused with nothing changed.
 
-One demo scratch is commissioned per module and copied per test (the demo drives the same
-library flow as the command)."""
+One demo scratch is commissioned per test worker (tests/conftest.py) and copied per test
+(the demo drives the same library flow as the command)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from tests.flows_support import (
     ORIGIN,
     YKTOOL,
     authfile_whole,
-    copy_scratch,
     demo_pin,
     fresh_setup,
     git_commit_verifies,
@@ -31,23 +30,10 @@ from tests.flows_support import (
     ssh_signs,
     tree_bytes,
 )
-from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS, Demo, DemoContext
+from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS, DemoContext
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
-
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("commissioned") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines), [ln for ln in ctx.lines if not ln.ok]
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> None:

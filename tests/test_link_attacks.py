@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import CliCall, CliResult
 from tests.flows_support import copy_scratch, demo_pin, spec
 from tests.ssh_support import SshWorld, world
-from yktool.demo import KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import KEYS, PASSPHRASE, ROOT
 from yktool.errors import Refused
 from yktool.host import Host
 
@@ -55,14 +55,6 @@ def _refused_naming_the_link(res: CliResult, link: str) -> None:
 
 
 # ------------------------------------------------------------------ item 8: replace's git files
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("links") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
 def _replace(cli: CliCall, scratch: Path, present: str, lost: str) -> CliResult:
     return cli("--root", scratch / ROOT, "--device", spec(scratch, present), "--yes", "replace", "--lost", lost,
                "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",

@@ -17,7 +17,6 @@ from tests.conftest import CliCall, CliResult
 from tests.flows_support import (
     ORIGIN,
     authfile_whole,
-    copy_scratch,
     demo_pin,
     git_commit_verifies,
     key_opens_image,
@@ -27,23 +26,10 @@ from tests.flows_support import (
     ssh_signs,
     tree_bytes,
 )
-from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
-
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("replace") / "demo"
-    ctx = Demo(scratch).run()
-    assert all(line.ok for line in ctx.lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
@@ -54,10 +40,10 @@ def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
                                "PATH": "/usr/bin:/bin"})
 
 
-def _replace(cli: CliCall, scratch: Path, *extra: str) -> CliResult:
+def _replace(cli: CliCall, scratch: Path, *extra: str, args: tuple[str, ...] = ()) -> CliResult:
     return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
                "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
-               "--new-pin-stdin", input=demo_pin(scratch) + "\n")
+               "--new-pin-stdin", *args, input=demo_pin(scratch) + "\n")
 
 
 def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
@@ -79,6 +65,9 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     assert {f["owner"] for f in report["lost"]} == {"primary"}
     assert report["counts"]["new"]["pin_prompts"] == 1
     assert report["counts"]["present-1"] == {"touches": 0, "pin_prompts": 0}  # probes are silent
+    assert report["not_part_of_this_run"] == [] and not report["nothing_to_do"]
+    assert any("primary-2" in item for item in report["next_steps"])  # the new key, put in its place
+    assert any("id_ed25519_sk.pub" in item and "off this host" in item for item in report["next_steps"])
 
     # LUKS: A's token gone, C opens, B still opens, the passphrase still opens
     header = read_header(host, IMAGE)
@@ -120,6 +109,7 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     again = _replace(cli, scratch)
     assert again.exit_code == 0, again.output
     assert "nothing is lost" in again.stdout
+    assert "replace: finished earlier; nothing left to do" in again.stdout
     assert tree_bytes(root) == before
 
 
@@ -335,3 +325,38 @@ def test_revoke_only_refuses_up_front_when_a_pam_line_would_be_left_empty(scratc
     assert r.exit_code == 4, r.output
     assert "without any" in r.stderr and "--new-device" in r.stderr
     assert tree_bytes(root) == before
+
+
+def test_the_summary_fits_80_columns_and_the_ending_says_what_is_left(scratch: Path, cli: CliCall) -> None:
+    """One screen: the root, the lost key and what goes per layer, the kept key, the new key's
+    enrollments and its budget; the full plan only on --details. Then one ending: Next steps,
+    and a finished re-run exits 0 with nothing left (in JSON too)."""
+    root = scratch / ROOT
+    (scratch / KEYS / "primary.json").unlink()
+    r = _replace(cli, scratch)
+    assert r.exit_code == 0, r.output
+    summary = r.stderr.split("\nstep 1/")[0].splitlines()
+    assert summary[0] == f"replace: {root}" and "host demo-host (linux)" in summary[1], summary
+    assert all(len(line) <= 80 for line in summary[1:]), summary  # the root's path is as long as it is
+    text = " ".join(line.strip() for line in summary)
+    assert "lost primary, revoked: LUKS2 FIDO2 slot /var/lib/demo/disk.img, pam_u2f alice" in text, text
+    assert "kept: backup (plugged in)" in text and "new key (primary-2)" in text
+    assert "new key: 3 touches, 1 PIN" in text
+    assert "Plan:" not in r.output and "step 9/9 done" in r.stderr  # no full plan without --details
+    assert "Next steps (for you):\n  1. Put the new key (primary-2)" in r.stdout
+
+    again = _replace(cli, scratch, "--json")
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["nothing_to_do"] and not report["changed"] and report["next_steps"] == []
+    assert report["not_part_of_this_run"] == [] and report["lost"] == []
+
+
+def test_details_shows_the_full_plan(scratch: Path, cli: CliCall) -> None:
+    (scratch / KEYS / "primary.json").unlink()
+    r = _replace(cli, scratch, args=("--details",))
+    assert r.exit_code == 0, r.output
+    full = r.stderr.split("\nstep 1/")[0]
+    assert "Lost (primary), as named: revoked from" in full and "Kept (" in full
+    assert "Plan: replace the lost key (primary) with primary-2" in full
+    assert "proven by:" in full and "wipe the lost key's keyslots" in full

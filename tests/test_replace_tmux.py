@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows_support import YKTOOL, copy_scratch, demo_pin, key_opens_image, spec, tree_bytes
+from tests.flows_support import YKTOOL, demo_pin, key_opens_image, spec, tree_bytes
 from tests.test_commission_tmux import Tmux
-from yktool.demo import KEYS, PASSPHRASE, ROOT, Demo
+from yktool.demo import KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
-
-@pytest.fixture(scope="module")
-def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("replace-tmux") / "demo"
-    assert all(line.ok for line in Demo(scratch).run().lines)
-    return scratch
-
-
-@pytest.fixture
-def scratch(commissioned: Path, tmp_path: Path) -> Path:
-    return copy_scratch(commissioned, tmp_path / "demo")
 
 
 def _tmux(argv: list[str]) -> Tmux:
@@ -49,6 +38,9 @@ def test_the_wizard_asks_which_key_was_lost(scratch: Path) -> None:
         assert "backup — luks, ssh, git, pam, udev, usbguard; plugged in (present-1)" in shown
         tmux.keys("Space")                     # primary (the first): marked
         tmux.keys("Enter")
+        shown = tmux.wait_for("Show the full plan?")
+        assert "lost primary, revoked:" in shown and "kept: backup (plugged in)" in shown
+        tmux.keys("y")                         # yes: the full plan
         shown = tmux.wait_for("Go ahead?")
         assert "Lost (primary), as named" in shown and "note: backup (plugged in, present-1): kept" in shown
         tmux.keys("Enter")                     # yes
@@ -78,6 +70,11 @@ def test_a_forced_loss_needs_the_name_typed(scratch: Path) -> None:
     before = tree_bytes(root)
     tmux = _tmux(argv)
     try:
+        shown = tmux.wait_for("Show the full plan?")
+        # the summary says it (wrapped to the screen)
+        screen = " ".join(shown.split())
+        assert "FORCED: " in screen and "no more SSH login by key" in screen, shown
+        tmux.keys("Enter")                     # no
         shown = tmux.wait_for("Type primary to go ahead anyway")
         assert "alice would be left without any SSH key" in shown
         tmux.type("backup")
@@ -88,6 +85,8 @@ def test_a_forced_loss_needs_the_name_typed(scratch: Path) -> None:
     assert tree_bytes(root) == before
     tmux = _tmux(argv)
     try:
+        tmux.wait_for("Show the full plan?")
+        tmux.keys("Enter")                     # no
         tmux.wait_for("Type primary to go ahead anyway")
         tmux.type("primary")
         tmux.wait_for("Go ahead?")

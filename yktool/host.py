@@ -296,10 +296,7 @@ class Host:
                 raise UsageError(f"{path} is a folder, not a file", "name a file")
             if not stat.S_ISREG(st.st_mode):
                 raise UsageError(f"{path} is not a regular file", "name a regular file")
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return read_all(fd)
         finally:
             os.close(fd)
 
@@ -821,3 +818,11 @@ def _credentials_dir(credentials: Mapping[str, bytes]) -> Iterator[tuple[str | N
         for fd in fds:
             os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_all(fd: int) -> bytes:
+    """Everything left to read on an open file descriptor."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)

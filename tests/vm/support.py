@@ -123,8 +123,9 @@ class Key:
         return control(self.control_path, line, timeout)
 
     def counts(self) -> dict[str, int]:
-        reply = self.control("status")
-        return {k: int(v) for k, v in (w.split("=", 1) for w in reply.split()[1:]) if v.isdigit()}
+        from yktool.fido.emulator_control import touch_counts
+
+        return touch_counts(self.control_path)
 
     def _reap(self, flags: int = 0) -> bool:
         if self.status is not None:

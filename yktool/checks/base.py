@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from yktool.errors import UsageError, YktoolError
-from yktool.host import Host
+from yktool.host import Host, read_all
 
 Status = Literal["pass", "fail", "warn", "n/a"]
 
@@ -149,10 +149,7 @@ class CheckContext:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat.S_ISREG(mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return read_all(fd)
         finally:
             os.close(fd)
 

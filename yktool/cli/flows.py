@@ -273,8 +273,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
             return
         todo = fc.pending(flow, flow_steps)
         if not app.json:
-            _show_summary(app, asker, flow, flow_steps, plan, details=details and bool(todo),
-                          resumed=resume_chosen and not restart)
+            _show_summary(asker, fc.summary(flow, flow_steps), plan.render(), todo=bool(todo),
+                          details=details, resumed=resume_chosen and not restart)
         if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
                 and not sys.stderr.isatty():
             raise UsageError("the recovery key is shown once on the terminal, and there is none",
@@ -290,17 +290,16 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         sys.exit(1)
 
 
-def _show_summary(app: AppContext, asker: Any, flow: Any, steps: list[Any], plan: Any, *, details: bool,
+def _show_summary(asker: Any, summary: list[str], full_plan: str, *, todo: bool, details: bool,
                   resumed: bool) -> None:
-    """The one-screen summary on stderr; the full plan with --details, or when the person asks."""
-    from yktool.flows import commission as fc
-
-    info("\n".join(fc.summary(flow, steps)))
-    if not fc.pending(flow, steps):
+    """The one-screen summary on stderr; the full plan with --details, or when the person asks
+    (nothing left to do: the summary says so, and no plan is offered)."""
+    info("\n".join(summary))
+    if not todo:
         return
     if details or (asker.interactive and not resumed
                    and asker.confirm("Show the full plan?", yes=False, default=False)):
-        info(plan.render())
+        info(full_plan)
 
 
 def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
@@ -326,16 +325,20 @@ def _render_counts(counts: dict[str, Any]) -> str:
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None) -> None:
-    """The one ending: verify on what this run owns, the other layers' results apart (they do not
-    fail the run), the counts, and "Next steps" with exactly what is left for the person."""
+def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None,
+                   flow: str = "commission", extra: dict[str, Any] | None = None) -> None:
+    """The one ending (commission's and replace's, a yktool.flows.ending.FlowReport): verify on
+    what this run owns, the other layers' results apart (they do not fail the run), the counts,
+    and "Next steps" with exactly what is left for the person."""
     if app.json:
         from yktool.cli.verify import split_fix
 
         data = report.to_json()
         for check in data.get("verify", []):  # each fix split as verify --json splits it
             check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
-        emit_json({**data, "plan": plan.to_json(), "next_steps": list(next_steps or [])})
+        if plan is not None:
+            data["plan"] = plan.to_json()
+        emit_json({**data, **(extra or {}), "next_steps": list(next_steps or [])})
         return
     for note in report.notes:
         click.echo(note)
@@ -357,7 +360,7 @@ def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str
         show(report.not_ours)
     click.echo(f"touches and PIN entries: {_render_counts(report.counts)}")
     if report.nothing_to_do:
-        click.echo("commission: finished earlier; nothing left to do (verify ran again)")
+        click.echo(f"{flow}: finished earlier; nothing left to do" + (" (verify ran again)" if report.results else ""))
     if next_steps:
         click.echo("Next steps (for you):")
         for n, item in enumerate(next_steps, 1):
@@ -392,13 +395,15 @@ def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str
 @click.option("--keep-old-signatures", is_flag=True,
               help="Do not list the lost key in gpg.ssh.revocationFile (its old commits keep verifying; "
                    "a finder could back-date new ones).")
+@click.option("--details", is_flag=True, help="Show the full plan (every credential found, revoked or kept, "
+              "every step and how it is proven), not only the one-screen summary.")
 @force_option
 @confirm_option
 @pass_app
 def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], new_device: str | None,
             new_nickname: str | None, unlock_key_file: str | None, luks_devices: tuple[str, ...],
             new_pin_stdin: bool, pin_stdin: bool, age_host_keys: tuple[str, ...], age_identity: str | None,
-            keep_old_signatures: bool, force: bool, confirm: tuple[str, ...]) -> None:
+            keep_old_signatures: bool, details: bool, force: bool, confirm: tuple[str, ...]) -> None:
     """A key was lost: revoke it everywhere, enroll the replacement there, prove it first.
 
     Say which key was lost by its registry name (--lost NAME, several allowed; the wizard asks,
@@ -423,9 +428,9 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
       yktool replace --lost primary --new-device auto
       yktool --yes replace --lost primary --new-device hid:/dev/hidraw3 --unlock-key-file /root/pass
       yktool --dry-run replace --lost primary,old-nano          # the plan only
+      yktool replace --lost primary --new-device auto --details  # the full plan before "Go ahead?"
       yktool --yes replace --lost primary --force --confirm primary   # revoke only, alice loses SSH
     """
-    from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_new_pin
     from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
@@ -475,11 +480,9 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
         if not lost_found and not known:
             if not app.dry_run:
                 fr.settle(host)
-            if app.json:
-                emit_json({"ok": True, "lost": [], "kept": [f.to_json() for f in found], "steps": []})
-            else:
-                click.echo(f"{', '.join(names)}: already revoked (no longer in the registry): nothing is lost, "
-                           "nothing to do.")
+            if not app.json:
+                click.echo(f"{', '.join(names)}: already revoked (no longer in the registry): nothing is lost.")
+            _render_report(app, fr.ReplaceReport([], [], keys.totals(), [], True, found=found), None, [], "replace")
             return
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
@@ -491,35 +494,38 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
                                     age_identity=age.age_identity)
         io = fr.ReplaceIO(new_pin, _read_unlock)
         flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device), force)
-        if not app.json:
-            click.echo(f"Lost ({', '.join(names)}), as named: revoked from")
-            for f in lost_found:
-                click.echo(f"  - {f.describe()}  [{f.owner}]")
-            if not lost_found:
-                click.echo("  - no credential on this host (the registry entry and its rules only)")
-            kept = [f for f in found if not f.lost]
-            click.echo(f"Kept ({len(kept)} credentials):")
-            for f in kept:
-                click.echo(f"  - {f.describe()}  [{f.owner}: {f.status()}]")
+        full_plan = "\n".join([*_found_listing(names, found), plan.render()])
         if app.dry_run:
             if app.json:  # what was found, as the real run's report has it
                 emit_json({**plan.to_json(), "lost": [f.to_json() for f in lost_found],
                            "kept": [f.to_json() for f in found if not f.lost],
                            "forced": [x.to_json() for x in flow.forced]})
             else:
-                show_plan(plan, False)
+                info("\n".join(fr.summary(flow, steps)))
+                click.echo(full_plan)  # the plan is what a dry run is for: stdout, as commission's
             return
         if not app.json:
-            show_plan(plan, False)
+            _show_summary(asker, fr.summary(flow, steps), full_plan, todo=bool(fr.pending(flow, steps)),
+                          details=details, resumed=False)
         confirm_forced(flow.forced, names, confirm, yes=app.yes or app.json)
         if not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fr.execute(flow, steps, _step_printer(app))
-    if app.json:
-        emit_json({**report.to_json(), "forced": [x.to_json() for x in flow.forced]})
-    else:
-        click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)")
-                   + f"; touches and PIN entries: {_render_counts(report.counts)}")
+        report = fr.execute(flow, steps, _step_printer(app, len(steps)))
+    if not app.json:
+        click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)"))
+    _render_report(app, report, plan, fr.next_steps(flow, report), "replace",
+                   {"forced": [x.to_json() for x in flow.forced]})
+
+
+def _found_listing(names: list[str], found: list[Any]) -> list[str]:
+    """The full plan's head: every credential found, revoked (a key named lost made it) or kept, and why."""
+    lost_found = [f for f in found if f.lost]
+    kept = [f for f in found if not f.lost]
+    return [f"Lost ({', '.join(names)}), as named: revoked from",
+            *(f"  - {f.describe()}  [{f.owner}]" for f in lost_found),
+            *([] if lost_found else ["  - no credential on this host (the registry entry and its rules only)"]),
+            f"Kept ({len(kept)} credentials):",
+            *(f"  - {f.describe()}  [{f.owner}: {f.status()}]" for f in kept)]
 
 
 def _ask_lost(asker: Any, host: Any, found: list[Any]) -> list[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from yktool.fido.emulator_control import control
+from yktool.fido.emulator_control import control, touch_counts
 
 
 class EmulatorFailed(RuntimeError):
@@ -51,8 +51,7 @@ class RunningEmulator:
 
     def counts(self) -> dict[str, int]:
         """The touch counts: requested, approved, denied, timed_out, cancelled (and waiting)."""
-        reply = self.control("status")
-        return {k: int(v) for k, v in (w.split("=", 1) for w in reply.split()[1:]) if v.isdigit()}
+        return touch_counts(self.control_path)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM: unplug and exit; the exit status (0 when it unplugged cleanly)."""

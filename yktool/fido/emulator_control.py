@@ -151,3 +151,10 @@ def control(path: str | Path, line: str, timeout: float = 60.0) -> str:
                 break
             reply += chunk
     return reply.decode("ascii", "replace").strip()
+
+
+def touch_counts(path: str | Path, timeout: float = 60.0) -> dict[str, int]:
+    """The emulator's touch counts from `status`: requested, approved, denied, timed_out,
+    cancelled (and waiting)."""
+    reply = control(path, "status", timeout)
+    return {k: int(v) for k, v in (w.split("=", 1) for w in reply.split()[1:]) if v.isdigit()}

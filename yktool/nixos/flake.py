@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from yktool.errors import UsageError
+from yktool.host import read_all
 from yktool.nixos import tree
 
 PAGE_USBGUARD = ("modules", "hardware", "usbguard", "rules")
@@ -76,10 +77,7 @@ def _read_regular(path: Path) -> bytes | None:
             raise OSError(errno.EINVAL, "not a regular file")
         if st.st_size > MAX_BYTES:
             return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_all(fd)
     finally:
         os.close(fd)
 

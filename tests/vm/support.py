@@ -21,6 +21,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from yktool.fido.emulate_process import PluggedKey
+
 TPM = "device:/dev/tpmrm0"
 SYSTEMD_CRYPTSETUP = "/lib/systemd/systemd-cryptsetup"
 
@@ -102,30 +104,13 @@ def read_through(name: str, mountpoint: Path) -> str:
 
 # ------------------------------------------------------------------ the emulated key (uhid)
 @dataclass
-class Key:
+class Key(PluggedKey):
     """`yktool key emulate` running: the software key at `state` plugged in as `hidraw`."""
 
     pid: int
-    hidraw: str
-    serial: str
-    control_path: str
     state: Path
     log: Path
     status: int | None = None
-
-    @property
-    def spec(self) -> str:
-        return f"hid:{self.hidraw}"
-
-    def control(self, line: str, timeout: float = 60.0) -> str:
-        from yktool.fido.emulator_control import control
-
-        return control(self.control_path, line, timeout)
-
-    def counts(self) -> dict[str, int]:
-        from yktool.fido.emulator_control import touch_counts
-
-        return touch_counts(self.control_path)
 
     def _reap(self, flags: int = 0) -> bool:
         if self.status is not None:
@@ -224,7 +209,8 @@ def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 12
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise AssertionError(f"yktool key emulate made no device: {line!r}\n{log.read_text(errors='replace')}")
-    return Key(pid, str(info["hidraw"]), str(info["serial"]), str(ctl), state, log)
+    return Key(hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=str(ctl), pid=pid, state=state,
+               log=log)
 
 
 # ------------------------------------------------------------------ touches per consumer step

@@ -33,12 +33,12 @@ class EmulatorFailed(RuntimeError):
 
 
 @dataclass
-class RunningEmulator:
-    process: subprocess.Popen[str]
+class PluggedKey:
+    """An emulated key plugged in: its hidraw node, serial and control socket."""
+
     hidraw: str
     serial: str
     control_path: str
-    info: dict[str, object] = field(default_factory=dict)
 
     @property
     def spec(self) -> str:
@@ -52,6 +52,12 @@ class RunningEmulator:
     def counts(self) -> dict[str, int]:
         """The touch counts: requested, approved, denied, timed_out, cancelled (and waiting)."""
         return touch_counts(self.control_path)
+
+
+@dataclass
+class RunningEmulator(PluggedKey):
+    process: subprocess.Popen[str]
+    info: dict[str, object] = field(default_factory=dict)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM: unplug and exit; the exit status (0 when it unplugged cleanly)."""
@@ -122,7 +128,8 @@ def emulated_key(state: str | Path, *, touch: str = "auto", touch_timeout: float
             process.stdout.close()
             raise EmulatorFailed(f"`{' '.join(argv)}` made no device (exit status {process.returncode})"
                                  f"{': ' + _error_message(rest) if rest.strip() else ''}")
-        running = RunningEmulator(process, str(info["hidraw"]), str(info["serial"]), sock, info)
+        running = RunningEmulator(hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=sock,
+                                  process=process, info=info)
         try:
             yield running
         except BaseException:

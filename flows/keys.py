@@ -10,9 +10,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fido2.ctap2.pin import ClientPin
+
 from yktool.errors import PinInvalid, Refused
 from yktool.fido.session import KeySession
 from yktool.host import Host
+from yktool.keynames import identify_key
+from yktool.luks.fido2 import RP_ID
 
 # (role, device spec or None) -> an open session; the front end supplies it with its interaction
 SessionOpener = Callable[[str, "str | None"], AbstractContextManager[KeySession]]
@@ -74,8 +78,6 @@ class KeyRing:
     def _check_identity(self, role: str, session: KeySession) -> None:
         """Refuse the wrong key in hand (the primary where the backup is wanted, or the reverse),
         found with silent probes of the registry's credentials (no touch, no PIN)."""
-        from yktool.keynames import identify_key
-
         known = identify_key(session, self.host)
         want = self.nicknames.get(role, "")
         if known is not None and want and known != want and known in self.nicknames.values():
@@ -98,16 +100,11 @@ class KeyRing:
 
     @staticmethod
     def _typed(session: KeySession) -> int | None:
-        typed = getattr(session.interaction, "pin_prompts", None)
-        return typed if isinstance(typed, int) else None
+        return session.interaction.pin_prompts
 
     def check_pin(self, role: str, new_pin: Callable[[str], str]) -> str:
         """The PIN step of a flow: a key without a PIN gets a first one (`new_pin` asks the person),
         else its PIN is proven with a token. Either way the session holds the PIN for the run."""
-        from fido2.ctap2.pin import ClientPin
-
-        from yktool.luks.fido2 import RP_ID
-
         s = self.session(role)
         if not s.pin_is_set:
             pin = new_pin(role)

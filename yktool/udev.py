@@ -218,6 +218,19 @@ def _record(host: Host, key: KeyUsb, nickname: str, path: str) -> None:
         registry.record(nickname, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=path)
 
 
+def remove_block(host: Host, nickname: str) -> bool:
+    """Take `nickname`'s block out of the rules file, the other keys' blocks kept (`replace`
+    revoking a lost key); True when it was there."""
+    if not host.exists(RULE_PATH):
+        return False
+    head, blocks = split_blocks(host.read_text(RULE_PATH))
+    if blocks.pop(nickname, None) is None:
+        return False
+    body = head.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for _n, b in sorted(blocks.items()))
+    host.write_file(RULE_PATH, body, 0o644)
+    return True
+
+
 def nixos_snippet(key: KeyUsb, nickname: str) -> str:
     """A NixOS module that installs the lock program and the rule (services.udev.extraRules)."""
     program = lock_program()

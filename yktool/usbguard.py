@@ -162,6 +162,24 @@ def record_for_nixos(host: Host, key: KeyUsb, nickname: str) -> None:
                         rule=rule_line(key))
 
 
+def remove_rule(host: Host, path: str, usb_id: str, serial: str) -> bool:
+    """Take the allow rule yktool wrote for exactly this id and serial out of a rules file, every
+    other line kept (`replace` revoking a lost key); True when it was there."""
+    lines = host.read_text(path).splitlines(keepends=True)
+    kept = [ln for ln in lines if not _is_rule_for(ln, usb_id, serial)]
+    if len(kept) == len(lines):
+        return False
+    host.write_file(path, "".join(kept), host.mode(path))
+    return True
+
+
+def _is_rule_for(line: str, usb_id: str, serial: str) -> bool:
+    """This line is the allow rule for exactly that id and serial (not a substring match; a rule
+    naming no serial lets every key of the model in and is not this key's)."""
+    parsed = parse_rules(line)
+    return bool(parsed) and parsed[0].target == "allow" and (parsed[0].usb_id, parsed[0].serial) == (usb_id, serial)
+
+
 def restart_hint(result: AllowResult) -> str:
     """What to tell before USBGuard reloads the file: a file that held no real rule now allows
     only this key, and a restart applies the policy to every device plugged in (keyboard too)."""

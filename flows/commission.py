@@ -26,11 +26,9 @@ from yktool import usbguard as usbguard_rule
 from yktool.checks import CheckContext, Result, run_checks
 from yktool.checks import summary as count_results
 from yktool.errors import Refused, ToolFailed, UsageError
-from yktool.fido.devices import entry_for
 from yktool.fido.identity import usb_identity
 from yktool.git_signing import add_signer, check_email
 from yktool.host import Host
-from yktool.luks import fido2 as lf
 from yktool.luks.header import read_header
 from yktool.luks.pending import read_header_seeing_pending
 from yktool.luks.recovery import plan_add_recovery
@@ -43,7 +41,7 @@ from yktool.tpm import parse_tcti
 from yktool.udev import KeyUsb, identity_from
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
-from .keys import KeyRing, Passphrases
+from .keys import KeyRing, Passphrases, enroll_luks_fido2
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 from .touched import commission_files, refuse_links
@@ -214,12 +212,12 @@ class Commission:
                                       "an assertion with the origin verifies against the stored key", role))
             if "udev" in a.steps:
                 steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
-                                      partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
+                                      partial(self.usb_rule, "udev", role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
                                       if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
                                       "the rule file read back", role))
             if "usbguard" in a.steps:
                 steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
-                                      partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
+                                      partial(self.usb_rule, "usbguard", role), ["/etc/usbguard/rules.conf"]
                                       if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
                                       "the rules file read back", role))
         if a.host_kind == "nixos":
@@ -274,13 +272,7 @@ class Commission:
         return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
 
     def luks_fido2(self, role: str, device: str) -> str:
-        session = self.keys.session(role)
-        spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
-        op = lf.plan_enroll_fido2(self.host, device, spec, lf.Fido2Options(nickname=self.a.nickname(role)))
-        op.session = session
-        if op.needs_unlock:
-            op.unlock = self.unlock(device)
-        op.plan.apply()
+        op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.a.nickname(role), self.unlock)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"
@@ -358,24 +350,21 @@ class Commission:
     def usb_identity(self, role: str) -> KeyUsb:
         return identity_from(usb_identity(self.keys.session(role).device))
 
-    def udev(self, role: str) -> str:
-        key = self.usb_identity(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            udev_rule.record_for_nixos(self.host, key, self.a.nickname(role))
+    def usb_rule(self, kind: str, role: str) -> str:
+        """The key's removal-lock udev rule or its USBGuard allow rule; on NixOS only the record,
+        which `yktool nixos module` renders them from."""
+        key, nick = self.usb_identity(role), self.a.nickname(role)
+        if self.a.host_kind == "nixos":
+            (udev_rule if kind == "udev" else usbguard_rule).record_for_nixos(self.host, key, nick)
             return f"{key.usb_id} recorded for the NixOS module"
-        result = udev_rule.install_and_record(self.host, key, self.a.nickname(role))
-        return f"{'wrote' if result.changed else 'unchanged'} {udev_rule.RULE_PATH} ({key.usb_id})"
-
-    def usbguard(self, role: str) -> str:
-        key = self.usb_identity(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            usbguard_rule.record_for_nixos(self.host, key, self.a.nickname(role))
-            return f"{key.usb_id} recorded for the NixOS module"
-        result = usbguard_rule.allow_and_record(self.host, key, self.a.nickname(role))
-        if result.placeholder:
-            self.io.notes.append(f"{result.path} was a placeholder ({result.placeholder}): populate it "
+        if kind == "udev":
+            installed = udev_rule.install_and_record(self.host, key, nick)
+            return f"{'wrote' if installed.changed else 'unchanged'} {udev_rule.RULE_PATH} ({key.usb_id})"
+        allowed = usbguard_rule.allow_and_record(self.host, key, nick)
+        if allowed.placeholder:
+            self.io.notes.append(f"{allowed.path} was a placeholder ({allowed.placeholder}): populate it "
                                  "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
-        return f"{'added to' if result.added else 'already in'} {result.path}: {result.line}"
+        return f"{'added to' if allowed.added else 'already in'} {allowed.path}: {allowed.line}"
 
     def nixos_module(self) -> str:
         return regenerate(self.host)

@@ -41,14 +41,12 @@ from yktool import udev as udev_rule
 from yktool import usbguard as usbguard_rule
 from yktool.authorized_keys import authorized_keys_path, revoke
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
-from yktool.fido.devices import entry_for
 from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
 from yktool.git_signing import Git, add_revoked_signer, add_signer, expire_signer
 from yktool.host import Host
 from yktool.inventory import Registry, Scalar
 from yktool.lastway import Loss, Removal, describe, losses, pam_authfiles, pam_requiring
-from yktool.luks import fido2 as lf
 from yktool.luks.cryptenroll import wipe_slots
 from yktool.luks.header import read_header
 from yktool.luks.pending import read_header_seeing_pending
@@ -62,7 +60,7 @@ from yktool.ssh.keys import FLAG_RESIDENT, FLAG_USER_PRESENCE, FLAG_USER_VERIFIC
 from yktool.udev import identity_from
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
-from .keys import KeyRing, Passphrases
+from .keys import KeyRing, Passphrases, enroll_luks_fido2
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 from .touched import refuse_links, replace_files
@@ -409,13 +407,7 @@ class Replace:
         return self.keys.check_pin("new", self.io.new_pin)
 
     def enroll_luks(self, device: str) -> str:
-        session = self.keys.session("new")
-        op = lf.plan_enroll_fido2(self.host, device, entry_for(session.device).spec,
-                                  lf.Fido2Options(nickname=self.a.new_nickname))
-        op.session = session
-        if op.needs_unlock:
-            op.unlock = self.unlock(device)
-        op.plan.apply()
+        op = enroll_luks_fido2(self.host, device, self.keys.session("new"), self.a.new_nickname, self.unlock)
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
 
     def new_key_path(self, f: Found) -> PurePosixPath:

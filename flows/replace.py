@@ -431,11 +431,14 @@ class Replace:
                if str(e.get("public_key", "")) == f.public_key]
         done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.a.new_nickname,
                                           aaguid=session.aaguid)
-        for e in git:  # where the lost key signed, the new one signs; where it was accepted, the new one is
+        for e in git:
+            # where the lost key signed, the new one signs (the user's global config and its
+            # allowed_signers); where it was only accepted, the new one is, in the same file
+            signs = bool(e.get("config_file"))
             signers = str(e.get("allowed_signers") or "")
             add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.a.new_nickname,
-                       signing_key=enroll.pub_path(path) if e.get("config_file") else None,
-                       allowed_signers=PurePosixPath(signers) if signers else None)
+                       signing_key=enroll.pub_path(path) if signs else None,
+                       allowed_signers=PurePosixPath(signers) if signers and not signs else None)
         return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + \
             (", git signing" if git else "")
 
@@ -654,7 +657,7 @@ class Replace:
                         continue  # keys of one model without a USB serial share one rule: a kept key needs it
                     usbguard_rule.remove_rule(self.host, str(e["path"]), *wanted)
         with Registry.update(self.host) as reg:
-            reg.keys = [k for k in reg.keys if k.nickname not in self.lost_names]
+            reg.remove_keys(self.lost_names)
         return f"{', '.join(self.lost_names)} removed from the registry"
 
 

@@ -150,6 +150,10 @@ class Registry:
             key.enrollments = keep
         return dropped
 
+    def remove_keys(self, nicknames: list[str]) -> None:
+        """Drop these keys and every enrollment they have (`replace`, once the lost key is revoked)."""
+        self.keys = [k for k in self.keys if k.nickname not in nicknames]
+
     def owner_of(self, credential_id: str) -> KeyRecord | None:
         """The key that made a credential (base64 id as stored), if recorded."""
         return next((k for k in self.keys if credential_id in k.credential_ids()), None)

@@ -17,23 +17,17 @@ import click
 from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, emit_json, info, show_plan, warn
 from yktool.errors import CheckFailed, NoDevice, PinInvalid, Refused, UsageError, YktoolError
-from yktool.luks.cryptenroll import orphan_tokens
-from yktool.luks.header import LuksHeader, read_header
-from yktool.luks.pending import read_header_seeing_pending
-from yktool.luks.recovery import plan_add_recovery
 from yktool.luks.tokens import Token
-from yktool.luks.tpm2 import plan_enroll_tpm2
-from yktool.luks.unlock import PIN_WRONG, UnlockContext, test_tokens
-from yktool.luks.wipe import plan_wipe
 from yktool.plan import Plan, Step
-from yktool.tpm import parse_pcrs, parse_tcti
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
     from yktool.luks.fido2 import TokenOwner
+    from yktool.luks.header import LuksHeader
 
-# yktool.cli.prompts, yktool.fido.session and yktool.luks.fido2 load python-fido2: the commands
-# that use them import them, so the others (status of a volume without FIDO2, wipe) do without.
+# Each command imports what does the work: yktool.luks.* (Host, subprocess, the TPM) and
+# python-fido2 (yktool.cli.prompts, yktool.fido.session, yktool.luks.fido2) load only for the
+# command that uses them, never with the group (tests/test_host_secrets.py holds it to that).
 
 PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
             "firmware update, after which the TPM refuses until you re-seal (--replace).")
@@ -99,6 +93,9 @@ def status(app: AppContext, device: str) -> None:
       yktool luks status /dev/nvme0n1p2
       yktool --root /mnt luks status /var/lib/images/root.img --json
     """
+    from yktool.luks.cryptenroll import orphan_tokens
+    from yktool.luks.pending import read_header_seeing_pending
+
     # slots an interrupted enrollment left are shown for what they are, not as passphrases
     header = read_header_seeing_pending(app.host, _path(app, device))
     label = f", label {header.label}" if header.label else ""
@@ -184,6 +181,9 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
       yktool luks enroll-tpm2 /dev/nvme0n1p2 --replace   (after a firmware update)
       yktool --dry-run luks enroll-tpm2 disk.img --pcrs 7 --unlock-key-file /root/disk.key
     """
+    from yktool.luks.tpm2 import plan_enroll_tpm2
+    from yktool.tpm import parse_pcrs, parse_tcti
+
     selection = parse_pcrs(pcrs) if pcrs is not None else None
     tcti = parse_tcti(app.tpm)
     op = plan_enroll_tpm2(app.host, _path(app, device), tcti, selection, with_pin=with_pin, replace=replace,
@@ -247,6 +247,8 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
       yktool luks add-recovery /dev/nvme0n1p2
       yktool luks add-recovery /dev/nvme0n1p2 --replace
     """
+    from yktool.luks.recovery import plan_add_recovery
+
     op = plan_add_recovery(app.host, _path(app, device), replace=replace)
     if app.dry_run:
         show_plan(op.plan, app.json)
@@ -304,6 +306,8 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
       yktool --dry-run luks wipe /dev/nvme0n1p2 --slot 3
       yktool luks wipe /dev/nvme0n1p2 --type password
     """
+    from yktool.luks.wipe import plan_wipe
+
     plan, _header, chosen = plan_wipe(app.host, _path(app, device), slots=list(slots) if slots else None,
                                       wipe_type=wipe_type, allow_hardware_only=allow_hardware_only)
     if app.dry_run:
@@ -355,6 +359,10 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
       yktool luks test-unlock /dev/nvme0n1p2
       yktool luks test-unlock /dev/nvme0n1p2 --token 1 --pin-stdin
     """
+    from yktool.luks.header import read_header
+    from yktool.luks.unlock import PIN_WRONG, UnlockContext, test_tokens
+    from yktool.tpm import parse_tcti
+
     header = read_header(app.host, _path(app, device))
     tcti = parse_tcti(app.tpm)
 

@@ -327,7 +327,7 @@ def _wrong_pin_handler(asker: Asker, pin_stdin: bool) -> Callable[[str, int | No
     return again
 
 
-def _render_counts(counts: dict[str, Any]) -> str:
+def _render_counts(counts: dict[str, dict[str, int]]) -> str:
     parts = [f"{role}: {c['touches']} touch{'es' if c['touches'] != 1 else ''}, "
              f"{c['pin_prompts']} PIN entr{'ies' if c['pin_prompts'] != 1 else 'y'}" for role, c in counts.items()]
     return "; ".join(parts) or "no key was needed"

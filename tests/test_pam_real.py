@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.pamdriver import Answer, authenticate, pam_d_digest, run_stack
-from yktool import pam_u2f as pu
 from yktool.fido.session import NotThisKey, open_session
+from yktool.pam.authfile import Authfile
+from yktool.pam.proof import manual_answers
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("pamtester") is None or shutil.which("unshare") is None
@@ -33,7 +34,7 @@ def key_answer(spec: str) -> Answer:
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(spec) as session:
             try:
-                return pu.manual_answers(session, origin, challenge, kh)
+                return manual_answers(session, origin, challenge, kh)
             except NotThisKey:
                 return None
     return answer
@@ -46,7 +47,7 @@ def impostor_answer(spec: str) -> Answer:
 
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(spec) as session:
-            return pu.manual_answers(session, origin, challenge, base64.b64encode(own).decode())
+            return manual_answers(session, origin, challenge, base64.b64encode(own).decode())
     return answer
 
 
@@ -78,7 +79,7 @@ def test_real_pam_u2f_accepts_primary_and_backup_refuses_unknown(
     register(primary)
     register(backup)
     authfile = pam_root / "etc/u2f_mappings"
-    line = pu.Authfile.parse(authfile.read_text()).effective_line("root")
+    line = Authfile.parse(authfile.read_text()).effective_line("root")
     assert line is not None and len(line.credentials) == 2
 
     ok1 = authenticate(tmp_path, authfile, ORIGIN, key_answer(primary))
@@ -137,7 +138,7 @@ def test_age_file_decrypts_with_real_age_and_authenticates(
     assert r2.exit_code == 0, r2.output  # type: ignore[attr-defined]
     plain = subprocess.run(["age", "-d", "-i", str(ssh_dir / "ssh_host_ed25519_key"), str(age_file)],
                            check=True, capture_output=True).stdout
-    parsed = pu.Authfile.parse(plain.decode())
+    parsed = Authfile.parse(plain.decode())
     assert parsed.users() == ["root"] and len(parsed.credentials_of("root")) == 2
     decrypted = tmp_path / "decrypted"
     decrypted.write_bytes(plain)
@@ -154,7 +155,7 @@ def test_resident_credential_line_is_accepted(tmp_path: Path, pam_root: Path,
     res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
               "--resident", input="4321\n")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    line = pu.Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
+    line = Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
     assert line is not None and line.credentials[0].key_handle == "*"
     run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
     assert run.authenticated, run.stderr[-2000:]

@@ -10,7 +10,7 @@ from yktool.checks.base import CheckContext, CheckFunc, Result, Unreadable, Verd
 from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.checks.writers import refuse_writable
-from yktool.pam_config import PAM_DIRS, PamLine, PamService, key_required
+from yktool.pam.stack import PAM_DIRS, PamLine, PamService, key_required
 
 # The hardening checklist: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
@@ -20,7 +20,7 @@ STRONG_CONTROLS = ("required", "requisite")
 
 def _pam_check(service: str, always: bool) -> CheckFunc:
     def run(ctx: CheckContext, verdict: Verdict) -> Result:
-        from yktool.pam_config import parse_service
+        from yktool.pam.stack import parse_service
 
         svc = parse_service(ctx.host, service)
         if not svc.exists:
@@ -95,7 +95,7 @@ def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine],
     AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after),
     pam_permit succeeds, pam_deny fails, a module that is not there is MODULE_UNKNOWN (also with
     `-auth`), any other module (a password) succeeds or not — never, when `strict`."""
-    from yktool.pam_config import parse_u2f_options
+    from yktool.pam.stack import parse_u2f_options
 
     def results(line: PamLine) -> tuple[str, ...]:
         name = line.module_name
@@ -130,7 +130,7 @@ def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]
 def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
-    from yktool import pam_dispatch
+    from yktool.pam import dispatch as pam_dispatch
 
     service = svc.name
     handlers = svc.handlers("auth")
@@ -208,7 +208,7 @@ def _module_search(ctx: CheckContext, module: str) -> list[str]:
 def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None, *, expand: bool = False) -> str | None:
     """Why pam_u2f would find no credential at all (every user locked out of a `required`
     rule, the key never accepted by a `sufficient` one), or None; evidence added."""
-    from yktool.pam_u2f import USER_AUTHFILE, Authfile
+    from yktool.pam.authfile import USER_AUTHFILE, Authfile
 
     if authfile is None:
         paths = [f"{home.rstrip('/')}/{USER_AUTHFILE}" for _n, home in ctx.users_to_check()]

@@ -68,11 +68,14 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
           --age-file secrets/yubikey-auth.age
     """
     from yktool import agefile
-    from yktool import pam_u2f as pu
     from yktool.cli.output import emit, emit_json, info, warn
     from yktool.cli.prompts import CliInteraction
     from yktool.errors import UsageError
     from yktool.fido.session import open_session
+    from yktool.pam.authfile import CENTRAL_AUTHFILE, options_string
+    from yktool.pam.host_facts import check_origin, default_origin
+    from yktool.pam.register import RegisterRequest, Target, plain_target
+    from yktool.pam.register import register as pam_register
 
     host = app.host
     use_age = bool(age_recipients or age_host_keys)
@@ -82,7 +85,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     if age_identity is not None and not use_age:
         raise UsageError("--age-identity only goes with --age/--age-host-key",
                          "add the recipients the age file is encrypted to")
-    origin = pu.check_origin(origin) if origin else pu.default_origin(host)
+    origin = check_origin(origin) if origin else default_origin(host)
     if use_age:
         recipients = [agefile.parse_recipient(r, source="--age") for r in age_recipients]
         for key in age_host_keys:
@@ -95,11 +98,11 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
                 raise UsageError(f"--age-identity {age_identity}: cannot read ({exc.strerror})",
                                  "name a readable private key file") from None
             identity = agefile.parse_identities(data, source=str(age_identity))
-        target = pu.Target(age_file=Path(age_file).absolute(), recipients=recipients,
+        target = Target(age_file=Path(age_file).absolute(), recipients=recipients,
                            identity=identity)
     else:
-        target = pu.plain_target(host, user, authfile or pu.CENTRAL_AUTHFILE)
-    request = pu.RegisterRequest(
+        target = plain_target(host, user, authfile or CENTRAL_AUTHFILE)
+    request = RegisterRequest(
         user=user, origin=origin, target=target, presence=not no_presence,
         verification=verification, pin=pin, resident=resident, algorithm=algorithm,
         nickname=nickname, services=services or ("sudo", "login", "greetd", "hyprlock"),
@@ -107,7 +110,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     where = target.authfile or str(target.age_file)
     if app.dry_run:
         plan = {"dry_run": True, "user": user, "origin": origin, "target": where,
-                "options": pu.options_string(presence=not no_presence, verification=verification,
+                "options": options_string(presence=not no_presence, verification=verification,
                                              pin=pin), "algorithm": algorithm}
         emit(app.json, plan, f"Would register a {algorithm} pam_u2f key for {user} with origin "
              f"{origin} into {where} (nothing done: --dry-run)")
@@ -118,7 +121,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
         info("Touch the key twice: once to make the credential, once to prove it.")
     interaction = CliInteraction()
     with open_session(app.key_spec, interaction) as session:
-        result = pu.register(host, session, request)
+        result = pam_register(host, session, request)
     for w in result.warnings:
         warn(w)
     if app.json:
@@ -170,9 +173,10 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
       yktool pam check --service sudo --json
       yktool pam check --age-file secrets/yubikey-auth.age --age-identity ~/.ssh/id_ed25519
     """
-    from yktool import pam_u2f as pu
     from yktool.cli.output import emit_json
     from yktool.errors import CheckFailed
+    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.check import check as pam_check
 
     age_texts: list[tuple[str, str]] = []
     if age_file is not None:
@@ -190,7 +194,7 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
         plain = agefile.decrypt(sealed, agefile.parse_identities(ident, source=str(age_identity)),
                                 what=str(age_file))
         age_texts.append((str(age_file), plain.decode("utf-8", "surrogateescape")))
-    report = pu.check(app.host, list(services) or None, age_texts)
+    report = pam_check(app.host, list(services) or None, age_texts)
     if app.json:
         emit_json(report.to_json())
     else:
@@ -198,7 +202,7 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
         for s in report.services:
             for u in s.u2f_lines:
                 o = u.options
-                click.echo(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + pu.USER_AUTHFILE}"
+                click.echo(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + USER_AUTHFILE}"
                            f" origin={o.origin or '(hostname)'} cue={'yes' if o.cue else 'no'}"
                            f"{' nouserok' if o.nouserok else ''}  [{u.line.where}]")
         for a in report.authfiles:

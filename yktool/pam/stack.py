@@ -8,7 +8,7 @@ one file pulls in another (`include`, `substack` and Debian's `@include`). The r
 service is its effective stack, flattened, each line knowing the file, line number and include
 chain it came from; the pam_u2f lines carry their options already parsed.
 
-This module only reads. The lockout checks built on it live in `yktool.pam_u2f.check`.
+This module only reads. The lockout checks built on it live in `yktool.pam.check`.
 """
 
 from __future__ import annotations

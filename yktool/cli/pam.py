@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 
 from yktool.cli.context import AppContext, pass_app, read_only
+from yktool.cli.output import emit, emit_json, info, printable, warn
+from yktool.errors import CheckFailed, UsageError
+from yktool.pam.authfile import CENTRAL_AUTHFILE, USER_AUTHFILE, options_string
+from yktool.pam.check import check as pam_check
+from yktool.pam.host_facts import check_origin, default_origin
+from yktool.pam.register import RegisterRequest, Target, plain_target
+from yktool.pam.register import register as pam_register
 
 
 @click.group("pam")
@@ -67,15 +74,10 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
       yktool pam register --user alice --age-host-key /etc/ssh/ssh_host_ed25519_key.pub \\
           --age-file secrets/yubikey-auth.age
     """
+    # lazy: agefile loads pyrage, prompts and the session fido2
     from yktool import agefile
-    from yktool.cli.output import emit, emit_json, info, warn
     from yktool.cli.prompts import CliInteraction
-    from yktool.errors import UsageError
     from yktool.fido.session import open_session
-    from yktool.pam.authfile import CENTRAL_AUTHFILE, options_string
-    from yktool.pam.host_facts import check_origin, default_origin
-    from yktool.pam.register import RegisterRequest, Target, plain_target
-    from yktool.pam.register import register as pam_register
 
     host = app.host
     use_age = bool(age_recipients or age_host_keys)
@@ -123,12 +125,12 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     with open_session(app.key_spec, interaction) as session:
         result = pam_register(host, session, request)
     for w in result.warnings:
-        warn(w)
+        warn(printable(w))
     if app.json:
         emit_json(result.to_json())
         return
     for note in result.notes:
-        info(note)
+        info(printable(note))
     if result.already_registered:
         click.echo(f"Already registered: this key is on {user}'s line; nothing changed.")
         return
@@ -173,15 +175,9 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
       yktool pam check --service sudo --json
       yktool pam check --age-file secrets/yubikey-auth.age --age-identity ~/.ssh/id_ed25519
     """
-    from yktool.cli.output import emit_json
-    from yktool.errors import CheckFailed
-    from yktool.pam.authfile import USER_AUTHFILE
-    from yktool.pam.check import check as pam_check
-
     age_texts: list[tuple[str, str]] = []
     if age_file is not None:
-        from yktool import agefile
-        from yktool.errors import UsageError
+        from yktool import agefile  # lazy: it loads pyrage
 
         if age_identity is None:
             raise UsageError("--age-file needs --age-identity to be read",
@@ -198,26 +194,32 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
     if app.json:
         emit_json(report.to_json())
     else:
-        click.echo(f"pam-u2f on the target: {report.pam_version}")
+        _say(f"pam-u2f on the target: {report.pam_version}")
         for s in report.services:
             for u in s.u2f_lines:
                 o = u.options
-                click.echo(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + USER_AUTHFILE}"
+                _say(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + USER_AUTHFILE}"
                            f" origin={o.origin or '(hostname)'} cue={'yes' if o.cue else 'no'}"
                            f"{' nouserok' if o.nouserok else ''}  [{u.line.where}]")
         for a in report.authfiles:
             keys = ", ".join(f"{u}: {n}" for u, n in a.users.items()) or "no users"
-            click.echo(f"  authfile {a.path}: {keys}")
+            _say(f"  authfile {a.path}: {keys}")
         for f in report.findings:
             svc = f" [{', '.join(f.services)}]" if f.services else ""
-            click.echo(f"{f.severity.upper():<8} {f.message}{svc}")
+            _say(f"{f.severity.upper():<8} {f.message}{svc}")
             if f.hint:
-                click.echo(f"         fix: {f.hint}")
-        click.echo("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
+                _say(f"         fix: {f.hint}")
+        _say("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
     if not report.ok and app.json:
         # the report above is the JSON answer; a second (error) document would break parsers
         sys.exit(int(CheckFailed.exit_code))
     if not report.ok:
         errors = [f for f in report.findings if f.severity == "error"]
-        raise CheckFailed(f"pam check: {len(errors)} error(s): {errors[0].message}",
-                          errors[0].hint)
+        raise CheckFailed(printable(f"pam check: {len(errors)} error(s): {errors[0].message}"),
+                          printable(errors[0].hint))
+
+
+def _say(line: str) -> None:
+    """One line of the report: names and messages come from files (a service file's name, an
+    authfile's user names), so control characters are shown escaped, never sent to the terminal."""
+    click.echo(printable(line))

@@ -8,7 +8,9 @@ KeySession.get_assertion with pam_u2f's clientDataHash (the raw challenge). The 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -165,7 +167,6 @@ def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
                                            sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
     """Why yktool refuses eddsa on Debian 12: this machine's pam_u2f (1.1.0) cannot verify it.
     With an unknown version yktool warns and writes; the real module then refuses the key."""
-    import re
     status = Path("/var/lib/dpkg/status").read_text()
     m = re.search(r"Package: libpam-u2f\nStatus: [^\n]*installed\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", status)
     if m is None or (int(m[1]), int(m[2])) >= (1, 2):
@@ -192,8 +193,6 @@ def test_nouserok_skips_the_key_and_check_flags_it(tmp_path: Path, pam_root: Pat
     """Why `verify` fails and `pam check` flags nouserok: the real pam_u2f lets a user through a
     `required` rule with no key at all when it finds no authfile; on a pam-u2f that may predate
     the CVE-2025-23013 fix a `sufficient` rule with nouserok is an error (no password either)."""
-    import json
-
     before = pam_d_digest()
     rule = f"auth required pam_u2f.so authfile={tmp_path}/absent origin={ORIGIN} cue nouserok\n"
     permit = "auth required pam_permit.so\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from yktool.host import Host
+from yktool.inventory import Registry
 from yktool.pam.authfile import Authfile
 from yktool.pam.host_facts import home_encryption, installed_version, read_users
 
@@ -121,7 +122,6 @@ def test_user_file_mode_and_owner(sim_key: Callable[..., str], cli: CliCall, roo
     assert data["origin"] == ORIGIN and data["nickname"] == "yk5"
     assert "single key" in " ".join(data["warnings"])
     # recorded in the key registry
-    from yktool.inventory import Registry
     reg = Registry.load(Host(root))
     (key, entry), = reg.enrollments("pam")
     assert key.nickname == "yk5" and entry["user"] == "alice" and entry["origin"] == ORIGIN
@@ -530,7 +530,6 @@ def test_registry_names_each_physical_key_once(sim_key: Callable[..., str], cli:
     for spec, user in ((a, "alice"), (b, "alice"), (a, "root")):
         assert cli("--root", root, "--device", spec, "pam", "register", "--user",
                    user).exit_code == 0  # type: ignore[attr-defined]
-    from yktool.inventory import Registry
     reg = Registry.load(Host(root))
     names = {k.nickname: sorted(str(e["user"]) for e in k.enrollments) for k in reg.keys}
     assert names == {"primary": ["alice", "root"], "backup-1": ["alice"]}

@@ -144,10 +144,11 @@ def parse_line(lineno: int, text: str, eol: str) -> AuthLine:
             line.error = f"credential {tok[:20]!r}… has no public key"
             break
         if len(fields) == 2:
-            cred = U2fCredential(fields[0], fields[1], "es256", "+presence", legacy=True, raw=tok)
+            cred = U2fCredential(key_handle=fields[0], public_key=fields[1], cose_type="es256", options="+presence",
+                                 legacy=True, raw=tok)
         else:
-            cred = U2fCredential(fields[0], fields[1], fields[2],
-                                 fields[3] if len(fields) > 3 else "", raw=tok)
+            cred = U2fCredential(key_handle=fields[0], public_key=fields[1], cose_type=fields[2],
+                                 options=fields[3] if len(fields) > 3 else "", raw=tok)
         problem = _check_credential(cred)
         if problem:
             line.error = f"credential {len(line.credentials) + 1}: {problem}"
@@ -212,7 +213,7 @@ class Authfile:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MergeResult:
     text: str
     changed: bool
@@ -230,8 +231,8 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
     notes = authfile.problems()
     for ln in authfile.lines:
         if any(c.identity == cred.identity for c in ln.credentials):
-            return MergeResult(authfile.render(), False, ln.lineno,
-                               notes + [f"credential already on line {ln.lineno}; nothing added"])
+            return MergeResult(text=authfile.render(), changed=False, lineno=ln.lineno,
+                               notes=notes + [f"credential already on line {ln.lineno}; nothing added"])
     line = authfile.effective_line(user)
     lines = list(authfile.lines)
     if line is None:
@@ -241,7 +242,7 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
             lines[-1] = AuthLine(last.lineno, last.text, "\n", last.user, last.credentials, last.error)
         new = parse_line(len(lines) + 1, f"{user}:{cred.render()}", "\n")
         lines.append(new)
-        return MergeResult("".join(ln.raw for ln in lines), True, new.lineno, notes)
+        return MergeResult(text="".join(ln.raw for ln in lines), changed=True, lineno=new.lineno, notes=notes)
     if line.error:
         raise Refused(f"line {line.lineno} of user {user} is malformed: {line.error}",
                       "fix or remove that line by hand first (pam_u2f rejects it too); "
@@ -251,7 +252,7 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
     new = parse_line(line.lineno, f"{body}:{cred.render()}", line.eol or "\n")
     idx = lines.index(line)
     lines[idx] = new
-    return MergeResult("".join(ln.raw for ln in lines), True, new.lineno, notes)
+    return MergeResult(text="".join(ln.raw for ln in lines), changed=True, lineno=new.lineno, notes=notes)
 
 
 def options_string(*, presence: bool = True, verification: bool = False, pin: bool = False) -> str:
@@ -275,5 +276,5 @@ def credential_from(cred: Credential, *, options: str, resident: bool = False) -
         raise UsageError(f"COSE algorithm {cred.algorithm} is not usable with pam_u2f",
                          "register with --algorithm es256")
     kh = "*" if resident else base64.b64encode(cred.credential_id).decode()
-    return U2fCredential(kh, base64.b64encode(raw).decode(), cose, options)
+    return U2fCredential(key_handle=kh, public_key=base64.b64encode(raw).decode(), cose_type=cose, options=options)
 

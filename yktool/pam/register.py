@@ -166,7 +166,7 @@ class RegisterRequest:
     age_name: str = "yubikey-auth"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RegisterResult:
     user: str
     origin: str
@@ -275,6 +275,7 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
     one of the user's credentials (found with a silent probe) is not registered twice.
     """
     from yktool.fido.session import EDDSA, ES256  # lazy: it loads fido2
+    from yktool.keynames import choose_nickname  # lazy: it loads fido2
 
     origin = check_origin(request.origin)
     version, warnings = algorithm_check(host, request.algorithm)
@@ -288,29 +289,27 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
                       "fix or remove that line by hand first (pam_u2f rejects it too); "
                       "nothing was changed")
     existing = authfile.credentials_of(request.user)
-    where = target.authfile or str(target.age_file)
-    for cred in existing:
-        cid = cred.credential_id
-        if cid is not None and session.probe(origin, cid):
-            return RegisterResult(request.user, origin, None, False, True,
-                                  line.lineno if line else 0, cred, len(existing),
-                                  request.nickname or "", version,
-                                  notes + [f"this key is already registered for {request.user} "
-                                           f"with origin {origin} in {where}; nothing changed"],
-                                  warnings)
+    on_key = next((c for c in existing if c.credential_id is not None and session.probe(origin, c.credential_id)),
+                  None)
+    if on_key is not None:
+        where = target.authfile or str(target.age_file)
+        return RegisterResult(user=request.user, origin=origin, written_to=None, changed=False,
+                              already_registered=True, lineno=line.lineno if line else 0, credential=on_key,
+                              keys_for_user=len(existing), nickname=request.nickname or "", pam_version=version,
+                              notes=notes + [f"this key is already registered for {request.user} with origin "
+                                             f"{origin} in {where}; nothing changed"],
+                              warnings=warnings)
     if (request.pin or request.verification) and not session.pin_is_set:
         raise UsageError("+pin/+verification need a PIN on the key, and it has none",
                          "set one first: yktool key pin set")
     # the registry name of this physical key (silent probes, before the key changes), shared
     # with the ssh/git enrollments: --nickname, a name the key is known by, primary, backup-N
-    from yktool.keynames import choose_nickname  # lazy: it loads fido2
-
     nickname = choose_nickname(session, host, request.nickname)
-    alg = EDDSA if request.algorithm == "eddsa" else ES256
     options = options_string(presence=request.presence, verification=request.verification,
                              pin=request.pin)
     made = session.make_credential(
-        origin, user_id=os.urandom(32), user_name=request.user, algorithms=(alg,),
+        origin, user_id=os.urandom(32), user_name=request.user,
+        algorithms=(EDDSA if request.algorithm == "eddsa" else ES256,),
         resident=request.resident, uv=request.verification,
         exclude=[c for c in (e.credential_id for e in existing) if c is not None])
     entry = credential_from(made, options=options, resident=request.resident)
@@ -319,31 +318,8 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
     prove_credential(session, entry, made.credential_id, origin, up=False,
                      uv=request.verification or request.pin)
     merged = merge_credential(authfile, request.user, entry)
-    if target.authfile is not None:
-        # the touches took seconds: look again at the path now (a user may have swapped the file
-        # for a link meanwhile); write_target's fd walk refuses one swapped in even later
-        refuse_user_links(host, target.authfile)
-    written = write_target(host, target, merged.text)
-    # read back what was written and check the user's effective line holds the credential
-    readback = Authfile.parse(read_current(host, target)[0]) if (
-        target.authfile is not None or target.identity is not None) else Authfile.parse(merged.text)
-    creds = readback.credentials_of(request.user)
-    if not any(c.identity == entry.identity for c in creds):
-        raise UsageError(f"{written}: the new credential is not on {request.user}'s line after "
-                         "writing", "restore the backup under /var/backups/yktool and report this bug")
-    with Registry.update(host) as registry:
-        registry.ensure_key(nickname, aaguid=session.aaguid)
-        fields: dict[str, str | int | bool] = {
-            "user": request.user, "origin": origin,
-            "credential_id": base64.b64encode(made.credential_id).decode(),
-            "cose_type": entry.cose_type, "options": options, "resident": request.resident,
-            # a resident entry reads `*` in the authfile: its public key is what says whose it is
-            "public_key": entry.public_key}
-        if target.authfile is not None:
-            fields["path"] = target.authfile
-        else:
-            fields["age_file"] = str(target.age_file)
-        registry.record(nickname, "pam", **fields)
+    written, creds = write_and_read_back(host, target, merged.text, request.user, entry)
+    record_registration(host, nickname, session.aaguid, request, made.credential_id, entry)
     if target.lost_recipients:
         warnings.append(f"the old {target.age_file} had {target.lost_recipients} more age1… "
                         "recipient(s) than given now; they can no longer decrypt it "
@@ -353,13 +329,47 @@ def register(host: Host, session: KeySession, request: RegisterRequest) -> Regis
                         "(a lost key would lock them out of every service using pam_u2f)")
     if not existed:
         notes.append(f"created {written}")
-    result = RegisterResult(request.user, origin, written, merged.changed, False, merged.lineno,
-                            entry, len(creds), nickname, version, notes + merged.notes[len(notes):],
-                            warnings)
-    if target.age_file is not None:
-        result.nix = nix_snippets(request)
-    else:
-        result.pam_line = pam_line_for(target, origin, pin=request.pin,
-                                       verification=request.verification)
-    return result
+    return RegisterResult(
+        user=request.user, origin=origin, written_to=written, changed=merged.changed, already_registered=False,
+        lineno=merged.lineno, credential=entry, keys_for_user=len(creds), nickname=nickname, pam_version=version,
+        notes=notes + merged.notes[len(notes):], warnings=warnings,
+        nix=nix_snippets(request) if target.age_file is not None else {},
+        pam_line="" if target.age_file is not None else pam_line_for(target, origin, pin=request.pin,
+                                                                      verification=request.verification))
 
+
+def write_and_read_back(host: Host, target: Target, text: str, user: str,
+                        entry: U2fCredential) -> tuple[str, list[U2fCredential]]:
+    """Write the merged authfile, read it back, and check `user`'s effective line (the one
+    pam_u2f reads) holds `entry`; returns where it went and that user's credentials."""
+    if target.authfile is not None:
+        # the touches took seconds: look again at the path now (a user may have swapped the file
+        # for a link meanwhile); write_target's fd walk refuses one swapped in even later
+        refuse_user_links(host, target.authfile)
+    written = write_target(host, target, text)
+    readable = target.authfile is not None or target.identity is not None
+    readback = Authfile.parse(read_current(host, target)[0] if readable else text)
+    creds = readback.credentials_of(user)
+    if not any(c.identity == entry.identity for c in creds):
+        raise UsageError(f"{written}: the new credential is not on {user}'s line after "
+                         "writing", "restore the backup under /var/backups/yktool and report this bug")
+    return written, creds
+
+
+def record_registration(host: Host, nickname: str, aaguid: str, request: RegisterRequest,
+                        credential_id: bytes, entry: U2fCredential) -> None:
+    """The key registry's `pam` enrollment of a credential just written and proven."""
+    target = request.target
+    with Registry.update(host) as registry:
+        registry.ensure_key(nickname, aaguid=aaguid)
+        fields: dict[str, str | int | bool] = {
+            "user": request.user, "origin": request.origin,
+            "credential_id": base64.b64encode(credential_id).decode(),
+            "cose_type": entry.cose_type, "options": entry.options, "resident": request.resident,
+            # a resident entry reads `*` in the authfile: its public key is what says whose it is
+            "public_key": entry.public_key}
+        if target.authfile is not None:
+            fields["path"] = target.authfile
+        else:
+            fields["age_file"] = str(target.age_file)
+        registry.record(nickname, "pam", **fields)

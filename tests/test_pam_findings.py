@@ -119,3 +119,21 @@ def test_pam_check_prints_what_files_hold_escaped(cli: CliCall, root: Path) -> N
     assert "\x1b" not in shown and "\x07" not in shown and "\udcfc" not in shown
     assert "evil\\x1b]0;owned\\x07" in res.stdout and "evil\\x1b]0;owned\\x07" in res.stderr
     assert "m\\xfcll\\x1b[2Jer" in res.stdout
+
+
+def test_an_unreadable_dpkg_status_leaves_the_version_unknown_not_the_verdict(cli: CliCall, root: Path) -> None:
+    """A user's link at /var/lib/dpkg/status is not followed; pam-u2f's version is then unknown (the
+    careful reading: CVE-2025-23013 may apply), and both sides still judge the rule."""
+    _root(root, "sudo", BASE.replace("required", "sufficient") + " nouserok", None)
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "home/alice").mkdir(parents=True)
+    (root / "home/alice/status").write_text("Package: libpam-u2f\nStatus: install ok installed\nVersion: 1.3.1-1\n")
+    os.symlink("/home/alice/status", root / "var/lib/dpkg/status")
+    os.lchown(root / "var/lib/dpkg/status", 1000, 1000)
+    checked = cli("--root", root, "--json", "pam", "check", "--service", "sudo")
+    data = json.loads(checked.stdout)
+    assert checked.exit_code == 1 and data["pam_u2f_version"] == "unknown"
+    assert [f["severity"] for f in data["findings"] if f["code"] == "nouserok"] == ["error"]
+    verified = cli("--root", root, "--json", "verify", "--only", "pam.sudo")
+    result = json.loads(verified.stdout)["checks"][0]
+    assert result["status"] == "fail" and "CVE-2025-23013" in result["reason"], result

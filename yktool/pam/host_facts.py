@@ -78,9 +78,14 @@ def installed_version(host: Host, module_paths: Iterable[str] = ()) -> tuple[tup
         m = _VERSION_RE.search(path)
         if m:
             return (int(m[1]), int(m[2]), int(m[3])), f"module path {path}"
-    if host.is_file("/var/lib/dpkg/status"):
+    try:
+        status = host.read_text("/var/lib/dpkg/status") if host.is_file("/var/lib/dpkg/status") else ""
+    except (UsageError, OSError, UnicodeError) as exc:
+        # unknown is the careful answer (the CVE-2025-23013 rule then applies): never no verdict
+        return None, f"pam-u2f's version on the target could not be read (/var/lib/dpkg/status: {exc})"
+    if status:
         block = None
-        for para in host.read_text("/var/lib/dpkg/status").split("\n\n"):
+        for para in status.split("\n\n"):
             if re.search(r"^Package: libpam-u2f$", para, re.M):
                 block = para
                 break

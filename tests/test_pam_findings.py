@@ -19,8 +19,8 @@ FIXED = "/nix/store/0a1b-pam_u2f-1.3.1/lib/security/pam_u2f.so"     # CVE-2025-2
 PASSWD = ("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n"
           "bob:x:1001:1001::/home/bob:/bin/bash\n")
 # the codes of yktool.pam.check's line and file rules (what both sides judge by)
-SHARED = {"alwaysok", "nouserok", "no-cue", "origin-hostname", "manual", "debug", "authfile-writable",
-          "authfile-owner", "authfile-unreadable"}
+SHARED = {"alwaysok", "nouserok", "no-cue", "origin-hostname", "manual", "debug", "module-missing",
+          "authfile-writable", "authfile-owner", "authfile-unreadable"}
 
 
 def _per_user_file_of_bob(root: Path) -> None:
@@ -28,6 +28,13 @@ def _per_user_file_of_bob(root: Path) -> None:
     keys.parent.mkdir(parents=True)
     keys.write_text(U2F_MAPPINGS)
     os.chown(keys, 1001, 1001)
+
+
+def _modules_without_pam_u2f(root: Path) -> None:
+    """A tree with PAM modules (so it can tell one is missing), pam_u2f.so not among them."""
+    folder = root / "usr/lib/x86_64-linux-gnu/security"
+    folder.mkdir(parents=True)
+    (folder / "pam_unix.so").write_bytes(b"")
 
 
 Setup = Callable[[Path], None] | None
@@ -50,6 +57,12 @@ ROWS: list[tuple[str, str, str, Setup, str | None, str | None, str]] = [
      "pass"),
     ("manual", "sudo", BASE + " manual", None, "manual", "warning", "pass"),
     ("debug", "sudo", BASE + " debug", None, "debug", "info", "pass"),
+    ("module-missing", "sudo", BASE, _modules_without_pam_u2f, "module-missing", "error", "fail"),
+    # `-auth` only silences libpam's log: the rule still answers MODULE_UNKNOWN
+    ("module-missing-dash-auth", "sudo", "-" + BASE, _modules_without_pam_u2f, "module-missing", "error", "fail"),
+    # `sufficient` ignores MODULE_UNKNOWN: nobody is locked out, but the key is never asked
+    ("module-missing-sufficient", "sudo", BASE.replace("required", "sufficient"), _modules_without_pam_u2f,
+     "module-missing", "warning", "fail"),
     ("group-writable", "sudo", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o664), "authfile-writable", "error",
      "fail"),
     ("others-writable", "sudo", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o646), "authfile-writable",

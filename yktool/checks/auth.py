@@ -11,9 +11,17 @@ from yktool.checks.sshd import Setting, SshdConfig, connections, effective, grou
 from yktool.checks.writers import refuse_writable
 from yktool.pam import dispatch as pam_dispatch
 from yktool.pam.authfile import USER_AUTHFILE, Authfile
-from yktool.pam.check import AuthfileStat, Finding, Version, file_findings, line_findings
+from yktool.pam.check import AuthfileStat, Finding, Version, file_findings, line_findings, rule_module_missing
 from yktool.pam.host_facts import NOUSEROK_FIXED_VERSION, installed_version
-from yktool.pam.stack import PAM_DIRS, PamLine, PamService, key_required, parse_service, parse_u2f_options
+from yktool.pam.stack import (
+    PAM_DIRS,
+    PamLine,
+    PamService,
+    key_required,
+    module_search,
+    parse_service,
+    parse_u2f_options,
+)
 
 # The hardening checklist: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
@@ -50,18 +58,10 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         first = u2f[0]
         opts = first.options
         verdict.add_evidence(first.line.where, first.line.raw, "auth")
-        searched = _module_missing(ctx, first.line.module)
-        if searched:
-            verdict.add_evidence(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent",
-                                 first.line.module)
-            if first.line.ignore_missing:
-                # `-auth` only keeps the missing module out of the log: libpam still runs the rule,
-                # which answers MODULE_UNKNOWN (never a touch)
-                return verdict.fail(f"{first.line.module} is not installed (`-auth` only silences libpam's log): the "
-                                    f"rule answers MODULE_UNKNOWN, {service} never asks for the key",
-                                    "install pam_u2f (Debian: apt install libpam-u2f)")
-            return verdict.fail(f"{first.line.module} is not installed: every {service} authentication fails",
-                                "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
+        missing_module = rule_module_missing(first, _module_missing(ctx, first.line.module), service)
+        if missing_module is not None:
+            verdict.add_evidence(missing_module.source, missing_module.value, missing_module.key)
+            return verdict.fail(missing_module.message, missing_module.hint)
         version, _source = installed_version(ctx.host, [u.line.module for u in u2f])
         findings = line_findings(first, version, [service])
         judged = next((f for f in findings if f.code in VERDICT_CODES), None)
@@ -163,34 +163,16 @@ def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamL
                         "make pam_u2f `required` and put it before any rule whose success ends the stack")
 
 
-PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
-
-
 def _module_missing(ctx: CheckContext, module: str) -> list[str]:
-    """Where libpam would look for `module` when it is not there ([] when found, or when an
-    offline root has no /nix/store to look in); cached, the stack runs ask it per rule."""
+    """Where libpam would look for `module` when it is not there (stack.module_search); cached,
+    the stack runs ask it per rule."""
     key = "pam-module:" + module
     cached = ctx._cache.get(key)
     if isinstance(cached, list):
         return cached
-    found = _module_search(ctx, module)
+    found = module_search(ctx.host, module)
     ctx._cache[key] = found
     return found
-
-
-def _module_search(ctx: CheckContext, module: str) -> list[str]:
-    if module.startswith("/"):
-        if module.startswith("/nix/store/") and not ctx.is_dir("/nix/store"):
-            return []
-        return [] if ctx.exists(module) else [module]
-    dirs = list(PAM_MODULE_DIRS)
-    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
-        dirs += [f"{lib}/{d}/security" for d in ctx.listdir(lib) if "-linux-" in d]
-    candidates = [f"{d}/{module}" for d in dirs]
-    if any(ctx.exists(c) for c in candidates):
-        return []
-    # a tree with no PAM module at all (not even pam_unix) holds configuration only: no verdict
-    return candidates if any(ctx.exists(f"{d}/pam_unix.so") for d in dirs) else []
 
 
 def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None, *, expand: bool,

@@ -128,6 +128,25 @@ def line_findings(rule: U2fLine, version: Version, services: list[str]) -> list[
     return out
 
 
+def rule_module_missing(rule: U2fLine, searched: list[str], service: str) -> Finding | None:
+    """pam_u2f.so is not where libpam looks (`searched`, from stack.module_search): the rule answers
+    MODULE_UNKNOWN, also with `-auth` (which only keeps it out of the log); never a touch."""
+    if not searched:
+        return None
+    module = rule.line.module
+    if rule.line.ignore_missing:
+        message = (f"{_at(rule)}: {module} is not installed (`-auth` only silences libpam's log): the rule answers "
+                   f"MODULE_UNKNOWN, {service} never asks for the key")
+        hint = "install pam_u2f (Debian: apt install libpam-u2f)"
+    else:
+        message = f"{_at(rule)}: {module} is not installed: every {service} authentication fails"
+        hint = "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out"
+    locks_out = stack.control_action(rule.control, "module_unknown") in ("bad", "die")
+    return Finding(severity="error" if locks_out else "warning", code="module-missing", message=message, hint=hint,
+                   services=[service], source=", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""),
+                   value="absent", key=module)
+
+
 def _at(rule: U2fLine) -> str:
     return f"{rule.line.file}:{rule.line.lineno}"
 
@@ -434,9 +453,13 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
     except Exception:  # noqa: BLE001 - a broken registry must not hide PAM findings
         registered = []
     files: dict[str, _FileUse] = {}
+    searched: dict[str, list[str]] = {}     # module -> where libpam looks for it in vain
     for service in services:
         for u in service.u2f_lines:
             f.extend(line_findings(u, version, [service.name]))
+            if u.line.module not in searched:
+                searched[u.line.module] = stack.module_search(host, u.line.module)
+            f.extend(x for x in (rule_module_missing(u, searched[u.line.module], service.name),) if x is not None)
             paths = authfile_paths(u, users)
             for path, owner in paths:
                 use = files.setdefault(path, _FileUse(AuthfileReport(path=path, user=owner, exists=False)))

@@ -37,6 +37,14 @@ def _modules_without_pam_u2f(root: Path) -> None:
     (folder / "pam_unix.so").write_bytes(b"")
 
 
+def _alices_relative_file_group_writable(root: Path) -> None:
+    keys = root / "home/alice/.u2f_keys"
+    keys.parent.mkdir(parents=True)
+    keys.write_text(U2F_MAPPINGS)
+    keys.chmod(0o664)
+    os.chown(keys, 1000, 1000)
+
+
 Setup = Callable[[Path], None] | None
 # id, service, its pam.d text, what else the root holds, the finding's code and severity (None: no
 # finding), verify's status
@@ -71,6 +79,9 @@ ROWS: list[tuple[str, str, str, Setup, str | None, str | None, str]] = [
      "authfile-owner", "error", "fail"),
     ("per-user-file-owned-by-bob", "sudo", "auth required pam_u2f.so cue origin=pam://fixture",
      _per_user_file_of_bob, "authfile-owner", "error", "fail"),
+    # pam_u2f reads a relative authfile= under each user's home
+    ("relative-authfile-writable", "sudo", "auth required pam_u2f.so cue authfile=.u2f_keys origin=pam://fixture",
+     _alices_relative_file_group_writable, "authfile-writable", "error", "fail"),
     ("locker-cannot-read", "hyprlock", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o600),
      "authfile-unreadable", "error", "fail"),
 ]

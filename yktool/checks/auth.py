@@ -10,13 +10,22 @@ from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.checks.writers import refuse_writable
 from yktool.pam import dispatch as pam_dispatch
-from yktool.pam.authfile import USER_AUTHFILE, Authfile
-from yktool.pam.check import AuthfileStat, Finding, Version, file_findings, line_findings, rule_module_missing
+from yktool.pam.authfile import Authfile
+from yktool.pam.check import (
+    AuthfileStat,
+    Finding,
+    Version,
+    authfile_paths,
+    file_findings,
+    line_findings,
+    rule_module_missing,
+)
 from yktool.pam.host_facts import NOUSEROK_FIXED_VERSION, installed_version
 from yktool.pam.stack import (
     PAM_DIRS,
     PamLine,
     PamService,
+    U2fOptions,
     key_required,
     module_search,
     parse_service,
@@ -70,7 +79,7 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         if judged is not None:
             return verdict.fail(judged.message, judged.hint)
         user_run = [service] if svc.runs_as_user else []
-        missing = _authfile_missing(ctx, verdict, opts.authfile, expand=opts.expand, user_run=user_run)
+        missing = _authfile_missing(ctx, verdict, opts, user_run)
         if missing:
             return missing
         return _without_key(ctx, verdict, svc, first.line, version)
@@ -175,27 +184,17 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     return found
 
 
-def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None, *, expand: bool,
-                      user_run: list[str]) -> Result | None:
+def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str]) -> Result | None:
     """The fail when pam_u2f would find no credential at all (every user locked out of a
     `required` rule, the key never accepted by a `sufficient` one) or an authfile pam_u2f refuses
     or others can write (yktool.pam.check's file rules); None when a key can be accepted."""
+    authfile = options.authfile
     hint = f"register the keys: yktool pam register --user USER --authfile {authfile or '~'}"
-    paths: list[tuple[str, str | None]]
-    if authfile is None:
-        paths = [(f"{home.rstrip('/')}/{USER_AUTHFILE}", n) for n, home in ctx.users_to_check()]
-    elif expand and ("%u" in authfile or "%h" in authfile):
-        # pam_u2f's `expand`: one file per user (%u: the name, %h: the home)
-        paths = [(authfile.replace("%u", n).replace("%h", h.rstrip("/")), n) for n, h in ctx.users_to_check()]
-    elif not authfile.startswith("/"):
-        # pam_u2f: a relative authfile= is under each user's home
-        paths = [(f"{h.rstrip('/')}/{authfile}", n) for n, h in ctx.users_to_check()]
-    elif authfile.startswith("/run/") and not ctx.live:
+    paths = authfile_paths(options, ctx.users_to_check())
+    if authfile is not None and paths == [(authfile, None)] and authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
         return None
-    else:
-        paths = [(authfile, None)]
     passwd = ctx.passwd()
     names = {uid: name for name, uid, _h in passwd}
     uids = {name: uid for name, uid, _h in passwd}

@@ -2,7 +2,8 @@
 small function per rule, so both read a rule the same way (and only here is it written).
 
 Line rules look at one pam_u2f rule of a stack (`alwaysok`, `nouserok` with CVE-2025-23013, no
-`cue`, no `origin=`, `manual`, `debug`); file rules at an authfile's owner and mode as pam_u2f
+`cue`, no `origin=`, `manual`, `debug`, and whether the module is installed); `authfile_paths`
+says which files a rule reads; file rules at an authfile's owner and mode as pam_u2f
 does (util.c get_devices_from_authfile) and at who else can read or write it. `check()` builds
 `pam check`'s report from them plus what only it looks at (every service, every user's file,
 the authfile's lines, the key registry's origins).
@@ -14,7 +15,6 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 from yktool.errors import UsageError, YktoolError
 from yktool.host import Host
@@ -31,7 +31,7 @@ from yktool.pam.host_facts import (
     read_users,
     version_text,
 )
-from yktool.pam.stack import PamService, U2fLine
+from yktool.pam.stack import PamService, U2fLine, U2fOptions
 
 Version = tuple[int, int, int] | None
 
@@ -372,21 +372,25 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
     return out
 
 
-def authfile_paths(rule: U2fLine, users: dict[str, User]) -> list[tuple[str, str | None]]:
-    """The authfiles pam_u2f reads for this rule: (path, None) for a central one, else one
-    (path, user) per user who can log in (root or uid 1000+ with a home)."""
-    o = rule.options
-    per_user = o.expand and o.authfile is not None and ("%u" in o.authfile or "%h" in o.authfile)
-    if o.authfile and not per_user:
-        return [(o.authfile, None)]
-    paths: list[tuple[str, str | None]] = []
-    for user in users.values():
-        if user.can_log_in and (user.uid == 0 or user.uid >= 1000) and user.home:
-            # pam_u2f's `expand`: %u is the user's name, %h their home
-            path = (o.authfile.replace("%u", user.name).replace("%h", user.home.rstrip("/"))
-                    if per_user and o.authfile else str(PurePosixPath(user.home) / USER_AUTHFILE))
-            paths.append((path, user.name))
-    return paths
+def authfile_paths(options: U2fOptions, users: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
+    """The authfiles pam_u2f reads for a rule: [(path, None)] for a central one, else (path, user)
+    for each of `users` ((name, home) of those who may log in): no authfile= is each home's
+    ~/.config/Yubico/u2f_keys, a relative one is under each home, and with `expand` %u is the
+    user's name and %h their home."""
+    authfile = options.authfile
+    if not authfile:
+        return [(f"{home.rstrip('/')}/{USER_AUTHFILE}", name) for name, home in users]
+    if options.expand and ("%u" in authfile or "%h" in authfile):
+        return [(authfile.replace("%u", name).replace("%h", home.rstrip("/")), name) for name, home in users]
+    if not authfile.startswith("/"):
+        return [(f"{home.rstrip('/')}/{authfile}", name) for name, home in users]
+    return [(authfile, None)]
+
+
+def _login_users(users: dict[str, User]) -> list[tuple[str, str]]:
+    """(name, home) of root and the users from uid 1000 with a shell and a home."""
+    return [(u.name, u.home) for u in users.values()
+            if u.can_log_in and (u.uid == 0 or u.uid >= 1000) and u.home]
 
 
 def _origin_mismatch(rule: U2fLine, paths: list[str], origin: str | None, registered: Sequence[Mapping[str, object]],
@@ -460,7 +464,7 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
             if u.line.module not in searched:
                 searched[u.line.module] = stack.module_search(host, u.line.module)
             f.extend(x for x in (rule_module_missing(u, searched[u.line.module], service.name),) if x is not None)
-            paths = authfile_paths(u, users)
+            paths = authfile_paths(u.options, _login_users(users))
             for path, owner in paths:
                 use = files.setdefault(path, _FileUse(AuthfileReport(path=path, user=owner, exists=False)))
                 use.services.append(service.name)

@@ -14,13 +14,12 @@ from yktool.pam.authfile import Authfile
 from yktool.pam.check import (
     AuthfileStat,
     Finding,
-    Version,
     authfile_paths,
     file_findings,
     line_findings,
     rule_module_missing,
 )
-from yktool.pam.host_facts import NOUSEROK_FIXED_VERSION, installed_version
+from yktool.pam.host_facts import installed_version
 from yktool.pam.stack import (
     PAM_DIRS,
     PamLine,
@@ -82,19 +81,17 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         missing = _authfile_missing(ctx, verdict, opts, user_run)
         if missing:
             return missing
-        return _without_key(ctx, verdict, svc, first.line, version)
+        return _without_key(ctx, verdict, svc, first.line)
 
     return run
 
 
-def _results_without_key(ctx: CheckContext, strict: bool, version: Version) -> Callable[[PamLine], tuple[str, ...]]:
+def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine], tuple[str, ...]]:
     """What each auth rule may return when nobody touches the key: pam_u2f fails (AUTH_ERR, or
-    AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after,
-    either when the version is unknown), pam_permit succeeds, pam_deny fails, a module that is not
-    there is MODULE_UNKNOWN (also with `-auth`), any other module (a password) succeeds or not —
-    never, when `strict`."""
-    nouserok = ("success",) if version is not None and version < NOUSEROK_FIXED_VERSION else \
-        ("ignore",) if version is not None else ("success", "ignore")
+    AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after —
+    both, whatever the version says: a distribution backports the fix without a new version),
+    pam_permit succeeds, pam_deny fails, a module that is not there is MODULE_UNKNOWN (also with
+    `-auth`), any other module (a password) succeeds or not — never, when `strict`."""
 
     def results(line: PamLine) -> tuple[str, ...]:
         name = line.module_name
@@ -104,7 +101,7 @@ def _results_without_key(ctx: CheckContext, strict: bool, version: Version) -> C
             opts = parse_u2f_options(line.args)
             if opts.alwaysok:
                 return ("success",)
-            return ("auth_err", "authinfo_unavail") + (nouserok if opts.nouserok else ())
+            return ("auth_err", "authinfo_unavail") + (("success", "ignore") if opts.nouserok else ())
         if name == "pam_permit":
             return ("success",)
         if name == "pam_deny":
@@ -114,9 +111,9 @@ def _results_without_key(ctx: CheckContext, strict: bool, version: Version) -> C
     return results
 
 
-def _results_with_key(ctx: CheckContext, version: Version) -> Callable[[PamLine], tuple[str, ...]]:
+def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]:
     """What each auth rule may return for the user with the key and the password at hand."""
-    loose = _results_without_key(ctx, strict=False, version=version)
+    loose = _results_without_key(ctx, strict=False)
 
     def results(line: PamLine) -> tuple[str, ...]:
         if line.module_name == "pam_u2f" and not _module_missing(ctx, line.module):
@@ -126,20 +123,20 @@ def _results_with_key(ctx: CheckContext, version: Version) -> Callable[[PamLine]
     return results
 
 
-def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine, version: Version) -> Result:
+def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
     service = svc.name
     handlers = svc.handlers("auth")
     try:
-        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx, version))
+        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx))
         if with_key is None:
             verdict.add_evidence(svc.path or service, "no way through", "auth", "even with the key and the password")
             return verdict.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
                                 "(libpam's reading): everyone is locked out", "fix the stack before anyone logs out; "
                                 "`pamtester SERVICE USER authenticate` shows libpam's verdict")
-        anyone = pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=True, version=version))
-        path = anyone or pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=False, version=version))
+        anyone = pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=True))
+        path = anyone or pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=False))
     except pam_dispatch.TooManyPaths:
         return verdict.warn(f"{service}'s auth stack has too many branches to follow: cannot tell whether the key "
                             "is required", "simplify the stack")

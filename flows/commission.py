@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from yktool import agefile
-from yktool import pam_u2f as pu
 from yktool import udev as udev_rule
 from yktool import usbguard as usbguard_rule
 from yktool.checks import CheckContext, Result, run_checks
@@ -34,6 +33,10 @@ from yktool.luks.pending import read_header_seeing_pending
 from yktool.luks.recovery import plan_add_recovery
 from yktool.luks.tpm2 import plan_enroll_tpm2
 from yktool.nixos.generate import regenerate
+from yktool.pam.authfile import CENTRAL_AUTHFILE
+from yktool.pam.host_facts import check_origin, default_origin
+from yktool.pam.register import RegisterRequest, Target, pam_line_for, plain_target
+from yktool.pam.register import register as pam_register
 from yktool.plan import Plan
 from yktool.ssh import enroll
 from yktool.ssh.accounts import Account, lookup_user
@@ -164,7 +167,7 @@ class Commission:
         return hostname(self.host)
 
     def origin(self) -> str:
-        return pu.check_origin(self.a.pam_origin) if self.a.pam_origin else pu.default_origin(self.host)
+        return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
     def build_steps(self) -> list[FlowStep]:
@@ -315,9 +318,9 @@ class Commission:
         return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
 
     # -- PAM
-    def pam_target(self) -> pu.Target:
+    def pam_target(self) -> Target:
         if self.a.host_kind != "nixos":
-            return pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
+            return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
         pub = self.a.age_host_key
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
@@ -329,18 +332,18 @@ class Commission:
         elif self.host.exists(private) and private != pub:
             # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
-        return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+        return Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        target = pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
-        return pu.pam_line_for(target, self.origin(), pin=False, verification=False)
+        target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
+        return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        request = pu.RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
+        request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
-        result = pu.register(self.host, self.keys.session(role), request)
+        result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
             return f"already registered for {self.a.user} (origin {result.origin})"
         return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "

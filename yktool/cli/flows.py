@@ -25,7 +25,7 @@ from yktool.flows.runner import Outcome
 from yktool.flows.state import FlowState
 from yktool.host import Host
 from yktool.inventory import Registry
-from yktool.pam_u2f import default_origin
+from yktool.pam.host_facts import default_origin
 from yktool.plan import Plan
 from yktool.ssh.accounts import default_user
 from yktool.tpm import parse_pcrs

@@ -213,16 +213,16 @@ class Commission:
                 steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {a.user} on the {role} "
                                       f"key ({nick}) in {where}", partial(self.pam, role), [where],
                                       "an assertion with the origin verifies against the stored key", role))
-            if "udev" in a.steps:
-                steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
-                                      partial(self.usb_rule, "udev", role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
-                                      if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
-                                      "the rule file read back", role))
-            if "usbguard" in a.steps:
-                steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
-                                      partial(self.usb_rule, "usbguard", role), ["/etc/usbguard/rules.conf"]
-                                      if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
-                                      "the rules file read back", role))
+            usb_rules = {  # kind: what the step does, what it changes (plain Linux, NixOS), its proof
+                "udev": (f"lock the screen when the {role} key is removed", udev_rule.RULE_PATH,
+                         f"{udev_rule.NIX_OPTION} (the NixOS module)", "the rule file read back"),
+                "usbguard": (f"allow the {role} key through USBGuard", usbguard_rule.RULES_PATH,
+                             "USBGuard rules (the NixOS module)", "the rules file read back"),
+            }
+            for kind, (what, linux, nixos, proof) in usb_rules.items():
+                if kind in a.steps:
+                    steps.append(FlowStep(step_id(kind, role), what, partial(self.usb_rule, kind, role),
+                                          [linux if a.host_kind == "linux" else nixos], proof, role))
         if a.host_kind == "nixos":
             steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
                                   "(yktool nixos module)", self.nixos_module, ["the NixOS module"],

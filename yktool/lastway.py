@@ -17,6 +17,7 @@ and say what is lost).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from yktool.fido.session import KeySession
     from yktool.pam_config import PamLine, PamService
+    from yktool.pam_dispatch import Step
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -99,40 +101,163 @@ def _rule(line: PamLine) -> tuple[str, int, tuple[str, ...]]:
     return line.file, line.lineno, line.via
 
 
-def passes_without(service: PamService, failing: Callable[[PamLine], bool]) -> bool:
-    """Whether libpam (`pam_dispatch`) can let the user through `service`'s auth stack while every
+# Where libpam looks for a module named without a folder (Debian's multiarch folder, the
+# classic ones, Fedora's lib64); a root that has none of them does not show its modules.
+MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
+MULTIARCH_PARENTS = ("/lib", "/usr/lib")
+# modules whose success is a way in yktool can judge: pam_permit lets anyone in, pam_unix is read
+# from the root's passwd/shadow, another pam_u2f line reads another authfile
+WAY_IN = frozenset({"pam_permit", "pam_unix", "pam_u2f"})
+
+
+@dataclass
+class Judge:
+    """What each rule of a stack can return for `user`, read from the root where yktool can.
+
+    The decision this serves is "may a credential go": counting a rule as a possible way in when
+    it is not would lock someone out, so only what yktool can judge counts (`WAY_IN`). A module it
+    cannot judge (pam_sss, pam_krb5, …) may succeed or fail on a path, but its success alone is
+    never taken as the user's way in; a module that is not installed returns PAM_MODULE_UNKNOWN as
+    libpam makes it (with a leading `-` or without: the dash only silences the log)."""
+
+    host: Host | None = None
+    user: str = ""
+    doubts: dict[str, str] = field(default_factory=dict)   # module -> why it is not counted
+    _dirs: list[str] | None = None
+    _unix: tuple[str, ...] | None = None
+
+    def outcomes(self, line: PamLine) -> tuple[str, ...]:
+        name = line.module_name
+        if name == "pam_deny":
+            return ("auth_err",)
+        if self.host is not None and self._missing(self.host, line):
+            self.doubts.setdefault(line.module, "not installed: libpam makes it fail")
+            return ("module_unknown",)
+        if name == "pam_permit":
+            return ("success",)
+        if name == "pam_unix" and self.host is not None:
+            return self._pam_unix(line)
+        if name not in WAY_IN:
+            self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} in")
+        return ("success", "auth_err")
+
+    def counts(self, trail: tuple[Step, ...]) -> bool:
+        """A way through counts when a module yktool can judge succeeded on it."""
+        return any(s.result == "success" and s.line.module_name in WAY_IN for s in trail)
+
+    def _module_dirs(self, host: Host) -> list[str]:
+        if self._dirs is None:
+            found = [d for d in MODULE_DIRS if host.is_dir(d)]
+            for parent in MULTIARCH_PARENTS:
+                if host.is_dir(parent):
+                    found += [f"{parent}/{n}/security" for n in host.listdir(parent)
+                              if n.endswith("-linux-gnu") and host.is_dir(f"{parent}/{n}/security")]
+            self._dirs = found
+        return self._dirs
+
+    def _missing(self, host: Host, line: PamLine) -> bool:
+        """Not installed in the root. Where the root does not show the folder a module would be
+        in, a `-` rule (the dash says "it may well not be installed") counts as missing, any
+        other as present."""
+        module = line.module
+        if module.startswith("/"):
+            if host.is_file(module):
+                return False
+            return line.ignore_missing or host.is_dir(str(PurePosixPath(module).parent))
+        dirs = self._module_dirs(host)
+        if any(host.is_file(f"{d}/{module}") for d in dirs):
+            return False
+        return line.ignore_missing or bool(dirs)
+
+    def _pam_unix(self, line: PamLine) -> tuple[str, ...]:
+        """pam_unix's verdict from the root's passwd and shadow (passverify.c): no entry, a hash
+        that is locked (`!`, `*`) or not a hash at all fails; an empty one passes only with
+        `nullok`; a real hash may pass (with the right password)."""
+        if self._unix is None:
+            results, why = unix_results(self.host, self.user) if self.host else (("success", "auth_err"), "")
+            self._unix = results
+            if why:
+                self.doubts.setdefault("pam_unix", why)
+        if self._unix == ("empty",):
+            if "nullok" in line.args:
+                return ("success",)
+            self.doubts.setdefault("pam_unix", f"{self.user}'s password is empty and pam_unix has no nullok")
+            return ("auth_err",)
+        return self._unix
+
+
+def _colon_field(host: Host, path: str, user: str) -> str | None:
+    """The second field of `user`'s line in a passwd-style file (None: no line)."""
+    for line in host.read_text(path).splitlines():
+        fields = line.split(":")
+        if len(fields) >= 2 and fields[0] == user:
+            return fields[1]
+    return None
+
+
+_CRYPT = re.compile(r"\$[0-9a-z]+\$.+|[./0-9A-Za-z]{13}")
+
+
+def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:
+    """(what pam_unix's auth can return for `user`, why it cannot pass — "" when it may), as
+    pam_unix reads the root's /etc/passwd and /etc/shadow; ("empty",) for an empty password,
+    which passes only with `nullok`. What yktool cannot read counts as failing."""
+    from yktool.errors import YktoolError
+
+    try:
+        stored = _colon_field(host, "/etc/passwd", user) if host.is_file("/etc/passwd") else None
+        if stored is None:
+            return ("user_unknown",), f"{user} is not in {host.root}/etc/passwd"
+        if stored == "x":  # shadowed
+            if not host.is_file("/etc/shadow"):
+                return ("authinfo_unavail",), f"there is no /etc/shadow in {host.root}"
+            stored = _colon_field(host, "/etc/shadow", user)
+            if stored is None:
+                return ("authinfo_unavail",), f"{user} has no line in /etc/shadow"
+    except (OSError, YktoolError) as exc:
+        return ("authinfo_unavail",), f"yktool cannot read the password files ({getattr(exc, 'message', exc)})"
+    if stored == "":
+        return ("empty",), ""
+    if stored[0] in "!*":
+        return ("auth_err",), f"{user}'s password is locked ({stored[0]!r} in /etc/shadow)"
+    if not _CRYPT.fullmatch(stored):
+        return ("auth_err",), f"{user}'s stored password is not a hash any password matches"
+    return ("success", "auth_err"), ""
+
+
+def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, host: Host | None = None,
+                   user: str = "", judge: Judge | None = None) -> bool:
+    """Whether libpam (`pam_dispatch`) can let `user` through `service`'s auth stack while every
     rule for which `failing` holds fails as pam_u2f does without a credential (AUTH_ERR, or
-    AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (pam_deny
-    fails, pam_permit passes, a password module may pass). Judged on the whole stack:
+    AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (`Judge`:
+    pam_deny fails, pam_permit passes, pam_unix as the root's shadow says, a module not installed
+    fails, one yktool cannot judge is never the way in). Judged on the whole stack:
     `sufficient pam_u2f` followed by `pam_deny`, or pam-auth-update's `[success=1
     default=ignore] pam_u2f` + `requisite pam_deny`, need the key as surely as `required`
     does. Too many branches to follow: counted as requiring the key."""
     from yktool import pam_dispatch
 
+    judge = judge or Judge(host, user)
     handlers = service.handlers("auth")
     for fail_as in ("auth_err", "authinfo_unavail"):
         def outcomes(line: PamLine, fail_as: str = fail_as) -> tuple[str, ...]:
-            if failing(line):
-                return (fail_as,)
-            if line.module_name == "pam_deny":
-                return ("auth_err",)
-            if line.module_name == "pam_permit":
-                return ("success",)
-            return ("success", "auth_err")
+            return (fail_as,) if failing(line) else judge.outcomes(line)
 
         try:
-            if pam_dispatch.passing_path(handlers, outcomes) is None:
+            if pam_dispatch.passing_path(handlers, outcomes, accept=judge.counts) is None:
                 return False
         except pam_dispatch.TooManyPaths:
             return False
     return True
 
 
-def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]]:
+def pam_requiring(host: Host, authfile: str, user: str,
+                  doubts: dict[str, str] | None = None) -> tuple[bool, list[str]]:
     """(required, services): whether a PAM stack under the root cannot be passed without a
     pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
     No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
-    /run/agenix): counted as required — not seeing the consumer is no proof it is absent."""
+    /run/agenix): counted as required — not seeing the consumer is no proof it is absent.
+    `doubts` gets, for the services that require it, the modules not counted as a way in and why."""
     from yktool import pam_config
     from yktool import pam_u2f as pu
 
@@ -157,8 +282,11 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
             continue
         reading.append(service.name)
         # the whole stack as libpam runs it, not the pam_u2f line's control word alone
-        if not passes_without(service, lambda ln, ours=ours: _rule(ln) in ours):  # type: ignore[misc]
+        judge = Judge(host, user)
+        if not passes_without(service, lambda ln, ours=ours: _rule(ln) in ours, judge=judge):  # type: ignore[misc]
             required.append(service.name)
+            if doubts is not None:
+                doubts.update(judge.doubts)
     if not reading:
         return True, []
     return bool(required), sorted(set(required))
@@ -199,13 +327,16 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         resident_left = sum(c.resident for c in left) - removal.pam_resident.get((path, user), 0)
         if any(not c.resident for c in left) or resident_left > 0:
             continue  # another credential stays on the line
-        required, services = pam_requiring(host, path, user)
+        doubts: dict[str, str] = {}
+        required, services = pam_requiring(host, path, user, doubts)
         if not required:
             continue
         which = f" ({', '.join(services)})" if services else ""
+        why = "; not counted as a way in: " + ", ".join(f"{m} ({w})" for m, w in sorted(doubts.items())) \
+            if doubts else ""
         out.append(Loss("pam", path, user,
                         f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
-                        f"{which}: {user} could no longer pass pam_u2f (sudo, login)",
+                        f"{which}: {user} could no longer pass pam_u2f (sudo, login){why}",
                         f"register another key for {user} first (yktool pam register --user {user})"))
     return out
 

@@ -47,6 +47,9 @@ class Removal:
     # credential is, so they are counted (the registry's `resident` entries), not matched
     pam_resident: dict[PamPlace, int] = field(default_factory=dict)
     pam_texts: dict[str, str] = field(default_factory=dict)  # authfiles not plain in the root (age)
+    # LUKS volumes the root's /etc/crypttab lists that yktool could not read: it cannot tell whether
+    # the change leaves them a way in (device -> why)
+    luks_unjudged: dict[str, str] = field(default_factory=dict)
     replaced_pam: set[PamPlace] = field(default_factory=set)
     replaced_ssh: set[SshPlace] = field(default_factory=set)
 
@@ -84,7 +87,10 @@ def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool.luks.pending import read_header_seeing_pending
     from yktool.luks.safety import check_remaining
 
-    out = []
+    out = [Loss("luks", device, "", f"yktool cannot tell whether {device} keeps a way in: {why}",
+                "make the volume readable (as root, the device present), or make sure another way in to it "
+                "stays (a passphrase or recovery key)")
+           for device, why in removal.luks_unjudged.items()]
     for device, slots in removal.luks.items():
         header = read_header_seeing_pending(host, device)  # an unseen recovery key is no way in
         present = sorted(s for s in slots if s in header.keyslots)
@@ -362,6 +368,32 @@ def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
     return out
 
 
+# crypttab volumes that hold no key of anyone's: plain dm-crypt, swap and /tmp with a random key
+_NOT_LUKS_OPTIONS = ("plain", "swap", "tmp", "bitlk", "tcrypt")
+
+
+def crypttab_volumes(host: Host) -> list[tuple[str, str]]:
+    """(device inside the root, crypttab line) of every volume the root's /etc/crypttab opens
+    with a key (`UUID=`/`LABEL=`/… as /dev/disk/by-*; a detached `header=` is where the slots are)."""
+    from yktool.checks.base import lines
+    from yktool.checks.boot import resolve_spec
+
+    if not host.is_file("/etc/crypttab"):
+        return []
+    out = []
+    for line in lines(host.read_text("/etc/crypttab")):
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        key = parts[2] if len(parts) > 2 else "none"
+        options = parts[3].split(",") if len(parts) > 3 else []
+        if key in ("/dev/urandom", "/dev/random") or any(o in _NOT_LUKS_OPTIONS for o in options):
+            continue
+        header = next((o.split("=", 1)[1] for o in options if o.startswith("header=")), "")
+        out.append((resolve_spec(header or parts[1]), line))
+    return out
+
+
 def describe(found: list[Loss]) -> str:
     return "; ".join(f.message for f in found)
 
@@ -415,10 +447,34 @@ def held_by(host: Host, session: KeySession) -> Held:
         return False
 
     devices = dict.fromkeys(str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e)
+    # and every volume /etc/crypttab opens: a registry that is gone, or a volume enrolled by hand
+    # (systemd-cryptenroll), is no proof the key opens none of them
+    from yktool.errors import YktoolError
+    from yktool.luks.header import Luks1Device
+
+    seen: set[str] = set()
+    listed = crypttab_volumes(host)
+    for device, _line in listed:
+        devices.setdefault(device)
     for device in devices:
+        from_crypttab = next((ln for d, ln in listed if d == device), None)
         if not host.exists(device):
+            if from_crypttab is not None:
+                held.removal.luks_unjudged[device] = f"/etc/crypttab lists it ({from_crypttab!r}), and it is not there"
             continue
-        for token in read_header(host, device).tokens_of_type("systemd-fido2"):
+        try:
+            header = read_header(host, device)
+        except Luks1Device:
+            continue  # LUKS1 holds no FIDO2 token: this key is no way in to it
+        except YktoolError as exc:
+            if from_crypttab is None:
+                raise
+            held.removal.luks_unjudged[device] = f"/etc/crypttab lists it, and yktool cannot read it ({exc.message})"
+            continue
+        if header.uuid in seen:
+            continue  # the same volume by another name (a path and a UUID=)
+        seen.add(header.uuid)
+        for token in header.tokens_of_type("systemd-fido2"):
             cid = raw(token.credential) if isinstance(token, Fido2Token) else None
             if isinstance(token, Fido2Token) and cid and answers(token.rp or "io.systemd.cryptsetup", cid,
                                                                  f"{device} token {token.id}"):

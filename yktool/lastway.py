@@ -348,22 +348,26 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
 
 
 def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
-    from yktool.authorized_keys import key_blob_in, remove_key
+    """A user whose authorized_keys would keep no key sshd lets run a command of theirs (a kept
+    key with a forced command, expired, or one sshd skips is no way in: `not_a_way_in`), where
+    a key that is one goes."""
+    from yktool.authorized_keys import key_blob_in, not_a_way_in
 
     out = []
     for (path, user), blobs in removal.ssh.items():
         if (path, user) in removal.replaced_ssh or not host.exists(path):
             continue
-        data = host.read_bytes(path)
-        removed_any = False
-        for blob in blobs:
-            data, removed, _others = remove_key(data, blob)
-            removed_any = removed_any or bool(removed)
-        lines = data.decode("utf-8", "surrogateescape").splitlines()
-        if not removed_any or any(key_blob_in(ln) is not None for ln in lines):
-            continue
+        lines = host.read_bytes(path).decode("utf-8", "surrogateescape").splitlines()
+        going = [ln for ln in lines if key_blob_in(ln) in blobs]
+        kept = {ln: why for ln in lines if key_blob_in(ln) not in blobs
+                and (why := not_a_way_in(ln)) != "no key"}
+        if not any(not_a_way_in(ln) is None for ln in going) or any(why is None for why in kept.values()):
+            continue  # nothing that lets the user in goes, or something that does stays
+        others = f" (the key(s) kept are no way in: {'; '.join(dict.fromkeys(str(w) for w in kept.values()))})" \
+            if kept else ""
         out.append(Loss("ssh", path, user,
-                        f"{user} would be left without any SSH key in {path}: no more SSH login by key",
+                        f"{user} would be left without any SSH key in {path} that logs in{others}: "
+                        "no more SSH login by key",
                         f"authorize another key for {user} first (yktool ssh authorize -u {user})"))
     return out
 

@@ -40,6 +40,7 @@ from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
+from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
@@ -340,6 +341,8 @@ class Replace:
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.lost_names = list(answers.lost)
         self.forced: list[Loss] = []   # what --force lets go (checked whole in check_plan)
+        self.force = False
+        self.checked_under: object | None = None  # the lock hold the plan was checked under
         self.now = datetime.datetime.now(datetime.UTC)
 
     def lost(self, area: str) -> list[Found]:
@@ -879,6 +882,7 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
     if state.finished:
         state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
     flow = Replace(host, answers, keys, io, state, found, has_new)
+    flow.force, flow.checked_under = force, current_hold(host)
     flow.check_plan(force)
     steps = flow.build_steps()
     plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
@@ -890,6 +894,20 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
 
 
 def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
+    """Act, under the root's lock. A plan not checked under the lock held now (a library caller
+    that called `prepare` without it) is checked again first: another run may have changed the
+    host since, and what --force let go must still be all that goes."""
+    with root_lock(flow.host, f"yktool {FLOW}"):
+        if not still_held(flow.host, flow.checked_under):
+            confirmed = [x.to_json() for x in flow.forced]
+            flow.check_plan(flow.force)
+            if [x.to_json() for x in flow.forced] != confirmed:
+                raise Refused("the host changed since the plan was checked: it would now lock out "
+                              f"{describe(flow.forced)}; nothing was changed", "prepare the plan again")
+        return _execute(flow, steps, on_step)
+
+
+def _execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> ReplaceReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)

@@ -312,9 +312,16 @@ def pam_authfiles(host: Host) -> list[tuple[str, str]]:
 
 
 def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
+    """A user whose pam_u2f line would keep no credential, where PAM requires one. A resident
+    (`*`) credential left counts only when the registry knows it (its public key): the line does
+    not say whose key made it, so one the registry does not know — a registry that is gone, a
+    `pamu2fcfg --resident` by hand — may be the very key going, and is not counted as kept."""
     from yktool import pam_u2f as pu
+    from yktool.inventory import Registry
 
     out = []
+    known = {str(e["public_key"]) for _k, e in Registry.load(host).enrollments("pam")
+             if e.get("resident") is True and "public_key" in e}
     places = list(dict.fromkeys([*removal.pam, *removal.pam_resident]))
     for path, user in places:
         ids = removal.pam.get((path, user), set())
@@ -330,9 +337,11 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         if line is None:
             continue
         left = [c for c in line.credentials if c.credential_id not in ids]
-        resident_left = sum(c.resident for c in left) - removal.pam_resident.get((path, user), 0)
+        resident_left = sum(c.resident and c.public_key in known for c in left) \
+            - removal.pam_resident.get((path, user), 0)
         if any(not c.resident for c in left) or resident_left > 0:
             continue  # another credential stays on the line
+        unknown = sum(c.resident and c.public_key not in known for c in left)
         doubts: dict[str, str] = {}
         required, services = pam_requiring(host, path, user, doubts)
         if not required:
@@ -340,6 +349,9 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         which = f" ({', '.join(services)})" if services else ""
         why = "; not counted as a way in: " + ", ".join(f"{m} ({w})" for m, w in sorted(doubts.items())) \
             if doubts else ""
+        if unknown:
+            why += (f"; {unknown} resident (*) credential(s) on the line are not in the registry: yktool cannot "
+                    "tell which key made them, so they may be the one going")
         out.append(Loss("pam", path, user,
                         f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
                         f"{which}: {user} could no longer pass pam_u2f (sudo, login){why}",
@@ -493,6 +505,8 @@ def held_by(host: Host, session: KeySession) -> Held:
         authfiles.setdefault(path)
         if origin:
             origins.add(origin)
+    resident_known = {str(e["public_key"]) for _k, e in registry.enrollments("pam")
+                      if e.get("resident") is True and "public_key" in e}
     for path in authfiles:
         if not host.exists(path):
             continue
@@ -502,6 +516,10 @@ def held_by(host: Host, session: KeySession) -> Held:
                 cid = cred.credential_id
                 if cid is not None and any(answers(o, cid, f"{path} ({user})") for o in sorted(origins) if o):
                     held.removal.add_pam(path, user, cid)
+                elif cred.resident and cred.public_key not in resident_known:
+                    # a `*` credential no probe by id can reach and the registry does not know: it
+                    # may be this key's, so the user's line is judged (`_pam_losses` does not count it)
+                    held.removal.pam.setdefault((path, user), set())
     for k, e in registry.enrollments("pam"):
         if k.nickname in names and e.get("resident") is True and "path" in e:
             place = (str(e["path"]), str(e.get("user", "")))

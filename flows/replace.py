@@ -39,7 +39,7 @@ from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
-from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
+from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_requiring
 from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
@@ -129,6 +129,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
     found: list[Found] = []
     devices = list(dict.fromkeys([str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e]
                                  + list(extra_devices or [])))
+    devices += crypttab_luks(host, devices)[0]  # volumes enrolled by hand are found too
     for dev in devices:
         header = read_header(host, dev)
         for token in header.tokens_of_type("systemd-fido2"):
@@ -872,6 +873,10 @@ def kept_notes(host: Host, found: list[Found], lost_names: list[str]) -> list[st
     for f in found:
         if f.owner == "unregistered" and not f.lost:
             notes.append(f"{f.describe()}: not in the registry, kept (yktool cannot tell which key made it)")
+    registered = [str(e["device"]) for _k, e in Registry.load(host).enrollments("luks") if "device" in e]
+    for device, why in crypttab_luks(host, registered)[1].items():
+        notes.append(f"{device}: not checked — {why}; the lost key may still open it (check it by hand: "
+                     "systemd-cryptenroll DEVICE)")
     return notes
 
 

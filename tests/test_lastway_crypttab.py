@@ -72,3 +72,22 @@ def test_reset_goes_ahead_when_the_crypttab_volume_keeps_a_way_in(scratch: Path,
     r = _reset(cli, scratch, "primary")
     assert r.exit_code == 0, r.output
     assert passphrase_opens(scratch)
+
+
+def test_replace_plan_considers_the_crypttab_volumes(scratch: Path, cli: CliCall) -> None:
+    """replace finds the tokens of a volume only /etc/crypttab names (kept: nobody can say the
+    lost key made them, and the plan says so) and names a listed volume it cannot read."""
+    from tests.test_replace_lost import lose, replace
+
+    root = scratch / ROOT
+    with Registry.update(Host(root)) as reg:
+        reg.forget("luks")
+    with (root / "etc/crypttab").open("a") as f:
+        f.write("data UUID=0b4a7f3e-1111-4222-8333-944455556666 none luks\n")
+    lose(scratch, "primary")
+    before = tree_bytes(root)
+    r = replace(cli, scratch, "--lost", "primary", flags=("--yes", "--dry-run"))
+    assert r.exit_code == 0, r.output
+    assert f"{IMAGE}" in r.output and "not in the registry, kept" in r.output
+    assert "/dev/disk/by-uuid/0b4a7f3e-1111-4222-8333-944455556666: not checked" in r.output
+    assert tree_bytes(root) == before

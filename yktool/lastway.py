@@ -410,6 +410,41 @@ def crypttab_volumes(host: Host) -> list[tuple[str, str]]:
     return out
 
 
+def crypttab_luks(host: Host, known: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The LUKS2 volumes /etc/crypttab opens that yktool can read (their devices inside the root),
+    leaving out those that are one of `known` under another name (a path and a `UUID=`), and
+    those it cannot judge (device -> why). LUKS1 ones are left out: they hold no FIDO2 token."""
+    from yktool.errors import YktoolError
+    from yktool.luks.header import Luks1Device, read_header
+
+    def uuid_of(device: str) -> str | None:
+        try:
+            return read_header(host, device).uuid if host.exists(device) else None
+        except YktoolError:
+            return None
+
+    seen = {u for d in known or [] if (u := uuid_of(d))}
+    readable: list[str] = []
+    unjudged: dict[str, str] = {}
+    for device, line in crypttab_volumes(host):
+        if device in (known or []):
+            continue
+        if not host.exists(device):
+            unjudged[device] = f"/etc/crypttab lists it ({line!r}), and it is not there"
+            continue
+        try:
+            uuid = read_header(host, device).uuid
+        except Luks1Device:
+            continue
+        except YktoolError as exc:
+            unjudged[device] = f"/etc/crypttab lists it, and yktool cannot read it ({exc.message})"
+            continue
+        if uuid not in seen:
+            seen.add(uuid)
+            readable.append(device)
+    return readable, unjudged
+
+
 def describe(found: list[Loss]) -> str:
     return "; ".join(f.message for f in found)
 
@@ -465,32 +500,13 @@ def held_by(host: Host, session: KeySession) -> Held:
     devices = dict.fromkeys(str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e)
     # and every volume /etc/crypttab opens: a registry that is gone, or a volume enrolled by hand
     # (systemd-cryptenroll), is no proof the key opens none of them
-    from yktool.errors import YktoolError
-    from yktool.luks.header import Luks1Device
-
-    seen: set[str] = set()
-    listed = crypttab_volumes(host)
-    for device, _line in listed:
-        devices.setdefault(device)
+    listed, unjudged = crypttab_luks(host, list(devices))
+    devices.update(dict.fromkeys(listed))
+    held.removal.luks_unjudged.update(unjudged)
     for device in devices:
-        from_crypttab = next((ln for d, ln in listed if d == device), None)
         if not host.exists(device):
-            if from_crypttab is not None:
-                held.removal.luks_unjudged[device] = f"/etc/crypttab lists it ({from_crypttab!r}), and it is not there"
             continue
-        try:
-            header = read_header(host, device)
-        except Luks1Device:
-            continue  # LUKS1 holds no FIDO2 token: this key is no way in to it
-        except YktoolError as exc:
-            if from_crypttab is None:
-                raise
-            held.removal.luks_unjudged[device] = f"/etc/crypttab lists it, and yktool cannot read it ({exc.message})"
-            continue
-        if header.uuid in seen:
-            continue  # the same volume by another name (a path and a UUID=)
-        seen.add(header.uuid)
-        for token in header.tokens_of_type("systemd-fido2"):
+        for token in read_header(host, device).tokens_of_type("systemd-fido2"):
             cid = raw(token.credential) if isinstance(token, Fido2Token) else None
             if isinstance(token, Fido2Token) and cid and answers(token.rp or "io.systemd.cryptsetup", cid,
                                                                  f"{device} token {token.id}"):

@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import CliCall
 from tests.flows_support import PASSWORD, PASSWORD_HASH, set_shadow, tree_bytes
 from tests.test_attack_lastway import _alice_has_only, _install_stack, _reset
-from yktool import pam_config
 from yktool.demo import ROOT
 from yktool.host import Host
 from yktool.lastway import passes_without
+from yktool.pam.stack import parse_service
 
 U2F = "pam_u2f.so authfile=/etc/u2f_mappings cue"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
@@ -78,7 +78,7 @@ def yktool_says_alice_gets_in(tmp: Path, service: str, extra: dict[str, str], st
     for module in ("pam_u2f.so", "pam_unix.so", "pam_deny.so", "pam_permit.so"):
         (modules / module).write_bytes(b"\x7fELF")
     host = Host(root)
-    return passes_without(pam_config.parse_service(host, "yktest"), lambda ln: ln.module_name == "pam_u2f",
+    return passes_without(parse_service(host, "yktest"), lambda ln: ln.module_name == "pam_u2f",
                           host=host, user="alice")
 
 

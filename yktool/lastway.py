@@ -8,7 +8,7 @@ left without a way in:
 
 - a LUKS volume with no keyslot left, or only hardware-bound ones (`luks.safety`);
 - a user whose pam_u2f line would be empty where a PAM stack requires pam_u2f for that
-  authfile (read as libpam does, `pam_config`; a stack yktool cannot see counts as requiring it);
+  authfile (read as libpam does, `yktool.pam.stack`; a stack yktool cannot see counts as requiring it);
 - a user whose authorized_keys would hold no key at all.
 
 This module reads only; the callers refuse (or, with --force and a typed confirmation, go on
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from yktool.fido.session import KeySession
-    from yktool.pam_config import PamLine, PamService
-    from yktool.pam_dispatch import Step
+    from yktool.pam.dispatch import Step
+    from yktool.pam.stack import PamLine, PamService
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -107,10 +107,6 @@ def _rule(line: PamLine) -> tuple[str, int, tuple[str, ...]]:
     return line.file, line.lineno, line.via
 
 
-# Where libpam looks for a module named without a folder (Debian's multiarch folder, the
-# classic ones, Fedora's lib64); a root that has none of them does not show its modules.
-MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
-MULTIARCH_PARENTS = ("/lib", "/usr/lib")
 # modules whose success is a way in yktool can judge: pam_permit lets anyone in, pam_unix is read
 # from the root's passwd/shadow, another pam_u2f line reads another authfile
 WAY_IN = frozenset({"pam_permit", "pam_unix", "pam_u2f"})
@@ -124,12 +120,12 @@ class Judge:
     it is not would lock someone out, so only what yktool can judge counts (`WAY_IN`). A module it
     cannot judge (pam_sss, pam_krb5, …) may succeed or fail on a path, but its success alone is
     never taken as the user's way in; a module that is not installed returns PAM_MODULE_UNKNOWN as
-    libpam makes it (with a leading `-` or without: the dash only silences the log)."""
+    libpam makes it (with a leading `-` or without: the dash only silences the log; pamtester
+    shows `-auth required pam_missing.so` failing the stack)."""
 
     host: Host | None = None
     user: str = ""
     doubts: dict[str, str] = field(default_factory=dict)   # module -> why it is not counted
-    _dirs: list[str] | None = None
     _unix: tuple[str, ...] | None = None
 
     def outcomes(self, line: PamLine) -> tuple[str, ...]:
@@ -151,29 +147,13 @@ class Judge:
         """A way through counts when a module yktool can judge succeeded on it."""
         return any(s.result == "success" and s.line.module_name in WAY_IN for s in trail)
 
-    def _module_dirs(self, host: Host) -> list[str]:
-        if self._dirs is None:
-            found = [d for d in MODULE_DIRS if host.is_dir(d)]
-            for parent in MULTIARCH_PARENTS:
-                if host.is_dir(parent):
-                    found += [f"{parent}/{n}/security" for n in host.listdir(parent)
-                              if n.endswith("-linux-gnu") and host.is_dir(f"{parent}/{n}/security")]
-            self._dirs = found
-        return self._dirs
+    @staticmethod
+    def _missing(host: Host, line: PamLine) -> bool:
+        """Not installed where libpam looks (`module_search`; a tree that cannot tell counts
+        as having it — a module yktool cannot judge is no way in either way)."""
+        from yktool.pam.stack import module_search
 
-    def _missing(self, host: Host, line: PamLine) -> bool:
-        """Not installed in the root. Where the root does not show the folder a module would be
-        in, a `-` rule (the dash says "it may well not be installed") counts as missing, any
-        other as present."""
-        module = line.module
-        if module.startswith("/"):
-            if host.is_file(module):
-                return False
-            return line.ignore_missing or host.is_dir(str(PurePosixPath(module).parent))
-        dirs = self._module_dirs(host)
-        if any(host.is_file(f"{d}/{module}") for d in dirs):
-            return False
-        return line.ignore_missing or bool(dirs)
+        return bool(module_search(host, line.module))
 
     def _pam_unix(self, line: PamLine) -> tuple[str, ...]:
         """pam_unix's verdict from the root's passwd and shadow (passverify.c): no entry, a hash
@@ -241,7 +221,7 @@ def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, h
     `sufficient pam_u2f` followed by `pam_deny`, or pam-auth-update's `[success=1
     default=ignore] pam_u2f` + `requisite pam_deny`, need the key as surely as `required`
     does. Too many branches to follow: counted as requiring the key."""
-    from yktool import pam_dispatch
+    from yktool.pam import dispatch as pam_dispatch
 
     judge = judge or Judge(host, user)
     handlers = service.handlers("auth")
@@ -264,25 +244,26 @@ def pam_requiring(host: Host, authfile: str, user: str,
     No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
     /run/agenix): counted as required — not seeing the consumer is no proof it is absent.
     `doubts` gets, for the services that require it, the modules not counted as a way in and why."""
-    from yktool import pam_config
-    from yktool import pam_u2f as pu
+    from yktool.pam import stack as pam_stack
+    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.host_facts import read_users
 
-    users = pu.read_users(host)
+    users = read_users(host)
     home = users[user].home if user in users else ""
     reading: list[str] = []
     required: list[str] = []
 
-    def reads(u2f: pam_config.U2fLine) -> bool:
+    def reads(u2f: pam_stack.U2fLine) -> bool:
         opts = u2f.options
         if opts.authfile is None:
-            path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+            path = str(PurePosixPath(home) / USER_AUTHFILE) if home else ""
         elif opts.expand:
             path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
         else:
             path = opts.authfile
         return path == authfile
 
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         ours = {_rule(u.line) for u in service.u2f_lines if reads(u)}
         if not ours:
             continue
@@ -300,10 +281,10 @@ def pam_requiring(host: Host, authfile: str, user: str,
 
 def pam_authfiles(host: Host) -> list[tuple[str, str]]:
     """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
-    from yktool import pam_config
+    from yktool.pam import stack as pam_stack
 
     out = []
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         for u2f in service.u2f_lines:
             path = u2f.options.authfile
             if path and path.startswith("/") and not (u2f.options.expand and "%" in path):
@@ -316,8 +297,8 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
     (`*`) credential left counts only when the registry knows it (its public key): the line does
     not say whose key made it, so one the registry does not know — a registry that is gone, a
     `pamu2fcfg --resident` by hand — may be the very key going, and is not counted as kept."""
-    from yktool import pam_u2f as pu
     from yktool.inventory import Registry
+    from yktool.pam.authfile import Authfile
 
     out = []
     known = {str(e["public_key"]) for _k, e in Registry.load(host).enrollments("pam")
@@ -333,7 +314,7 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
             text = host.read_text(path)
         else:
             continue
-        line = pu.Authfile.parse(text).effective_line(user)
+        line = Authfile.parse(text).effective_line(user)
         if line is None:
             continue
         left = [c for c in line.credentials if c.credential_id not in ids]
@@ -465,10 +446,11 @@ def held_by(host: Host, session: KeySession) -> Held:
     does any LUKS token or authfile credential the key answers that the registry does not know."""
     import base64
 
-    from yktool import pam_u2f as pu
     from yktool.inventory import Registry
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
+    from yktool.pam.authfile import Authfile
+    from yktool.pam.host_facts import default_origin_or_none
 
     def raw(value: object) -> bytes | None:
         try:
@@ -512,7 +494,7 @@ def held_by(host: Host, session: KeySession) -> Held:
                                                                  f"{device} token {token.id}"):
                 held.removal.add_luks(device, list(token.keyslots))
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
-    origins.add(pu.default_origin_or_none(host) or "")
+    origins.add(default_origin_or_none(host) or "")
     authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
     # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
     # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
@@ -526,7 +508,7 @@ def held_by(host: Host, session: KeySession) -> Held:
     for path in authfiles:
         if not host.exists(path):
             continue
-        authfile = pu.Authfile.parse(host.read_text(path))
+        authfile = Authfile.parse(host.read_text(path))
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
                 cid = cred.credential_id

@@ -29,7 +29,7 @@ U2F = "pam_u2f.so authfile=/etc/u2f_mappings cue"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
 # alice's stored password in /etc/shadow -> the cases pam_unix tells apart
 SHADOWS = {"hash": PASSWORD_HASH, "locked": "!" + PASSWORD_HASH, "star": "*", "bang": "!", "double-bang": "!!",
-           "empty": "", "not-a-hash": "LK"}
+           "empty": "", "not-a-hash": "LK", "unknown-prefix": "$zz$abcdefgh$abcdef"}
 
 
 def _digest(*paths: str) -> str:

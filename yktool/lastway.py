@@ -181,7 +181,8 @@ def _colon_field(host: Host, path: str, user: str) -> str | None:
     return None
 
 
-_CRYPT = re.compile(r"\$[0-9a-z]+\$.+|[./0-9A-Za-z]{13}")
+# what crypt(3) can produce (libxcrypt's prefixes, and DES): any other stored string matches no password
+_CRYPT = re.compile(r"\$(1|2[abxy]|5|6|7|y|gy|sha1|md5)\$[^:]+|[./0-9A-Za-z]{13}")
 
 
 def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:

@@ -93,7 +93,7 @@ def test_pam_unix_is_judged_from_the_roots_shadow_as_pam_unix_does(tmp_path: Pat
     assert yktool_says_alice_gets_in(tmp_path, service, {}, stored) == real
 
 
-MISSING_STACKS = {
+NO_OTHER_WAY_STACKS = {
     "dash-sufficient": (f"-auth sufficient pam_nothere.so\nauth sufficient {U2F}\nauth required pam_deny.so\n", False),
     "dash-jump": (f"-auth [success=2 default=ignore] pam_nothere.so\nauth [success=1 default=ignore] {U2F}\n"
                   "auth requisite pam_deny.so\nauth required pam_permit.so\n", False),
@@ -101,12 +101,16 @@ MISSING_STACKS = {
                        False),
     "dash-optional-then-permit": (f"-auth optional pam_nothere.so\nauth sufficient {U2F}\n"
                                   "auth required pam_permit.so\n", True),
+    # not a missing module, a missing password: use_first_pass checks one an earlier pam_unix asked
+    "use-first-pass-alone": (f"auth sufficient {U2F}\nauth required pam_unix.so nodelay use_first_pass\n", False),
+    "use-first-pass-after-unix": (f"auth sufficient {U2F}\nauth optional pam_unix.so nodelay\n"
+                                  "auth required pam_unix.so nodelay use_first_pass\n", True),
 }
 
 
-@pytest.mark.parametrize("name", sorted(MISSING_STACKS))
-def test_a_module_that_is_not_installed_is_no_way_in(tmp_path: Path, name: str) -> None:
-    service, gets_in = MISSING_STACKS[name]
+@pytest.mark.parametrize("name", sorted(NO_OTHER_WAY_STACKS))
+def test_a_missing_module_or_password_is_no_way_in(tmp_path: Path, name: str) -> None:
+    service, gets_in = NO_OTHER_WAY_STACKS[name]
     assert real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH) is gets_in
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is gets_in
 
@@ -115,7 +119,7 @@ CONTROLS = ["required", "requisite", "sufficient", "optional", "[success=1 defau
             "[success=done default=die]", "[success=ok default=bad]", "[success=2 default=ignore]",
             "[default=ignore success=bad]", "[success=done default=ignore]"]
 MODULES = [U2F, "pam_deny.so", "pam_permit.so", "pam_unix.so nodelay", "pam_unix.so nodelay nullok",
-           "pam_nothere.so"]
+           "pam_unix.so nodelay use_first_pass", "pam_nothere.so"]
 
 
 def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path: Path) -> None:
@@ -125,7 +129,7 @@ def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path
     against the real libpam's, over both a right and a wrong password."""
     rng = random.Random(21)  # test data, not secrets
     disagree, count, passing = [], 0, 0
-    while count < 40:
+    while count < 50:
         rules = [("-" if rng.random() < 0.2 else "") + f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}"
                  for _ in range(rng.randint(1, 4))]
         if not any("pam_u2f" in r for r in rules):

@@ -144,7 +144,17 @@ class Judge:
         return ("success", "auth_err")
 
     def counts(self, trail: tuple[Step, ...]) -> bool:
-        """A way through counts when a module yktool can judge succeeded on it."""
+        """A way through counts when a module yktool can judge succeeded on it, and nothing on it
+        is impossible: pam_unix `use_first_pass` only checks a password an earlier pam_unix on
+        the way asked for (pam_u2f asks none), else it fails."""
+        asked = False
+        for s in trail:
+            if s.line.module_name != "pam_unix":
+                continue
+            if "use_first_pass" not in s.line.args:
+                asked = True
+            elif s.result == "success" and not asked:
+                return False
         return any(s.result == "success" and s.line.module_name in WAY_IN for s in trail)
 
     @staticmethod

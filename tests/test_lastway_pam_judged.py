@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import random
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CliCall
+from tests.fixtures.differential import report_cases
 from tests.flows_support import PASSWORD, PASSWORD_HASH, set_shadow, tree_bytes
 from tests.test_attack_lastway import _alice_has_only, _install_stack, _reset
 from yktool.demo import ROOT
@@ -122,11 +124,13 @@ MODULES = [U2F, "pam_deny.so", "pam_permit.so", "pam_unix.so nodelay", "pam_unix
            "pam_unix.so nodelay use_first_pass", "pam_nothere.so"]
 
 
-def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path: Path) -> None:
+def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path: Path,
+                                                                       request: pytest.FixtureRequest) -> None:
     """pam_u2f (no credential for alice), pam_unix (alice's shadow line varied), pam_deny,
     pam_permit and a module not installed (with and without `-`), under simple and bracketed
     controls, one level or behind a substack: yktool's "can alice get through without the key"
     against the real libpam's, over both a right and a wrong password."""
+    started = time.monotonic()
     rng = random.Random(21)  # test data, not secrets
     disagree, count, passing = [], 0, 0
     while count < 50:
@@ -149,7 +153,8 @@ def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path
         if real != ours:
             disagree.append((service, extra, stored, real, ours))
         count += 1
-    print(f"pam last-way-in differential: {count} stacks ({passing} let alice in), {len(disagree)} disagree")
+    report_cases(request, "last way in vs pamtester", seconds=round(time.monotonic() - started, 1), cases=count,
+                 let_in=passing, disagree=len(disagree))
     assert not disagree, f"{len(disagree)} of {count} disagree: {disagree[:3]}"
 
 

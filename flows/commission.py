@@ -278,6 +278,7 @@ class Commission:
         if op.needs_unlock:
             op.unlock = self.unlock(device)
         op.plan.apply()
+        self.keys.add_touches(role, op.tool_touches)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"

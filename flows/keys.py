@@ -167,7 +167,7 @@ def enroll_luks_fido2(host: Host, device: str, session: KeySession, nickname: st
     """A flow's LUKS2 FIDO2 step: luks.fido2's plan with the flow's session (its PIN typed once
     per run) and the volume's passphrase only when the plan needs it; applied, the plan proves
     the new keyslot opens with the key and records it."""
-    spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
+    spec = entry_for(session.device).spec  # native backend for every key (systemd#31443)
     op = lf.plan_enroll_fido2(host, device, spec, lf.Fido2Options(nickname=nickname))
     op.session = session
     if op.needs_unlock:

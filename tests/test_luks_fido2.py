@@ -217,7 +217,7 @@ def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall
 # ---------------------------------------------------------------------------- systemd backend
 def test_systemd_backend_plan_shows_the_command_it_runs(cli: CliCall, root: Path, vol: LuksImage) -> None:
     r = cli("--root", root, "--device", "hid:/dev/hidraw7", "--json", "--dry-run", "luks", "enroll-fido2",
-            inside(root, vol.path), "--no-up")
+            inside(root, vol.path), "--no-up", "--backend", "systemd")
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)
     assert plan["backend"] == "systemd"
@@ -552,3 +552,53 @@ def test_failed_luksaddkey_leaves_no_journal(cli: CliCall, root: Path, vol: Luks
     assert r.exit_code == 5, r.output  # type: ignore[attr-defined]
     assert vol.path.read_bytes() == before
     assert not list((root / "var/lib/yktool/luks-fido2").glob("*.json"))
+
+
+# ------------------------------------------------------------- the proof is the boot's derivation
+@pytest.mark.parametrize(("asked", "written"), [
+    ("--no-pin", True),     # systemd#31443's shape: the secret made without UV, the token says "PIN"
+    ("--with-pin", False),  # the reverse: made with UV, the token says "no PIN"
+])
+def test_a_token_whose_flags_differ_from_how_its_secret_was_made_is_refused_and_rolled_back(
+        cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, monkeypatch: pytest.MonkeyPatch,
+        asked: str, written: bool) -> None:
+    """The enroller derives the secret one way and writes a token that makes systemd-cryptsetup
+    derive it the other way (what systemd-cryptenroll 252-255 does on CTAP 2.1 keys). The proof
+    derives as boot will, from the token in the header, so the slot is refused, and it and its
+    token are removed: the header has its old keyslots only, no token, no journal, no registry."""
+    import yktool.luks.fido2 as lf
+
+    real_token_json = lf.token_json
+
+    def mismatched(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return real_token_json(*args, **{**kwargs, "pin": written})
+
+    monkeypatch.setattr(lf, "token_json", mismatched)
+    a = sim_key("a", pin=TEST_PIN)
+    before = read_header(Host(), str(vol.path))
+    r = enroll(cli, root, a, vol, asked, "--pin-stdin", input=f"{TEST_PIN}\n", json_out=False)
+    assert r.exit_code != 0, r.output  # type: ignore[attr-defined]
+    err = r.stderr  # type: ignore[attr-defined]
+    assert "does not open" in err and "systemd-cryptsetup" in err and "removed again" in err, err
+    assert "Traceback" not in r.output  # type: ignore[attr-defined]
+    after = read_header(Host(), str(vol.path))
+    assert sorted(after.keyslots) == sorted(before.keyslots) and after.tokens == {}
+    assert vol.opens_with(vol.passphrase)
+    assert not (root / "etc/yktool/keys.toml").exists() or "luks" not in (root / "etc/yktool/keys.toml").read_text()
+    assert not any((root / "var/lib/yktool").rglob("*.json")) if (root / "var/lib/yktool").exists() else True
+
+    # the same key enrolls fine once the token says what the secret was made with
+    monkeypatch.setattr(lf, "token_json", real_token_json)
+    r = enroll(cli, root, a, vol, asked, "--pin-stdin", input=f"{TEST_PIN}\n")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+
+
+def test_the_default_backend_is_native_for_usb_keys_too(cli: CliCall, root: Path, vol: LuksImage) -> None:
+    """systemd-cryptenroll's PIN tokens do not open on CTAP 2.1 keys (systemd#31443): a hid: key
+    goes through yktool's own enrollment unless --backend systemd is asked for."""
+    r = cli("--root", root, "--device", "hid:/dev/hidraw7", "--json", "--dry-run", "luks", "enroll-fido2",
+            inside(root, vol.path))
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["backend"] == "native" and not plan["command"]
+    assert [s["id"] for s in plan["steps"]] == ["check", "enroll", "keyslot", "token", "prove", "record"]

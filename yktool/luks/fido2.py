@@ -13,18 +13,28 @@ different secret with UV than without: the passphrase depends on whether the PIN
 
 Two backends write the same token:
 
-- `native` (the software key; selectable for real keys): makeCredential (rk false, hmac-secret,
+- `native` (the default for every key): makeCredential (rk false, hmac-secret,
   user id and name = the volume UUID, display name = the device, rp name "Encrypted Volume", as
   systemd sets them), getAssertion with a fresh salt, `cryptsetup luksAddKey` (pbkdf2, minimal
   iterations, as systemd's `cryptsetup_set_minimal_pbkdf`: the secret is high-entropy) with both
   passphrases on in-memory files, then `cryptsetup token import`. A journal under
   /var/lib/yktool records the pending slot before it is added, so a run killed between "keyslot
   added" and "token imported" is finished (or the orphan slot removed) by the next run.
-- `systemd` (default for real keys): `systemd-cryptenroll --fido2-device=PATH …` with the existing
+- `systemd` (`--backend systemd`, real keys only): `systemd-cryptenroll --fido2-device=PATH …` with the existing
   passphrase as `--unlock-key-file=/dev/fd/N` (a sealed memfd) and the key's PIN as the systemd
   credential `fido2-pin` (252's libfido2-util asks `ask_password_auto(…, "fido2-pin",
   "fido2-pin", …)`: the credential is read before any tty or agent), never argv or environment.
-  libfido2 sees only hidraw keys, so software keys are refused for this backend.
+  libfido2 sees only hidraw keys, so software keys are refused for this backend. Not the default:
+  systemd#31443 (open; 252 to at least 255): on a key that makes a credential without a PIN
+  (CTAP 2.1 makeCredUvNotRqd: YubiKey 5.7, the software key) `--fido2-with-client-pin=yes`
+  never sends the PIN, so the keyslot gets the secret made without UV while the token says
+  "PIN" and systemd-cryptsetup unlocks with it (UV on): a different secret, the slot never opens.
+
+Either way the enrollment ends with the same proof: the token is read back from the header and
+the key derives its secret with exactly the UV the token's flags make systemd-cryptsetup ask for
+(UV with fido2-clientPin-required or fido2-uv-required; UP changes no output, so the native
+proof is silent), and `cryptsetup --test-passphrase` must open the token's keyslot with it. A
+new keyslot that fails is removed with its token before the error is raised: nothing half-written.
 """
 
 from __future__ import annotations
@@ -369,8 +379,10 @@ SYSTEMD_ENROLL_TOUCHES = 2  # systemd-cryptenroll makes the credential, then der
 
 
 def default_backend(spec: str) -> str:
-    """native for software keys (libfido2 cannot see them), systemd for real keys."""
-    return "native" if spec.startswith("sim:") else "systemd"
+    """native for every key: libfido2 cannot see software keys, and systemd-cryptenroll enrolls a
+    PIN token on a CTAP 2.1 key with a secret systemd-cryptsetup never derives (systemd#31443)."""
+    del spec  # the same for every key; kept so that callers say which key they mean
+    return "native"
 
 
 def systemd_argv(real_device: str, fido2_device: str, *, pin: bool, up: bool, uv: bool,
@@ -643,17 +655,55 @@ def _systemd_enroll(host: Host, device: str | PurePosixPath, op: Fido2Enrollment
     op.new_slot = token.keyslots[0] if token.keyslots else None
 
 
+def opens_as_at_boot(host: Host, device: str | PurePosixPath, session: KeySession, token: Fido2Token, *,
+                     silent: bool) -> bool:
+    """True when the key's secret for `token`, derived as systemd-cryptsetup derives it from the
+    token's own flags (UV exactly when fido2-clientPin-required or fido2-uv-required), opens the
+    token's one keyslot. Never a secret remembered from the enrollment: that one was made with
+    whatever UV the enroller used, which is the very thing to check."""
+    if len(token.keyslots) != 1:
+        return False
+    return cryptenroll.check_passphrase(host, device, derive_passphrase(session, token, silent=silent),
+                                        token.keyslots[0])
+
+
 def _prove(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None:
+    op._passphrase = None  # the enrollment's own secret proves nothing about the boot's
     header = read_header(host, device)
     token = header.tokens.get(op.new_token) if op.new_token is not None else None
     if not isinstance(token, Fido2Token):
         raise ToolFailed("the new FIDO2 token is not in the header", "check `yktool luks status`")
-    passphrase = op._passphrase if op._passphrase is not None else derive_passphrase(_session(op), token)
-    slot = token.keyslots[0] if token.keyslots else None
-    if not cryptenroll.check_passphrase(host, device, passphrase, slot):
-        raise ToolFailed(f"the new FIDO2 keyslot {slot} does not open with the key's passphrase",
-                         "remove it (`yktool luks wipe --slot N`) and enroll again")
-    op._passphrase = None
+    # native: silent (UP changes no hmac-secret output; the touch budget stays one). systemd: the
+    # token's own UP, as before.
+    try:
+        opens = opens_as_at_boot(host, device, _session(op), token, silent=op.backend == "native")
+    except BaseException:
+        _roll_back(host, device, op, token)
+        raise
+    if opens:
+        return
+    _roll_back(host, device, op, token)
+    slots = ", ".join(map(str, token.keyslots)) or "?"
+    asked = "with the PIN (UV)" if token.pin_required or token.uv_required else "without the PIN (no UV)"
+    raise ToolFailed(f"the new FIDO2 keyslot {slots} does not open with the secret the key derives {asked}, "
+                     "as the token tells systemd-cryptsetup to ask it at boot: the keyslot and its token were "
+                     "removed again (the volume is as before)",
+                     "enroll again with the default backend (`--backend native`): systemd-cryptenroll "
+                     "--fido2-with-client-pin=yes skips the PIN on CTAP 2.1 keys (systemd#31443)"
+                     if op.backend == "systemd" else "check the key (`yktool key info`) and enroll again")
+
+
+def _roll_back(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, token: Fido2Token) -> None:
+    """Remove the keyslot (and then its token) this run just added, when it fails its proof. Only
+    ever this run's new one (never an earlier enrollment's), and the passphrase the check step
+    proved still opens the volume, so nothing is lost."""
+    if op.already or op.new_token is None:
+        return
+    # the keyslot first, its token after (wipe_slots' order: a kill in between leaves an orphan
+    # token, which opens nothing and the next wipe removes)
+    cryptenroll.wipe_slots(host, device, [s for s in token.keyslots if s == op.new_slot])
+    clear_journal(host, op.uuid)
+    op.new_slot = op.new_token = op.credential = None
 
 
 def _record(host: Host, op: Fido2Enrollment) -> None:

@@ -413,8 +413,9 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
 @click.option("--algorithm", type=click.Choice(["es256", "eddsa"]), default="es256", show_default=True,
               help="Credential algorithm (es256 is systemd's default and works on every key).")
 @click.option("--backend", type=click.Choice(["systemd", "native"]), default=None,
-              help="systemd: run systemd-cryptenroll (default for USB keys); native: yktool talks to the "
-                   "key and cryptsetup itself (default for sim: keys). Same token either way.")
+              help="native (default): yktool talks to the key and cryptsetup itself; systemd: run "
+                   "systemd-cryptenroll (USB keys only; its PIN tokens do not open on CTAP 2.1 keys, "
+                   "systemd#31443, and are refused by the proof). Same token either way.")
 @click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
               help="Read the existing passphrase from FILE (inside --root; used byte for byte).")
 @click.option("--nickname", default=None, help="Name of the key in the registry (default: the name it has, "

@@ -602,3 +602,32 @@ def test_the_default_backend_is_native_for_usb_keys_too(cli: CliCall, root: Path
     plan = json.loads(r.stdout)
     assert plan["backend"] == "native" and not plan["command"]
     assert [s["id"] for s in plan["steps"]] == ["check", "enroll", "keyslot", "token", "prove", "record"]
+
+
+def test_replace_keeps_the_lost_keys_token_when_the_new_keys_proof_fails(
+        scratch: Path, cli: CliCall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replace --lost primary` enrolls the new key first; its token says "no PIN" while its
+    secret was made with the PIN, so boot would never open it: the proof refuses it, the new slot
+    goes again, and the lost key's keyslot and token stay (nothing is revoked on that proof)."""
+    import shutil
+
+    import yktool.luks.fido2 as lf
+    from tests.flows_support import demo_pin, passphrase_opens, spec
+    from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT
+
+    real_token_json = lf.token_json
+    monkeypatch.setattr(lf, "token_json", lambda *a, **kw: real_token_json(*a, **{**kw, "pin": not kw["pin"]}))
+    image = Host(scratch / ROOT).path(IMAGE)
+    before = read_header(Host(), str(image))
+    shutil.move(scratch / KEYS / "primary.json", scratch / "finder-primary.json")  # lost
+    r = cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
+            "--new-device", spec(scratch, "new"), "--new-pin-stdin", "--unlock-key-file", str(PASSPHRASE),
+            input=demo_pin(scratch) + "\n")
+    assert r.exit_code != 0, r.output
+    assert "does not open" in r.output and "removed again" in r.output, r.output
+    assert "Traceback" not in r.output
+    after = read_header(Host(), str(image))
+    assert sorted(after.keyslots) == sorted(before.keyslots)
+    assert {t.credential for t in after.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)} == \
+        {t.credential for t in before.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)}
+    assert passphrase_opens(scratch)

@@ -54,7 +54,7 @@ def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
 
     host = root_host(scratch)
     header = read_header(host, IMAGE)
-    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+    with open_session(key_spec, DemoInteraction(pin)) as session:
         for token in header.tokens_of_type("systemd-fido2"):
             if isinstance(token, Fido2Token) and lf.owns(session, token):
                 passphrase = lf.derive_passphrase(session, token)
@@ -82,7 +82,7 @@ def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) 
     host = root_host(scratch)
     key = load_private(host, key_file)
     message = b"a commit to sign\n"
-    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+    with open_session(key_spec, DemoInteraction(pin)) as session:
         signature = sign(session, key, "git", message)
     (tmp / "msg.sig").write_bytes(signature)
     signers = host.path("/home/alice/.ssh/allowed_signers")

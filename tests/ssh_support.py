@@ -123,6 +123,7 @@ class Es256OnlyKey(CtapDevice):
     def call(self, cmd: int, data: bytes = b"", event: Any = None, on_keepalive: Any = None) -> bytes:
         if data[:1] == b"\x01":  # makeCredential
             params = cbor.decode(data[1:])
+            assert isinstance(params, dict)
             algs = [p for p in params[4] if p.get("alg") != -8]
             if not algs:
                 return bytes([0x26])  # CTAP2_ERR_UNSUPPORTED_ALGORITHM
@@ -131,6 +132,7 @@ class Es256OnlyKey(CtapDevice):
         reply: bytes = self.inner.call(cmd, data, event, on_keepalive)
         if data[:1] == b"\x04" and reply[:1] == b"\x00":  # getInfo
             info = cbor.decode(reply[1:])
+            assert isinstance(info, dict)
             if self.list_algorithms:
                 info[10] = [a for a in info.get(10, []) if a.get("alg") != -8]
             else:

@@ -273,7 +273,7 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
         @contextlib.contextmanager
         def opener(role: str, _spec: str | None) -> Iterator[KeySession]:
             device = open_sim(scratch / "keys" / f"{role}.json", presence if role == "primary" else None)  # type: ignore[arg-type]
-            yield KeySession(device, DemoInteraction("4321"))  # type: ignore[arg-type]
+            yield KeySession(device, DemoInteraction("4321"))
 
         io = CommissionIO(lambda _r: "4321", lambda _d: b"", lambda _d, _k: "kept by the test", tcti=tcti)
         with ring(host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"}) as keys:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fido2.ctap import CtapDevice, CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 
 from tests.fixtures.fido import SimDevices, SimKey
 from yktool.errors import ExitCode, NoDevice, UsageError

@@ -39,7 +39,8 @@ def test_registry_round_trip_and_dedup(root: Path) -> None:
         reg.ensure_key("backup", aaguid="a-b")
     loaded = Registry.load(host)
     assert [k.nickname for k in loaded.keys] == ["primary", "backup"]
-    assert loaded.owner_of("Y3JlZA==") is not None and loaded.owner_of("Y3JlZA==").nickname == "primary"
+    owner = loaded.owner_of("Y3JlZA==")
+    assert owner is not None and owner.nickname == "primary"
     assert host.mode("/etc/yktool/keys.toml") == 0o644
     assert loaded.forget("luks", uuid="u-1") == 1
 

@@ -21,7 +21,7 @@ def test_mypy_sees_flows_as_yktool_flows() -> None:
     link = REPO / ".typecheck" / "yktool" / "flows"
     assert link.is_symlink() and link.resolve() == REPO / "flows"
     mypy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert ".typecheck/yktool/flows" in mypy["files"] and mypy["mypy_path"] == ".typecheck"
+    assert ".typecheck/yktool/flows" in mypy["files"] and ".typecheck" in mypy["mypy_path"]
 
 
 def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> None:

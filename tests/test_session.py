@@ -432,8 +432,10 @@ class AlwaysUv(CtapDevice):
         from fido2.ctap import CtapError
         from fido2.hid import CTAPHID
 
-        if cmd == CTAPHID.CBOR and data[:1] == b"\x02" and 6 not in cbor.decode(data[1:]):
-            return bytes([CtapError.ERR.PUAT_REQUIRED])
+        if cmd == CTAPHID.CBOR and data[:1] == b"\x02":
+            request = cbor.decode(data[1:])
+            if isinstance(request, dict) and 6 not in request:
+                return bytes([CtapError.ERR.PUAT_REQUIRED])
         return self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
 
     @classmethod

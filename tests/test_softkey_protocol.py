@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fido2 import cbor
 from fido2.ctap import CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 from fido2.hid import CTAPHID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

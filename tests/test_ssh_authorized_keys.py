@@ -132,7 +132,7 @@ def test_parse_line_sees_through_quoted_options() -> None:
     assert parse_line("# " + OTHER_ED) is None and parse_line("   ") is None
 
 
-_line = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=60)
+_line = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=60)
 
 
 @settings(max_examples=100, deadline=None)

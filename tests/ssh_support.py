@@ -8,11 +8,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import pytest
 from fido2 import cbor
-from fido2.ctap import CtapDevice
+from fido2.ctap import STATUS, CtapDevice
 
 TOOLS = Path(__file__).parent / "tools"
 PASSWD = (
@@ -120,7 +121,8 @@ class Es256OnlyKey(CtapDevice):
     def list_devices(cls) -> Any:
         return iter(())
 
-    def call(self, cmd: int, data: bytes = b"", event: Any = None, on_keepalive: Any = None) -> bytes:
+    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         if data[:1] == b"\x01":  # makeCredential
             params = cbor.decode(data[1:])
             assert isinstance(params, dict)

@@ -182,9 +182,9 @@ def test_another_channel_is_busy_while_a_message_is_half_sent(host: RawHost, wir
     assert host.message() == (b, CTAPHID.PING, b"me too")
 
 
-def wait_until(check: object, timeout: float = 5.0) -> None:
+def wait_until(check: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 

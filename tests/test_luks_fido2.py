@@ -10,11 +10,13 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import pytest
+from fido2.ctap import STATUS
 
 from tests.conftest import ChildRecorder, CliCall, CliResult
 from tests.fixtures.fido import TEST_PIN, SimKey
@@ -385,8 +387,9 @@ def test_key_removed_mid_enrollment_changes_nothing(root: Path, vol: LuksImage, 
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
-            out = self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+            out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x01":  # authenticatorMakeCredential answered: pull the key
                 path.unlink()
             return out
@@ -425,8 +428,9 @@ def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_k
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
-            out = self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+            out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x04" and out[:1] == b"\x00":  # authenticatorGetInfo
                 info: Any = cbor.decode(out[1:])
                 info[2] = [e for e in info[2] if e != "hmac-secret"]

@@ -15,6 +15,9 @@ import pytest
 from fido2 import cbor
 from fido2.ctap import STATUS, CtapDevice
 
+from tests.conftest import CliCall, CliResult
+from tests.fixtures.fido import SimKey
+
 TOOLS = Path(__file__).parent / "tools"
 PASSWD = (
     "root:x:0:0:root:/root:/bin/bash\n"
@@ -30,9 +33,9 @@ class SshWorld:
     root: Path
     tmp: Path
     device: str
-    cli: Callable[..., Any]
+    cli: CliCall
 
-    def yk(self, *args: object, input: str | None = None, device: str | None = None) -> Any:
+    def yk(self, *args: object, input: str | None = None, device: str | None = None) -> CliResult:
         return self.cli("--root", self.root, "--device", device or self.device, *args, input=input)
 
     def home(self, user: str = "alice") -> Path:
@@ -58,7 +61,7 @@ class SshWorld:
 
 
 @pytest.fixture
-def world(tmp_path: Path, sim_key: Callable[..., str], cli: Callable[..., Any]) -> SshWorld:
+def world(tmp_path: Path, sim_key: SimKey, cli: CliCall) -> SshWorld:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "passwd").write_text(PASSWD)

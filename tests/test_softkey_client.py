@@ -26,11 +26,13 @@ from fido2.server import Fido2Server
 from fido2.utils import websafe_decode
 from fido2.webauthn import (
     AttestedCredentialData,
+    AuthenticationResponse,
     PublicKeyCredentialDescriptor,
     PublicKeyCredentialParameters,
     PublicKeyCredentialRpEntity,
     PublicKeyCredentialType,
     PublicKeyCredentialUserEntity,
+    RegistrationResponse,
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
@@ -88,8 +90,8 @@ def server_for(alg: int) -> Fido2Server:
 
 def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRequirement = UV_DISCOURAGED,
              user: bytes = b"user-1", rk: ResidentKeyRequirement | None = None,
-             extensions: dict[str, Any] | None = None,
-             exclude: list[AttestedCredentialData] | None = None) -> tuple[AttestedCredentialData, Any]:
+             extensions: dict[str, Any] | None = None, exclude: list[AttestedCredentialData] | None = None
+             ) -> tuple[AttestedCredentialData, RegistrationResponse]:
     options, state = server.register_begin(
         PublicKeyCredentialUserEntity(id=user, name=user.decode(), display_name=user.decode().title()),
         credentials=exclude, user_verification=uv, resident_key_requirement=rk)
@@ -106,7 +108,7 @@ def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRe
 
 def authenticate(client: Fido2Client, server: Fido2Server, creds: list[AttestedCredentialData], *,
                  uv: UserVerificationRequirement = UV_DISCOURAGED,
-                 extensions: dict[str, Any] | None = None) -> Any:
+                 extensions: dict[str, Any] | None = None) -> AuthenticationResponse:
     options, state = server.authenticate_begin(creds, user_verification=uv, extensions=extensions)
     response = client.get_assertion(options.public_key).get_response(0)
     server.authenticate_complete(state, creds, response)  # raises unless the signature verifies

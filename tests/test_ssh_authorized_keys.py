@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import SshWorld, snapshot, world
 from yktool.authorized_keys import key_blob_in, merge, parse_line, remove_key, revoke
 from yktool.errors import Refused
@@ -69,7 +69,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
     assert snapshot(world.root) == before
 
 
-def test_new_file_modes_owner_and_touch_options(world: SshWorld, sim_key: Any) -> None:
+def test_new_file_modes_owner_and_touch_options(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _keygen(world, "--pin-stdin", "-O", "no-touch-required", "-O", "verify-required", device=device,
             input=PIN + "\n")

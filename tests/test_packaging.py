@@ -22,6 +22,8 @@ def test_mypy_sees_flows_as_yktool_flows() -> None:
     assert link.is_symlink() and link.resolve() == REPO / "flows"
     mypy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
     assert ".typecheck/yktool/flows" in mypy["files"] and ".typecheck" in mypy["mypy_path"]
+    overridden = {m for o in mypy.get("overrides", []) for m in o["module"]}
+    assert not {m for m in overridden if m.startswith("yktool")}  # no Any for yktool.flows
 
 
 def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from yktool.errors import PinInvalid, Refused
 from yktool.fido.session import KeySession
@@ -129,7 +130,7 @@ class KeyRing:
         """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""
         self.counts.setdefault(role, Counts()).pin_prompts += 1
 
-    def totals(self) -> dict[str, dict[str, int]]:
+    def totals(self) -> dict[str, Any]:
         return {role: c.to_json() for role, c in self.counts.items()}
 
 

@@ -152,9 +152,9 @@ class Commission:
         return hostname(self.host)
 
     def origin(self) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.host_facts import check_origin, default_origin
 
-        return pu.check_origin(self.a.pam_origin) if self.a.pam_origin else pu.default_origin(self.host)
+        return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
     def build_steps(self) -> list[FlowStep]:
@@ -357,10 +357,11 @@ class Commission:
     # -- PAM
     def pam_target(self) -> Any:
         from yktool import agefile
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import CENTRAL_AUTHFILE
+        from yktool.pam.register import Target, plain_target
 
         if self.a.host_kind != "nixos":
-            return pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
+            return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
         pub = self.a.age_host_key
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
@@ -372,22 +373,24 @@ class Commission:
         elif self.host.exists(private) and private != pub:
             # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
-        return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+        return Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import CENTRAL_AUTHFILE
+        from yktool.pam.register import pam_line_for, plain_target
 
-        target = pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
-        return pu.pam_line_for(target, self.origin(), pin=False, verification=False)
+        target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
+        return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import RegisterRequest
+        from yktool.pam.register import register as pam_register
 
-        request = pu.RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
+        request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
-        result = pu.register(self.host, self.keys.session(role), request)
+        result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
             return f"already registered for {self.a.user} (origin {result.origin})"
         return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "

@@ -8,7 +8,7 @@ left without a way in:
 
 - a LUKS volume with no keyslot left, or only hardware-bound ones (`luks.safety`);
 - a user whose pam_u2f line would be empty where a PAM stack requires pam_u2f for that
-  authfile (read as libpam does, `pam_config`; a stack yktool cannot see counts as requiring it);
+  authfile (read as libpam does, `yktool.pam.stack`; a stack yktool cannot see counts as requiring it);
 - a user whose authorized_keys would hold no key at all.
 
 This module reads only; the callers refuse (or, with --force and a typed confirmation, go on
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from yktool.fido.session import KeySession
-    from yktool.pam_config import PamLine, PamService
+    from yktool.pam.stack import PamLine, PamService
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -107,7 +107,7 @@ def passes_without(service: PamService, failing: Callable[[PamLine], bool]) -> b
     `sufficient pam_u2f` followed by `pam_deny`, or pam-auth-update's `[success=1
     default=ignore] pam_u2f` + `requisite pam_deny`, need the key as surely as `required`
     does. Too many branches to follow: counted as requiring the key."""
-    from yktool import pam_dispatch
+    from yktool.pam import dispatch as pam_dispatch
 
     handlers = service.handlers("auth")
     for fail_as in ("auth_err", "authinfo_unavail"):
@@ -133,25 +133,26 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
     pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
     No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
     /run/agenix): counted as required — not seeing the consumer is no proof it is absent."""
-    from yktool import pam_config
-    from yktool import pam_u2f as pu
+    from yktool.pam import stack as pam_stack
+    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.host_facts import read_users
 
-    users = pu.read_users(host)
+    users = read_users(host)
     home = users[user].home if user in users else ""
     reading: list[str] = []
     required: list[str] = []
 
-    def reads(u2f: pam_config.U2fLine) -> bool:
+    def reads(u2f: pam_stack.U2fLine) -> bool:
         opts = u2f.options
         if opts.authfile is None:
-            path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+            path = str(PurePosixPath(home) / USER_AUTHFILE) if home else ""
         elif opts.expand:
             path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
         else:
             path = opts.authfile
         return path == authfile
 
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         ours = {_rule(u.line) for u in service.u2f_lines if reads(u)}
         if not ours:
             continue
@@ -166,10 +167,10 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
 
 def pam_authfiles(host: Host) -> list[tuple[str, str]]:
     """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
-    from yktool import pam_config
+    from yktool.pam import stack as pam_stack
 
     out = []
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         for u2f in service.u2f_lines:
             path = u2f.options.authfile
             if path and path.startswith("/") and not (u2f.options.expand and "%" in path):
@@ -178,7 +179,7 @@ def pam_authfiles(host: Host) -> list[tuple[str, str]]:
 
 
 def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
-    from yktool import pam_u2f as pu
+    from yktool.pam.authfile import Authfile
 
     out = []
     places = list(dict.fromkeys([*removal.pam, *removal.pam_resident]))
@@ -192,7 +193,7 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
             text = host.read_text(path)
         else:
             continue
-        line = pu.Authfile.parse(text).effective_line(user)
+        line = Authfile.parse(text).effective_line(user)
         if line is None:
             continue
         left = [c for c in line.credentials if c.credential_id not in ids]
@@ -251,10 +252,11 @@ def held_by(host: Host, session: KeySession) -> Held:
     does any LUKS token or authfile credential the key answers that the registry does not know."""
     import base64
 
-    from yktool import pam_u2f as pu
     from yktool.inventory import Registry
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
+    from yktool.pam.authfile import Authfile
+    from yktool.pam.host_facts import default_origin_or_none
 
     def raw(value: object) -> bytes | None:
         try:
@@ -293,7 +295,7 @@ def held_by(host: Host, session: KeySession) -> Held:
                                                                  f"{device} token {token.id}"):
                 held.removal.add_luks(device, list(token.keyslots))
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
-    origins.add(pu.default_origin_or_none(host) or "")
+    origins.add(default_origin_or_none(host) or "")
     authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
     # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
     # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
@@ -305,7 +307,7 @@ def held_by(host: Host, session: KeySession) -> Held:
     for path in authfiles:
         if not host.exists(path):
             continue
-        authfile = pu.Authfile.parse(host.read_text(path))
+        authfile = Authfile.parse(host.read_text(path))
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
                 cid = cred.credential_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from yktool.pam_config import PamLine
+from yktool.pam.stack import PamLine
 
 MUST_FAIL = "perm_denied"  # PAM_MUST_FAIL_CODE
 UNDEF, POSITIVE, NEGATIVE = 0, 1, 2

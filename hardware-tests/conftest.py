@@ -10,7 +10,6 @@ docs/hardware-tests.md.
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,12 +89,8 @@ def find_candidates(device: str | None = None) -> list[Candidate]:
     found = []
     for dev in CtapHidDevice.list_devices():
         path = dev.descriptor.path
-
-        def opened(d: CtapHidDevice = dev) -> CtapHidDevice:
-            return d
-
-        found.append(Candidate(spec=f"hid:{os.fsdecode(path)}", serial=serial_for_hidraw(path),
-                               open=opened, product=dev.descriptor.product_name or ""))
+        found.append(Candidate(spec=f"hid:{path}", serial=serial_for_hidraw(path),
+                               open=lambda d=dev: d, product=dev.descriptor.product_name or ""))
     return found
 
 
@@ -129,10 +124,7 @@ def firmware_of(key: Candidate) -> tuple[int, int, int] | None:
     if facts is None or not facts.firmware:
         return None
     parts = [int(p) for p in facts.firmware.split(".")[:3] if p.isdigit()]
-    if not parts:
-        return None
-    major, minor, patch = (parts + [0, 0, 0])[:3]
-    return major, minor, patch
+    return (parts + [0, 0, 0])[:3] if parts else None  # type: ignore[return-value]
 
 
 @pytest.fixture(autouse=True)

@@ -223,5 +223,4 @@ def touches(key: Key, step: str) -> Iterator[None]:
     before = key.counts()
     yield
     after = key.counts() if key.status is None else before
-    requested, approved, denied = (after.get(k, 0) - before.get(k, 0) for k in ("requested", "approved", "denied"))
-    TOUCH_LOG.append((step, requested, approved, denied))
+    TOUCH_LOG.append((step, *(after.get(k, 0) - before.get(k, 0) for k in ("requested", "approved", "denied"))))

@@ -32,7 +32,7 @@ def _revoke_primary(scratch: Path, between: object = None, *, locked: bool = Fal
 
     @contextlib.contextmanager
     def opener(role: str, spec: str | None) -> Iterator[KeySession]:
-        yield KeySession(open_sim(scratch / "keys" / "backup.json"), DemoInteraction(pin))  # type: ignore[arg-type]
+        yield KeySession(open_sim(scratch / "keys" / "backup.json"), DemoInteraction(pin))
 
     hold = root_lock(host, "library test") if locked else contextlib.nullcontext()
     with ring(host, opener, {"present-1": None}, {"present-1": ""}) as keys:

@@ -61,7 +61,7 @@ def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
     from yktool.demo import DemoInteraction
     from yktool.fido.session import open_session
     from yktool.luks import cryptenroll
-    from yktool.luks import fido2 as lf
+    from yktool.luks import fido2 as luks_fido2
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
 
@@ -69,8 +69,8 @@ def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
     header = read_header(host, IMAGE)
     with open_session(key_spec, DemoInteraction(pin)) as session:
         for token in header.tokens_of_type("systemd-fido2"):
-            if isinstance(token, Fido2Token) and lf.owns(session, token):
-                passphrase = lf.derive_passphrase(session, token)
+            if isinstance(token, Fido2Token) and luks_fido2.owns(session, token):
+                passphrase = luks_fido2.derive_passphrase(session, token)
                 return cryptenroll.check_passphrase(host, IMAGE, passphrase, token.keyslots[0])
     return False
 

@@ -23,7 +23,7 @@ from yktool.host import Host
 
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
 
-# The services the host page protects, and other common places a key is asked for.
+# The services the hardening checklist (docs/verify.md) protects, and other common places a key is asked for.
 DEFAULT_SERVICES = ("sudo", "login", "greetd", "hyprlock", "su", "sshd", "polkit-1", "swaylock",
                     "i3lock", "gdm-password", "lightdm", "sddm", "kde", "xscreensaver", "gtklock",
                     "doas", "run0", "systemd-run0")

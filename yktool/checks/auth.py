@@ -26,6 +26,7 @@ from yktool.pam.stack import (
     PamService,
     U2fOptions,
     key_required,
+    module_files,
     module_search,
     parse_service,
     parse_u2f_options,
@@ -48,9 +49,11 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
             if always:
                 return verdict.fail(f"no PAM service {service}")
             return verdict.not_applicable(f"{service} is not installed (no /etc/pam.d/{service})")
-        # whoever can rewrite the stack decides it: judge its content only when only root can
+        # whoever can rewrite the stack, or replace a module it loads, decides it: judge its
+        # content only when only root can
+        modules = [m for ln in svc.stack for m in module_files(ctx.host, ln.module)]
         refused = refuse_writable(ctx, verdict, f"{service}'s PAM stack",
-                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)])
+                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)] + modules)
         if refused is not None:
             return refused
         unreadable = [p for p in svc.problems if "cannot read" in p]
@@ -78,6 +81,10 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         if judged is not None:
             return verdict.fail(judged.message, judged.hint)
         user_run = [service] if svc.runs_as_user else []
+        # every file any pam_u2f rule reads, for every user: a key added to any of them is taken
+        refused = _any_authfile_refused(ctx, verdict, [u.options for u in u2f], user_run)
+        if refused is not None:
+            return refused
         missing = _authfile_missing(ctx, verdict, opts, user_run)
         if missing:
             return missing
@@ -220,6 +227,25 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, 
             verdict.add_evidence(path, "absent", "authfile")
     return verdict.fail(f"no credential in {' or '.join(p for p, _u in paths[:3])}: pam_u2f can never accept a key "
                         "(with a `required` rule nobody gets in)", hint)
+
+
+def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOptions],
+                          user_run: list[str]) -> Result | None:
+    """The fail for the first authfile, of any pam_u2f rule and any user, that breaks a file rule
+    (not only the first rule's, nor only the files up to the first that holds a credential)."""
+    passwd = ctx.passwd()
+    names = {uid: name for name, uid, _h in passwd}
+    uids = {name: uid for name, uid, _h in passwd}
+    for options in rules:
+        for path, user in authfile_paths(options, ctx.users_to_check()):
+            if path.startswith("/run/") and not ctx.live:
+                continue  # decrypted at boot: nothing to look at in an offline root
+            refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
+                                        user_run=user_run)
+            if refused is not None:
+                verdict.add_evidence(refused.source, refused.value, refused.key)
+                return verdict.fail(refused.message, refused.hint)
+    return None
 
 
 def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], user: tuple[str, int | None] | None,

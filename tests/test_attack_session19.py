@@ -1,0 +1,138 @@
+"""Attack (session 19) on the pam package and verify's pam.* checks: stacks and authfiles a local user
+can rewrite, judged by the real libpam and pam_u2f (pamtester in a private mount namespace, the
+machine's /etc/pam.d never touched), against what verify said of the same files.
+
+- a module file a user owns (or in a folder they own) decides the stack: libpam loads whatever is
+  there, a copy of pam_permit.so named pam_u2f.so lets root in with no key;
+- a second pam_u2f rule's authfile, and every user's authfile after the first with a credential,
+  were never judged: pam_u2f reads a file others may write (it only warns that its mode is too
+  open) and takes the credential someone else put there.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.roots import PAM_U2F, U2F_MAPPINGS, FixtureRoot, w
+from tests.pam_real_ns import PamNamespace
+from tests.pamdriver import pam_d_digest
+from yktool.checks import CheckContext, Result, run_checks
+from yktool.host import Host
+
+MODULES = Path("/lib/x86_64-linux-gnu/security")
+# someone else's credential for root, in pam_u2f's format
+STRANGER = ("root:" + base64.b64encode(b"\x05" * 48).decode() + "," + base64.b64encode(b"\x06" * 64).decode()
+            + ",es256,+presence\n")
+
+
+def _sudo(fx: FixtureRoot) -> Result:
+    return {r.id: r for r in run_checks(CheckContext(Host(fx.root)), only=["pam.sudo"])}["pam.sudo"]
+
+
+def _shown(result: Result) -> str:
+    return "\n".join(f"{e.source}: {e.value}" for e in result.evidence)
+
+
+@pytest.fixture
+def libpam(tmp_path: Path) -> Iterator[tuple[Path, PamNamespace]]:
+    """A private /etc/pam.d served to pamtester (the judge)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("pamtester") is None \
+            or not (MODULES / "pam_u2f.so").exists():
+        pytest.skip("needs root, unshare, pamtester and pam_u2f")
+    pamd = tmp_path / "judge-pam.d"
+    pamd.mkdir()
+    before = pam_d_digest()
+    ns = PamNamespace(pamd)
+    try:
+        yield pamd, ns
+    finally:
+        ns.close()
+        assert pam_d_digest() == before, "the machine's /etc/pam.d changed"
+
+
+def _judge(libpam: tuple[Path, PamNamespace], stack: str, user: str = "root") -> str:
+    pamd, ns = libpam
+    (pamd / "yktest").write_text(stack)
+    ((_rc, out),) = ns.authenticate([("yktest", user)])
+    return out
+
+
+# ------------------------------------------------------------------ a module a user can replace
+@pytest.mark.parametrize("how", ["module-in-users-home", "module-folder-user-owned"])
+def test_a_pam_module_a_user_can_replace_is_not_a_pass(hardened_root: FixtureRoot, how: str,
+                                                       libpam: tuple[Path, PamNamespace]) -> None:
+    root = hardened_root.root
+    if how == "module-in-users-home":
+        lib = root / "home/alice/lib"
+        w(root, "/home/alice/lib/pam_u2f.so", (MODULES / "pam_permit.so").read_bytes(), 0o755)
+        for p in (root / "home/alice", lib, lib / "pam_u2f.so"):
+            os.chown(p, 1000, 1000)
+        w(root, "/etc/pam.d/sudo", PAM_U2F.replace("pam_u2f.so", "/home/alice/lib/pam_u2f.so")
+          + "@include common-auth\n")
+        named = "/home/alice: owner alice (uid 1000)"
+    else:
+        os.chown(root / "usr/lib/x86_64-linux-gnu/security", 1000, 1000)
+        named = "/usr/lib/x86_64-linux-gnu/security: owner alice (uid 1000)"
+    # the judge: whatever file sits where libpam looks is the rule; alice's pam_permit named pam_u2f
+    # lets root through a `required` pam_u2f rule with no key at all
+    alice_module = root / "home/alice/lib/pam_u2f.so"
+    if not alice_module.exists():
+        alice_module.parent.mkdir(parents=True)
+        shutil.copyfile(MODULES / "pam_permit.so", alice_module)
+    out = _judge(libpam, PAM_U2F.replace("pam_u2f.so", str(alice_module)))
+    assert "successfully authenticated" in out, out
+    result = _sudo(hardened_root)
+    assert result.status == "fail", (result.status, result.reason)
+    assert named in _shown(result), _shown(result)
+
+
+def test_the_real_module_folders_pass(hardened_root: FixtureRoot) -> None:
+    # the fix looks at the module files: root's own, in root's folders, are no writer
+    assert _sudo(hardened_root).status == "pass"
+
+
+# ------------------------------------------------------------------ authfiles never judged
+def _stranger_accepted(libpam: tuple[Path, PamNamespace], authfile: Path) -> None:
+    """pam_u2f takes a credential from a file others may write (it only warns about the mode)."""
+    out = _judge(libpam, f"auth required pam_u2f.so debug cue authfile={authfile} origin=pam://fixture\n")
+    assert "too open" in out and "Found 1 device(s) for user root" in out, out
+
+
+def test_a_second_pam_u2f_rules_writable_authfile_is_not_a_pass(hardened_root: FixtureRoot, tmp_path: Path,
+                                                                libpam: tuple[Path, PamNamespace]) -> None:
+    # sudo: a key from /etc/u2f_mappings or one from /etc/u2f_extra, which everyone may write
+    root = hardened_root.root
+    w(root, "/etc/u2f_extra", U2F_MAPPINGS, 0o666)
+    one = PAM_U2F.replace("required", "sufficient")
+    w(root, "/etc/pam.d/sudo", one + one.replace("/etc/u2f_mappings", "/etc/u2f_extra")
+      + "auth requisite pam_deny.so\n")
+    judged = tmp_path / "extra"
+    judged.write_text(STRANGER)
+    judged.chmod(0o666)
+    _stranger_accepted(libpam, judged)
+    result = _sudo(hardened_root)
+    assert result.status == "fail" and "/etc/u2f_extra is writable by others" in result.reason, result.reason
+
+
+def test_every_users_authfile_is_judged_not_only_the_first_with_a_key(hardened_root: FixtureRoot, tmp_path: Path,
+                                                                      libpam: tuple[Path, PamNamespace]) -> None:
+    # no authfile=: each user's ~/.config/Yubico/u2f_keys; root's is fine and holds keys, alice's may
+    # be written by anyone (verify stopped at root's)
+    root = hardened_root.root
+    w(root, "/root/.config/Yubico/u2f_keys", U2F_MAPPINGS.replace("alice", "root"), 0o600)
+    w(root, "/home/alice/.config/Yubico/u2f_keys", U2F_MAPPINGS, 0o666)
+    os.chown(root / "home/alice/.config/Yubico/u2f_keys", 1000, 1000)
+    w(root, "/etc/pam.d/sudo", PAM_U2F.replace(" authfile=/etc/u2f_mappings", "") + "@include common-auth\n")
+    judged = tmp_path / "u2f_keys"
+    judged.write_text(STRANGER)
+    judged.chmod(0o666)
+    _stranger_accepted(libpam, judged)
+    result = _sudo(hardened_root)
+    assert result.status == "fail", (result.status, result.reason)
+    assert "/home/alice/.config/Yubico/u2f_keys is writable by others" in result.reason, result.reason

@@ -136,3 +136,44 @@ def test_every_users_authfile_is_judged_not_only_the_first_with_a_key(hardened_r
     result = _sudo(hardened_root)
     assert result.status == "fail", (result.status, result.reason)
     assert "/home/alice/.config/Yubico/u2f_keys is writable by others" in result.reason, result.reason
+
+
+# ------------------------------------------------------------------ `expand` before pam-u2f 1.3.0
+DEBIAN_12_PAM_U2F = "Package: libpam-u2f\nStatus: install ok installed\nVersion: 1.1.0-1.1+deb12u1\n"
+
+
+def test_expand_on_a_pam_u2f_that_predates_it_reads_the_literal_path(hardened_root: FixtureRoot, tmp_path: Path,
+                                                                     libpam: tuple[Path, PamNamespace]) -> None:
+    # `expand` (%u, %h) came with pam-u2f 1.3.0; Debian 12's 1.1.0 reads /etc/u2f/%u as written, which
+    # does not exist: the `required` rule locks everyone out while verify read /etc/u2f/alice and passed
+    from yktool.pam.check import check
+
+    root = hardened_root.root
+    w(root, "/var/lib/dpkg/status", DEBIAN_12_PAM_U2F)
+    w(root, "/etc/u2f/root", U2F_MAPPINGS.replace("alice", "root"), 0o600)
+    w(root, "/etc/u2f/alice", U2F_MAPPINGS, 0o600)
+    os.chown(root / "etc/u2f/alice", 1000, 1000)
+    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u")
+      + "@include common-auth\n")
+    if not Path("/var/lib/dpkg/status").read_text().count("Version: 1.1.0-1.1+deb12u1"):
+        pytest.skip("the judge needs Debian 12's pam-u2f 1.1.0")
+    judged = tmp_path / "peruser"
+    judged.mkdir()
+    (judged / "root").write_text(STRANGER)
+    (judged / "root").chmod(0o600)
+    out = _judge(libpam, f"auth required pam_u2f.so debug cue expand authfile={judged}/%u origin=pam://fixture\n")
+    assert f"Cannot open file: {judged}/%u" in out and "cannot retrieve authentication info" in out, out
+    result = _sudo(hardened_root)
+    assert result.status == "fail" and "/etc/u2f/%u" in result.reason, (result.status, result.reason)
+    report = check(Host(root), ["sudo"])
+    assert not report.ok and any("/etc/u2f/%u" in f.message for f in report.findings), report.to_json()
+
+
+def test_expand_from_pam_u2f_1_3_0_reads_each_users_file(hardened_root: FixtureRoot) -> None:
+    root = hardened_root.root
+    w(root, "/var/lib/dpkg/status", DEBIAN_12_PAM_U2F.replace("1.1.0-1.1+deb12u1", "1.3.0-1"))
+    w(root, "/etc/u2f/alice", U2F_MAPPINGS, 0o600)
+    os.chown(root / "etc/u2f/alice", 1000, 1000)
+    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u")
+      + "@include common-auth\n")
+    assert _sudo(hardened_root).status == "pass"

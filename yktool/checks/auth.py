@@ -82,10 +82,10 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
             return verdict.fail(judged.message, judged.hint)
         user_run = [service] if svc.runs_as_user else []
         # every file any pam_u2f rule reads, for every user: a key added to any of them is taken
-        refused = _any_authfile_refused(ctx, verdict, [u.options for u in u2f], user_run)
+        refused = _any_authfile_refused(ctx, verdict, [u.options for u in u2f], user_run, version)
         if refused is not None:
             return refused
-        missing = _authfile_missing(ctx, verdict, opts, user_run)
+        missing = _authfile_missing(ctx, verdict, opts, user_run, version)
         if missing:
             return missing
         return _without_key(ctx, verdict, svc, first.line)
@@ -188,13 +188,14 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     return found
 
 
-def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str]) -> Result | None:
+def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str],
+                      version: tuple[int, int, int] | None) -> Result | None:
     """The fail when pam_u2f would find no credential at all (every user locked out of a
     `required` rule, the key never accepted by a `sufficient` one) or an authfile pam_u2f refuses
     or others can write (yktool.pam.check's file rules); None when a key can be accepted."""
     authfile = options.authfile
     hint = f"register the keys: yktool pam register --user USER --authfile {authfile or '~'}"
-    paths = authfile_paths(options, ctx.users_to_check())
+    paths = authfile_paths(options, ctx.users_to_check(), version)
     if authfile is not None and paths == [(authfile, None)] and authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
@@ -230,14 +231,14 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, 
 
 
 def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOptions],
-                          user_run: list[str]) -> Result | None:
+                          user_run: list[str], version: tuple[int, int, int] | None) -> Result | None:
     """The fail for the first authfile, of any pam_u2f rule and any user, that breaks a file rule
     (not only the first rule's, nor only the files up to the first that holds a credential)."""
     passwd = ctx.passwd()
     names = {uid: name for name, uid, _h in passwd}
     uids = {name: uid for name, uid, _h in passwd}
     for options in rules:
-        for path, user in authfile_paths(options, ctx.users_to_check()):
+        for path, user in authfile_paths(options, ctx.users_to_check(), version):
             if path.startswith("/run/") and not ctx.live:
                 continue  # decrypted at boot: nothing to look at in an offline root
             refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,

@@ -23,6 +23,7 @@ from yktool.pam import stack
 from yktool.pam.authfile import CENTRAL_AUTHFILE, USER_AUTHFILE, Authfile
 from yktool.pam.host_facts import (
     EDDSA_MIN_VERSION,
+    EXPAND_MIN_VERSION,
     NOUSEROK_FIXED_VERSION,
     User,
     default_origin_or_none,
@@ -372,15 +373,18 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
     return out
 
 
-def authfile_paths(options: U2fOptions, users: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
+def authfile_paths(options: U2fOptions, users: Sequence[tuple[str, str]],
+                   version: Version = None) -> list[tuple[str, str | None]]:
     """The authfiles pam_u2f reads for a rule: [(path, None)] for a central one, else (path, user)
     for each of `users` ((name, home) of those who may log in): no authfile= is each home's
     ~/.config/Yubico/u2f_keys, a relative one is under each home, and with `expand` %u is the
-    user's name and %h their home."""
+    user's name and %h their home — from pam-u2f 1.3.0 (`version`, None: unknown, taken as new);
+    before, `expand` is an unknown word and the path is read as written (`/etc/u2f/%u`)."""
     authfile = options.authfile
     if not authfile:
         return [(f"{home.rstrip('/')}/{USER_AUTHFILE}", name) for name, home in users]
-    if options.expand and ("%u" in authfile or "%h" in authfile):
+    expands = options.expand and (version is None or version >= EXPAND_MIN_VERSION)
+    if expands and ("%u" in authfile or "%h" in authfile):
         return [(authfile.replace("%u", name).replace("%h", home.rstrip("/")), name) for name, home in users]
     if not authfile.startswith("/"):
         return [(f"{home.rstrip('/')}/{authfile}", name) for name, home in users]
@@ -464,7 +468,7 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
             if u.line.module not in searched:
                 searched[u.line.module] = stack.module_search(host, u.line.module)
             f.extend(x for x in (rule_module_missing(u, searched[u.line.module], service.name),) if x is not None)
-            paths = authfile_paths(u.options, _login_users(users))
+            paths = authfile_paths(u.options, _login_users(users), version)
             for path, owner in paths:
                 use = files.setdefault(path, _FileUse(AuthfileReport(path=path, user=owner, exists=False)))
                 use.services.append(service.name)

@@ -177,3 +177,37 @@ def test_expand_from_pam_u2f_1_3_0_reads_each_users_file(hardened_root: FixtureR
     w(root, "/etc/pam.d/sudo", PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u")
       + "@include common-auth\n")
     assert _sudo(hardened_root).status == "pass"
+
+
+# ------------------------------------------------------------------ the authfile's folder
+def test_a_central_authfile_in_a_folder_a_user_owns_is_not_a_pass(hardened_root: FixtureRoot, tmp_path: Path,
+                                                                  libpam: tuple[Path, PamNamespace]) -> None:
+    # /etc/yubico is alice's: she swaps u2f_keys for a link to a root-owned file whose lines she
+    # writes (root's mailbox: `mail root` with a body line `root:KH,PK,es256,+presence`); pam_u2f opens
+    # the authfile without O_NOFOLLOW and only asks that the file it reaches be root's
+    from yktool.pam.check import check
+
+    judged = tmp_path / "alices"
+    judged.mkdir()
+    os.chown(judged, 1000, 1000)
+    mailbox = tmp_path / "mailbox"
+    mailbox.write_text("From alice\n\n" + STRANGER)
+    mailbox.chmod(0o600)
+    (judged / "u2f_keys").symlink_to(mailbox)
+    out = _judge(libpam, f"auth required pam_u2f.so debug cue authfile={judged}/u2f_keys origin=pam://fixture\n")
+    assert "Found 1 device(s) for user root" in out, out
+    root = hardened_root.root
+    w(root, "/etc/yubico/u2f_keys", U2F_MAPPINGS)
+    os.chown(root / "etc/yubico", 1000, 1000)
+    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys") + "@include common-auth\n")
+    result = _sudo(hardened_root)
+    assert result.status == "fail" and "/etc/yubico" in result.reason, (result.status, result.reason)
+    report = check(Host(root), ["sudo"])
+    assert not report.ok and any(f.code == "authfile-folder-writable" for f in report.findings), report.to_json()
+
+
+def test_a_central_authfile_in_roots_folders_passes(hardened_root: FixtureRoot) -> None:
+    root = hardened_root.root
+    w(root, "/etc/yubico/u2f_keys", U2F_MAPPINGS)
+    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys") + "@include common-auth\n")
+    assert _sudo(hardened_root).status == "pass"

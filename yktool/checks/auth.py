@@ -258,7 +258,8 @@ def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], us
         st = ctx.host.path(path).stat()
     except OSError:
         return None
-    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user), [], user_run)
+    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user, host=ctx.host), [],
+                          user_run)
     return found[0] if found else None
 
 

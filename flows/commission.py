@@ -22,6 +22,7 @@ from typing import Any
 from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
@@ -140,6 +141,7 @@ class Commission:
         self.state = state
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+        self.checked_under: object | None = None  # the lock hold prepare checked the host under
         self.recovery_shown = False        # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
@@ -605,6 +607,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
         state.done = []  # in memory, as `begin` will write it: the summary counts what is left
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
+    flow.checked_under = current_hold(host)
     refuse_links(host, commission_files(flow))  # a user's link: refused before any step acts
     steps = flow.build_steps()
     for role in answers.roles:
@@ -658,7 +661,18 @@ def pending(flow: Commission, steps: list[FlowStep]) -> list[FlowStep]:
 
 def execute(flow: Commission, steps: list[FlowStep],
             on_step: Callable[[Outcome], None] | None = None) -> CommissionReport:
-    """Act: run every step not yet done, in order, marking each; then record the end."""
+    """Act, under the root's lock: run every step not yet done, in order, marking each; then
+    record the end. Checked by `prepare` without the lock held now (a library caller): the
+    host's checks run again under it first."""
+    with root_lock(flow.host, f"yktool {FLOW}"):
+        if not still_held(flow.host, flow.checked_under):
+            check_host(flow.host, flow.a)
+            refuse_links(flow.host, commission_files(flow))
+        return _execute(flow, steps, on_step)
+
+
+def _execute(flow: Commission, steps: list[FlowStep],
+             on_step: Callable[[Outcome], None] | None) -> CommissionReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming

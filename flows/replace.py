@@ -39,7 +39,8 @@ from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
-from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
+from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_requiring
+from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
@@ -130,6 +131,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
     found: list[Found] = []
     devices = list(dict.fromkeys([str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e]
                                  + list(extra_devices or [])))
+    devices += crypttab_luks(host, devices)[0]  # volumes enrolled by hand are found too
     for dev in devices:
         header = read_header(host, dev)
         for token in header.tokens_of_type("systemd-fido2"):
@@ -342,6 +344,8 @@ class Replace:
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.lost_names = list(answers.lost)
         self.forced: list[Loss] = []   # what --force lets go (checked whole in check_plan)
+        self.force = False
+        self.checked_under: object | None = None  # the lock hold the plan was checked under
         self.now = datetime.datetime.now(datetime.UTC)
 
     def lost(self, area: str) -> list[Found]:
@@ -874,6 +878,10 @@ def kept_notes(host: Host, found: list[Found], lost_names: list[str]) -> list[st
     for f in found:
         if f.owner == "unregistered" and not f.lost:
             notes.append(f"{f.describe()}: not in the registry, kept (yktool cannot tell which key made it)")
+    registered = [str(e["device"]) for _k, e in Registry.load(host).enrollments("luks") if "device" in e]
+    for device, why in crypttab_luks(host, registered)[1].items():
+        notes.append(f"{device}: not checked — {why}; the lost key may still open it (check it by hand: "
+                     "systemd-cryptenroll DEVICE)")
     return notes
 
 
@@ -884,6 +892,7 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
     if state.finished:
         state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
     flow = Replace(host, answers, keys, io, state, found, has_new)
+    flow.force, flow.checked_under = force, current_hold(host)
     flow.check_plan(force)
     steps = flow.build_steps()
     plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
@@ -895,6 +904,20 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
 
 
 def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
+    """Act, under the root's lock. A plan not checked under the lock held now (a library caller
+    that called `prepare` without it) is checked again first: another run may have changed the
+    host since, and what --force let go must still be all that goes."""
+    with root_lock(flow.host, f"yktool {FLOW}"):
+        if not still_held(flow.host, flow.checked_under):
+            confirmed = [x.to_json() for x in flow.forced]
+            flow.check_plan(flow.force)
+            if [x.to_json() for x in flow.forced] != confirmed:
+                raise Refused("the host changed since the plan was checked: it would now lock out "
+                              f"{describe(flow.forced)}; nothing was changed", "prepare the plan again")
+        return _execute(flow, steps, on_step)
+
+
+def _execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> ReplaceReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)

@@ -31,6 +31,19 @@ def demo_pin(scratch: Path) -> str:
     return (scratch / KEYS / PIN_FILE).read_text()
 
 
+# sha512-crypt of "sesame" (openssl passwd -6 -salt abcdefgh sesame): a test password, no secret
+PASSWORD = "sesame"
+PASSWORD_HASH = "$6$abcdefgh$Bk2D4uYVcw0FbFPsWa0iJZ1DNfy8v6OjKcRcuBfMkWD1KdADPVnmQf5cr0O8HfAYpq1XrrjdgIRINkwgSKJ8/1"
+
+
+def set_shadow(root: Path, **hashes: str) -> None:
+    """Write the root's /etc/shadow (mode 0640) with these users' stored passwords (the demo root
+    has none: without it pam_unix lets nobody in, and the last-way-in check says so)."""
+    shadow = root / "etc/shadow"
+    shadow.write_text("".join(f"{user}:{h}:19000:0:99999:7:::\n" for user, h in {"root": "*", **hashes}.items()))
+    shadow.chmod(0o640)
+
+
 def root_host(scratch: Path) -> Host:
     return Host(scratch / ROOT)
 

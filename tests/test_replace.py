@@ -115,9 +115,10 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
 
 def test_with_only_the_lost_key_enrolled_replace_refuses(scratch: Path, cli: CliCall) -> None:
     # a host where only A was ever enrolled: drop B's enrollments by commissioning afresh without backup
+    # (and no disk: the demo image in /etc/crypttab holds B's token, which replace would find)
     root = scratch / ROOT
     for p in ("etc/u2f_mappings", "etc/yktool/keys.toml", "var/lib/yktool/commission.json",
-              "home/alice/.ssh/authorized_keys"):
+              "home/alice/.ssh/authorized_keys", "etc/crypttab"):
         (root / p).unlink()
     r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
             "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pam-origin", ORIGIN,

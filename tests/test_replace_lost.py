@@ -19,11 +19,13 @@ import pytest
 from tests.conftest import CliCall, CliResult
 from tests.flows_support import (
     ORIGIN,
+    PASSWORD_HASH,
     authfile_whole,
     demo_pin,
     key_opens_image,
     pam_accepts,
     passphrase_opens,
+    set_shadow,
     spec,
     tree_bytes,
 )
@@ -301,6 +303,7 @@ def test_reset_of_a_users_only_pam_credential_is_refused(scratch: Path, cli: Cli
 def test_reset_refused_only_where_pam_requires_the_key(scratch: Path, cli: CliCall, control: str | None,
                                                        refused: bool) -> None:
     _alice_has_only(scratch, "primary")
+    set_shadow(scratch / ROOT, alice=PASSWORD_HASH)  # alice's password: the other way in
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         if control is None:
@@ -380,6 +383,7 @@ def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path,
 
 def test_revoke_only_drops_a_last_pam_credential_where_pam_does_not_require_it(scratch: Path, cli: CliCall) -> None:
     _alice_has_only(scratch, "primary")
+    set_shadow(scratch / ROOT, alice=PASSWORD_HASH)  # alice's password: the other way in
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         path.write_text(path.read_text().replace("auth       required   pam_u2f.so", "auth sufficient pam_u2f.so"))

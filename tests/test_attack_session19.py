@@ -211,3 +211,40 @@ def test_a_central_authfile_in_roots_folders_passes(hardened_root: FixtureRoot) 
     w(root, "/etc/yubico/u2f_keys", U2F_MAPPINGS)
     w(root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys") + "@include common-auth\n")
     assert _sudo(hardened_root).status == "pass"
+
+
+# ------------------------------------------------------------------ last way in: a gate before the password
+# pam_succeed_if in front of pam_unix: counted as "may succeed", it let alice's password count as her way
+# in where the gate shuts it (the first two: the removal of her last key was allowed)
+GATE = "auth [success=ignore default=1] pam_succeed_if.so {cond} quiet\nauth sufficient pam_unix.so nodelay\n" \
+    "auth required pam_u2f.so authfile=/etc/u2f_mappings cue\n"
+GATED = {
+    "uid-jumps-over-password": GATE.format(cond="uid >= 2000"),
+    "requisite-before-password": ("auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue\n"
+                                  "auth requisite pam_succeed_if.so uid >= 2000 quiet\n"
+                                  "auth required pam_unix.so nodelay\n"),
+    "user-not-in-list": GATE.format(cond="user in bob:carol"),
+    "shell-glob": GATE.format(cond="shell =~ */zsh"),
+    "second-condition-fails": GATE.format(cond="uid >= 1000 user != alice"),
+    # the gate open: the password is her way in
+    "uid-open": GATE.format(cond="uid >= 1000"),
+    "user-in-list": GATE.format(cond="user in bob:alice"),
+    "home-glob": GATE.format(cond="home =~ /home/*"),
+    "user-eq": GATE.format(cond="user = alice"),
+}
+OPEN = {"uid-open", "user-in-list", "home-glob", "user-eq"}
+
+
+@pytest.mark.parametrize("name", sorted(GATED))
+def test_a_gate_before_the_password_is_judged_as_pam_succeed_if_does(tmp_path: Path, name: str) -> None:
+    from tests.flows_support import PASSWORD_HASH
+    from tests.test_lastway_pam_judged import real_libpam_lets_alice_in, yktool_says_alice_gets_in
+
+    if os.geteuid() != 0 or shutil.which("pamtester") is None:
+        pytest.skip("needs root and pamtester")
+    service = GATED[name]
+    real = real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH)
+    assert real is (name in OPEN), real
+    # the root yktool reads has pam_succeed_if installed, like the machine pamtester ran on
+    w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_succeed_if.so", b"\x7fELF")
+    assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is real

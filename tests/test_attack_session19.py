@@ -248,3 +248,23 @@ def test_a_gate_before_the_password_is_judged_as_pam_succeed_if_does(tmp_path: P
     # the root yktool reads has pam_succeed_if installed, like the machine pamtester ran on
     w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_succeed_if.so", b"\x7fELF")
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is real
+
+
+@pytest.mark.xfail(strict=True, reason="lastway's Judge still takes every module it cannot judge (pam_listfile, "
+                   "pam_access, pam_wheel, pam_time, …) as 'may succeed' on the way to pam_unix; the careful reading "
+                   "(a way in must not need an unjudged module's success) over-refuses common stacks "
+                   "(pam_nologin, pam_env in front of the password) and needs a list of modules that pass in "
+                   "normal use: not done this session")
+def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> None:
+    from tests.flows_support import PASSWORD_HASH
+    from tests.test_lastway_pam_judged import real_libpam_lets_alice_in, yktool_says_alice_gets_in
+
+    if os.geteuid() != 0 or shutil.which("pamtester") is None:
+        pytest.skip("needs root and pamtester")
+    allowed = tmp_path / "password-users"
+    allowed.write_text("bob\n")
+    service = (f"auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={allowed} onerr=fail\n"
+               "auth sufficient pam_unix.so nodelay\nauth required pam_u2f.so authfile=/etc/u2f_mappings cue\n")
+    assert real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH) is False
+    w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_listfile.so", b"\x7fELF")
+    assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is False

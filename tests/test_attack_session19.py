@@ -268,3 +268,29 @@ def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> No
     assert real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH) is False
     w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_listfile.so", b"\x7fELF")
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is False
+
+
+# ------------------------------------------------------------------ replace: an authorized key the registry lost
+def test_replace_revokes_the_lost_keys_ssh_login_the_registry_does_not_record(scratch: Path, cli: object,
+                                                                             tmp_path: Path) -> None:
+    # `ssh authorize` appends to authorized_keys, then records: a kill -9 between the two (or a
+    # registry restored from before) leaves alice's line for the primary unrecorded. replace --lost
+    # primary must still take it out: the finder of the key would keep SSH login
+    import subprocess
+
+    from tests.test_replace_lost import AUTHORIZED, authorized_fingerprints, fingerprint_of, lose, replace
+    from yktool.demo import ROOT
+    from yktool.inventory import Registry
+
+    root = scratch / ROOT
+    primary = fingerprint_of(scratch, "primary")
+    assert primary in authorized_fingerprints(scratch)
+    with Registry.update(Host(root)) as registry:
+        dropped = registry.forget("ssh", role="authorized_keys", path="/" + AUTHORIZED)
+    assert dropped >= 1
+    lose(scratch, "primary")
+    r = replace(cli, scratch, "--lost", "primary")  # type: ignore[arg-type]
+    assert r.exit_code == 0, r.output
+    assert subprocess.run(["ssh-keygen", "-l", "-f", str(root / AUTHORIZED)], capture_output=True,
+                          check=False).returncode == 0
+    assert primary not in authorized_fingerprints(scratch), "the lost key still logs in by SSH"

@@ -19,14 +19,33 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from yktool import agefile
+from yktool import udev as udev_rule
+from yktool import usbguard as usbguard_rule
+from yktool.checks import CheckContext, Result, run_checks
+from yktool.checks import summary as count_results
 from yktool.errors import Refused, ToolFailed, UsageError
+from yktool.fido.identity import usb_identity
+from yktool.git_signing import add_signer, check_email
 from yktool.host import Host
-from yktool.inventory import Registry
 from yktool.lock import current_hold, root_lock, still_held
+from yktool.luks.header import read_header
+from yktool.luks.pending import read_header_seeing_pending
+from yktool.luks.recovery import plan_add_recovery
+from yktool.luks.tpm2 import plan_enroll_tpm2
+from yktool.nixos.generate import regenerate
+from yktool.pam.authfile import CENTRAL_AUTHFILE
+from yktool.pam.host_facts import check_origin, default_origin
+from yktool.pam.register import RegisterRequest, Target, pam_line_for, plain_target
+from yktool.pam.register import register as pam_register
 from yktool.plan import Plan
+from yktool.ssh import enroll
+from yktool.ssh.accounts import Account, lookup_user
+from yktool.tpm import parse_tcti
+from yktool.udev import KeyUsb, identity_from
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
-from .keys import KeyRing, Passphrases
+from .keys import KeyRing, Passphrases, enroll_luks_fido2
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 from .touched import commission_files, refuse_links
@@ -94,8 +113,6 @@ class CommissionAnswers:
         if "git" in self.steps:
             if "ssh" not in self.steps:
                 raise UsageError("git signing uses the SSH key: the ssh step is needed too", "add ssh to --steps")
-            from yktool.git_signing import check_email
-
             check_email(self.git_email)
         if self.backup_nickname and self.backup_nickname == self.primary_nickname:
             raise UsageError("the primary and the backup key need different nicknames",
@@ -140,22 +157,18 @@ class Commission:
         self.io = io
         self.state = state
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
-        self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+        self.results: list[Result] = []  # verify's results
         self.checked_under: object | None = None  # the lock hold prepare checked the host under
         self.recovery_shown = False        # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
-    def account(self) -> Any:
-        from yktool.ssh.accounts import lookup_user
-
+    def account(self) -> Account:
         return lookup_user(self.host, self.a.user)
 
     def hostname(self) -> str:
         return hostname(self.host)
 
     def origin(self) -> str:
-        from yktool.pam.host_facts import check_origin, default_origin
-
         return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
@@ -202,16 +215,16 @@ class Commission:
                 steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {a.user} on the {role} "
                                       f"key ({nick}) in {where}", partial(self.pam, role), [where],
                                       "an assertion with the origin verifies against the stored key", role))
-            if "udev" in a.steps:
-                steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
-                                      partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
-                                      if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
-                                      "the rule file read back", role))
-            if "usbguard" in a.steps:
-                steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
-                                      partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
-                                      if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
-                                      "the rules file read back", role))
+            usb_rules = {  # kind: what the step does, what it changes (plain Linux, NixOS), its proof
+                "udev": (f"lock the screen when the {role} key is removed", udev_rule.RULE_PATH,
+                         f"{udev_rule.NIX_OPTION} (the NixOS module)", "the rule file read back"),
+                "usbguard": (f"allow the {role} key through USBGuard", usbguard_rule.RULES_PATH,
+                             "USBGuard rules (the NixOS module)", "the rules file read back"),
+            }
+            for kind, (what, linux, nixos, proof) in usb_rules.items():
+                if kind in a.steps:
+                    steps.append(FlowStep(step_id(kind, role), what, partial(self.usb_rule, kind, role),
+                                          [linux if a.host_kind == "linux" else nixos], proof, role))
         if a.host_kind == "nixos":
             steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
                                   "(yktool nixos module)", self.nixos_module, ["the NixOS module"],
@@ -232,9 +245,6 @@ class Commission:
 
     # -- LUKS
     def luks_tpm2(self, device: str) -> str:
-        from yktool.luks.tpm2 import plan_enroll_tpm2
-        from yktool.tpm import parse_tcti
-
         op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.a.pcrs),
                               allow_unmeasured=self.io.allow_unmeasured)
         if op.needs_unlock:
@@ -246,9 +256,6 @@ class Commission:
         return f"token {op.new_token} sealed to PCRs {pcrs}, proven to open {device}"
 
     def recovery(self, device: str) -> str:
-        from yktool.luks.pending import read_header_seeing_pending
-        from yktool.luks.recovery import plan_add_recovery
-
         pending: list[str] = list(self.state.extra.get("recovery-pending", []))
         # a key an interrupted add-recovery made and never showed is not counted (luks.pending)
         existing = read_header_seeing_pending(self.host, device).slots_with_role("recovery")
@@ -270,25 +277,13 @@ class Commission:
         return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
 
     def luks_fido2(self, role: str, device: str) -> str:
-        from yktool.fido.devices import entry_for
-        from yktool.luks import fido2 as lf
-
-        session = self.keys.session(role)
-        spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
-        op = lf.plan_enroll_fido2(self.host, device, spec, lf.Fido2Options(nickname=self.a.nickname(role)))
-        op.session = session
-        if op.needs_unlock:
-            op.unlock = self.unlock(device)
-        op.plan.apply()
+        op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.a.nickname(role), self.unlock)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"
 
     # -- SSH and git
     def ssh(self, role: str) -> str:
-        from yktool.authorized_keys import authorize
-        from yktool.ssh import enroll
-
         account = self.account()
         path = key_path(self.a, role, account.home)
         nick = self.a.nickname(role)
@@ -306,62 +301,26 @@ class Commission:
             key = enroll.make_key(session, opts, comment, prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())
             made = "made a new key"
-        enroll.record_key(self.host, key, path, nickname=nick, aaguid=session.aaguid, user=account.name)
-        target, merged = authorize(self.host, account, key)
-        with Registry.update(self.host) as registry:
-            registry.record(nick, "ssh", role="authorized_keys", user=account.name, path=str(target),
-                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                            credential_id=enroll.credential_id_b64(key))
-        self._prove_ssh(path, key)
+        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=nick, aaguid=session.aaguid)
         return (f"{made} {key.public.fingerprint} ({path}); "
-                f"{'added to' if merged.added else 'already in'} {target}; ssh-keygen -y reads it back")
-
-    def _prove_ssh(self, path: PurePosixPath, key: Any) -> None:
-        result = self.host.run(["ssh-keygen", "-y", "-f", str(self.host.path(path))], check=False)
-        if result.returncode != 0 or result.stdout != key.pub_file():
-            raise ToolFailed(f"ssh-keygen does not read {path} back as the key made: {result.error_text}",
-                             "remove the file and run the same command again")
+                f"{'added to' if done.authorized.added else 'already in'} {done.authorized.path}; {done.proof}")
 
     def git(self, role: str) -> str:
-        from yktool.git_signing import add_allowed_signer, configure
-        from yktool.ssh.enroll import credential_id_b64, load_private, pub_path
-
+        """The primary key signs (git config and allowed_signers); the backup key's signatures
+        verify too (allowed_signers), the primary staying the signing key."""
         account = self.account()
         path = key_path(self.a, role, account.home)
-        key = load_private(self.host, path)
-        nick = self.a.nickname(role)
-        signers = account.home / ".ssh" / "allowed_signers"
-        if role == "primary":
-            setup = configure(self.host, account, email=self.a.git_email, pub_path=pub_path(path),
-                              public=key.public)
-            config_file, changed = str(setup.config_file), bool(setup.changed or setup.allowed_signers_changed)
-            self.io.notes.extend(setup.notes)
-            from yktool.git_signing import Git
-
-            got = Git(self.host, account).get(setup.config_file, "gpg.format")
-            if got != "ssh":
-                raise ToolFailed(f"git does not read gpg.format=ssh back from {setup.config_file}",
-                                 "check the file by hand, then run the same command again")
-        else:
-            # the backup key's signatures verify too; the primary stays the signing key
-            changed = add_allowed_signer(self.host, signers, self.a.git_email, key.public, account.owner())
-            config_file = ""
-        with Registry.update(self.host) as registry:
-            registry.forget("git", email=self.a.git_email, credential_id=credential_id_b64(key))
-            registry.record(nick, "git", email=self.a.git_email, user=account.name,
-                            allowed_signers=str(signers), config_file=config_file,
-                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                            credential_id=credential_id_b64(key))
-        if role == "primary":
-            return f"git signs with {key.public.fingerprint} ({config_file}){'' if changed else ', unchanged'}"
-        return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signers})"
+        key = enroll.load_private(self.host, path)
+        signer = add_signer(self.host, account, key, email=self.a.git_email, nickname=self.a.nickname(role),
+                            signing_key=enroll.pub_path(path) if role == "primary" else None)
+        if signer.setup is not None:
+            self.io.notes.extend(signer.setup.notes)
+            return (f"git signs with {key.public.fingerprint} ({signer.setup.config_file})"
+                    f"{'' if signer.changed else ', unchanged'}")
+        return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
 
     # -- PAM
-    def pam_target(self) -> Any:
-        from yktool import agefile
-        from yktool.pam.authfile import CENTRAL_AUTHFILE
-        from yktool.pam.register import Target, plain_target
-
+    def pam_target(self) -> Target:
         if self.a.host_kind != "nixos":
             return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
         pub = self.a.age_host_key
@@ -379,16 +338,10 @@ class Commission:
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        from yktool.pam.authfile import CENTRAL_AUTHFILE
-        from yktool.pam.register import pam_line_for, plain_target
-
         target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
         return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        from yktool.pam.register import RegisterRequest
-        from yktool.pam.register import register as pam_register
-
         request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
@@ -399,54 +352,26 @@ class Commission:
                 "proven with an assertion")
 
     # -- udev and USBGuard
-    def usb_identity(self, role: str) -> Any:
-        from yktool.fido.identity import usb_identity
-        from yktool.udev import identity_from
-
+    def usb_identity(self, role: str) -> KeyUsb:
         return identity_from(usb_identity(self.keys.session(role).device))
 
-    def udev(self, role: str) -> str:
-        from yktool import udev as lib
-
-        key = self.usb_identity(role)
-        nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            with Registry.update(self.host) as reg:
-                reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial,
-                           path="services.udev.extraRules")
+    def usb_rule(self, kind: str, role: str) -> str:
+        """The key's removal-lock udev rule or its USBGuard allow rule; on NixOS only the record,
+        which `yktool nixos module` renders them from."""
+        key, nick = self.usb_identity(role), self.a.nickname(role)
+        if self.a.host_kind == "nixos":
+            (udev_rule if kind == "udev" else usbguard_rule).record_for_nixos(self.host, key, nick)
             return f"{key.usb_id} recorded for the NixOS module"
-        result = lib.install(self.host, key, nick)
-        with Registry.update(self.host) as reg:
-            reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=lib.RULE_PATH)
-        if not any(r.vendor == key.vendor and r.product == key.product for r in lib.installed_rules(self.host)):
-            raise ToolFailed(f"{lib.RULE_PATH} does not hold the rule for {key.usb_id} after writing",
-                             "check the file by hand, then run the same command again")
-        return f"{'wrote' if result.changed else 'unchanged'} {lib.RULE_PATH} ({key.usb_id})"
-
-    def usbguard(self, role: str) -> str:
-        from yktool import usbguard as lib
-
-        key = self.usb_identity(role)
-        nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            with Registry.update(self.host) as reg:
-                reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION,
-                           rule=lib.rule_line(key))
-            return f"{key.usb_id} recorded for the NixOS module"
-        result = lib.allow(self.host, key)
-        with Registry.update(self.host) as reg:
-            reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.RULES_PATH)
-        if lib.find_rule(self.host.read_text(lib.RULES_PATH), key) is None:
-            raise ToolFailed(f"{lib.RULES_PATH} does not hold the rule for {key.usb_id} after writing",
-                             "check the file by hand, then run the same command again")
-        if result.placeholder:
-            self.io.notes.append(f"{lib.RULES_PATH} was a placeholder ({result.placeholder}): populate it "
+        if kind == "udev":
+            installed = udev_rule.install_and_record(self.host, key, nick)
+            return f"{'wrote' if installed.changed else 'unchanged'} {udev_rule.RULE_PATH} ({key.usb_id})"
+        allowed = usbguard_rule.allow_and_record(self.host, key, nick)
+        if allowed.placeholder:
+            self.io.notes.append(f"{allowed.path} was a placeholder ({allowed.placeholder}): populate it "
                                  "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
-        return f"{'added to' if result.added else 'already in'} {lib.RULES_PATH}: {result.line}"
+        return f"{'added to' if allowed.added else 'already in'} {allowed.path}: {allowed.line}"
 
     def nixos_module(self) -> str:
-        from yktool.nixos.generate import regenerate
-
         return regenerate(self.host)
 
     # -- verify
@@ -468,12 +393,10 @@ class Commission:
         return sel
 
     def verify(self) -> str:
-        from yktool.checks import CheckContext, run_checks, summary
-
         self.keys.close()  # verify needs no key; count the last key's touches now
         ctx = CheckContext(self.host, user=self.a.user or None, tpm2_pcrs=tuple(self.a.pcrs))
         self.results = run_checks(ctx, self.verify_selection())
-        counts = summary(self.results)
+        counts = count_results(self.results)
         return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
 
 
@@ -635,14 +558,10 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
 def check_host(host: Host, answers: CommissionAnswers) -> None:
     """What the answers name must be there before anything is done: the LUKS devices (LUKS2),
     the user, the NixOS host key, the unlock key file."""
-    from yktool.luks.header import read_header
-
     if {"luks-fido2", "luks-tpm2", "recovery"} & set(answers.steps):
         for dev in answers.luks_devices:
             read_header(host, dev)
     if answers.user and {"ssh", "git", "pam"} & set(answers.steps):
-        from yktool.ssh.accounts import lookup_user
-
         lookup_user(host, answers.user)
     if answers.host_kind == "nixos" and "pam" in answers.steps and not host.exists(answers.age_host_key):
         raise UsageError(f"the host key {answers.age_host_key} is not in {host.root}",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
 from tests.ssh_support import Es256OnlyKey, SshWorld, flags_from_ssh_keygen, sim_state, snapshot, world
+from yktool.errors import ToolFailed
 from yktool.fido.session import KeySession
+from yktool.host import Host
+from yktool.ssh.files import load_private, prove_files
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
 
 __all__ = ["world"]
@@ -226,3 +229,18 @@ def test_json_error_on_stdout(world: SshWorld) -> None:
     assert res.exit_code == 2
     data = json.loads(res.stdout)
     assert data["ok"] is False and data["exit_code"] == 2 and "unknown -O option" in data["message"]
+
+
+def test_a_flow_step_is_never_done_unproven_without_ssh_keygen(world: SshWorld,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The building block says "not checked" where ssh-keygen is missing; a flow's step (the
+    proof required) fails with the fix instead, so it is not marked done unproven."""
+    assert world.yk("ssh", "keygen", "--user", "alice").exit_code == 0
+    host, path = Host(world.root), PurePosixPath("/home/alice/.ssh/id_ed25519_sk")
+    key = load_private(host, path)
+    assert prove_files(host, path, key, required=True) == "ssh-keygen -y reads the key back"
+    monkeypatch.setenv("PATH", str(world.tmp / "no-tools"))
+    assert prove_files(host, path, key).startswith("not checked")
+    with pytest.raises(ToolFailed, match="ssh-keygen is not installed") as failed:
+        prove_files(host, path, key, required=True)
+    assert "openssh-client" in failed.value.hint

@@ -229,7 +229,7 @@ class DemoInteraction(KeyInteraction):
     def __init__(self, pin: str) -> None:
         self._demo_pin = pin
         self.pin: str | None = None   # as a person would: typed once, then remembered for the run
-        self.pin_prompts = 0
+        self.pin_prompts: int = 0
 
     def prompt_up(self) -> None:
         """The software key touches itself."""

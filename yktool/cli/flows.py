@@ -6,25 +6,44 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from yktool.checks import Result
 from yktool.cli.context import AppContext, pass_app
 from yktool.cli.force import confirm_forced, confirm_option, force_option
-from yktool.cli.output import emit_json, info, instruct
+from yktool.cli.output import emit_json, info, instruct, show_plan
+from yktool.cli.verify import split_fix
+from yktool.errors import Refused, UsageError
+from yktool.flows import validate
+from yktool.flows.ask import Asker
+from yktool.flows.ending import FlowReport
+from yktool.flows.runner import Outcome
+from yktool.flows.state import FlowState
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.pam.host_facts import default_origin
+from yktool.plan import Plan
+from yktool.ssh.accounts import default_user
+from yktool.tpm import parse_pcrs
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
+    from yktool.flows.keys import SessionOpener
+    from yktool.flows.replace import Found
+
+# yktool.cli.prompts, yktool.fido.session and the commission/replace/keys flows load
+# python-fido2 (and pyrage): each command imports them, so `yktool commission --help` does without.
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for raw in values for v in raw.replace(",", " ").split() if v.strip()]
 
 
-def _opener(app: AppContext, pin_stdin: bool) -> Any:
+def _opener(app: AppContext, pin_stdin: bool) -> SessionOpener:
     """(role, spec) -> a session context, with one CliInteraction per key (the PIN asked once)."""
     from yktool.cli.prompts import CliInteraction, choose_device
     from yktool.fido.session import open_session
@@ -48,12 +67,12 @@ def _read_unlock(device: str) -> bytes:
     return read_secret(f"Current passphrase (or recovery key) of {device}")
 
 
-def _step_printer(app: AppContext, total: int | None = None) -> Any:
+def _step_printer(app: AppContext, total: int | None = None) -> Callable[[Outcome], None]:
     """Each step's outcome on stderr as it ends, as "step 4/17" (nothing with --json: the report
     has them)."""
     seen = [0]
 
-    def on_step(out: Any) -> None:
+    def on_step(out: Outcome) -> None:
         seen[0] += 1
         if not app.json and out.status == "done":  # the summary said how many were done already
             mark = "done" if out.status == "done" else "already done"
@@ -79,10 +98,9 @@ def recovery_file_text(existing: str, device: str, root: Path, key: str) -> str:
     return "".join(f"{line}\n" for line in [*kept, head, key])
 
 
-def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interactive: bool) -> Any:
+def _show_recovery_factory(app: AppContext, recovery_file: Path | None,
+                           interactive: bool) -> Callable[[str, bytes], str]:
     def show(device: str, key: bytes) -> str:
-        from yktool.host import Host
-
         if recovery_file is not None:
             path = recovery_file.absolute()
             existing = path.read_text() if path.is_file() else ""
@@ -162,18 +180,10 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
           --git-email alice@example.org --pin-stdin < pins.txt
       yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
-    from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_new_pin
-    from yktool.errors import UsageError
     from yktool.fido.session import check_new_pin
     from yktool.flows import commission as fc
-    from yktool.flows import validate
-    from yktool.flows.ask import Asker
     from yktool.flows.keys import ring
-    from yktool.flows.state import FlowState
-    from yktool.pam.host_facts import default_origin
-    from yktool.ssh.accounts import default_user
-    from yktool.tpm import parse_pcrs
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
@@ -281,8 +291,6 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                              "pass --recovery-key-file PATH (it is written there with mode 0600)")
         # "resume" was the go-ahead: a resumed run asks nothing that was answered already
         if todo and not (resume_chosen and not restart) and not asker.confirm("Go ahead?", yes=app.yes):
-            from yktool.errors import Refused
-
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
         report = fc.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
     _render_report(app, report, plan, fc.next_steps(flow, report))
@@ -290,7 +298,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         sys.exit(1)
 
 
-def _show_summary(asker: Any, summary: list[str], full_plan: str, *, todo: bool, details: bool,
+def _show_summary(asker: Asker, summary: list[str], full_plan: str, *, todo: bool, details: bool,
                   resumed: bool) -> None:
     """The one-screen summary on stderr; the full plan with --details, or when the person asks
     (nothing left to do: the summary says so, and no plan is offered)."""
@@ -302,7 +310,7 @@ def _show_summary(asker: Any, summary: list[str], full_plan: str, *, todo: bool,
         info(full_plan)
 
 
-def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
+def _wrong_pin_handler(asker: Asker, pin_stdin: bool) -> Callable[[str, int | None], bool]:
     """A wrong PIN on a terminal: say how many attempts are left and ask again; from 3 left on,
     first say that the key will block, and go on only when the person says so."""
     def again(role: str, retries: int | None) -> bool:
@@ -319,20 +327,18 @@ def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
     return again
 
 
-def _render_counts(counts: dict[str, Any]) -> str:
+def _render_counts(counts: dict[str, dict[str, int]]) -> str:
     parts = [f"{role}: {c['touches']} touch{'es' if c['touches'] != 1 else ''}, "
              f"{c['pin_prompts']} PIN entr{'ies' if c['pin_prompts'] != 1 else 'y'}" for role, c in counts.items()]
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None,
+def _render_report(app: AppContext, report: FlowReport, plan: Plan | None, next_steps: list[str] | None = None,
                    flow: str = "commission", extra: dict[str, Any] | None = None) -> None:
     """The one ending (commission's and replace's, a yktool.flows.ending.FlowReport): verify on
     what this run owns, the other layers' results apart (they do not fail the run), the counts,
     and "Next steps" with exactly what is left for the person."""
     if app.json:
-        from yktool.cli.verify import split_fix
-
         data = report.to_json()
         for check in data.get("verify", []):  # each fix split as verify --json splits it
             check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
@@ -343,7 +349,7 @@ def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str
     for note in report.notes:
         click.echo(note)
 
-    def show(results: list[Any]) -> None:
+    def show(results: list[Result]) -> None:
         for r in results:
             click.echo(f"  {r.status.upper():<4}  {r.id:<24} {r.title}")
             if r.status in ("fail", "warn") and r.reason:
@@ -432,10 +438,8 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
       yktool --yes replace --lost primary --force --confirm primary   # revoke only, alice loses SSH
     """
     from yktool.cli.prompts import read_new_pin
-    from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
     from yktool.flows import replace as fr
-    from yktool.flows.ask import Asker
     from yktool.flows.keys import ring
 
     host = app.host
@@ -517,7 +521,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
                    {"forced": [x.to_json() for x in flow.forced]})
 
 
-def _found_listing(names: list[str], found: list[Any]) -> list[str]:
+def _found_listing(names: list[str], found: list[Found]) -> list[str]:
     """The full plan's head: every credential found, revoked (a key named lost made it) or kept, and why."""
     lost_found = [f for f in found if f.lost]
     kept = [f for f in found if not f.lost]
@@ -528,10 +532,9 @@ def _found_listing(names: list[str], found: list[Any]) -> list[str]:
             *(f"  - {f.describe()}  [{f.owner}: {f.status()}]" for f in kept)]
 
 
-def _ask_lost(asker: Any, host: Any, found: list[Any]) -> list[str]:
+def _ask_lost(asker: Asker, host: Host, found: list[Found]) -> list[str]:
     """The wizard's question: which registered key was lost (each shown plugged in or not)."""
     from yktool.flows import replace as fr
-    from yktool.inventory import Registry
 
     here = {f.owner: f.answered_by for f in found if f.answered_by not in (None, "new")}
     choices = []

@@ -14,6 +14,10 @@ from fido2.client import UserInteraction
 class KeyInteraction(UserInteraction):
     """A person (or a script) at the key: PIN, touches, and the two reports above."""
 
+    # the PINs the person typed, for an interaction that counts them (the terminal's, the demo's);
+    # None: it does not, and a flow counts the session's PIN requests instead
+    pin_prompts: int | None = None
+
     def touch_done(self) -> None:
         """The exchange that may have wanted a touch is over (stop a spinner, say)."""
 

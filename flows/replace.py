@@ -38,7 +38,7 @@ from typing import Any
 from yktool import agefile
 from yktool import udev as udev_rule
 from yktool import usbguard as usbguard_rule
-from yktool.authorized_keys import authorized_keys_path, revoke
+from yktool.authorized_keys import authorized_keys_path, key_blob_in, revoke
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
@@ -549,10 +549,6 @@ class Replace:
         has, and the key's user's and root's own authorized_keys when they hold it — `ssh
         authorize` writes before it records (a kill -9 between the two, a registry restored from
         before), and a line the registry does not know still lets the finder in."""
-        from yktool.authorized_keys import authorized_keys_path, key_blob_in
-        from yktool.errors import YktoolError
-        from yktool.ssh.accounts import lookup_user
-
         registry = Registry.load(self.host)
         places = [(str(e["path"]), str(e.get("user") or f.user)) for _k, e in registry.enrollments("ssh")
                   if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key]

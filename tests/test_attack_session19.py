@@ -294,3 +294,38 @@ def test_replace_revokes_the_lost_keys_ssh_login_the_registry_does_not_record(sc
     assert subprocess.run(["ssh-keygen", "-l", "-f", str(root / AUTHORIZED)], capture_output=True,
                           check=False).returncode == 0
     assert primary not in authorized_fingerprints(scratch), "the lost key still logs in by SSH"
+
+
+# ------------------------------------------------------------------ an include loop
+LOOPS = {
+    # libpam includes the file again and again until it gives up (pamtester: a crash, or denied)
+    "include": ("auth required pam_permit.so\nauth include yk-loop\n",
+                "auth required pam_permit.so\nauth include yk-loop\n"),
+    "at-include": ("auth required pam_permit.so\n@include yk-loop\n",
+                   "auth required pam_permit.so\n@include yk-loop\n"),
+    "substack": ("auth substack yk-loop\nauth required pam_permit.so\n",
+                 "auth required pam_permit.so\nauth substack yk-loop\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOPS))
+def test_an_include_loop_lets_nobody_in(name: str, tmp_path: Path, libpam: tuple[Path, PamNamespace]) -> None:
+    from yktool.pam import dispatch
+    from yktool.pam.stack import parse_service
+
+    service, looping = LOOPS[name]
+    pamd, _ns = libpam
+    (pamd / "yk-loop").write_text(looping)
+    out = _judge(libpam, service)
+    assert "successfully authenticated" not in out, out
+    root = tmp_path / "root"
+    w(root, "/etc/pam.d/yktest", service)
+    w(root, "/etc/pam.d/yk-loop", looping)
+    svc = parse_service(Host(root), "yktest")
+    assert dispatch.run(svc.handlers("auth"), lambda line: "success") != "success"
+
+
+def test_verify_sees_the_lockout_of_an_include_loop(hardened_root: FixtureRoot) -> None:
+    w(hardened_root.root, "/etc/pam.d/common-auth", "auth required pam_unix.so\n@include common-auth\n")
+    result = _sudo(hardened_root)
+    assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)

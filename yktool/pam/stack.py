@@ -460,6 +460,11 @@ def _include(host: Host, target: str, path: str, via: tuple[str, ...], problems:
     if found is None:
         problems.append(f"{path}:{lineno}: included file {target!r} not found (libpam makes the rule fail)")
         return None
+    if found in (*via, path) or len(via) >= MAX_INCLUDE_DEPTH:
+        # libpam includes the file again until it gives up: a substack fails (PERM_DENIED), an
+        # include crashes the program (pamtester: Segmentation fault); either way nobody gets in
+        problems.append(f"{path}:{lineno}: include loop ({' -> '.join((*via, path, found))}): libpam makes it fail")
+        return None
     return parse_file(host, found, via=(*via, path), problems=problems, want=want, level=level, files=files)
 
 

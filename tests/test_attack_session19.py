@@ -329,3 +329,32 @@ def test_verify_sees_the_lockout_of_an_include_loop(hardened_root: FixtureRoot) 
     w(hardened_root.root, "/etc/pam.d/common-auth", "auth required pam_unix.so\n@include common-auth\n")
     result = _sudo(hardened_root)
     assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)
+
+
+# ------------------------------------------------------------------ last way in: a stored password no password matches
+def _hashes() -> dict[str, str]:
+    import subprocess
+
+    from tests.flows_support import PASSWORD, PASSWORD_HASH
+
+    made = {f"openssl-{m}": subprocess.run(["openssl", "passwd", f"-{m}", "-salt", "yktoolsalt", PASSWORD],
+                                           capture_output=True, text=True, check=True).stdout.strip()
+            for m in ("1", "5", "6")}
+    return {**made, "sha512": PASSWORD_HASH,
+            # shapes a broken provisioning leaves: crypt(3) reads none of them as a hash
+            "bad-sha512-setting-only": "$6$x", "bad-sha512-empty-digest": "$6$abcdefgh$",
+            "bad-sha512-cut-off": PASSWORD_HASH[:-5], "bad-sha512-one-more": PASSWORD_HASH + "x",
+            "bad-md5-short": "$1$x$y", "bad-yescrypt-garbled": "$y$j9T$abc$def"}
+
+
+@pytest.mark.parametrize("name", sorted(_hashes()))
+def test_a_stored_password_counts_only_when_crypt_reads_it_as_a_hash(tmp_path: Path, name: str) -> None:
+    from tests.test_lastway_pam_judged import real_libpam_lets_alice_in, yktool_says_alice_gets_in
+
+    if os.geteuid() != 0 or shutil.which("pamtester") is None:
+        pytest.skip("needs root and pamtester")
+    stored = _hashes()[name]
+    service = "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue\nauth required pam_unix.so nodelay\n"
+    real = real_libpam_lets_alice_in(tmp_path, service, {}, stored)
+    assert real is not name.startswith("bad-")
+    assert yktool_says_alice_gets_in(tmp_path, service, {}, stored) is real

@@ -274,9 +274,35 @@ def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:
         return ("empty",), ""
     if stored[0] in "!*":
         return ("auth_err",), f"{user}'s password is locked ({stored[0]!r} in /etc/shadow)"
-    if not _CRYPT.fullmatch(stored):
+    if not _CRYPT.fullmatch(stored) or _crypt_accepts(stored) is False:
         return ("auth_err",), f"{user}'s stored password is not a hash any password matches"
     return ("success", "auth_err"), ""
+
+
+def _crypt_accepts(stored: str) -> bool | None:
+    """Whether crypt(3) reads `stored` as a whole hash (None: no libcrypt to ask): hashing any
+    password with it as the setting gives a string of its own form — the same setting, the same
+    length — and a truncated or garbled hash (`$6$x`, a cut-off digest, an unknown method) gives
+    something else or a failure token (`*0`), so no password matches it (pam_unix fails)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypt")
+    if name is None:
+        return None
+    try:
+        crypt = ctypes.CDLL(name).crypt
+    except (OSError, AttributeError):
+        return None
+    crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    crypt.restype = ctypes.c_char_p
+    raw = stored.encode("utf-8", "surrogateescape")
+    got = crypt(b"yktool-probe", raw)
+    if not got or got.startswith(b"*"):
+        return False
+    if b"$" not in raw:
+        return len(got) == len(raw)  # DES: 13 characters
+    return len(got) == len(raw) and got.rsplit(b"$", 1)[0] == raw.rsplit(b"$", 1)[0]
 
 
 def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, host: Host | None = None,

@@ -358,3 +358,19 @@ def test_a_stored_password_counts_only_when_crypt_reads_it_as_a_hash(tmp_path: P
     real = real_libpam_lets_alice_in(tmp_path, service, {}, stored)
     assert real is not name.startswith("bad-")
     assert yktool_says_alice_gets_in(tmp_path, service, {}, stored) is real
+
+
+# ------------------------------------------------------------------ an offline root's /run
+def test_an_authfile_in_a_users_run_folder_is_not_taken_for_a_boot_secret(hardened_root: FixtureRoot) -> None:
+    # offline, verify passed any authfile under /run as "decrypted at boot (agenix)"; /run/user/1000
+    # is alice's on the running system: she writes root's credential line there
+    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/run/user/1000/u2f_keys")
+      + "@include common-auth\n")
+    result = _sudo(hardened_root)
+    assert result.status == "fail", (result.status, result.reason)
+
+
+def test_an_agenix_authfile_offline_is_still_a_boot_secret(hardened_root: FixtureRoot) -> None:
+    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/run/agenix/yubikey-auth")
+      + "@include common-auth\n")
+    assert _sudo(hardened_root).status == "pass"

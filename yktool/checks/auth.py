@@ -39,6 +39,9 @@ STRONG_CONTROLS = ("required", "requisite")
 # the findings (yktool.pam.check's line rules) that fail the checklist item "pam_u2f (with cue) protects the
 # service"; the others (no origin=, manual, debug) are shown with the evidence
 VERDICT_CODES = ("alwaysok", "nouserok", "no-cue")
+# where a secret is decrypted at boot (agenix, sops-nix, systemd credentials): an offline root has
+# nothing there to judge; any other /run path (/run/user/UID is that user's) is judged as absent
+BOOT_SECRETS = ("/run/agenix/", "/run/agenix.d/", "/run/secrets/", "/run/credentials/")
 
 
 def _pam_check(service: str, always: bool) -> CheckFunc:
@@ -196,7 +199,7 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, 
     authfile = options.authfile
     hint = f"register the keys: yktool pam register --user USER --authfile {authfile or '~'}"
     paths = authfile_paths(options, ctx.users_to_check(), version)
-    if authfile is not None and paths == [(authfile, None)] and authfile.startswith("/run/") and not ctx.live:
+    if authfile is not None and paths == [(authfile, None)] and authfile.startswith(BOOT_SECRETS) and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
         return None
@@ -239,7 +242,7 @@ def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOp
     uids = {name: uid for name, uid, _h in passwd}
     for options in rules:
         for path, user in authfile_paths(options, ctx.users_to_check(), version):
-            if path.startswith("/run/") and not ctx.live:
+            if path.startswith(BOOT_SECRETS) and not ctx.live:
                 continue  # decrypted at boot: nothing to look at in an offline root
             refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
                                         user_run=user_run)

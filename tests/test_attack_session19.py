@@ -374,3 +374,17 @@ def test_an_agenix_authfile_offline_is_still_a_boot_secret(hardened_root: Fixtur
     w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/run/agenix/yubikey-auth")
       + "@include common-auth\n")
     assert _sudo(hardened_root).status == "pass"
+
+
+# ------------------------------------------------------------------ a second required pam_u2f rule with no credential
+def test_a_required_pam_u2f_rule_whose_authfile_holds_no_credential_locks_everyone_out(
+        hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]) -> None:
+    # the first rule's file holds keys; the second, also required, reads a file that is not there:
+    # pam_u2f answers AUTHINFO_UNAVAIL to everyone, key or not (verify assumed the key passes both)
+    missing = tmp_path / "not-there"
+    out = _judge(libpam, f"auth required pam_u2f.so cue authfile={missing} origin=pam://fixture\n")
+    assert "cannot retrieve authentication info" in out, out
+    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F + PAM_U2F.replace("/etc/u2f_mappings", "/etc/u2f_other")
+      + "@include common-auth\n")
+    result = _sudo(hardened_root)
+    assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)

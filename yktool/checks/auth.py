@@ -91,7 +91,7 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         missing = _authfile_missing(ctx, verdict, opts, user_run, version)
         if missing:
             return missing
-        return _without_key(ctx, verdict, svc, first.line)
+        return _without_key(ctx, verdict, svc, first.line, version)
 
     return run
 
@@ -121,25 +121,45 @@ def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine],
     return results
 
 
-def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]:
-    """What each auth rule may return for the user with the key and the password at hand."""
+def _results_with_key(ctx: CheckContext, version: tuple[int, int, int] | None = None
+                      ) -> Callable[[PamLine], tuple[str, ...]]:
+    """What each auth rule may return for the user with the key and the password at hand: a
+    pam_u2f rule whose authfiles hold no credential at all fails as without the key."""
     loose = _results_without_key(ctx, strict=False)
 
     def results(line: PamLine) -> tuple[str, ...]:
         if line.module_name == "pam_u2f" and not _module_missing(ctx, line.module):
+            if _no_credential_at_all(ctx, parse_u2f_options(line.args), version):
+                return loose(line)
             return ("success",)
         return loose(line)
 
     return results
 
 
-def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
+def _no_credential_at_all(ctx: CheckContext, options: U2fOptions, version: tuple[int, int, int] | None) -> bool:
+    """True only when every file the rule reads was read and none holds a credential (one that
+    cannot be read, or a boot secret offline, may hold one)."""
+    for path, _user in authfile_paths(options, ctx.users_to_check(), version):
+        if path.startswith(BOOT_SECRETS) and not ctx.live:
+            return False
+        try:
+            text = ctx.read(path)
+        except Unreadable:
+            return False
+        if text is not None and Authfile.parse(text).users():
+            return False
+    return True
+
+
+def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine,
+                 version: tuple[int, int, int] | None = None) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
     service = svc.name
     handlers = svc.handlers("auth")
     try:
-        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx))
+        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx, version))
         if with_key is None:
             verdict.add_evidence(svc.path or service, "no way through", "auth", "even with the key and the password")
             return verdict.fail(f"{service}'s auth stack never succeeds, even with the key and the password "

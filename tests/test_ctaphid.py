@@ -217,11 +217,17 @@ def test_keepalive_upneeded_every_100ms_while_a_touch_is_awaited(tmp_path: Path)
     threading.Timer(0.65, wire.gate.answer, args=(True,)).start()
     got_cid, cmd, body = host.message(keepalives=keepalives)
     assert (got_cid, cmd, body[0]) == (cid, CTAPHID.CBOR, 0)
-    assert {status for _, status in keepalives} == {STATUS.UPNEEDED}
+    # a loaded machine may get a PROCESSING out before the worker asks for the touch (a real key
+    # does the same while it works); from the first UPNEEDED on, every keepalive says UPNEEDED
+    statuses = [status for _, status in keepalives]
+    assert STATUS.UPNEEDED in statuses, keepalives
+    waiting = statuses.index(STATUS.UPNEEDED)
+    assert set(statuses[:waiting]) <= {STATUS.PROCESSING}, keepalives
+    assert set(statuses[waiting:]) == {STATUS.UPNEEDED}, keepalives
     times = [start] + [t for t, _ in keepalives]
     gaps = sorted(b - a for a, b in zip(times[1:], times[2:], strict=False))
     assert 3 <= len(keepalives) <= 9, keepalives
-    assert keepalives[0][0] - start < 0.1  # the first one as soon as the key waits
+    assert keepalives[0][0] - start < 0.1 or waiting > 0  # the first one as soon as the key waits
     assert 0.08 <= gaps[len(gaps) // 2] <= 0.25, gaps  # a busy machine may stretch one, not all
     assert gaps[0] >= 0.05, gaps
     assert wire.quiet(0.25)  # nothing after the answer

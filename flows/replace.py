@@ -38,7 +38,7 @@ from typing import Any
 from yktool import agefile
 from yktool import udev as udev_rule
 from yktool import usbguard as usbguard_rule
-from yktool.authorized_keys import authorized_keys_path, revoke
+from yktool.authorized_keys import authorized_keys_path, key_blob_in, revoke
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
@@ -546,12 +546,23 @@ class Replace:
             return ""
 
     def ssh_places(self, f: Found) -> list[tuple[str, str]]:
-        """The authorized_keys files (and their users) the registry has the lost SSH key in."""
+        """The authorized_keys files (and their users) the lost SSH key is in: those the registry
+        has, and the key's user's and root's own authorized_keys when they hold it — `ssh
+        authorize` writes before it records (a kill -9 between the two, a registry restored from
+        before), and a line the registry does not know still lets the finder in."""
         registry = Registry.load(self.host)
-        return list(dict.fromkeys((str(e["path"]), str(e.get("user") or f.user))
-                                  for _k, e in registry.enrollments("ssh")
-                                  if e.get("role") == "authorized_keys" and "path" in e
-                                  and str(e.get("public_key")) == f.public_key))
+        places = [(str(e["path"]), str(e.get("user") or f.user)) for _k, e in registry.enrollments("ssh")
+                  if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key]
+        blob = _blob(f.public_key)
+        for user in dict.fromkeys([f.user, "root"]):
+            try:
+                path = str(authorized_keys_path(lookup_user(self.host, user)))
+                if blob and self.host.exists(path) and any(
+                        key_blob_in(ln) == blob for ln in self.host.read_text(path).splitlines()):
+                    places.append((path, user))
+            except (OSError, YktoolError):
+                continue  # a file yktool may not read is the touched-files check's to refuse
+        return list(dict.fromkeys(places))
 
     def check_plan(self, force: bool) -> None:
         """The whole plan's last-way-in check, before anything is done: a LUKS volume left
@@ -620,13 +631,9 @@ class Replace:
         registry = Registry.load(self.host)
         account = lookup_user(self.host, f.user)
         done = []
-        for _k, e in registry.enrollments("ssh"):
-            if e.get("role") == "authorized_keys" and str(e.get("public_key")) == f.public_key:
-                where = str(e["path"])
-                removed = revoke(self.host, PurePosixPath(where), public,
-                                 allow_empty=self.forced_empty("ssh", where, str(e.get("user") or f.user)))
-                if removed:
-                    done.append(f"out of {e['path']}")
+        for where, user in self.ssh_places(f):
+            if revoke(self.host, PurePosixPath(where), public, allow_empty=self.forced_empty("ssh", where, user)):
+                done.append(f"out of {where}")
         for _k, e in registry.enrollments("git"):
             if str(e.get("public_key", "")) != f.public_key:
                 continue

@@ -251,7 +251,8 @@ def test_keepalive_processing_while_the_authenticator_works_without_a_touch(tmp_
     keepalives: list[tuple[float, int]] = []
     got_cid, cmd, body = host.message(keepalives=keepalives)
     assert (got_cid, cmd, body[0]) == (cid, CTAPHID.CBOR, 0)
-    assert 3 <= len(keepalives) <= 5
+    # ~4 in 0.45 s at 100 ms; a loaded machine may stretch the keepalive thread's sleeps
+    assert 2 <= len(keepalives) <= 5, keepalives
     assert {status for _, status in keepalives} == {STATUS.PROCESSING}
 
 

@@ -581,10 +581,10 @@ def test_a_token_whose_flags_differ_from_how_its_secret_was_made_is_refused_and_
     a = sim_key("a", pin=TEST_PIN)
     before = read_header(Host(), str(vol.path))
     r = enroll(cli, root, a, vol, asked, "--pin-stdin", input=f"{TEST_PIN}\n", json_out=False)
-    assert r.exit_code != 0, r.output  # type: ignore[attr-defined]
-    err = r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code != 0, r.output
+    err = r.stderr
     assert "does not open" in err and "systemd-cryptsetup" in err and "removed again" in err, err
-    assert "Traceback" not in r.output  # type: ignore[attr-defined]
+    assert "Traceback" not in r.output
     after = read_header(Host(), str(vol.path))
     assert sorted(after.keyslots) == sorted(before.keyslots) and after.tokens == {}
     assert vol.opens_with(vol.passphrase)
@@ -594,7 +594,7 @@ def test_a_token_whose_flags_differ_from_how_its_secret_was_made_is_refused_and_
     # the same key enrolls fine once the token says what the secret was made with
     monkeypatch.setattr(lf, "token_json", real_token_json)
     r = enroll(cli, root, a, vol, asked, "--pin-stdin", input=f"{TEST_PIN}\n")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
 
 
 def test_the_default_backend_is_native_for_usb_keys_too(cli: CliCall, root: Path, vol: LuksImage) -> None:

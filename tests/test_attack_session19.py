@@ -475,3 +475,31 @@ def test_a_required_pam_u2f_rule_whose_authfile_holds_no_credential_locks_everyo
       + "@include common-auth\n")
     result = _sudo(hardened_root)
     assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)
+
+
+# ------------------------------------------------------------------ through yktool key reset
+@pytest.mark.parametrize("gate", ["listfile", "none"])
+def test_reset_of_the_last_key_refused_behind_a_gate_yktool_cannot_judge(scratch: Path, cli: object, gate: str) -> None:
+    # alice's only other way in is her password, behind a pam_listfile gate: the reset of her only key
+    # is refused and names the module; with Debian's common-auth and no gate it goes ahead
+    from tests.flows_support import PASSWORD_HASH, set_shadow, tree_bytes
+    from tests.test_attack_lastway import _alice_has_only, _install_stack, _reset
+    from yktool.demo import ROOT
+
+    root = scratch / ROOT
+    _alice_has_only(scratch, "primary")
+    listfile = ("auth [success=ignore default=1] pam_listfile.so item=user sense=allow file=/etc/password-users "
+                "onerr=fail\n")
+    front = listfile if gate == "listfile" else "auth optional pam_faildelay.so\nauth requisite pam_nologin.so\n"
+    _install_stack(scratch, (f"auth sufficient {U2F_RULE}\n{front}@include common-auth\n",
+                             {"common-auth": DEBIAN_COMMON_AUTH}))
+    w(root, "/etc/password-users", "bob\n")
+    set_shadow(root, alice=PASSWORD_HASH)
+    before = tree_bytes(root)
+    r = _reset(cli, scratch, "primary")  # type: ignore[arg-type]
+    if gate == "none":
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 4, r.output
+    assert "without any pam_u2f credential" in r.stderr and "pam_listfile (yktool cannot tell" in r.stderr, r.stderr
+    assert tree_bytes(root) == before

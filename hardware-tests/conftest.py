@@ -33,6 +33,7 @@ from hwgate import (
     skip_reason,
     unmet,
 )
+from hwroot import make_root, run, tool_env
 
 SIM_SKIP = "needs a real key: libfido2 and sysfs cannot see the software key"
 
@@ -228,3 +229,16 @@ def session(hw_key: Candidate, person: Person) -> Iterator[Any]:
 def yktool_cmd(hw_key: Candidate) -> list[str]:
     """argv prefix that runs this checkout's yktool against the key under test."""
     return [str(Path(sys.executable).parent / "yktool"), "--device", hw_key.spec]
+
+
+@pytest.fixture(scope="session")
+def ssh_key_root(yktool_cmd: list[str], tmp_path_factory: pytest.TempPathFactory,
+                 pytestconfig: pytest.Config) -> Path:
+    """A scratch root whose user `tester` has the SSH key `yktool ssh keygen` made on the key under
+    test: made once (one touch) for the tests that sign with it and log in with it."""
+    tmp = tmp_path_factory.mktemp("ssh-key")
+    root = make_root(tmp)
+    announce(pytestconfig, "touch the key now (yktool ssh keygen)")
+    made = run([*yktool_cmd, "--root", str(root), "ssh", "keygen", "--user", "tester"], tool_env(tmp))
+    assert made.returncode == 0, made.stderr
+    return root

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hwroot import make_root, run, tool_env
+from hwroot import run, tool_env
 
 
 def _free_port() -> int:
@@ -37,11 +37,9 @@ def _wait_listening(server: subprocess.Popen[bytes], port: int, log: Path) -> No
 @pytest.mark.real_key_only
 @pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
                     reason="needs sshd (openssh-server) to run a throwaway server on 127.0.0.1")
-def test_ssh_login_with_the_key(yktool_cmd: list[str], tmp_path: Path, touch: Any) -> None:
-    root = make_root(tmp_path)
+def test_ssh_login_with_the_key(yktool_cmd: list[str], ssh_key_root: Path, tmp_path: Path, touch: Any) -> None:
+    root = ssh_key_root
     env = tool_env(tmp_path)
-    touch(1)
-    assert run([*yktool_cmd, "--root", str(root), "ssh", "keygen", "--user", "tester"], env).returncode == 0
     authorized = run([*yktool_cmd, "--root", str(root), "ssh", "authorize", "--user", "tester"], env)
     assert authorized.returncode == 0, authorized.stderr
     keys = root / "home/tester/.ssh/authorized_keys"

@@ -22,6 +22,7 @@ from typing import Any
 from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
@@ -140,6 +141,7 @@ class Commission:
         self.state = state
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+        self.checked_under: object | None = None  # the lock hold prepare checked the host under
         self.recovery_shown = False        # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
@@ -152,9 +154,9 @@ class Commission:
         return hostname(self.host)
 
     def origin(self) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.host_facts import check_origin, default_origin
 
-        return pu.check_origin(self.a.pam_origin) if self.a.pam_origin else pu.default_origin(self.host)
+        return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
     def build_steps(self) -> list[FlowStep]:
@@ -357,10 +359,11 @@ class Commission:
     # -- PAM
     def pam_target(self) -> Any:
         from yktool import agefile
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import CENTRAL_AUTHFILE
+        from yktool.pam.register import Target, plain_target
 
         if self.a.host_kind != "nixos":
-            return pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
+            return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
         pub = self.a.age_host_key
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
@@ -372,22 +375,24 @@ class Commission:
         elif self.host.exists(private) and private != pub:
             # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
-        return pu.Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+        return Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import CENTRAL_AUTHFILE
+        from yktool.pam.register import pam_line_for, plain_target
 
-        target = pu.plain_target(self.host, self.a.user, pu.CENTRAL_AUTHFILE)
-        return pu.pam_line_for(target, self.origin(), pin=False, verification=False)
+        target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
+        return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import RegisterRequest
+        from yktool.pam.register import register as pam_register
 
-        request = pu.RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
+        request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
                                      nickname=self.a.nickname(role),
                                      age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
-        result = pu.register(self.host, self.keys.session(role), request)
+        result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
             return f"already registered for {self.a.user} (origin {result.origin})"
         return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
@@ -602,6 +607,7 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
         state.done = []  # in memory, as `begin` will write it: the summary counts what is left
     state.check_resume(host, answers.to_json())
     flow = Commission(host, answers, keys, io, state)
+    flow.checked_under = current_hold(host)
     refuse_links(host, commission_files(flow))  # a user's link: refused before any step acts
     steps = flow.build_steps()
     for role in answers.roles:
@@ -655,7 +661,18 @@ def pending(flow: Commission, steps: list[FlowStep]) -> list[FlowStep]:
 
 def execute(flow: Commission, steps: list[FlowStep],
             on_step: Callable[[Outcome], None] | None = None) -> CommissionReport:
-    """Act: run every step not yet done, in order, marking each; then record the end."""
+    """Act, under the root's lock: run every step not yet done, in order, marking each; then
+    record the end. Checked by `prepare` without the lock held now (a library caller): the
+    host's checks run again under it first."""
+    with root_lock(flow.host, f"yktool {FLOW}"):
+        if not still_held(flow.host, flow.checked_under):
+            check_host(flow.host, flow.a)
+            refuse_links(flow.host, commission_files(flow))
+        return _execute(flow, steps, on_step)
+
+
+def _execute(flow: Commission, steps: list[FlowStep],
+             on_step: Callable[[Outcome], None] | None) -> CommissionReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming

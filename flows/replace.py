@@ -39,7 +39,8 @@ from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
-from yktool.lastway import Loss, Removal, describe, losses, pam_requiring
+from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_requiring
+from yktool.lock import current_hold, root_lock, still_held
 from yktool.plan import Plan
 from yktool.ssh.keys import FLAG_USER_VERIFICATION
 
@@ -110,14 +111,16 @@ def _b64(value: object) -> bytes | None:
         return None
 
 
-AgeTarget = Callable[[str], Any]   # age file path -> yktool.pam_u2f.Target that can read and write it
+AgeTarget = Callable[[str], Any]   # age file path -> yktool.pam.register.Target that can read and write it
 
 
 def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
     """Every credential the host has enrolled that yktool can probe (no key needed here)."""
-    from yktool import pam_u2f as pu
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
+    from yktool.pam.authfile import Authfile
+    from yktool.pam.host_facts import default_origin
+    from yktool.pam.register import read_current
 
     registry = Registry.load(host)
 
@@ -128,6 +131,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
     found: list[Found] = []
     devices = list(dict.fromkeys([str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e]
                                  + list(extra_devices or [])))
+    devices += crypttab_luks(host, devices)[0]  # volumes enrolled by hand are found too
     for dev in devices:
         header = read_header(host, dev)
         for token in header.tokens_of_type("systemd-fido2"):
@@ -151,7 +155,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         if age_target is None:
             raise UsageError(f"the registry lists the agenix authfile {path}, and no way to read it was given",
                              "pass --age-host-key (the recipients) and --age-identity (a private key to decrypt)")
-        text, existed = pu.read_current(host, age_target(path))
+        text, existed = read_current(host, age_target(path))
         if existed:
             texts.append((path, text, True))
     # a resident credential reads `*` in the authfile; the registry (since it records the public
@@ -160,7 +164,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                 str(e.get("credential_id", "")) for _k, e in registry.enrollments("pam")
                 if e.get("resident") is True and "public_key" in e}
     for path, text, is_age in texts:
-        authfile = pu.Authfile.parse(text)
+        authfile = Authfile.parse(text)
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
                 cid_text = resident.get((path, user, cred.public_key), "") if cred.resident else cred.key_handle
@@ -169,7 +173,7 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                     continue  # a resident credential the registry does not know: nobody's to revoke
                 if not cred.resident:
                     cid_text = base64.b64encode(raw).decode()
-                origin = origins.get(cid_text) or pu.default_origin(host)
+                origin = origins.get(cid_text) or default_origin(host)
                 found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age,
                                    pam_options=cred.options,
                                    resident_key=cred.public_key if cred.resident else ""))
@@ -219,7 +223,7 @@ def age_target_for(host: Host, answers: ReplaceAnswers) -> AgeTarget:
 
     def target(age_file: str) -> Any:
         from yktool import agefile
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import Target
 
         pubs = answers.age_host_keys or ["/etc/ssh/ssh_host_ed25519_key.pub"]
         recipients = []
@@ -231,7 +235,7 @@ def age_target_for(host: Host, answers: ReplaceAnswers) -> AgeTarget:
         elif host.exists(pubs[0].removesuffix(".pub")):
             private = pubs[0].removesuffix(".pub")
             identity = agefile.parse_identities(host.read_bytes(private), source=private)
-        return pu.Target(age_file=Path(age_file), recipients=recipients, identity=identity)
+        return Target(age_file=Path(age_file), recipients=recipients, identity=identity)
 
     return target
 
@@ -340,6 +344,8 @@ class Replace:
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.lost_names = list(answers.lost)
         self.forced: list[Loss] = []   # what --force lets go (checked whole in check_plan)
+        self.force = False
+        self.checked_under: object | None = None  # the lock hold the plan was checked under
         self.now = datetime.datetime.now(datetime.UTC)
 
     def lost(self, area: str) -> list[Found]:
@@ -466,21 +472,22 @@ class Replace:
         return f"{key.public.fingerprint} in {path}, authorized in {target}" + (", git signing" if git else "")
 
     def pam_target(self, path: str, user: str) -> Any:
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import plain_target
 
         if any(f.age and f.where == path for f in self.found):
             return age_target_for(self.host, self.a)(path)
-        return pu.plain_target(self.host, user, path)
+        return plain_target(self.host, user, path)
 
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import RegisterRequest
+        from yktool.pam.register import register as pam_register
 
         # the lost credential's checks carry over (+pin, +verification): the replacement is never weaker
         options = "".join(f.pam_options for f in self.lost("pam") if f.where == path and f.user == user)
-        request = pu.RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
+        request = RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
                                      nickname=self.a.new_nickname, pin="+pin" in options,
                                      verification="+verification" in options)
-        result = pu.register(self.host, self.keys.session("new"), request)
+        result = pam_register(self.host, self.keys.session("new"), request)
         if result.already_registered:
             return f"already registered for {user}"
         return f"registered for {user} in {path} (origin {origin}), proven with an assertion"
@@ -541,13 +548,14 @@ class Replace:
 
     def _pam_line(self, path: str, user: str) -> tuple[Any, Any, Any, list[Any], set[bytes]]:
         """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import Authfile
+        from yktool.pam.register import read_current
 
         mine = [f for f in self.lost("pam") if f.where == path and f.user == user]
         lost_ids = {f.credential_id for f in mine if not f.resident_key}
         lost_resident = {f.resident_key for f in mine if f.resident_key}
         target = self.pam_target(path, user)
-        authfile = pu.Authfile.parse(pu.read_current(self.host, target)[0])
+        authfile = Authfile.parse(read_current(self.host, target)[0])
         line = authfile.effective_line(user)
         keep = [c for c in line.credentials if c.credential_id not in lost_ids
                 and not (c.resident and c.public_key in lost_resident)] if line is not None else []
@@ -555,7 +563,7 @@ class Replace:
 
     def removal(self) -> Removal:
         """Everything the run takes away, and where the new key is enrolled (and proven) first."""
-        from yktool import pam_u2f as pu
+        from yktool.pam.register import read_current
 
         out = Removal()
         for f in self.lost("luks"):
@@ -566,7 +574,7 @@ class Replace:
             else:
                 out.add_pam(f.where, f.user, f.credential_id)
             if f.age and f.where not in out.pam_texts:
-                out.pam_texts[f.where] = pu.read_current(self.host, self.pam_target(f.where, f.user))[0]
+                out.pam_texts[f.where] = read_current(self.host, self.pam_target(f.where, f.user))[0]
             if self.has_new:
                 out.replaced_pam.add((f.where, f.user))
         for f in self.lost("ssh"):
@@ -633,7 +641,8 @@ class Replace:
         return not required
 
     def revoke_pam(self, path: str, user: str) -> str:
-        from yktool import pam_u2f as pu
+        from yktool.pam.authfile import Authfile, AuthLine
+        from yktool.pam.register import read_current, write_target
 
         target, authfile, line, keep, lost_ids = self._pam_line(path, user)
         if line is None:
@@ -642,7 +651,7 @@ class Replace:
             return "already gone"
         if keep:
             text = line.text.split(":", 1)[0] + ":" + ":".join(c.raw or c.render() for c in keep)
-            lines = [pu.AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
+            lines = [AuthLine(ln.lineno, text, ln.eol) if ln is line else ln for ln in authfile.lines]
         elif self._may_empty(path, user):
             # the plan allowed it (PAM does not require pam_u2f here, or --force): the user's lines
             # go whole (an earlier line would otherwise become the one pam_u2f reads)
@@ -651,8 +660,8 @@ class Replace:
             raise Refused(f"dropping the lost key's credential would leave {user} without any pam_u2f key in {path}",
                           "enroll the replacement first (run replace with --new-device)")
         new_text = "".join(ln.raw for ln in lines)
-        pu.write_target(self.host, target, new_text)   # an age file is encrypted again, whole
-        back = pu.Authfile.parse(pu.read_current(self.host, target)[0])
+        write_target(self.host, target, new_text)   # an age file is encrypted again, whole
+        back = Authfile.parse(read_current(self.host, target)[0])
         gone = {c.public_key for c in line.credentials if c not in keep}
         if back.malformed or any(c.credential_id in lost_ids or (c.resident and c.public_key in gone)
                                  for c in back.credentials_of(user)):
@@ -869,6 +878,10 @@ def kept_notes(host: Host, found: list[Found], lost_names: list[str]) -> list[st
     for f in found:
         if f.owner == "unregistered" and not f.lost:
             notes.append(f"{f.describe()}: not in the registry, kept (yktool cannot tell which key made it)")
+    registered = [str(e["device"]) for _k, e in Registry.load(host).enrollments("luks") if "device" in e]
+    for device, why in crypttab_luks(host, registered)[1].items():
+        notes.append(f"{device}: not checked — {why}; the lost key may still open it (check it by hand: "
+                     "systemd-cryptenroll DEVICE)")
     return notes
 
 
@@ -879,6 +892,7 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
     if state.finished:
         state = FlowState(FLOW)  # a finished replace is history; a new loss is a new run
     flow = Replace(host, answers, keys, io, state, found, has_new)
+    flow.force, flow.checked_under = force, current_hold(host)
     flow.check_plan(force)
     steps = flow.build_steps()
     plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
@@ -890,6 +904,20 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
 
 
 def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None) -> ReplaceReport:
+    """Act, under the root's lock. A plan not checked under the lock held now (a library caller
+    that called `prepare` without it) is checked again first: another run may have changed the
+    host since, and what --force let go must still be all that goes."""
+    with root_lock(flow.host, f"yktool {FLOW}"):
+        if not still_held(flow.host, flow.checked_under):
+            confirmed = [x.to_json() for x in flow.forced]
+            flow.check_plan(flow.force)
+            if [x.to_json() for x in flow.forced] != confirmed:
+                raise Refused("the host changed since the plan was checked: it would now lock out "
+                              f"{describe(flow.forced)}; nothing was changed", "prepare the plan again")
+        return _execute(flow, steps, on_step)
+
+
+def _execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> ReplaceReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.a.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)

@@ -86,8 +86,8 @@ def replace_files(flow: Replace) -> Iterator[str | PurePosixPath]:
 def commission_files(flow: Commission) -> Iterator[str | PurePosixPath]:
     """What a commission run reads or writes inside the root: the SSH key files, authorized_keys,
     allowed_signers and ~/.gitconfig of the user, the authfile, the registry and rules."""
-    from yktool import pam_u2f as pu
     from yktool.authorized_keys import authorized_keys_path
+    from yktool.pam.authfile import CENTRAL_AUTHFILE
     from yktool.ssh.enroll import pub_path
 
     from .commission import key_path
@@ -103,4 +103,4 @@ def commission_files(flow: Commission) -> Iterator[str | PurePosixPath]:
     if account is not None and "git" in a.steps:
         yield from (account.home / ".ssh" / "allowed_signers", account.home / ".gitconfig")
     if "pam" in a.steps and a.host_kind != "nixos":
-        yield pu.CENTRAL_AUTHFILE
+        yield CENTRAL_AUTHFILE

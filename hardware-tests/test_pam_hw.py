@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from yktool import pam_u2f as pu
 from yktool.fido.session import KeySession
 from yktool.host import Host
+from yktool.pam.authfile import CENTRAL_AUTHFILE
+from yktool.pam.register import RegisterRequest, plain_target
+from yktool.pam.register import register as pam_register
 
 ORIGIN = "pam://yktool-hw-test"
 
@@ -42,8 +44,8 @@ def test_real_pam_u2f_with_the_real_key(session: KeySession, tmp_path: Path, tou
     (root / "etc").mkdir(parents=True)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     host = Host(root)
-    target = pu.plain_target(host, "root", pu.CENTRAL_AUTHFILE)
-    result = pu.register(host, session, pu.RegisterRequest(user="root", origin=ORIGIN, target=target))
+    target = plain_target(host, "root", CENTRAL_AUTHFILE)
+    result = pam_register(host, session, RegisterRequest(user="root", origin=ORIGIN, target=target))
     assert result.changed
     authfile = root / "etc/u2f_mappings"
     before = _pam_d_digest()

@@ -31,6 +31,19 @@ def demo_pin(scratch: Path) -> str:
     return (scratch / KEYS / PIN_FILE).read_text()
 
 
+# sha512-crypt of "sesame" (openssl passwd -6 -salt abcdefgh sesame): a test password, no secret
+PASSWORD = "sesame"
+PASSWORD_HASH = "$6$abcdefgh$Bk2D4uYVcw0FbFPsWa0iJZ1DNfy8v6OjKcRcuBfMkWD1KdADPVnmQf5cr0O8HfAYpq1XrrjdgIRINkwgSKJ8/1"
+
+
+def set_shadow(root: Path, **hashes: str) -> None:
+    """Write the root's /etc/shadow (mode 0640) with these users' stored passwords (the demo root
+    has none: without it pam_unix lets nobody in, and the last-way-in check says so)."""
+    shadow = root / "etc/shadow"
+    shadow.write_text("".join(f"{user}:{h}:19000:0:99999:7:::\n" for user, h in {"root": "*", **hashes}.items()))
+    shadow.chmod(0o640)
+
+
 def root_host(scratch: Path) -> Host:
     return Host(scratch / ROOT)
 
@@ -64,13 +77,13 @@ def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
 
 def authfile_whole(scratch: Path) -> bool:
     """The pam_u2f authfile, if there, parses with no malformed line and ends with a newline."""
-    from yktool import pam_u2f as pu
+    from yktool.pam.authfile import Authfile
 
     path = scratch / ROOT / "etc/u2f_mappings"
     if not path.exists():
         return True
     text = path.read_text()
-    return text.endswith("\n") and not pu.Authfile.parse(text).malformed
+    return text.endswith("\n") and not Authfile.parse(text).malformed
 
 
 def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) -> subprocess.CompletedProcess[bytes]:
@@ -98,8 +111,8 @@ def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") ->
     """
     assert _pam_real_available(), "the real pam_u2f check needs root, pamtester, unshare and pam_u2f.so"
     from tests.pamdriver import authenticate
-    from yktool import pam_u2f as pu
     from yktool.fido.session import NotThisKey, open_session
+    from yktool.pam.proof import manual_answers
 
     text = (scratch / ROOT / "etc/u2f_mappings").read_text()
     authfile = tmp / "u2f_mappings"
@@ -109,7 +122,7 @@ def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") ->
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(key_spec) as session:
             try:
-                return pu.manual_answers(session, origin, challenge, kh)
+                return manual_answers(session, origin, challenge, kh)
             except NotThisKey:
                 return None
 

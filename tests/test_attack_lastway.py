@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import CliCall, CliResult
 from tests.flows_support import spec, tree_bytes
 from tests.pamdriver import pam_d_digest
-from yktool import pam_u2f as pu
 from yktool.demo import ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.pam.authfile import Authfile
 
 AUTHFILE = "etc/u2f_mappings"
 U2F = "pam_u2f.so authfile=/etc/u2f_mappings cue"
@@ -51,7 +51,7 @@ def _alice_has_only(scratch: Path, keep: str) -> None:
     path = scratch / ROOT / AUTHFILE
     cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("pam")
                if k.nickname == keep)
-    creds = pu.Authfile.parse(path.read_text()).credentials_of("alice")
+    creds = Authfile.parse(path.read_text()).credentials_of("alice")
     path.write_text("alice:" + next(c.raw for c in creds if c.key_handle == cid) + "\n")
 
 
@@ -159,8 +159,8 @@ def test_passes_without_agrees_with_the_real_libpam(tmp_path: Path) -> None:
     """yktool's reading of "can the user get through without a pam_u2f credential" against the
     real libpam (pamtester, private mount namespace) on generated stacks of pam_u2f (no line for
     the user: AUTH_ERR), pam_deny and pam_permit under simple and bracketed controls."""
-    from yktool import pam_config
     from yktool.lastway import passes_without
+    from yktool.pam import stack as pam_stack
 
     disagree = []
     stacks = _generated_stacks(30)
@@ -173,7 +173,7 @@ def test_passes_without_agrees_with_the_real_libpam(tmp_path: Path) -> None:
         (root / "etc/pam.d/yktest").write_text(stack[0])
         for name, text in stack[1].items():
             (root / "etc/pam.d" / name).write_text(text)
-        service = pam_config.parse_service(Host(root), "yktest")
+        service = pam_stack.parse_service(Host(root), "yktest")
         ours = passes_without(service, lambda ln: ln.module_name == "pam_u2f")
         if ours != real:
             disagree.append((stack, real, ours))

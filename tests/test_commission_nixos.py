@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import CliCall
 from tests.flows_support import ORIGIN
-from yktool import pam_u2f as pu
 from yktool.demo import build_root
 from yktool.host import Host
+from yktool.pam.authfile import Authfile
 
 pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="needs age")
 
@@ -44,7 +44,7 @@ def test_nixos_commission_writes_the_agenix_secret_and_prints_nix(tmp_path: Path
     # the host decrypts its authfile with the real age: alice's line holds both keys
     plain = subprocess.run(["age", "-d", "-i", str(root / "etc/ssh/ssh_host_ed25519_key"), str(age_file)],
                            capture_output=True, check=True).stdout.decode()
-    assert len(pu.Authfile.parse(plain).credentials_of("alice")) == 2
+    assert len(Authfile.parse(plain).credentials_of("alice")) == 2
     # /etc untouched apart from the registry and the flow's state (NixOS generates it)
     etc_after = sorted(str(p.relative_to(root)) for p in (root / "etc").rglob("*"))
     assert [p for p in etc_after if p not in etc_before and not p.startswith("etc/yktool")] == []

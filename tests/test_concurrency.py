@@ -23,7 +23,7 @@ from tests.fixtures.roots import FixtureRoot, fido2_token, import_token
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
-from yktool.pam_u2f import Authfile
+from yktool.pam.authfile import Authfile
 
 PASSWD = ("root:x:0:0:root:/root:/bin/bash\n"
           "alice:x:1000:1000::/home/alice:/bin/bash\n")
@@ -204,7 +204,7 @@ def test_two_pam_registers_at_once_keep_both_credentials(root: Path, tmp_path: P
         tmp_path,
         (["--root", root, "--device", a, "pam", "register", "--user", "alice", "--nickname", "primary"], None),
         (["--root", root, "--device", b, "pam", "register", "--user", "alice", "--nickname", "backup"], None),
-        delay="yktool.pam_u2f:write_target=0.6")
+        delay="yktool.pam.register:write_target=0.6")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     on_line, recorded = _pam_credentials(root)
     assert len(on_line) == 2 and on_line == recorded
@@ -218,7 +218,7 @@ def test_a_second_run_waits_then_refuses_naming_the_holder(root: Path, tmp_path:
     make_world(root)
     mark = tmp_path / "held"
     holder = rs.start(["--root", root, "--device", sim_key("a"), "pam", "register", "--user", "alice"],
-                      env={"YKTEST_PAUSE": "yktool.pam_u2f:write_target:before", "YKTEST_MARK": str(mark)})
+                      env={"YKTEST_PAUSE": "yktool.pam.register:write_target:before", "YKTEST_MARK": str(mark)})
     try:
         while not mark.exists():
             assert holder.poll() is None, rs.finish(holder).output

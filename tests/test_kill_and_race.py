@@ -31,7 +31,7 @@ from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
 from yktool.luks.tokens import Fido2Token
-from yktool.pam_u2f import Authfile
+from yktool.pam.authfile import Authfile
 
 pytestmark = pytest.mark.slow
 

@@ -23,11 +23,11 @@ import pytest
 
 from tests.conftest import CliCall
 from tests.flows_support import EMAIL, ORIGIN, copy_scratch, demo_pin, fresh_setup, spec
-from yktool import pam_u2f as pu
 from yktool.demo import IMAGE, KEYS, PASSPHRASE, PIN_FILE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
+from yktool.pam.authfile import Authfile
 
 pytestmark = pytest.mark.skipif(shutil.which("age") is None or shutil.which("nix-instantiate") is None,
                                 reason="needs age and nix-instantiate (scripts/setup installs both)")
@@ -226,7 +226,7 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     import base64
 
     on_line = {base64.b64encode(c.credential_id or b"").decode()
-               for c in pu.Authfile.parse(plain).credentials_of("alice")}
+               for c in Authfile.parse(plain).credentials_of("alice")}
     assert on_line == registry_ids and len(on_line) == 2
 
 
@@ -301,7 +301,7 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     assert _decrypt(root, age_file) == _decrypt(root, scratch / "flake-src/yubikey-auth.age")
     import base64
 
-    lines = pu.Authfile.parse(_decrypt(root, age_file).decode()).credentials_of("alice")
+    lines = Authfile.parse(_decrypt(root, age_file).decode()).credentials_of("alice")
     assert {base64.b64encode(c.credential_id or b"").decode() for c in lines} == \
         {str(e["credential_id"]) for _k, e in Registry.load(host).enrollments("pam")}
     from yktool import agefile

@@ -6,7 +6,7 @@ bad types, missing modules and files, `-auth`, continuation lines and comments â
 whose result is fixed: pam_permit, pam_deny, pam_u2f with no key to answer (no authfile, an
 empty one, one with a credential and no device, `nouserok`) and a module that does not exist.
 What each module returns is measured once through pamtester (`auth required MODULE`); then for
-every stack, pam_config's parse plus pam_dispatch's run must give the very result pamtester
+every stack, yktool.pam.stack's parse plus yktool.pam.dispatch's run must give the very result pamtester
 reports (success, or the same error). The machine's /etc/pam.d is never touched (checked).
 """
 
@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from tests.fixtures.differential import report_cases
 from tests.pam_real_ns import PamNamespace
 from tests.pamdriver import pam_d_digest
-from yktool import pam_dispatch
 from yktool.host import Host
-from yktool.pam_config import PamLine, parse_service
+from yktool.pam import dispatch as pam_dispatch
+from yktool.pam.stack import PamLine, parse_service
 
 CASES = int(os.environ.get("YKTOOL_PAM_CASES", "300"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

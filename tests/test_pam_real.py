@@ -8,7 +8,9 @@ KeySession.get_assertion with pam_u2f's clientDataHash (the raw challenge). The 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -17,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.pamdriver import Answer, authenticate, pam_d_digest, run_stack
-from yktool import pam_u2f as pu
 from yktool.fido.session import NotThisKey, open_session
+from yktool.pam.authfile import Authfile
+from yktool.pam.proof import manual_answers
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("pamtester") is None or shutil.which("unshare") is None
@@ -33,7 +36,7 @@ def key_answer(spec: str) -> Answer:
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(spec) as session:
             try:
-                return pu.manual_answers(session, origin, challenge, kh)
+                return manual_answers(session, origin, challenge, kh)
             except NotThisKey:
                 return None
     return answer
@@ -46,7 +49,7 @@ def impostor_answer(spec: str) -> Answer:
 
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(spec) as session:
-            return pu.manual_answers(session, origin, challenge, base64.b64encode(own).decode())
+            return manual_answers(session, origin, challenge, base64.b64encode(own).decode())
     return answer
 
 
@@ -78,7 +81,7 @@ def test_real_pam_u2f_accepts_primary_and_backup_refuses_unknown(
     register(primary)
     register(backup)
     authfile = pam_root / "etc/u2f_mappings"
-    line = pu.Authfile.parse(authfile.read_text()).effective_line("root")
+    line = Authfile.parse(authfile.read_text()).effective_line("root")
     assert line is not None and len(line.credentials) == 2
 
     ok1 = authenticate(tmp_path, authfile, ORIGIN, key_answer(primary))
@@ -137,7 +140,7 @@ def test_age_file_decrypts_with_real_age_and_authenticates(
     assert r2.exit_code == 0, r2.output  # type: ignore[attr-defined]
     plain = subprocess.run(["age", "-d", "-i", str(ssh_dir / "ssh_host_ed25519_key"), str(age_file)],
                            check=True, capture_output=True).stdout
-    parsed = pu.Authfile.parse(plain.decode())
+    parsed = Authfile.parse(plain.decode())
     assert parsed.users() == ["root"] and len(parsed.credentials_of("root")) == 2
     decrypted = tmp_path / "decrypted"
     decrypted.write_bytes(plain)
@@ -154,7 +157,7 @@ def test_resident_credential_line_is_accepted(tmp_path: Path, pam_root: Path,
     res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
               "--resident", input="4321\n")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    line = pu.Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
+    line = Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
     assert line is not None and line.credentials[0].key_handle == "*"
     run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
     assert run.authenticated, run.stderr[-2000:]
@@ -164,7 +167,6 @@ def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
                                            sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
     """Why yktool refuses eddsa on Debian 12: this machine's pam_u2f (1.1.0) cannot verify it.
     With an unknown version yktool warns and writes; the real module then refuses the key."""
-    import re
     status = Path("/var/lib/dpkg/status").read_text()
     m = re.search(r"Package: libpam-u2f\nStatus: [^\n]*installed\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", status)
     if m is None or (int(m[1]), int(m[2])) >= (1, 2):
@@ -191,8 +193,6 @@ def test_nouserok_skips_the_key_and_check_flags_it(tmp_path: Path, pam_root: Pat
     """Why `verify` fails and `pam check` flags nouserok: the real pam_u2f lets a user through a
     `required` rule with no key at all when it finds no authfile; on a pam-u2f that may predate
     the CVE-2025-23013 fix a `sufficient` rule with nouserok is an error (no password either)."""
-    import json
-
     before = pam_d_digest()
     rule = f"auth required pam_u2f.so authfile={tmp_path}/absent origin={ORIGIN} cue nouserok\n"
     permit = "auth required pam_permit.so\n"

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from yktool import pam_u2f as pu
 from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.pam.authfile import Authfile
+from yktool.pam.host_facts import home_encryption, installed_version, read_users
 
 CliCall = Callable[..., "object"]
 ORIGIN = "pam://ws1"
@@ -48,7 +50,7 @@ def legacy_line(user: str) -> str:
 def test_parse_round_trips_bytes_and_reports_malformed() -> None:
     text = ("alice:AAAA,BBBB,es256,+presence\r\n\n  \n" + legacy_line("bob") + "\n"
             "carol:notbase64!,x,es256,+presence\n" + "dave\n" + "erin:" + "A" * 8)
-    af = pu.Authfile.parse(text)
+    af = Authfile.parse(text)
     assert af.render() == text
     bad = {ln.lineno: ln.error for ln in af.malformed}
     assert set(bad) == {1, 5, 6, 7}    # short es256 key, bad base64, no credential, no key
@@ -82,7 +84,7 @@ def test_merge_changes_only_the_target_line(sim_key: Callable[..., str], cli: Cl
     changed = [i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=True)) if a != b]
     assert changed == [4]
     assert new_lines[4].startswith(alice_line + ":")
-    assert len(pu.Authfile.parse(after).credentials_of("alice")) == 2
+    assert len(Authfile.parse(after).credentials_of("alice")) == 2
     assert "line 1" in res.stderr  # type: ignore[attr-defined]   # the malformed line is reported
     assert (root / "var/backups/yktool/etc").is_dir()
     assert oct(path.stat().st_mode & 0o777) == "0o644"
@@ -120,12 +122,11 @@ def test_user_file_mode_and_owner(sim_key: Callable[..., str], cli: CliCall, roo
     assert data["origin"] == ORIGIN and data["nickname"] == "yk5"
     assert "single key" in " ".join(data["warnings"])
     # recorded in the key registry
-    from yktool.inventory import Registry
     reg = Registry.load(Host(root))
     (key, entry), = reg.enrollments("pam")
     assert key.nickname == "yk5" and entry["user"] == "alice" and entry["origin"] == ORIGIN
     cid = entry["credential_id"]
-    assert pu.Authfile.parse(f.read_text()).credentials_of("alice")[0].key_handle == cid
+    assert Authfile.parse(f.read_text()).credentials_of("alice")[0].key_handle == cid
 
 
 def test_origin_option_and_text_output(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
@@ -260,7 +261,7 @@ def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: Callable[..., str], r
         now = path.read_bytes()
         if now != old:  # then it is the old file plus exactly one whole credential for root
             seen_new = True
-            before, after = pu.Authfile.parse(old.decode()), pu.Authfile.parse(now.decode())
+            before, after = Authfile.parse(old.decode()), Authfile.parse(now.decode())
             assert not after.malformed, now
             assert after.credentials_of("bob") == before.credentials_of("bob")
             assert len(after.credentials_of("root")) == len(before.credentials_of("root")) + 1, now
@@ -269,7 +270,7 @@ def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: Callable[..., str], r
                            sim_key("last"), "pam", "register", "--user", "root"], env=env,
                           capture_output=True)
     assert done.returncode == 0, done.stderr
-    assert not pu.Authfile.parse(path.read_text()).malformed
+    assert not Authfile.parse(path.read_text()).malformed
     print("kill -9 runs that had already written:", seen_new)
 
 
@@ -317,8 +318,8 @@ def test_kill_9_in_the_middle_of_the_write_leaves_the_old_authfile(
                            sim_key("a"), "pam", "register", "--user", "root"], env=env,
                           capture_output=True)
     assert done.returncode == 0, done.stderr
-    after = pu.Authfile.parse(path.read_text())
-    assert after.credentials_of("bob") == pu.Authfile.parse(old.decode()).credentials_of("bob")
+    after = Authfile.parse(path.read_text())
+    assert after.credentials_of("bob") == Authfile.parse(old.decode()).credentials_of("bob")
     assert len(after.credentials_of("root")) == 1 and not after.malformed
 
 
@@ -384,8 +385,8 @@ def test_installed_version(root: Path, version: str | None, expect: object) -> N
         (root / "var/lib/dpkg/status").write_text(
             f"Package: other\nVersion: 9.9.9\n\nPackage: libpam-u2f\nStatus: install ok installed\n"
             f"Version: {version}\n")
-    assert pu.installed_version(Host(root))[0] == expect
-    assert pu.installed_version(Host(root), ["/nix/store/x-pam_u2f-1.3.2/lib/security/pam_u2f.so"])[0] == (1, 3, 2)
+    assert installed_version(Host(root))[0] == expect
+    assert installed_version(Host(root), ["/nix/store/x-pam_u2f-1.3.2/lib/security/pam_u2f.so"])[0] == (1, 3, 2)
 
 
 def test_nixos_plain_etc_target_refused(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
@@ -434,7 +435,7 @@ def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: 
     for n in ("h1", "h2"):
         out = subprocess.run(["age", "-d", "-i", str(tmp_path / n), str(age_file)], check=True,
                              capture_output=True).stdout
-        assert len(pu.Authfile.parse(out.decode()).credentials_of("root")) == 2
+        assert len(Authfile.parse(out.decode()).credentials_of("root")) == 2
 
 
 @pytest.mark.parametrize("marker,expect", [
@@ -451,8 +452,8 @@ def test_home_encryption_detection(root: Path, marker: str | None, expect: str |
     if marker:
         (root / marker).parent.mkdir(parents=True, exist_ok=True)
         (root / marker).write_text("")
-    users = pu.read_users(Host(root))
-    found = pu.home_encryption(Host(root), users["alice"])
+    users = read_users(Host(root))
+    found = home_encryption(Host(root), users["alice"])
     assert (found or "").startswith(expect or "") and (found is None) == (expect is None)
 
 
@@ -529,7 +530,6 @@ def test_registry_names_each_physical_key_once(sim_key: Callable[..., str], cli:
     for spec, user in ((a, "alice"), (b, "alice"), (a, "root")):
         assert cli("--root", root, "--device", spec, "pam", "register", "--user",
                    user).exit_code == 0  # type: ignore[attr-defined]
-    from yktool.inventory import Registry
     reg = Registry.load(Host(root))
     names = {k.nickname: sorted(str(e["user"]) for e in k.enrollments) for k in reg.keys}
     assert names == {"primary": ["alice", "root"], "backup-1": ["alice"]}

@@ -115,9 +115,10 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
 
 def test_with_only_the_lost_key_enrolled_replace_refuses(scratch: Path, cli: CliCall) -> None:
     # a host where only A was ever enrolled: drop B's enrollments by commissioning afresh without backup
+    # (and no disk: the demo image in /etc/crypttab holds B's token, which replace would find)
     root = scratch / ROOT
     for p in ("etc/u2f_mappings", "etc/yktool/keys.toml", "var/lib/yktool/commission.json",
-              "home/alice/.ssh/authorized_keys"):
+              "home/alice/.ssh/authorized_keys", "etc/crypttab"):
         (root / p).unlink()
     r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
             "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pam-origin", ORIGIN,
@@ -286,20 +287,20 @@ def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scr
 
 
 def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: Path, cli: CliCall) -> None:
-    from yktool import pam_u2f as pu
+    from yktool.pam.authfile import Authfile
 
     root = scratch / ROOT
     authfile = root / "etc/u2f_mappings"
     a_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
                  if k.nickname == "primary")
-    parsed = pu.Authfile.parse(authfile.read_text())
+    parsed = Authfile.parse(authfile.read_text())
     a_cred = next(c for c in parsed.credentials_of("alice") if c.key_handle == a_cid)
     assert a_cred.options == "+presence"
     authfile.write_text(authfile.read_text().replace(a_cred.raw, a_cred.raw.replace("+presence", "+presence+pin")))
     (scratch / KEYS / "primary.json").unlink()  # key A (whose line asks for its PIN) is lost
     r = _replace(cli, scratch)
     assert r.exit_code == 0, r.output
-    creds = pu.Authfile.parse(authfile.read_text()).credentials_of("alice")
+    creds = Authfile.parse(authfile.read_text()).credentials_of("alice")
     c_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
                  if k.nickname == "primary-2")
     assert {c.key_handle: c.options for c in creds}[c_cid] == "+presence+pin"
@@ -309,15 +310,15 @@ def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: P
 def test_revoke_only_refuses_up_front_when_a_pam_line_would_be_left_empty(scratch: Path, cli: CliCall) -> None:
     """No --new-device and the kept key is not on alice's pam_u2f line: refused before the LUKS
     slot or anything else is touched (the pam step used to refuse half-way)."""
-    from yktool import pam_u2f as pu
+    from yktool.pam.authfile import Authfile
 
     root = scratch / ROOT
     authfile = root / "etc/u2f_mappings"
     b_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
                  if k.nickname == "backup")
-    b_cred = next(c for c in pu.Authfile.parse(authfile.read_text()).credentials_of("alice") if c.key_handle == b_cid)
+    b_cred = next(c for c in Authfile.parse(authfile.read_text()).credentials_of("alice") if c.key_handle == b_cid)
     authfile.write_text(authfile.read_text().replace(":" + b_cred.raw, ""))
-    assert len(pu.Authfile.parse(authfile.read_text()).credentials_of("alice")) == 1
+    assert len(Authfile.parse(authfile.read_text()).credentials_of("alice")) == 1
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     before = tree_bytes(root)
     r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",

@@ -19,19 +19,21 @@ import pytest
 from tests.conftest import CliCall, CliResult
 from tests.flows_support import (
     ORIGIN,
+    PASSWORD_HASH,
     authfile_whole,
     demo_pin,
     key_opens_image,
     pam_accepts,
     passphrase_opens,
+    set_shadow,
     spec,
     tree_bytes,
 )
-from yktool import pam_u2f as pu
 from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.luks.header import read_header
+from yktool.pam.authfile import Authfile
 
 AUTHFILE = "etc/u2f_mappings"
 AUTHORIZED = "home/alice/.ssh/authorized_keys"
@@ -127,7 +129,7 @@ def test_two_users_only_the_lost_keys_user_changes(scratch: Path, cli: CliCall, 
         ("bob1", "not plugged in: kept"), ("bob2", "not plugged in: kept")}
 
     assert line_of(scratch, "bob") == bob_line
-    alice = {c.key_handle for c in pu.Authfile.parse((scratch / ROOT / AUTHFILE).read_text()).credentials_of("alice")}
+    alice = {c.key_handle for c in Authfile.parse((scratch / ROOT / AUTHFILE).read_text()).credentials_of("alice")}
     assert alice == {credential_of(scratch, "backup"), credential_of(scratch, "primary-2")}
     assert primary_cid not in (scratch / ROOT / AUTHFILE).read_text()
     assert sorted(k.nickname for k in Registry.load(Host(scratch / ROOT)).keys) == [
@@ -266,7 +268,7 @@ def _alice_has_only(scratch: Path, keep: str) -> None:
     """alice's pam_u2f line holds `keep`'s credential alone."""
     path = scratch / ROOT / AUTHFILE
     cid = credential_of(scratch, keep)
-    creds = pu.Authfile.parse(path.read_text()).credentials_of("alice")
+    creds = Authfile.parse(path.read_text()).credentials_of("alice")
     path.write_text("alice:" + next(c.raw for c in creds if c.key_handle == cid) + "\n")
 
 
@@ -301,6 +303,7 @@ def test_reset_of_a_users_only_pam_credential_is_refused(scratch: Path, cli: Cli
 def test_reset_refused_only_where_pam_requires_the_key(scratch: Path, cli: CliCall, control: str | None,
                                                        refused: bool) -> None:
     _alice_has_only(scratch, "primary")
+    set_shadow(scratch / ROOT, alice=PASSWORD_HASH)  # alice's password: the other way in
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         if control is None:
@@ -380,6 +383,7 @@ def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path,
 
 def test_revoke_only_drops_a_last_pam_credential_where_pam_does_not_require_it(scratch: Path, cli: CliCall) -> None:
     _alice_has_only(scratch, "primary")
+    set_shadow(scratch / ROOT, alice=PASSWORD_HASH)  # alice's password: the other way in
     for service in ("sudo", "login"):
         path = scratch / ROOT / "etc/pam.d" / service
         path.write_text(path.read_text().replace("auth       required   pam_u2f.so", "auth sufficient pam_u2f.so"))
@@ -410,7 +414,7 @@ def test_the_lost_keys_resident_pam_credential_is_revoked_and_a_kept_ones_stays(
     lose(scratch, "primary")
     r = replace(cli, scratch, "--lost", "primary", flags=("--yes", "--json"))
     assert r.exit_code == 0, r.output
-    creds = pu.Authfile.parse((root / AUTHFILE).read_text()).credentials_of("carol")
+    creds = Authfile.parse((root / AUTHFILE).read_text()).credentials_of("carol")
     assert {c.public_key for c in creds if c.resident} == {keys["backup"]}
     new = {str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
            if k.nickname == "primary-2" and e.get("user") == "carol"}

@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import CliCall
 from tests.flows_support import ORIGIN
-from yktool import pam_u2f as pu
 from yktool.demo import build_root
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.pam.authfile import Authfile
 
 pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="needs age")
 
@@ -42,7 +42,7 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     def creds() -> list[str]:
         plain = subprocess.run(["age", "-d", "-i", str(hostkey), str(age_file)], capture_output=True,
                                check=True).stdout.decode()
-        return [c.key_handle for c in pu.Authfile.parse(plain).credentials_of("alice")]
+        return [c.key_handle for c in Authfile.parse(plain).credentials_of("alice")]
 
     before = creds()
     reg = Registry.load(host)

@@ -78,6 +78,111 @@ def parse_line(line: str) -> AuthorizedLine | None:
     return AuthorizedLine(first, key_type, blob, comment.strip())
 
 
+# sshd's key options (auth-options.c, OpenSSH 9.2): flags with a `no-` form, flags without, and
+# options that take a quoted value; anything else makes sshd skip the line ("bad options")
+_FLAGS_NEGATABLE = ("port-forwarding", "agent-forwarding", "x11-forwarding", "touch-required", "verify-required",
+                    "pty", "user-rc")
+_FLAGS = ("restrict", "cert-authority")
+_VALUED = ("command", "principals", "from", "expiry-time", "environment", "permitopen", "permitlisten", "tunnel")
+
+
+@dataclass
+class KeyOptions:
+    """A key line's options as sshd reads them (`error`: sshd refuses the line for them)."""
+
+    flags: set[str]
+    values: dict[str, list[str]]
+    error: str = ""
+
+
+def parse_options(text: str) -> KeyOptions:
+    """sshauthopt_parse: comma-separated, names matched without case and as prefixes,
+    `name="value"` with `\\"` for a quote, the field ending at the first unquoted blank; what
+    follows a name must be a comma or the end (so an empty option passes, an unknown name does not)."""
+    opts = KeyOptions(set(), {})
+    i, n = 0, len(text)
+    while i < n and text[i] not in " \t":
+        low = text[i:].lower()
+        name = next((f"no-{f}" for f in _FLAGS_NEGATABLE if low.startswith(f"no-{f}")), None) \
+            or next((f for f in (*_FLAGS_NEGATABLE, *_FLAGS) if low.startswith(f)), None)
+        valued = next((v for v in _VALUED if low.startswith(v + "=")), None)
+        if valued is not None:
+            i += len(valued) + 1
+            if i >= n or text[i] != '"':
+                return KeyOptions(opts.flags, opts.values, f"{valued}= without a quoted value")
+            i += 1
+            value = []
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n and text[i + 1] == '"':
+                    i += 1
+                value.append(text[i])
+                i += 1
+            if i >= n:
+                return KeyOptions(opts.flags, opts.values, f"{valued}= has no closing quote")
+            i += 1
+            opts.values.setdefault(valued, []).append("".join(value))
+        elif name is not None:
+            i += len(name)
+            opts.flags.add(name)
+        if i >= n or text[i] in " \t":
+            break
+        if text[i] != ",":
+            return KeyOptions(opts.flags, opts.values, f"unknown option at {text[i:i + 20]!r}")
+        i += 1
+    return opts
+
+
+def _expired(when: str, now: float) -> bool | None:
+    """sshd's expiry-time (YYYYMMDD[HHMM[SS]], local time, or UTC with a trailing Z) has passed;
+    None when sshd cannot read it."""
+    import calendar
+    import time
+
+    utc = when.endswith("Z") or when.endswith("z")
+    digits = when[:-1] if utc else when
+    if not digits.isdigit() or len(digits) not in (8, 12, 14):
+        return None
+    digits = digits.ljust(14, "0")
+    try:
+        parts = time.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    stamp = calendar.timegm(parts) if utc else time.mktime(parts)
+    return stamp <= now
+
+
+def not_a_way_in(line: str, now: float | None = None) -> str | None:
+    """Why sshd would not, or might not, run a command of the key holder's choosing (None: it
+    would — `restrict`/`no-pty` still run any command): a forced command (that command runs, not
+    theirs), options sshd refuses, an expiry time past or unreadable, a `cert-authority` or
+    `principals=` line (for certificates, not this key), a `from=` list (only from those hosts:
+    counted as no way in, since yktool cannot tell where the user comes from). Not a key line: "no key"."""
+    import time
+
+    parsed = parse_line(line)
+    if parsed is None:
+        return "no key"
+    opts = parse_options(parsed.options)
+    if opts.error:
+        return f"sshd skips the line (bad options: {opts.error})"
+    if "cert-authority" in opts.flags:
+        return "a cert-authority line admits certificates, not this key"
+    for when in opts.values.get("expiry-time", []):
+        expired = _expired(when, time.time() if now is None else now)
+        if expired is None:
+            return f"sshd skips the line (expiry-time {when!r} is not a time it reads)"
+        if expired:
+            return f"it expired ({when})"
+    if "principals" in opts.values:
+        return "principals= applies to certificates: sshd does not take this key itself"
+    if "command" in opts.values:
+        return f"it is restricted to the command {opts.values['command'][0]!r}"
+    if "from" in opts.values:
+        return (f"it logs in only from {opts.values['from'][0]!r}: yktool cannot tell whether the user "
+                "connects from there")
+    return None
+
+
 def tokens_of(line: str) -> list[str]:
     """The whitespace-separated fields of a line, quoted strings kept whole."""
     text = line.rstrip("\r\n").strip(" \t")

@@ -274,11 +274,17 @@ class Host:
             if not spot.name:
                 return os.open(".", flags | os.O_CLOEXEC, dir_fd=spot.dir_fd)
             try:
-                return os.open(spot.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spot.dir_fd)
+                fd = os.open(spot.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spot.dir_fd)
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
                 raise _became_link(path, spot.inside) from None
+            try:
+                _refuse_hardlink(spot.dir_fd, fd, spot.inside)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
 
     def read_bytes(self, path: str | PurePosixPath) -> bytes:
         """The bytes of a regular file inside the root, read through the walk (never a user's
@@ -652,6 +658,29 @@ def _refuse_link(folder: int, name: str, st: os.stat_result, inside: PurePosixPa
     if target == "?":
         raise _became_link(inside, inside)
     return PurePosixPath(target)
+
+
+def _refuse_hardlink(folder: int, fd: int, inside: PurePosixPath) -> None:
+    """As root, a file with more than one name, found in a folder a user can add names to, and not
+    that user's own: a hard link they made to a file of root's or another user's (the kernel lets
+    them where fs.protected_hardlinks is 0). Reading it would show root's /etc/shadow as theirs."""
+    if os.geteuid() != 0:
+        return
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return
+    where = os.fstat(folder)
+    if where.st_uid != 0:
+        if st.st_uid == where.st_uid:
+            return  # the user's own file under another name of theirs
+        who = f"uid {where.st_uid}"
+    elif where.st_mode & 0o002:
+        who = "every user"
+    else:
+        return  # root's folder (group-writable ones included: /nix/store's build users share files)
+    raise UnsafeLink(f"{inside} is a hard link (one of {st.st_nlink} names) to a file of uid {st.st_uid}, in a "
+                     f"folder {who} can add names to: yktool, running as root, will not read it",
+                     "replace it with a file of its own (a copy, as that user), then run again")
 
 
 def _became_link(path: str | PurePosixPath, inside: PurePosixPath) -> Refused:

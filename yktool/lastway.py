@@ -8,7 +8,7 @@ left without a way in:
 
 - a LUKS volume with no keyslot left, or only hardware-bound ones (`luks.safety`);
 - a user whose pam_u2f line would be empty where a PAM stack requires pam_u2f for that
-  authfile (read as libpam does, `pam_config`; a stack yktool cannot see counts as requiring it);
+  authfile (read as libpam does, `yktool.pam.stack`; a stack yktool cannot see counts as requiring it);
 - a user whose authorized_keys would hold no key at all.
 
 This module reads only; the callers refuse (or, with --force and a typed confirmation, go on
@@ -17,6 +17,7 @@ and say what is lost).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from yktool.fido.session import KeySession
-    from yktool.pam_config import PamLine, PamService
+    from yktool.pam.dispatch import Step
+    from yktool.pam.stack import PamLine, PamService
 
 PamPlace = tuple[str, str]   # (authfile path inside the root, user)
 SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
@@ -45,6 +47,9 @@ class Removal:
     # credential is, so they are counted (the registry's `resident` entries), not matched
     pam_resident: dict[PamPlace, int] = field(default_factory=dict)
     pam_texts: dict[str, str] = field(default_factory=dict)  # authfiles not plain in the root (age)
+    # LUKS volumes the root's /etc/crypttab lists that yktool could not read: it cannot tell whether
+    # the change leaves them a way in (device -> why)
+    luks_unjudged: dict[str, str] = field(default_factory=dict)
     replaced_pam: set[PamPlace] = field(default_factory=set)
     replaced_ssh: set[SshPlace] = field(default_factory=set)
 
@@ -82,7 +87,10 @@ def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool.luks.pending import read_header_seeing_pending
     from yktool.luks.safety import check_remaining
 
-    out = []
+    out = [Loss("luks", device, "", f"yktool cannot tell whether {device} keeps a way in: {why}",
+                "make the volume readable (as root, the device present), or make sure another way in to it "
+                "stays (a passphrase or recovery key)")
+           for device, why in removal.luks_unjudged.items()]
     for device, slots in removal.luks.items():
         header = read_header_seeing_pending(host, device)  # an unseen recovery key is no way in
         present = sorted(s for s in slots if s in header.keyslots)
@@ -99,66 +107,184 @@ def _rule(line: PamLine) -> tuple[str, int, tuple[str, ...]]:
     return line.file, line.lineno, line.via
 
 
-def passes_without(service: PamService, failing: Callable[[PamLine], bool]) -> bool:
-    """Whether libpam (`pam_dispatch`) can let the user through `service`'s auth stack while every
+# modules whose success is a way in yktool can judge: pam_permit lets anyone in, pam_unix is read
+# from the root's passwd/shadow, another pam_u2f line reads another authfile
+WAY_IN = frozenset({"pam_permit", "pam_unix", "pam_u2f"})
+
+
+@dataclass
+class Judge:
+    """What each rule of a stack can return for `user`, read from the root where yktool can.
+
+    The decision this serves is "may a credential go": counting a rule as a possible way in when
+    it is not would lock someone out, so only what yktool can judge counts (`WAY_IN`). A module it
+    cannot judge (pam_sss, pam_krb5, …) may succeed or fail on a path, but its success alone is
+    never taken as the user's way in; a module that is not installed returns PAM_MODULE_UNKNOWN as
+    libpam makes it (with a leading `-` or without: the dash only silences the log; pamtester
+    shows `-auth required pam_missing.so` failing the stack)."""
+
+    host: Host | None = None
+    user: str = ""
+    doubts: dict[str, str] = field(default_factory=dict)   # module -> why it is not counted
+    _unix: tuple[str, ...] | None = None
+
+    def outcomes(self, line: PamLine) -> tuple[str, ...]:
+        name = line.module_name
+        if name == "pam_deny":
+            return ("auth_err",)
+        if self.host is not None and self._missing(self.host, line):
+            self.doubts.setdefault(line.module, "not installed: libpam makes it fail")
+            return ("module_unknown",)
+        if name == "pam_permit":
+            return ("success",)
+        if name == "pam_unix" and self.host is not None:
+            return self._pam_unix(line)
+        if name not in WAY_IN:
+            self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} in")
+        return ("success", "auth_err")
+
+    def counts(self, trail: tuple[Step, ...]) -> bool:
+        """A way through counts when a module yktool can judge succeeded on it, and nothing on it
+        is impossible: pam_unix `use_first_pass` only checks a password an earlier pam_unix on
+        the way asked for (pam_u2f asks none), else it fails."""
+        asked = False
+        for s in trail:
+            if s.line.module_name != "pam_unix":
+                continue
+            if "use_first_pass" not in s.line.args:
+                asked = True
+            elif s.result == "success" and not asked:
+                return False
+        return any(s.result == "success" and s.line.module_name in WAY_IN for s in trail)
+
+    @staticmethod
+    def _missing(host: Host, line: PamLine) -> bool:
+        """Not installed where libpam looks (`module_search`; a tree that cannot tell counts
+        as having it — a module yktool cannot judge is no way in either way)."""
+        from yktool.pam.stack import module_search
+
+        return bool(module_search(host, line.module))
+
+    def _pam_unix(self, line: PamLine) -> tuple[str, ...]:
+        """pam_unix's verdict from the root's passwd and shadow (passverify.c): no entry, a hash
+        that is locked (`!`, `*`) or not a hash at all fails; an empty one passes only with
+        `nullok`; a real hash may pass (with the right password)."""
+        if self._unix is None:
+            results, why = unix_results(self.host, self.user) if self.host else (("success", "auth_err"), "")
+            self._unix = results
+            if why:
+                self.doubts.setdefault("pam_unix", why)
+        if self._unix == ("empty",):
+            if "nullok" in line.args:
+                return ("success",)
+            self.doubts.setdefault("pam_unix", f"{self.user}'s password is empty and pam_unix has no nullok")
+            return ("auth_err",)
+        return self._unix
+
+
+def _colon_field(host: Host, path: str, user: str) -> str | None:
+    """The second field of `user`'s line in a passwd-style file (None: no line)."""
+    for line in host.read_text(path).splitlines():
+        fields = line.split(":")
+        if len(fields) >= 2 and fields[0] == user:
+            return fields[1]
+    return None
+
+
+# what crypt(3) can produce (libxcrypt's prefixes, and DES): any other stored string matches no password
+_CRYPT = re.compile(r"\$(1|2[abxy]|5|6|7|y|gy|sha1|md5)\$[^:]+|[./0-9A-Za-z]{13}")
+
+
+def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:
+    """(what pam_unix's auth can return for `user`, why it cannot pass — "" when it may), as
+    pam_unix reads the root's /etc/passwd and /etc/shadow; ("empty",) for an empty password,
+    which passes only with `nullok`. What yktool cannot read counts as failing."""
+    from yktool.errors import YktoolError
+
+    try:
+        stored = _colon_field(host, "/etc/passwd", user) if host.is_file("/etc/passwd") else None
+        if stored is None:
+            return ("user_unknown",), f"{user} is not in {host.root}/etc/passwd"
+        if stored == "x":  # shadowed
+            if not host.is_file("/etc/shadow"):
+                return ("authinfo_unavail",), f"there is no /etc/shadow in {host.root}"
+            stored = _colon_field(host, "/etc/shadow", user)
+            if stored is None:
+                return ("authinfo_unavail",), f"{user} has no line in /etc/shadow"
+    except (OSError, YktoolError) as exc:
+        return ("authinfo_unavail",), f"yktool cannot read the password files ({getattr(exc, 'message', exc)})"
+    if stored == "":
+        return ("empty",), ""
+    if stored[0] in "!*":
+        return ("auth_err",), f"{user}'s password is locked ({stored[0]!r} in /etc/shadow)"
+    if not _CRYPT.fullmatch(stored):
+        return ("auth_err",), f"{user}'s stored password is not a hash any password matches"
+    return ("success", "auth_err"), ""
+
+
+def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, host: Host | None = None,
+                   user: str = "", judge: Judge | None = None) -> bool:
+    """Whether libpam (`pam_dispatch`) can let `user` through `service`'s auth stack while every
     rule for which `failing` holds fails as pam_u2f does without a credential (AUTH_ERR, or
-    AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (pam_deny
-    fails, pam_permit passes, a password module may pass). Judged on the whole stack:
+    AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (`Judge`:
+    pam_deny fails, pam_permit passes, pam_unix as the root's shadow says, a module not installed
+    fails, one yktool cannot judge is never the way in). Judged on the whole stack:
     `sufficient pam_u2f` followed by `pam_deny`, or pam-auth-update's `[success=1
     default=ignore] pam_u2f` + `requisite pam_deny`, need the key as surely as `required`
     does. Too many branches to follow: counted as requiring the key."""
-    from yktool import pam_dispatch
+    from yktool.pam import dispatch as pam_dispatch
 
+    judge = judge or Judge(host, user)
     handlers = service.handlers("auth")
     for fail_as in ("auth_err", "authinfo_unavail"):
         def outcomes(line: PamLine, fail_as: str = fail_as) -> tuple[str, ...]:
-            if failing(line):
-                return (fail_as,)
-            if line.module_name == "pam_deny":
-                return ("auth_err",)
-            if line.module_name == "pam_permit":
-                return ("success",)
-            return ("success", "auth_err")
+            return (fail_as,) if failing(line) else judge.outcomes(line)
 
         try:
-            if pam_dispatch.passing_path(handlers, outcomes) is None:
+            if pam_dispatch.passing_path(handlers, outcomes, accept=judge.counts) is None:
                 return False
         except pam_dispatch.TooManyPaths:
             return False
     return True
 
 
-def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]]:
+def pam_requiring(host: Host, authfile: str, user: str,
+                  doubts: dict[str, str] | None = None) -> tuple[bool, list[str]]:
     """(required, services): whether a PAM stack under the root cannot be passed without a
     pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
     No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
-    /run/agenix): counted as required — not seeing the consumer is no proof it is absent."""
-    from yktool import pam_config
-    from yktool import pam_u2f as pu
+    /run/agenix): counted as required — not seeing the consumer is no proof it is absent.
+    `doubts` gets, for the services that require it, the modules not counted as a way in and why."""
+    from yktool.pam import stack as pam_stack
+    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.host_facts import read_users
 
-    users = pu.read_users(host)
+    users = read_users(host)
     home = users[user].home if user in users else ""
     reading: list[str] = []
     required: list[str] = []
 
-    def reads(u2f: pam_config.U2fLine) -> bool:
+    def reads(u2f: pam_stack.U2fLine) -> bool:
         opts = u2f.options
         if opts.authfile is None:
-            path = str(PurePosixPath(home) / pu.USER_AUTHFILE) if home else ""
+            path = str(PurePosixPath(home) / USER_AUTHFILE) if home else ""
         elif opts.expand:
             path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
         else:
             path = opts.authfile
         return path == authfile
 
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         ours = {_rule(u.line) for u in service.u2f_lines if reads(u)}
         if not ours:
             continue
         reading.append(service.name)
         # the whole stack as libpam runs it, not the pam_u2f line's control word alone
-        if not passes_without(service, lambda ln, ours=ours: _rule(ln) in ours):  # type: ignore[misc]
+        judge = Judge(host, user)
+        if not passes_without(service, lambda ln, ours=ours: _rule(ln) in ours, judge=judge):  # type: ignore[misc]
             required.append(service.name)
+            if doubts is not None:
+                doubts.update(judge.doubts)
     if not reading:
         return True, []
     return bool(required), sorted(set(required))
@@ -166,10 +292,10 @@ def pam_requiring(host: Host, authfile: str, user: str) -> tuple[bool, list[str]
 
 def pam_authfiles(host: Host) -> list[tuple[str, str]]:
     """(authfile, origin) of every pam_u2f rule under the root that names one fixed authfile."""
-    from yktool import pam_config
+    from yktool.pam import stack as pam_stack
 
     out = []
-    for service in pam_config.u2f_services(host):
+    for service in pam_stack.u2f_services(host):
         for u2f in service.u2f_lines:
             path = u2f.options.authfile
             if path and path.startswith("/") and not (u2f.options.expand and "%" in path):
@@ -178,9 +304,16 @@ def pam_authfiles(host: Host) -> list[tuple[str, str]]:
 
 
 def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
-    from yktool import pam_u2f as pu
+    """A user whose pam_u2f line would keep no credential, where PAM requires one. A resident
+    (`*`) credential left counts only when the registry knows it (its public key): the line does
+    not say whose key made it, so one the registry does not know — a registry that is gone, a
+    `pamu2fcfg --resident` by hand — may be the very key going, and is not counted as kept."""
+    from yktool.inventory import Registry
+    from yktool.pam.authfile import Authfile
 
     out = []
+    known = {str(e["public_key"]) for _k, e in Registry.load(host).enrollments("pam")
+             if e.get("resident") is True and "public_key" in e}
     places = list(dict.fromkeys([*removal.pam, *removal.pam_resident]))
     for path, user in places:
         ids = removal.pam.get((path, user), set())
@@ -192,43 +325,116 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
             text = host.read_text(path)
         else:
             continue
-        line = pu.Authfile.parse(text).effective_line(user)
+        line = Authfile.parse(text).effective_line(user)
         if line is None:
             continue
         left = [c for c in line.credentials if c.credential_id not in ids]
-        resident_left = sum(c.resident for c in left) - removal.pam_resident.get((path, user), 0)
+        resident_left = sum(c.resident and c.public_key in known for c in left) \
+            - removal.pam_resident.get((path, user), 0)
         if any(not c.resident for c in left) or resident_left > 0:
             continue  # another credential stays on the line
-        required, services = pam_requiring(host, path, user)
+        unknown = sum(c.resident and c.public_key not in known for c in left)
+        doubts: dict[str, str] = {}
+        required, services = pam_requiring(host, path, user, doubts)
         if not required:
             continue
         which = f" ({', '.join(services)})" if services else ""
+        why = "; not counted as a way in: " + ", ".join(f"{m} ({w})" for m, w in sorted(doubts.items())) \
+            if doubts else ""
+        if unknown:
+            why += (f"; {unknown} resident (*) credential(s) on the line are not in the registry: yktool cannot "
+                    "tell which key made them, so they may be the one going")
         out.append(Loss("pam", path, user,
                         f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
-                        f"{which}: {user} could no longer pass pam_u2f (sudo, login)",
+                        f"{which}: {user} could no longer pass pam_u2f (sudo, login){why}",
                         f"register another key for {user} first (yktool pam register --user {user})"))
     return out
 
 
 def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
-    from yktool.authorized_keys import key_blob_in, remove_key
+    """A user whose authorized_keys would keep no key sshd lets run a command of theirs (a kept
+    key with a forced command, expired, or one sshd skips is no way in: `not_a_way_in`), where
+    a key that is one goes."""
+    from yktool.authorized_keys import key_blob_in, not_a_way_in
 
     out = []
     for (path, user), blobs in removal.ssh.items():
         if (path, user) in removal.replaced_ssh or not host.exists(path):
             continue
-        data = host.read_bytes(path)
-        removed_any = False
-        for blob in blobs:
-            data, removed, _others = remove_key(data, blob)
-            removed_any = removed_any or bool(removed)
-        lines = data.decode("utf-8", "surrogateescape").splitlines()
-        if not removed_any or any(key_blob_in(ln) is not None for ln in lines):
-            continue
+        lines = host.read_bytes(path).decode("utf-8", "surrogateescape").splitlines()
+        going = [ln for ln in lines if key_blob_in(ln) in blobs]
+        kept = {ln: why for ln in lines if key_blob_in(ln) not in blobs
+                and (why := not_a_way_in(ln)) != "no key"}
+        if not any(not_a_way_in(ln) is None for ln in going) or any(why is None for why in kept.values()):
+            continue  # nothing that lets the user in goes, or something that does stays
+        others = f" (the key(s) kept are no way in: {'; '.join(dict.fromkeys(str(w) for w in kept.values()))})" \
+            if kept else ""
         out.append(Loss("ssh", path, user,
-                        f"{user} would be left without any SSH key in {path}: no more SSH login by key",
+                        f"{user} would be left without any SSH key in {path} that logs in{others}: "
+                        "no more SSH login by key",
                         f"authorize another key for {user} first (yktool ssh authorize -u {user})"))
     return out
+
+
+# crypttab volumes that hold no key of anyone's: plain dm-crypt, swap and /tmp with a random key
+_NOT_LUKS_OPTIONS = ("plain", "swap", "tmp", "bitlk", "tcrypt")
+
+
+def crypttab_volumes(host: Host) -> list[tuple[str, str]]:
+    """(device inside the root, crypttab line) of every volume the root's /etc/crypttab opens
+    with a key (`UUID=`/`LABEL=`/… as /dev/disk/by-*; a detached `header=` is where the slots are)."""
+    from yktool.checks.base import lines
+    from yktool.checks.boot import resolve_spec
+
+    if not host.is_file("/etc/crypttab"):
+        return []
+    out = []
+    for line in lines(host.read_text("/etc/crypttab")):
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        key = parts[2] if len(parts) > 2 else "none"
+        options = parts[3].split(",") if len(parts) > 3 else []
+        if key in ("/dev/urandom", "/dev/random") or any(o in _NOT_LUKS_OPTIONS for o in options):
+            continue
+        header = next((o.split("=", 1)[1] for o in options if o.startswith("header=")), "")
+        out.append((resolve_spec(header or parts[1]), line))
+    return out
+
+
+def crypttab_luks(host: Host, known: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The LUKS2 volumes /etc/crypttab opens that yktool can read (their devices inside the root),
+    leaving out those that are one of `known` under another name (a path and a `UUID=`), and
+    those it cannot judge (device -> why). LUKS1 ones are left out: they hold no FIDO2 token."""
+    from yktool.errors import YktoolError
+    from yktool.luks.header import Luks1Device, read_header
+
+    def uuid_of(device: str) -> str | None:
+        try:
+            return read_header(host, device).uuid if host.exists(device) else None
+        except YktoolError:
+            return None
+
+    seen = {u for d in known or [] if (u := uuid_of(d))}
+    readable: list[str] = []
+    unjudged: dict[str, str] = {}
+    for device, line in crypttab_volumes(host):
+        if device in (known or []):
+            continue
+        if not host.exists(device):
+            unjudged[device] = f"/etc/crypttab lists it ({line!r}), and it is not there"
+            continue
+        try:
+            uuid = read_header(host, device).uuid
+        except Luks1Device:
+            continue
+        except YktoolError as exc:
+            unjudged[device] = f"/etc/crypttab lists it, and yktool cannot read it ({exc.message})"
+            continue
+        if uuid not in seen:
+            seen.add(uuid)
+            readable.append(device)
+    return readable, unjudged
 
 
 def describe(found: list[Loss]) -> str:
@@ -251,10 +457,11 @@ def held_by(host: Host, session: KeySession) -> Held:
     does any LUKS token or authfile credential the key answers that the registry does not know."""
     import base64
 
-    from yktool import pam_u2f as pu
     from yktool.inventory import Registry
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
+    from yktool.pam.authfile import Authfile
+    from yktool.pam.host_facts import default_origin_or_none
 
     def raw(value: object) -> bytes | None:
         try:
@@ -284,6 +491,11 @@ def held_by(host: Host, session: KeySession) -> Held:
         return False
 
     devices = dict.fromkeys(str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e)
+    # and every volume /etc/crypttab opens: a registry that is gone, or a volume enrolled by hand
+    # (systemd-cryptenroll), is no proof the key opens none of them
+    listed, unjudged = crypttab_luks(host, list(devices))
+    devices.update(dict.fromkeys(listed))
+    held.removal.luks_unjudged.update(unjudged)
     for device in devices:
         if not host.exists(device):
             continue
@@ -293,7 +505,7 @@ def held_by(host: Host, session: KeySession) -> Held:
                                                                  f"{device} token {token.id}"):
                 held.removal.add_luks(device, list(token.keyslots))
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
-    origins.add(pu.default_origin_or_none(host) or "")
+    origins.add(default_origin_or_none(host) or "")
     authfiles = dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e)
     # what the PAM stacks read counts too: a registry that is gone, or a key enrolled by hand
     # (pamu2fcfg), is no proof the key opens nothing (per-user files are left to the registry:
@@ -302,15 +514,21 @@ def held_by(host: Host, session: KeySession) -> Held:
         authfiles.setdefault(path)
         if origin:
             origins.add(origin)
+    resident_known = {str(e["public_key"]) for _k, e in registry.enrollments("pam")
+                      if e.get("resident") is True and "public_key" in e}
     for path in authfiles:
         if not host.exists(path):
             continue
-        authfile = pu.Authfile.parse(host.read_text(path))
+        authfile = Authfile.parse(host.read_text(path))
         for user in authfile.users():
             for cred in authfile.credentials_of(user):
                 cid = cred.credential_id
                 if cid is not None and any(answers(o, cid, f"{path} ({user})") for o in sorted(origins) if o):
                     held.removal.add_pam(path, user, cid)
+                elif cred.resident and cred.public_key not in resident_known:
+                    # a `*` credential no probe by id can reach and the registry does not know: it
+                    # may be this key's, so the user's line is judged (`_pam_losses` does not count it)
+                    held.removal.pam.setdefault((path, user), set())
     for k, e in registry.enrollments("pam"):
         if k.nickname in names and e.get("resident") is True and "path" in e:
             place = (str(e["path"]), str(e.get("user", "")))

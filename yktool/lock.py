@@ -246,3 +246,15 @@ def root_lock(host: Host, what: str = "yktool", wait: float | None = None) -> It
 def holds_lock(host: Host) -> bool:
     """True while this process holds `host`'s root lock (for assertions in library code)."""
     return str(host.root) in _HELD
+
+
+def current_hold(host: Host) -> object | None:
+    """A token for the hold this process has on `host`'s root lock now (None: it holds none)."""
+    return _HELD.get(str(host.root))
+
+
+def still_held(host: Host, token: object | None) -> bool:
+    """True when the hold `current_hold` returned is still the one in force: the lock was not
+    let go in between, so what was checked under it is still what the host holds. A library
+    caller that checked without the lock, or let it go, gets False: check again under it."""
+    return token is not None and _HELD.get(str(host.root)) is token

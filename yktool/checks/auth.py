@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
@@ -10,18 +9,39 @@ from yktool.checks.base import CheckContext, CheckFunc, Result, Unreadable, Verd
 from yktool.checks.gitconfig import user_config
 from yktool.checks.sshd import Setting, SshdConfig, connections, effective, group_lookup, installed, login_users
 from yktool.checks.writers import refuse_writable
-from yktool.pam_config import PAM_DIRS, PamLine, PamService, key_required
+from yktool.pam import dispatch as pam_dispatch
+from yktool.pam.authfile import Authfile
+from yktool.pam.check import (
+    AuthfileStat,
+    Finding,
+    authfile_paths,
+    file_findings,
+    line_findings,
+    rule_module_missing,
+)
+from yktool.pam.host_facts import installed_version
+from yktool.pam.stack import (
+    PAM_DIRS,
+    PamLine,
+    PamService,
+    U2fOptions,
+    key_required,
+    module_search,
+    parse_service,
+    parse_u2f_options,
+)
 
 # The hardening checklist: "Protected services: sudo, login, greetd, hyprlock". sudo and login exist on every
 # host; greetd and hyprlock only where that greeter / locker is installed.
 PAM_SERVICES = (("sudo", False), ("login", False), ("greetd", False), ("hyprlock", False))
 STRONG_CONTROLS = ("required", "requisite")
+# the findings (yktool.pam.check's line rules) that fail the checklist item "pam_u2f (with cue) protects the
+# service"; the others (no origin=, manual, debug) are shown with the evidence
+VERDICT_CODES = ("alwaysok", "nouserok", "no-cue")
 
 
 def _pam_check(service: str, always: bool) -> CheckFunc:
     def run(ctx: CheckContext, verdict: Verdict) -> Result:
-        from yktool.pam_config import parse_service
-
         svc = parse_service(ctx.host, service)
         if not svc.exists:
             verdict.add_evidence(f"/etc/pam.d/{service}", "absent")
@@ -46,45 +66,21 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         first = u2f[0]
         opts = first.options
         verdict.add_evidence(first.line.where, first.line.raw, "auth")
-        searched = _module_missing(ctx, first.line.module)
-        if searched:
-            verdict.add_evidence(", ".join(searched[:3]) + (", …" if len(searched) > 3 else ""), "absent",
-                                 first.line.module)
-            if first.line.ignore_missing:
-                # `-auth` only keeps the missing module out of the log: libpam still runs the rule,
-                # which answers MODULE_UNKNOWN (never a touch)
-                return verdict.fail(f"{first.line.module} is not installed (`-auth` only silences libpam's log): the "
-                                    f"rule answers MODULE_UNKNOWN, {service} never asks for the key",
-                                    "install pam_u2f (Debian: apt install libpam-u2f)")
-            return verdict.fail(f"{first.line.module} is not installed: every {service} authentication fails",
-                                "install pam_u2f (Debian: apt install libpam-u2f) before anyone logs out")
-        if opts.alwaysok:
-            verdict.add_evidence(first.line.where, "present", "alwaysok")
-            return verdict.fail(f"pam_u2f in {service} has `alwaysok`: everyone passes it without a key",
-                                "remove alwaysok from the pam_u2f line")
-        if opts.nouserok:
-            verdict.add_evidence(first.line.where, "present", "nouserok")
-            return verdict.fail(f"pam_u2f in {service} has `nouserok`: a user with no registered key "
-                                "(or an unreadable authfile) passes it without a touch",
-                                "register every user's keys, then remove nouserok  |  NixOS: drop "
-                                "security.pam.u2f.settings.nouserok")
-        if not opts.cue:
-            verdict.add_evidence(first.line.where, "absent", "cue")
-            return verdict.fail(f"pam_u2f in {service} has no `cue`: nobody is told to touch the key",
-                                "add `cue` to the pam_u2f line  |  NixOS: security.pam.u2f.cue = true;")
-        missing = _authfile_missing(ctx, verdict, opts.authfile, expand=opts.expand)
+        missing_module = rule_module_missing(first, _module_missing(ctx, first.line.module), service)
+        if missing_module is not None:
+            verdict.add_evidence(missing_module.source, missing_module.value, missing_module.key)
+            return verdict.fail(missing_module.message, missing_module.hint)
+        version, _source = installed_version(ctx.host, [u.line.module for u in u2f])
+        findings = line_findings(first, version, [service])
+        judged = next((f for f in findings if f.code in VERDICT_CODES), None)
+        for f in findings:
+            verdict.add_evidence(f.source, f.value, f.key, note="" if f is judged else f.message)
+        if judged is not None:
+            return verdict.fail(judged.message, judged.hint)
+        user_run = [service] if svc.runs_as_user else []
+        missing = _authfile_missing(ctx, verdict, opts, user_run)
         if missing:
-            return verdict.fail(missing, "register the keys: yktool pam register --user USER "
-                                f"--authfile {opts.authfile or '~'}")
-        if svc.runs_as_user and opts.authfile and ctx.exists(opts.authfile):
-            # a screen locker runs pam_u2f as the user: a root-only authfile never unlocks
-            mode = ctx.host.path(opts.authfile).stat().st_mode & 0o777
-            verdict.add_evidence(opts.authfile, f"{mode:04o}", "mode")
-            if not mode & 0o004:
-                return verdict.fail(f"{service} runs pam_u2f as the user, who cannot read {opts.authfile} "
-                                    f"(mode {mode:04o}): the screen never unlocks with the key",
-                                    f"chmod 0644 {opts.authfile}  |  "
-                                    "NixOS (agenix): age.secrets.<name>.mode = \"0444\";")
+            return missing
         return _without_key(ctx, verdict, svc, first.line)
 
     return run
@@ -92,10 +88,10 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
 
 def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine], tuple[str, ...]]:
     """What each auth rule may return when nobody touches the key: pam_u2f fails (AUTH_ERR, or
-    AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after),
+    AUTHINFO_UNAVAIL with no credential; `nouserok`: SUCCESS before pam-u2f 1.3.1, IGNORE after —
+    both, whatever the version says: a distribution backports the fix without a new version),
     pam_permit succeeds, pam_deny fails, a module that is not there is MODULE_UNKNOWN (also with
     `-auth`), any other module (a password) succeeds or not — never, when `strict`."""
-    from yktool.pam_config import parse_u2f_options
 
     def results(line: PamLine) -> tuple[str, ...]:
         name = line.module_name
@@ -130,8 +126,6 @@ def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]
 def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
-    from yktool import pam_dispatch
-
     service = svc.name
     handlers = svc.handlers("auth")
     try:
@@ -175,64 +169,43 @@ def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamL
                         "make pam_u2f `required` and put it before any rule whose success ends the stack")
 
 
-PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
-
-
 def _module_missing(ctx: CheckContext, module: str) -> list[str]:
-    """Where libpam would look for `module` when it is not there ([] when found, or when an
-    offline root has no /nix/store to look in); cached, the stack runs ask it per rule."""
+    """Where libpam would look for `module` when it is not there (stack.module_search); cached,
+    the stack runs ask it per rule."""
     key = "pam-module:" + module
     cached = ctx._cache.get(key)
     if isinstance(cached, list):
         return cached
-    found = _module_search(ctx, module)
+    found = module_search(ctx.host, module)
     ctx._cache[key] = found
     return found
 
 
-def _module_search(ctx: CheckContext, module: str) -> list[str]:
-    if module.startswith("/"):
-        if module.startswith("/nix/store/") and not ctx.is_dir("/nix/store"):
-            return []
-        return [] if ctx.exists(module) else [module]
-    dirs = list(PAM_MODULE_DIRS)
-    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
-        dirs += [f"{lib}/{d}/security" for d in ctx.listdir(lib) if "-linux-" in d]
-    candidates = [f"{d}/{module}" for d in dirs]
-    if any(ctx.exists(c) for c in candidates):
-        return []
-    # a tree with no PAM module at all (not even pam_unix) holds configuration only: no verdict
-    return candidates if any(ctx.exists(f"{d}/pam_unix.so") for d in dirs) else []
-
-
-def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None, *, expand: bool = False) -> str | None:
-    """Why pam_u2f would find no credential at all (every user locked out of a `required`
-    rule, the key never accepted by a `sufficient` one), or None; evidence added."""
-    from yktool.pam_u2f import USER_AUTHFILE, Authfile
-
-    if authfile is None:
-        paths = [f"{home.rstrip('/')}/{USER_AUTHFILE}" for _n, home in ctx.users_to_check()]
-    elif expand and ("%u" in authfile or "%h" in authfile):
-        # pam_u2f's `expand`: one file per user (%u: the name, %h: the home)
-        paths = [authfile.replace("%u", n).replace("%h", h.rstrip("/")) for n, h in ctx.users_to_check()]
-    elif not authfile.startswith("/"):
-        # pam_u2f: a relative authfile= is under each user's home
-        paths = [f"{h.rstrip('/')}/{authfile}" for _n, h in ctx.users_to_check()]
-    elif authfile.startswith("/run/") and not ctx.live:
+def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str]) -> Result | None:
+    """The fail when pam_u2f would find no credential at all (every user locked out of a
+    `required` rule, the key never accepted by a `sufficient` one) or an authfile pam_u2f refuses
+    or others can write (yktool.pam.check's file rules); None when a key can be accepted."""
+    authfile = options.authfile
+    hint = f"register the keys: yktool pam register --user USER --authfile {authfile or '~'}"
+    paths = authfile_paths(options, ctx.users_to_check())
+    if authfile is not None and paths == [(authfile, None)] and authfile.startswith("/run/") and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
         return None
-    else:
-        paths = [authfile]
-    for path in paths:
+    passwd = ctx.passwd()
+    names = {uid: name for name, uid, _h in passwd}
+    uids = {name: uid for name, uid, _h in passwd}
+    for path, user in paths:
         text = ctx.read(path)  # unreadable: the runner makes it a warn (needs root)
         if text is None:
             continue
-        refused = _authfile_refused(ctx, verdict, path, per_user=authfile is None or not authfile.startswith("/")
-                                    or expand)
-        if refused:
-            return refused
-        users = {u: len(Authfile.parse(text).credentials_of(u)) for u in Authfile.parse(text).users()}
+        refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
+                                    user_run=user_run)
+        if refused is not None:
+            verdict.add_evidence(refused.source, refused.value, refused.key)
+            return verdict.fail(refused.message, refused.hint)
+        parsed = Authfile.parse(text)
+        users = {u: len(parsed.credentials_of(u)) for u in parsed.users()}
         keys = sum(users.values())
         verdict.add_evidence(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
                              or "no credential", "authfile")
@@ -240,34 +213,26 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, authfile: str | None,
             return None
     if not paths:
         verdict.add_evidence("/etc/passwd", "no login user", "authfile")
-        return "pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of"
-    for path in paths:
+        return verdict.fail("pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of",
+                            hint)
+    for path, _user in paths:
         if not any(e.source == path for e in verdict.evidence):
             verdict.add_evidence(path, "absent", "authfile")
-    return (f"no credential in {' or '.join(paths[:3])}: pam_u2f can never accept a key "
-            "(with a `required` rule nobody gets in)")
+    return verdict.fail(f"no credential in {' or '.join(p for p, _u in paths[:3])}: pam_u2f can never accept a key "
+                        "(with a `required` rule nobody gets in)", hint)
 
 
-def _authfile_refused(ctx: CheckContext, verdict: Verdict, path: str, *, per_user: bool) -> str | None:
-    """pam_u2f's own test of an authfile (util.c get_devices_from_authfile: a regular file, owned
-    by the user or root, else no credential is read) and who else could add a key to it."""
+def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], user: tuple[str, int | None] | None,
+                      user_run: list[str]) -> Finding | None:
+    """The first of yktool.pam.check's file rules the authfile breaks: pam_u2f's own test of it
+    (owned by the user or root, else no credential is read), who else could add a key to it,
+    whether a screen locker (running as the user) can read it."""
     try:
         st = ctx.host.path(path).stat()
     except OSError:
         return None
-    names = {uid: name for name, uid, _h in ctx.passwd()}
-    owner = names.get(st.st_uid, str(st.st_uid))
-    mode = st.st_mode & 0o777
-    if mode & 0o022:
-        verdict.add_evidence(path, f"{mode:04o} owner {owner}", "mode")
-        return (f"{path} is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:04o}): "
-                "anyone who can write it can add their own key")
-    # on an offline tree built by this (unprivileged) user every file is the builder's: no verdict
-    if owner != "root" and not per_user and (ctx.live or os.geteuid() == 0 or st.st_uid != os.geteuid()):
-        verdict.add_evidence(path, f"owner {owner}", "owner")
-        return (f"{path} is owned by {owner}: pam_u2f reads it for {owner} only (it refuses an authfile "
-                f"owned by neither the user nor root), and {owner} can add a key for root")
-    return None
+    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user), [], user_run)
+    return found[0] if found else None
 
 
 for _svc, _always in PAM_SERVICES:

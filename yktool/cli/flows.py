@@ -171,7 +171,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     from yktool.flows.ask import Asker
     from yktool.flows.keys import ring
     from yktool.flows.state import FlowState
-    from yktool.pam_u2f import default_origin
+    from yktool.pam.host_facts import default_origin
     from yktool.ssh.accounts import default_user
     from yktool.tpm import parse_pcrs
 

@@ -7,7 +7,13 @@ from pathlib import PurePosixPath
 import click
 
 from yktool.cli.context import AppContext, pass_app
-from yktool.cli.output import emit, info
+from yktool.cli.output import emit, info, printable
+
+
+def _shown(text: str) -> str:
+    """Text that echoes the user's config, emails or paths, safe for root's terminal: each
+    line's control characters (ESC, CR, BEL …) as `\\xNN`, the lines kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 @click.group("git")
@@ -62,14 +68,15 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
     if app.dry_run:
         load_key_pair(host, pub if str(pub).endswith(".pub") else pub.with_name(pub.name + ".pub"))
         emit(app.json, {"ok": True, "dry_run": True, "email": email, "key": str(pub)},
-             f"would configure git signing for {email} with {pub}")
+             _shown(f"would configure git signing for {email} with {pub}"))
         return
     setup = configure_and_record(host, account, email=email, pub=pub, repo=repo_path, allowed_signers=signers,
                                  nickname=nickname)
     for note in setup.notes:
-        info(note)
+        info(_shown(note))
     emit(app.json, {"ok": True, "config_file": str(setup.config_file), "allowed_signers": str(setup.allowed_signers),
                     "config": setup.values, "changed": setup.changed, "fingerprint": setup.fingerprint,
                     "notes": setup.notes},
-         f"git signing configured in {setup.config_file}:\n{setup.shown}\n"
-         f"allowed_signers: {setup.allowed_signers}" + ("" if setup.allowed_signers_changed else " (unchanged)"))
+         _shown(f"git signing configured in {setup.config_file}:\n{setup.shown}\n"
+                f"allowed_signers: {setup.allowed_signers}"
+                + ("" if setup.allowed_signers_changed else " (unchanged)")))

@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 
 from yktool.cli.context import AppContext, pass_app, read_only
+from yktool.cli.output import emit, emit_json, info, printable, warn
+from yktool.errors import CheckFailed, UsageError
+from yktool.pam.authfile import CENTRAL_AUTHFILE, USER_AUTHFILE, options_string
+from yktool.pam.check import check as pam_check
+from yktool.pam.host_facts import check_origin, default_origin
+from yktool.pam.register import RegisterRequest, Target, plain_target
+from yktool.pam.register import register as pam_register
 
 
 @click.group("pam")
@@ -67,11 +74,9 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
       yktool pam register --user alice --age-host-key /etc/ssh/ssh_host_ed25519_key.pub \\
           --age-file secrets/yubikey-auth.age
     """
+    # lazy: agefile loads pyrage, prompts and the session fido2
     from yktool import agefile
-    from yktool import pam_u2f as pu
-    from yktool.cli.output import emit, emit_json, info, warn
     from yktool.cli.prompts import CliInteraction
-    from yktool.errors import UsageError
     from yktool.fido.session import open_session
 
     host = app.host
@@ -82,7 +87,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     if age_identity is not None and not use_age:
         raise UsageError("--age-identity only goes with --age/--age-host-key",
                          "add the recipients the age file is encrypted to")
-    origin = pu.check_origin(origin) if origin else pu.default_origin(host)
+    origin = check_origin(origin) if origin else default_origin(host)
     if use_age:
         recipients = [agefile.parse_recipient(r, source="--age") for r in age_recipients]
         for key in age_host_keys:
@@ -95,11 +100,11 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
                 raise UsageError(f"--age-identity {age_identity}: cannot read ({exc.strerror})",
                                  "name a readable private key file") from None
             identity = agefile.parse_identities(data, source=str(age_identity))
-        target = pu.Target(age_file=Path(age_file).absolute(), recipients=recipients,
+        target = Target(age_file=Path(age_file).absolute(), recipients=recipients,
                            identity=identity)
     else:
-        target = pu.plain_target(host, user, authfile or pu.CENTRAL_AUTHFILE)
-    request = pu.RegisterRequest(
+        target = plain_target(host, user, authfile or CENTRAL_AUTHFILE)
+    request = RegisterRequest(
         user=user, origin=origin, target=target, presence=not no_presence,
         verification=verification, pin=pin, resident=resident, algorithm=algorithm,
         nickname=nickname, services=services or ("sudo", "login", "greetd", "hyprlock"),
@@ -107,7 +112,7 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
     where = target.authfile or str(target.age_file)
     if app.dry_run:
         plan = {"dry_run": True, "user": user, "origin": origin, "target": where,
-                "options": pu.options_string(presence=not no_presence, verification=verification,
+                "options": options_string(presence=not no_presence, verification=verification,
                                              pin=pin), "algorithm": algorithm}
         emit(app.json, plan, f"Would register a {algorithm} pam_u2f key for {user} with origin "
              f"{origin} into {where} (nothing done: --dry-run)")
@@ -118,14 +123,14 @@ def register(app: AppContext, user: str, origin: str | None, authfile: str | Non
         info("Touch the key twice: once to make the credential, once to prove it.")
     interaction = CliInteraction()
     with open_session(app.key_spec, interaction) as session:
-        result = pu.register(host, session, request)
+        result = pam_register(host, session, request)
     for w in result.warnings:
-        warn(w)
+        warn(printable(w))
     if app.json:
         emit_json(result.to_json())
         return
     for note in result.notes:
-        info(note)
+        info(printable(note))
     if result.already_registered:
         click.echo(f"Already registered: this key is on {user}'s line; nothing changed.")
         return
@@ -170,14 +175,9 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
       yktool pam check --service sudo --json
       yktool pam check --age-file secrets/yubikey-auth.age --age-identity ~/.ssh/id_ed25519
     """
-    from yktool import pam_u2f as pu
-    from yktool.cli.output import emit_json
-    from yktool.errors import CheckFailed
-
     age_texts: list[tuple[str, str]] = []
     if age_file is not None:
-        from yktool import agefile
-        from yktool.errors import UsageError
+        from yktool import agefile  # lazy: it loads pyrage
 
         if age_identity is None:
             raise UsageError("--age-file needs --age-identity to be read",
@@ -190,30 +190,36 @@ def check(app: AppContext, services: tuple[str, ...], age_file: Path | None,
         plain = agefile.decrypt(sealed, agefile.parse_identities(ident, source=str(age_identity)),
                                 what=str(age_file))
         age_texts.append((str(age_file), plain.decode("utf-8", "surrogateescape")))
-    report = pu.check(app.host, list(services) or None, age_texts)
+    report = pam_check(app.host, list(services) or None, age_texts)
     if app.json:
         emit_json(report.to_json())
     else:
-        click.echo(f"pam-u2f on the target: {report.pam_version}")
+        _say(f"pam-u2f on the target: {report.pam_version}")
         for s in report.services:
             for u in s.u2f_lines:
                 o = u.options
-                click.echo(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + pu.USER_AUTHFILE}"
+                _say(f"  {s.name:<12} {u.control:<10} authfile={o.authfile or '~/' + USER_AUTHFILE}"
                            f" origin={o.origin or '(hostname)'} cue={'yes' if o.cue else 'no'}"
                            f"{' nouserok' if o.nouserok else ''}  [{u.line.where}]")
         for a in report.authfiles:
             keys = ", ".join(f"{u}: {n}" for u, n in a.users.items()) or "no users"
-            click.echo(f"  authfile {a.path}: {keys}")
+            _say(f"  authfile {a.path}: {keys}")
         for f in report.findings:
             svc = f" [{', '.join(f.services)}]" if f.services else ""
-            click.echo(f"{f.severity.upper():<8} {f.message}{svc}")
+            _say(f"{f.severity.upper():<8} {f.message}{svc}")
             if f.hint:
-                click.echo(f"         fix: {f.hint}")
-        click.echo("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
+                _say(f"         fix: {f.hint}")
+        _say("OK: no lockout trap found" if report.ok else "FAILED: see the errors above")
     if not report.ok and app.json:
         # the report above is the JSON answer; a second (error) document would break parsers
         sys.exit(int(CheckFailed.exit_code))
     if not report.ok:
         errors = [f for f in report.findings if f.severity == "error"]
-        raise CheckFailed(f"pam check: {len(errors)} error(s): {errors[0].message}",
-                          errors[0].hint)
+        raise CheckFailed(printable(f"pam check: {len(errors)} error(s): {errors[0].message}"),
+                          printable(errors[0].hint))
+
+
+def _say(line: str) -> None:
+    """One line of the report: names and messages come from files (a service file's name, an
+    authfile's user names), so control characters are shown escaped, never sent to the terminal."""
+    click.echo(printable(line))

@@ -85,7 +85,7 @@ def _read(path: Path) -> bytes:
 
 
 def _credentials(text: bytes) -> set[tuple[str, bytes]]:
-    from yktool.pam_u2f import Authfile
+    from yktool.pam.authfile import Authfile
 
     af = Authfile.parse(text.decode("utf-8", "surrogateescape"))
     return {(user, c.identity) for user in af.users() for c in af.credentials_of(user)}

@@ -69,8 +69,8 @@ class ModuleSpec:
 # ---------------------------------------------------------------------------- from the registry
 def pam_part(registry: Registry, services: list[str]) -> PamPart | None:
     """The agenix authfile the registry's pam_u2f credentials live in (one file, one origin)."""
-    from yktool.pam_config import USER_RUN_SERVICES
-    from yktool.pam_u2f import USER_AUTHFILE
+    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.stack import USER_RUN_SERVICES
 
     entries = [e for _k, e in registry.enrollments("pam") if "age_file" in e]
     own = [e for _k, e in registry.enrollments("pam") if str(e.get("path", "")).endswith("/" + USER_AUTHFILE)]

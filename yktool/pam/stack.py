@@ -8,15 +8,17 @@ one file pulls in another (`include`, `substack` and Debian's `@include`). The r
 service is its effective stack, flattened, each line knowing the file, line number and include
 chain it came from; the pam_u2f lines carry their options already parsed.
 
-This module only reads. The lockout checks built on it live in `yktool.pam_u2f.check`.
+This module only reads. The lockout checks built on it live in `yktool.pam.check`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from yktool.errors import UsageError
 from yktool.host import Host
 
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
@@ -488,6 +490,40 @@ def scan_services(host: Host, names: list[str] | tuple[str, ...] | None = None) 
         present = list_service_names(host)
         names = present + [n for n in DEFAULT_SERVICES if n not in present]
     return [parse_service(host, n) for n in names]
+
+
+PAM_MODULE_DIRS = ("/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security")
+
+
+def _there(host: Host, path: str) -> bool:
+    try:
+        return host.path(path).exists()
+    except (UsageError, OSError):
+        return False
+
+
+def _folders(host: Host, path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(host.path(path)))
+    except (UsageError, OSError):
+        return []
+
+
+def module_search(host: Host, module: str) -> list[str]:
+    """Where libpam would look for `module` when it is not there ([] when found, or when the tree
+    cannot tell: an offline root with no /nix/store, or one with no PAM module at all, which holds
+    configuration only)."""
+    if module.startswith("/"):
+        if module.startswith("/nix/store/") and not _there(host, "/nix/store"):
+            return []
+        return [] if _there(host, module) else [module]
+    dirs = list(PAM_MODULE_DIRS)
+    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
+        dirs += [f"{lib}/{d}/security" for d in _folders(host, lib) if "-linux-" in d]
+    candidates = [f"{d}/{module}" for d in dirs]
+    if any(_there(host, c) for c in candidates):
+        return []
+    return candidates if any(_there(host, f"{d}/pam_unix.so") for d in dirs) else []
 
 
 def u2f_services(host: Host, names: list[str] | tuple[str, ...] | None = None) -> list[PamService]:

@@ -1,4 +1,4 @@
-"""yktool.pam_config: PAM stacks under a root, read the way libpam reads them."""
+"""yktool.pam.stack: PAM stacks under a root, read the way libpam reads them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from yktool.host import Host
-from yktool.pam_config import logical_lines, parse_u2f_options, scan_services, tokenize
+from yktool.pam.stack import key_required, logical_lines, parse_u2f_options, scan_services, success_ends_stack, tokenize
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -78,7 +78,5 @@ def test_default_scan_lists_present_and_expected(root: Path) -> None:
     ("[success=ok auth_err=ignore default=bad]", False, False),
 ])
 def test_control_meaning_as_libpam_reads_it(control: str, required: bool, ends: bool) -> None:
-    from yktool.pam_config import key_required, success_ends_stack
-
     assert key_required(control) is required
     assert success_ends_stack(control) is ends

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from yktool.pam_config import PamLine
+from yktool.pam.stack import PamLine
 
 MUST_FAIL = "perm_denied"  # PAM_MUST_FAIL_CODE
 UNDEF, POSITIVE, NEGATIVE = 0, 1, 2
@@ -108,10 +108,11 @@ def run(handlers: Sequence[PamLine], result: Callable[[PamLine], str]) -> str:
 
 
 def passing_path(handlers: Sequence[PamLine], outcomes: Callable[[PamLine], Sequence[str]],
-                 limit: int = MAX_PATHS) -> tuple[Step, ...] | None:
-    """The rules run, with their results, on a way through that ends in success (None: none);
-    TooManyPaths past `limit` combinations."""
+                 limit: int = MAX_PATHS, accept: Callable[[tuple[Step, ...]], bool] | None = None,
+                 ) -> tuple[Step, ...] | None:
+    """The rules run, with their results, on a way through that ends in success and that `accept`
+    takes, if given (None: none); TooManyPaths past `limit` combinations."""
     for status, trail in _explore(handlers, outcomes, [limit]):
-        if status == "success":
+        if status == "success" and (accept is None or accept(trail)):
             return trail
     return None

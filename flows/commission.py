@@ -19,14 +19,33 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from yktool import agefile
+from yktool import udev as udev_rule
+from yktool import usbguard as usbguard_rule
+from yktool.checks import CheckContext, Result, run_checks
+from yktool.checks import summary as count_results
 from yktool.errors import Refused, ToolFailed, UsageError
+from yktool.fido.identity import usb_identity
+from yktool.git_signing import add_signer, check_email
 from yktool.host import Host
-from yktool.inventory import Registry
 from yktool.lock import current_hold, root_lock, still_held
+from yktool.luks.header import read_header
+from yktool.luks.pending import read_header_seeing_pending
+from yktool.luks.recovery import plan_add_recovery
+from yktool.luks.tpm2 import plan_enroll_tpm2
+from yktool.nixos.generate import regenerate
+from yktool.pam.authfile import CENTRAL_AUTHFILE
+from yktool.pam.host_facts import check_origin, default_origin
+from yktool.pam.register import RegisterRequest, Target, pam_line_for, plain_target
+from yktool.pam.register import register as pam_register
 from yktool.plan import Plan
+from yktool.ssh import enroll
+from yktool.ssh.accounts import Account, lookup_user
+from yktool.tpm import parse_tcti
+from yktool.udev import KeyUsb, identity_from
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
-from .keys import KeyRing, Passphrases
+from .keys import KeyRing, Passphrases, enroll_luks_fido2
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 from .touched import commission_files, refuse_links
@@ -94,8 +113,6 @@ class CommissionAnswers:
         if "git" in self.steps:
             if "ssh" not in self.steps:
                 raise UsageError("git signing uses the SSH key: the ssh step is needed too", "add ssh to --steps")
-            from yktool.git_signing import check_email
-
             check_email(self.git_email)
         if self.backup_nickname and self.backup_nickname == self.primary_nickname:
             raise UsageError("the primary and the backup key need different nicknames",
@@ -135,88 +152,84 @@ class Commission:
     def __init__(self, host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO,
                  state: FlowState) -> None:
         self.host = host
-        self.a = answers
+        self.answers = answers
         self.keys = keys
         self.io = io
         self.state = state
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
-        self.results: list[Any] = []       # verify's results (yktool.checks.Result)
+        self.results: list[Result] = []  # verify's results
         self.checked_under: object | None = None  # the lock hold prepare checked the host under
         self.recovery_shown = False        # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
-    def account(self) -> Any:
-        from yktool.ssh.accounts import lookup_user
-
-        return lookup_user(self.host, self.a.user)
+    def account(self) -> Account:
+        return lookup_user(self.host, self.answers.user)
 
     def hostname(self) -> str:
         return hostname(self.host)
 
     def origin(self) -> str:
-        from yktool.pam.host_facts import check_origin, default_origin
-
-        return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
+        return check_origin(self.answers.pam_origin) if self.answers.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
     def build_steps(self) -> list[FlowStep]:
-        a = self.a
+        answers = self.answers
         steps: list[FlowStep] = []
-        many = len(a.luks_devices) > 1
-        pcrs = "+".join(map(str, a.pcrs))
-        for dev in a.luks_devices:
-            if "luks-tpm2" in a.steps:
+        many = len(answers.luks_devices) > 1
+        pcrs = "+".join(map(str, answers.pcrs))
+        for dev in answers.luks_devices:
+            if "luks-tpm2" in answers.steps:
                 steps.append(FlowStep(step_id("luks-tpm2", None, dev, many),
                                       f"seal a keyslot of {dev} to the TPM2 (PCRs {pcrs})",
                                       partial(self.luks_tpm2, dev), [dev, f"TPM {self.io.tcti}"],
                                       "test-unlock through systemd's token plugin"))
-            if "recovery" in a.steps:
+            if "recovery" in answers.steps:
                 steps.append(FlowStep(step_id("recovery", None, dev, many),
                                       f"add a recovery key to {dev} (shown once)",
                                       partial(self.recovery, dev), [dev],
                                       "cryptsetup open --test-passphrase with the new key"))
-        for role in a.roles:
-            nick = a.nickname(role)
+        for role in answers.roles:
+            nick = answers.nickname(role)
             steps.append(FlowStep(step_id("pin", role), f"{role} key ({nick}): check it and its PIN "
                                   "(set a first PIN if it has none)", partial(self.pin, role),
                                   [f"{role} key"], "a PIN token from the key", role))
-            if "luks-fido2" in a.steps:
-                for dev in a.luks_devices:
+            if "luks-fido2" in answers.steps:
+                for dev in answers.luks_devices:
                     steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
                                           f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; "
                                           f"{self.luks_touches(role)})",
                                           partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
                                           "the key's hmac-secret opens the new keyslot", role))
-            if "ssh" in a.steps:
+            if "ssh" in answers.steps:
                 steps.append(FlowStep(step_id("ssh", role), f"ed25519-sk SSH key on the {role} key ({nick}) "
-                                      f"for {a.user}, added to authorized_keys", partial(self.ssh, role),
-                                      [f"~{a.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
-            if "git" in a.steps:
+                                      f"for {answers.user}, added to authorized_keys", partial(self.ssh, role),
+                                      [f"~{answers.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
+            if "git" in answers.steps:
                 what = "sign git commits with it" if role == "primary" else "accept its git signatures"
-                steps.append(FlowStep(step_id("git", role), f"{what} ({a.git_email}, allowed_signers)",
-                                      partial(self.git, role), [f"~{a.user}/.gitconfig",
-                                                                    f"~{a.user}/.ssh/allowed_signers"],
+                steps.append(FlowStep(step_id("git", role), f"{what} ({answers.git_email}, allowed_signers)",
+                                      partial(self.git, role), [f"~{answers.user}/.gitconfig",
+                                                                    f"~{answers.user}/.ssh/allowed_signers"],
                                       "git config --get reads the settings back", role))
-            if "pam" in a.steps:
-                where = a.age_file if a.host_kind == "nixos" else "/etc/u2f_mappings"
-                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {a.user} on the {role} "
+            if "pam" in answers.steps:
+                where = answers.age_file if answers.host_kind == "nixos" else "/etc/u2f_mappings"
+                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {answers.user} on the {role} "
                                       f"key ({nick}) in {where}", partial(self.pam, role), [where],
                                       "an assertion with the origin verifies against the stored key", role))
-            if "udev" in a.steps:
-                steps.append(FlowStep(step_id("udev", role), f"lock the screen when the {role} key is removed",
-                                      partial(self.udev, role), ["/etc/udev/rules.d/85-yktool-lock.rules"]
-                                      if a.host_kind == "linux" else ["services.udev.extraRules (the NixOS module)"],
-                                      "the rule file read back", role))
-            if "usbguard" in a.steps:
-                steps.append(FlowStep(step_id("usbguard", role), f"allow the {role} key through USBGuard",
-                                      partial(self.usbguard, role), ["/etc/usbguard/rules.conf"]
-                                      if a.host_kind == "linux" else ["USBGuard rules (the NixOS module)"],
-                                      "the rules file read back", role))
-        if a.host_kind == "nixos":
+            usb_rules = {  # kind: what the step does, what it changes (plain Linux, NixOS), its proof
+                "udev": (f"lock the screen when the {role} key is removed", udev_rule.RULE_PATH,
+                         f"{udev_rule.NIX_OPTION} (the NixOS module)", "the rule file read back"),
+                "usbguard": (f"allow the {role} key through USBGuard", usbguard_rule.RULES_PATH,
+                             "USBGuard rules (the NixOS module)", "the rules file read back"),
+            }
+            for kind, (what, linux, nixos, proof) in usb_rules.items():
+                if kind in answers.steps:
+                    steps.append(FlowStep(step_id(kind, role), what, partial(self.usb_rule, kind, role),
+                                          [linux if answers.host_kind == "linux" else nixos], proof, role))
+        if answers.host_kind == "nixos":
             steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
                                   "(yktool nixos module)", self.nixos_module, ["the NixOS module"],
                                   "nix-instantiate --parse", None, always=True))
-        if "verify" in a.steps:
+        if "verify" in answers.steps:
             steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
                                   self.verify, [], "reads only", None, always=True))
         return steps
@@ -232,10 +245,7 @@ class Commission:
 
     # -- LUKS
     def luks_tpm2(self, device: str) -> str:
-        from yktool.luks.tpm2 import plan_enroll_tpm2
-        from yktool.tpm import parse_tcti
-
-        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.a.pcrs),
+        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.answers.pcrs),
                               allow_unmeasured=self.io.allow_unmeasured)
         if op.needs_unlock:
             op.unlock = self.unlock(device)
@@ -246,9 +256,6 @@ class Commission:
         return f"token {op.new_token} sealed to PCRs {pcrs}, proven to open {device}"
 
     def recovery(self, device: str) -> str:
-        from yktool.luks.pending import read_header_seeing_pending
-        from yktool.luks.recovery import plan_add_recovery
-
         pending: list[str] = list(self.state.extra.get("recovery-pending", []))
         # a key an interrupted add-recovery made and never showed is not counted (luks.pending)
         existing = read_header_seeing_pending(self.host, device).slots_with_role("recovery")
@@ -270,28 +277,17 @@ class Commission:
         return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
 
     def luks_fido2(self, role: str, device: str) -> str:
-        from yktool.fido.devices import entry_for
-        from yktool.luks import fido2 as lf
-
-        session = self.keys.session(role)
-        spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
-        op = lf.plan_enroll_fido2(self.host, device, spec, lf.Fido2Options(nickname=self.a.nickname(role)))
-        op.session = session
-        if op.needs_unlock:
-            op.unlock = self.unlock(device)
-        op.plan.apply()
+        op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.answers.nickname(role), self.unlock)
+        self.keys.add_touches(role, op.tool_touches)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"
 
     # -- SSH and git
     def ssh(self, role: str) -> str:
-        from yktool.authorized_keys import authorize
-        from yktool.ssh import enroll
-
         account = self.account()
-        path = key_path(self.a, role, account.home)
-        nick = self.a.nickname(role)
+        path = key_path(self.answers, role, account.home)
+        nick = self.answers.nickname(role)
         session = self.keys.session(role)
         if self.host.exists(path):
             key = enroll.load_private(self.host, path)
@@ -302,178 +298,106 @@ class Commission:
         else:
             opts = enroll.parse_options([])
             enroll.precheck(session, opts)
-            comment = f"{self.a.user}@{self.hostname() or 'host'} ({nick})"
+            comment = f"{self.answers.user}@{self.hostname() or 'host'} ({nick})"
             key = enroll.make_key(session, opts, comment, prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())
             made = "made a new key"
-        enroll.record_key(self.host, key, path, nickname=nick, aaguid=session.aaguid, user=account.name)
-        target, merged = authorize(self.host, account, key)
-        with Registry.update(self.host) as registry:
-            registry.record(nick, "ssh", role="authorized_keys", user=account.name, path=str(target),
-                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                            credential_id=enroll.credential_id_b64(key))
-        self._prove_ssh(path, key)
+        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=nick, aaguid=session.aaguid)
         return (f"{made} {key.public.fingerprint} ({path}); "
-                f"{'added to' if merged.added else 'already in'} {target}; ssh-keygen -y reads it back")
-
-    def _prove_ssh(self, path: PurePosixPath, key: Any) -> None:
-        result = self.host.run(["ssh-keygen", "-y", "-f", str(self.host.path(path))], check=False)
-        if result.returncode != 0 or result.stdout != key.pub_file():
-            raise ToolFailed(f"ssh-keygen does not read {path} back as the key made: {result.error_text}",
-                             "remove the file and run the same command again")
+                f"{'added to' if done.authorized.added else 'already in'} {done.authorized.path}; {done.proof}")
 
     def git(self, role: str) -> str:
-        from yktool.git_signing import add_allowed_signer, configure
-        from yktool.ssh.enroll import credential_id_b64, load_private, pub_path
-
+        """The primary key signs (git config and allowed_signers); the backup key's signatures
+        verify too (allowed_signers), the primary staying the signing key."""
         account = self.account()
-        path = key_path(self.a, role, account.home)
-        key = load_private(self.host, path)
-        nick = self.a.nickname(role)
-        signers = account.home / ".ssh" / "allowed_signers"
-        if role == "primary":
-            setup = configure(self.host, account, email=self.a.git_email, pub_path=pub_path(path),
-                              public=key.public)
-            config_file, changed = str(setup.config_file), bool(setup.changed or setup.allowed_signers_changed)
-            self.io.notes.extend(setup.notes)
-            from yktool.git_signing import Git
-
-            got = Git(self.host, account).get(setup.config_file, "gpg.format")
-            if got != "ssh":
-                raise ToolFailed(f"git does not read gpg.format=ssh back from {setup.config_file}",
-                                 "check the file by hand, then run the same command again")
-        else:
-            # the backup key's signatures verify too; the primary stays the signing key
-            changed = add_allowed_signer(self.host, signers, self.a.git_email, key.public, account.owner())
-            config_file = ""
-        with Registry.update(self.host) as registry:
-            registry.forget("git", email=self.a.git_email, credential_id=credential_id_b64(key))
-            registry.record(nick, "git", email=self.a.git_email, user=account.name,
-                            allowed_signers=str(signers), config_file=config_file,
-                            public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                            credential_id=credential_id_b64(key))
-        if role == "primary":
-            return f"git signs with {key.public.fingerprint} ({config_file}){'' if changed else ', unchanged'}"
-        return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signers})"
+        path = key_path(self.answers, role, account.home)
+        key = enroll.load_private(self.host, path)
+        signer = add_signer(self.host, account, key, email=self.answers.git_email, nickname=self.answers.nickname(role),
+                            signing_key=enroll.pub_path(path) if role == "primary" else None)
+        if signer.setup is not None:
+            self.io.notes.extend(signer.setup.notes)
+            return (f"git signs with {key.public.fingerprint} ({signer.setup.config_file})"
+                    f"{'' if signer.changed else ', unchanged'}")
+        return f"{self.answers.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
 
     # -- PAM
-    def pam_target(self) -> Any:
-        from yktool import agefile
-        from yktool.pam.authfile import CENTRAL_AUTHFILE
-        from yktool.pam.register import Target, plain_target
-
-        if self.a.host_kind != "nixos":
-            return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
-        pub = self.a.age_host_key
+    def pam_target(self) -> Target:
+        if self.answers.host_kind != "nixos":
+            return plain_target(self.host, self.answers.user, CENTRAL_AUTHFILE)
+        pub = self.answers.age_host_key
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
         private = pub.removesuffix(".pub")
-        if self.a.age_identity:
+        if self.answers.age_identity:
             # a local path (like --age-file), not inside the root
-            data = Path(self.a.age_identity).read_bytes()
-            identity = agefile.parse_identities(data, source=self.a.age_identity)
+            data = Path(self.answers.age_identity).read_bytes()
+            identity = agefile.parse_identities(data, source=self.answers.age_identity)
         elif self.host.exists(private) and private != pub:
             # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
-        return Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+        return Target(age_file=Path(self.answers.age_file).absolute(), recipients=recipients, identity=identity)
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        from yktool.pam.authfile import CENTRAL_AUTHFILE
-        from yktool.pam.register import pam_line_for, plain_target
-
-        target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
+        target = plain_target(self.host, self.answers.user, CENTRAL_AUTHFILE)
         return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        from yktool.pam.register import RegisterRequest
-        from yktool.pam.register import register as pam_register
-
-        request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
-                                     nickname=self.a.nickname(role),
-                                     age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
+        request = RegisterRequest(user=self.answers.user, origin=self.origin(), target=self.pam_target(),
+                                     nickname=self.answers.nickname(role),
+                                     age_name=Path(self.answers.age_file).name.removesuffix(".age") or "yubikey-auth")
         result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
-            return f"already registered for {self.a.user} (origin {result.origin})"
-        return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
+            return f"already registered for {self.answers.user} (origin {result.origin})"
+        return (f"registered for {self.answers.user} in {result.written_to} (origin {result.origin}), "
                 "proven with an assertion")
 
     # -- udev and USBGuard
-    def usb_identity(self, role: str) -> Any:
-        from yktool.fido.identity import usb_identity
-        from yktool.udev import identity_from
-
+    def usb_identity(self, role: str) -> KeyUsb:
         return identity_from(usb_identity(self.keys.session(role).device))
 
-    def udev(self, role: str) -> str:
-        from yktool import udev as lib
-
-        key = self.usb_identity(role)
-        nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            with Registry.update(self.host) as reg:
-                reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial,
-                           path="services.udev.extraRules")
+    def usb_rule(self, kind: str, role: str) -> str:
+        """The key's removal-lock udev rule or its USBGuard allow rule; on NixOS only the record,
+        which `yktool nixos module` renders them from."""
+        key, nick = self.usb_identity(role), self.answers.nickname(role)
+        if self.answers.host_kind == "nixos":
+            (udev_rule if kind == "udev" else usbguard_rule).record_for_nixos(self.host, key, nick)
             return f"{key.usb_id} recorded for the NixOS module"
-        result = lib.install(self.host, key, nick)
-        with Registry.update(self.host) as reg:
-            reg.record(nick, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=lib.RULE_PATH)
-        if not any(r.vendor == key.vendor and r.product == key.product for r in lib.installed_rules(self.host)):
-            raise ToolFailed(f"{lib.RULE_PATH} does not hold the rule for {key.usb_id} after writing",
-                             "check the file by hand, then run the same command again")
-        return f"{'wrote' if result.changed else 'unchanged'} {lib.RULE_PATH} ({key.usb_id})"
-
-    def usbguard(self, role: str) -> str:
-        from yktool import usbguard as lib
-
-        key = self.usb_identity(role)
-        nick = self.a.nickname(role)
-        if self.a.host_kind == "nixos":  # the NixOS module is rendered from this record
-            with Registry.update(self.host) as reg:
-                reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION,
-                           rule=lib.rule_line(key))
-            return f"{key.usb_id} recorded for the NixOS module"
-        result = lib.allow(self.host, key)
-        with Registry.update(self.host) as reg:
-            reg.record(nick, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.RULES_PATH)
-        if lib.find_rule(self.host.read_text(lib.RULES_PATH), key) is None:
-            raise ToolFailed(f"{lib.RULES_PATH} does not hold the rule for {key.usb_id} after writing",
-                             "check the file by hand, then run the same command again")
-        if result.placeholder:
-            self.io.notes.append(f"{lib.RULES_PATH} was a placeholder ({result.placeholder}): populate it "
+        if kind == "udev":
+            installed = udev_rule.install_and_record(self.host, key, nick)
+            return f"{'wrote' if installed.changed else 'unchanged'} {udev_rule.RULE_PATH} ({key.usb_id})"
+        allowed = usbguard_rule.allow_and_record(self.host, key, nick)
+        if allowed.placeholder:
+            self.io.notes.append(f"{allowed.path} was a placeholder ({allowed.placeholder}): populate it "
                                  "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
-        return f"{'added to' if result.added else 'already in'} {lib.RULES_PATH}: {result.line}"
+        return f"{'added to' if allowed.added else 'already in'} {allowed.path}: {allowed.line}"
 
     def nixos_module(self) -> str:
-        from yktool.nixos.generate import regenerate
-
         return regenerate(self.host)
 
     # -- verify
     def verify_selection(self) -> list[str]:
         """The checks that prove what this run enrolled (the rest of `yktool verify` is the host's)."""
-        if self.a.verify_only:
-            return list(self.a.verify_only)
-        s, sel = set(self.a.steps), []
-        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+        if self.answers.verify_only:
+            return list(self.answers.verify_only)
+        s, sel = set(self.answers.steps), []
+        if s & {"luks-fido2", "luks-tpm2"} and self.answers.luks_devices:
             sel.append("boot.luks.root")
         # on NixOS /etc is generated: the PAM stack, udev and USBGuard rules come from the printed
         # Nix after a rebuild, so the root's /etc/pam.d and rules are not what will run
         nixos_generated = {"pam", "udev", "usbguard"}
         for step, check_ids in VERIFY_FOR_STEP.items():
-            if step in s and (self.a.host_kind == "linux" or step not in nixos_generated):
+            if step in s and (self.answers.host_kind == "linux" or step not in nixos_generated):
                 sel += check_ids
-        if self.a.backup_nickname:
+        if self.answers.backup_nickname:
             sel.append("hw.registry.backup")
         return sel
 
     def verify(self) -> str:
-        from yktool.checks import CheckContext, run_checks, summary
-
         self.keys.close()  # verify needs no key; count the last key's touches now
-        ctx = CheckContext(self.host, user=self.a.user or None, tpm2_pcrs=tuple(self.a.pcrs))
+        ctx = CheckContext(self.host, user=self.answers.user or None, tpm2_pcrs=tuple(self.answers.pcrs))
         self.results = run_checks(ctx, self.verify_selection())
-        counts = summary(self.results)
+        counts = count_results(self.results)
         return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
 
 
@@ -481,15 +405,15 @@ class Commission:
         """The verify checks that prove what this run wrote. The PAM stack (/etc/pam.d) is the
         person's to edit (Next steps), and checks named by --verify-only beyond the steps belong
         to other layers: listed as "not part of this run", they do not fail it."""
-        s, owned = set(self.a.steps), set()
+        s, owned = set(self.answers.steps), set()
         if not s - {"verify"}:
             return {str(r.id) for r in self.results}  # nothing enrolled: the run is a verify, all its own
         for step, check_ids in VERIFY_FOR_STEP.items():
             if step in s:
                 owned |= set(check_ids) - PAM_STACK_CHECKS
-        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+        if s & {"luks-fido2", "luks-tpm2"} and self.answers.luks_devices:
             owned.add("boot.luks.root")
-        if self.a.backup_nickname:
+        if self.answers.backup_nickname:
             owned.add("hw.registry.backup")
         return owned
 
@@ -497,17 +421,17 @@ class Commission:
         """What each key costs: one touch per credential made (the LUKS slot's secret and the
         pam_u2f proof are read silently), one PIN entry (a first PIN is typed twice, once counted)."""
         per_role = []
-        for role in self.a.roles:
+        for role in self.answers.roles:
             n = 0
-            if "luks-fido2" in self.a.steps:
-                n += len(self.a.luks_devices) * (1 if self.luks_touches(role) == "1 touch" else 2)
-            n += sum(1 for k in ("ssh", "pam") if k in self.a.steps)
+            if "luks-fido2" in self.answers.steps:
+                n += len(self.answers.luks_devices) * (1 if self.luks_touches(role) == "1 touch" else 2)
+            n += sum(1 for k in ("ssh", "pam") if k in self.answers.steps)
             per_role.append(n)
         if not per_role:
             return ""
         if len(set(per_role)) == 1:
             return f"each key: {budget(per_role[0])}"
-        return ", ".join(f"{r} key: {budget(n)}" for r, n in zip(self.a.roles, per_role, strict=True))
+        return ", ".join(f"{r} key: {budget(n)}" for r, n in zip(self.answers.roles, per_role, strict=True))
 
 
 PAM_STACK_CHECKS = {"pam.sudo", "pam.login"}
@@ -519,31 +443,31 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
     """The plan on one screen: the root and host, what changes per LUKS device and per key, the
     touch and PIN budget. The full plan (every step, what it changes, how it is proven) is on
     demand."""
-    a = flow.a
+    answers = flow.answers
     done = set(flow.state.done)
     todo = [st for st in steps if st.id not in done or st.always]
     host = flow.hostname() or "no /etc/hostname"
-    lines = [f"commission: {flow.host.root}", f"  host {host} ({a.host_kind}), for {a.user or 'no user'}; "
+    lines = [f"commission: {flow.host.root}", f"  host {host} ({answers.host_kind}), for {answers.user or 'no user'}; "
              f"{len(steps)} steps, {len(steps) - len(todo)} done already"]
 
     def add(head: str, items: list[str]) -> None:
         lines.extend(summary_item(head, items, width))
 
-    for dev in a.luks_devices:
+    for dev in answers.luks_devices:
         items = []
         for st in todo:
             if st.role is None and dev in st.description:
-                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, a.pcrs)) + ")"
+                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, answers.pcrs)) + ")"
                              if "tpm2" in st.id else "a recovery key (shown once)")
-        if {"luks-tpm2", "recovery"} & set(a.steps):
+        if {"luks-tpm2", "recovery"} & set(answers.steps):
             add(dev, items)
-    for role in a.roles:
+    for role in answers.roles:
         items = [WHAT[k] for k in KEY_STEPS if any(st.id.startswith(f"{role}.{k}") for st in todo)]
-        add(f"{role} key ({a.nickname(role)})", items)
+        add(f"{role} key ({answers.nickname(role)})", items)
     budget = flow.touch_budget()
     if budget and any(st.role is not None for st in todo):
         lines.append(f"  {budget}" + (" (systemd-cryptenroll asks its own for LUKS)"
-                                      if "2 touches" in flow.luks_touches(a.roles[0]) else ""))
+                                      if "2 touches" in flow.luks_touches(answers.roles[0]) else ""))
     if any(st.id == "verify" for st in steps):
         lines.append("  then yktool verify: the checks for what was enrolled")
     return lines
@@ -552,17 +476,17 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
 def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
     """What is left for the person, exactly: the PAM line and where it goes (in the control
     verify accepts), the NixOS rebuild, storing the recovery key."""
-    a = flow.a
+    answers = flow.answers
     out: list[str] = []
     pam_failed = {r.id for r in report.results if r.id in PAM_STACK_CHECKS and r.status in ("fail", "warn")}
-    if "pam" in a.steps and a.host_kind == "linux" and (pam_failed or not report.results):
+    if "pam" in answers.steps and answers.host_kind == "linux" and (pam_failed or not report.results):
         line = flow.pam_line().replace("auth sufficient ", "auth required ", 1)
         for service in sorted(pam_failed) or ["pam.sudo"]:
             name = service.split(".", 1)[1]
             works = "`sudo -k; sudo true` works with the key" if name == "sudo" else f"a new {name} works with the key"
             out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
                        f"with a root shell kept open until {works}:\n    {line}")
-    if a.host_kind == "nixos":
+    if answers.host_kind == "nixos":
         out.append(NIXOS_REBUILD)
     if flow.recovery_shown:
         out.append("Store the recovery key offline (paper, a password manager on another device): it opens "
@@ -635,14 +559,10 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
 def check_host(host: Host, answers: CommissionAnswers) -> None:
     """What the answers name must be there before anything is done: the LUKS devices (LUKS2),
     the user, the NixOS host key, the unlock key file."""
-    from yktool.luks.header import read_header
-
     if {"luks-fido2", "luks-tpm2", "recovery"} & set(answers.steps):
         for dev in answers.luks_devices:
             read_header(host, dev)
     if answers.user and {"ssh", "git", "pam"} & set(answers.steps):
-        from yktool.ssh.accounts import lookup_user
-
         lookup_user(host, answers.user)
     if answers.host_kind == "nixos" and "pam" in answers.steps and not host.exists(answers.age_host_key):
         raise UsageError(f"the host key {answers.age_host_key} is not in {host.root}",
@@ -666,7 +586,7 @@ def execute(flow: Commission, steps: list[FlowStep],
     host's checks run again under it first."""
     with root_lock(flow.host, f"yktool {FLOW}"):
         if not still_held(flow.host, flow.checked_under):
-            check_host(flow.host, flow.a)
+            check_host(flow.host, flow.answers)
             refuse_links(flow.host, commission_files(flow))
         return _execute(flow, steps, on_step)
 
@@ -674,7 +594,7 @@ def execute(flow: Commission, steps: list[FlowStep],
 def _execute(flow: Commission, steps: list[FlowStep],
              on_step: Callable[[Outcome], None] | None) -> CommissionReport:
     nothing = not pending(flow, steps)
-    flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.begin(flow.host, flow.answers.to_json())
     flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming
     flow.state.save(flow.host)
     outcomes = run_steps(flow.host, flow.state, steps, on_step)

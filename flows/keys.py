@@ -8,11 +8,15 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+
+from fido2.ctap2.pin import ClientPin
 
 from yktool.errors import PinInvalid, Refused
+from yktool.fido.devices import entry_for
 from yktool.fido.session import KeySession
 from yktool.host import Host
+from yktool.keynames import identify_key
+from yktool.luks import fido2 as luks_fido2
 
 # (role, device spec or None) -> an open session; the front end supplies it with its interaction
 SessionOpener = Callable[[str, "str | None"], AbstractContextManager[KeySession]]
@@ -74,8 +78,6 @@ class KeyRing:
     def _check_identity(self, role: str, session: KeySession) -> None:
         """Refuse the wrong key in hand (the primary where the backup is wanted, or the reverse),
         found with silent probes of the registry's credentials (no touch, no PIN)."""
-        from yktool.keynames import identify_key
-
         known = identify_key(session, self.host)
         want = self.nicknames.get(role, "")
         if known is not None and want and known != want and known in self.nicknames.values():
@@ -98,16 +100,11 @@ class KeyRing:
 
     @staticmethod
     def _typed(session: KeySession) -> int | None:
-        typed = getattr(session.interaction, "pin_prompts", None)
-        return typed if isinstance(typed, int) else None
+        return session.interaction.pin_prompts
 
     def check_pin(self, role: str, new_pin: Callable[[str], str]) -> str:
         """The PIN step of a flow: a key without a PIN gets a first one (`new_pin` asks the person),
         else its PIN is proven with a token. Either way the session holds the PIN for the run."""
-        from fido2.ctap2.pin import ClientPin
-
-        from yktool.luks.fido2 import RP_ID
-
         s = self.session(role)
         if not s.pin_is_set:
             pin = new_pin(role)
@@ -119,18 +116,22 @@ class KeyRing:
             return f"set a first PIN on the {role} key"
         while True:
             try:
-                s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+                s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, luks_fido2.RP_ID)
                 break
             except PinInvalid as exc:  # the session forgot the PIN: the next try asks again
                 if self.on_wrong_pin is None or not self.on_wrong_pin(role, exc.retries):
                     raise
         return f"PIN accepted ({s.pin_retries()} attempts left)"
 
+    def add_touches(self, role: str, touches: int) -> None:
+        """Touches another program asked for on the key (systemd-cryptenroll): the session saw none."""
+        self.counts.setdefault(role, Counts()).touches += touches
+
     def add_pin_entry(self, role: str) -> None:
         """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""
         self.counts.setdefault(role, Counts()).pin_prompts += 1
 
-    def totals(self) -> dict[str, Any]:
+    def totals(self) -> dict[str, dict[str, int]]:
         return {role: c.to_json() for role, c in self.counts.items()}
 
 
@@ -159,3 +160,17 @@ class Passphrases:
         if device not in self._known:
             self._known[device] = self.host.read_bytes(self.key_file) if self.key_file else self.ask(device)
         return self._known[device]
+
+
+def enroll_luks_fido2(host: Host, device: str, session: KeySession, nickname: str,
+                      unlock: Passphrases) -> luks_fido2.Fido2Enrollment:
+    """A flow's LUKS2 FIDO2 step: luks.fido2's plan with the flow's session (its PIN typed once
+    per run) and the volume's passphrase only when the plan needs it; applied, the plan proves
+    the new keyslot opens with the key and records it."""
+    spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
+    op = luks_fido2.plan_enroll_fido2(host, device, spec, luks_fido2.Fido2Options(nickname=nickname))
+    op.session = session
+    if op.needs_unlock:
+        op.unlock = unlock(device)
+    op.plan.apply()
+    return op

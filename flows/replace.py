@@ -32,20 +32,39 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from yktool.errors import Refused, ToolFailed, UsageError
+from yktool import agefile
+from yktool import udev as udev_rule
+from yktool import usbguard as usbguard_rule
+from yktool.authorized_keys import authorized_keys_path, key_blob_in, revoke
+from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
+from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
+from yktool.git_signing import Git, add_revoked_signer, add_signer, expire_signer
 from yktool.host import Host
-from yktool.inventory import Registry
-from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_requiring
+from yktool.inventory import Registry, Scalar
+from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_authfiles, pam_requiring
 from yktool.lock import current_hold, root_lock, still_held
+from yktool.luks.cryptenroll import wipe_slots
+from yktool.luks.header import read_header
+from yktool.luks.pending import read_header_seeing_pending
+from yktool.luks.safety import check_remaining
+from yktool.luks.tokens import Fido2Token
+from yktool.nixos.generate import regenerate
+from yktool.pam.authfile import Authfile, AuthLine, U2fCredential
+from yktool.pam.host_facts import default_origin
+from yktool.pam.register import RegisterRequest, Target, plain_target, read_current, write_target
+from yktool.pam.register import register as pam_register
 from yktool.plan import Plan
-from yktool.ssh.keys import FLAG_USER_VERIFICATION
+from yktool.ssh import enroll
+from yktool.ssh.accounts import lookup_user
+from yktool.ssh.keys import FLAG_RESIDENT, FLAG_USER_PRESENCE, FLAG_USER_VERIFICATION, SkPublicKey
+from yktool.udev import identity_from
 
 from .ending import NIXOS_REBUILD, FlowReport, budget, hostname, luks_touches, summary_item
-from .keys import KeyRing, Passphrases
+from .keys import KeyRing, Passphrases, enroll_luks_fido2
 from .runner import FlowStep, Outcome, make_plan, run_steps
 from .state import FlowState
 from .touched import refuse_links, replace_files
@@ -111,17 +130,11 @@ def _b64(value: object) -> bytes | None:
         return None
 
 
-AgeTarget = Callable[[str], Any]   # age file path -> yktool.pam.register.Target that can read and write it
+AgeTarget = Callable[[str], Target]   # age file path -> a Target that can read and write it
 
 
 def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
     """Every credential the host has enrolled that yktool can probe (no key needed here)."""
-    from yktool.luks.header import read_header
-    from yktool.luks.tokens import Fido2Token
-    from yktool.pam.authfile import Authfile
-    from yktool.pam.host_facts import default_origin
-    from yktool.pam.register import read_current
-
     registry = Registry.load(host)
 
     def owner(cid: str) -> str:
@@ -146,8 +159,6 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
     # and every fixed authfile a PAM stack reads: a lost key's credential copied there by hand is
     # still the registry's credential id, and still a way in for the finder
-    from yktool.lastway import pam_authfiles
-
     authfiles = list(dict.fromkeys([*authfiles, *(p for p, _o in pam_authfiles(host))]))
     age_files = list(dict.fromkeys(str(e["age_file"]) for _k, e in registry.enrollments("pam") if "age_file" in e))
     texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
@@ -219,12 +230,8 @@ class ReplaceAnswers:
 def age_target_for(host: Host, answers: ReplaceAnswers) -> AgeTarget:
     """How to read and re-encrypt an agenix authfile: the host keys given (default the root's
     ssh_host_ed25519_key.pub) as recipients; --age-identity, else that host key's private half."""
-    from pathlib import Path
 
-    def target(age_file: str) -> Any:
-        from yktool import agefile
-        from yktool.pam.register import Target
-
+    def target(age_file: str) -> Target:
         pubs = answers.age_host_keys or ["/etc/ssh/ssh_host_ed25519_key.pub"]
         recipients = []
         for pub in pubs:
@@ -321,14 +328,11 @@ def check_named_absent(found: list[Found]) -> None:
                       "check the name (yktool keys list), or remove that key and run again")
 
 
-def replacement_options(f: Found) -> Any:
+def replacement_options(f: Found) -> enroll.KeygenOptions:
     """The SSH key options of the lost key, for its replacement: the same application and the
     same protection (verify-required, resident, no-touch-required), never a weaker key."""
-    from yktool.ssh.enroll import KeygenOptions
-    from yktool.ssh.keys import FLAG_RESIDENT, FLAG_USER_PRESENCE
-
     flags = f.ssh_flags if f.ssh_flags is not None else FLAG_USER_PRESENCE
-    return KeygenOptions(application=f.rp_id if f.rp_id.startswith("ssh:") else "ssh:",
+    return enroll.KeygenOptions(application=f.rp_id if f.rp_id.startswith("ssh:") else "ssh:",
                          verify_required=bool(flags & FLAG_USER_VERIFICATION), resident=bool(flags & FLAG_RESIDENT),
                          no_touch_required=not flags & FLAG_USER_PRESENCE)
 
@@ -338,7 +342,7 @@ class Replace:
 
     def __init__(self, host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, state: FlowState,
                  found: list[Found], has_new: bool) -> None:
-        self.host, self.a, self.keys, self.io, self.state = host, answers, keys, io, state
+        self.host, self.answers, self.keys, self.io, self.state = host, answers, keys, io, state
         self.found = found
         self.has_new = has_new
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
@@ -354,7 +358,7 @@ class Replace:
     # ------------------------------------------------------------------ plan
     def build_steps(self) -> list[FlowStep]:
         steps: list[FlowStep] = []
-        nick = self.a.new_nickname
+        nick = self.answers.new_nickname
         luks_devs = list(dict.fromkeys(f.where for f in self.lost("luks")))
         pam_targets = list(dict.fromkeys((f.where, f.user, f.rp_id) for f in self.lost("pam")))
         ssh_keys = self.lost("ssh")
@@ -396,8 +400,6 @@ class Replace:
         return steps
 
     def nixos_module(self) -> str:
-        from yktool.nixos.generate import regenerate
-
         return regenerate(self.host)
 
     def touches(self) -> int:
@@ -412,27 +414,14 @@ class Replace:
         return self.keys.check_pin("new", self.io.new_pin)
 
     def enroll_luks(self, device: str) -> str:
-        from yktool.fido.devices import entry_for
-        from yktool.luks import fido2 as lf
-
-        session = self.keys.session("new")
-        op = lf.plan_enroll_fido2(self.host, device, entry_for(session.device).spec,
-                                  lf.Fido2Options(nickname=self.a.new_nickname))
-        op.session = session
-        if op.needs_unlock:
-            op.unlock = self.unlock(device)
-        op.plan.apply()
+        op = enroll_luks_fido2(self.host, device, self.keys.session("new"), self.answers.new_nickname, self.unlock)
+        self.keys.add_touches("new", op.tool_touches)
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
 
     def new_key_path(self, f: Found) -> PurePosixPath:
         return PurePosixPath(f.where)
 
     def enroll_ssh(self, f: Found) -> str:
-        from yktool.authorized_keys import authorize
-        from yktool.git_signing import add_allowed_signer, configure
-        from yktool.ssh import enroll
-        from yktool.ssh.accounts import lookup_user
-
         account = lookup_user(self.host, f.user)
         path = self.new_key_path(f)
         session = self.keys.session("new")
@@ -444,48 +433,33 @@ class Replace:
         if key is None:
             opts = replacement_options(f)
             enroll.precheck(session, opts)
-            key = enroll.make_key(session, opts, f"{f.user} ({self.a.new_nickname})", prechecked=True)
+            key = enroll.make_key(session, opts, f"{f.user} ({self.answers.new_nickname})", prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())  # the lost key's file is backed up
-        enroll.record_key(self.host, key, path, nickname=self.a.new_nickname, aaguid=session.aaguid, user=f.user)
-        target, _merged = authorize(self.host, account, key)
-        registry = Registry.load(self.host)
-        git = [e for _k, e in registry.enrollments("git") if str(e.get("public_key", "")) == f.public_key]
-        with Registry.update(self.host) as reg:
-            reg.record(self.a.new_nickname, "ssh", role="authorized_keys", user=f.user, path=str(target),
-                       public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                       credential_id=enroll.credential_id_b64(key))
+        git = [e for _k, e in Registry.load(self.host).enrollments("git")
+               if str(e.get("public_key", "")) == f.public_key]
+        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.answers.new_nickname,
+                                          aaguid=session.aaguid)
         for e in git:
-            email = str(e.get("email", ""))
-            if e.get("config_file"):
-                configure(self.host, account, email=email, pub_path=enroll.pub_path(path), public=key.public)
-            else:
-                signers = PurePosixPath(str(e.get("allowed_signers")))
-                add_allowed_signer(self.host, signers, email, key.public, account.owner())
-            with Registry.update(self.host) as reg:
-                reg.record(self.a.new_nickname, "git", email=email, user=f.user,
-                           allowed_signers=str(e.get("allowed_signers", "")), config_file=str(e.get("config_file", "")),
-                           public_key=key.public.line(), fingerprint=key.public.fingerprint,
-                           credential_id=enroll.credential_id_b64(key))
-        result = self.host.run(["ssh-keygen", "-y", "-f", str(self.host.path(path))], check=False)
-        if result.returncode != 0 or result.stdout != key.pub_file():
-            raise ToolFailed(f"ssh-keygen does not read {path} back as the new key", "run the same command again")
-        return f"{key.public.fingerprint} in {path}, authorized in {target}" + (", git signing" if git else "")
+            # where the lost key signed, the new one signs (the user's global config and its
+            # allowed_signers); where it was only accepted, the new one is, in the same file
+            signs = bool(e.get("config_file"))
+            signers = str(e.get("allowed_signers") or "")
+            add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.answers.new_nickname,
+                       signing_key=enroll.pub_path(path) if signs else None,
+                       allowed_signers=PurePosixPath(signers) if signers and not signs else None)
+        return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + \
+            (", git signing" if git else "")
 
-    def pam_target(self, path: str, user: str) -> Any:
-        from yktool.pam.register import plain_target
-
+    def pam_target(self, path: str, user: str) -> Target:
         if any(f.age and f.where == path for f in self.found):
-            return age_target_for(self.host, self.a)(path)
+            return age_target_for(self.host, self.answers)(path)
         return plain_target(self.host, user, path)
 
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
-        from yktool.pam.register import RegisterRequest
-        from yktool.pam.register import register as pam_register
-
         # the lost credential's checks carry over (+pin, +verification): the replacement is never weaker
         options = "".join(f.pam_options for f in self.lost("pam") if f.where == path and f.user == user)
         request = RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
-                                     nickname=self.a.new_nickname, pin="+pin" in options,
+                                     nickname=self.answers.new_nickname, pin="+pin" in options,
                                      verification="+verification" in options)
         result = pam_register(self.host, self.keys.session("new"), request)
         if result.already_registered:
@@ -493,47 +467,31 @@ class Replace:
         return f"registered for {user} in {path} (origin {origin}), proven with an assertion"
 
     def enroll_rules(self) -> str:
-        from yktool import udev, usbguard
-        from yktool.fido.identity import usb_identity
-
+        """The new key's udev lock and USBGuard rules, where the lost key had them."""
         registry = Registry.load(self.host)
-        lost = [k for k in registry.keys if k.nickname in self.lost_names]
-        kinds = {e.get("kind") for k in lost for e in k.enrollments}
+        kinds = {e.get("kind") for k in registry.keys if k.nickname in self.lost_names for e in k.enrollments}
         done = []
-        if kinds & {"udev", "usbguard"} and self.host.exists("/etc/NIXOS"):
-            key = udev.identity_from(usb_identity(self.keys.session("new").device))
-            with Registry.update(self.host) as reg:  # the NixOS module is rendered from these
+        if kinds & {"udev", "usbguard"}:
+            key = identity_from(usb_identity(self.keys.session("new").device))
+            nick = self.answers.new_nickname
+            if self.host.exists("/etc/NIXOS"):  # the NixOS module is rendered from these records
                 if "udev" in kinds:
-                    reg.record(self.a.new_nickname, "udev", vendor=key.vendor, product=key.product,
-                               serial=key.serial, path="services.udev.extraRules")
+                    udev_rule.record_for_nixos(self.host, key, nick)
                 if "usbguard" in kinds:
-                    reg.record(self.a.new_nickname, "usbguard", usb_id=key.usb_id, serial=key.serial,
-                               path=usbguard.NIX_OPTION, rule=usbguard.rule_line(key))
-            done.append("recorded for the NixOS module")
-        elif kinds & {"udev", "usbguard"}:
-            key = udev.identity_from(usb_identity(self.keys.session("new").device))
-            if "udev" in kinds:
-                udev.install(self.host, key, self.a.new_nickname)
-                with Registry.update(self.host) as reg:
-                    reg.record(self.a.new_nickname, "udev", vendor=key.vendor, product=key.product,
-                               serial=key.serial, path=udev.RULE_PATH)
-                done.append("udev lock rule")
-            if "usbguard" in kinds:
-                usbguard.allow(self.host, key)
-                with Registry.update(self.host) as reg:
-                    reg.record(self.a.new_nickname, "usbguard", usb_id=key.usb_id, serial=key.serial,
-                               path=usbguard.RULES_PATH)
-                done.append("USBGuard rule")
+                    usbguard_rule.record_for_nixos(self.host, key, nick)
+                done.append("recorded for the NixOS module")
+            else:
+                if "udev" in kinds:
+                    udev_rule.install_and_record(self.host, key, nick)
+                    done.append("udev lock rule")
+                if "usbguard" in kinds:
+                    usbguard_rule.allow_and_record(self.host, key, nick)
+                    done.append("USBGuard rule")
         self.keys.close()  # the new key is no longer needed: count its touches now
         return ", ".join(done) or "the lost key had no udev/USBGuard rules"
 
     # ------------------------------------------------------------------ revoke the lost key
     def revoke_luks(self, device: str) -> str:
-        from yktool.luks.cryptenroll import wipe_slots
-        from yktool.luks.header import read_header
-        from yktool.luks.pending import read_header_seeing_pending
-        from yktool.luks.safety import check_remaining
-
         header = read_header_seeing_pending(self.host, device)  # an unseen recovery key is no way in
         lost_tokens = {f.token for f in self.lost("luks") if f.where == device}
         slots = sorted({s for t in header.tokens_of_type("systemd-fido2") if t.id in lost_tokens for s in t.keyslots})
@@ -546,11 +504,9 @@ class Replace:
             raise ToolFailed(f"keyslot(s) {slots} are still in {device}", "check `yktool luks status`")
         return f"wiped keyslot(s) {', '.join(map(str, slots))} and their tokens"
 
-    def _pam_line(self, path: str, user: str) -> tuple[Any, Any, Any, list[Any], set[bytes]]:
+    def _pam_line(self, path: str, user: str) -> tuple[Target, Authfile, AuthLine | None,
+                                                       list[U2fCredential], set[bytes]]:
         """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
-        from yktool.pam.authfile import Authfile
-        from yktool.pam.register import read_current
-
         mine = [f for f in self.lost("pam") if f.where == path and f.user == user]
         lost_ids = {f.credential_id for f in mine if not f.resident_key}
         lost_resident = {f.resident_key for f in mine if f.resident_key}
@@ -563,8 +519,6 @@ class Replace:
 
     def removal(self) -> Removal:
         """Everything the run takes away, and where the new key is enrolled (and proven) first."""
-        from yktool.pam.register import read_current
-
         out = Removal()
         for f in self.lost("luks"):
             out.add_luks(f.where, f.keyslots)
@@ -586,22 +540,29 @@ class Replace:
 
     def new_authorized_keys(self, user: str) -> str:
         """Where enroll_ssh authorizes the new key: the user's own ~/.ssh/authorized_keys."""
-        from yktool.authorized_keys import authorized_keys_path
-        from yktool.errors import YktoolError
-        from yktool.ssh.accounts import lookup_user
-
         try:
             return str(authorized_keys_path(lookup_user(self.host, user)))
         except YktoolError:
             return ""
 
     def ssh_places(self, f: Found) -> list[tuple[str, str]]:
-        """The authorized_keys files (and their users) the registry has the lost SSH key in."""
+        """The authorized_keys files (and their users) the lost SSH key is in: those the registry
+        has, and the key's user's and root's own authorized_keys when they hold it — `ssh
+        authorize` writes before it records (a kill -9 between the two, a registry restored from
+        before), and a line the registry does not know still lets the finder in."""
         registry = Registry.load(self.host)
-        return list(dict.fromkeys((str(e["path"]), str(e.get("user") or f.user))
-                                  for _k, e in registry.enrollments("ssh")
-                                  if e.get("role") == "authorized_keys" and "path" in e
-                                  and str(e.get("public_key")) == f.public_key))
+        places = [(str(e["path"]), str(e.get("user") or f.user)) for _k, e in registry.enrollments("ssh")
+                  if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key]
+        blob = _blob(f.public_key)
+        for user in dict.fromkeys([f.user, "root"]):
+            try:
+                path = str(authorized_keys_path(lookup_user(self.host, user)))
+                if blob and self.host.exists(path) and any(
+                        key_blob_in(ln) == blob for ln in self.host.read_text(path).splitlines()):
+                    places.append((path, user))
+            except (OSError, YktoolError):
+                continue  # a file yktool may not read is the touched-files check's to refuse
+        return list(dict.fromkeys(places))
 
     def check_plan(self, force: bool) -> None:
         """The whole plan's last-way-in check, before anything is done: a LUKS volume left
@@ -641,9 +602,6 @@ class Replace:
         return not required
 
     def revoke_pam(self, path: str, user: str) -> str:
-        from yktool.pam.authfile import Authfile, AuthLine
-        from yktool.pam.register import read_current, write_target
-
         target, authfile, line, keep, lost_ids = self._pam_line(path, user)
         if line is None:
             return "the user has no line"
@@ -669,29 +627,20 @@ class Replace:
         return f"{user} keeps {len(keep)} credential(s)" if keep else f"{user}'s line removed: no credential is left"
 
     def revoke_ssh(self, f: Found) -> str:
-        from yktool.authorized_keys import revoke
-        from yktool.git_signing import Git, add_revoked_signer, expire_signer
-        from yktool.ssh.accounts import lookup_user
-        from yktool.ssh.keys import SkPublicKey
-
         public, _c = SkPublicKey.parse_line(f.public_key)
         registry = Registry.load(self.host)
         account = lookup_user(self.host, f.user)
         done = []
-        for _k, e in registry.enrollments("ssh"):
-            if e.get("role") == "authorized_keys" and str(e.get("public_key")) == f.public_key:
-                where = str(e["path"])
-                removed = revoke(self.host, PurePosixPath(where), public,
-                                 allow_empty=self.forced_empty("ssh", where, str(e.get("user") or f.user)))
-                if removed:
-                    done.append(f"out of {e['path']}")
+        for where, user in self.ssh_places(f):
+            if revoke(self.host, PurePosixPath(where), public, allow_empty=self.forced_empty("ssh", where, user)):
+                done.append(f"out of {where}")
         for _k, e in registry.enrollments("git"):
             if str(e.get("public_key", "")) != f.public_key:
                 continue
             signers = PurePosixPath(str(e.get("allowed_signers")))
             if expire_signer(self.host, signers, public, self.now):
                 done.append(f"valid-before now in {signers}")
-            if self.a.revoke_git:
+            if self.answers.revoke_git:
                 revoked = account.home / REVOKED_FILE
                 if add_revoked_signer(self.host, revoked, public, account.owner()):
                     done.append(f"listed in {revoked}")
@@ -702,40 +651,28 @@ class Replace:
         # the lost key's own file, unless the new key took its place
         path = PurePosixPath(f.where)
         if self.host.exists(path):
-            from yktool.ssh.enroll import load_private, pub_path
-
-            if load_private(self.host, path).public == public:
+            if enroll.load_private(self.host, path).public == public:
                 self.host.remove(path)
-                self.host.remove(pub_path(path))
+                self.host.remove(enroll.pub_path(path))
                 done.append(f"removed {path}")
         return "; ".join(done) or "already revoked"
 
     def revoke_registry(self) -> str:
-        from yktool import udev
-
         registry = Registry.load(self.host)
         lost = [k for k in registry.keys if k.nickname in self.lost_names]
         still_allowed = {_usb_rule(e) for k in registry.keys if k.nickname not in self.lost_names
                          for e in k.enrollments if e.get("kind") == "usbguard"}
         for k in lost:
             for e in k.enrollments:
-                if e.get("kind") == "udev" and e.get("path") == udev.RULE_PATH and self.host.exists(udev.RULE_PATH):
-                    head, blocks = udev.split_blocks(self.host.read_text(udev.RULE_PATH))
-                    if blocks.pop(k.nickname, None) is not None:
-                        body = head.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for _n, b in
-                                                                     sorted(blocks.items()))
-                        self.host.write_file(udev.RULE_PATH, body, 0o644)
+                if e.get("kind") == "udev" and e.get("path") == udev_rule.RULE_PATH:
+                    udev_rule.remove_block(self.host, k.nickname)
                 if e.get("kind") == "usbguard" and self.host.exists(str(e.get("path", ""))):
                     wanted = _usb_rule(e)
                     if wanted in still_allowed:
                         continue  # keys of one model without a USB serial share one rule: a kept key needs it
-                    path = str(e["path"])
-                    lines = self.host.read_text(path).splitlines(keepends=True)
-                    kept = [ln for ln in lines if not _is_rule_for(ln, wanted)]
-                    if len(kept) != len(lines):
-                        self.host.write_file(path, "".join(kept), self.host.mode(path))
+                    usbguard_rule.remove_rule(self.host, str(e["path"]), *wanted)
         with Registry.update(self.host) as reg:
-            reg.keys = [k for k in reg.keys if k.nickname not in self.lost_names]
+            reg.remove_keys(self.lost_names)
         return f"{', '.join(self.lost_names)} removed from the registry"
 
 
@@ -745,18 +682,9 @@ def _blob(public_key_line: str) -> bytes:
     return (_b64(parts[1]) or b"") if len(parts) > 1 else b""
 
 
-def _usb_rule(entry: dict[str, Any]) -> tuple[str, str]:
+def _usb_rule(entry: dict[str, Scalar]) -> tuple[str, str]:
     """(usb id, serial) of a registry usbguard entry: what its allow rule matches."""
     return str(entry.get("usb_id", "")).lower(), str(entry.get("serial", ""))
-
-
-def _is_rule_for(line: str, rule: tuple[str, str]) -> bool:
-    """This rules.conf line is the allow rule yktool wrote for exactly that id and serial (not a
-    substring match; a rule naming no serial lets every key of the model in and is not this key's)."""
-    from yktool.usbguard import parse_rules
-
-    parsed = parse_rules(line)
-    return bool(parsed) and parsed[0].target == "allow" and (parsed[0].usb_id, parsed[0].serial) == rule
 
 
 @dataclass
@@ -788,7 +716,7 @@ def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
         lines += summary_item(f"lost {name}, revoked", [*items, "registry entry and udev/USBGuard rules"], width)
     answered = {f.owner: f.answered_by for f in flow.found if f.answered_by not in (None, "new")}
     kept = [f"{k.nickname} ({'plugged in' if k.nickname in answered else 'not plugged in'})"
-            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.a.new_nickname)]
+            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.answers.new_nickname)]
     kept += [f"{f.describe()} (not in the registry, kept: yktool cannot tell which key made it)"
              for f in flow.found if f.owner == "unregistered" and not f.lost]
     lines += summary_item("kept", kept or ["no other key"], width)
@@ -800,7 +728,7 @@ def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
         items += [f"pam_u2f {user} in {path}" for path, user, _o in
                   dict.fromkeys((f.where, f.user, f.rp_id) for f in flow.lost("pam"))]
         items.append("udev lock and USBGuard rules where the lost key had them")
-        lines += summary_item(f"new key ({flow.a.new_nickname}), first", items, width)
+        lines += summary_item(f"new key ({flow.answers.new_nickname}), first", items, width)
         lines.append(f"  new key: {budget(flow.touches())}, before anything of the lost key goes")
     else:
         lines.append("  no new key: revoke only (the kept keys stay the way in)")
@@ -812,7 +740,7 @@ def next_steps(flow: Replace, report: ReplaceReport) -> list[str]:
     lost one was accepted off this host, the NixOS rebuild; without a new key, a new backup."""
     out: list[str] = []
     if flow.has_new:
-        out.append(f"Put the new key ({flow.a.new_nickname}) where the lost one was (keyring, laptop port); "
+        out.append(f"Put the new key ({flow.answers.new_nickname}) where the lost one was (keyring, laptop port); "
                    "keep the other keys where they are")
         for f in flow.lost("ssh"):
             out.append(f"Authorize the new SSH key {f.where}.pub wherever the lost one was accepted off this "
@@ -919,7 +847,7 @@ def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], N
 
 def _execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> ReplaceReport:
     nothing = not pending(flow, steps)
-    flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.begin(flow.host, flow.answers.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     flow.state.finish(flow.host)

@@ -16,7 +16,9 @@ from pathlib import PurePosixPath
 
 from yktool.errors import Refused, UsageError
 from yktool.host import Host
+from yktool.inventory import Registry, Scalar, nickname_of_credential
 from yktool.ssh.accounts import Account, refuse_user_links
+from yktool.ssh.files import credential_id_b64
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
 
 
@@ -335,18 +337,15 @@ class AuthorizeResult:
     nickname: str
 
 
-def authorize_and_record(host: Host, account: Account, pub: PurePosixPath, *, target: PurePosixPath | None = None,
-                         nickname: str | None = None) -> AuthorizeResult:
-    """The whole `ssh authorize` step: append the key (options from its key-handle file when it is
-    beside the .pub) and record it in the registry under the key that made it."""
-    from yktool.inventory import Registry
-    from yktool.keynames import nickname_of_credential
-    from yktool.ssh.enroll import credential_id_b64, load_key_pair
-
-    public, comment, private = load_key_pair(host, pub)
-    path, result = authorize(host, account, private or public, comment, target)
-    fields: dict[str, str | int | bool] = {"role": "authorized_keys", "user": account.name, "path": str(path),
-                                           "public_key": public.line(), "fingerprint": public.fingerprint}
+def authorize_and_record(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, comment: str = "",
+                         target: PurePosixPath | None = None, nickname: str | None = None) -> AuthorizeResult:
+    """Authorize the key for `account` (see `authorize`; a key-handle file's key carries its sshd
+    options) and record it in the registry (kind ssh, role authorized_keys) under `nickname`,
+    else the key that made the credential. Every enrollment of an SSH key ends here."""
+    private, public = (key, key.public) if isinstance(key, SkPrivateKey) else (None, key)
+    path, result = authorize(host, account, key, comment, target)
+    fields: dict[str, Scalar] = {"role": "authorized_keys", "user": account.name, "path": str(path),
+                                 "public_key": public.line(), "fingerprint": public.fingerprint}
     if private is not None:
         fields["credential_id"] = credential_id_b64(private)
     name = nickname_of_credential(host, str(fields.get("credential_id", "")), nickname)

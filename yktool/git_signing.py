@@ -23,8 +23,10 @@ from pathlib import Path, PurePosixPath
 from yktool.authorized_keys import existing_owner, key_position, tokens_of
 from yktool.errors import Refused, ToolFailed, UsageError
 from yktool.host import Host, Result
+from yktool.inventory import Registry, Scalar, nickname_of_credential
 from yktool.ssh.accounts import Account, refuse_user_links
-from yktool.ssh.keys import SkPublicKey
+from yktool.ssh.files import credential_id_b64, load_key_pair, pub_path
+from yktool.ssh.keys import SkPrivateKey, SkPublicKey
 
 GIT_CALLER_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE", "GIT_CONFIG",
                         "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG_SYSTEM",
@@ -241,7 +243,7 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     check_email(email)
     git = Git(host, account)
     config_file = config_file_for(git, repo)
-    signers = allowed_signers or (account.home / ".ssh" / "allowed_signers")
+    signers = allowed_signers or default_allowed_signers(account)
     # git itself writes through a linked config file, so that one is checked too
     refuse_user_links(host, signers)
     refuse_user_links(host, config_file)
@@ -269,7 +271,13 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     new_owner = owner if repo is None else existing_owner(host, config_file.parent)
     changes = {k: v for k, v in values.items() if git.get(config_file, k) != v}
     git.edit(config_file, changes, owner=new_owner, backup=not new_config)
-    shown = "\n".join(f"{k}={git.get(config_file, k)}" for k in values)
+    # the proof: the real git reads every value back
+    read_back = {k: git.get(config_file, k) for k in values}
+    wrong = [k for k, v in values.items() if read_back[k] != v]
+    if wrong:
+        raise ToolFailed(f"git does not read {', '.join(wrong)} back from {config_file}",
+                         "check the file by hand, then run the same command again")
+    shown = "\n".join(f"{k}={read_back[k]}" for k in values)
     return SigningSetup(config_file, signers, values, changed, shown, sorted(changes), notes)
 
 
@@ -325,30 +333,73 @@ def expire_signer(host: Host, path: PurePosixPath, public: SkPublicKey, before: 
     return changed
 
 
+@dataclass
+class Signer:
+    """What `add_signer` did: the allowed_signers file, whether anything changed, and the git
+    config when the key signs (None when it is only accepted)."""
+
+    allowed_signers: PurePosixPath
+    changed: bool
+    setup: SigningSetup | None
+
+
+def add_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
+               nickname: str | None, signing_key: PurePosixPath | None = None,
+               allowed_signers: PurePosixPath | None = None) -> Signer:
+    """Accept the key's git signatures for `email` (its allowed_signers line); with `signing_key`
+    (the key's .pub) git also signs with it (`configure`, proven by git reading every value
+    back). Recorded in the registry (kind git) under `nickname`, else the key that made the
+    credential, replacing this key's earlier record for the same email and allowed_signers file.
+    Every git enrollment of a flow ends here (`yktool git signing`: `configure_and_record`)."""
+    public = key.public if isinstance(key, SkPrivateKey) else key
+    signers = allowed_signers or default_allowed_signers(account)
+    setup = None
+    if signing_key is None:
+        changed = add_allowed_signer(host, signers, email, public, account.owner())
+    else:
+        setup = configure(host, account, email=email, pub_path=signing_key, public=public, allowed_signers=signers)
+        changed = bool(setup.changed or setup.allowed_signers_changed)
+    _record_signer(host, account, key, email=email, nickname=nickname, allowed_signers=signers, setup=setup,
+                   earlier={"public_key": public.line(), "allowed_signers": str(signers)})
+    return Signer(signers, changed, setup)
+
+
 def configure_and_record(host: Host, account: Account, *, email: str, pub: PurePosixPath,
                          repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
                          nickname: str | None = None) -> SigningSetup:
-    """The whole `git signing` step: configure, then record it in the registry (kind git) under
-    the key that made the SSH key."""
-    from yktool.inventory import Registry
-    from yktool.keynames import nickname_of_credential
-    from yktool.ssh.enroll import credential_id_b64, load_key_pair, pub_path
-
+    """The whole `git signing` step: sign with the key of this .pub (or key-handle file), and
+    record it; the config signs with this key now, so every earlier record of the same email and
+    config file goes."""
     if not str(pub).endswith(".pub"):
         pub = pub_path(pub)
     public, _comment, private = load_key_pair(host, pub)
     setup = configure(host, account, email=email, pub_path=pub, public=public, repo=repo,
                       allowed_signers=allowed_signers)
-    fields: dict[str, str | int | bool] = {
-        "email": email, "user": account.name, "allowed_signers": str(setup.allowed_signers),
-        "config_scope": f"repo:{repo}" if repo else "global", "config_file": str(setup.config_file),
-        "public_key": public.line(), "fingerprint": public.fingerprint}
+    _record_signer(host, account, private or public, email=email, nickname=nickname,
+                   allowed_signers=setup.allowed_signers, setup=setup, repo=repo,
+                   earlier={"config_file": str(setup.config_file)})
+    return setup
+
+
+def default_allowed_signers(account: Account) -> PurePosixPath:
+    return account.home / ".ssh" / "allowed_signers"
+
+
+def _record_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
+                   nickname: str | None, allowed_signers: PurePosixPath, earlier: dict[str, Scalar],
+                   setup: SigningSetup | None = None, repo: PurePosixPath | None = None) -> None:
+    """Record a git enrollment (kind git) in place of the `earlier` ones of the same email."""
+    private, public = (key, key.public) if isinstance(key, SkPrivateKey) else (None, key)
+    fields: dict[str, Scalar] = {"email": email, "user": account.name, "allowed_signers": str(allowed_signers)}
+    if setup is not None:
+        fields["config_scope"] = f"repo:{repo}" if repo else "global"
+        setup.fingerprint = public.fingerprint
+    fields |= {"config_file": str(setup.config_file) if setup else "", "public_key": public.line(),
+               "fingerprint": public.fingerprint}
     credential_id = credential_id_b64(private) if private else ""
     if credential_id:
         fields["credential_id"] = credential_id
     name = nickname_of_credential(host, credential_id, nickname)
     with Registry.update(host) as registry:
-        registry.forget("git", email=email, config_file=str(setup.config_file))
+        registry.forget("git", email=email, **earlier)
         registry.record(name, "git", **fields)
-    setup.fingerprint = public.fingerprint
-    return setup

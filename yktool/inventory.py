@@ -27,8 +27,9 @@ from typing import Any
 
 import tomli_w
 
-from yktool.errors import UsageError
+from yktool.errors import UsageError, YktoolError
 from yktool.host import Host
+from yktool.lock import root_lock
 
 REGISTRY_PATH = "/etc/yktool/keys.toml"
 
@@ -110,8 +111,6 @@ class Registry:
         """Load, let the caller change, save, under the root's lock (two enrollments never race).
 
         A command already holds that lock from its first read; a library caller gets it here."""
-        from yktool.lock import root_lock
-
         with root_lock(host, "yktool (key registry)"):
             host.mkdir("/etc/yktool", 0o755)
             registry = cls.load(host)
@@ -151,9 +150,24 @@ class Registry:
             key.enrollments = keep
         return dropped
 
+    def remove_keys(self, nicknames: list[str]) -> None:
+        """Drop these keys and every enrollment they have (`replace`, once the lost key is revoked)."""
+        self.keys = [k for k in self.keys if k.nickname not in nicknames]
+
     def owner_of(self, credential_id: str) -> KeyRecord | None:
         """The key that made a credential (base64 id as stored), if recorded."""
         return next((k for k in self.keys if credential_id in k.credential_ids()), None)
 
     def enrollments(self, kind: str) -> list[tuple[KeyRecord, dict[str, Scalar]]]:
         return [(k, e) for k in self.keys for e in k.enrollments if e.get("kind") == kind]
+
+
+def nickname_of_credential(host: Host, credential_id: str, requested: str | None) -> str:
+    """For steps without the key in hand: --nickname, else the key that made the credential."""
+    if requested:
+        return requested
+    try:
+        owner = Registry.load(host).owner_of(credential_id) if credential_id else None
+    except YktoolError:
+        owner = None
+    return owner.nickname if owner else "primary"

@@ -13,6 +13,7 @@ from yktool.errors import YktoolError
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.inventory import Registry
+from yktool.inventory import nickname_of_credential as nickname_of_credential  # moved: it needs no key
 
 
 def identify_key(session: KeySession, host: Host, registry: Registry | None = None) -> str | None:
@@ -53,14 +54,3 @@ def choose_nickname(session: KeySession, host: Host, requested: str | None) -> s
     except YktoolError:
         count = 0
     return "primary" if count == 0 else f"backup-{count}"
-
-
-def nickname_of_credential(host: Host, credential_id: str, requested: str | None) -> str:
-    """For steps without the key in hand: --nickname, else the key that made the credential."""
-    if requested:
-        return requested
-    try:
-        owner = Registry.load(host).owner_of(credential_id) if credential_id else None
-    except YktoolError:
-        owner = None
-    return owner.nickname if owner else "primary"

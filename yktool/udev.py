@@ -14,16 +14,19 @@ same nickname replaces that block, so re-runs change nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from yktool import nix
-from yktool.errors import UsageError
+from yktool.errors import ToolFailed, UsageError
 from yktool.host import Host
+from yktool.inventory import Registry
 
 RULE_PATH = "/etc/udev/rules.d/85-yktool-lock.rules"
 PROGRAM_PATH = "/usr/local/libexec/yktool-lock"
+NIX_OPTION = "services.udev.extraRules"  # where the rule goes on NixOS (the registry's path for it)
 RULE_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/local/lib/udev/rules.d", "/usr/lib/udev/rules.d",
              "/lib/udev/rules.d")
 
@@ -100,8 +103,6 @@ def identity_from(obj: object) -> KeyUsb:
 
 def assets_dir() -> Path:
     """The `udev/` folder (rule template and lock program), installed as yktool.udev_assets."""
-    import importlib.util
-
     spec = importlib.util.find_spec("yktool.udev_assets")
     here = Path(spec.origin).resolve().parent if spec and spec.origin else Path("/nonexistent")
     if not (here / "yktool-lock").is_file():
@@ -193,6 +194,41 @@ def install(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
         host.run(["udevadm", "control", "--reload"])
         reloaded = True
     return InstallResult(RULE_PATH, PROGRAM_PATH, changed, reloaded, find_lock_handlers(host))
+
+
+def install_and_record(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
+    """Install the rule (plain Linux), prove it is there as verify reads the rules folders, and
+    record it in the registry (kind udev) under `nickname`. Every udev enrollment ends here."""
+    result = install(host, key, nickname)
+    if not any(r.vendor == key.vendor and r.product == key.product for r in installed_rules(host)):
+        raise ToolFailed(f"{RULE_PATH} does not hold the rule for {key.usb_id} after writing",
+                         "check the file by hand, then run the same command again")
+    _record(host, key, nickname, RULE_PATH)
+    return result
+
+
+def record_for_nixos(host: Host, key: KeyUsb, nickname: str) -> None:
+    """NixOS: nothing is written to /etc; the registry entry is what `yktool nixos module`
+    renders the rule from."""
+    _record(host, key, nickname, NIX_OPTION)
+
+
+def _record(host: Host, key: KeyUsb, nickname: str, path: str) -> None:
+    with Registry.update(host) as registry:
+        registry.record(nickname, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=path)
+
+
+def remove_block(host: Host, nickname: str) -> bool:
+    """Take `nickname`'s block out of the rules file, the other keys' blocks kept (`replace`
+    revoking a lost key); True when it was there."""
+    if not host.exists(RULE_PATH):
+        return False
+    head, blocks = split_blocks(host.read_text(RULE_PATH))
+    if blocks.pop(nickname, None) is None:
+        return False
+    body = head.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for _n, b in sorted(blocks.items()))
+    host.write_file(RULE_PATH, body, 0o644)
+    return True
 
 
 def nixos_snippet(key: KeyUsb, nickname: str) -> str:

@@ -4,7 +4,8 @@ Rule language (usbguard-rules.conf(5)): `allow id VVVV:PPPP serial "…" name "�
 { CC:SS:PP … }`. A key is the same key when its id and serial match an existing rule's; then
 nothing is appended. A rules file with no real rule (empty, comments only, or marked as a stub)
 is a placeholder: with `implicitPolicyTarget = "block"` and such a file, every device but the
-ones already plugged in at boot is blocked, which is how the page's hosts still are.
+ones already plugged in at boot is blocked, which is how the hosts of the hardening checklist's
+NixOS configuration (docs/verify.md) still are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yktool import nix
+from yktool.errors import ToolFailed
 from yktool.host import Host
+from yktool.inventory import Registry
 from yktool.udev import KeyUsb
 
 RULES_PATH = "/etc/usbguard/rules.conf"
@@ -140,6 +143,44 @@ def allow(host: Host, key: KeyUsb, path: str = RULES_PATH) -> AllowResult:
     return AllowResult(path, line, True, stub)
 
 
+def allow_and_record(host: Host, key: KeyUsb, nickname: str, path: str = RULES_PATH) -> AllowResult:
+    """Allow the key (`allow`), prove the rules file holds its rule, and record it in the
+    registry (kind usbguard) under `nickname`. Every USBGuard enrollment ends here."""
+    result = allow(host, key, path)
+    if find_rule(host.read_text(path), key) is None:
+        raise ToolFailed(f"{path} does not hold the rule for {key.usb_id} after writing",
+                         "check the file by hand, then run the same command again")
+    with Registry.update(host) as registry:
+        registry.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=path)
+    return result
+
+
+def record_for_nixos(host: Host, key: KeyUsb, nickname: str) -> None:
+    """NixOS: nothing is written to /etc; `yktool nixos module` renders every key's rule from
+    the registry entry, which carries the rule line."""
+    with Registry.update(host) as registry:
+        registry.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=NIX_OPTION,
+                        rule=rule_line(key))
+
+
+def remove_rule(host: Host, path: str, usb_id: str, serial: str) -> bool:
+    """Take the allow rule yktool wrote for exactly this id and serial out of a rules file, every
+    other line kept (`replace` revoking a lost key); True when it was there."""
+    lines = host.read_text(path).splitlines(keepends=True)
+    kept = [ln for ln in lines if not _is_rule_for(ln, usb_id, serial)]
+    if len(kept) == len(lines):
+        return False
+    host.write_file(path, "".join(kept), host.mode(path))
+    return True
+
+
+def _is_rule_for(line: str, usb_id: str, serial: str) -> bool:
+    """This line is the allow rule for exactly that id and serial (not a substring match; a rule
+    naming no serial lets every key of the model in and is not this key's)."""
+    parsed = parse_rules(line)
+    return bool(parsed) and parsed[0].target == "allow" and (parsed[0].usb_id, parsed[0].serial) == (usb_id, serial)
+
+
 def restart_hint(result: AllowResult) -> str:
     """What to tell before USBGuard reloads the file: a file that held no real rule now allows
     only this key, and a restart applies the policy to every device plugged in (keyboard too)."""
@@ -182,5 +223,5 @@ def usb_interfaces(vendor: str, product: str, serial: str = "", sysfs: Path = Pa
 
 
 def nixos_line(key: KeyUsb, nickname: str) -> str:
-    """The `modules.hardware.usbguard.rules` line as the page shows it (a list append)."""
+    """The `modules.hardware.usbguard.rules` line as the checklist's configuration writes it (a list append)."""
     return f"{NIX_OPTION} = [\n  {nix.string(rule_line(key))}  # yktool: {nickname}\n];"

@@ -6,25 +6,44 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from yktool.checks import Result
 from yktool.cli.context import AppContext, pass_app
 from yktool.cli.force import confirm_forced, confirm_option, force_option
-from yktool.cli.output import emit_json, info, instruct
+from yktool.cli.output import emit_json, info, instruct, show_plan
+from yktool.cli.verify import split_fix
+from yktool.errors import Refused, UsageError
+from yktool.flows import validate
+from yktool.flows.ask import Asker
+from yktool.flows.ending import FlowReport
+from yktool.flows.runner import Outcome
+from yktool.flows.state import FlowState
+from yktool.host import Host
+from yktool.inventory import Registry
+from yktool.pam.host_facts import default_origin
+from yktool.plan import Plan
+from yktool.ssh.accounts import default_user
+from yktool.tpm import parse_pcrs
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
+    from yktool.flows.keys import SessionOpener
+    from yktool.flows.replace import Found
+
+# yktool.cli.prompts, yktool.fido.session and the commission/replace/keys flows load
+# python-fido2 (and pyrage): each command imports them, so `yktool commission --help` does without.
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for raw in values for v in raw.replace(",", " ").split() if v.strip()]
 
 
-def _opener(app: AppContext, pin_stdin: bool) -> Any:
+def _opener(app: AppContext, pin_stdin: bool) -> SessionOpener:
     """(role, spec) -> a session context, with one CliInteraction per key (the PIN asked once)."""
     from yktool.cli.prompts import CliInteraction, choose_device
     from yktool.fido.session import open_session
@@ -41,6 +60,19 @@ def _opener(app: AppContext, pin_stdin: bool) -> Any:
     return open_key
 
 
+def _swap_keys(asker: Any, app: AppContext, role: str, instruction: str) -> None:
+    """Tell the person to swap keys and wait until they have (also with --yes: `auto` must not
+    open the key still in the port); where keys cannot be listed, wait for a key press instead."""
+    from yktool.fido.swap import SwapWait
+
+    wait = SwapWait.begin()  # the keys in before the person acts on the instruction
+    instruct(instruction)
+    if wait is None:
+        asker.pause("Press any key when it is in…", yes=app.yes)
+        return
+    wait.until_swapped(role, on_removed=lambda: info(f"key removed; waiting for the {role} key…"))
+
+
 def _read_unlock(device: str) -> bytes:
     """A LUKS volume's current passphrase (or recovery key), asked when no key file is given."""
     from yktool.cli.prompts import read_secret
@@ -48,12 +80,12 @@ def _read_unlock(device: str) -> bytes:
     return read_secret(f"Current passphrase (or recovery key) of {device}")
 
 
-def _step_printer(app: AppContext, total: int | None = None) -> Any:
+def _step_printer(app: AppContext, total: int | None = None) -> Callable[[Outcome], None]:
     """Each step's outcome on stderr as it ends, as "step 4/17" (nothing with --json: the report
     has them)."""
     seen = [0]
 
-    def on_step(out: Any) -> None:
+    def on_step(out: Outcome) -> None:
         seen[0] += 1
         if not app.json and out.status == "done":  # the summary said how many were done already
             mark = "done" if out.status == "done" else "already done"
@@ -79,10 +111,9 @@ def recovery_file_text(existing: str, device: str, root: Path, key: str) -> str:
     return "".join(f"{line}\n" for line in [*kept, head, key])
 
 
-def _show_recovery_factory(app: AppContext, recovery_file: Path | None, interactive: bool) -> Any:
+def _show_recovery_factory(app: AppContext, recovery_file: Path | None,
+                           interactive: bool) -> Callable[[str, bytes], str]:
     def show(device: str, key: bytes) -> str:
-        from yktool.host import Host
-
         if recovery_file is not None:
             path = recovery_file.absolute()
             existing = path.read_text() if path.is_file() else ""
@@ -162,28 +193,20 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
           --git-email alice@example.org --pin-stdin < pins.txt
       yktool --root /mnt commission --kind nixos --steps ssh,pam,verify
     """
-    from yktool.cli.output import show_plan
     from yktool.cli.prompts import read_new_pin
-    from yktool.errors import UsageError
     from yktool.fido.session import check_new_pin
-    from yktool.flows import commission as fc
-    from yktool.flows import validate
-    from yktool.flows.ask import Asker
+    from yktool.flows import commission as commission_flow
     from yktool.flows.keys import ring
-    from yktool.flows.state import FlowState
-    from yktool.pam.host_facts import default_origin
-    from yktool.ssh.accounts import default_user
-    from yktool.tpm import parse_pcrs
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     # An unfinished run on disk: resume it with its answers (a flag given now overrides its own
     # answer only), or start over. Without a terminal it resumes, as it always did.
-    state = FlowState.load(host, fc.FLOW)
-    saved = fc.saved_answers(state)
+    state = FlowState.load(host, commission_flow.FLOW)
+    saved = commission_flow.saved_answers(state)
     resume_chosen = False
     if saved is not None and asker.interactive:
-        resume_chosen = asker.select(fc.resume_question(state, host), None, ["resume", "start over"],
+        resume_chosen = asker.select(commission_flow.resume_question(state, host), None, ["resume", "start over"],
                                      flag="--yes", default="resume") == "resume"
         saved = saved if resume_chosen else None
     s = saved
@@ -204,7 +227,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         unlock_key_file = unlock_key_file or s.unlock_key_file or None
         verify_only = verify_only or tuple(s.verify_only)
 
-    kind = asker.select("Host kind?", kind, fc.HOST_KINDS, flag="--kind",
+    kind = asker.select("Host kind?", kind, commission_flow.HOST_KINDS, flag="--kind",
                         default="nixos" if host.exists("/etc/NIXOS") else "linux")
     user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user(),
                       check=validate.user(host))
@@ -213,7 +236,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         f"LUKS2 device(s) to enroll, as the root sees them{inside} (space-separated; empty for none)?",
         None, flag="--luks-device", default="", check=validate.luks_devices(host)),))
     # without a LUKS device the LUKS steps are not offered (named by --steps, answers.check explains)
-    choices = [c for c in fc.STEP_KINDS if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
+    choices = [c for c in commission_flow.STEP_KINDS
+               if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
     chosen = asker.checkbox("Which steps?", _split(steps) or None, choices, flag="--steps")
     email = ""
     if "git" in chosen:
@@ -235,7 +259,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     backup = "" if no_backup else asker.text("Nickname of the backup key?", backup_nickname,
                                               flag="--backup-nickname", default="backup",
                                               check=validate.nickname(primary))
-    answers = fc.CommissionAnswers(
+    answers = commission_flow.CommissionAnswers(
         host_kind=kind, user=user, luks_devices=devices, steps=chosen, git_email=email, pam_origin=origin,
         age_host_key=host_key, age_file=agefile,
         age_identity=str(Path(age_identity).absolute()) if age_identity else "",
@@ -254,26 +278,27 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         if spec != "auto":  # named by --backup-device: it is in already (or a software key)
             info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
             return
-        instruct(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
-        asker.pause("Press any key when it is in…", yes=app.yes)
+        _swap_keys(asker, app, role, f"Now remove the other key and insert your {role} key "
+                   f"({answers.nickname(role)}).")
 
-    io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
-                         tcti=app.tpm, allow_unmeasured=allow_unmeasured)
+    show_recovery = _show_recovery_factory(app, recovery_key_file, asker.interactive)
+    io = commission_flow.CommissionIO(new_pin, _read_unlock, show_recovery, tcti=app.tpm,
+                                      allow_unmeasured=allow_unmeasured)
     nicknames = {"primary": primary, "backup": backup}
     # other answers than the unfinished run's (a flag, or "start over"): every step is checked again
     restart = state.resuming and answers.to_json() != state.answers or (state.resuming and not resume_chosen
                                                                         and asker.interactive)
     with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap,
               _wrong_pin_handler(asker, pin_stdin)) as keys:
-        flow, flow_steps, plan = fc.prepare(host, answers, keys, io, restart=restart)
+        flow, flow_steps, plan = commission_flow.prepare(host, answers, keys, io, restart=restart)
         if app.dry_run:
             if not app.json:
-                info("\n".join(fc.summary(flow, flow_steps)))
+                info("\n".join(commission_flow.summary(flow, flow_steps)))
             show_plan(plan, app.json)
             return
-        todo = fc.pending(flow, flow_steps)
+        todo = commission_flow.pending(flow, flow_steps)
         if not app.json:
-            _show_summary(asker, fc.summary(flow, flow_steps), plan.render(), todo=bool(todo),
+            _show_summary(asker, commission_flow.summary(flow, flow_steps), plan.render(), todo=bool(todo),
                           details=details, resumed=resume_chosen and not restart)
         if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
                 and not sys.stderr.isatty():
@@ -281,16 +306,14 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
                              "pass --recovery-key-file PATH (it is written there with mode 0600)")
         # "resume" was the go-ahead: a resumed run asks nothing that was answered already
         if todo and not (resume_chosen and not restart) and not asker.confirm("Go ahead?", yes=app.yes):
-            from yktool.errors import Refused
-
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fc.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
-    _render_report(app, report, plan, fc.next_steps(flow, report))
+        report = commission_flow.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
+    _render_report(app, report, plan, commission_flow.next_steps(flow, report))
     if not report.verify_ok:
         sys.exit(1)
 
 
-def _show_summary(asker: Any, summary: list[str], full_plan: str, *, todo: bool, details: bool,
+def _show_summary(asker: Asker, summary: list[str], full_plan: str, *, todo: bool, details: bool,
                   resumed: bool) -> None:
     """The one-screen summary on stderr; the full plan with --details, or when the person asks
     (nothing left to do: the summary says so, and no plan is offered)."""
@@ -302,7 +325,7 @@ def _show_summary(asker: Any, summary: list[str], full_plan: str, *, todo: bool,
         info(full_plan)
 
 
-def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
+def _wrong_pin_handler(asker: Asker, pin_stdin: bool) -> Callable[[str, int | None], bool]:
     """A wrong PIN on a terminal: say how many attempts are left and ask again; from 3 left on,
     first say that the key will block, and go on only when the person says so."""
     def again(role: str, retries: int | None) -> bool:
@@ -319,20 +342,18 @@ def _wrong_pin_handler(asker: Any, pin_stdin: bool) -> Any:
     return again
 
 
-def _render_counts(counts: dict[str, Any]) -> str:
+def _render_counts(counts: dict[str, dict[str, int]]) -> str:
     parts = [f"{role}: {c['touches']} touch{'es' if c['touches'] != 1 else ''}, "
              f"{c['pin_prompts']} PIN entr{'ies' if c['pin_prompts'] != 1 else 'y'}" for role, c in counts.items()]
     return "; ".join(parts) or "no key was needed"
 
 
-def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str] | None = None,
+def _render_report(app: AppContext, report: FlowReport, plan: Plan | None, next_steps: list[str] | None = None,
                    flow: str = "commission", extra: dict[str, Any] | None = None) -> None:
     """The one ending (commission's and replace's, a yktool.flows.ending.FlowReport): verify on
     what this run owns, the other layers' results apart (they do not fail the run), the counts,
     and "Next steps" with exactly what is left for the person."""
     if app.json:
-        from yktool.cli.verify import split_fix
-
         data = report.to_json()
         for check in data.get("verify", []):  # each fix split as verify --json splits it
             check["fix_command"], check["fix_nixos"] = split_fix(check.get("fix", ""))
@@ -343,7 +364,7 @@ def _render_report(app: AppContext, report: Any, plan: Any, next_steps: list[str
     for note in report.notes:
         click.echo(note)
 
-    def show(results: list[Any]) -> None:
+    def show(results: list[Result]) -> None:
         for r in results:
             click.echo(f"  {r.status.upper():<4}  {r.id:<24} {r.title}")
             if r.status in ("fail", "warn") and r.reason:
@@ -432,19 +453,17 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
       yktool --yes replace --lost primary --force --confirm primary   # revoke only, alice loses SSH
     """
     from yktool.cli.prompts import read_new_pin
-    from yktool.errors import Refused
     from yktool.fido.session import check_new_pin
-    from yktool.flows import replace as fr
-    from yktool.flows.ask import Asker
+    from yktool.flows import replace as replace_flow
     from yktool.flows.keys import ring
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     names = list(dict.fromkeys(_split(lost)))
     if not names and not asker.interactive:  # never guess which key is lost: refuse before any key is opened
-        asker.pick("Which key was lost?", [], flag="--lost", listing=fr.registry_listing(host))
+        asker.pick("Which key was lost?", [], flag="--lost", listing=replace_flow.registry_listing(host))
     if names:
-        fr.check_names(host, names)
+        replace_flow.check_names(host, names)
     specs: dict[str, str | None] = {}
     present_roles = []
     for n, spec in enumerate([app.device, *present], 1):
@@ -460,40 +479,40 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
-            instruct("Now remove the other keys and insert the new key.")
-            asker.pause("Press any key when it is in…", yes=app.yes)
+            _swap_keys(asker, app, "new", "Now remove the other keys and insert the new key.")
 
     nicknames = {r: "" for r in present_roles}
-    age = fr.ReplaceAnswers(age_host_keys=list(age_host_keys),
+    age = replace_flow.ReplaceAnswers(age_host_keys=list(age_host_keys),
                             age_identity=str(Path(age_identity).absolute()) if age_identity else "")
     with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap,
               _wrong_pin_handler(asker, pin_stdin)) as keys:
-        found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices),
-                        fr.age_target_for(host, age))
-        fr.check_safe(found)
+        found = replace_flow.find(host, keys, present_roles, bool(new_device), list(luks_devices),
+                        replace_flow.age_target_for(host, age))
+        replace_flow.check_safe(found)
         if not names:
             names = _ask_lost(asker, host, found)
-        known = fr.check_names(host, names)
-        fr.mark_lost(found, names)
-        fr.check_named_absent(found)
+        known = replace_flow.check_names(host, names)
+        replace_flow.mark_lost(found, names)
+        replace_flow.check_named_absent(found)
         lost_found = [f for f in found if f.lost]
         if not lost_found and not known:
             if not app.dry_run:
-                fr.settle(host)
+                replace_flow.settle(host)
             if not app.json:
                 click.echo(f"{', '.join(names)}: already revoked (no longer in the registry): nothing is lost.")
-            _render_report(app, fr.ReplaceReport([], [], keys.totals(), [], True, found=found), None, [], "replace")
+            nothing = replace_flow.ReplaceReport([], [], keys.totals(), [], True, found=found)
+            _render_report(app, nothing, None, [], "replace")
             return
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
         if new_device:
-            fr.check_new_nickname(host, names, nick)
-            fr.check_new_key(found, nick)
-        answers = fr.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
+            replace_flow.check_new_nickname(host, names, nick)
+            replace_flow.check_new_key(found, nick)
+        answers = replace_flow.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,
                                     age_identity=age.age_identity)
-        io = fr.ReplaceIO(new_pin, _read_unlock)
-        flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device), force)
+        io = replace_flow.ReplaceIO(new_pin, _read_unlock)
+        flow, steps, plan = replace_flow.prepare(host, answers, keys, io, found, bool(new_device), force)
         full_plan = "\n".join([*_found_listing(names, found), plan.render()])
         if app.dry_run:
             if app.json:  # what was found, as the real run's report has it
@@ -501,23 +520,23 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
                            "kept": [f.to_json() for f in found if not f.lost],
                            "forced": [x.to_json() for x in flow.forced]})
             else:
-                info("\n".join(fr.summary(flow, steps)))
+                info("\n".join(replace_flow.summary(flow, steps)))
                 click.echo(full_plan)  # the plan is what a dry run is for: stdout, as commission's
             return
         if not app.json:
-            _show_summary(asker, fr.summary(flow, steps), full_plan, todo=bool(fr.pending(flow, steps)),
-                          details=details, resumed=False)
+            _show_summary(asker, replace_flow.summary(flow, steps), full_plan,
+                          todo=bool(replace_flow.pending(flow, steps)), details=details, resumed=False)
         confirm_forced(flow.forced, names, confirm, yes=app.yes or app.json)
         if not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fr.execute(flow, steps, _step_printer(app, len(steps)))
+        report = replace_flow.execute(flow, steps, _step_printer(app, len(steps)))
     if not app.json:
         click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)"))
-    _render_report(app, report, plan, fr.next_steps(flow, report), "replace",
+    _render_report(app, report, plan, replace_flow.next_steps(flow, report), "replace",
                    {"forced": [x.to_json() for x in flow.forced]})
 
 
-def _found_listing(names: list[str], found: list[Any]) -> list[str]:
+def _found_listing(names: list[str], found: list[Found]) -> list[str]:
     """The full plan's head: every credential found, revoked (a key named lost made it) or kept, and why."""
     lost_found = [f for f in found if f.lost]
     kept = [f for f in found if not f.lost]
@@ -528,10 +547,9 @@ def _found_listing(names: list[str], found: list[Any]) -> list[str]:
             *(f"  - {f.describe()}  [{f.owner}: {f.status()}]" for f in kept)]
 
 
-def _ask_lost(asker: Any, host: Any, found: list[Any]) -> list[str]:
+def _ask_lost(asker: Asker, host: Host, found: list[Found]) -> list[str]:
     """The wizard's question: which registered key was lost (each shown plugged in or not)."""
-    from yktool.flows import replace as fr
-    from yktool.inventory import Registry
+    from yktool.flows import replace as replace_flow
 
     here = {f.owner: f.answered_by for f in found if f.answered_by not in (None, "new")}
     choices = []
@@ -540,5 +558,5 @@ def _ask_lost(asker: Any, host: Any, found: list[Any]) -> list[str]:
         where = f"plugged in ({here[k.nickname]})" if k.nickname in here else "not plugged in"
         choices.append((k.nickname, f"{k.nickname} — {kinds}; {where}"))
     picked: list[str] = asker.pick("Which key was lost? (space to mark, enter to go on)", choices,
-                                   flag="--lost", listing=fr.registry_listing(host))
+                                   flag="--lost", listing=replace_flow.registry_listing(host))
     return picked

@@ -8,6 +8,10 @@ import click
 
 from yktool.cli.context import AppContext, pass_app
 from yktool.cli.output import emit, info, printable
+from yktool.errors import UsageError
+from yktool.git_signing import check_email, configure_and_record
+from yktool.ssh.accounts import default_user, lookup_user
+from yktool.ssh.files import find_pubkey, load_key_pair
 
 
 def _shown(text: str) -> str:
@@ -52,11 +56,6 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
       yktool git signing --email alice@example.org --repo /home/alice/src/project
       yktool --root /mnt git signing --email alice@example.org --user alice
     """
-    from yktool.errors import UsageError
-    from yktool.git_signing import check_email, configure_and_record
-    from yktool.ssh.accounts import default_user, lookup_user
-    from yktool.ssh.enroll import find_pubkey, load_key_pair
-
     if global_ and repo:
         raise UsageError("--global and --repo exclude each other", "pick one scope")
     check_email(email)

@@ -7,13 +7,27 @@ line each from stdin when it is not a terminal, in this order: passphrase (unles
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, emit_json, info, show_plan, warn
+from yktool.errors import CheckFailed, NoDevice, PinInvalid, Refused, UsageError, YktoolError
+from yktool.luks.tokens import Token
+from yktool.plan import Plan, Step
+
+if TYPE_CHECKING:
+    from yktool.fido.session import KeySession
+    from yktool.luks.fido2 import TokenOwner
+    from yktool.luks.header import LuksHeader
+
+# Each command imports what does the work: yktool.luks.* (Host, subprocess, the TPM) and
+# python-fido2 (yktool.cli.prompts, yktool.fido.session, yktool.luks.fido2) load only for the
+# command that uses them, never with the group (tests/test_host_secrets.py holds it to that).
 
 PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
             "firmware update, after which the TPM refuses until you re-seal (--replace).")
@@ -33,8 +47,6 @@ def luks() -> None:
 # ------------------------------------------------------------------------------------ helpers
 def _path(app: AppContext, path: str) -> str:
     """On the live system a relative path means the current folder; under --root, the root."""
-    import os
-
     return os.path.abspath(path) if app.host.is_live else path
 
 
@@ -46,9 +58,7 @@ def _read_unlock(app: AppContext, device: str, key_file: str | None) -> bytes:
     return read_secret(f"Current passphrase (or recovery key) of {device}")
 
 
-def _run_plan(app: AppContext, plan: Any) -> None:
-    from yktool.plan import Step
-
+def _run_plan(app: AppContext, plan: Plan) -> None:
     def on_step(step: Step) -> None:
         if not app.json:
             mark = {"done": "done", "already-done": "already done", "failed": "FAILED"}.get(step.status, step.status)
@@ -59,7 +69,6 @@ def _run_plan(app: AppContext, plan: Any) -> None:
 
 def _confirm(app: AppContext, question: str) -> None:
     from yktool.cli.prompts import is_interactive
-    from yktool.errors import Refused
 
     if app.yes:
         return
@@ -84,6 +93,7 @@ def status(app: AppContext, device: str) -> None:
       yktool luks status /dev/nvme0n1p2
       yktool --root /mnt luks status /var/lib/images/root.img --json
     """
+    from yktool.luks.cryptenroll import orphan_tokens
     from yktool.luks.pending import read_header_seeing_pending
 
     # slots an interrupted enrollment left are shown for what they are, not as passphrases
@@ -110,8 +120,6 @@ def status(app: AppContext, device: str) -> None:
     if pending is not None:
         lines.append(f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
                      f"run `yktool luks enroll-fido2 {device}` again to finish or undo it")
-    from yktool.luks.cryptenroll import orphan_tokens
-
     orphans = orphan_tokens(header)
     if orphans:
         lines.append(f"  warning: token {', '.join(map(str, orphans))} points at no keyslot (an interrupted wipe); "
@@ -128,11 +136,10 @@ def status(app: AppContext, device: str) -> None:
     emit(app.json, data, "\n".join(lines))
 
 
-def _fido2_owners(app: AppContext, header: Any) -> dict[int, Any]:
+def _fido2_owners(app: AppContext, header: LuksHeader) -> dict[int, TokenOwner]:
     """Registry owner of each FIDO2 token, plus a silent probe by the key at --device if one is there."""
     if not header.tokens_of_type("systemd-fido2"):
         return {}
-    from yktool.errors import YktoolError
     from yktool.fido.session import open_session
     from yktool.luks.fido2 import token_owners
 
@@ -198,8 +205,6 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
 
         op.pin = read_secret("TPM2 PIN" if not op.needs_unlock else "New TPM2 PIN", confirm=True)
         if not op.pin:
-            from yktool.errors import UsageError
-
             raise UsageError("the TPM2 PIN is empty", "choose a PIN of at least 4 characters")
     _run_plan(app, op.plan)
     summary = {"ok": True, "device": device, "pcrs": op.pcrs, "pin": with_pin, "token": op.new_token,
@@ -211,7 +216,7 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
 
 
 # ------------------------------------------------------------------------------- add-recovery
-def _terminal(key_to_stderr: bool) -> Any:
+def _terminal(key_to_stderr: bool) -> TextIO | None:
     """Where the recovery key may be shown: the terminal only (or stderr when asked)."""
     if key_to_stderr or sys.stderr.isatty():
         return sys.stderr
@@ -242,7 +247,6 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
       yktool luks add-recovery /dev/nvme0n1p2
       yktool luks add-recovery /dev/nvme0n1p2 --replace
     """
-    from yktool.errors import Refused
     from yktool.luks.recovery import plan_add_recovery
 
     op = plan_add_recovery(app.host, _path(app, device), replace=replace)
@@ -317,13 +321,13 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
 
 
 # --------------------------------------------------------------------------------- test-unlock
-def _fido2_session(app: AppContext, header: Any, stack: Any, pin_stdin: bool) -> Any:
+def _fido2_session(app: AppContext, header: LuksHeader, stack: contextlib.ExitStack,
+                   pin_stdin: bool) -> KeySession | None:
     """A KeySession on the key at --device when the volume has FIDO2 tokens (None without a key)."""
     if not header.tokens_of_type("systemd-fido2"):
         return None
     import yktool.luks.fido2  # noqa: F401 - registers the systemd-fido2 tester
     from yktool.cli.prompts import CliInteraction
-    from yktool.errors import NoDevice
     from yktool.fido.session import open_session
 
     try:
@@ -355,9 +359,7 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
       yktool luks test-unlock /dev/nvme0n1p2
       yktool luks test-unlock /dev/nvme0n1p2 --token 1 --pin-stdin
     """
-    from yktool.errors import CheckFailed, PinInvalid
     from yktool.luks.header import read_header
-    from yktool.luks.tokens import Token
     from yktool.luks.unlock import PIN_WRONG, UnlockContext, test_tokens
     from yktool.tpm import parse_tcti
 
@@ -368,8 +370,6 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
         from yktool.cli.prompts import read_secret
 
         return read_secret(f"PIN for token {token.id} ({token.summary})", from_stdin=pin_stdin)
-
-    import contextlib
 
     with contextlib.ExitStack() as stack:
         session = _fido2_session(app, header, stack, pin_stdin)

@@ -104,7 +104,7 @@ class CliInteraction(KeyInteraction):
         self.pin = pin
         self.pin_from_stdin = pin_from_stdin
         self.touches = 0
-        self.pin_prompts = 0
+        self.pin_prompts: int = 0
         self._spinner: contextlib.ExitStack | None = None
 
     def prompt_up(self) -> None:

@@ -7,6 +7,7 @@ PINs are typed (no echo) or read from stdin with --pin-stdin; never taken from a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
@@ -14,14 +15,20 @@ from typing import TYPE_CHECKING
 
 import click
 
+from yktool.authorized_keys import authorize_and_record, authorized_keys_path
 from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, info, warn
+from yktool.errors import UsageError
+from yktool.host import Host
+from yktool.ssh.accounts import Account, default_user, lookup_user
+from yktool.ssh.files import find_pubkey, load_key_pair, load_private
+from yktool.ssh.keys import SkPrivateKey
 
 if TYPE_CHECKING:
     from yktool.fido.session import KeySession
-    from yktool.host import Host
-    from yktool.ssh.accounts import Account
-    from yktool.ssh.keys import SkPrivateKey
+
+# yktool.ssh.enroll, yktool.keynames and the session are imported by the commands that use the
+# security key: they load python-fido2, which `ssh authorize` and `--help` do without.
 
 
 @contextmanager
@@ -34,15 +41,11 @@ def _session(app: AppContext, pin_stdin: bool) -> Iterator[KeySession]:
 
 
 def _account(app: AppContext, user: str | None) -> Account:
-    from yktool.ssh.accounts import default_user, lookup_user
-
     return lookup_user(app.host, user or default_user())
 
 
 def _maybe_account(app: AppContext, user: str | None) -> Account | None:
     """The account for ownership when --output names the file: only when one can be found."""
-    from yktool.errors import UsageError
-
     try:
         return _account(app, user)
     except UsageError:
@@ -112,7 +115,6 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
       yktool --root /mnt ssh keygen --user alice --type ecdsa-sk
     """
     from yktool.ssh import enroll
-    from yktool.ssh.accounts import default_user
 
     host = app.host
     opts = enroll.parse_options(options, type_name)
@@ -167,6 +169,7 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
       yktool ssh download
       yktool ssh download --user alice --output-dir /home/alice/.ssh
     """
+    from yktool.keynames import choose_nickname
     from yktool.ssh import enroll
 
     host = app.host
@@ -174,8 +177,6 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
     with _session(app, pin_stdin) as session:
         found = enroll.resident_keys(session)
         aaguid = session.aaguid
-        from yktool.keynames import choose_nickname
-
         name = choose_nickname(session, host, nickname)
     plans = enroll.plan_download(host, found, account,
                                  PurePosixPath("/") / output_dir if output_dir is not None else None, force=force)
@@ -212,19 +213,16 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
       yktool ssh authorize --user alice
       yktool ssh authorize --user git --pubkey /home/alice/.ssh/id_ed25519_sk.pub
     """
-    from yktool.authorized_keys import authorize_and_record, authorized_keys_path
-    from yktool.ssh.enroll import find_pubkey, load_key_pair
-
     host = app.host
     account = _account(app, user)
     pub = find_pubkey(host, account, pubkey)
     target = PurePosixPath("/") / file_ if file_ else None
+    public, comment, private = load_key_pair(host, pub)
     if app.dry_run:
-        public, _comment, _private = load_key_pair(host, pub)
         emit(app.json, {"ok": True, "dry_run": True, "pubkey": str(pub)},
              f"would add {public.fingerprint} to {target or authorized_keys_path(account)}")
         return
-    done = authorize_and_record(host, account, pub, target=target, nickname=nickname)
+    done = authorize_and_record(host, account, private or public, comment=comment, target=target, nickname=nickname)
     fp = done.public.fingerprint
     data = {"ok": True, "path": str(done.path), "added": done.added, "fingerprint": fp, "options": done.options}
     if done.added:
@@ -252,10 +250,6 @@ def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...],
       yktool ssh sign -n file -f ~/.ssh/id_ed25519_sk notes.txt
       git archive HEAD | yktool ssh sign -n file -f ~/.ssh/id_ed25519_sk - > release.sig
     """
-    import sys
-
-    from yktool.errors import UsageError
-    from yktool.ssh.enroll import load_private
     from yktool.ssh.enroll import sign as do_sign
 
     if "-" in files and app.json:

@@ -7,8 +7,11 @@ from typing import Any
 
 import click
 
+from yktool import udev as lib
 from yktool.cli.context import AppContext, pass_app, read_only
 from yktool.cli.output import emit, warn
+from yktool.errors import NoDevice, PermissionDenied, YktoolError
+from yktool.udev import KeyUsb, identity_from
 
 F = Callable[..., Any]
 
@@ -28,16 +31,12 @@ def key_options(func: F) -> F:
 
 
 def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial: str | None,
-                name: str | None, interfaces: tuple[str, ...] = ()) -> Any:
+                name: str | None, interfaces: tuple[str, ...] = ()) -> KeyUsb:
     """The key's USB identity: the flags when --vendor and --product are given, else the key's own."""
-    from yktool.udev import KeyUsb, identity_from
-
     if vendor and product:
-        base = KeyUsb(vendor, product, serial or "", name or "", interfaces or ("03:00:00",))
-        return base
-    from yktool.errors import NoDevice, PermissionDenied, YktoolError
-
+        return KeyUsb(vendor, product, serial or "", name or "", interfaces or ("03:00:00",))
     try:
+        # python-fido2 only when the key itself is asked
         from yktool.fido import open_device
         from yktool.fido.identity import usb_identity
 
@@ -86,16 +85,11 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
       yktool udev install --nickname backup
       yktool udev install --nixos --vendor 1050 --product 0407 --serial 12345678
     """
-    from yktool import udev as lib
-    from yktool.inventory import Registry
-
     key = resolve_key(app, vendor, product, serial, name)
     if nixos:
         snippet = lib.nixos_snippet(key, nickname)
         if not app.dry_run:
-            with Registry.update(app.host) as reg:
-                reg.record(nickname, "udev", vendor=key.vendor, product=key.product, serial=key.serial,
-                           path="services.udev.extraRules")
+            lib.record_for_nixos(app.host, key, nickname)
         emit(app.json, {"nix": snippet, "usb_id": key.usb_id, "serial": key.serial}, snippet.rstrip("\n"))
         return
     rule = lib.render_rule(key, nickname)
@@ -103,9 +97,7 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
         emit(app.json, {"dry_run": True, "rule_path": lib.RULE_PATH, "program_path": lib.PROGRAM_PATH, "rule": rule},
              f"would write {lib.RULE_PATH} with:\n{rule}and the lock program {lib.PROGRAM_PATH}")
         return
-    result = lib.install(app.host, key, nickname)
-    with Registry.update(app.host) as reg:
-        reg.record(nickname, "udev", vendor=key.vendor, product=key.product, serial=key.serial, path=lib.RULE_PATH)
+    result = lib.install_and_record(app.host, key, nickname)
     if not result.handlers:
         warn("no screen locker found (hyprlock, swaylock, i3lock, a desktop's): the lock request reaches logind, "
              "but nothing will cover the screen; install one that listens to logind's Lock signal")
@@ -133,8 +125,6 @@ def show(app: AppContext, nickname: str, vendor: str | None, product: str | None
       yktool udev show
       yktool udev show --vendor 1050 --product 0407 --serial ''
     """
-    from yktool import udev as lib
-
     key = resolve_key(app, vendor, product, serial, name)
     rule = lib.render_rule(key, nickname)
     emit(app.json, {"rule": rule, "usb_id": key.usb_id, "serial": key.serial}, rule.rstrip("\n"))

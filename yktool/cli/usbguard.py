@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
+from yktool import usbguard as lib
 from yktool.cli.context import AppContext, pass_app
 from yktool.cli.output import emit, warn
 from yktool.cli.udev import key_options, resolve_key
@@ -42,16 +45,11 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
       yktool usbguard allow --nixos
       yktool --dry-run usbguard allow --vendor 1050 --product 0407 --serial 12345678
     """
-    from yktool import usbguard as lib
-    from yktool.inventory import Registry
-
     key = resolve_key(app, vendor, product, serial, name, interfaces)
     if not interfaces and key.vendor != "1209":
         # a real key: USBGuard matches its whole interface set, so read it from the plugged-in device
         found = lib.usb_interfaces(key.vendor, key.product, key.serial)
         if found:
-            from dataclasses import replace
-
             key = replace(key, interfaces=found)
         else:
             warn(f"{key.usb_id} is not plugged in here, so its USB interfaces are unknown: the rule says "
@@ -60,9 +58,7 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
     if nixos:
         text = lib.nixos_line(key, nickname)
         if not app.dry_run:
-            with Registry.update(app.host) as reg:
-                reg.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=lib.NIX_OPTION,
-                           rule=lib.rule_line(key))  # `yktool nixos module` renders every key's rule from it
+            lib.record_for_nixos(app.host, key, nickname)  # `yktool nixos module` renders every key's rule from it
         emit(app.json, {"nix": text, "rule": lib.rule_line(key)},
              text + "\n# every key's rules in one module: yktool nixos module")
         return
@@ -70,12 +66,10 @@ def allow(app: AppContext, nickname: str, vendor: str | None, product: str | Non
         emit(app.json, {"dry_run": True, "path": rules_file, "rule": lib.rule_line(key)},
              f"would append to {rules_file}:\n{lib.rule_line(key)}")
         return
-    result = lib.allow(app.host, key, rules_file)
+    result = lib.allow_and_record(app.host, key, nickname, rules_file)
     if result.placeholder:
         warn(f"{rules_file} was a placeholder ({result.placeholder}): populate it with every trusted device "
              "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
-    with Registry.update(app.host) as reg:
-        reg.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=rules_file)
     status = f"added to {rules_file}" if result.added else f"already allowed in {rules_file}"
     hint = ("\n" + lib.restart_hint(result)) if result.added and app.host.is_live else ""
     emit(app.json, {"path": result.path, "rule": result.line, "added": result.added,

@@ -33,6 +33,10 @@ class KeyInteraction:
         """Whether built-in user verification may be used (python-fido2's default: yes)."""
         return True
 
+    # the PINs the person typed, for an interaction that counts them (the terminal's, the demo's);
+    # None: it does not, and a flow counts the session's PIN requests instead
+    pin_prompts: int | None = None
+
     def touch_done(self) -> None:
         """The exchange that may have wanted a touch is over (stop a spinner, say)."""
 

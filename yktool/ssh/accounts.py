@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -59,8 +60,6 @@ def default_user() -> str:
     sudo_user = os.environ.get("SUDO_USER")
     if sudo_user and os.geteuid() == 0:
         return sudo_user
-    import pwd
-
     return pwd.getpwuid(os.getuid()).pw_name
 
 

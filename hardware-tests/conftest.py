@@ -92,16 +92,19 @@ def find_candidates(device: str | None = None) -> list[Candidate]:
         return [Candidate(spec=device, serial=None, open=lambda: open_device(device),
                           product="yktool software key")]
     from fido2.hid import CtapHidDevice, list_descriptors, open_connection
+    from fido2.hid.base import HidDescriptor
 
     from yktool.fido.yubikey import serial_for_hidraw
 
     # opened only when used: hidraw hands every open fd each reply, so a device held open while
     # serial_for_hidraw talks to the key would later read that reply ("Wrong channel")
+    def opener(desc: HidDescriptor) -> Callable[[], CtapHidDevice]:
+        return lambda: CtapHidDevice(desc, open_connection(desc))  # type: ignore[no-untyped-call]
+
     found = []
-    for desc in list_descriptors():
+    for desc in list_descriptors():  # type: ignore[no-untyped-call]
         found.append(Candidate(spec=f"hid:{desc.path}", serial=serial_for_hidraw(desc.path),
-                               open=lambda d=desc: CtapHidDevice(d, open_connection(d)),
-                               product=desc.product_name or ""))
+                               open=opener(desc), product=desc.product_name or ""))
     return found
 
 

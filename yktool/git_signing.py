@@ -40,6 +40,10 @@ def allowed_signer_line(email: str, public: SkPublicKey) -> str:
 
 
 def check_email(email: str) -> None:
+    # control characters (ESC, BEL, DEL …) would reach allowed_signers, git config and terminals
+    if any(not c.isprintable() and not c.isspace() for c in email):
+        raise UsageError(f"{email!r} cannot be an allowed_signers principal: it has control characters",
+                         "give one email address of printable characters")
     if not email or any(c.isspace() for c in email) or "," in email or '"' in email:
         raise UsageError(f"{email!r} cannot be an allowed_signers principal",
                          "give one email address without spaces, commas or quotes")

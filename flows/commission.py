@@ -278,6 +278,7 @@ class Commission:
 
     def luks_fido2(self, role: str, device: str) -> str:
         op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.a.nickname(role), self.unlock)
+        self.keys.add_touches(role, op.tool_touches)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device} with the key"

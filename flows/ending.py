@@ -32,9 +32,9 @@ def summary_item(head: str, items: list[str], width: int = 78) -> list[str]:
 def luks_touches(spec: str | None) -> int:
     """A LUKS enrollment's touches: one for yktool's own (native) enrollment; a real key goes
     through systemd-cryptenroll, which asks its own two (make, then derive the secret)."""
-    from yktool.luks.fido2 import default_backend
+    from yktool.luks.fido2 import SYSTEMD_ENROLL_TOUCHES, default_backend
 
-    return 1 if default_backend(spec or "auto") == "native" else 2
+    return 1 if default_backend(spec or "auto") == "native" else SYSTEMD_ENROLL_TOUCHES
 
 
 def budget(touches: int) -> str:

@@ -123,6 +123,10 @@ class KeyRing:
                     raise
         return f"PIN accepted ({s.pin_retries()} attempts left)"
 
+    def add_touches(self, role: str, touches: int) -> None:
+        """Touches another program asked for on the key (systemd-cryptenroll): the session saw none."""
+        self.counts.setdefault(role, Counts()).touches += touches
+
     def add_pin_entry(self, role: str) -> None:
         """A PIN typed outside the session's own prompt (setting a first PIN counts as one)."""
         self.counts.setdefault(role, Counts()).pin_prompts += 1

@@ -422,6 +422,7 @@ class Replace:
 
     def enroll_luks(self, device: str) -> str:
         op = enroll_luks_fido2(self.host, device, self.keys.session("new"), self.a.new_nickname, self.unlock)
+        self.keys.add_touches("new", op.tool_touches)
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
 
     def new_key_path(self, f: Found) -> PurePosixPath:

@@ -102,6 +102,23 @@ def read_through(name: str, mountpoint: Path) -> str:
         run(["umount", mountpoint], check=True)
 
 
+# ------------------------------------------------------------------ pam_u2f through libfido2
+PAM_ORIGIN = "pam://yktool-vm"
+
+
+def pamtester(tmp_path: Path, authfile: Path, *, options: str = "", input: str = "",
+              origin: str = PAM_ORIGIN) -> tuple[bool, str]:
+    """`pamtester yktest root authenticate` against `auth required pam_u2f.so …` in a private
+    mount namespace whose /etc/pam.d is a scratch folder; (accepted, output)."""
+    pamd = tmp_path / "pam.d"
+    pamd.mkdir(exist_ok=True)
+    (pamd / "yktest").write_text(f"auth required pam_u2f.so authfile={authfile} origin={origin} cue {options}\n")
+    script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate'
+    r = run(["unshare", "-m", "sh", "-c", script, "sh", pamd], input=input, timeout=90)
+    output = r.stdout + r.stderr
+    return r.returncode == 0 and "successfully authenticated" in output, output
+
+
 # ------------------------------------------------------------------ the emulated key (uhid)
 @dataclass
 class Key(PluggedKey):
@@ -148,6 +165,55 @@ class Key(PluggedKey):
         return not Path(self.hidraw).exists()
 
 
+def fork_cli(argv: Sequence[str], *, stdout: int | Path, stderr: Path, stdin: Path | None = None,
+             close: Sequence[int] = ()) -> int:
+    """`yktool ARGV` in a fork of this process (stdin a file or /dev/null, stdout an fd or a file,
+    stderr a file; `close`: the parent's fds the child must not hold, e.g. a pipe's read end): the
+    real CLI, only without a fresh interpreter (importing fido2 and yktool costs ~6 s each time
+    under TCG). The child's pid; it never returns into pytest."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        for fd in close:
+            os.close(fd)
+        os.dup2(os.open(stdin or os.devnull, os.O_RDONLY), 0)
+        out = stdout if isinstance(stdout, int) else os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, 1)
+        os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
+        sys.stdin = open(0, closefd=False)  # the child's own, until os._exit
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        from yktool.cli import main_group
+
+        main_group.main(args=list(argv), prog_name="yktool")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: B036, BLE001 - the child must never return into pytest
+        traceback.print_exc()
+    finally:
+        with suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def wait_exit(pid: int, timeout: float) -> int | None:
+    """The exit status of a forked child, or None if it is still running after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(raw)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
 def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 120.0) -> Key:
     """Run `yktool --json key emulate --device sim:STATE --touch T --control SOCK` and wait for its line.
 
@@ -161,32 +227,7 @@ def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 12
         ctl.unlink()
     argv = ["--json", "key", "emulate", "--device", f"sim:{state}", "--touch", touch, "--control", str(ctl)]
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: stdin /dev/null, stdout the pipe, stderr the log; never returns
-        code = 70
-        try:
-            os.close(r)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(w, 1)
-            os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
-            sys.stdin = open(0, closefd=False)  # the child's own, until os._exit
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            from yktool.cli import main_group
-
-            main_group.main(args=argv, prog_name="yktool")
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: B036, BLE001 - the child must never return into pytest
-            traceback.print_exc()
-        finally:
-            with suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+    pid = fork_cli(argv, stdout=w, stderr=log, close=[r])
     os.close(w)
     line = b""
     deadline = time.monotonic() + timeout
@@ -222,5 +263,11 @@ def touches(key: Key, step: str) -> Iterator[None]:
     """Count what the emulated key saw while a consumer ran: printed at the end of the tier."""
     before = key.counts()
     yield
-    after = key.counts() if key.status is None else before
-    TOUCH_LOG.append((step, *(after.get(k, 0) - before.get(k, 0) for k in ("requested", "approved", "denied"))))
+    record_touches(step, before, key.counts() if key.status is None else before)
+
+
+def record_touches(step: str, before: dict[str, int], after: dict[str, int]) -> None:
+    """One TOUCH_LOG line from two readings of a key's counts (a step that spans an unplug reads
+    them itself, before the emulator stops)."""
+    requested, approved, denied = (after.get(k, 0) - before.get(k, 0) for k in ("requested", "approved", "denied"))
+    TOUCH_LOG.append((step, requested, approved, denied))

@@ -8,21 +8,10 @@ from pathlib import Path
 from tests.conftest import CliCall
 from tests.fixtures.fido import TEST_PIN, SimKey
 from tests.vm.conftest import Keys
-from tests.vm.support import Key, run, touches
+from tests.vm.support import PAM_ORIGIN as ORIGIN
+from tests.vm.support import Key, pamtester, touches
 
-ORIGIN = "pam://yktool-vm"
 CUE = "Please touch the device."
-
-
-def pamtester(tmp_path: Path, authfile: Path, *, options: str = "", input: str = "") -> tuple[bool, str]:
-    """`pamtester yktest root authenticate` against `auth required pam_u2f.so …`; (accepted, output)."""
-    pamd = tmp_path / "pam.d"
-    pamd.mkdir(exist_ok=True)
-    (pamd / "yktest").write_text(f"auth required pam_u2f.so authfile={authfile} origin={ORIGIN} cue {options}\n")
-    script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate'
-    r = run(["unshare", "-m", "sh", "-c", script, "sh", pamd], input=input, timeout=90)
-    output = r.stdout + r.stderr
-    return r.returncode == 0 and "successfully authenticated" in output, output
 
 
 def register(cli: CliCall, key: Key, authfile: Path, nickname: str, *extra: str, input: str | None = None) -> None:

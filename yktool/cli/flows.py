@@ -60,6 +60,19 @@ def _opener(app: AppContext, pin_stdin: bool) -> SessionOpener:
     return open_key
 
 
+def _swap_keys(asker: Any, app: AppContext, role: str, instruction: str) -> None:
+    """Tell the person to swap keys and wait until they have (also with --yes: `auto` must not
+    open the key still in the port); where keys cannot be listed, wait for a key press instead."""
+    from yktool.fido.swap import SwapWait
+
+    wait = SwapWait.begin()  # the keys in before the person acts on the instruction
+    instruct(instruction)
+    if wait is None:
+        asker.pause("Press any key when it is in…", yes=app.yes)
+        return
+    wait.until_swapped(role, on_removed=lambda: info(f"key removed; waiting for the {role} key…"))
+
+
 def _read_unlock(device: str) -> bytes:
     """A LUKS volume's current passphrase (or recovery key), asked when no key file is given."""
     from yktool.cli.prompts import read_secret
@@ -264,8 +277,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         if spec != "auto":  # named by --backup-device: it is in already (or a software key)
             info(f"Now the {role} key ({answers.nickname(role)}): {spec}")
             return
-        instruct(f"Now remove the other key and insert your {role} key ({answers.nickname(role)}).")
-        asker.pause("Press any key when it is in…", yes=app.yes)
+        _swap_keys(asker, app, role, f"Now remove the other key and insert your {role} key "
+                   f"({answers.nickname(role)}).")
 
     io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
                          tcti=app.tpm, allow_unmeasured=allow_unmeasured)
@@ -464,8 +477,7 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
 
     def on_swap(role: str) -> None:
         if role == "new" and (specs.get(role) or "auto") == "auto":
-            instruct("Now remove the other keys and insert the new key.")
-            asker.pause("Press any key when it is in…", yes=app.yes)
+            _swap_keys(asker, app, "new", "Now remove the other keys and insert the new key.")
 
     nicknames = {r: "" for r in present_roles}
     age = fr.ReplaceAnswers(age_host_keys=list(age_host_keys),

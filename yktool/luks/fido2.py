@@ -349,6 +349,13 @@ class Fido2Enrollment:
         writes = ("keyslot", "token", "resume") + (("enroll",) if self.backend == "systemd" else ())
         return any(s.status == "done" and s.id in writes for s in self.plan.steps)
 
+    @property
+    def tool_touches(self) -> int:
+        """The touches systemd-cryptenroll asked for itself, which the session does not see (the
+        person does): none for the native backend, or when it did not run."""
+        ran = any(s.id == "enroll" and s.status == "done" for s in self.plan.steps)
+        return SYSTEMD_ENROLL_TOUCHES if self.backend == "systemd" and ran else 0
+
     def summary(self) -> dict[str, Any]:
         return {"device": self.device, "uuid": self.uuid, "backend": self.backend, "keyslot": self.new_slot,
                 "token": self.new_token, "credential": self.credential, "nickname": self.nickname,
@@ -356,6 +363,9 @@ class Fido2Enrollment:
                 "algorithm": self.options.algorithm, "already_enrolled": self.already, "resumed": self.resumed,
                 "changed": self.changed, "plan": self.plan.to_json(),
                 **({"command": self.command} if self.command else {})}
+
+
+SYSTEMD_ENROLL_TOUCHES = 2  # systemd-cryptenroll makes the credential, then derives the secret (up: yes)
 
 
 def default_backend(spec: str) -> str:

@@ -152,7 +152,7 @@ class Commission:
     def __init__(self, host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO,
                  state: FlowState) -> None:
         self.host = host
-        self.a = answers
+        self.answers = answers
         self.keys = keys
         self.io = io
         self.state = state
@@ -163,56 +163,56 @@ class Commission:
 
     # ------------------------------------------------------------------ helpers
     def account(self) -> Account:
-        return lookup_user(self.host, self.a.user)
+        return lookup_user(self.host, self.answers.user)
 
     def hostname(self) -> str:
         return hostname(self.host)
 
     def origin(self) -> str:
-        return check_origin(self.a.pam_origin) if self.a.pam_origin else default_origin(self.host)
+        return check_origin(self.answers.pam_origin) if self.answers.pam_origin else default_origin(self.host)
 
     # ------------------------------------------------------------------ steps
     def build_steps(self) -> list[FlowStep]:
-        a = self.a
+        answers = self.answers
         steps: list[FlowStep] = []
-        many = len(a.luks_devices) > 1
-        pcrs = "+".join(map(str, a.pcrs))
-        for dev in a.luks_devices:
-            if "luks-tpm2" in a.steps:
+        many = len(answers.luks_devices) > 1
+        pcrs = "+".join(map(str, answers.pcrs))
+        for dev in answers.luks_devices:
+            if "luks-tpm2" in answers.steps:
                 steps.append(FlowStep(step_id("luks-tpm2", None, dev, many),
                                       f"seal a keyslot of {dev} to the TPM2 (PCRs {pcrs})",
                                       partial(self.luks_tpm2, dev), [dev, f"TPM {self.io.tcti}"],
                                       "test-unlock through systemd's token plugin"))
-            if "recovery" in a.steps:
+            if "recovery" in answers.steps:
                 steps.append(FlowStep(step_id("recovery", None, dev, many),
                                       f"add a recovery key to {dev} (shown once)",
                                       partial(self.recovery, dev), [dev],
                                       "cryptsetup open --test-passphrase with the new key"))
-        for role in a.roles:
-            nick = a.nickname(role)
+        for role in answers.roles:
+            nick = answers.nickname(role)
             steps.append(FlowStep(step_id("pin", role), f"{role} key ({nick}): check it and its PIN "
                                   "(set a first PIN if it has none)", partial(self.pin, role),
                                   [f"{role} key"], "a PIN token from the key", role))
-            if "luks-fido2" in a.steps:
-                for dev in a.luks_devices:
+            if "luks-fido2" in answers.steps:
+                for dev in answers.luks_devices:
                     steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
                                           f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; "
                                           f"{self.luks_touches(role)})",
                                           partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
                                           "the key's hmac-secret opens the new keyslot", role))
-            if "ssh" in a.steps:
+            if "ssh" in answers.steps:
                 steps.append(FlowStep(step_id("ssh", role), f"ed25519-sk SSH key on the {role} key ({nick}) "
-                                      f"for {a.user}, added to authorized_keys", partial(self.ssh, role),
-                                      [f"~{a.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
-            if "git" in a.steps:
+                                      f"for {answers.user}, added to authorized_keys", partial(self.ssh, role),
+                                      [f"~{answers.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
+            if "git" in answers.steps:
                 what = "sign git commits with it" if role == "primary" else "accept its git signatures"
-                steps.append(FlowStep(step_id("git", role), f"{what} ({a.git_email}, allowed_signers)",
-                                      partial(self.git, role), [f"~{a.user}/.gitconfig",
-                                                                    f"~{a.user}/.ssh/allowed_signers"],
+                steps.append(FlowStep(step_id("git", role), f"{what} ({answers.git_email}, allowed_signers)",
+                                      partial(self.git, role), [f"~{answers.user}/.gitconfig",
+                                                                    f"~{answers.user}/.ssh/allowed_signers"],
                                       "git config --get reads the settings back", role))
-            if "pam" in a.steps:
-                where = a.age_file if a.host_kind == "nixos" else "/etc/u2f_mappings"
-                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {a.user} on the {role} "
+            if "pam" in answers.steps:
+                where = answers.age_file if answers.host_kind == "nixos" else "/etc/u2f_mappings"
+                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {answers.user} on the {role} "
                                       f"key ({nick}) in {where}", partial(self.pam, role), [where],
                                       "an assertion with the origin verifies against the stored key", role))
             usb_rules = {  # kind: what the step does, what it changes (plain Linux, NixOS), its proof
@@ -222,14 +222,14 @@ class Commission:
                              "USBGuard rules (the NixOS module)", "the rules file read back"),
             }
             for kind, (what, linux, nixos, proof) in usb_rules.items():
-                if kind in a.steps:
+                if kind in answers.steps:
                     steps.append(FlowStep(step_id(kind, role), what, partial(self.usb_rule, kind, role),
-                                          [linux if a.host_kind == "linux" else nixos], proof, role))
-        if a.host_kind == "nixos":
+                                          [linux if answers.host_kind == "linux" else nixos], proof, role))
+        if answers.host_kind == "nixos":
             steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
                                   "(yktool nixos module)", self.nixos_module, ["the NixOS module"],
                                   "nix-instantiate --parse", None, always=True))
-        if "verify" in a.steps:
+        if "verify" in answers.steps:
             steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
                                   self.verify, [], "reads only", None, always=True))
         return steps
@@ -245,7 +245,7 @@ class Commission:
 
     # -- LUKS
     def luks_tpm2(self, device: str) -> str:
-        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.a.pcrs),
+        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.answers.pcrs),
                               allow_unmeasured=self.io.allow_unmeasured)
         if op.needs_unlock:
             op.unlock = self.unlock(device)
@@ -277,7 +277,7 @@ class Commission:
         return f"recovery key in keyslot {op.new_slot}, proven to open {device}; {shown[0]}"
 
     def luks_fido2(self, role: str, device: str) -> str:
-        op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.a.nickname(role), self.unlock)
+        op = enroll_luks_fido2(self.host, device, self.keys.session(role), self.answers.nickname(role), self.unlock)
         self.keys.add_touches(role, op.tool_touches)
         if op.already and not op.changed:
             return f"already enrolled (token {op.new_token}, keyslot {op.new_slot})"
@@ -286,8 +286,8 @@ class Commission:
     # -- SSH and git
     def ssh(self, role: str) -> str:
         account = self.account()
-        path = key_path(self.a, role, account.home)
-        nick = self.a.nickname(role)
+        path = key_path(self.answers, role, account.home)
+        nick = self.answers.nickname(role)
         session = self.keys.session(role)
         if self.host.exists(path):
             key = enroll.load_private(self.host, path)
@@ -298,7 +298,7 @@ class Commission:
         else:
             opts = enroll.parse_options([])
             enroll.precheck(session, opts)
-            comment = f"{self.a.user}@{self.hostname() or 'host'} ({nick})"
+            comment = f"{self.answers.user}@{self.hostname() or 'host'} ({nick})"
             key = enroll.make_key(session, opts, comment, prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())
             made = "made a new key"
@@ -310,46 +310,46 @@ class Commission:
         """The primary key signs (git config and allowed_signers); the backup key's signatures
         verify too (allowed_signers), the primary staying the signing key."""
         account = self.account()
-        path = key_path(self.a, role, account.home)
+        path = key_path(self.answers, role, account.home)
         key = enroll.load_private(self.host, path)
-        signer = add_signer(self.host, account, key, email=self.a.git_email, nickname=self.a.nickname(role),
+        signer = add_signer(self.host, account, key, email=self.answers.git_email, nickname=self.answers.nickname(role),
                             signing_key=enroll.pub_path(path) if role == "primary" else None)
         if signer.setup is not None:
             self.io.notes.extend(signer.setup.notes)
             return (f"git signs with {key.public.fingerprint} ({signer.setup.config_file})"
                     f"{'' if signer.changed else ', unchanged'}")
-        return f"{self.a.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
+        return f"{self.answers.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
 
     # -- PAM
     def pam_target(self) -> Target:
-        if self.a.host_kind != "nixos":
-            return plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
-        pub = self.a.age_host_key
+        if self.answers.host_kind != "nixos":
+            return plain_target(self.host, self.answers.user, CENTRAL_AUTHFILE)
+        pub = self.answers.age_host_key
         recipients = agefile.parse_recipients_text(self.host.read_text(pub), source=pub)
         identity = None
         private = pub.removesuffix(".pub")
-        if self.a.age_identity:
+        if self.answers.age_identity:
             # a local path (like --age-file), not inside the root
-            data = Path(self.a.age_identity).read_bytes()
-            identity = agefile.parse_identities(data, source=self.a.age_identity)
+            data = Path(self.answers.age_identity).read_bytes()
+            identity = agefile.parse_identities(data, source=self.answers.age_identity)
         elif self.host.exists(private) and private != pub:
             # the host's own key decrypts what it will decrypt at boot
             identity = agefile.parse_identities(self.host.read_bytes(private), source=private)
-        return Target(age_file=Path(self.a.age_file).absolute(), recipients=recipients, identity=identity)
+        return Target(age_file=Path(self.answers.age_file).absolute(), recipients=recipients, identity=identity)
 
     def pam_line(self) -> str:
         """The PAM auth line for this run's authfile and origin (plain Linux)."""
-        target = plain_target(self.host, self.a.user, CENTRAL_AUTHFILE)
+        target = plain_target(self.host, self.answers.user, CENTRAL_AUTHFILE)
         return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        request = RegisterRequest(user=self.a.user, origin=self.origin(), target=self.pam_target(),
-                                     nickname=self.a.nickname(role),
-                                     age_name=Path(self.a.age_file).name.removesuffix(".age") or "yubikey-auth")
+        request = RegisterRequest(user=self.answers.user, origin=self.origin(), target=self.pam_target(),
+                                     nickname=self.answers.nickname(role),
+                                     age_name=Path(self.answers.age_file).name.removesuffix(".age") or "yubikey-auth")
         result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
-            return f"already registered for {self.a.user} (origin {result.origin})"
-        return (f"registered for {self.a.user} in {result.written_to} (origin {result.origin}), "
+            return f"already registered for {self.answers.user} (origin {result.origin})"
+        return (f"registered for {self.answers.user} in {result.written_to} (origin {result.origin}), "
                 "proven with an assertion")
 
     # -- udev and USBGuard
@@ -359,8 +359,8 @@ class Commission:
     def usb_rule(self, kind: str, role: str) -> str:
         """The key's removal-lock udev rule or its USBGuard allow rule; on NixOS only the record,
         which `yktool nixos module` renders them from."""
-        key, nick = self.usb_identity(role), self.a.nickname(role)
-        if self.a.host_kind == "nixos":
+        key, nick = self.usb_identity(role), self.answers.nickname(role)
+        if self.answers.host_kind == "nixos":
             (udev_rule if kind == "udev" else usbguard_rule).record_for_nixos(self.host, key, nick)
             return f"{key.usb_id} recorded for the NixOS module"
         if kind == "udev":
@@ -378,24 +378,24 @@ class Commission:
     # -- verify
     def verify_selection(self) -> list[str]:
         """The checks that prove what this run enrolled (the rest of `yktool verify` is the host's)."""
-        if self.a.verify_only:
-            return list(self.a.verify_only)
-        s, sel = set(self.a.steps), []
-        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+        if self.answers.verify_only:
+            return list(self.answers.verify_only)
+        s, sel = set(self.answers.steps), []
+        if s & {"luks-fido2", "luks-tpm2"} and self.answers.luks_devices:
             sel.append("boot.luks.root")
         # on NixOS /etc is generated: the PAM stack, udev and USBGuard rules come from the printed
         # Nix after a rebuild, so the root's /etc/pam.d and rules are not what will run
         nixos_generated = {"pam", "udev", "usbguard"}
         for step, check_ids in VERIFY_FOR_STEP.items():
-            if step in s and (self.a.host_kind == "linux" or step not in nixos_generated):
+            if step in s and (self.answers.host_kind == "linux" or step not in nixos_generated):
                 sel += check_ids
-        if self.a.backup_nickname:
+        if self.answers.backup_nickname:
             sel.append("hw.registry.backup")
         return sel
 
     def verify(self) -> str:
         self.keys.close()  # verify needs no key; count the last key's touches now
-        ctx = CheckContext(self.host, user=self.a.user or None, tpm2_pcrs=tuple(self.a.pcrs))
+        ctx = CheckContext(self.host, user=self.answers.user or None, tpm2_pcrs=tuple(self.answers.pcrs))
         self.results = run_checks(ctx, self.verify_selection())
         counts = count_results(self.results)
         return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
@@ -405,15 +405,15 @@ class Commission:
         """The verify checks that prove what this run wrote. The PAM stack (/etc/pam.d) is the
         person's to edit (Next steps), and checks named by --verify-only beyond the steps belong
         to other layers: listed as "not part of this run", they do not fail it."""
-        s, owned = set(self.a.steps), set()
+        s, owned = set(self.answers.steps), set()
         if not s - {"verify"}:
             return {str(r.id) for r in self.results}  # nothing enrolled: the run is a verify, all its own
         for step, check_ids in VERIFY_FOR_STEP.items():
             if step in s:
                 owned |= set(check_ids) - PAM_STACK_CHECKS
-        if s & {"luks-fido2", "luks-tpm2"} and self.a.luks_devices:
+        if s & {"luks-fido2", "luks-tpm2"} and self.answers.luks_devices:
             owned.add("boot.luks.root")
-        if self.a.backup_nickname:
+        if self.answers.backup_nickname:
             owned.add("hw.registry.backup")
         return owned
 
@@ -421,17 +421,17 @@ class Commission:
         """What each key costs: one touch per credential made (the LUKS slot's secret and the
         pam_u2f proof are read silently), one PIN entry (a first PIN is typed twice, once counted)."""
         per_role = []
-        for role in self.a.roles:
+        for role in self.answers.roles:
             n = 0
-            if "luks-fido2" in self.a.steps:
-                n += len(self.a.luks_devices) * (1 if self.luks_touches(role) == "1 touch" else 2)
-            n += sum(1 for k in ("ssh", "pam") if k in self.a.steps)
+            if "luks-fido2" in self.answers.steps:
+                n += len(self.answers.luks_devices) * (1 if self.luks_touches(role) == "1 touch" else 2)
+            n += sum(1 for k in ("ssh", "pam") if k in self.answers.steps)
             per_role.append(n)
         if not per_role:
             return ""
         if len(set(per_role)) == 1:
             return f"each key: {budget(per_role[0])}"
-        return ", ".join(f"{r} key: {budget(n)}" for r, n in zip(self.a.roles, per_role, strict=True))
+        return ", ".join(f"{r} key: {budget(n)}" for r, n in zip(self.answers.roles, per_role, strict=True))
 
 
 PAM_STACK_CHECKS = {"pam.sudo", "pam.login"}
@@ -443,31 +443,31 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
     """The plan on one screen: the root and host, what changes per LUKS device and per key, the
     touch and PIN budget. The full plan (every step, what it changes, how it is proven) is on
     demand."""
-    a = flow.a
+    answers = flow.answers
     done = set(flow.state.done)
     todo = [st for st in steps if st.id not in done or st.always]
     host = flow.hostname() or "no /etc/hostname"
-    lines = [f"commission: {flow.host.root}", f"  host {host} ({a.host_kind}), for {a.user or 'no user'}; "
+    lines = [f"commission: {flow.host.root}", f"  host {host} ({answers.host_kind}), for {answers.user or 'no user'}; "
              f"{len(steps)} steps, {len(steps) - len(todo)} done already"]
 
     def add(head: str, items: list[str]) -> None:
         lines.extend(summary_item(head, items, width))
 
-    for dev in a.luks_devices:
+    for dev in answers.luks_devices:
         items = []
         for st in todo:
             if st.role is None and dev in st.description:
-                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, a.pcrs)) + ")"
+                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, answers.pcrs)) + ")"
                              if "tpm2" in st.id else "a recovery key (shown once)")
-        if {"luks-tpm2", "recovery"} & set(a.steps):
+        if {"luks-tpm2", "recovery"} & set(answers.steps):
             add(dev, items)
-    for role in a.roles:
+    for role in answers.roles:
         items = [WHAT[k] for k in KEY_STEPS if any(st.id.startswith(f"{role}.{k}") for st in todo)]
-        add(f"{role} key ({a.nickname(role)})", items)
+        add(f"{role} key ({answers.nickname(role)})", items)
     budget = flow.touch_budget()
     if budget and any(st.role is not None for st in todo):
         lines.append(f"  {budget}" + (" (systemd-cryptenroll asks its own for LUKS)"
-                                      if "2 touches" in flow.luks_touches(a.roles[0]) else ""))
+                                      if "2 touches" in flow.luks_touches(answers.roles[0]) else ""))
     if any(st.id == "verify" for st in steps):
         lines.append("  then yktool verify: the checks for what was enrolled")
     return lines
@@ -476,17 +476,17 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
 def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
     """What is left for the person, exactly: the PAM line and where it goes (in the control
     verify accepts), the NixOS rebuild, storing the recovery key."""
-    a = flow.a
+    answers = flow.answers
     out: list[str] = []
     pam_failed = {r.id for r in report.results if r.id in PAM_STACK_CHECKS and r.status in ("fail", "warn")}
-    if "pam" in a.steps and a.host_kind == "linux" and (pam_failed or not report.results):
+    if "pam" in answers.steps and answers.host_kind == "linux" and (pam_failed or not report.results):
         line = flow.pam_line().replace("auth sufficient ", "auth required ", 1)
         for service in sorted(pam_failed) or ["pam.sudo"]:
             name = service.split(".", 1)[1]
             works = "`sudo -k; sudo true` works with the key" if name == "sudo" else f"a new {name} works with the key"
             out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
                        f"with a root shell kept open until {works}:\n    {line}")
-    if a.host_kind == "nixos":
+    if answers.host_kind == "nixos":
         out.append(NIXOS_REBUILD)
     if flow.recovery_shown:
         out.append("Store the recovery key offline (paper, a password manager on another device): it opens "
@@ -586,7 +586,7 @@ def execute(flow: Commission, steps: list[FlowStep],
     host's checks run again under it first."""
     with root_lock(flow.host, f"yktool {FLOW}"):
         if not still_held(flow.host, flow.checked_under):
-            check_host(flow.host, flow.a)
+            check_host(flow.host, flow.answers)
             refuse_links(flow.host, commission_files(flow))
         return _execute(flow, steps, on_step)
 
@@ -594,7 +594,7 @@ def execute(flow: Commission, steps: list[FlowStep],
 def _execute(flow: Commission, steps: list[FlowStep],
              on_step: Callable[[Outcome], None] | None) -> CommissionReport:
     nothing = not pending(flow, steps)
-    flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.begin(flow.host, flow.answers.to_json())
     flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming
     flow.state.save(flow.host)
     outcomes = run_steps(flow.host, flow.state, steps, on_step)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yktool.host import Host
 
 from .runner import Outcome
+
+if TYPE_CHECKING:
+    from yktool.checks import Result
 
 NIXOS_REBUILD = ("Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
                  "(PAM, udev and USBGuard come from it)")
@@ -48,8 +51,8 @@ class FlowReport:
     `owned`: the verify checks that prove this run's own steps (the others are listed apart)."""
 
     outcomes: list[Outcome]
-    results: list[Any]
-    counts: dict[str, Any]
+    results: list[Result]             # verify's
+    counts: dict[str, dict[str, int]]  # role -> touches and PIN prompts
     notes: list[str]
     nothing_to_do: bool
     owned: set[str] = field(default_factory=set)
@@ -64,7 +67,7 @@ class FlowReport:
         return not any(r.status == "fail" for r in self.results if r.id in self.owned)
 
     @property
-    def not_ours(self) -> list[Any]:
+    def not_ours(self) -> list[Result]:
         return [r for r in self.results if r.id not in self.owned]
 
     def to_json(self) -> dict[str, Any]:

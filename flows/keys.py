@@ -16,7 +16,7 @@ from yktool.fido.devices import entry_for
 from yktool.fido.session import KeySession
 from yktool.host import Host
 from yktool.keynames import identify_key
-from yktool.luks import fido2 as lf
+from yktool.luks import fido2 as luks_fido2
 
 # (role, device spec or None) -> an open session; the front end supplies it with its interaction
 SessionOpener = Callable[[str, "str | None"], AbstractContextManager[KeySession]]
@@ -116,7 +116,7 @@ class KeyRing:
             return f"set a first PIN on the {role} key"
         while True:
             try:
-                s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, lf.RP_ID)
+                s.pin_token(ClientPin.PERMISSION.GET_ASSERTION, luks_fido2.RP_ID)
                 break
             except PinInvalid as exc:  # the session forgot the PIN: the next try asks again
                 if self.on_wrong_pin is None or not self.on_wrong_pin(role, exc.retries):
@@ -163,12 +163,12 @@ class Passphrases:
 
 
 def enroll_luks_fido2(host: Host, device: str, session: KeySession, nickname: str,
-                      unlock: Passphrases) -> lf.Fido2Enrollment:
+                      unlock: Passphrases) -> luks_fido2.Fido2Enrollment:
     """A flow's LUKS2 FIDO2 step: luks.fido2's plan with the flow's session (its PIN typed once
     per run) and the volume's passphrase only when the plan needs it; applied, the plan proves
     the new keyslot opens with the key and records it."""
     spec = entry_for(session.device).spec  # sim:… → the native backend, hid:… → systemd's
-    op = lf.plan_enroll_fido2(host, device, spec, lf.Fido2Options(nickname=nickname))
+    op = luks_fido2.plan_enroll_fido2(host, device, spec, luks_fido2.Fido2Options(nickname=nickname))
     op.session = session
     if op.needs_unlock:
         op.unlock = unlock(device)

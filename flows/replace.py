@@ -38,7 +38,7 @@ from typing import Any
 from yktool import agefile
 from yktool import udev as udev_rule
 from yktool import usbguard as usbguard_rule
-from yktool.authorized_keys import authorized_keys_path, revoke
+from yktool.authorized_keys import authorized_keys_path, key_blob_in, revoke
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
@@ -349,7 +349,7 @@ class Replace:
 
     def __init__(self, host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, state: FlowState,
                  found: list[Found], has_new: bool) -> None:
-        self.host, self.a, self.keys, self.io, self.state = host, answers, keys, io, state
+        self.host, self.answers, self.keys, self.io, self.state = host, answers, keys, io, state
         self.found = found
         self.has_new = has_new
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
@@ -365,7 +365,7 @@ class Replace:
     # ------------------------------------------------------------------ plan
     def build_steps(self) -> list[FlowStep]:
         steps: list[FlowStep] = []
-        nick = self.a.new_nickname
+        nick = self.answers.new_nickname
         luks_devs = list(dict.fromkeys(f.where for f in self.lost("luks")))
         pam_targets = list(dict.fromkeys((f.where, f.user, f.rp_id) for f in self.lost("pam")))
         ssh_keys = self.lost("ssh")
@@ -421,7 +421,7 @@ class Replace:
         return self.keys.check_pin("new", self.io.new_pin)
 
     def enroll_luks(self, device: str) -> str:
-        op = enroll_luks_fido2(self.host, device, self.keys.session("new"), self.a.new_nickname, self.unlock)
+        op = enroll_luks_fido2(self.host, device, self.keys.session("new"), self.answers.new_nickname, self.unlock)
         self.keys.add_touches("new", op.tool_touches)
         return f"token {op.new_token} on keyslot {op.new_slot}, proven to open {device}"
 
@@ -440,11 +440,11 @@ class Replace:
         if key is None:
             opts = replacement_options(f)
             enroll.precheck(session, opts)
-            key = enroll.make_key(session, opts, f"{f.user} ({self.a.new_nickname})", prechecked=True)
+            key = enroll.make_key(session, opts, f"{f.user} ({self.answers.new_nickname})", prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())  # the lost key's file is backed up
         git = [e for _k, e in Registry.load(self.host).enrollments("git")
                if str(e.get("public_key", "")) == f.public_key]
-        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.a.new_nickname,
+        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.answers.new_nickname,
                                           aaguid=session.aaguid)
         for e in git:
             # where the lost key signed (the global config or a repository's), the new one signs,
@@ -455,7 +455,7 @@ class Replace:
             if signs and repo is not None and not self.host.is_dir(repo):
                 signs, repo = False, None   # the repository is gone: nothing signs there any more
             signers = str(e.get("allowed_signers") or "")
-            add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.a.new_nickname,
+            add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.answers.new_nickname,
                        signing_key=enroll.pub_path(path) if signs else None, repo=repo,
                        allowed_signers=PurePosixPath(signers) if signers else None)
         return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + \
@@ -463,14 +463,14 @@ class Replace:
 
     def pam_target(self, path: str, user: str) -> Target:
         if any(f.age and f.where == path for f in self.found):
-            return age_target_for(self.host, self.a)(path)
+            return age_target_for(self.host, self.answers)(path)
         return plain_target(self.host, user, path)
 
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
         # the lost credential's checks carry over (+pin, +verification): the replacement is never weaker
         options = "".join(f.pam_options for f in self.lost("pam") if f.where == path and f.user == user)
         request = RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
-                                     nickname=self.a.new_nickname, pin="+pin" in options,
+                                     nickname=self.answers.new_nickname, pin="+pin" in options,
                                      verification="+verification" in options)
         result = pam_register(self.host, self.keys.session("new"), request)
         if result.already_registered:
@@ -484,7 +484,7 @@ class Replace:
         done = []
         if kinds & {"udev", "usbguard"}:
             key = identity_from(usb_identity(self.keys.session("new").device))
-            nick = self.a.new_nickname
+            nick = self.answers.new_nickname
             if self.host.exists("/etc/NIXOS"):  # the NixOS module is rendered from these records
                 if "udev" in kinds:
                     udev_rule.record_for_nixos(self.host, key, nick)
@@ -557,12 +557,23 @@ class Replace:
             return ""
 
     def ssh_places(self, f: Found) -> list[tuple[str, str]]:
-        """The authorized_keys files (and their users) the registry has the lost SSH key in."""
+        """The authorized_keys files (and their users) the lost SSH key is in: those the registry
+        has, and the key's user's and root's own authorized_keys when they hold it — `ssh
+        authorize` writes before it records (a kill -9 between the two, a registry restored from
+        before), and a line the registry does not know still lets the finder in."""
         registry = Registry.load(self.host)
-        return list(dict.fromkeys((str(e["path"]), str(e.get("user") or f.user))
-                                  for _k, e in registry.enrollments("ssh")
-                                  if e.get("role") == "authorized_keys" and "path" in e
-                                  and str(e.get("public_key")) == f.public_key))
+        places = [(str(e["path"]), str(e.get("user") or f.user)) for _k, e in registry.enrollments("ssh")
+                  if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key]
+        blob = _blob(f.public_key)
+        for user in dict.fromkeys([f.user, "root"]):
+            try:
+                path = str(authorized_keys_path(lookup_user(self.host, user)))
+                if blob and self.host.exists(path) and any(
+                        key_blob_in(ln) == blob for ln in self.host.read_text(path).splitlines()):
+                    places.append((path, user))
+            except (OSError, YktoolError):
+                continue  # a file yktool may not read is the touched-files check's to refuse
+        return list(dict.fromkeys(places))
 
     def check_plan(self, force: bool) -> None:
         """The whole plan's last-way-in check, before anything is done: a LUKS volume left
@@ -631,13 +642,9 @@ class Replace:
         registry = Registry.load(self.host)
         account = lookup_user(self.host, f.user)
         done = []
-        for _k, e in registry.enrollments("ssh"):
-            if e.get("role") == "authorized_keys" and str(e.get("public_key")) == f.public_key:
-                where = str(e["path"])
-                removed = revoke(self.host, PurePosixPath(where), public,
-                                 allow_empty=self.forced_empty("ssh", where, str(e.get("user") or f.user)))
-                if removed:
-                    done.append(f"out of {e['path']}")
+        for where, user in self.ssh_places(f):
+            if revoke(self.host, PurePosixPath(where), public, allow_empty=self.forced_empty("ssh", where, user)):
+                done.append(f"out of {where}")
         # the lost key's line goes out of date in every allowed_signers file yktool wrote, not
         # only those of its own records (a registry from before one record per key forgot them)
         expired = False
@@ -648,7 +655,7 @@ class Replace:
         mine = [e for _k, e in registry.enrollments("git") if str(e.get("public_key", "")) == f.public_key]
         configs = list(dict.fromkeys(PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
                                      for e in mine))
-        if self.a.revoke_git and (mine or expired):
+        if self.answers.revoke_git and (mine or expired):
             revoked = account.home / REVOKED_FILE
             if add_revoked_signer(self.host, revoked, public, account.owner()):
                 done.append(f"listed in {revoked}")
@@ -724,7 +731,7 @@ def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
         lines += summary_item(f"lost {name}, revoked", [*items, "registry entry and udev/USBGuard rules"], width)
     answered = {f.owner: f.answered_by for f in flow.found if f.answered_by not in (None, "new")}
     kept = [f"{k.nickname} ({'plugged in' if k.nickname in answered else 'not plugged in'})"
-            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.a.new_nickname)]
+            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.answers.new_nickname)]
     kept += [f"{f.describe()} (not in the registry, kept: yktool cannot tell which key made it)"
              for f in flow.found if f.owner == "unregistered" and not f.lost]
     lines += summary_item("kept", kept or ["no other key"], width)
@@ -736,7 +743,7 @@ def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
         items += [f"pam_u2f {user} in {path}" for path, user, _o in
                   dict.fromkeys((f.where, f.user, f.rp_id) for f in flow.lost("pam"))]
         items.append("udev lock and USBGuard rules where the lost key had them")
-        lines += summary_item(f"new key ({flow.a.new_nickname}), first", items, width)
+        lines += summary_item(f"new key ({flow.answers.new_nickname}), first", items, width)
         lines.append(f"  new key: {budget(flow.touches())}, before anything of the lost key goes")
     else:
         lines.append("  no new key: revoke only (the kept keys stay the way in)")
@@ -748,7 +755,7 @@ def next_steps(flow: Replace, report: ReplaceReport) -> list[str]:
     lost one was accepted off this host, the NixOS rebuild; without a new key, a new backup."""
     out: list[str] = []
     if flow.has_new:
-        out.append(f"Put the new key ({flow.a.new_nickname}) where the lost one was (keyring, laptop port); "
+        out.append(f"Put the new key ({flow.answers.new_nickname}) where the lost one was (keyring, laptop port); "
                    "keep the other keys where they are")
         for f in flow.lost("ssh"):
             out.append(f"Authorize the new SSH key {f.where}.pub wherever the lost one was accepted off this "
@@ -855,7 +862,7 @@ def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], N
 
 def _execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> ReplaceReport:
     nothing = not pending(flow, steps)
-    flow.state.begin(flow.host, flow.a.to_json())
+    flow.state.begin(flow.host, flow.answers.to_json())
     outcomes = run_steps(flow.host, flow.state, steps, on_step)
     flow.keys.close()
     flow.state.finish(flow.host)

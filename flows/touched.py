@@ -60,7 +60,7 @@ def replace_files(flow: Replace) -> Iterator[str | PurePosixPath]:
     from .replace import REVOKED_FILE, signer_files
 
     host = flow.host
-    yield from _root_files(host, flow.a.unlock_key_file)
+    yield from _root_files(host, flow.answers.unlock_key_file)
     for f in flow.lost("pam"):
         if not f.age:  # an age file is the operator's, outside the root
             yield f.where
@@ -93,15 +93,15 @@ def commission_files(flow: Commission) -> Iterator[str | PurePosixPath]:
 
     from .commission import key_path
 
-    a, host = flow.a, flow.host
-    yield from _root_files(host, a.unlock_key_file)
-    account = _account(host, a.user) if a.user else None
-    if account is not None and {"ssh", "git"} & set(a.steps):
-        for role in a.roles:
-            path = key_path(a, role, account.home)
+    answers, host = flow.answers, flow.host
+    yield from _root_files(host, answers.unlock_key_file)
+    account = _account(host, answers.user) if answers.user else None
+    if account is not None and {"ssh", "git"} & set(answers.steps):
+        for role in answers.roles:
+            path = key_path(answers, role, account.home)
             yield from (path, pub_path(path))
         yield authorized_keys_path(account)
-    if account is not None and "git" in a.steps:
+    if account is not None and "git" in answers.steps:
         yield from (account.home / ".ssh" / "allowed_signers", account.home / ".gitconfig")
-    if "pam" in a.steps and a.host_kind != "nixos":
+    if "pam" in answers.steps and answers.host_kind != "nixos":
         yield CENTRAL_AUTHFILE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +127,16 @@ class ChildRecorder:
             return
         if event == "subprocess.Popen":
             _exe, argv, _cwd, env = args
-            self.children.append(Spawned([str(a) for a in argv],  # type: ignore[attr-defined]
-                                         dict(env) if env else dict(os.environ)))  # type: ignore[call-overload]
+            self.children.append(self._spawned(argv, env))
         elif event in ("os.exec", "os.posix_spawn"):
-            argv, env = args[1], args[2]
-            self.children.append(Spawned([str(a) for a in argv],  # type: ignore[attr-defined]
-                                         dict(env) if env else dict(os.environ)))  # type: ignore[call-overload]
+            self.children.append(self._spawned(args[1], args[2]))
+
+    @staticmethod
+    def _spawned(argv: object, env: object) -> Spawned:
+        """The audit event's argv (a list, or one command line) and env (None: the parent's)."""
+        if isinstance(argv, str | bytes) or not isinstance(argv, Iterable):
+            argv = [argv]
+        return Spawned([str(a) for a in argv], dict(env) if isinstance(env, Mapping) and env else dict(os.environ))
 
     def assert_no_secret(self, *secrets: str | bytes) -> None:
         for child in self.children:

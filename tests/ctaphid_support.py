@@ -24,12 +24,12 @@ from yktool.fido.touch import TouchGate, TouchPolicy
 class Wire:
     """The transport plus the host's view of its output: a queue of input reports."""
 
-    def __init__(self, key: SoftKey, gate: TouchGate, **transport_args: object) -> None:
+    def __init__(self, key: SoftKey, gate: TouchGate, clock: Callable[[], float] = time.monotonic) -> None:
         self.key, self.gate = key, gate
         self.reports: queue.Queue[bytes] = queue.Queue()
         self._readers = [self.reports]
         key.presence = gate.presence
-        self.transport = CtapHidTransport(self._call, self._deliver, **transport_args)  # type: ignore[arg-type]
+        self.transport = CtapHidTransport(self._call, self._deliver, clock=clock)
 
     def _deliver(self, report: bytes) -> None:
         for reader in self._readers:  # like hidraw: every opener reads every input report
@@ -83,9 +83,9 @@ def descriptor(key: SoftKey) -> HidDescriptor:
 
 
 def make_wire(tmp_path: Path, policy: TouchPolicy = TouchPolicy.AUTO, timeout: float = 30.0,
-              **transport_args: object) -> Wire:
+              clock: Callable[[], float] = time.monotonic) -> Wire:
     key = SoftKey(tmp_path / "key.json")
-    return Wire(key, TouchGate(policy, timeout=timeout), **transport_args)
+    return Wire(key, TouchGate(policy, timeout=timeout), clock)
 
 
 def hid_device(wire: Wire) -> CtapHidDevice:

@@ -61,16 +61,16 @@ def key_opens_image(scratch: Path, key_spec: str, pin: str) -> bool:
     from yktool.demo import DemoInteraction
     from yktool.fido.session import open_session
     from yktool.luks import cryptenroll
-    from yktool.luks import fido2 as lf
+    from yktool.luks import fido2 as luks_fido2
     from yktool.luks.header import read_header
     from yktool.luks.tokens import Fido2Token
 
     host = root_host(scratch)
     header = read_header(host, IMAGE)
-    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+    with open_session(key_spec, DemoInteraction(pin)) as session:
         for token in header.tokens_of_type("systemd-fido2"):
-            if isinstance(token, Fido2Token) and lf.owns(session, token):
-                passphrase = lf.derive_passphrase(session, token)
+            if isinstance(token, Fido2Token) and luks_fido2.owns(session, token):
+                passphrase = luks_fido2.derive_passphrase(session, token)
                 return cryptenroll.check_passphrase(host, IMAGE, passphrase, token.keyslots[0])
     return False
 
@@ -95,7 +95,7 @@ def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) 
     host = root_host(scratch)
     key = load_private(host, key_file)
     message = b"a commit to sign\n"
-    with open_session(key_spec, DemoInteraction(pin)) as session:  # type: ignore[arg-type]
+    with open_session(key_spec, DemoInteraction(pin)) as session:
         signature = sign(session, key, "git", message)
     (tmp / "msg.sig").write_bytes(signature)
     signers = host.path("/home/alice/.ssh/allowed_signers")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import io
 import subprocess
 import threading
 import time
@@ -75,9 +76,9 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
     out: list[bytes] = []
     err: list[bytes] = []
 
-    def pump(stream: object, sink: list[bytes]) -> None:
+    def pump(stream: io.BufferedReader, sink: list[bytes]) -> None:
         while True:
-            chunk = stream.read1(4096)  # type: ignore[attr-defined]
+            chunk = stream.read1(4096)
             if not chunk:
                 break
             sink.append(chunk)

@@ -105,7 +105,8 @@ def start(args: list[object], *, env: dict[str, str] | None = None,
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 90) -> Run:
     out, err = proc.communicate(timeout=timeout)
-    return Run([str(a) for a in proc.args], proc.returncode, out.decode(errors="replace"),  # type: ignore[union-attr]
+    assert isinstance(proc.args, list)  # start() passes a list
+    return Run([str(a) for a in proc.args], proc.returncode, out.decode(errors="replace"),
                err.decode(errors="replace"))
 
 

@@ -8,11 +8,15 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import pytest
 from fido2 import cbor
-from fido2.ctap import CtapDevice
+from fido2.ctap import STATUS, CtapDevice
+
+from tests.conftest import CliCall, CliResult
+from tests.fixtures.fido import SimKey
 
 TOOLS = Path(__file__).parent / "tools"
 PASSWD = (
@@ -29,9 +33,9 @@ class SshWorld:
     root: Path
     tmp: Path
     device: str
-    cli: Callable[..., Any]
+    cli: CliCall
 
-    def yk(self, *args: object, input: str | None = None, device: str | None = None) -> Any:
+    def yk(self, *args: object, input: str | None = None, device: str | None = None) -> CliResult:
         return self.cli("--root", self.root, "--device", device or self.device, *args, input=input)
 
     def home(self, user: str = "alice") -> Path:
@@ -57,7 +61,7 @@ class SshWorld:
 
 
 @pytest.fixture
-def world(tmp_path: Path, sim_key: Callable[..., str], cli: Callable[..., Any]) -> SshWorld:
+def world(tmp_path: Path, sim_key: SimKey, cli: CliCall) -> SshWorld:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "passwd").write_text(PASSWD)
@@ -120,9 +124,11 @@ class Es256OnlyKey(CtapDevice):
     def list_devices(cls) -> Any:
         return iter(())
 
-    def call(self, cmd: int, data: bytes = b"", event: Any = None, on_keepalive: Any = None) -> bytes:
+    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         if data[:1] == b"\x01":  # makeCredential
             params = cbor.decode(data[1:])
+            assert isinstance(params, dict)
             algs = [p for p in params[4] if p.get("alg") != -8]
             if not algs:
                 return bytes([0x26])  # CTAP2_ERR_UNSUPPORTED_ALGORITHM
@@ -131,6 +137,7 @@ class Es256OnlyKey(CtapDevice):
         reply: bytes = self.inner.call(cmd, data, event, on_keepalive)
         if data[:1] == b"\x04" and reply[:1] == b"\x00":  # getInfo
             info = cbor.decode(reply[1:])
+            assert isinstance(info, dict)
             if self.list_algorithms:
                 info[10] = [a for a in info.get(10, []) if a.get("alg") != -8]
             else:

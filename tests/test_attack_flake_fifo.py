@@ -6,7 +6,8 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+
+from tests.conftest import CliCall
 
 
 class TooSlow(BaseException):  # not an OSError: the scanner would take that for a bad file
@@ -17,7 +18,7 @@ def _too_slow(_sig: int, _frame: FrameType | None) -> None:
     raise TooSlow("nixos module still blocked on the FIFO after 5 s")
 
 
-def test_a_fifo_in_the_flake_never_hangs_the_module(tmp_path: Path, cli: Any) -> None:
+def test_a_fifo_in_the_flake_never_hangs_the_module(tmp_path: Path, cli: CliCall) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     flake = tmp_path / "flake"

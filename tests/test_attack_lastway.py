@@ -141,7 +141,7 @@ def _generated_stacks(count: int) -> list[tuple[str, dict[str, str]]]:
     import random
 
     rng = random.Random(12)  # test data, not secrets
-    out = []
+    out: list[tuple[str, dict[str, str]]] = []
     while len(out) < count:
         rules = [f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}" for _ in range(rng.randint(1, 4))]
         if not any("pam_u2f" in r for r in rules):

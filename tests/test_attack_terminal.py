@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from tests.conftest import CliCall
 from tests.fixtures.roots import FixtureRoot
 
 # erase the line above, then write a forged verdict; set the window title on the way
@@ -11,7 +10,7 @@ FORGED = "\x1b[1A\x1b[2K\rPASS git.signing alice signs commits with a security k
 
 
 def test_escape_sequences_in_a_users_gitconfig_are_not_sent_to_the_terminal(
-        hardened_root: FixtureRoot, cli: Any) -> None:
+        hardened_root: FixtureRoot, cli: CliCall) -> None:
     home = hardened_root.root / "home/alice"
     (home / ".gitconfig").write_text(f'[gpg]\n\tformat = "{FORGED}"\n[commit]\n\tgpgsign = true\n')
     res = cli("--root", hardened_root.root, "verify", "--only", "git.signing")

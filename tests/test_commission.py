@@ -256,7 +256,8 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
     from yktool.errors import NoDevice
     from yktool.fido.devices import open_sim
     from yktool.fido.session import KeySession
-    from yktool.flows.commission import CommissionIO, execute, prepare
+    from yktool.fido.softkey import Presence
+    from yktool.flows.commission import CommissionIO, CommissionReport, execute, prepare
     from yktool.flows.keys import ring
 
     scratch, tcti = fresh
@@ -269,11 +270,11 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
             raise OSError(19, "No such device")
         return True
 
-    def run(presence: object) -> object:
+    def run(presence: Presence | None) -> CommissionReport:
         @contextlib.contextmanager
         def opener(role: str, _spec: str | None) -> Iterator[KeySession]:
-            device = open_sim(scratch / "keys" / f"{role}.json", presence if role == "primary" else None)  # type: ignore[arg-type]
-            yield KeySession(device, DemoInteraction("4321"))  # type: ignore[arg-type]
+            device = open_sim(scratch / "keys" / f"{role}.json", presence if role == "primary" else None)
+            yield KeySession(device, DemoInteraction("4321"))
 
         io = CommissionIO(lambda _r: "4321", lambda _d: b"", lambda _d, _k: "kept by the test", tcti=tcti)
         with ring(host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"}) as keys:
@@ -289,9 +290,9 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
     assert passphrase_opens(scratch) and authfile_whole(scratch)
     assert not (scratch / ROOT / "home/alice/.ssh/id_ed25519_sk").exists()
     report = run(None)
-    assert report.verify_ok  # type: ignore[attr-defined]
+    assert report.verify_ok
     # the key's PIN step runs again (a wrong PIN is asked again there, not mid-step); the rest is skipped
-    assert [(o.id, o.status) for o in report.outcomes][:4] == [  # type: ignore[attr-defined]
+    assert [(o.id, o.status) for o in report.outcomes][:4] == [
         ("luks-tpm2", "already-done"), ("recovery", "already-done"), ("primary.pin", "done"),
         ("primary.luks-fido2", "already-done")]
 

@@ -206,10 +206,10 @@ def _wizard(base: Path, tmp_path: Path) -> None:
         assert "Next steps" in ending and "Store the recovery key offline" not in ending  # shown in run 1
         # every step proven by its consumer
         assert passphrase_opens(scratch)
-        r = subprocess.run(["cryptsetup", "open", "--test-passphrase",
-                            str(root / str(IMAGE).lstrip("/"))], input=recovery.encode(),
-                           capture_output=True, check=False)
-        assert r.returncode == 0, r.stderr
+        opened = subprocess.run(["cryptsetup", "open", "--test-passphrase",
+                                 str(root / str(IMAGE).lstrip("/"))], input=recovery.encode(),
+                                capture_output=True, check=False)
+        assert opened.returncode == 0, opened.stderr
         for role, key_file in (("primary", "id_ed25519_sk"), ("backup", "id_ed25519_sk_backup")):
             assert key_opens_image(scratch, spec(scratch, role), PIN), role
             (tmp_path / role).mkdir()

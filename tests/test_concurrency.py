@@ -45,19 +45,19 @@ def add_hardware_slot(image: LuksImage, tmp: Path) -> int:
     """A keyslot with a systemd-fido2 token (a key's slot; its secret is nobody's to type)."""
     secret = tmp / "hw.key"
     secret.write_bytes(os.urandom(32))
-    before = set(read_header(Host(), image.path).keyslots)
+    before = set(read_header(Host(), str(image.path)).keyslots)
     subprocess.run(["cryptsetup", "luksAddKey", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
                     "--key-file", str(image.key_file), str(image.path), str(secret)], check=True, capture_output=True)
-    slot = (set(read_header(Host(), image.path).keyslots) - before).pop()
+    slot = (set(read_header(Host(), str(image.path)).keyslots) - before).pop()
     import_token(image.path, fido2_token(slot), 9)
     return slot
 
 
 def add_recovery_by_systemd(image: LuksImage) -> tuple[int, bytes]:
-    before = set(read_header(Host(), image.path).keyslots)
+    before = set(read_header(Host(), str(image.path)).keyslots)
     out = subprocess.run(["systemd-cryptenroll", "--recovery-key", f"--unlock-key-file={image.key_file}",
                           str(image.path)], check=True, capture_output=True).stdout.strip()
-    slot = (set(read_header(Host(), image.path).keyslots) - before).pop()
+    slot = (set(read_header(Host(), str(image.path)).keyslots) - before).pop()
     return slot, out
 
 
@@ -78,7 +78,7 @@ def test_two_wipes_at_once_never_leave_only_hardware(root: Path, tmp_path: Path)
     assert codes == [0, 4], (first.output, second.output)
     refused = first if first.returncode == 4 else second
     assert "only by hardware" in refused.stderr and "Traceback" not in refused.output
-    header = read_header(Host(), image.path)
+    header = read_header(Host(), str(image.path))
     assert header.knowledge_slots, "only hardware slots are left"
     assert image.opens_with(image.passphrase) or image.opens_with(recovery_key)
 
@@ -91,13 +91,13 @@ def test_a_wipe_killed_between_keyslot_and_token_is_healed(root: Path, tmp_path:
     dev = inside(root, image.path)
     args: list[object] = ["--root", root, "--yes", "luks", "wipe", dev, "--slot", recovery_slot]
     assert rs.kill_at(tmp_path, args, "yktool.luks.cryptenroll:remove_orphan_tokens:before")
-    header = read_header(Host(), image.path)
+    header = read_header(Host(), str(image.path))
     assert recovery_slot not in header.keyslots and any(not t.keyslots for t in header.tokens.values())
     status = rs.run(["--root", root, "luks", "status", dev])
     assert "points at no keyslot" in status.stdout, status.output
     again = rs.run(args)
     assert again.returncode == 0, again.output
-    assert read_header(Host(), image.path).tokens == {}
+    assert read_header(Host(), str(image.path)).tokens == {}
     assert image.opens_with(image.passphrase)
 
 
@@ -120,7 +120,7 @@ def test_add_recovery_killed_before_the_key_was_shown_is_made_again(root: Path, 
     image = make_world(root)
     dev = inside(root, image.path)
     assert rs.kill_at(tmp_path, _recovery_args(root, image), "yktool.luks.cryptenroll:enroll_recovery:after")
-    unseen = read_header(Host(), image.path).slots_with_role("recovery")
+    unseen = read_header(Host(), str(image.path)).slots_with_role("recovery")
     assert len(unseen) == 1  # the slot and its token are there; nobody saw the key
     wipe = rs.run(["--root", root, "--yes", "luks", "wipe", dev, "--slot", "0"])
     assert wipe.returncode == 4 and "no way in" in wipe.stderr, wipe.output
@@ -130,7 +130,7 @@ def test_add_recovery_killed_before_the_key_was_shown_is_made_again(root: Path, 
     assert again.returncode == 0, again.output
     assert "already has" not in again.output
     key = _shown_key(again)
-    header = read_header(Host(), image.path)
+    header = read_header(Host(), str(image.path))
     [slot] = header.slots_with_role("recovery")
     assert slot not in unseen or header.keyslots[slot].tokens  # the unseen one went, a new one came
     assert image.opens_with(key) and image.opens_with(image.passphrase)
@@ -146,10 +146,10 @@ def test_a_tokenless_slot_of_an_interrupted_add_recovery_is_not_a_passphrase(roo
     image = make_world(root)
     dev = inside(root, image.path)
     assert rs.kill_at(tmp_path, _recovery_args(root, image), "yktool.luks.cryptenroll:enroll_recovery:after")
-    [token_id] = list(read_header(Host(), image.path).tokens)
+    [token_id] = list(read_header(Host(), str(image.path)).tokens)
     # what a kill between systemd's two header writes leaves: the slot, not yet its token
     subprocess.run(["cryptsetup", "token", "remove", "--token-id", str(token_id), str(image.path)], check=True)
-    header = read_header(Host(), image.path)
+    header = read_header(Host(), str(image.path))
     assert len(header.keyslots) == 2 and not header.tokens
     wipe = rs.run(["--root", root, "--yes", "luks", "wipe", dev, "--slot", "0"])
     assert wipe.returncode == 4, wipe.output
@@ -158,7 +158,7 @@ def test_a_tokenless_slot_of_an_interrupted_add_recovery_is_not_a_passphrase(roo
     again = rs.run(_recovery_args(root, image))
     assert again.returncode == 0 and "already" not in again.output, again.output
     key = _shown_key(again)
-    after = read_header(Host(), image.path)
+    after = read_header(Host(), str(image.path))
     assert len(after.keyslots) == 2 and after.slots_with_role("recovery")
     assert image.opens_with(key) and image.opens_with(image.passphrase)
 
@@ -176,7 +176,7 @@ def test_verify_does_not_count_an_unseen_recovery_key_as_the_fallback(hardened_r
     args: list[object] = ["--root", root, "luks", "add-recovery", dev, "--unlock-key-file", "/img.key",
                           "--key-to-stderr"]
     assert rs.kill_at(tmp_path, args, "yktool.luks.cryptenroll:enroll_recovery:after")
-    assert read_header(Host(), image).slots_with_role("recovery")
+    assert read_header(Host(), str(image)).slots_with_role("recovery")
     subprocess.run(["cryptsetup", "luksKillSlot", "--batch-mode", str(image), "0"], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True)
     res = rs.run(["--root", root, "--json", "verify", "--secrets", hardened_root.secrets,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fido2 import cbor
 from fido2.ctap import STATUS, CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 from fido2.hid import CTAPHID
 
 from tests.ctaphid_support import RawHost, Wire, make_wire
@@ -181,9 +182,9 @@ def test_another_channel_is_busy_while_a_message_is_half_sent(host: RawHost, wir
     assert host.message() == (b, CTAPHID.PING, b"me too")
 
 
-def wait_until(check: object, timeout: float = 5.0) -> None:
+def wait_until(check: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
@@ -233,22 +234,25 @@ def test_keepalive_upneeded_every_100ms_while_a_touch_is_awaited(tmp_path: Path)
     assert wire.quiet(0.25)  # nothing after the answer
 
 
-def test_keepalive_processing_while_the_authenticator_works_without_a_touch(tmp_path: Path) -> None:
+def test_keepalive_processing_while_the_authenticator_works_without_a_touch(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     wire = make_wire(tmp_path)
     real_call = wire.key.call
 
-    def slow_call(*args: object) -> bytes:
+    def slow_call(cmd: int, data: bytes = b"", event: threading.Event | None = None,
+                  on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         time.sleep(0.45)  # a slow authenticator: e.g. a big credential list
-        return real_call(*args)  # type: ignore[arg-type]
+        return real_call(cmd, data, event, on_keepalive)
 
-    wire.key.call = slow_call  # type: ignore[method-assign]
+    monkeypatch.setattr(wire.key, "call", slow_call)
     host = RawHost(wire)
     cid = host.init()
     host.send(cid, CTAPHID.CBOR, bytes([Ctap2.CMD.GET_INFO]))
     keepalives: list[tuple[float, int]] = []
     got_cid, cmd, body = host.message(keepalives=keepalives)
     assert (got_cid, cmd, body[0]) == (cid, CTAPHID.CBOR, 0)
-    assert 3 <= len(keepalives) <= 5
+    # ~4 in 0.45 s at 100 ms; a loaded machine may stretch the keepalive thread's sleeps
+    assert 2 <= len(keepalives) <= 5, keepalives
     assert {status for _, status in keepalives} == {STATUS.PROCESSING}
 
 

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap import STATUS, CtapError
-from fido2.ctap2 import ClientPin, CredentialManagement, Ctap2
-from fido2.ctap2.base import args
+from fido2.ctap2.base import Ctap2, args
+from fido2.ctap2.credman import CredentialManagement
 from fido2.ctap2.extensions import HmacSecretExtension
+from fido2.ctap2.pin import ClientPin
 from fido2.hid import CAPABILITY
 from fido2.server import Fido2Server
 from fido2.webauthn import (
+    PublicKeyCredentialCreationOptions,
     PublicKeyCredentialRpEntity,
     PublicKeyCredentialUserEntity,
     UserVerificationRequirement,
@@ -70,16 +72,16 @@ def test_fido2_client_registers_and_signs_over_hid_and_the_server_verifies(tmp_p
     client = Fido2Client(device, DefaultClientDataCollector(ORIGIN), person,
                          extensions=[HmacSecretExtension(allow_hmac_secret=True)])
     server = Fido2Server(PublicKeyCredentialRpEntity(name="Example", id=RP_ID))
-    options, state = server.register_begin(PublicKeyCredentialUserEntity(id=b"user-1", name="alice"),
-                                           user_verification=UserVerificationRequirement.REQUIRED)
-    registration = client.make_credential(options.public_key)
-    auth = server.register_complete(state, registration)
+    creation, reg_state = server.register_begin(PublicKeyCredentialUserEntity(id=b"user-1", name="alice"),
+                                                user_verification=UserVerificationRequirement.REQUIRED)
+    registration = client.make_credential(creation.public_key)
+    auth = server.register_complete(reg_state, registration)
     assert auth.credential_data is not None and auth.credential_data.aaguid == AAGUID
 
-    options, state = server.authenticate_begin([auth.credential_data],
-                                               user_verification=UserVerificationRequirement.REQUIRED)
-    assertion = client.get_assertion(options.public_key).get_response(0)
-    server.authenticate_complete(state, [auth.credential_data], assertion)
+    request, auth_state = server.authenticate_begin([auth.credential_data],
+                                                    user_verification=UserVerificationRequirement.REQUIRED)
+    assertion = client.get_assertion(request.public_key).get_response(0)
+    server.authenticate_complete(auth_state, [auth.credential_data], assertion)
     assert wire.gate.counts().approved == 2 and person.prompted == 2
 
 
@@ -87,9 +89,14 @@ def test_cancel_while_the_key_waits_for_a_touch_raises_keepalive_cancel(tmp_path
     wire = make_wire(tmp_path, TouchPolicy.ASK)
     device = hid_device(wire)
     cancel = threading.Event()
-    statuses: list[STATUS] = []
-    threading.Thread(target=lambda: (wire.gate.wait_for_request(10), time.sleep(0.15), cancel.set()),
-                     daemon=True).start()
+    statuses: list[int] = []
+
+    def cancel_once_the_key_waits() -> None:
+        wire.gate.wait_for_request(10)
+        time.sleep(0.15)
+        cancel.set()
+
+    threading.Thread(target=cancel_once_the_key_waits, daemon=True).start()
     with pytest.raises(CtapError) as err:
         Ctap2(device).make_credential(b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"},
                                       [{"type": "public-key", "alg": -7}], event=cancel,
@@ -123,10 +130,11 @@ def test_credential_management_answers_under_its_2_1_pre_number_as_libfido2_send
     device = hid_device(make_wire(tmp_path))
     ctap = Ctap2(device)
     ClientPin(ctap).set_pin(PIN)
-    Fido2Client(device, DefaultClientDataCollector(ORIGIN), Person()).make_credential({
+    resident = PublicKeyCredentialCreationOptions.from_dict({
         "rp": {"id": RP_ID, "name": "Example"}, "user": {"id": b"user-1", "name": "alice"},
         "challenge": b"\x01" * 32, "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
         "authenticatorSelection": {"residentKey": "required", "userVerification": "required"}})
+    Fido2Client(device, DefaultClientDataCollector(ORIGIN), Person()).make_credential(resident)
     pin = ClientPin(ctap)
     for cmd in (Ctap2.CMD.CREDENTIAL_MGMT_PRE, Ctap2.CMD.CREDENTIAL_MGMT):
         token = pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)

@@ -55,8 +55,8 @@ def test_demo_commissions_proves_and_is_idempotent(cli: CliCall, tmp_path: Path)
                          (scratch / "recovery-key.txt").read_text())
     assert recovery is not None
     passphrase = (scratch / "root/var/lib/demo/disk.passphrase").read_text()
-    for secret in (pin, recovery.group(0), passphrase):
-        assert secret not in r.output
+    for text in (pin, recovery.group(0), passphrase):
+        assert text not in r.output
     assert not swtpm_running_on(scratch / "swtpm")  # stopped at the end
     header = read_header(Host(), str(scratch / "root/var/lib/demo/disk.img"))
     assert [t.type for t in header.tokens.values()].count("systemd-tpm2") == 1

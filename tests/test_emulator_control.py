@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from fido2.ctap import CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 
 from tests.ctaphid_support import Wire, hid_device, make_wire
 from yktool.errors import UsageError
@@ -20,7 +20,7 @@ from yktool.fido.touch import TouchPolicy
 
 RP = {"id": "example.com"}
 USER = {"id": b"u", "name": "u"}
-ALGS = [{"type": "public-key", "alg": -7}]
+ALGS: list[Mapping[str, object]] = [{"type": "public-key", "alg": -7}]
 
 
 @pytest.fixture

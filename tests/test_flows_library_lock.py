@@ -18,13 +18,13 @@ from yktool.demo import PASSPHRASE, ROOT, DemoInteraction
 from yktool.errors import Refused
 from yktool.fido.devices import open_sim
 from yktool.fido.session import KeySession
-from yktool.flows import replace as fr
+from yktool.flows import replace as replace_flow
 from yktool.flows.keys import ring
 from yktool.host import Host
 from yktool.lock import root_lock
 
 
-def _revoke_primary(scratch: Path, between: object = None, *, locked: bool = False) -> fr.ReplaceReport:
+def _revoke_primary(scratch: Path, between: object = None, *, locked: bool = False) -> replace_flow.ReplaceReport:
     """replace --lost primary (revoke only) through the library, the backup key present;
     `between()` runs after prepare and before execute (another run changing the host)."""
     host = Host(scratch / ROOT)
@@ -32,19 +32,20 @@ def _revoke_primary(scratch: Path, between: object = None, *, locked: bool = Fal
 
     @contextlib.contextmanager
     def opener(role: str, spec: str | None) -> Iterator[KeySession]:
-        yield KeySession(open_sim(scratch / "keys" / "backup.json"), DemoInteraction(pin))  # type: ignore[arg-type]
+        yield KeySession(open_sim(scratch / "keys" / "backup.json"), DemoInteraction(pin))
 
     hold = root_lock(host, "library test") if locked else contextlib.nullcontext()
     with ring(host, opener, {"present-1": None}, {"present-1": ""}) as keys:
-        found = fr.find(host, keys, ["present-1"], False, [], None)
-        fr.mark_lost(found, ["primary"])
-        answers = fr.ReplaceAnswers(lost=["primary"], new_nickname="primary-2", unlock_key_file=str(PASSPHRASE))
-        io = fr.ReplaceIO(lambda _r: pin, lambda _d: b"")
+        found = replace_flow.find(host, keys, ["present-1"], False, [], None)
+        replace_flow.mark_lost(found, ["primary"])
+        answers = replace_flow.ReplaceAnswers(lost=["primary"], new_nickname="primary-2",
+                                              unlock_key_file=str(PASSPHRASE))
+        io = replace_flow.ReplaceIO(lambda _r: pin, lambda _d: b"")
         with hold:
-            flow, steps, _plan = fr.prepare(host, answers, keys, io, found, False)
+            flow, steps, _plan = replace_flow.prepare(host, answers, keys, io, found, False)
         if callable(between):
             between()
-        return fr.execute(flow, steps)
+        return replace_flow.execute(flow, steps)
 
 
 def test_execute_checks_again_under_the_lock(scratch: Path) -> None:

@@ -136,6 +136,8 @@ def test_keyring_reopening_a_key_counts_its_pin_entry_once(tmp_path: Path) -> No
     from yktool.flows.keys import ring
 
     class Typist(KeyInteraction):
+        pin_prompts: int  # this one counts (KeyInteraction's None: one that does not)
+
         def __init__(self) -> None:
             self.pin: str | None = None
             self.pin_prompts = 0

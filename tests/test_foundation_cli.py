@@ -6,13 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
+from tests.conftest import CliCall
 from yktool.host import Host
 from yktool.inventory import Registry
 
 VENV_YKTOOL = Path(__file__).resolve().parent.parent / ".venv/bin/yktool"
 
 
-def test_help_lists_commands_and_exit_codes(cli) -> None:  # type: ignore[no-untyped-def]
+def test_help_lists_commands_and_exit_codes(cli: CliCall) -> None:
     result = cli("--help")
     assert result.exit_code == 0
     for name in ("commission", "replace", "verify", "luks", "tpm", "key", "ssh", "pam"):
@@ -25,7 +26,7 @@ def test_console_script_runs(tmp_path: Path) -> None:
     assert out.returncode == 0 and "0.1.0" in out.stdout
 
 
-def test_unknown_command_is_a_usage_error(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_command_is_a_usage_error(cli: CliCall) -> None:
     result = cli("no-such-command")
     assert result.exit_code == 2
     assert "No such command" in result.stderr
@@ -39,7 +40,8 @@ def test_registry_round_trip_and_dedup(root: Path) -> None:
         reg.ensure_key("backup", aaguid="a-b")
     loaded = Registry.load(host)
     assert [k.nickname for k in loaded.keys] == ["primary", "backup"]
-    assert loaded.owner_of("Y3JlZA==") is not None and loaded.owner_of("Y3JlZA==").nickname == "primary"
+    owner = loaded.owner_of("Y3JlZA==")
+    assert owner is not None and owner.nickname == "primary"
     assert host.mode("/etc/yktool/keys.toml") == 0o644
     assert loaded.forget("luks", uuid="u-1") == 1
 
@@ -55,7 +57,7 @@ def test_malformed_registry_is_a_clear_error(root: Path) -> None:
         raise AssertionError("malformed registry accepted")
 
 
-def test_json_error_is_machine_readable(cli, root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_json_error_is_machine_readable(cli: CliCall, root: Path) -> None:
     (root / "etc/yktool").mkdir(parents=True)
     (root / "etc/yktool/keys.toml").write_text("garbage = [")
     result = cli("--root", root, "--json", "keys", "list")
@@ -65,7 +67,7 @@ def test_json_error_is_machine_readable(cli, root: Path) -> None:  # type: ignor
     assert "not valid TOML" in result.stderr
 
 
-def test_json_bad_flag_is_a_json_error_too(cli) -> None:  # type: ignore[no-untyped-def]
+def test_json_bad_flag_is_a_json_error_too(cli: CliCall) -> None:
     result = cli("--json", "luks", "status", "--no-such-flag", "x")
     assert result.exit_code == 2
     payload = json.loads(result.stdout)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pytest
 
+from tests.conftest import ChildRecorder
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import TOOLS, SshWorld, snapshot, world
 from yktool.ssh.sshsig import parse_armored
 
@@ -22,7 +24,8 @@ def _keygen(w: SshWorld, *args: str, device: str | None = None, input: str | Non
     assert res.exit_code == 0, res.output
 
 
-def _verify(w: SshWorld, sig: Path, message: bytes, namespace: str = "git", email: str = EMAIL) -> Any:
+def _verify(w: SshWorld, sig: Path, message: bytes, namespace: str = "git",
+            email: str = EMAIL) -> subprocess.CompletedProcess[bytes]:
     return w.run(["ssh-keygen", "-Y", "verify", "-f", str(w.ssh() / "allowed_signers"), "-I", email,
                   "-n", namespace, "-s", str(sig)], input=message)
 
@@ -49,7 +52,7 @@ def test_signature_verifies_against_yktools_allowed_signers(world: SshWorld, typ
     assert parse_armored(sig.read_bytes()).signature.flags == 0x01  # touched, no PIN
 
 
-def test_signature_flags_follow_the_key(world: SshWorld, sim_key: Any) -> None:
+def test_signature_flags_follow_the_key(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _keygen(world, "--pin-stdin", "-O", "verify-required", device=device, input=PIN + "\n")
     (world.root / "msg").write_bytes(b"m")
@@ -86,7 +89,7 @@ def test_touch_refused_while_signing(world: SshWorld, monkeypatch: pytest.Monkey
     assert not (world.root / "msg.sig").exists()
 
 
-def test_sign_with_another_key_is_no_device(world: SshWorld, sim_key: Any) -> None:
+def test_sign_with_another_key_is_no_device(world: SshWorld, sim_key: SimKey) -> None:
     _keygen(world)
     (world.root / "msg").write_bytes(b"m")
     res = world.yk("ssh", "sign", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg", device=sim_key("b"))
@@ -165,7 +168,7 @@ def test_allowed_signers_sorted_unique_and_idempotent(world: SshWorld) -> None:
     assert snapshot(world.home()) == before
 
 
-def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: Any) -> None:
+def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: ChildRecorder) -> None:
     _keygen(world)
     real_home = Path(os.path.expanduser("~"))
     watched = [p for p in (real_home / ".gitconfig", real_home / ".config/git/config", Path("/etc/gitconfig"))

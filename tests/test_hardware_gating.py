@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.fido import SimKey
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hardware-tests"))
 
@@ -83,7 +85,7 @@ def test_capability_conditions() -> None:
     assert "unknown" in (unmet(KeyFacts(), min_firmware=(5, 0, 0)) or "")
 
 
-def test_sim_keys_as_candidates_facts_come_from_the_key(sim_key) -> None:  # type: ignore[no-untyped-def]
+def test_sim_keys_as_candidates_facts_come_from_the_key(sim_key: SimKey) -> None:
     """Facts read through KeySession from software keys drive the refusals as a real key's would."""
     from hwgate import read_facts  # the hardware suite's own reader
     from yktool.fido import open_device
@@ -105,7 +107,7 @@ def test_suite_collected_and_skipped_without_flag_and_not_by_readme_command() ->
     assert " passed" not in out.stdout and "skipped" in out.stdout
 
 
-def test_rehearsal_on_a_software_key_runs_and_then_refuses_it_once_used(sim_key) -> None:  # type: ignore[no-untyped-def]
+def test_rehearsal_on_a_software_key_runs_and_then_refuses_it_once_used(sim_key: SimKey) -> None:
     """`--device sim:PATH` runs the hardware suite's own tests on the software key (those needing
     libfido2 or sysfs skip), and the used-key refusal stops a run on a key that has a PIN."""
     fresh = sim_key("rehearsal")

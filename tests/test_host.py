@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
+from tests.conftest import ChildRecorder
 from yktool.errors import ToolFailed, UsageError
 from yktool.host import Host, SecretPath
 
@@ -77,7 +78,7 @@ def test_kill_mid_write_leaves_old_or_new(root: Path) -> None:
         assert (root / "f").read_bytes() in (old, new)
 
 
-def test_secrets_reach_the_child_by_pipe_only(root: Path, child_recorder) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_reach_the_child_by_pipe_only(root: Path, child_recorder: ChildRecorder) -> None:
     host = Host(root)
     result = host.run(["cat", SecretPath(0), SecretPath(1, prefix="")], secrets=[b"hunter2", b"-pin"])
     assert result.stdout == b"hunter2-pin"
@@ -140,7 +141,7 @@ def _write_as_nobody(top: Path) -> None:
     assert (top / "etc/keep").read_text() == "old\n"
 
 
-def test_the_child_recorder_sees_a_secret_in_a_shell_line_or_env(child_recorder) -> None:  # type: ignore[no-untyped-def]
+def test_the_child_recorder_sees_a_secret_in_a_shell_line_or_env(child_recorder: ChildRecorder) -> None:
     """The no-leak tests rely on the recorder: it must see a secret however a child is started."""
     subprocess.run("true hunter2-shell-line-5521", shell=True, check=True)  # noqa: S602
     with pytest.raises(AssertionError, match="leaked"):
@@ -162,11 +163,11 @@ def test_folder_swapped_for_a_link_after_resolution_is_refused(root: Path, monke
     (root / "home/u/.ssh").mkdir(parents=True)
     real_open = host_module._open_folder
 
-    def swap_then_open(name: str, folder: int, inside: object, flags: int = os.O_PATH) -> int:
+    def swap_then_open(name: str, folder: int, inside: PurePosixPath, flags: int = os.O_PATH) -> int:
         if name == ".ssh":  # looked at as a folder a moment ago; now the user swaps it
             os.rename(root / "home/u/.ssh", root / "home/u/old")
             (root / "home/u/.ssh").symlink_to("/root/.ssh")
-        return real_open(name, folder, inside, flags)  # type: ignore[arg-type]
+        return real_open(name, folder, inside, flags)
 
     monkeypatch.setattr(host_module, "_open_folder", swap_then_open)
     with pytest.raises(Refused, match="became a link"):

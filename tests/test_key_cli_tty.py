@@ -156,4 +156,5 @@ def test_building_blocks_ask_which_key_too(tmp_path: Path) -> None:
 
     paths, out = _pick_second_key(tmp_path, ["udev", "install", "--nixos"])
     serials = [usb_identity(open_device(f"sim:{p}")).serial for p in paths]
-    assert serials[1] and serials[1].encode() in out and serials[0].encode() not in out
+    picked, other = serials[1], serials[0]
+    assert picked and picked.encode() in out and other is not None and other.encode() not in out

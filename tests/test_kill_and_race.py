@@ -82,7 +82,7 @@ class World:
 
     def header_agrees(self) -> None:
         """The registry's LUKS records and the header's FIDO2 tokens are the same set."""
-        header = read_header(Host(), self.image.path)
+        header = read_header(Host(), str(self.image.path))
         registry = Registry.load(Host(self.root))
         records = [e for _, e in registry.enrollments("luks") if e.get("uuid") == header.uuid]
         tokens = [t for t in header.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)]
@@ -149,7 +149,7 @@ def test_enroll_fido2_killed_anywhere_and_two_at_once(world: World) -> None:
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     w.check()
     w.header_agrees()
-    assert len(read_header(Host(), w.image.path).tokens_of_type("systemd-fido2")) == 4
+    assert len(read_header(Host(), str(w.image.path)).tokens_of_type("systemd-fido2")) == 4
 
 
 def test_enroll_tpm2_killed_anywhere_and_two_at_once(world: World, measured_tpm: SoftTpm) -> None:
@@ -160,7 +160,7 @@ def test_enroll_tpm2_killed_anywhere_and_two_at_once(world: World, measured_tpm:
     runs = rs.together(w.tmp, (args, None), (args, None), delay="yktool.luks.cryptenroll:enroll_tpm2=0.3")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     w.check()
-    assert len(read_header(Host(), w.image.path).tokens_of_type("systemd-tpm2")) == 1
+    assert len(read_header(Host(), str(w.image.path)).tokens_of_type("systemd-tpm2")) == 1
 
 
 def _shown(run: rs.Run) -> list[bytes]:
@@ -176,11 +176,11 @@ def test_add_recovery_killed_anywhere_and_two_at_once(world: World) -> None:
     replace = [*args, "--replace"]
     assert rs.kill_at(w.tmp, replace, "yktool.luks.cryptenroll:wipe_slots:before")
     w.check()
-    assert len(read_header(Host(), w.image.path).slots_with_role("recovery")) == 2
+    assert len(read_header(Host(), str(w.image.path)).slots_with_role("recovery")) == 2
     runs = rs.together(w.tmp, (replace, None), (replace, None), delay="yktool.luks.cryptenroll:enroll_recovery=0.3")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     w.check()
-    header = read_header(Host(), w.image.path)
+    header = read_header(Host(), str(w.image.path))
     [slot] = header.slots_with_role("recovery")
     last = _shown(runs[0]) + _shown(runs[1])
     assert len(last) == 2 and w.image.opens_with(last[-1]) != w.image.opens_with(last[0])
@@ -191,12 +191,12 @@ def test_wipe_killed_anywhere(world: World) -> None:
     token and the registry record a killed run left, and the registry agrees with the header."""
     w = world
     assert w.cli(*_enroll_fido2(w, w.sim_key("old"), "old")).exit_code == 0
-    [token] = read_header(Host(), w.image.path).tokens_of_type("systemd-fido2")
+    [token] = read_header(Host(), str(w.image.path)).tokens_of_type("systemd-fido2")
     args = w.args("--yes", "luks", "wipe", w.dev, "--slot", token.keyslots[0])
     points = ["yktool.luks.cryptenroll:remove_orphan_tokens:before", SAVE]
     assert rs.kill_loop(w.tmp, args, points, w.check) >= 1
     w.header_agrees()
-    assert not read_header(Host(), w.image.path).tokens
+    assert not read_header(Host(), str(w.image.path)).tokens
 
 
 # -------------------------------------------------------------------------------- shared files

@@ -159,7 +159,7 @@ def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path
 
 
 # --------------------------------------------------------------------------- through yktool key reset
-PASSWORD_STACK = (f"auth sufficient {U2F}\nauth required pam_unix.so\n", {})
+PASSWORD_STACK: tuple[str, dict[str, str]] = (f"auth sufficient {U2F}\nauth required pam_unix.so\n", {})
 
 
 @pytest.mark.parametrize("stored", ["!" + PASSWORD_HASH, "*", ""], ids=["locked", "star", "empty-no-nullok"])

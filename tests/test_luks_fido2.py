@@ -10,13 +10,15 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import pytest
+from fido2.ctap import STATUS
 
-from tests.conftest import ChildRecorder, CliCall
+from tests.conftest import ChildRecorder, CliCall, CliResult
 from tests.fixtures.fido import TEST_PIN, SimKey
 from tests.fixtures.luks import LuksImage, make_image
 from yktool.fido.devices import open_sim
@@ -40,7 +42,7 @@ def inside(root: Path, path: Path) -> str:
 
 
 def enroll(cli: CliCall, root: Path, spec: str, image: LuksImage, *extra: object, input: str | None = None,
-           json_out: bool = True, passphrase_stdin: bool = False) -> object:
+           json_out: bool = True, passphrase_stdin: bool = False) -> CliResult:
     args: list[object] = ["--root", root, "--device", spec] + (["--json"] if json_out else [])
     args += ["luks", "enroll-fido2", inside(root, image.path)]
     if not passphrase_stdin:
@@ -84,8 +86,8 @@ def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, 
                                                                   sim_key: SimKey) -> None:
     a, b = sim_key("a"), sim_key("b")
     r = enroll(cli, root, a, vol, "--nickname", "primary")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-    out = json.loads(r.stdout)  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
     assert out["backend"] == "native" and out["keyslot"] == 1 and out["token"] == 0
     # systemd's own tool sees a fido2 slot
     assert cryptenroll_list(vol) == [(0, "password"), (1, "fido2")]
@@ -110,7 +112,7 @@ def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, 
 
     # a backup key: its own slot, the first one stays
     r = enroll(cli, root, b, vol, "--nickname", "backup")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert cryptenroll_list(vol) == [(0, "password"), (1, "fido2"), (2, "fido2")]
     t = cli("--root", root, "--device", b, "--json", "luks", "test-unlock", inside(root, vol.path))
     assert t.exit_code == 0, t.output
@@ -145,16 +147,16 @@ def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, 
 def test_same_key_twice_is_reported_not_duplicated(cli: CliCall, root: Path, vol: LuksImage,
                                                    sim_key: SimKey) -> None:
     a = sim_key("a")
-    assert enroll(cli, root, a, vol).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, root, a, vol).exit_code == 0
     before = vol.header_digest()
     r = enroll(cli, root, a, vol)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-    out = json.loads(r.stdout)  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
     assert out["already_enrolled"] is True and out["changed"] is False and out["token"] == 0
     assert vol.header_digest() == before
     assert len(fido2_tokens(vol)) == 1
     text = enroll(cli, root, a, vol, json_out=False)
-    assert "already enrolled" in text.stdout  # type: ignore[attr-defined]
+    assert "already enrolled" in text.stdout
 
 
 # ------------------------------------------------------------------------------------ the flags
@@ -169,7 +171,7 @@ def test_token_flags_match_what_was_asked_and_unlock_follows_them(
         expect: tuple[bool, bool, bool]) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, *flags, "--pin-stdin", input=f"{TEST_PIN}\n")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     token = exported(vol, 0)
     assert (token["fido2-clientPin-required"], token["fido2-up-required"], token["fido2-uv-required"]) == expect
     pin, up, _uv = expect
@@ -184,8 +186,8 @@ def test_with_uv_needs_built_in_verification(cli: CliCall, root: Path, vol: Luks
     a = sim_key("a", pin=TEST_PIN)
     before = vol.path.read_bytes()
     r = enroll(cli, root, a, vol, "--with-uv", "--pin-stdin", input=f"{TEST_PIN}\n", json_out=False)
-    assert r.exit_code == 2  # type: ignore[attr-defined]
-    assert "no built-in user verification" in r.stderr and "--with-pin" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2
+    assert "no built-in user verification" in r.stderr and "--with-pin" in r.stderr
     assert vol.path.read_bytes() == before
 
 
@@ -193,7 +195,7 @@ def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall
                                                                     sim_key: SimKey) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     token = fido2_tokens(vol)[0]
     assert token.pin_required
     with_uv = key_passphrase(a, token, TEST_PIN)
@@ -252,8 +254,8 @@ def test_systemd_backend_runs_through_host_with_secrets_in_memory(root: Path, vo
 def test_systemd_backend_refuses_software_keys(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, "--backend", "systemd", json_out=False)
-    assert r.exit_code == 2  # type: ignore[attr-defined]
-    assert "libfido2" in r.stderr and "--backend native" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2
+    assert "libfido2" in r.stderr and "--backend native" in r.stderr
     assert vol.path.read_bytes() == before
 
 
@@ -321,8 +323,8 @@ def test_wrong_pin_shows_retries_and_changes_nothing(cli: CliCall, root: Path, v
     a = sim_key("a", pin=TEST_PIN)
     before = vol.path.read_bytes()
     r = enroll(cli, root, a, vol, "--pin-stdin", input="9999\n", json_out=False)
-    assert r.exit_code == 6, r.output  # type: ignore[attr-defined]
-    assert "wrong PIN (7 attempts left)" in r.stderr and "hint:" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 6, r.output
+    assert "wrong PIN (7 attempts left)" in r.stderr and "hint:" in r.stderr
     assert vol.path.read_bytes() == before
     assert not (root / "etc/yktool/keys.toml").exists()
 
@@ -331,8 +333,8 @@ def test_wrong_passphrase_changes_nothing(cli: CliCall, root: Path, vol: LuksIma
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, input="not-the-passphrase\n", json_out=False,
                passphrase_stdin=True)
-    assert r.exit_code == 2  # type: ignore[attr-defined]
-    assert "does not open" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2
+    assert "does not open" in r.stderr
     assert vol.path.read_bytes() == before
 
 
@@ -343,8 +345,8 @@ def test_no_free_keyslot(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimK
                         str(vol.key_file)], check=True, capture_output=True)
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, json_out=False)
-    assert r.exit_code == 4  # type: ignore[attr-defined]
-    assert "no free keyslot" in r.stderr and "wipe" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 4
+    assert "no free keyslot" in r.stderr and "wipe" in r.stderr
     assert vol.path.read_bytes() == before
 
 
@@ -352,8 +354,8 @@ def test_luks1_is_refused_with_how_to_convert(cli: CliCall, root: Path, sim_key:
     old = make_image(root / "vol", "old.img", "luks1")
     before = old.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), old, json_out=False)
-    assert r.exit_code == 2  # type: ignore[attr-defined]
-    assert "LUKS1" in r.stderr and "cryptsetup convert" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2
+    assert "LUKS1" in r.stderr and "cryptsetup convert" in r.stderr
     assert old.path.read_bytes() == before
 
 
@@ -385,8 +387,9 @@ def test_key_removed_mid_enrollment_changes_nothing(root: Path, vol: LuksImage, 
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
-            out = self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+            out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x01":  # authenticatorMakeCredential answered: pull the key
                 path.unlink()
             return out
@@ -425,8 +428,9 @@ def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_k
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
-            out = self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+            out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x04" and out[:1] == b"\x00":  # authenticatorGetInfo
                 info: Any = cbor.decode(out[1:])
                 info[2] = [e for e in info[2] if e != "hmac-secret"]
@@ -443,8 +447,8 @@ def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_k
     monkeypatch.setattr(devices, "open_sim", lambda p, *a, **k: NoHmac(real_open(p, *a, **k)))
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, json_out=False)
-    assert r.exit_code == 2, r.output  # type: ignore[attr-defined]
-    assert "no hmac-secret" in r.stderr and "hint:" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2, r.output
+    assert "no hmac-secret" in r.stderr and "hint:" in r.stderr
     assert vol.path.read_bytes() == before
 
 
@@ -453,7 +457,7 @@ def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksIma
                                           child_recorder: ChildRecorder) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, "--pin-stdin", input=f"{TEST_PIN}\n")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     t = cli("--root", root, "--device", a, "--json", "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
             input=f"{TEST_PIN}\n")
     assert t.exit_code == 0, t.output
@@ -462,7 +466,7 @@ def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksIma
     hmac_hex = base64.b64decode(passphrase).hex()
     assert any(c.argv[0] == "cryptsetup" for c in child_recorder.children)
     child_recorder.assert_no_secret(vol.passphrase, passphrase, hmac_hex)
-    for blob in (r.output, t.output, s.output):  # type: ignore[attr-defined]
+    for blob in (r.output, t.output, s.output):
         for secret in (vol.passphrase.decode(), passphrase.decode(), hmac_hex):
             assert secret not in blob
     # the PIN is never on a command line (a 4-digit PIN could appear by chance in /dev/fd numbers)
@@ -474,7 +478,7 @@ def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksIma
 def test_test_unlock_wrong_pin_shows_retries_exit_6(cli: CliCall, root: Path, vol: LuksImage,
                                                     sim_key: SimKey) -> None:
     a = sim_key("a", pin=TEST_PIN)
-    assert enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n").exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n").exit_code == 0
     t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
             input="9999\n")
     assert t.exit_code == 6, t.output
@@ -485,8 +489,8 @@ def test_test_unlock_wrong_pin_shows_retries_exit_6(cli: CliCall, root: Path, vo
 def test_wipe_of_a_fido2_slot_forgets_it_in_the_registry(cli: CliCall, root: Path, vol: LuksImage,
                                                          sim_key: SimKey) -> None:
     a, b = sim_key("a"), sim_key("b")
-    assert enroll(cli, root, a, vol, "--nickname", "primary").exit_code == 0  # type: ignore[attr-defined]
-    assert enroll(cli, root, b, vol, "--nickname", "backup").exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, root, a, vol, "--nickname", "primary").exit_code == 0
+    assert enroll(cli, root, b, vol, "--nickname", "backup").exit_code == 0
     r = cli("--root", root, "--yes", "luks", "wipe", inside(root, vol.path), "--slot", "1")
     assert r.exit_code == 0, r.output
     registry = (root / "etc/yktool/keys.toml").read_text()
@@ -518,8 +522,8 @@ def test_interrupted_run_never_removes_a_slot_it_did_not_add(root: Path, vol: Lu
 def test_eddsa_credential_opens(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     a = sim_key("a")
     r = enroll(cli, root, a, vol, "--algorithm", "eddsa")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-    assert json.loads(r.stdout)["algorithm"] == "eddsa"  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["algorithm"] == "eddsa"
     assert vol.opens_with(key_passphrase(a, fido2_tokens(vol)[0]))
 
 
@@ -549,6 +553,6 @@ def test_failed_luksaddkey_leaves_no_journal(cli: CliCall, root: Path, vol: Luks
     monkeypatch.setattr(fido2, "add_keyslot", fails)
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, json_out=False)
-    assert r.exit_code == 5, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 5, r.output
     assert vol.path.read_bytes() == before
     assert not list((root / "var/lib/yktool/luks-fido2").glob("*.json"))

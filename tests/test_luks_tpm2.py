@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import CliCall
+from tests.conftest import CliCall, CliResult
 from tests.fixtures.luks import LuksImage
 from tests.fixtures.tpm import SoftTpm
 from yktool.host import Host
@@ -19,8 +19,8 @@ def tpm2_tokens(image: LuksImage) -> list[dict[str, object]]:
 
 
 def enroll(cli: CliCall, tpm: SoftTpm, image: LuksImage, *extra: object, input: str | None = None,
-           json_out: bool = False) -> object:
-    args: list[object] = ["--tpm", tpm.tcti] + (["--json"] if json_out else [])
+           json_out: bool = False) -> CliResult:
+    args: list[object] = ["--tpm", tpm.tcti, *(["--json"] if json_out else [])]
     args += ["luks", "enroll-tpm2", image.path]
     if input is None:
         args += ["--unlock-key-file", image.key_file]
@@ -30,7 +30,7 @@ def enroll(cli: CliCall, tpm: SoftTpm, image: LuksImage, *extra: object, input: 
 def test_enroll_opens_then_tamper_refuses_then_replace_opens(cli: CliCall, measured_tpm: SoftTpm,
                                                              luks2_image: LuksImage) -> None:
     r = enroll(cli, measured_tpm, luks2_image)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     tokens = tpm2_tokens(luks2_image)
     assert len(tokens) == 1 and tokens[0]["pcrs"] == [0, 7] and tokens[0]["pcr_bank"] == "sha256"
 
@@ -44,7 +44,7 @@ def test_enroll_opens_then_tamper_refuses_then_replace_opens(cli: CliCall, measu
     assert "PCR policy no longer matches (firmware or Secure Boot changed?)" in bad.stdout
 
     again = enroll(cli, measured_tpm, luks2_image, "--replace")
-    assert again.exit_code == 0, again.output  # type: ignore[attr-defined]
+    assert again.exit_code == 0, again.output
     after = tpm2_tokens(luks2_image)
     assert len(after) == 1 and after[0]["id"] != tokens[0]["id"]
     ok = cli("--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path)
@@ -55,21 +55,21 @@ def test_enroll_opens_then_tamper_refuses_then_replace_opens(cli: CliCall, measu
 
 
 def test_enroll_twice_leaves_one_token(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
-    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0
     digest = luks2_image.header_digest()
     r = enroll(cli, measured_tpm, luks2_image, json_out=True)
-    assert r.exit_code == 0  # type: ignore[attr-defined]
-    assert json.loads(r.stdout)["changed"] is False  # type: ignore[attr-defined]
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["changed"] is False
     assert len(tpm2_tokens(luks2_image)) == 1
     assert luks2_image.header_digest() == digest
 
 
 def test_replace_when_nothing_changed_keeps_the_token(cli: CliCall, measured_tpm: SoftTpm,
                                                       luks2_image: LuksImage) -> None:
-    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0
     before = tpm2_tokens(luks2_image)
     r = enroll(cli, measured_tpm, luks2_image, "--replace")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert tpm2_tokens(luks2_image) == before
 
 
@@ -78,29 +78,29 @@ def test_replace_with_pin_on_stdin_keeps_the_line_order(cli: CliCall, measured_t
     """stdin is always passphrase line, then PIN line, even when --replace finds nothing to re-seal
     (the passphrase line must not be taken for the PIN: that would spend a TPM authorisation)."""
     lines = f"{luks2_image.passphrase.decode()}\n2468\n"
-    assert enroll(cli, measured_tpm, luks2_image, "--with-pin", input=lines).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, measured_tpm, luks2_image, "--with-pin", input=lines).exit_code == 0
     before = tpm2_tokens(luks2_image)
     r = enroll(cli, measured_tpm, luks2_image, "--with-pin", "--replace", input=lines)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert tpm2_tokens(luks2_image) == before
 
 
 def test_other_settings_need_replace(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
-    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0
     digest = luks2_image.header_digest()
     r = enroll(cli, measured_tpm, luks2_image, "--pcrs", "7")
-    assert r.exit_code == 4  # type: ignore[attr-defined]
-    assert "--replace" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 4
+    assert "--replace" in r.stderr
     assert luks2_image.header_digest() == digest
     r = enroll(cli, measured_tpm, luks2_image, "--pcrs", "7", "--replace")
-    assert r.exit_code == 0  # type: ignore[attr-defined]
+    assert r.exit_code == 0
     assert [t["pcrs"] for t in tpm2_tokens(luks2_image)] == [[7]]
 
 
 def test_with_pin_right_opens_wrong_is_reported_as_wrong(cli: CliCall, measured_tpm: SoftTpm,
                                                          luks2_image: LuksImage) -> None:
     r = enroll(cli, measured_tpm, luks2_image, "--with-pin", input=f"{luks2_image.passphrase.decode()}\n2468\n")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert tpm2_tokens(luks2_image)[0]["pin"] is True
     right = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path, "--pin-stdin", input="2468\n")
     assert right.exit_code == 0, right.output
@@ -119,19 +119,19 @@ def test_unmeasured_boot_is_refused_and_nothing_written(cli: CliCall, soft_tpm: 
                                                         luks2_image: LuksImage) -> None:
     digest = luks2_image.header_digest()
     r = enroll(cli, soft_tpm, luks2_image)
-    assert r.exit_code == 4  # type: ignore[attr-defined]
-    first, hint = r.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert r.exit_code == 4
+    first, hint = r.stderr.strip().splitlines()
     assert "all zero" in first and "--allow-unmeasured" in hint
     assert luks2_image.header_digest() == digest
     r = enroll(cli, soft_tpm, luks2_image, "--allow-unmeasured")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
 
 
 def test_wrong_passphrase_changes_nothing(cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage) -> None:
     digest = luks2_image.header_digest()
     r = enroll(cli, measured_tpm, luks2_image, input="not the passphrase\n")
-    assert r.exit_code == 2  # type: ignore[attr-defined]
-    assert "does not open" in r.stderr and "hint:" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == 2
+    assert "does not open" in r.stderr and "hint:" in r.stderr
     assert luks2_image.header_digest() == digest
 
 
@@ -183,7 +183,7 @@ def test_replace_killed_after_enrolling_resumes_to_one_token(cli: CliCall, measu
     from yktool.luks.tpm2 import plan_enroll_tpm2
     from yktool.tpm import parse_tcti
 
-    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0  # type: ignore[attr-defined]
+    assert enroll(cli, measured_tpm, luks2_image).exit_code == 0
     measured_tpm.tamper(7)
     op = plan_enroll_tpm2(Host(), str(luks2_image.path), parse_tcti(measured_tpm.tcti), replace=True)
     op.unlock = luks2_image.passphrase
@@ -193,7 +193,7 @@ def test_replace_killed_after_enrolling_resumes_to_one_token(cli: CliCall, measu
     first.prove()
     assert len(tpm2_tokens(luks2_image)) == 2
     r = enroll(cli, measured_tpm, luks2_image, "--replace")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert len(tpm2_tokens(luks2_image)) == 1
     ok = cli("--tpm", measured_tpm.tcti, "luks", "test-unlock", luks2_image.path)
     assert ok.exit_code == 0 and "opens" in ok.stdout

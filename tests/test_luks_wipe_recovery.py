@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.conftest import CliCall
+from tests.conftest import ChildRecorder, CliCall, CliResult
 from tests.fixtures.luks import LuksImage
 from tests.fixtures.tpm import SoftTpm
 from yktool.host import Host
@@ -14,7 +14,7 @@ from yktool.luks.header import read_header
 KEY_RE = re.compile(r"\b[cbdefghijklnrtuv]{8}(?:-[cbdefghijklnrtuv]{8}){7}\b")
 
 
-def add_recovery(cli: CliCall, image: LuksImage, *extra: object) -> tuple[object, str | None]:
+def add_recovery(cli: CliCall, image: LuksImage, *extra: object) -> tuple[CliResult, str | None]:
     r = cli("luks", "add-recovery", image.path, "--unlock-key-file", image.key_file, "--key-to-stderr", *extra)
     found = KEY_RE.search(r.stderr)
     return r, found.group(0) if found else None
@@ -75,20 +75,20 @@ def test_wipe_needs_confirmation_when_not_interactive(cli: CliCall, measured_tpm
 
 def test_add_recovery_shows_the_key_once_and_it_opens(cli: CliCall, luks2_image: LuksImage) -> None:
     r, key = add_recovery(cli, luks2_image)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-    assert key is not None and r.stderr.count(key) == 1  # type: ignore[attr-defined]
-    assert key not in r.stdout  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
+    assert key is not None and r.stderr.count(key) == 1
+    assert key not in r.stdout
     assert luks2_image.opens_with(key.encode())
     again, key2 = add_recovery(cli, luks2_image)
-    assert again.exit_code == 0 and key2 is None  # type: ignore[attr-defined]
-    assert "already has a recovery key" in again.stdout  # type: ignore[attr-defined]
+    assert again.exit_code == 0 and key2 is None
+    assert "already has a recovery key" in again.stdout
     assert len(read_header(Host(), str(luks2_image.path)).slots_with_role("recovery")) == 1
 
 
 def test_add_recovery_replace_proves_new_then_removes_old(cli: CliCall, luks2_image: LuksImage) -> None:
     _, old = add_recovery(cli, luks2_image)
     r, new = add_recovery(cli, luks2_image, "--replace")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert old and new and old != new
     assert luks2_image.opens_with(new.encode()) and not luks2_image.opens_with(old.encode())
 
@@ -111,7 +111,7 @@ def test_add_recovery_without_a_terminal_refuses_and_writes_nothing(luks2_image:
     assert luks2_image.path.read_bytes() == before
 
 
-def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: object, measured_tpm: SoftTpm,
+def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: ChildRecorder, measured_tpm: SoftTpm,
                                                  luks2_image: LuksImage) -> None:
     passphrase = luks2_image.passphrase.decode()
     pin = "hunter2-pin-8812"
@@ -137,9 +137,9 @@ def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: o
     assert json.loads(r.stdout)["changed"] is True
     outputs.append(r.output)
     recorder = child_recorder
-    children = recorder.children  # type: ignore[attr-defined]
+    children = recorder.children
     assert any("systemd-cryptenroll" in c.argv[0] for c in children)  # the recorder saw the real children
-    recorder.assert_no_secret(passphrase, pin, recovery)  # type: ignore[attr-defined]
+    recorder.assert_no_secret(passphrase, pin, recovery)
     for out in outputs:
         for secret in (passphrase, pin, recovery):
             assert secret not in out

@@ -5,9 +5,10 @@ pam_u2f into an agenix file, udev, USBGuard, SSH and git). Then: every emitted f
 `nix-instantiate --parse`; the module, called with `{ config, lib, pkgs, ... }` that the test
 passes, evaluates (`--eval --strict`) to exactly the option paths and value types nixpkgs and
 agenix declare; a replace rewrites it (new key and backup in, lost key out, one lock program);
-`--flake` on a tree laid out like the host page picks its own USBGuard list option, its
-`nix-secrets/secrets/` folder and LUKS name, a plain flake the standard ones; the .age file
-decrypts with the host key to the authfile byte for byte (the real `age`).
+`--flake` on a tree laid out like the hardening checklist's NixOS configuration (docs/verify.md)
+picks its own USBGuard list option, its `nix-secrets/secrets/` folder and LUKS name, a plain
+flake the standard ones; the .age file decrypts with the host key to the authfile byte for byte
+(the real `age`).
 """
 
 from __future__ import annotations
@@ -230,9 +231,10 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     assert on_line == registry_ids and len(on_line) == 2
 
 
-def _host_page_tree(flake: Path, uuid: str, host_pub: str) -> None:
-    """A tree laid out like the host page's: hosts/, modules/profiles/hardware/usbguard.nix
-    declaring modules.hardware.usbguard.rules (a list), nix-secrets/secrets/secrets.nix."""
+def _checklist_config_tree(flake: Path, uuid: str, host_pub: str) -> None:
+    """A tree laid out like the hardening checklist's NixOS configuration: hosts/,
+    modules/profiles/hardware/usbguard.nix declaring modules.hardware.usbguard.rules (a list),
+    nix-secrets/secrets/secrets.nix."""
     files = {
         "flake.nix": '{\n  outputs = { self, nixpkgs, ... }: {\n    nixosConfigurations.demo-host = '
                      'nixpkgs.lib.nixosSystem { modules = [ ./hosts/demo-host ]; };\n  };\n}\n',
@@ -275,7 +277,7 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     flake = tmp_path / "nix-config"
     uuid = read_header(host, IMAGE).uuid
     host_pub = " ".join((root / (HOST_KEY + ".pub")).read_text().split()[:2])
-    _host_page_tree(flake, uuid, host_pub)
+    _checklist_config_tree(flake, uuid, host_pub)
     subprocess.run(["git", "init", "-q", str(flake)], check=True)
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
     assert r.exit_code == 0, r.output
@@ -308,7 +310,7 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
 
     host_recipient = agefile.parse_recipient(host_pub)
     assert agefile.header_recipients(age_file.read_bytes()) == ([agefile.ssh_tag(host_recipient)], 0)  # this host only
-    # secrets.nix: a diff adding the entry, host page style (no .age, the host's let name)
+    # secrets.nix: a diff adding the entry in that configuration's style (no .age, the host's let name)
     diff = report["secrets_nix_diff"]
     assert '+  "yubikey-auth".publicKeys = [ demo-host ];' in diff, diff
     patch = tmp_path / "secrets.diff"

@@ -20,7 +20,13 @@ PASSWD = ("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/
           "bob:x:1001:1001::/home/bob:/bin/bash\n")
 # the codes of yktool.pam.check's line and file rules (what both sides judge by)
 SHARED = {"alwaysok", "nouserok", "no-cue", "origin-hostname", "manual", "debug", "module-missing",
-          "authfile-writable", "authfile-owner", "authfile-unreadable"}
+          "authfile-writable", "authfile-owner", "authfile-folder-writable", "authfile-unreadable"}
+
+
+def _authfile_in_alices_folder(root: Path) -> None:
+    (root / "etc/yubico").mkdir()
+    (root / "etc/yubico/u2f_keys").write_text(U2F_MAPPINGS)
+    os.chown(root / "etc/yubico", 1000, 1000)
 
 
 def _per_user_file_of_bob(root: Path) -> None:
@@ -82,6 +88,9 @@ ROWS: list[tuple[str, str, str, Setup, str | None, str | None, str]] = [
     # pam_u2f reads a relative authfile= under each user's home
     ("relative-authfile-writable", "sudo", "auth required pam_u2f.so cue authfile=.u2f_keys origin=pam://fixture",
      _alices_relative_file_group_writable, "authfile-writable", "error", "fail"),
+    # whoever owns the authfile's folder can swap it for a link to a root-owned file they write lines into
+    ("authfile-folder-alices", "sudo", BASE.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys"),
+     _authfile_in_alices_folder, "authfile-folder-writable", "error", "fail"),
     ("locker-cannot-read", "hyprlock", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o600),
      "authfile-unreadable", "error", "fail"),
 ]

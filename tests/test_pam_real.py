@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CliCall
+from tests.fixtures.fido import SimKey
 from tests.pamdriver import Answer, authenticate, pam_d_digest, run_stack
 from yktool.fido.session import NotThisKey, open_session
 from yktool.pam.authfile import Authfile
@@ -65,15 +67,15 @@ Register = Callable[..., None]
 
 
 @pytest.fixture
-def register(cli: Callable[..., object], pam_root: Path) -> Register:
+def register(cli: CliCall, pam_root: Path) -> Register:
     def run(spec: str, *extra: str) -> None:
         res = cli("--root", pam_root, "--device", spec, "pam", "register", "--user", "root", *extra)
-        assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
     return run
 
 
 def test_real_pam_u2f_accepts_primary_and_backup_refuses_unknown(
-        tmp_path: Path, pam_root: Path, sim_key: Callable[..., str], register: Register) -> None:
+        tmp_path: Path, pam_root: Path, sim_key: SimKey, register: Register) -> None:
     before = pam_d_digest()
     primary, backup, stranger = sim_key("primary"), sim_key("backup"), sim_key("stranger")
     # other users' lines must not disturb pam_u2f's reading of root's line
@@ -97,7 +99,7 @@ def test_real_pam_u2f_accepts_primary_and_backup_refuses_unknown(
     assert pam_d_digest() == before
 
 
-def test_origin_is_pinned(tmp_path: Path, pam_root: Path, sim_key: Callable[..., str],
+def test_origin_is_pinned(tmp_path: Path, pam_root: Path, sim_key: SimKey,
                           register: Register) -> None:
     """A PAM rule with another origin refuses the key: why the origin must match."""
     key = sim_key("a")
@@ -108,13 +110,13 @@ def test_origin_is_pinned(tmp_path: Path, pam_root: Path, sim_key: Callable[...,
     assert not other.authenticated
 
 
-def test_pin_option_line_is_accepted(tmp_path: Path, pam_root: Path, sim_key: Callable[..., str],
-                                     cli: Callable[..., object]) -> None:
+def test_pin_option_line_is_accepted(tmp_path: Path, pam_root: Path, sim_key: SimKey,
+                                     cli: CliCall) -> None:
     """+presence+pin lines made with a PIN key still parse and verify under pam_u2f."""
     key = sim_key("p", pin="4321")
     res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root", "--pin",
               input="4321\n")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     text = (pam_root / "etc/u2f_mappings").read_text()
     assert text.rstrip().endswith(",es256,+presence+pin")
     run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
@@ -122,8 +124,8 @@ def test_pin_option_line_is_accepted(tmp_path: Path, pam_root: Path, sim_key: Ca
 
 
 def test_age_file_decrypts_with_real_age_and_authenticates(
-        tmp_path: Path, pam_root: Path, sim_key: Callable[..., str],
-        cli: Callable[..., object]) -> None:
+        tmp_path: Path, pam_root: Path, sim_key: SimKey,
+        cli: CliCall) -> None:
     ssh_dir = pam_root / "etc/ssh"
     ssh_dir.mkdir(parents=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "host",
@@ -134,10 +136,10 @@ def test_age_file_decrypts_with_real_age_and_authenticates(
     common = ["pam", "register", "--user", "root", "--age-host-key",
               "/etc/ssh/ssh_host_ed25519_key.pub", "--age-file", str(age_file)]
     r1 = cli("--root", pam_root, "--device", primary, *common)
-    assert r1.exit_code == 0, r1.output  # type: ignore[attr-defined]
+    assert r1.exit_code == 0, r1.output
     r2 = cli("--root", pam_root, "--device", backup, *common,
              "--age-identity", str(ssh_dir / "ssh_host_ed25519_key"))
-    assert r2.exit_code == 0, r2.output  # type: ignore[attr-defined]
+    assert r2.exit_code == 0, r2.output
     plain = subprocess.run(["age", "-d", "-i", str(ssh_dir / "ssh_host_ed25519_key"), str(age_file)],
                            check=True, capture_output=True).stdout
     parsed = Authfile.parse(plain.decode())
@@ -151,12 +153,12 @@ def test_age_file_decrypts_with_real_age_and_authenticates(
 
 
 def test_resident_credential_line_is_accepted(tmp_path: Path, pam_root: Path,
-                                              sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
+                                              sim_key: SimKey, cli: CliCall) -> None:
     """A `*` key handle (discoverable credential): pam_u2f sends no allow list, the key finds it."""
     key = sim_key("r", pin="4321")
     res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
               "--resident", input="4321\n")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     line = Authfile.parse((pam_root / "etc/u2f_mappings").read_text()).effective_line("root")
     assert line is not None and line.credentials[0].key_handle == "*"
     run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
@@ -164,7 +166,7 @@ def test_resident_credential_line_is_accepted(tmp_path: Path, pam_root: Path,
 
 
 def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
-                                           sim_key: Callable[..., str], cli: Callable[..., object]) -> None:
+                                           sim_key: SimKey, cli: CliCall) -> None:
     """Why yktool refuses eddsa on Debian 12: this machine's pam_u2f (1.1.0) cannot verify it.
     With an unknown version yktool warns and writes; the real module then refuses the key."""
     status = Path("/var/lib/dpkg/status").read_text()
@@ -174,7 +176,7 @@ def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
     key = sim_key("e")
     res = cli("--root", pam_root, "--device", key, "pam", "register", "--user", "root",
               "--algorithm", "eddsa")
-    assert res.exit_code == 0 and "eddsa needs pam-u2f 1.2.0" in res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0 and "eddsa needs pam-u2f 1.2.0" in res.output
     run = authenticate(tmp_path, pam_root / "etc/u2f_mappings", ORIGIN, key_answer(key))
     assert not run.authenticated
     # with the target's dpkg status saying 1.1.0, yktool refuses before touching anything
@@ -184,12 +186,12 @@ def test_eddsa_is_what_pam_u2f_1_1_rejects(tmp_path: Path, pam_root: Path,
     before = (pam_root / "etc/u2f_mappings").read_bytes()
     res = cli("--root", pam_root, "--device", sim_key("e2"), "pam", "register", "--user", "root",
               "--algorithm", "eddsa")
-    assert res.exit_code == 4  # type: ignore[attr-defined]
+    assert res.exit_code == 4
     assert (pam_root / "etc/u2f_mappings").read_bytes() == before
 
 
 def test_nouserok_skips_the_key_and_check_flags_it(tmp_path: Path, pam_root: Path,
-                                                    cli: Callable[..., object]) -> None:
+                                                    cli: CliCall) -> None:
     """Why `verify` fails and `pam check` flags nouserok: the real pam_u2f lets a user through a
     `required` rule with no key at all when it finds no authfile; on a pam-u2f that may predate
     the CVE-2025-23013 fix a `sufficient` rule with nouserok is an error (no password either)."""
@@ -205,7 +207,7 @@ def test_nouserok_skips_the_key_and_check_flags_it(tmp_path: Path, pam_root: Pat
         (pam_root / "etc/pam.d/sudo").write_text(
             f"auth {control} {module} authfile=/etc/u2f_mappings origin={ORIGIN} cue nouserok\n")
         res = cli("--root", pam_root, "--json", "pam", "check", "--service", "sudo")
-        data = json.loads(res.stdout)  # type: ignore[attr-defined]
+        data = json.loads(res.stdout)
         return [f["severity"] for f in data["findings"] if f["code"] == "nouserok"]
 
     assert nouserok_severity("pam_u2f.so", "sufficient") == ["error"]     # version unknown

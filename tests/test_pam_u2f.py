@@ -11,17 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import CliCall, CliResult
+from tests.fixtures.fido import SimKey
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.pam.authfile import Authfile
 from yktool.pam.host_facts import home_encryption, installed_version, read_users
 
-CliCall = Callable[..., "object"]
 ORIGIN = "pam://ws1"
 
 
@@ -58,14 +58,14 @@ def test_parse_round_trips_bytes_and_reports_malformed() -> None:
     assert any("line 5" in p for p in af.problems())
 
 
-def test_merge_changes_only_the_target_line(sim_key: Callable[..., str], cli: CliCall,
+def test_merge_changes_only_the_target_line(sim_key: SimKey, cli: CliCall,
                                             root: Path) -> None:
     make_root(root)
     key = sim_key("a")
     other = sim_key("b")
     # alice's existing line: a real credential from key b, so the merge appends to it
     assert cli("--root", root, "--device", other, "pam", "register", "--user", "alice",
-               "--authfile", "/etc/mine").exit_code == 0  # type: ignore[attr-defined]
+               "--authfile", "/etc/mine").exit_code == 0
     alice_line = (root / "etc/mine").read_text().rstrip("\n")
     before = ("zed:odd  \t\n"                                # malformed: no credential
               + legacy_line("bob") + "\n"
@@ -77,7 +77,7 @@ def test_merge_changes_only_the_target_line(sim_key: Callable[..., str], cli: Cl
     path = root / "etc/u2f_mappings"
     path.write_text(before)
     res = cli("--root", root, "--device", key, "pam", "register", "--user", "alice")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     after = path.read_text()
     old_lines, new_lines = before.split("\n"), after.split("\n")
     assert len(old_lines) == len(new_lines)
@@ -85,39 +85,39 @@ def test_merge_changes_only_the_target_line(sim_key: Callable[..., str], cli: Cl
     assert changed == [4]
     assert new_lines[4].startswith(alice_line + ":")
     assert len(Authfile.parse(after).credentials_of("alice")) == 2
-    assert "line 1" in res.stderr  # type: ignore[attr-defined]   # the malformed line is reported
+    assert "line 1" in res.stderr  # the malformed line is reported
     assert (root / "var/backups/yktool/etc").is_dir()
     assert oct(path.stat().st_mode & 0o777) == "0o644"
 
 
-def test_new_user_line_and_no_duplicate(sim_key: Callable[..., str], cli: CliCall,
+def test_new_user_line_and_no_duplicate(sim_key: SimKey, cli: CliCall,
                                         root: Path) -> None:
     make_root(root)
     key = sim_key("a")
     path = root / "etc/u2f_mappings"
     bob = legacy_line("bob")
     path.write_text(bob)   # no trailing newline
-    assert cli("--root", root, "--device", key, "pam", "register", "--user", "root").exit_code == 0  # type: ignore[attr-defined]
+    assert cli("--root", root, "--device", key, "pam", "register", "--user", "root").exit_code == 0
     text = path.read_text()
     assert text.startswith(bob + "\n")
     assert text.split("\n")[1].startswith("root:") and text.endswith("\n")
     again = cli("--root", root, "--json", "--device", key, "pam", "register", "--user", "root")
-    assert again.exit_code == 0  # type: ignore[attr-defined]
-    data = json.loads(again.stdout)  # type: ignore[attr-defined]
+    assert again.exit_code == 0
+    data = json.loads(again.stdout)
     assert data["already_registered"] is True and data["changed"] is False
     assert path.read_text() == text
 
 
-def test_user_file_mode_and_owner(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_user_file_mode_and_owner(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     res = cli("--root", root, "--json", "--device", sim_key("a"), "pam", "register",
               "--user", "alice", "--authfile", "~", "--nickname", "yk5")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     f = root / "home/alice/.config/Yubico/u2f_keys"
     st = f.stat()
     assert st.st_mode & 0o777 == 0o600 and (st.st_uid, st.st_gid) == (1000, 1000)
     assert (root / "home/alice/.config").stat().st_uid == 1000
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    data = json.loads(res.stdout)
     assert data["written_to"] == "/home/alice/.config/Yubico/u2f_keys"
     assert data["origin"] == ORIGIN and data["nickname"] == "yk5"
     assert "single key" in " ".join(data["warnings"])
@@ -129,25 +129,25 @@ def test_user_file_mode_and_owner(sim_key: Callable[..., str], cli: CliCall, roo
     assert Authfile.parse(f.read_text()).credentials_of("alice")[0].key_handle == cid
 
 
-def test_origin_option_and_text_output(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_origin_option_and_text_output(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     res = cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root",
               "--origin", "pam://fleet")
-    assert res.exit_code == 0  # type: ignore[attr-defined]
-    assert "origin=pam://fleet" in res.stdout  # type: ignore[attr-defined]
-    assert "same origin=" in res.stderr  # type: ignore[attr-defined]
+    assert res.exit_code == 0
+    assert "origin=pam://fleet" in res.stdout
+    assert "same origin=" in res.stderr
 
 
 # ------------------------------------------------------------------------- bad input
-def _assert_refused(res: object, code: int, *words: str) -> None:
-    out = res.output  # type: ignore[attr-defined]
-    assert res.exit_code == code, out  # type: ignore[attr-defined]
+def _assert_refused(res: CliResult, code: int, *words: str) -> None:
+    out = res.output
+    assert res.exit_code == code, out
     assert "error:" in out and "hint:" in out and "Traceback" not in out
     for w in words:
         assert w in out
 
 
-def test_bad_inputs_change_nothing(sim_key: Callable[..., str], cli: CliCall, root: Path,
+def test_bad_inputs_change_nothing(sim_key: SimKey, cli: CliCall, root: Path,
                                    tmp_path: Path) -> None:
     make_root(root)
     key = sim_key("a")
@@ -178,7 +178,7 @@ def test_bad_inputs_change_nothing(sim_key: Callable[..., str], cli: CliCall, ro
     assert snapshot(root) == snap
 
 
-def test_bad_age_inputs_change_nothing(sim_key: Callable[..., str], cli: CliCall, root: Path,
+def test_bad_age_inputs_change_nothing(sim_key: SimKey, cli: CliCall, root: Path,
                                        tmp_path: Path) -> None:
     make_root(root)
     key = sim_key("a")
@@ -190,7 +190,7 @@ def test_bad_age_inputs_change_nothing(sim_key: Callable[..., str], cli: CliCall
     host_pub = (keys / "host.pub").read_text().strip()
     ok = cli("--root", root, "--device", key, "pam", "register", "--user", "root",
              "--age", host_pub, "--age-file", age_file)
-    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    assert ok.exit_code == 0, ok.output
     sealed = age_file.read_bytes()
     key2 = sim_key("b")
     base = ["--root", root, "--device", key2, "pam", "register", "--user", "root",
@@ -207,7 +207,7 @@ def test_bad_age_inputs_change_nothing(sim_key: Callable[..., str], cli: CliCall
 
 
 # ------------------------------------------------------------------------- Nix output
-def test_printed_nix_parses(sim_key: Callable[..., str], cli: CliCall, root: Path,
+def test_printed_nix_parses(sim_key: SimKey, cli: CliCall, root: Path,
                             tmp_path: Path) -> None:
     make_root(root)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "h")],
@@ -220,8 +220,8 @@ def test_printed_nix_parses(sim_key: Callable[..., str], cli: CliCall, root: Pat
               "--age", "age1agyjw4et56xkzcfq5jx8wwx77mq9h3lnqtgez9zensrnshncayyq5wlf0z",
               "--age-file", tmp_path / "yubikey-auth.age", "--service", "sudo",
               "--service", "hyprlock")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    snippets = json.loads(res.stdout)["nix"]  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    snippets = json.loads(res.stdout)["nix"]
     assert snippets["secrets.nix"].startswith('"yubikey-auth.age".publicKeys = [ "')
     assert '"ssh-ed25519 AAAA' in snippets["secrets.nix"] and '"age1agyjw4et56' in snippets["secrets.nix"]
     cfg = snippets["configuration.nix"]
@@ -233,8 +233,8 @@ def test_printed_nix_parses(sim_key: Callable[..., str], cli: CliCall, root: Pat
     res2 = cli("--root", root, "--device", sim_key("b"), "pam", "register", "--user", "root",
                "--age-host-key", "/etc/ssh/ssh_host_ed25519_key.pub", "--age-file",
                tmp_path / "yubikey-auth.age", "--age-identity", tmp_path / "h")
-    assert res2.exit_code == 0, res2.output  # type: ignore[attr-defined]
-    blocks = res2.stdout.split("\n--- ")[1:]  # type: ignore[attr-defined]
+    assert res2.exit_code == 0, res2.output
+    blocks = res2.stdout.split("\n--- ")[1:]
     assert len(blocks) == 2
     entry, module = (b.split("\n", 1)[1].split("\n\n")[0] for b in blocks)
     subprocess.run([*nix_parse, "{ " + entry + " }"], check=True, capture_output=True)
@@ -242,7 +242,7 @@ def test_printed_nix_parses(sim_key: Callable[..., str], cli: CliCall, root: Pat
 
 
 # ------------------------------------------------------------------------- kill -9
-def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: Callable[..., str], root: Path) -> None:
+def test_kill_9_leaves_old_or_new(tmp_path: Path, sim_key: SimKey, root: Path) -> None:
     make_root(root)
     path = root / "etc/u2f_mappings"
     path.write_text(legacy_line("bob") + "\n")
@@ -296,7 +296,7 @@ main(sys.argv[3:])
 
 
 def test_kill_9_in_the_middle_of_the_write_leaves_the_old_authfile(
-        tmp_path: Path, sim_key: Callable[..., str], root: Path) -> None:
+        tmp_path: Path, sim_key: SimKey, root: Path) -> None:
     make_root(root)
     path = root / "etc/u2f_mappings"
     path.write_text(legacy_line("bob") + "\n")
@@ -330,10 +330,10 @@ def _pam(root: Path, name: str, text: str) -> None:
     (d / name).write_text(text)
 
 
-def test_check_reports_traps(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_check_reports_traps(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     assert cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user",
-               "root").exit_code == 0  # type: ignore[attr-defined]
+               "root").exit_code == 0
     (root / "etc/u2f_mappings").chmod(0o600)
     _pam(root, "sudo", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n")
     _pam(root, "hyprlock", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n")
@@ -344,8 +344,8 @@ def test_check_reports_traps(sim_key: Callable[..., str], cli: CliCall, root: Pa
     (root / "home/alice/.config/Yubico/u2f_keys").write_text(
         (root / "etc/u2f_mappings").read_text().replace("root:", "alice:"))
     res = cli("--root", root, "--json", "pam", "check")
-    assert res.exit_code == 1  # type: ignore[attr-defined]
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
     assert data["ok"] is False
     codes = {(f["code"], tuple(f["services"])) for f in data["findings"]}
     names = {c for c, _ in codes}
@@ -358,24 +358,24 @@ def test_check_reports_traps(sim_key: Callable[..., str], cli: CliCall, root: Pa
     assert sudo["u2f"][0]["authfile"] == "/etc/u2f_mappings" and sudo["u2f"][0]["cue"] is True
     # text mode names the same things and exits 1
     text = cli("--root", root, "pam", "check")
-    assert text.exit_code == 1 and "nouserok" in text.stdout  # type: ignore[attr-defined]
+    assert text.exit_code == 1 and "nouserok" in text.stdout
 
 
-def test_check_clean_config_passes(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_check_clean_config_passes(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     for name in ("a", "b"):
         assert cli("--root", root, "--device", sim_key(name), "pam", "register", "--user",
-                   "root").exit_code == 0  # type: ignore[attr-defined]
+                   "root").exit_code == 0
     _pam(root, "sudo", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n")
     _pam(root, "hyprlock", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n")
     res = cli("--root", root, "--json", "pam", "check")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
     assert data["ok"] and data["authfiles"][0]["users"] == {"root": 2}
     # and an origin that differs from the registered keys' is an error
     _pam(root, "sudo", "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://other\n")
     res = cli("--root", root, "--json", "pam", "check")
-    assert res.exit_code == 1 and "origin-mismatch" in res.stdout  # type: ignore[attr-defined]
+    assert res.exit_code == 1 and "origin-mismatch" in res.stdout
 
 
 @pytest.mark.parametrize("version,expect", [("1.1.0-1.1+deb12u1", (1, 1, 0)), (None, None)])
@@ -389,7 +389,7 @@ def test_installed_version(root: Path, version: str | None, expect: object) -> N
     assert installed_version(Host(root), ["/nix/store/x-pam_u2f-1.3.2/lib/security/pam_u2f.so"])[0] == (1, 3, 2)
 
 
-def test_nixos_plain_etc_target_refused(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_nixos_plain_etc_target_refused(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     (root / "etc/NIXOS").write_text("")
     snap = snapshot(root)
@@ -398,21 +398,21 @@ def test_nixos_plain_etc_target_refused(sim_key: Callable[..., str], cli: CliCal
     assert snapshot(root) == snap
 
 
-def test_dry_run_touches_nothing(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_dry_run_touches_nothing(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     spec = sim_key("a")
     key_state = Path(spec.removeprefix("sim:")).read_bytes()
     snap = snapshot(root)
     res = cli("--root", root, "--dry-run", "--json", "--device", spec, "pam", "register",
               "--user", "root", "--pin")
-    assert res.exit_code == 0  # type: ignore[attr-defined]
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
     assert data["origin"] == ORIGIN and data["options"] == "+presence+pin"
     assert snapshot(root) == snap
     assert Path(spec.removeprefix("sim:")).read_bytes() == key_state
 
 
-def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: CliCall,
+def test_age_refuses_to_drop_a_host_recipient(sim_key: SimKey, cli: CliCall,
                                               root: Path, tmp_path: Path) -> None:
     make_root(root)
     for name in ("h1", "h2"):
@@ -422,7 +422,7 @@ def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: 
     age_file = tmp_path / "yubikey-auth.age"
     ok = cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root",
              "--age", pub1, "--age", pub2, "--age-file", age_file)
-    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    assert ok.exit_code == 0, ok.output
     sealed = age_file.read_bytes()
     res = cli("--root", root, "--device", sim_key("b"), "pam", "register", "--user", "root",
               "--age", pub1, "--age-file", age_file, "--age-identity", tmp_path / "h1")
@@ -431,7 +431,7 @@ def test_age_refuses_to_drop_a_host_recipient(sim_key: Callable[..., str], cli: 
     # with both recipients it goes through, and both hosts can read the result
     res = cli("--root", root, "--device", sim_key("b"), "pam", "register", "--user", "root",
               "--age", pub1, "--age", pub2, "--age-file", age_file, "--age-identity", tmp_path / "h1")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     for n in ("h1", "h2"):
         out = subprocess.run(["age", "-d", "-i", str(tmp_path / n), str(age_file)], check=True,
                              capture_output=True).stdout
@@ -457,13 +457,13 @@ def test_home_encryption_detection(root: Path, marker: str | None, expect: str |
     assert (found or "").startswith(expect or "") and (found is None) == (expect is None)
 
 
-def test_non_utf8_bytes_survive_a_merge(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_non_utf8_bytes_survive_a_merge(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     raw = b"m\xfcller:AAAA\xff,BBBB\n" + legacy_line("bob").encode() + b"\n"
     path = root / "etc/u2f_mappings"
     path.write_bytes(raw)
     res = cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     after = path.read_bytes()
     assert after.startswith(raw) and after[len(raw):].startswith(b"root:")
 
@@ -474,8 +474,8 @@ def test_check_reports_a_shared_rule_once(root: Path, cli: CliCall) -> None:
     _pam(root, "sudo", "@include common-auth\n")
     _pam(root, "login", "auth include common-auth\n")
     res = cli("--root", root, "--json", "pam", "check", "--service", "sudo", "--service", "login")
-    assert res.exit_code == 1  # type: ignore[attr-defined]   # the authfile is missing
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 1  # the authfile is missing
+    data = json.loads(res.stdout)
     nouserok = [f for f in data["findings"] if f["code"] == "nouserok"]
     assert len(nouserok) == 1 and nouserok[0]["services"] == ["login", "sudo"]
     assert "/etc/pam.d/common-auth:1" in nouserok[0]["message"]
@@ -483,21 +483,21 @@ def test_check_reports_a_shared_rule_once(root: Path, cli: CliCall) -> None:
     assert len(missing) == 1 and missing[0]["severity"] == "error"
 
 
-def test_check_nixos_offline_root_with_age_file(sim_key: Callable[..., str], cli: CliCall,
+def test_check_nixos_offline_root_with_age_file(sim_key: SimKey, cli: CliCall,
                                                 root: Path, tmp_path: Path) -> None:
     make_root(root)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "h")],
                    check=True)
     age_file = tmp_path / "yubikey-auth.age"
     assert cli("--root", root, "--device", sim_key("a"), "pam", "register", "--user", "root",
-               "--age", (tmp_path / "h.pub").read_text(), "--age-file", age_file).exit_code == 0  # type: ignore[attr-defined]
+               "--age", (tmp_path / "h.pub").read_text(), "--age-file", age_file).exit_code == 0
     module = "/nix/store/0abc-pam_u2f-1.3.0/lib/security/pam_u2f.so"
     _pam(root, "sudo", f"auth sufficient {module} authfile=/run/agenix/yubikey-auth cue "
                        "origin=pam://ws1\n")
     res = cli("--root", root, "--json", "pam", "check", "--age-file", age_file,
               "--age-identity", tmp_path / "h")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
     assert data["pam_u2f_version"] == "1.3.0"
     codes = {f["code"]: f for f in data["findings"]}
     assert codes["authfile-agenix"]["severity"] == "info"
@@ -518,25 +518,25 @@ def test_check_per_user_file_hidden_by_locked_ecryptfs_home(root: Path, cli: Cli
     (root / "home/alice").mkdir(parents=True)
     _pam(root, "login", "auth required pam_u2f.so cue origin=pam://ws1\n")
     res = cli("--root", root, "--json", "pam", "check", "--service", "login")
-    assert res.exit_code == 1  # type: ignore[attr-defined]
-    codes = [f["code"] for f in json.loads(res.stdout)["findings"]]  # type: ignore[attr-defined]
+    assert res.exit_code == 1
+    codes = [f["code"] for f in json.loads(res.stdout)["findings"]]
     assert "encrypted-home" in codes and "authfile-missing" in codes
 
 
-def test_registry_names_each_physical_key_once(sim_key: Callable[..., str], cli: CliCall,
+def test_registry_names_each_physical_key_once(sim_key: SimKey, cli: CliCall,
                                                root: Path) -> None:
     make_root(root)
     a, b = sim_key("a"), sim_key("b")
     for spec, user in ((a, "alice"), (b, "alice"), (a, "root")):
         assert cli("--root", root, "--device", spec, "pam", "register", "--user",
-                   user).exit_code == 0  # type: ignore[attr-defined]
+                   user).exit_code == 0
     reg = Registry.load(Host(root))
     names = {k.nickname: sorted(str(e["user"]) for e in k.enrollments) for k in reg.keys}
     assert names == {"primary": ["alice", "root"], "backup-1": ["alice"]}
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
-def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: Callable[..., str]) -> None:
+def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: SimKey) -> None:
     """Run as nobody against a root-only authfile: a one-line error with a hint, no traceback,
     the authfile and the key untouched."""
     top = Path(tempfile.mkdtemp(prefix="yktool-unreadable-"))
@@ -570,13 +570,13 @@ def test_unreadable_authfile_is_a_clear_error_and_nothing_changes(sim_key: Calla
         shutil.rmtree(top)
 
 
-def test_check_expand_reads_one_authfile_per_user(sim_key: Callable[..., str], cli: CliCall, root: Path) -> None:
+def test_check_expand_reads_one_authfile_per_user(sim_key: SimKey, cli: CliCall, root: Path) -> None:
     make_root(root)
     for name in ("a", "b"):
         assert cli("--root", root, "--device", sim_key(name), "pam", "register", "--user", "root",
-                   "--authfile", "/etc/u2f/root").exit_code == 0  # type: ignore[attr-defined]
+                   "--authfile", "/etc/u2f/root").exit_code == 0
     _pam(root, "sudo", "auth required pam_u2f.so authfile=/etc/u2f/%u expand cue origin=pam://ws1\n")
     res = cli("--root", root, "--json", "pam", "check", "--service", "sudo")
-    data = json.loads(res.stdout)  # type: ignore[attr-defined]
+    data = json.loads(res.stdout)
     assert {a["path"]: a["users"] for a in data["authfiles"]}["/etc/u2f/root"] == {"root": 2}
     assert not [f for f in data["findings"] if "%u" in f["message"]], data["findings"]

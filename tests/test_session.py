@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from threading import Event
 
 import pytest
-from fido2.ctap import CtapDevice
+from fido2.ctap import STATUS, CtapDevice
 from fido2.ctap2.pin import ClientPin
 
 from yktool.errors import NoDevice, NoPresence, PinAuthBlocked, PinBlocked, PinInvalid, ToolFailed, UsageError
@@ -26,6 +27,7 @@ from yktool.fido.session import (
     NotThisKey,
     open_session,
 )
+from yktool.fido.softkey import SoftKey
 
 PIN = "4711-secret"
 RP = "io.systemd.cryptsetup"
@@ -48,11 +50,14 @@ class Recorder(KeyInteraction):
         return self.pin
 
 
-def sim(tmp_path: Path, name: str = "key.json") -> CtapDevice:
-    return open_device(f"sim:{tmp_path / name}")
+def sim(tmp_path: Path, name: str = "key.json") -> SoftKey:
+    """The software key at tmp_path/name, opened by its spec as a command opens it."""
+    device = open_device(f"sim:{tmp_path / name}")
+    assert isinstance(device, SoftKey)
+    return device
 
 
-def with_pin(tmp_path: Path, name: str = "key.json") -> CtapDevice:
+def with_pin(tmp_path: Path, name: str = "key.json") -> SoftKey:
     device = sim(tmp_path, name)
     KeySession(device).set_pin(PIN)
     return device
@@ -297,7 +302,7 @@ def test_wrong_pins_count_down_block_and_need_replug(tmp_path: Path) -> None:
     assert "(5 attempts left)" in blocked.value.message
     with pytest.raises(PinAuthBlocked):  # even the right PIN, until replugged
         s.verify_pin(PIN)
-    device.replug()  # type: ignore[attr-defined]
+    device.replug()
     s = KeySession(device)
     s.verify_pin(PIN)
     assert s.pin_retries() == 8  # CTAP 2.1: a right PIN restores the full count
@@ -313,7 +318,7 @@ def test_eight_wrong_pins_block_for_good(tmp_path: Path) -> None:
         except (PinInvalid, PinAuthBlocked, PinBlocked) as exc:
             errors.append(type(exc))
             if isinstance(exc, PinAuthBlocked):
-                device.replug()  # type: ignore[attr-defined]
+                device.replug()
             if isinstance(exc, PinBlocked):
                 break
     assert errors[-1] is PinBlocked
@@ -338,11 +343,11 @@ def test_wrong_session_pin_is_not_reused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("answer", [False, None], ids=["refused", "timeout"])
 def test_refused_or_timed_out_touch_changes_nothing(tmp_path: Path, answer: bool | None) -> None:
     path = tmp_path / "key.json"
-    device = open_device(f"sim:{path}")
+    device = sim(tmp_path)
     s = KeySession(device)
     cred = s.make_credential(RP, resident=True)
     before = path.read_bytes()
-    device.presence = lambda: answer  # type: ignore[attr-defined]
+    device.presence = lambda: answer
     with pytest.raises(NoPresence) as err:
         s.make_credential(RP, resident=True, user_id=b"other")
     assert err.value.exit_code == 9
@@ -384,7 +389,8 @@ class U2fOnly(CtapDevice):
     def capabilities(self) -> int:
         return 0
 
-    def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
+    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         return self.inner.call(cmd, data)
 
     @classmethod
@@ -427,14 +433,17 @@ class AlwaysUv(CtapDevice):
     def capabilities(self) -> int:
         return self.inner.capabilities
 
-    def call(self, cmd: int, data: bytes = b"", event: object = None, on_keepalive: object = None) -> bytes:
+    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         from fido2 import cbor
         from fido2.ctap import CtapError
         from fido2.hid import CTAPHID
 
-        if cmd == CTAPHID.CBOR and data[:1] == b"\x02" and 6 not in cbor.decode(data[1:]):
-            return bytes([CtapError.ERR.PUAT_REQUIRED])
-        return self.inner.call(cmd, data, event, on_keepalive)  # type: ignore[arg-type]
+        if cmd == CTAPHID.CBOR and data[:1] == b"\x02":
+            request = cbor.decode(data[1:])
+            if isinstance(request, dict) and 6 not in request:
+                return bytes([CtapError.ERR.PUAT_REQUIRED])
+        return self.inner.call(cmd, data, event, on_keepalive)
 
     @classmethod
     def list_devices(cls) -> Iterator[CtapDevice]:

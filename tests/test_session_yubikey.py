@@ -8,12 +8,13 @@ what must hold is that `key info` says "unknown" instead of failing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 from typing import Any
 
-from fido2.ctap import CtapDevice
+from fido2.ctap import STATUS, CtapDevice
 
 from yktool.fido import open_device
 from yktool.fido.facts import read_key_facts
@@ -41,7 +42,8 @@ class YubicoBadged(CtapDevice):
     def capabilities(self) -> int:
         return self.inner.capabilities
 
-    def call(self, cmd: int, data: bytes = b"", event: Event | None = None, on_keepalive: Any = None) -> bytes:
+    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
+             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
         return self.inner.call(cmd, data, event, on_keepalive)
 
     @classmethod

@@ -9,29 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fido2.attestation import InvalidSignature, PackedAttestation
+from fido2.attestation.base import InvalidSignature
+from fido2.attestation.packed import PackedAttestation
 from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap import CtapError
-from fido2.ctap2 import ClientPin, CredentialManagement, Ctap2
+from fido2.ctap2.base import Ctap2
+from fido2.ctap2.credman import CredentialManagement
 from fido2.ctap2.extensions import CredProtectExtension, HmacSecretExtension
-from fido2.ctap2.pin import PinProtocolV1
+from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1
 from fido2.server import Fido2Server
 from fido2.utils import websafe_decode
 from fido2.webauthn import (
     AttestedCredentialData,
+    AuthenticationResponse,
     PublicKeyCredentialDescriptor,
     PublicKeyCredentialParameters,
     PublicKeyCredentialRpEntity,
     PublicKeyCredentialType,
     PublicKeyCredentialUserEntity,
+    RegistrationResponse,
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
 
+from tests.fixtures.fido import credential_id
 from yktool.fido import open_device
 from yktool.fido.softkey import AAGUID, SoftKey
 
@@ -43,7 +49,7 @@ UV_DISCOURAGED = UserVerificationRequirement.DISCOURAGED
 ALGS = {"EdDSA": -8, "ES256": -7}
 
 
-def shared_secret(ctap: Ctap2, proto: PinProtocolV1) -> tuple[dict[int, object], bytes]:
+def shared_secret(ctap: Ctap2, proto: PinProtocol) -> tuple[dict[int, object], bytes]:
     """Platform side of the key agreement, with public python-fido2 calls only."""
     resp = ctap.client_pin(proto.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)
     key_agreement, shared = proto.encapsulate(resp[ClientPin.RESULT.KEY_AGREEMENT])
@@ -84,8 +90,8 @@ def server_for(alg: int) -> Fido2Server:
 
 def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRequirement = UV_DISCOURAGED,
              user: bytes = b"user-1", rk: ResidentKeyRequirement | None = None,
-             extensions: dict[str, Any] | None = None,
-             exclude: list[AttestedCredentialData] | None = None) -> tuple[AttestedCredentialData, Any]:
+             extensions: dict[str, Any] | None = None, exclude: list[AttestedCredentialData] | None = None
+             ) -> tuple[AttestedCredentialData, RegistrationResponse]:
     options, state = server.register_begin(
         PublicKeyCredentialUserEntity(id=user, name=user.decode(), display_name=user.decode().title()),
         credentials=exclude, user_verification=uv, resident_key_requirement=rk)
@@ -102,7 +108,7 @@ def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRe
 
 def authenticate(client: Fido2Client, server: Fido2Server, creds: list[AttestedCredentialData], *,
                  uv: UserVerificationRequirement = UV_DISCOURAGED,
-                 extensions: dict[str, Any] | None = None) -> Any:
+                 extensions: dict[str, Any] | None = None) -> AuthenticationResponse:
     options, state = server.authenticate_begin(creds, user_verification=uv, extensions=extensions)
     response = client.get_assertion(options.public_key).get_response(0)
     server.authenticate_complete(state, creds, response)  # raises unless the signature verifies
@@ -197,14 +203,17 @@ def test_hmac_secret_both_pin_protocols_agree(tmp_path: Path, protocol: int) -> 
     att = ctap.make_credential(cdh, {"id": RP_ID}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
                                extensions={"hmac-secret": True})
     assert att.auth_data.extensions == {"hmac-secret": True}
-    cid = att.auth_data.credential_data.credential_id
+    cid = credential_id(att)
     outputs = []
-    for proto in (PinProtocolV1(), PinProtocolV2()) if protocol == 1 else (PinProtocolV2(), PinProtocolV1()):
+    protocols: tuple[PinProtocol, PinProtocol] = (
+        (PinProtocolV1(), PinProtocolV2()) if protocol == 1 else (PinProtocolV2(), PinProtocolV1()))
+    for proto in protocols:
         key_agreement, shared = shared_secret(ctap, proto)
         salt_enc = proto.encrypt(shared, b"S" * 32)
         ext = {"hmac-secret": {1: key_agreement, 2: salt_enc, 3: proto.authenticate(shared, salt_enc),
                                4: proto.VERSION}}
         resp = ctap.get_assertion(RP_ID, cdh, [{"type": "public-key", "id": cid}], ext, {"up": False})
+        assert resp.auth_data.extensions is not None
         outputs.append(proto.decrypt(shared, resp.auth_data.extensions["hmac-secret"]))
     assert outputs[0] == outputs[1] and len(outputs[0]) == 32
 
@@ -248,7 +257,7 @@ def test_cred_protect_3_is_invisible_without_uv(tmp_path: Path) -> None:
     cred, reg = register(client, server, uv=UV_REQUIRED, extensions={
         "credentialProtectionPolicy": "userVerificationRequired", "enforceCredentialProtectionPolicy": True})
     assert reg.response.attestation_object.auth_data.extensions == {"credProtect": 3}
-    allow = [{"type": "public-key", "id": cred.credential_id}]
+    allow: list[Mapping[str, object]] = [{"type": "public-key", "id": cred.credential_id}]
     with pytest.raises(CtapError) as err:
         ctap.get_assertion(RP_ID, b"\0" * 32, allow, options={"up": False})
     assert err.value.code == CtapError.ERR.NO_CREDENTIALS
@@ -285,7 +294,6 @@ def test_discoverable_credentials_listed_by_credential_management_and_next_asser
                                    [{"type": "public-key", "alg": -8}], options={"rk": True},
                                    pin_uv_param=mc_pin.protocol.authenticate(mc_token, ssh_cdh),
                                    pin_uv_protocol=mc_pin.protocol.VERSION)
-    ssh_cred = ssh_att.auth_data.credential_data
     client_pin = ClientPin(ctap)
     token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
     cm = CredentialManagement(ctap, client_pin.protocol, token)
@@ -304,8 +312,9 @@ def test_discoverable_credentials_listed_by_credential_management_and_next_asser
     proto = client_pin.protocol
     cdh = hashlib.sha256(b"x").digest()
     assertions = ctap.get_assertions(RP_ID, cdh, None, None, None, proto.authenticate(uv_token, cdh), proto.VERSION)
-    assert [a.user["id"] for a in assertions] == [b"bob", b"alice"]
-    assert assertions[0].user.get("name") == "bob"  # names shown after UV only
+    users = [a.user or {} for a in assertions]
+    assert [u.get("id") for u in users] == [b"bob", b"alice"]
+    assert users[0].get("name") == "bob"  # names shown after UV only
     for a, cred in zip(assertions, (bob, alice), strict=True):
         a.verify(cdh, cred.public_key)
 
@@ -320,7 +329,7 @@ def test_discoverable_credentials_listed_by_credential_management_and_next_asser
         ctap.get_assertion(RP_ID, cdh, [{"type": "public-key", "id": alice.credential_id}])
     assert err.value.code == CtapError.ERR.NO_CREDENTIALS
     ssh_creds = cm.enumerate_creds(hashlib.sha256(b"ssh:").digest())
-    assert [c[CredentialManagement.RESULT.CREDENTIAL_ID]["id"] for c in ssh_creds] == [ssh_cred.credential_id]
+    assert [c[CredentialManagement.RESULT.CREDENTIAL_ID]["id"] for c in ssh_creds] == [credential_id(ssh_att)]
 
 
 def test_credential_management_needs_a_cm_token(tmp_path: Path) -> None:
@@ -340,9 +349,9 @@ def test_credential_ids_only_open_for_their_rp_and_their_key(tmp_path: Path) -> 
     device = key_at(tmp_path)
     ctap = Ctap2(device)
     att = ctap.make_credential(b"\0" * 32, {"id": RP_ID}, {"id": b"u"}, [{"type": "public-key", "alg": -7}])
-    cid = att.auth_data.credential_data.credential_id
+    cid = credential_id(att)
     assert len(cid) <= ctap.info.max_cred_id_length
-    allow = [{"type": "public-key", "id": cid}]
+    allow: list[Mapping[str, object]] = [{"type": "public-key", "id": cid}]
     for rp, dev in (("other.example", device), (RP_ID, key_at(tmp_path, name="b.json"))):
         with pytest.raises(CtapError) as err:
             Ctap2(dev).get_assertion(rp, b"\0" * 32, allow, options={"up": False})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from fido2.ctap import CtapError
-from fido2.ctap2 import ClientPin, Ctap2
-from fido2.ctap2.pin import PinProtocolV1, PinProtocolV2
+from fido2.ctap2.base import Ctap2
+from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1, PinProtocolV2
 
 from yktool.fido import open_device
 from yktool.fido.devices import replug
@@ -22,10 +22,10 @@ PIN = "2468"
 WRONG = "0000"
 RP_ID = "example.com"
 ERR = CtapError.ERR
-PROTOCOLS = {"v1": PinProtocolV1, "v2": PinProtocolV2}
+PROTOCOLS: dict[str, type[PinProtocol]] = {"v1": PinProtocolV1, "v2": PinProtocolV2}
 
 
-def shared_secret(ctap: Ctap2, proto: PinProtocolV1) -> tuple[dict[int, object], bytes]:
+def shared_secret(ctap: Ctap2, proto: PinProtocol) -> tuple[dict[int, object], bytes]:
     """Platform side of the key agreement, with public python-fido2 calls only."""
     resp = ctap.client_pin(proto.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)
     key_agreement, shared = proto.encapsulate(resp[ClientPin.RESULT.KEY_AGREEMENT])
@@ -34,7 +34,7 @@ def shared_secret(ctap: Ctap2, proto: PinProtocolV1) -> tuple[dict[int, object],
 
 
 @pytest.fixture(params=["v2", "v1"])
-def protocol(request: pytest.FixtureRequest) -> type[PinProtocolV1]:
+def protocol(request: pytest.FixtureRequest) -> type[PinProtocol]:
     return PROTOCOLS[request.param]
 
 
@@ -45,7 +45,7 @@ def open_key(tmp_path: Path) -> tuple[str, SoftKey]:
     return spec, device
 
 
-def client_pin(device: SoftKey, protocol: type[PinProtocolV1]) -> ClientPin:
+def client_pin(device: SoftKey, protocol: type[PinProtocol]) -> ClientPin:
     return ClientPin(Ctap2(device), protocol())
 
 
@@ -56,7 +56,7 @@ def code_of(call: object) -> CtapError.ERR:
     return err.value.code
 
 
-def test_set_pin_flips_client_pin_option_and_stores_only_a_hash(tmp_path: Path, protocol: type[PinProtocolV1]) -> None:
+def test_set_pin_flips_client_pin_option_and_stores_only_a_hash(tmp_path: Path, protocol: type[PinProtocol]) -> None:
     _, device = open_key(tmp_path)
     assert Ctap2(device).info.options["clientPin"] is False
     client_pin(device, protocol).set_pin(PIN)
@@ -74,7 +74,7 @@ def test_set_pin_flips_client_pin_option_and_stores_only_a_hash(tmp_path: Path, 
 
 
 def test_wrong_pins_decrement_need_replug_after_three_and_block_after_eight(
-        tmp_path: Path, protocol: type[PinProtocolV1]) -> None:
+        tmp_path: Path, protocol: type[PinProtocol]) -> None:
     spec, device = open_key(tmp_path)
     client_pin(device, protocol).set_pin(PIN)
 
@@ -117,7 +117,7 @@ def test_wrong_pins_decrement_need_replug_after_three_and_block_after_eight(
     assert attempt(PIN) == ERR.PIN_BLOCKED  # for good: only a reset helps
 
 
-def test_change_pin(tmp_path: Path, protocol: type[PinProtocolV1]) -> None:
+def test_change_pin(tmp_path: Path, protocol: type[PinProtocol]) -> None:
     _, device = open_key(tmp_path)
     client_pin(device, protocol).set_pin(PIN)
     assert code_of(lambda: client_pin(device, protocol).change_pin(WRONG, "13579")) == ERR.PIN_INVALID
@@ -135,7 +135,7 @@ def test_pin_operations_without_a_pin(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("new_pin", ["123", "x" * 64], ids=["too-short", "too-long"])
-def test_pin_policy_violation(tmp_path: Path, protocol: type[PinProtocolV1], new_pin: str) -> None:
+def test_pin_policy_violation(tmp_path: Path, protocol: type[PinProtocol], new_pin: str) -> None:
     """python-fido2 refuses bad PINs itself, so send the padded PIN with its public pieces."""
     _, device = open_key(tmp_path)
     ctap = Ctap2(device)
@@ -154,7 +154,7 @@ def test_pin_policy_violation(tmp_path: Path, protocol: type[PinProtocolV1], new
 def test_set_pin_with_a_bad_mac_is_refused(tmp_path: Path) -> None:
     _, device = open_key(tmp_path)
     ctap = Ctap2(device)
-    proto = PinProtocolV2()
+    proto: PinProtocol = PinProtocolV2()
     key_agreement, shared = shared_secret(ctap, proto)
     pin_enc = proto.encrypt(shared, PIN.encode().ljust(64, b"\0"))
     with pytest.raises(CtapError) as err:
@@ -164,14 +164,14 @@ def test_set_pin_with_a_bad_mac_is_refused(tmp_path: Path) -> None:
     assert ctap.get_info().options["clientPin"] is False
 
 
-def make_cred(ctap: Ctap2, proto: PinProtocolV1, token: bytes, rp_id: str) -> None:
+def make_cred(ctap: Ctap2, proto: PinProtocol, token: bytes, rp_id: str) -> None:
     cdh = hashlib.sha256(rp_id.encode()).digest()
     ctap.make_credential(cdh, {"id": rp_id}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
                          options={"rk": True}, pin_uv_param=proto.authenticate(token, cdh),
                          pin_uv_protocol=proto.VERSION)
 
 
-def test_token_permissions_and_rp_binding_enforced(tmp_path: Path, protocol: type[PinProtocolV1]) -> None:
+def test_token_permissions_and_rp_binding_enforced(tmp_path: Path, protocol: type[PinProtocol]) -> None:
     _, device = open_key(tmp_path)
     ctap = Ctap2(device)
     cp = client_pin(device, protocol)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fido2 import cbor
 from fido2.ctap import CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import AssertionResponse, Ctap2
 from fido2.hid import CTAPHID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,8 +24,8 @@ def key(tmp_path: Path) -> SoftKey:
     return SoftKey(tmp_path / "k.json")
 
 
-def status(key: SoftKey, cmd: int, params: object = None) -> int:
-    data = bytes([cmd]) + (cbor.encode(params) if params is not None else b"")  # type: ignore[arg-type]
+def status(key: SoftKey, cmd: int, params: cbor.CborType | None = None) -> int:
+    data = bytes([cmd]) + (cbor.encode(params) if params is not None else b"")
     return key.call(CTAPHID.CBOR, data)[0]
 
 
@@ -52,6 +52,12 @@ def test_bad_requests_get_ctap_errors(key: SoftKey) -> None:
     assert key.call(CTAPHID.PING, b"hello") == b"hello"
 
 
+def user_id(assertion: AssertionResponse) -> bytes:
+    assert assertion.user is not None  # a discoverable credential's assertion names its user
+    user_id: bytes = assertion.user["id"]
+    return user_id
+
+
 def test_next_assertion_walks_discovered_credentials_then_stops(key: SoftKey) -> None:
     ctap = Ctap2(key)
     for user in (b"a", b"b", b"c"):
@@ -59,7 +65,7 @@ def test_next_assertion_walks_discovered_credentials_then_stops(key: SoftKey) ->
                              options={"rk": True})
     first = ctap.get_assertion("x", b"\0" * 32)
     assert first.number_of_credentials == 3
-    users = [first.user["id"]] + [ctap.get_next_assertion().user["id"] for _ in range(2)]  # type: ignore[index]
+    users = [user_id(first)] + [user_id(ctap.get_next_assertion()) for _ in range(2)]
     assert users == [b"c", b"b", b"a"]
     with pytest.raises(CtapError) as err:
         ctap.get_next_assertion()

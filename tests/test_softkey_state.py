@@ -11,25 +11,28 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fido2.ctap import STATUS, CtapError
-from fido2.ctap2 import ClientPin, Ctap2
+from fido2.ctap2.base import Ctap2
+from fido2.ctap2.pin import ClientPin
 
-from tests.fixtures.fido import TEST_PIN, SimDevices, SimKey, presence_script
+from tests.fixtures.fido import TEST_PIN, SimDevices, SimKey, credential_id, presence_script
 from yktool.fido.softkey import SoftKey
 from yktool.fido.softkey.state import StateError, load_state
 
 ERR = CtapError.ERR
 RP_ID = "example.com"
 CDH = b"\x01" * 32
-ES256 = [{"type": "public-key", "alg": -7}]
+ES256: list[Mapping[str, object]] = [{"type": "public-key", "alg": -7}]
 
 
-def make(ctap: Ctap2, **kw: object) -> bytes:
-    att = ctap.make_credential(CDH, {"id": RP_ID}, {"id": b"u"}, ES256, **kw)  # type: ignore[arg-type]
-    return att.auth_data.credential_data.credential_id  # type: ignore[union-attr]
+def make(ctap: Ctap2, **kw: Any) -> bytes:
+    """makeCredential with python-fido2's keyword arguments (options, event, …)."""
+    return credential_id(ctap.make_credential(CDH, {"id": RP_ID}, {"id": b"u"}, ES256, **kw))
 
 
 @pytest.mark.parametrize(("answer", "code"), [(False, ERR.OPERATION_DENIED), (None, ERR.USER_ACTION_TIMEOUT)],
@@ -48,7 +51,7 @@ def test_refused_or_timed_out_touch_changes_nothing(sim_key: SimKey, sim_device:
     token = cp.get_pin_token(TEST_PIN, ClientPin.PERMISSION.MAKE_CREDENTIAL, RP_ID)
     before = path.read_bytes()  # after the PIN was used (that resets the retry counter)
     pin_auth = cp.protocol.authenticate(token, CDH)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: make(ctap, options={"rk": True}, pin_uv_param=pin_auth, pin_uv_protocol=cp.protocol.VERSION),
         lambda: make(ctap),
         lambda: ctap.get_assertion(RP_ID, CDH, [{"type": "public-key", "id": cid}]),
@@ -160,7 +163,7 @@ def test_malformed_state_file_is_a_clear_error(tmp_path: Path, content: bytes) -
 
 WRITER = r"""
 import sys
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 from yktool.fido.softkey import SoftKey
 ctap = Ctap2(SoftKey(sys.argv[1]))
 print("ready", flush=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import SshWorld, snapshot, world
 from yktool.authorized_keys import key_blob_in, merge, parse_line, remove_key, revoke
 from yktool.errors import Refused
@@ -69,7 +69,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
     assert snapshot(world.root) == before
 
 
-def test_new_file_modes_owner_and_touch_options(world: SshWorld, sim_key: Any) -> None:
+def test_new_file_modes_owner_and_touch_options(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _keygen(world, "--pin-stdin", "-O", "no-touch-required", "-O", "verify-required", device=device,
             input=PIN + "\n")
@@ -132,7 +132,7 @@ def test_parse_line_sees_through_quoted_options() -> None:
     assert parse_line("# " + OTHER_ED) is None and parse_line("   ") is None
 
 
-_line = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=60)
+_line = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=60)
 
 
 @settings(max_examples=100, deadline=None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import PASSWD, SshWorld, flags_from_ssh_keygen, sim_state, snapshot, world
 
 __all__ = ["world"]
@@ -16,7 +17,7 @@ def _make(w: SshWorld, device: str, *args: str) -> None:
     assert res.exit_code == 0, res.output
 
 
-def test_deleted_files_come_back_identical(world: SshWorld, sim_key: Any) -> None:
+def test_deleted_files_come_back_identical(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _make(world, device, "-O", "no-touch-required", "--comment", "alice's key")
     _make(world, device, "-O", "application=ssh:work", "-O", "verify-required", "--output", "/home/alice/.ssh/work")
@@ -44,7 +45,7 @@ def test_deleted_files_come_back_identical(world: SshWorld, sim_key: Any) -> Non
     assert snapshot(world.home()) == before
 
 
-def test_fresh_host_without_registry_gets_ssh_keygen_names(world: SshWorld, sim_key: Any, tmp_path: Any) -> None:
+def test_fresh_host_without_registry_gets_ssh_keygen_names(world: SshWorld, sim_key: SimKey, tmp_path: Path) -> None:
     device = sim_key("pinned", pin=PIN)
     _make(world, device)
     _make(world, device, "-O", "application=ssh:git", "-O", "user=alice", "--output", "/home/alice/.ssh/g")
@@ -69,7 +70,7 @@ def test_fresh_host_without_registry_gets_ssh_keygen_names(world: SshWorld, sim_
     assert flags_from_ssh_keygen(world, ssh / "id_ed25519_sk_rk") == 0x21
 
 
-def test_differing_file_refused_and_wrong_pin(world: SshWorld, sim_key: Any) -> None:
+def test_differing_file_refused_and_wrong_pin(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _make(world, device)
     (world.ssh() / "id_ed25519_sk.pub").write_text("something else\n")
@@ -83,7 +84,7 @@ def test_differing_file_refused_and_wrong_pin(world: SshWorld, sim_key: Any) -> 
     assert snapshot(world.root) == before[0]
 
 
-def test_key_without_resident_keys_or_pin(world: SshWorld, sim_key: Any) -> None:
+def test_key_without_resident_keys_or_pin(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     res = world.yk("ssh", "download", "--user", "alice", "--pin-stdin", input=PIN + "\n", device=device)
     assert res.exit_code == 0 and "no resident SSH keys" in res.stderr
@@ -92,7 +93,7 @@ def test_key_without_resident_keys_or_pin(world: SshWorld, sim_key: Any) -> None
     assert res.exit_code == 2 and "PIN" in res.stderr
 
 
-def test_download_for_another_user_stays_in_their_home(world: SshWorld, sim_key: Any) -> None:
+def test_download_for_another_user_stays_in_their_home(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     _make(world, device)
     res = world.yk("ssh", "download", "--user", "bob", "--pin-stdin", input=PIN + "\n", device=device)

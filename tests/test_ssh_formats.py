@@ -158,9 +158,9 @@ def test_damaged_key_file_is_a_usage_error(damage: str) -> None:
         body = body.replace(b"\0\0\0\x04none\0\0\0\x04none", b"\0\0\0\x0aaes256-ctr\0\0\0\x06bcrypt", 1)
         data = (PRIVATE_BEGIN + base64.b64encode(body).decode() + "\n-----END OPENSSH PRIVATE KEY-----\n").encode()
     else:
-        body = bytearray(base64.b64decode(b"".join(data.split(b"\n")[1:-2])))
-        body[-1] ^= 0xFF
-        data = (PRIVATE_BEGIN + base64.b64encode(bytes(body)).decode() + "\n-----END OPENSSH PRIVATE KEY-----\n")\
+        flipped = bytearray(base64.b64decode(b"".join(data.split(b"\n")[1:-2])))
+        flipped[-1] ^= 0xFF
+        data = (PRIVATE_BEGIN + base64.b64encode(bytes(flipped)).decode() + "\n-----END OPENSSH PRIVATE KEY-----\n")\
             .encode()
     with pytest.raises(UsageError):
         SkPrivateKey.from_file(data)
@@ -201,7 +201,7 @@ def test_unknown_or_bad_option(opt: str) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(comment=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+@given(comment=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"),
                        max_size=40),
        handle=st.binary(min_size=16, max_size=128), flags=st.integers(0, 255))
 def test_key_file_round_trip(comment: str, handle: bytes, flags: int) -> None:

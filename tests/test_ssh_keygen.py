@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
+from tests.conftest import ChildRecorder, CliResult
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import Es256OnlyKey, SshWorld, flags_from_ssh_keygen, sim_state, snapshot, world
 from yktool.errors import ToolFailed
 from yktool.fido.session import KeySession
@@ -65,7 +68,7 @@ def test_ecdsa_sk(world: SshWorld) -> None:
     (["resident"], 0x21),
     (["resident", "verify-required", "no-touch-required"], 0x24),
 ])
-def test_flags_byte_matches_options(world: SshWorld, sim_key: Any, options: list[str], flags: int) -> None:
+def test_flags_byte_matches_options(world: SshWorld, sim_key: SimKey, options: list[str], flags: int) -> None:
     device = sim_key("pinned", pin=PIN)
     args = [a for o in options for a in ("-O", o)]
     res = world.yk("ssh", "keygen", "--user", "alice", "--pin-stdin", *args, input=PIN + "\n", device=device)
@@ -86,7 +89,7 @@ def test_flags_byte_matches_options(world: SshWorld, sim_key: Any, options: list
         assert resident == []
 
 
-def test_application_and_user(world: SshWorld, sim_key: Any) -> None:
+def test_application_and_user(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
     res = world.yk("ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "resident", "-O", "application=ssh:work",
                    "-O", "user=alice", "--output", "/home/alice/.ssh/work", input=PIN + "\n", device=device)
@@ -99,7 +102,7 @@ def test_application_and_user(world: SshWorld, sim_key: Any) -> None:
     assert [c.user_id for c in creds] == [b"alice".ljust(32, b"\0")]
 
 
-def test_pin_never_leaves_memory(world: SshWorld, sim_key: Any, child_recorder: Any) -> None:
+def test_pin_never_leaves_memory(world: SshWorld, sim_key: SimKey, child_recorder: ChildRecorder) -> None:
     pin = "58203917264"  # long and odd, so a match cannot be a port, pid or temp-folder name by chance
     device = sim_key("pinned", pin=pin)
     res = world.yk("--json", "ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "verify-required",
@@ -113,7 +116,7 @@ def test_pin_never_leaves_memory(world: SshWorld, sim_key: Any, child_recorder: 
 
 
 # ------------------------------------------------------------------------------ bad input
-def _unchanged(world: SshWorld, device: str, action: Any) -> Any:
+def _unchanged(world: SshWorld, device: str, action: Callable[[], CliResult]) -> CliResult:
     before = snapshot(world.root), sim_state(device)
     res = action()
     assert (snapshot(world.root), sim_state(device)) == before
@@ -148,7 +151,7 @@ def test_resident_needs_a_pin_on_the_key(world: SshWorld) -> None:
 
 
 @pytest.mark.parametrize("option", ["resident", "verify-required"])
-def test_wrong_pin_exit_6_with_retries(world: SshWorld, sim_key: Any, option: str) -> None:
+def test_wrong_pin_exit_6_with_retries(world: SshWorld, sim_key: SimKey, option: str) -> None:
     device = sim_key("pinned", pin=PIN)
     before = snapshot(world.root)
     res = world.yk("ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", option, input="9999\n", device=device)
@@ -185,7 +188,7 @@ def test_touch_refused_exit_9(world: SshWorld, monkeypatch: pytest.MonkeyPatch) 
     assert snapshot(world.root) == before
 
 
-def test_unknown_user_and_existing_resident(world: SshWorld, sim_key: Any) -> None:
+def test_unknown_user_and_existing_resident(world: SshWorld, sim_key: SimKey) -> None:
     res = _unchanged(world, world.device, lambda: world.yk("ssh", "keygen", "--user", "mallory"))
     assert res.exit_code == 2 and "mallory is not in" in res.stderr
     device = sim_key("pinned", pin=PIN)
@@ -208,7 +211,7 @@ def test_output_path_under_root_only(world: SshWorld, tmp_path: Path) -> None:
     assert not (tmp_path / "outside").exists()
 
 
-def test_registry_names_each_physical_key(world: SshWorld, sim_key: Any) -> None:
+def test_registry_names_each_physical_key(world: SshWorld, sim_key: SimKey) -> None:
     second = sim_key("b")
     assert world.yk("ssh", "keygen", "--user", "alice").exit_code == 0
     assert world.yk("ssh", "keygen", "--user", "bob", device=second).exit_code == 0

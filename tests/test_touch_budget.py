@@ -14,7 +14,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from tests.flows_support import (
     ssh_signs,
 )
 from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, VERIFY_ITEMS
+from yktool.fido.softkey import Presence, SoftKey
 
 PIN = "2468"
 TOUCHES_PER_KEY = 3
@@ -42,7 +42,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     real_open = devices.open_sim
     touches: Counter[str] = Counter()
 
-    def open_counting(path: Any, presence: Any = None, *, create: bool = True) -> Any:
+    def open_counting(path: str | Path, presence: Presence | None = None, *, create: bool = True) -> SoftKey:
         name = Path(path).stem
 
         def touch() -> bool:

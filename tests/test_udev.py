@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliCall
+from tests.fixtures.fido import SimKey
 from yktool import udev
 from yktool.host import Host
 
@@ -304,8 +305,8 @@ def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: C
     assert check["status"] == "pass", check
 
 
-def test_install_with_software_key_identity(cli: CliCall, root: Path, sim_key: object) -> None:
-    dev = sim_key("udev")  # type: ignore[operator]
+def test_install_with_software_key_identity(cli: CliCall, root: Path, sim_key: SimKey) -> None:
+    dev = sim_key("udev")
     res = cli("--root", root, "--device", dev, "--json", "udev", "install")
     assert res.exit_code == 0, res.output
     rule = json.loads(res.stdout)["rule"]

@@ -6,12 +6,12 @@ nothing; a link root owns (a relocated /home) is still followed."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.conftest import CliResult
+from tests.fixtures.fido import SimKey
 from tests.ssh_support import SshWorld, snapshot, world
 
 __all__ = ["world"]
@@ -25,7 +25,7 @@ def _user_link(link: Path, target: str) -> None:
     os.lchown(link, 1000, 1000)
 
 
-def _refused(world: SshWorld, res: Any) -> None:
+def _refused(world: SshWorld, res: CliResult) -> None:
     assert res.exit_code == 4, res.output
     assert "symbolic link owned by uid 1000" in res.stderr and "will not follow it" in res.stderr
 
@@ -69,7 +69,7 @@ def test_allowed_signers_and_gitconfig_links_are_refused(world: SshWorld) -> Non
     assert snapshot(world.root) == before
 
 
-def test_pam_user_authfile_linked_to_shadow_is_refused(world: SshWorld, sim_key: Callable[..., str]) -> None:
+def test_pam_user_authfile_linked_to_shadow_is_refused(world: SshWorld, sim_key: SimKey) -> None:
     (world.root / "etc/shadow").write_text("root:$6$secret:19000:0:99999:7:::\n")
     (world.root / "etc/shadow").chmod(0o600)
     (world.root / "etc/hostname").write_text("ws1\n")

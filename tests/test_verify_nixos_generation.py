@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import CliCall
 
@@ -47,10 +48,11 @@ def nixos_root(root: Path, *, built: bool) -> None:
     (profiles / "system").symlink_to("system-1-link")
 
 
-def verify(cli: CliCall, root: Path, *only: str) -> dict[str, object]:
+def verify(cli: CliCall, root: Path, *only: str) -> dict[str, Any]:
+    """verify's --json report (parsed JSON: its shape is what the tests check)."""
     r = cli("--root", root, "--json", "verify", *[a for o in only for a in ("--only", o)])
     assert r.exit_code in (0, 1), r.output
-    data: dict[str, object] = json.loads(r.stdout)
+    data: dict[str, Any] = json.loads(r.stdout)
     return data
 
 
@@ -58,20 +60,20 @@ def test_offline_root_reads_pam_from_the_built_generation(tmp_path: Path, cli: C
     root = tmp_path / "root"
     nixos_root(root, built=True)
     report = verify(cli, root, "pam.sudo")
-    [sudo] = report["checks"]  # type: ignore[misc]
+    [sudo] = report["checks"]
     # the root's /etc has no pam.d: the generation's sudo stack was read, pam_u2f found in it
     assert sudo["status"] in ("pass", "warn") and "not installed" not in sudo["reason"], sudo
     assert any(e["source"].startswith("/etc/pam.d/sudo") and "pam_u2f" in e["value"] for e in sudo["evidence"]), sudo
     nixos = report["nixos"]
-    assert nixos["system"] == "/nix/var/nix/profiles/system"  # type: ignore[index]
+    assert nixos["system"] == "/nix/var/nix/profiles/system"
 
 
 def test_checks_waiting_for_a_rebuild_are_named(tmp_path: Path, cli: CliCall) -> None:
     root = tmp_path / "root"
     nixos_root(root, built=False)
     report = verify(cli, root, "pam.sudo", "hw.udev.lock_rule", "kernel.coredump")
-    assert report["nixos"]["system"] is None  # type: ignore[index]
-    waiting = report["nixos"]["needs_rebuild"]  # type: ignore[index]
+    assert report["nixos"]["system"] is None
+    waiting = report["nixos"]["needs_rebuild"]
     assert "pam.sudo" in waiting and "hw.udev.lock_rule" in waiting and "kernel.coredump" not in waiting
     r = cli("--root", root, "verify", "--only", "pam.sudo")
     assert "needs `nixos-rebuild switch` first" in r.stdout and "pam.sudo" in r.stdout
@@ -87,11 +89,11 @@ def test_a_module_newer_than_the_generation_waits_for_the_rebuild(tmp_path: Path
     link = root / "nix/var/nix/profiles/system"
     os.utime(link, (1_000_000, 1_000_000), follow_symlinks=False)  # built long before the module
     report = verify(cli, root, "pam.hyprlock", "kernel.coredump")
-    assert report["nixos"]["module_newer_than_system"] is True  # type: ignore[index]
-    checks = {c["id"]: c["status"] for c in report["checks"]}  # type: ignore[attr-defined]
-    assert report["nixos"]["needs_rebuild"] == (["pam.hyprlock"] if checks["pam.hyprlock"] != "pass" else [])  # type: ignore[index]
+    assert report["nixos"]["module_newer_than_system"] is True
+    checks = {c["id"]: c["status"] for c in report["checks"]}
+    assert report["nixos"]["needs_rebuild"] == (["pam.hyprlock"] if checks["pam.hyprlock"] != "pass" else [])
     # rebuilt after the module: nothing is waiting
     os.utime(link, None, follow_symlinks=False)
     os.utime(module, (1_000_000, 1_000_000))
     report = verify(cli, root, "pam.hyprlock")
-    assert report["nixos"]["needs_rebuild"] == []  # type: ignore[index]
+    assert report["nixos"]["needs_rebuild"] == []

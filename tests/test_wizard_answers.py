@@ -14,6 +14,7 @@ from tests.conftest import CliCall
 from tests.flows_support import EMAIL, ORIGIN, fresh_setup, spec
 from yktool.demo import IMAGE, PASSPHRASE, ROOT, VERIFY_ITEMS
 from yktool.flows import validate
+from yktool.flows.ask import Asker
 from yktool.host import Host
 
 
@@ -84,10 +85,11 @@ def test_a_host_key_file_must_be_inside_the_root(root: Host) -> None:
     assert check("/etc/ssh/none.pub") == "/etc/ssh/none.pub: no such file inside the root"
 
 
-class _Asker:
-    interactive = True
+class _Asker(Asker):
+    """A terminal whose person answers every confirm() with `answer`."""
 
     def __init__(self, answer: bool) -> None:
+        super().__init__(interactive=True)
         self.answer = answer
         self.asked: list[str] = []
 

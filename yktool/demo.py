@@ -57,7 +57,7 @@ VERIFY_ITEMS = ["boot.luks.root", "boot.luks.fido2", "boot.luks.tpm2", "boot.luk
                 "pam.sudo", "pam.login", "hw.udev.lock_rule", "hw.usbguard.rules", "hw.registry.backup"]
 
 PAM_SERVICE = """#%PAM-1.0
-# the security key is required on top of the password (the page's layer 3)
+# the security key is required on top of the password (the hardening checklist's layer 3)
 auth       required   pam_u2f.so authfile=/etc/u2f_mappings cue origin={origin}
 auth       include    common-auth
 account    include    common-account
@@ -69,7 +69,7 @@ auth requisite pam_deny.so
 auth required pam_permit.so
 """
 
-SSHD_CONFIG = """# the page's SSH server table
+SSHD_CONFIG = """# the hardening checklist's SSH server table
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from yktool.errors import Refused
+from yktool.errors import Refused, YktoolError
 from yktool.host import Host
 
 if TYPE_CHECKING:
@@ -139,6 +139,10 @@ class Judge:
             return ("success",)
         if name == "pam_unix" and self.host is not None:
             return self._pam_unix(line)
+        if name == "pam_succeed_if" and self.host is not None:
+            judged = succeed_if_result(self.host, self.user, line.args)
+            if judged is not None:
+                return judged
         if name not in WAY_IN:
             self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} in")
         return ("success", "auth_err")
@@ -182,6 +186,61 @@ class Judge:
         return self._unix
 
 
+_SUCCEED_IF_FLAGS = frozenset({"debug", "quiet", "quiet_fail", "quiet_success", "audit"})
+_NUMERIC = {"<": lambda a, b: a < b, "lt": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+            "le": lambda a, b: a <= b, ">": lambda a, b: a > b, "gt": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
+            "ne": lambda a, b: a != b}
+
+
+def succeed_if_result(host: Host, user: str, args: list[str]) -> tuple[str, ...] | None:
+    """What pam_succeed_if answers `user` (pam_succeed_if.c: the conditions, each `field test
+    value`, must all hold; the first that does not ends it with AUTH_ERR), read from the root's
+    passwd for the fields and tests yktool can judge; None (cannot tell) for the rest: group
+    tests, use_uid, service/tty/rhost/ruser, a value that is not a plain number."""
+    import fnmatch
+
+    if "use_uid" in args:
+        return None
+    words = [a for a in args if a not in _SUCCEED_IF_FLAGS]
+    if len(words) % 3:
+        return None
+    entry = None
+    try:
+        for row in host.read_text("/etc/passwd").splitlines() if host.is_file("/etc/passwd") else []:
+            fields = row.split(":")
+            if len(fields) >= 7 and fields[0] == user:
+                entry = fields
+                break
+    except (OSError, YktoolError):
+        return None
+    for i in range(0, len(words), 3):
+        left, qual, right = words[i].lower(), words[i + 1].lower(), words[i + 2]
+        if left in ("user", "login", "name"):
+            value = user
+        elif left in ("uid", "gid", "shell", "home", "dir", "homedir"):
+            if entry is None:
+                return ("user_unknown",)
+            value = entry[{"uid": 2, "gid": 3, "shell": 6}.get(left, 5)]
+        else:
+            return None
+        if qual in _NUMERIC:
+            if not re.fullmatch(r"[+-]?\d+", value) or not re.fullmatch(r"[+-]?\d+", right):
+                return None
+            held = _NUMERIC[qual](int(value), int(right))
+        elif qual in ("=", "!="):
+            held = (value == right) == (qual == "=")
+        elif qual in ("in", "notin"):
+            held = (value in right.split(":")) == (qual == "in")
+        elif qual in ("=~", "glob", "!~", "noglob"):
+            held = fnmatch.fnmatchcase(value, right) == (qual in ("=~", "glob"))
+        else:
+            return None
+        if not held:
+            return ("auth_err",)
+    return ("success",)
+
+
 def _colon_field(host: Host, path: str, user: str) -> str | None:
     """The second field of `user`'s line in a passwd-style file (None: no line)."""
     for line in host.read_text(path).splitlines():
@@ -199,8 +258,6 @@ def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:
     """(what pam_unix's auth can return for `user`, why it cannot pass — "" when it may), as
     pam_unix reads the root's /etc/passwd and /etc/shadow; ("empty",) for an empty password,
     which passes only with `nullok`. What yktool cannot read counts as failing."""
-    from yktool.errors import YktoolError
-
     try:
         stored = _colon_field(host, "/etc/passwd", user) if host.is_file("/etc/passwd") else None
         if stored is None:
@@ -217,9 +274,35 @@ def unix_results(host: Host, user: str) -> tuple[tuple[str, ...], str]:
         return ("empty",), ""
     if stored[0] in "!*":
         return ("auth_err",), f"{user}'s password is locked ({stored[0]!r} in /etc/shadow)"
-    if not _CRYPT.fullmatch(stored):
+    if not _CRYPT.fullmatch(stored) or _crypt_accepts(stored) is False:
         return ("auth_err",), f"{user}'s stored password is not a hash any password matches"
     return ("success", "auth_err"), ""
+
+
+def _crypt_accepts(stored: str) -> bool | None:
+    """Whether crypt(3) reads `stored` as a whole hash (None: no libcrypt to ask): hashing any
+    password with it as the setting gives a string of its own form — the same setting, the same
+    length — and a truncated or garbled hash (`$6$x`, a cut-off digest, an unknown method) gives
+    something else or a failure token (`*0`), so no password matches it (pam_unix fails)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypt")
+    if name is None:
+        return None
+    try:
+        crypt = ctypes.CDLL(name).crypt
+    except (OSError, AttributeError):
+        return None
+    crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    crypt.restype = ctypes.c_char_p
+    raw = stored.encode("utf-8", "surrogateescape")
+    got = crypt(b"yktool-probe", raw)
+    if not got or got.startswith(b"*"):
+        return False
+    if b"$" not in raw:
+        return len(got) == len(raw)  # DES: 13 characters
+    return len(got) == len(raw) and got.rsplit(b"$", 1)[0] == raw.rsplit(b"$", 1)[0]
 
 
 def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, host: Host | None = None,

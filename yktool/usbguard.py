@@ -4,7 +4,8 @@ Rule language (usbguard-rules.conf(5)): `allow id VVVV:PPPP serial "…" name "�
 { CC:SS:PP … }`. A key is the same key when its id and serial match an existing rule's; then
 nothing is appended. A rules file with no real rule (empty, comments only, or marked as a stub)
 is a placeholder: with `implicitPolicyTarget = "block"` and such a file, every device but the
-ones already plugged in at boot is blocked, which is how the page's hosts still are.
+ones already plugged in at boot is blocked, which is how the hosts of the hardening checklist's
+NixOS configuration (docs/verify.md) still are.
 """
 
 from __future__ import annotations
@@ -222,5 +223,5 @@ def usb_interfaces(vendor: str, product: str, serial: str = "", sysfs: Path = Pa
 
 
 def nixos_line(key: KeyUsb, nickname: str) -> str:
-    """The `modules.hardware.usbguard.rules` line as the page shows it (a list append)."""
+    """The `modules.hardware.usbguard.rules` line as the checklist's configuration writes it (a list append)."""
     return f"{NIX_OPTION} = [\n  {nix.string(rule_line(key))}  # yktool: {nickname}\n];"

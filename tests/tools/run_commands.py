@@ -23,7 +23,7 @@ def main() -> int:
         result = CliRunner().invoke(main_group, argv, input="", catch_exceptions=True)
         escaped = None
         if result.exception is not None and not isinstance(result.exception, SystemExit):
-            escaped = "".join(traceback.format_exception(*result.exc_info))  # type: ignore[misc]
+            escaped = "".join(traceback.format_exception(result.exception))
         out.append({"argv": argv, "exit_code": result.exit_code, "stdout": result.stdout,
                     "stderr": result.stderr, "traceback": escaped})
     json.dump(out, sys.stdout)

@@ -29,7 +29,7 @@ def test_the_emulated_key_is_a_fido2_device_to_libfido2_python_fido2_and_yktool(
         assert "aaguid:" in facts and "options:" in facts
         aaguid = facts.split("aaguid:", 1)[1].split()[0]
 
-        from fido2.ctap2 import Ctap2
+        from fido2.ctap2.base import Ctap2
         from fido2.hid import CtapHidDevice
 
         found = [d for d in CtapHidDevice.list_devices() if d.descriptor.path == key.hidraw]

@@ -26,6 +26,7 @@ from yktool.pam.stack import (
     PamService,
     U2fOptions,
     key_required,
+    module_files,
     module_search,
     parse_service,
     parse_u2f_options,
@@ -38,6 +39,9 @@ STRONG_CONTROLS = ("required", "requisite")
 # the findings (yktool.pam.check's line rules) that fail the checklist item "pam_u2f (with cue) protects the
 # service"; the others (no origin=, manual, debug) are shown with the evidence
 VERDICT_CODES = ("alwaysok", "nouserok", "no-cue")
+# where a secret is decrypted at boot (agenix, sops-nix, systemd credentials): an offline root has
+# nothing there to judge; any other /run path (/run/user/UID is that user's) is judged as absent
+BOOT_SECRETS = ("/run/agenix/", "/run/agenix.d/", "/run/secrets/", "/run/credentials/")
 
 
 def _pam_check(service: str, always: bool) -> CheckFunc:
@@ -48,9 +52,11 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
             if always:
                 return verdict.fail(f"no PAM service {service}")
             return verdict.not_applicable(f"{service} is not installed (no /etc/pam.d/{service})")
-        # whoever can rewrite the stack decides it: judge its content only when only root can
+        # whoever can rewrite the stack, or replace a module it loads, decides it: judge its
+        # content only when only root can
+        modules = [m for ln in svc.stack for m in module_files(ctx.host, ln.module)]
         refused = refuse_writable(ctx, verdict, f"{service}'s PAM stack",
-                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)])
+                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)] + modules)
         if refused is not None:
             return refused
         unreadable = [p for p in svc.problems if "cannot read" in p]
@@ -78,10 +84,14 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         if judged is not None:
             return verdict.fail(judged.message, judged.hint)
         user_run = [service] if svc.runs_as_user else []
-        missing = _authfile_missing(ctx, verdict, opts, user_run)
+        # every file any pam_u2f rule reads, for every user: a key added to any of them is taken
+        refused = _any_authfile_refused(ctx, verdict, [u.options for u in u2f], user_run, version)
+        if refused is not None:
+            return refused
+        missing = _authfile_missing(ctx, verdict, opts, user_run, version)
         if missing:
             return missing
-        return _without_key(ctx, verdict, svc, first.line)
+        return _without_key(ctx, verdict, svc, first.line, version)
 
     return run
 
@@ -111,25 +121,45 @@ def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine],
     return results
 
 
-def _results_with_key(ctx: CheckContext) -> Callable[[PamLine], tuple[str, ...]]:
-    """What each auth rule may return for the user with the key and the password at hand."""
+def _results_with_key(ctx: CheckContext, version: tuple[int, int, int] | None = None
+                      ) -> Callable[[PamLine], tuple[str, ...]]:
+    """What each auth rule may return for the user with the key and the password at hand: a
+    pam_u2f rule whose authfiles hold no credential at all fails as without the key."""
     loose = _results_without_key(ctx, strict=False)
 
     def results(line: PamLine) -> tuple[str, ...]:
         if line.module_name == "pam_u2f" and not _module_missing(ctx, line.module):
+            if _no_credential_at_all(ctx, parse_u2f_options(line.args), version):
+                return loose(line)
             return ("success",)
         return loose(line)
 
     return results
 
 
-def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine) -> Result:
+def _no_credential_at_all(ctx: CheckContext, options: U2fOptions, version: tuple[int, int, int] | None) -> bool:
+    """True only when every file the rule reads was read and none holds a credential (one that
+    cannot be read, or a boot secret offline, may hold one)."""
+    for path, _user in authfile_paths(options, ctx.users_to_check(), version):
+        if path.startswith(BOOT_SECRETS) and not ctx.live:
+            return False
+        try:
+            text = ctx.read(path)
+        except Unreadable:
+            return False
+        if text is not None and Authfile.parse(text).users():
+            return False
+    return True
+
+
+def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine,
+                 version: tuple[int, int, int] | None = None) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
     service = svc.name
     handlers = svc.handlers("auth")
     try:
-        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx))
+        with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx, version))
         if with_key is None:
             verdict.add_evidence(svc.path or service, "no way through", "auth", "even with the key and the password")
             return verdict.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
@@ -181,14 +211,15 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     return found
 
 
-def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str]) -> Result | None:
+def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str],
+                      version: tuple[int, int, int] | None) -> Result | None:
     """The fail when pam_u2f would find no credential at all (every user locked out of a
     `required` rule, the key never accepted by a `sufficient` one) or an authfile pam_u2f refuses
     or others can write (yktool.pam.check's file rules); None when a key can be accepted."""
     authfile = options.authfile
     hint = f"register the keys: yktool pam register --user USER --authfile {authfile or '~'}"
-    paths = authfile_paths(options, ctx.users_to_check())
-    if authfile is not None and paths == [(authfile, None)] and authfile.startswith("/run/") and not ctx.live:
+    paths = authfile_paths(options, ctx.users_to_check(), version)
+    if authfile is not None and paths == [(authfile, None)] and authfile.startswith(BOOT_SECRETS) and not ctx.live:
         # agenix decrypts it at boot: an offline root has no /run to look at
         verdict.add_evidence(authfile, "not in an offline root (decrypted at boot)", "authfile")
         return None
@@ -222,6 +253,25 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, 
                         "(with a `required` rule nobody gets in)", hint)
 
 
+def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOptions],
+                          user_run: list[str], version: tuple[int, int, int] | None) -> Result | None:
+    """The fail for the first authfile, of any pam_u2f rule and any user, that breaks a file rule
+    (not only the first rule's, nor only the files up to the first that holds a credential)."""
+    passwd = ctx.passwd()
+    names = {uid: name for name, uid, _h in passwd}
+    uids = {name: uid for name, uid, _h in passwd}
+    for options in rules:
+        for path, user in authfile_paths(options, ctx.users_to_check(), version):
+            if path.startswith(BOOT_SECRETS) and not ctx.live:
+                continue  # decrypted at boot: nothing to look at in an offline root
+            refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
+                                        user_run=user_run)
+            if refused is not None:
+                verdict.add_evidence(refused.source, refused.value, refused.key)
+                return verdict.fail(refused.message, refused.hint)
+    return None
+
+
 def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], user: tuple[str, int | None] | None,
                       user_run: list[str]) -> Finding | None:
     """The first of yktool.pam.check's file rules the authfile breaks: pam_u2f's own test of it
@@ -231,7 +281,8 @@ def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], us
         st = ctx.host.path(path).stat()
     except OSError:
         return None
-    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user), [], user_run)
+    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user, host=ctx.host), [],
+                          user_run)
     return found[0] if found else None
 
 

@@ -195,18 +195,18 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     """
     from yktool.cli.prompts import read_new_pin
     from yktool.fido.session import check_new_pin
-    from yktool.flows import commission as fc
+    from yktool.flows import commission as commission_flow
     from yktool.flows.keys import ring
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     # An unfinished run on disk: resume it with its answers (a flag given now overrides its own
     # answer only), or start over. Without a terminal it resumes, as it always did.
-    state = FlowState.load(host, fc.FLOW)
-    saved = fc.saved_answers(state)
+    state = FlowState.load(host, commission_flow.FLOW)
+    saved = commission_flow.saved_answers(state)
     resume_chosen = False
     if saved is not None and asker.interactive:
-        resume_chosen = asker.select(fc.resume_question(state, host), None, ["resume", "start over"],
+        resume_chosen = asker.select(commission_flow.resume_question(state, host), None, ["resume", "start over"],
                                      flag="--yes", default="resume") == "resume"
         saved = saved if resume_chosen else None
     s = saved
@@ -227,7 +227,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         unlock_key_file = unlock_key_file or s.unlock_key_file or None
         verify_only = verify_only or tuple(s.verify_only)
 
-    kind = asker.select("Host kind?", kind, fc.HOST_KINDS, flag="--kind",
+    kind = asker.select("Host kind?", kind, commission_flow.HOST_KINDS, flag="--kind",
                         default="nixos" if host.exists("/etc/NIXOS") else "linux")
     user = asker.text("Whose host is it (login name)?", user, flag="--user", default=default_user(),
                       check=validate.user(host))
@@ -236,7 +236,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         f"LUKS2 device(s) to enroll, as the root sees them{inside} (space-separated; empty for none)?",
         None, flag="--luks-device", default="", check=validate.luks_devices(host)),))
     # without a LUKS device the LUKS steps are not offered (named by --steps, answers.check explains)
-    choices = [c for c in fc.STEP_KINDS if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
+    choices = [c for c in commission_flow.STEP_KINDS
+               if devices or steps or c not in ("luks-fido2", "luks-tpm2", "recovery")]
     chosen = asker.checkbox("Which steps?", _split(steps) or None, choices, flag="--steps")
     email = ""
     if "git" in chosen:
@@ -258,7 +259,7 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
     backup = "" if no_backup else asker.text("Nickname of the backup key?", backup_nickname,
                                               flag="--backup-nickname", default="backup",
                                               check=validate.nickname(primary))
-    answers = fc.CommissionAnswers(
+    answers = commission_flow.CommissionAnswers(
         host_kind=kind, user=user, luks_devices=devices, steps=chosen, git_email=email, pam_origin=origin,
         age_host_key=host_key, age_file=agefile,
         age_identity=str(Path(age_identity).absolute()) if age_identity else "",
@@ -280,23 +281,24 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         _swap_keys(asker, app, role, f"Now remove the other key and insert your {role} key "
                    f"({answers.nickname(role)}).")
 
-    io = fc.CommissionIO(new_pin, _read_unlock, _show_recovery_factory(app, recovery_key_file, asker.interactive),
-                         tcti=app.tpm, allow_unmeasured=allow_unmeasured)
+    show_recovery = _show_recovery_factory(app, recovery_key_file, asker.interactive)
+    io = commission_flow.CommissionIO(new_pin, _read_unlock, show_recovery, tcti=app.tpm,
+                                      allow_unmeasured=allow_unmeasured)
     nicknames = {"primary": primary, "backup": backup}
     # other answers than the unfinished run's (a flag, or "start over"): every step is checked again
     restart = state.resuming and answers.to_json() != state.answers or (state.resuming and not resume_chosen
                                                                         and asker.interactive)
     with ring(host, _opener(app, pin_stdin), dict(swap_device), nicknames, on_swap,
               _wrong_pin_handler(asker, pin_stdin)) as keys:
-        flow, flow_steps, plan = fc.prepare(host, answers, keys, io, restart=restart)
+        flow, flow_steps, plan = commission_flow.prepare(host, answers, keys, io, restart=restart)
         if app.dry_run:
             if not app.json:
-                info("\n".join(fc.summary(flow, flow_steps)))
+                info("\n".join(commission_flow.summary(flow, flow_steps)))
             show_plan(plan, app.json)
             return
-        todo = fc.pending(flow, flow_steps)
+        todo = commission_flow.pending(flow, flow_steps)
         if not app.json:
-            _show_summary(asker, fc.summary(flow, flow_steps), plan.render(), todo=bool(todo),
+            _show_summary(asker, commission_flow.summary(flow, flow_steps), plan.render(), todo=bool(todo),
                           details=details, resumed=resume_chosen and not restart)
         if any(s.id.startswith("recovery") for s in todo) and recovery_key_file is None \
                 and not sys.stderr.isatty():
@@ -305,8 +307,8 @@ def commission(app: AppContext, kind: str | None, user: str | None, luks_devices
         # "resume" was the go-ahead: a resumed run asks nothing that was answered already
         if todo and not (resume_chosen and not restart) and not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fc.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
-    _render_report(app, report, plan, fc.next_steps(flow, report))
+        report = commission_flow.execute(flow, flow_steps, _step_printer(app, len(flow_steps)))
+    _render_report(app, report, plan, commission_flow.next_steps(flow, report))
     if not report.verify_ok:
         sys.exit(1)
 
@@ -452,16 +454,16 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
     """
     from yktool.cli.prompts import read_new_pin
     from yktool.fido.session import check_new_pin
-    from yktool.flows import replace as fr
+    from yktool.flows import replace as replace_flow
     from yktool.flows.keys import ring
 
     host = app.host
     asker = Asker.for_terminal(app.yes or app.json)  # --json is for scripts: flags answer
     names = list(dict.fromkeys(_split(lost)))
     if not names and not asker.interactive:  # never guess which key is lost: refuse before any key is opened
-        asker.pick("Which key was lost?", [], flag="--lost", listing=fr.registry_listing(host))
+        asker.pick("Which key was lost?", [], flag="--lost", listing=replace_flow.registry_listing(host))
     if names:
-        fr.check_names(host, names)
+        replace_flow.check_names(host, names)
     specs: dict[str, str | None] = {}
     present_roles = []
     for n, spec in enumerate([app.device, *present], 1):
@@ -480,36 +482,37 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
             _swap_keys(asker, app, "new", "Now remove the other keys and insert the new key.")
 
     nicknames = {r: "" for r in present_roles}
-    age = fr.ReplaceAnswers(age_host_keys=list(age_host_keys),
+    age = replace_flow.ReplaceAnswers(age_host_keys=list(age_host_keys),
                             age_identity=str(Path(age_identity).absolute()) if age_identity else "")
     with ring(host, _opener(app, pin_stdin), specs, nicknames, on_swap,
               _wrong_pin_handler(asker, pin_stdin)) as keys:
-        found = fr.find(host, keys, present_roles, bool(new_device), list(luks_devices),
-                        fr.age_target_for(host, age))
-        fr.check_safe(found)
+        found = replace_flow.find(host, keys, present_roles, bool(new_device), list(luks_devices),
+                        replace_flow.age_target_for(host, age))
+        replace_flow.check_safe(found)
         if not names:
             names = _ask_lost(asker, host, found)
-        known = fr.check_names(host, names)
-        fr.mark_lost(found, names)
-        fr.check_named_absent(found)
+        known = replace_flow.check_names(host, names)
+        replace_flow.mark_lost(found, names)
+        replace_flow.check_named_absent(found)
         lost_found = [f for f in found if f.lost]
         if not lost_found and not known:
             if not app.dry_run:
-                fr.settle(host)
+                replace_flow.settle(host)
             if not app.json:
                 click.echo(f"{', '.join(names)}: already revoked (no longer in the registry): nothing is lost.")
-            _render_report(app, fr.ReplaceReport([], [], keys.totals(), [], True, found=found), None, [], "replace")
+            nothing = replace_flow.ReplaceReport([], [], keys.totals(), [], True, found=found)
+            _render_report(app, nothing, None, [], "replace")
             return
         nick = new_nickname or f"{names[0]}-2"
         keys.nicknames["new"] = nick
         if new_device:
-            fr.check_new_nickname(host, names, nick)
-            fr.check_new_key(found, nick)
-        answers = fr.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
+            replace_flow.check_new_nickname(host, names, nick)
+            replace_flow.check_new_key(found, nick)
+        answers = replace_flow.ReplaceAnswers(lost=names, new_nickname=nick, unlock_key_file=unlock_key_file or "",
                                     revoke_git=not keep_old_signatures, age_host_keys=age.age_host_keys,
                                     age_identity=age.age_identity)
-        io = fr.ReplaceIO(new_pin, _read_unlock)
-        flow, steps, plan = fr.prepare(host, answers, keys, io, found, bool(new_device), force)
+        io = replace_flow.ReplaceIO(new_pin, _read_unlock)
+        flow, steps, plan = replace_flow.prepare(host, answers, keys, io, found, bool(new_device), force)
         full_plan = "\n".join([*_found_listing(names, found), plan.render()])
         if app.dry_run:
             if app.json:  # what was found, as the real run's report has it
@@ -517,19 +520,19 @@ def replace(app: AppContext, lost: tuple[str, ...], present: tuple[str, ...], ne
                            "kept": [f.to_json() for f in found if not f.lost],
                            "forced": [x.to_json() for x in flow.forced]})
             else:
-                info("\n".join(fr.summary(flow, steps)))
+                info("\n".join(replace_flow.summary(flow, steps)))
                 click.echo(full_plan)  # the plan is what a dry run is for: stdout, as commission's
             return
         if not app.json:
-            _show_summary(asker, fr.summary(flow, steps), full_plan, todo=bool(fr.pending(flow, steps)),
-                          details=details, resumed=False)
+            _show_summary(asker, replace_flow.summary(flow, steps), full_plan,
+                          todo=bool(replace_flow.pending(flow, steps)), details=details, resumed=False)
         confirm_forced(flow.forced, names, confirm, yes=app.yes or app.json)
         if not asker.confirm("Go ahead?", yes=app.yes):
             raise Refused("not confirmed; nothing changed", "run again and answer yes (or pass --yes)")
-        report = fr.execute(flow, steps, _step_printer(app, len(steps)))
+        report = replace_flow.execute(flow, steps, _step_printer(app, len(steps)))
     if not app.json:
         click.echo(f"replaced {', '.join(names)}" + (f" with {nick}" if new_device else " (revoked)"))
-    _render_report(app, report, plan, fr.next_steps(flow, report), "replace",
+    _render_report(app, report, plan, replace_flow.next_steps(flow, report), "replace",
                    {"forced": [x.to_json() for x in flow.forced]})
 
 
@@ -546,7 +549,7 @@ def _found_listing(names: list[str], found: list[Found]) -> list[str]:
 
 def _ask_lost(asker: Asker, host: Host, found: list[Found]) -> list[str]:
     """The wizard's question: which registered key was lost (each shown plugged in or not)."""
-    from yktool.flows import replace as fr
+    from yktool.flows import replace as replace_flow
 
     here = {f.owner: f.answered_by for f in found if f.answered_by not in (None, "new")}
     choices = []
@@ -555,5 +558,5 @@ def _ask_lost(asker: Asker, host: Host, found: list[Found]) -> list[str]:
         where = f"plugged in ({here[k.nickname]})" if k.nickname in here else "not plugged in"
         choices.append((k.nickname, f"{k.nickname} — {kinds}; {where}"))
     picked: list[str] = asker.pick("Which key was lost? (space to mark, enter to go on)", choices,
-                                   flag="--lost", listing=fr.registry_listing(host))
+                                   flag="--lost", listing=replace_flow.registry_listing(host))
     return picked

@@ -2,7 +2,8 @@
 secrets.nix entry (printed, or a diff against the tree's own secrets.nix).
 
 The authfile yktool keeps is the one the pam_u2f steps wrote (the registry names it). In a
-flake whose secrets live elsewhere (the host page's `nix-secrets/secrets/`), the module points
+flake whose secrets live elsewhere (`nix-secrets/secrets/` in the NixOS configuration the
+hardening checklist comes from, docs/verify.md), the module points
 at `<that folder>/<name>.age`: yktool writes it there, encrypted to this host's key only (per-host
 scoping), and leaves it alone while it still decrypts to the same authfile.
 """
@@ -163,7 +164,8 @@ def _key_binding(nf: tree.NixFile, recipient: agefile.Recipient) -> str | None:
 
 
 def uses_nodes(secrets_nix: Path) -> bool:
-    """The host page's per-host scoping: entries with a `nodes` attribute (filterByNodes)."""
+    """Per-host scoping as the checklist's NixOS configuration does it: entries with a `nodes`
+    attribute (filterByNodes)."""
     try:
         nf = tree.parse(secrets_nix.read_text("utf-8", "surrogateescape"))
     except (OSError, tree.NixSyntaxError):
@@ -173,7 +175,7 @@ def uses_nodes(secrets_nix: Path) -> bool:
 
 def entry_name(nf: tree.NixFile | None, secret: str) -> str:
     """`<secret>.age` as agenix's CLI names entries, or `<secret>` where the tree's entries
-    carry no suffix (the host page's `"smtp-password".publicKeys`)."""
+    carry no suffix (as the checklist's configuration does: `"smtp-password".publicKeys`)."""
     names = [b.path[0] for b in nf.bindings if len(b.path) == 2 and b.path[1] == "publicKeys"] if nf else []
     if names and not any(n.endswith(".age") for n in names):
         return secret

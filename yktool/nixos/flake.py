@@ -1,9 +1,10 @@
 """What a flake tree (`--flake DIR`) says, read, never guessed: its own USBGuard option, its agenix
 secrets folder and secrets.nix, the LUKS device names of hardware-configuration.nix, lockers.
 
-The host page's tree declares `options.modules.hardware.usbguard.rules` (a list of rule strings)
-and keeps its secrets in `nix-secrets/secrets/` next to `secrets.nix`; a plain flake has
-neither, and gets the standard `services.usbguard.rules` and `secrets/`.
+The NixOS configuration the hardening checklist comes from (docs/verify.md) declares
+`options.modules.hardware.usbguard.rules` (a list of rule strings) and keeps its secrets in
+`nix-secrets/secrets/` next to `secrets.nix`; a plain flake has neither, and gets the standard
+`services.usbguard.rules` and `secrets/`.
 """
 
 from __future__ import annotations

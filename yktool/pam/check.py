@@ -23,6 +23,7 @@ from yktool.pam import stack
 from yktool.pam.authfile import CENTRAL_AUTHFILE, USER_AUTHFILE, Authfile
 from yktool.pam.host_facts import (
     EDDSA_MIN_VERSION,
+    EXPAND_MIN_VERSION,
     NOUSEROK_FIXED_VERSION,
     User,
     default_origin_or_none,
@@ -163,14 +164,46 @@ class AuthfileStat:
     user: str | None = None        # whose file it is, for a per-user file (None: a central file)
     user_uid: int | None = None    # that user's uid
     judge_owner: bool = True       # False on an offline tree built unprivileged: every file is the builder's
+    folder_writer: str = ""        # a folder on the way that a user may change ("/etc/yubico: owner alice …")
 
     @classmethod
     def of(cls, path: str, st: os.stat_result, *, names: Mapping[int, str], live: bool,
-           user: tuple[str, int | None] | None = None) -> AuthfileStat:
-        """`names`: uid -> login name; `user`: (name, uid) of a per-user file's user."""
+           user: tuple[str, int | None] | None = None, host: Host | None = None) -> AuthfileStat:
+        """`names`: uid -> login name; `user`: (name, uid) of a per-user file's user; with `host`,
+        the folders on the way to a central (or root's) file are judged too."""
+        judge_owner = live or os.geteuid() == 0 or st.st_uid != os.geteuid()
+        writer = ""
+        if host is not None and (user is None or user[1] == 0):
+            writer = folder_writer(host, path, names, builder=None if live or os.geteuid() == 0 else os.geteuid())
         return cls(path=path, mode=st.st_mode & 0o7777, uid=st.st_uid, owner=names.get(st.st_uid, str(st.st_uid)),
                    user=user[0] if user else None, user_uid=user[1] if user else None,
-                   judge_owner=live or os.geteuid() == 0 or st.st_uid != os.geteuid())
+                   judge_owner=judge_owner, folder_writer=writer)
+
+
+def folder_writer(host: Host, path: str, names: Mapping[int, str], builder: int | None) -> str:
+    """The first folder on the way to `path` that someone besides root may change (they can put a
+    link there: pam_u2f opens the authfile following links, and only asks that what it reaches be
+    root's), "" when none; `builder`: an unprivileged builder's own uid, not counted."""
+    try:
+        trail = host.trail(path)
+    except (OSError, YktoolError):
+        return ""
+    for inside, st in trail[:-1]:
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (0, builder):
+            who = f"owner {names.get(st.st_uid, str(st.st_uid))} (uid {st.st_uid})"
+        elif mode & stat.S_ISVTX:
+            continue  # sticky: only root renames or removes root's entries
+        elif mode & 0o002:
+            who = "every user may write it"
+        elif mode & 0o020 and st.st_gid != 0:
+            who = f"group {st.st_gid} may write it"
+        else:
+            continue
+        return f"{inside}: {who}, mode {mode:04o}"
+    return ""
 
 
 def rule_authfile_writable(f: AuthfileStat, user_run: list[str]) -> Finding | None:
@@ -211,8 +244,19 @@ def rule_authfile_locker_unreadable(f: AuthfileStat, user_run: list[str]) -> Fin
                    services=list(user_run), source=f.path, value=mode, key="mode")
 
 
+def rule_authfile_folder_writable(f: AuthfileStat, user_run: list[str]) -> Finding | None:
+    if not f.folder_writer:
+        return None
+    folder = f.folder_writer.split(":", 1)[0]
+    return Finding(severity="error", code="authfile-folder-writable",
+                   message=f"{f.path}: the folder {f.folder_writer}: whoever can change it can swap the authfile "
+                   "for a link to any root-owned file whose lines they write, and add their own key",
+                   hint=f"chown root:root {folder}; chmod go-w {folder}", source=folder, value=f.folder_writer,
+                   key="folder")
+
+
 FILE_RULES: tuple[Callable[[AuthfileStat, list[str]], Finding | None], ...] = (
-    rule_authfile_writable, rule_authfile_owner, rule_authfile_locker_unreadable)
+    rule_authfile_writable, rule_authfile_owner, rule_authfile_folder_writable, rule_authfile_locker_unreadable)
 
 
 def file_findings(f: AuthfileStat, services: list[str], user_run: list[str]) -> list[Finding]:
@@ -353,7 +397,8 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
         return out
     names = {u.uid: u.name for u in users.values()}
     user = (report.user, users[report.user].uid if report.user in users else None) if report.user else None
-    out.extend(file_findings(AuthfileStat.of(report.path, st, names=names, live=host.is_live, user=user), sv,
+    out.extend(file_findings(AuthfileStat.of(report.path, st, names=names, live=host.is_live, user=user,
+                                             host=host), sv,
                              user_run))
     try:
         fd = host.open(report.path, os.O_RDONLY | os.O_NONBLOCK)
@@ -372,15 +417,18 @@ def _authfile_findings(host: Host, report: AuthfileReport, users: dict[str, User
     return out
 
 
-def authfile_paths(options: U2fOptions, users: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
+def authfile_paths(options: U2fOptions, users: Sequence[tuple[str, str]],
+                   version: Version = None) -> list[tuple[str, str | None]]:
     """The authfiles pam_u2f reads for a rule: [(path, None)] for a central one, else (path, user)
     for each of `users` ((name, home) of those who may log in): no authfile= is each home's
     ~/.config/Yubico/u2f_keys, a relative one is under each home, and with `expand` %u is the
-    user's name and %h their home."""
+    user's name and %h their home — from pam-u2f 1.3.0 (`version`, None: unknown, taken as new);
+    before, `expand` is an unknown word and the path is read as written (`/etc/u2f/%u`)."""
     authfile = options.authfile
     if not authfile:
         return [(f"{home.rstrip('/')}/{USER_AUTHFILE}", name) for name, home in users]
-    if options.expand and ("%u" in authfile or "%h" in authfile):
+    expands = options.expand and (version is None or version >= EXPAND_MIN_VERSION)
+    if expands and ("%u" in authfile or "%h" in authfile):
         return [(authfile.replace("%u", name).replace("%h", home.rstrip("/")), name) for name, home in users]
     if not authfile.startswith("/"):
         return [(f"{home.rstrip('/')}/{authfile}", name) for name, home in users]
@@ -464,7 +512,7 @@ def check(host: Host, names: list[str] | tuple[str, ...] | None = None,
             if u.line.module not in searched:
                 searched[u.line.module] = stack.module_search(host, u.line.module)
             f.extend(x for x in (rule_module_missing(u, searched[u.line.module], service.name),) if x is not None)
-            paths = authfile_paths(u.options, _login_users(users))
+            paths = authfile_paths(u.options, _login_users(users), version)
             for path, owner in paths:
                 use = files.setdefault(path, _FileUse(AuthfileReport(path=path, user=owner, exists=False)))
                 use.services.append(service.name)

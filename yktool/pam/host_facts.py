@@ -20,6 +20,7 @@ from yktool.host import Host
 ORIGIN_PREFIX = "pam://"
 EDDSA_MIN_VERSION = (1, 2, 0)
 NOUSEROK_FIXED_VERSION = (1, 3, 1)   # CVE-2025-23013: nouserok no longer answers SUCCESS
+EXPAND_MIN_VERSION = (1, 3, 0)       # `expand` (%u, %h in authfile=); older ones read the path as written
 
 
 @dataclass(frozen=True)

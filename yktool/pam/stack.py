@@ -23,7 +23,7 @@ from yktool.host import Host
 
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
 
-# The services the host page protects, and other common places a key is asked for.
+# The services the hardening checklist (docs/verify.md) protects, and other common places a key is asked for.
 DEFAULT_SERVICES = ("sudo", "login", "greetd", "hyprlock", "su", "sshd", "polkit-1", "swaylock",
                     "i3lock", "gdm-password", "lightdm", "sddm", "kde", "xscreensaver", "gtklock",
                     "doas", "run0", "systemd-run0")
@@ -460,6 +460,11 @@ def _include(host: Host, target: str, path: str, via: tuple[str, ...], problems:
     if found is None:
         problems.append(f"{path}:{lineno}: included file {target!r} not found (libpam makes the rule fail)")
         return None
+    if found in (*via, path) or len(via) >= MAX_INCLUDE_DEPTH:
+        # libpam includes the file again until it gives up: a substack fails (PERM_DENIED), an
+        # include crashes the program (pamtester: Segmentation fault); either way nobody gets in
+        problems.append(f"{path}:{lineno}: include loop ({' -> '.join((*via, path, found))}): libpam makes it fail")
+        return None
     return parse_file(host, found, via=(*via, path), problems=problems, want=want, level=level, files=files)
 
 
@@ -509,6 +514,23 @@ def _folders(host: Host, path: str) -> list[str]:
         return []
 
 
+def _module_dirs(host: Host) -> list[str]:
+    dirs = list(PAM_MODULE_DIRS)
+    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
+        dirs += [f"{lib}/{d}/security" for d in _folders(host, lib) if "-linux-" in d]
+    return dirs
+
+
+def module_files(host: Host, module: str) -> list[str]:
+    """The files libpam may load for `module` (an absolute path itself, a bare name in any module
+    folder where it exists): whoever can replace one of them decides what the rule answers."""
+    if not module:
+        return []
+    if module.startswith("/"):
+        return [module] if _there(host, module) else []
+    return [c for c in (f"{d}/{module}" for d in _module_dirs(host)) if _there(host, c)]
+
+
 def module_search(host: Host, module: str) -> list[str]:
     """Where libpam would look for `module` when it is not there ([] when found, or when the tree
     cannot tell: an offline root with no /nix/store, or one with no PAM module at all, which holds
@@ -517,9 +539,7 @@ def module_search(host: Host, module: str) -> list[str]:
         if module.startswith("/nix/store/") and not _there(host, "/nix/store"):
             return []
         return [] if _there(host, module) else [module]
-    dirs = list(PAM_MODULE_DIRS)
-    for lib in ("/lib", "/usr/lib"):  # Debian's multiarch folders: /usr/lib/x86_64-linux-gnu/security
-        dirs += [f"{lib}/{d}/security" for d in _folders(host, lib) if "-linux-" in d]
+    dirs = _module_dirs(host)
     candidates = [f"{d}/{module}" for d in dirs]
     if any(_there(host, c) for c in candidates):
         return []

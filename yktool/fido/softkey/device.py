@@ -491,14 +491,14 @@ class SoftKey(CtapDevice):
         shared = self._pin.shared_secret(protocol, ext.get(1))
         self._pin.check_param(protocol, shared, salt_enc, salt_auth)
         try:
-            salts = protocol.decrypt(shared, salt_enc)  # type: ignore[no-untyped-call]
+            salts = protocol.decrypt(shared, salt_enc)
         except ValueError:
             raise fail(ERR.INVALID_LENGTH) from None
         if len(salts) not in (32, 64):
             raise fail(ERR.INVALID_LENGTH)
         cred_random = state.cred_random(credential_id, uv)
         out = b"".join(hmac_sha256(cred_random, salts[i : i + 32]) for i in range(0, len(salts), 32))
-        return bytes(protocol.encrypt(shared, out))  # type: ignore[no-untyped-call]
+        return bytes(protocol.encrypt(shared, out))
 
     # -- authenticatorReset
 

@@ -10,7 +10,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.ctap import CtapError
@@ -28,7 +28,21 @@ MAX_PIN_BYTES = 63
 PINS_IN_A_ROW = 3
 # Permissions this key can grant: no bio enrolment, large blobs or authenticatorConfig.
 SUPPORTED_PERMISSIONS = PERM.MAKE_CREDENTIAL | PERM.GET_ASSERTION | PERM.CREDENTIAL_MGMT
-PROTOCOLS: dict[int, type[PinProtocolV1]] = {2: PinProtocolV2, 1: PinProtocolV1}
+
+
+class PinCrypto(Protocol):
+    """What this key uses of python-fido2's PinProtocolV1/V2 (whose methods carry no annotations)."""
+
+    @property
+    def VERSION(self) -> int: ...  # a ClassVar on python-fido2's classes: read-only here
+
+    def kdf(self, z: bytes) -> bytes: ...
+    def encrypt(self, key: bytes, plaintext: bytes) -> bytes: ...
+    def decrypt(self, key: bytes, ciphertext: bytes) -> bytes: ...
+    def authenticate(self, key: bytes, message: bytes) -> bytes: ...
+
+
+PROTOCOLS: dict[int, Callable[[], PinCrypto]] = {2: PinProtocolV2, 1: PinProtocolV1}
 
 
 def fail(code: CtapError.ERR) -> CtapError:
@@ -67,7 +81,7 @@ class PinUv:
     # -- helpers shared with makeCredential/getAssertion/credentialManagement
 
     @staticmethod
-    def protocol(version: Any) -> PinProtocolV1:
+    def protocol(version: Any) -> PinCrypto:
         if version is None:
             raise fail(ERR.MISSING_PARAMETER)
         if not isinstance(version, int) or version not in PROTOCOLS:
@@ -78,7 +92,7 @@ class PinUv:
         pn = self.key_agreement.public_key().public_numbers()
         return {1: 2, 3: -25, -1: 1, -2: pn.x.to_bytes(32, "big"), -3: pn.y.to_bytes(32, "big")}
 
-    def shared_secret(self, protocol: PinProtocolV1, peer: Any) -> bytes:
+    def shared_secret(self, protocol: PinCrypto, peer: Any) -> bytes:
         """ECDH with the platform's COSE key, then the protocol's own KDF."""
         if not isinstance(peer, Mapping):
             raise fail(ERR.MISSING_PARAMETER if peer is None else ERR.INVALID_PARAMETER)
@@ -101,7 +115,7 @@ class PinUv:
         token = self.token
         if token is None:
             raise fail(ERR.PIN_AUTH_INVALID)
-        expected = cast(bytes, protocol.authenticate(token.value, message))  # type: ignore[no-untyped-call]
+        expected = protocol.authenticate(token.value, message)
         if not hmac.compare_digest(expected, param):
             raise fail(ERR.PIN_AUTH_INVALID)
         if not token.permissions & permission:
@@ -147,7 +161,7 @@ class PinUv:
             return self._token(state, protocol, p, save, perms, rp_id)
         raise fail(ERR.INVALID_SUBCOMMAND)
 
-    def _set_pin(self, state: SoftKeyState, protocol: PinProtocolV1, p: Mapping[int, Any],
+    def _set_pin(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
                  save: Callable[[], None]) -> dict[int, Any]:
         new_pin_enc, param = p.get(5), p.get(4)
         if not isinstance(new_pin_enc, bytes) or not isinstance(param, bytes):
@@ -162,7 +176,7 @@ class PinUv:
         save()
         return {}
 
-    def _change_pin(self, state: SoftKeyState, protocol: PinProtocolV1, p: Mapping[int, Any],
+    def _change_pin(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
                     save: Callable[[], None]) -> dict[int, Any]:
         new_pin_enc, param, pin_hash_enc = p.get(5), p.get(4), p.get(6)
         if not (isinstance(new_pin_enc, bytes) and isinstance(param, bytes) and isinstance(pin_hash_enc, bytes)):
@@ -177,7 +191,7 @@ class PinUv:
         self.token = None  # every old token dies with the old PIN
         return {}
 
-    def _token(self, state: SoftKeyState, protocol: PinProtocolV1, p: Mapping[int, Any],
+    def _token(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
                save: Callable[[], None], permissions: int, rp_id: str | None) -> dict[int, Any]:
         pin_hash_enc = p.get(6)
         if not isinstance(pin_hash_enc, bytes):
@@ -187,15 +201,15 @@ class PinUv:
         shared = self.shared_secret(protocol, p.get(3))
         self._check_pin(state, protocol, shared, pin_hash_enc, save)
         self.token = Token(secrets.token_bytes(32), permissions, rp_id)
-        return {2: protocol.encrypt(shared, self.token.value)}  # type: ignore[no-untyped-call]
+        return {2: protocol.encrypt(shared, self.token.value)}
 
     @staticmethod
-    def check_param(protocol: PinProtocolV1, shared: bytes, message: bytes, param: bytes) -> None:
-        expected = cast(bytes, protocol.authenticate(shared, message))  # type: ignore[no-untyped-call]
+    def check_param(protocol: PinCrypto, shared: bytes, message: bytes, param: bytes) -> None:
+        expected = protocol.authenticate(shared, message)
         if not hmac.compare_digest(expected, param):
             raise fail(ERR.PIN_AUTH_INVALID)
 
-    def _check_pin(self, state: SoftKeyState, protocol: PinProtocolV1, shared: bytes, pin_hash_enc: bytes,
+    def _check_pin(self, state: SoftKeyState, protocol: PinCrypto, shared: bytes, pin_hash_enc: bytes,
                    save: Callable[[], None]) -> None:
         """The retry logic of CTAP 2.1 §6.5.5.5: blocked checks first, then one retry spent,
         then the comparison; three wrong in a row need a power cycle, eight in all block."""
@@ -205,7 +219,7 @@ class PinUv:
             raise fail(ERR.PIN_AUTH_BLOCKED)
         state.pin_retries -= 1
         try:
-            given = cast(bytes, protocol.decrypt(shared, pin_hash_enc))  # type: ignore[no-untyped-call]
+            given = protocol.decrypt(shared, pin_hash_enc)
         except ValueError:
             given = b""
         assert state.pin_hash is not None  # noqa: S101 - checked by every caller
@@ -223,10 +237,10 @@ class PinUv:
         save()
 
     @staticmethod
-    def _decode_new_pin(protocol: PinProtocolV1, shared: bytes, new_pin_enc: bytes) -> bytes:
+    def _decode_new_pin(protocol: PinCrypto, shared: bytes, new_pin_enc: bytes) -> bytes:
         """The stored PIN hash, LEFT(SHA-256(pin), 16), from a padded encrypted new PIN."""
         try:
-            padded = cast(bytes, protocol.decrypt(shared, new_pin_enc))  # type: ignore[no-untyped-call]
+            padded = protocol.decrypt(shared, new_pin_enc)
         except ValueError:
             raise fail(ERR.INVALID_PARAMETER) from None
         if len(padded) < 64:

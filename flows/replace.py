@@ -42,7 +42,7 @@ from yktool.authorized_keys import authorized_keys_path, key_blob_in, revoke
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.fido.identity import usb_identity
 from yktool.fido.session import KeySession
-from yktool.git_signing import Git, add_revoked_signer, add_signer, expire_signer
+from yktool.git_signing import Git, add_revoked_signer, add_signer, default_allowed_signers, expire_signer
 from yktool.host import Host
 from yktool.inventory import Registry, Scalar
 from yktool.lastway import Loss, Removal, crypttab_luks, describe, losses, pam_authfiles, pam_requiring
@@ -59,7 +59,7 @@ from yktool.pam.register import RegisterRequest, Target, plain_target, read_curr
 from yktool.pam.register import register as pam_register
 from yktool.plan import Plan
 from yktool.ssh import enroll
-from yktool.ssh.accounts import lookup_user
+from yktool.ssh.accounts import Account, lookup_user
 from yktool.ssh.keys import FLAG_RESIDENT, FLAG_USER_PRESENCE, FLAG_USER_VERIFICATION, SkPublicKey
 from yktool.udev import identity_from
 
@@ -201,6 +201,13 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                            needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION),
                            ssh_flags=flags if isinstance(flags, int) else None))
     return found
+
+
+def signer_files(registry: Registry, account: Account) -> list[PurePosixPath]:
+    """Every allowed_signers file the registry's git records name, and the user's default one."""
+    named = [PurePosixPath(str(e["allowed_signers"])) for _k, e in registry.enrollments("git")
+             if e.get("allowed_signers")]
+    return list(dict.fromkeys([*named, default_allowed_signers(account)]))
 
 
 def probe(found: list[Found], sessions: dict[str, KeySession]) -> None:
@@ -440,13 +447,17 @@ class Replace:
         done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.answers.new_nickname,
                                           aaguid=session.aaguid)
         for e in git:
-            # where the lost key signed, the new one signs (the user's global config and its
-            # allowed_signers); where it was only accepted, the new one is, in the same file
+            # where the lost key signed (the global config or a repository's), the new one signs,
+            # with the same allowed_signers file; where it was only accepted, the new one is
             signs = bool(e.get("config_file"))
+            scope = str(e.get("config_scope") or "")
+            repo = PurePosixPath(scope.removeprefix("repo:")) if scope.startswith("repo:") else None
+            if signs and repo is not None and not self.host.is_dir(repo):
+                signs, repo = False, None   # the repository is gone: nothing signs there any more
             signers = str(e.get("allowed_signers") or "")
             add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.answers.new_nickname,
-                       signing_key=enroll.pub_path(path) if signs else None,
-                       allowed_signers=PurePosixPath(signers) if signers and not signs else None)
+                       signing_key=enroll.pub_path(path) if signs else None, repo=repo,
+                       allowed_signers=PurePosixPath(signers) if signers else None)
         return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + \
             (", git signing" if git else "")
 
@@ -634,18 +645,22 @@ class Replace:
         for where, user in self.ssh_places(f):
             if revoke(self.host, PurePosixPath(where), public, allow_empty=self.forced_empty("ssh", where, user)):
                 done.append(f"out of {where}")
-        for _k, e in registry.enrollments("git"):
-            if str(e.get("public_key", "")) != f.public_key:
-                continue
-            signers = PurePosixPath(str(e.get("allowed_signers")))
+        # the lost key's line goes out of date in every allowed_signers file yktool wrote, not
+        # only those of its own records (a registry from before one record per key forgot them)
+        expired = False
+        for signers in signer_files(registry, account):
             if expire_signer(self.host, signers, public, self.now):
+                expired = True
                 done.append(f"valid-before now in {signers}")
-            if self.answers.revoke_git:
-                revoked = account.home / REVOKED_FILE
-                if add_revoked_signer(self.host, revoked, public, account.owner()):
-                    done.append(f"listed in {revoked}")
-                config = PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
-                git = Git(self.host, account)
+        mine = [e for _k, e in registry.enrollments("git") if str(e.get("public_key", "")) == f.public_key]
+        configs = list(dict.fromkeys(PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
+                                     for e in mine))
+        if self.answers.revoke_git and (mine or expired):
+            revoked = account.home / REVOKED_FILE
+            if add_revoked_signer(self.host, revoked, public, account.owner()):
+                done.append(f"listed in {revoked}")
+            git = Git(self.host, account)
+            for config in configs or [account.home / ".gitconfig"]:
                 if git.get(config, "gpg.ssh.revocationFile") != account.display(revoked):
                     git.set(config, "gpg.ssh.revocationFile", account.display(revoked))
         # the lost key's own file, unless the new key took its place

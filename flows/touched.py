@@ -57,7 +57,7 @@ def replace_files(flow: Replace) -> Iterator[str | PurePosixPath]:
     from yktool.inventory import Registry
     from yktool.ssh.enroll import pub_path
 
-    from .replace import REVOKED_FILE
+    from .replace import REVOKED_FILE, signer_files
 
     host = flow.host
     yield from _root_files(host, flow.answers.unlock_key_file)
@@ -77,6 +77,7 @@ def replace_files(flow: Replace) -> Iterator[str | PurePosixPath]:
             continue
         if flow.has_new:
             yield flow.new_authorized_keys(f.user)
+        yield from signer_files(registry, account)  # the lost key's line is expired in each
         for _k, e in registry.enrollments("git"):
             if str(e.get("public_key", "")) == f.public_key:
                 yield from (str(e.get("allowed_signers") or ""), str(e.get("config_file") or ""))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import getpass
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,16 @@ from hwgate import (
     Candidate,
     GateOptions,
     GateRefused,
+    KeyFacts,
     check_unused,
     read_facts,
     select_key,
     skip_reason,
     unmet,
 )
+from hwroot import make_root, run, tool_env
+
+SIM_SKIP = "needs a real key: libfido2 and sysfs cannot see the software key"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,9 +68,14 @@ def gate_options(config: pytest.Config) -> GateOptions:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # what a destructive test leaves (a PIN only it knows) must meet no other test: those run last
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
     reason = skip_reason(gate_options(config))
     if reason is None:
-        return
+        if not (config.getoption("hw_device") or "").startswith("sim:"):
+            return
+        # a mark, not a fixture: skipped before any fixture (module-scoped ones too) is set up
+        reason, items = SIM_SKIP, [item for item in items if item.get_closest_marker("real_key_only")]
     for item in items:
         item.add_marker(pytest.mark.skip(reason=reason))
 
@@ -82,15 +91,20 @@ def find_candidates(device: str | None = None) -> list[Candidate]:
 
         return [Candidate(spec=device, serial=None, open=lambda: open_device(device),
                           product="yktool software key")]
-    from fido2.hid import CtapHidDevice
+    from fido2.hid import CtapHidDevice, list_descriptors, open_connection
+    from fido2.hid.base import HidDescriptor
 
     from yktool.fido.yubikey import serial_for_hidraw
 
+    # opened only when used: hidraw hands every open fd each reply, so a device held open while
+    # serial_for_hidraw talks to the key would later read that reply ("Wrong channel")
+    def opener(desc: HidDescriptor) -> Callable[[], CtapHidDevice]:
+        return lambda: CtapHidDevice(desc, open_connection(desc))  # type: ignore[no-untyped-call]
+
     found = []
-    for dev in CtapHidDevice.list_devices():
-        path = dev.descriptor.path
-        found.append(Candidate(spec=f"hid:{path}", serial=serial_for_hidraw(path),
-                               open=lambda d=dev: d, product=dev.descriptor.product_name or ""))
+    for desc in list_descriptors():  # type: ignore[no-untyped-call]
+        found.append(Candidate(spec=f"hid:{desc.path}", serial=serial_for_hidraw(desc.path),
+                               open=opener(desc), product=desc.product_name or ""))
     return found
 
 
@@ -104,23 +118,51 @@ def announce(config: pytest.Config, message: str) -> None:
         print(f"\n>>> {message}", flush=True)
 
 
+@pytest.fixture
+def confirm(pytestconfig: pytest.Config) -> Callable[[str], str]:
+    """confirm(question) -> the person's answer, read past pytest's capture (which hides stdin:
+    without this a typed confirmation needed `-s`); no answer at all (end of input) is ""."""
+
+    def ask(question: str) -> str:
+        capman = pytestconfig.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(in_=True)  # stdin too, as pytest's own debugger does
+        try:
+            return input(question)
+        except EOFError:
+            return ""
+        finally:
+            if capman is not None:
+                capman.resume_global_capture()
+
+    return ask
+
+
 @pytest.fixture(scope="session")
 def hw_key(pytestconfig: pytest.Config) -> Iterator[Candidate]:
     """The one key under test; refuses the whole run on any doubt."""
     opts = gate_options(pytestconfig)
     try:
         key = select_key(opts, find_candidates(opts.device))
-        check_unused(opts, read_facts(key.open()))
+        with key.open() as device:
+            check_unused(opts, read_facts(device))
     except GateRefused as refusal:
         pytest.exit(f"hardware tests refused to start: {refusal.reason}", returncode=4)
     yield key
 
 
-def firmware_of(key: Candidate) -> tuple[int, int, int] | None:
+@pytest.fixture(scope="session")
+def hw_facts(hw_key: Candidate) -> KeyFacts:
+    """What the key can do (getInfo and, on a YubiKey, its firmware): read once per run."""
+    with hw_key.open() as device:
+        return read_facts(device, firmware_of(device))
+
+
+def firmware_of(device: Any) -> tuple[int, int, int] | None:
     """The YubiKey firmware as a tuple, through yubikey-manager; None when it cannot tell."""
     from yktool.fido.yubikey import read_facts as yubikey_facts
 
-    facts = yubikey_facts(key.open())
+    facts = yubikey_facts(device)
     if facts is None or not facts.firmware:
         return None
     parts = [int(p) for p in facts.firmware.split(".")[:3] if p.isdigit()]
@@ -129,15 +171,10 @@ def firmware_of(key: Candidate) -> tuple[int, int, int] | None:
 
 @pytest.fixture(autouse=True)
 def _capabilities(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("real_key_only") is not None:
-        device = request.config.getoption("hw_device") or ""
-        if device.startswith("sim:"):
-            pytest.skip("needs a real key: libfido2 and sysfs cannot see the software key")
     marker = request.node.get_closest_marker("requires")
     if marker is None:
         return
-    key: Candidate = request.getfixturevalue("hw_key")
-    why = unmet(read_facts(key.open(), firmware_of(key)), **marker.kwargs)
+    why = unmet(request.getfixturevalue("hw_facts"), **marker.kwargs)
     if why:
         pytest.skip(why)
 
@@ -178,14 +215,33 @@ def person(touch: Any) -> Person:
 
 
 @pytest.fixture
-def session(hw_key: Candidate, person: Person) -> Any:
-    """A KeySession on the key under test."""
+def session(hw_key: Candidate, person: Person) -> Iterator[Any]:
+    """A KeySession on the key under test, on a handle of its own that is closed after the test.
+
+    A test that lets another program (ssh-keygen, pamtester) talk to the key and then uses the
+    session again must first `discard_stale_reports(session.device)`: hidraw gives every reply
+    to every open handle.
+    """
     from yktool.fido.session import KeySession
 
-    return KeySession(hw_key.open(), person)
+    with hw_key.open() as device:
+        yield KeySession(device, person)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def yktool_cmd(hw_key: Candidate) -> list[str]:
     """argv prefix that runs this checkout's yktool against the key under test."""
     return [str(Path(sys.executable).parent / "yktool"), "--device", hw_key.spec]
+
+
+@pytest.fixture(scope="session")
+def ssh_key_root(yktool_cmd: list[str], tmp_path_factory: pytest.TempPathFactory,
+                 pytestconfig: pytest.Config) -> Path:
+    """A scratch root whose user `tester` has the SSH key `yktool ssh keygen` made on the key under
+    test: made once (one touch) for the tests that sign with it and log in with it."""
+    tmp = tmp_path_factory.mktemp("ssh-key")
+    root = make_root(tmp)
+    announce(pytestconfig, "touch the key now (yktool ssh keygen)")
+    made = run([*yktool_cmd, "--root", str(root), "ssh", "keygen", "--user", "tester"], tool_env(tmp))
+    assert made.returncode == 0, made.stderr
+    return root

@@ -8,17 +8,14 @@ from typing import Any
 
 import pytest
 
-from hwroot import make_root, run, tool_env
+from hwroot import run, tool_env
 
 
 @pytest.mark.real_key_only
-def test_real_git_signs_and_verifies_with_a_key_yktool_made(yktool_cmd: list[str], tmp_path: Path,
-                                                           touch: Any) -> None:
-    root = make_root(tmp_path)
+def test_real_git_signs_and_verifies_with_a_key_yktool_made(yktool_cmd: list[str], ssh_key_root: Path,
+                                                           tmp_path: Path, touch: Any) -> None:
+    root = ssh_key_root
     env = tool_env(tmp_path)
-    touch(1)
-    made = run([*yktool_cmd, "--root", str(root), "ssh", "keygen", "--user", "tester"], env)
-    assert made.returncode == 0, made.stderr
     repo = root / "home/tester/repo"
     assert run(["git", "init", "-q", str(repo)], env).returncode == 0
     configured = run([*yktool_cmd, "--root", str(root), "git", "signing", "--email", "hw@example.com",

@@ -1,17 +1,18 @@
 """`yktool key pin` on a real key. Setting a PIN is permanent (only a reset removes it), so these
-tests need --destructive; the wrong-PIN test spends one attempt and gives it back with the
-right PIN."""
+tests need --destructive and run last (conftest), so no other test meets the PIN they leave; the
+wrong-PIN test spends one attempt and gives it back with the right PIN."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hwgate import GateOptions, GateRefused, check_destructive
+from hwgate import Candidate, GateOptions, GateRefused, check_destructive, read_facts
 
 PIN, NEW_PIN = "246810", "135791"
 
@@ -21,17 +22,19 @@ def _yk(cmd: list[str], *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 
 @pytest.fixture
-def fresh_pin(pytestconfig: pytest.Config, yktool_cmd: list[str]) -> None:
+def fresh_pin(pytestconfig: pytest.Config, hw_key: Candidate, confirm: Callable[[str], str]) -> None:
     opts = GateOptions(destructive=bool(pytestconfig.getoption("--destructive")))
     try:
-        check_destructive(opts, lambda q: input(q))
+        check_destructive(opts, confirm)
     except (GateRefused, OSError) as refusal:
         pytest.skip(str(refusal))
-    info = json.loads(_yk(yktool_cmd, "--json", "key", "info").stdout)
-    if info["pin_set"]:
+    with hw_key.open() as device:
+        pin_set = read_facts(device).pin_set
+    if pin_set:
         pytest.skip("the key already has a PIN: reset it first (yktool key reset) to run the PIN tests")
 
 
+@pytest.mark.destructive
 def test_pin_set_change_verify(fresh_pin: None, yktool_cmd: list[str], tmp_path: Path) -> None:
     assert _yk(yktool_cmd, "key", "pin", "set", "--pin-stdin", stdin=f"{PIN}\n").returncode == 0
     assert _yk(yktool_cmd, "key", "pin", "verify", "--pin-stdin", stdin=f"{PIN}\n").returncode == 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from yktool.fido.devices import discard_stale_reports
 from yktool.fido.session import EDDSA, KeySession
 from yktool.ssh.enroll import make_key, parse_options, sign
 from yktool.ssh.keys import SkPrivateKey
@@ -58,6 +59,7 @@ def test_yktool_signs_with_a_key_openssh_made(session: KeySession, tmp_path: Pat
     assert made.returncode == 0, made.stderr
     key = SkPrivateKey.from_file(path.read_bytes())
     assert key.pub_file() == (tmp_path / "id_sk.pub").read_bytes()
+    discard_stale_reports(session.device)  # ssh-keygen's replies reached our handle too
     message = b"signed by yktool through python-fido2\n"
     (tmp_path / "msg.sig").write_bytes(sign(session, key, "git", message))
     good = _verify(tmp_path, key, message, tmp_path / "msg.sig")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hwroot import make_root, run, tool_env
+from hwroot import run, tool_env
 
 
 def _free_port() -> int:
@@ -22,14 +23,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_listening(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Until sshd accepts connections (a slow machine takes more than a moment); its log if it died."""
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        assert server.poll() is None, f"sshd exited {server.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"sshd did not listen on 127.0.0.1:{port}:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
 @pytest.mark.real_key_only
 @pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
                     reason="needs sshd (openssh-server) to run a throwaway server on 127.0.0.1")
-def test_ssh_login_with_the_key(yktool_cmd: list[str], tmp_path: Path, touch: Any) -> None:
-    root = make_root(tmp_path)
+def test_ssh_login_with_the_key(yktool_cmd: list[str], ssh_key_root: Path, tmp_path: Path, touch: Any) -> None:
+    root = ssh_key_root
     env = tool_env(tmp_path)
-    touch(1)
-    assert run([*yktool_cmd, "--root", str(root), "ssh", "keygen", "--user", "tester"], env).returncode == 0
     authorized = run([*yktool_cmd, "--root", str(root), "ssh", "authorize", "--user", "tester"], env)
     assert authorized.returncode == 0, authorized.stderr
     keys = root / "home/tester/.ssh/authorized_keys"
@@ -43,9 +53,11 @@ def test_ssh_login_with_the_key(yktool_cmd: list[str], tmp_path: Path, touch: An
         f"PidFile {tmp_path}/sshd.pid\nPermitRootLogin prohibit-password\n"
     )
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    log = tmp_path / "sshd.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
     try:
-        time.sleep(0.5)
+        _wait_listening(server, port, log)
         touch(1)
         user = os.environ.get("USER") or "root"
         login = subprocess.run(
@@ -54,7 +66,7 @@ def test_ssh_login_with_the_key(yktool_cmd: list[str], tmp_path: Path, touch: An
              "-o", f"UserKnownHostsFile={tmp_path}/known_hosts", "-o", "BatchMode=yes",
              f"{user}@127.0.0.1", "echo", "logged-in-with-the-key"],
             env=env, capture_output=True, text=True, timeout=120, check=False)
-        assert login.returncode == 0, login.stderr
+        assert login.returncode == 0, login.stderr + log.read_text()
         assert "logged-in-with-the-key" in login.stdout
     finally:
         server.terminate()

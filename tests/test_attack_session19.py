@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,11 +251,6 @@ def test_a_gate_before_the_password_is_judged_as_pam_succeed_if_does(tmp_path: P
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is real
 
 
-@pytest.mark.xfail(strict=True, reason="lastway's Judge still takes every module it cannot judge (pam_listfile, "
-                   "pam_access, pam_wheel, pam_time, …) as 'may succeed' on the way to pam_unix; the careful reading "
-                   "(a way in must not need an unjudged module's success) over-refuses common stacks "
-                   "(pam_nologin, pam_env in front of the password) and needs a list of modules that pass in "
-                   "normal use: not done this session")
 def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> None:
     from tests.flows_support import PASSWORD_HASH
     from tests.test_lastway_pam_judged import real_libpam_lets_alice_in, yktool_says_alice_gets_in
@@ -268,6 +264,97 @@ def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> No
     assert real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH) is False
     w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_listfile.so", b"\x7fELF")
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is False
+
+
+# a module lastway cannot judge is never taken as "may succeed" on the way to the password; the modules
+# that pass in normal use (pam_env, pam_nologin without its file, …) still leave the password a way in.
+# {nologin}: a file pam_nologin reads (there in the "-present" cases); {gate}: a file the gate reads
+U2F_RULE = "pam_u2f.so authfile=/etc/u2f_mappings cue"
+DEBIAN_COMMON_AUTH = ("auth\t[success=1 default=ignore]\tpam_unix.so nullok\nauth\trequisite\t\t\tpam_deny.so\n"
+                      "auth\trequired\t\t\tpam_permit.so\n")
+BEFORE_PASSWORD = {
+    # Debian 12's sudo with pam_u2f in front of the default common-auth (pam-auth-update's)
+    "debian-sudo": (f"auth sufficient {U2F_RULE}\n@include common-auth\n", True),
+    # Debian 12's login: faildelay, nologin (its default files), then common-auth
+    "debian-login": ("auth optional pam_faildelay.so delay=3000000\nauth requisite pam_nologin.so\n"
+                     f"auth sufficient {U2F_RULE}\n@include common-auth\n", True),
+    "env-nologin-absent": ("auth required pam_env.so\nauth requisite pam_nologin.so file={nologin}\n"
+                           f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
+    "nologin-present": ("auth requisite pam_nologin.so file={nologin}-present\n"
+                        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
+    "nologin-present-successok": ("auth [success=ok default=bad] pam_nologin.so successok file={nologin}-present\n"
+                                  f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
+    "keyinit-warn-echo-mail-required": ("auth required pam_keyinit.so\nauth required pam_warn.so\n"
+                                        "auth required pam_echo.so welcome\nauth required pam_mail.so\n"
+                                        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
+    # session-only modules have no auth function: libpam fails a `required` one, skips an `optional` one
+    "session-only-optional": ("auth optional pam_limits.so\nauth optional pam_umask.so\n"
+                              f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
+    "session-only-required": ("auth required pam_limits.so\n"
+                              f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
+    # gates lastway cannot judge, shut for alice: the password is no way in
+    "listfile-gate": ("auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
+                      f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n", False),
+    "access-gate": ("auth [success=ignore default=1] pam_access.so accessfile={gate}\n"
+                    f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n", False),
+    "listfile-requisite": (f"auth sufficient {U2F_RULE}\n"
+                           "auth requisite pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
+                           "auth required pam_unix.so nodelay\n", False),
+}
+GATE_TEXT = {"listfile": "bob\n", "access": "-:alice:ALL\n+:ALL:ALL\n"}
+
+
+def _before_password(tmp_path: Path, name: str) -> str:
+    from tests.fixtures.roots import w as write_in
+
+    nologin, gate = tmp_path / "nologin", tmp_path / "gate"
+    service = BEFORE_PASSWORD[name][0].format(nologin=nologin, gate=gate)
+    # the judge reads them where the stack names them; yktool inside its root, at the same paths
+    for base in (Path("/"), tmp_path / "root"):
+        write_in(base, f"{nologin}-present", "no logins: maintenance\n")
+        write_in(base, str(gate), GATE_TEXT.get(name.split("-")[0], ""))
+    return service
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_PASSWORD))
+def test_modules_before_the_password_are_judged_as_libpam_runs_them(tmp_path: Path, name: str) -> None:
+    from tests.flows_support import PASSWORD_HASH
+    from tests.test_lastway_pam_judged import real_libpam_lets_alice_in, yktool_says_alice_gets_in
+
+    if os.geteuid() != 0 or shutil.which("pamtester") is None:
+        pytest.skip("needs root and pamtester")
+    if name == "debian-login" and any(Path(p).exists() for p in ("/etc/nologin", "/var/run/nologin")):
+        pytest.skip("this machine has a nologin file: the judge would shut alice out")
+    service = _before_password(tmp_path, name)
+    extra = {"common-auth": DEBIAN_COMMON_AUTH}
+    real = real_libpam_lets_alice_in(tmp_path, service, extra, PASSWORD_HASH)
+    assert real is BEFORE_PASSWORD[name][1], real
+    modules = tmp_path / "root/usr/lib/x86_64-linux-gnu/security"
+    for module in set(re.findall(r"pam_\w+\.so", service)):
+        w(tmp_path / "root", str(modules.relative_to(tmp_path / "root") / module), b"\x7fELF")
+    assert yktool_says_alice_gets_in(tmp_path, service, extra, PASSWORD_HASH) is real
+
+
+@pytest.mark.parametrize("module", ["pam_access.so accessfile=/etc/security/access.conf", "pam_wheel.so",
+                                    "pam_time.so", "pam_sss.so", "pam_shells.so"])
+def test_a_way_through_a_module_lastway_cannot_judge_is_not_counted_and_named(tmp_path: Path, module: str) -> None:
+    # even where it would let alice through: yktool cannot tell, so the password behind it is not
+    # counted, and the refusal says which module and why
+    from tests.flows_support import PASSWORD_HASH, set_shadow
+    from yktool.lastway import Judge, passes_without
+    from yktool.pam.stack import parse_service
+
+    root = tmp_path / "root"
+    w(root, "/etc/pam.d/yktest", f"auth sufficient {U2F_RULE}\nauth required {module}\nauth required pam_unix.so\n")
+    w(root, "/etc/passwd", "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n")
+    set_shadow(root, alice=PASSWORD_HASH)
+    for so in ("pam_u2f.so", "pam_unix.so", module.split()[0]):
+        w(root, f"/usr/lib/x86_64-linux-gnu/security/{so}", b"\x7fELF")
+    host = Host(root)
+    judge = Judge(host, "alice")
+    assert not passes_without(parse_service(host, "yktest"), lambda ln: ln.module_name == "pam_u2f", judge=judge)
+    name = module.split(".")[0]
+    assert "not counted" in judge.doubts.get(name, ""), judge.doubts
 
 
 # ------------------------------------------------------------------ replace: an authorized key the registry lost
@@ -388,3 +475,31 @@ def test_a_required_pam_u2f_rule_whose_authfile_holds_no_credential_locks_everyo
       + "@include common-auth\n")
     result = _sudo(hardened_root)
     assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)
+
+
+# ------------------------------------------------------------------ through yktool key reset
+@pytest.mark.parametrize("gate", ["listfile", "none"])
+def test_reset_of_the_last_key_refused_behind_a_gate_yktool_cannot_judge(scratch: Path, cli: object, gate: str) -> None:
+    # alice's only other way in is her password, behind a pam_listfile gate: the reset of her only key
+    # is refused and names the module; with Debian's common-auth and no gate it goes ahead
+    from tests.flows_support import PASSWORD_HASH, set_shadow, tree_bytes
+    from tests.test_attack_lastway import _alice_has_only, _install_stack, _reset
+    from yktool.demo import ROOT
+
+    root = scratch / ROOT
+    _alice_has_only(scratch, "primary")
+    listfile = ("auth [success=ignore default=1] pam_listfile.so item=user sense=allow file=/etc/password-users "
+                "onerr=fail\n")
+    front = listfile if gate == "listfile" else "auth optional pam_faildelay.so\nauth requisite pam_nologin.so\n"
+    _install_stack(scratch, (f"auth sufficient {U2F_RULE}\n{front}@include common-auth\n",
+                             {"common-auth": DEBIAN_COMMON_AUTH}))
+    w(root, "/etc/password-users", "bob\n")
+    set_shadow(root, alice=PASSWORD_HASH)
+    before = tree_bytes(root)
+    r = _reset(cli, scratch, "primary")  # type: ignore[arg-type]
+    if gate == "none":
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 4, r.output
+    assert "without any pam_u2f credential" in r.stderr and "pam_listfile (yktool cannot tell" in r.stderr, r.stderr
+    assert tree_bytes(root) == before

@@ -192,6 +192,8 @@ def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--email", "not an email"], "cannot be an allowed_signers principal"),
+    (["--email", "alice\x1b]0;owned\x07@example.org"], "has control characters"),
+    (["--email", "alice\x7f@example.org"], "has control characters"),
     (["--email", EMAIL, "--global", "--repo", "/home/alice"], "exclude each other"),
     (["--email", EMAIL, "--repo", "/home/alice"], "not a git repository"),
     (["--email", EMAIL, "--key", "/home/alice/.ssh/missing.pub"], "no such file"),
@@ -202,6 +204,7 @@ def test_bad_input_changes_nothing(world: SshWorld, args: list[str], message: st
     res = world.yk("git", "signing", "--user", "alice", *args)
     assert res.exit_code == 2, res.output
     assert message in res.stderr and "hint:" in res.stderr
+    assert "\x1b" not in res.output and "\x07" not in res.output  # shown escaped, never raw
     assert snapshot(world.root) == before
 
 

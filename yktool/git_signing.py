@@ -40,6 +40,10 @@ def allowed_signer_line(email: str, public: SkPublicKey) -> str:
 
 
 def check_email(email: str) -> None:
+    # control characters (ESC, BEL, DEL …) would reach allowed_signers, git config and terminals
+    if any(not c.isprintable() and not c.isspace() for c in email):
+        raise UsageError(f"{email!r} cannot be an allowed_signers principal: it has control characters",
+                         "give one email address of printable characters")
     if not email or any(c.isspace() for c in email) or "," in email or '"' in email:
         raise UsageError(f"{email!r} cannot be an allowed_signers principal",
                          "give one email address without spaces, commas or quotes")
@@ -345,11 +349,11 @@ class Signer:
 
 def add_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
                nickname: str | None, signing_key: PurePosixPath | None = None,
-               allowed_signers: PurePosixPath | None = None) -> Signer:
+               allowed_signers: PurePosixPath | None = None, repo: PurePosixPath | None = None) -> Signer:
     """Accept the key's git signatures for `email` (its allowed_signers line); with `signing_key`
-    (the key's .pub) git also signs with it (`configure`, proven by git reading every value
-    back). Recorded in the registry (kind git) under `nickname`, else the key that made the
-    credential, replacing this key's earlier record for the same email and allowed_signers file.
+    (the key's .pub) git also signs with it, in the user's global config or `repo`'s
+    (`configure`, proven by git reading every value back). Recorded in the registry (kind git)
+    under `nickname`, else the key that made the credential (`Registry.record_git`).
     Every git enrollment of a flow ends here (`yktool git signing`: `configure_and_record`)."""
     public = key.public if isinstance(key, SkPrivateKey) else key
     signers = allowed_signers or default_allowed_signers(account)
@@ -357,10 +361,11 @@ def add_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *,
     if signing_key is None:
         changed = add_allowed_signer(host, signers, email, public, account.owner())
     else:
-        setup = configure(host, account, email=email, pub_path=signing_key, public=public, allowed_signers=signers)
+        setup = configure(host, account, email=email, pub_path=signing_key, public=public, repo=repo,
+                          allowed_signers=signers)
         changed = bool(setup.changed or setup.allowed_signers_changed)
     _record_signer(host, account, key, email=email, nickname=nickname, allowed_signers=signers, setup=setup,
-                   earlier={"public_key": public.line(), "allowed_signers": str(signers)})
+                   repo=repo)
     return Signer(signers, changed, setup)
 
 
@@ -368,16 +373,15 @@ def configure_and_record(host: Host, account: Account, *, email: str, pub: PureP
                          repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
                          nickname: str | None = None) -> SigningSetup:
     """The whole `git signing` step: sign with the key of this .pub (or key-handle file), and
-    record it; the config signs with this key now, so every earlier record of the same email and
-    config file goes."""
+    record it; the config signs with this key now, so the key that signed there before stays
+    recorded as only accepted (its allowed_signers line is still there)."""
     if not str(pub).endswith(".pub"):
         pub = pub_path(pub)
     public, _comment, private = load_key_pair(host, pub)
     setup = configure(host, account, email=email, pub_path=pub, public=public, repo=repo,
                       allowed_signers=allowed_signers)
     _record_signer(host, account, private or public, email=email, nickname=nickname,
-                   allowed_signers=setup.allowed_signers, setup=setup, repo=repo,
-                   earlier={"config_file": str(setup.config_file)})
+                   allowed_signers=setup.allowed_signers, setup=setup, repo=repo)
     return setup
 
 
@@ -386,9 +390,9 @@ def default_allowed_signers(account: Account) -> PurePosixPath:
 
 
 def _record_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
-                   nickname: str | None, allowed_signers: PurePosixPath, earlier: dict[str, Scalar],
+                   nickname: str | None, allowed_signers: PurePosixPath,
                    setup: SigningSetup | None = None, repo: PurePosixPath | None = None) -> None:
-    """Record a git enrollment (kind git) in place of the `earlier` ones of the same email."""
+    """Record a git enrollment (kind git): `Registry.record_git` keeps one per key and place."""
     private, public = (key, key.public) if isinstance(key, SkPrivateKey) else (None, key)
     fields: dict[str, Scalar] = {"email": email, "user": account.name, "allowed_signers": str(allowed_signers)}
     if setup is not None:
@@ -401,5 +405,4 @@ def _record_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey
         fields["credential_id"] = credential_id
     name = nickname_of_credential(host, credential_id, nickname)
     with Registry.update(host) as registry:
-        registry.forget("git", email=email, **earlier)
-        registry.record(name, "git", **fields)
+        registry.record_git(name, fields)

@@ -140,6 +140,41 @@ class Registry:
         key.enrollments.append(entry)
         return True
 
+    def record_git(self, nickname: str, fields: dict[str, Scalar]) -> None:
+        """Record a git enrollment: one record per key, email and allowed_signers file, and per
+        config file the key signs in. Every key with a line yktool wrote stays known (`replace`
+        must expire a lost key's line even after another key took over the signing). A config
+        file signs with one key: the key that signed there before keeps its record, as only
+        accepted (no config_file) in its allowed_signers file."""
+        same = ("public_key", "email", "allowed_signers")
+        config = fields.get("config_file", "")
+
+        def ours(e: dict[str, Scalar]) -> bool:
+            return all(e.get(k) == fields.get(k) for k in same)
+
+        def known_as_accepted(e: dict[str, Scalar]) -> bool:
+            return any(ours_e is not e and all(ours_e.get(k) == e.get(k) for k in same)
+                       and not ours_e.get("config_file") for _k, ours_e in self.enrollments("git"))
+
+        if not config:
+            if any(ours(e) for _k, e in self.enrollments("git")):
+                return  # already accepted there (or signing there, which accepts it too)
+        for key in self.keys:
+            kept: list[dict[str, Scalar]] = []
+            for e in key.enrollments:
+                if e.get("kind") != "git":
+                    kept.append(e)
+                elif ours(e) and e.get("config_file") in ("", config):
+                    continue  # this key's earlier record for this file and config: replaced
+                elif config and e.get("config_file") == config:
+                    if not known_as_accepted(e):  # another key signed here: now only accepted
+                        kept.append({k: v for k, v in e.items() if k not in ("config_file", "config_scope")}
+                                    | {"config_file": ""})
+                else:
+                    kept.append(e)
+            key.enrollments = kept
+        self.ensure_key(nickname).enrollments.append({"kind": "git", **fields})
+
     def forget(self, kind: str, **match: Scalar) -> int:
         """Drop every enrollment of `kind` whose fields include `match`; returns how many."""
         dropped = 0

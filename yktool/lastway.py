@@ -111,22 +111,40 @@ def _rule(line: PamLine) -> tuple[str, int, tuple[str, ...]]:
 # from the root's passwd/shadow, another pam_u2f line reads another authfile
 WAY_IN = frozenset({"pam_permit", "pam_unix", "pam_u2f"})
 
+# modules that are no way in but pass in normal use, with what their auth entry point returns
+# (Linux-PAM 1.5, its sources): a path through them is still a way in. pam_env, pam_keyinit,
+# pam_mail and pam_warn return PAM_IGNORE; pam_faildelay sets the delay and ignores; pam_echo
+# prints (SUCCESS) or, silent or without its file, ignores. The session-only modules have no
+# pam_sm_authenticate, and libpam makes a rule with no function PAM_MODULE_UNKNOWN. pam_nologin
+# and pam_rootok are judged (`Judge._nologin`, `Judge.outcomes`). Not here, so a path through
+# them is not counted: what reads other state to decide (pam_listfile, pam_access, pam_wheel,
+# pam_time, pam_shells, pam_lastlog's `inactive`, pam_cap, a keyring daemon's module, pam_sss…).
+PASS_IN_NORMAL_USE: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("pam_env", "pam_faildelay", "pam_keyinit", "pam_mail", "pam_warn"), ("ignore",)),
+    "pam_echo": ("success", "ignore"),
+    **dict.fromkeys(("pam_umask", "pam_limits", "pam_loginuid", "pam_systemd", "pam_motd"), ("module_unknown",)),
+}
+_NOLOGIN = ("/var/run/nologin", "/etc/nologin")  # pam_nologin's defaults, the first found
+
 
 @dataclass
 class Judge:
     """What each rule of a stack can return for `user`, read from the root where yktool can.
 
     The decision this serves is "may a credential go": counting a rule as a possible way in when
-    it is not would lock someone out, so only what yktool can judge counts (`WAY_IN`). A module it
-    cannot judge (pam_sss, pam_krb5, …) may succeed or fail on a path, but its success alone is
-    never taken as the user's way in; a module that is not installed returns PAM_MODULE_UNKNOWN as
-    libpam makes it (with a leading `-` or without: the dash only silences the log; pamtester
-    shows `-auth required pam_missing.so` failing the stack)."""
+    it is not would lock someone out, so only what yktool can judge counts. A way through counts
+    only when a module that is a way in (`WAY_IN`) succeeded on it and every module run on it is
+    judged here or passes in normal use (`PASS_IN_NORMAL_USE`): one yktool cannot judge
+    (pam_listfile, pam_access, pam_sss, …) may be a gate that shuts the way, so a path through it
+    is not counted, whatever it returned (`doubts` says which and why). A module that is not
+    installed returns PAM_MODULE_UNKNOWN as libpam makes it (with a leading `-` or without: the
+    dash only silences the log; pamtester shows `-auth required pam_missing.so` failing the stack)."""
 
     host: Host | None = None
     user: str = ""
     doubts: dict[str, str] = field(default_factory=dict)   # module -> why it is not counted
     _unix: tuple[str, ...] | None = None
+    _unjudged: set[tuple[str, int, tuple[str, ...]]] = field(default_factory=set)  # rules a way may not run
 
     def outcomes(self, line: PamLine) -> tuple[str, ...]:
         name = line.module_name
@@ -143,14 +161,27 @@ class Judge:
             judged = succeed_if_result(self.host, self.user, line.args)
             if judged is not None:
                 return judged
+        if name in PASS_IN_NORMAL_USE:
+            return PASS_IN_NORMAL_USE[name]
+        if name == "pam_nologin" and self.host is not None:
+            return self._nologin(self.host, line)
+        if name == "pam_rootok":
+            # success means the caller is root already: never the user's way in (not in WAY_IN)
+            return ("success", "auth_err") if self.user == "root" else ("auth_err",)
         if name not in WAY_IN:
-            self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} in")
+            self._unjudged.add(_rule(line))
+            self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} through, "
+                                         "and it is not a module known to pass in normal use: a way through it "
+                                         "is not counted")
         return ("success", "auth_err")
 
     def counts(self, trail: tuple[Step, ...]) -> bool:
-        """A way through counts when a module yktool can judge succeeded on it, and nothing on it
-        is impossible: pam_unix `use_first_pass` only checks a password an earlier pam_unix on
-        the way asked for (pam_u2f asks none), else it fails."""
+        """A way through counts when a module yktool can judge succeeded on it, no module on it
+        is one yktool cannot judge, and nothing on it is impossible: pam_unix `use_first_pass`
+        only checks a password an earlier pam_unix on the way asked for (pam_u2f asks none),
+        else it fails."""
+        if any(_rule(s.line) in self._unjudged for s in trail):
+            return False
         asked = False
         for s in trail:
             if s.line.module_name != "pam_unix":
@@ -160,6 +191,29 @@ class Judge:
             elif s.result == "success" and not asked:
                 return False
         return any(s.result == "success" and s.line.module_name in WAY_IN for s in trail)
+
+    def _nologin(self, host: Host, line: PamLine) -> tuple[str, ...]:
+        """pam_nologin (perform_check): with its file there (`file=`, else /var/run/nologin or
+        /etc/nologin) it fails everyone but root (a user not in passwd: USER_UNKNOWN, a folder:
+        SYSTEM_ERR); without, it ignores (`successok`: SUCCESS)."""
+        absent = ("success",) if "successok" in line.args else ("ignore",)
+        named = [a.split("=", 1)[1] for a in line.args if a.startswith("file=")]
+        try:
+            found = next((p for p in (named[-1:] or list(_NOLOGIN)) if host.exists(p)), None)
+            if found is None:
+                return absent
+            if host.is_dir(found):
+                return ("system_err",)
+            uid = _colon_field(host, "/etc/passwd", self.user, 2) if host.is_file("/etc/passwd") else None
+        except (OSError, YktoolError) as exc:
+            self.doubts.setdefault("pam_nologin", f"yktool cannot read the root ({getattr(exc, 'message', exc)})")
+            return ("auth_err",)
+        if uid is None:
+            return ("user_unknown",)
+        if uid == "0":
+            return absent
+        self.doubts.setdefault("pam_nologin", f"{found} exists: pam_nologin lets only root in")
+        return ("auth_err",)
 
     @staticmethod
     def _missing(host: Host, line: PamLine) -> bool:
@@ -241,12 +295,12 @@ def succeed_if_result(host: Host, user: str, args: list[str]) -> tuple[str, ...]
     return ("success",)
 
 
-def _colon_field(host: Host, path: str, user: str) -> str | None:
-    """The second field of `user`'s line in a passwd-style file (None: no line)."""
+def _colon_field(host: Host, path: str, user: str, index: int = 1) -> str | None:
+    """A field (the second, unless told) of `user`'s line in a passwd-style file (None: no line)."""
     for line in host.read_text(path).splitlines():
         fields = line.split(":")
-        if len(fields) >= 2 and fields[0] == user:
-            return fields[1]
+        if len(fields) > index and fields[0] == user:
+            return fields[index]
     return None
 
 

@@ -108,7 +108,7 @@ def _bound_copy(path: str, text: str, base: Path, mode: int) -> Iterator[None]:
 
 
 @contextmanager
-def _guest_accounts(base: Path) -> Iterator[None]:
+def guest_accounts(base: Path) -> Iterator[None]:
     """sshd's privilege-separation user, and root's shadow entry not locked ("!"): virtme-ng's
     /etc/shadow locks it, and sshd without PAM refuses a locked account even for a public key."""
     passwd = Path("/etc/passwd").read_text()
@@ -156,7 +156,7 @@ def sshd(base: Path, authorized_keys: Path) -> Iterator[Sshd]:
     ]))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = folder / "sshd.log"
-    with _guest_accounts(base):
+    with guest_accounts(base):
         run([SSHD, "-t", "-f", config], env={"LD_LIBRARY_PATH": str(LIBWRAP)}, check=True)
         with log.open("w") as out:
             proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=out,

@@ -32,9 +32,15 @@ EXPECTED_PIN_ENTRIES = 1
 
 def yktool(*args: str, stdin: str = "") -> tuple[dict[str, object], float]:
     start = time.perf_counter()
-    proc = subprocess.run([str(REPO / ".venv/bin/yktool"), *args], input=stdin, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/yktool"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")},
+        timeout=300,
+        check=False,
+    )
     took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"yktool {' '.join(args[:8])} … failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -56,24 +62,62 @@ def main() -> None:
             keys = scratch / "keys"
             pin = "2468"
             report, took = yktool(
-                "--root", root, "--tpm", tcti, "--device", f"sim:{keys}/primary.json", "--yes", "--json", "commission",
-                "--kind", "linux", "--user", "alice", "--luks-device", str(IMAGE),
-                "--git-email", "alice@demo-host.example",
-                "--pam-origin", "pam://demo-host", "--backup-device", f"sim:{keys}/backup.json",
-                "--unlock-key-file", str(PASSPHRASE), "--recovery-key-file", str(scratch / "recovery.txt"),
-                "--new-pin-stdin", "--verify-only", ",".join(VERIFY_ITEMS), stdin=f"{pin}\n{pin}\n")
+                "--root",
+                root,
+                "--tpm",
+                tcti,
+                "--device",
+                f"sim:{keys}/primary.json",
+                "--yes",
+                "--json",
+                "commission",
+                "--kind",
+                "linux",
+                "--user",
+                "alice",
+                "--luks-device",
+                str(IMAGE),
+                "--git-email",
+                "alice@demo-host.example",
+                "--pam-origin",
+                "pam://demo-host",
+                "--backup-device",
+                f"sim:{keys}/backup.json",
+                "--unlock-key-file",
+                str(PASSPHRASE),
+                "--recovery-key-file",
+                str(scratch / "recovery.txt"),
+                "--new-pin-stdin",
+                "--verify-only",
+                ",".join(VERIFY_ITEMS),
+                stdin=f"{pin}\n{pin}\n",
+            )
             counts = report["counts"]
             assert isinstance(counts, dict)
             print(f"commission: {took:.2f} s wall, verify ok: {report['ok']}")
             for role, c in counts.items():
-                print(f"  {role:<8} touches {c['touches']:>2} (minimum {sum(EXPECTED_TOUCHES.values())}), "
-                      f"PIN entries {c['pin_prompts']} (goal {EXPECTED_PIN_ENTRIES})")
+                print(
+                    f"  {role:<8} touches {c['touches']:>2} (minimum {sum(EXPECTED_TOUCHES.values())}), "
+                    f"PIN entries {c['pin_prompts']} (goal {EXPECTED_PIN_ENTRIES})"
+                )
             (keys / "primary.json").unlink()
             report, took = yktool(
-                "--root", root, "--device", f"sim:{keys}/backup.json", "--yes", "--json", "replace",
-                "--lost", "primary", "--new-device", f"sim:{keys}/new.json", "--unlock-key-file", str(PASSPHRASE),
+                "--root",
+                root,
+                "--device",
+                f"sim:{keys}/backup.json",
+                "--yes",
+                "--json",
+                "replace",
+                "--lost",
+                "primary",
+                "--new-device",
+                f"sim:{keys}/new.json",
+                "--unlock-key-file",
+                str(PASSPHRASE),
                 "--new-pin-stdin",
-                stdin=f"{pin}\n")
+                stdin=f"{pin}\n",
+            )
             counts = report["counts"]
             assert isinstance(counts, dict)
             lost = report["lost"]
@@ -81,8 +125,11 @@ def main() -> None:
             print(f"replace:    {took:.2f} s wall, {len(lost)} credentials of the lost key found and revoked")
             for role, c in counts.items():
                 label = "new key" if role == "new" else f"{role} (kept)"
-                goal = (f"goal {sum(EXPECTED_TOUCHES.values())} touches, {EXPECTED_PIN_ENTRIES} PIN" if role == "new"
-                        else "goal 0: probes are silent")
+                goal = (
+                    f"goal {sum(EXPECTED_TOUCHES.values())} touches, {EXPECTED_PIN_ENTRIES} PIN"
+                    if role == "new"
+                    else "goal 0: probes are silent"
+                )
                 print(f"  {label:<16} touches {c['touches']:>2}, PIN entries {c['pin_prompts']} ({goal})")
 
 

@@ -30,8 +30,14 @@ def time_verify(runs: int) -> tuple[list[float], dict[str, int], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "yktool", "--root", "/", "--json", "verify"], cwd=REPO,
-                              capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "yktool", "--root", "/", "--json", "verify"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         times.append(time.perf_counter() - start)
         if proc.returncode not in (0, 1):
             raise SystemExit(f"yktool verify failed (exit {proc.returncode}): {proc.stderr}")
@@ -63,9 +69,14 @@ def time_lynis(timeout: float) -> tuple[float | None, str]:
         env = {**os.environ, "HOME": tmp, "TMPDIR": tmp}
         start = time.perf_counter()
         try:
-            proc = subprocess.run([lynis, "audit", "system", "--quick", "--no-colors", "--no-log",
-                                   "--report-file", str(report)], cwd=tmp, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(
+                [lynis, "audit", "system", "--quick", "--no-colors", "--no-log", "--report-file", str(report)],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return None, f"lynis did not finish within {timeout:.0f} s"
         elapsed = time.perf_counter() - start
@@ -86,8 +97,10 @@ def main() -> None:
 
     times, summary, checks = time_verify(args.runs)
     median = statistics.median(times)
-    print(f"yktool verify   {median * 1000:8.0f} ms  (median of {args.runs}, min {min(times) * 1000:.0f} ms, "
-          f"{checks} checks: {summary})")
+    print(
+        f"yktool verify   {median * 1000:8.0f} ms  (median of {args.runs}, min {min(times) * 1000:.0f} ms, "
+        f"{checks} checks: {summary})"
+    )
     print(f"  checks alone  {time_checks_in_process(args.runs) * 1000:8.0f} ms  (in-process, no start-up)")
     print(f"  load average  {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     if args.no_lynis:

@@ -33,8 +33,9 @@ class Asker:
     def for_terminal(cls, yes: bool) -> Asker:
         return cls(interactive=not yes and sys.stdin.isatty())
 
-    def text(self, question: str, given: str | None, *, flag: str, default: str | None = None,
-             check: Check | None = None) -> str:
+    def text(
+        self, question: str, given: str | None, *, flag: str, default: str | None = None, check: Check | None = None
+    ) -> str:
         """`check` runs as the answer is typed: the person cannot go on with a wrong one (a flag's
         value is checked later, with the rest of the answers)."""
         if given is not None:
@@ -42,16 +43,16 @@ class Asker:
         if self.interactive:
             import questionary
 
-            answer = questionary.text(question, default=default or "",
-                                      validate=_questionary_check(check, default)).unsafe_ask()
+            answer = questionary.text(
+                question, default=default or "", validate=_questionary_check(check, default)
+            ).unsafe_ask()
             if answer:
                 return str(answer)
         if default is not None:
             return default
         raise UsageError(f"{question} (no answer)", f"pass {flag}")
 
-    def select(self, question: str, given: str | None, choices: Sequence[str], *, flag: str,
-               default: str) -> str:
+    def select(self, question: str, given: str | None, choices: Sequence[str], *, flag: str, default: str) -> str:
         if given is not None:
             if given not in choices:
                 raise UsageError(f"{flag} {given}: not one of {', '.join(choices)}", f"pass {flag} {choices[0]}")
@@ -62,19 +63,18 @@ class Asker:
             return str(questionary.select(question, choices=list(choices), default=default).unsafe_ask())
         return default
 
-    def checkbox(self, question: str, given: Sequence[str] | None, choices: Sequence[str], *,
-                 flag: str) -> list[str]:
+    def checkbox(self, question: str, given: Sequence[str] | None, choices: Sequence[str], *, flag: str) -> list[str]:
         if given:
             unknown = [c for c in given if c not in choices]
             if unknown:
-                raise UsageError(f"{flag}: unknown step(s) {', '.join(unknown)}",
-                                 f"choose from {', '.join(choices)}")
+                raise UsageError(f"{flag}: unknown step(s) {', '.join(unknown)}", f"choose from {', '.join(choices)}")
             return list(given)
         if self.interactive:
             import questionary
 
             picked = questionary.checkbox(
-                question, choices=[questionary.Choice(c, checked=True) for c in choices]).unsafe_ask()
+                question, choices=[questionary.Choice(c, checked=True) for c in choices]
+            ).unsafe_ask()
             return [str(c) for c in picked]
         return list(choices)
 
@@ -86,13 +86,16 @@ class Asker:
         if self.interactive:
             import questionary
 
-            picked = questionary.checkbox(question, choices=[questionary.Choice(label, value=value)
-                                                             for value, label in choices]).unsafe_ask()
+            picked = questionary.checkbox(
+                question, choices=[questionary.Choice(label, value=value) for value, label in choices]
+            ).unsafe_ask()
             if picked:
                 return [str(c) for c in picked]
             raise UsageError(f"{question} (none chosen)", f"choose at least one, or pass {flag}")
-        raise UsageError(f"{question} (cannot ask: no terminal, and {flag} was not given)",
-                         f"pass {flag} NAME (several allowed); registered: {listing}")
+        raise UsageError(
+            f"{question} (cannot ask: no terminal, and {flag} was not given)",
+            f"pass {flag} NAME (several allowed); registered: {listing}",
+        )
 
     def confirm(self, question: str, *, yes: bool, default: bool = True) -> bool:
         if yes:

@@ -78,13 +78,13 @@ class CommissionAnswers:
     steps: list[str] = field(default_factory=lambda: list(STEP_KINDS))
     git_email: str = ""
     pam_origin: str = ""
-    age_host_key: str = ""           # NixOS: the host's ssh_host_ed25519_key.pub inside the root
-    age_file: str = ""               # NixOS: the agenix authfile (a path in the flake checkout)
-    age_identity: str = ""           # NixOS: a private key (local path) to read an existing age file
+    age_host_key: str = ""  # NixOS: the host's ssh_host_ed25519_key.pub inside the root
+    age_file: str = ""  # NixOS: the agenix authfile (a path in the flake checkout)
+    age_identity: str = ""  # NixOS: a private key (local path) to read an existing age file
     primary_nickname: str = "primary"
     backup_nickname: str = "backup"  # "" = no backup key
     pcrs: list[int] = field(default_factory=lambda: [0, 7])
-    unlock_key_file: str = ""        # inside the root; else the passphrase is asked once
+    unlock_key_file: str = ""  # inside the root; else the passphrase is asked once
     verify_only: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -100,14 +100,18 @@ class CommissionAnswers:
     def check(self) -> None:
         """Refuse inconsistent answers before anything is shown or done."""
         if self.host_kind not in HOST_KINDS:
-            raise UsageError(f"host kind {self.host_kind!r} is not one of {', '.join(HOST_KINDS)}",
-                             "pass --kind linux or --kind nixos")
+            raise UsageError(
+                f"host kind {self.host_kind!r} is not one of {', '.join(HOST_KINDS)}",
+                "pass --kind linux or --kind nixos",
+            )
         unknown = [s for s in self.steps if s not in STEP_KINDS]
         if unknown:
             raise UsageError(f"unknown step(s) {', '.join(unknown)}", f"choose from {', '.join(STEP_KINDS)}")
         if {"luks-fido2", "luks-tpm2", "recovery"} & set(self.steps) and not self.luks_devices:
-            raise UsageError("LUKS steps were chosen but no LUKS device given",
-                             "pass --luks-device DEVICE (repeatable), or leave the luks steps out with --steps")
+            raise UsageError(
+                "LUKS steps were chosen but no LUKS device given",
+                "pass --luks-device DEVICE (repeatable), or leave the luks steps out with --steps",
+            )
         if {"ssh", "git", "pam"} & set(self.steps) and not self.user:
             raise UsageError("no user given", "pass --user NAME")
         if "git" in self.steps:
@@ -115,21 +119,22 @@ class CommissionAnswers:
                 raise UsageError("git signing uses the SSH key: the ssh step is needed too", "add ssh to --steps")
             check_email(self.git_email)
         if self.backup_nickname and self.backup_nickname == self.primary_nickname:
-            raise UsageError("the primary and the backup key need different nicknames",
-                             "pass --backup-nickname NAME")
+            raise UsageError("the primary and the backup key need different nicknames", "pass --backup-nickname NAME")
         if self.host_kind == "nixos" and "pam" in self.steps and not (self.age_host_key and self.age_file):
-            raise UsageError("on NixOS the pam_u2f authfile is an agenix secret: say which host key "
-                             "encrypts it and where the .age file goes",
-                             "pass --age-host-key /etc/ssh/ssh_host_ed25519_key.pub and --age-file PATH")
+            raise UsageError(
+                "on NixOS the pam_u2f authfile is an agenix secret: say which host key "
+                "encrypts it and where the .age file goes",
+                "pass --age-host-key /etc/ssh/ssh_host_ed25519_key.pub and --age-file PATH",
+            )
 
 
 @dataclass
 class CommissionIO:
     """What only the front end can do: secrets from the person, and showing the recovery key."""
 
-    new_pin: Callable[[str], str]                  # role -> a first PIN for a key that has none
-    unlock: Callable[[str], bytes]                 # LUKS device -> its current passphrase
-    show_recovery: Callable[[str, bytes], str]     # device, key -> where it went (no secret)
+    new_pin: Callable[[str], str]  # role -> a first PIN for a key that has none
+    unlock: Callable[[str], bytes]  # LUKS device -> its current passphrase
+    show_recovery: Callable[[str, bytes], str]  # device, key -> where it went (no secret)
     tcti: str = "auto"
     allow_unmeasured: bool = False
     notes: list[str] = field(default_factory=list)  # Nix snippets and hints collected for the end
@@ -149,8 +154,9 @@ def key_path(answers: CommissionAnswers, role: str, home: PurePosixPath) -> Pure
 class Commission:
     """The steps of one commission run, sharing the host, the answers, the keys and the state."""
 
-    def __init__(self, host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO,
-                 state: FlowState) -> None:
+    def __init__(
+        self, host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO, state: FlowState
+    ) -> None:
         self.host = host
         self.answers = answers
         self.keys = keys
@@ -159,7 +165,7 @@ class Commission:
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.results: list[Result] = []  # verify's results
         self.checked_under: object | None = None  # the lock hold prepare checked the host under
-        self.recovery_shown = False        # a recovery key was made (and shown) by this run
+        self.recovery_shown = False  # a recovery key was made (and shown) by this run
 
     # ------------------------------------------------------------------ helpers
     def account(self) -> Account:
@@ -179,59 +185,134 @@ class Commission:
         pcrs = "+".join(map(str, answers.pcrs))
         for dev in answers.luks_devices:
             if "luks-tpm2" in answers.steps:
-                steps.append(FlowStep(step_id("luks-tpm2", None, dev, many),
-                                      f"seal a keyslot of {dev} to the TPM2 (PCRs {pcrs})",
-                                      partial(self.luks_tpm2, dev), [dev, f"TPM {self.io.tcti}"],
-                                      "test-unlock through systemd's token plugin"))
+                steps.append(
+                    FlowStep(
+                        step_id("luks-tpm2", None, dev, many),
+                        f"seal a keyslot of {dev} to the TPM2 (PCRs {pcrs})",
+                        partial(self.luks_tpm2, dev),
+                        [dev, f"TPM {self.io.tcti}"],
+                        "test-unlock through systemd's token plugin",
+                    )
+                )
             if "recovery" in answers.steps:
-                steps.append(FlowStep(step_id("recovery", None, dev, many),
-                                      f"add a recovery key to {dev} (shown once)",
-                                      partial(self.recovery, dev), [dev],
-                                      "cryptsetup open --test-passphrase with the new key"))
+                steps.append(
+                    FlowStep(
+                        step_id("recovery", None, dev, many),
+                        f"add a recovery key to {dev} (shown once)",
+                        partial(self.recovery, dev),
+                        [dev],
+                        "cryptsetup open --test-passphrase with the new key",
+                    )
+                )
         for role in answers.roles:
             nick = answers.nickname(role)
-            steps.append(FlowStep(step_id("pin", role), f"{role} key ({nick}): check it and its PIN "
-                                  "(set a first PIN if it has none)", partial(self.pin, role),
-                                  [f"{role} key"], "a PIN token from the key", role))
+            steps.append(
+                FlowStep(
+                    step_id("pin", role),
+                    f"{role} key ({nick}): check it and its PIN (set a first PIN if it has none)",
+                    partial(self.pin, role),
+                    [f"{role} key"],
+                    "a PIN token from the key",
+                    role,
+                )
+            )
             if "luks-fido2" in answers.steps:
                 for dev in answers.luks_devices:
-                    steps.append(FlowStep(step_id("luks-fido2", role, dev, many),
-                                          f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; "
-                                          f"{self.luks_touches(role)})",
-                                          partial(self.luks_fido2, role, dev), [dev, f"{role} key"],
-                                          "the key's hmac-secret opens the new keyslot", role))
+                    steps.append(
+                        FlowStep(
+                            step_id("luks-fido2", role, dev, many),
+                            f"enroll the {role} key ({nick}) into {dev} (systemd-fido2; {self.luks_touches(role)})",
+                            partial(self.luks_fido2, role, dev),
+                            [dev, f"{role} key"],
+                            "the key's hmac-secret opens the new keyslot",
+                            role,
+                        )
+                    )
             if "ssh" in answers.steps:
-                steps.append(FlowStep(step_id("ssh", role), f"ed25519-sk SSH key on the {role} key ({nick}) "
-                                      f"for {answers.user}, added to authorized_keys", partial(self.ssh, role),
-                                      [f"~{answers.user}/.ssh"], "ssh-keygen -y reads the key file back", role))
+                steps.append(
+                    FlowStep(
+                        step_id("ssh", role),
+                        f"ed25519-sk SSH key on the {role} key ({nick}) for {answers.user}, added to authorized_keys",
+                        partial(self.ssh, role),
+                        [f"~{answers.user}/.ssh"],
+                        "ssh-keygen -y reads the key file back",
+                        role,
+                    )
+                )
             if "git" in answers.steps:
                 what = "sign git commits with it" if role == "primary" else "accept its git signatures"
-                steps.append(FlowStep(step_id("git", role), f"{what} ({answers.git_email}, allowed_signers)",
-                                      partial(self.git, role), [f"~{answers.user}/.gitconfig",
-                                                                    f"~{answers.user}/.ssh/allowed_signers"],
-                                      "git config --get reads the settings back", role))
+                steps.append(
+                    FlowStep(
+                        step_id("git", role),
+                        f"{what} ({answers.git_email}, allowed_signers)",
+                        partial(self.git, role),
+                        [f"~{answers.user}/.gitconfig", f"~{answers.user}/.ssh/allowed_signers"],
+                        "git config --get reads the settings back",
+                        role,
+                    )
+                )
             if "pam" in answers.steps:
                 where = answers.age_file if answers.host_kind == "nixos" else "/etc/u2f_mappings"
-                steps.append(FlowStep(step_id("pam", role), f"pam_u2f credential for {answers.user} on the {role} "
-                                      f"key ({nick}) in {where}", partial(self.pam, role), [where],
-                                      "an assertion with the origin verifies against the stored key", role))
+                steps.append(
+                    FlowStep(
+                        step_id("pam", role),
+                        f"pam_u2f credential for {answers.user} on the {role} key ({nick}) in {where}",
+                        partial(self.pam, role),
+                        [where],
+                        "an assertion with the origin verifies against the stored key",
+                        role,
+                    )
+                )
             usb_rules = {  # kind: what the step does, what it changes (plain Linux, NixOS), its proof
-                "udev": (f"lock the screen when the {role} key is removed", udev_rule.RULE_PATH,
-                         f"{udev_rule.NIX_OPTION} (the NixOS module)", "the rule file read back"),
-                "usbguard": (f"allow the {role} key through USBGuard", usbguard_rule.RULES_PATH,
-                             "USBGuard rules (the NixOS module)", "the rules file read back"),
+                "udev": (
+                    f"lock the screen when the {role} key is removed",
+                    udev_rule.RULE_PATH,
+                    f"{udev_rule.NIX_OPTION} (the NixOS module)",
+                    "the rule file read back",
+                ),
+                "usbguard": (
+                    f"allow the {role} key through USBGuard",
+                    usbguard_rule.RULES_PATH,
+                    "USBGuard rules (the NixOS module)",
+                    "the rules file read back",
+                ),
             }
             for kind, (what, linux, nixos, proof) in usb_rules.items():
                 if kind in answers.steps:
-                    steps.append(FlowStep(step_id(kind, role), what, partial(self.usb_rule, kind, role),
-                                          [linux if answers.host_kind == "linux" else nixos], proof, role))
+                    steps.append(
+                        FlowStep(
+                            step_id(kind, role),
+                            what,
+                            partial(self.usb_rule, kind, role),
+                            [linux if answers.host_kind == "linux" else nixos],
+                            proof,
+                            role,
+                        )
+                    )
         if answers.host_kind == "nixos":
-            steps.append(FlowStep("nixos.module", "write the NixOS module from the key registry "
-                                  "(yktool nixos module)", self.nixos_module, ["the NixOS module"],
-                                  "nix-instantiate --parse", None, always=True))
+            steps.append(
+                FlowStep(
+                    "nixos.module",
+                    "write the NixOS module from the key registry (yktool nixos module)",
+                    self.nixos_module,
+                    ["the NixOS module"],
+                    "nix-instantiate --parse",
+                    None,
+                    always=True,
+                )
+            )
         if "verify" in answers.steps:
-            steps.append(FlowStep("verify", "yktool verify: the checks for what was just enrolled",
-                                  self.verify, [], "reads only", None, always=True))
+            steps.append(
+                FlowStep(
+                    "verify",
+                    "yktool verify: the checks for what was just enrolled",
+                    self.verify,
+                    [],
+                    "reads only",
+                    None,
+                    always=True,
+                )
+            )
         return steps
 
     def luks_touches(self, role: str) -> str:
@@ -245,8 +326,13 @@ class Commission:
 
     # -- LUKS
     def luks_tpm2(self, device: str) -> str:
-        op = plan_enroll_tpm2(self.host, device, parse_tcti(self.io.tcti), list(self.answers.pcrs),
-                              allow_unmeasured=self.io.allow_unmeasured)
+        op = plan_enroll_tpm2(
+            self.host,
+            device,
+            parse_tcti(self.io.tcti),
+            list(self.answers.pcrs),
+            allow_unmeasured=self.io.allow_unmeasured,
+        )
         if op.needs_unlock:
             op.unlock = self.unlock(device)
         op.plan.apply()
@@ -292,8 +378,10 @@ class Commission:
         if self.host.exists(path):
             key = enroll.load_private(self.host, path)
             if not session.probe(key.public.application, key.key_handle, uv=key.verify_required):
-                raise Refused(f"{path} exists and was not made by the {role} key in hand",
-                              "move that file away (it may be another key's), then run the same command again")
+                raise Refused(
+                    f"{path} exists and was not made by the {role} key in hand",
+                    "move that file away (it may be another key's), then run the same command again",
+                )
             made = "kept the key file made earlier"
         else:
             opts = enroll.parse_options([])
@@ -303,8 +391,10 @@ class Commission:
             enroll.write_key_files(self.host, key, path, account.owner())
             made = "made a new key"
         done = enroll.authorize_and_prove(self.host, account, key, path, nickname=nick, aaguid=session.aaguid)
-        return (f"{made} {key.public.fingerprint} ({path}); "
-                f"{'added to' if done.authorized.added else 'already in'} {done.authorized.path}; {done.proof}")
+        return (
+            f"{made} {key.public.fingerprint} ({path}); "
+            f"{'added to' if done.authorized.added else 'already in'} {done.authorized.path}; {done.proof}"
+        )
 
     def git(self, role: str) -> str:
         """The primary key signs (git config and allowed_signers); the backup key's signatures
@@ -312,12 +402,20 @@ class Commission:
         account = self.account()
         path = key_path(self.answers, role, account.home)
         key = enroll.load_private(self.host, path)
-        signer = add_signer(self.host, account, key, email=self.answers.git_email, nickname=self.answers.nickname(role),
-                            signing_key=enroll.pub_path(path) if role == "primary" else None)
+        signer = add_signer(
+            self.host,
+            account,
+            key,
+            email=self.answers.git_email,
+            nickname=self.answers.nickname(role),
+            signing_key=enroll.pub_path(path) if role == "primary" else None,
+        )
         if signer.setup is not None:
             self.io.notes.extend(signer.setup.notes)
-            return (f"git signs with {key.public.fingerprint} ({signer.setup.config_file})"
-                    f"{'' if signer.changed else ', unchanged'}")
+            return (
+                f"git signs with {key.public.fingerprint} ({signer.setup.config_file})"
+                f"{'' if signer.changed else ', unchanged'}"
+            )
         return f"{self.answers.git_email}'s signatures by {key.public.fingerprint} verify ({signer.allowed_signers})"
 
     # -- PAM
@@ -343,14 +441,20 @@ class Commission:
         return pam_line_for(target, self.origin(), pin=False, verification=False)
 
     def pam(self, role: str) -> str:
-        request = RegisterRequest(user=self.answers.user, origin=self.origin(), target=self.pam_target(),
-                                     nickname=self.answers.nickname(role),
-                                     age_name=Path(self.answers.age_file).name.removesuffix(".age") or "yubikey-auth")
+        request = RegisterRequest(
+            user=self.answers.user,
+            origin=self.origin(),
+            target=self.pam_target(),
+            nickname=self.answers.nickname(role),
+            age_name=Path(self.answers.age_file).name.removesuffix(".age") or "yubikey-auth",
+        )
         result = pam_register(self.host, self.keys.session(role), request)
         if result.already_registered:
             return f"already registered for {self.answers.user} (origin {result.origin})"
-        return (f"registered for {self.answers.user} in {result.written_to} (origin {result.origin}), "
-                "proven with an assertion")
+        return (
+            f"registered for {self.answers.user} in {result.written_to} (origin {result.origin}), "
+            "proven with an assertion"
+        )
 
     # -- udev and USBGuard
     def usb_identity(self, role: str) -> KeyUsb:
@@ -368,8 +472,10 @@ class Commission:
             return f"{'wrote' if installed.changed else 'unchanged'} {udev_rule.RULE_PATH} ({key.usb_id})"
         allowed = usbguard_rule.allow_and_record(self.host, key, nick)
         if allowed.placeholder:
-            self.io.notes.append(f"{allowed.path} was a placeholder ({allowed.placeholder}): populate it "
-                                 "(usbguard generate-policy) before relying on implicitPolicyTarget = block")
+            self.io.notes.append(
+                f"{allowed.path} was a placeholder ({allowed.placeholder}): populate it "
+                "(usbguard generate-policy) before relying on implicitPolicyTarget = block"
+            )
         return f"{'added to' if allowed.added else 'already in'} {allowed.path}: {allowed.line}"
 
     def nixos_module(self) -> str:
@@ -399,7 +505,6 @@ class Commission:
         self.results = run_checks(ctx, self.verify_selection())
         counts = count_results(self.results)
         return f"{counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
-
 
     def owned_checks(self) -> set[str]:
         """The verify checks that prove what this run wrote. The PAM stack (/etc/pam.d) is the
@@ -435,8 +540,14 @@ class Commission:
 
 
 PAM_STACK_CHECKS = {"pam.sudo", "pam.login"}
-WHAT = {"luks-fido2": "LUKS2 FIDO2 slot", "ssh": "SSH key", "git": "git signing", "pam": "pam_u2f",
-        "udev": "removal lock", "usbguard": "USBGuard rule"}
+WHAT = {
+    "luks-fido2": "LUKS2 FIDO2 slot",
+    "ssh": "SSH key",
+    "git": "git signing",
+    "pam": "pam_u2f",
+    "udev": "removal lock",
+    "usbguard": "USBGuard rule",
+}
 
 
 def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[str]:
@@ -447,8 +558,11 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
     done = set(flow.state.done)
     todo = [st for st in steps if st.id not in done or st.always]
     host = flow.hostname() or "no /etc/hostname"
-    lines = [f"commission: {flow.host.root}", f"  host {host} ({answers.host_kind}), for {answers.user or 'no user'}; "
-             f"{len(steps)} steps, {len(steps) - len(todo)} done already"]
+    lines = [
+        f"commission: {flow.host.root}",
+        f"  host {host} ({answers.host_kind}), for {answers.user or 'no user'}; "
+        f"{len(steps)} steps, {len(steps) - len(todo)} done already",
+    ]
 
     def add(head: str, items: list[str]) -> None:
         lines.extend(summary_item(head, items, width))
@@ -457,8 +571,11 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
         items = []
         for st in todo:
             if st.role is None and dev in st.description:
-                items.append("a TPM2 keyslot (PCRs " + "+".join(map(str, answers.pcrs)) + ")"
-                             if "tpm2" in st.id else "a recovery key (shown once)")
+                items.append(
+                    "a TPM2 keyslot (PCRs " + "+".join(map(str, answers.pcrs)) + ")"
+                    if "tpm2" in st.id
+                    else "a recovery key (shown once)"
+                )
         if {"luks-tpm2", "recovery"} & set(answers.steps):
             add(dev, items)
     for role in answers.roles:
@@ -466,8 +583,14 @@ def summary(flow: Commission, steps: list[FlowStep], width: int = 78) -> list[st
         add(f"{role} key ({answers.nickname(role)})", items)
     budget = flow.touch_budget()
     if budget and any(st.role is not None for st in todo):
-        lines.append(f"  {budget}" + (" (systemd-cryptenroll asks its own for LUKS)"
-                                      if "2 touches" in flow.luks_touches(answers.roles[0]) else ""))
+        lines.append(
+            f"  {budget}"
+            + (
+                " (systemd-cryptenroll asks its own for LUKS)"
+                if "2 touches" in flow.luks_touches(answers.roles[0])
+                else ""
+            )
+        )
     if any(st.id == "verify" for st in steps):
         lines.append("  then yktool verify: the checks for what was enrolled")
     return lines
@@ -484,13 +607,17 @@ def next_steps(flow: Commission, report: CommissionReport) -> list[str]:
         for service in sorted(pam_failed) or ["pam.sudo"]:
             name = service.split(".", 1)[1]
             works = "`sudo -k; sudo true` works with the key" if name == "sudo" else f"a new {name} works with the key"
-            out.append(f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
-                       f"with a root shell kept open until {works}:\n    {line}")
+            out.append(
+                f"Add to /etc/pam.d/{name}, as its first `auth` line (above `@include common-auth`), "
+                f"with a root shell kept open until {works}:\n    {line}"
+            )
     if answers.host_kind == "nixos":
         out.append(NIXOS_REBUILD)
     if flow.recovery_shown:
-        out.append("Store the recovery key offline (paper, a password manager on another device): it opens "
-                   "the disk when the TPM and every key fail")
+        out.append(
+            "Store the recovery key offline (paper, a password manager on another device): it opens "
+            "the disk when the TPM and every key fail"
+        )
     return out
 
 
@@ -511,15 +638,16 @@ def saved_answers(state: FlowState) -> CommissionAnswers | None:
 
 
 def resume_question(state: FlowState, host: Host) -> str:
-    """"Resume the run started HH:MM on ROOT (9 of 17 steps done)?" """
+    """ "Resume the run started HH:MM on ROOT (9 of 17 steps done)?" """
     started = state.started[11:16] + " UTC" if len(state.started) >= 16 else "earlier"
     total = state.extra.get("steps_total")
     done = f"{len(state.done)} of {total} steps done" if isinstance(total, int) else f"{len(state.done)} steps done"
     return f"Resume the run started {started} on {host.root} ({done})?"
 
 
-def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
-            io: CommissionIO, *, restart: bool = False) -> tuple[Commission, list[FlowStep], Plan]:
+def prepare(
+    host: Host, answers: CommissionAnswers, keys: KeyRing, io: CommissionIO, *, restart: bool = False
+) -> tuple[Commission, list[FlowStep], Plan]:
     """Check the answers, load the state, build the steps and the Plan to show. Writes nothing.
     `restart`: an unfinished run on disk is started over (every step is checked again; each is
     idempotent, so what it did is found and kept) — other answers, or the person said so."""
@@ -541,16 +669,19 @@ def prepare(host: Host, answers: CommissionAnswers, keys: KeyRing,
         if pin_id in state.done and any(s.role == role and s.id not in state.done for s in steps):
             state.done.remove(pin_id)
     who = f" for {answers.user}" if answers.user else ""
-    plan = make_plan(f"commission this {answers.host_kind} host{who} "
-                     f"({' + '.join(answers.nickname(r) for r in answers.roles)} key)", steps, state)
+    plan = make_plan(
+        f"commission this {answers.host_kind} host{who} ({' + '.join(answers.nickname(r) for r in answers.roles)} key)",
+        steps,
+        state,
+    )
     if state.finished and state.answers == answers.to_json():
-        plan.notes.append(f"this commission finished at {state.finished}: nothing is left to do "
-                          "(verify runs again)")
+        plan.notes.append(f"this commission finished at {state.finished}: nothing is left to do (verify runs again)")
     elif state.resuming:
         plan.notes.append("resuming an interrupted run: the steps marked (already done) are skipped")
     elif restarted:
-        plan.notes.append("starting the interrupted run over: every step is checked again, and what "
-                          "it did already is found and kept")
+        plan.notes.append(
+            "starting the interrupted run over: every step is checked again, and what it did already is found and kept"
+        )
     if answers.backup_nickname and (keys.specs.get("backup") or "auto") == "auto":
         plan.notes.append("halfway through you will be asked to swap to the backup key")
     return flow, steps, plan
@@ -565,22 +696,29 @@ def check_host(host: Host, answers: CommissionAnswers) -> None:
     if answers.user and {"ssh", "git", "pam"} & set(answers.steps):
         lookup_user(host, answers.user)
     if answers.host_kind == "nixos" and "pam" in answers.steps and not host.exists(answers.age_host_key):
-        raise UsageError(f"the host key {answers.age_host_key} is not in {host.root}",
-                         "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root")
+        raise UsageError(
+            f"the host key {answers.age_host_key} is not in {host.root}",
+            "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root",
+        )
     if answers.age_identity and not Path(answers.age_identity).is_file():
-        raise UsageError(f"--age-identity {answers.age_identity}: no such file",
-                         "name a private key (ssh-ed25519 or age identity) of one of the age file's recipients")
+        raise UsageError(
+            f"--age-identity {answers.age_identity}: no such file",
+            "name a private key (ssh-ed25519 or age identity) of one of the age file's recipients",
+        )
     if answers.unlock_key_file and not host.exists(answers.unlock_key_file):
-        raise UsageError(f"--unlock-key-file {answers.unlock_key_file} is not in {host.root}",
-                         "name the passphrase file by its path inside the root")
+        raise UsageError(
+            f"--unlock-key-file {answers.unlock_key_file} is not in {host.root}",
+            "name the passphrase file by its path inside the root",
+        )
 
 
 def pending(flow: Commission, steps: list[FlowStep]) -> list[FlowStep]:
     return [s for s in steps if s.id not in flow.state.done and not s.always]
 
 
-def execute(flow: Commission, steps: list[FlowStep],
-            on_step: Callable[[Outcome], None] | None = None) -> CommissionReport:
+def execute(
+    flow: Commission, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None
+) -> CommissionReport:
     """Act, under the root's lock: run every step not yet done, in order, marking each; then
     record the end. Checked by `prepare` without the lock held now (a library caller): the
     host's checks run again under it first."""
@@ -591,8 +729,7 @@ def execute(flow: Commission, steps: list[FlowStep],
         return _execute(flow, steps, on_step)
 
 
-def _execute(flow: Commission, steps: list[FlowStep],
-             on_step: Callable[[Outcome], None] | None) -> CommissionReport:
+def _execute(flow: Commission, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None) -> CommissionReport:
     nothing = not pending(flow, steps)
     flow.state.begin(flow.host, flow.answers.to_json())
     flow.state.extra["steps_total"] = len(steps)  # for "9 of 17 steps done" when resuming
@@ -601,5 +738,6 @@ def _execute(flow: Commission, steps: list[FlowStep],
     flow.keys.close()
     if not nothing or not flow.state.finished:
         flow.state.finish(flow.host)  # a re-run of a finished commission leaves even this file alone
-    return CommissionReport(outcomes, flow.results, flow.keys.totals(), list(flow.io.notes), nothing,
-                            flow.owned_checks())
+    return CommissionReport(
+        outcomes, flow.results, flow.keys.totals(), list(flow.io.notes), nothing, flow.owned_checks()
+    )

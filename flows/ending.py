@@ -15,8 +15,10 @@ from .runner import Outcome
 if TYPE_CHECKING:
     from yktool.checks import Result
 
-NIXOS_REBUILD = ("Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
-                 "(PAM, udev and USBGuard come from it)")
+NIXOS_REBUILD = (
+    "Rebuild NixOS with the module yktool wrote: sudo nixos-rebuild switch --flake .#HOST "
+    "(PAM, udev and USBGuard come from it)"
+)
 
 
 def hostname(host: Host) -> str:
@@ -41,7 +43,7 @@ def luks_touches(spec: str | None) -> int:
 
 
 def budget(touches: int) -> str:
-    """"3 touches, 1 PIN": one touch per credential made, one PIN entry per key."""
+    """ "3 touches, 1 PIN": one touch per credential made, one PIN entry per key."""
     return f"{touches} touch{'es' if touches != 1 else ''}, 1 PIN"
 
 
@@ -51,7 +53,7 @@ class FlowReport:
     `owned`: the verify checks that prove this run's own steps (the others are listed apart)."""
 
     outcomes: list[Outcome]
-    results: list[Result]             # verify's
+    results: list[Result]  # verify's
     counts: dict[str, dict[str, int]]  # role -> touches and PIN prompts
     notes: list[str]
     nothing_to_do: bool
@@ -71,8 +73,13 @@ class FlowReport:
         return [r for r in self.results if r.id not in self.owned]
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.verify_ok, "changed": self.changed, "nothing_to_do": self.nothing_to_do,
-                "steps": [o.to_json() for o in self.outcomes],
-                "verify": [r.to_json() for r in self.results],
-                "not_part_of_this_run": sorted(r.id for r in self.not_ours),
-                "counts": self.counts, "notes": list(self.notes)}
+        return {
+            "ok": self.verify_ok,
+            "changed": self.changed,
+            "nothing_to_do": self.nothing_to_do,
+            "steps": [o.to_json() for o in self.outcomes],
+            "verify": [r.to_json() for r in self.results],
+            "not_part_of_this_run": sorted(r.id for r in self.not_ours),
+            "counts": self.counts,
+            "notes": list(self.notes),
+        }

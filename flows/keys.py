@@ -50,7 +50,7 @@ class KeyRing:
     _session: KeySession | None = None
     _stack: contextlib.ExitStack | None = None
     _opened: list[str] = field(default_factory=list)
-    _typed_before: int = 0   # the interaction's PIN count when the open session began
+    _typed_before: int = 0  # the interaction's PIN count when the open session began
 
     def session(self, role: str) -> KeySession:
         """The session of `role`, opening it (and closing the other) when needed."""
@@ -81,8 +81,10 @@ class KeyRing:
         known = identify_key(session, self.host)
         want = self.nicknames.get(role, "")
         if known is not None and want and known != want and known in self.nicknames.values():
-            raise Refused(f"the key in hand is the one registered as {known!r}, not {want!r}",
-                          f"remove it and insert the {role} key ({want}), then run the same command again")
+            raise Refused(
+                f"the key in hand is the one registered as {known!r}, not {want!r}",
+                f"remove it and insert the {role} key ({want}), then run the same command again",
+            )
 
     def close(self) -> None:
         """Close the open session, adding its touches and PIN prompts to the counts."""
@@ -136,9 +138,14 @@ class KeyRing:
 
 
 @contextlib.contextmanager
-def ring(host: Host, opener: SessionOpener, specs: dict[str, str | None], nicknames: dict[str, str],
-         on_swap: Callable[[str], None] | None = None,
-         on_wrong_pin: Callable[[str, int | None], bool] | None = None) -> Iterator[KeyRing]:
+def ring(
+    host: Host,
+    opener: SessionOpener,
+    specs: dict[str, str | None],
+    nicknames: dict[str, str],
+    on_swap: Callable[[str], None] | None = None,
+    on_wrong_pin: Callable[[str, int | None], bool] | None = None,
+) -> Iterator[KeyRing]:
     keys = KeyRing(host, opener, specs, nicknames, on_swap, on_wrong_pin)
     try:
         yield keys
@@ -162,8 +169,9 @@ class Passphrases:
         return self._known[device]
 
 
-def enroll_luks_fido2(host: Host, device: str, session: KeySession, nickname: str,
-                      unlock: Passphrases) -> luks_fido2.Fido2Enrollment:
+def enroll_luks_fido2(
+    host: Host, device: str, session: KeySession, nickname: str, unlock: Passphrases
+) -> luks_fido2.Fido2Enrollment:
     """A flow's LUKS2 FIDO2 step: luks.fido2's plan with the flow's session (its PIN typed once
     per run) and the volume's passphrase only when the plan needs it; applied, the plan proves
     the new keyslot opens with the key and records it."""

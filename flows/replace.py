@@ -71,32 +71,32 @@ from .touched import refuse_links, replace_files
 
 FLOW = "replace"
 LUKS_RP = "io.systemd.cryptsetup"
-REVOKED_FILE = ".ssh/revoked_signers"   # in the user's home: gpg.ssh.revocationFile
+REVOKED_FILE = ".ssh/revoked_signers"  # in the user's home: gpg.ssh.revocationFile
 
 
 @dataclass
 class Found:
     """One enrolled credential on the host, and which present key (if any) answers for it."""
 
-    area: str                 # luks | pam | ssh
-    where: str                # the device, authfile or key file
+    area: str  # luks | pam | ssh
+    where: str  # the device, authfile or key file
     rp_id: str
     credential_id: bytes
-    owner: str                # registry nickname, or "unregistered"
+    owner: str  # registry nickname, or "unregistered"
     user: str = ""
-    public_key: str = ""      # ssh: the public key line (for authorized_keys / allowed_signers)
+    public_key: str = ""  # ssh: the public key line (for authorized_keys / allowed_signers)
     token: int | None = None  # luks: token id
     keyslots: list[int] = field(default_factory=list)
-    answered_by: str | None = None   # the role of the present key that answers for it
-    lost: bool = False               # its owner is a key named lost (never decided by absence)
-    age: bool = False         # pam: `where` is an agenix file (outside the root), not a plain authfile
+    answered_by: str | None = None  # the role of the present key that answers for it
+    lost: bool = False  # its owner is a key named lost (never decided by absence)
+    age: bool = False  # pam: `where` is an agenix file (outside the root), not a plain authfile
     # ssh verify-required (credProtect 3): invisible to a silent probe, so probed with the PIN;
     # else a kept key's credential would be taken for the lost key's and revoked
     needs_uv: bool = False
     ssh_flags: int | None = None  # ssh: the key file's flags (touch, verify-required, resident), when recorded
-    pam_options: str = ""         # pam: the credential's options as written (+presence+pin …)
-    resident_key: str = ""        # pam: a resident (`*`) credential's public key, as written
-    also_new: bool = False    # a kept credential the new key answers too: the "new" key is a kept one
+    pam_options: str = ""  # pam: the credential's options as written (+presence+pin …)
+    resident_key: str = ""  # pam: a resident (`*`) credential's public key, as written
+    also_new: bool = False  # a kept credential the new key answers too: the "new" key is a kept one
 
     def status(self) -> str:
         """Why it is revoked or kept, as the plan says it."""
@@ -118,9 +118,18 @@ class Found:
         return f"SSH key {self.where} of {self.user} (authorized_keys, allowed_signers)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"area": self.area, "where": self.where, "owner": self.owner, "user": self.user,
-                "token": self.token, "keyslots": self.keyslots, "answered_by": self.answered_by,
-                "lost": self.lost, "status": self.status(), "description": self.describe()}
+        return {
+            "area": self.area,
+            "where": self.where,
+            "owner": self.owner,
+            "user": self.user,
+            "token": self.token,
+            "keyslots": self.keyslots,
+            "answered_by": self.answered_by,
+            "lost": self.lost,
+            "status": self.status(),
+            "description": self.describe(),
+        }
 
 
 def _b64(value: object) -> bytes | None:
@@ -130,7 +139,7 @@ def _b64(value: object) -> bytes | None:
         return None
 
 
-AgeTarget = Callable[[str], Target]   # age file path -> a Target that can read and write it
+AgeTarget = Callable[[str], Target]  # age file path -> a Target that can read and write it
 
 
 def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
@@ -142,8 +151,11 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         return rec.nickname if rec else "unregistered"
 
     found: list[Found] = []
-    devices = list(dict.fromkeys([str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e]
-                                 + list(extra_devices or [])))
+    devices = list(
+        dict.fromkeys(
+            [str(e["device"]) for _k, e in registry.enrollments("luks") if "device" in e] + list(extra_devices or [])
+        )
+    )
     devices += crypttab_luks(host, devices)[0]  # volumes enrolled by hand are found too
     for dev in devices:
         header = read_header(host, dev)
@@ -153,8 +165,17 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
             cid = _b64(token.credential)
             if cid is None:
                 continue
-            found.append(Found("luks", dev, token.rp or LUKS_RP, cid, owner(token.credential),
-                               token=token.id, keyslots=list(token.keyslots)))
+            found.append(
+                Found(
+                    "luks",
+                    dev,
+                    token.rp or LUKS_RP,
+                    cid,
+                    owner(token.credential),
+                    token=token.id,
+                    keyslots=list(token.keyslots),
+                )
+            )
     origins = {str(e.get("credential_id")): str(e.get("origin")) for _k, e in registry.enrollments("pam")}
     authfiles = list(dict.fromkeys(str(e["path"]) for _k, e in registry.enrollments("pam") if "path" in e))
     # and every fixed authfile a PAM stack reads: a lost key's credential copied there by hand is
@@ -164,16 +185,22 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
     texts: list[tuple[str, str, bool]] = [(p, host.read_text(p), False) for p in authfiles if host.exists(p)]
     for path in age_files:
         if age_target is None:
-            raise UsageError(f"the registry lists the agenix authfile {path}, and no way to read it was given",
-                             "pass --age-host-key (the recipients) and --age-identity (a private key to decrypt)")
+            raise UsageError(
+                f"the registry lists the agenix authfile {path}, and no way to read it was given",
+                "pass --age-host-key (the recipients) and --age-identity (a private key to decrypt)",
+            )
         text, existed = read_current(host, age_target(path))
         if existed:
             texts.append((path, text, True))
     # a resident credential reads `*` in the authfile; the registry (since it records the public
     # key) says whose it is and its credential id, so it can be probed and revoked like the others
-    resident = {(str(e.get("path", e.get("age_file", ""))), str(e.get("user")), str(e["public_key"])):
-                str(e.get("credential_id", "")) for _k, e in registry.enrollments("pam")
-                if e.get("resident") is True and "public_key" in e}
+    resident = {
+        (str(e.get("path", e.get("age_file", ""))), str(e.get("user")), str(e["public_key"])): str(
+            e.get("credential_id", "")
+        )
+        for _k, e in registry.enrollments("pam")
+        if e.get("resident") is True and "public_key" in e
+    }
     for path, text, is_age in texts:
         authfile = Authfile.parse(text)
         for user in authfile.users():
@@ -185,9 +212,19 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
                 if not cred.resident:
                     cid_text = base64.b64encode(raw).decode()
                 origin = origins.get(cid_text) or default_origin(host)
-                found.append(Found("pam", path, origin, raw, owner(cid_text), user=user, age=is_age,
-                                   pam_options=cred.options,
-                                   resident_key=cred.public_key if cred.resident else ""))
+                found.append(
+                    Found(
+                        "pam",
+                        path,
+                        origin,
+                        raw,
+                        owner(cid_text),
+                        user=user,
+                        age=is_age,
+                        pam_options=cred.options,
+                        resident_key=cred.public_key if cred.resident else "",
+                    )
+                )
     for _k, e in registry.enrollments("ssh"):
         if e.get("role", "key-file") != "key-file" or "credential_id" not in e:
             continue
@@ -195,18 +232,27 @@ def gather(host: Host, extra_devices: list[str] | None = None, age_target: AgeTa
         if cid is None:
             continue
         flags = e.get("flags")
-        found.append(Found("ssh", str(e.get("path", "")), str(e.get("application", "ssh:")), cid,
-                           owner(str(e["credential_id"])), user=str(e.get("user", "")),
-                           public_key=str(e.get("public_key", "")),
-                           needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION),
-                           ssh_flags=flags if isinstance(flags, int) else None))
+        found.append(
+            Found(
+                "ssh",
+                str(e.get("path", "")),
+                str(e.get("application", "ssh:")),
+                cid,
+                owner(str(e["credential_id"])),
+                user=str(e.get("user", "")),
+                public_key=str(e.get("public_key", "")),
+                needs_uv=not isinstance(flags, int) or bool(flags & FLAG_USER_VERIFICATION),
+                ssh_flags=flags if isinstance(flags, int) else None,
+            )
+        )
     return found
 
 
 def signer_files(registry: Registry, account: Account) -> list[PurePosixPath]:
     """Every allowed_signers file the registry's git records name, and the user's default one."""
-    named = [PurePosixPath(str(e["allowed_signers"])) for _k, e in registry.enrollments("git")
-             if e.get("allowed_signers")]
+    named = [
+        PurePosixPath(str(e["allowed_signers"])) for _k, e in registry.enrollments("git") if e.get("allowed_signers")
+    ]
     return list(dict.fromkeys([*named, default_allowed_signers(account)]))
 
 
@@ -222,16 +268,22 @@ def probe(found: list[Found], sessions: dict[str, KeySession]) -> None:
 
 @dataclass
 class ReplaceAnswers:
-    lost: list[str] = field(default_factory=list)   # registry names of the lost keys, as the person said
+    lost: list[str] = field(default_factory=list)  # registry names of the lost keys, as the person said
     new_nickname: str = ""
     unlock_key_file: str = ""
-    revoke_git: bool = True      # also list the lost key in gpg.ssh.revocationFile
+    revoke_git: bool = True  # also list the lost key in gpg.ssh.revocationFile
     age_host_keys: list[str] = field(default_factory=list)  # NixOS: recipients (.pub inside the root)
-    age_identity: str = ""       # NixOS: a private key (local path) that decrypts the age file
+    age_identity: str = ""  # NixOS: a private key (local path) that decrypts the age file
 
     def to_json(self) -> dict[str, Any]:
-        return {"lost": list(self.lost), "new_nickname": self.new_nickname, "unlock_key_file": self.unlock_key_file,
-                "revoke_git": self.revoke_git, "age_host_keys": self.age_host_keys, "age_identity": self.age_identity}
+        return {
+            "lost": list(self.lost),
+            "new_nickname": self.new_nickname,
+            "unlock_key_file": self.unlock_key_file,
+            "revoke_git": self.revoke_git,
+            "age_host_keys": self.age_host_keys,
+            "age_identity": self.age_identity,
+        }
 
 
 def age_target_for(host: Host, answers: ReplaceAnswers) -> AgeTarget:
@@ -264,22 +316,30 @@ class ReplaceIO:
 def check_safe(found: list[Found]) -> None:
     """Refuse when no present key answers for anything: nothing proven would remain."""
     if not found:
-        raise UsageError("no enrolled credential found on this host (registry, LUKS tokens, pam_u2f authfiles)",
-                         "nothing to replace; enroll keys with `yktool commission`")
+        raise UsageError(
+            "no enrolled credential found on this host (registry, LUKS tokens, pam_u2f authfiles)",
+            "nothing to replace; enroll keys with `yktool commission`",
+        )
     if all(f.answered_by is None for f in found):
         owners = sorted({f.owner for f in found})
         raise Refused(
             f"none of the keys present answers for any enrolled credential (all belong to {', '.join(owners)}): "
             "revoking them would leave no enrolled key, and a failed step could lock you out",
             "get in without a key first: open the disk with the recovery key (or passphrase), enroll the new key "
-            "with `yktool commission`, then run `yktool replace` with that key present to revoke the lost one")
+            "with `yktool commission`, then run `yktool replace` with that key present to revoke the lost one",
+        )
 
 
 def registry_listing(host: Host) -> str:
     """`primary (luks, ssh, pam), backup (…)`: the names `--lost` takes, as `yktool keys list` has them."""
     registry = Registry.load(host)
-    return ", ".join(f"{k.nickname} ({', '.join(dict.fromkeys(str(e.get('kind')) for e in k.enrollments))})"
-                     for k in registry.keys) or "none: the registry is empty"
+    return (
+        ", ".join(
+            f"{k.nickname} ({', '.join(dict.fromkeys(str(e.get('kind')) for e in k.enrollments))})"
+            for k in registry.keys
+        )
+        or "none: the registry is empty"
+    )
 
 
 def revoked_before(host: Host) -> list[str]:
@@ -293,14 +353,18 @@ def check_names(host: Host, names: list[str]) -> list[str]:
     earlier replace run already revoked is accepted (a re-run, or a resumed one). Returns the
     names still in the registry."""
     if not names:
-        raise UsageError("which key was lost? (none named)",
-                         f"name it with --lost NAME (several allowed); registered: {registry_listing(host)}")
+        raise UsageError(
+            "which key was lost? (none named)",
+            f"name it with --lost NAME (several allowed); registered: {registry_listing(host)}",
+        )
     known = {k.nickname for k in Registry.load(host).keys}
     earlier = set(revoked_before(host))
     unknown = [n for n in names if n not in known and n not in earlier]
     if unknown:
-        raise UsageError(f"--lost {', '.join(unknown)}: no such key in the registry",
-                         f"name one of the registered keys (yktool keys list): {registry_listing(host)}")
+        raise UsageError(
+            f"--lost {', '.join(unknown)}: no such key in the registry",
+            f"name one of the registered keys (yktool keys list): {registry_listing(host)}",
+        )
     return [n for n in names if n in known]
 
 
@@ -311,13 +375,13 @@ def check_new_nickname(host: Host, lost: list[str], nickname: str) -> None:
     kept key's name would make two keys one entry (losing either revokes both). A resumed run
     (same answers, unfinished) finds the name it recorded itself: that is allowed."""
     state = FlowState.load(host, FLOW)
-    resuming = state.resuming and state.answers.get("new_nickname") == nickname \
-        and state.answers.get("lost") == lost
+    resuming = state.resuming and state.answers.get("new_nickname") == nickname and state.answers.get("lost") == lost
     if nickname in lost or (not resuming and Registry.load(host).get(nickname) is not None):
         what = "the lost key's own name" if nickname in lost else "already a registered key's name"
-        raise UsageError(f"--new-nickname {nickname}: {what}",
-                         f"give the replacement a name of its own (--new-nickname NAME); registered: "
-                         f"{registry_listing(host)}")
+        raise UsageError(
+            f"--new-nickname {nickname}: {what}",
+            f"give the replacement a name of its own (--new-nickname NAME); registered: {registry_listing(host)}",
+        )
 
 
 def mark_lost(found: list[Found], names: list[str]) -> None:
@@ -331,30 +395,43 @@ def check_named_absent(found: list[Found]) -> None:
     here = sorted({(f.owner, f.answered_by) for f in found if f.lost and f.answered_by not in (None, "new")})
     if here:
         which = ", ".join(f"{owner} (answers as {role})" for owner, role in here)
-        raise Refused(f"the key named lost is plugged in: {which}",
-                      "check the name (yktool keys list), or remove that key and run again")
+        raise Refused(
+            f"the key named lost is plugged in: {which}",
+            "check the name (yktool keys list), or remove that key and run again",
+        )
 
 
 def replacement_options(f: Found) -> enroll.KeygenOptions:
     """The SSH key options of the lost key, for its replacement: the same application and the
     same protection (verify-required, resident, no-touch-required), never a weaker key."""
     flags = f.ssh_flags if f.ssh_flags is not None else FLAG_USER_PRESENCE
-    return enroll.KeygenOptions(application=f.rp_id if f.rp_id.startswith("ssh:") else "ssh:",
-                         verify_required=bool(flags & FLAG_USER_VERIFICATION), resident=bool(flags & FLAG_RESIDENT),
-                         no_touch_required=not flags & FLAG_USER_PRESENCE)
+    return enroll.KeygenOptions(
+        application=f.rp_id if f.rp_id.startswith("ssh:") else "ssh:",
+        verify_required=bool(flags & FLAG_USER_VERIFICATION),
+        resident=bool(flags & FLAG_RESIDENT),
+        no_touch_required=not flags & FLAG_USER_PRESENCE,
+    )
 
 
 class Replace:
     """The steps of one replace run."""
 
-    def __init__(self, host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, state: FlowState,
-                 found: list[Found], has_new: bool) -> None:
+    def __init__(
+        self,
+        host: Host,
+        answers: ReplaceAnswers,
+        keys: KeyRing,
+        io: ReplaceIO,
+        state: FlowState,
+        found: list[Found],
+        has_new: bool,
+    ) -> None:
         self.host, self.answers, self.keys, self.io, self.state = host, answers, keys, io, state
         self.found = found
         self.has_new = has_new
         self.unlock = Passphrases(host, answers.unlock_key_file, io.unlock)
         self.lost_names = list(answers.lost)
-        self.forced: list[Loss] = []   # what --force lets go (checked whole in check_plan)
+        self.forced: list[Loss] = []  # what --force lets go (checked whole in check_plan)
         self.force = False
         self.checked_under: object | None = None  # the lock hold the plan was checked under
         self.now = datetime.datetime.now(datetime.UTC)
@@ -370,40 +447,110 @@ class Replace:
         pam_targets = list(dict.fromkeys((f.where, f.user, f.rp_id) for f in self.lost("pam")))
         ssh_keys = self.lost("ssh")
         if self.has_new:
-            steps.append(FlowStep("new.pin", f"new key ({nick}): check it and its PIN (set one if it has none)",
-                                  self.new_pin, ["new key"], "a PIN token from the key", "new"))
+            steps.append(
+                FlowStep(
+                    "new.pin",
+                    f"new key ({nick}): check it and its PIN (set one if it has none)",
+                    self.new_pin,
+                    ["new key"],
+                    "a PIN token from the key",
+                    "new",
+                )
+            )
             for dev in luks_devs:
-                steps.append(FlowStep(f"new.luks@{dev}", f"enroll the new key into {dev} (systemd-fido2)",
-                                      partial(self.enroll_luks, dev), [dev], "its hmac-secret opens the new keyslot",
-                                      "new"))
+                steps.append(
+                    FlowStep(
+                        f"new.luks@{dev}",
+                        f"enroll the new key into {dev} (systemd-fido2)",
+                        partial(self.enroll_luks, dev),
+                        [dev],
+                        "its hmac-secret opens the new keyslot",
+                        "new",
+                    )
+                )
             for f in ssh_keys:
-                steps.append(FlowStep(f"new.ssh@{f.where}", f"new ed25519-sk key in place of {f.where}, authorized "
-                                      "and accepted for git", partial(self.enroll_ssh, f), [f.where],
-                                      "ssh-keygen -y reads it back", "new"))
+                steps.append(
+                    FlowStep(
+                        f"new.ssh@{f.where}",
+                        f"new ed25519-sk key in place of {f.where}, authorized and accepted for git",
+                        partial(self.enroll_ssh, f),
+                        [f.where],
+                        "ssh-keygen -y reads it back",
+                        "new",
+                    )
+                )
             for path, user, origin in pam_targets:
-                steps.append(FlowStep(f"new.pam@{path}:{user}", f"pam_u2f credential for {user} in {path}",
-                                      partial(self.enroll_pam, path, user, origin), [path],
-                                      "an assertion verifies against the stored key", "new"))
-            steps.append(FlowStep("new.rules", "udev lock and USBGuard rules for the new key where the lost had them",
-                                  self.enroll_rules, ["/etc/udev/rules.d", "/etc/usbguard/rules.conf"],
-                                  "the files read back", "new"))
+                steps.append(
+                    FlowStep(
+                        f"new.pam@{path}:{user}",
+                        f"pam_u2f credential for {user} in {path}",
+                        partial(self.enroll_pam, path, user, origin),
+                        [path],
+                        "an assertion verifies against the stored key",
+                        "new",
+                    )
+                )
+            steps.append(
+                FlowStep(
+                    "new.rules",
+                    "udev lock and USBGuard rules for the new key where the lost had them",
+                    self.enroll_rules,
+                    ["/etc/udev/rules.d", "/etc/usbguard/rules.conf"],
+                    "the files read back",
+                    "new",
+                )
+            )
         for dev in luks_devs:
-            steps.append(FlowStep(f"revoke.luks@{dev}", f"wipe the lost key's keyslots and tokens in {dev}",
-                                  partial(self.revoke_luks, dev), [dev], "the header no longer has them"))
+            steps.append(
+                FlowStep(
+                    f"revoke.luks@{dev}",
+                    f"wipe the lost key's keyslots and tokens in {dev}",
+                    partial(self.revoke_luks, dev),
+                    [dev],
+                    "the header no longer has them",
+                )
+            )
         for path, user, _origin in pam_targets:
-            steps.append(FlowStep(f"revoke.pam@{path}:{user}", f"drop the lost key's pam_u2f credential of {user}",
-                                  partial(self.revoke_pam, path, user), [path], "the authfile parses without it"))
+            steps.append(
+                FlowStep(
+                    f"revoke.pam@{path}:{user}",
+                    f"drop the lost key's pam_u2f credential of {user}",
+                    partial(self.revoke_pam, path, user),
+                    [path],
+                    "the authfile parses without it",
+                )
+            )
         for f in ssh_keys:
-            steps.append(FlowStep(f"revoke.ssh@{f.where}", f"revoke SSH key {f.where}: authorized_keys, "
-                                  "allowed_signers (valid-before), git revocation file", partial(self.revoke_ssh, f),
-                                  [f.where], "the files read back"))
-        steps.append(FlowStep("revoke.registry", f"drop {', '.join(self.lost_names)} from the registry and its "
-                              "udev/USBGuard rules", self.revoke_registry, ["/etc/yktool/keys.toml"],
-                              "read the registry back"))
+            steps.append(
+                FlowStep(
+                    f"revoke.ssh@{f.where}",
+                    f"revoke SSH key {f.where}: authorized_keys, allowed_signers (valid-before), git revocation file",
+                    partial(self.revoke_ssh, f),
+                    [f.where],
+                    "the files read back",
+                )
+            )
+        steps.append(
+            FlowStep(
+                "revoke.registry",
+                f"drop {', '.join(self.lost_names)} from the registry and its udev/USBGuard rules",
+                self.revoke_registry,
+                ["/etc/yktool/keys.toml"],
+                "read the registry back",
+            )
+        )
         if self.host.exists("/etc/NIXOS"):
-            steps.append(FlowStep("nixos.module", "rewrite the NixOS module from the key registry",
-                                  self.nixos_module, ["the NixOS module"], "nix-instantiate --parse",
-                                  None, always=True))
+            steps.append(
+                FlowStep(
+                    "nixos.module",
+                    "rewrite the NixOS module from the key registry",
+                    self.nixos_module,
+                    ["the NixOS module"],
+                    "nix-instantiate --parse",
+                    None,
+                    always=True,
+                )
+            )
         return steps
 
     def nixos_module(self) -> str:
@@ -442,10 +589,12 @@ class Replace:
             enroll.precheck(session, opts)
             key = enroll.make_key(session, opts, f"{f.user} ({self.answers.new_nickname})", prechecked=True)
             enroll.write_key_files(self.host, key, path, account.owner())  # the lost key's file is backed up
-        git = [e for _k, e in Registry.load(self.host).enrollments("git")
-               if str(e.get("public_key", "")) == f.public_key]
-        done = enroll.authorize_and_prove(self.host, account, key, path, nickname=self.answers.new_nickname,
-                                          aaguid=session.aaguid)
+        git = [
+            e for _k, e in Registry.load(self.host).enrollments("git") if str(e.get("public_key", "")) == f.public_key
+        ]
+        done = enroll.authorize_and_prove(
+            self.host, account, key, path, nickname=self.answers.new_nickname, aaguid=session.aaguid
+        )
         for e in git:
             # where the lost key signed (the global config or a repository's), the new one signs,
             # with the same allowed_signers file; where it was only accepted, the new one is
@@ -453,13 +602,21 @@ class Replace:
             scope = str(e.get("config_scope") or "")
             repo = PurePosixPath(scope.removeprefix("repo:")) if scope.startswith("repo:") else None
             if signs and repo is not None and not self.host.is_dir(repo):
-                signs, repo = False, None   # the repository is gone: nothing signs there any more
+                signs, repo = False, None  # the repository is gone: nothing signs there any more
             signers = str(e.get("allowed_signers") or "")
-            add_signer(self.host, account, key, email=str(e.get("email", "")), nickname=self.answers.new_nickname,
-                       signing_key=enroll.pub_path(path) if signs else None, repo=repo,
-                       allowed_signers=PurePosixPath(signers) if signers else None)
-        return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + \
-            (", git signing" if git else "")
+            add_signer(
+                self.host,
+                account,
+                key,
+                email=str(e.get("email", "")),
+                nickname=self.answers.new_nickname,
+                signing_key=enroll.pub_path(path) if signs else None,
+                repo=repo,
+                allowed_signers=PurePosixPath(signers) if signers else None,
+            )
+        return f"{key.public.fingerprint} in {path}, authorized in {done.authorized.path}" + (
+            ", git signing" if git else ""
+        )
 
     def pam_target(self, path: str, user: str) -> Target:
         if any(f.age and f.where == path for f in self.found):
@@ -469,9 +626,14 @@ class Replace:
     def enroll_pam(self, path: str, user: str, origin: str) -> str:
         # the lost credential's checks carry over (+pin, +verification): the replacement is never weaker
         options = "".join(f.pam_options for f in self.lost("pam") if f.where == path and f.user == user)
-        request = RegisterRequest(user=user, origin=origin, target=self.pam_target(path, user),
-                                     nickname=self.answers.new_nickname, pin="+pin" in options,
-                                     verification="+verification" in options)
+        request = RegisterRequest(
+            user=user,
+            origin=origin,
+            target=self.pam_target(path, user),
+            nickname=self.answers.new_nickname,
+            pin="+pin" in options,
+            verification="+verification" in options,
+        )
         result = pam_register(self.host, self.keys.session("new"), request)
         if result.already_registered:
             return f"already registered for {user}"
@@ -515,8 +677,9 @@ class Replace:
             raise ToolFailed(f"keyslot(s) {slots} are still in {device}", "check `yktool luks status`")
         return f"wiped keyslot(s) {', '.join(map(str, slots))} and their tokens"
 
-    def _pam_line(self, path: str, user: str) -> tuple[Target, Authfile, AuthLine | None,
-                                                       list[U2fCredential], set[bytes]]:
+    def _pam_line(
+        self, path: str, user: str
+    ) -> tuple[Target, Authfile, AuthLine | None, list[U2fCredential], set[bytes]]:
         """(target, authfile, the user's line or None, the credentials it keeps, the lost ids)."""
         mine = [f for f in self.lost("pam") if f.where == path and f.user == user]
         lost_ids = {f.credential_id for f in mine if not f.resident_key}
@@ -524,8 +687,15 @@ class Replace:
         target = self.pam_target(path, user)
         authfile = Authfile.parse(read_current(self.host, target)[0])
         line = authfile.effective_line(user)
-        keep = [c for c in line.credentials if c.credential_id not in lost_ids
-                and not (c.resident and c.public_key in lost_resident)] if line is not None else []
+        keep = (
+            [
+                c
+                for c in line.credentials
+                if c.credential_id not in lost_ids and not (c.resident and c.public_key in lost_resident)
+            ]
+            if line is not None
+            else []
+        )
         return target, authfile, line, keep, lost_ids
 
     def removal(self) -> Removal:
@@ -562,14 +732,20 @@ class Replace:
         authorize` writes before it records (a kill -9 between the two, a registry restored from
         before), and a line the registry does not know still lets the finder in."""
         registry = Registry.load(self.host)
-        places = [(str(e["path"]), str(e.get("user") or f.user)) for _k, e in registry.enrollments("ssh")
-                  if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key]
+        places = [
+            (str(e["path"]), str(e.get("user") or f.user))
+            for _k, e in registry.enrollments("ssh")
+            if e.get("role") == "authorized_keys" and "path" in e and str(e.get("public_key")) == f.public_key
+        ]
         blob = _blob(f.public_key)
         for user in dict.fromkeys([f.user, "root"]):
             try:
                 path = str(authorized_keys_path(lookup_user(self.host, user)))
-                if blob and self.host.exists(path) and any(
-                        key_blob_in(ln) == blob for ln in self.host.read_text(path).splitlines()):
+                if (
+                    blob
+                    and self.host.exists(path)
+                    and any(key_blob_in(ln) == blob for ln in self.host.read_text(path).splitlines())
+                ):
                     places.append((path, user))
             except (OSError, YktoolError):
                 continue  # a file yktool may not read is the touched-files check's to refuse
@@ -591,15 +767,31 @@ class Replace:
         found = losses(self.host, self.removal())
         luks = [x for x in found if x.area == "luks"]
         if luks:
-            raise Refused(f"revoking {', '.join(self.lost_names)} would leave {luks[0].where} without a safe "
-                          f"way in: {luks[0].message}", luks[0].hint)
+            raise Refused(
+                f"revoking {', '.join(self.lost_names)} would leave {luks[0].where} without a safe "
+                f"way in: {luks[0].message}",
+                luks[0].hint,
+            )
         if found and not force:
-            ways = ("insert a new key and pass it as --new-device: it is enrolled and proven first, then the lost "
-                    "key is revoked" if not self.has_new else "")
-            raise Refused(f"revoking {', '.join(self.lost_names)} {'alone ' if not self.has_new else ''}would lock "
-                          f"out: {describe(found)}; nothing was changed",
-                          "; ".join(w for w in (ways, found[0].hint, "or revoke anyway, knowing who loses what: "
-                                                f"--force --confirm {self.lost_names[0]}") if w))
+            ways = (
+                "insert a new key and pass it as --new-device: it is enrolled and proven first, then the lost "
+                "key is revoked"
+                if not self.has_new
+                else ""
+            )
+            raise Refused(
+                f"revoking {', '.join(self.lost_names)} {'alone ' if not self.has_new else ''}would lock "
+                f"out: {describe(found)}; nothing was changed",
+                "; ".join(
+                    w
+                    for w in (
+                        ways,
+                        found[0].hint,
+                        f"or revoke anyway, knowing who loses what: --force --confirm {self.lost_names[0]}",
+                    )
+                    if w
+                ),
+            )
         self.forced = found
 
     def forced_empty(self, area: str, path: str, user: str) -> bool:
@@ -626,14 +818,17 @@ class Replace:
             # go whole (an earlier line would otherwise become the one pam_u2f reads)
             lines = [ln for ln in authfile.lines if ln.user != user]
         else:
-            raise Refused(f"dropping the lost key's credential would leave {user} without any pam_u2f key in {path}",
-                          "enroll the replacement first (run replace with --new-device)")
+            raise Refused(
+                f"dropping the lost key's credential would leave {user} without any pam_u2f key in {path}",
+                "enroll the replacement first (run replace with --new-device)",
+            )
         new_text = "".join(ln.raw for ln in lines)
-        write_target(self.host, target, new_text)   # an age file is encrypted again, whole
+        write_target(self.host, target, new_text)  # an age file is encrypted again, whole
         back = Authfile.parse(read_current(self.host, target)[0])
         gone = {c.public_key for c in line.credentials if c not in keep}
-        if back.malformed or any(c.credential_id in lost_ids or (c.resident and c.public_key in gone)
-                                 for c in back.credentials_of(user)):
+        if back.malformed or any(
+            c.credential_id in lost_ids or (c.resident and c.public_key in gone) for c in back.credentials_of(user)
+        ):
             raise ToolFailed(f"{path} does not read back as intended", "restore it from /var/backups/yktool")
         return f"{user} keeps {len(keep)} credential(s)" if keep else f"{user}'s line removed: no credential is left"
 
@@ -653,8 +848,9 @@ class Replace:
                 expired = True
                 done.append(f"valid-before now in {signers}")
         mine = [e for _k, e in registry.enrollments("git") if str(e.get("public_key", "")) == f.public_key]
-        configs = list(dict.fromkeys(PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig"))
-                                     for e in mine))
+        configs = list(
+            dict.fromkeys(PurePosixPath(str(e.get("config_file") or account.home / ".gitconfig")) for e in mine)
+        )
         if self.answers.revoke_git and (mine or expired):
             revoked = account.home / REVOKED_FILE
             if add_revoked_signer(self.host, revoked, public, account.owner()):
@@ -675,8 +871,13 @@ class Replace:
     def revoke_registry(self) -> str:
         registry = Registry.load(self.host)
         lost = [k for k in registry.keys if k.nickname in self.lost_names]
-        still_allowed = {_usb_rule(e) for k in registry.keys if k.nickname not in self.lost_names
-                         for e in k.enrollments if e.get("kind") == "usbguard"}
+        still_allowed = {
+            _usb_rule(e)
+            for k in registry.keys
+            if k.nickname not in self.lost_names
+            for e in k.enrollments
+            if e.get("kind") == "usbguard"
+        }
         for k in lost:
             for e in k.enrollments:
                 if e.get("kind") == "udev" and e.get("path") == udev_rule.RULE_PATH:
@@ -709,8 +910,11 @@ class ReplaceReport(FlowReport):
     found: list[Found] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "lost": [f.to_json() for f in self.found if f.lost],
-                "kept": [f.to_json() for f in self.found if not f.lost]}
+        return {
+            **super().to_json(),
+            "lost": [f.to_json() for f in self.found if f.lost],
+            "kept": [f.to_json() for f in self.found if not f.lost],
+        }
 
 
 AREA = {"luks": "LUKS2 FIDO2 slot", "pam": "pam_u2f", "ssh": "SSH key"}
@@ -723,25 +927,39 @@ def summary(flow: Replace, steps: list[FlowStep], width: int = 78) -> list[str]:
     host = flow.host
     kind = "nixos" if host.exists("/etc/NIXOS") else "linux"
     done = set(flow.state.done)
-    lines = [f"replace: {host.root}", f"  host {hostname(host) or 'no /etc/hostname'} ({kind}); {len(steps)} steps, "
-             f"{sum(1 for st in steps if st.id in done and not st.always)} done already"]
+    lines = [
+        f"replace: {host.root}",
+        f"  host {hostname(host) or 'no /etc/hostname'} ({kind}); {len(steps)} steps, "
+        f"{sum(1 for st in steps if st.id in done and not st.always)} done already",
+    ]
     for name in flow.lost_names:
-        items = [f"{AREA[f.area]} {f.user + ' in ' if f.area == 'pam' else ''}{f.where}"
-                 for f in flow.found if f.lost and f.owner == name]
+        items = [
+            f"{AREA[f.area]} {f.user + ' in ' if f.area == 'pam' else ''}{f.where}"
+            for f in flow.found
+            if f.lost and f.owner == name
+        ]
         lines += summary_item(f"lost {name}, revoked", [*items, "registry entry and udev/USBGuard rules"], width)
     answered = {f.owner: f.answered_by for f in flow.found if f.answered_by not in (None, "new")}
-    kept = [f"{k.nickname} ({'plugged in' if k.nickname in answered else 'not plugged in'})"
-            for k in Registry.load(host).keys if k.nickname not in (*flow.lost_names, flow.answers.new_nickname)]
-    kept += [f"{f.describe()} (not in the registry, kept: yktool cannot tell which key made it)"
-             for f in flow.found if f.owner == "unregistered" and not f.lost]
+    kept = [
+        f"{k.nickname} ({'plugged in' if k.nickname in answered else 'not plugged in'})"
+        for k in Registry.load(host).keys
+        if k.nickname not in (*flow.lost_names, flow.answers.new_nickname)
+    ]
+    kept += [
+        f"{f.describe()} (not in the registry, kept: yktool cannot tell which key made it)"
+        for f in flow.found
+        if f.owner == "unregistered" and not f.lost
+    ]
     lines += summary_item("kept", kept or ["no other key"], width)
     for x in flow.forced:  # what --force lets go is never only in the details
         lines += summary_item("FORCED", [x.message], width)
     if flow.has_new:
         items = [f"LUKS2 FIDO2 slot {dev}" for dev in dict.fromkeys(f.where for f in flow.lost("luks"))]
         items += [f"SSH key {f.where} (authorized, git signing)" for f in flow.lost("ssh")]
-        items += [f"pam_u2f {user} in {path}" for path, user, _o in
-                  dict.fromkeys((f.where, f.user, f.rp_id) for f in flow.lost("pam"))]
+        items += [
+            f"pam_u2f {user} in {path}"
+            for path, user, _o in dict.fromkeys((f.where, f.user, f.rp_id) for f in flow.lost("pam"))
+        ]
         items.append("udev lock and USBGuard rules where the lost key had them")
         lines += summary_item(f"new key ({flow.answers.new_nickname}), first", items, width)
         lines.append(f"  new key: {budget(flow.touches())}, before anything of the lost key goes")
@@ -755,11 +973,15 @@ def next_steps(flow: Replace, report: ReplaceReport) -> list[str]:
     lost one was accepted off this host, the NixOS rebuild; without a new key, a new backup."""
     out: list[str] = []
     if flow.has_new:
-        out.append(f"Put the new key ({flow.answers.new_nickname}) where the lost one was (keyring, laptop port); "
-                   "keep the other keys where they are")
+        out.append(
+            f"Put the new key ({flow.answers.new_nickname}) where the lost one was (keyring, laptop port); "
+            "keep the other keys where they are"
+        )
         for f in flow.lost("ssh"):
-            out.append(f"Authorize the new SSH key {f.where}.pub wherever the lost one was accepted off this "
-                       "host (GitHub, other servers), and remove the lost one there")
+            out.append(
+                f"Authorize the new SSH key {f.where}.pub wherever the lost one was accepted off this "
+                "host (GitHub, other servers), and remove the lost one there"
+            )
     else:
         out.append("Enroll a new backup key soon: one more lost key must not lock you out")
     if flow.host.exists("/etc/NIXOS"):
@@ -767,8 +989,14 @@ def next_steps(flow: Replace, report: ReplaceReport) -> list[str]:
     return out
 
 
-def find(host: Host, keys: KeyRing, present: list[str], with_new: bool,
-         extra_devices: list[str] | None = None, age_target: AgeTarget | None = None) -> list[Found]:
+def find(
+    host: Host,
+    keys: KeyRing,
+    present: list[str],
+    with_new: bool,
+    extra_devices: list[str] | None = None,
+    age_target: AgeTarget | None = None,
+) -> list[Found]:
     """Gather and probe with each present key (and the new one, whose credentials an interrupted
     run may have made): every credential with the key that answers it, or None when lost."""
     found = gather(host, extra_devices, age_target)
@@ -790,10 +1018,11 @@ def check_new_key(found: list[Found], new_nickname: str) -> None:
     taken = {f.owner for f in found if f.answered_by == "new" and f.owner not in (new_nickname, "unregistered")}
     taken |= {f.owner for f in found if f.also_new}
     if taken:
-        raise Refused(f"the new key is already enrolled here ({', '.join(sorted(taken))}): it answers for "
-                      "that key's credentials",
-                      "insert a key that is not enrolled yet and pass it as --new-device "
-                      "(or run without --new-device to revoke only)")
+        raise Refused(
+            f"the new key is already enrolled here ({', '.join(sorted(taken))}): it answers for that key's credentials",
+            "insert a key that is not enrolled yet and pass it as --new-device "
+            "(or run without --new-device to revoke only)",
+        )
 
 
 def settle(host: Host) -> None:
@@ -823,13 +1052,22 @@ def kept_notes(host: Host, found: list[Found], lost_names: list[str]) -> list[st
             notes.append(f"{f.describe()}: not in the registry, kept (yktool cannot tell which key made it)")
     registered = [str(e["device"]) for _k, e in Registry.load(host).enrollments("luks") if "device" in e]
     for device, why in crypttab_luks(host, registered)[1].items():
-        notes.append(f"{device}: not checked — {why}; the lost key may still open it (check it by hand: "
-                     "systemd-cryptenroll DEVICE)")
+        notes.append(
+            f"{device}: not checked — {why}; the lost key may still open it (check it by hand: "
+            "systemd-cryptenroll DEVICE)"
+        )
     return notes
 
 
-def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, found: list[Found],
-            has_new: bool, force: bool = False) -> tuple[Replace, list[FlowStep], Plan]:
+def prepare(
+    host: Host,
+    answers: ReplaceAnswers,
+    keys: KeyRing,
+    io: ReplaceIO,
+    found: list[Found],
+    has_new: bool,
+    force: bool = False,
+) -> tuple[Replace, list[FlowStep], Plan]:
     """The whole plan, checked whole (last way in, per user and volume) before anything changes."""
     state = FlowState.load(host, FLOW)
     if state.finished:
@@ -838,8 +1076,12 @@ def prepare(host: Host, answers: ReplaceAnswers, keys: KeyRing, io: ReplaceIO, f
     flow.force, flow.checked_under = force, current_hold(host)
     flow.check_plan(force)
     steps = flow.build_steps()
-    plan = make_plan(f"replace the lost key ({', '.join(flow.lost_names)})"
-                     + (f" with {answers.new_nickname}" if has_new else " (revoke only)"), steps, state)
+    plan = make_plan(
+        f"replace the lost key ({', '.join(flow.lost_names)})"
+        + (f" with {answers.new_nickname}" if has_new else " (revoke only)"),
+        steps,
+        state,
+    )
     plan.notes.append("the replacement is enrolled and proven everywhere before the lost key is revoked")
     plan.notes.extend(kept_notes(host, found, flow.lost_names))
     plan.notes.extend(f"FORCED: {x.message}" for x in flow.forced)
@@ -855,8 +1097,11 @@ def execute(flow: Replace, steps: list[FlowStep], on_step: Callable[[Outcome], N
             confirmed = [x.to_json() for x in flow.forced]
             flow.check_plan(flow.force)
             if [x.to_json() for x in flow.forced] != confirmed:
-                raise Refused("the host changed since the plan was checked: it would now lock out "
-                              f"{describe(flow.forced)}; nothing was changed", "prepare the plan again")
+                raise Refused(
+                    "the host changed since the plan was checked: it would now lock out "
+                    f"{describe(flow.forced)}; nothing was changed",
+                    "prepare the plan again",
+                )
         return _execute(flow, steps, on_step)
 
 

@@ -33,15 +33,15 @@ class FlowStep:
     run: Callable[[], str]
     touches: list[str] = field(default_factory=list)
     verify: str = ""
-    role: str | None = None          # the key the step needs in hand (primary / backup / …)
-    always: bool = False              # read-only steps (verify) run again on every run
+    role: str | None = None  # the key the step needs in hand (primary / backup / …)
+    always: bool = False  # read-only steps (verify) run again on every run
 
 
 @dataclass
 class Outcome:
     id: str
     description: str
-    status: str                       # done | already-done
+    status: str  # done | already-done
     detail: str = ""
 
     def to_json(self) -> dict[str, str]:
@@ -69,8 +69,9 @@ def make_plan(title: str, steps: list[FlowStep], state: FlowState) -> Plan:
     return plan
 
 
-def run_steps(host: Host, state: FlowState, steps: list[FlowStep],
-              on_step: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_steps(
+    host: Host, state: FlowState, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None = None
+) -> list[Outcome]:
     """Run every step not yet done; mark each in `state` as it succeeds. Stops at the first error
     (it propagates; the steps before it stay marked, so a re-run resumes there).
 
@@ -82,8 +83,9 @@ def run_steps(host: Host, state: FlowState, steps: list[FlowStep],
         return _run_steps(host, state, steps, on_step)
 
 
-def _run_steps(host: Host, state: FlowState, steps: list[FlowStep],
-               on_step: Callable[[Outcome], None] | None) -> list[Outcome]:
+def _run_steps(
+    host: Host, state: FlowState, steps: list[FlowStep], on_step: Callable[[Outcome], None] | None
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for s in steps:
         if s.id in state.done and not s.always:

@@ -40,16 +40,29 @@ class FlowState:
             return state
         try:
             raw = json.loads(host.read_text(state.path))
-            return cls(flow, dict(raw.get("answers", {})), list(raw.get("done", [])),
-                       str(raw.get("started", "")), str(raw.get("finished", "")), dict(raw.get("extra", {})))
+            return cls(
+                flow,
+                dict(raw.get("answers", {})),
+                list(raw.get("done", [])),
+                str(raw.get("started", "")),
+                str(raw.get("finished", "")),
+                dict(raw.get("extra", {})),
+            )
         except (ValueError, AttributeError, TypeError):  # not JSON, or JSON of another shape
-            raise UsageError(f"{state.path} is damaged",
-                             f"delete it to start the {flow} flow afresh (every step is idempotent)") from None
+            raise UsageError(
+                f"{state.path} is damaged", f"delete it to start the {flow} flow afresh (every step is idempotent)"
+            ) from None
 
     def save(self, host: Host) -> None:
         host.mkdir(STATE_DIR, 0o700)
-        body = {"flow": self.flow, "answers": self.answers, "done": self.done,
-                "started": self.started, "finished": self.finished, "extra": self.extra}
+        body = {
+            "flow": self.flow,
+            "answers": self.answers,
+            "done": self.done,
+            "started": self.started,
+            "finished": self.finished,
+            "extra": self.extra,
+        }
         host.write_file(self.path, json.dumps(body, indent=2) + "\n", 0o600, backup=False)
 
     def mark(self, host: Host, step_id: str) -> None:
@@ -60,8 +73,7 @@ class FlowState:
     def check_resume(self, host: Host, answers: dict[str, Any]) -> None:
         """Refuse other answers while an unfinished run is on disk (writes nothing: --dry-run)."""
         if self.done and not self.finished and self.answers and self.answers != answers:
-            changed = sorted(k for k in set(answers) | set(self.answers)
-                             if answers.get(k) != self.answers.get(k))
+            changed = sorted(k for k in set(answers) | set(self.answers) if answers.get(k) != self.answers.get(k))
             raise UsageError(
                 f"an unfinished {self.flow} run exists with other answers ({', '.join(changed)})",
                 f"re-run with the same answers to resume, or delete {host.root}{self.path} to start over",

@@ -67,8 +67,9 @@ def replace_files(flow: Replace) -> Iterator[str | PurePosixPath]:
     registry = Registry.load(host)
     for k in registry.keys:
         if k.nickname in flow.lost_names:
-            yield from (str(e["path"]) for e in k.enrollments
-                        if e.get("kind") == "usbguard" and isinstance(e.get("path"), str))
+            yield from (
+                str(e["path"]) for e in k.enrollments if e.get("kind") == "usbguard" and isinstance(e.get("path"), str)
+            )
     for f in flow.lost("ssh"):
         yield from (f.where, pub_path(PurePosixPath(f.where)))
         yield from (path for path, _user in flow.ssh_places(f))

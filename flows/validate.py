@@ -21,7 +21,7 @@ def _not_found(host: Host, path: str, what: str) -> str:
     """A path typed as this machine sees it (it starts with the root): say what to type instead."""
     root = str(host.root).rstrip("/")
     if root and path.startswith(root + "/"):
-        return f"not inside the root: type it as the root sees it: {path[len(root):]}"
+        return f"not inside the root: type it as the root sees it: {path[len(root) :]}"
     return f"{path}: no such {what} inside the root" if root else f"{path}: no such {what}"
 
 

@@ -43,8 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hardware", action="store_true", help="run the tests on a real key")
     group.addoption("--serial", help="the YubiKey serial the run may touch")
     group.addoption("--device", dest="hw_device", help="hid:/dev/hidrawN the run may touch")
-    group.addoption("--allow-used-key", action="store_true",
-                    help="accept a key that has a PIN or holds credentials")
+    group.addoption("--allow-used-key", action="store_true", help="accept a key that has a PIN or holds credentials")
     group.addoption("--destructive", action="store_true", help="allow tests that reset the key")
 
 
@@ -89,8 +88,7 @@ def find_candidates(device: str | None = None) -> list[Candidate]:
     if device and device.startswith("sim:"):
         from yktool.fido import open_device
 
-        return [Candidate(spec=device, serial=None, open=lambda: open_device(device),
-                          product="yktool software key")]
+        return [Candidate(spec=device, serial=None, open=lambda: open_device(device), product="yktool software key")]
     from fido2.hid import CtapHidDevice, list_descriptors, open_connection
     from fido2.hid.base import HidDescriptor
 
@@ -103,8 +101,14 @@ def find_candidates(device: str | None = None) -> list[Candidate]:
 
     found = []
     for desc in list_descriptors():  # type: ignore[no-untyped-call]
-        found.append(Candidate(spec=f"hid:{desc.path}", serial=serial_for_hidraw(desc.path),
-                               open=opener(desc), product=desc.product_name or ""))
+        found.append(
+            Candidate(
+                spec=f"hid:{desc.path}",
+                serial=serial_for_hidraw(desc.path),
+                open=opener(desc),
+                product=desc.product_name or "",
+            )
+        )
     return found
 
 
@@ -235,8 +239,7 @@ def yktool_cmd(hw_key: Candidate) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def ssh_key_root(yktool_cmd: list[str], tmp_path_factory: pytest.TempPathFactory,
-                 pytestconfig: pytest.Config) -> Path:
+def ssh_key_root(yktool_cmd: list[str], tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """A scratch root whose user `tester` has the SSH key `yktool ssh keygen` made on the key under
     test: made once (one touch) for the tests that sign with it and log in with it."""
     tmp = tmp_path_factory.mktemp("ssh-key")

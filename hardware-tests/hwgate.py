@@ -22,8 +22,7 @@ OPT_IN = (
     "(or --device hid:/dev/hidrawN) with exactly one key plugged in"
 )
 NAME_THE_KEY = (
-    "--hardware needs --serial SERIAL or --device hid:/dev/hidrawN, so that a run can only "
-    "touch the key you named"
+    "--hardware needs --serial SERIAL or --device hid:/dev/hidrawN, so that a run can only touch the key you named"
 )
 
 
@@ -118,8 +117,13 @@ def check_destructive(opts: GateOptions, confirm: Callable[[str], str]) -> None:
         raise GateRefused("reset not confirmed")
 
 
-def unmet(facts: KeyFacts, *, min_firmware: tuple[int, int, int] | None = None,
-          algorithms: Sequence[int] = (), extensions: Sequence[str] = ()) -> str | None:
+def unmet(
+    facts: KeyFacts,
+    *,
+    min_firmware: tuple[int, int, int] | None = None,
+    algorithms: Sequence[int] = (),
+    extensions: Sequence[str] = (),
+) -> str | None:
     """Why the key lacks a capability a test needs (the test is then skipped), or None."""
     if min_firmware is not None:
         if facts.firmware is None:

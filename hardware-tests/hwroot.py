@@ -24,12 +24,20 @@ def tool_env(tmp: Path) -> dict[str, str]:
     home = tmp / "tool-home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
-    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
-               SSH_AUTH_SOCK="")
+    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), SSH_AUTH_SOCK="")
     return env
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path | None = None,
-        input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, cwd=cwd, input=input.decode() if input else None,
-                          capture_output=True, text=True, timeout=180, check=False)
+def run(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        input=input.decode() if input else None,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )

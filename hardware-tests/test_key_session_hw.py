@@ -42,8 +42,9 @@ def test_hmac_secret_stable(session: KeySession) -> None:
 @pytest.fixture(scope="module")
 def key_info(yktool_cmd: list[str]) -> dict[str, Any]:
     """`yktool --json key info` on the key under test."""
-    out = subprocess.run([*yktool_cmd, "--json", "key", "info"], capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [*yktool_cmd, "--json", "key", "info"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stderr
     data: dict[str, Any] = json.loads(out.stdout)
     return data

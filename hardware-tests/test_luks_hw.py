@@ -19,16 +19,45 @@ def _image(root: Path) -> tuple[str, str]:
     key.write_bytes(b"hardware-test-passphrase")
     key.chmod(0o600)
     subprocess.run(["truncate", "-s", "32M", str(img)], check=True)
-    subprocess.run(["cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2",
-                    "--pbkdf-force-iterations", "1000", "--batch-mode", "--key-file", str(key), str(img)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--batch-mode",
+            "--key-file",
+            str(key),
+            str(img),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return "/disk.img", "/disk.key"
 
 
 def _enroll(yktool_cmd: list[str], root: Path, backend: str, env: dict[str, str]) -> None:
     img, key = "/disk.img", "/disk.key"
-    out = run([*yktool_cmd, "--root", str(root), "luks", "enroll-fido2", img, "--backend", backend,
-               "--no-pin", "--unlock-key-file", key], env)
+    out = run(
+        [
+            *yktool_cmd,
+            "--root",
+            str(root),
+            "luks",
+            "enroll-fido2",
+            img,
+            "--backend",
+            backend,
+            "--no-pin",
+            "--unlock-key-file",
+            key,
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -47,7 +76,8 @@ def test_systemd_backend_token_opens_through_yktool(yktool_cmd: list[str], tmp_p
 
 @pytest.mark.requires(extensions=("hmac-secret",))
 def test_native_backend_token_opens_through_yktool_and_systemds_plugin(
-        yktool_cmd: list[str], tmp_path: Path, touch: Any, pytestconfig: pytest.Config) -> None:
+    yktool_cmd: list[str], tmp_path: Path, touch: Any, pytestconfig: pytest.Config
+) -> None:
     root = make_root(tmp_path)
     env = tool_env(tmp_path)
     img, _ = _image(root)
@@ -59,7 +89,19 @@ def test_native_backend_token_opens_through_yktool_and_systemds_plugin(
     if (pytestconfig.getoption("hw_device") or "").startswith("sim:"):
         return  # libfido2 (systemd's plugin) cannot see the software key
     touch(1)
-    plugin = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--token-only", "--token-type",
-                             "systemd-fido2", str(root / "disk.img")], capture_output=True, text=True,
-                            timeout=120, check=False)
+    plugin = subprocess.run(
+        [
+            "cryptsetup",
+            "open",
+            "--test-passphrase",
+            "--token-only",
+            "--token-type",
+            "systemd-fido2",
+            str(root / "disk.img"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert plugin.returncode == 0, plugin.stderr

@@ -26,7 +26,8 @@ ORIGIN = "pam://yktool-hw-test"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("pamtester") is None or shutil.which("unshare") is None,
-    reason="needs root, unshare and pamtester")
+    reason="needs root, unshare and pamtester",
+)
 
 
 def _pam_d_digest() -> str:
@@ -53,9 +54,20 @@ def test_real_pam_u2f_with_the_real_key(session: KeySession, tmp_path: Path, tou
     pamd.mkdir()
     (pamd / "yktest").write_text(f"auth required pam_u2f.so authfile={authfile} cue origin={ORIGIN}\n")
     touch(1)
-    run = subprocess.run(["unshare", "-m", "sh", "-c",
-                          'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate',
-                          "sh", str(pamd)], capture_output=True, timeout=60, check=False,
-                         stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate',
+            "sh",
+            str(pamd),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert run.returncode == 0, run.stderr
     assert _pam_d_digest() == before

@@ -29,8 +29,14 @@ def _env(tmp: Path) -> dict[str, str]:
 def _verify(tmp: Path, key: SkPrivateKey, message: bytes, sig: Path) -> subprocess.CompletedProcess[bytes]:
     signers = tmp / "allowed_signers"
     signers.write_text(f'{EMAIL} namespaces="git" {key.public.line()}\n')
-    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git", "-s",
-                           str(sig)], input=message, capture_output=True, env=_env(tmp), timeout=60, check=False)
+    return subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git", "-s", str(sig)],
+        input=message,
+        capture_output=True,
+        env=_env(tmp),
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.real_key_only
@@ -42,8 +48,13 @@ def test_openssh_signs_with_a_key_yktool_made(session: KeySession, tmp_path: Pat
     path.chmod(0o600)
     (tmp_path / "msg").write_bytes(b"signed by OpenSSH's middleware\n")
     touch(1)
-    signed = subprocess.run(["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(path), str(tmp_path / "msg")],
-                            capture_output=True, env=_env(tmp_path), timeout=120, check=False)
+    signed = subprocess.run(
+        ["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(path), str(tmp_path / "msg")],
+        capture_output=True,
+        env=_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
     assert signed.returncode == 0, signed.stderr
     good = _verify(tmp_path, key, b"signed by OpenSSH's middleware\n", tmp_path / "msg.sig")
     assert good.returncode == 0, good.stderr
@@ -54,8 +65,14 @@ def test_yktool_signs_with_a_key_openssh_made(session: KeySession, tmp_path: Pat
     type_name = "ed25519-sk" if session.supports_algorithm(EDDSA) else "ecdsa-sk"
     path = tmp_path / "id_sk"
     touch(1)
-    made = subprocess.run(["ssh-keygen", "-q", "-t", type_name, "-N", "", "-C", "openssh made", "-f", str(path)],
-                          capture_output=True, env=_env(tmp_path), timeout=120, check=False, stdin=subprocess.DEVNULL)
+    made = subprocess.run(
+        ["ssh-keygen", "-q", "-t", type_name, "-N", "", "-C", "openssh made", "-f", str(path)],
+        capture_output=True,
+        env=_env(tmp_path),
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert made.returncode == 0, made.stderr
     key = SkPrivateKey.from_file(path.read_bytes())
     assert key.pub_file() == (tmp_path / "id_sk.pub").read_bytes()

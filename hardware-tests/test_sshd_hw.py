@@ -35,8 +35,10 @@ def _wait_listening(server: subprocess.Popen[bytes], port: int, log: Path) -> No
 
 
 @pytest.mark.real_key_only
-@pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
-                    reason="needs sshd (openssh-server) to run a throwaway server on 127.0.0.1")
+@pytest.mark.skipif(
+    shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
+    reason="needs sshd (openssh-server) to run a throwaway server on 127.0.0.1",
+)
 def test_ssh_login_with_the_key(yktool_cmd: list[str], ssh_key_root: Path, tmp_path: Path, touch: Any) -> None:
     root = ssh_key_root
     env = tool_env(tmp_path)
@@ -61,11 +63,32 @@ def test_ssh_login_with_the_key(yktool_cmd: list[str], ssh_key_root: Path, tmp_p
         touch(1)
         user = os.environ.get("USER") or "root"
         login = subprocess.run(
-            ["ssh", "-F", "/dev/null", "-i", str(root / "home/tester/.ssh/id_ed25519_sk"), "-p", str(port),
-             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-             "-o", f"UserKnownHostsFile={tmp_path}/known_hosts", "-o", "BatchMode=yes",
-             f"{user}@127.0.0.1", "echo", "logged-in-with-the-key"],
-            env=env, capture_output=True, text=True, timeout=120, check=False)
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                str(root / "home/tester/.ssh/id_ed25519_sk"),
+                "-p",
+                str(port),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                f"UserKnownHostsFile={tmp_path}/known_hosts",
+                "-o",
+                "BatchMode=yes",
+                f"{user}@127.0.0.1",
+                "echo",
+                "logged-in-with-the-key",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert login.returncode == 0, login.stderr + log.read_text()
         assert "logged-in-with-the-key" in login.stdout
     finally:

@@ -19,8 +19,9 @@ from hwroot import make_root, run, tool_env
 
 pytestmark = [
     pytest.mark.real_key_only,
-    pytest.mark.skipif(shutil.which("udevadm") is None or shutil.which("unshare") is None,
-                       reason="needs udevadm and unshare"),
+    pytest.mark.skipif(
+        shutil.which("udevadm") is None or shutil.which("unshare") is None, reason="needs udevadm and unshare"
+    ),
 ]
 
 
@@ -57,10 +58,13 @@ def rules(yktool_cmd: list[str], tmp_path_factory: pytest.TempPathFactory) -> tu
 
 def _runs_the_lock_program(rules: tuple[Path, Path], device: Path) -> None:
     folder, run_copy = rules
-    script = (f"mount --bind {folder} /etc/udev/rules.d && mount --bind {run_copy} /run/udev && "
-              f"udevadm test --action=remove {device}")
-    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
-                         check=False)
+    script = (
+        f"mount --bind {folder} /etc/udev/rules.d && mount --bind {run_copy} /run/udev && "
+        f"udevadm test --action=remove {device}"
+    )
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     text = out.stdout + out.stderr
     assert any("run" in ln.lower() and "yktool-lock" in ln for ln in text.splitlines()), text[-3000:]
 

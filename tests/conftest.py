@@ -49,8 +49,10 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
-VM_ONLY = ("tests/vm runs only inside the VM that scripts/test-vm boots (it maps disks, loads "
-           "kernel modules and drives the kernel TPM): run scripts/test-vm")
+VM_ONLY = (
+    "tests/vm runs only inside the VM that scripts/test-vm boots (it maps disks, loads "
+    "kernel modules and drives the kernel TPM): run scripts/test-vm"
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,8 +101,7 @@ def cli() -> CliCall:
 
     def call(*args: object, input: str | bytes | None = None, env: dict[str, str] | None = None) -> CliResult:
         runner = CliRunner()
-        result = runner.invoke(main_group, [str(a) for a in args], input=input, env=env,
-                               catch_exceptions=False)
+        result = runner.invoke(main_group, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return call

@@ -78,12 +78,17 @@ class WireConnection(CtapHidConnection):
 
 
 def descriptor(key: SoftKey) -> HidDescriptor:
-    return HidDescriptor("inproc", key.vendor_id, key.product_id, REPORT_SIZE, REPORT_SIZE,
-                         key.product_name, key.serial_number)
+    return HidDescriptor(
+        "inproc", key.vendor_id, key.product_id, REPORT_SIZE, REPORT_SIZE, key.product_name, key.serial_number
+    )
 
 
-def make_wire(tmp_path: Path, policy: TouchPolicy = TouchPolicy.AUTO, timeout: float = 30.0,
-              clock: Callable[[], float] = time.monotonic) -> Wire:
+def make_wire(
+    tmp_path: Path,
+    policy: TouchPolicy = TouchPolicy.AUTO,
+    timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Wire:
     key = SoftKey(tmp_path / "key.json")
     return Wire(key, TouchGate(policy, timeout=timeout), clock)
 
@@ -112,8 +117,9 @@ class RawHost:
     def packet(self, timeout: float = 5.0) -> bytes:
         return self.wire.read(timeout)
 
-    def message(self, timeout: float = 5.0,
-                keepalives: list[tuple[float, int]] | None = None) -> tuple[int, int, bytes]:
+    def message(
+        self, timeout: float = 5.0, keepalives: list[tuple[float, int]] | None = None
+    ) -> tuple[int, int, bytes]:
         """The next message (cid, cmd without the init bit, payload); keepalives are skipped
         (and recorded with their arrival time when a list is given)."""
         while True:

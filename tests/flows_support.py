@@ -51,8 +51,11 @@ def root_host(scratch: Path) -> Host:
 def passphrase_opens(scratch: Path) -> bool:
     """The image's original passphrase still opens it (cryptsetup --test-passphrase)."""
     host = root_host(scratch)
-    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file",
-                        str(host.path(PASSPHRASE)), str(host.path(IMAGE))], capture_output=True, check=False)
+    r = subprocess.run(
+        ["cryptsetup", "open", "--test-passphrase", "--key-file", str(host.path(PASSPHRASE)), str(host.path(IMAGE))],
+        capture_output=True,
+        check=False,
+    )
     return r.returncode == 0
 
 
@@ -99,8 +102,12 @@ def ssh_signs(scratch: Path, key_file: str, key_spec: str, pin: str, tmp: Path) 
         signature = sign(session, key, "git", message)
     (tmp / "msg.sig").write_bytes(signature)
     signers = host.path("/home/alice/.ssh/allowed_signers")
-    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git",
-                           "-s", str(tmp / "msg.sig")], input=message, capture_output=True, check=False)
+    return subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", EMAIL, "-n", "git", "-s", str(tmp / "msg.sig")],
+        input=message,
+        capture_output=True,
+        check=False,
+    )
 
 
 def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") -> bool:
@@ -116,8 +123,13 @@ def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") ->
 
     text = (scratch / ROOT / "etc/u2f_mappings").read_text()
     authfile = tmp / "u2f_mappings"
-    authfile.write_text("".join("root:" + ln.split(":", 1)[1] if ln.startswith(f"{user}:") else ln
-                                for ln in text.splitlines(keepends=True) if not ln.startswith("root:")))
+    authfile.write_text(
+        "".join(
+            "root:" + ln.split(":", 1)[1] if ln.startswith(f"{user}:") else ln
+            for ln in text.splitlines(keepends=True)
+            if not ln.startswith("root:")
+        )
+    )
 
     def answer(challenge: str, origin: str, kh: str) -> list[str] | None:
         with open_session(key_spec) as session:
@@ -130,14 +142,21 @@ def pam_accepts(scratch: Path, key_spec: str, tmp: Path, user: str = "alice") ->
 
 
 def _pam_real_available() -> bool:
-    return (os.geteuid() == 0 and shutil.which("pamtester") is not None and shutil.which("unshare") is not None
-            and Path("/lib/x86_64-linux-gnu/security/pam_u2f.so").exists())
+    return (
+        os.geteuid() == 0
+        and shutil.which("pamtester") is not None
+        and shutil.which("unshare") is not None
+        and Path("/lib/x86_64-linux-gnu/security/pam_u2f.so").exists()
+    )
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (relative path -> bytes), to prove nothing changed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 @contextlib.contextmanager
@@ -169,15 +188,26 @@ def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedPro
     repo = home / "project"
     (root / "tmp").mkdir(exist_ok=True)
     tool = Path(__file__).resolve().parent / "tools" / "yktool-ssh-keygen"
-    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-           "TMPDIR": str(root / "tmp"), "YKTOOL_ROOT": str(root), "YKTOOL_DEVICE": key_spec,
-           "YKTOOL_PYTHON": sys.executable, "GIT_AUTHOR_NAME": "Alice", "GIT_COMMITTER_NAME": "Alice",
-           "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",
-           "GIT_CONFIG_KEY_1": "gpg.ssh.program", "GIT_CONFIG_VALUE_1": str(tool)}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "TMPDIR": str(root / "tmp"),
+        "YKTOOL_ROOT": str(root),
+        "YKTOOL_DEVICE": key_spec,
+        "YKTOOL_PYTHON": sys.executable,
+        "GIT_AUTHOR_NAME": "Alice",
+        "GIT_COMMITTER_NAME": "Alice",
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+        "GIT_CONFIG_KEY_1": "gpg.ssh.program",
+        "GIT_CONFIG_VALUE_1": str(tool),
+    }
     if not repo.exists():
         subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
     (repo / "file").write_text(f"signed by {key_spec}\n")
     for argv in (["git", "add", "file"], ["git", "commit", "-q", "-S", "-m", "signed"]):
         subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)
-    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True,
-                          check=False)
+    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True, check=False)

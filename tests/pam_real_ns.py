@@ -31,8 +31,12 @@ for line in sys.stdin:
 class PamNamespace:
     def __init__(self, pamd: Path) -> None:
         script = 'mount --bind "$1" /etc/pam.d && exec "$2" -c "$3"'
-        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), sys.executable,
-                                      _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script, "sh", str(pamd), sys.executable, _SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def authenticate(self, runs: list[tuple[str, str]]) -> list[tuple[int, str]]:
         """(exit code, output) of `pamtester SERVICE USER authenticate` per (service, user)."""

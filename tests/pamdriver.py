@@ -35,7 +35,7 @@ class PamRun:
     returncode: int
     stdout: str
     stderr: str
-    answered_with: list[int]    # index (0-based) of the credentials answered for real
+    answered_with: list[int]  # index (0-based) of the credentials answered for real
 
     @property
     def authenticated(self) -> bool:
@@ -60,19 +60,31 @@ def _prompts_at_least(err: list[bytes], n: int) -> bool:
 def wrong_answer(challenge: str, origin: str) -> list[str]:
     auth_data = hashlib.sha256(origin.encode()).digest() + b"\x01" + b"\0\0\0\1"
     fake_sig = bytes.fromhex("3006020101020101")
-    return [challenge, origin, base64.b64encode(cbor.encode(auth_data)).decode(),
-            base64.b64encode(fake_sig).decode()]
+    return [challenge, origin, base64.b64encode(cbor.encode(auth_data)).decode(), base64.b64encode(fake_sig).decode()]
 
 
-def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user: str = "root",
-                 extra_args: str = "", timeout: float = 30) -> PamRun:
+def authenticate(
+    tmp: Path,
+    authfile: Path,
+    origin: str,
+    answer: Answer,
+    *,
+    user: str = "root",
+    extra_args: str = "",
+    timeout: float = 30,
+) -> PamRun:
     pamd = tmp / "pam.d"
     pamd.mkdir(exist_ok=True)
     (pamd / "yktest").write_text(
-        f"auth required pam_u2f.so authfile={authfile} manual debug origin={origin} {extra_args}\n")
+        f"auth required pam_u2f.so authfile={authfile} manual debug origin={origin} {extra_args}\n"
+    )
     script = 'mount --bind "$1" /etc/pam.d && exec stdbuf -o0 pamtester yktest "$2" authenticate'
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out: list[bytes] = []
     err: list[bytes] = []
 
@@ -83,8 +95,10 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
                 break
             sink.append(chunk)
 
-    threads = [threading.Thread(target=pump, args=(proc.stdout, out), daemon=True),
-               threading.Thread(target=pump, args=(proc.stderr, err), daemon=True)]
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, out), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, err), daemon=True),
+    ]
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
@@ -129,8 +143,9 @@ def authenticate(tmp: Path, authfile: Path, origin: str, answer: Answer, *, user
     proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     for t in threads:
         t.join(timeout=5)
-    return PamRun(proc.returncode, b"".join(out).decode(errors="replace"),
-                  b"".join(err).decode(errors="replace"), answered)
+    return PamRun(
+        proc.returncode, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace"), answered
+    )
 
 
 def run_stack(tmp: Path, stack: str, user: str, timeout: float = 30) -> PamRun:
@@ -140,7 +155,12 @@ def run_stack(tmp: Path, stack: str, user: str, timeout: float = 30) -> PamRun:
     pamd.mkdir(exist_ok=True)
     (pamd / "yktest").write_text(stack)
     script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest "$2" authenticate'
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(pamd), user],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return PamRun(proc.returncode, proc.stdout, proc.stderr, [])

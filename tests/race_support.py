@@ -90,11 +90,18 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def start(args: list[object], *, env: dict[str, str] | None = None,
-          stdin: bytes | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=PROJECT, env=_env(env),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def start(
+    args: list[object], *, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *map(str, args)],
+        cwd=PROJECT,
+        env=_env(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     if proc.stdin is not None:
         if stdin:
             proc.stdin.write(stdin)
@@ -106,31 +113,40 @@ def start(args: list[object], *, env: dict[str, str] | None = None,
 def finish(proc: subprocess.Popen[bytes], timeout: float = 90) -> Run:
     out, err = proc.communicate(timeout=timeout)
     assert isinstance(proc.args, list)  # start() passes a list
-    return Run([str(a) for a in proc.args], proc.returncode, out.decode(errors="replace"),
-               err.decode(errors="replace"))
+    return Run([str(a) for a in proc.args], proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 def run(args: list[object], *, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Run:
     return finish(start(args, env=env, stdin=stdin))
 
 
-def together(tmp: Path, *runs: tuple[list[object], bytes | None], delay: str | list[str] = "",
-             env: dict[str, str] | None = None) -> list[Run]:
+def together(
+    tmp: Path, *runs: tuple[list[object], bytes | None], delay: str | list[str] = "", env: dict[str, str] | None = None
+) -> list[Run]:
     """Start every run behind one gate, open it, and wait for all. `delay` (YKTEST_DELAY, one for
     all or one per run) holds each inside its read-modify-write window, so that without a lock
     they would interleave: with one per run, say 0.5 s and 1.5 s, both have read before the first
     writes, and the second writes after the first has finished."""
     gate = tmp / f"go-{time.monotonic_ns()}"
     delays = delay if isinstance(delay, list) else [delay] * len(runs)
-    procs = [start(args, stdin=stdin, env={**(env or {}), "YKTEST_GO": str(gate), "YKTEST_DELAY": d})
-             for (args, stdin), d in zip(runs, delays, strict=True)]
+    procs = [
+        start(args, stdin=stdin, env={**(env or {}), "YKTEST_GO": str(gate), "YKTEST_DELAY": d})
+        for (args, stdin), d in zip(runs, delays, strict=True)
+    ]
     time.sleep(0.05)
     gate.write_text("go")
     return [finish(p) for p in procs]
 
 
-def kill_at(tmp: Path, args: list[object], point: str, *, stdin: bytes | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60) -> bool:
+def kill_at(
+    tmp: Path,
+    args: list[object],
+    point: str,
+    *,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> bool:
     """Run until `point` (`module:function:before|after`), then SIGKILL the process group there.
     False when the run ended without reaching it (the point is not on this run's path)."""
     mark = tmp / f"mark-{time.monotonic_ns()}"
@@ -150,8 +166,15 @@ def kill_at(tmp: Path, args: list[object], point: str, *, stdin: bytes | None = 
     return True
 
 
-def kill_loop(tmp: Path, args: list[object], points: list[str], check: Callable[[], None], *,
-              stdin: bytes | None = None, env: dict[str, str] | None = None) -> int:
+def kill_loop(
+    tmp: Path,
+    args: list[object],
+    points: list[str],
+    check: Callable[[], None],
+    *,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
     """Kill a run at each of `points` in turn (each attempt picks up what the last one left),
     `check` after every kill, then let one run finish (exit 0). Returns how many kills hit."""
     hits = 0
@@ -165,8 +188,9 @@ def kill_loop(tmp: Path, args: list[object], points: list[str], check: Callable[
     return hits
 
 
-def kill_after(args: list[object], seconds: float, *, stdin: bytes | None = None,
-               env: dict[str, str] | None = None) -> int | None:
+def kill_after(
+    args: list[object], seconds: float, *, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> int | None:
     """SIGKILL the run's process group `seconds` after it started (None: it had finished)."""
     proc = start(args, stdin=stdin, env=env)
     try:

@@ -49,15 +49,22 @@ class SshWorld:
         home = self.tmp / "tool-home"
         home.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_", "GNUPG"))}
-        env.update(HOME=str(home), GNUPGHOME=str(home / ".gnupg"), GIT_CONFIG_NOSYSTEM="1",
-                   GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), XDG_CONFIG_HOME=str(home / ".config"),
-                   TMPDIR=str(self.tmp))
+        env.update(
+            HOME=str(home),
+            GNUPGHOME=str(home / ".gnupg"),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            TMPDIR=str(self.tmp),
+        )
         return env
 
-    def run(self, argv: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, input=input, capture_output=True, env=env or self.env(), cwd=cwd,
-                              check=False, timeout=60)
+    def run(
+        self, argv: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            argv, input=input, capture_output=True, env=env or self.env(), cwd=cwd, check=False, timeout=60
+        )
 
 
 @pytest.fixture
@@ -124,8 +131,13 @@ class Es256OnlyKey(CtapDevice):
     def list_devices(cls) -> Any:
         return iter(())
 
-    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+    def call(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        event: Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
         if data[:1] == b"\x01":  # makeCredential
             params = cbor.decode(data[1:])
             assert isinstance(params, dict)

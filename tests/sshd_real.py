@@ -54,14 +54,19 @@ class SshdNamespace:
             (root / d).mkdir(parents=True, exist_ok=True)
         key = root / "etc/ssh/ssh_host_ed25519_key"
         if not key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                           check=True)
-        script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
-                  'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
-                  'exec "$2" -c "$3" "$4" "$5"')
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        script = (
+            'mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
+            'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
+            'exec "$2" -c "$3" "$4" "$5"'
+        )
         self.proc = subprocess.Popen(
             ["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable, _SERVER, str(sshd), str(LIBS)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
 
     def run(self, argvs: list[list[str]]) -> list[tuple[int, str, str]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -29,28 +29,37 @@ U2F = "pam_u2f.so authfile=/etc/u2f_mappings cue"
 
 # (service file, extra files in pam.d), each a stack in which the key is the only way in
 KEY_ONLY = {
-    "pam-auth-update": (f"auth [success=1 default=ignore] {U2F}\nauth requisite pam_deny.so\n"
-                        "auth required pam_permit.so\n", {}),
+    "pam-auth-update": (
+        f"auth [success=1 default=ignore] {U2F}\nauth requisite pam_deny.so\nauth required pam_permit.so\n",
+        {},
+    ),
     "sufficient-deny": (f"auth sufficient {U2F}\nauth required pam_deny.so\n", {}),
-    "substack": ("auth substack u2f-only\nauth required pam_permit.so\n",
-                 {"u2f-only": f"auth sufficient {U2F}\nauth requisite pam_deny.so\n"}),
+    "substack": (
+        "auth substack u2f-only\nauth required pam_permit.so\n",
+        {"u2f-only": f"auth sufficient {U2F}\nauth requisite pam_deny.so\n"},
+    ),
     "bracket-done-die": (f"auth [success=done default=ignore] {U2F}\nauth [default=die] pam_deny.so\n", {}),
 }
 # stacks in which another module (pam_permit standing for the password) passes without the key
 KEY_OPTIONAL = {
     "sufficient-then-password": (f"auth sufficient {U2F}\nauth required pam_permit.so\n", {}),
-    "skip-to-password": (f"auth [success=2 default=ignore] {U2F}\nauth [success=1 default=ignore] "
-                         "pam_permit.so\nauth requisite pam_deny.so\nauth required pam_permit.so\n", {}),
-    "substack-optional": ("auth substack u2f-or-pass\nauth required pam_permit.so\n",
-                          {"u2f-or-pass": f"auth sufficient {U2F}\nauth required pam_permit.so\n"}),
+    "skip-to-password": (
+        f"auth [success=2 default=ignore] {U2F}\nauth [success=1 default=ignore] "
+        "pam_permit.so\nauth requisite pam_deny.so\nauth required pam_permit.so\n",
+        {},
+    ),
+    "substack-optional": (
+        "auth substack u2f-or-pass\nauth required pam_permit.so\n",
+        {"u2f-or-pass": f"auth sufficient {U2F}\nauth required pam_permit.so\n"},
+    ),
 }
-
 
 
 def _alice_has_only(scratch: Path, keep: str) -> None:
     path = scratch / ROOT / AUTHFILE
-    cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("pam")
-               if k.nickname == keep)
+    cid = next(
+        str(e["credential_id"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("pam") if k.nickname == keep
+    )
     creds = Authfile.parse(path.read_text()).credentials_of("alice")
     path.write_text("alice:" + next(c.raw for c in creds if c.key_handle == cid) + "\n")
 
@@ -83,15 +92,22 @@ def libpam_passes_without_a_credential(tmp: Path, stack: tuple[str, dict[str, st
         (pamd / name).write_text(text.replace("/etc/u2f_mappings", fix))
     before = pam_d_digest()
     script = 'mount --bind "$1" /etc/pam.d && exec pamtester yktest root authenticate'
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(pamd)],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False)
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(pamd)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert pam_d_digest() == before
     return r.returncode == 0 and "successfully authenticated" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("name", sorted(KEY_ONLY))
-def test_reset_refused_where_the_stack_makes_the_key_the_only_way_in(scratch: Path, cli: CliCall, tmp_path: Path,
-                                                                      name: str) -> None:
+def test_reset_refused_where_the_stack_makes_the_key_the_only_way_in(
+    scratch: Path, cli: CliCall, tmp_path: Path, name: str
+) -> None:
     stack = KEY_ONLY[name]
     assert not libpam_passes_without_a_credential(tmp_path, stack)  # the real consumer: no key, no entry
     _alice_has_only(scratch, "primary")
@@ -104,8 +120,7 @@ def test_reset_refused_where_the_stack_makes_the_key_the_only_way_in(scratch: Pa
 
 
 @pytest.mark.parametrize("name", sorted(KEY_OPTIONAL))
-def test_reset_goes_ahead_where_another_module_passes(scratch: Path, cli: CliCall, tmp_path: Path,
-                                                      name: str) -> None:
+def test_reset_goes_ahead_where_another_module_passes(scratch: Path, cli: CliCall, tmp_path: Path, name: str) -> None:
     stack = KEY_OPTIONAL[name]
     assert libpam_passes_without_a_credential(tmp_path, stack)  # the real consumer lets the user in
     _alice_has_only(scratch, "primary")
@@ -115,8 +130,7 @@ def test_reset_goes_ahead_where_another_module_passes(scratch: Path, cli: CliCal
 
 
 # --------------------------------------------------------------------------- unused by absence
-def test_reset_refused_when_the_registry_is_gone_but_pam_reads_the_keys_credential(scratch: Path,
-                                                                                   cli: CliCall) -> None:
+def test_reset_refused_when_the_registry_is_gone_but_pam_reads_the_keys_credential(scratch: Path, cli: CliCall) -> None:
     """The careless admin lost /etc/yktool/keys.toml (or enrolled the key with pamu2fcfg): the
     authfile sudo reads still holds alice's only credential, made by the key in hand. Absence
     from the registry is no proof the key is unused: the authfiles the PAM stacks name are
@@ -131,9 +145,18 @@ def test_reset_refused_when_the_registry_is_gone_but_pam_reads_the_keys_credenti
 
 
 # --------------------------------------------------------------------------- differential
-CONTROLS = ["required", "requisite", "sufficient", "optional", "[success=1 default=ignore]",
-            "[success=done default=die]", "[success=ok default=bad]", "[success=2 default=ignore]",
-            "[success=ok default=reset]", "[success=done default=ignore]"]
+CONTROLS = [
+    "required",
+    "requisite",
+    "sufficient",
+    "optional",
+    "[success=1 default=ignore]",
+    "[success=done default=die]",
+    "[success=ok default=bad]",
+    "[success=2 default=ignore]",
+    "[success=ok default=reset]",
+    "[success=done default=ignore]",
+]
 MODULES = ["pam_u2f.so authfile=/etc/u2f_mappings", "pam_deny.so", "pam_permit.so"]
 
 

@@ -52,9 +52,11 @@ def test_a_sudo_stack_a_user_can_rewrite_is_not_a_pass(hardened_root: FixtureRoo
         os.chmod(root / "etc/pam.d", 0o775)  # noqa: S103 - the attack: a group can write pam.d
     result = _results(hardened_root, "pam.sudo")["pam.sudo"]
     assert result.status == "fail"
-    named = {"user-owned-file": "/etc/pam.d/sudo: owner alice (uid 1000), group 1000, mode 0644",
-             "root-link-into-users-folder": "/home/alice: owner alice (uid 1000)",
-             "group-writable-pam.d": "/etc/pam.d: owner root (uid 0), group 1000, mode 0775"}[how]
+    named = {
+        "user-owned-file": "/etc/pam.d/sudo: owner alice (uid 1000), group 1000, mode 0644",
+        "root-link-into-users-folder": "/home/alice: owner alice (uid 1000)",
+        "group-writable-pam.d": "/etc/pam.d: owner root (uid 0), group 1000, mode 0775",
+    }[how]
     assert named in _shown(result)
     assert "chown root:root" in result.fix and "chmod go-w" in result.fix
     if how == "root-link-into-users-folder":

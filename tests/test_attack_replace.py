@@ -23,14 +23,29 @@ from yktool.demo import KEYS, PASSPHRASE, ROOT
 
 def _replace(cli: CliCall, scratch: Path, *args: str) -> CliResult:
     shutil.move(scratch / KEYS / "primary.json", scratch / "finder-primary.json")  # primary is lost
-    return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-               "--new-device", spec(scratch, "new"), "--new-pin-stdin", "--unlock-key-file", str(PASSPHRASE),
-               *args, input=demo_pin(scratch) + "\n")
+    return cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--new-pin-stdin",
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        *args,
+        input=demo_pin(scratch) + "\n",
+    )
 
 
 @pytest.mark.parametrize("name", ["primary", "backup"], ids=["the-lost-keys-name", "a-kept-keys-name"])
-def test_new_nickname_already_in_the_registry_is_refused_before_anything_changes(scratch: Path, cli: CliCall,
-                                                                                 name: str) -> None:
+def test_new_nickname_already_in_the_registry_is_refused_before_anything_changes(
+    scratch: Path, cli: CliCall, name: str
+) -> None:
     before = tree_bytes(scratch / ROOT)
     r = _replace(cli, scratch, "--new-nickname", name)
     assert r.exit_code == 2, r.output
@@ -60,8 +75,9 @@ def test_lost_keys_credential_is_revoked_from_every_authfile_pam_reads(scratch: 
     from yktool.inventory import Registry
 
     root = scratch / ROOT
-    cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-               if k.nickname == "primary")
+    cid = next(
+        str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam") if k.nickname == "primary"
+    )
     (root / "etc/u2f_mappings.ssh").write_text((root / "etc/u2f_mappings").read_text())
     (root / "etc/pam.d/sshd").write_text(f"auth required pam_u2f.so authfile=/etc/u2f_mappings.ssh origin={ORIGIN}\n")
     assert cid in (root / "etc/u2f_mappings.ssh").read_text()

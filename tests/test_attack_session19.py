@@ -28,8 +28,13 @@ from yktool.host import Host
 
 MODULES = Path("/lib/x86_64-linux-gnu/security")
 # someone else's credential for root, in pam_u2f's format
-STRANGER = ("root:" + base64.b64encode(b"\x05" * 48).decode() + "," + base64.b64encode(b"\x06" * 64).decode()
-            + ",es256,+presence\n")
+STRANGER = (
+    "root:"
+    + base64.b64encode(b"\x05" * 48).decode()
+    + ","
+    + base64.b64encode(b"\x06" * 64).decode()
+    + ",es256,+presence\n"
+)
 
 
 def _sudo(fx: FixtureRoot) -> Result:
@@ -43,8 +48,12 @@ def _shown(result: Result) -> str:
 @pytest.fixture
 def libpam(tmp_path: Path) -> Iterator[tuple[Path, PamNamespace]]:
     """A private /etc/pam.d served to pamtester (the judge)."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("pamtester") is None \
-            or not (MODULES / "pam_u2f.so").exists():
+    if (
+        os.geteuid() != 0
+        or shutil.which("unshare") is None
+        or shutil.which("pamtester") is None
+        or not (MODULES / "pam_u2f.so").exists()
+    ):
         pytest.skip("needs root, unshare, pamtester and pam_u2f")
     pamd = tmp_path / "judge-pam.d"
     pamd.mkdir()
@@ -66,16 +75,20 @@ def _judge(libpam: tuple[Path, PamNamespace], stack: str, user: str = "root") ->
 
 # ------------------------------------------------------------------ a module a user can replace
 @pytest.mark.parametrize("how", ["module-in-users-home", "module-folder-user-owned"])
-def test_a_pam_module_a_user_can_replace_is_not_a_pass(hardened_root: FixtureRoot, how: str,
-                                                       libpam: tuple[Path, PamNamespace]) -> None:
+def test_a_pam_module_a_user_can_replace_is_not_a_pass(
+    hardened_root: FixtureRoot, how: str, libpam: tuple[Path, PamNamespace]
+) -> None:
     root = hardened_root.root
     if how == "module-in-users-home":
         lib = root / "home/alice/lib"
         w(root, "/home/alice/lib/pam_u2f.so", (MODULES / "pam_permit.so").read_bytes(), 0o755)
         for p in (root / "home/alice", lib, lib / "pam_u2f.so"):
             os.chown(p, 1000, 1000)
-        w(root, "/etc/pam.d/sudo", PAM_U2F.replace("pam_u2f.so", "/home/alice/lib/pam_u2f.so")
-          + "@include common-auth\n")
+        w(
+            root,
+            "/etc/pam.d/sudo",
+            PAM_U2F.replace("pam_u2f.so", "/home/alice/lib/pam_u2f.so") + "@include common-auth\n",
+        )
         named = "/home/alice: owner alice (uid 1000)"
     else:
         os.chown(root / "usr/lib/x86_64-linux-gnu/security", 1000, 1000)
@@ -105,14 +118,18 @@ def _stranger_accepted(libpam: tuple[Path, PamNamespace], authfile: Path) -> Non
     assert "too open" in out and "Found 1 device(s) for user root" in out, out
 
 
-def test_a_second_pam_u2f_rules_writable_authfile_is_not_a_pass(hardened_root: FixtureRoot, tmp_path: Path,
-                                                                libpam: tuple[Path, PamNamespace]) -> None:
+def test_a_second_pam_u2f_rules_writable_authfile_is_not_a_pass(
+    hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]
+) -> None:
     # sudo: a key from /etc/u2f_mappings or one from /etc/u2f_extra, which everyone may write
     root = hardened_root.root
     w(root, "/etc/u2f_extra", U2F_MAPPINGS, 0o666)
     one = PAM_U2F.replace("required", "sufficient")
-    w(root, "/etc/pam.d/sudo", one + one.replace("/etc/u2f_mappings", "/etc/u2f_extra")
-      + "auth requisite pam_deny.so\n")
+    w(
+        root,
+        "/etc/pam.d/sudo",
+        one + one.replace("/etc/u2f_mappings", "/etc/u2f_extra") + "auth requisite pam_deny.so\n",
+    )
     judged = tmp_path / "extra"
     judged.write_text(STRANGER)
     judged.chmod(0o666)
@@ -121,8 +138,9 @@ def test_a_second_pam_u2f_rules_writable_authfile_is_not_a_pass(hardened_root: F
     assert result.status == "fail" and "/etc/u2f_extra is writable by others" in result.reason, result.reason
 
 
-def test_every_users_authfile_is_judged_not_only_the_first_with_a_key(hardened_root: FixtureRoot, tmp_path: Path,
-                                                                      libpam: tuple[Path, PamNamespace]) -> None:
+def test_every_users_authfile_is_judged_not_only_the_first_with_a_key(
+    hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]
+) -> None:
     # no authfile=: each user's ~/.config/Yubico/u2f_keys; root's is fine and holds keys, alice's may
     # be written by anyone (verify stopped at root's)
     root = hardened_root.root
@@ -143,8 +161,9 @@ def test_every_users_authfile_is_judged_not_only_the_first_with_a_key(hardened_r
 DEBIAN_12_PAM_U2F = "Package: libpam-u2f\nStatus: install ok installed\nVersion: 1.1.0-1.1+deb12u1\n"
 
 
-def test_expand_on_a_pam_u2f_that_predates_it_reads_the_literal_path(hardened_root: FixtureRoot, tmp_path: Path,
-                                                                     libpam: tuple[Path, PamNamespace]) -> None:
+def test_expand_on_a_pam_u2f_that_predates_it_reads_the_literal_path(
+    hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]
+) -> None:
     # `expand` (%u, %h) came with pam-u2f 1.3.0; Debian 12's 1.1.0 reads /etc/u2f/%u as written, which
     # does not exist: the `required` rule locks everyone out while verify read /etc/u2f/alice and passed
     from yktool.pam.check import check
@@ -154,8 +173,11 @@ def test_expand_on_a_pam_u2f_that_predates_it_reads_the_literal_path(hardened_ro
     w(root, "/etc/u2f/root", U2F_MAPPINGS.replace("alice", "root"), 0o600)
     w(root, "/etc/u2f/alice", U2F_MAPPINGS, 0o600)
     os.chown(root / "etc/u2f/alice", 1000, 1000)
-    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u")
-      + "@include common-auth\n")
+    w(
+        root,
+        "/etc/pam.d/sudo",
+        PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u") + "@include common-auth\n",
+    )
     if not Path("/var/lib/dpkg/status").read_text().count("Version: 1.1.0-1.1+deb12u1"):
         pytest.skip("the judge needs Debian 12's pam-u2f 1.1.0")
     judged = tmp_path / "peruser"
@@ -175,14 +197,18 @@ def test_expand_from_pam_u2f_1_3_0_reads_each_users_file(hardened_root: FixtureR
     w(root, "/var/lib/dpkg/status", DEBIAN_12_PAM_U2F.replace("1.1.0-1.1+deb12u1", "1.3.0-1"))
     w(root, "/etc/u2f/alice", U2F_MAPPINGS, 0o600)
     os.chown(root / "etc/u2f/alice", 1000, 1000)
-    w(root, "/etc/pam.d/sudo", PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u")
-      + "@include common-auth\n")
+    w(
+        root,
+        "/etc/pam.d/sudo",
+        PAM_U2F.replace("authfile=/etc/u2f_mappings", "expand authfile=/etc/u2f/%u") + "@include common-auth\n",
+    )
     assert _sudo(hardened_root).status == "pass"
 
 
 # ------------------------------------------------------------------ the authfile's folder
-def test_a_central_authfile_in_a_folder_a_user_owns_is_not_a_pass(hardened_root: FixtureRoot, tmp_path: Path,
-                                                                  libpam: tuple[Path, PamNamespace]) -> None:
+def test_a_central_authfile_in_a_folder_a_user_owns_is_not_a_pass(
+    hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]
+) -> None:
     # /etc/yubico is alice's: she swaps u2f_keys for a link to a root-owned file whose lines she
     # writes (root's mailbox: `mail root` with a body line `root:KH,PK,es256,+presence`); pam_u2f opens
     # the authfile without O_NOFOLLOW and only asks that the file it reaches be root's
@@ -217,13 +243,17 @@ def test_a_central_authfile_in_roots_folders_passes(hardened_root: FixtureRoot) 
 # ------------------------------------------------------------------ last way in: a gate before the password
 # pam_succeed_if in front of pam_unix: counted as "may succeed", it let alice's password count as her way
 # in where the gate shuts it (the first two: the removal of her last key was allowed)
-GATE = "auth [success=ignore default=1] pam_succeed_if.so {cond} quiet\nauth sufficient pam_unix.so nodelay\n" \
+GATE = (
+    "auth [success=ignore default=1] pam_succeed_if.so {cond} quiet\nauth sufficient pam_unix.so nodelay\n"
     "auth required pam_u2f.so authfile=/etc/u2f_mappings cue\n"
+)
 GATED = {
     "uid-jumps-over-password": GATE.format(cond="uid >= 2000"),
-    "requisite-before-password": ("auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue\n"
-                                  "auth requisite pam_succeed_if.so uid >= 2000 quiet\n"
-                                  "auth required pam_unix.so nodelay\n"),
+    "requisite-before-password": (
+        "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue\n"
+        "auth requisite pam_succeed_if.so uid >= 2000 quiet\n"
+        "auth required pam_unix.so nodelay\n"
+    ),
     "user-not-in-list": GATE.format(cond="user in bob:carol"),
     "shell-glob": GATE.format(cond="shell =~ */zsh"),
     "second-condition-fails": GATE.format(cond="uid >= 1000 user != alice"),
@@ -259,8 +289,10 @@ def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> No
         pytest.skip("needs root and pamtester")
     allowed = tmp_path / "password-users"
     allowed.write_text("bob\n")
-    service = (f"auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={allowed} onerr=fail\n"
-               "auth sufficient pam_unix.so nodelay\nauth required pam_u2f.so authfile=/etc/u2f_mappings cue\n")
+    service = (
+        f"auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={allowed} onerr=fail\n"
+        "auth sufficient pam_unix.so nodelay\nauth required pam_u2f.so authfile=/etc/u2f_mappings cue\n"
+    )
     assert real_libpam_lets_alice_in(tmp_path, service, {}, PASSWORD_HASH) is False
     w(tmp_path / "root", "/usr/lib/x86_64-linux-gnu/security/pam_listfile.so", b"\x7fELF")
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is False
@@ -270,36 +302,67 @@ def test_an_unjudged_gate_before_the_password_is_no_way_in(tmp_path: Path) -> No
 # that pass in normal use (pam_env, pam_nologin without its file, …) still leave the password a way in.
 # {nologin}: a file pam_nologin reads (there in the "-present" cases); {gate}: a file the gate reads
 U2F_RULE = "pam_u2f.so authfile=/etc/u2f_mappings cue"
-DEBIAN_COMMON_AUTH = ("auth\t[success=1 default=ignore]\tpam_unix.so nullok\nauth\trequisite\t\t\tpam_deny.so\n"
-                      "auth\trequired\t\t\tpam_permit.so\n")
+DEBIAN_COMMON_AUTH = (
+    "auth\t[success=1 default=ignore]\tpam_unix.so nullok\nauth\trequisite\t\t\tpam_deny.so\n"
+    "auth\trequired\t\t\tpam_permit.so\n"
+)
 BEFORE_PASSWORD = {
     # Debian 12's sudo with pam_u2f in front of the default common-auth (pam-auth-update's)
     "debian-sudo": (f"auth sufficient {U2F_RULE}\n@include common-auth\n", True),
     # Debian 12's login: faildelay, nologin (its default files), then common-auth
-    "debian-login": ("auth optional pam_faildelay.so delay=3000000\nauth requisite pam_nologin.so\n"
-                     f"auth sufficient {U2F_RULE}\n@include common-auth\n", True),
-    "env-nologin-absent": ("auth required pam_env.so\nauth requisite pam_nologin.so file={nologin}\n"
-                           f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
-    "nologin-present": ("auth requisite pam_nologin.so file={nologin}-present\n"
-                        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
-    "nologin-present-successok": ("auth [success=ok default=bad] pam_nologin.so successok file={nologin}-present\n"
-                                  f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
-    "keyinit-warn-echo-mail-required": ("auth required pam_keyinit.so\nauth required pam_warn.so\n"
-                                        "auth required pam_echo.so welcome\nauth required pam_mail.so\n"
-                                        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
+    "debian-login": (
+        "auth optional pam_faildelay.so delay=3000000\nauth requisite pam_nologin.so\n"
+        f"auth sufficient {U2F_RULE}\n@include common-auth\n",
+        True,
+    ),
+    "env-nologin-absent": (
+        "auth required pam_env.so\nauth requisite pam_nologin.so file={nologin}\n"
+        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        True,
+    ),
+    "nologin-present": (
+        "auth requisite pam_nologin.so file={nologin}-present\n"
+        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        False,
+    ),
+    "nologin-present-successok": (
+        "auth [success=ok default=bad] pam_nologin.so successok file={nologin}-present\n"
+        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        False,
+    ),
+    "keyinit-warn-echo-mail-required": (
+        "auth required pam_keyinit.so\nauth required pam_warn.so\n"
+        "auth required pam_echo.so welcome\nauth required pam_mail.so\n"
+        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        True,
+    ),
     # session-only modules have no auth function: libpam fails a `required` one, skips an `optional` one
-    "session-only-optional": ("auth optional pam_limits.so\nauth optional pam_umask.so\n"
-                              f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", True),
-    "session-only-required": ("auth required pam_limits.so\n"
-                              f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n", False),
+    "session-only-optional": (
+        "auth optional pam_limits.so\nauth optional pam_umask.so\n"
+        f"auth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        True,
+    ),
+    "session-only-required": (
+        f"auth required pam_limits.so\nauth sufficient {U2F_RULE}\nauth required pam_unix.so nodelay\n",
+        False,
+    ),
     # gates lastway cannot judge, shut for alice: the password is no way in
-    "listfile-gate": ("auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
-                      f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n", False),
-    "access-gate": ("auth [success=ignore default=1] pam_access.so accessfile={gate}\n"
-                    f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n", False),
-    "listfile-requisite": (f"auth sufficient {U2F_RULE}\n"
-                           "auth requisite pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
-                           "auth required pam_unix.so nodelay\n", False),
+    "listfile-gate": (
+        "auth [success=ignore default=1] pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
+        f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n",
+        False,
+    ),
+    "access-gate": (
+        "auth [success=ignore default=1] pam_access.so accessfile={gate}\n"
+        f"auth sufficient pam_unix.so nodelay\nauth required {U2F_RULE}\n",
+        False,
+    ),
+    "listfile-requisite": (
+        f"auth sufficient {U2F_RULE}\n"
+        "auth requisite pam_listfile.so item=user sense=allow file={gate} onerr=fail\n"
+        "auth required pam_unix.so nodelay\n",
+        False,
+    ),
 }
 GATE_TEXT = {"listfile": "bob\n", "access": "-:alice:ALL\n+:ALL:ALL\n"}
 
@@ -335,8 +398,16 @@ def test_modules_before_the_password_are_judged_as_libpam_runs_them(tmp_path: Pa
     assert yktool_says_alice_gets_in(tmp_path, service, extra, PASSWORD_HASH) is real
 
 
-@pytest.mark.parametrize("module", ["pam_access.so accessfile=/etc/security/access.conf", "pam_wheel.so",
-                                    "pam_time.so", "pam_sss.so", "pam_shells.so"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pam_access.so accessfile=/etc/security/access.conf",
+        "pam_wheel.so",
+        "pam_time.so",
+        "pam_sss.so",
+        "pam_shells.so",
+    ],
+)
 def test_a_way_through_a_module_lastway_cannot_judge_is_not_counted_and_named(tmp_path: Path, module: str) -> None:
     # even where it would let alice through: yktool cannot tell, so the password behind it is not
     # counted, and the refusal says which module and why
@@ -358,8 +429,9 @@ def test_a_way_through_a_module_lastway_cannot_judge_is_not_counted_and_named(tm
 
 
 # ------------------------------------------------------------------ replace: an authorized key the registry lost
-def test_replace_revokes_the_lost_keys_ssh_login_the_registry_does_not_record(scratch: Path, cli: object,
-                                                                             tmp_path: Path) -> None:
+def test_replace_revokes_the_lost_keys_ssh_login_the_registry_does_not_record(
+    scratch: Path, cli: object, tmp_path: Path
+) -> None:
     # `ssh authorize` appends to authorized_keys, then records: a kill -9 between the two (or a
     # registry restored from before) leaves alice's line for the primary unrecorded. replace --lost
     # primary must still take it out: the finder of the key would keep SSH login
@@ -378,20 +450,28 @@ def test_replace_revokes_the_lost_keys_ssh_login_the_registry_does_not_record(sc
     lose(scratch, "primary")
     r = replace(cli, scratch, "--lost", "primary")  # type: ignore[arg-type]
     assert r.exit_code == 0, r.output
-    assert subprocess.run(["ssh-keygen", "-l", "-f", str(root / AUTHORIZED)], capture_output=True,
-                          check=False).returncode == 0
+    assert (
+        subprocess.run(["ssh-keygen", "-l", "-f", str(root / AUTHORIZED)], capture_output=True, check=False).returncode
+        == 0
+    )
     assert primary not in authorized_fingerprints(scratch), "the lost key still logs in by SSH"
 
 
 # ------------------------------------------------------------------ an include loop
 LOOPS = {
     # libpam includes the file again and again until it gives up (pamtester: a crash, or denied)
-    "include": ("auth required pam_permit.so\nauth include yk-loop\n",
-                "auth required pam_permit.so\nauth include yk-loop\n"),
-    "at-include": ("auth required pam_permit.so\n@include yk-loop\n",
-                   "auth required pam_permit.so\n@include yk-loop\n"),
-    "substack": ("auth substack yk-loop\nauth required pam_permit.so\n",
-                 "auth required pam_permit.so\nauth substack yk-loop\n"),
+    "include": (
+        "auth required pam_permit.so\nauth include yk-loop\n",
+        "auth required pam_permit.so\nauth include yk-loop\n",
+    ),
+    "at-include": (
+        "auth required pam_permit.so\n@include yk-loop\n",
+        "auth required pam_permit.so\n@include yk-loop\n",
+    ),
+    "substack": (
+        "auth substack yk-loop\nauth required pam_permit.so\n",
+        "auth required pam_permit.so\nauth substack yk-loop\n",
+    ),
 }
 
 
@@ -424,14 +504,23 @@ def _hashes() -> dict[str, str]:
 
     from tests.flows_support import PASSWORD, PASSWORD_HASH
 
-    made = {f"openssl-{m}": subprocess.run(["openssl", "passwd", f"-{m}", "-salt", "yktoolsalt", PASSWORD],
-                                           capture_output=True, text=True, check=True).stdout.strip()
-            for m in ("1", "5", "6")}
-    return {**made, "sha512": PASSWORD_HASH,
-            # shapes a broken provisioning leaves: crypt(3) reads none of them as a hash
-            "bad-sha512-setting-only": "$6$x", "bad-sha512-empty-digest": "$6$abcdefgh$",
-            "bad-sha512-cut-off": PASSWORD_HASH[:-5], "bad-sha512-one-more": PASSWORD_HASH + "x",
-            "bad-md5-short": "$1$x$y", "bad-yescrypt-garbled": "$y$j9T$abc$def"}
+    made = {
+        f"openssl-{m}": subprocess.run(
+            ["openssl", "passwd", f"-{m}", "-salt", "yktoolsalt", PASSWORD], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for m in ("1", "5", "6")
+    }
+    return {
+        **made,
+        "sha512": PASSWORD_HASH,
+        # shapes a broken provisioning leaves: crypt(3) reads none of them as a hash
+        "bad-sha512-setting-only": "$6$x",
+        "bad-sha512-empty-digest": "$6$abcdefgh$",
+        "bad-sha512-cut-off": PASSWORD_HASH[:-5],
+        "bad-sha512-one-more": PASSWORD_HASH + "x",
+        "bad-md5-short": "$1$x$y",
+        "bad-yescrypt-garbled": "$y$j9T$abc$def",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(_hashes()))
@@ -451,28 +540,38 @@ def test_a_stored_password_counts_only_when_crypt_reads_it_as_a_hash(tmp_path: P
 def test_an_authfile_in_a_users_run_folder_is_not_taken_for_a_boot_secret(hardened_root: FixtureRoot) -> None:
     # offline, verify passed any authfile under /run as "decrypted at boot (agenix)"; /run/user/1000
     # is alice's on the running system: she writes root's credential line there
-    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/run/user/1000/u2f_keys")
-      + "@include common-auth\n")
+    w(
+        hardened_root.root,
+        "/etc/pam.d/sudo",
+        PAM_U2F.replace("/etc/u2f_mappings", "/run/user/1000/u2f_keys") + "@include common-auth\n",
+    )
     result = _sudo(hardened_root)
     assert result.status == "fail", (result.status, result.reason)
 
 
 def test_an_agenix_authfile_offline_is_still_a_boot_secret(hardened_root: FixtureRoot) -> None:
-    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F.replace("/etc/u2f_mappings", "/run/agenix/yubikey-auth")
-      + "@include common-auth\n")
+    w(
+        hardened_root.root,
+        "/etc/pam.d/sudo",
+        PAM_U2F.replace("/etc/u2f_mappings", "/run/agenix/yubikey-auth") + "@include common-auth\n",
+    )
     assert _sudo(hardened_root).status == "pass"
 
 
 # ------------------------------------------------------------------ a second required pam_u2f rule with no credential
 def test_a_required_pam_u2f_rule_whose_authfile_holds_no_credential_locks_everyone_out(
-        hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]) -> None:
+    hardened_root: FixtureRoot, tmp_path: Path, libpam: tuple[Path, PamNamespace]
+) -> None:
     # the first rule's file holds keys; the second, also required, reads a file that is not there:
     # pam_u2f answers AUTHINFO_UNAVAIL to everyone, key or not (verify assumed the key passes both)
     missing = tmp_path / "not-there"
     out = _judge(libpam, f"auth required pam_u2f.so cue authfile={missing} origin=pam://fixture\n")
     assert "cannot retrieve authentication info" in out, out
-    w(hardened_root.root, "/etc/pam.d/sudo", PAM_U2F + PAM_U2F.replace("/etc/u2f_mappings", "/etc/u2f_other")
-      + "@include common-auth\n")
+    w(
+        hardened_root.root,
+        "/etc/pam.d/sudo",
+        PAM_U2F + PAM_U2F.replace("/etc/u2f_mappings", "/etc/u2f_other") + "@include common-auth\n",
+    )
     result = _sudo(hardened_root)
     assert result.status == "fail" and "locked out" in result.reason, (result.status, result.reason)
 
@@ -488,11 +587,13 @@ def test_reset_of_the_last_key_refused_behind_a_gate_yktool_cannot_judge(scratch
 
     root = scratch / ROOT
     _alice_has_only(scratch, "primary")
-    listfile = ("auth [success=ignore default=1] pam_listfile.so item=user sense=allow file=/etc/password-users "
-                "onerr=fail\n")
+    listfile = (
+        "auth [success=ignore default=1] pam_listfile.so item=user sense=allow file=/etc/password-users onerr=fail\n"
+    )
     front = listfile if gate == "listfile" else "auth optional pam_faildelay.so\nauth requisite pam_nologin.so\n"
-    _install_stack(scratch, (f"auth sufficient {U2F_RULE}\n{front}@include common-auth\n",
-                             {"common-auth": DEBIAN_COMMON_AUTH}))
+    _install_stack(
+        scratch, (f"auth sufficient {U2F_RULE}\n{front}@include common-auth\n", {"common-auth": DEBIAN_COMMON_AUTH})
+    )
     w(root, "/etc/password-users", "bob\n")
     set_shadow(root, alice=PASSWORD_HASH)
     before = tree_bytes(root)

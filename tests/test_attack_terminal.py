@@ -10,7 +10,8 @@ FORGED = "\x1b[1A\x1b[2K\rPASS git.signing alice signs commits with a security k
 
 
 def test_escape_sequences_in_a_users_gitconfig_are_not_sent_to_the_terminal(
-        hardened_root: FixtureRoot, cli: CliCall) -> None:
+    hardened_root: FixtureRoot, cli: CliCall
+) -> None:
     home = hardened_root.root / "home/alice"
     (home / ".gitconfig").write_text(f'[gpg]\n\tformat = "{FORGED}"\n[commit]\n\tgpgsign = true\n')
     res = cli("--root", hardened_root.root, "verify", "--only", "git.signing")

@@ -25,8 +25,10 @@ REPO = Path(__file__).parent.parent
 CODES = {int(c) for c in ExitCode}
 FLAGS = ["--vendor", "1050", "--product", "0407", "--name", "YubiKey OTP+FIDO+CCID", "--interface", "03:01:01"]
 UDEV_FLAGS = ["--vendor", "1050", "--product", "0407", "--serial", "123456", "--name", "YubiKey"]
-CREDENTIAL = ("alice:owBYIJ5ABqy2yBWRvlf6x1d7KX6x0Sx6L7vrQ4fZ6vDbjUTtAVggAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-              ",WPxOaNg7a8mBdk1I9pLTvLxGdMuyuPjWq5AOGC8qWHSl9yyRKx8SshN0TMSJQ3sAT3eCsvnrsRs5bbgH8iYQNA==,es256,+presence")
+CREDENTIAL = (
+    "alice:owBYIJ5ABqy2yBWRvlf6x1d7KX6x0Sx6L7vrQ4fZ6vDbjUTtAVggAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    ",WPxOaNg7a8mBdk1I9pLTvLxGdMuyuPjWq5AOGC8qWHSl9yyRKx8SshN0TMSJQ3sAT3eCsvnrsRs5bbgH8iYQNA==,es256,+presence"
+)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -41,12 +43,21 @@ def _pam_root(root: Path) -> Path:
 def _yktool(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     """The real CLI in a child, its stdio as the environment makes it (strict UTF-8 below)."""
     full = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "yktool", *map(str, args)], capture_output=True, env=full,
-                          cwd=REPO, check=False, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "yktool", *map(str, args)],
+        capture_output=True,
+        env=full,
+        cwd=REPO,
+        check=False,
+        timeout=120,
+    )
 
 
-STRICT = [{"PYTHONIOENCODING": "utf-8:strict"}, {"PYTHONIOENCODING": "ascii:strict"},
-          {"LC_ALL": "C", "PYTHONIOENCODING": ""}]
+STRICT = [
+    {"PYTHONIOENCODING": "utf-8:strict"},
+    {"PYTHONIOENCODING": "ascii:strict"},
+    {"LC_ALL": "C", "PYTHONIOENCODING": ""},
+]
 STRICT_IDS = ["utf8-strict", "ascii-strict", "lc-all-c"]
 
 
@@ -54,14 +65,16 @@ STRICT_IDS = ["utf8-strict", "ascii-strict", "lc-all-c"]
 def test_usbguard_allow_keeps_a_non_utf8_rules_file_byte_for_byte(cli: CliCall, root: Path) -> None:
     path = root / usbguard.RULES_PATH.lstrip("/")
     path.parent.mkdir(parents=True)
-    old = (b"# r\xe8gles de la machine \xff\n"
-           b'allow id 046d:c539 serial "\xfe\x01" name "Recv\xe9r" with-interface 03:01:01\n')
+    old = (
+        b"# r\xe8gles de la machine \xff\n"
+        b'allow id 046d:c539 serial "\xfe\x01" name "Recv\xe9r" with-interface 03:01:01\n'
+    )
     path.write_bytes(old)
     path.chmod(0o600)
     res = cli("--root", root, "usbguard", "allow", *FLAGS)
     assert res.exit_code == 0, res.output
     new = path.read_bytes()
-    assert new.startswith(old) and new[len(old):].startswith(b"allow id 1050:0407 ")
+    assert new.startswith(old) and new[len(old) :].startswith(b"allow id 1050:0407 ")
     assert cli("--root", root, "usbguard", "allow", *FLAGS).exit_code == 0  # found again, unchanged
     assert path.read_bytes() == new
 
@@ -114,8 +127,10 @@ def test_verify_prints_non_utf8_evidence_escaped_on_a_strict_stdout(tmp_path: Pa
 # ------------------------------------------------------------------ fuzzed through the commands
 def _lines() -> st.SearchStrategy[bytes]:
     """Authfile-ish lines: real pieces (a credential, `user:`, commas, colons) and any bytes."""
-    piece = st.one_of(st.binary(max_size=24), st.sampled_from([b"alice:", b"root:", b",", b":", b"*", b"+pin",
-                                                               b"es256", CREDENTIAL.encode(), b"\r", b"#"]))
+    piece = st.one_of(
+        st.binary(max_size=24),
+        st.sampled_from([b"alice:", b"root:", b",", b":", b"*", b"+pin", b"es256", CREDENTIAL.encode(), b"\r", b"#"]),
+    )
     return st.lists(piece, max_size=8).map(b"".join)
 
 
@@ -138,9 +153,24 @@ def test_fuzzed_authfiles_never_crash_pam_check(cli: CliCall, data: bytes, as_js
         shutil.rmtree(top)
 
 
-rule_lines = st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([
-    b'allow id 1050:0407 serial "" name "YubiKey OTP+FIDO+CCID"', b"allow id *:*", b"block", b"# comment",
-    b'allow with-interface equals { 03:*:* }', b'"', b"{", b"\xff\xfe"])), max_size=6).map(b"\n".join)
+rule_lines = st.lists(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from(
+            [
+                b'allow id 1050:0407 serial "" name "YubiKey OTP+FIDO+CCID"',
+                b"allow id *:*",
+                b"block",
+                b"# comment",
+                b"allow with-interface equals { 03:*:* }",
+                b'"',
+                b"{",
+                b"\xff\xfe",
+            ]
+        ),
+    ),
+    max_size=6,
+).map(b"\n".join)
 
 
 @FUZZ

@@ -26,8 +26,12 @@ def _strings(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             parts.update(id(v) for v in node.values)
-            out.append("".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str)
-                               else PLACEHOLDER for v in node.values))
+            out.append(
+                "".join(
+                    v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else PLACEHOLDER
+                    for v in node.values
+                )
+            )
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts:
             out.append(node.value)
     return out
@@ -38,10 +42,10 @@ def named_commands(text: str) -> list[tuple[list[str], bool]]:
     found = []
     for m in re.finditer(r"(?<![\w/.-])yktool ", text):
         quoted = m.start() > 0 and text[m.start() - 1] == "`"
-        rest = text[m.end():]
+        rest = text[m.end() :]
         stop = STOP.search(rest)
         tokens = []
-        for token in (rest[:stop.start()] if stop else rest).split():
+        for token in (rest[: stop.start()] if stop else rest).split():
             if token in ("…", "...") or token.endswith(":"):  # the command ends, prose goes on
                 break
             tokens.append(token.rstrip("."))
@@ -64,7 +68,7 @@ def check_command(tokens: list[str]) -> str | None:
         token = tokens[i]
         i += 1
         if token.startswith("-") and token != "-" and "/" in token.split("=", 1)[0]:  # --out/--flake: either
-            tokens[i - 1:i] = token.split("/")
+            tokens[i - 1 : i] = token.split("/")
             i -= 1
             continue
         if token.startswith("-") and token != "-":
@@ -97,8 +101,9 @@ def _sources() -> list[tuple[str, str, bool]]:
     for path in sorted((REPO / "yktool").rglob("*.py")):
         out += [(str(path.relative_to(REPO)), s, True) for s in _strings(ast.parse(path.read_text()))]
     for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
-        out += [(f"{path.relative_to(REPO)}:{n}", line, False)
-                for n, line in enumerate(path.read_text().splitlines(), 1)]
+        out += [
+            (f"{path.relative_to(REPO)}:{n}", line, False) for n, line in enumerate(path.read_text().splitlines(), 1)
+        ]
     return out
 
 
@@ -122,8 +127,9 @@ def test_every_named_command_exists() -> None:
             result = CliRunner().invoke(main_group, [*tokens, "--help"])
             runs += 1
             if result.exit_code != 0:
-                problems.append(f"{where}: `yktool {' '.join(tokens)} --help` exit {result.exit_code}: "
-                                f"{result.output[-300:]}")
+                problems.append(
+                    f"{where}: `yktool {' '.join(tokens)} --help` exit {result.exit_code}: {result.output[-300:]}"
+                )
     assert not problems, "\n".join(problems)
     assert runs > 40  # the fixes, the hints and every command's examples
 

@@ -45,8 +45,20 @@ def leaf_commands() -> list[tuple[str, ...]]:
 # A harmless argument set for each command (paths inside the root; --dry-run where it would act).
 def harmless_args(img: str) -> dict[tuple[str, ...], list[str]]:
     return {
-        ("commission",): ["--dry-run", "--yes", "commission", "--user", "alice", "--luks-device", img,
-                          "--steps", "luks-tpm2,ssh", "--no-backup", "--git-email", "a@example.org"],
+        ("commission",): [
+            "--dry-run",
+            "--yes",
+            "commission",
+            "--user",
+            "alice",
+            "--luks-device",
+            img,
+            "--steps",
+            "luks-tpm2,ssh",
+            "--no-backup",
+            "--git-email",
+            "a@example.org",
+        ],
         ("demo",): ["--dry-run", "demo", "--scratch", "/proc/yktool-nope"],
         ("git", "signing"): ["git", "signing", "--email", "alice@example.org", "--user", "alice"],
         ("key", "emulate"): ["key", "emulate", "--touch", "auto"],
@@ -124,10 +136,23 @@ def test_every_command_as_nobody_says_what_is_wrong(root_owned_root: Path) -> No
         runs.append(["--root", f"{root}/nope", "--device", device, "--tpm", TPM, *args])
         runs.append(["--root", str(root), "--device", device, "--tpm", TPM, *args, "--no-such-flag"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}
-    proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           sys.executable, str(REPO / "tests/tools/run_commands.py")],
-                          input=json.dumps(runs), capture_output=True, text=True, env=env, cwd="/",
-                          timeout=240, check=False)
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            str(REPO / "tests/tools/run_commands.py"),
+        ],
+        input=json.dumps(runs),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=240,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     problems = []
     results = json.loads(proc.stdout)
@@ -159,8 +184,13 @@ def test_every_command_as_nobody_says_what_is_wrong(root_owned_root: Path) -> No
     # the four the issue saw end in a traceback: now "permission denied", exit 11, the way out
     # (and on a root that is not there, they say so)
     for run in results:
-        if not (run["argv"][6:8] in (["luks", "status"], ["luks", "enroll-fido2"], ["ssh", "keygen"])
-                or "commission" in run["argv"]) or run["argv"][-1] == "--no-such-flag":
+        if (
+            not (
+                run["argv"][6:8] in (["luks", "status"], ["luks", "enroll-fido2"], ["ssh", "keygen"])
+                or "commission" in run["argv"]
+            )
+            or run["argv"][-1] == "--no-such-flag"
+        ):
             continue
         if run["argv"][1].endswith("/nope"):
             assert run["exit_code"] == 2 and "/nope does not exist" in run["stderr"], run

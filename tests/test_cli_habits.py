@@ -43,17 +43,34 @@ def test_global_options_after_the_command(cli: CliCall, tmp_path: Path) -> None:
 
 def test_lifting_keeps_values_own_options_and_what_follows_dashdash() -> None:
     # a value that looks like a global flag stays the value; -vv is lifted; after -- nothing moves
-    assert lift("ssh", "keygen", "--comment", "--json", "-vv", "--", "--root") == \
-        ["-vv", "ssh", "keygen", "--comment", "--json", "--", "--root"]
+    assert lift("ssh", "keygen", "--comment", "--json", "-vv", "--", "--root") == [
+        "-vv",
+        "ssh",
+        "keygen",
+        "--comment",
+        "--json",
+        "--",
+        "--root",
+    ]
     # global flags between group and command, with values in both spellings
-    assert lift("--root", "/r", "luks", "--json", "status", "IMG", "--device=sim:/k", "--tpm", "auto") == \
-        ["--root", "/r", "--json", "--device=sim:/k", "--tpm", "auto", "luks", "status", "IMG"]
+    assert lift("--root", "/r", "luks", "--json", "status", "IMG", "--device=sim:/k", "--tpm", "auto") == [
+        "--root",
+        "/r",
+        "--json",
+        "--device=sim:/k",
+        "--tpm",
+        "auto",
+        "luks",
+        "status",
+        "IMG",
+    ]
     assert lift("--help") == ["--help"] and lift() == []
     assert lift("-yq", "key", "list", "-O", "resident") == ["-yq", "key", "list", "-O", "resident"]
 
 
-def test_an_option_of_the_command_itself_wins_over_the_global_one(cli: CliCall,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_option_of_the_command_itself_wins_over_the_global_one(
+    cli: CliCall, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @click.command("probe")
     @click.option("--device", default=None)
     @click.pass_obj
@@ -90,12 +107,15 @@ def test_no_command_shadows_a_global_option_unless_meant() -> None:
 
 
 # ------------------------------------------------------------------------- one error style
-@pytest.mark.parametrize(("args", "message"), [
-    (["luks", "status"], "yktool: error: Missing argument 'DEVICE'."),
-    (["no-such-command"], "yktool: error: No such command 'no-such-command'."),
-    (["luks", "status", "--bogus", "x"], "yktool: error: No such option '--bogus'."),
-    (["luks", "wipe", "x", "--slot", "one"], "yktool: error: Invalid value for '--slot'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["luks", "status"], "yktool: error: Missing argument 'DEVICE'."),
+        (["no-such-command"], "yktool: error: No such command 'no-such-command'."),
+        (["luks", "status", "--bogus", "x"], "yktool: error: No such option '--bogus'."),
+        (["luks", "wipe", "x", "--slot", "one"], "yktool: error: Invalid value for '--slot'"),
+    ],
+)
 def test_click_errors_read_like_every_other_error(cli: CliCall, args: list[str], message: str) -> None:
     r = cli(*args)
     assert r.exit_code == 2 and r.stdout == ""
@@ -170,8 +190,12 @@ def test_no_color_and_the_flag_drop_the_escapes(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "etc").mkdir()
     args = ["--root", str(tmp_path), "verify", "--only", "sysctl.kernel.kptr_restrict"]
     assert "\x1b[" in _styled(args) and "\x1b[" in _styled(["no-such-command"])
-    for out in (_styled(args, {"NO_COLOR": "1"}), _styled(["--no-color", *args]),
-                _styled(["no-such-command"], {"NO_COLOR": "1"}), _styled(["no-such-command", "--no-color"])):
+    for out in (
+        _styled(args, {"NO_COLOR": "1"}),
+        _styled(["--no-color", *args]),
+        _styled(["no-such-command"], {"NO_COLOR": "1"}),
+        _styled(["no-such-command", "--no-color"]),
+    ):
         assert "\x1b[" not in out and ("WARN" in out or "yktool: error:" in out), out
     assert "NO_COLOR" not in os.environ  # --no-color hands it to the prompts for its run only
 
@@ -222,17 +246,23 @@ def test_man_page_covers_every_command_and_renders_clean(tmp_path: Path) -> None
     # groff's own warnings (-ww) and man's pipeline: nothing to complain about
     groff = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True, text=True)
     assert groff.returncode == 0 and groff.stderr == "", groff.stderr
-    shown = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True,
-                           env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": ""})
+    shown = subprocess.run(
+        ["man", "-l", str(page)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": ""},
+    )
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     assert "yktool luks enroll-tpm2 [OPTIONS] DEVICE" in shown.stdout and "EXIT STATUS" not in shown.stdout
     assert "11 permission denied" in shown.stdout
 
 
 def test_bash_completion_completes_commands_and_options() -> None:
-    script = ('eval "$(_YKTOOL_COMPLETE=bash_source yktool)"; '
-              "COMP_WORDS=(yktool lu); COMP_CWORD=1; _yktool_completion yktool; echo \"${COMPREPLY[@]}\"; "
-              "COMP_WORDS=(yktool luks status --); COMP_CWORD=3; _yktool_completion yktool; echo \"${COMPREPLY[@]}\"")
+    script = (
+        'eval "$(_YKTOOL_COMPLETE=bash_source yktool)"; '
+        'COMP_WORDS=(yktool lu); COMP_CWORD=1; _yktool_completion yktool; echo "${COMPREPLY[@]}"; '
+        'COMP_WORDS=(yktool luks status --); COMP_CWORD=3; _yktool_completion yktool; echo "${COMPREPLY[@]}"'
+    )
     env = {**os.environ, "PATH": f"{YKTOOL.parent}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr

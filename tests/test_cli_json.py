@@ -75,8 +75,22 @@ def test_commission_splits_its_verify_fixes_too(cli: CliCall, tmp_path: Path) ->
     (root / "etc").mkdir(parents=True)
     (root / "home/alice").mkdir(parents=True)
     (root / "etc/passwd").write_text("alice:x:1000:1000::/home/alice:/bin/sh\n")
-    r = cli("--json", "--root", root, "--device", f"sim:{tmp_path / 'k.json'}", "--yes", "commission",
-            "--user", "alice", "--no-backup", "--steps", "verify", "--new-pin-stdin", input="123456\n")
+    r = cli(
+        "--json",
+        "--root",
+        root,
+        "--device",
+        f"sim:{tmp_path / 'k.json'}",
+        "--yes",
+        "commission",
+        "--user",
+        "alice",
+        "--no-backup",
+        "--steps",
+        "verify",
+        "--new-pin-stdin",
+        input="123456\n",
+    )
     doc = json.loads(r.stdout)
     assert doc["schema"] == 1 and doc["ok"] is False and r.exit_code == 1
     udev = next(c for c in doc["verify"] if c["id"] == "hw.udev.lock_rule")

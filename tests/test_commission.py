@@ -50,14 +50,17 @@ def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> 
     rec = scratch / "recovery-key.txt"
     assert oct(rec.stat().st_mode & 0o777) == "0o600"
     key = [ln for ln in rec.read_text().splitlines() if not ln.startswith("#")][0]
-    r = subprocess.run(["cryptsetup", "open", "--test-passphrase", str(host.path(IMAGE))],
-                       input=key.encode(), capture_output=True, check=False)
+    r = subprocess.run(
+        ["cryptsetup", "open", "--test-passphrase", str(host.path(IMAGE))],
+        input=key.encode(),
+        capture_output=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     # SSH: both key files read back by ssh-keygen, both authorized, both sign for git
     ssh = scratch / ROOT / "home/alice/.ssh"
     for name, role in (("id_ed25519_sk", "primary"), ("id_ed25519_sk_backup", "backup")):
-        pub = subprocess.run(["ssh-keygen", "-y", "-f", str(ssh / name)], capture_output=True,
-                             check=False)
+        pub = subprocess.run(["ssh-keygen", "-y", "-f", str(ssh / name)], capture_output=True, check=False)
         assert pub.returncode == 0 and pub.stdout.split()[1] in (ssh / "authorized_keys").read_bytes()
         verified = ssh_signs(scratch, f"/home/alice/.ssh/{name}", spec(scratch, role), pin, tmp_path)
         assert verified.returncode == 0, verified.stderr
@@ -84,10 +87,30 @@ def test_every_step_is_proven_by_its_consumer(scratch: Path, tmp_path: Path) -> 
 def test_rerun_changes_nothing_and_says_so(scratch: Path, cli: CliCall) -> None:
     root = scratch / ROOT
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--luks-device", str(IMAGE), "--git-email", EMAIL, "--pam-origin", ORIGIN,
-            "--backup-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE),
-            "--verify-only", ",".join(v for v in VERIFY_ITEMS))
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        str(IMAGE),
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+        "--backup-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--verify-only",
+        ",".join(v for v in VERIFY_ITEMS),
+    )
     assert r.exit_code == 0, r.output
     assert "commission: finished earlier; nothing left to do" in r.stdout
     assert "Next steps: none. Every step of this run is done and proven." in r.stdout
@@ -99,8 +122,23 @@ def test_dry_run_shows_the_plan_and_writes_nothing(scratch: Path, cli: CliCall) 
     root = scratch / ROOT
     (root / "var/lib/yktool/commission.json").unlink()
     before = tree_bytes(root)
-    r = cli("--root", root, "--json", "--dry-run", "commission", "--kind", "linux", "--user", "alice",
-            "--luks-device", str(IMAGE), "--git-email", EMAIL, "--pam-origin", ORIGIN)
+    r = cli(
+        "--root",
+        root,
+        "--json",
+        "--dry-run",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        str(IMAGE),
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+    )
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)
     ids = [s["id"] for s in plan["steps"]]
@@ -109,15 +147,19 @@ def test_dry_run_shows_the_plan_and_writes_nothing(scratch: Path, cli: CliCall) 
     assert tree_bytes(root) == before
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--steps", "git,ssh"], "--git-email"),
-    (["--steps", "ssh", "--backup-nickname", "primary"], "different nicknames"),
-    (["--steps", "recovery"], "no LUKS device"),
-    (["--steps", "pam", "--kind", "nixos"], "--age-host-key"),
-    (["--steps", "bogus"], "unknown step"),
-])
-def test_bad_answers_are_refused_before_anything_changes(scratch: Path, cli: CliCall, args: list[str],
-                                                         needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--steps", "git,ssh"], "--git-email"),
+        (["--steps", "ssh", "--backup-nickname", "primary"], "different nicknames"),
+        (["--steps", "recovery"], "no LUKS device"),
+        (["--steps", "pam", "--kind", "nixos"], "--age-host-key"),
+        (["--steps", "bogus"], "unknown step"),
+    ],
+)
+def test_bad_answers_are_refused_before_anything_changes(
+    scratch: Path, cli: CliCall, args: list[str], needle: str
+) -> None:
     root = scratch / ROOT
     (root / "var/lib/yktool/commission.json").unlink()
     before = tree_bytes(root)
@@ -137,11 +179,37 @@ def fresh(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _commission_argv(scratch: Path, tcti: str) -> list[str]:
-    return [YKTOOL, "--root", str(scratch / ROOT), "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes",
-            "commission", "--kind", "linux", "--user", "alice", "--luks-device", str(IMAGE), "--git-email", EMAIL,
-            "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE),
-            "--recovery-key-file", str(scratch / "recovery.txt"), "--new-pin-stdin", "--pin-stdin",
-            "--verify-only", ",".join(VERIFY_ITEMS)]
+    return [
+        YKTOOL,
+        "--root",
+        str(scratch / ROOT),
+        "--tpm",
+        tcti,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        str(IMAGE),
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+        "--backup-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--recovery-key-file",
+        str(scratch / "recovery.txt"),
+        "--new-pin-stdin",
+        "--pin-stdin",
+        "--verify-only",
+        ",".join(VERIFY_ITEMS),
+    ]
 
 
 def test_killed_at_every_step_boundary_resumes_and_never_breaks_the_volume(fresh: tuple[Path, str]) -> None:
@@ -156,8 +224,9 @@ def test_killed_at_every_step_boundary_resumes_and_never_breaks_the_volume(fresh
     stdin = f"{pin}\n{pin}\n{pin}\n{pin}\n".encode()
     killed = 0
     for step in ids[:-1]:
-        run = subprocess.run(argv, input=stdin, capture_output=True, check=False,
-                             env={**os.environ, "YKTOOL_FAULT": f"after:{step}"})
+        run = subprocess.run(
+            argv, input=stdin, capture_output=True, check=False, env={**os.environ, "YKTOOL_FAULT": f"after:{step}"}
+        )
         assert run.returncode == 137, (step, run.stderr.decode()[-2000:])
         killed += 1
         assert passphrase_opens(scratch), step
@@ -187,9 +256,27 @@ def test_wrong_pin_is_refused_and_changes_nothing(fresh: tuple[Path, str], cli: 
     root = scratch / ROOT
     before = tree_bytes(root)
     image_before = (root / str(IMAGE).lstrip("/")).read_bytes()
-    r = cli("--root", root, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes", "commission",
-            "--kind", "linux", "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pin-stdin",
-            "--pam-origin", ORIGIN, input="9999\n")
+    r = cli(
+        "--root",
+        root,
+        "--tpm",
+        tcti,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--steps",
+        "ssh,pam",
+        "--no-backup",
+        "--pin-stdin",
+        "--pam-origin",
+        ORIGIN,
+        input="9999\n",
+    )
     assert r.exit_code == 6, r.output
     assert "wrong PIN" in r.stderr and "9999" not in r.output
     after = tree_bytes(root)
@@ -202,8 +289,9 @@ def test_refused_touch_stops_and_the_rerun_resumes(fresh: tuple[Path, str]) -> N
     scratch, tcti = fresh
     argv = _commission_argv(scratch, tcti)
     stdin = b"4321\n" * 4
-    denied = subprocess.run(argv, input=stdin, capture_output=True, check=False,
-                            env={**os.environ, "YKTOOL_SIM_PRESENCE": "deny"})
+    denied = subprocess.run(
+        argv, input=stdin, capture_output=True, check=False, env={**os.environ, "YKTOOL_SIM_PRESENCE": "deny"}
+    )
     assert denied.returncode == 9, denied.stderr
     assert b"not touched" in denied.stderr and b"Traceback" not in denied.stderr
     state = json.loads((scratch / ROOT / "var/lib/yktool/commission.json").read_text())
@@ -221,9 +309,26 @@ def test_the_wrong_key_in_hand_is_refused(scratch: Path, cli: CliCall) -> None:
     (root / "var/lib/yktool/commission.json").unlink()
     backup_key = (root / "home/alice/.ssh/id_ed25519_sk_backup").read_bytes()
     # both "keys" are the primary: the backup role finds the primary's credentials on it
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--steps", "ssh", "--backup-device", spec(scratch, "primary"), "--pin-stdin",
-            "--backup-nickname", "backup", input=demo_pin(scratch) + "\n" + demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--steps",
+        "ssh",
+        "--backup-device",
+        spec(scratch, "primary"),
+        "--pin-stdin",
+        "--backup-nickname",
+        "backup",
+        input=demo_pin(scratch) + "\n" + demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 4, r.output
     assert "registered as 'primary', not 'backup'" in r.stderr and "insert the backup key" in r.stderr
     state = json.loads((root / "var/lib/yktool/commission.json").read_text())
@@ -235,8 +340,13 @@ def test_ctrl_c_between_steps_says_how_to_resume(fresh: tuple[Path, str]) -> Non
     scratch, tcti = fresh
     argv = _commission_argv(scratch, tcti)
     stdin = b"4321\n" * 4
-    stopped = subprocess.run(argv, input=stdin, capture_output=True, check=False,
-                             env={**os.environ, "YKTOOL_FAULT": "interrupt-after:primary.ssh"})
+    stopped = subprocess.run(
+        argv,
+        input=stdin,
+        capture_output=True,
+        check=False,
+        env={**os.environ, "YKTOOL_FAULT": "interrupt-after:primary.ssh"},
+    )
     assert stopped.returncode == 10, stopped.stderr
     assert b"interrupted" in stopped.stderr and b"run the same command again to resume" in stopped.stderr
     assert b"Traceback" not in stopped.stderr
@@ -293,8 +403,11 @@ def test_key_pulled_mid_step_stops_cleanly_and_the_rerun_resumes(fresh: tuple[Pa
     assert report.verify_ok
     # the key's PIN step runs again (a wrong PIN is asked again there, not mid-step); the rest is skipped
     assert [(o.id, o.status) for o in report.outcomes][:4] == [
-        ("luks-tpm2", "already-done"), ("recovery", "already-done"), ("primary.pin", "done"),
-        ("primary.luks-fido2", "already-done")]
+        ("luks-tpm2", "already-done"),
+        ("recovery", "already-done"),
+        ("primary.pin", "done"),
+        ("primary.luks-fido2", "already-done"),
+    ]
 
 
 def test_a_pin_that_is_not_utf8_is_exit_2_and_changes_nothing(scratch: Path, cli: CliCall) -> None:
@@ -302,8 +415,23 @@ def test_a_pin_that_is_not_utf8_is_exit_2_and_changes_nothing(scratch: Path, cli
     (root / "var/lib/yktool/commission.json").unlink()
     (root / "home/alice/.ssh/id_ed25519_sk").unlink()  # so the ssh step has to ask for the PIN
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--steps", "ssh", "--no-backup", "--pin-stdin", input=b"\xff\xfe-pin\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--steps",
+        "ssh",
+        "--no-backup",
+        "--pin-stdin",
+        input=b"\xff\xfe-pin\n",
+    )
     assert r.exit_code == 2, r.output
     assert "not valid UTF-8" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.output
     after = tree_bytes(root)
@@ -311,8 +439,9 @@ def test_a_pin_that_is_not_utf8_is_exit_2_and_changes_nothing(scratch: Path, cli
     assert after == before
 
 
-def test_recovery_keys_of_two_devices_both_stay_in_the_recovery_file(scratch: Path, cli: CliCall,
-                                                                     tmp_path: Path) -> None:
+def test_recovery_keys_of_two_devices_both_stay_in_the_recovery_file(
+    scratch: Path, cli: CliCall, tmp_path: Path
+) -> None:
     """One --recovery-key-file for several LUKS devices: each device's key is kept (the second
     used to replace the first, which then opened nothing anyone had)."""
     root = scratch / ROOT
@@ -322,22 +451,57 @@ def test_recovery_keys_of_two_devices_both_stay_in_the_recovery_file(scratch: Pa
     for dev in devices:
         with open(root / dev.lstrip("/"), "wb") as fh:
             fh.truncate(32 * 1024 * 1024)
-        subprocess.run(["cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2",
-                        "--pbkdf-force-iterations", "1000", "--batch-mode", "--key-file", str(passphrase),
-                        str(root / dev.lstrip("/"))], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "cryptsetup",
+                "luksFormat",
+                "--type",
+                "luks2",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--batch-mode",
+                "--key-file",
+                str(passphrase),
+                str(root / dev.lstrip("/")),
+            ],
+            check=True,
+            capture_output=True,
+        )
     rec = tmp_path / "recovery.txt"
     args = [a for dev in devices for a in ("--luks-device", dev)]
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--steps", "recovery", "--no-backup", *args, "--unlock-key-file", str(PASSPHRASE),
-            "--recovery-key-file", rec, "--pin-stdin", input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--steps",
+        "recovery",
+        "--no-backup",
+        *args,
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--recovery-key-file",
+        rec,
+        "--pin-stdin",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert oct(rec.stat().st_mode & 0o777) == "0o600"
     lines = rec.read_text().splitlines()
     for dev in devices:
         head = next(n for n, ln in enumerate(lines) if ln.startswith(f"# yktool recovery key for {dev} "))
-        opened = subprocess.run(["cryptsetup", "open", "--test-passphrase",
-                                 str(root / dev.lstrip("/"))], input=lines[head + 1].encode(),
-                                capture_output=True, check=False)
+        opened = subprocess.run(
+            ["cryptsetup", "open", "--test-passphrase", str(root / dev.lstrip("/"))],
+            input=lines[head + 1].encode(),
+            capture_output=True,
+            check=False,
+        )
         assert opened.returncode == 0, (dev, opened.stderr)
     assert len(lines) == 4
 
@@ -347,14 +511,45 @@ def test_a_verify_required_key_file_of_the_key_in_hand_is_kept(scratch: Path, cl
     silent probe cannot see), it is recognised with the PIN and kept, not refused as another's."""
     root = scratch / ROOT
     pin = demo_pin(scratch)
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "ssh", "keygen", "-O", "verify-required",
-            "-u", "alice", "-f", "/home/alice/.ssh/id_ed25519_sk", "--force", "--nickname", "primary",
-            "--pin-stdin", input=pin + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "ssh",
+        "keygen",
+        "-O",
+        "verify-required",
+        "-u",
+        "alice",
+        "-f",
+        "/home/alice/.ssh/id_ed25519_sk",
+        "--force",
+        "--nickname",
+        "primary",
+        "--pin-stdin",
+        input=pin + "\n",
+    )
     assert r.exit_code == 0, r.output
     made = (root / "home/alice/.ssh/id_ed25519_sk").read_bytes()
     (root / "var/lib/yktool/commission.json").unlink()
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--steps", "ssh", "--no-backup", "--pin-stdin", input=pin + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--steps",
+        "ssh",
+        "--no-backup",
+        "--pin-stdin",
+        input=pin + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert "kept the key file made earlier" in r.stderr
     assert (root / "home/alice/.ssh/id_ed25519_sk").read_bytes() == made

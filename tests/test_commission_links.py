@@ -27,8 +27,9 @@ def fresh(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("link", [".ssh/authorized_keys", ".ssh/allowed_signers", ".gitconfig"])
-def test_commission_refuses_a_users_link_before_its_first_step(fresh: tuple[Path, str], cli: CliCall,
-                                                               link: str) -> None:
+def test_commission_refuses_a_users_link_before_its_first_step(
+    fresh: tuple[Path, str], cli: CliCall, link: str
+) -> None:
     scratch, tcti = fresh
     root = scratch / ROOT
     (root / "etc/shadow").write_bytes(SHADOW)
@@ -41,11 +42,34 @@ def test_commission_refuses_a_users_link_before_its_first_step(fresh: tuple[Path
     os.lchown(home / link, 1000, 1000)
     before = tree_bytes(root)
     assert str(IMAGE).lstrip("/") in before
-    r = cli("--root", root, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes", "commission",
-            "--kind", "linux", "--user", "alice", "--luks-device", str(IMAGE), "--git-email", EMAIL,
-            "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file",
-            str(PASSPHRASE), "--recovery-key-file", str(scratch / "recovery.txt"), "--new-pin-stdin",
-            input="4321\n" * 4)
+    r = cli(
+        "--root",
+        root,
+        "--tpm",
+        tcti,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        str(IMAGE),
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+        "--backup-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--recovery-key-file",
+        str(scratch / "recovery.txt"),
+        "--new-pin-stdin",
+        input="4321\n" * 4,
+    )
     assert r.exit_code == 4, r.output
     assert f"/home/alice/{link}" in r.stderr and "will not follow it" in r.stderr, r.stderr
     assert "Traceback" not in r.output and "rootsecrethash" not in r.output

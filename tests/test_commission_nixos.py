@@ -26,24 +26,57 @@ def test_nixos_commission_writes_the_agenix_secret_and_prints_nix(tmp_path: Path
     host = Host(root)
     build_root(host)
     host.write_file("/etc/NIXOS", "", 0o644)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host", "-f",
-                    str(root / "etc/ssh/ssh_host_ed25519_key")], check=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "root@demo-host",
+            "-f",
+            str(root / "etc/ssh/ssh_host_ed25519_key"),
+        ],
+        check=True,
+    )
     keys = tmp_path / "keys"
     keys.mkdir()
     age_file = tmp_path / "flake/secrets/yubikey-auth.age"
     age_file.parent.mkdir(parents=True)
     etc_before = sorted(str(p.relative_to(root)) for p in (root / "etc").rglob("*"))
-    r = cli("--root", root, "--device", f"sim:{keys}/a.json", "--yes", "--json", "commission",
-            "--steps", "pam,udev,usbguard,verify", "--user", "alice", "--pam-origin", ORIGIN,
-            "--age-host-key", "/etc/ssh/ssh_host_ed25519_key.pub", "--age-file", age_file,
-            "--backup-device", f"sim:{keys}/b.json", "--new-pin-stdin", input="1234\n1234\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        f"sim:{keys}/a.json",
+        "--yes",
+        "--json",
+        "commission",
+        "--steps",
+        "pam,udev,usbguard,verify",
+        "--user",
+        "alice",
+        "--pam-origin",
+        ORIGIN,
+        "--age-host-key",
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+        "--age-file",
+        age_file,
+        "--backup-device",
+        f"sim:{keys}/b.json",
+        "--new-pin-stdin",
+        input="1234\n1234\n",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     # verify: only what the root already shows (PAM, udev and USBGuard come from the printed Nix)
     assert report["ok"] and {v["id"] for v in report["verify"]} == {"hw.registry.backup"}
     # the host decrypts its authfile with the real age: alice's line holds both keys
-    plain = subprocess.run(["age", "-d", "-i", str(root / "etc/ssh/ssh_host_ed25519_key"), str(age_file)],
-                           capture_output=True, check=True).stdout.decode()
+    plain = subprocess.run(
+        ["age", "-d", "-i", str(root / "etc/ssh/ssh_host_ed25519_key"), str(age_file)], capture_output=True, check=True
+    ).stdout.decode()
     assert len(Authfile.parse(plain).credentials_of("alice")) == 2
     # /etc untouched apart from the registry and the flow's state (NixOS generates it)
     etc_after = sorted(str(p.relative_to(root)) for p in (root / "etc").rglob("*"))

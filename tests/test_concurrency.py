@@ -25,8 +25,7 @@ from yktool.inventory import Registry
 from yktool.luks.header import read_header
 from yktool.pam.authfile import Authfile
 
-PASSWD = ("root:x:0:0:root:/root:/bin/bash\n"
-          "alice:x:1000:1000::/home/alice:/bin/bash\n")
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n"
 
 
 def make_world(root: Path) -> LuksImage:
@@ -46,8 +45,22 @@ def add_hardware_slot(image: LuksImage, tmp: Path) -> int:
     secret = tmp / "hw.key"
     secret.write_bytes(os.urandom(32))
     before = set(read_header(Host(), str(image.path)).keyslots)
-    subprocess.run(["cryptsetup", "luksAddKey", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-                    "--key-file", str(image.key_file), str(image.path), str(secret)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksAddKey",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            str(image.key_file),
+            str(image.path),
+            str(secret),
+        ],
+        check=True,
+        capture_output=True,
+    )
     slot = (set(read_header(Host(), str(image.path)).keyslots) - before).pop()
     import_token(image.path, fido2_token(slot), 9)
     return slot
@@ -55,8 +68,11 @@ def add_hardware_slot(image: LuksImage, tmp: Path) -> int:
 
 def add_recovery_by_systemd(image: LuksImage) -> tuple[int, bytes]:
     before = set(read_header(Host(), str(image.path)).keyslots)
-    out = subprocess.run(["systemd-cryptenroll", "--recovery-key", f"--unlock-key-file={image.key_file}",
-                          str(image.path)], check=True, capture_output=True).stdout.strip()
+    out = subprocess.run(
+        ["systemd-cryptenroll", "--recovery-key", f"--unlock-key-file={image.key_file}", str(image.path)],
+        check=True,
+        capture_output=True,
+    ).stdout.strip()
     slot = (set(read_header(Host(), str(image.path)).keyslots) - before).pop()
     return slot, out
 
@@ -73,7 +89,8 @@ def test_two_wipes_at_once_never_leave_only_hardware(root: Path, tmp_path: Path)
         tmp_path,
         (["--root", root, "--yes", "luks", "wipe", dev, "--slot", "0"], None),
         (["--root", root, "--yes", "luks", "wipe", dev, "--slot", recovery_slot], None),
-        delay=["yktool.luks.wipe:wipe_slots=0.4", "yktool.luks.wipe:wipe_slots=1.4"])
+        delay=["yktool.luks.wipe:wipe_slots=0.4", "yktool.luks.wipe:wipe_slots=1.4"],
+    )
     codes = sorted([first.returncode, second.returncode])
     assert codes == [0, 4], (first.output, second.output)
     refused = first if first.returncode == 4 else second
@@ -103,8 +120,16 @@ def test_a_wipe_killed_between_keyslot_and_token_is_healed(root: Path, tmp_path:
 
 # ------------------------------------------------------------------------------------ item 4
 def _recovery_args(root: Path, image: LuksImage) -> list[object]:
-    return ["--root", root, "luks", "add-recovery", inside(root, image.path), "--unlock-key-file",
-            inside(root, image.key_file), "--key-to-stderr"]
+    return [
+        "--root",
+        root,
+        "luks",
+        "add-recovery",
+        inside(root, image.path),
+        "--unlock-key-file",
+        inside(root, image.key_file),
+        "--key-to-stderr",
+    ]
 
 
 def _shown_key(run: rs.Run) -> bytes:
@@ -163,8 +188,9 @@ def test_a_tokenless_slot_of_an_interrupted_add_recovery_is_not_a_passphrase(roo
     assert image.opens_with(key) and image.opens_with(image.passphrase)
 
 
-def test_verify_does_not_count_an_unseen_recovery_key_as_the_fallback(hardened_root: FixtureRoot,
-                                                                      tmp_path: Path) -> None:
+def test_verify_does_not_count_an_unseen_recovery_key_as_the_fallback(
+    hardened_root: FixtureRoot, tmp_path: Path
+) -> None:
     """The hardened root's only typed slot is its passphrase. An add-recovery killed before it
     showed the key, then the passphrase removed: verify's fallback check fails (the recovery
     key there is known to nobody)."""
@@ -173,14 +199,27 @@ def test_verify_does_not_count_an_unseen_recovery_key_as_the_fallback(hardened_r
     key = root / "img.key"
     key.write_bytes(b"fixture passphrase")
     dev = "/" + str(image.relative_to(root))
-    args: list[object] = ["--root", root, "luks", "add-recovery", dev, "--unlock-key-file", "/img.key",
-                          "--key-to-stderr"]
+    args: list[object] = [
+        "--root",
+        root,
+        "luks",
+        "add-recovery",
+        dev,
+        "--unlock-key-file",
+        "/img.key",
+        "--key-to-stderr",
+    ]
     assert rs.kill_at(tmp_path, args, "yktool.luks.cryptenroll:enroll_recovery:after")
     assert read_header(Host(), str(image)).slots_with_role("recovery")
-    subprocess.run(["cryptsetup", "luksKillSlot", "--batch-mode", str(image), "0"], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True)
-    res = rs.run(["--root", root, "--json", "verify", "--secrets", hardened_root.secrets,
-                  "--only", "boot.luks.fallback"])
+    subprocess.run(
+        ["cryptsetup", "luksKillSlot", "--batch-mode", str(image), "0"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    res = rs.run(
+        ["--root", root, "--json", "verify", "--secrets", hardened_root.secrets, "--only", "boot.luks.fallback"]
+    )
     [check] = json.loads(res.stdout)["checks"]
     assert check["status"] == "fail", check
 
@@ -189,44 +228,52 @@ def test_verify_does_not_count_an_unseen_recovery_key_as_the_fallback(hardened_r
 def _pam_credentials(root: Path, user: str = "alice") -> tuple[set[str], set[str]]:
     """Credential ids (standard base64) on `user`'s authfile line and in the registry."""
     text = (root / "etc/u2f_mappings").read_text()
-    on_line = {base64.b64encode(c.credential_id).decode() for c in Authfile.parse(text).credentials_of(user)
-               if c.credential_id is not None}
+    on_line = {
+        base64.b64encode(c.credential_id).decode()
+        for c in Authfile.parse(text).credentials_of(user)
+        if c.credential_id is not None
+    }
     registry = Registry.load(Host(root))
     recorded = {str(e["credential_id"]) for _, e in registry.enrollments("pam") if e.get("user") == user}
     return on_line, recorded
 
 
-def test_two_pam_registers_at_once_keep_both_credentials(root: Path, tmp_path: Path,
-                                                         sim_key: Callable[..., str]) -> None:
+def test_two_pam_registers_at_once_keep_both_credentials(
+    root: Path, tmp_path: Path, sim_key: Callable[..., str]
+) -> None:
     make_world(root)
     a, b = sim_key("a"), sim_key("b")
     runs = rs.together(
         tmp_path,
         (["--root", root, "--device", a, "pam", "register", "--user", "alice", "--nickname", "primary"], None),
         (["--root", root, "--device", b, "pam", "register", "--user", "alice", "--nickname", "backup"], None),
-        delay="yktool.pam.register:write_target=0.6")
+        delay="yktool.pam.register:write_target=0.6",
+    )
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     on_line, recorded = _pam_credentials(root)
     assert len(on_line) == 2 and on_line == recorded
 
 
 # ------------------------------------------------------------------------------------ the lock
-def test_a_second_run_waits_then_refuses_naming_the_holder(root: Path, tmp_path: Path,
-                                                           sim_key: Callable[..., str]) -> None:
+def test_a_second_run_waits_then_refuses_naming_the_holder(
+    root: Path, tmp_path: Path, sim_key: Callable[..., str]
+) -> None:
     """While one run holds the root's lock (here: paused inside pam register), a second one
     gives up after --lock-wait with who holds it; a read-only command does not wait at all."""
     make_world(root)
     mark = tmp_path / "held"
-    holder = rs.start(["--root", root, "--device", sim_key("a"), "pam", "register", "--user", "alice"],
-                      env={"YKTEST_PAUSE": "yktool.pam.register:write_target:before", "YKTEST_MARK": str(mark)})
+    holder = rs.start(
+        ["--root", root, "--device", sim_key("a"), "pam", "register", "--user", "alice"],
+        env={"YKTEST_PAUSE": "yktool.pam.register:write_target:before", "YKTEST_MARK": str(mark)},
+    )
     try:
         while not mark.exists():
             assert holder.poll() is None, rs.finish(holder).output
-        second = rs.run(["--root", root, "--lock-wait", "0.3", "--device", sim_key("b"), "pam", "register",
-                         "--user", "alice"])
+        second = rs.run(
+            ["--root", root, "--lock-wait", "0.3", "--device", sim_key("b"), "pam", "register", "--user", "alice"]
+        )
         assert second.returncode == 4, second.output
-        assert f"another yktool run (pid {holder.pid}, `yktool pam register`) holds the lock on {root}" \
-            in second.stderr
+        assert f"another yktool run (pid {holder.pid}, `yktool pam register`) holds the lock on {root}" in second.stderr
         assert "--lock-wait" in second.stderr and "Traceback" not in second.output
         reader = rs.run(["--root", root, "--lock-wait", "0", "--json", "keys", "list"])
         assert reader.returncode == 0, reader.output
@@ -234,8 +281,12 @@ def test_a_second_run_waits_then_refuses_naming_the_holder(root: Path, tmp_path:
         os.killpg(holder.pid, 9)
         holder.communicate()
     # the kill dropped the lock: the next run goes ahead at once
-    assert rs.run(["--root", root, "--lock-wait", "0", "--device", sim_key("b"), "pam", "register",
-                   "--user", "alice"]).returncode == 0
+    assert (
+        rs.run(
+            ["--root", root, "--lock-wait", "0", "--device", sim_key("b"), "pam", "register", "--user", "alice"]
+        ).returncode
+        == 0
+    )
 
 
 def test_the_lock_file_is_not_followed_through_a_link(root: Path, tmp_path: Path) -> None:
@@ -259,8 +310,9 @@ def test_nothing_is_left_of_the_lock_after_a_refused_run(root: Path) -> None:
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
-@pytest.mark.parametrize("command", [["luks", "status", "/img/disk.img"], ["keys", "list"],
-                                     ["verify", "--only", "ssh"]])
+@pytest.mark.parametrize(
+    "command", [["luks", "status", "/img/disk.img"], ["keys", "list"], ["verify", "--only", "ssh"]]
+)
 def test_read_only_commands_never_wait_for_the_lock(root: Path, command: list[str]) -> None:
     from yktool.lock import root_lock
 
@@ -292,10 +344,32 @@ def test_every_command_takes_the_lock_unless_it_is_on_the_read_only_list() -> No
     for name in main_group.list_commands(ctx):
         walk(main_group.get_command(ctx, name), [name])
     read_only = {p for p, c in leaves.items() if getattr(c, "yktool_read_only", False)}
-    assert read_only == {"verify", "demo", "luks status", "luks test-unlock", "keys list", "key list", "key info",
-                         "key pin verify", "key replug", "key emulate", "pam check", "ssh sign", "tpm status",
-                         "udev show", "man"}
+    assert read_only == {
+        "verify",
+        "demo",
+        "luks status",
+        "luks test-unlock",
+        "keys list",
+        "key list",
+        "key info",
+        "key pin verify",
+        "key replug",
+        "key emulate",
+        "pam check",
+        "ssh sign",
+        "tpm status",
+        "udev show",
+        "man",
+    }
     for path in set(leaves) - read_only:
         assert leaves[path].callback is not None and hasattr(leaves[path].callback, "__wrapped__"), path
-    assert {"luks wipe", "pam register", "ssh authorize", "git signing", "udev install", "usbguard allow",
-            "commission", "replace"} <= set(leaves) - read_only
+    assert {
+        "luks wipe",
+        "pam register",
+        "ssh authorize",
+        "git signing",
+        "udev install",
+        "usbguard allow",
+        "commission",
+        "replace",
+    } <= set(leaves) - read_only

@@ -31,12 +31,14 @@ from yktool.fido.ctaphid import (
 )
 from yktool.fido.touch import TouchPolicy
 
-MAKE_CREDENTIAL = bytes([Ctap2.CMD.MAKE_CREDENTIAL]) + cbor.encode({
-    1: b"\x11" * 32,
-    2: {"id": "example.com", "name": "Example"},
-    3: {"id": b"user", "name": "user"},
-    4: [{"type": "public-key", "alg": -7}],
-})
+MAKE_CREDENTIAL = bytes([Ctap2.CMD.MAKE_CREDENTIAL]) + cbor.encode(
+    {
+        1: b"\x11" * 32,
+        2: {"id": "example.com", "name": "Example"},
+        3: {"id": b"user", "name": "user"},
+        4: [{"type": "public-key", "alg": -7}],
+    }
+)
 
 
 class FakeClock:
@@ -234,13 +236,18 @@ def test_keepalive_upneeded_every_100ms_while_a_touch_is_awaited(tmp_path: Path)
     assert wire.quiet(0.25)  # nothing after the answer
 
 
-def test_keepalive_processing_while_the_authenticator_works_without_a_touch(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keepalive_processing_while_the_authenticator_works_without_a_touch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wire = make_wire(tmp_path)
     real_call = wire.key.call
 
-    def slow_call(cmd: int, data: bytes = b"", event: threading.Event | None = None,
-                  on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+    def slow_call(
+        cmd: int,
+        data: bytes = b"",
+        event: threading.Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
         time.sleep(0.45)  # a slow authenticator: e.g. a big credential list
         return real_call(cmd, data, event, on_keepalive)
 

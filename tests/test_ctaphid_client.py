@@ -69,17 +69,21 @@ def test_fido2_client_registers_and_signs_over_hid_and_the_server_verifies(tmp_p
     device = hid_device(wire)
     ClientPin(Ctap2(device)).set_pin(PIN)
     person = Person()
-    client = Fido2Client(device, DefaultClientDataCollector(ORIGIN), person,
-                         extensions=[HmacSecretExtension(allow_hmac_secret=True)])
+    client = Fido2Client(
+        device, DefaultClientDataCollector(ORIGIN), person, extensions=[HmacSecretExtension(allow_hmac_secret=True)]
+    )
     server = Fido2Server(PublicKeyCredentialRpEntity(name="Example", id=RP_ID))
-    creation, reg_state = server.register_begin(PublicKeyCredentialUserEntity(id=b"user-1", name="alice"),
-                                                user_verification=UserVerificationRequirement.REQUIRED)
+    creation, reg_state = server.register_begin(
+        PublicKeyCredentialUserEntity(id=b"user-1", name="alice"),
+        user_verification=UserVerificationRequirement.REQUIRED,
+    )
     registration = client.make_credential(creation.public_key)
     auth = server.register_complete(reg_state, registration)
     assert auth.credential_data is not None and auth.credential_data.aaguid == AAGUID
 
-    request, auth_state = server.authenticate_begin([auth.credential_data],
-                                                    user_verification=UserVerificationRequirement.REQUIRED)
+    request, auth_state = server.authenticate_begin(
+        [auth.credential_data], user_verification=UserVerificationRequirement.REQUIRED
+    )
     assertion = client.get_assertion(request.public_key).get_response(0)
     server.authenticate_complete(auth_state, [auth.credential_data], assertion)
     assert wire.gate.counts().approved == 2 and person.prompted == 2
@@ -98,9 +102,14 @@ def test_cancel_while_the_key_waits_for_a_touch_raises_keepalive_cancel(tmp_path
 
     threading.Thread(target=cancel_once_the_key_waits, daemon=True).start()
     with pytest.raises(CtapError) as err:
-        Ctap2(device).make_credential(b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"},
-                                      [{"type": "public-key", "alg": -7}], event=cancel,
-                                      on_keepalive=statuses.append)
+        Ctap2(device).make_credential(
+            b"\x22" * 32,
+            {"id": RP_ID},
+            {"id": b"u", "name": "u"},
+            [{"type": "public-key", "alg": -7}],
+            event=cancel,
+            on_keepalive=statuses.append,
+        )
     assert err.value.code == CtapError.ERR.KEEPALIVE_CANCEL
     assert statuses == [STATUS.UPNEEDED]
     assert wire.gate.counts().cancelled == 1 and wire.key.touches == 0
@@ -110,8 +119,9 @@ def test_cancel_while_the_key_waits_for_a_touch_raises_keepalive_cancel(tmp_path
 def test_a_denied_touch_is_operation_denied(tmp_path: Path) -> None:
     device = hid_device(make_wire(tmp_path, TouchPolicy.DENY))
     with pytest.raises(CtapError) as err:
-        Ctap2(device).make_credential(b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"},
-                                      [{"type": "public-key", "alg": -7}])
+        Ctap2(device).make_credential(
+            b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"}, [{"type": "public-key", "alg": -7}]
+        )
     assert err.value.code == CtapError.ERR.OPERATION_DENIED
 
 
@@ -119,8 +129,9 @@ def test_nobody_touching_times_out_with_user_action_timeout(tmp_path: Path) -> N
     wire = make_wire(tmp_path, TouchPolicy.TIMEOUT, timeout=0.3)
     device = hid_device(wire)
     with pytest.raises(CtapError) as err:
-        Ctap2(device).make_credential(b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"},
-                                      [{"type": "public-key", "alg": -7}])
+        Ctap2(device).make_credential(
+            b"\x22" * 32, {"id": RP_ID}, {"id": b"u", "name": "u"}, [{"type": "public-key", "alg": -7}]
+        )
     assert err.value.code == CtapError.ERR.USER_ACTION_TIMEOUT
     assert wire.gate.counts().timed_out == 1
 
@@ -130,17 +141,29 @@ def test_credential_management_answers_under_its_2_1_pre_number_as_libfido2_send
     device = hid_device(make_wire(tmp_path))
     ctap = Ctap2(device)
     ClientPin(ctap).set_pin(PIN)
-    resident = PublicKeyCredentialCreationOptions.from_dict({
-        "rp": {"id": RP_ID, "name": "Example"}, "user": {"id": b"user-1", "name": "alice"},
-        "challenge": b"\x01" * 32, "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
-        "authenticatorSelection": {"residentKey": "required", "userVerification": "required"}})
+    resident = PublicKeyCredentialCreationOptions.from_dict(
+        {
+            "rp": {"id": RP_ID, "name": "Example"},
+            "user": {"id": b"user-1", "name": "alice"},
+            "challenge": b"\x01" * 32,
+            "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+            "authenticatorSelection": {"residentKey": "required", "userVerification": "required"},
+        }
+    )
     Fido2Client(device, DefaultClientDataCollector(ORIGIN), Person()).make_credential(resident)
     pin = ClientPin(ctap)
     for cmd in (Ctap2.CMD.CREDENTIAL_MGMT_PRE, Ctap2.CMD.CREDENTIAL_MGMT):
         token = pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
         message = bytes([CredentialManagement.CMD.GET_CREDS_METADATA])
-        answer = ctap.send_cbor(cmd, args(CredentialManagement.CMD.GET_CREDS_METADATA, None, pin.protocol.VERSION,
-                                          pin.protocol.authenticate(token, message)))
+        answer = ctap.send_cbor(
+            cmd,
+            args(
+                CredentialManagement.CMD.GET_CREDS_METADATA,
+                None,
+                pin.protocol.VERSION,
+                pin.protocol.authenticate(token, message),
+            ),
+        )
         assert answer[CredentialManagement.RESULT.EXISTING_CRED_COUNT] == 1
 
 

@@ -41,18 +41,21 @@ def test_demo_commissions_proves_and_is_idempotent(cli: CliCall, tmp_path: Path)
     verify = [ln for ln in report["stages"] if ln["stage"].startswith("verify ")]
     assert len(verify) >= 15 and all(ln["outcome"].startswith("pass") for ln in verify)
     # one PIN entry per key; touches: one per credential made (LUKS, SSH, pam_u2f)
-    assert report["counts"] == {"primary": {"touches": 3, "pin_prompts": 1},
-                                "backup": {"touches": 3, "pin_prompts": 1}}
+    assert report["counts"] == {"primary": {"touches": 3, "pin_prompts": 1}, "backup": {"touches": 3, "pin_prompts": 1}}
     assert "replace --new-device" in report["replace_command"]
 
     # nothing outside the scratch folder; secrets only where they belong, mode 0600
     assert sorted(p.name for p in scratch.iterdir()) == ["keys", "recovery-key.txt", "root", "swtpm"]
-    for secret in (scratch / "recovery-key.txt", scratch / "keys/demo-pin",
-                   scratch / "root/var/lib/demo/disk.passphrase"):
+    for secret in (
+        scratch / "recovery-key.txt",
+        scratch / "keys/demo-pin",
+        scratch / "root/var/lib/demo/disk.passphrase",
+    ):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     pin = (scratch / "keys/demo-pin").read_text()
-    recovery = re.search(r"[cbdefghijklnrtuv]{8}(?:-[cbdefghijklnrtuv]{8}){7}",
-                         (scratch / "recovery-key.txt").read_text())
+    recovery = re.search(
+        r"[cbdefghijklnrtuv]{8}(?:-[cbdefghijklnrtuv]{8}){7}", (scratch / "recovery-key.txt").read_text()
+    )
     assert recovery is not None
     passphrase = (scratch / "root/var/lib/demo/disk.passphrase").read_text()
     for text in (pin, recovery.group(0), passphrase):

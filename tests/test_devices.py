@@ -159,10 +159,12 @@ def test_parse_uevent_serial_and_garbage() -> None:
         parse_uevent("DRIVER=hid-generic\n")
 
 
-@pytest.mark.parametrize(("mode", "code"), [("deny", CtapError.ERR.OPERATION_DENIED),
-                                            ("timeout", CtapError.ERR.USER_ACTION_TIMEOUT)])
-def test_sim_presence_env_rehearses_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             mode: str, code: CtapError.ERR) -> None:
+@pytest.mark.parametrize(
+    ("mode", "code"), [("deny", CtapError.ERR.OPERATION_DENIED), ("timeout", CtapError.ERR.USER_ACTION_TIMEOUT)]
+)
+def test_sim_presence_env_rehearses_refusals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, code: CtapError.ERR
+) -> None:
     monkeypatch.setenv("YKTOOL_SIM_PRESENCE", mode)
     ctap = Ctap2(open_device(f"sim:{tmp_path / 'k.json'}"))
     with pytest.raises(CtapError) as err:
@@ -198,8 +200,10 @@ def test_stale_hid_reports_another_program_caused_are_dropped_before_our_next_ca
         for _ in range(3):
             os.write(w, b"\x01" * 64)
         # a stand-in with only what discard_stale_reports reads: the connection's handle, report size
-        device = cast(CtapDevice, SimpleNamespace(
-            _connection=SimpleNamespace(handle=r, descriptor=SimpleNamespace(report_size_in=64))))
+        device = cast(
+            CtapDevice,
+            SimpleNamespace(_connection=SimpleNamespace(handle=r, descriptor=SimpleNamespace(report_size_in=64))),
+        )
         assert devices.discard_stale_reports(device) == 3
         assert devices.discard_stale_reports(device) == 0
         assert os.get_blocking(r)  # the handle blocks again for python-fido2's reads

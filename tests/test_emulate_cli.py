@@ -43,9 +43,12 @@ def test_as_a_normal_user_it_refuses_with_a_permission_error_and_the_way_out(tmp
     else:  # already a normal user: a node nobody may open
         uhid.chmod(0o000)
         as_user = []
-    r = subprocess.run([*as_user, *YKTOOL,
-                        "key", "emulate", "--device", f"sim:{tmp_path / 'k.json'}", "--uhid", str(uhid)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*as_user, *YKTOOL, "key", "emulate", "--device", f"sim:{tmp_path / 'k.json'}", "--uhid", str(uhid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3, r.stderr
     assert "permission" in r.stderr and "root" in r.stderr
     assert "Traceback" not in r.stderr
@@ -65,8 +68,7 @@ def test_the_global_device_names_the_key_too(cli: CliCall, tmp_path: Path) -> No
 def test_a_control_path_already_there_is_refused_before_anything(cli: CliCall, tmp_path: Path) -> None:
     taken = tmp_path / "ctl"
     taken.write_text("someone's file")
-    r = cli("key", "emulate", "--device", f"sim:{tmp_path / 'k.json'}", "--control", taken,
-            "--uhid", tmp_path / "uhid")
+    r = cli("key", "emulate", "--device", f"sim:{tmp_path / 'k.json'}", "--control", taken, "--uhid", tmp_path / "uhid")
     assert r.exit_code == 2 and "already exists" in r.stderr
     assert taken.read_text() == "someone's file"
 
@@ -74,14 +76,18 @@ def test_a_control_path_already_there_is_refused_before_anything(cli: CliCall, t
 def test_help_has_examples_and_the_touch_policies(cli: CliCall) -> None:
     r = cli("key", "emulate", "--help")
     assert r.exit_code == 0
-    for word in ("Examples", "--touch", "auto", "deny", "timeout", "ask", "--control", "fido2-token",
-                 "modprobe uhid"):
+    for word in ("Examples", "--touch", "auto", "deny", "timeout", "ask", "--control", "fido2-token", "modprobe uhid"):
         assert word in r.stdout
 
 
 def test_the_helper_reports_an_emulator_that_cannot_start(tmp_path: Path) -> None:
     stderr = tmp_path / "stderr"
     with stderr.open("w") as err, pytest.raises(EmulatorFailed, match="exit status 3"):
-        with emulated_key(tmp_path / "k.json", yktool=[*YKTOOL], stderr=err, timeout=60,
-                          env={**os.environ, "YKTOOL_UHID": str(tmp_path / "uhid")}):
+        with emulated_key(
+            tmp_path / "k.json",
+            yktool=[*YKTOOL],
+            stderr=err,
+            timeout=60,
+            env={**os.environ, "YKTOOL_UHID": str(tmp_path / "uhid")},
+        ):
             pass

@@ -63,8 +63,9 @@ def test_wait_then_approve_touches_the_key_and_status_counts_it(wired: tuple[Wir
     assert control(sock, "approve") == "ok approved"
     t.join(10)
     assert out and not isinstance(out[0], int)  # a credential, not an error code
-    assert control(sock, "status") == ("ok policy=ask waiting=0 requested=1 approved=1 denied=0 "
-                                       "timed_out=0 cancelled=0")
+    assert control(sock, "status") == (
+        "ok policy=ask waiting=0 requested=1 approved=1 denied=0 timed_out=0 cancelled=0"
+    )
 
 
 def test_deny_refuses_the_touch(wired: tuple[Wire, Path, list[str]]) -> None:

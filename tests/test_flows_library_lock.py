@@ -38,8 +38,9 @@ def _revoke_primary(scratch: Path, between: object = None, *, locked: bool = Fal
     with ring(host, opener, {"present-1": None}, {"present-1": ""}) as keys:
         found = replace_flow.find(host, keys, ["present-1"], False, [], None)
         replace_flow.mark_lost(found, ["primary"])
-        answers = replace_flow.ReplaceAnswers(lost=["primary"], new_nickname="primary-2",
-                                              unlock_key_file=str(PASSPHRASE))
+        answers = replace_flow.ReplaceAnswers(
+            lost=["primary"], new_nickname="primary-2", unlock_key_file=str(PASSPHRASE)
+        )
         io = replace_flow.ReplaceIO(lambda _r: pin, lambda _d: b"")
         with hold:
             flow, steps, _plan = replace_flow.prepare(host, answers, keys, io, found, False)

@@ -36,8 +36,7 @@ def test_state_resumes_refuses_other_answers_and_restarts_after_finish(tmp_path:
     assert done.done == [] and not done.finished
 
 
-@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"answers": 3}', '{"done": 5}', '{"extra": [1]}',
-                                  "\udcff"])
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"answers": 3}', '{"done": 5}', '{"extra": [1]}', "\udcff"])
 def test_damaged_state_file_says_what_to_do(tmp_path: Path, body: str) -> None:
     host = Host(tmp_path)
     (tmp_path / "var/lib/yktool").mkdir(parents=True)
@@ -59,8 +58,11 @@ def test_runner_marks_each_step_and_stops_at_the_first_failure(tmp_path: Path) -
     def boom() -> str:
         raise UsageError("step two failed", "fix it")
 
-    steps = [FlowStep("one", "one", lambda: ok("one")), FlowStep("two", "two", boom),
-             FlowStep("three", "three", lambda: ok("three"))]
+    steps = [
+        FlowStep("one", "one", lambda: ok("one")),
+        FlowStep("two", "two", boom),
+        FlowStep("three", "three", lambda: ok("three")),
+    ]
     with pytest.raises(UsageError):
         run_steps(host, state, steps)
     assert state.done == ["one"] and ran == ["one"]
@@ -70,12 +72,18 @@ def test_runner_marks_each_step_and_stops_at_the_first_failure(tmp_path: Path) -
 
 
 def test_fault_point_dies_like_kill_9(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from yktool.host import Host;"
-            "from yktool.flows.runner import FlowStep, run_steps; from yktool.flows.state import FlowState;"
-            "h = Host(Path(sys.argv[1])); s = FlowState.load(h, 't');"
-            "run_steps(h, s, [FlowStep('a', 'a', lambda: 'a'), FlowStep('b', 'b', lambda: 'b')])")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
-                         env={"YKTOOL_FAULT": "after:a", "PATH": "/usr/bin"}, capture_output=True, check=False)
+    code = (
+        "import sys; from pathlib import Path; from yktool.host import Host;"
+        "from yktool.flows.runner import FlowStep, run_steps; from yktool.flows.state import FlowState;"
+        "h = Host(Path(sys.argv[1])); s = FlowState.load(h, 't');"
+        "run_steps(h, s, [FlowStep('a', 'a', lambda: 'a'), FlowStep('b', 'b', lambda: 'b')])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        env={"YKTOOL_FAULT": "after:a", "PATH": "/usr/bin"},
+        capture_output=True,
+        check=False,
+    )
     assert run.returncode == 137, run.stderr
     assert json.loads((tmp_path / "var/lib/yktool/t.json").read_text())["done"] == ["a"]
 
@@ -113,16 +121,16 @@ def test_keyring_opens_one_key_at_a_time_swaps_once_and_counts(tmp_path: Path) -
             yield session
 
     host = Host(tmp_path)
-    with ring(host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"},
-              swaps.append) as keys:
+    with ring(
+        host, opener, {"primary": None, "backup": None}, {"primary": "primary", "backup": "backup"}, swaps.append
+    ) as keys:
         first = keys.session("primary")
-        assert keys.session("primary") is first           # one session per key per run
-        first.make_credential("ssh:")                      # one touch
+        assert keys.session("primary") is first  # one session per key per run
+        first.make_credential("ssh:")  # one touch
         keys.session("backup")
         assert swaps == ["backup"] and opened == ["primary", "backup"]
         keys.add_touches("backup", 2)  # systemd-cryptenroll's own, which the session never sees
-    assert keys.totals() == {"primary": {"touches": 1, "pin_prompts": 0},
-                             "backup": {"touches": 2, "pin_prompts": 0}}
+    assert keys.totals() == {"primary": {"touches": 1, "pin_prompts": 0}, "backup": {"touches": 2, "pin_prompts": 0}}
 
 
 def test_keyring_reopening_a_key_counts_its_pin_entry_once(tmp_path: Path) -> None:
@@ -163,5 +171,4 @@ def test_keyring_reopening_a_key_counts_its_pin_entry_once(tmp_path: Path) -> No
         keys.session("backup").make_credential("ssh:")
         keys.session("primary").make_credential("ssh:")  # opened again: the PIN is remembered
     assert typists["primary"].pin_prompts == 1
-    assert keys.totals() == {"primary": {"touches": 2, "pin_prompts": 1},
-                             "backup": {"touches": 1, "pin_prompts": 1}}
+    assert keys.totals() == {"primary": {"touches": 2, "pin_prompts": 1}, "backup": {"touches": 1, "pin_prompts": 1}}

@@ -11,13 +11,13 @@ from tests.ssh_support import SshWorld, world
 from tests.test_git_signing import EMAIL, _git_env, _keygen
 
 __all__ = ["world"]
-TITLE = "\x1b]0;owned\x07"      # retitles the terminal
-ERASE = "\x1b[2J\r"             # clears the screen
+TITLE = "\x1b]0;owned\x07"  # retitles the terminal
+ERASE = "\x1b[2J\r"  # clears the screen
 
 
 def test_existing_email_with_control_characters_is_echoed_escaped(world: SshWorld) -> None:
     _keygen(world)
-    (world.home() / ".gitconfig").write_text(f"[user]\n\temail = \"alice{TITLE}{ERASE}@home.example\"\n")
+    (world.home() / ".gitconfig").write_text(f'[user]\n\temail = "alice{TITLE}{ERASE}@home.example"\n')
     os.chown(world.home() / ".gitconfig", 1000, 1000)
     res = world.yk("git", "signing", "--email", EMAIL, "--user", "alice")
     assert res.exit_code == 0, res.output

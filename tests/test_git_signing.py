@@ -24,10 +24,25 @@ def _keygen(w: SshWorld, *args: str, device: str | None = None, input: str | Non
     assert res.exit_code == 0, res.output
 
 
-def _verify(w: SshWorld, sig: Path, message: bytes, namespace: str = "git",
-            email: str = EMAIL) -> subprocess.CompletedProcess[bytes]:
-    return w.run(["ssh-keygen", "-Y", "verify", "-f", str(w.ssh() / "allowed_signers"), "-I", email,
-                  "-n", namespace, "-s", str(sig)], input=message)
+def _verify(
+    w: SshWorld, sig: Path, message: bytes, namespace: str = "git", email: str = EMAIL
+) -> subprocess.CompletedProcess[bytes]:
+    return w.run(
+        [
+            "ssh-keygen",
+            "-Y",
+            "verify",
+            "-f",
+            str(w.ssh() / "allowed_signers"),
+            "-I",
+            email,
+            "-n",
+            namespace,
+            "-s",
+            str(sig),
+        ],
+        input=message,
+    )
 
 
 @pytest.mark.parametrize("type_name", ["ed25519-sk", "ecdsa-sk"])
@@ -56,8 +71,18 @@ def test_signature_flags_follow_the_key(world: SshWorld, sim_key: SimKey) -> Non
     device = sim_key("pinned", pin=PIN)
     _keygen(world, "--pin-stdin", "-O", "verify-required", device=device, input=PIN + "\n")
     (world.root / "msg").write_bytes(b"m")
-    res = world.yk("ssh", "sign", "--pin-stdin", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk.pub", "/msg",
-                   input=PIN + "\n", device=device)
+    res = world.yk(
+        "ssh",
+        "sign",
+        "--pin-stdin",
+        "-n",
+        "git",
+        "-f",
+        "/home/alice/.ssh/id_ed25519_sk.pub",
+        "/msg",
+        input=PIN + "\n",
+        device=device,
+    )
     assert res.exit_code == 0, res.output
     sig = parse_armored((world.root / "msg.sig").read_bytes()).signature
     assert sig.flags == 0x05 and sig.counter > 0  # user present + verified by the PIN
@@ -65,8 +90,18 @@ def test_signature_flags_follow_the_key(world: SshWorld, sim_key: SimKey) -> Non
     assert _verify(world, world.root / "msg.sig", b"m").returncode == 0
     # wrong PIN: exit 6, nothing written
     (world.root / "msg.sig").unlink()
-    res = world.yk("ssh", "sign", "--pin-stdin", "-n", "git", "-f", "/home/alice/.ssh/id_ed25519_sk", "/msg",
-                   input="0000\n", device=device)
+    res = world.yk(
+        "ssh",
+        "sign",
+        "--pin-stdin",
+        "-n",
+        "git",
+        "-f",
+        "/home/alice/.ssh/id_ed25519_sk",
+        "/msg",
+        input="0000\n",
+        device=device,
+    )
     assert res.exit_code == 6 and "attempts left" in res.stderr
     assert not (world.root / "msg.sig").exists()
 
@@ -102,11 +137,20 @@ def _git_env(w: SshWorld) -> dict[str, str]:
     env = w.env()
     home = w.home()
     (w.root / "tmp").mkdir(exist_ok=True)
-    env.update(HOME=str(home), GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), TMPDIR=str(w.root / "tmp"),
-               YKTOOL_ROOT=str(w.root), YKTOOL_DEVICE=w.device, YKTOOL_PYTHON=sys.executable,
-               GIT_AUTHOR_NAME="Alice", GIT_COMMITTER_NAME="Alice",
-               # the test runs as root, standing in for alice in her own (alice-owned) repository
-               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
+        TMPDIR=str(w.root / "tmp"),
+        YKTOOL_ROOT=str(w.root),
+        YKTOOL_DEVICE=w.device,
+        YKTOOL_PYTHON=sys.executable,
+        GIT_AUTHOR_NAME="Alice",
+        GIT_COMMITTER_NAME="Alice",
+        # the test runs as root, standing in for alice in her own (alice-owned) repository
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="safe.directory",
+        GIT_CONFIG_VALUE_0="*",
+    )
     return env
 
 
@@ -128,8 +172,12 @@ def test_git_commit_and_tag_signed_and_verified(world: SshWorld, scope: str) -> 
     # the test-only program signs through the software key; git itself is the real one
     config = repo / ".git" / "config" if scope == "repo" else world.home() / ".gitconfig"
     assert config.stat().st_uid == 1000  # git's lock-and-rename would have made it root's
-    assert world.run(["git", "config", "--file", str(config), "gpg.ssh.program", str(TOOLS / "yktool-ssh-keygen")],
-                     env=env).returncode == 0
+    assert (
+        world.run(
+            ["git", "config", "--file", str(config), "gpg.ssh.program", str(TOOLS / "yktool-ssh-keygen")], env=env
+        ).returncode
+        == 0
+    )
     (repo / "README").write_text("hello\n")
     for argv in (["git", "add", "README"], ["git", "commit", "-q", "-S", "-m", "first signed commit"]):
         done = world.run(argv, env=env, cwd=repo)
@@ -151,8 +199,10 @@ def test_git_commit_and_tag_signed_and_verified(world: SshWorld, scope: str) -> 
 def test_allowed_signers_sorted_unique_and_idempotent(world: SshWorld) -> None:
     _keygen(world)
     signers = world.ssh() / "allowed_signers"
-    signers.write_text("# team signers\n\nzed@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7\n"
-                       "adam@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8\n")
+    signers.write_text(
+        "# team signers\n\nzed@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7\n"
+        "adam@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8\n"
+    )
     signers.chmod(0o640)
     os.chown(signers, 1000, 1000)
     assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
@@ -171,8 +221,9 @@ def test_allowed_signers_sorted_unique_and_idempotent(world: SshWorld) -> None:
 def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: ChildRecorder) -> None:
     _keygen(world)
     real_home = Path(os.path.expanduser("~"))
-    watched = [p for p in (real_home / ".gitconfig", real_home / ".config/git/config", Path("/etc/gitconfig"))
-               if p.exists()]
+    watched = [
+        p for p in (real_home / ".gitconfig", real_home / ".config/git/config", Path("/etc/gitconfig")) if p.exists()
+    ]
     before = snapshot(*watched)
     assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
     assert snapshot(*watched) == before
@@ -190,14 +241,17 @@ def test_git_never_touches_the_machines_config(world: SshWorld, child_recorder: 
     assert (world.home() / ".gitconfig").stat().st_uid == 1000
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--email", "not an email"], "cannot be an allowed_signers principal"),
-    (["--email", "alice\x1b]0;owned\x07@example.org"], "has control characters"),
-    (["--email", "alice\x7f@example.org"], "has control characters"),
-    (["--email", EMAIL, "--global", "--repo", "/home/alice"], "exclude each other"),
-    (["--email", EMAIL, "--repo", "/home/alice"], "not a git repository"),
-    (["--email", EMAIL, "--key", "/home/alice/.ssh/missing.pub"], "no such file"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--email", "not an email"], "cannot be an allowed_signers principal"),
+        (["--email", "alice\x1b]0;owned\x07@example.org"], "has control characters"),
+        (["--email", "alice\x7f@example.org"], "has control characters"),
+        (["--email", EMAIL, "--global", "--repo", "/home/alice"], "exclude each other"),
+        (["--email", EMAIL, "--repo", "/home/alice"], "not a git repository"),
+        (["--email", EMAIL, "--key", "/home/alice/.ssh/missing.pub"], "no such file"),
+    ],
+)
 def test_bad_input_changes_nothing(world: SshWorld, args: list[str], message: str) -> None:
     _keygen(world)
     before = snapshot(world.root)
@@ -244,11 +298,25 @@ def test_expired_signer_keeps_old_commits_verified(world: SshWorld) -> None:
     assert world.run(["git", "init", "-q", str(repo)], env=env).returncode == 0
     assert world.yk("git", "signing", "--email", EMAIL, "--user", "alice").exit_code == 0
     signers = world.ssh() / "allowed_signers"
-    other = ('bob@example.com namespaces="git" '
-             'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n')
+    other = (
+        'bob@example.com namespaces="git" '
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    )
     signers.write_text(other + signers.read_text())
-    assert world.run(["git", "config", "--file", str(world.home() / ".gitconfig"), "gpg.ssh.program",
-                      str(TOOLS / "yktool-ssh-keygen")], env=env).returncode == 0
+    assert (
+        world.run(
+            [
+                "git",
+                "config",
+                "--file",
+                str(world.home() / ".gitconfig"),
+                "gpg.ssh.program",
+                str(TOOLS / "yktool-ssh-keygen"),
+            ],
+            env=env,
+        ).returncode
+        == 0
+    )
     old = {**env, "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z", "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z"}
     assert world.run(["git", "commit", "-q", "--allow-empty", "-m", "old"], env=old, cwd=repo).returncode == 0
     public, _ = SkPublicKey.parse_line((world.ssh() / "id_ed25519_sk.pub").read_text())
@@ -283,7 +351,8 @@ def test_existing_email_is_kept(world: SshWorld) -> None:
 
 
 def test_git_variables_of_the_callers_shell_do_not_redirect_the_config(
-        world: SshWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: SshWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Run from a git hook or `git rebase --exec`, the shell has GIT_DIR (and maybe -c values
     in GIT_CONFIG_*): yktool's git must still configure the repository it was given."""
     _keygen(world)
@@ -303,17 +372,24 @@ def test_git_variables_of_the_callers_shell_do_not_redirect_the_config(
     assert "gpg.format=ssh" in res.stdout
 
 
-
 def test_allowed_signers_comments_stay_with_their_entry() -> None:
     from yktool.git_signing import merge_allowed_signers
 
-    existing = (b"# team\n\n# zed's laptop\nzed@example.com ssh-ed25519 AAAAZ\n"
-                b"# adam, since 2024\nadam@example.com ssh-ed25519 AAAAA\nadam@example.com ssh-ed25519 AAAAA\n"
-                b"# trailing note\n")
+    existing = (
+        b"# team\n\n# zed's laptop\nzed@example.com ssh-ed25519 AAAAZ\n"
+        b"# adam, since 2024\nadam@example.com ssh-ed25519 AAAAA\nadam@example.com ssh-ed25519 AAAAA\n"
+        b"# trailing note\n"
+    )
     data, changed = merge_allowed_signers(existing, "me@example.com ssh-ed25519 AAAAM")
     assert changed
     assert data.decode().splitlines() == [
-        "# team", "", "# adam, since 2024", "adam@example.com ssh-ed25519 AAAAA",
-        "me@example.com ssh-ed25519 AAAAM", "# zed's laptop", "zed@example.com ssh-ed25519 AAAAZ",
-        "# trailing note"]
+        "# team",
+        "",
+        "# adam, since 2024",
+        "adam@example.com ssh-ed25519 AAAAA",
+        "me@example.com ssh-ed25519 AAAAM",
+        "# zed's laptop",
+        "zed@example.com ssh-ed25519 AAAAZ",
+        "# trailing note",
+    ]
     assert merge_allowed_signers(data, "me@example.com ssh-ed25519 AAAAM") == (data, False)

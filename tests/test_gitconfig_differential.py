@@ -26,19 +26,59 @@ from yktool.checks.gitconfig import user_config
 from yktool.host import Host
 
 CASES = int(os.environ.get("YKTOOL_GIT_CASES", "200"))
-FILES = {"system": "etc/gitconfig", "xdg": "home/alice/.config/git/config", "home": "home/alice/.gitconfig",
-         "inc1": "home/alice/.config/git/inc1", "inc2": "home/alice/inc2"}
-SECTIONS = ["[commit]", "[Commit]", "[gpg]", "[GPG]", "[user]", "[include]", '[gpg "ssh"]', "[gpg.ssh]",
-            '[includeIf "gitdir:~/"]', "[core]", '[commit "x"]', "[ user ]", "[commit]  # c"]
+FILES = {
+    "system": "etc/gitconfig",
+    "xdg": "home/alice/.config/git/config",
+    "home": "home/alice/.gitconfig",
+    "inc1": "home/alice/.config/git/inc1",
+    "inc2": "home/alice/inc2",
+}
+SECTIONS = [
+    "[commit]",
+    "[Commit]",
+    "[gpg]",
+    "[GPG]",
+    "[user]",
+    "[include]",
+    '[gpg "ssh"]',
+    "[gpg.ssh]",
+    '[includeIf "gitdir:~/"]',
+    "[core]",
+    '[commit "x"]',
+    "[ user ]",
+    "[commit]  # c",
+]
 KEYS = [
-    "gpgsign = true", "gpgSign = false", "GPGSIGN=yes", "gpgsign = off", "gpgsign = 1", "gpgsign = 0",
-    "gpgsign =", "gpgsign", "gpgsign = \"true\"", "gpgsign = true # on", "gpgsign = tru\\\ne",
-    "format = ssh", "format = openpgp", 'format = "ssh"', "format = ssh ; old", "FORMAT = x509",
-    "signingkey = ~/.ssh/id_ed25519_sk.pub", 'signingKey = "key::sk-ssh-ed25519@openssh.com AAAA x"',
-    "signingkey = a\\tb", "signingkey =   spaced  value  ",
-    "path = inc1", "path = ~/inc2", "path = missing", "path = .config/git/inc1", "path = ../inc2",
+    "gpgsign = true",
+    "gpgSign = false",
+    "GPGSIGN=yes",
+    "gpgsign = off",
+    "gpgsign = 1",
+    "gpgsign = 0",
+    "gpgsign =",
+    "gpgsign",
+    'gpgsign = "true"',
+    "gpgsign = true # on",
+    "gpgsign = tru\\\ne",
+    "format = ssh",
+    "format = openpgp",
+    'format = "ssh"',
+    "format = ssh ; old",
+    "FORMAT = x509",
+    "signingkey = ~/.ssh/id_ed25519_sk.pub",
+    'signingKey = "key::sk-ssh-ed25519@openssh.com AAAA x"',
+    "signingkey = a\\tb",
+    "signingkey =   spaced  value  ",
+    "path = inc1",
+    "path = ~/inc2",
+    "path = missing",
+    "path = .config/git/inc1",
+    "path = ../inc2",
     "path = git/../git/inc1",
-    "bad line here", "gpgsign = \\q", "9key = 1", 'format = "unterminated',
+    "bad line here",
+    "gpgsign = \\q",
+    "9key = 1",
+    'format = "unterminated',
 ]
 KEYS_TO_READ = ("gpg.format", "commit.gpgsign", "user.signingkey")
 
@@ -56,10 +96,15 @@ def config_files(draw: st.DrawFn) -> dict[str, str]:
 
 
 def _git(root: Path, args: list[str]) -> tuple[int, str, str]:
-    env = {"PATH": os.environ["PATH"], "HOME": str(root / "home/alice"),
-           "GIT_CONFIG_SYSTEM": str(root / "etc/gitconfig"), "GIT_CEILING_DIRECTORIES": str(root)}
-    proc = subprocess.run(["git", "config", *args], cwd=root / "work", env=env,
-                          capture_output=True, text=True, timeout=10)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(root / "home/alice"),
+        "GIT_CONFIG_SYSTEM": str(root / "etc/gitconfig"),
+        "GIT_CEILING_DIRECTORIES": str(root),
+    }
+    proc = subprocess.run(
+        ["git", "config", *args], cwd=root / "work", env=env, capture_output=True, text=True, timeout=10
+    )
     return proc.returncode, proc.stdout.rstrip("\n"), proc.stderr
 
 
@@ -69,8 +114,12 @@ def test_verify_reads_git_config_as_git_does(tmp_path: Path, request: pytest.Fix
     counts = {"cases": 0, "refused": 0, "comparisons": 0}
     started = time.monotonic()
 
-    @settings(max_examples=CASES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=CASES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(files=config_files())
     def compare(files: dict[str, str]) -> None:
         shutil.rmtree(root, ignore_errors=True)

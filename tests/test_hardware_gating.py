@@ -100,8 +100,13 @@ def test_sim_keys_as_candidates_facts_come_from_the_key(sim_key: SimKey) -> None
 
 
 def test_suite_collected_and_skipped_without_flag_and_not_by_readme_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          "hardware-tests"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "hardware-tests"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "hardware tests are opt-in" in out.stdout
     assert " passed" not in out.stdout and "skipped" in out.stdout
@@ -111,8 +116,19 @@ def test_rehearsal_on_a_software_key_runs_and_then_refuses_it_once_used(sim_key:
     """`--device sim:PATH` runs the hardware suite's own tests on the software key (those needing
     libfido2 or sysfs skip), and the used-key refusal stops a run on a key that has a PIN."""
     fresh = sim_key("rehearsal")
-    argv = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "hardware-tests",
-            "--hardware", "--device", fresh]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "hardware-tests",
+        "--hardware",
+        "--device",
+        fresh,
+    ]
     first = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:]
     assert " passed" in first.stdout and "needs a real key" in first.stdout

@@ -130,8 +130,13 @@ def _write_as_nobody(top: Path) -> None:
             except UsageError as err:
                 print(err.message, "|", err.hint)
     """)
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                          cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     # (removing /etc/keep fails at its backup under /var/backups/yktool first)

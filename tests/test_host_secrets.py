@@ -10,8 +10,11 @@ from yktool.host import Host, SecretPath
 
 
 def test_secret_files_are_rereadable_read_only_memfds() -> None:
-    r = Host().run(["sh", "-c", 'cat "$1"; cat "$1"; echo; stat -L -c %a "$1"; readlink "$1"', "sh",
-                    SecretPath(0)], secrets=[b"s3cret"], secret_files=True)
+    r = Host().run(
+        ["sh", "-c", 'cat "$1"; cat "$1"; echo; stat -L -c %a "$1"; readlink "$1"', "sh", SecretPath(0)],
+        secrets=[b"s3cret"],
+        secret_files=True,
+    )
     lines = r.text.splitlines()
     assert lines[0] == "s3cret" * 2  # a pipe would give it once: systemd seeks in key files
     assert lines[1] == "400"
@@ -21,10 +24,16 @@ def test_secret_files_are_rereadable_read_only_memfds() -> None:
 
 def test_credentials_reach_the_child_only_through_links() -> None:
     host = Host()
-    r = host.run(["sh", "-c", 'cat "$CREDENTIALS_DIRECTORY/cryptenroll.tpm2-pin"; echo; '
-                  'cat "$CREDENTIALS_DIRECTORY/cryptenroll.tpm2-pin"; echo; echo "$CREDENTIALS_DIRECTORY"; '
-                  'find "$CREDENTIALS_DIRECTORY" -type f | wc -l'],
-                 credentials={"cryptenroll.tpm2-pin": b"2468"})
+    r = host.run(
+        [
+            "sh",
+            "-c",
+            'cat "$CREDENTIALS_DIRECTORY/cryptenroll.tpm2-pin"; echo; '
+            'cat "$CREDENTIALS_DIRECTORY/cryptenroll.tpm2-pin"; echo; echo "$CREDENTIALS_DIRECTORY"; '
+            'find "$CREDENTIALS_DIRECTORY" -type f | wc -l',
+        ],
+        credentials={"cryptenroll.tpm2-pin": b"2468"},
+    )
     pin1, pin2, folder, regular_files = r.text.splitlines()
     assert pin1 == pin2 == "2468"
     assert regular_files.strip() == "0"  # links only: no secret bytes in the folder
@@ -33,9 +42,11 @@ def test_credentials_reach_the_child_only_through_links() -> None:
 
 
 def test_cli_modules_do_not_import_heavy_libraries() -> None:
-    code = ("import sys, yktool.cli, yktool.cli.luks, yktool.cli.tpm, yktool.cli.demo; "
-            "print(sorted(m for m in ('tpm2_pytss', 'fido2', 'ykman', 'yktool.tpm', 'yktool.luks.unlock', "
-            "'yktool.host', 'subprocess') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, yktool.cli, yktool.cli.luks, yktool.cli.tpm, yktool.cli.demo; "
+        "print(sorted(m for m in ('tpm2_pytss', 'fido2', 'ykman', 'yktool.tpm', 'yktool.luks.unlock', "
+        "'yktool.host', 'subprocess') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

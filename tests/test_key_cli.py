@@ -18,9 +18,26 @@ PIN = "correct-horse-7"
 WRONG = "wrong-pin-0"
 YKTOOL = Path(sys.executable).parent / "yktool"
 
-INFO_FIELDS = {"device", "path", "product", "software", "aaguid", "versions", "extensions", "algorithms",
-               "options", "pin_protocols", "pin_set", "pin_retries", "pin_needs_replug", "min_pin_length",
-               "usb_id", "usb_serial", "yubikey", "notes"}
+INFO_FIELDS = {
+    "device",
+    "path",
+    "product",
+    "software",
+    "aaguid",
+    "versions",
+    "extensions",
+    "algorithms",
+    "options",
+    "pin_protocols",
+    "pin_set",
+    "pin_retries",
+    "pin_needs_replug",
+    "min_pin_length",
+    "usb_id",
+    "usb_serial",
+    "yubikey",
+    "notes",
+}
 
 
 @pytest.fixture
@@ -119,13 +136,17 @@ def test_pin_set_twice_is_refused(cli: CliCall, key: Path) -> None:
     assert key.read_bytes() == before
 
 
-@pytest.mark.parametrize("args, stdin", [
-    (("set",), "123\n"),
-    (("change",), f"{PIN}\n12\n"),
-    (("verify",), "12\n"),
-])
-def test_too_short_pin_is_exit_2_before_anything_is_sent(cli: CliCall, key: Path, args: tuple[str, ...],
-                                                         stdin: str) -> None:
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (("set",), "123\n"),
+        (("change",), f"{PIN}\n12\n"),
+        (("verify",), "12\n"),
+    ],
+)
+def test_too_short_pin_is_exit_2_before_anything_is_sent(
+    cli: CliCall, key: Path, args: tuple[str, ...], stdin: str
+) -> None:
     if args[0] != "set":
         set_pin(cli, key)
     else:
@@ -257,12 +278,20 @@ def test_dry_run_reset_changes_nothing(cli: CliCall, key: Path) -> None:
 
 
 def test_real_process_pin_flow_keeps_the_pin_out_of_argv_env_and_output(
-        key: Path, child_recorder: ChildRecorder) -> None:
+    key: Path, child_recorder: ChildRecorder
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(YKTOOL), "--device", dev(key), *args], input=stdin, text=True,
-                              capture_output=True, env=env, timeout=60, check=False)
+        return subprocess.run(
+            [str(YKTOOL), "--device", dev(key), *args],
+            input=stdin,
+            text=True,
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
 
     r = run("key", "pin", "set", "--pin-stdin", stdin=f"{PIN}\n")
     assert r.returncode == 0, r.stderr
@@ -283,8 +312,7 @@ def test_real_process_pin_flow_keeps_the_pin_out_of_argv_env_and_output(
     assert PIN not in key.read_text()  # the state file keeps a hash, never the PIN
 
 
-def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_list_goes_on_past_an_unreadable_key(cli: CliCall, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No hidraw here: stand in for the HID enumeration with two software keys, one of them
     # behind a transport without CBOR (a U2F-only key cannot be read as FIDO2).
     from tests.test_session import U2fOnly
@@ -309,8 +337,9 @@ def test_pin_verify_or_change_without_a_pin_says_set_one(cli: CliCall, key: Path
     assert key.read_bytes() == before
 
 
-def test_auto_with_two_keys_and_no_terminal_lists_them_with_the_flag(cli: CliCall, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_with_two_keys_and_no_terminal_lists_them_with_the_flag(
+    cli: CliCall, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from yktool.fido import devices
 
     paths = [tmp_path / "a.json", tmp_path / "b.json"]

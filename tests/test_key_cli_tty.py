@@ -131,7 +131,7 @@ def _pick_second_key(tmp_path: Path, argv: list[str]) -> tuple[list[str], bytes]
         out += chunk
         if not sent and b"which one?" in out and b"b.json" in out:
             time.sleep(0.3)
-            os.write(fd, b"\x1b[B")   # down: the second key
+            os.write(fd, b"\x1b[B")  # down: the second key
             time.sleep(0.3)
             os.write(fd, b"\r")
             sent = True
@@ -146,7 +146,7 @@ def test_auto_with_two_keys_on_a_terminal_asks_which(tmp_path: Path) -> None:
     import json
 
     paths, out = _pick_second_key(tmp_path, ["--json", "key", "info"])
-    info = json.loads(out[out.index(b"{"):].decode().replace("\r\n", "\n"))
+    info = json.loads(out[out.index(b"{") :].decode().replace("\r\n", "\n"))
     assert info["path"] == paths[1]
 
 

@@ -16,8 +16,7 @@ def _register(root: Path) -> None:
     host = Host(root)
     with Registry.update(host) as reg:
         reg.ensure_key("primary", aaguid="cb69481e-8ff7-4039-93ec-0a2729a154a8", serial=12345678)
-        reg.record("primary", "luks", credential_id="QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
-                   uuid="0f1e", keyslot=1)
+        reg.record("primary", "luks", credential_id="QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=", uuid="0f1e", keyslot=1)
         reg.record("primary", "ssh", credential_id="eHl6", path="/home/a/.ssh/id_ed25519_sk")
         reg.ensure_key("backup")
 
@@ -74,13 +73,16 @@ def test_keys_list_malformed_registry_is_a_usage_error(cli: CliCall, root: Path)
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("body", [
-    "keys = [1]\n",
-    "keys = 'primary'\n",
-    "[[keys]]\nnickname = 'a'\nenrollments = 3\n",
-    "[[keys]]\nnickname = 'a'\nenrollments = ['ab']\n",
-    "[[keys]]\nnickname = 'a'\nserial = 'x'\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "keys = [1]\n",
+        "keys = 'primary'\n",
+        "[[keys]]\nnickname = 'a'\nenrollments = 3\n",
+        "[[keys]]\nnickname = 'a'\nenrollments = ['ab']\n",
+        "[[keys]]\nnickname = 'a'\nserial = 'x'\n",
+    ],
+)
 def test_keys_list_registry_of_the_wrong_shape_is_a_usage_error(cli: CliCall, root: Path, body: str) -> None:
     path = root / REGISTRY_PATH.lstrip("/")
     path.parent.mkdir(parents=True)

@@ -73,8 +73,11 @@ class World:
         registry = Registry.load(Host(self.root))  # parses: never a torn write
         recorded = {str(e["credential_id"]) for _, e in registry.enrollments("pam")}
         text = self.file("/etc/u2f_mappings").read_text()
-        on_line = {base64.b64encode(c.credential_id).decode() for c in Authfile.parse(text).credentials_of("alice")
-                   if c.credential_id is not None}
+        on_line = {
+            base64.b64encode(c.credential_id).decode()
+            for c in Authfile.parse(text).credentials_of("alice")
+            if c.credential_id is not None
+        }
         assert self.earlier_pam <= on_line and self.earlier_pam <= recorded, "an earlier pam credential is lost"
         for path, lines in self.earlier_lines.items():
             now = self.file(path).read_text().splitlines()
@@ -117,23 +120,35 @@ def world(root: Path, tmp_path: Path, cli: CliCall, sim_key: Callable[..., str])
     w.earlier_lines = {
         "/home/alice/.ssh/authorized_keys": AUTHORIZED.splitlines(),
         "/home/alice/.ssh/allowed_signers": SIGNERS.splitlines(),
-        "/etc/udev/rules.d/85-yktool-lock.rules": [ln for ln in w.file("/etc/udev/rules.d/85-yktool-lock.rules")
-                                                   .read_text().splitlines() if ln.startswith("ACTION")],
-        "/etc/usbguard/rules.conf": [ln for ln in w.file("/etc/usbguard/rules.conf").read_text().splitlines()
-                                     if ln.startswith("allow")],
+        "/etc/udev/rules.d/85-yktool-lock.rules": [
+            ln
+            for ln in w.file("/etc/udev/rules.d/85-yktool-lock.rules").read_text().splitlines()
+            if ln.startswith("ACTION")
+        ],
+        "/etc/usbguard/rules.conf": [
+            ln for ln in w.file("/etc/usbguard/rules.conf").read_text().splitlines() if ln.startswith("allow")
+        ],
     }
     w.check()
     return w
 
 
 def _usb(serial: str, *, interface: bool = True) -> list[object]:
-    return ["--vendor", "1050", "--product", "0407", "--serial", serial, "--name", "YubiKey",
-            *(["--interface", "03:00:00"] if interface else [])]
+    return [
+        "--vendor",
+        "1050",
+        "--product",
+        "0407",
+        "--serial",
+        serial,
+        "--name",
+        "YubiKey",
+        *(["--interface", "03:00:00"] if interface else []),
+    ]
 
 
 def _enroll_fido2(w: World, key: str, nickname: str) -> list[object]:
-    return w.args("luks", "enroll-fido2", w.dev, "--unlock-key-file", w.key_file, "--nickname", nickname,
-                  device=key)
+    return w.args("luks", "enroll-fido2", w.dev, "--unlock-key-file", w.key_file, "--nickname", nickname, device=key)
 
 
 # ---------------------------------------------------------------------------------------- LUKS
@@ -144,8 +159,12 @@ def test_enroll_fido2_killed_anywhere_and_two_at_once(world: World) -> None:
     assert rs.kill_loop(w.tmp, _enroll_fido2(w, w.sim_key("n1"), "n1"), points, w.check) >= 3
     w.header_agrees()
     # two new keys at once, both held before their keyslot is added (they would pick the same one)
-    runs = rs.together(w.tmp, (_enroll_fido2(w, w.sim_key("n2"), "n2"), None),
-                       (_enroll_fido2(w, w.sim_key("n3"), "n3"), None), delay="yktool.luks.fido2:add_keyslot=0.25")
+    runs = rs.together(
+        w.tmp,
+        (_enroll_fido2(w, w.sim_key("n2"), "n2"), None),
+        (_enroll_fido2(w, w.sim_key("n3"), "n3"), None),
+        delay="yktool.luks.fido2:add_keyslot=0.25",
+    )
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
     w.check()
     w.header_agrees()
@@ -217,8 +236,10 @@ def _keygen(w: World, key: str, name: str) -> str:
 def test_ssh_authorize_killed_anywhere_and_two_at_once(world: World) -> None:
     w = world
     pubs = [_keygen(w, w.sim_key(n), f"id_{n}") for n in ("n1", "n2", "n3")]
-    args = [w.args("ssh", "authorize", "--user", "alice", "--pubkey", p, "--nickname", f"n{i + 1}")
-            for i, p in enumerate(pubs)]
+    args = [
+        w.args("ssh", "authorize", "--user", "alice", "--pubkey", p, "--nickname", f"n{i + 1}")
+        for i, p in enumerate(pubs)
+    ]
     assert rs.kill_loop(w.tmp, args[0], [*WRITES, SAVE], w.check) >= 2
     runs = rs.together(w.tmp, (args[1], None), (args[2], None), delay="yktool.host:Host.write_file=0.3")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]
@@ -230,8 +251,10 @@ def test_ssh_authorize_killed_anywhere_and_two_at_once(world: World) -> None:
 def test_git_signing_killed_anywhere_and_two_at_once(world: World) -> None:
     w = world
     pubs = [_keygen(w, w.sim_key(n), f"id_{n}") for n in ("n1", "n2", "n3")]
-    args = [w.args("git", "signing", "--email", f"{n}@example.com", "--user", "alice", "--key", p)
-            for n, p in zip(("n1", "n2", "n3"), pubs, strict=True)]
+    args = [
+        w.args("git", "signing", "--email", f"{n}@example.com", "--user", "alice", "--key", p)
+        for n, p in zip(("n1", "n2", "n3"), pubs, strict=True)
+    ]
     assert rs.kill_loop(w.tmp, args[0], [*WRITES, SAVE], w.check) >= 2
     runs = rs.together(w.tmp, (args[1], None), (args[2], None), delay="yktool.host:Host.write_file=0.3")
     assert [r.returncode for r in runs] == [0, 0], [r.output for r in runs]

@@ -20,11 +20,18 @@ def _only_the_primary_opens_the_image(cli: CliCall, root: Path) -> None:
     """Wipe every slot but the primary's FIDO2 one (a hardware-only volume, as the test of the
     registered case in test_replace_lost sets it up)."""
     header = read_header(Host(root), IMAGE)
-    backup_token = next(int(e["token"]) for k, e in Registry.load(Host(root)).enrollments("luks")
-                        if k.nickname == "backup")
+    backup_token = next(
+        int(e["token"]) for k, e in Registry.load(Host(root)).enrollments("luks") if k.nickname == "backup"
+    )
     backup_slots = [s for t in header.tokens_of_type("systemd-fido2") for s in t.keyslots if t.id == backup_token]
-    for slot in sorted(set(slots_of_type(header, "password") + slots_of_type(header, "recovery")
-                           + slots_of_type(header, "tpm2") + backup_slots)):
+    for slot in sorted(
+        set(
+            slots_of_type(header, "password")
+            + slots_of_type(header, "recovery")
+            + slots_of_type(header, "tpm2")
+            + backup_slots
+        )
+    ):
         r = cli("--root", root, "--yes", "luks", "wipe", str(IMAGE), "--slot", str(slot), "--allow-hardware-only")
         assert r.exit_code == 0, r.output
 

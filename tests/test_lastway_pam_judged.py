@@ -30,8 +30,16 @@ from yktool.pam.stack import parse_service
 U2F = "pam_u2f.so authfile=/etc/u2f_mappings cue"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
 # alice's stored password in /etc/shadow -> the cases pam_unix tells apart
-SHADOWS = {"hash": PASSWORD_HASH, "locked": "!" + PASSWORD_HASH, "star": "*", "bang": "!", "double-bang": "!!",
-           "empty": "", "not-a-hash": "LK", "unknown-prefix": "$zz$abcdefgh$abcdef"}
+SHADOWS = {
+    "hash": PASSWORD_HASH,
+    "locked": "!" + PASSWORD_HASH,
+    "star": "*",
+    "bang": "!",
+    "double-bang": "!!",
+    "empty": "",
+    "not-a-hash": "LK",
+    "unknown-prefix": "$zz$abcdefgh$abcdef",
+}
 
 
 def _digest(*paths: str) -> str:
@@ -51,15 +59,24 @@ def real_libpam_lets_alice_in(tmp: Path, service: str, extra: dict[str, str], st
     for name, text in extra.items():
         (pamd / name).write_text(text.replace("/etc/u2f_mappings", str(authfile)))
     (etc / "passwd").write_text(PASSWD)
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n"
-                                + (f"alice:{stored}:19000:0:99999:7:::\n" if stored is not None else ""))
+    (etc / "shadow").write_text(
+        "root:*:19000:0:99999:7:::\n" + (f"alice:{stored}:19000:0:99999:7:::\n" if stored is not None else "")
+    )
     before = _digest("/etc/passwd", "/etc/shadow")
-    script = ('mount --bind "$1/pam.d" /etc/pam.d && mount --bind "$1/etc/passwd" /etc/passwd && '
-              'mount --bind "$1/etc/shadow" /etc/shadow && exec pamtester yktest alice authenticate')
+    script = (
+        'mount --bind "$1/pam.d" /etc/pam.d && mount --bind "$1/etc/passwd" /etc/passwd && '
+        'mount --bind "$1/etc/shadow" /etc/shadow && exec pamtester yktest alice authenticate'
+    )
     got_in = False
     for typed in (PASSWORD, "wrong"):
-        r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(tmp)], input=(typed + "\n") * 6,
-                           capture_output=True, text=True, timeout=20, check=False)
+        r = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", str(tmp)],
+            input=(typed + "\n") * 6,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         got_in = got_in or (r.returncode == 0 and "successfully authenticated" in r.stdout + r.stderr)
     assert _digest("/etc/passwd", "/etc/shadow") == before
     return got_in
@@ -80,8 +97,9 @@ def yktool_says_alice_gets_in(tmp: Path, service: str, extra: dict[str, str], st
     for module in ("pam_u2f.so", "pam_unix.so", "pam_deny.so", "pam_permit.so"):
         (modules / module).write_bytes(b"\x7fELF")
     host = Host(root)
-    return passes_without(parse_service(host, "yktest"), lambda ln: ln.module_name == "pam_u2f",
-                          host=host, user="alice")
+    return passes_without(
+        parse_service(host, "yktest"), lambda ln: ln.module_name == "pam_u2f", host=host, user="alice"
+    )
 
 
 @pytest.mark.parametrize("nullok", ["", " nullok"], ids=["plain", "nullok"])
@@ -97,16 +115,22 @@ def test_pam_unix_is_judged_from_the_roots_shadow_as_pam_unix_does(tmp_path: Pat
 
 NO_OTHER_WAY_STACKS = {
     "dash-sufficient": (f"-auth sufficient pam_nothere.so\nauth sufficient {U2F}\nauth required pam_deny.so\n", False),
-    "dash-jump": (f"-auth [success=2 default=ignore] pam_nothere.so\nauth [success=1 default=ignore] {U2F}\n"
-                  "auth requisite pam_deny.so\nauth required pam_permit.so\n", False),
-    "plain-required": (f"auth sufficient {U2F}\nauth required pam_nothere.so\nauth required pam_permit.so\n",
-                       False),
-    "dash-optional-then-permit": (f"-auth optional pam_nothere.so\nauth sufficient {U2F}\n"
-                                  "auth required pam_permit.so\n", True),
+    "dash-jump": (
+        f"-auth [success=2 default=ignore] pam_nothere.so\nauth [success=1 default=ignore] {U2F}\n"
+        "auth requisite pam_deny.so\nauth required pam_permit.so\n",
+        False,
+    ),
+    "plain-required": (f"auth sufficient {U2F}\nauth required pam_nothere.so\nauth required pam_permit.so\n", False),
+    "dash-optional-then-permit": (
+        f"-auth optional pam_nothere.so\nauth sufficient {U2F}\nauth required pam_permit.so\n",
+        True,
+    ),
     # not a missing module, a missing password: use_first_pass checks one an earlier pam_unix asked
     "use-first-pass-alone": (f"auth sufficient {U2F}\nauth required pam_unix.so nodelay use_first_pass\n", False),
-    "use-first-pass-after-unix": (f"auth sufficient {U2F}\nauth optional pam_unix.so nodelay\n"
-                                  "auth required pam_unix.so nodelay use_first_pass\n", True),
+    "use-first-pass-after-unix": (
+        f"auth sufficient {U2F}\nauth optional pam_unix.so nodelay\nauth required pam_unix.so nodelay use_first_pass\n",
+        True,
+    ),
 }
 
 
@@ -117,15 +141,32 @@ def test_a_missing_module_or_password_is_no_way_in(tmp_path: Path, name: str) ->
     assert yktool_says_alice_gets_in(tmp_path, service, {}, PASSWORD_HASH) is gets_in
 
 
-CONTROLS = ["required", "requisite", "sufficient", "optional", "[success=1 default=ignore]",
-            "[success=done default=die]", "[success=ok default=bad]", "[success=2 default=ignore]",
-            "[default=ignore success=bad]", "[success=done default=ignore]"]
-MODULES = [U2F, "pam_deny.so", "pam_permit.so", "pam_unix.so nodelay", "pam_unix.so nodelay nullok",
-           "pam_unix.so nodelay use_first_pass", "pam_nothere.so"]
+CONTROLS = [
+    "required",
+    "requisite",
+    "sufficient",
+    "optional",
+    "[success=1 default=ignore]",
+    "[success=done default=die]",
+    "[success=ok default=bad]",
+    "[success=2 default=ignore]",
+    "[default=ignore success=bad]",
+    "[success=done default=ignore]",
+]
+MODULES = [
+    U2F,
+    "pam_deny.so",
+    "pam_permit.so",
+    "pam_unix.so nodelay",
+    "pam_unix.so nodelay nullok",
+    "pam_unix.so nodelay use_first_pass",
+    "pam_nothere.so",
+]
 
 
-def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path: Path,
-                                                                       request: pytest.FixtureRequest) -> None:
+def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """pam_u2f (no credential for alice), pam_unix (alice's shadow line varied), pam_deny,
     pam_permit and a module not installed (with and without `-`), under simple and bracketed
     controls, one level or behind a substack: yktool's "can alice get through without the key"
@@ -134,8 +175,10 @@ def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path
     rng = random.Random(21)  # test data, not secrets
     disagree, count, passing = [], 0, 0
     while count < 50:
-        rules = [("-" if rng.random() < 0.2 else "") + f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}"
-                 for _ in range(rng.randint(1, 4))]
+        rules = [
+            ("-" if rng.random() < 0.2 else "") + f"auth {rng.choice(CONTROLS)} {rng.choice(MODULES)}"
+            for _ in range(rng.randint(1, 4))
+        ]
         if not any("pam_u2f" in r for r in rules):
             continue
         extra: dict[str, str] = {}
@@ -153,8 +196,14 @@ def test_passes_without_agrees_with_the_real_libpam_on_generated_stacks(tmp_path
         if real != ours:
             disagree.append((service, extra, stored, real, ours))
         count += 1
-    report_cases(request, "last way in vs pamtester", seconds=round(time.monotonic() - started, 1), cases=count,
-                 let_in=passing, disagree=len(disagree))
+    report_cases(
+        request,
+        "last way in vs pamtester",
+        seconds=round(time.monotonic() - started, 1),
+        cases=count,
+        let_in=passing,
+        disagree=len(disagree),
+    )
     assert not disagree, f"{len(disagree)} of {count} disagree: {disagree[:3]}"
 
 

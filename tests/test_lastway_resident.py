@@ -16,8 +16,22 @@ from yktool.demo import ROOT
 def _alice_resident_of(scratch: Path, cli: CliCall, role: str) -> None:
     root = scratch / ROOT
     (root / AUTHFILE).write_text("")
-    r = cli("--root", root, "--device", spec(scratch, role), "pam", "register", "--user", "alice",
-            "--origin", ORIGIN, "--nickname", role, "--resident", input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, role),
+        "pam",
+        "register",
+        "--user",
+        "alice",
+        "--origin",
+        ORIGIN,
+        "--nickname",
+        role,
+        "--resident",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert line_of(scratch, "alice").startswith("alice:*,")
 
@@ -35,7 +49,8 @@ def test_reset_refused_when_the_only_resident_credential_cannot_be_identified(sc
 
 
 def test_reset_goes_ahead_when_the_registry_says_the_resident_credential_is_another_keys(
-        scratch: Path, cli: CliCall) -> None:
+    scratch: Path, cli: CliCall
+) -> None:
     """The registry records the resident credential as the backup's: resetting the primary
     leaves it, and alice keeps her way in."""
     _alice_resident_of(scratch, cli, "backup")

@@ -48,10 +48,10 @@ OPTIONS = {
     "restrict,,no-pty": True,
     'command="/bin/false': False,
     "restrictx": False,
-    ",restrict": True,          # an empty option is no error to sshd
+    ",restrict": True,  # an empty option is no error to sshd
     "restrict,": True,
     "foo,restrict": False,
-    "Restrict": True,           # names are matched without case
+    "Restrict": True,  # names are matched without case
     "no-restrict": False,
     "no-verify-required": True,
     'expiry-time="2999"': False,
@@ -79,24 +79,33 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, 
     for d in ("etc/ssh/keys", "run/sshd", "home/alice"):
         (root / d).mkdir(parents=True)
     os.chown(root / "home/alice", 1000, 1000)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n"
-                                     f"alice:x:1000:1000:Alice:{root}/home/alice:/bin/sh\n")
+    (root / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n"
+        f"alice:x:1000:1000:Alice:{root}/home/alice:/bin/sh\n"
+    )
     (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/ssh_host_ed25519_key")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/ssh_host_ed25519_key")], check=True
+    )
     client = root / "client_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client)], check=True)
     port = _free_port()
     (root / "etc/ssh/sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
         "AuthorizedKeysFile /etc/ssh/keys/%u\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPidFile none\n")
-    script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
-              'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
-              'exec "$2" -D -e -f /etc/ssh/sshd_config')
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(root), str(sshd_bin)],
-                            env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(LIBS)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "KbdInteractiveAuthentication no\nPidFile none\n"
+    )
+    script = (
+        'mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
+        'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
+        'exec "$2" -D -e -f /etc/ssh/sshd_config'
+    )
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(root), str(sshd_bin)],
+        env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(LIBS)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -120,11 +129,36 @@ def sshd_runs_my_command(sshd: tuple[Path, int, Path], options: str) -> bool:
     line = client.with_suffix(".pub").read_text().strip()
     (root / "etc/ssh/keys/alice").write_text((f"{options} {line}" if options else line) + "\n")
     nonce = secrets.token_hex(8)
-    r = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(client), "-p", str(port), "-o", "BatchMode=yes",
-                        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10",
-                        "alice@127.0.0.1", f"echo way-in-{nonce}"],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False)
+    r = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(client),
+            "-p",
+            str(port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ConnectTimeout=10",
+            "alice@127.0.0.1",
+            f"echo way-in-{nonce}",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return f"way-in-{nonce}" in r.stdout
 
 
@@ -141,14 +175,21 @@ def test_key_options_judged_as_sshd_does(sshd: tuple[Path, int, Path], request: 
         ours = not_a_way_in(f"{options} {line}" if options else line) is None
         if real is not expected or ours is not (real and options not in NOT_COUNTED):
             wrong.append((options, expected, real, ours))
-    report_cases(request, "authorized_keys options vs sshd login", seconds=round(time.monotonic() - started, 1),
-                 cases=len(OPTIONS), logged_in=sum(OPTIONS.values()), disagree=len(wrong))
+    report_cases(
+        request,
+        "authorized_keys options vs sshd login",
+        seconds=round(time.monotonic() - started, 1),
+        cases=len(OPTIONS),
+        logged_in=sum(OPTIONS.values()),
+        disagree=len(wrong),
+    )
     assert not wrong, f"(options, table, sshd, yktool): {wrong}"
 
 
 # --------------------------------------------------------------------------- through yktool key reset
-@pytest.mark.parametrize("options", ['command="/bin/false"', 'restrict,command="/usr/bin/true"',
-                                     'expiry-time="20200101"', "cert-authority"])
+@pytest.mark.parametrize(
+    "options", ['command="/bin/false"', 'restrict,command="/usr/bin/true"', 'expiry-time="20200101"', "cert-authority"]
+)
 def test_reset_refused_when_the_kept_ssh_key_is_no_way_in(scratch: Path, cli: CliCall, options: str) -> None:
     """alice's only key that logs her in is the primary's; the other one in her authorized_keys
     only runs /bin/false (or has expired, or is a CA): resetting the primary is refused."""

@@ -56,13 +56,27 @@ def _refused_naming_the_link(res: CliResult, link: str) -> None:
 
 # ------------------------------------------------------------------ item 8: replace's git files
 def _replace(cli: CliCall, scratch: Path, present: str, lost: str) -> CliResult:
-    return cli("--root", scratch / ROOT, "--device", spec(scratch, present), "--yes", "replace", "--lost", lost,
-               "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
-               input=demo_pin(scratch) + "\n")
+    return cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, present),
+        "--yes",
+        "replace",
+        "--lost",
+        lost,
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+        input=demo_pin(scratch) + "\n",
+    )
 
 
-def test_replace_never_writes_the_revocation_file_through_a_user_link(commissioned: Path, tmp_path: Path,
-                                                                      cli: CliCall) -> None:
+def test_replace_never_writes_the_revocation_file_through_a_user_link(
+    commissioned: Path, tmp_path: Path, cli: CliCall
+) -> None:
     scratch = copy_scratch(commissioned, tmp_path / "demo")
     root = scratch / ROOT
     shadow = _shadow(root)
@@ -73,8 +87,9 @@ def test_replace_never_writes_the_revocation_file_through_a_user_link(commission
     _refused_naming_the_link(res, "/home/alice/.ssh/revoked_signers")
 
 
-def test_replace_never_merges_allowed_signers_through_a_user_link(commissioned: Path, tmp_path: Path,
-                                                                  cli: CliCall) -> None:
+def test_replace_never_merges_allowed_signers_through_a_user_link(
+    commissioned: Path, tmp_path: Path, cli: CliCall
+) -> None:
     # the backup key's git entry has no config file: its replacement is merged into
     # allowed_signers by the new-SSH step, before the revoke step looks at anything
     scratch = copy_scratch(commissioned, tmp_path / "demo")
@@ -91,7 +106,8 @@ def test_replace_never_merges_allowed_signers_through_a_user_link(commissioned: 
 
 # ------------------------------------------------------------------ item 9: a swap during the touch
 def test_authfile_swapped_for_a_link_while_the_touch_is_awaited_is_refused(
-        world: SshWorld, sim_key: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    world: SshWorld, sim_key: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from yktool.fido import devices
 
     shadow = _shadow(world.root)
@@ -116,8 +132,7 @@ def test_authfile_swapped_for_a_link_while_the_touch_is_awaited_is_refused(
 
     def run() -> None:
         try:
-            outcome["res"] = world.yk("pam", "register", "--user", "alice", "--authfile", "~",
-                                      device=sim_key("p"))
+            outcome["res"] = world.yk("pam", "register", "--user", "alice", "--authfile", "~", device=sim_key("p"))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             outcome["exc"] = exc
             touched.set()
@@ -163,8 +178,9 @@ def _outside(tmp_path: Path) -> Path:
     return outside
 
 
-def test_mkdir_never_chowns_a_link_swapped_in_for_the_new_folder(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mkdir_never_chowns_a_link_swapped_in_for_the_new_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "root"
     (root / "home/u").mkdir(parents=True)
     os.chown(root / "home/u", 1000, 1000)
@@ -177,8 +193,9 @@ def test_mkdir_never_chowns_a_link_swapped_in_for_the_new_folder(tmp_path: Path,
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)
 
 
-def test_ssh_keygen_making_ssh_folder_never_leaves_the_root(world: SshWorld, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ssh_keygen_making_ssh_folder_never_leaves_the_root(
+    world: SshWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outside = _outside(tmp_path)
     swapped = _swap_new_ssh_folder_for_link(monkeypatch, outside)
     res = world.yk("ssh", "keygen", "--user", "alice")

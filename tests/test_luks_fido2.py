@@ -41,8 +41,16 @@ def inside(root: Path, path: Path) -> str:
     return "/" + str(path.relative_to(root))
 
 
-def enroll(cli: CliCall, root: Path, spec: str, image: LuksImage, *extra: object, input: str | None = None,
-           json_out: bool = True, passphrase_stdin: bool = False) -> CliResult:
+def enroll(
+    cli: CliCall,
+    root: Path,
+    spec: str,
+    image: LuksImage,
+    *extra: object,
+    input: str | None = None,
+    json_out: bool = True,
+    passphrase_stdin: bool = False,
+) -> CliResult:
     args: list[object] = ["--root", root, "--device", spec] + (["--json"] if json_out else [])
     args += ["luks", "enroll-fido2", inside(root, image.path)]
     if not passphrase_stdin:
@@ -56,8 +64,9 @@ def fido2_tokens(image: LuksImage) -> list[Fido2Token]:
 
 
 def exported(image: LuksImage, token_id: int) -> dict[str, object]:
-    out = subprocess.run(["cryptsetup", "token", "export", "--token-id", str(token_id), str(image.path)],
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        ["cryptsetup", "token", "export", "--token-id", str(token_id), str(image.path)], check=True, capture_output=True
+    ).stdout
     data: dict[str, object] = json.loads(out)
     return data
 
@@ -82,8 +91,9 @@ def status(cli: CliCall, root: Path, image: LuksImage, spec: str | None = None) 
 
 
 # ------------------------------------------------------------------------------------ main path
-def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, root: Path, vol: LuksImage,
-                                                                  sim_key: SimKey) -> None:
+def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey
+) -> None:
     a, b = sim_key("a"), sim_key("b")
     r = enroll(cli, root, a, vol, "--nickname", "primary")
     assert r.exit_code == 0, r.output
@@ -92,8 +102,16 @@ def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, 
     # systemd's own tool sees a fido2 slot
     assert cryptenroll_list(vol) == [(0, "password"), (1, "fido2")]
     token = exported(vol, 0)
-    assert list(token) == ["type", "keyslots", "fido2-credential", "fido2-salt", "fido2-rp",
-                           "fido2-clientPin-required", "fido2-up-required", "fido2-uv-required"]
+    assert list(token) == [
+        "type",
+        "keyslots",
+        "fido2-credential",
+        "fido2-salt",
+        "fido2-rp",
+        "fido2-clientPin-required",
+        "fido2-up-required",
+        "fido2-uv-required",
+    ]
     assert token["type"] == "systemd-fido2" and token["keyslots"] == ["1"] and token["fido2-rp"] == RP_ID
     assert len(base64.b64decode(str(token["fido2-salt"]), validate=True)) == 32
     assert base64.b64decode(str(token["fido2-credential"]), validate=True)
@@ -144,8 +162,7 @@ def test_enroll_lists_as_fido2_opens_backup_and_status_names_keys(cli: CliCall, 
     assert vol.opens_with(vol.passphrase)
 
 
-def test_same_key_twice_is_reported_not_duplicated(cli: CliCall, root: Path, vol: LuksImage,
-                                                   sim_key: SimKey) -> None:
+def test_same_key_twice_is_reported_not_duplicated(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     a = sim_key("a")
     assert enroll(cli, root, a, vol).exit_code == 0
     before = vol.header_digest()
@@ -160,26 +177,38 @@ def test_same_key_twice_is_reported_not_duplicated(cli: CliCall, root: Path, vol
 
 
 # ------------------------------------------------------------------------------------ the flags
-@pytest.mark.parametrize(("flags", "expect"), [
-    ((), (True, True, False)),                         # key has a PIN: PIN by default, as systemd
-    (("--no-pin",), (False, True, False)),
-    (("--with-pin", "--no-up"), (True, False, False)),
-    (("--no-pin", "--no-up"), (False, False, False)),
-])
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        ((), (True, True, False)),  # key has a PIN: PIN by default, as systemd
+        (("--no-pin",), (False, True, False)),
+        (("--with-pin", "--no-up"), (True, False, False)),
+        (("--no-pin", "--no-up"), (False, False, False)),
+    ],
+)
 def test_token_flags_match_what_was_asked_and_unlock_follows_them(
-        cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, flags: tuple[str, ...],
-        expect: tuple[bool, bool, bool]) -> None:
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, flags: tuple[str, ...], expect: tuple[bool, bool, bool]
+) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, *flags, "--pin-stdin", input=f"{TEST_PIN}\n")
     assert r.exit_code == 0, r.output
     token = exported(vol, 0)
     assert (token["fido2-clientPin-required"], token["fido2-up-required"], token["fido2-uv-required"]) == expect
     pin, up, _uv = expect
-    t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
-            input=f"{TEST_PIN}\n" if pin else "")
+    t = cli(
+        "--root",
+        root,
+        "--device",
+        a,
+        "luks",
+        "test-unlock",
+        inside(root, vol.path),
+        "--pin-stdin",
+        input=f"{TEST_PIN}\n" if pin else "",
+    )
     assert t.exit_code == 0, t.output
     assert "opens" in t.stdout
-    assert ("Touch your key" in t.stderr) == up   # one touch exactly when presence is required
+    assert ("Touch your key" in t.stderr) == up  # one touch exactly when presence is required
 
 
 def test_with_uv_needs_built_in_verification(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
@@ -191,8 +220,9 @@ def test_with_uv_needs_built_in_verification(cli: CliCall, root: Path, vol: Luks
     assert vol.path.read_bytes() == before
 
 
-def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall, root: Path, vol: LuksImage,
-                                                                    sim_key: SimKey) -> None:
+def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey
+) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n")
     assert r.exit_code == 0, r.output
@@ -207,8 +237,12 @@ def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall
     # someone flips the token's PIN flag: test-unlock explains instead of crashing
     raw = exported(vol, 0)
     raw["fido2-clientPin-required"] = False
-    subprocess.run(["cryptsetup", "token", "import", "--token-id", "0", "--token-replace", str(vol.path)],
-                   input=json.dumps(raw).encode(), check=True, capture_output=True)
+    subprocess.run(
+        ["cryptsetup", "token", "import", "--token-id", "0", "--token-replace", str(vol.path)],
+        input=json.dumps(raw).encode(),
+        check=True,
+        capture_output=True,
+    )
     t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path))
     assert t.exit_code == 1
     assert "does not open the keyslot" in t.stdout and "different secret with UV" in t.stdout
@@ -218,33 +252,65 @@ def test_pin_token_unlocks_with_uv_and_a_flag_mismatch_is_explained(cli: CliCall
 
 # ---------------------------------------------------------------------------- systemd backend
 def test_systemd_backend_plan_shows_the_command_it_runs(cli: CliCall, root: Path, vol: LuksImage) -> None:
-    r = cli("--root", root, "--device", "hid:/dev/hidraw7", "--json", "--dry-run", "luks", "enroll-fido2",
-            inside(root, vol.path), "--no-up", "--backend", "systemd")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        "hid:/dev/hidraw7",
+        "--json",
+        "--dry-run",
+        "luks",
+        "enroll-fido2",
+        inside(root, vol.path),
+        "--no-up",
+        "--backend",
+        "systemd",
+    )
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)
     assert plan["backend"] == "systemd"
     assert plan["command"] == [
-        "systemd-cryptenroll", "--fido2-device=/dev/hidraw7", "--fido2-with-client-pin=yes",
-        "--fido2-with-user-presence=no", "--fido2-with-user-verification=no",
-        "--fido2-credential-algorithm=es256", "--unlock-key-file=/dev/fd/<memfd 0>", str(vol.path)]
+        "systemd-cryptenroll",
+        "--fido2-device=/dev/hidraw7",
+        "--fido2-with-client-pin=yes",
+        "--fido2-with-user-presence=no",
+        "--fido2-with-user-verification=no",
+        "--fido2-credential-algorithm=es256",
+        "--unlock-key-file=/dev/fd/<memfd 0>",
+        str(vol.path),
+    ]
     assert [s["id"] for s in plan["steps"]] == ["check", "enroll", "prove", "record"]
 
 
-def test_systemd_backend_runs_through_host_with_secrets_in_memory(root: Path, vol: LuksImage,
-                                                                  child_recorder: ChildRecorder) -> None:
+def test_systemd_backend_runs_through_host_with_secrets_in_memory(
+    root: Path, vol: LuksImage, child_recorder: ChildRecorder
+) -> None:
     from yktool.errors import ToolFailed
     from yktool.luks.fido2 import run_systemd_enroll
 
     before = vol.path.read_bytes()
     host = Host(root)
     with pytest.raises(ToolFailed) as err:
-        run_systemd_enroll(host, inside(root, vol.path), "/dev/hidraw-none", vol.passphrase, b"pin-9876-distinct",
-                           pin_flag=True, up=True, uv=False, algorithm="eddsa")
+        run_systemd_enroll(
+            host,
+            inside(root, vol.path),
+            "/dev/hidraw-none",
+            vol.passphrase,
+            b"pin-9876-distinct",
+            pin_flag=True,
+            up=True,
+            uv=False,
+            algorithm="eddsa",
+        )
     assert "systemd-cryptenroll failed" in err.value.message and "FIDO2" in err.value.message
     [child] = [c for c in child_recorder.children if c.argv[0] == "systemd-cryptenroll"]
-    assert child.argv[1:6] == ["--fido2-device=/dev/hidraw-none", "--fido2-with-client-pin=yes",
-                               "--fido2-with-user-presence=yes", "--fido2-with-user-verification=no",
-                               "--fido2-credential-algorithm=eddsa"]
+    assert child.argv[1:6] == [
+        "--fido2-device=/dev/hidraw-none",
+        "--fido2-with-client-pin=yes",
+        "--fido2-with-user-presence=yes",
+        "--fido2-with-user-verification=no",
+        "--fido2-credential-algorithm=eddsa",
+    ]
     assert child.argv[6].startswith("--unlock-key-file=/dev/fd/")
     assert "CREDENTIALS_DIRECTORY" in child.env  # the PIN as the credential fido2-pin
     child_recorder.assert_no_secret(vol.passphrase, "pin-9876-distinct")
@@ -264,9 +330,25 @@ def _run_yktool(root: Path, spec: str, image: LuksImage, fault: str | None) -> s
     env = {k: v for k, v in os.environ.items() if k not in ("YKTOOL_FAULT", "YKTOOL_DEVICE")}
     if fault:
         env["YKTOOL_FAULT"] = fault
-    return subprocess.run([str(YKTOOL), "--root", str(root), "--device", spec, "luks", "enroll-fido2",
-                           inside(root, image.path), "--unlock-key-file", inside(root, image.key_file)],
-                          env=env, capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run(
+        [
+            str(YKTOOL),
+            "--root",
+            str(root),
+            "--device",
+            spec,
+            "luks",
+            "enroll-fido2",
+            inside(root, image.path),
+            "--unlock-key-file",
+            inside(root, image.key_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def test_killed_after_keyslot_is_finished_by_a_rerun(root: Path, vol: LuksImage, sim_key: SimKey) -> None:
@@ -277,8 +359,9 @@ def test_killed_after_keyslot_is_finished_by_a_rerun(root: Path, vol: LuksImage,
     assert sorted(header.keyslots) == [0, 1] and header.tokens == {}  # the orphan slot
     assert vol.opens_with(vol.passphrase)
     assert (root / "var/lib/yktool/luks-fido2" / f"{header.uuid}.json").exists()
-    shown = subprocess.run([str(YKTOOL), "--root", str(root), "luks", "status", inside(root, vol.path)],
-                           capture_output=True, text=True).stdout
+    shown = subprocess.run(
+        [str(YKTOOL), "--root", str(root), "luks", "status", inside(root, vol.path)], capture_output=True, text=True
+    ).stdout
     assert "interrupted" in shown
     assert "     1  fido2 " in shown  # the orphan is the key's slot, not a passphrase
 
@@ -292,8 +375,7 @@ def test_killed_after_keyslot_is_finished_by_a_rerun(root: Path, vol: LuksImage,
     assert "credential_id" in (root / "etc/yktool/keys.toml").read_text()
 
 
-def test_killed_after_keyslot_then_another_key_removes_the_orphan(root: Path, vol: LuksImage,
-                                                                   sim_key: SimKey) -> None:
+def test_killed_after_keyslot_then_another_key_removes_the_orphan(root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     a, b = sim_key("a"), sim_key("b")
     assert _run_yktool(root, a, vol, "after-keyslot").returncode == 137
     assert vol.opens_with(vol.passphrase)
@@ -318,8 +400,7 @@ def test_killed_after_token_import_is_tidied_up(root: Path, vol: LuksImage, sim_
 
 
 # ------------------------------------------------------------------------------------ bad input
-def test_wrong_pin_shows_retries_and_changes_nothing(cli: CliCall, root: Path, vol: LuksImage,
-                                                     sim_key: SimKey) -> None:
+def test_wrong_pin_shows_retries_and_changes_nothing(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     a = sim_key("a", pin=TEST_PIN)
     before = vol.path.read_bytes()
     r = enroll(cli, root, a, vol, "--pin-stdin", input="9999\n", json_out=False)
@@ -331,8 +412,7 @@ def test_wrong_pin_shows_retries_and_changes_nothing(cli: CliCall, root: Path, v
 
 def test_wrong_passphrase_changes_nothing(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     before = vol.path.read_bytes()
-    r = enroll(cli, root, sim_key("a"), vol, input="not-the-passphrase\n", json_out=False,
-               passphrase_stdin=True)
+    r = enroll(cli, root, sim_key("a"), vol, input="not-the-passphrase\n", json_out=False, passphrase_stdin=True)
     assert r.exit_code == 2
     assert "does not open" in r.stderr
     assert vol.path.read_bytes() == before
@@ -340,9 +420,25 @@ def test_wrong_passphrase_changes_nothing(cli: CliCall, root: Path, vol: LuksIma
 
 def test_no_free_keyslot(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     for n in range(1, 32):
-        subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
-                        "1000", "--key-file", str(vol.key_file), "--key-slot", str(n), str(vol.path),
-                        str(vol.key_file)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "cryptsetup",
+                "luksAddKey",
+                "--batch-mode",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+                str(vol.key_file),
+                "--key-slot",
+                str(n),
+                str(vol.path),
+                str(vol.key_file),
+            ],
+            check=True,
+            capture_output=True,
+        )
     before = vol.path.read_bytes()
     r = enroll(cli, root, sim_key("a"), vol, json_out=False)
     assert r.exit_code == 4
@@ -361,8 +457,18 @@ def test_luks1_is_refused_with_how_to_convert(cli: CliCall, root: Path, sim_key:
 
 def test_no_touch_changes_nothing(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     before = vol.path.read_bytes()
-    r = cli("--root", root, "--device", sim_key("a"), "luks", "enroll-fido2", inside(root, vol.path),
-            "--unlock-key-file", inside(root, vol.key_file), env={"YKTOOL_SIM_PRESENCE": "timeout"})
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        sim_key("a"),
+        "luks",
+        "enroll-fido2",
+        inside(root, vol.path),
+        "--unlock-key-file",
+        inside(root, vol.key_file),
+        env={"YKTOOL_SIM_PRESENCE": "timeout"},
+    )
     assert r.exit_code == 9, r.output
     assert "not touched" in r.stderr
     assert vol.path.read_bytes() == before
@@ -387,8 +493,13 @@ def test_key_removed_mid_enrollment_changes_nothing(root: Path, vol: LuksImage, 
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+        def call(
+            self,
+            cmd: int,
+            data: bytes = b"",
+            event: Event | None = None,
+            on_keepalive: Callable[[STATUS], None] | None = None,
+        ) -> bytes:
             out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x01":  # authenticatorMakeCredential answered: pull the key
                 path.unlink()
@@ -410,8 +521,9 @@ def test_key_removed_mid_enrollment_changes_nothing(root: Path, vol: LuksImage, 
     assert not (root / "etc/yktool/keys.toml").exists()
 
 
-def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_without_hmac_secret(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A key whose getInfo lists no hmac-secret (a thin wrapper around the software key)."""
     from fido2 import cbor
     from fido2.ctap import CtapDevice
@@ -428,8 +540,13 @@ def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_k
         def capabilities(self) -> int:
             return int(self.inner.capabilities)
 
-        def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-                 on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+        def call(
+            self,
+            cmd: int,
+            data: bytes = b"",
+            event: Event | None = None,
+            on_keepalive: Callable[[STATUS], None] | None = None,
+        ) -> bytes:
             out = self.inner.call(cmd, data, event, on_keepalive)
             if data[:1] == b"\x04" and out[:1] == b"\x00":  # authenticatorGetInfo
                 info: Any = cbor.decode(out[1:])
@@ -453,13 +570,24 @@ def test_key_without_hmac_secret(cli: CliCall, root: Path, vol: LuksImage, sim_k
 
 
 # ------------------------------------------------------------------------------------- secrets
-def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey,
-                                          child_recorder: ChildRecorder) -> None:
+def test_no_secret_in_any_child_or_output(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, child_recorder: ChildRecorder
+) -> None:
     a = sim_key("a", pin=TEST_PIN)
     r = enroll(cli, root, a, vol, "--pin-stdin", input=f"{TEST_PIN}\n")
     assert r.exit_code == 0, r.output
-    t = cli("--root", root, "--device", a, "--json", "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
-            input=f"{TEST_PIN}\n")
+    t = cli(
+        "--root",
+        root,
+        "--device",
+        a,
+        "--json",
+        "luks",
+        "test-unlock",
+        inside(root, vol.path),
+        "--pin-stdin",
+        input=f"{TEST_PIN}\n",
+    )
     assert t.exit_code == 0, t.output
     s = cli("--root", root, "--device", a, "--json", "luks", "status", inside(root, vol.path))
     passphrase = key_passphrase(a, fido2_tokens(vol)[0], TEST_PIN)
@@ -475,19 +603,18 @@ def test_no_secret_in_any_child_or_output(cli: CliCall, root: Path, vol: LuksIma
         assert passphrase.decode() not in f.read_text()
 
 
-def test_test_unlock_wrong_pin_shows_retries_exit_6(cli: CliCall, root: Path, vol: LuksImage,
-                                                    sim_key: SimKey) -> None:
+def test_test_unlock_wrong_pin_shows_retries_exit_6(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey) -> None:
     a = sim_key("a", pin=TEST_PIN)
     assert enroll(cli, root, a, vol, "--with-pin", "--pin-stdin", input=f"{TEST_PIN}\n").exit_code == 0
-    t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path), "--pin-stdin",
-            input="9999\n")
+    t = cli("--root", root, "--device", a, "luks", "test-unlock", inside(root, vol.path), "--pin-stdin", input="9999\n")
     assert t.exit_code == 6, t.output
     assert "PIN wrong: wrong PIN (7 attempts left)" in t.stdout
     assert "Traceback" not in t.output
 
 
-def test_wipe_of_a_fido2_slot_forgets_it_in_the_registry(cli: CliCall, root: Path, vol: LuksImage,
-                                                         sim_key: SimKey) -> None:
+def test_wipe_of_a_fido2_slot_forgets_it_in_the_registry(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey
+) -> None:
     a, b = sim_key("a"), sim_key("b")
     assert enroll(cli, root, a, vol, "--nickname", "primary").exit_code == 0
     assert enroll(cli, root, b, vol, "--nickname", "backup").exit_code == 0
@@ -508,9 +635,26 @@ def test_interrupted_run_never_removes_a_slot_it_did_not_add(root: Path, vol: Lu
     r, w = os.pipe()
     os.write(w, other)
     os.close(w)
-    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--key-slot", "1", "--pbkdf", "pbkdf2",
-                    "--pbkdf-force-iterations", "1000", "--key-file", str(vol.key_file), str(vol.path), "/dev/stdin"],
-                   stdin=r, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksAddKey",
+            "--batch-mode",
+            "--key-slot",
+            "1",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            str(vol.key_file),
+            str(vol.path),
+            "/dev/stdin",
+        ],
+        stdin=r,
+        check=True,
+        capture_output=True,
+    )
     os.close(r)
     again = _run_yktool(root, b, vol, None)
     assert again.returncode == 0, again.stderr
@@ -527,8 +671,9 @@ def test_eddsa_credential_opens(cli: CliCall, root: Path, vol: LuksImage, sim_ke
     assert vol.opens_with(key_passphrase(a, fido2_tokens(vol)[0]))
 
 
-def test_orphan_slot_of_a_killed_run_is_not_a_passphrase_to_wipe_down_to(cli: CliCall, root: Path, vol: LuksImage,
-                                                                         sim_key: SimKey) -> None:
+def test_orphan_slot_of_a_killed_run_is_not_a_passphrase_to_wipe_down_to(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey
+) -> None:
     """The orphan keyslot a killed enrollment left opens only with the key's hmac-secret output:
     wiping the real passphrase down to it would lock the owner out, so it is refused."""
     assert _run_yktool(root, sim_key("a"), vol, "after-keyslot").returncode == 137
@@ -541,8 +686,9 @@ def test_orphan_slot_of_a_killed_run_is_not_a_passphrase_to_wipe_down_to(cli: Cl
     assert vol.opens_with(vol.passphrase)
 
 
-def test_failed_luksaddkey_leaves_no_journal(cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_luksaddkey_leaves_no_journal(
+    cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """luksAddKey failing (fault injected) adds no slot, so no journal may claim one for later."""
     from yktool.errors import ToolFailed
     from yktool.luks import fido2
@@ -559,13 +705,22 @@ def test_failed_luksaddkey_leaves_no_journal(cli: CliCall, root: Path, vol: Luks
 
 
 # ------------------------------------------------------------- the proof is the boot's derivation
-@pytest.mark.parametrize(("asked", "written"), [
-    ("--no-pin", True),     # systemd#31443's shape: the secret made without UV, the token says "PIN"
-    ("--with-pin", False),  # the reverse: made with UV, the token says "no PIN"
-])
+@pytest.mark.parametrize(
+    ("asked", "written"),
+    [
+        ("--no-pin", True),  # systemd#31443's shape: the secret made without UV, the token says "PIN"
+        ("--with-pin", False),  # the reverse: made with UV, the token says "no PIN"
+    ],
+)
 def test_a_token_whose_flags_differ_from_how_its_secret_was_made_is_refused_and_rolled_back(
-        cli: CliCall, root: Path, vol: LuksImage, sim_key: SimKey, monkeypatch: pytest.MonkeyPatch,
-        asked: str, written: bool) -> None:
+    cli: CliCall,
+    root: Path,
+    vol: LuksImage,
+    sim_key: SimKey,
+    monkeypatch: pytest.MonkeyPatch,
+    asked: str,
+    written: bool,
+) -> None:
     """The enroller derives the secret one way and writes a token that makes systemd-cryptsetup
     derive it the other way (what systemd-cryptenroll 252-255 does on CTAP 2.1 keys). The proof
     derives as boot will, from the token in the header, so the slot is refused, and it and its
@@ -600,8 +755,17 @@ def test_a_token_whose_flags_differ_from_how_its_secret_was_made_is_refused_and_
 def test_the_default_backend_is_native_for_usb_keys_too(cli: CliCall, root: Path, vol: LuksImage) -> None:
     """systemd-cryptenroll's PIN tokens do not open on CTAP 2.1 keys (systemd#31443): a hid: key
     goes through yktool's own enrollment unless --backend systemd is asked for."""
-    r = cli("--root", root, "--device", "hid:/dev/hidraw7", "--json", "--dry-run", "luks", "enroll-fido2",
-            inside(root, vol.path))
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        "hid:/dev/hidraw7",
+        "--json",
+        "--dry-run",
+        "luks",
+        "enroll-fido2",
+        inside(root, vol.path),
+    )
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)
     assert plan["backend"] == "native" and not plan["command"]
@@ -609,7 +773,8 @@ def test_the_default_backend_is_native_for_usb_keys_too(cli: CliCall, root: Path
 
 
 def test_replace_keeps_the_lost_keys_token_when_the_new_keys_proof_fails(
-        scratch: Path, cli: CliCall, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch: Path, cli: CliCall, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`replace --lost primary` enrolls the new key first; its token says "no PIN" while its
     secret was made with the PIN, so boot would never open it: the proof refuses it, the new slot
     goes again, and the lost key's keyslot and token stay (nothing is revoked on that proof)."""
@@ -624,14 +789,28 @@ def test_replace_keeps_the_lost_keys_token_when_the_new_keys_proof_fails(
     image = Host(scratch / ROOT).path(IMAGE)
     before = read_header(Host(), str(image))
     shutil.move(scratch / KEYS / "primary.json", scratch / "finder-primary.json")  # lost
-    r = cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--new-pin-stdin", "--unlock-key-file", str(PASSPHRASE),
-            input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--new-pin-stdin",
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code != 0, r.output
     assert "does not open" in r.output and "removed again" in r.output, r.output
     assert "Traceback" not in r.output
     after = read_header(Host(), str(image))
     assert sorted(after.keyslots) == sorted(before.keyslots)
-    assert {t.credential for t in after.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)} == \
-        {t.credential for t in before.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)}
+    assert {t.credential for t in after.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)} == {
+        t.credential for t in before.tokens_of_type("systemd-fido2") if isinstance(t, Fido2Token)
+    }
     assert passphrase_opens(scratch)

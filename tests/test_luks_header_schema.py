@@ -22,32 +22,72 @@ from yktool.luks.header import LuksHeader, NotLuks, parse_metadata
 
 SAMPLE: dict[str, Any] = {
     "keyslots": {
-        "0": {"type": "luks2", "key_size": 64, "af": {"type": "luks1", "stripes": 4000, "hash": "sha256"},
-              "area": {"type": "raw", "offset": "32768", "size": "258048", "encryption": "aes-xts-plain64",
-                       "key_size": 64},
-              "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": 1000, "salt": "uVaG8Hp="}},
-        "1": {"type": "luks2", "key_size": 64, "priority": 1,
-              "kdf": {"type": "argon2id", "time": 4, "memory": 1048576, "cpus": 4, "salt": "aGVsbG8="}},
+        "0": {
+            "type": "luks2",
+            "key_size": 64,
+            "af": {"type": "luks1", "stripes": 4000, "hash": "sha256"},
+            "area": {
+                "type": "raw",
+                "offset": "32768",
+                "size": "258048",
+                "encryption": "aes-xts-plain64",
+                "key_size": 64,
+            },
+            "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": 1000, "salt": "uVaG8Hp="},
+        },
+        "1": {
+            "type": "luks2",
+            "key_size": 64,
+            "priority": 1,
+            "kdf": {"type": "argon2id", "time": 4, "memory": 1048576, "cpus": 4, "salt": "aGVsbG8="},
+        },
     },
     "tokens": {
-        "0": {"type": "systemd-fido2", "keyslots": ["1"], "fido2-credential": "AAAA", "fido2-salt": "AAAA",
-              "fido2-rp": "io.systemd.cryptsetup", "fido2-clientPin-required": True},
-        "1": {"type": "systemd-tpm2", "keyslots": ["0"], "tpm2-pcrs": [7], "tpm2-pcr-bank": "sha256",
-              "tpm2-pin": False},
+        "0": {
+            "type": "systemd-fido2",
+            "keyslots": ["1"],
+            "fido2-credential": "AAAA",
+            "fido2-salt": "AAAA",
+            "fido2-rp": "io.systemd.cryptsetup",
+            "fido2-clientPin-required": True,
+        },
+        "1": {
+            "type": "systemd-tpm2",
+            "keyslots": ["0"],
+            "tpm2-pcrs": [7],
+            "tpm2-pcr-bank": "sha256",
+            "tpm2-pin": False,
+        },
         "2": {"type": "acme-hsm", "keyslots": []},
     },
-    "segments": {"0": {"type": "crypt", "offset": "16777216", "size": "dynamic", "encryption": "aes-xts-plain64",
-                       "sector_size": 4096}},
+    "segments": {
+        "0": {
+            "type": "crypt",
+            "offset": "16777216",
+            "size": "dynamic",
+            "encryption": "aes-xts-plain64",
+            "sector_size": 4096,
+        }
+    },
     "digests": {"0": {"type": "pbkdf2", "keyslots": ["0", "1"], "segments": ["0"], "hash": "sha256"}},
     "config": {"json_size": "12288", "keyslots_size": "16744448"},
 }
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=6) | st.sampled_from(["0", "1", "7", "luks2", "pbkdf2", "systemd-fido2"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["0", "1", "type", "keyslots", "kdf", "key_size", "x", "01", "-1"]), inner, max_size=3),
-    max_leaves=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6)
+    | st.sampled_from(["0", "1", "7", "luks2", "pbkdf2", "systemd-fido2"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["0", "1", "type", "keyslots", "kdf", "key_size", "x", "01", "-1"]), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -92,14 +132,17 @@ def test_the_sample_header_parses() -> None:
     assert header.slots_with_role("fido2") == [1] and header.slots_with_role("tpm2") == [0]
 
 
-@pytest.mark.parametrize("where, value, named", [
-    (("keyslots", "0", "kdf"), "pbkdf2", "kdf is not an object"),
-    (("keyslots",), ["0"], "keyslots is a JSON list"),
-    (("tokens",), [1], "tokens is a JSON list"),
-    (("tokens", "1", "keyslots"), 5, "keyslots is not a list"),
-    (("keyslots", "1", "kdf", "time"), "4", "kdf time is not a number"),
-    (("keyslots", "0", "key_size"), None, "key_size is not a number"),
-])
+@pytest.mark.parametrize(
+    "where, value, named",
+    [
+        (("keyslots", "0", "kdf"), "pbkdf2", "kdf is not an object"),
+        (("keyslots",), ["0"], "keyslots is a JSON list"),
+        (("tokens",), [1], "tokens is a JSON list"),
+        (("tokens", "1", "keyslots"), 5, "keyslots is not a list"),
+        (("keyslots", "1", "kdf", "time"), "4", "kdf time is not a number"),
+        (("keyslots", "0", "key_size"), None, "key_size is not a number"),
+    ],
+)
 def test_shapes_outside_the_schema_are_a_damaged_header(where: tuple[str, ...], value: Any, named: str) -> None:
     meta = _set(copy.deepcopy(SAMPLE), where, value)
     with pytest.raises(NotLuks, match="damaged or of an unknown kind") as err:
@@ -125,13 +168,23 @@ def test_any_json_is_parsed_or_called_damaged(meta: Any) -> None:
 
 def test_tokens_of_odd_shapes_on_a_real_image_never_crash_the_commands(cli: CliCall, luks2_image: LuksImage) -> None:
     # cryptsetup without its systemd plugins (as another tool writes them) accepts these
-    for token in ({"type": "systemd-fido2", "keyslots": ["0"], "fido2-credential": 5, "fido2-salt": {"a": 1},
-                   "fido2-up-required": "no"},
-                  {"type": "systemd-tpm2", "keyslots": ["0"], "tpm2-pcrs": "7", "tpm2-blob": [1, 2],
-                   "tpm2-pin": {"x": []}},
-                  {"type": "systemd-recovery", "keyslots": ["0"], "extra": None}):
-        subprocess.run(["cryptsetup", "token", "import", "--disable-external-tokens", str(luks2_image.path)],
-                       input=json.dumps(token).encode(), check=True, capture_output=True)
+    for token in (
+        {
+            "type": "systemd-fido2",
+            "keyslots": ["0"],
+            "fido2-credential": 5,
+            "fido2-salt": {"a": 1},
+            "fido2-up-required": "no",
+        },
+        {"type": "systemd-tpm2", "keyslots": ["0"], "tpm2-pcrs": "7", "tpm2-blob": [1, 2], "tpm2-pin": {"x": []}},
+        {"type": "systemd-recovery", "keyslots": ["0"], "extra": None},
+    ):
+        subprocess.run(
+            ["cryptsetup", "token", "import", "--disable-external-tokens", str(luks2_image.path)],
+            input=json.dumps(token).encode(),
+            check=True,
+            capture_output=True,
+        )
     codes = {int(c) for c in ExitCode}
     for args in (("luks", "status"), ("--json", "luks", "status"), ("--dry-run", "luks", "wipe", "--slot", "0")):
         res = cli(*args, luks2_image.path, input="")

@@ -26,8 +26,12 @@ def test_status_of_a_fresh_image(cli: CliCall, luks2_image: LuksImage) -> None:
 
 def test_unknown_token_kept_raw_and_mapped_to_its_slot(cli: CliCall, luks2_image: LuksImage) -> None:
     token = {"type": "acme-hsm", "keyslots": ["0"], "acme-serial": "42"}
-    subprocess.run(["cryptsetup", "token", "import", str(luks2_image.path)], input=json.dumps(token).encode(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cryptsetup", "token", "import", str(luks2_image.path)],
+        input=json.dumps(token).encode(),
+        check=True,
+        capture_output=True,
+    )
     data = json.loads(cli("--json", "luks", "status", luks2_image.path).stdout)
     assert data["tokens"] == [{"id": 0, "type": "acme-hsm", "keyslots": [0], "known": False, "raw": token}]
     assert data["slot_tokens"] == {"0": [0]}

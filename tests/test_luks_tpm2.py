@@ -18,8 +18,9 @@ def tpm2_tokens(image: LuksImage) -> list[dict[str, object]]:
     return [t.to_json() for t in header.tokens_of_type("systemd-tpm2")]
 
 
-def enroll(cli: CliCall, tpm: SoftTpm, image: LuksImage, *extra: object, input: str | None = None,
-           json_out: bool = False) -> CliResult:
+def enroll(
+    cli: CliCall, tpm: SoftTpm, image: LuksImage, *extra: object, input: str | None = None, json_out: bool = False
+) -> CliResult:
     args: list[object] = ["--tpm", tpm.tcti, *(["--json"] if json_out else [])]
     args += ["luks", "enroll-tpm2", image.path]
     if input is None:
@@ -27,8 +28,9 @@ def enroll(cli: CliCall, tpm: SoftTpm, image: LuksImage, *extra: object, input: 
     return cli(*args, *extra, input=input)
 
 
-def test_enroll_opens_then_tamper_refuses_then_replace_opens(cli: CliCall, measured_tpm: SoftTpm,
-                                                             luks2_image: LuksImage) -> None:
+def test_enroll_opens_then_tamper_refuses_then_replace_opens(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     r = enroll(cli, measured_tpm, luks2_image)
     assert r.exit_code == 0, r.output
     tokens = tpm2_tokens(luks2_image)
@@ -64,8 +66,9 @@ def test_enroll_twice_leaves_one_token(cli: CliCall, measured_tpm: SoftTpm, luks
     assert luks2_image.header_digest() == digest
 
 
-def test_replace_when_nothing_changed_keeps_the_token(cli: CliCall, measured_tpm: SoftTpm,
-                                                      luks2_image: LuksImage) -> None:
+def test_replace_when_nothing_changed_keeps_the_token(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     assert enroll(cli, measured_tpm, luks2_image).exit_code == 0
     before = tpm2_tokens(luks2_image)
     r = enroll(cli, measured_tpm, luks2_image, "--replace")
@@ -73,8 +76,9 @@ def test_replace_when_nothing_changed_keeps_the_token(cli: CliCall, measured_tpm
     assert tpm2_tokens(luks2_image) == before
 
 
-def test_replace_with_pin_on_stdin_keeps_the_line_order(cli: CliCall, measured_tpm: SoftTpm,
-                                                        luks2_image: LuksImage) -> None:
+def test_replace_with_pin_on_stdin_keeps_the_line_order(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     """stdin is always passphrase line, then PIN line, even when --replace finds nothing to re-seal
     (the passphrase line must not be taken for the PIN: that would spend a TPM authorisation)."""
     lines = f"{luks2_image.passphrase.decode()}\n2468\n"
@@ -97,8 +101,9 @@ def test_other_settings_need_replace(cli: CliCall, measured_tpm: SoftTpm, luks2_
     assert [t["pcrs"] for t in tpm2_tokens(luks2_image)] == [[7]]
 
 
-def test_with_pin_right_opens_wrong_is_reported_as_wrong(cli: CliCall, measured_tpm: SoftTpm,
-                                                         luks2_image: LuksImage) -> None:
+def test_with_pin_right_opens_wrong_is_reported_as_wrong(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     r = enroll(cli, measured_tpm, luks2_image, "--with-pin", input=f"{luks2_image.passphrase.decode()}\n2468\n")
     assert r.exit_code == 0, r.output
     assert tpm2_tokens(luks2_image)[0]["pin"] is True
@@ -115,8 +120,9 @@ def test_with_pin_right_opens_wrong_is_reported_as_wrong(cli: CliCall, measured_
     assert moved.exit_code == 1 and "PCR policy no longer matches" in moved.stdout
 
 
-def test_unmeasured_boot_is_refused_and_nothing_written(cli: CliCall, soft_tpm: SoftTpm,
-                                                        luks2_image: LuksImage) -> None:
+def test_unmeasured_boot_is_refused_and_nothing_written(
+    cli: CliCall, soft_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     digest = luks2_image.header_digest()
     r = enroll(cli, soft_tpm, luks2_image)
     assert r.exit_code == 4
@@ -135,8 +141,9 @@ def test_wrong_passphrase_changes_nothing(cli: CliCall, measured_tpm: SoftTpm, l
     assert luks2_image.header_digest() == digest
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(cli: CliCall, measured_tpm: SoftTpm,
-                                                    luks2_image: LuksImage) -> None:
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     digest = luks2_image.header_digest()
     r = cli("--tpm", measured_tpm.tcti, "--dry-run", "luks", "enroll-tpm2", luks2_image.path)
     assert r.exit_code == 0
@@ -153,9 +160,9 @@ def test_pcr0_warning_in_help(cli: CliCall) -> None:
 
 
 @pytest.mark.parametrize("case", ["not-luks", "luks1", "missing", "no-tpm", "pcrs"])
-def test_bad_input_one_line_hint_exit_code_nothing_written(cli: CliCall, measured_tpm: SoftTpm,
-                                                           luks2_image: LuksImage, luks1_image: LuksImage,
-                                                           tmp_path: object, case: str) -> None:
+def test_bad_input_one_line_hint_exit_code_nothing_written(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage, luks1_image: LuksImage, tmp_path: object, case: str
+) -> None:
     from pathlib import Path
 
     from yktool import swtpm
@@ -178,8 +185,9 @@ def test_bad_input_one_line_hint_exit_code_nothing_written(cli: CliCall, measure
     assert not (Path(str(tmp_path)) / "missing.img").exists()
 
 
-def test_replace_killed_after_enrolling_resumes_to_one_token(cli: CliCall, measured_tpm: SoftTpm,
-                                                             luks2_image: LuksImage) -> None:
+def test_replace_killed_after_enrolling_resumes_to_one_token(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     from yktool.luks.tpm2 import plan_enroll_tpm2
     from yktool.tpm import parse_tcti
 
@@ -199,13 +207,18 @@ def test_replace_killed_after_enrolling_resumes_to_one_token(cli: CliCall, measu
     assert ok.exit_code == 0 and "opens" in ok.stdout
 
 
-def test_test_unlock_unknown_token_and_recovery_are_not_failures(cli: CliCall, measured_tpm: SoftTpm,
-                                                                 luks2_image: LuksImage) -> None:
+def test_test_unlock_unknown_token_and_recovery_are_not_failures(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     import subprocess
 
     token = {"type": "acme-hsm", "keyslots": ["0"]}
-    subprocess.run(["cryptsetup", "token", "import", str(luks2_image.path)], input=json.dumps(token).encode(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cryptsetup", "token", "import", str(luks2_image.path)],
+        input=json.dumps(token).encode(),
+        check=True,
+        capture_output=True,
+    )
     r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path)
     assert r.exit_code == 0, r.output
     assert [t["status"] for t in json.loads(r.stdout)["tokens"]] == ["not-tested"]

@@ -32,10 +32,12 @@ def test_wipe_of_the_only_passphrase_is_refused_byte_identical(cli: CliCall, luk
     assert luks2_image.path.read_bytes() == before
 
 
-def test_wipe_leaving_only_hardware_is_refused_unless_allowed(cli: CliCall, measured_tpm: SoftTpm,
-                                                              luks2_image: LuksImage) -> None:
-    r = cli("--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file",
-            luks2_image.key_file)
+def test_wipe_leaving_only_hardware_is_refused_unless_allowed(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
+    r = cli(
+        "--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file", luks2_image.key_file
+    )
     assert r.exit_code == 0, r.output
     before = luks2_image.path.read_bytes()
     r = cli("--yes", "luks", "wipe", luks2_image.path, "--type", "password")
@@ -62,8 +64,9 @@ def test_wipe_tpm2_slot_removes_its_token(cli: CliCall, measured_tpm: SoftTpm, l
     assert header.tokens == {} and header.usable_slots == [0]
 
 
-def test_wipe_needs_confirmation_when_not_interactive(cli: CliCall, measured_tpm: SoftTpm,
-                                                      luks2_image: LuksImage) -> None:
+def test_wipe_needs_confirmation_when_not_interactive(
+    cli: CliCall, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     cli("--tpm", measured_tpm.tcti, "luks", "enroll-tpm2", luks2_image.path, "--unlock-key-file", luks2_image.key_file)
     before = luks2_image.path.read_bytes()
     r = cli("luks", "wipe", luks2_image.path, "--slot", "1")
@@ -101,27 +104,51 @@ def test_add_recovery_without_a_terminal_refuses_and_writes_nothing(luks2_image:
     from pathlib import Path
 
     before = luks2_image.path.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "yktool", "luks", "add-recovery", str(luks2_image.path),
-                           "--unlock-key-file", str(luks2_image.key_file)],
-                          cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=60, start_new_session=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "yktool",
+            "luks",
+            "add-recovery",
+            str(luks2_image.path),
+            "--unlock-key-file",
+            str(luks2_image.key_file),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
     assert proc.returncode == 4, proc.stderr
     assert "no terminal" in proc.stderr and "--key-to-stderr" in proc.stderr
     assert KEY_RE.search(proc.stdout + proc.stderr) is None
     assert luks2_image.path.read_bytes() == before
 
 
-def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: ChildRecorder, measured_tpm: SoftTpm,
-                                                 luks2_image: LuksImage) -> None:
+def test_no_secret_in_any_child_argv_env_or_json(
+    cli: CliCall, child_recorder: ChildRecorder, measured_tpm: SoftTpm, luks2_image: LuksImage
+) -> None:
     passphrase = luks2_image.passphrase.decode()
     pin = "hunter2-pin-8812"
     outputs = []
-    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "enroll-tpm2", luks2_image.path, "--with-pin",
-            input=f"{passphrase}\n{pin}\n")
+    r = cli(
+        "--tpm",
+        measured_tpm.tcti,
+        "--json",
+        "luks",
+        "enroll-tpm2",
+        luks2_image.path,
+        "--with-pin",
+        input=f"{passphrase}\n{pin}\n",
+    )
     assert r.exit_code == 0, r.output
     outputs.append(r.output)
-    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path, "--pin-stdin",
-            input=f"{pin}\n")
+    r = cli(
+        "--tpm", measured_tpm.tcti, "--json", "luks", "test-unlock", luks2_image.path, "--pin-stdin", input=f"{pin}\n"
+    )
     assert r.exit_code == 0, r.output
     outputs.append(r.output)
     r = cli("--json", "luks", "add-recovery", luks2_image.path, "--key-to-stderr", input=f"{passphrase}\n")
@@ -131,8 +158,17 @@ def test_no_secret_in_any_child_argv_env_or_json(cli: CliCall, child_recorder: C
     recovery = key.group(0)
     outputs.append(r.stdout)
     measured_tpm.tamper(7)  # so --replace really enrolls again, unlocking with the recovery key
-    r = cli("--tpm", measured_tpm.tcti, "--json", "luks", "enroll-tpm2", luks2_image.path, "--with-pin",
-            "--replace", input=f"{recovery}\n{pin}\n")
+    r = cli(
+        "--tpm",
+        measured_tpm.tcti,
+        "--json",
+        "luks",
+        "enroll-tpm2",
+        luks2_image.path,
+        "--with-pin",
+        "--replace",
+        input=f"{recovery}\n{pin}\n",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["changed"] is True
     outputs.append(r.output)
@@ -160,8 +196,9 @@ def test_wipe_checks_again_when_it_acts(cli: CliCall, luks2_image: LuksImage) ->
     plan, _header, chosen = plan_wipe(Host(), str(luks2_image.path), slots=[0])
     assert chosen == [0]
     # meanwhile someone removes the recovery key
-    subprocess.run(["systemd-cryptenroll", "--wipe-slot=recovery", str(luks2_image.path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["systemd-cryptenroll", "--wipe-slot=recovery", str(luks2_image.path)], check=True, capture_output=True
+    )
     before = luks2_image.path.read_bytes()
     with pytest.raises(Refused, match="no way in at all"):
         plan.apply()
@@ -178,13 +215,34 @@ def test_wipe_leaving_only_an_unknown_token_slot_is_refused(cli: CliCall, luks2_
     r, w = os.pipe()
     os.write(w, os.urandom(32).hex().encode())  # clevis keeps a random secret, never shown
     os.close(w)
-    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
-                    "1000", "--key-slot", "1", "--key-file", str(luks2_image.key_file), str(luks2_image.path),
-                    f"/dev/fd/{r}"], pass_fds=(r,), check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksAddKey",
+            "--batch-mode",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-slot",
+            "1",
+            "--key-file",
+            str(luks2_image.key_file),
+            str(luks2_image.path),
+            f"/dev/fd/{r}",
+        ],
+        pass_fds=(r,),
+        check=True,
+        capture_output=True,
+    )
     os.close(r)
     token = {"type": "clevis", "keyslots": ["1"], "jwe": {"ciphertext": "x"}}
-    subprocess.run(["cryptsetup", "token", "import", str(luks2_image.path)], input=json.dumps(token).encode(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cryptsetup", "token", "import", str(luks2_image.path)],
+        input=json.dumps(token).encode(),
+        check=True,
+        capture_output=True,
+    )
     before = luks2_image.path.read_bytes()
     r2 = cli("--yes", "luks", "wipe", luks2_image.path, "--slot", "0")
     assert r2.exit_code == 4, r2.output

@@ -30,8 +30,10 @@ from yktool.inventory import Registry
 from yktool.luks.header import read_header
 from yktool.pam.authfile import Authfile
 
-pytestmark = pytest.mark.skipif(shutil.which("age") is None or shutil.which("nix-instantiate") is None,
-                                reason="needs age and nix-instantiate (scripts/setup installs both)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("age") is None or shutil.which("nix-instantiate") is None,
+    reason="needs age and nix-instantiate (scripts/setup installs both)",
+)
 
 HOST_KEY = "etc/ssh/ssh_host_ed25519_key"
 
@@ -45,8 +47,10 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root = scratch / ROOT
         (root / "etc/NIXOS").write_text("")
         (root / "etc/ssh").mkdir(exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host",
-                        "-f", str(root / HOST_KEY)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@demo-host", "-f", str(root / HOST_KEY)],
+            check=True,
+        )
         (scratch / "flake-src").mkdir()
         from click.testing import CliRunner
 
@@ -55,13 +59,38 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pin = "4321"  # the keys are new: commission sets this PIN on both
         (scratch / KEYS).mkdir(exist_ok=True)
         (scratch / KEYS / PIN_FILE).write_text(pin)
-        args = ["--root", str(root), "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes",
-                "commission", "--kind", "nixos", "--user", "alice", "--luks-device", str(IMAGE),
-                "--steps", "luks-fido2,luks-tpm2,ssh,git,pam,udev,usbguard", "--git-email", EMAIL,
-                "--pam-origin", ORIGIN, "--age-host-key", "/" + HOST_KEY + ".pub",
-                "--age-file", str(scratch / "flake-src/yubikey-auth.age"),
-                "--backup-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE),
-                "--pin-stdin", "--new-pin-stdin"]
+        args = [
+            "--root",
+            str(root),
+            "--tpm",
+            tcti,
+            "--device",
+            spec(scratch, "primary"),
+            "--yes",
+            "commission",
+            "--kind",
+            "nixos",
+            "--user",
+            "alice",
+            "--luks-device",
+            str(IMAGE),
+            "--steps",
+            "luks-fido2,luks-tpm2,ssh,git,pam,udev,usbguard",
+            "--git-email",
+            EMAIL,
+            "--pam-origin",
+            ORIGIN,
+            "--age-host-key",
+            "/" + HOST_KEY + ".pub",
+            "--age-file",
+            str(scratch / "flake-src/yubikey-auth.age"),
+            "--backup-device",
+            spec(scratch, "backup"),
+            "--unlock-key-file",
+            str(PASSPHRASE),
+            "--pin-stdin",
+            "--new-pin-stdin",
+        ]
         r = CliRunner().invoke(main_group, args, input=f"{pin}\n{pin}\n{pin}\n{pin}\n", catch_exceptions=False)
         assert r.exit_code == 0, r.stdout + r.stderr
     return scratch
@@ -102,8 +131,9 @@ in {{ types = types out; values = plain out; }}
 
 def evaluate(module: Path, secret: str = "yubikey-auth") -> dict[str, Any]:  # noqa: S107 - a secret's name
     expr = EVAL.format(module=module, secret=secret)
-    r = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0, r.stderr
     data: dict[str, Any] = json.loads(r.stdout)
     return data
@@ -138,13 +168,20 @@ def test_module_evaluates_to_the_nixos_option_paths_and_types(scratch: Path, cli
     types = leaves(got["types"])
     svc = "security.pam.services"
     assert types == {
-        "age.secrets.yubikey-auth.file": "path", "age.secrets.yubikey-auth.owner": "string",
-        "age.secrets.yubikey-auth.group": "string", "age.secrets.yubikey-auth.mode": "string",
-        "security.pam.u2f.enable": "bool", "security.pam.u2f.control": "string",
-        "security.pam.u2f.settings.authfile": "string", "security.pam.u2f.settings.origin": "string",
+        "age.secrets.yubikey-auth.file": "path",
+        "age.secrets.yubikey-auth.owner": "string",
+        "age.secrets.yubikey-auth.group": "string",
+        "age.secrets.yubikey-auth.mode": "string",
+        "security.pam.u2f.enable": "bool",
+        "security.pam.u2f.control": "string",
+        "security.pam.u2f.settings.authfile": "string",
+        "security.pam.u2f.settings.origin": "string",
         "security.pam.u2f.settings.cue": "bool",
-        f"{svc}.sudo.u2fAuth": "bool", f"{svc}.login.u2fAuth": "bool", f"{svc}.greetd.u2fAuth": "bool",
-        "services.udev.extraRules": "string", "services.usbguard.rules": "string",
+        f"{svc}.sudo.u2fAuth": "bool",
+        f"{svc}.login.u2fAuth": "bool",
+        f"{svc}.greetd.u2fAuth": "bool",
+        "services.udev.extraRules": "string",
+        "services.usbguard.rules": "string",
         "boot.initrd.systemd.enable": "bool",
         f"boot.initrd.luks.devices.{name}.crypttabExtraOpts": ["string", "string"],
     }
@@ -168,9 +205,10 @@ def test_module_evaluates_to_the_nixos_option_paths_and_types(scratch: Path, cli
         assert sum(f'ENV{{ID_SERIAL_SHORT}}=="{serial}"' in ln for ln in remove_lines) == 1, nick
         assert sum(f'ENV{{HID_UNIQ}}=="{serial}"' in ln and 'SUBSYSTEM=="hid"' in ln for ln in remove_lines) == 1, nick
     usbguard = values["services.usbguard.rules"]
-    assert [ln for ln in usbguard.splitlines() if ln.startswith("allow ")] == \
-        [next(str(e["rule"]) for k, e in Registry.load(host).enrollments("usbguard") if k.nickname == nick)
-         for nick in ("primary", "backup")]
+    assert [ln for ln in usbguard.splitlines() if ln.startswith("allow ")] == [
+        next(str(e["rule"]) for k, e in Registry.load(host).enrollments("usbguard") if k.nickname == nick)
+        for nick in ("primary", "backup")
+    ]
     # the secrets.nix entry (printed: no tree) parses inside an attribute set, scoped to the host key
     entry = report["secrets_nix_entry"]
     host_pub = " ".join((root / (HOST_KEY + ".pub")).read_text().split()[:2])
@@ -200,9 +238,23 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     lost_serial = usb_serials(host)["primary"]
     assert lost_serial in out.read_text()
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
-            input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "--json",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     steps = {s["id"]: s for s in json.loads(r.stdout)["steps"]}
     assert "rewrote the NixOS module" in steps["nixos.module"]["detail"], steps["nixos.module"]
@@ -216,9 +268,10 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     assert all(s in text for s in serials.values())
     assert text.count("pkgs.writeShellScript") == 1 and "# Keys: backup, primary-2" in text
     values = leaves(evaluate(out)["values"])
-    assert [ln for ln in values["services.usbguard.rules"].splitlines() if ln.startswith("allow ")] == \
-        [f"allow id 1209:0001 serial \"{serials[n]}\" name \"yktool software key\" with-interface 03:00:00"
-         for n in ("backup", "primary-2")]
+    assert [ln for ln in values["services.usbguard.rules"].splitlines() if ln.startswith("allow ")] == [
+        f'allow id 1209:0001 serial "{serials[n]}" name "yktool software key" with-interface 03:00:00'
+        for n in ("backup", "primary-2")
+    ]
     # the authfile holds the new and the backup key's credentials, not the lost one's
     # the flake's copy was rewritten from it too (yktool's own copy: replaced, though a key is gone)
     plain = _decrypt(root, flake / "secrets/yubikey-auth.age").decode()
@@ -226,8 +279,7 @@ def test_two_keys_then_replace_rewrites_the_module(scratch: Path, cli: CliCall, 
     registry_ids = {str(e["credential_id"]) for _k, e in Registry.load(host).enrollments("pam")}
     import base64
 
-    on_line = {base64.b64encode(c.credential_id or b"").decode()
-               for c in Authfile.parse(plain).credentials_of("alice")}
+    on_line = {base64.b64encode(c.credential_id or b"").decode() for c in Authfile.parse(plain).credentials_of("alice")}
     assert on_line == registry_ids and len(on_line) == 2
 
 
@@ -236,29 +288,27 @@ def _checklist_config_tree(flake: Path, uuid: str, host_pub: str) -> None:
     modules/profiles/hardware/usbguard.nix declaring modules.hardware.usbguard.rules (a list),
     nix-secrets/secrets/secrets.nix."""
     files = {
-        "flake.nix": '{\n  outputs = { self, nixpkgs, ... }: {\n    nixosConfigurations.demo-host = '
-                     'nixpkgs.lib.nixosSystem { modules = [ ./hosts/demo-host ]; };\n  };\n}\n',
+        "flake.nix": "{\n  outputs = { self, nixpkgs, ... }: {\n    nixosConfigurations.demo-host = "
+        "nixpkgs.lib.nixosSystem { modules = [ ./hosts/demo-host ]; };\n  };\n}\n",
         "hosts/demo-host/default.nix": "{ ... }:\n{\n  imports = [ ./hardware-configuration.nix ];\n"
-                                       '  modules.profiles.hardware = [ "yubikey" ];\n}\n',
-        "hosts/demo-host/hardware-configuration.nix":
-            "{ config, lib, ... }:\n{\n"
-            f'  boot.initrd.luks.devices."cryptroot".device = "/dev/disk/by-uuid/{uuid}";\n'
-            '  fileSystems."/" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; };\n}\n',
-        "hosts/other/hardware-configuration.nix":
-            '{ ... }:\n{\n  boot.initrd.luks.devices."luks-x".device = "/dev/disk/by-uuid/0000-1111";\n}\n',
-        "modules/profiles/hardware/usbguard.nix":
-            "{ config, lib, ... }:\nwith lib;\nlet cfg = config.modules.hardware.usbguard;\nin {\n"
-            "  options.modules.hardware.usbguard = {\n    enable = mkEnableOption \"usbguard\";\n"
-            "    rules = mkOption { type = types.listOf types.str; default = [ ]; };\n  };\n"
-            "  config = mkIf cfg.enable {\n    services.usbguard = {\n      enable = true;\n"
-            '      implicitPolicyTarget = "block";\n      rules = concatStringsSep "\\n" cfg.rules;\n'
-            "    };\n  };\n}\n",
-        "modules/profiles/hardware/yubikey.nix":
-            "{ pkgs, ... }:\n{\n  environment.systemPackages = [ pkgs.hyprlock ];\n}\n",
-        "nix-secrets/secrets/secrets.nix":
-            f'let\n  demo-host = "{host_pub}";\n'
-            '  bio-smart = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherHostKeyOtherHostKeyOtherHostKey00";\n'
-            'in\n{\n  "smtp-password".publicKeys = [ demo-host bio-smart ];\n}\n',
+        '  modules.profiles.hardware = [ "yubikey" ];\n}\n',
+        "hosts/demo-host/hardware-configuration.nix": "{ config, lib, ... }:\n{\n"
+        f'  boot.initrd.luks.devices."cryptroot".device = "/dev/disk/by-uuid/{uuid}";\n'
+        '  fileSystems."/" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; };\n}\n',
+        "hosts/other/hardware-configuration.nix": "{ ... }:\n{\n"
+        '  boot.initrd.luks.devices."luks-x".device = "/dev/disk/by-uuid/0000-1111";\n}\n',
+        "modules/profiles/hardware/usbguard.nix": "{ config, lib, ... }:\nwith lib;\n"
+        "let cfg = config.modules.hardware.usbguard;\nin {\n"
+        '  options.modules.hardware.usbguard = {\n    enable = mkEnableOption "usbguard";\n'
+        "    rules = mkOption { type = types.listOf types.str; default = [ ]; };\n  };\n"
+        "  config = mkIf cfg.enable {\n    services.usbguard = {\n      enable = true;\n"
+        '      implicitPolicyTarget = "block";\n      rules = concatStringsSep "\\n" cfg.rules;\n'
+        "    };\n  };\n}\n",
+        "modules/profiles/hardware/yubikey.nix": "{ pkgs, ... }:\n{\n"
+        "  environment.systemPackages = [ pkgs.hyprlock ];\n}\n",
+        "nix-secrets/secrets/secrets.nix": f'let\n  demo-host = "{host_pub}";\n'
+        '  bio-smart = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherHostKeyOtherHostKeyOtherHostKey00";\n'
+        'in\n{\n  "smtp-password".publicKeys = [ demo-host bio-smart ];\n}\n',
     }
     for rel, text in files.items():
         (flake / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -266,12 +316,12 @@ def _checklist_config_tree(flake: Path, uuid: str, host_pub: str) -> None:
 
 
 def _decrypt(root: Path, path: Path) -> bytes:
-    return subprocess.run(["age", "-d", "-i", str(root / HOST_KEY), str(path)], capture_output=True,
-                          check=True).stdout
+    return subprocess.run(["age", "-d", "-i", str(root / HOST_KEY), str(path)], capture_output=True, check=True).stdout
 
 
 def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folder(
-        scratch: Path, cli: CliCall, tmp_path: Path) -> None:
+    scratch: Path, cli: CliCall, tmp_path: Path
+) -> None:
     root = scratch / ROOT
     host = Host(root)
     flake = tmp_path / "nix-config"
@@ -284,8 +334,9 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     report = json.loads(r.stdout)
     out = flake / "hosts/demo-host/yktool.nix"
     # new files a flake would not see until git knows them
-    assert any(n.endswith("add hosts/demo-host/yktool.nix nix-secrets/secrets/yubikey-auth.age")
-               for n in report["notes"]), report["notes"]
+    assert any(
+        n.endswith("add hosts/demo-host/yktool.nix nix-secrets/secrets/yubikey-auth.age") for n in report["notes"]
+    ), report["notes"]
     assert report["module"] == str(out) and report["usbguard_option"] == "modules.hardware.usbguard.rules"
     parse(out)
     text = out.read_text()
@@ -296,16 +347,17 @@ def test_flake_like_the_host_page_gets_its_own_usbguard_option_and_secrets_folde
     assert types["modules.hardware.usbguard.rules"] == ["string", "string"]
     assert "services.usbguard.rules" not in types
     assert types["boot.initrd.luks.devices.cryptroot.crypttabExtraOpts"] == ["string", "string"]
-    assert types["security.pam.services.hyprlock.u2fAuth"] == "bool"   # the tree's locker
-    assert values["age.secrets.yubikey-auth.mode"] == "0444"           # hyprlock reads it as the user
+    assert types["security.pam.services.hyprlock.u2fAuth"] == "bool"  # the tree's locker
+    assert values["age.secrets.yubikey-auth.mode"] == "0444"  # hyprlock reads it as the user
     # the authfile, in the tree's folder, decrypts with the host key to the registry's authfile
     age_file = flake / "nix-secrets/secrets/yubikey-auth.age"
     assert _decrypt(root, age_file) == _decrypt(root, scratch / "flake-src/yubikey-auth.age")
     import base64
 
     lines = Authfile.parse(_decrypt(root, age_file).decode()).credentials_of("alice")
-    assert {base64.b64encode(c.credential_id or b"").decode() for c in lines} == \
-        {str(e["credential_id"]) for _k, e in Registry.load(host).enrollments("pam")}
+    assert {base64.b64encode(c.credential_id or b"").decode() for c in lines} == {
+        str(e["credential_id"]) for _k, e in Registry.load(host).enrollments("pam")
+    }
     from yktool import agefile
 
     host_recipient = agefile.parse_recipient(host_pub)
@@ -341,8 +393,7 @@ def test_plain_flake_gets_the_standard_options(scratch: Path, cli: CliCall, tmp_
     assert report["module"] == str(out) and report["usbguard_option"] == "services.usbguard.rules"
     text = out.read_text()
     assert "file = ./secrets/yubikey-auth.age;" in text and "modules.hardware" not in text
-    assert _decrypt(root, flake / "secrets/yubikey-auth.age") == \
-        _decrypt(root, scratch / "flake-src/yubikey-auth.age")
+    assert _decrypt(root, flake / "secrets/yubikey-auth.age") == _decrypt(root, scratch / "flake-src/yubikey-auth.age")
     assert report["secrets_nix_entry"].startswith('"yubikey-auth.age".publicKeys = [ "ssh-ed25519 ')
     made = (out, flake / "secrets", flake / "secrets/yubikey-auth.age")
     assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(1000, 1000)}
@@ -351,11 +402,14 @@ def test_plain_flake_gets_the_standard_options(scratch: Path, cli: CliCall, tmp_
     assert types["services.usbguard.rules"] == "string"
     assert types[f"boot.initrd.luks.devices.luks-{uuid}.crypttabExtraOpts"] == ["string", "string"]
     # disko names the mapping, not hardware-configuration.nix: said, not guessed; --luks-name sets it
-    (flake / "disko.nix").write_text('{ disko.devices.disk.main.content.partitions.luks.content = '
-                                     '{ type = "luks"; name = "crypted"; }; }\n')
+    (flake / "disko.nix").write_text(
+        '{ disko.devices.disk.main.content.partitions.luks.content = { type = "luks"; name = "crypted"; }; }\n'
+    )
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake)
-    assert any("disko names LUKS volumes crypted" in n and f"--luks-name {uuid}=NAME" in n
-               for n in json.loads(r.stdout)["notes"]), r.stdout
+    assert any(
+        "disko names LUKS volumes crypted" in n and f"--luks-name {uuid}=NAME" in n
+        for n in json.loads(r.stdout)["notes"]
+    ), r.stdout
     r = cli("--root", root, "--json", "nixos", "module", "--flake", flake, "--luks-name", f"{uuid}=crypted")
     assert r.exit_code == 0, r.output
     types = leaves(evaluate(out)["types"])
@@ -397,7 +451,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(scratch: Path, cli: CliCa
 
 
 def test_rules_only_the_usbguard_rule_file_holds_are_named_before_they_are_dropped(
-        scratch: Path, cli: CliCall, tmp_path: Path) -> None:
+    scratch: Path, cli: CliCall, tmp_path: Path
+) -> None:
     root = scratch / ROOT
     (root / "var/lib/usbguard").mkdir(parents=True)
     keyboard = 'allow id 046d:c539 serial "" name "USB Receiver" with-interface { 03:01:01 03:01:02 }'

@@ -37,15 +37,14 @@ in rec {
 
 
 def nix_parses(text: str) -> bool:
-    return subprocess.run(["nix-instantiate", "--parse", "-E", text], capture_output=True,
-                          check=False).returncode == 0
+    return subprocess.run(["nix-instantiate", "--parse", "-E", text], capture_output=True, check=False).returncode == 0
 
 
 def test_binding_paths_of_tricky_nix() -> None:
     assert nix_parses(TRICKY)
     paths = {".".join(b.path): b for b in tree.parse(TRICKY).bindings}
     assert paths["a.b"].string == "x}"
-    assert "c.d.e.f.g" in paths and "c.d.e" in paths   # "c.d" is one name
+    assert "c.d.e.f.g" in paths and "c.d.e" in paths  # "c.d" is one name
     assert "${…}" in paths and paths["${…}"].value[0].text == "2"
     assert "h.k" in paths and "<let>.i.j" in paths and "h.j" not in paths
     assert "l.m" in paths and paths["l.m"].value[0].kind == "path"
@@ -62,18 +61,26 @@ def test_unreadable_nix_is_an_error_and_the_scan_skips_it(tmp_path: Path) -> Non
     assert any("broken.nix" in n for n in ft.notes)
 
 
-@pytest.mark.parametrize(("text", "option"), [
-    # a declaration as a list: the tree's own option
-    ("{ lib, ... }: { options.modules.hardware.usbguard.rules = lib.mkOption "
-     "{ type = lib.types.listOf lib.types.str; }; }", "modules.hardware.usbguard.rules"),
-    # only a use of it (the declaration is not in the tree): never guessed
-    ('{ ... }: { modules.hardware.usbguard.rules = [ "allow id 1050:0407" ]; }', flake.STANDARD_USBGUARD),
-    # declared, but one string (lines): the list form would not type-check
-    ("{ lib, ... }: { options.modules.hardware.usbguard.rules = lib.mkOption "
-     "{ type = lib.types.lines; }; }", flake.STANDARD_USBGUARD),
-    # in a comment only
-    ("# options.modules.hardware.usbguard.rules = mkOption { type = listOf str; };\n{ }", flake.STANDARD_USBGUARD),
-])
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        # a declaration as a list: the tree's own option
+        (
+            "{ lib, ... }: { options.modules.hardware.usbguard.rules = lib.mkOption "
+            "{ type = lib.types.listOf lib.types.str; }; }",
+            "modules.hardware.usbguard.rules",
+        ),
+        # only a use of it (the declaration is not in the tree): never guessed
+        ('{ ... }: { modules.hardware.usbguard.rules = [ "allow id 1050:0407" ]; }', flake.STANDARD_USBGUARD),
+        # declared, but one string (lines): the list form would not type-check
+        (
+            "{ lib, ... }: { options.modules.hardware.usbguard.rules = lib.mkOption { type = lib.types.lines; }; }",
+            flake.STANDARD_USBGUARD,
+        ),
+        # in a comment only
+        ("# options.modules.hardware.usbguard.rules = mkOption { type = listOf str; };\n{ }", flake.STANDARD_USBGUARD),
+    ],
+)
 def test_usbguard_option_is_the_trees_only_when_declared_as_a_list(tmp_path: Path, text: str, option: str) -> None:
     assert nix_parses(text)
     (tmp_path / "flake.nix").write_text("{ outputs = _: { }; }\n")
@@ -102,17 +109,24 @@ def test_no_flake_nix_is_refused(tmp_path: Path) -> None:
         flake.scan(tmp_path)
 
 
-@pytest.mark.parametrize(("before", "after"), [
-    # agenix's documented shape: a new entry, the host's key by its let name
-    (f'let\n  ws1 = "{HOST}";\nin\n{{\n  "a.age".publicKeys = [ ws1 ];\n}}\n',
-     '  "yubikey-auth.age".publicKeys = [ ws1 ];\n'),
-    # an entry that lists every host: scoped to this one
-    (f'let\n  ws1 = "{HOST}";\n  all = [ ws1 "ssh-ed25519 AAAAother" ];\nin\n{{\n'
-     '  "yubikey-auth.age".publicKeys = all;\n}\n',
-     '  "yubikey-auth.age".publicKeys = [ ws1 ];\n'),
-    # the nested form
-    ('{\n  "yubikey-auth.age" = {\n    publicKeys = [ ];\n  };\n}\n', f'    publicKeys = [ "{HOST}" ];\n'),
-])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # agenix's documented shape: a new entry, the host's key by its let name
+        (
+            f'let\n  ws1 = "{HOST}";\nin\n{{\n  "a.age".publicKeys = [ ws1 ];\n}}\n',
+            '  "yubikey-auth.age".publicKeys = [ ws1 ];\n',
+        ),
+        # an entry that lists every host: scoped to this one
+        (
+            f'let\n  ws1 = "{HOST}";\n  all = [ ws1 "ssh-ed25519 AAAAother" ];\nin\n{{\n'
+            '  "yubikey-auth.age".publicKeys = all;\n}\n',
+            '  "yubikey-auth.age".publicKeys = [ ws1 ];\n',
+        ),
+        # the nested form
+        ('{\n  "yubikey-auth.age" = {\n    publicKeys = [ ];\n  };\n}\n', f'    publicKeys = [ "{HOST}" ];\n'),
+    ],
+)
 def test_secrets_nix_diff(tmp_path: Path, before: str, after: str) -> None:
     path = tmp_path / "secrets.nix"
     path.write_text(before)
@@ -154,9 +168,44 @@ def test_nodes_scoping_is_noticed(tmp_path: Path) -> None:
     assert not agenix.uses_nodes(path)
 
 
-_ATOMS = ["{", "}", "[", "]", "(", ")", ";", "=", ".", "let", "in", "with", "assert", "rec", "inherit", "a",
-          "b.c", '"s"', '"${x}"', "''x''", "${", "./p", "1", ":", "@", "...", ",", "?", "#c\n", "/*c*/", '"\\"',
-          "//", "++", "or", "'", '"']
+_ATOMS = [
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ";",
+    "=",
+    ".",
+    "let",
+    "in",
+    "with",
+    "assert",
+    "rec",
+    "inherit",
+    "a",
+    "b.c",
+    '"s"',
+    '"${x}"',
+    "''x''",
+    "${",
+    "./p",
+    "1",
+    ":",
+    "@",
+    "...",
+    ",",
+    "?",
+    "#c\n",
+    "/*c*/",
+    '"\\"',
+    "//",
+    "++",
+    "or",
+    "'",
+    '"',
+]
 
 
 @given(st.lists(st.sampled_from(_ATOMS), max_size=30))
@@ -179,10 +228,12 @@ def test_a_registry_rule_that_is_not_one_allow_line_is_refused(tmp_path: Path) -
     (root / "etc").mkdir(parents=True)
     (root / "etc/NIXOS").write_text("")
     with Registry.update(Host(root)) as reg:
-        reg.record("primary", "usbguard", usb_id="1050:0407", serial="1",
-                   rule='allow id 1050:0407 serial "1"\nallow')  # a second line would allow every device
-    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module", "--out", str(tmp_path / "m.nix")],
-                           catch_exceptions=False)
+        reg.record(
+            "primary", "usbguard", usb_id="1050:0407", serial="1", rule='allow id 1050:0407 serial "1"\nallow'
+        )  # a second line would allow every device
+    r = CliRunner().invoke(
+        main_group, ["--root", str(root), "nixos", "module", "--out", str(tmp_path / "m.nix")], catch_exceptions=False
+    )
     assert r.exit_code == 2 and "not one allow line" in r.stderr and not (tmp_path / "m.nix").exists()
 
 
@@ -199,15 +250,23 @@ def test_users_own_authfiles_give_pam_u2f_without_an_authfile_or_secret(tmp_path
     (root / "etc").mkdir(parents=True)
     (root / "etc/NIXOS").write_text("")
     with Registry.update(Host(root)) as reg:
-        reg.record("primary", "pam", user="alice", origin="pam://ws1", credential_id="QUFB",
-                   path="/home/alice/.config/Yubico/u2f_keys")
+        reg.record(
+            "primary",
+            "pam",
+            user="alice",
+            origin="pam://ws1",
+            credential_id="QUFB",
+            path="/home/alice/.config/Yubico/u2f_keys",
+        )
     out = tmp_path / "m.nix"
-    r = CliRunner().invoke(main_group, ["--root", str(root), "nixos", "module", "--out", str(out)],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        main_group, ["--root", str(root), "nixos", "module", "--out", str(out)], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
-    expr = (f"(import {out} {{ config = {{ }}; lib = {{ }}; pkgs = {{ }}; }})")
-    got = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-                         capture_output=True, text=True, check=True).stdout
+    expr = f"(import {out} {{ config = {{ }}; lib = {{ }}; pkgs = {{ }}; }})"
+    got = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True, check=True
+    ).stdout
     module = json.loads(got)
     assert "age" not in module
     assert module["security"]["pam"]["u2f"]["settings"] == {"origin": "pam://ws1", "cue": True}

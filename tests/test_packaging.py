@@ -27,19 +27,33 @@ def test_mypy_sees_flows_as_yktool_flows() -> None:
 
 
 def test_flows_import_as_yktool_flows_outside_the_checkout(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", "import yktool.flows.state as s; print(s.__file__)"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import yktool.flows.state as s; print(s.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("flows/state.py")
 
 
 def test_wheel_ships_flows_and_udev_assets(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     import zipfile
 
     names = zipfile.ZipFile(next(tmp_path.glob("yktool-*.whl"))).namelist()
-    for wanted in ("yktool/flows/state.py", "yktool/udev_assets/yktool-lock",
-                   "yktool/udev_assets/yktool-lock.rules.in", "yktool/cli/__init__.py", "yktool/py.typed"):
+    for wanted in (
+        "yktool/flows/state.py",
+        "yktool/udev_assets/yktool-lock",
+        "yktool/udev_assets/yktool-lock.rules.in",
+        "yktool/cli/__init__.py",
+        "yktool/py.typed",
+    ):
         assert wanted in names

@@ -33,7 +33,9 @@ CASES = int(os.environ.get("YKTOOL_PAM_CASES", "300"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 STRERROR = {
-    "Success": "success", "Permission denied": "perm_denied", "Authentication failure": "auth_err",
+    "Success": "success",
+    "Permission denied": "perm_denied",
+    "Authentication failure": "auth_err",
     "Authentication service cannot retrieve authentication info": "authinfo_unavail",
     "Module is unknown": "module_unknown",
     "User not known to the underlying authentication module": "user_unknown",
@@ -41,16 +43,38 @@ STRERROR = {
     "Conversation error": "conv_err",
 }
 
-MODULES = ["pam_permit.so", "pam_deny.so", "pam_u2f.so authfile=@/none cue", "pam_u2f.so authfile=@/empty cue",
-           "pam_u2f.so authfile=@/creds cue", "pam_u2f.so authfile=@/none nouserok cue", "pam_nothere.so"]
-CONTROLS = ["required", "requisite", "sufficient", "optional", "Required", "SUFFICIENT",
-            "[success=done default=bad]", "[success=1 default=ignore]", "[success=2 default=ignore]",
-            "[success=ok default=die]", "[default=ignore]",
-            "[success=ok new_authtok_reqd=ok ignore=ignore default=bad]",
-            "[authinfo_unavail=ignore success=ok default=bad]", "[success=OK default=ignore]",
-            "[success=done auth_err=reset default=ignore]", "[success=3 default=die]",
-            "[module_unknown=ignore success=ok default=bad]", "[success=ok default=done]", "requred",
-            "[perm_denied=ignore default=bad success=ok]", "[ignore=ignore success=ok default=1]"]
+MODULES = [
+    "pam_permit.so",
+    "pam_deny.so",
+    "pam_u2f.so authfile=@/none cue",
+    "pam_u2f.so authfile=@/empty cue",
+    "pam_u2f.so authfile=@/creds cue",
+    "pam_u2f.so authfile=@/none nouserok cue",
+    "pam_nothere.so",
+]
+CONTROLS = [
+    "required",
+    "requisite",
+    "sufficient",
+    "optional",
+    "Required",
+    "SUFFICIENT",
+    "[success=done default=bad]",
+    "[success=1 default=ignore]",
+    "[success=2 default=ignore]",
+    "[success=ok default=die]",
+    "[default=ignore]",
+    "[success=ok new_authtok_reqd=ok ignore=ignore default=bad]",
+    "[authinfo_unavail=ignore success=ok default=bad]",
+    "[success=OK default=ignore]",
+    "[success=done auth_err=reset default=ignore]",
+    "[success=3 default=die]",
+    "[module_unknown=ignore success=ok default=bad]",
+    "[success=ok default=done]",
+    "requred",
+    "[perm_denied=ignore default=bad success=ok]",
+    "[ignore=ignore success=ok default=1]",
+]
 TYPES = ["auth", "auth", "auth", "AUTH", "-auth", "account", "bogus"]
 
 
@@ -114,8 +138,9 @@ def pam_ns(tmp_path: Path) -> Iterator[tuple[Path, PamNamespace]]:
         assert pam_d_digest() == before, "the machine's /etc/pam.d changed"
 
 
-def test_verify_reads_pam_stacks_as_libpam_does(pam_ns: tuple[Path, PamNamespace], tmp_path: Path,
-                                                request: pytest.FixtureRequest) -> None:
+def test_verify_reads_pam_stacks_as_libpam_does(
+    pam_ns: tuple[Path, PamNamespace], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     root, ns = pam_ns
     pamd = root / "etc/pam.d"
     files = tmp_path / "files"
@@ -123,8 +148,9 @@ def test_verify_reads_pam_stacks_as_libpam_does(pam_ns: tuple[Path, PamNamespace
     results: dict[str, str] = {}
     for i, module in enumerate(MODULES):
         (pamd / f"probe{i}").write_text(f"auth [success=ok ignore=ok default=bad] {module.replace('@', str(files))}\n")
-    for module, (_rc, out) in zip(MODULES, ns.authenticate([(f"probe{i}", "root") for i in range(len(MODULES))]),
-                                  strict=True):
+    for module, (_rc, out) in zip(
+        MODULES, ns.authenticate([(f"probe{i}", "root") for i in range(len(MODULES))]), strict=True
+    ):
         results[module] = _outcome(out)
     assert results["pam_permit.so"] == "success" and results["pam_deny.so"] == "auth_err", results
     assert results["pam_nothere.so"] == "module_unknown", results
@@ -136,8 +162,12 @@ def test_verify_reads_pam_stacks_as_libpam_does(pam_ns: tuple[Path, PamNamespace
     counts = {"cases": 0, "passed": 0, "failed": 0}
     started = time.monotonic()
 
-    @settings(max_examples=CASES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=CASES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(tree=stack_tree())
     def compare(tree: dict[str, str]) -> None:
         for name, text in tree.items():
@@ -160,19 +190,50 @@ def test_verify_reads_pam_stacks_as_libpam_does(pam_ns: tuple[Path, PamNamespace
     assert counts["passed"] >= CASES // 20 and counts["failed"] >= CASES // 4, counts
 
 
-U2F_ARGS = ["cue", "cue=1", "cuex", "nouserok", "nouserok=0", "alwaysok", "manual", "openasuser", "interactive",
-            "nodetect", "sshformat", "sshformatX", "authfile=/etc/u2f_mappings", "authfile=/other", "authfile=",
-            "[authfile=/with space]", "[origin=pam://a b]", "origin=pam://ws1", "appid=pam://x", "prompt=Touch",
-            "authpending_file=/run/p", "userpresence=1", "userpresence=0", "userpresence=1x", "userpresence=x",
-            "userverification=1", "pinverification=1", "pinverification= 1", "max_devices=3", "max_devices=x",
-            "[cue]", "Cue", "expand", "debug_file=stderr"]
+U2F_ARGS = [
+    "cue",
+    "cue=1",
+    "cuex",
+    "nouserok",
+    "nouserok=0",
+    "alwaysok",
+    "manual",
+    "openasuser",
+    "interactive",
+    "nodetect",
+    "sshformat",
+    "sshformatX",
+    "authfile=/etc/u2f_mappings",
+    "authfile=/other",
+    "authfile=",
+    "[authfile=/with space]",
+    "[origin=pam://a b]",
+    "origin=pam://ws1",
+    "appid=pam://x",
+    "prompt=Touch",
+    "authpending_file=/run/p",
+    "userpresence=1",
+    "userpresence=0",
+    "userpresence=1x",
+    "userpresence=x",
+    "userverification=1",
+    "pinverification=1",
+    "pinverification= 1",
+    "max_devices=3",
+    "max_devices=x",
+    "[cue]",
+    "Cue",
+    "expand",
+    "debug_file=stderr",
+]
 DUMPED_FLAGS = ("interactive", "cue", "nodetect", "manual", "nouserok", "openasuser", "alwaysok", "sshformat")
 DUMPED_INTS = ("userpresence", "userverification", "pinverification")
 DUMPED_STRS = ("authfile", "authpending_file", "origin", "appid", "prompt")
 
 
-def test_verify_reads_pam_u2f_arguments_as_pam_u2f_does(pam_ns: tuple[Path, PamNamespace],
-                                                       request: pytest.FixtureRequest) -> None:
+def test_verify_reads_pam_u2f_arguments_as_pam_u2f_does(
+    pam_ns: tuple[Path, PamNamespace], request: pytest.FixtureRequest
+) -> None:
     """pam_u2f's `debug` prints its parsed configuration (parse_cfg): it must be verify's reading of
     the same rule (libpam's tokenizing of `[a b]` arguments included)."""
     root, ns = pam_ns
@@ -180,8 +241,12 @@ def test_verify_reads_pam_u2f_arguments_as_pam_u2f_does(pam_ns: tuple[Path, PamN
     counts = {"cases": 0}
     started = time.monotonic()
 
-    @settings(max_examples=max(CASES // 3, 50), deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=max(CASES // 3, 50),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(args=st.lists(st.sampled_from(U2F_ARGS), max_size=6))
     def compare(args: list[str]) -> None:
         (pamd / "yktest").write_text(f"auth required pam_u2f.so debug {' '.join(args)}\n")

@@ -15,12 +15,24 @@ from tests.conftest import CliCall
 from tests.fixtures.roots import U2F_MAPPINGS
 
 BASE = "auth required pam_u2f.so cue authfile=/etc/u2f_mappings origin=pam://fixture"
-FIXED = "/nix/store/0a1b-pam_u2f-1.3.1/lib/security/pam_u2f.so"     # CVE-2025-23013 fixed in 1.3.1
-PASSWD = ("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n"
-          "bob:x:1001:1001::/home/bob:/bin/bash\n")
+FIXED = "/nix/store/0a1b-pam_u2f-1.3.1/lib/security/pam_u2f.so"  # CVE-2025-23013 fixed in 1.3.1
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/bash\n"
+)
 # the codes of yktool.pam.check's line and file rules (what both sides judge by)
-SHARED = {"alwaysok", "nouserok", "no-cue", "origin-hostname", "manual", "debug", "module-missing",
-          "authfile-writable", "authfile-owner", "authfile-folder-writable", "authfile-unreadable"}
+SHARED = {
+    "alwaysok",
+    "nouserok",
+    "no-cue",
+    "origin-hostname",
+    "manual",
+    "debug",
+    "module-missing",
+    "authfile-writable",
+    "authfile-owner",
+    "authfile-folder-writable",
+    "authfile-unreadable",
+}
 
 
 def _authfile_in_alices_folder(root: Path) -> None:
@@ -59,40 +71,116 @@ ROWS: list[tuple[str, str, str, Setup, str | None, str | None, str]] = [
     ("alwaysok", "sudo", BASE + " alwaysok", None, "alwaysok", "error", "fail"),
     ("nouserok-required", "sudo", BASE + " nouserok", None, "nouserok", "warning", "fail"),
     # pam-u2f's version unknown: before the CVE-2025-23013 fix a `sufficient` rule lets the user in
-    ("nouserok-sufficient", "sudo", BASE.replace("required", "sufficient") + " nouserok", None, "nouserok",
-     "error", "fail"),
-    ("nouserok-sufficient-fixed", "sudo", BASE.replace("required pam_u2f.so", f"sufficient {FIXED}") + " nouserok",
-     None, "nouserok", "warning", "fail"),
-    ("nouserok-success-done-old", "sudo",
-     BASE.replace("required pam_u2f.so", "[success=done default=ignore] " + FIXED.replace("1.3.1", "1.2.2"))
-     + " nouserok", None, "nouserok", "error", "fail"),
+    (
+        "nouserok-sufficient",
+        "sudo",
+        BASE.replace("required", "sufficient") + " nouserok",
+        None,
+        "nouserok",
+        "error",
+        "fail",
+    ),
+    (
+        "nouserok-sufficient-fixed",
+        "sudo",
+        BASE.replace("required pam_u2f.so", f"sufficient {FIXED}") + " nouserok",
+        None,
+        "nouserok",
+        "warning",
+        "fail",
+    ),
+    (
+        "nouserok-success-done-old",
+        "sudo",
+        BASE.replace("required pam_u2f.so", "[success=done default=ignore] " + FIXED.replace("1.3.1", "1.2.2"))
+        + " nouserok",
+        None,
+        "nouserok",
+        "error",
+        "fail",
+    ),
     ("no-cue", "sudo", BASE.replace(" cue", ""), None, "no-cue", "warning", "fail"),
-    ("origin-hostname", "sudo", BASE.replace(" origin=pam://fixture", ""), None, "origin-hostname", "warning",
-     "pass"),
+    ("origin-hostname", "sudo", BASE.replace(" origin=pam://fixture", ""), None, "origin-hostname", "warning", "pass"),
     ("manual", "sudo", BASE + " manual", None, "manual", "warning", "pass"),
     ("debug", "sudo", BASE + " debug", None, "debug", "info", "pass"),
     ("module-missing", "sudo", BASE, _modules_without_pam_u2f, "module-missing", "error", "fail"),
     # `-auth` only silences libpam's log: the rule still answers MODULE_UNKNOWN
     ("module-missing-dash-auth", "sudo", "-" + BASE, _modules_without_pam_u2f, "module-missing", "error", "fail"),
     # `sufficient` ignores MODULE_UNKNOWN: nobody is locked out, but the key is never asked
-    ("module-missing-sufficient", "sudo", BASE.replace("required", "sufficient"), _modules_without_pam_u2f,
-     "module-missing", "warning", "fail"),
-    ("group-writable", "sudo", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o664), "authfile-writable", "error",
-     "fail"),
-    ("others-writable", "sudo", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o646), "authfile-writable",
-     "error", "fail"),
-    ("central-owned-by-alice", "sudo", BASE, lambda r: os.chown(r / "etc/u2f_mappings", 1000, 1000),
-     "authfile-owner", "error", "fail"),
-    ("per-user-file-owned-by-bob", "sudo", "auth required pam_u2f.so cue origin=pam://fixture",
-     _per_user_file_of_bob, "authfile-owner", "error", "fail"),
+    (
+        "module-missing-sufficient",
+        "sudo",
+        BASE.replace("required", "sufficient"),
+        _modules_without_pam_u2f,
+        "module-missing",
+        "warning",
+        "fail",
+    ),
+    (
+        "group-writable",
+        "sudo",
+        BASE,
+        lambda r: (r / "etc/u2f_mappings").chmod(0o664),
+        "authfile-writable",
+        "error",
+        "fail",
+    ),
+    (
+        "others-writable",
+        "sudo",
+        BASE,
+        lambda r: (r / "etc/u2f_mappings").chmod(0o646),
+        "authfile-writable",
+        "error",
+        "fail",
+    ),
+    (
+        "central-owned-by-alice",
+        "sudo",
+        BASE,
+        lambda r: os.chown(r / "etc/u2f_mappings", 1000, 1000),
+        "authfile-owner",
+        "error",
+        "fail",
+    ),
+    (
+        "per-user-file-owned-by-bob",
+        "sudo",
+        "auth required pam_u2f.so cue origin=pam://fixture",
+        _per_user_file_of_bob,
+        "authfile-owner",
+        "error",
+        "fail",
+    ),
     # pam_u2f reads a relative authfile= under each user's home
-    ("relative-authfile-writable", "sudo", "auth required pam_u2f.so cue authfile=.u2f_keys origin=pam://fixture",
-     _alices_relative_file_group_writable, "authfile-writable", "error", "fail"),
+    (
+        "relative-authfile-writable",
+        "sudo",
+        "auth required pam_u2f.so cue authfile=.u2f_keys origin=pam://fixture",
+        _alices_relative_file_group_writable,
+        "authfile-writable",
+        "error",
+        "fail",
+    ),
     # whoever owns the authfile's folder can swap it for a link to a root-owned file they write lines into
-    ("authfile-folder-alices", "sudo", BASE.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys"),
-     _authfile_in_alices_folder, "authfile-folder-writable", "error", "fail"),
-    ("locker-cannot-read", "hyprlock", BASE, lambda r: (r / "etc/u2f_mappings").chmod(0o600),
-     "authfile-unreadable", "error", "fail"),
+    (
+        "authfile-folder-alices",
+        "sudo",
+        BASE.replace("/etc/u2f_mappings", "/etc/yubico/u2f_keys"),
+        _authfile_in_alices_folder,
+        "authfile-folder-writable",
+        "error",
+        "fail",
+    ),
+    (
+        "locker-cannot-read",
+        "hyprlock",
+        BASE,
+        lambda r: (r / "etc/u2f_mappings").chmod(0o600),
+        "authfile-unreadable",
+        "error",
+        "fail",
+    ),
 ]
 
 
@@ -107,10 +195,12 @@ def _root(root: Path, service: str, rule: str, setup: Setup) -> None:
         setup(root)
 
 
-@pytest.mark.parametrize(("service", "rule", "setup", "code", "severity", "status"), [r[1:] for r in ROWS],
-                         ids=[r[0] for r in ROWS])
-def test_verify_and_pam_check_agree(cli: CliCall, root: Path, service: str, rule: str, setup: Setup,
-                                    code: str | None, severity: str | None, status: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "rule", "setup", "code", "severity", "status"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
+)
+def test_verify_and_pam_check_agree(
+    cli: CliCall, root: Path, service: str, rule: str, setup: Setup, code: str | None, severity: str | None, status: str
+) -> None:
     _root(root, service, rule, setup)
     checked = cli("--root", root, "--json", "pam", "check", "--service", service)
     findings = [f for f in json.loads(checked.stdout)["findings"] if f["code"] in SHARED]
@@ -134,7 +224,7 @@ def test_cve_2025_23013_is_named_on_both_sides_only_where_it_applies(cli: CliCal
     verified = cli("--root", root, "--json", "verify", "--only", "pam.sudo")
     reason = json.loads(verified.stdout)["checks"][0]["reason"]
     assert "CVE-2025-23013" in reason and "without a password" in reason
-    (root / "etc/pam.d/sudo").write_text(BASE + " nouserok\n")   # required: the password stays
+    (root / "etc/pam.d/sudo").write_text(BASE + " nouserok\n")  # required: the password stays
     verified = cli("--root", root, "--json", "verify", "--only", "pam.sudo")
     assert "CVE-2025-23013" not in json.loads(verified.stdout)["checks"][0]["reason"]
 

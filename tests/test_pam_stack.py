@@ -24,22 +24,26 @@ def test_tokenize_brackets_and_escapes() -> None:
 def test_logical_lines_comments_and_continuations() -> None:
     text = "# head\nauth required \\\n  pam_u2f.so cue # trailing\n\naccount required pam_unix.so\n"
     # libpam drops the continuation line's leading blanks and turns the backslash into one blank
-    assert logical_lines(text) == [(2, "auth required  pam_u2f.so cue"),
-                                   (5, "account required pam_unix.so")]
+    assert logical_lines(text) == [(2, "auth required  pam_u2f.so cue"), (5, "account required pam_unix.so")]
 
 
 def test_scan_resolves_include_substack_and_debian_include(root: Path) -> None:
-    _write(root, "/etc/pam.d/common-auth",
-           "auth [success=1 default=ignore] pam_unix.so nullok\n"
-           "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n")
+    _write(
+        root,
+        "/etc/pam.d/common-auth",
+        "auth [success=1 default=ignore] pam_unix.so nullok\n"
+        "auth sufficient pam_u2f.so authfile=/etc/u2f_mappings cue origin=pam://ws1\n",
+    )
     _write(root, "/etc/pam.d/sudo", "@include common-auth\naccount include common-auth\n")
     _write(root, "/etc/pam.d/login", "auth substack common-auth\nsession required pam_env.so\n")
-    _write(root, "/etc/pam.d/hyprlock",
-           "-auth required /nix/store/abc-pam_u2f-1.3.0/lib/security/pam_u2f.so "
-           "authfile=/run/agenix/yubikey-auth nouserok\n")
+    _write(
+        root,
+        "/etc/pam.d/hyprlock",
+        "-auth required /nix/store/abc-pam_u2f-1.3.0/lib/security/pam_u2f.so "
+        "authfile=/run/agenix/yubikey-auth nouserok\n",
+    )
     _write(root, "/etc/pam.d/loop", "auth include loop\n")
-    services = {s.name: s for s in scan_services(Host(root), ["sudo", "login", "hyprlock",
-                                                               "greetd", "loop"])}
+    services = {s.name: s for s in scan_services(Host(root), ["sudo", "login", "hyprlock", "greetd", "loop"])}
     sudo = services["sudo"]
     assert [u.options.authfile for u in sudo.u2f_lines] == ["/etc/u2f_mappings"]
     u = sudo.u2f_lines[0]
@@ -70,13 +74,21 @@ def test_default_scan_lists_present_and_expected(root: Path) -> None:
     assert sudo.path == "/usr/lib/pam.d/sudo" and sudo.uses_u2f
 
 
-@pytest.mark.parametrize(("control", "required", "ends"), [
-    ("required", True, False), ("requisite", True, False), ("sufficient", False, True),
-    ("optional", False, False), ("[success=ok default=bad]", True, False),
-    ("[success=done default=die]", True, True), ("[success=done default=ignore]", False, True),
-    ("[success=2 default=ignore]", False, True), ("[success=ok]", True, False),
-    ("[success=ok auth_err=ignore default=bad]", False, False),
-])
+@pytest.mark.parametrize(
+    ("control", "required", "ends"),
+    [
+        ("required", True, False),
+        ("requisite", True, False),
+        ("sufficient", False, True),
+        ("optional", False, False),
+        ("[success=ok default=bad]", True, False),
+        ("[success=done default=die]", True, True),
+        ("[success=done default=ignore]", False, True),
+        ("[success=2 default=ignore]", False, True),
+        ("[success=ok]", True, False),
+        ("[success=ok auth_err=ignore default=bad]", False, False),
+    ],
+)
 def test_control_meaning_as_libpam_reads_it(control: str, required: bool, ends: bool) -> None:
     assert key_required(control) is required
     assert success_ends_stack(control) is ends

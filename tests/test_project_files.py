@@ -21,11 +21,17 @@ def _pinned(name: str) -> str:
 
 
 def test_the_version_is_written_once() -> None:
-    out = subprocess.run([str(Path(sys.executable).with_name("yktool")), "--version"], capture_output=True,
-                         text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("yktool")), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert out.stdout.split()[-1] == version("yktool") == PYPROJECT["project"]["version"]
-    written = [p for p in (REPO / "yktool").rglob("*.py")
-               if re.search(r"^__version__\s*=", p.read_text(), re.MULTILINE)]
+    written = [
+        p for p in (REPO / "yktool").rglob("*.py") if re.search(r"^__version__\s*=", p.read_text(), re.MULTILINE)
+    ]
     assert written == []
 
 

@@ -34,16 +34,34 @@ from yktool.luks.header import read_header
 
 def _verify_commit(root: Path, rev: str) -> subprocess.CompletedProcess[bytes]:
     home = root / "home/alice"
-    return subprocess.run(["git", "-c", "safe.directory=*", "verify-commit", rev],
-                          cwd=home / "project", capture_output=True, check=False,
-                          env={"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-                               "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        ["git", "-c", "safe.directory=*", "verify-commit", rev],
+        cwd=home / "project",
+        capture_output=True,
+        check=False,
+        env={"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def _replace(cli: CliCall, scratch: Path, *extra: str, args: tuple[str, ...] = ()) -> CliResult:
-    return cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", *extra, "replace",
-               "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
-               "--new-pin-stdin", *args, input=demo_pin(scratch) + "\n")
+    return cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        *extra,
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+        *args,
+        input=demo_pin(scratch) + "\n",
+    )
 
 
 def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
@@ -54,8 +72,10 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     assert old_commit.returncode == 0, old_commit.stderr
     reg = Registry.load(host)
     a_pub = next(str(e["public_key"]) for _k, e in reg.enrollments("ssh") if _k.nickname == "primary")
-    b_files = {p: (root / p).read_bytes() for p in ("home/alice/.ssh/id_ed25519_sk_backup",
-                                                     "home/alice/.ssh/id_ed25519_sk_backup.pub")}
+    b_files = {
+        p: (root / p).read_bytes()
+        for p in ("home/alice/.ssh/id_ed25519_sk_backup", "home/alice/.ssh/id_ed25519_sk_backup.pub")
+    }
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
 
     r = _replace(cli, scratch, "--json")
@@ -96,8 +116,10 @@ def test_lost_key_is_replaced_everywhere_and_revoked(scratch: Path, cli: CliCall
     assert _verify_commit(root, "HEAD~1").returncode != 0
     # B untouched: its files byte for byte, and still signing
     assert all((root / p).read_bytes() == data for p, data in b_files.items())
-    assert ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk_backup", spec(scratch, "backup"), pin,
-                     tmp_path).returncode == 0
+    assert (
+        ssh_signs(scratch, "/home/alice/.ssh/id_ed25519_sk_backup", spec(scratch, "backup"), pin, tmp_path).returncode
+        == 0
+    )
     # registry: primary gone, the replacement recorded everywhere A was
     names = sorted(k.nickname for k in Registry.load(host).keys)
     assert names == ["backup", "primary-2"]
@@ -117,12 +139,33 @@ def test_with_only_the_lost_key_enrolled_replace_refuses(scratch: Path, cli: Cli
     # a host where only A was ever enrolled: drop B's enrollments by commissioning afresh without backup
     # (and no disk: the demo image in /etc/crypttab holds B's token, which replace would find)
     root = scratch / ROOT
-    for p in ("etc/u2f_mappings", "etc/yktool/keys.toml", "var/lib/yktool/commission.json",
-              "home/alice/.ssh/authorized_keys", "etc/crypttab"):
+    for p in (
+        "etc/u2f_mappings",
+        "etc/yktool/keys.toml",
+        "var/lib/yktool/commission.json",
+        "home/alice/.ssh/authorized_keys",
+        "etc/crypttab",
+    ):
         (root / p).unlink()
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--steps", "ssh,pam", "--no-backup", "--pam-origin", ORIGIN,
-            "--pin-stdin", input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--steps",
+        "ssh,pam",
+        "--no-backup",
+        "--pam-origin",
+        ORIGIN,
+        "--pin-stdin",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     (scratch / KEYS / "primary.json").unlink()
     before = tree_bytes(root)
@@ -137,8 +180,18 @@ def test_dry_run_lists_the_lost_key_and_changes_nothing(scratch: Path, cli: CliC
     root = scratch / ROOT
     (scratch / KEYS / "backup.json").unlink()  # this time the backup is lost
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "--dry-run", "replace",
-            "--lost", "backup", "--new-device", spec(scratch, "new"))
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "--dry-run",
+        "replace",
+        "--lost",
+        "backup",
+        "--new-device",
+        spec(scratch, "new"),
+    )
     assert r.exit_code == 0, r.output
     assert "Lost (backup)" in r.stdout and "[backup]" in r.stdout
     assert "wipe the lost key's keyslots" in r.stdout
@@ -153,17 +206,36 @@ def test_replace_killed_at_every_step_resumes_and_never_locks_out(scratch: Path)
 
     pin = demo_pin(scratch)
     (scratch / KEYS / "primary.json").unlink()
-    argv = [YKTOOL, "--root", str(scratch / ROOT), "--device", spec(scratch, "backup"), "--yes", "replace",
-            "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE),
-            "--new-pin-stdin"]
+    argv = [
+        YKTOOL,
+        "--root",
+        str(scratch / ROOT),
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+    ]
     stdin = (pin + "\n") * 4
     plan = subprocess.run([*argv[:6], "--json", "--dry-run", *argv[6:]], capture_output=True, text=True, check=False)
     assert plan.returncode == 0, plan.stderr
     ids = [s["id"] for s in json.loads(plan.stdout)["steps"]]
     assert ids[0] == "new.pin" and ids[-1] == "revoke.registry" and len(ids) >= 8
     for step in ids:
-        run = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False,
-                             env={**os.environ, "YKTOOL_FAULT": f"after:{step}"})
+        run = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "YKTOOL_FAULT": f"after:{step}"},
+        )
         assert run.returncode == 137, (step, run.stdout[-1500:], run.stderr[-1500:])
         assert passphrase_opens(scratch), step
         assert authfile_whole(scratch), step
@@ -173,7 +245,7 @@ def test_replace_killed_at_every_step_resumes_and_never_locks_out(scratch: Path)
     assert "nothing is lost" in final.stdout
     assert key_opens_image(scratch, spec(scratch, "new"), pin)
     header = read_header(Host(scratch / ROOT), IMAGE)
-    assert len(header.tokens_of_type("systemd-fido2")) == 2   # B and C; A's wiped
+    assert len(header.tokens_of_type("systemd-fido2")) == 2  # B and C; A's wiped
     assert sorted(k.nickname for k in Registry.load(Host(scratch / ROOT)).keys) == ["backup", "primary-2"]
     state = json.loads((scratch / ROOT / "var/lib/yktool/replace.json").read_text())
     assert state["finished"]
@@ -183,10 +255,23 @@ def test_keep_old_signatures_keeps_the_lost_keys_past_commits_valid(scratch: Pat
     root = scratch / ROOT
     assert git_commit_verifies(scratch, spec(scratch, "primary")).returncode == 0
     (scratch / KEYS / "primary.json").unlink()
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin",
-            "--keep-old-signatures",
-            input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+        "--keep-old-signatures",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert not (root / "home/alice/.ssh/revoked_signers").exists()
     # signed before valid-before: still good
@@ -198,25 +283,66 @@ def test_a_kept_keys_verify_required_ssh_key_is_not_taken_for_lost(scratch: Path
     present key is asked with its PIN instead, so its key is neither listed as lost nor revoked."""
     root = scratch / ROOT
     pin = demo_pin(scratch)
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "ssh", "keygen", "-O", "verify-required",
-            "-u", "alice", "-f", "/home/alice/.ssh/id_vr_sk", "--nickname", "backup", "--pin-stdin",
-            input=pin + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "ssh",
+        "keygen",
+        "-O",
+        "verify-required",
+        "-u",
+        "alice",
+        "-f",
+        "/home/alice/.ssh/id_vr_sk",
+        "--nickname",
+        "backup",
+        "--pin-stdin",
+        input=pin + "\n",
+    )
     assert r.exit_code == 0, r.output
     vr = (root / "home/alice/.ssh/id_vr_sk").read_bytes()
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--json", "--dry-run", "replace",
-            "--lost", "primary", "--new-device", spec(scratch, "new"), "--pin-stdin", input=pin + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--json",
+        "--dry-run",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--pin-stdin",
+        input=pin + "\n",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert {s["where"] for s in report["lost"] if s["area"] == "ssh"} == {"/home/alice/.ssh/id_ed25519_sk"}
     assert {s["owner"] for s in report["lost"]} == {"primary"}
-    assert any(s["where"] == "/home/alice/.ssh/id_vr_sk" and s["answered_by"] == "present-1"
-               for s in report["kept"])
+    assert any(s["where"] == "/home/alice/.ssh/id_vr_sk" and s["answered_by"] == "present-1" for s in report["kept"])
     # the kept key's PIN (for the probe), then the new key's first PIN
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
-            "--new-pin-stdin",
-            input=f"{pin}\n{pin}\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "--json",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--pin-stdin",
+        "--new-pin-stdin",
+        input=f"{pin}\n{pin}\n",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["counts"]["present-1"] == {"touches": 0, "pin_prompts": 1}
     assert (root / "home/alice/.ssh/id_vr_sk").read_bytes() == vr
@@ -230,17 +356,31 @@ def test_the_kept_key_given_as_the_new_one_is_refused(scratch: Path, cli: CliCal
     root = scratch / ROOT
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "backup"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
-            input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--pin-stdin",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 4, r.output
     assert "already enrolled here (backup)" in r.stderr and "hint:" in r.stderr
     assert tree_bytes(root) == before
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["lost-key-serial-less", "same-rule-as-kept-key"])
-def test_revoking_a_serial_less_key_keeps_the_other_keys_usbguard_rules(scratch: Path, cli: CliCall,
-                                                                        shared: bool) -> None:
+def test_revoking_a_serial_less_key_keeps_the_other_keys_usbguard_rules(
+    scratch: Path, cli: CliCall, shared: bool
+) -> None:
     """Keys of one model that show no USB serial (most YubiKeys) share one rule `serial ""`. The
     lost key's revocation must not drop a rule a kept key (or the new one) is let in by."""
     root = scratch / ROOT
@@ -258,8 +398,8 @@ def test_revoking_a_serial_less_key_keeps_the_other_keys_usbguard_rules(scratch:
     r = _replace(cli, scratch)
     assert r.exit_code == 0, r.output
     after = rules.read_text().splitlines()
-    assert all(ln in after for ln in kept_lines), after   # the kept and the new key still get in
-    assert (serial_less in after) is shared                # shared with B: kept; A's alone: gone
+    assert all(ln in after for ln in kept_lines), after  # the kept and the new key still get in
+    assert (serial_less in after) is shared  # shared with B: kept; A's alone: gone
 
 
 def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scratch: Path, cli: CliCall) -> None:
@@ -267,22 +407,54 @@ def test_the_replacement_of_a_verify_required_ssh_key_is_verify_required_too(scr
 
     root = scratch / ROOT
     pin = demo_pin(scratch)
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "ssh", "keygen", "-O", "verify-required",
-            "-O", "application=ssh:work", "-u", "alice", "-f", "/home/alice/.ssh/id_vr_sk", "--nickname", "primary",
-            "--pin-stdin", input=pin + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "ssh",
+        "keygen",
+        "-O",
+        "verify-required",
+        "-O",
+        "application=ssh:work",
+        "-u",
+        "alice",
+        "-f",
+        "/home/alice/.ssh/id_vr_sk",
+        "--nickname",
+        "primary",
+        "--pin-stdin",
+        input=pin + "\n",
+    )
     assert r.exit_code == 0, r.output
     lost = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "--json", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--pin-stdin",
-            "--new-pin-stdin",
-            input=f"{pin}\n{pin}\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "--json",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--pin-stdin",
+        "--new-pin-stdin",
+        input=f"{pin}\n{pin}\n",
+    )
     assert r.exit_code == 0, r.output
     new = load_private(Host(root), "/home/alice/.ssh/id_vr_sk")
     assert new.public != lost.public
     assert new.verify_required and new.touch_required and new.public.application == "ssh:work"
-    pub = subprocess.run(["ssh-keygen", "-y", "-f", str(root / "home/alice/.ssh/id_vr_sk")],
-                         capture_output=True, check=False)
+    pub = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(root / "home/alice/.ssh/id_vr_sk")], capture_output=True, check=False
+    )
     assert pub.returncode == 0 and pub.stdout.split()[1] == new.public.line().split()[1].encode()
 
 
@@ -291,8 +463,9 @@ def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: P
 
     root = scratch / ROOT
     authfile = root / "etc/u2f_mappings"
-    a_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-                 if k.nickname == "primary")
+    a_cid = next(
+        str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam") if k.nickname == "primary"
+    )
     parsed = Authfile.parse(authfile.read_text())
     a_cred = next(c for c in parsed.credentials_of("alice") if c.key_handle == a_cid)
     assert a_cred.options == "+presence"
@@ -301,8 +474,9 @@ def test_the_replacement_pam_credential_keeps_the_lost_ones_pin_check(scratch: P
     r = _replace(cli, scratch)
     assert r.exit_code == 0, r.output
     creds = Authfile.parse(authfile.read_text()).credentials_of("alice")
-    c_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-                 if k.nickname == "primary-2")
+    c_cid = next(
+        str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam") if k.nickname == "primary-2"
+    )
     assert {c.key_handle: c.options for c in creds}[c_cid] == "+presence+pin"
     assert a_cid not in {c.key_handle for c in creds}
 
@@ -314,15 +488,26 @@ def test_revoke_only_refuses_up_front_when_a_pam_line_would_be_left_empty(scratc
 
     root = scratch / ROOT
     authfile = root / "etc/u2f_mappings"
-    b_cid = next(str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-                 if k.nickname == "backup")
+    b_cid = next(
+        str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam") if k.nickname == "backup"
+    )
     b_cred = next(c for c in Authfile.parse(authfile.read_text()).credentials_of("alice") if c.key_handle == b_cid)
     authfile.write_text(authfile.read_text().replace(":" + b_cred.raw, ""))
     assert len(Authfile.parse(authfile.read_text()).credentials_of("alice")) == 1
     (scratch / KEYS / "primary.json").unlink()  # key A is lost
     before = tree_bytes(root)
-    r = cli("--root", root, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-            "--unlock-key-file", str(PASSPHRASE))
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--unlock-key-file",
+        str(PASSPHRASE),
+    )
     assert r.exit_code == 4, r.output
     assert "without any" in r.stderr and "--new-device" in r.stderr
     assert tree_bytes(root) == before

@@ -27,17 +27,30 @@ TOOL = Path(__file__).resolve().parent / "tools" / "yktool-ssh-keygen"
 SIGNERS = "/home/alice/.config/git/project2_signers"
 
 
-def _commit(root: Path, repo: Path, device: str, *, signing_key: Path | None = None,
-            later: bool = False) -> subprocess.CompletedProcess[bytes]:
+def _commit(
+    root: Path, repo: Path, device: str, *, signing_key: Path | None = None, later: bool = False
+) -> subprocess.CompletedProcess[bytes]:
     """alice commits, signed (the software key through the test-only gpg.ssh.program), in `repo`
     with its own config; `later`: dated a minute from now (after any revoke). Then verify-commit."""
     home = root / "home/alice"
     (root / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-           "TMPDIR": str(root / "tmp"), "YKTOOL_ROOT": str(root), "YKTOOL_DEVICE": device,
-           "YKTOOL_PYTHON": sys.executable, "GIT_AUTHOR_NAME": "Alice", "GIT_COMMITTER_NAME": "Alice",
-           "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",
-           "GIT_CONFIG_KEY_1": "gpg.ssh.program", "GIT_CONFIG_VALUE_1": str(TOOL)}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "TMPDIR": str(root / "tmp"),
+        "YKTOOL_ROOT": str(root),
+        "YKTOOL_DEVICE": device,
+        "YKTOOL_PYTHON": sys.executable,
+        "GIT_AUTHOR_NAME": "Alice",
+        "GIT_COMMITTER_NAME": "Alice",
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+        "GIT_CONFIG_KEY_1": "gpg.ssh.program",
+        "GIT_CONFIG_VALUE_1": str(TOOL),
+    }
     if later:
         when = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         env |= {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
@@ -73,15 +86,30 @@ def _signing(cli: CliCall, root: Path, key: str, *extra: str) -> None:
 
 
 def _replace(cli: CliCall, scratch: Path, *extra: str) -> None:
-    r = cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", "replace", "--lost", "primary",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE), "--new-pin-stdin", *extra,
-            input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--new-pin-stdin",
+        *extra,
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize("extra", [(), ("--keep-old-signatures",)], ids=["revoked", "keep-old-signatures"])
-def test_a_key_switched_away_from_and_then_lost_signs_nothing_good(scratch: Path, cli: CliCall,
-                                                                   extra: tuple[str, ...]) -> None:
+def test_a_key_switched_away_from_and_then_lost_signs_nothing_good(
+    scratch: Path, cli: CliCall, extra: tuple[str, ...]
+) -> None:
     root = scratch / ROOT
     repo = root / "home/alice/project"
     assert _good(_commit(root, repo, spec(scratch, "primary")))
@@ -106,11 +134,19 @@ def test_a_repository_switched_to_another_key_trusts_the_lost_one_no_more(scratc
     root = scratch / ROOT
     repo = root / "home/alice/project2"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    _signing(cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2",
-             "--allowed-signers", SIGNERS)
+    _signing(
+        cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2", "--allowed-signers", SIGNERS
+    )
     assert _good(_commit(root, repo, spec(scratch, "primary")))
-    _signing(cli, root, "/home/alice/.ssh/id_ed25519_sk_backup.pub", "--repo", "/home/alice/project2",
-             "--allowed-signers", SIGNERS)
+    _signing(
+        cli,
+        root,
+        "/home/alice/.ssh/id_ed25519_sk_backup.pub",
+        "--repo",
+        "/home/alice/project2",
+        "--allowed-signers",
+        SIGNERS,
+    )
     assert _good(_commit(root, repo, spec(scratch, "backup")))
     device, finder_pub = _keep_finders_copy(scratch)
 
@@ -124,8 +160,9 @@ def test_a_repository_the_lost_key_signed_in_signs_with_the_new_key(scratch: Pat
     root = scratch / ROOT
     repo = root / "home/alice/project2"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    _signing(cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2",
-             "--allowed-signers", SIGNERS)
+    _signing(
+        cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2", "--allowed-signers", SIGNERS
+    )
     assert _good(_commit(root, repo, spec(scratch, "primary")))
     device, finder_pub = _keep_finders_copy(scratch)
 
@@ -136,8 +173,11 @@ def test_a_repository_the_lost_key_signed_in_signs_with_the_new_key(scratch: Pat
     new_blob = (root / "home/alice/.ssh/id_ed25519_sk.pub").read_text().split()[1]
     assert new_blob in (root / SIGNERS.lstrip("/")).read_text()
     assert _good(_commit(root, repo, spec(scratch, "new"), later=True))
-    names = {k.nickname for k, e in Registry.load(Host(root)).enrollments("git")
-             if str(e.get("config_scope")) == "repo:/home/alice/project2"}
+    names = {
+        k.nickname
+        for k, e in Registry.load(Host(root)).enrollments("git")
+        if str(e.get("config_scope")) == "repo:/home/alice/project2"
+    }
     assert names == {"primary-2"}
 
 
@@ -150,11 +190,14 @@ def test_a_registry_with_one_git_record_still_loads_and_keeps_the_others_known(t
         '[[keys.enrollments]]\nkind = "git"\nemail = "alice@demo-host.example"\nuser = "alice"\n'
         'allowed_signers = "/home/alice/.ssh/allowed_signers"\nconfig_scope = "global"\n'
         'config_file = "/home/alice/.gitconfig"\npublic_key = "sk-ssh-ed25519@openssh.com AAAA"\n'
-        'fingerprint = "SHA256:a"\n')
+        'fingerprint = "SHA256:a"\n'
+    )
     registry = Registry.load(Host(tmp_path))
     [(_key, a)] = registry.enrollments("git")
-    b = {k: v for k, v in a.items() if k != "kind"} | {"public_key": "sk-ssh-ed25519@openssh.com BBBB",
-                                                       "fingerprint": "SHA256:b"}
+    b = {k: v for k, v in a.items() if k != "kind"} | {
+        "public_key": "sk-ssh-ed25519@openssh.com BBBB",
+        "fingerprint": "SHA256:b",
+    }
     registry.record_git("backup", b)
     registry.record_git("backup", b)  # the same again: still one record
     by_key = {k.nickname: [e for e in k.enrollments if e["kind"] == "git"] for k in registry.keys}

@@ -20,8 +20,13 @@ from yktool.demo import IMAGE, KEYS, PASSPHRASE, ROOT, Demo
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the links matter when yktool runs as root")
 
 SHADOW = b"root:$6$rootsecrethash$abcdefghijklmnop:19000:0:99999:7:::\n"
-WATCHED = [str(IMAGE).lstrip("/"), "etc/u2f_mappings", "etc/yktool/keys.toml",
-           "home/alice/.ssh/authorized_keys", "home/alice/.ssh/allowed_signers"]
+WATCHED = [
+    str(IMAGE).lstrip("/"),
+    "etc/u2f_mappings",
+    "etc/yktool/keys.toml",
+    "home/alice/.ssh/authorized_keys",
+    "home/alice/.ssh/allowed_signers",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +57,22 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return out
 
 
-@pytest.mark.parametrize(("link", "lost", "with_new"), [
-    # the revocation file is written last, by revoke.ssh; the new key's LUKS enrollment came first
-    (".ssh/revoked_signers", "primary", True),
-    # authorized_keys: the new key is authorized there (new.ssh) after new.luks
-    (".ssh/authorized_keys", "primary", True),
-    # revoke only: allowed_signers and ~/.gitconfig are met in revoke.ssh, after revoke.luks
-    # wiped the lost key's keyslot and revoke.pam dropped its credential
-    (".ssh/allowed_signers", "primary", False),
-    (".gitconfig", "primary", False),
-])
-def test_replace_refuses_a_users_link_before_its_first_step(commissioned: Path, tmp_path: Path, cli: CliCall,
-                                                            link: str, lost: str, with_new: bool) -> None:
+@pytest.mark.parametrize(
+    ("link", "lost", "with_new"),
+    [
+        # the revocation file is written last, by revoke.ssh; the new key's LUKS enrollment came first
+        (".ssh/revoked_signers", "primary", True),
+        # authorized_keys: the new key is authorized there (new.ssh) after new.luks
+        (".ssh/authorized_keys", "primary", True),
+        # revoke only: allowed_signers and ~/.gitconfig are met in revoke.ssh, after revoke.luks
+        # wiped the lost key's keyslot and revoke.pam dropped its credential
+        (".ssh/allowed_signers", "primary", False),
+        (".gitconfig", "primary", False),
+    ],
+)
+def test_replace_refuses_a_users_link_before_its_first_step(
+    commissioned: Path, tmp_path: Path, cli: CliCall, link: str, lost: str, with_new: bool
+) -> None:
     scratch = copy_scratch(commissioned, tmp_path / "demo")
     root = scratch / ROOT
     target = root / "home/alice" / link
@@ -74,8 +83,18 @@ def test_replace_refuses_a_users_link_before_its_first_step(commissioned: Path, 
     present = "backup" if lost == "primary" else "primary"
     before = snapshot(root)
     assert all(w in before for w in WATCHED)
-    args: list[object] = ["--root", root, "--device", spec(scratch, present), "--yes", "replace", "--lost", lost,
-                          "--unlock-key-file", str(PASSPHRASE)]
+    args: list[object] = [
+        "--root",
+        root,
+        "--device",
+        spec(scratch, present),
+        "--yes",
+        "replace",
+        "--lost",
+        lost,
+        "--unlock-key-file",
+        str(PASSPHRASE),
+    ]
     if with_new:
         args += ["--new-device", spec(scratch, "new"), "--new-pin-stdin"]
     res = cli(*args, input=demo_pin(scratch) + "\n" if with_new else None)

@@ -39,16 +39,20 @@ AUTHFILE = "etc/u2f_mappings"
 AUTHORIZED = "home/alice/.ssh/authorized_keys"
 
 
-
 def watched(scratch: Path) -> dict[str, str]:
     """sha256 of what a refusal must leave alone: the LUKS2 header, the authfile,
     authorized_keys, the registry (tree_bytes covers every other file)."""
     root = scratch / ROOT
-    header = (root / str(IMAGE).lstrip("/")).read_bytes()[:16 << 20]
-    return {name: hashlib.sha256(data).hexdigest() for name, data in (
-        ("header", header), ("authfile", (root / AUTHFILE).read_bytes()),
-        ("authorized_keys", (root / AUTHORIZED).read_bytes()),
-        ("registry", (root / "etc/yktool/keys.toml").read_bytes()))}
+    header = (root / str(IMAGE).lstrip("/")).read_bytes()[: 16 << 20]
+    return {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in (
+            ("header", header),
+            ("authfile", (root / AUTHFILE).read_bytes()),
+            ("authorized_keys", (root / AUTHORIZED).read_bytes()),
+            ("registry", (root / "etc/yktool/keys.toml").read_bytes()),
+        )
+    }
 
 
 def lose(scratch: Path, role: str) -> str:
@@ -58,28 +62,52 @@ def lose(scratch: Path, role: str) -> str:
     return f"sim:{finder}"
 
 
-def replace(cli: CliCall, scratch: Path, *args: str, new: bool = True, device: str = "backup",
-            flags: tuple[str, ...] = ("--yes",)) -> CliResult:
+def replace(
+    cli: CliCall,
+    scratch: Path,
+    *args: str,
+    new: bool = True,
+    device: str = "backup",
+    flags: tuple[str, ...] = ("--yes",),
+) -> CliResult:
     extra = ["--new-device", spec(scratch, "new"), "--new-pin-stdin"] if new else []
-    return cli("--root", scratch / ROOT, "--device", spec(scratch, device), *flags, "replace", *args, *extra,
-               "--unlock-key-file", str(PASSPHRASE), input=demo_pin(scratch) + "\n")
+    return cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, device),
+        *flags,
+        "replace",
+        *args,
+        *extra,
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        input=demo_pin(scratch) + "\n",
+    )
 
 
 def authorized_fingerprints(scratch: Path) -> set[str]:
     """What the real ssh-keygen reads out of alice's authorized_keys (the fingerprint of each key)."""
-    r = subprocess.run(["ssh-keygen", "-l", "-f", str(scratch / ROOT / AUTHORIZED)],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(scratch / ROOT / AUTHORIZED)], capture_output=True, text=True, check=False
+    )
     return {ln.split()[1] for ln in r.stdout.splitlines() if len(ln.split()) > 1} if r.returncode == 0 else set()
 
 
 def fingerprint_of(scratch: Path, nickname: str) -> str:
-    return next(str(e["fingerprint"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
-                if k.nickname == nickname and e.get("role") == "key-file")
+    return next(
+        str(e["fingerprint"])
+        for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
+        if k.nickname == nickname and e.get("role") == "key-file"
+    )
 
 
 def credential_of(scratch: Path, nickname: str) -> str:
-    return next(str(e["credential_id"]) for k, e in Registry.load(Host(scratch / ROOT)).enrollments("pam")
-                if k.nickname == nickname)
+    return next(
+        str(e["credential_id"])
+        for k, e in Registry.load(Host(scratch / ROOT)).enrollments("pam")
+        if k.nickname == nickname
+    )
 
 
 def line_of(scratch: Path, user: str) -> str:
@@ -93,8 +121,20 @@ def add_bob(scratch: Path, cli: CliCall) -> None:
         f.write("bob:x:1001:1001:Bob:/home/bob:/bin/bash\n")
     (root / "home/bob").mkdir()
     for nick in ("bob1", "bob2"):
-        r = cli("--root", root, "--device", f"sim:{scratch / KEYS / nick}.json", "pam", "register", "--user", "bob",
-                "--origin", ORIGIN, "--nickname", nick)
+        r = cli(
+            "--root",
+            root,
+            "--device",
+            f"sim:{scratch / KEYS / nick}.json",
+            "pam",
+            "register",
+            "--user",
+            "bob",
+            "--origin",
+            ORIGIN,
+            "--nickname",
+            nick,
+        )
         assert r.exit_code == 0, r.output
 
 
@@ -102,11 +142,23 @@ def add_spare(scratch: Path, cli: CliCall) -> None:
     """A third key of alice's, in a safe: a LUKS keyslot and a pam_u2f credential of its own."""
     root = scratch / ROOT
     key = spec(scratch, "spare")
-    r = cli("--root", root, "--device", key, "luks", "enroll-fido2", str(IMAGE), "--unlock-key-file",
-            str(PASSPHRASE), "--nickname", "spare")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        key,
+        "luks",
+        "enroll-fido2",
+        str(IMAGE),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+        "--nickname",
+        "spare",
+    )
     assert r.exit_code == 0, r.output
-    r = cli("--root", root, "--device", key, "pam", "register", "--user", "alice", "--origin", ORIGIN,
-            "--nickname", "spare")
+    r = cli(
+        "--root", root, "--device", key, "pam", "register", "--user", "alice", "--origin", ORIGIN, "--nickname", "spare"
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -126,16 +178,23 @@ def test_two_users_only_the_lost_keys_user_changes(scratch: Path, cli: CliCall, 
     assert {f["owner"] for f in report["lost"]} == {"primary"}
     assert {f["user"] for f in report["lost"] if f["area"] == "pam"} == {"alice"}
     assert {(f["owner"], f["status"]) for f in report["kept"] if f["user"] == "bob"} == {
-        ("bob1", "not plugged in: kept"), ("bob2", "not plugged in: kept")}
+        ("bob1", "not plugged in: kept"),
+        ("bob2", "not plugged in: kept"),
+    }
 
     assert line_of(scratch, "bob") == bob_line
     alice = {c.key_handle for c in Authfile.parse((scratch / ROOT / AUTHFILE).read_text()).credentials_of("alice")}
     assert alice == {credential_of(scratch, "backup"), credential_of(scratch, "primary-2")}
     assert primary_cid not in (scratch / ROOT / AUTHFILE).read_text()
     assert sorted(k.nickname for k in Registry.load(Host(scratch / ROOT)).keys) == [
-        "backup", "bob1", "bob2", "primary-2"]
-    for n, (who, key) in enumerate([("alice", spec(scratch, "new")), ("bob", spec(scratch, "bob1")),
-                                    ("bob", spec(scratch, "bob2"))]):
+        "backup",
+        "bob1",
+        "bob2",
+        "primary-2",
+    ]
+    for n, (who, key) in enumerate(
+        [("alice", spec(scratch, "new")), ("bob", spec(scratch, "bob1")), ("bob", spec(scratch, "bob2"))]
+    ):
         (tmp_path / str(n)).mkdir()
         assert pam_accepts(scratch, key, tmp_path / str(n), user=who), (who, key)
     (tmp_path / "finder").mkdir()
@@ -206,8 +265,11 @@ def test_a_key_named_lost_that_is_plugged_in_is_refused(scratch: Path, cli: CliC
 def _only_ssh_key_is_primarys(scratch: Path) -> None:
     """alice's authorized_keys holds only the primary's key (the backup's was never authorized)."""
     path = scratch / ROOT / AUTHORIZED
-    backup = next(str(e["public_key"]).split()[1] for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
-                  if k.nickname == "backup")
+    backup = next(
+        str(e["public_key"]).split()[1]
+        for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
+        if k.nickname == "backup"
+    )
     path.write_text("".join(ln for ln in path.read_text().splitlines(keepends=True) if backup not in ln))
 
 
@@ -229,18 +291,23 @@ def test_revoke_only_of_the_only_ssh_key_refuses_before_anything(scratch: Path, 
     assert tree_bytes(scratch / ROOT) == before
 
 
-def test_forced_revoke_only_cuts_the_finder_off_everywhere_and_keeps_the_owner_in(scratch: Path, cli: CliCall,
-                                                                                   tmp_path: Path) -> None:
+def test_forced_revoke_only_cuts_the_finder_off_everywhere_and_keeps_the_owner_in(
+    scratch: Path, cli: CliCall, tmp_path: Path
+) -> None:
     """The choice for item 7: with --force --confirm, SSH access is revoked too (the plan says
     alice is left without an SSH key); the finder's key opens nothing, alice keeps the disk and
     pam_u2f through the backup."""
     _only_ssh_key_is_primarys(scratch)
     pin = demo_pin(scratch)
-    primary_blob = next(str(e["public_key"]).split()[1]
-                        for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh") if k.nickname == "primary")
+    primary_blob = next(
+        str(e["public_key"]).split()[1]
+        for k, e in Registry.load(Host(scratch / ROOT)).enrollments("ssh")
+        if k.nickname == "primary"
+    )
     finder = lose(scratch, "primary")
-    r = replace(cli, scratch, "--lost", "primary", "--force", "--confirm", "primary", new=False,
-                flags=("--yes", "--json"))
+    r = replace(
+        cli, scratch, "--lost", "primary", "--force", "--confirm", "primary", new=False, flags=("--yes", "--json")
+    )
     assert r.exit_code == 0, r.output
     forced = json.loads(r.stdout)["forced"]
     assert [(x["area"], x["user"]) for x in forced] == [("ssh", "alice")]
@@ -296,12 +363,20 @@ def test_reset_of_a_users_only_pam_credential_is_refused(scratch: Path, cli: Cli
     assert not pam_accepts(scratch, spec(scratch, "primary"), tmp_path / "b")
 
 
-@pytest.mark.parametrize(("control", "refused"), [
-    ("sufficient", False), ("optional", False), ("requisite", True), ("[success=done default=die]", True),
-    (None, True),  # no pam.d at all: yktool cannot see the consumer, so it counts as requiring the key
-], ids=["sufficient", "optional", "requisite", "bracket-die", "no-stack"])
-def test_reset_refused_only_where_pam_requires_the_key(scratch: Path, cli: CliCall, control: str | None,
-                                                       refused: bool) -> None:
+@pytest.mark.parametrize(
+    ("control", "refused"),
+    [
+        ("sufficient", False),
+        ("optional", False),
+        ("requisite", True),
+        ("[success=done default=die]", True),
+        (None, True),  # no pam.d at all: yktool cannot see the consumer, so it counts as requiring the key
+    ],
+    ids=["sufficient", "optional", "requisite", "bracket-die", "no-stack"],
+)
+def test_reset_refused_only_where_pam_requires_the_key(
+    scratch: Path, cli: CliCall, control: str | None, refused: bool
+) -> None:
     _alice_has_only(scratch, "primary")
     set_shadow(scratch / ROOT, alice=PASSWORD_HASH)  # alice's password: the other way in
     for service in ("sudo", "login"):
@@ -331,11 +406,21 @@ def test_reset_of_a_volumes_only_safe_unlock_is_refused(scratch: Path, cli: CliC
 
     root = scratch / ROOT
     header = read_header(Host(root), IMAGE)
-    backup_slots = [s for t in header.tokens_of_type("systemd-fido2") for s in t.keyslots
-                    if t.id == next(int(e["token"]) for k, e in Registry.load(Host(root)).enrollments("luks")
-                                    if k.nickname == "backup")]
-    wipe = sorted(set(slots_of_type(header, "password") + slots_of_type(header, "recovery")
-                      + slots_of_type(header, "tpm2") + backup_slots))
+    backup_slots = [
+        s
+        for t in header.tokens_of_type("systemd-fido2")
+        for s in t.keyslots
+        if t.id
+        == next(int(e["token"]) for k, e in Registry.load(Host(root)).enrollments("luks") if k.nickname == "backup")
+    ]
+    wipe = sorted(
+        set(
+            slots_of_type(header, "password")
+            + slots_of_type(header, "recovery")
+            + slots_of_type(header, "tpm2")
+            + backup_slots
+        )
+    )
     for slot in wipe:
         r = cli("--root", root, "--yes", "luks", "wipe", str(IMAGE), "--slot", str(slot), "--allow-hardware-only")
         assert r.exit_code == 0, r.output
@@ -349,8 +434,20 @@ def test_reset_of_a_volumes_only_safe_unlock_is_refused(scratch: Path, cli: CliC
 def test_a_credential_the_registry_does_not_know_is_kept(scratch: Path, cli: CliCall, tmp_path: Path) -> None:
     """Added by hand (no registry entry) and not plugged in: nobody can say it is the lost key's."""
     root = scratch / ROOT
-    r = cli("--root", root, "--device", spec(scratch, "hand"), "pam", "register", "--user", "alice",
-            "--origin", ORIGIN, "--nickname", "hand")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "hand"),
+        "pam",
+        "register",
+        "--user",
+        "alice",
+        "--origin",
+        ORIGIN,
+        "--nickname",
+        "hand",
+    )
     assert r.exit_code == 0, r.output
     hand = credential_of(scratch, "hand")
     with Registry.update(Host(root)) as reg:
@@ -369,8 +466,22 @@ def test_reset_of_a_users_only_resident_pam_credential_is_refused(scratch: Path,
     in hand counts it, so resetting alice's only (resident) key is refused too."""
     root = scratch / ROOT
     (root / AUTHFILE).write_text("")
-    r = cli("--root", root, "--device", spec(scratch, "primary"), "pam", "register", "--user", "alice",
-            "--origin", ORIGIN, "--nickname", "primary", "--resident", input=demo_pin(scratch) + "\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        spec(scratch, "primary"),
+        "pam",
+        "register",
+        "--user",
+        "alice",
+        "--origin",
+        ORIGIN,
+        "--nickname",
+        "primary",
+        "--resident",
+        input=demo_pin(scratch) + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert line_of(scratch, "alice").startswith("alice:*,")
     before = tree_bytes(root)
@@ -405,17 +516,37 @@ def test_the_lost_keys_resident_pam_credential_is_revoked_and_a_kept_ones_stays(
         f.write("carol:x:1002:1002:Carol:/home/carol:/bin/bash\n")
     pin = demo_pin(scratch)
     for role in ("primary", "backup"):
-        r = cli("--root", root, "--device", spec(scratch, role), "pam", "register", "--user", "carol",
-                "--origin", ORIGIN, "--nickname", role, "--resident", input=pin + "\n")
+        r = cli(
+            "--root",
+            root,
+            "--device",
+            spec(scratch, role),
+            "pam",
+            "register",
+            "--user",
+            "carol",
+            "--origin",
+            ORIGIN,
+            "--nickname",
+            role,
+            "--resident",
+            input=pin + "\n",
+        )
         assert r.exit_code == 0, r.output
-    keys = {k.nickname: str(e["public_key"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-            if e.get("resident") is True}
+    keys = {
+        k.nickname: str(e["public_key"])
+        for k, e in Registry.load(Host(root)).enrollments("pam")
+        if e.get("resident") is True
+    }
     assert line_of(scratch, "carol").count(":*,") == 2
     lose(scratch, "primary")
     r = replace(cli, scratch, "--lost", "primary", flags=("--yes", "--json"))
     assert r.exit_code == 0, r.output
     creds = Authfile.parse((root / AUTHFILE).read_text()).credentials_of("carol")
     assert {c.public_key for c in creds if c.resident} == {keys["backup"]}
-    new = {str(e["credential_id"]) for k, e in Registry.load(Host(root)).enrollments("pam")
-           if k.nickname == "primary-2" and e.get("user") == "carol"}
+    new = {
+        str(e["credential_id"])
+        for k, e in Registry.load(Host(root)).enrollments("pam")
+        if k.nickname == "primary-2" and e.get("user") == "carol"
+    }
     assert {c.key_handle for c in creds if not c.resident} == new and len(new) == 1

@@ -33,23 +33,57 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     keys.mkdir()
     age_file = tmp_path / "flake/secrets/yubikey-auth.age"
     age_file.parent.mkdir(parents=True)
-    r = cli("--root", root, "--device", f"sim:{keys}/a.json", "--yes", "commission", "--kind", "nixos",
-            "--steps", "pam", "--user", "alice", "--pam-origin", ORIGIN,
-            "--age-host-key", "/etc/ssh/ssh_host_ed25519_key.pub", "--age-file", age_file,
-            "--backup-device", f"sim:{keys}/b.json", "--new-pin-stdin", input="1234\n1234\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        f"sim:{keys}/a.json",
+        "--yes",
+        "commission",
+        "--kind",
+        "nixos",
+        "--steps",
+        "pam",
+        "--user",
+        "alice",
+        "--pam-origin",
+        ORIGIN,
+        "--age-host-key",
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+        "--age-file",
+        age_file,
+        "--backup-device",
+        f"sim:{keys}/b.json",
+        "--new-pin-stdin",
+        input="1234\n1234\n",
+    )
     assert r.exit_code == 0, r.output
 
     def creds() -> list[str]:
-        plain = subprocess.run(["age", "-d", "-i", str(hostkey), str(age_file)], capture_output=True,
-                               check=True).stdout.decode()
+        plain = subprocess.run(
+            ["age", "-d", "-i", str(hostkey), str(age_file)], capture_output=True, check=True
+        ).stdout.decode()
         return [c.key_handle for c in Authfile.parse(plain).credentials_of("alice")]
 
     before = creds()
     reg = Registry.load(host)
     handle = {k.nickname: str(e["credential_id"]) for k, e in reg.enrollments("pam")}
     (keys / "a.json").unlink()  # key A is lost
-    r = cli("--root", root, "--device", f"sim:{keys}/b.json", "--yes", "--json", "replace",
-            "--lost", "primary", "--new-device", f"sim:{keys}/c.json", "--new-pin-stdin", input="1234\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        f"sim:{keys}/b.json",
+        "--yes",
+        "--json",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        f"sim:{keys}/c.json",
+        "--new-pin-stdin",
+        input="1234\n",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert [(f["area"], f["owner"]) for f in report["lost"]] == [("pam", "primary")]
@@ -59,6 +93,16 @@ def test_replace_reencrypts_the_agenix_authfile(tmp_path: Path, cli: CliCall) ->
     assert sorted(k.nickname for k in Registry.load(host).keys) == ["backup", "primary-2"]
     # without a way to read the age file, replace says what to pass, and changes nothing
     (hostkey).rename(tmp_path / "moved-key")
-    r = cli("--root", root, "--device", f"sim:{keys}/b.json", "--yes", "replace",
-            "--lost", "primary-2", "--new-device", f"sim:{keys}/d.json")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        f"sim:{keys}/b.json",
+        "--yes",
+        "replace",
+        "--lost",
+        "primary-2",
+        "--new-device",
+        f"sim:{keys}/d.json",
+    )
     assert r.exit_code == 2 and "--age-identity" in r.stderr, r.output

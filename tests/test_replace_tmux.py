@@ -20,30 +20,40 @@ from yktool.inventory import Registry
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
-
 def _tmux(argv: list[str]) -> Tmux:
-    return Tmux(f"yktool-replace-{os.getpid()}-{time.monotonic_ns()}",
-                f"{shlex.join(argv)}; echo WIZARD-EXIT=$?; sleep 600")
+    return Tmux(
+        f"yktool-replace-{os.getpid()}-{time.monotonic_ns()}", f"{shlex.join(argv)}; echo WIZARD-EXIT=$?; sleep 600"
+    )
 
 
 def test_the_wizard_asks_which_key_was_lost(scratch: Path) -> None:
     pin = demo_pin(scratch)
     (scratch / KEYS / "primary.json").unlink()  # lost
-    argv = [YKTOOL, "--root", str(scratch / ROOT), "--device", spec(scratch, "backup"), "replace",
-            "--new-device", spec(scratch, "new"), "--unlock-key-file", str(PASSPHRASE)]
+    argv = [
+        YKTOOL,
+        "--root",
+        str(scratch / ROOT),
+        "--device",
+        spec(scratch, "backup"),
+        "replace",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        str(PASSPHRASE),
+    ]
     tmux = _tmux(argv)
     try:
         shown = tmux.wait_for("Which key was lost?")
         assert "primary — luks, ssh, git, pam, udev, usbguard; not plugged in" in shown
         assert "backup — luks, ssh, git, pam, udev, usbguard; plugged in (present-1)" in shown
-        tmux.keys("Space")                     # primary (the first): marked
+        tmux.keys("Space")  # primary (the first): marked
         tmux.keys("Enter")
         shown = tmux.wait_for("Show the full plan?")
         assert "lost primary, revoked:" in shown and "kept: backup (plugged in)" in shown
-        tmux.keys("y")                         # yes: the full plan
+        tmux.keys("y")  # yes: the full plan
         shown = tmux.wait_for("Go ahead?")
         assert "Lost (primary), as named" in shown and "note: backup (plugged in, present-1): kept" in shown
-        tmux.keys("Enter")                     # yes
+        tmux.keys("Enter")  # yes
         tmux.wait_for("New PIN for the new key")
         tmux.type(pin)
         tmux.wait_for("(again)")
@@ -61,12 +71,26 @@ def test_a_forced_loss_needs_the_name_typed(scratch: Path) -> None:
     """Revoke-only of alice's only SSH key with --force: typing another name changes nothing."""
     root = scratch / ROOT
     path = root / "home/alice/.ssh/authorized_keys"
-    backup = next(str(e["public_key"]).split()[1] for k, e in Registry.load(Host(root)).enrollments("ssh")
-                  if k.nickname == "backup")
+    backup = next(
+        str(e["public_key"]).split()[1]
+        for k, e in Registry.load(Host(root)).enrollments("ssh")
+        if k.nickname == "backup"
+    )
     path.write_text("".join(ln for ln in path.read_text().splitlines(keepends=True) if backup not in ln))
     (scratch / KEYS / "primary.json").unlink()
-    argv = [YKTOOL, "--root", str(root), "--device", spec(scratch, "backup"), "replace", "--lost", "primary",
-            "--force", "--unlock-key-file", str(PASSPHRASE)]
+    argv = [
+        YKTOOL,
+        "--root",
+        str(root),
+        "--device",
+        spec(scratch, "backup"),
+        "replace",
+        "--lost",
+        "primary",
+        "--force",
+        "--unlock-key-file",
+        str(PASSPHRASE),
+    ]
     before = tree_bytes(root)
     tmux = _tmux(argv)
     try:
@@ -74,7 +98,7 @@ def test_a_forced_loss_needs_the_name_typed(scratch: Path) -> None:
         # the summary says it (wrapped to the screen)
         screen = " ".join(shown.split())
         assert "FORCED: " in screen and "no more SSH login by key" in screen, shown
-        tmux.keys("Enter")                     # no
+        tmux.keys("Enter")  # no
         shown = tmux.wait_for("Type primary to go ahead anyway")
         assert "alice would be left without any SSH key" in shown
         tmux.type("backup")
@@ -86,7 +110,7 @@ def test_a_forced_loss_needs_the_name_typed(scratch: Path) -> None:
     tmux = _tmux(argv)
     try:
         tmux.wait_for("Show the full plan?")
-        tmux.keys("Enter")                     # no
+        tmux.keys("Enter")  # no
         tmux.wait_for("Type primary to go ahead anyway")
         tmux.type("primary")
         tmux.wait_for("Go ahead?")

@@ -389,8 +389,13 @@ class U2fOnly(CtapDevice):
     def capabilities(self) -> int:
         return 0
 
-    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+    def call(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        event: Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
         return self.inner.call(cmd, data)
 
     @classmethod
@@ -433,8 +438,13 @@ class AlwaysUv(CtapDevice):
     def capabilities(self) -> int:
         return self.inner.capabilities
 
-    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+    def call(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        event: Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
         from fido2 import cbor
         from fido2.ctap import CtapError
         from fido2.hid import CTAPHID

@@ -42,8 +42,13 @@ class YubicoBadged(CtapDevice):
     def capabilities(self) -> int:
         return self.inner.capabilities
 
-    def call(self, cmd: int, data: bytes = b"", event: Event | None = None,
-             on_keepalive: Callable[[STATUS], None] | None = None) -> bytes:
+    def call(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        event: Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
         return self.inner.call(cmd, data, event, on_keepalive)
 
     @classmethod

@@ -56,7 +56,6 @@ def shared_secret(ctap: Ctap2, proto: PinProtocol) -> tuple[dict[int, object], b
     return dict(key_agreement), shared
 
 
-
 class PinEntry(UserInteraction):
     """The person at the keyboard: types `pin` when asked, counts the asks."""
 
@@ -78,8 +77,12 @@ def key_at(tmp_path: Path, pin: str | None = None, name: str = "key.json") -> So
 
 
 def client_for(device: SoftKey, pin: str | None = PIN) -> Fido2Client:
-    return Fido2Client(device, DefaultClientDataCollector(ORIGIN), PinEntry(pin),
-                       extensions=[HmacSecretExtension(allow_hmac_secret=True), CredProtectExtension()])
+    return Fido2Client(
+        device,
+        DefaultClientDataCollector(ORIGIN),
+        PinEntry(pin),
+        extensions=[HmacSecretExtension(allow_hmac_secret=True), CredProtectExtension()],
+    )
 
 
 def server_for(alg: int) -> Fido2Server:
@@ -88,13 +91,22 @@ def server_for(alg: int) -> Fido2Server:
     return server
 
 
-def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRequirement = UV_DISCOURAGED,
-             user: bytes = b"user-1", rk: ResidentKeyRequirement | None = None,
-             extensions: dict[str, Any] | None = None, exclude: list[AttestedCredentialData] | None = None
-             ) -> tuple[AttestedCredentialData, RegistrationResponse]:
+def register(
+    client: Fido2Client,
+    server: Fido2Server,
+    *,
+    uv: UserVerificationRequirement = UV_DISCOURAGED,
+    user: bytes = b"user-1",
+    rk: ResidentKeyRequirement | None = None,
+    extensions: dict[str, Any] | None = None,
+    exclude: list[AttestedCredentialData] | None = None,
+) -> tuple[AttestedCredentialData, RegistrationResponse]:
     options, state = server.register_begin(
         PublicKeyCredentialUserEntity(id=user, name=user.decode(), display_name=user.decode().title()),
-        credentials=exclude, user_verification=uv, resident_key_requirement=rk)
+        credentials=exclude,
+        user_verification=uv,
+        resident_key_requirement=rk,
+    )
     public_key = options.public_key
     if extensions:
         from dataclasses import replace
@@ -106,9 +118,14 @@ def register(client: Fido2Client, server: Fido2Server, *, uv: UserVerificationRe
     return auth_data.credential_data, response
 
 
-def authenticate(client: Fido2Client, server: Fido2Server, creds: list[AttestedCredentialData], *,
-                 uv: UserVerificationRequirement = UV_DISCOURAGED,
-                 extensions: dict[str, Any] | None = None) -> AuthenticationResponse:
+def authenticate(
+    client: Fido2Client,
+    server: Fido2Server,
+    creds: list[AttestedCredentialData],
+    *,
+    uv: UserVerificationRequirement = UV_DISCOURAGED,
+    extensions: dict[str, Any] | None = None,
+) -> AuthenticationResponse:
     options, state = server.authenticate_begin(creds, user_verification=uv, extensions=extensions)
     response = client.get_assertion(options.public_key).get_response(0)
     server.authenticate_complete(state, creds, response)  # raises unless the signature verifies
@@ -163,8 +180,9 @@ def test_pin_key_makes_non_uv_credentials_like_a_yubikey(tmp_path: Path) -> None
     assert people.asked == 1
 
 
-def hmac_outputs(client: Fido2Client, server: Fido2Server, cred: AttestedCredentialData, salt: bytes,
-                 uv: UserVerificationRequirement) -> bytes:
+def hmac_outputs(
+    client: Fido2Client, server: Fido2Server, cred: AttestedCredentialData, salt: bytes, uv: UserVerificationRequirement
+) -> bytes:
     resp = authenticate(client, server, [cred], uv=uv, extensions={"hmacGetSecret": {"salt1": salt}})
     output = websafe_decode(resp.client_extension_results["hmacGetSecret"]["output1"])
     assert len(output) == 32
@@ -200,18 +218,21 @@ def test_hmac_secret_both_pin_protocols_agree(tmp_path: Path, protocol: int) -> 
     device = key_at(tmp_path)
     ctap = Ctap2(device)
     cdh = b"\0" * 32
-    att = ctap.make_credential(cdh, {"id": RP_ID}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                               extensions={"hmac-secret": True})
+    att = ctap.make_credential(
+        cdh, {"id": RP_ID}, {"id": b"u"}, [{"type": "public-key", "alg": -7}], extensions={"hmac-secret": True}
+    )
     assert att.auth_data.extensions == {"hmac-secret": True}
     cid = credential_id(att)
     outputs = []
     protocols: tuple[PinProtocol, PinProtocol] = (
-        (PinProtocolV1(), PinProtocolV2()) if protocol == 1 else (PinProtocolV2(), PinProtocolV1()))
+        (PinProtocolV1(), PinProtocolV2()) if protocol == 1 else (PinProtocolV2(), PinProtocolV1())
+    )
     for proto in protocols:
         key_agreement, shared = shared_secret(ctap, proto)
         salt_enc = proto.encrypt(shared, b"S" * 32)
-        ext = {"hmac-secret": {1: key_agreement, 2: salt_enc, 3: proto.authenticate(shared, salt_enc),
-                               4: proto.VERSION}}
+        ext = {
+            "hmac-secret": {1: key_agreement, 2: salt_enc, 3: proto.authenticate(shared, salt_enc), 4: proto.VERSION}
+        }
         resp = ctap.get_assertion(RP_ID, cdh, [{"type": "public-key", "id": cid}], ext, {"up": False})
         assert resp.auth_data.extensions is not None
         outputs.append(proto.decrypt(shared, resp.auth_data.extensions["hmac-secret"]))
@@ -254,8 +275,15 @@ def test_cred_protect_3_is_invisible_without_uv(tmp_path: Path) -> None:
     device = key_at(tmp_path, PIN)
     ctap = Ctap2(device)
     client, server = client_for(device), server_for(-7)
-    cred, reg = register(client, server, uv=UV_REQUIRED, extensions={
-        "credentialProtectionPolicy": "userVerificationRequired", "enforceCredentialProtectionPolicy": True})
+    cred, reg = register(
+        client,
+        server,
+        uv=UV_REQUIRED,
+        extensions={
+            "credentialProtectionPolicy": "userVerificationRequired",
+            "enforceCredentialProtectionPolicy": True,
+        },
+    )
     assert reg.response.attestation_object.auth_data.extensions == {"credProtect": 3}
     allow: list[Mapping[str, object]] = [{"type": "public-key", "id": cred.credential_id}]
     with pytest.raises(CtapError) as err:
@@ -270,8 +298,13 @@ def test_cred_protect_2_hidden_from_discovery_without_uv_but_usable_by_id(tmp_pa
     device = key_at(tmp_path, PIN)
     ctap = Ctap2(device)
     client, server = client_for(device), server_for(-7)
-    cred, _ = register(client, server, uv=UV_REQUIRED, rk=ResidentKeyRequirement.REQUIRED, extensions={
-        "credentialProtectionPolicy": "userVerificationOptionalWithCredentialIDList"})
+    cred, _ = register(
+        client,
+        server,
+        uv=UV_REQUIRED,
+        rk=ResidentKeyRequirement.REQUIRED,
+        extensions={"credentialProtectionPolicy": "userVerificationOptionalWithCredentialIDList"},
+    )
     with pytest.raises(CtapError) as err:
         ctap.get_assertion(RP_ID, b"\0" * 32, None, options={"up": False})
     assert err.value.code == CtapError.ERR.NO_CREDENTIALS
@@ -290,10 +323,15 @@ def test_discoverable_credentials_listed_by_credential_management_and_next_asser
     mc_pin = ClientPin(ctap)
     mc_token = mc_pin.get_pin_token(PIN, ClientPin.PERMISSION.MAKE_CREDENTIAL, "ssh:")
     ssh_cdh = hashlib.sha256(b"ssh challenge").digest()
-    ssh_att = ctap.make_credential(ssh_cdh, {"id": "ssh:"}, {"id": b"git", "name": "git"},
-                                   [{"type": "public-key", "alg": -8}], options={"rk": True},
-                                   pin_uv_param=mc_pin.protocol.authenticate(mc_token, ssh_cdh),
-                                   pin_uv_protocol=mc_pin.protocol.VERSION)
+    ssh_att = ctap.make_credential(
+        ssh_cdh,
+        {"id": "ssh:"},
+        {"id": b"git", "name": "git"},
+        [{"type": "public-key", "alg": -8}],
+        options={"rk": True},
+        pin_uv_param=mc_pin.protocol.authenticate(mc_token, ssh_cdh),
+        pin_uv_protocol=mc_pin.protocol.VERSION,
+    )
     client_pin = ClientPin(ctap)
     token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
     cm = CredentialManagement(ctap, client_pin.protocol, token)
@@ -320,8 +358,9 @@ def test_discoverable_credentials_listed_by_credential_management_and_next_asser
 
     # Deleting one leaves the other; the deleted one no longer signs. (A new token replaced
     # the credential-management one, as on a real key: ask for one again.)
-    cm = CredentialManagement(ctap, client_pin.protocol,
-                              client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT))
+    cm = CredentialManagement(
+        ctap, client_pin.protocol, client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    )
     cm.delete_cred(PublicKeyCredentialDescriptor(type=PublicKeyCredentialType.PUBLIC_KEY, id=alice.credential_id))
     left = cm.enumerate_creds(hashlib.sha256(RP_ID.encode()).digest())
     assert [c[CredentialManagement.RESULT.USER]["id"] for c in left] == [b"bob"]

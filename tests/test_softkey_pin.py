@@ -32,7 +32,6 @@ def shared_secret(ctap: Ctap2, proto: PinProtocol) -> tuple[dict[int, object], b
     return dict(key_agreement), shared
 
 
-
 @pytest.fixture(params=["v2", "v1"])
 def protocol(request: pytest.FixtureRequest) -> type[PinProtocol]:
     return PROTOCOLS[request.param]
@@ -74,7 +73,8 @@ def test_set_pin_flips_client_pin_option_and_stores_only_a_hash(tmp_path: Path, 
 
 
 def test_wrong_pins_decrement_need_replug_after_three_and_block_after_eight(
-        tmp_path: Path, protocol: type[PinProtocol]) -> None:
+    tmp_path: Path, protocol: type[PinProtocol]
+) -> None:
     spec, device = open_key(tmp_path)
     client_pin(device, protocol).set_pin(PIN)
 
@@ -145,8 +145,13 @@ def test_pin_policy_violation(tmp_path: Path, protocol: type[PinProtocol], new_p
     padded += b"\0" * (-len(padded) % 16)
     pin_enc = proto.encrypt(shared, padded)
     with pytest.raises(CtapError) as err:
-        ctap.client_pin(proto.VERSION, ClientPin.CMD.SET_PIN, key_agreement=key_agreement,
-                        new_pin_enc=pin_enc, pin_uv_param=proto.authenticate(shared, pin_enc))
+        ctap.client_pin(
+            proto.VERSION,
+            ClientPin.CMD.SET_PIN,
+            key_agreement=key_agreement,
+            new_pin_enc=pin_enc,
+            pin_uv_param=proto.authenticate(shared, pin_enc),
+        )
     assert err.value.code == ERR.PIN_POLICY_VIOLATION
     assert ctap.get_info().options["clientPin"] is False
 
@@ -158,17 +163,24 @@ def test_set_pin_with_a_bad_mac_is_refused(tmp_path: Path) -> None:
     key_agreement, shared = shared_secret(ctap, proto)
     pin_enc = proto.encrypt(shared, PIN.encode().ljust(64, b"\0"))
     with pytest.raises(CtapError) as err:
-        ctap.client_pin(2, ClientPin.CMD.SET_PIN, key_agreement=key_agreement, new_pin_enc=pin_enc,
-                        pin_uv_param=b"\0" * 32)
+        ctap.client_pin(
+            2, ClientPin.CMD.SET_PIN, key_agreement=key_agreement, new_pin_enc=pin_enc, pin_uv_param=b"\0" * 32
+        )
     assert err.value.code == ERR.PIN_AUTH_INVALID
     assert ctap.get_info().options["clientPin"] is False
 
 
 def make_cred(ctap: Ctap2, proto: PinProtocol, token: bytes, rp_id: str) -> None:
     cdh = hashlib.sha256(rp_id.encode()).digest()
-    ctap.make_credential(cdh, {"id": rp_id}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                         options={"rk": True}, pin_uv_param=proto.authenticate(token, cdh),
-                         pin_uv_protocol=proto.VERSION)
+    ctap.make_credential(
+        cdh,
+        {"id": rp_id},
+        {"id": b"u"},
+        [{"type": "public-key", "alg": -7}],
+        options={"rk": True},
+        pin_uv_param=proto.authenticate(token, cdh),
+        pin_uv_protocol=proto.VERSION,
+    )
 
 
 def test_token_permissions_and_rp_binding_enforced(tmp_path: Path, protocol: type[PinProtocol]) -> None:
@@ -196,8 +208,9 @@ def test_token_permissions_and_rp_binding_enforced(tmp_path: Path, protocol: typ
     assert code_of(lambda: make_cred(ctap, cp.protocol, b"\1" * 32, RP_ID)) == ERR.PIN_AUTH_INVALID
     # Only a pinUvAuthParam made with the token counts; rk needs one when a PIN is set.
     with pytest.raises(CtapError) as err:
-        ctap.make_credential(b"\0" * 32, {"id": RP_ID}, {"id": b"v"}, [{"type": "public-key", "alg": -7}],
-                             options={"rk": True})
+        ctap.make_credential(
+            b"\0" * 32, {"id": RP_ID}, {"id": b"v"}, [{"type": "public-key", "alg": -7}], options={"rk": True}
+        )
     assert err.value.code == ERR.PUAT_REQUIRED
 
 
@@ -221,8 +234,9 @@ def test_legacy_get_pin_token_gives_mc_and_ga(tmp_path: Path) -> None:
     make_cred(ctap, cp.protocol, token, RP_ID)
     token = cp.get_pin_token(PIN)  # the first one was spent by makeCredential
     cdh = b"\0" * 32
-    resp = ctap.get_assertion(RP_ID, cdh, None, pin_uv_param=cp.protocol.authenticate(token, cdh),
-                              pin_uv_protocol=cp.protocol.VERSION)
+    resp = ctap.get_assertion(
+        RP_ID, cdh, None, pin_uv_param=cp.protocol.authenticate(token, cdh), pin_uv_protocol=cp.protocol.VERSION
+    )
     assert resp.auth_data.is_user_verified()
 
 
@@ -232,8 +246,14 @@ def test_zero_length_pin_auth_probe(tmp_path: Path) -> None:
     ctap = Ctap2(device)
 
     def probe() -> None:
-        ctap.make_credential(b"\0" * 32, {"id": RP_ID}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                             pin_uv_param=b"", pin_uv_protocol=2)
+        ctap.make_credential(
+            b"\0" * 32,
+            {"id": RP_ID},
+            {"id": b"u"},
+            [{"type": "public-key", "alg": -7}],
+            pin_uv_param=b"",
+            pin_uv_protocol=2,
+        )
 
     assert code_of(probe) == ERR.PIN_NOT_SET
     ClientPin(ctap).set_pin(PIN)
@@ -262,5 +282,7 @@ def test_a_token_is_spent_by_one_touch_confirmed_operation(tmp_path: Path) -> No
         assert silent.auth_data.is_user_verified() and not silent.auth_data.is_user_present()
     touched = ctap.get_assertion(RP_ID, cdh, None, None, None, auth, cp.protocol.VERSION)
     assert touched.auth_data.is_user_verified() and touched.auth_data.is_user_present()
-    assert code_of(lambda: ctap.get_assertion(RP_ID, cdh, None, None, None, auth, cp.protocol.VERSION)
-                   ) == ERR.PIN_AUTH_INVALID
+    assert (
+        code_of(lambda: ctap.get_assertion(RP_ID, cdh, None, None, None, auth, cp.protocol.VERSION))
+        == ERR.PIN_AUTH_INVALID
+    )

@@ -42,10 +42,28 @@ def test_bad_requests_get_ctap_errors(key: SoftKey) -> None:
     assert status(key, 0x06, {1: 2, 2: 0x20}) == ERR.INVALID_SUBCOMMAND
     assert status(key, 0x06, {1: 2, 2: 6}) == ERR.INVALID_SUBCOMMAND  # no built-in UV
     assert status(key, 0x02, {1: "x", 2: b"\0" * 32, 5: {"uv": True}}) == ERR.INVALID_OPTION
-    assert status(key, 0x01, {1: b"\0" * 32, 2: {"id": "x"}, 3: {"id": b"u"},
-                              4: [{"type": "public-key", "alg": -7}], 7: {"up": False}}) == ERR.INVALID_OPTION
-    assert status(key, 0x01, {1: b"\0" * 32, 2: {"id": "x"}, 3: {"id": b"u"},
-                              4: [{"type": "public-key", "alg": -7}], 6: {"credProtect": 7}}) == ERR.INVALID_OPTION
+    assert (
+        status(
+            key,
+            0x01,
+            {1: b"\0" * 32, 2: {"id": "x"}, 3: {"id": b"u"}, 4: [{"type": "public-key", "alg": -7}], 7: {"up": False}},
+        )
+        == ERR.INVALID_OPTION
+    )
+    assert (
+        status(
+            key,
+            0x01,
+            {
+                1: b"\0" * 32,
+                2: {"id": "x"},
+                3: {"id": b"u"},
+                4: [{"type": "public-key", "alg": -7}],
+                6: {"credProtect": 7},
+            },
+        )
+        == ERR.INVALID_OPTION
+    )
     with pytest.raises(CtapError) as err:
         key.call(CTAPHID.MSG, b"\0" * 10)  # no CTAP1/U2F
     assert err.value.code == ERR.INVALID_COMMAND
@@ -61,8 +79,9 @@ def user_id(assertion: AssertionResponse) -> bytes:
 def test_next_assertion_walks_discovered_credentials_then_stops(key: SoftKey) -> None:
     ctap = Ctap2(key)
     for user in (b"a", b"b", b"c"):
-        ctap.make_credential(b"\0" * 32, {"id": "x"}, {"id": user}, [{"type": "public-key", "alg": -8}],
-                             options={"rk": True})
+        ctap.make_credential(
+            b"\0" * 32, {"id": "x"}, {"id": user}, [{"type": "public-key", "alg": -8}], options={"rk": True}
+        )
     first = ctap.get_assertion("x", b"\0" * 32)
     assert first.number_of_credentials == 3
     users = [user_id(first)] + [user_id(ctap.get_next_assertion()) for _ in range(2)]
@@ -71,8 +90,9 @@ def test_next_assertion_walks_discovered_credentials_then_stops(key: SoftKey) ->
         ctap.get_next_assertion()
     assert err.value.code == ERR.NOT_ALLOWED
     # A fresh key-store entry for the same RP and user replaces the old one.
-    ctap.make_credential(b"\0" * 32, {"id": "x"}, {"id": b"a"}, [{"type": "public-key", "alg": -7}],
-                         options={"rk": True})
+    ctap.make_credential(
+        b"\0" * 32, {"id": "x"}, {"id": b"a"}, [{"type": "public-key", "alg": -7}], options={"rk": True}
+    )
     assert ctap.get_assertion("x", b"\0" * 32).number_of_credentials == 3
     assert ctap.get_info().remaining_disc_creds == 22
 
@@ -80,23 +100,36 @@ def test_next_assertion_walks_discovered_credentials_then_stops(key: SoftKey) ->
 def test_key_store_full(key: SoftKey) -> None:
     ctap = Ctap2(key)
     for n in range(ctap.info.remaining_disc_creds or 0):
-        ctap.make_credential(b"\0" * 32, {"id": "x"}, {"id": bytes([n])}, [{"type": "public-key", "alg": -8}],
-                             options={"rk": True})
+        ctap.make_credential(
+            b"\0" * 32, {"id": "x"}, {"id": bytes([n])}, [{"type": "public-key", "alg": -8}], options={"rk": True}
+        )
     before = key.path.read_bytes()
     with pytest.raises(CtapError) as err:
-        ctap.make_credential(b"\0" * 32, {"id": "x"}, {"id": b"one more"}, [{"type": "public-key", "alg": -8}],
-                             options={"rk": True})
+        ctap.make_credential(
+            b"\0" * 32, {"id": "x"}, {"id": b"one more"}, [{"type": "public-key", "alg": -8}], options={"rk": True}
+        )
     assert err.value.code == ERR.KEY_STORE_FULL
     assert key.path.read_bytes() == before
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cmd=st.sampled_from([0x01, 0x02, 0x04, 0x06, 0x07, 0x08, 0x0A, 0x0B, 0x99]),
-       payload=st.one_of(st.binary(max_size=64),
-                         st.dictionaries(st.integers(-2, 12), st.one_of(st.integers(-300, 300), st.binary(max_size=40),
-                                                                       st.text(max_size=8), st.booleans(),
-                                                                       st.lists(st.integers(-5, 5), max_size=3)),
-                                         max_size=6).map(cbor.encode)))
+@given(
+    cmd=st.sampled_from([0x01, 0x02, 0x04, 0x06, 0x07, 0x08, 0x0A, 0x0B, 0x99]),
+    payload=st.one_of(
+        st.binary(max_size=64),
+        st.dictionaries(
+            st.integers(-2, 12),
+            st.one_of(
+                st.integers(-300, 300),
+                st.binary(max_size=40),
+                st.text(max_size=8),
+                st.booleans(),
+                st.lists(st.integers(-5, 5), max_size=3),
+            ),
+            max_size=6,
+        ).map(cbor.encode),
+    ),
+)
 def test_any_request_gets_a_status_byte(key: SoftKey, cmd: int, payload: bytes) -> None:
     key.presence = lambda: None  # never "touch" for a fuzz input (a reset would be a touch away)
     reply = key.call(CTAPHID.CBOR, bytes([cmd]) + payload)

@@ -35,10 +35,12 @@ def make(ctap: Ctap2, **kw: Any) -> bytes:
     return credential_id(ctap.make_credential(CDH, {"id": RP_ID}, {"id": b"u"}, ES256, **kw))
 
 
-@pytest.mark.parametrize(("answer", "code"), [(False, ERR.OPERATION_DENIED), (None, ERR.USER_ACTION_TIMEOUT)],
-                         ids=["refused", "timeout"])
-def test_refused_or_timed_out_touch_changes_nothing(sim_key: SimKey, sim_device: SimDevices,
-                                                     answer: bool | None, code: CtapError.ERR) -> None:
+@pytest.mark.parametrize(
+    ("answer", "code"), [(False, ERR.OPERATION_DENIED), (None, ERR.USER_ACTION_TIMEOUT)], ids=["refused", "timeout"]
+)
+def test_refused_or_timed_out_touch_changes_nothing(
+    sim_key: SimKey, sim_device: SimDevices, answer: bool | None, code: CtapError.ERR
+) -> None:
     spec = sim_key("a", pin=TEST_PIN)
     ok = Ctap2(sim_device(spec))
     cid = make(ok)
@@ -108,8 +110,9 @@ def test_presence_script_helper(sim_device: SimDevices) -> None:
     assert codes == [ERR.OPERATION_DENIED, ERR.USER_ACTION_TIMEOUT, ERR.SUCCESS]
 
 
-def test_reset_only_in_window_after_power_up_and_wipes_everything(sim_key: SimKey, sim_device: SimDevices,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reset_only_in_window_after_power_up_and_wipes_everything(
+    sim_key: SimKey, sim_device: SimDevices, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = sim_key("a", pin=TEST_PIN)
     device = sim_device(spec)
     ctap = Ctap2(device)

@@ -25,7 +25,8 @@ OTHER_ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9ok
 EXISTING = (
     b"# keys for alice\r\n"
     b"\r\n"
-    b'command="/usr/bin/backup --flag \\"x y\\"",no-pty,from="10.0.0.1,10.0.0.2" ' + OTHER_ED.encode()
+    b'command="/usr/bin/backup --flag \\"x y\\"",no-pty,from="10.0.0.1,10.0.0.2" '
+    + OTHER_ED.encode()
     + b" backup@host\r\n"
     b"   \r\n"
     b"# old laptop, disabled\r\n"
@@ -56,7 +57,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
     assert res.exit_code == 0, res.output
     data = ak.read_bytes()
     assert data.startswith(EXISTING)
-    added = data[len(EXISTING):]
+    added = data[len(EXISTING) :]
     pub = (world.ssh() / "id_ed25519_sk.pub").read_text().rstrip("\n")
     assert added == b"\r\n" + pub.encode() + b"\r\n"  # the file's own CRLF style
     assert (ak.stat().st_mode & 0o777, ak.stat().st_uid) == (0o640, 1000)  # mode and owner kept
@@ -71,8 +72,7 @@ def test_existing_lines_survive_byte_for_byte(world: SshWorld) -> None:
 
 def test_new_file_modes_owner_and_touch_options(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
-    _keygen(world, "--pin-stdin", "-O", "no-touch-required", "-O", "verify-required", device=device,
-            input=PIN + "\n")
+    _keygen(world, "--pin-stdin", "-O", "no-touch-required", "-O", "verify-required", device=device, input=PIN + "\n")
     res = world.yk("--json", "ssh", "authorize", "--user", "alice")
     assert res.exit_code == 0, res.output
     ak = world.ssh() / "authorized_keys"
@@ -136,8 +136,11 @@ _line = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_charac
 
 
 @settings(max_examples=100, deadline=None)
-@given(lines=st.lists(_line, max_size=8), endings=st.lists(st.sampled_from(["\n", "\r\n"]), min_size=8, max_size=8),
-       final=st.booleans())
+@given(
+    lines=st.lists(_line, max_size=8),
+    endings=st.lists(st.sampled_from(["\n", "\r\n"]), min_size=8, max_size=8),
+    final=st.booleans(),
+)
 def test_merge_only_ever_appends(lines: list[str], endings: list[str], final: bool) -> None:
     text = "".join(line + end for line, end in zip(lines, endings, strict=False))
     if not final and text:

@@ -12,8 +12,9 @@ PIN = "4321"
 
 
 def _make(w: SshWorld, device: str, *args: str) -> None:
-    res = w.yk("ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "resident", *args, input=PIN + "\n",
-               device=device)
+    res = w.yk(
+        "ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "resident", *args, input=PIN + "\n", device=device
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -54,18 +55,24 @@ def test_fresh_host_without_registry_gets_ssh_keygen_names(world: SshWorld, sim_
     (other / "etc").mkdir(parents=True)
     (other / "etc" / "passwd").write_text(PASSWD)
     (other / "home" / "alice").mkdir(parents=True)
-    res = world.cli("--root", other, "--device", device, "ssh", "download", "--user", "alice", "--pin-stdin",
-                    input=PIN + "\n")
+    res = world.cli(
+        "--root", other, "--device", device, "ssh", "download", "--user", "alice", "--pin-stdin", input=PIN + "\n"
+    )
     assert res.exit_code == 0, res.output
     ssh = other / "home" / "alice" / ".ssh"
-    assert sorted(p.name for p in ssh.iterdir()) == ["id_ed25519_sk_rk", "id_ed25519_sk_rk.pub",
-                                                     "id_ed25519_sk_rk_git_alice", "id_ed25519_sk_rk_git_alice.pub"]
+    assert sorted(p.name for p in ssh.iterdir()) == [
+        "id_ed25519_sk_rk",
+        "id_ed25519_sk_rk.pub",
+        "id_ed25519_sk_rk_git_alice",
+        "id_ed25519_sk_rk_git_alice.pub",
+    ]
     for name in ("id_ed25519_sk_rk", "id_ed25519_sk_rk_git_alice"):
         shown = world.run(["ssh-keygen", "-y", "-f", str(ssh / name)])
         assert shown.returncode == 0 and shown.stdout == (ssh / f"{name}.pub").read_bytes()
     # same key material as the originals; the comment is the application, as ssh-keygen -K does
-    assert (ssh / "id_ed25519_sk_rk.pub").read_text().split()[:2] == \
-        (world.ssh() / "id_ed25519_sk.pub").read_text().split()[:2]
+    assert (ssh / "id_ed25519_sk_rk.pub").read_text().split()[:2] == (
+        world.ssh() / "id_ed25519_sk.pub"
+    ).read_text().split()[:2]
     assert (ssh / "id_ed25519_sk_rk_git_alice.pub").read_text().split()[2] == "ssh:git"
     assert flags_from_ssh_keygen(world, ssh / "id_ed25519_sk_rk") == 0x21
 

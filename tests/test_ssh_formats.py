@@ -51,8 +51,9 @@ def _sign_as_authenticator(priv: Local, application: str, flags: int, counter: i
 
 
 def _ssh_keygen(tmp: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["ssh-keygen", *args], input=input, capture_output=True, env=_env(tmp), check=False,
-                          timeout=30)
+    return subprocess.run(
+        ["ssh-keygen", *args], input=input, capture_output=True, env=_env(tmp), check=False, timeout=30
+    )
 
 
 @pytest.mark.parametrize(("key_type", "label"), [(ED25519_SK, "(ED25519-SK)"), (ECDSA_SK, "(ECDSA-SK)")])
@@ -91,7 +92,7 @@ def test_key_file_is_what_ssh_keygen_writes(tmp_path: Path, key_type: str) -> No
     assert len(theirs_body) == len(ours_body)
     check_at = ours_body.index(ours.checkint().to_bytes(4, "big") * 2)
     assert theirs_body[:check_at] == ours_body[:check_at]
-    assert theirs_body[check_at + 8:] == ours_body[check_at + 8:]
+    assert theirs_body[check_at + 8 :] == ours_body[check_at + 8 :]
     # line wrapping and armor are byte for byte the same too
     lines_theirs = path.read_bytes().split(b"\n")
     assert [len(x) for x in lines_theirs] == [len(x) for x in ours.to_file().split(b"\n")]
@@ -160,8 +161,9 @@ def test_damaged_key_file_is_a_usage_error(damage: str) -> None:
     else:
         flipped = bytearray(base64.b64decode(b"".join(data.split(b"\n")[1:-2])))
         flipped[-1] ^= 0xFF
-        data = (PRIVATE_BEGIN + base64.b64encode(bytes(flipped)).decode() + "\n-----END OPENSSH PRIVATE KEY-----\n")\
-            .encode()
+        data = (
+            PRIVATE_BEGIN + base64.b64encode(bytes(flipped)).decode() + "\n-----END OPENSSH PRIVATE KEY-----\n"
+        ).encode()
     with pytest.raises(UsageError):
         SkPrivateKey.from_file(data)
 
@@ -174,36 +176,49 @@ def test_public_line_round_trip_and_errors() -> None:
             SkPublicKey.parse_line(bad)
 
 
-@pytest.mark.parametrize(("application", "user", "suffix"), [
-    ("ssh:", b"\0" * 32, ""),
-    ("ssh:work", b"\0" * 32, "work"),
-    ("ssh:work", b"alice".ljust(32, b"\0"), "work_alice"),
-    ("ssh:", b"alice".ljust(32, b"\0"), "alice"),
-    ("ssh:w", b"../x".ljust(32, b"\0"), "w_2e2e2f78"),
-])
+@pytest.mark.parametrize(
+    ("application", "user", "suffix"),
+    [
+        ("ssh:", b"\0" * 32, ""),
+        ("ssh:work", b"\0" * 32, "work"),
+        ("ssh:work", b"alice".ljust(32, b"\0"), "work_alice"),
+        ("ssh:", b"alice".ljust(32, b"\0"), "alice"),
+        ("ssh:w", b"../x".ljust(32, b"\0"), "w_2e2e2f78"),
+    ],
+)
 def test_resident_file_suffix_like_ssh_keygen(application: str, user: bytes, suffix: str) -> None:
     assert sk_suffix(application, user) == suffix
 
 
-@pytest.mark.parametrize(("opts", "flags"), [
-    ([], 0x01), (["resident"], 0x21), (["verify-required"], 0x05), (["no-touch-required"], 0x00),
-    (["resident", "verify-required", "no-touch-required"], 0x24), (["RESIDENT"], 0x21),
-])
+@pytest.mark.parametrize(
+    ("opts", "flags"),
+    [
+        ([], 0x01),
+        (["resident"], 0x21),
+        (["verify-required"], 0x05),
+        (["no-touch-required"], 0x00),
+        (["resident", "verify-required", "no-touch-required"], 0x24),
+        (["RESIDENT"], 0x21),
+    ],
+)
 def test_option_flags(opts: list[str], flags: int) -> None:
     assert parse_options(opts).flags == flags
 
 
-@pytest.mark.parametrize("opt", ["bogus", "resident=yes", "application=web:x", "user=" + "u" * 32, "device=/dev/x",
-                                 "challenge=x"])
+@pytest.mark.parametrize(
+    "opt", ["bogus", "resident=yes", "application=web:x", "user=" + "u" * 32, "device=/dev/x", "challenge=x"]
+)
 def test_unknown_or_bad_option(opt: str) -> None:
     with pytest.raises(UsageError):
         parse_options([opt])
 
 
 @settings(max_examples=50, deadline=None)
-@given(comment=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"),
-                       max_size=40),
-       handle=st.binary(min_size=16, max_size=128), flags=st.integers(0, 255))
+@given(
+    comment=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=40),
+    handle=st.binary(min_size=16, max_size=128),
+    flags=st.integers(0, 255),
+)
 def test_key_file_round_trip(comment: str, handle: bytes, flags: int) -> None:
     public = SkPublicKey(ED25519_SK, b"\x11" * 32, "ssh:")
     key = SkPrivateKey(public, flags, handle, comment)

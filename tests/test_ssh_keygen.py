@@ -38,8 +38,11 @@ def test_default_key_files_read_back_by_ssh_keygen(world: SshWorld) -> None:
     assert listed.rstrip().endswith("alice@ws1 (ED25519-SK)")
     assert flags_from_ssh_keygen(world, key) == 0x01
     # modes and owner: the user's own files, private 0600, folder 0700
-    assert (key.stat().st_mode & 0o777, pub.stat().st_mode & 0o777, world.ssh().stat().st_mode & 0o777) == \
-        (0o600, 0o644, 0o700)
+    assert (key.stat().st_mode & 0o777, pub.stat().st_mode & 0o777, world.ssh().stat().st_mode & 0o777) == (
+        0o600,
+        0o644,
+        0o700,
+    )
     assert {p.stat().st_uid for p in (key, pub, world.ssh())} == {1000}
     # the registry knows the key, its fingerprint, its files and its credential
     public, _ = SkPublicKey.parse_line(pub.read_text())
@@ -62,12 +65,15 @@ def test_ecdsa_sk(world: SshWorld) -> None:
     assert key.stat().st_uid == 1001
 
 
-@pytest.mark.parametrize(("options", "flags"), [
-    (["no-touch-required"], 0x00),
-    (["verify-required"], 0x05),
-    (["resident"], 0x21),
-    (["resident", "verify-required", "no-touch-required"], 0x24),
-])
+@pytest.mark.parametrize(
+    ("options", "flags"),
+    [
+        (["no-touch-required"], 0x00),
+        (["verify-required"], 0x05),
+        (["resident"], 0x21),
+        (["resident", "verify-required", "no-touch-required"], 0x24),
+    ],
+)
 def test_flags_byte_matches_options(world: SshWorld, sim_key: SimKey, options: list[str], flags: int) -> None:
     device = sim_key("pinned", pin=PIN)
     args = [a for o in options for a in ("-O", o)]
@@ -91,8 +97,23 @@ def test_flags_byte_matches_options(world: SshWorld, sim_key: SimKey, options: l
 
 def test_application_and_user(world: SshWorld, sim_key: SimKey) -> None:
     device = sim_key("pinned", pin=PIN)
-    res = world.yk("ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "resident", "-O", "application=ssh:work",
-                   "-O", "user=alice", "--output", "/home/alice/.ssh/work", input=PIN + "\n", device=device)
+    res = world.yk(
+        "ssh",
+        "keygen",
+        "--user",
+        "alice",
+        "--pin-stdin",
+        "-O",
+        "resident",
+        "-O",
+        "application=ssh:work",
+        "-O",
+        "user=alice",
+        "--output",
+        "/home/alice/.ssh/work",
+        input=PIN + "\n",
+        device=device,
+    )
     assert res.exit_code == 0, res.output
     shown = world.run(["ssh-keygen", "-v", "-y", "-f", str(world.ssh() / "work")])
     assert b'sk_application: "ssh:work", sk_flags 0x21' in shown.stderr
@@ -105,8 +126,18 @@ def test_application_and_user(world: SshWorld, sim_key: SimKey) -> None:
 def test_pin_never_leaves_memory(world: SshWorld, sim_key: SimKey, child_recorder: ChildRecorder) -> None:
     pin = "58203917264"  # long and odd, so a match cannot be a port, pid or temp-folder name by chance
     device = sim_key("pinned", pin=pin)
-    res = world.yk("--json", "ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "verify-required",
-                   input=pin + "\n", device=device)
+    res = world.yk(
+        "--json",
+        "ssh",
+        "keygen",
+        "--user",
+        "alice",
+        "--pin-stdin",
+        "-O",
+        "verify-required",
+        input=pin + "\n",
+        device=device,
+    )
     assert res.exit_code == 0, res.output
     assert pin not in res.stdout
     assert child_recorder.children, "ssh-keygen should have read the key back"
@@ -169,8 +200,11 @@ def test_key_without_eddsa(world: SshWorld, monkeypatch: pytest.MonkeyPatch, lis
     import yktool.fido.devices as devices
 
     real_open_sim = devices.open_sim
-    monkeypatch.setattr(devices, "open_sim", lambda path, *a, **k: Es256OnlyKey(
-        real_open_sim(path, *a, **k), list_algorithms=list_algorithms))
+    monkeypatch.setattr(
+        devices,
+        "open_sim",
+        lambda path, *a, **k: Es256OnlyKey(real_open_sim(path, *a, **k), list_algorithms=list_algorithms),
+    )
     res = _unchanged(world, world.device, lambda: world.yk("ssh", "keygen", "--user", "alice"))
     assert res.exit_code == 2
     assert "does not support Ed25519" in res.stderr and "--type ecdsa-sk" in res.stderr
@@ -195,8 +229,9 @@ def test_unknown_user_and_existing_resident(world: SshWorld, sim_key: SimKey) ->
     args = ("ssh", "keygen", "--user", "alice", "--pin-stdin", "-O", "resident")
     assert world.yk(*args, input=PIN + "\n", device=device).exit_code == 0
     # a second resident key for the same application and user would silently replace the first
-    res = _unchanged(world, device, lambda: world.yk(*args, "--output", "/home/alice/.ssh/other",
-                                                     input=PIN + "\n", device=device))
+    res = _unchanged(
+        world, device, lambda: world.yk(*args, "--output", "/home/alice/.ssh/other", input=PIN + "\n", device=device)
+    )
     assert res.exit_code == 4 and "already holds a resident SSH key" in res.stderr
 
 
@@ -221,8 +256,10 @@ def test_registry_names_each_physical_key(world: SshWorld, sim_key: SimKey) -> N
     keys = {k["nickname"]: k["enrollments"] for k in _registry(world)["keys"]}
     assert sorted(keys) == ["backup-1", "primary"]
     assert sorted(e["path"] for e in keys["primary"]) == ["/home/alice/.ssh/id_ed25519_sk", "/home/alice/.ssh/second"]
-    assert sorted(e["path"] for e in keys["backup-1"]) == ["/home/bob/.ssh/authorized_keys",
-                                                          "/home/bob/.ssh/id_ed25519_sk"]
+    assert sorted(e["path"] for e in keys["backup-1"]) == [
+        "/home/bob/.ssh/authorized_keys",
+        "/home/bob/.ssh/id_ed25519_sk",
+    ]
 
 
 def test_json_error_on_stdout(world: SshWorld) -> None:
@@ -234,8 +271,9 @@ def test_json_error_on_stdout(world: SshWorld) -> None:
     assert data["ok"] is False and data["exit_code"] == 2 and "unknown -O option" in data["message"]
 
 
-def test_a_flow_step_is_never_done_unproven_without_ssh_keygen(world: SshWorld,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_flow_step_is_never_done_unproven_without_ssh_keygen(
+    world: SshWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The building block says "not checked" where ssh-keygen is missing; a flow's step (the
     proof required) fails with the fix instead, so it is not marked done unproven."""
     assert world.yk("ssh", "keygen", "--user", "alice").exit_code == 0

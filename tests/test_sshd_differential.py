@@ -33,16 +33,21 @@ from yktool.host import Host
 CASES = int(os.environ.get("YKTOOL_SSHD_CASES", "300"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-PASSWD = ("root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n"
-          "alice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/sh\n"
-          "carol:x:1002:1002::/home/carol:/usr/sbin/nologin\n")
-GROUP = ("root:x:0:\nwheel:x:10:alice\nstaff:x:50:bob,carol\nalice:x:1000:\nbob:x:1001:\ncarol:x:1002:\n"
-         "nogroup:x:65534:\n")
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n"
+    "alice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/sh\n"
+    "carol:x:1002:1002::/home/carol:/usr/sbin/nologin\n"
+)
+GROUP = (
+    "root:x:0:\nwheel:x:10:alice\nstaff:x:50:bob,carol\nalice:x:1000:\nbob:x:1001:\ncarol:x:1002:\nnogroup:x:65534:\n"
+)
 
 YES_NO = ["yes", "no", "YES", "No"]
 JUDGED = {
-    "PasswordAuthentication": YES_NO, "KbdInteractiveAuthentication": YES_NO,
-    "ChallengeResponseAuthentication": YES_NO, "X11Forwarding": YES_NO,
+    "PasswordAuthentication": YES_NO,
+    "KbdInteractiveAuthentication": YES_NO,
+    "ChallengeResponseAuthentication": YES_NO,
+    "X11Forwarding": YES_NO,
     "PermitRootLogin": ["yes", "no", "prohibit-password", "without-password", "forced-commands-only"],
     "MaxAuthTries": ["2", "3", "6", "10"],
     "LoginGraceTime": ["30", "30s", "1m", "2m", "20s"],
@@ -52,8 +57,16 @@ PATTERNS = {
     "User": ["alice", "bob", "carol", "root", "dave", "a*", "b?b", "*", "!root", "!alice", "ALICE"],
     "Group": ["wheel", "staff", "!wheel", "st*", "nogroup", "alice"],
     "Host": ["*.example.com", "gw.example.com", "db.*", "!db.example.org", "10.0.0.5", "*", "GW.EXAMPLE.COM"],
-    "Address": ["10.0.0.0/8", "10.1.0.0/16", "!10.1.0.0/16", "192.168.*", "2001:db8::/32", "203.0.113.7",
-                "0.0.0.0/0", "10.0.0.?"],
+    "Address": [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "!10.1.0.0/16",
+        "192.168.*",
+        "2001:db8::/32",
+        "203.0.113.7",
+        "0.0.0.0/0",
+        "10.0.0.?",
+    ],
     "LocalAddress": ["192.0.2.1", "10.9.0.0/16", "!192.0.2.1"],
     "LocalPort": ["22", "2222"],
     "RDomain": ["vrf1", "vrf*", "!vrf2"],
@@ -91,8 +104,11 @@ def match_line(draw: st.DrawFn) -> str:
     return "Match " + " ".join(parts)
 
 
-INCLUDES = ["Include sshd_config.d/*.conf", "Include /etc/ssh/sshd_config.d/*.conf",
-            "Include sshd_config.d/10-a.conf sshd_config.d/20-b.conf"]
+INCLUDES = [
+    "Include sshd_config.d/*.conf",
+    "Include /etc/ssh/sshd_config.d/*.conf",
+    "Include sshd_config.d/10-a.conf sshd_config.d/20-b.conf",
+]
 
 
 @st.composite
@@ -120,9 +136,13 @@ def config_tree(draw: st.DrawFn) -> dict[str, str]:
 ADDRS = ["10.0.0.5", "10.1.2.3", "192.168.1.10", "2001:db8::1", "203.0.113.7"]
 connection = st.builds(
     lambda user, addr, host, laddr, lport, rdomain: Connection(user, host or addr, addr, laddr, lport, rdomain),
-    st.sampled_from(["root", "alice", "bob", "carol", "dave"]), st.sampled_from(ADDRS),
-    st.sampled_from([None, "gw.example.com", "db.example.org"]), st.sampled_from(["192.0.2.1", "10.9.1.1"]),
-    st.sampled_from([22, 2222]), st.sampled_from([None, "vrf1", "vrf2"]))
+    st.sampled_from(["root", "alice", "bob", "carol", "dave"]),
+    st.sampled_from(ADDRS),
+    st.sampled_from([None, "gw.example.com", "db.example.org"]),
+    st.sampled_from(["192.0.2.1", "10.9.1.1"]),
+    st.sampled_from([22, 2222]),
+    st.sampled_from([None, "vrf1", "vrf2"]),
+)
 
 OK = {key: (default, ok) for key, _want, default, ok, _title in SSH_TABLE}
 
@@ -144,15 +164,20 @@ def sshd_root(tmp_path: Path) -> Iterator[tuple[Path, SshdNamespace]]:
         ns.close()
 
 
-def test_verify_reads_sshd_config_as_sshd_does(sshd_root: tuple[Path, SshdNamespace],
-                                               request: pytest.FixtureRequest) -> None:
+def test_verify_reads_sshd_config_as_sshd_does(
+    sshd_root: tuple[Path, SshdNamespace], request: pytest.FixtureRequest
+) -> None:
     root, ns = sshd_root
     etc_ssh = root / "etc/ssh"
     counts = {"cases": 0, "accepted": 0, "rejected": 0, "comparisons": 0, "rejected_unseen": 0}
     started = time.monotonic()
 
-    @settings(max_examples=CASES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=CASES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(tree=config_tree(), conns=st.lists(connection, min_size=3, max_size=3))
     def compare(tree: dict[str, str], conns: list[Connection]) -> None:
         shutil.rmtree(etc_ssh / "sshd_config.d", ignore_errors=True)
@@ -180,7 +205,8 @@ def test_verify_reads_sshd_config_as_sshd_does(sshd_root: tuple[Path, SshdNamesp
                 ours = mine[key].value if key in mine else default
                 assert ok(ours) == ok(theirs), (
                     f"{key} for {conn.spec()}: sshd says {theirs}, verify read {ours} "
-                    f"({mine[key].source if key in mine else 'default'})\n{shown}")
+                    f"({mine[key].source if key in mine else 'default'})\n{shown}"
+                )
 
     try:
         compare()
@@ -191,8 +217,9 @@ def test_verify_reads_sshd_config_as_sshd_does(sshd_root: tuple[Path, SshdNamesp
     assert counts["accepted"] >= CASES // 4, f"too few configurations sshd accepts: {counts}"
 
 
-def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Path, SshdNamespace],
-                                                             tmp_path: Path) -> None:
+def test_live_verify_asks_sshd_itself_once_per_match_outcome(
+    sshd_root: tuple[Path, SshdNamespace], tmp_path: Path
+) -> None:
     """On the live host as root, verify takes the settings from `sshd -T -C` (here the unpacked
     sshd, on PATH through a wrapper, with the temporary /etc/ssh, passwd and group bound in)."""
     from tests.sshd_real import LIBS, SSHD
@@ -201,19 +228,27 @@ def test_live_verify_asks_sshd_itself_once_per_match_outcome(sshd_root: tuple[Pa
     etc_ssh = root / "etc/ssh"
     (etc_ssh / "sshd_config").write_text(
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxAuthTries 3\nLoginGraceTime 30\n"
-        "Match User bob\n    PasswordAuthentication yes\nMatch User dave\n    X11Forwarding yes\n")
+        "Match User bob\n    PasswordAuthentication yes\nMatch User dave\n    X11Forwarding yes\n"
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "sshd-runs"
     (bin_dir / "sshd").write_text(f'#!/bin/sh\necho "$@" >> {log}\nLD_LIBRARY_PATH={LIBS} exec {SSHD} "$@"\n')
     (bin_dir / "sshd").chmod(0o755)
-    script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
-              'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
-              'exec "$2" -m yktool --json verify --only ssh')
+    script = (
+        'mount --bind "$1/etc/ssh" /etc/ssh && mount --bind "$1/etc/passwd" /etc/passwd && '
+        'mount --bind "$1/etc/group" /etc/group && mount --bind "$1/run" /run && '
+        'exec "$2" -m yktool --json verify --only ssh'
+    )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],
-                          capture_output=True, text=True, env=env, timeout=120)
-    checks = {c["id"]: c for c in json.loads(proc.stdout[proc.stdout.index("{"):])["checks"]}
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    checks = {c["id"]: c for c in json.loads(proc.stdout[proc.stdout.index("{") :])["checks"]}
     pw = checks["ssh.passwordauthentication"]
     assert pw["status"] == "fail" and "user bob" in pw["reason"], pw
     assert any(e["source"].startswith("sshd -T -C user=bob") for e in pw["evidence"]), pw
@@ -244,8 +279,9 @@ def sshd_verdicts(ns: SshdNamespace, root: Path) -> dict[str, str] | None:
     return verdicts
 
 
-def test_verify_ssh_checks_give_sshds_verdict(sshd_root: tuple[Path, SshdNamespace],
-                                              request: pytest.FixtureRequest) -> None:
+def test_verify_ssh_checks_give_sshds_verdict(
+    sshd_root: tuple[Path, SshdNamespace], request: pytest.FixtureRequest
+) -> None:
     """The checks themselves (users from the root's passwd, every connection class): each ssh.*
     verdict is the one sshd's own output gives."""
     from yktool.checks import run_checks
@@ -255,8 +291,12 @@ def test_verify_ssh_checks_give_sshds_verdict(sshd_root: tuple[Path, SshdNamespa
     counts = {"cases": 0, "accepted": 0, "checks": 0}
     started = time.monotonic()
 
-    @settings(max_examples=max(CASES // 5, 40), deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=max(CASES // 5, 40),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(tree=config_tree())
     def compare(tree: dict[str, str]) -> None:
         shutil.rmtree(etc_ssh / "sshd_config.d", ignore_errors=True)

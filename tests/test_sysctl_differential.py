@@ -28,22 +28,38 @@ from yktool.host import Host
 CASES = int(os.environ.get("YKTOOL_SYSCTL_CASES", "120"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DIRS = ("etc/sysctl.d", "run/sysctl.d", "usr/local/lib/sysctl.d", "usr/lib/sysctl.d")
-NAMES = ["10-a.conf", "50-b.conf", "50-B.conf", "90-hardening.conf", "99-sysctl.conf", "99-z.conf", ".hidden.conf",
-         "README", "60-nixos.conf"]
+NAMES = [
+    "10-a.conf",
+    "50-b.conf",
+    "50-B.conf",
+    "90-hardening.conf",
+    "99-sysctl.conf",
+    "99-z.conf",
+    ".hidden.conf",
+    "README",
+    "60-nixos.conf",
+]
 SYSCTL = "/lib/systemd/systemd-sysctl"
 
-entry = st.tuples(st.sampled_from(DIRS), st.sampled_from(NAMES),
-                  st.sampled_from(["value", "value", "value", "null", "empty"]), st.sampled_from(["0", "1", "2"]))
+entry = st.tuples(
+    st.sampled_from(DIRS),
+    st.sampled_from(NAMES),
+    st.sampled_from(["value", "value", "value", "null", "empty"]),
+    st.sampled_from(["0", "1", "2"]),
+)
 
 
 def _cat_config(root: Path) -> str:
-    script = ("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /usr/local/lib && "
-              "mkdir -p /run/sysctl.d /usr/local/lib/sysctl.d && "
-              'for d in etc/sysctl.d run/sysctl.d usr/local/lib/sysctl.d usr/lib/sysctl.d; do '
-              'mount --bind "$1/$d" "/$d" || exit 1; done && mount --bind "$1/etc/sysctl.conf" /etc/sysctl.conf && '
-              'exec "$2" --cat-config --no-pager')
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), SYSCTL],
-                          capture_output=True, text=True, timeout=30)
+    script = (
+        "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /usr/local/lib && "
+        "mkdir -p /run/sysctl.d /usr/local/lib/sysctl.d && "
+        "for d in etc/sysctl.d run/sysctl.d usr/local/lib/sysctl.d usr/lib/sysctl.d; do "
+        'mount --bind "$1/$d" "/$d" || exit 1; done && mount --bind "$1/etc/sysctl.conf" /etc/sysctl.conf && '
+        'exec "$2" --cat-config --no-pager'
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(root), SYSCTL], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -57,8 +73,12 @@ def test_verify_reads_sysctl_d_as_systemd_sysctl(tmp_path: Path, request: pytest
     counts = {"cases": 0}
     started = time.monotonic()
 
-    @settings(max_examples=CASES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=CASES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(entries=st.lists(entry, max_size=8), debian_link=st.booleans())
     def compare(entries: list[tuple[str, str, str, str]], debian_link: bool) -> None:
         shutil.rmtree(root, ignore_errors=True)

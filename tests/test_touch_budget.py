@@ -62,18 +62,44 @@ def fresh(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_commission_costs_each_key_three_touches_and_one_pin(
-        fresh: tuple[Path, str], cli: CliCall, counted: Counter[str], tmp_path: Path) -> None:
+    fresh: tuple[Path, str], cli: CliCall, counted: Counter[str], tmp_path: Path
+) -> None:
     scratch, tcti = fresh
-    r = cli("--root", scratch / ROOT, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes", "--json",
-            "commission", "--kind", "linux", "--user", "alice", "--luks-device", IMAGE, "--git-email", EMAIL,
-            "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file", PASSPHRASE,
-            "--recovery-key-file", scratch / "recovery.txt", "--new-pin-stdin",
-            "--verify-only", ",".join(VERIFY_ITEMS), input=f"{PIN}\n{PIN}\n")
+    r = cli(
+        "--root",
+        scratch / ROOT,
+        "--tpm",
+        tcti,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "--json",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        IMAGE,
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+        "--backup-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        PASSPHRASE,
+        "--recovery-key-file",
+        scratch / "recovery.txt",
+        "--new-pin-stdin",
+        "--verify-only",
+        ",".join(VERIFY_ITEMS),
+        input=f"{PIN}\n{PIN}\n",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert counted == {"primary": TOUCHES_PER_KEY, "backup": TOUCHES_PER_KEY}
-    assert report["counts"] == {role: {"touches": TOUCHES_PER_KEY, "pin_prompts": 1}
-                                for role in ("primary", "backup")}
+    assert report["counts"] == {role: {"touches": TOUCHES_PER_KEY, "pin_prompts": 1} for role in ("primary", "backup")}
     # nothing weaker: each consumer proves each key's credential
     for role, key_file in (("primary", "id_ed25519_sk"), ("backup", "id_ed25519_sk_backup")):
         assert key_opens_image(scratch, spec(scratch, role), PIN), role
@@ -84,19 +110,59 @@ def test_commission_costs_each_key_three_touches_and_one_pin(
 
 
 def test_replace_costs_the_new_key_three_touches_and_one_pin(
-        fresh: tuple[Path, str], cli: CliCall, counted: Counter[str], tmp_path: Path) -> None:
+    fresh: tuple[Path, str], cli: CliCall, counted: Counter[str], tmp_path: Path
+) -> None:
     scratch, tcti = fresh
-    r = cli("--root", scratch / ROOT, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes",
-            "commission", "--kind", "linux", "--user", "alice", "--luks-device", IMAGE, "--git-email", EMAIL,
-            "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file", PASSPHRASE,
-            "--recovery-key-file", scratch / "recovery.txt", "--new-pin-stdin",
-            "--verify-only", ",".join(VERIFY_ITEMS), input=f"{PIN}\n{PIN}\n")
+    r = cli(
+        "--root",
+        scratch / ROOT,
+        "--tpm",
+        tcti,
+        "--device",
+        spec(scratch, "primary"),
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--luks-device",
+        IMAGE,
+        "--git-email",
+        EMAIL,
+        "--pam-origin",
+        ORIGIN,
+        "--backup-device",
+        spec(scratch, "backup"),
+        "--unlock-key-file",
+        PASSPHRASE,
+        "--recovery-key-file",
+        scratch / "recovery.txt",
+        "--new-pin-stdin",
+        "--verify-only",
+        ",".join(VERIFY_ITEMS),
+        input=f"{PIN}\n{PIN}\n",
+    )
     assert r.exit_code == 0, r.output
     (scratch / KEYS / "primary.json").unlink()  # lost
     counted.clear()
-    r = cli("--root", scratch / ROOT, "--device", spec(scratch, "backup"), "--yes", "--json", "replace",
-            "--lost", "primary", "--new-device", spec(scratch, "new"), "--unlock-key-file", PASSPHRASE,
-            "--new-pin-stdin", input=f"{PIN}\n")
+    r = cli(
+        "--root",
+        scratch / ROOT,
+        "--device",
+        spec(scratch, "backup"),
+        "--yes",
+        "--json",
+        "replace",
+        "--lost",
+        "primary",
+        "--new-device",
+        spec(scratch, "new"),
+        "--unlock-key-file",
+        PASSPHRASE,
+        "--new-pin-stdin",
+        input=f"{PIN}\n",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert counted == {"new": TOUCHES_PER_KEY}  # the kept key is probed silently

@@ -66,8 +66,10 @@ def _udev_parse_errors(rules_text: str, tmp_path: Path) -> tuple[str, str]:
         p = subprocess.run(["udevadm", "verify", str(f)], capture_output=True, text=True)
         return ("" if p.returncode == 0 else p.stdout + p.stderr), "verify"
     # a private tmpfs on /run too, so nothing udevadm might write lands on this machine
-    script = (f"mount --bind {rules_dir} /etc/udev/rules.d && mount -t tmpfs yktool-test /run && "
-              "udevadm test --action=remove /sys/class/net/lo")
+    script = (
+        f"mount --bind {rules_dir} /etc/udev/rules.d && mount -t tmpfs yktool-test /run && "
+        "udevadm test --action=remove /sys/class/net/lo"
+    )
     p = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     out = p.stdout + p.stderr
     assert "Reading rules file: /etc/udev/rules.d/85-yktool-lock.rules" in out, out[-2000:]
@@ -94,12 +96,16 @@ def _udev_runs_on_hid_remove(rules_text: str, uniq: str, tmp_path: Path) -> list
     rules_dir.mkdir(exist_ok=True)
     (rules_dir / "85-yktool-lock.rules").write_text(rules_text)
     dev = "/sys/devices/virtual/misc/uhid/0003:1209:0001.0001"
-    uevent = ("DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\n"
-              f"HID_PHYS=yktool-emulate/1/0\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003g0001v00001209p00000001\n")
-    script = (f"set -e; mount --bind {rules_dir} /etc/udev/rules.d; mount -t tmpfs yktool-test /run; "
-              f"mount -t tmpfs yktool-test /sys/devices/virtual; mkdir -p {dev}; "
-              f"printf '{uevent}' > {dev}/uevent; ln -s /sys/bus/hid {dev}/subsystem; "
-              f"SYSTEMD_DEVICE_VERIFY_SYSFS=0 udevadm test --action=remove {dev}")
+    uevent = (
+        "DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\n"
+        f"HID_PHYS=yktool-emulate/1/0\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003g0001v00001209p00000001\n"
+    )
+    script = (
+        f"set -e; mount --bind {rules_dir} /etc/udev/rules.d; mount -t tmpfs yktool-test /run; "
+        f"mount -t tmpfs yktool-test /sys/devices/virtual; mkdir -p {dev}; "
+        f"printf '{uevent}' > {dev}/uevent; ln -s /sys/bus/hid {dev}/subsystem; "
+        f"SYSTEMD_DEVICE_VERIFY_SYSFS=0 udevadm test --action=remove {dev}"
+    )
     p = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     out = p.stdout + p.stderr
     assert f"HID_UNIQ={uniq}" in out and "SUBSYSTEM=hid" in out, out[-2000:]  # the event udev saw
@@ -127,8 +133,9 @@ def test_nixos_module_parses_and_evaluates_to_the_same_rule_and_program(tmp_path
 
     def evaluate(stub: str, attr: str) -> str:
         expr = f"(import {f} {{ pkgs = {{ writeShellScript = {stub}; }}; }}).{attr}"
-        out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], check=True, capture_output=True, text=True
+        )
         return str(json.loads(out.stdout))
 
     store = "/nix/store/" + "0" * 32 + "-yktool-lock"
@@ -165,21 +172,35 @@ def fake_sysfs(tmp_path: Path, devices: list[tuple[str, str, str]]) -> Path:
     return sysfs
 
 
-def run_as_udev(program: Path, stub: Path, sysfs: Path, *args: str, action: str = "remove",
-                debounce: str = "0.3") -> tuple[int, float]:
+def run_as_udev(
+    program: Path, stub: Path, sysfs: Path, *args: str, action: str = "remove", debounce: str = "0.3"
+) -> tuple[int, float]:
     # what udevd hands a RUN program: its own PATH and the event's properties, no session at all
-    env = {"PATH": f"{stub}:/usr/sbin:/usr/bin:/sbin:/bin", "ACTION": action, "SUBSYSTEM": "usb",
-           "DEVTYPE": "usb_device", "DEVPATH": "/devices/pci0000:00/0000:00:14.0/usb1/1-1",
-           "ID_VENDOR_ID": "1050", "ID_MODEL_ID": "0407", "ID_SERIAL_SHORT": "123456", "SEQNUM": "4242"}
+    env = {
+        "PATH": f"{stub}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ACTION": action,
+        "SUBSYSTEM": "usb",
+        "DEVTYPE": "usb_device",
+        "DEVPATH": "/devices/pci0000:00/0000:00:14.0/usb1/1-1",
+        "ID_VENDOR_ID": "1050",
+        "ID_MODEL_ID": "0407",
+        "ID_SERIAL_SHORT": "123456",
+        "SEQNUM": "4242",
+    }
     start = time.monotonic()
     state = sysfs.parent / "run-yktool-lock"  # never this machine's /run
-    p = subprocess.run([str(program), "--debounce", debounce, "--sysfs", str(sysfs), "--state-dir", str(state),
-                        *args], env=env, capture_output=True, timeout=20)
+    p = subprocess.run(
+        [str(program), "--debounce", debounce, "--sysfs", str(sysfs), "--state-dir", str(state), *args],
+        env=env,
+        capture_output=True,
+        timeout=20,
+    )
     return p.returncode, time.monotonic() - start
 
 
 def test_lock_program_locks_all_sessions_through_logind_when_key_stays_away(
-        tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    tmp_path: Path, loginctl_stub: tuple[Path, Path]
+) -> None:
     bindir, log = loginctl_stub
     sysfs = fake_sysfs(tmp_path, [("046d", "c539", "")])  # only a mouse receiver left
     rc, elapsed = run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")
@@ -190,24 +211,23 @@ def test_lock_program_locks_all_sessions_through_logind_when_key_stays_away(
     assert not {"DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"} & set(seen)
 
 
-def test_lock_program_does_not_lock_when_the_key_re_enumerated(tmp_path: Path,
-                                                                loginctl_stub: tuple[Path, Path]) -> None:
+def test_lock_program_does_not_lock_when_the_key_re_enumerated(
+    tmp_path: Path, loginctl_stub: tuple[Path, Path]
+) -> None:
     bindir, log = loginctl_stub
     sysfs = fake_sysfs(tmp_path, [("1050", "0407", "123456")])  # back after a mode switch / reset
     rc, _ = run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")
     assert rc == 0 and not log.exists()
 
 
-def test_lock_program_other_key_with_same_model_still_locks(tmp_path: Path,
-                                                            loginctl_stub: tuple[Path, Path]) -> None:
+def test_lock_program_other_key_with_same_model_still_locks(tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
     bindir, log = loginctl_stub
     sysfs = fake_sysfs(tmp_path, [("1050", "0407", "999999")])  # a colleague's key, not ours
     assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "123456")[0] == 0
     assert log.read_text() == "lock-sessions\n"
 
 
-def test_lock_program_ignores_non_remove_events_and_bad_usage(tmp_path: Path,
-                                                              loginctl_stub: tuple[Path, Path]) -> None:
+def test_lock_program_ignores_non_remove_events_and_bad_usage(tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
     bindir, log = loginctl_stub
     sysfs = fake_sysfs(tmp_path, [])
     assert run_as_udev(PROGRAM, bindir, sysfs, "1050", "0407", "-", action="add")[0] == 0
@@ -222,8 +242,9 @@ def test_lock_program_sees_the_key_back_as_a_hid_device(tmp_path: Path, loginctl
     sysfs = fake_sysfs(tmp_path, [])
     dev = sysfs / "bus/hid/devices/0003:1209:0001.0002"
     dev.mkdir(parents=True)
-    (dev / "uevent").write_text("DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\n"
-                                "HID_UNIQ=SK1\n")
+    (dev / "uevent").write_text(
+        "DRIVER=hid-generic\nHID_ID=0003:00001209:00000001\nHID_NAME=yktool software key\nHID_UNIQ=SK1\n"
+    )
     assert run_as_udev(PROGRAM, bindir, sysfs, "1209", "0001", "SK1")[0] == 0
     assert not log.exists()
     assert run_as_udev(PROGRAM, bindir, sysfs, "1209", "0001", "SK2")[0] == 0  # another serial is not ours
@@ -242,7 +263,8 @@ def test_lock_program_events_arriving_together_lock_once(tmp_path: Path, loginct
 
 
 def test_lock_program_a_parents_event_after_the_childs_lock_does_not_lock_again(
-        tmp_path: Path, loginctl_stub: tuple[Path, Path]) -> None:
+    tmp_path: Path, loginctl_stub: tuple[Path, Path]
+) -> None:
     """udev runs the USB device's event only after its HID child's has finished: the second
     run, right after the first locked, is the same removal. A removal later than the window
     (a new one) locks again, and another key's removal is its own."""
@@ -259,8 +281,9 @@ def test_lock_program_a_parents_event_after_the_childs_lock_does_not_lock_again(
     assert log.read_text() == "lock-sessions\n" * 3
 
 
-def test_lock_program_without_a_usable_state_folder_still_locks(tmp_path: Path,
-                                                                 loginctl_stub: tuple[Path, Path]) -> None:
+def test_lock_program_without_a_usable_state_folder_still_locks(
+    tmp_path: Path, loginctl_stub: tuple[Path, Path]
+) -> None:
     bindir, log = loginctl_stub
     sysfs = fake_sysfs(tmp_path, [])
     (sysfs.parent / "run-yktool-lock").write_text("not a folder")
@@ -270,11 +293,24 @@ def test_lock_program_without_a_usable_state_folder_still_locks(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------ install (CLI)
-def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: CliCall, root: Path,
-                                                                          tmp_path: Path,
-                                                                          loginctl_stub: tuple[Path, Path]) -> None:
-    args = ["--root", root, "--json", "udev", "install", "--vendor", "1050", "--product", "0407", "--serial",
-            "123456", "--name", "YubiKey"]
+def test_install_writes_rule_and_program_idempotently_and_records_the_key(
+    cli: CliCall, root: Path, tmp_path: Path, loginctl_stub: tuple[Path, Path]
+) -> None:
+    args = [
+        "--root",
+        root,
+        "--json",
+        "udev",
+        "install",
+        "--vendor",
+        "1050",
+        "--product",
+        "0407",
+        "--serial",
+        "123456",
+        "--name",
+        "YubiKey",
+    ]
     res = cli(*args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
@@ -287,16 +323,32 @@ def test_install_writes_rule_and_program_idempotently_and_records_the_key(cli: C
     again = json.loads(cli(*args).stdout)
     assert again["changed"] == []
     assert {k: v for k, v in snapshot(root).items() if "keys.toml" not in k} == {
-        k: v for k, v in before.items() if "keys.toml" not in k}
+        k: v for k, v in before.items() if "keys.toml" not in k
+    }
     # the installed program is the one that runs, as udev runs it
     bindir, log = loginctl_stub
     assert run_as_udev(program, bindir, fake_sysfs(tmp_path, []), "1050", "0407", "123456")[0] == 0
     assert log.read_text() == "lock-sessions\n"
     # a second key gets its own block; the first stays
-    assert cli("--root", root, "udev", "install", "--nickname", "backup", "--vendor", "1209", "--product",
-               "0001", "--serial", "SK2").exit_code == 0
+    assert (
+        cli(
+            "--root",
+            root,
+            "udev",
+            "install",
+            "--nickname",
+            "backup",
+            "--vendor",
+            "1209",
+            "--product",
+            "0001",
+            "--serial",
+            "SK2",
+        ).exit_code
+        == 0
+    )
     text = (root / udev.RULE_PATH.lstrip("/")).read_text()
-    assert text.count("ACTION==\"remove\"") == 4 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
+    assert text.count('ACTION=="remove"') == 4 and "# yktool-key: primary" in text and "# yktool-key: backup" in text
     keys = cli("--root", root, "--json", "keys", "list")
     kinds = {(k["nickname"], e["kind"]) for k in json.loads(keys.stdout)["keys"] for e in k["enrollments"]}
     assert {("primary", "udev"), ("backup", "udev")} <= kinds
@@ -321,12 +373,15 @@ def test_install_finds_a_lock_handler(cli: CliCall, root: Path) -> None:
     assert json.loads(res.stdout)["lock_handlers"] == ["/usr/bin/swaylock"]
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--vendor", "zzzz", "--product", "0407"], 2, "is not two 4-digit hex numbers"),
-    (["--vendor", "1050", "--product", "0407", "--serial", 'a"b'], 2, "characters a udev rule cannot carry"),
-    (["--vendor", "1050", "--product", "0407", "--nickname", "x y"], 2, "is not plain"),
-    ([], 3, "cannot read the key's USB identity"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--vendor", "zzzz", "--product", "0407"], 2, "is not two 4-digit hex numbers"),
+        (["--vendor", "1050", "--product", "0407", "--serial", 'a"b'], 2, "characters a udev rule cannot carry"),
+        (["--vendor", "1050", "--product", "0407", "--nickname", "x y"], 2, "is not plain"),
+        ([], 3, "cannot read the key's USB identity"),
+    ],
+)
 def test_bad_input_changes_nothing(cli: CliCall, root: Path, args: list[str], code: int, message: str) -> None:
     Host(root).write_file(udev.RULE_PATH, "# existing\n", backup=False)
     before = snapshot(root)
@@ -347,7 +402,18 @@ def test_nixos_flag_prints_and_writes_no_rule(cli: CliCall, root: Path) -> None:
 def test_dry_run_writes_nothing(cli: CliCall, root: Path) -> None:
     res = cli("--root", root, "--dry-run", "udev", "install", "--vendor", "1050", "--product", "0407")
     assert res.exit_code == 0 and "would write /etc/udev/rules.d/85-yktool-lock.rules" in res.stdout
-    res = cli("--root", root, "--dry-run", "usbguard", "allow", "--vendor", "1050", "--product", "0407",
-              "--interface", "03:00:00")
+    res = cli(
+        "--root",
+        root,
+        "--dry-run",
+        "usbguard",
+        "allow",
+        "--vendor",
+        "1050",
+        "--product",
+        "0407",
+        "--interface",
+        "03:00:00",
+    )
     assert res.exit_code == 0 and "would append to /etc/usbguard/rules.conf" in res.stdout
     assert list(root.rglob("*")) == []

@@ -34,8 +34,14 @@ def test_event_numbers_are_the_kernel_s() -> None:
 
 
 def test_create2_layout() -> None:
-    ev = pack_create2(name="yktool software key", phys="yktool-emulate/1/ab", uniq="62E71F17FFE9",
-                      vendor=0x1209, product=0x0001, version=0x0543)
+    ev = pack_create2(
+        name="yktool software key",
+        phys="yktool-emulate/1/ab",
+        uniq="62E71F17FFE9",
+        vendor=0x1209,
+        product=0x0001,
+        version=0x0543,
+    )
     # u32 type | name[128] | phys[64] | uniq[64] | u16 rd_size | u16 bus | u32 vendor, product,
     # version, country | rd_data[4096]
     assert len(ev) == EVENT_SIZE == 4 + 128 + 64 + 64 + 2 + 2 + 4 * 4 + 4096 == 4376
@@ -46,8 +52,8 @@ def test_create2_layout() -> None:
     assert u16(ev, 260) == len(FIDO_REPORT_DESCRIPTOR)
     assert u16(ev, 262) == 0x03  # BUS_USB
     assert (u32(ev, 264), u32(ev, 268), u32(ev, 272), u32(ev, 276)) == (0x1209, 0x0001, 0x0543, 0)
-    assert ev[280:280 + len(FIDO_REPORT_DESCRIPTOR)] == FIDO_REPORT_DESCRIPTOR
-    assert set(ev[280 + len(FIDO_REPORT_DESCRIPTOR):]) == {0}
+    assert ev[280 : 280 + len(FIDO_REPORT_DESCRIPTOR)] == FIDO_REPORT_DESCRIPTOR
+    assert set(ev[280 + len(FIDO_REPORT_DESCRIPTOR) :]) == {0}
 
 
 def test_create2_refuses_a_name_the_kernel_would_cut() -> None:

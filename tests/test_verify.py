@@ -18,8 +18,11 @@ def results_of(fx: FixtureRoot) -> dict[str, Result]:
 
 
 def describe(results: dict[str, Result]) -> str:
-    return "\n".join(f"{r.status} {r.id}: {r.reason} {[e.render() for e in r.evidence]}"
-                     for r in results.values() if r.status != "pass")
+    return "\n".join(
+        f"{r.status} {r.id}: {r.reason} {[e.render() for e in r.evidence]}"
+        for r in results.values()
+        if r.status != "pass"
+    )
 
 
 def test_as_many_checks_as_the_page_has_items_and_each_has_a_mutation() -> None:
@@ -94,19 +97,29 @@ def test_pam_sufficient_is_a_warning_not_a_pass(hardened_root: FixtureRoot) -> N
     assert r.status == "warn" and "password alone still works" in r.reason
 
 
-@pytest.mark.parametrize(("line", "status", "reason"), [
-    ("auth required pam_u2f.so cue nouserok authfile=/etc/u2f_mappings", "fail", "`nouserok`"),
-    ("auth required pam_u2f.so cue alwaysok authfile=/etc/u2f_mappings", "fail", "`alwaysok`"),
-    ("auth required pam_u2f.so cue authfile=/etc/missing", "fail", "no credential in /etc/missing"),
-    ("auth [success=done default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings", "warn",
-     "a failed touch does not fail sudo"),
-    ("auth [success=2 default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings", "warn",
-     "a failed touch does not fail sudo"),
-    ("auth [success=ok default=die] pam_u2f.so cue authfile=/etc/u2f_mappings", "pass", ""),
-    ("auth required pam_u2f.so cue authfile=/run/agenix/yubikey-auth", "pass", ""),
-])
+@pytest.mark.parametrize(
+    ("line", "status", "reason"),
+    [
+        ("auth required pam_u2f.so cue nouserok authfile=/etc/u2f_mappings", "fail", "`nouserok`"),
+        ("auth required pam_u2f.so cue alwaysok authfile=/etc/u2f_mappings", "fail", "`alwaysok`"),
+        ("auth required pam_u2f.so cue authfile=/etc/missing", "fail", "no credential in /etc/missing"),
+        (
+            "auth [success=done default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings",
+            "warn",
+            "a failed touch does not fail sudo",
+        ),
+        (
+            "auth [success=2 default=ignore] pam_u2f.so cue authfile=/etc/u2f_mappings",
+            "warn",
+            "a failed touch does not fail sudo",
+        ),
+        ("auth [success=ok default=die] pam_u2f.so cue authfile=/etc/u2f_mappings", "pass", ""),
+        ("auth required pam_u2f.so cue authfile=/run/agenix/yubikey-auth", "pass", ""),
+    ],
+)
 def test_pam_rule_that_lets_someone_past_the_key_is_not_a_pass(
-        hardened_root: FixtureRoot, line: str, status: str, reason: str) -> None:
+    hardened_root: FixtureRoot, line: str, status: str, reason: str
+) -> None:
     (hardened_root.root / "etc/pam.d/sudo").write_text(f"{line}\n@include common-auth\n")
     r = results_of(hardened_root)["pam.sudo"]
     assert r.status == status and reason in r.reason, describe({r.id: r})
@@ -124,7 +137,8 @@ def test_match_block_loosening_a_setting_fails(hardened_root: FixtureRoot) -> No
     r = results_of(hardened_root)["ssh.passwordauthentication"]
     assert r.status == "fail" and "Match" in r.reason
     assert "/etc/ssh/sshd_config:12: PasswordAuthentication=yes (Match Address 10.0.0.0/8)" in [
-        e.render() for e in r.evidence]
+        e.render() for e in r.evidence
+    ]
 
 
 def test_nixos_lock_rule_with_store_program(hardened_root: FixtureRoot) -> None:
@@ -152,21 +166,26 @@ def test_git_signing_key_named_by_file(hardened_root: FixtureRoot) -> None:
     r = results_of(hardened_root)["git.signing"]
     assert r.status == "pass", describe({r.id: r})
     (hardened_root.root / "home/alice/.ssh/id_ed25519_sk.pub").write_text(
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlainSoftwareKey alice\n")
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlainSoftwareKey alice\n"
+    )
     r = results_of(hardened_root)["git.signing"]
     assert r.status == "fail"
     assert "/home/alice/.gitconfig: user.signingkey=~/.ssh/id_ed25519_sk (not a security-key key)" in [
-        e.render() for e in r.evidence]
+        e.render() for e in r.evidence
+    ]
 
 
 def test_iptables_input_filtering_through_user_chains() -> None:
     from yktool.checks.network import ipt_filters_input
 
-    nixos = ("*filter\n:INPUT ACCEPT [0:0]\n:nixos-fw - [0:0]\n:nixos-fw-refuse - [0:0]\n"
-             "-A INPUT -j nixos-fw\n-A nixos-fw -i lo -j nixos-fw-accept\n-A nixos-fw -p tcp --dport 22 -j ACCEPT\n"
-             "-A nixos-fw -j nixos-fw-refuse\n-A nixos-fw-refuse -j DROP\nCOMMIT\n")
+    nixos = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:nixos-fw - [0:0]\n:nixos-fw-refuse - [0:0]\n"
+        "-A INPUT -j nixos-fw\n-A nixos-fw -i lo -j nixos-fw-accept\n-A nixos-fw -p tcp --dport 22 -j ACCEPT\n"
+        "-A nixos-fw -j nixos-fw-refuse\n-A nixos-fw-refuse -j DROP\nCOMMIT\n"
+    )
     assert ipt_filters_input(nixos) == (
-        "-A INPUT -j nixos-fw -> -A nixos-fw -j nixos-fw-refuse -> -A nixos-fw-refuse -j DROP")
+        "-A INPUT -j nixos-fw -> -A nixos-fw -j nixos-fw-refuse -> -A nixos-fw-refuse -j DROP"
+    )
     assert ipt_filters_input("*filter\n:INPUT DROP [0:0]\nCOMMIT\n") == ":INPUT DROP"
     assert ipt_filters_input("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n") is None
     assert ipt_filters_input("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j loop\n-A loop -j INPUT\nCOMMIT\n") is None
@@ -178,8 +197,9 @@ def test_nft_input_filtering() -> None:
 
     assert nft_filters_input(NFT_GOOD) is not None
     assert nft_filters_input(NFT_GOOD.replace("policy drop", "policy accept")) is None
-    ends_in_drop = NFT_GOOD.replace("policy drop", "policy accept").replace("tcp dport 22 accept",
-                                                                            "tcp dport 22 accept\n        drop")
+    ends_in_drop = NFT_GOOD.replace("policy drop", "policy accept").replace(
+        "tcp dport 22 accept", "tcp dport 22 accept\n        drop"
+    )
     assert nft_filters_input(ends_in_drop) == "drop"
 
 
@@ -190,7 +210,8 @@ def test_nixos_per_user_locker_counts(hardened_root: FixtureRoot) -> None:
     (per_user / "swaylock").write_text("#!/bin/sh\n")
     r = results_of(hardened_root)["hw.udev.lock_handler"]
     assert r.status == "pass" and "/etc/profiles/per-user/alice/bin/swaylock: present" in [
-        e.render() for e in r.evidence]
+        e.render() for e in r.evidence
+    ]
 
 
 LIVE_FIREWALL = """
@@ -211,8 +232,9 @@ print(json.dumps({"status": r.status, "reason": r.reason, "evidence": [e.render(
 
 
 @pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unshare"), reason="needs nft and unshare")
-def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(hardened_root: FixtureRoot,
-                                                                       tmp_path: Path) -> None:
+def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(
+    hardened_root: FixtureRoot, tmp_path: Path
+) -> None:
     """The real nft, in a private network namespace made for the test (this machine's own
     ruleset is never touched). The fixture's /etc/nftables.conf drops input and its service is
     enabled, but what the running kernel does is the answer (a failed nftables.service leaves
@@ -223,11 +245,16 @@ def test_live_ruleset_that_drops_nothing_fails_whatever_the_config_says(hardened
 
     def live(policy: str) -> dict[str, object]:
         rules = tmp_path / f"{policy}.nft"
-        rules.write_text("table inet filter {\n  chain input { type filter hook input priority 0; "
-                         f"policy {policy}; }}\n}}\n")
-        out = subprocess.run(["unshare", "-n", sys.executable, "-c", LIVE_FIREWALL, str(hardened_root.root),
-                              str(rules)], capture_output=True, text=True, timeout=60,
-                             cwd=Path(__file__).resolve().parents[1])
+        rules.write_text(
+            f"table inet filter {{\n  chain input {{ type filter hook input priority 0; policy {policy}; }}\n}}\n"
+        )
+        out = subprocess.run(
+            ["unshare", "-n", sys.executable, "-c", LIVE_FIREWALL, str(hardened_root.root), str(rules)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         assert out.returncode == 0, out.stderr
         result: dict[str, object] = json.loads(out.stdout)
         return result
@@ -257,7 +284,7 @@ def test_commented_out_sk_key_is_no_key(hardened_root: FixtureRoot) -> None:
     (ssh / "id_ed25519_sk.pub").unlink()
     (ssh / "authorized_keys").write_text("# " + sk_pubkey() + "\n")
     assert results_of(hardened_root)["ssh.sk_key"].status == "fail"
-    (ssh / "authorized_keys").write_text('no-touch-required ' + sk_pubkey() + "\n")
+    (ssh / "authorized_keys").write_text("no-touch-required " + sk_pubkey() + "\n")
     assert results_of(hardened_root)["ssh.sk_key"].status == "pass"
 
 
@@ -314,26 +341,36 @@ def test_mutable_users_from_configuration_nix_ignores_comments(hardened_root: Fi
     assert results_of(hardened_root)["nixos.mutable_users"].status == "pass"
 
 
-@pytest.mark.parametrize(("before", "status", "reason"), [
-    ("auth sufficient pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
-    # a jump over the last rule ends the stack with nothing positive: libpam denies (pamtester agrees)
-    ("auth [success=1 default=ignore] pam_unix.so", "pass", ""),
-    ("auth [success=1 default=ignore] pam_unix.so\n@AFTER auth required pam_permit.so", "warn",
-     "can end sudo's authentication before pam_u2f"),
-    ("auth sufficient pam_permit.so", "fail", "anyone gets in"),
-    ("auth SUFFICIENT pam_permit.so", "fail", "anyone gets in"),
-    ("auth [success=done default=ignore] pam_permit.so", "fail", "anyone gets in"),
-    # libpam reads `DONE` as a syntax error: every result is bad, even pam_permit's success: nobody
-    # gets in, with the key or without (pamtester agrees)
-    ("auth [success=DONE default=ignore] pam_permit.so", "fail", "everyone is locked out"),
-    # `reset` forgets pam_u2f's failure (pamtester agrees)
-    ("auth required pam_permit.so\n@AFTER auth [default=reset] pam_deny.so\nauth required pam_permit.so",
-     "fail", "anyone gets in"),
-    ("auth required pam_unix.so", "pass", ""),
-    ("auth [success=1 default=ignore] pam_unix.so\nauth requisite pam_deny.so", "pass", ""),
-])
-def test_a_rule_before_pam_u2f_that_ends_the_stack(hardened_root: FixtureRoot, before: str, status: str,
-                                                  reason: str) -> None:
+@pytest.mark.parametrize(
+    ("before", "status", "reason"),
+    [
+        ("auth sufficient pam_unix.so", "warn", "can end sudo's authentication before pam_u2f"),
+        # a jump over the last rule ends the stack with nothing positive: libpam denies (pamtester agrees)
+        ("auth [success=1 default=ignore] pam_unix.so", "pass", ""),
+        (
+            "auth [success=1 default=ignore] pam_unix.so\n@AFTER auth required pam_permit.so",
+            "warn",
+            "can end sudo's authentication before pam_u2f",
+        ),
+        ("auth sufficient pam_permit.so", "fail", "anyone gets in"),
+        ("auth SUFFICIENT pam_permit.so", "fail", "anyone gets in"),
+        ("auth [success=done default=ignore] pam_permit.so", "fail", "anyone gets in"),
+        # libpam reads `DONE` as a syntax error: every result is bad, even pam_permit's success: nobody
+        # gets in, with the key or without (pamtester agrees)
+        ("auth [success=DONE default=ignore] pam_permit.so", "fail", "everyone is locked out"),
+        # `reset` forgets pam_u2f's failure (pamtester agrees)
+        (
+            "auth required pam_permit.so\n@AFTER auth [default=reset] pam_deny.so\nauth required pam_permit.so",
+            "fail",
+            "anyone gets in",
+        ),
+        ("auth required pam_unix.so", "pass", ""),
+        ("auth [success=1 default=ignore] pam_unix.so\nauth requisite pam_deny.so", "pass", ""),
+    ],
+)
+def test_a_rule_before_pam_u2f_that_ends_the_stack(
+    hardened_root: FixtureRoot, before: str, status: str, reason: str
+) -> None:
     from tests.fixtures.roots import PAM_U2F
 
     before, _, after = before.partition("\n@AFTER ")

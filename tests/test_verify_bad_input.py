@@ -61,8 +61,9 @@ def test_missing_proc_is_a_warn_with_the_reason(cli: CliCall, hardened_root: Fix
         assert "no /proc/sys under the root" in str(c["reason"]) or "cannot read" in str(c["reason"]), c
 
 
-@pytest.mark.parametrize("garbage", [b"\x00\x01\x02binary\xff\xfe", b"this is not { an sshd config\n=oops\n",
-                                     b"PasswordAuthentication\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"\x00\x01\x02binary\xff\xfe", b"this is not { an sshd config\n=oops\n", b"PasswordAuthentication\n"]
+)
 def test_garbage_sshd_config_is_a_warn(cli: CliCall, hardened_root: FixtureRoot, garbage: bytes) -> None:
     cfg = hardened_root.root / "etc/ssh/sshd_config"
     cfg.write_bytes(garbage)
@@ -131,26 +132,59 @@ def test_unreadable_files_say_needs_root(world_readable_root: Path, hardened_tem
     fx = copy_root(hardened_template, world_readable_root)
     for d, _dirs, _files in os.walk(world_readable_root):
         os.chmod(d, 0o755)  # noqa: S103 - nobody must traverse it
-    for f in ("/etc/ssh/sshd_config", "/etc/usbguard/rules.conf", "/etc/pam.d/sudo",
-              "/sys/kernel/security/apparmor/profiles", "/var/lib/images/root.img", "/etc/yktool/keys.toml"):
+    for f in (
+        "/etc/ssh/sshd_config",
+        "/etc/usbguard/rules.conf",
+        "/etc/pam.d/sudo",
+        "/sys/kernel/security/apparmor/profiles",
+        "/var/lib/images/root.img",
+        "/etc/yktool/keys.toml",
+    ):
         os.chmod(fx.root / f.lstrip("/"), 0o600)
     os.chmod(fx.root / "var/lib/sbctl/keys", 0o700)
     os.chmod(fx.secrets, 0o644)
     os.chmod(fx.secrets.parent, 0o755)  # noqa: S103 - readable by nobody
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                           "yktool", "--root", str(fx.root), "--json", "verify", "--secrets", str(fx.secrets)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "yktool",
+            "--root",
+            str(fx.root),
+            "--json",
+            "verify",
+            "--secrets",
+            str(fx.secrets),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr
     data = json.loads(proc.stdout)
     assert data["privileged"] is False
     checks = {c["id"]: c for c in data["checks"]}
-    for cid in ("ssh.passwordauthentication", "hw.usbguard.rules", "pam.sudo", "mac.apparmor.profiles",
-                "boot.luks.root", "boot.luks.fido2", "hw.registry.backup", "boot.sbctl"):
+    for cid in (
+        "ssh.passwordauthentication",
+        "hw.usbguard.rules",
+        "pam.sudo",
+        "mac.apparmor.profiles",
+        "boot.luks.root",
+        "boot.luks.fido2",
+        "hw.registry.backup",
+        "boot.sbctl",
+    ):
         c = checks[cid]
         assert c["status"] == "warn", c
         assert c["needs_root"] is True, c
         assert "permission denied" in str(c["reason"]) or "needs root" in str(c["reason"]), c
     # nothing that needs root was reported as a plain fail
-    assert not [c for c in checks.values() if c["status"] == "fail"], [c for c in checks.values()
-                                                                       if c["status"] == "fail"]
+    assert not [c for c in checks.values() if c["status"] == "fail"], [
+        c for c in checks.values() if c["status"] == "fail"
+    ]

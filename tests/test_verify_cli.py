@@ -25,8 +25,9 @@ def test_json_on_hardened_root_exits_0_with_stable_ids(cli: CliCall, hardened_ro
     assert "sysctl.kernel.kptr_restrict" in ids and "boot.luks.fido2" in ids and "ssh.maxauthtries" in ids
     first = next(c for c in data["checks"] if c["id"] == "sysctl.kernel.kptr_restrict")
     assert first["layer"] == 1 and first["status"] == "pass"
-    assert first["evidence"] == [{"source": "/proc/sys/kernel/kptr_restrict", "key": "kernel.kptr_restrict",
-                                  "value": "2"}]
+    assert first["evidence"] == [
+        {"source": "/proc/sys/kernel/kptr_restrict", "key": "kernel.kptr_restrict", "value": "2"}
+    ]
 
 
 def test_one_fail_exits_1_and_text_names_file_value_and_fix(cli: CliCall, hardened_root: FixtureRoot) -> None:
@@ -37,7 +38,7 @@ def test_one_fail_exits_1_and_text_names_file_value_and_fix(cli: CliCall, harden
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
     headings = re.findall(r"^Layer (\d):", out, re.M)
     assert headings == ["7", "6", "5", "4", "3", "2", "1", "0"]  # the checklist's layer order, 7 on top
-    block = out[out.index("FAIL  ssh.maxauthtries"):]
+    block = out[out.index("FAIL  ssh.maxauthtries") :]
     assert "MaxAuthTries is 6, want 3" in block
     assert "read /etc/ssh/sshd_config.d/10-hardening.conf:1: MaxAuthTries=6" in block
     assert "fix: set `MaxAuthTries 3`" in block and "services.openssh.settings.MaxAuthTries = 3" in block
@@ -76,8 +77,14 @@ def test_live_machine_read_only_completes_with_real_findings() -> None:
     """This VM is not hardened: verify on `/` must run, report real misses, and be fast."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YKTOOL_")}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "yktool", "--root", "/", "--json", "verify"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "yktool", "--root", "/", "--json", "verify"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -87,8 +94,11 @@ def test_live_machine_read_only_completes_with_real_findings() -> None:
     # real values read from this kernel, whatever they are
     kptr = by_id["sysctl.kernel.kptr_restrict"]
     want = Path("/proc/sys/kernel/kptr_restrict").read_text().strip()
-    assert kptr["evidence"][0] == {"source": "/proc/sys/kernel/kptr_restrict", "key": "kernel.kptr_restrict",
-                                   "value": want}
+    assert kptr["evidence"][0] == {
+        "source": "/proc/sys/kernel/kptr_restrict",
+        "key": "kernel.kptr_restrict",
+        "value": want,
+    }
     assert kptr["status"] == ("pass" if want == "2" else "fail")
     # no registry on this machine: the backup-key check is a real miss
     if not Path("/etc/yktool/keys.toml").exists():
@@ -97,13 +107,16 @@ def test_live_machine_read_only_completes_with_real_findings() -> None:
 
 
 def test_verify_does_not_import_heavy_libraries(hardened_root: FixtureRoot) -> None:
-    code = ("import sys; from yktool.cli import main;\n"
-            "try: main(['--root', sys.argv[1], '--json', 'verify'])\n"
-            "except SystemExit: pass\n"
-            "heavy = [m for m in ('tpm2_pytss', 'ykman', 'fido2', 'questionary', 'cryptography') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, str(hardened_root.root)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import sys; from yktool.cli import main;\n"
+        "try: main(['--root', sys.argv[1], '--json', 'verify'])\n"
+        "except SystemExit: pass\n"
+        "heavy = [m for m in ('tpm2_pytss', 'ykman', 'fido2', 'questionary', 'cryptography') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(hardened_root.root)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert "HEAVY []" in proc.stderr, proc.stderr
 
 
@@ -113,8 +126,12 @@ def test_colour_only_on_a_terminal(hardened_root: FixtureRoot) -> None:
     MUTATIONS["ssh.maxauthtries"].apply(hardened_root)
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "yktool", "--root", str(hardened_root.root), "verify",
-                                 "--only", "ssh"], cwd=REPO, stdout=secondary, stderr=secondary)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "yktool", "--root", str(hardened_root.root), "verify", "--only", "ssh"],
+            cwd=REPO,
+            stdout=secondary,
+            stderr=secondary,
+        )
         os.close(secondary)
         chunks = []
         while True:
@@ -141,17 +158,34 @@ def test_luks_device_option_checks_a_given_image(cli: CliCall, hardened_root: Fi
     assert res.exit_code == 0, res.output
     checks = {c["id"]: c for c in json.loads(res.stdout)["checks"]}
     assert {c["status"] for c in checks.values()} == {"pass"}
-    assert checks["boot.luks.root"]["evidence"][0] == {"source": "--luks-device", "key": "",
-                                                       "value": "/images/disk.img",
-                                                       "note": "given, not discovered from /"}
+    assert checks["boot.luks.root"]["evidence"][0] == {
+        "source": "--luks-device",
+        "key": "",
+        "value": "/images/disk.img",
+        "note": "given, not discovered from /",
+    }
     # a LUKS1 volume is a fail with the conversion as the fix
     luks1 = root / "images/old.img"
     with open(luks1, "wb") as fh:
         fh.truncate(8 * 1024 * 1024)
     key = root / "k"
     key.write_bytes(b"k")
-    subprocess.run(["cryptsetup", "luksFormat", "--type", "luks1", "--batch-mode", "--pbkdf-force-iterations",
-                    "1000", "--key-file", str(key), str(luks1)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksFormat",
+            "--type",
+            "luks1",
+            "--batch-mode",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            str(key),
+            str(luks1),
+        ],
+        check=True,
+        capture_output=True,
+    )
     res = cli("--root", root, "--json", "verify", "--only", "boot.luks", "--luks-device", "/images/old.img")
     assert res.exit_code == 1
     checks = {c["id"]: c for c in json.loads(res.stdout)["checks"]}

@@ -21,17 +21,33 @@ ROWS = [
     # `done` in a substack ends the substack only: pam_u2f after it still decides (main: fail)
     ("substack-done-ends-substack", f"auth substack sub-permit\n{U2F}\n@include common-auth\n", "pass", ""),
     # value=action is case-sensitive: `OK` is a syntax error, every result bad (main: warn)
-    ("bracket-case-locks-out", U2F.replace("required", "[success=OK default=ignore]") + "\n@include common-auth\n",
-     "fail", "everyone is locked out"),
+    (
+        "bracket-case-locks-out",
+        U2F.replace("required", "[success=OK default=ignore]") + "\n@include common-auth\n",
+        "fail",
+        "everyone is locked out",
+    ),
     # a bad type is installed to fail, not skipped (main: pass, the lockout unseen)
-    ("bad-type-locks-out", f"auht required pam_unix.so\n{U2F}\n@include common-auth\n", "fail",
-     "everyone is locked out"),
+    (
+        "bad-type-locks-out",
+        f"auht required pam_unix.so\n{U2F}\n@include common-auth\n",
+        "fail",
+        "everyone is locked out",
+    ),
     # a missing include fails the stack (main: pass)
-    ("missing-include-locks-out", f"auth include common-missing\n{U2F}\n@include common-auth\n", "fail",
-     "everyone is locked out"),
+    (
+        "missing-include-locks-out",
+        f"auth include common-missing\n{U2F}\n@include common-auth\n",
+        "fail",
+        "everyone is locked out",
+    ),
     # `reset` wipes pam_u2f's failure (main: pass, anyone gets in)
-    ("reset-after-u2f", f"auth required pam_permit.so\n{U2F}\nauth [default=reset] pam_deny.so\n"
-     "auth required pam_permit.so\n", "fail", "anyone gets in"),
+    (
+        "reset-after-u2f",
+        f"auth required pam_permit.so\n{U2F}\nauth [default=reset] pam_deny.so\nauth required pam_permit.so\n",
+        "fail",
+        "anyone gets in",
+    ),
     # a jump past the end leaves nothing positive: denied (main: warn)
     ("jump-over-last-rule", f"auth [success=1 default=ignore] pam_unix.so\n{U2F}\n", "pass", ""),
     # a missing `-auth` module answers MODULE_UNKNOWN; `sufficient` ignores it
@@ -58,8 +74,11 @@ def test_relative_authfile_is_under_each_home(hardened_root: FixtureRoot) -> Non
     # pam_u2f: authfile=REL is $HOME/REL (main: read REL itself, "no credential", a false fail)
     r = hardened_root.root
     w(r, "/home/alice/.config/u2f", (r / "etc/u2f_mappings").read_text())
-    w(r, "/etc/pam.d/sudo", U2F.replace("authfile=/etc/u2f_mappings", "authfile=.config/u2f")
-      + "\n@include common-auth\n")
+    w(
+        r,
+        "/etc/pam.d/sudo",
+        U2F.replace("authfile=/etc/u2f_mappings", "authfile=.config/u2f") + "\n@include common-auth\n",
+    )
     assert pam_result(hardened_root)[0] == "pass"
 
 

@@ -21,11 +21,15 @@ import pytest
 from yktool.checks import CheckContext, run_checks
 from yktool.host import Host
 
-RENAME = ("import ctypes, time; ctypes.CDLL(None).prctl(15, b'usbguard-daemon', 0, 0, 0); "
-          "print('ready', flush=True); time.sleep(60)")
+RENAME = (
+    "import ctypes, time; ctypes.CDLL(None).prctl(15, b'usbguard-daemon', 0, 0, 0); "
+    "print('ready', flush=True); time.sleep(60)"
+)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                reason="needs root (to run a process as another user) and setpriv")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root (to run a process as another user) and setpriv",
+)
 
 
 def usbguard_running() -> str:

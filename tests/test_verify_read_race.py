@@ -15,8 +15,9 @@ from yktool.host import Host
 SECRET = b"root:$6$rootsecrethash$abcdefghijklmnop:19000:0:99999:7:::\n"
 
 
-def test_a_link_swapped_in_after_the_walk_is_never_read_through(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_link_swapped_in_after_the_walk_is_never_read_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc/shadow").write_bytes(SECRET)

@@ -18,33 +18,64 @@ ROWS = [
     # (name, appended text, check, status)
     ("match-all-reenables-password", "Match all\n    PasswordAuthentication yes\n", "passwordauthentication", "fail"),
     ("match-all-lowercase", "match ALL\n  passwordauthentication=YES\n", "passwordauthentication", "fail"),
-    ("match-all-kbd-alias", "Match all\nChallengeResponseAuthentication yes\n", "kbdinteractiveauthentication",
-     "fail"),
+    ("match-all-kbd-alias", "Match all\nChallengeResponseAuthentication yes\n", "kbdinteractiveauthentication", "fail"),
     ("match-user-absent", "Match User dave\n    PasswordAuthentication yes\n", "passwordauthentication", "pass"),
     ("match-user-nologin", "Match User nobody\n    PasswordAuthentication yes\n", "passwordauthentication", "pass"),
     ("match-user-present", "Match User alice\n    PasswordAuthentication yes\n", "passwordauthentication", "fail"),
-    ("match-user-negated-only", "Match User !alice\n    PasswordAuthentication yes\n", "passwordauthentication",
-     "pass"),
-    ("match-user-negated-list", "Match User !alice,*\n    PasswordAuthentication yes\n", "passwordauthentication",
-     "fail"),
-    ("match-user-case-sensitive", "Match User ALICE\n    PasswordAuthentication yes\n", "passwordauthentication",
-     "pass"),
+    (
+        "match-user-negated-only",
+        "Match User !alice\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "pass",
+    ),
+    (
+        "match-user-negated-list",
+        "Match User !alice,*\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "fail",
+    ),
+    (
+        "match-user-case-sensitive",
+        "Match User ALICE\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "pass",
+    ),
     ("match-group-member", "Match Group wheel\n    PasswordAuthentication yes\n", "passwordauthentication", "fail"),
-    ("match-group-nobody-in-it", "Match Group empty\n    PasswordAuthentication yes\n", "passwordauthentication",
-     "pass"),
+    (
+        "match-group-nobody-in-it",
+        "Match Group empty\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "pass",
+    ),
     ("match-root-only-for-root", "Match User root\n    PermitRootLogin yes\n", "permitrootlogin", "fail"),
     ("permitroot-for-alice-is-harmless", "Match User alice\n    PermitRootLogin yes\n", "permitrootlogin", "pass"),
     ("match-host-wildcard", "Match Host *.example.com\n    X11Forwarding yes\n", "x11forwarding", "fail"),
-    ("match-address-negated-edge", "Match Address 10.0.0.0/8,!10.0.0.0/9\n    MaxAuthTries 6\n", "maxauthtries",
-     "fail"),
+    (
+        "match-address-negated-edge",
+        "Match Address 10.0.0.0/8,!10.0.0.0/9\n    MaxAuthTries 6\n",
+        "maxauthtries",
+        "fail",
+    ),
     ("match-localport", "Match LocalPort 2222\n    PasswordAuthentication yes\n", "passwordauthentication", "fail"),
-    ("first-match-block-wins", "Match User alice\n    PasswordAuthentication no\nMatch all\n"
-     "    PasswordAuthentication yes\n", "passwordauthentication", "fail"),
-    ("first-match-block-wins-for-all", "Match all\n    PasswordAuthentication no\nMatch User alice\n"
-     "    PasswordAuthentication yes\n", "passwordauthentication", "pass"),
+    (
+        "first-match-block-wins",
+        "Match User alice\n    PasswordAuthentication no\nMatch all\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "fail",
+    ),
+    (
+        "first-match-block-wins-for-all",
+        "Match all\n    PasswordAuthentication no\nMatch User alice\n    PasswordAuthentication yes\n",
+        "passwordauthentication",
+        "pass",
+    ),
     ("quoted-value", 'Match all\n    PasswordAuthentication "yes"\n', "passwordauthentication", "fail"),
-    ("trailing-comment", "Match all  # everyone\n    PasswordAuthentication yes # oops\n",
-     "passwordauthentication", "fail"),
+    (
+        "trailing-comment",
+        "Match all  # everyone\n    PasswordAuthentication yes # oops\n",
+        "passwordauthentication",
+        "fail",
+    ),
     # LoginGraceTime is global only: under `Match all` it is read in the first pass, after the
     # global value, so the earlier global one (from the drop-in) wins
     ("global-only-under-match-all", "Match all\n    LoginGraceTime 5m\n", "logingracetime", "pass"),
@@ -87,8 +118,12 @@ def test_include_inside_a_match_block_applies_only_there(hardened_root: FixtureR
 def test_match_all_in_an_include_ends_with_the_file(hardened_root: FixtureRoot) -> None:
     # an included file cannot change its includer's Match state: the line after the Include is global
     r = hardened_root.root
-    w(r, "/etc/ssh/sshd_config", "Include extra.conf\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-      "Include /etc/ssh/sshd_config.d/*.conf\n")
+    w(
+        r,
+        "/etc/ssh/sshd_config",
+        "Include extra.conf\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "Include /etc/ssh/sshd_config.d/*.conf\n",
+    )
     w(r, "/etc/ssh/extra.conf", "Match User dave\n    X11Forwarding yes\n")
     assert verdict(hardened_root, "passwordauthentication")[0] == "pass"
 

@@ -13,7 +13,8 @@ from yktool.host import Host
 def kptr(fx: FixtureRoot) -> str:
     shutil.rmtree(fx.root / "proc", ignore_errors=True)  # offline: no running kernel to read
     return {r.id: r for r in run_checks(CheckContext(Host(fx.root)), only=["sysctl.kernel.kptr_restrict"])}[
-        "sysctl.kernel.kptr_restrict"].status
+        "sysctl.kernel.kptr_restrict"
+    ].status
 
 
 def test_sysctl_conf_alone_is_not_read_by_systemd_sysctl(hardened_root: FixtureRoot) -> None:

@@ -33,9 +33,24 @@ def _luks(path: Path, version: str) -> None:
     subprocess.run(["truncate", "-s", "32M", str(path)], check=True)
     key = path.with_suffix(".key")
     key.write_bytes(b"k" * 16)
-    subprocess.run(["cryptsetup", "luksFormat", "--type", version, "--pbkdf", "pbkdf2",
-                    "--pbkdf-force-iterations", "1000", "--batch-mode", "--key-file", str(key), str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksFormat",
+            "--type",
+            version,
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--batch-mode",
+            "--key-file",
+            str(key),
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_a_user_must_be_in_the_roots_passwd(root: Host) -> None:
@@ -53,8 +68,7 @@ def test_a_luks_device_is_typed_as_the_root_sees_it_and_must_be_luks2(root: Host
     assert check("/var/lib/two.img") is None
     assert check("") is None  # none: the LUKS steps are left out
     # the machine's own path of the same image: refused, saying what to type
-    assert check(f"{root.root}/var/lib/two.img") == \
-        "not inside the root: type it as the root sees it: /var/lib/two.img"
+    assert check(f"{root.root}/var/lib/two.img") == "not inside the root: type it as the root sees it: /var/lib/two.img"
     assert check("/var/lib/nothing.img") == "/var/lib/nothing.img: no such device or image inside the root"
     assert check("var/lib/two.img") == "var/lib/two.img: give the full path, as the root sees it (starting with /)"
     luks1 = check("/var/lib/one.img")
@@ -119,10 +133,35 @@ def test_other_layers_failures_are_listed_apart_and_do_not_fail_the_run(tmp_path
     # USBGuard's daemon): they are reported apart, and the run exits 0, a finished re-run too
     only = [*VERIFY_ITEMS, "net.firewall", "hw.usbguard.running"]
     with fresh_setup(tmp_path) as (scratch, tcti):
-        argv = ["--root", scratch / ROOT, "--tpm", tcti, "--device", spec(scratch, "primary"), "--yes",
-                "commission", "--kind", "linux", "--user", "alice", "--luks-device", IMAGE, "--git-email", EMAIL,
-                "--pam-origin", ORIGIN, "--backup-device", spec(scratch, "backup"), "--unlock-key-file", PASSPHRASE,
-                "--recovery-key-file", tmp_path / "recovery.txt", "--new-pin-stdin", "--verify-only", ",".join(only)]
+        argv = [
+            "--root",
+            scratch / ROOT,
+            "--tpm",
+            tcti,
+            "--device",
+            spec(scratch, "primary"),
+            "--yes",
+            "commission",
+            "--kind",
+            "linux",
+            "--user",
+            "alice",
+            "--luks-device",
+            IMAGE,
+            "--git-email",
+            EMAIL,
+            "--pam-origin",
+            ORIGIN,
+            "--backup-device",
+            spec(scratch, "backup"),
+            "--unlock-key-file",
+            PASSPHRASE,
+            "--recovery-key-file",
+            tmp_path / "recovery.txt",
+            "--new-pin-stdin",
+            "--verify-only",
+            ",".join(only),
+        ]
         r = cli(*argv, input="2468\n2468\n")
         assert r.exit_code == 0, r.output
         ours, _, others = r.stdout.partition("not part of this run")
@@ -144,8 +183,23 @@ def test_the_pam_line_is_a_next_step_in_the_control_verify_accepts(cli: CliCall,
     (root / "etc/passwd").write_text("alice:x:1000:1000::/home/alice:/bin/sh\n")
     (root / "etc/hostname").write_text("box\n")
     (root / "etc/pam.d/sudo").write_text("#%PAM-1.0\n@include common-auth\n")
-    r = cli("--root", root, "--device", f"sim:{tmp_path / 'k.json'}", "--yes", "commission", "--kind", "linux",
-            "--user", "alice", "--no-backup", "--steps", "pam,verify", "--new-pin-stdin", input="2468\n")
+    r = cli(
+        "--root",
+        root,
+        "--device",
+        f"sim:{tmp_path / 'k.json'}",
+        "--yes",
+        "commission",
+        "--kind",
+        "linux",
+        "--user",
+        "alice",
+        "--no-backup",
+        "--steps",
+        "pam,verify",
+        "--new-pin-stdin",
+        input="2468\n",
+    )
     assert r.exit_code == 0, r.output
     ours, _, others = r.stdout.partition("not part of this run")
     assert "FAIL" not in ours and "FAIL  pam.sudo" in others

@@ -18,15 +18,17 @@ import pyrage
 from yktool import nix
 from yktool.errors import UsageError
 
-RECIPIENT_HINT = ("give an `ssh-ed25519 AAAA…` public key (e.g. the host's "
-                  "/etc/ssh/ssh_host_ed25519_key.pub) or an age recipient `age1…`")
+RECIPIENT_HINT = (
+    "give an `ssh-ed25519 AAAA…` public key (e.g. the host's "
+    "/etc/ssh/ssh_host_ed25519_key.pub) or an age recipient `age1…`"
+)
 
 
 @dataclass(frozen=True)
 class Recipient:
     """One age recipient, normalised: `ssh-ed25519 AAAA…` (no comment) or `age1…`."""
 
-    kind: str          # "ssh-ed25519" | "x25519"
+    kind: str  # "ssh-ed25519" | "x25519"
     text: str
     comment: str = ""
 
@@ -48,8 +50,7 @@ def parse_recipient(text: str, *, source: str = "recipient") -> Recipient:
         try:
             pyrage.x25519.Recipient.from_str(words[0])
         except Exception:  # noqa: BLE001 - pyrage raises its own RecipientError/ValueError
-            raise UsageError(f"{source}: {words[0][:16]}… is not a valid age recipient",
-                             RECIPIENT_HINT) from None
+            raise UsageError(f"{source}: {words[0][:16]}… is not a valid age recipient", RECIPIENT_HINT) from None
         return Recipient("x25519", words[0])
     if words[0] == "ssh-ed25519" and len(words) >= 2:
         normalised = f"ssh-ed25519 {words[1]}"
@@ -62,15 +63,18 @@ def parse_recipient(text: str, *, source: str = "recipient") -> Recipient:
             raise UsageError(f"{source}: key type and key blob disagree", RECIPIENT_HINT)
         return Recipient("ssh-ed25519", normalised, " ".join(words[2:]))
     kind = words[0] if len(words[0]) < 40 else words[0][:12] + "…"
-    raise UsageError(f"{source}: recipient type {kind!r} is not supported "
-                     "(only ssh-ed25519 and age X25519)", RECIPIENT_HINT)
+    raise UsageError(
+        f"{source}: recipient type {kind!r} is not supported (only ssh-ed25519 and age X25519)", RECIPIENT_HINT
+    )
 
 
 def parse_recipients_text(text: str, *, source: str) -> list[Recipient]:
     """Every recipient in a `.pub` / recipients file (blank lines and `#` comments skipped)."""
-    out = [parse_recipient(line, source=f"{source}:{n}")
-           for n, line in enumerate(text.splitlines(), 1)
-           if line.strip() and not line.lstrip().startswith("#")]
+    out = [
+        parse_recipient(line, source=f"{source}:{n}")
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not out:
         raise UsageError(f"{source}: no recipient in the file", RECIPIENT_HINT)
     return out
@@ -103,23 +107,23 @@ def parse_identities(data: bytes, *, source: str) -> Identities:
             return Identities(source, [pyrage.ssh.Identity.from_buffer(data)])
         except Exception as exc:  # noqa: BLE001
             reason = "it is passphrase-protected" if "decrypted" in str(exc) else "unsupported key"
-            raise UsageError(f"{source}: cannot use this SSH private key as an age identity "
-                             f"({reason})",
-                             "use an unencrypted ssh-ed25519 key (the host key) or an age "
-                             "identity file; `age -d` can also decrypt by hand") from None
+            raise UsageError(
+                f"{source}: cannot use this SSH private key as an age identity ({reason})",
+                "use an unencrypted ssh-ed25519 key (the host key) or an age "
+                "identity file; `age -d` can also decrypt by hand",
+            ) from None
     keys = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("AGE-SECRET-KEY-1")]
     items = []
     for key in keys:
         try:
             items.append(pyrage.x25519.Identity.from_str(key))
         except Exception:  # noqa: BLE001
-            raise UsageError(f"{source}: an AGE-SECRET-KEY line is not valid",
-                             "check the identity file") from None
+            raise UsageError(f"{source}: an AGE-SECRET-KEY line is not valid", "check the identity file") from None
     if not items:
-        raise UsageError(f"{source}: no identity found (neither an OpenSSH private key nor "
-                         "AGE-SECRET-KEY lines)",
-                         "name the ssh-ed25519 private key or age identity file that matches "
-                         "one of the file's recipients")
+        raise UsageError(
+            f"{source}: no identity found (neither an OpenSSH private key nor AGE-SECRET-KEY lines)",
+            "name the ssh-ed25519 private key or age identity file that matches one of the file's recipients",
+        )
     return Identities(source, items)
 
 
@@ -129,12 +133,14 @@ def decrypt(ciphertext: bytes, identities: Identities, *, what: str) -> bytes:
         data: bytes = pyrage.decrypt(ciphertext, identities.items)
     except Exception as exc:  # noqa: BLE001 - DecryptError and friends
         if "No matching keys" in str(exc) or "no matching" in str(exc).lower():
-            raise UsageError(f"{what}: the identity {identities.source} is not one of its "
-                             "recipients",
-                             "use the private key of a recipient the file was encrypted to "
-                             "(e.g. the host key, or your admin age identity)") from None
-        raise UsageError(f"{what}: not a readable age file ({exc})",
-                         "check that it is the right file and not truncated") from None
+            raise UsageError(
+                f"{what}: the identity {identities.source} is not one of its recipients",
+                "use the private key of a recipient the file was encrypted to "
+                "(e.g. the host key, or your admin age identity)",
+            ) from None
+        raise UsageError(
+            f"{what}: not a readable age file ({exc})", "check that it is the right file and not truncated"
+        ) from None
     return data
 
 

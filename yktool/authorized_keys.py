@@ -57,7 +57,7 @@ def _looks_like_key(key_type: str, b64: str) -> bytes | None:
         return None
     # the blob starts with its own type name: that is what tells a key type from an option
     name = key_type.encode("ascii", "replace")
-    if blob[:4] != len(name).to_bytes(4, "big") or blob[4:4 + len(name)] != name:
+    if blob[:4] != len(name).to_bytes(4, "big") or blob[4 : 4 + len(name)] != name:
         return None
     return blob
 
@@ -82,8 +82,15 @@ def parse_line(line: str) -> AuthorizedLine | None:
 
 # sshd's key options (auth-options.c, OpenSSH 9.2): flags with a `no-` form, flags without, and
 # options that take a quoted value; anything else makes sshd skip the line ("bad options")
-_FLAGS_NEGATABLE = ("port-forwarding", "agent-forwarding", "x11-forwarding", "touch-required", "verify-required",
-                    "pty", "user-rc")
+_FLAGS_NEGATABLE = (
+    "port-forwarding",
+    "agent-forwarding",
+    "x11-forwarding",
+    "touch-required",
+    "verify-required",
+    "pty",
+    "user-rc",
+)
 _FLAGS = ("restrict", "cert-authority")
 _VALUED = ("command", "principals", "from", "expiry-time", "environment", "permitopen", "permitlisten", "tunnel")
 
@@ -105,8 +112,9 @@ def parse_options(text: str) -> KeyOptions:
     i, n = 0, len(text)
     while i < n and text[i] not in " \t":
         low = text[i:].lower()
-        name = next((f"no-{f}" for f in _FLAGS_NEGATABLE if low.startswith(f"no-{f}")), None) \
-            or next((f for f in (*_FLAGS_NEGATABLE, *_FLAGS) if low.startswith(f)), None)
+        name = next((f"no-{f}" for f in _FLAGS_NEGATABLE if low.startswith(f"no-{f}")), None) or next(
+            (f for f in (*_FLAGS_NEGATABLE, *_FLAGS) if low.startswith(f)), None
+        )
         valued = next((v for v in _VALUED if low.startswith(v + "=")), None)
         if valued is not None:
             i += len(valued) + 1
@@ -129,7 +137,7 @@ def parse_options(text: str) -> KeyOptions:
         if i >= n or text[i] in " \t":
             break
         if text[i] != ",":
-            return KeyOptions(opts.flags, opts.values, f"unknown option at {text[i:i + 20]!r}")
+            return KeyOptions(opts.flags, opts.values, f"unknown option at {text[i : i + 20]!r}")
         i += 1
     return opts
 
@@ -180,8 +188,9 @@ def not_a_way_in(line: str, now: float | None = None) -> str | None:
     if "command" in opts.values:
         return f"it is restricted to the command {opts.values['command'][0]!r}"
     if "from" in opts.values:
-        return (f"it logs in only from {opts.values['from'][0]!r}: yktool cannot tell whether the user "
-                "connects from there")
+        return (
+            f"it logs in only from {opts.values['from'][0]!r}: yktool cannot tell whether the user connects from there"
+        )
     return None
 
 
@@ -242,8 +251,10 @@ def revoke(host: Host, path: PurePosixPath, public: SkPublicKey, *, allow_empty:
     if not removed:
         return 0
     if others == 0 and not allow_empty:
-        raise Refused(f"removing {public.fingerprint} would leave {path} without any key",
-                      "add the replacement key first (yktool ssh authorize), then revoke the old one")
+        raise Refused(
+            f"removing {public.fingerprint} would leave {path} without any key",
+            "add the replacement key first (yktool ssh authorize), then revoke the old one",
+        )
     host.write_file(path, data, host.mode(path), owner=existing_owner(host, path))
     return removed
 
@@ -299,8 +310,9 @@ def authorized_keys_path(account: Account) -> PurePosixPath:
     return account.ssh_dir / "authorized_keys"
 
 
-def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, comment: str = "",
-              path: PurePosixPath | None = None) -> tuple[PurePosixPath, MergeResult]:
+def authorize(
+    host: Host, account: Account, key: SkPrivateKey | SkPublicKey, comment: str = "", path: PurePosixPath | None = None
+) -> tuple[PurePosixPath, MergeResult]:
     """Append the key to the account's authorized_keys (~/.ssh 0700 and file 0600 when new,
     owned by the account when yktool runs as root); a present key is left alone."""
     if isinstance(key, SkPrivateKey):
@@ -318,8 +330,10 @@ def authorize(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, com
     if not host.is_dir(target.parent):
         if target.parent != account.ssh_dir:
             # e.g. /etc/ssh/authorized_keys/%u: its folder's owner and mode are the admin's call
-            raise UsageError(f"the folder {target.parent} does not exist",
-                             "create it with the owner and mode sshd's StrictModes expects, then run again")
+            raise UsageError(
+                f"the folder {target.parent} does not exist",
+                "create it with the owner and mode sshd's StrictModes expects, then run again",
+            )
         host.mkdir(target.parent, 0o700, owner)
     if present:
         host.write_file(target, result.data, host.mode(target), owner=existing_owner(host, target))
@@ -337,15 +351,27 @@ class AuthorizeResult:
     nickname: str
 
 
-def authorize_and_record(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, comment: str = "",
-                         target: PurePosixPath | None = None, nickname: str | None = None) -> AuthorizeResult:
+def authorize_and_record(
+    host: Host,
+    account: Account,
+    key: SkPrivateKey | SkPublicKey,
+    *,
+    comment: str = "",
+    target: PurePosixPath | None = None,
+    nickname: str | None = None,
+) -> AuthorizeResult:
     """Authorize the key for `account` (see `authorize`; a key-handle file's key carries its sshd
     options) and record it in the registry (kind ssh, role authorized_keys) under `nickname`,
     else the key that made the credential. Every enrollment of an SSH key ends here."""
     private, public = (key, key.public) if isinstance(key, SkPrivateKey) else (None, key)
     path, result = authorize(host, account, key, comment, target)
-    fields: dict[str, Scalar] = {"role": "authorized_keys", "user": account.name, "path": str(path),
-                                 "public_key": public.line(), "fingerprint": public.fingerprint}
+    fields: dict[str, Scalar] = {
+        "role": "authorized_keys",
+        "user": account.name,
+        "path": str(path),
+        "public_key": public.line(),
+        "fingerprint": public.fingerprint,
+    }
     if private is not None:
         fields["credential_id"] = credential_id_b64(private)
     name = nickname_of_credential(host, str(fields.get("credential_id", "")), nickname)

@@ -37,9 +37,9 @@ from yktool.luks.unlock import PCR_CHANGED, UnlockContext, test_tokens
 from yktool.tpm import extend_pcr, is_unmeasured, read_pcrs
 
 ROOT = "root"
-IMAGE = PurePosixPath("/var/lib/demo/disk.img")              # inside DIR/root
+IMAGE = PurePosixPath("/var/lib/demo/disk.img")  # inside DIR/root
 PASSPHRASE = PurePosixPath("/var/lib/demo/disk.passphrase")  # inside DIR/root
-TPM_STATE = PurePosixPath("/swtpm")                          # inside DIR
+TPM_STATE = PurePosixPath("/swtpm")  # inside DIR
 KEYS = "keys"
 PIN_FILE = "demo-pin"
 RECOVERY_FILE = "recovery-key.txt"
@@ -51,10 +51,25 @@ ROLES = ("primary", "backup")
 
 # the verify items the scratch root covers (the rest of `yktool verify` looks at a real host:
 # sysctls, kernel modules, Secure Boot variables, running daemons)
-VERIFY_ITEMS = ["boot.luks.root", "boot.luks.fido2", "boot.luks.tpm2", "boot.luks.tpm2_pcrs",
-                "ssh.passwordauthentication", "ssh.kbdinteractiveauthentication", "ssh.permitrootlogin",
-                "ssh.x11forwarding", "ssh.maxauthtries", "ssh.logingracetime", "ssh.sk_key", "git.signing",
-                "pam.sudo", "pam.login", "hw.udev.lock_rule", "hw.usbguard.rules", "hw.registry.backup"]
+VERIFY_ITEMS = [
+    "boot.luks.root",
+    "boot.luks.fido2",
+    "boot.luks.tpm2",
+    "boot.luks.tpm2_pcrs",
+    "ssh.passwordauthentication",
+    "ssh.kbdinteractiveauthentication",
+    "ssh.permitrootlogin",
+    "ssh.x11forwarding",
+    "ssh.maxauthtries",
+    "ssh.logingracetime",
+    "ssh.sk_key",
+    "git.signing",
+    "pam.sudo",
+    "pam.login",
+    "hw.udev.lock_rule",
+    "hw.usbguard.rules",
+    "hw.registry.backup",
+]
 
 PAM_SERVICE = """#%PAM-1.0
 # the security key is required on top of the password (the hardening checklist's layer 3)
@@ -102,7 +117,7 @@ def build_root(host: Host) -> list[str]:
         # authentication (a missing include is a rule that fails), and verify says so
         "/etc/pam.d/common-auth": COMMON_AUTH,
         "/etc/pam.d/common-account": "account [success=1 new_authtok_reqd=done default=ignore] pam_unix.so\n"
-                                     "account requisite pam_deny.so\naccount required pam_permit.so\n",
+        "account requisite pam_deny.so\naccount required pam_permit.so\n",
         "/etc/pam.d/common-session": "session required pam_unix.so\n",
         "/etc/pam.d/sudo": PAM_SERVICE.format(origin=ORIGIN),
         "/etc/pam.d/login": PAM_SERVICE.format(origin=ORIGIN),
@@ -133,7 +148,7 @@ class DemoLine:
 class DemoContext:
     """What the stages share: the scratch folder, the root's Host, the running swtpm, the report."""
 
-    host: Host              # DIR/root: the commissioned host
+    host: Host  # DIR/root: the commissioned host
     scratch: Path
     tpm: swtpm.SwTpm | None = None
     lines: list[DemoLine] = field(default_factory=list)
@@ -177,9 +192,11 @@ class DemoContext:
     def replace_command(self) -> str:
         """The rehearsal of a loss, to run after the demo (documented in docs/demo.md)."""
         d = self.scratch
-        return (f"rm {d}/{KEYS}/primary.json && yktool --root {d}/{ROOT} --device sim:{d}/{KEYS}/backup.json "
-                f"--yes replace --new-device sim:{d}/{KEYS}/new.json --unlock-key-file {PASSPHRASE} "
-                f"--lost primary --new-pin-stdin < {d}/{KEYS}/{PIN_FILE}")
+        return (
+            f"rm {d}/{KEYS}/primary.json && yktool --root {d}/{ROOT} --device sim:{d}/{KEYS}/backup.json "
+            f"--yes replace --new-device sim:{d}/{KEYS}/new.json --unlock-key-file {PASSPHRASE} "
+            f"--lost primary --new-pin-stdin < {d}/{KEYS}/{PIN_FILE}"
+        )
 
 
 def stage_tpm(ctx: DemoContext) -> None:
@@ -190,8 +207,9 @@ def stage_tpm(ctx: DemoContext) -> None:
 def stage_root(ctx: DemoContext) -> None:
     made = build_root(ctx.host)
     (ctx.scratch / KEYS).mkdir(mode=0o700, exist_ok=True)
-    ctx.report("scratch root", f"{ctx.host.root}: " + (f"made {len(made)} files and folders" if made
-                                                       else "already there"))
+    ctx.report(
+        "scratch root", f"{ctx.host.root}: " + (f"made {len(made)} files and folders" if made else "already there")
+    )
 
 
 def stage_image(ctx: DemoContext) -> None:
@@ -208,8 +226,22 @@ def stage_image(ctx: DemoContext) -> None:
     part = real.with_name(real.name + ".part")
     with open(part, "wb") as fh:
         fh.truncate(32 * 1024 * 1024)
-    ctx.host.run(["cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
-                  "1000", "--batch-mode", "--key-file", str(ctx.host.path(PASSPHRASE)), str(part)])
+    ctx.host.run(
+        [
+            "cryptsetup",
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--batch-mode",
+            "--key-file",
+            str(ctx.host.path(PASSPHRASE)),
+            str(part),
+        ]
+    )
     part.replace(real)
     ctx.report("LUKS2 image", f"made {IMAGE} in the root (passphrase in {PASSPHRASE}, mode 0600)")
 
@@ -228,7 +260,7 @@ class DemoInteraction(KeyInteraction):
 
     def __init__(self, pin: str) -> None:
         self._demo_pin = pin
-        self.pin: str | None = None   # as a person would: typed once, then remembered for the run
+        self.pin: str | None = None  # as a person would: typed once, then remembered for the run
         self.pin_prompts: int = 0
 
     def prompt_up(self) -> None:
@@ -252,9 +284,16 @@ def commission_answers(ctx: DemoContext) -> Any:
 
     steps = [s for s in STEP_KINDS if s != "luks-fido2" or fido2_available()]
     verify = [v for v in VERIFY_ITEMS if v != "boot.luks.fido2" or fido2_available()]
-    return CommissionAnswers(host_kind="linux", user=USER, luks_devices=[str(IMAGE)], steps=steps,
-                             git_email=EMAIL, pam_origin=ORIGIN, unlock_key_file=str(PASSPHRASE),
-                             verify_only=verify)
+    return CommissionAnswers(
+        host_kind="linux",
+        user=USER,
+        luks_devices=[str(IMAGE)],
+        steps=steps,
+        git_email=EMAIL,
+        pam_origin=ORIGIN,
+        unlock_key_file=str(PASSPHRASE),
+        verify_only=verify,
+    )
 
 
 def stage_commission(ctx: DemoContext) -> None:
@@ -270,9 +309,10 @@ def stage_commission(ctx: DemoContext) -> None:
             yield session
 
     def show_recovery(device: str, key: bytes) -> str:
-        text = (f"# yktool demo: the recovery key of {ctx.host.root}{device}. It opens the image when the\n"
-                "# TPM and both keys fail. A real commission shows it once on the terminal instead.\n"
-                + key.decode() + "\n")
+        text = (
+            f"# yktool demo: the recovery key of {ctx.host.root}{device}. It opens the image when the\n"
+            "# TPM and both keys fail. A real commission shows it once on the terminal instead.\n" + key.decode() + "\n"
+        )
         ctx.scratch_host.write_file("/" + RECOVERY_FILE, text, 0o600, backup=False)
         return f"written to {ctx.scratch / RECOVERY_FILE} (mode 0600)"
 
@@ -293,9 +333,11 @@ def stage_commission(ctx: DemoContext) -> None:
     ctx.verify = report.results
     ctx.notes = report.notes
     for r in report.results:
-        ctx.report(f"verify {r.id}", f"{r.status}: {r.title}" + (f" ({r.reason})" if r.reason and
-                                                                 r.status != "pass" else ""),
-                   r.status in ("pass", "n/a"))
+        ctx.report(
+            f"verify {r.id}",
+            f"{r.status}: {r.title}" + (f" ({r.reason})" if r.reason and r.status != "pass" else ""),
+            r.status in ("pass", "n/a"),
+        )
     if report.nothing_to_do:
         ctx.report("commission", "already complete: nothing changed")
 
@@ -303,8 +345,9 @@ def stage_commission(ctx: DemoContext) -> None:
 def stage_test_unlock(ctx: DemoContext) -> None:
     tpm = ctx.require_tpm()
     header = read_header(ctx.host, IMAGE)
-    results = test_tokens(UnlockContext(ctx.host, IMAGE, header, tpm.tcti),
-                          [t.id for t in header.tokens_of_type("systemd-tpm2")])
+    results = test_tokens(
+        UnlockContext(ctx.host, IMAGE, header, tpm.tcti), [t.id for t in header.tokens_of_type("systemd-tpm2")]
+    )
     for r in results:
         ctx.report("test-unlock", f"TPM2 token {r.token_id}: {r.message}", r.ok)
 
@@ -313,16 +356,28 @@ def stage_tamper(ctx: DemoContext) -> None:
     tpm = ctx.require_tpm()
     extend_pcr(tpm.tcti, 7, b"yktool demo: an attacker's Secure Boot db")
     header = read_header(ctx.host, IMAGE)
-    results = test_tokens(UnlockContext(ctx.host, IMAGE, header, tpm.tcti),
-                          [t.id for t in header.tokens_of_type("systemd-tpm2")])
+    results = test_tokens(
+        UnlockContext(ctx.host, IMAGE, header, tpm.tcti), [t.id for t in header.tokens_of_type("systemd-tpm2")]
+    )
     for r in results:
         refused = r.status == PCR_CHANGED
-        ctx.report("tamper (PCR 7 changed)", f"TPM2 token {r.token_id} refuses: {r.message}" if refused
-                   else f"TPM2 token {r.token_id} did NOT refuse: {r.message}", refused)
+        ctx.report(
+            "tamper (PCR 7 changed)",
+            f"TPM2 token {r.token_id} refuses: {r.message}"
+            if refused
+            else f"TPM2 token {r.token_id} did NOT refuse: {r.message}",
+            refused,
+        )
 
 
 DEFAULT_STAGES: list[Callable[[DemoContext], None]] = [
-    stage_tpm, stage_root, stage_image, stage_measured_boot, stage_commission, stage_test_unlock, stage_tamper,
+    stage_tpm,
+    stage_root,
+    stage_image,
+    stage_measured_boot,
+    stage_commission,
+    stage_test_unlock,
+    stage_tamper,
 ]
 
 

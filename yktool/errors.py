@@ -138,7 +138,9 @@ class PermissionDenied(UsageError):
 
         where = exc.filename if exc.filename is not None else (exc.strerror or "an operation")
         if os.geteuid() == 0:  # root was refused: the cause is not the user
-            return cls(f"{where}: permission denied",
-                       "even root was refused: check the file system (read-only, immutable attribute, "
-                       "NFS root squash) and any security module (AppArmor, SELinux)")
+            return cls(
+                f"{where}: permission denied",
+                "even root was refused: check the file system (read-only, immutable attribute, "
+                "NFS root squash) and any security module (AppArmor, SELinux)",
+            )
         return cls(f"{where}: permission denied")

@@ -28,10 +28,21 @@ from yktool.ssh.accounts import Account, refuse_user_links
 from yktool.ssh.files import credential_id_b64, load_key_pair, pub_path
 from yktool.ssh.keys import SkPrivateKey, SkPublicKey
 
-GIT_CALLER_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE", "GIT_CONFIG",
-                        "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG_SYSTEM",
-                        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_NAMESPACE",
-                        "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
+GIT_CALLER_VARIABLES = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_COMMON_DIR",
+    "GIT_INDEX_FILE",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+    "GIT_NAMESPACE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+)
 CONFIG_KEYS = ("gpg.format", "user.signingkey", "commit.gpgsign", "tag.gpgsign", "gpg.ssh.allowedSignersFile")
 
 
@@ -42,11 +53,15 @@ def allowed_signer_line(email: str, public: SkPublicKey) -> str:
 def check_email(email: str) -> None:
     # control characters (ESC, BEL, DEL …) would reach allowed_signers, git config and terminals
     if any(not c.isprintable() and not c.isspace() for c in email):
-        raise UsageError(f"{email!r} cannot be an allowed_signers principal: it has control characters",
-                         "give one email address of printable characters")
+        raise UsageError(
+            f"{email!r} cannot be an allowed_signers principal: it has control characters",
+            "give one email address of printable characters",
+        )
     if not email or any(c.isspace() for c in email) or "," in email or '"' in email:
-        raise UsageError(f"{email!r} cannot be an allowed_signers principal",
-                         "give one email address without spaces, commas or quotes")
+        raise UsageError(
+            f"{email!r} cannot be an allowed_signers principal",
+            "give one email address without spaces, commas or quotes",
+        )
 
 
 def merge_allowed_signers(existing: bytes, line: str) -> tuple[bytes, bool]:
@@ -71,7 +86,7 @@ def merge_allowed_signers(existing: bytes, line: str) -> tuple[bytes, bool]:
         if entry.lstrip().startswith("#"):
             pending.append(entry)
             continue
-        if entry in groups:      # a duplicate line goes; its comments stay with the first
+        if entry in groups:  # a duplicate line goes; its comments stay with the first
             groups[entry][-1:-1] = pending
         else:
             groups[entry] = [*pending, entry]
@@ -128,21 +143,23 @@ class Git:
             raise UsageError(f"{repo} is not a folder", "name a git repository with --repo")
         # root configuring a user's repository: git's safe.directory check would call it "dubious";
         # we only read where its git folder is, so trust this one path for this one command
-        result = self.run("-c", f"safe.directory={real_repo}", "-C", str(real_repo), "rev-parse",
-                          "--absolute-git-dir", check=False)
+        result = self.run(
+            "-c", f"safe.directory={real_repo}", "-C", str(real_repo), "rev-parse", "--absolute-git-dir", check=False
+        )
         if result.returncode != 0:
             raise UsageError(f"{repo} is not a git repository", "run `git init` there first, or name another")
         real = PurePosixPath(result.text.strip())
         try:
             inside = PurePosixPath("/") / real.relative_to(self.host.root)
         except ValueError:
-            raise UsageError(f"the git folder of {repo} lies outside the root", "name a repository inside it") \
-                from None
+            raise UsageError(f"the git folder of {repo} lies outside the root", "name a repository inside it") from None
         # a `.git` file (gitdir: …) is the checkout owner's to write: root follows it only to a
         # git folder of that same owner, never into root's or another user's repository
         if self.host.owner(inside)[0] != self.host.owner(repo)[0]:
-            raise Refused(f"the git folder of {repo} ({inside}) belongs to another owner than the checkout",
-                          "name the repository that holds its own git folder")
+            raise Refused(
+                f"the git folder of {repo} ({inside}) belongs to another owner than the checkout",
+                "name the repository that holds its own git folder",
+            )
         return inside
 
     @contextlib.contextmanager
@@ -165,13 +182,18 @@ class Git:
     def _config(self, copy: Path, shown: PurePosixPath, *args: str, check: bool = True) -> Result:
         env = {**self.env(), "GIT_CONFIG_GLOBAL": os.devnull}
         try:
-            return self.host.run(["git", "config", "--file", str(copy), *args], env=env, check=check,
-                                 cwd=copy.parent)
+            return self.host.run(["git", "config", "--file", str(copy), *args], env=env, check=check, cwd=copy.parent)
         except ToolFailed as exc:
             raise ToolFailed(exc.message.replace(str(copy), str(shown)), exc.hint) from None
 
-    def edit(self, config_file: PurePosixPath, changes: dict[str, str], *,
-             owner: tuple[int, int] | None = None, backup: bool = False) -> None:
+    def edit(
+        self,
+        config_file: PurePosixPath,
+        changes: dict[str, str],
+        *,
+        owner: tuple[int, int] | None = None,
+        backup: bool = False,
+    ) -> None:
         """Set `changes` in `config_file` with the real `git config`, on a private copy written
         back atomically; the file keeps its mode and owner (a new one: 0644, `owner`)."""
         if not changes:
@@ -200,8 +222,9 @@ def config_file_for(git: Git, repo: PurePosixPath | None) -> PurePosixPath:
     return git.git_dir(repo) / "config"
 
 
-def add_allowed_signer(host: Host, signers: PurePosixPath, email: str, public: SkPublicKey,
-                       owner: tuple[int, int] | None) -> bool:
+def add_allowed_signer(
+    host: Host, signers: PurePosixPath, email: str, public: SkPublicKey, owner: tuple[int, int] | None
+) -> bool:
     """Merge `email`'s line for `public` into an allowed_signers file (made 0644 with `owner`,
     its folder 0700, when new; an existing file keeps its mode and owner). Read and written
     through Host's walk: a user's link at or above the file is refused, never written through.
@@ -221,8 +244,7 @@ def add_allowed_signer(host: Host, signers: PurePosixPath, email: str, public: S
     return True
 
 
-def add_revoked_signer(host: Host, path: PurePosixPath, public: SkPublicKey,
-                       owner: tuple[int, int] | None) -> bool:
+def add_revoked_signer(host: Host, path: PurePosixPath, public: SkPublicKey, owner: tuple[int, int] | None) -> bool:
     """List `public` in a git/ssh-keygen revocation file (gpg.ssh.revocationFile), every other
     byte kept; through Host's walk like `add_allowed_signer`. Returns whether it was added."""
     refuse_user_links(host, path)
@@ -240,9 +262,17 @@ def add_revoked_signer(host: Host, path: PurePosixPath, public: SkPublicKey,
     return True
 
 
-def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPath, public: SkPublicKey,
-              repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
-              set_email: bool = True) -> SigningSetup:
+def configure(
+    host: Host,
+    account: Account,
+    *,
+    email: str,
+    pub_path: PurePosixPath,
+    public: SkPublicKey,
+    repo: PurePosixPath | None = None,
+    allowed_signers: PurePosixPath | None = None,
+    set_email: bool = True,
+) -> SigningSetup:
     """Write the allowed_signers line and the git signing config; returns what is now set."""
     check_email(email)
     git = Git(host, account)
@@ -279,8 +309,10 @@ def configure(host: Host, account: Account, *, email: str, pub_path: PurePosixPa
     read_back = {k: git.get(config_file, k) for k in values}
     wrong = [k for k, v in values.items() if read_back[k] != v]
     if wrong:
-        raise ToolFailed(f"git does not read {', '.join(wrong)} back from {config_file}",
-                         "check the file by hand, then run the same command again")
+        raise ToolFailed(
+            f"git does not read {', '.join(wrong)} back from {config_file}",
+            "check the file by hand, then run the same command again",
+        )
     shown = "\n".join(f"{k}={read_back[k]}" for k in values)
     return SigningSetup(config_file, signers, values, changed, shown, sorted(changes), notes)
 
@@ -316,11 +348,12 @@ def expire_signer_lines(existing: bytes, blob: bytes, before: datetime.datetime)
             out.append(raw)
             continue
         index = found[0]
-        options = [o for o in _split_options(tokens[1]) if not o.lower().startswith("valid-before=")] \
-            if index == 2 else []
+        options = (
+            [o for o in _split_options(tokens[1]) if not o.lower().startswith("valid-before=")] if index == 2 else []
+        )
         options.append(f'valid-before="{stamp}"')
         line = " ".join([tokens[0], ",".join(options), *tokens[index:]])
-        out.append(line + raw[len(body):])
+        out.append(line + raw[len(body) :])
         changed += line != body
     return "".join(out).encode("utf-8", "surrogateescape"), changed
 
@@ -347,9 +380,17 @@ class Signer:
     setup: SigningSetup | None
 
 
-def add_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
-               nickname: str | None, signing_key: PurePosixPath | None = None,
-               allowed_signers: PurePosixPath | None = None, repo: PurePosixPath | None = None) -> Signer:
+def add_signer(
+    host: Host,
+    account: Account,
+    key: SkPrivateKey | SkPublicKey,
+    *,
+    email: str,
+    nickname: str | None,
+    signing_key: PurePosixPath | None = None,
+    allowed_signers: PurePosixPath | None = None,
+    repo: PurePosixPath | None = None,
+) -> Signer:
     """Accept the key's git signatures for `email` (its allowed_signers line); with `signing_key`
     (the key's .pub) git also signs with it, in the user's global config or `repo`'s
     (`configure`, proven by git reading every value back). Recorded in the registry (kind git)
@@ -361,27 +402,43 @@ def add_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *,
     if signing_key is None:
         changed = add_allowed_signer(host, signers, email, public, account.owner())
     else:
-        setup = configure(host, account, email=email, pub_path=signing_key, public=public, repo=repo,
-                          allowed_signers=signers)
+        setup = configure(
+            host, account, email=email, pub_path=signing_key, public=public, repo=repo, allowed_signers=signers
+        )
         changed = bool(setup.changed or setup.allowed_signers_changed)
-    _record_signer(host, account, key, email=email, nickname=nickname, allowed_signers=signers, setup=setup,
-                   repo=repo)
+    _record_signer(host, account, key, email=email, nickname=nickname, allowed_signers=signers, setup=setup, repo=repo)
     return Signer(signers, changed, setup)
 
 
-def configure_and_record(host: Host, account: Account, *, email: str, pub: PurePosixPath,
-                         repo: PurePosixPath | None = None, allowed_signers: PurePosixPath | None = None,
-                         nickname: str | None = None) -> SigningSetup:
+def configure_and_record(
+    host: Host,
+    account: Account,
+    *,
+    email: str,
+    pub: PurePosixPath,
+    repo: PurePosixPath | None = None,
+    allowed_signers: PurePosixPath | None = None,
+    nickname: str | None = None,
+) -> SigningSetup:
     """The whole `git signing` step: sign with the key of this .pub (or key-handle file), and
     record it; the config signs with this key now, so the key that signed there before stays
     recorded as only accepted (its allowed_signers line is still there)."""
     if not str(pub).endswith(".pub"):
         pub = pub_path(pub)
     public, _comment, private = load_key_pair(host, pub)
-    setup = configure(host, account, email=email, pub_path=pub, public=public, repo=repo,
-                      allowed_signers=allowed_signers)
-    _record_signer(host, account, private or public, email=email, nickname=nickname,
-                   allowed_signers=setup.allowed_signers, setup=setup, repo=repo)
+    setup = configure(
+        host, account, email=email, pub_path=pub, public=public, repo=repo, allowed_signers=allowed_signers
+    )
+    _record_signer(
+        host,
+        account,
+        private or public,
+        email=email,
+        nickname=nickname,
+        allowed_signers=setup.allowed_signers,
+        setup=setup,
+        repo=repo,
+    )
     return setup
 
 
@@ -389,17 +446,28 @@ def default_allowed_signers(account: Account) -> PurePosixPath:
     return account.home / ".ssh" / "allowed_signers"
 
 
-def _record_signer(host: Host, account: Account, key: SkPrivateKey | SkPublicKey, *, email: str,
-                   nickname: str | None, allowed_signers: PurePosixPath,
-                   setup: SigningSetup | None = None, repo: PurePosixPath | None = None) -> None:
+def _record_signer(
+    host: Host,
+    account: Account,
+    key: SkPrivateKey | SkPublicKey,
+    *,
+    email: str,
+    nickname: str | None,
+    allowed_signers: PurePosixPath,
+    setup: SigningSetup | None = None,
+    repo: PurePosixPath | None = None,
+) -> None:
     """Record a git enrollment (kind git): `Registry.record_git` keeps one per key and place."""
     private, public = (key, key.public) if isinstance(key, SkPrivateKey) else (None, key)
     fields: dict[str, Scalar] = {"email": email, "user": account.name, "allowed_signers": str(allowed_signers)}
     if setup is not None:
         fields["config_scope"] = f"repo:{repo}" if repo else "global"
         setup.fingerprint = public.fingerprint
-    fields |= {"config_file": str(setup.config_file) if setup else "", "public_key": public.line(),
-               "fingerprint": public.fingerprint}
+    fields |= {
+        "config_file": str(setup.config_file) if setup else "",
+        "public_key": public.line(),
+        "fingerprint": public.fingerprint,
+    }
     credential_id = credential_id_b64(private) if private else ""
     if credential_id:
         fields["credential_id"] = credential_id

@@ -110,9 +110,15 @@ class Host:
         `path()` goes through it."""
         return path
 
-    def _locate(self, path: str | PurePosixPath, *, make_parents: bool = False,
-                lexical_rest: bool = False, follow_last: bool = True,
-                seen: Callable[[PurePosixPath, os.stat_result], None] | None = None) -> _Spot:
+    def _locate(
+        self,
+        path: str | PurePosixPath,
+        *,
+        make_parents: bool = False,
+        lexical_rest: bool = False,
+        follow_last: bool = True,
+        seen: Callable[[PurePosixPath, os.stat_result], None] | None = None,
+    ) -> _Spot:
         """Walk `path` inside the root one component at a time, each folder opened with
         O_NOFOLLOW from the one before, and return the open folder that holds its last name.
 
@@ -294,8 +300,9 @@ class Host:
         except (FileNotFoundError, NotADirectoryError):
             raise UsageError(f"{path}: no such file", f"check the path (root is {self.root})") from None
         except PermissionError:
-            raise PermissionDenied(f"{path}: permission denied",
-                                   "run as root (sudo yktool …), or as a user who can read it") from None
+            raise PermissionDenied(
+                f"{path}: permission denied", "run as root (sudo yktool …), or as a user who can read it"
+            ) from None
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -345,15 +352,17 @@ class Host:
         try:
             yield
         except PermissionError:
-            raise PermissionDenied(f"{path}: permission denied",
-                                   "run as root (sudo), or give a --root you can write to") from None
+            raise PermissionDenied(
+                f"{path}: permission denied", "run as root (sudo), or give a --root you can write to"
+            ) from None
         except NotADirectoryError:
             raise UsageError(f"{path}: a part of the path is not a folder", "check the path") from None
         except OSError as exc:
             if exc.errno != errno.EROFS:
                 raise
-            raise UsageError(f"{path}: read-only file system",
-                             "remount it read-write, or pick another --root") from None
+            raise UsageError(
+                f"{path}: read-only file system", "remount it read-write, or pick another --root"
+            ) from None
 
     def mkdir(self, path: str | PurePosixPath, mode: int = 0o755, owner: tuple[int, int] | None = None) -> Path:
         """Create a folder (and its parents, with mode 0755) inside the root; set mode/owner.
@@ -414,8 +423,12 @@ class Host:
             name, n = spot.name, 0
             while True:
                 try:
-                    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  0o600, dir_fd=spot.dir_fd)
+                    out = os.open(
+                        name,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=spot.dir_fd,
+                    )
                     break
                 except FileExistsError:
                     n += 1
@@ -461,15 +474,15 @@ class Host:
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     raise UsageError(f"{path} is a folder, not a file", "name a file")
                 if backup and st is not None and stat.S_ISREG(st.st_mode):
-                    src = os.open(spot.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                  dir_fd=dir_fd)
+                    src = os.open(spot.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
                     try:
                         self._backup_fd(path, src, os.fstat(src))
                     finally:
                         os.close(src)
                 tmp = f".{spot.name}.{secrets.token_hex(6)}.yktool-tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=dir_fd)
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+                )
             os.fchmod(fd, mode)
             if owner is not None:
                 os.fchown(fd, *owner)
@@ -560,9 +573,7 @@ class Host:
             if cred_dir is not None:
                 child_env["CREDENTIALS_DIRECTORY"] = cred_dir
             fds = fds + cred_fds
-            final = [
-                a if isinstance(a, str) else f"{a.prefix}/dev/fd/{fds[a.index]}" for a in argv
-            ]
+            final = [a if isinstance(a, str) else f"{a.prefix}/dev/fd/{fds[a.index]}" for a in argv]
             self.commands.append(final)
             finished = command_watcher(final) if command_watcher is not None else None
             try:
@@ -589,8 +600,7 @@ class Host:
         result = Result(final, proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise ToolFailed(
-                f"{os.path.basename(final[0])} failed (exit {proc.returncode}): "
-                f"{result.error_text or 'no message'}",
+                f"{os.path.basename(final[0])} failed (exit {proc.returncode}): {result.error_text or 'no message'}",
                 "see the message above; nothing was changed by yktool after this step",
             )
         return result
@@ -649,12 +659,18 @@ def _refuse_link(folder: int, name: str, st: os.stat_result, inside: PurePosixPa
         target = "?"
     if os.geteuid() == 0:
         if st.st_uid != 0:
-            raise UnsafeLink(f"{inside} is a symbolic link owned by uid {st.st_uid} (to {target}): "
-                             "yktool, running as root, will not follow it", LINK_HINT)
+            raise UnsafeLink(
+                f"{inside} is a symbolic link owned by uid {st.st_uid} (to {target}): "
+                "yktool, running as root, will not follow it",
+                LINK_HINT,
+            )
         who = _other_writer(os.stat(folder))
         if who is not None:
-            raise UnsafeLink(f"{inside} is a symbolic link in a folder {who} can change (to {target}): "
-                             "yktool, running as root, will not follow it", LINK_HINT)
+            raise UnsafeLink(
+                f"{inside} is a symbolic link in a folder {who} can change (to {target}): "
+                "yktool, running as root, will not follow it",
+                LINK_HINT,
+            )
     if target == "?":
         raise _became_link(inside, inside)
     return PurePosixPath(target)
@@ -678,19 +694,24 @@ def _refuse_hardlink(folder: int, fd: int, inside: PurePosixPath) -> None:
         who = "every user"
     else:
         return  # root's folder (group-writable ones included: /nix/store's build users share files)
-    raise UnsafeLink(f"{inside} is a hard link (one of {st.st_nlink} names) to a file of uid {st.st_uid}, in a "
-                     f"folder {who} can add names to: yktool, running as root, will not read it",
-                     "replace it with a file of its own (a copy, as that user), then run again")
+    raise UnsafeLink(
+        f"{inside} is a hard link (one of {st.st_nlink} names) to a file of uid {st.st_uid}, in a "
+        f"folder {who} can add names to: yktool, running as root, will not read it",
+        "replace it with a file of its own (a copy, as that user), then run again",
+    )
 
 
 def _became_link(path: str | PurePosixPath, inside: PurePosixPath) -> Refused:
-    return Refused(f"{path}: {inside} became a link while yktool was working (it was none when looked at)",
-                   "someone changed the folder under yktool; check who owns it, then run again")
+    return Refused(
+        f"{path}: {inside} became a link while yktool was working (it was none when looked at)",
+        "someone changed the folder under yktool; check who owns it, then run again",
+    )
 
 
 def _climbs_out(path: str, root: Path) -> UsageError:
-    return UsageError(f"path {path} climbs out of the root {root}",
-                      "name paths inside the root; `..` above it is refused")
+    return UsageError(
+        f"path {path} climbs out of the root {root}", "name paths inside the root; `..` above it is refused"
+    )
 
 
 def _lexical(rest: list[str], names: list[str], shown: str, root: Path) -> list[str]:
@@ -755,7 +776,7 @@ def _lstat_at(folder: int, name: str) -> os.stat_result | None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_folder(folder: int) -> None:
@@ -798,11 +819,12 @@ def _memfd(name: str, secret: bytes) -> int:
     try:
         view = memoryview(secret)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         # systemd warns about key files readable by others; a memfd link shows its own mode
         os.fchmod(fd, 0o400)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        )
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)

@@ -73,9 +73,11 @@ class Registry:
                 f"{REGISTRY_PATH} is not valid TOML: {exc}",
                 f"fix the file by hand or restore it from {host.root}/var/backups/yktool/",
             ) from None
+
         def malformed(what: str) -> UsageError:
-            return UsageError(f"{REGISTRY_PATH}: {what}",
-                              f"fix the file by hand or restore it from {host.root}/var/backups/yktool/")
+            return UsageError(
+                f"{REGISTRY_PATH}: {what}", f"fix the file by hand or restore it from {host.root}/var/backups/yktool/"
+            )
 
         raw_keys = data.get("keys", [])
         if not isinstance(raw_keys, list):
@@ -83,21 +85,22 @@ class Registry:
         keys = []
         for raw in raw_keys:
             if not isinstance(raw, dict) or "nickname" not in raw:
-                raise UsageError(f"{REGISTRY_PATH}: a [[keys]] entry has no nickname",
-                                 "give every key a nickname")
+                raise UsageError(f"{REGISTRY_PATH}: a [[keys]] entry has no nickname", "give every key a nickname")
             serial = raw.get("serial")
             enrollments = raw.get("enrollments", [])
             if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
                 raise malformed(f"key {raw['nickname']!r}: serial is not a number")
             if not isinstance(enrollments, list) or not all(isinstance(e, dict) for e in enrollments):
                 raise malformed(f"key {raw['nickname']!r}: enrollments are not [[keys.enrollments]] tables")
-            keys.append(KeyRecord(
-                nickname=str(raw["nickname"]),
-                aaguid=str(raw.get("aaguid", "")),
-                serial=serial,
-                added=str(raw.get("added", "")),
-                enrollments=[dict(e) for e in enrollments],
-            ))
+            keys.append(
+                KeyRecord(
+                    nickname=str(raw["nickname"]),
+                    aaguid=str(raw.get("aaguid", "")),
+                    serial=serial,
+                    added=str(raw.get("added", "")),
+                    enrollments=[dict(e) for e in enrollments],
+                )
+            )
         return cls(keys)
 
     def save(self, host: Host) -> None:
@@ -153,8 +156,10 @@ class Registry:
             return all(e.get(k) == fields.get(k) for k in same)
 
         def known_as_accepted(e: dict[str, Scalar]) -> bool:
-            return any(ours_e is not e and all(ours_e.get(k) == e.get(k) for k in same)
-                       and not ours_e.get("config_file") for _k, ours_e in self.enrollments("git"))
+            return any(
+                ours_e is not e and all(ours_e.get(k) == e.get(k) for k in same) and not ours_e.get("config_file")
+                for _k, ours_e in self.enrollments("git")
+            )
 
         if not config:
             if any(ours(e) for _k, e in self.enrollments("git")):
@@ -168,8 +173,10 @@ class Registry:
                     continue  # this key's earlier record for this file and config: replaced
                 elif config and e.get("config_file") == config:
                     if not known_as_accepted(e):  # another key signed here: now only accepted
-                        kept.append({k: v for k, v in e.items() if k not in ("config_file", "config_scope")}
-                                    | {"config_file": ""})
+                        kept.append(
+                            {k: v for k, v in e.items() if k not in ("config_file", "config_scope")}
+                            | {"config_file": ""}
+                        )
                 else:
                     kept.append(e)
             key.enrollments = kept
@@ -179,8 +186,11 @@ class Registry:
         """Drop every enrollment of `kind` whose fields include `match`; returns how many."""
         dropped = 0
         for key in self.keys:
-            keep = [e for e in key.enrollments
-                    if not (e.get("kind") == kind and all(e.get(k) == v for k, v in match.items()))]
+            keep = [
+                e
+                for e in key.enrollments
+                if not (e.get("kind") == kind and all(e.get(k) == v for k, v in match.items()))
+            ]
             dropped += len(key.enrollments) - len(keep)
             key.enrollments = keep
         return dropped

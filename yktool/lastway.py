@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from yktool.pam.dispatch import Step
     from yktool.pam.stack import PamLine, PamService
 
-PamPlace = tuple[str, str]   # (authfile path inside the root, user)
-SshPlace = tuple[str, str]   # (authorized_keys path inside the root, user)
+PamPlace = tuple[str, str]  # (authfile path inside the root, user)
+SshPlace = tuple[str, str]  # (authorized_keys path inside the root, user)
 
 
 @dataclass
@@ -67,15 +67,14 @@ class Removal:
 class Loss:
     """One person or volume left without a way in."""
 
-    area: str       # luks | pam | ssh
-    where: str      # the device, authfile or authorized_keys
-    user: str       # "" for a LUKS volume
+    area: str  # luks | pam | ssh
+    where: str  # the device, authfile or authorized_keys
+    user: str  # "" for a LUKS volume
     message: str
     hint: str
 
     def to_json(self) -> dict[str, str]:
-        return {"area": self.area, "where": self.where, "user": self.user, "message": self.message,
-                "hint": self.hint}
+        return {"area": self.area, "where": self.where, "user": self.user, "message": self.message, "hint": self.hint}
 
 
 def losses(host: Host, removal: Removal) -> list[Loss]:
@@ -87,10 +86,17 @@ def _luks_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool.luks.pending import read_header_seeing_pending
     from yktool.luks.safety import check_remaining
 
-    out = [Loss("luks", device, "", f"yktool cannot tell whether {device} keeps a way in: {why}",
-                "make the volume readable (as root, the device present), or make sure another way in to it "
-                "stays (a passphrase or recovery key)")
-           for device, why in removal.luks_unjudged.items()]
+    out = [
+        Loss(
+            "luks",
+            device,
+            "",
+            f"yktool cannot tell whether {device} keeps a way in: {why}",
+            "make the volume readable (as root, the device present), or make sure another way in to it "
+            "stays (a passphrase or recovery key)",
+        )
+        for device, why in removal.luks_unjudged.items()
+    ]
     for device, slots in removal.luks.items():
         header = read_header_seeing_pending(host, device)  # an unseen recovery key is no way in
         present = sorted(s for s in slots if s in header.keyslots)
@@ -142,7 +148,7 @@ class Judge:
 
     host: Host | None = None
     user: str = ""
-    doubts: dict[str, str] = field(default_factory=dict)   # module -> why it is not counted
+    doubts: dict[str, str] = field(default_factory=dict)  # module -> why it is not counted
     _unix: tuple[str, ...] | None = None
     _unjudged: set[tuple[str, int, tuple[str, ...]]] = field(default_factory=set)  # rules a way may not run
 
@@ -170,9 +176,12 @@ class Judge:
             return ("success", "auth_err") if self.user == "root" else ("auth_err",)
         if name not in WAY_IN:
             self._unjudged.add(_rule(line))
-            self.doubts.setdefault(name, f"yktool cannot tell whether it lets {self.user or 'the user'} through, "
-                                         "and it is not a module known to pass in normal use: a way through it "
-                                         "is not counted")
+            self.doubts.setdefault(
+                name,
+                f"yktool cannot tell whether it lets {self.user or 'the user'} through, "
+                "and it is not a module known to pass in normal use: a way through it "
+                "is not counted",
+            )
         return ("success", "auth_err")
 
     def counts(self, trail: tuple[Step, ...]) -> bool:
@@ -241,10 +250,18 @@ class Judge:
 
 
 _SUCCEED_IF_FLAGS = frozenset({"debug", "quiet", "quiet_fail", "quiet_success", "audit"})
-_NUMERIC = {"<": lambda a, b: a < b, "lt": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-            "le": lambda a, b: a <= b, ">": lambda a, b: a > b, "gt": lambda a, b: a > b,
-            ">=": lambda a, b: a >= b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
-            "ne": lambda a, b: a != b}
+_NUMERIC = {
+    "<": lambda a, b: a < b,
+    "lt": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "le": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "gt": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "ge": lambda a, b: a >= b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+}
 
 
 def succeed_if_result(host: Host, user: str, args: list[str]) -> tuple[str, ...] | None:
@@ -359,8 +376,14 @@ def _crypt_accepts(stored: str) -> bool | None:
     return len(got) == len(raw) and got.rsplit(b"$", 1)[0] == raw.rsplit(b"$", 1)[0]
 
 
-def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, host: Host | None = None,
-                   user: str = "", judge: Judge | None = None) -> bool:
+def passes_without(
+    service: PamService,
+    failing: Callable[[PamLine], bool],
+    *,
+    host: Host | None = None,
+    user: str = "",
+    judge: Judge | None = None,
+) -> bool:
     """Whether libpam (`pam_dispatch`) can let `user` through `service`'s auth stack while every
     rule for which `failing` holds fails as pam_u2f does without a credential (AUTH_ERR, or
     AUTHINFO_UNAVAIL: each must pass), trying every result of the other modules (`Judge`:
@@ -374,6 +397,7 @@ def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, h
     judge = judge or Judge(host, user)
     handlers = service.handlers("auth")
     for fail_as in ("auth_err", "authinfo_unavail"):
+
         def outcomes(line: PamLine, fail_as: str = fail_as) -> tuple[str, ...]:
             return (fail_as,) if failing(line) else judge.outcomes(line)
 
@@ -385,8 +409,7 @@ def passes_without(service: PamService, failing: Callable[[PamLine], bool], *, h
     return True
 
 
-def pam_requiring(host: Host, authfile: str, user: str,
-                  doubts: dict[str, str] | None = None) -> tuple[bool, list[str]]:
+def pam_requiring(host: Host, authfile: str, user: str, doubts: dict[str, str] | None = None) -> tuple[bool, list[str]]:
     """(required, services): whether a PAM stack under the root cannot be passed without a
     pam_u2f credential from `authfile` for `user`, and the services that read that authfile.
     No stack reading it at all (NixOS generates /etc/pam.d; an age file is read from
@@ -449,8 +472,11 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
     from yktool.pam.authfile import Authfile
 
     out = []
-    known = {str(e["public_key"]) for _k, e in Registry.load(host).enrollments("pam")
-             if e.get("resident") is True and "public_key" in e}
+    known = {
+        str(e["public_key"])
+        for _k, e in Registry.load(host).enrollments("pam")
+        if e.get("resident") is True and "public_key" in e
+    }
     places = list(dict.fromkeys([*removal.pam, *removal.pam_resident]))
     for path, user in places:
         ids = removal.pam.get((path, user), set())
@@ -466,8 +492,9 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         if line is None:
             continue
         left = [c for c in line.credentials if c.credential_id not in ids]
-        resident_left = sum(c.resident and c.public_key in known for c in left) \
-            - removal.pam_resident.get((path, user), 0)
+        resident_left = sum(c.resident and c.public_key in known for c in left) - removal.pam_resident.get(
+            (path, user), 0
+        )
         if any(not c.resident for c in left) or resident_left > 0:
             continue  # another credential stays on the line
         unknown = sum(c.resident and c.public_key not in known for c in left)
@@ -476,15 +503,24 @@ def _pam_losses(host: Host, removal: Removal) -> list[Loss]:
         if not required:
             continue
         which = f" ({', '.join(services)})" if services else ""
-        why = "; not counted as a way in: " + ", ".join(f"{m} ({w})" for m, w in sorted(doubts.items())) \
-            if doubts else ""
+        why = (
+            "; not counted as a way in: " + ", ".join(f"{m} ({w})" for m, w in sorted(doubts.items())) if doubts else ""
+        )
         if unknown:
-            why += (f"; {unknown} resident (*) credential(s) on the line are not in the registry: yktool cannot "
-                    "tell which key made them, so they may be the one going")
-        out.append(Loss("pam", path, user,
-                        f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
-                        f"{which}: {user} could no longer pass pam_u2f (sudo, login){why}",
-                        f"register another key for {user} first (yktool pam register --user {user})"))
+            why += (
+                f"; {unknown} resident (*) credential(s) on the line are not in the registry: yktool cannot "
+                "tell which key made them, so they may be the one going"
+            )
+        out.append(
+            Loss(
+                "pam",
+                path,
+                user,
+                f"{user} would be left without any pam_u2f credential in {path}, and PAM requires one"
+                f"{which}: {user} could no longer pass pam_u2f (sudo, login){why}",
+                f"register another key for {user} first (yktool pam register --user {user})",
+            )
+        )
     return out
 
 
@@ -500,16 +536,23 @@ def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
             continue
         lines = host.read_bytes(path).decode("utf-8", "surrogateescape").splitlines()
         going = [ln for ln in lines if key_blob_in(ln) in blobs]
-        kept = {ln: why for ln in lines if key_blob_in(ln) not in blobs
-                and (why := not_a_way_in(ln)) != "no key"}
+        kept = {ln: why for ln in lines if key_blob_in(ln) not in blobs and (why := not_a_way_in(ln)) != "no key"}
         if not any(not_a_way_in(ln) is None for ln in going) or any(why is None for why in kept.values()):
             continue  # nothing that lets the user in goes, or something that does stays
-        others = f" (the key(s) kept are no way in: {'; '.join(dict.fromkeys(str(w) for w in kept.values()))})" \
-            if kept else ""
-        out.append(Loss("ssh", path, user,
-                        f"{user} would be left without any SSH key in {path} that logs in{others}: "
-                        "no more SSH login by key",
-                        f"authorize another key for {user} first (yktool ssh authorize -u {user})"))
+        others = (
+            f" (the key(s) kept are no way in: {'; '.join(dict.fromkeys(str(w) for w in kept.values()))})"
+            if kept
+            else ""
+        )
+        out.append(
+            Loss(
+                "ssh",
+                path,
+                user,
+                f"{user} would be left without any SSH key in {path} that logs in{others}: no more SSH login by key",
+                f"authorize another key for {user} first (yktool ssh authorize -u {user})",
+            )
+        )
     return out
 
 
@@ -582,9 +625,9 @@ def describe(found: list[Loss]) -> str:
 class Held:
     """What one physical key holds on this host, found by the registry and silent probes."""
 
-    names: list[str]              # the registry names it answers as
-    removal: Removal              # every credential of it, as if it were gone
-    unregistered: list[str] = field(default_factory=list)   # places it answers that the registry does not know
+    names: list[str]  # the registry names it answers as
+    removal: Removal  # every credential of it, as if it were gone
+    unregistered: list[str] = field(default_factory=list)  # places it answers that the registry does not know
 
 
 def held_by(host: Host, session: KeySession) -> Held:
@@ -615,8 +658,7 @@ def held_by(host: Host, session: KeySession) -> Held:
             if isinstance(rp_id, str) and rp_id and cid and session.probe(rp_id, cid):
                 names.append(record.nickname)
                 break
-    ids = {cid for k in registry.keys if k.nickname in names for c in k.credential_ids()
-           if (cid := raw(c)) is not None}
+    ids = {cid for k in registry.keys if k.nickname in names for c in k.credential_ids() if (cid := raw(c)) is not None}
     held = Held(names, Removal())
 
     def answers(rp_id: str, cid: bytes, where: str) -> bool:
@@ -638,8 +680,11 @@ def held_by(host: Host, session: KeySession) -> Held:
             continue
         for token in read_header(host, device).tokens_of_type("systemd-fido2"):
             cid = raw(token.credential) if isinstance(token, Fido2Token) else None
-            if isinstance(token, Fido2Token) and cid and answers(token.rp or "io.systemd.cryptsetup", cid,
-                                                                 f"{device} token {token.id}"):
+            if (
+                isinstance(token, Fido2Token)
+                and cid
+                and answers(token.rp or "io.systemd.cryptsetup", cid, f"{device} token {token.id}")
+            ):
                 held.removal.add_luks(device, list(token.keyslots))
     origins = {str(e.get("origin")) for _k, e in registry.enrollments("pam") if e.get("origin")}
     origins.add(default_origin_or_none(host) or "")
@@ -651,8 +696,9 @@ def held_by(host: Host, session: KeySession) -> Held:
         authfiles.setdefault(path)
         if origin:
             origins.add(origin)
-    resident_known = {str(e["public_key"]) for _k, e in registry.enrollments("pam")
-                      if e.get("resident") is True and "public_key" in e}
+    resident_known = {
+        str(e["public_key"]) for _k, e in registry.enrollments("pam") if e.get("resident") is True and "public_key" in e
+    }
     for path in authfiles:
         if not host.exists(path):
             continue

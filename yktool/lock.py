@@ -85,20 +85,24 @@ def _open_safely(folder: Path, shown: str) -> tuple[int, int]:
     of ours."""
     dir_fd = _open_dir_nofollow(folder, shown)
     try:
-        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
-                     dir_fd=dir_fd)
+        fd = os.open(
+            LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600, dir_fd=dir_fd
+        )
     except OSError as exc:
         os.close(dir_fd)
         if exc.errno != errno.ELOOP:
             raise
-        raise Refused(f"{shown} is a symbolic link; yktool will not follow it to lock",
-                      f"remove {shown} (it holds nothing), then run again") from None
+        raise Refused(
+            f"{shown} is a symbolic link; yktool will not follow it to lock",
+            f"remove {shown} (it holds nothing), then run again",
+        ) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
         os.close(fd)
         os.close(dir_fd)
-        raise Refused(f"{shown} is not a plain file of uid {os.geteuid()}",
-                      f"remove {shown} (it holds nothing), then run again")
+        raise Refused(
+            f"{shown} is not a plain file of uid {os.geteuid()}", f"remove {shown} (it holds nothing), then run again"
+        )
     return dir_fd, fd
 
 
@@ -140,8 +144,7 @@ def _make_folders(state: Host, folder: PurePosixPath) -> tuple[Path, list[Path]]
 
 def _open_lock(host: Host) -> _Lock:
     state, folder = state_host(host)
-    shown = str(host.root / str(folder).lstrip("/") / LOCK_NAME) if state is host else str(
-        state.root / LOCK_NAME)
+    shown = str(host.root / str(folder).lstrip("/") / LOCK_NAME) if state is host else str(state.root / LOCK_NAME)
     made: list[Path] = []
     try:
         with Host._may_write(shown):
@@ -188,8 +191,10 @@ def _acquire(host: Host, deadline: float) -> _Lock:
         except FileNotFoundError:
             # a run that just finished removed the (empty) folder between our look and our open
             if time.monotonic() >= deadline:
-                raise Refused(f"the lock folder of {host.root} keeps vanishing while yktool opens it",
-                              "check who removes it, then run again") from None
+                raise Refused(
+                    f"the lock folder of {host.root} keeps vanishing while yktool opens it",
+                    "check who removes it, then run again",
+                ) from None
             time.sleep(pause)
             continue
         try:
@@ -202,7 +207,8 @@ def _acquire(host: Host, deadline: float) -> _Lock:
                         raise Refused(
                             f"another yktool run ({_holder(lock.fd)}) holds the lock on {host.root}; wait for it",
                             "run again when it has finished, or give --lock-wait SECONDS (before the "
-                            f"command) to wait longer (the lock is {lock.shown})") from None
+                            f"command) to wait longer (the lock is {lock.shown})",
+                        ) from None
                     time.sleep(pause)
                     pause = min(pause * 2, 0.25)
             if _same_file(lock.dir_fd, lock.fd):

@@ -15,8 +15,14 @@ from yktool.host import Host
 
 def string(value: str) -> str:
     """A Nix double-quoted string literal."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-               .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("${", "\\${")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 

@@ -59,8 +59,12 @@ class Plan:
     def render(self) -> str:
         lines = [f"Plan: {self.title}"]
         for n, step in enumerate(self.steps, 1):
-            mark = {"already-done": " (already done)", "done": " (done)", "skipped": " (skipped)",
-                    "failed": " (FAILED)"}.get(step.status, "")
+            mark = {
+                "already-done": " (already done)",
+                "done": " (done)",
+                "skipped": " (skipped)",
+                "failed": " (FAILED)",
+            }.get(step.status, "")
             lines.append(f"  {n}. {step.description}{mark}")
             if step.touches:
                 lines.append(f"     changes: {', '.join(step.touches)}")

@@ -54,8 +54,7 @@ class SwTpm:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return bool(cmdline) and cmdline[0].endswith(b"swtpm") and \
-            f"dir={self.state_dir}".encode() in cmdline
+        return bool(cmdline) and cmdline[0].endswith(b"swtpm") and f"dir={self.state_dir}".encode() in cmdline
 
 
 def _port_free(port: int) -> bool:
@@ -85,8 +84,10 @@ def _wait_listening(port: int, timeout: float = 15.0) -> None:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         if time.monotonic() > deadline:
-            raise ToolFailed(f"swtpm did not start listening on 127.0.0.1:{port}",
-                             "check that swtpm runs by hand: swtpm socket --tpm2 …")
+            raise ToolFailed(
+                f"swtpm did not start listening on 127.0.0.1:{port}",
+                "check that swtpm runs by hand: swtpm socket --tpm2 …",
+            )
         time.sleep(0.01)
 
 
@@ -125,16 +126,30 @@ def start(host: Host, state_dir: str | PurePosixPath) -> SwTpm:
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
         result = host.run(
-            ["swtpm", "socket", "--daemon", "--tpm2", "--pid", f"file={pid_file}",
-             "--tpmstate", f"dir={real_dir}",
-             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            check=False, timeout=30,
+            [
+                "swtpm",
+                "socket",
+                "--daemon",
+                "--tpm2",
+                "--pid",
+                f"file={pid_file}",
+                "--tpmstate",
+                f"dir={real_dir}",
+                "--server",
+                f"type=tcp,port={port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            check=False,
+            timeout=30,
         )
         if result.returncode != 0:
-            last_error = ToolFailed(f"swtpm failed to start: {result.error_text or 'no message'}",
-                                    "check that swtpm (Debian package swtpm) is installed and works")
+            last_error = ToolFailed(
+                f"swtpm failed to start: {result.error_text or 'no message'}",
+                "check that swtpm (Debian package swtpm) is installed and works",
+            )
             continue
         deadline = time.monotonic() + 15
         while not pid_file.exists() or not pid_file.read_text().strip():
@@ -143,8 +158,9 @@ def start(host: Host, state_dir: str | PurePosixPath) -> SwTpm:
             time.sleep(0.01)
         tpm = SwTpm(real_dir, port, int(pid_file.read_text().strip()))
         _wait_listening(port)
-        host.write_file(PurePosixPath(str(state_dir)) / STATE_FILE,
-                        json.dumps({"port": port, "pid": tpm.pid}), 0o600, backup=False)
+        host.write_file(
+            PurePosixPath(str(state_dir)) / STATE_FILE, json.dumps({"port": port, "pid": tpm.pid}), 0o600, backup=False
+        )
         relax_lockout(tpm.tcti)
         return tpm
     raise last_error
@@ -185,8 +201,11 @@ def reboot(host: Host, tpm: SwTpm) -> None:
                 raise
 
 
-def measure_boot(tpm: SwTpm | Tcti, firmware: bytes = b"yktool simulated firmware 1.0",
-                 secure_boot_policy: bytes = b"yktool simulated Secure Boot db") -> None:
+def measure_boot(
+    tpm: SwTpm | Tcti,
+    firmware: bytes = b"yktool simulated firmware 1.0",
+    secure_boot_policy: bytes = b"yktool simulated Secure Boot db",
+) -> None:
     """Simulate what UEFI firmware measures on a measured boot: PCR 0 (firmware), PCR 7 (policy)."""
     tcti = tpm.tcti if isinstance(tpm, SwTpm) else tpm
     extend_pcr(tcti, 0, firmware)

@@ -27,8 +27,7 @@ EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 EFIVARS = PurePosixPath("/sys/firmware/efi/efivars")
 
 # TPM_ALG_ID of each PCR bank, and the hash that goes with it
-BANK_ALGS: dict[str, int] = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D,
-                             "sm3_256": 0x0012}
+BANK_ALGS: dict[str, int] = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D, "sm3_256": 0x0012}
 TPM_CC_POLICY_PCR = 0x0000017F
 TPM_CC_POLICY_AUTH_VALUE = 0x0000016B
 
@@ -80,8 +79,10 @@ def parse_tcti(spec: str) -> Tcti:
         return Tcti(spec, "device", spec)
     match = _TCTI_RE.match(spec)
     if not match:
-        raise UsageError(f"--tpm {spec!r} is not a TCTI string I understand",
-                         "use auto, /dev/tpmrm0, or e.g. swtpm:host=127.0.0.1,port=2321")
+        raise UsageError(
+            f"--tpm {spec!r} is not a TCTI string I understand",
+            "use auto, /dev/tpmrm0, or e.g. swtpm:host=127.0.0.1,port=2321",
+        )
     name, conf = match["name"], match["conf"] or ""
     if name == "device" and not conf:
         conf = DEFAULT_TPM_DEVICE
@@ -89,8 +90,7 @@ def parse_tcti(spec: str) -> Tcti:
         for part in conf.split(","):
             key, _, value = part.partition("=")
             if key not in ("host", "port") or not value or (key == "port" and not value.isdigit()):
-                raise UsageError(f"--tpm {spec!r}: bad {name} option {part!r}",
-                                 f"use {name}:host=127.0.0.1,port=2321")
+                raise UsageError(f"--tpm {spec!r}: bad {name} option {part!r}", f"use {name}:host=127.0.0.1,port=2321")
     return Tcti(spec, name, conf)
 
 
@@ -101,8 +101,10 @@ def _quiet_tss() -> None:
 
 def _no_tpm(tcti: Tcti, why: str) -> NoDevice:
     if tcti.name == "device":
-        hint = ("enable the TPM in the firmware setup (and the tpm_crb/tpm_tis driver), or name "
-                "another with --tpm, e.g. --tpm swtpm:host=127.0.0.1,port=2321")
+        hint = (
+            "enable the TPM in the firmware setup (and the tpm_crb/tpm_tis driver), or name "
+            "another with --tpm, e.g. --tpm swtpm:host=127.0.0.1,port=2321"
+        )
     else:
         hint = f"start the TPM that should listen there (swtpm socket …), or fix --tpm {tcti}"
     return NoDevice(f"no TPM at {tcti}: {why}", hint)
@@ -139,8 +141,9 @@ def parse_pcrs(text: str) -> list[int]:
     for part in parts:
         part = part.strip()
         if not part.isdigit() or not 0 <= int(part) <= 23:
-            raise UsageError(f"PCR list {text!r} is not understood",
-                             "give PCR numbers 0-23 joined by +, e.g. --pcrs 0+7")
+            raise UsageError(
+                f"PCR list {text!r} is not understood", "give PCR numbers 0-23 joined by +, e.g. --pcrs 0+7"
+            )
         out.add(int(part))
     return sorted(out)
 
@@ -167,8 +170,9 @@ def pcr_policy_digest(bank: str, values: dict[int, bytes], with_pin: bool = Fals
     current PCR values tells whether a token would still unseal, without trying it.
     """
     pcr_digest = hashlib.sha256(b"".join(values[p] for p in sorted(values))).digest()
-    digest = hashlib.sha256(b"\0" * 32 + TPM_CC_POLICY_PCR.to_bytes(4, "big")
-                            + selection_bytes(bank, values) + pcr_digest).digest()
+    digest = hashlib.sha256(
+        b"\0" * 32 + TPM_CC_POLICY_PCR.to_bytes(4, "big") + selection_bytes(bank, values) + pcr_digest
+    ).digest()
     if with_pin:
         digest = hashlib.sha256(digest + TPM_CC_POLICY_AUTH_VALUE.to_bytes(4, "big")).digest()
     return digest
@@ -288,9 +292,15 @@ class TpmInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "present": True, "tcti": self.tcti, "manufacturer": self.manufacturer, "vendor": self.vendor,
-            "firmware": self.firmware, "spec_revision": self.spec_revision, "banks": self.banks,
-            "pcr_bank": self.pcr_bank, "pcrs": {str(k): v.hex() for k, v in sorted(self.pcrs.items())},
+            "present": True,
+            "tcti": self.tcti,
+            "manufacturer": self.manufacturer,
+            "vendor": self.vendor,
+            "firmware": self.firmware,
+            "spec_revision": self.spec_revision,
+            "banks": self.banks,
+            "pcr_bank": self.pcr_bank,
+            "pcrs": {str(k): v.hex() for k, v in sorted(self.pcrs.items())},
             "pcr7_unmeasured": self.pcr7_unmeasured,
             "secure_boot": self.secure_boot.to_json() if self.secure_boot else None,
         }
@@ -330,9 +340,17 @@ def read_info(tcti: Tcti, pcrs: Iterable[int] = (0, 7), bank: str = "sha256") ->
     revision = props.get(fixed + 0x02, 0)
     vendor = "".join(_ascii(props.get(fixed + n, 0)) for n in (0x06, 0x07, 0x08, 0x09))
     if bank not in banks:
-        raise UsageError(f"the TPM has no active {bank} PCR bank (it has {', '.join(banks) or 'none'})",
-                         "pick one of those banks")
+        raise UsageError(
+            f"the TPM has no active {bank} PCR bank (it has {', '.join(banks) or 'none'})", "pick one of those banks"
+        )
     values = read_pcrs(tcti, pcrs, bank)
-    return TpmInfo(tcti=str(tcti), manufacturer=_ascii(props.get(fixed + 0x05, 0)), vendor=vendor,
-                   firmware=firmware, spec_revision=f"{revision // 100}.{revision % 100:02d}",
-                   banks=banks, pcr_bank=bank, pcrs=values)
+    return TpmInfo(
+        tcti=str(tcti),
+        manufacturer=_ascii(props.get(fixed + 0x05, 0)),
+        vendor=vendor,
+        firmware=firmware,
+        spec_revision=f"{revision // 100}.{revision % 100:02d}",
+        banks=banks,
+        pcr_bank=bank,
+        pcrs=values,
+    )

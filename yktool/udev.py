@@ -27,8 +27,13 @@ from yktool.inventory import Registry
 RULE_PATH = "/etc/udev/rules.d/85-yktool-lock.rules"
 PROGRAM_PATH = "/usr/local/libexec/yktool-lock"
 NIX_OPTION = "services.udev.extraRules"  # where the rule goes on NixOS (the registry's path for it)
-RULE_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/local/lib/udev/rules.d", "/usr/lib/udev/rules.d",
-             "/lib/udev/rules.d")
+RULE_DIRS = (
+    "/etc/udev/rules.d",
+    "/run/udev/rules.d",
+    "/usr/local/lib/udev/rules.d",
+    "/usr/lib/udev/rules.d",
+    "/lib/udev/rules.d",
+)
 
 # The software key's USB identity: pid.codes' test vendor/product (1209:0001), not Yubico's 1050,
 # so a rule rendered for it can never match a real YubiKey.
@@ -37,11 +42,36 @@ SOFTKEY_PRODUCT = "0001"
 SOFTKEY_NAME = "yktool software key"
 
 # Lockers and desktop screen lockers that react to logind's Lock signal (or are one).
-LOCK_HANDLERS = ("hyprlock", "swaylock", "i3lock", "gtklock", "waylock", "swayidle", "hypridle", "xss-lock",
-                 "xsecurelock", "slock", "physlock", "light-locker", "xscreensaver", "xfce4-screensaver",
-                 "cinnamon-screensaver", "mate-screensaver", "gnome-shell", "kscreenlocker_greet", "loginctl-lock")
-HANDLER_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/libexec", "/usr/lib/x86_64-linux-gnu/libexec",
-                "/run/current-system/sw/bin", "/run/current-system/sw/libexec")
+LOCK_HANDLERS = (
+    "hyprlock",
+    "swaylock",
+    "i3lock",
+    "gtklock",
+    "waylock",
+    "swayidle",
+    "hypridle",
+    "xss-lock",
+    "xsecurelock",
+    "slock",
+    "physlock",
+    "light-locker",
+    "xscreensaver",
+    "xfce4-screensaver",
+    "cinnamon-screensaver",
+    "mate-screensaver",
+    "gnome-shell",
+    "kscreenlocker_greet",
+    "loginctl-lock",
+)
+HANDLER_DIRS = (
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+    "/usr/libexec",
+    "/usr/lib/x86_64-linux-gnu/libexec",
+    "/run/current-system/sw/bin",
+    "/run/current-system/sw/libexec",
+)
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._:+-]{1,126}$")
@@ -63,14 +93,19 @@ class KeyUsb:
         object.__setattr__(self, "vendor", vendor)
         object.__setattr__(self, "product", product)
         if not _HEX4.match(vendor) or not _HEX4.match(product):
-            raise UsageError(f"USB id {self.vendor}:{self.product} is not two 4-digit hex numbers",
-                             "give --vendor and --product like 1050 and 0407 (see `lsusb`)")
+            raise UsageError(
+                f"USB id {self.vendor}:{self.product} is not two 4-digit hex numbers",
+                "give --vendor and --product like 1050 and 0407 (see `lsusb`)",
+            )
         if self.serial and not _SERIAL.match(self.serial):
-            raise UsageError(f"serial {self.serial!r} has characters a udev rule cannot carry",
-                             "give --serial as letters, digits and . _ : + - only")
+            raise UsageError(
+                f"serial {self.serial!r} has characters a udev rule cannot carry",
+                "give --serial as letters, digits and . _ : + - only",
+            )
         if any(c in self.name for c in '"\\\n\r'):
-            raise UsageError(f"device name {self.name!r} has quotes, backslashes or newlines",
-                             "give --name without them")
+            raise UsageError(
+                f"device name {self.name!r} has quotes, backslashes or newlines", "give --name without them"
+            )
         for iface in self.interfaces:
             if not re.match(r"^[0-9a-f*]{2}:[0-9a-f*]{2}:[0-9a-f*]{2}$", iface):
                 raise UsageError(f"interface {iface!r} is not CC:SS:PP", "give --interface like 03:00:00")
@@ -89,16 +124,21 @@ def identity_from(obj: object) -> KeyUsb:
         return getattr(obj, name, default)
 
     raw_ifaces = get("interfaces", ())
-    ifaces = tuple(str(i) for i in raw_ifaces) if isinstance(raw_ifaces, (list, tuple)) and raw_ifaces \
-        else ("03:00:00",)
+    ifaces = (
+        tuple(str(i) for i in raw_ifaces) if isinstance(raw_ifaces, (list, tuple)) and raw_ifaces else ("03:00:00",)
+    )
     serial = get("serial", "")
 
     def hex4(value: object) -> str:
         return f"{value:04x}" if isinstance(value, int) else str(value)
 
-    return KeyUsb(hex4(get("vendor") or get("vendor_id")), hex4(get("product") or get("product_id")),
-                  "" if serial is None else str(serial), str(get("name", "") or ""),
-                  ifaces)
+    return KeyUsb(
+        hex4(get("vendor") or get("vendor_id")),
+        hex4(get("product") or get("product_id")),
+        "" if serial is None else str(serial),
+        str(get("name", "") or ""),
+        ifaces,
+    )
 
 
 def assets_dir() -> Path:
@@ -126,12 +166,18 @@ def render_rule(key: KeyUsb, nickname: str, program: str = PROGRAM_PATH) -> str:
     template = (assets_dir() / "yktool-lock.rules.in").read_text()
     serial_match = f', ENV{{ID_SERIAL_SHORT}}=="{key.serial}"' if key.serial else ""
     hid_serial_match = f', ENV{{HID_UNIQ}}=="{key.serial}"' if key.serial else ""
-    return (template.replace("@NICKNAME@", nickname).replace("@NAME@", key.name or "unnamed key")
-            .replace("@HID_VENDOR@", hid_hex(key.vendor)).replace("@HID_PRODUCT@", hid_hex(key.product))
-            .replace("@VENDOR@", key.vendor).replace("@PRODUCT@", key.product)
-            .replace("@SERIAL_MATCH@", serial_match).replace("@HID_SERIAL_MATCH@", hid_serial_match)
-            .replace("@SERIAL_ARG@", key.serial or "-")
-            .replace("@PROGRAM@", program))
+    return (
+        template.replace("@NICKNAME@", nickname)
+        .replace("@NAME@", key.name or "unnamed key")
+        .replace("@HID_VENDOR@", hid_hex(key.vendor))
+        .replace("@HID_PRODUCT@", hid_hex(key.product))
+        .replace("@VENDOR@", key.vendor)
+        .replace("@PRODUCT@", key.product)
+        .replace("@SERIAL_MATCH@", serial_match)
+        .replace("@HID_SERIAL_MATCH@", hid_serial_match)
+        .replace("@SERIAL_ARG@", key.serial or "-")
+        .replace("@PROGRAM@", program)
+    )
 
 
 def hid_hex(usb_hex4: str) -> str:
@@ -182,8 +228,7 @@ def install(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
     existing = host.read_text(RULE_PATH) if host.is_file(RULE_PATH) else None
     new_rules = merged_rules(existing, nickname, render_rule(key, nickname))
     changed = []
-    if not host.is_file(PROGRAM_PATH) or host.read_text(PROGRAM_PATH) != program \
-            or host.mode(PROGRAM_PATH) != 0o755:
+    if not host.is_file(PROGRAM_PATH) or host.read_text(PROGRAM_PATH) != program or host.mode(PROGRAM_PATH) != 0o755:
         host.write_file(PROGRAM_PATH, program, 0o755)
         changed.append(PROGRAM_PATH)
     if existing != new_rules:
@@ -201,8 +246,10 @@ def install_and_record(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
     record it in the registry (kind udev) under `nickname`. Every udev enrollment ends here."""
     result = install(host, key, nickname)
     if not any(r.vendor == key.vendor and r.product == key.product for r in installed_rules(host)):
-        raise ToolFailed(f"{RULE_PATH} does not hold the rule for {key.usb_id} after writing",
-                         "check the file by hand, then run the same command again")
+        raise ToolFailed(
+            f"{RULE_PATH} does not hold the rule for {key.usb_id} after writing",
+            "check the file by hand, then run the same command again",
+        )
     _record(host, key, nickname, RULE_PATH)
     return result
 
@@ -242,7 +289,7 @@ def nixos_snippet(key: KeyUsb, nickname: str) -> str:
         "# yktool: lock all sessions when this key is removed (add to your NixOS configuration)\n"
         "{ pkgs, ... }:\n"
         "let\n"
-        f"  yktoolLock = pkgs.writeShellScript \"yktool-lock\" {script};\n"
+        f'  yktoolLock = pkgs.writeShellScript "yktool-lock" {script};\n'
         "in {\n"
         f"  services.udev.extraRules = {body};\n"
         "}\n"
@@ -304,14 +351,23 @@ def installed_rules(host: Host) -> list[InstalledRule]:
                     continue
                 if "lock-sessions" not in s and "yktool-lock" not in s and "lock-session" not in s:
                     continue
+
                 def env(k: str, s: str = s) -> str:
-                    m = re.search(r'(?:ENV|ATTRS?)\{' + k + r'\}=="([^"]*)"', s)
+                    m = re.search(r"(?:ENV|ATTRS?)\{" + k + r'\}=="([^"]*)"', s)
                     return m.group(1) if m else ""
+
                 # the HID rule: HID_ID=="*:0000VVVV:0000PPPP" (the kernel's upper-case hex)
                 hid = re.fullmatch(r"[^:]*:0*([0-9A-Fa-f]{1,4}):0*([0-9A-Fa-f]{1,4})", env("HID_ID"))
-                hid_vendor, hid_product = (hid.group(1).lower().rjust(4, "0"),
-                                           hid.group(2).lower().rjust(4, "0")) if hid else ("", "")
-                out.append(InstalledRule(path, s, env("ID_VENDOR_ID") or env("idVendor") or hid_vendor,
-                                         env("ID_MODEL_ID") or env("idProduct") or hid_product,
-                                         env("ID_SERIAL_SHORT") or env("serial") or env("HID_UNIQ")))
+                hid_vendor, hid_product = (
+                    (hid.group(1).lower().rjust(4, "0"), hid.group(2).lower().rjust(4, "0")) if hid else ("", "")
+                )
+                out.append(
+                    InstalledRule(
+                        path,
+                        s,
+                        env("ID_VENDOR_ID") or env("idVendor") or hid_vendor,
+                        env("ID_MODEL_ID") or env("idProduct") or hid_product,
+                        env("ID_SERIAL_SHORT") or env("serial") or env("HID_UNIQ"),
+                    )
+                )
     return out

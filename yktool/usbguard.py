@@ -36,8 +36,7 @@ def rule_line(key: KeyUsb) -> str:
     """The allow rule for `key` (serial "" when USB shows none: it then matches serial-less keys only)."""
     ifaces = key.interfaces
     with_iface = ifaces[0] if len(ifaces) == 1 else "{ " + " ".join(ifaces) + " }"
-    return (f"allow id {key.usb_id} serial {_quote(key.serial)} name {_quote(key.name)} "
-            f"with-interface {with_iface}")
+    return f"allow id {key.usb_id} serial {_quote(key.serial)} name {_quote(key.name)} with-interface {with_iface}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def _matches_every_device(line: str) -> bool:
     for i, w in enumerate(words[1:], 1):
         if w in _NARROWING:
             return False
-        if w == "id" and words[i + 1:i + 2] != ["*:*"]:
+        if w == "id" and words[i + 1 : i + 2] != ["*:*"]:
             return False
     return True
 
@@ -148,8 +147,10 @@ def allow_and_record(host: Host, key: KeyUsb, nickname: str, path: str = RULES_P
     registry (kind usbguard) under `nickname`. Every USBGuard enrollment ends here."""
     result = allow(host, key, path)
     if find_rule(host.read_text(path), key) is None:
-        raise ToolFailed(f"{path} does not hold the rule for {key.usb_id} after writing",
-                         "check the file by hand, then run the same command again")
+        raise ToolFailed(
+            f"{path} does not hold the rule for {key.usb_id} after writing",
+            "check the file by hand, then run the same command again",
+        )
     with Registry.update(host) as registry:
         registry.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=path)
     return result
@@ -159,8 +160,9 @@ def record_for_nixos(host: Host, key: KeyUsb, nickname: str) -> None:
     """NixOS: nothing is written to /etc; `yktool nixos module` renders every key's rule from
     the registry entry, which carries the rule line."""
     with Registry.update(host) as registry:
-        registry.record(nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=NIX_OPTION,
-                        rule=rule_line(key))
+        registry.record(
+            nickname, "usbguard", usb_id=key.usb_id, serial=key.serial, path=NIX_OPTION, rule=rule_line(key)
+        )
 
 
 def remove_rule(host: Host, path: str, usb_id: str, serial: str) -> bool:
@@ -185,8 +187,10 @@ def restart_hint(result: AllowResult) -> str:
     """What to tell before USBGuard reloads the file: a file that held no real rule now allows
     only this key, and a restart applies the policy to every device plugged in (keyboard too)."""
     if result.placeholder:
-        return ("do NOT restart usbguard yet: the file allows only this key, so a restart blocks every "
-                "other device, keyboard included; first add them (usbguard generate-policy, review, append)")
+        return (
+            "do NOT restart usbguard yet: the file allows only this key, so a restart blocks every "
+            "other device, keyboard included; first add them (usbguard generate-policy, review, append)"
+        )
     return "restart usbguard to load it: systemctl restart usbguard"
 
 

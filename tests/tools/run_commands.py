@@ -24,8 +24,15 @@ def main() -> int:
         escaped = None
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             escaped = "".join(traceback.format_exception(result.exception))
-        out.append({"argv": argv, "exit_code": result.exit_code, "stdout": result.stdout,
-                    "stderr": result.stderr, "traceback": escaped})
+        out.append(
+            {
+                "argv": argv,
+                "exit_code": result.exit_code,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "traceback": escaped,
+            }
+        )
     json.dump(out, sys.stdout)
     return 0
 

@@ -17,8 +17,18 @@ def vm_kernel() -> None:
     """Kernel modules the tier needs, and a TPM that does not lock out after the wrong-PIN tests."""
     run(["modprobe", "-a", "loop", "dm_crypt", "ext4", "uhid"], check=True)
     run(["tpm2_dictionarylockout", "-T", TPM, "--clear-lockout"], check=True)
-    run(["tpm2_dictionarylockout", "-T", TPM, "--setup-parameters", "--max-tries=32", "--recovery-time=0",
-         "--lockout-recovery-time=0"], check=True)
+    run(
+        [
+            "tpm2_dictionarylockout",
+            "-T",
+            TPM,
+            "--setup-parameters",
+            "--max-tries=32",
+            "--recovery-time=0",
+            "--lockout-recovery-time=0",
+        ],
+        check=True,
+    )
 
 
 @pytest.fixture

@@ -76,10 +76,19 @@ def tool_env(base: Path, *, home: Path | None = None) -> dict[str, str]:
         askpass.chmod(0o700)
     home = home or base / "tool-home"
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SSH_", "GIT_", "DISPLAY", "WAYLAND")) and k != "YKTOOL_DEVICE"}
-    env.update(HOME=str(home), SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", GIT_CONFIG_NOSYSTEM="1",
-               GIT_CONFIG_GLOBAL=str(home / ".gitconfig"), TMPDIR=str(base))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SSH_", "GIT_", "DISPLAY", "WAYLAND")) and k != "YKTOOL_DEVICE"
+    }
+    env.update(
+        HOME=str(home),
+        SSH_ASKPASS=str(askpass),
+        SSH_ASKPASS_REQUIRE="force",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
+        TMPDIR=str(base),
+    )
     return env
 
 
@@ -116,8 +125,10 @@ def guest_accounts(base: Path) -> Iterator[None]:
         passwd = passwd.rstrip("\n") + "\nsshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n"
     shadow = [ln for ln in Path("/etc/shadow").read_text().splitlines() if not ln.startswith("root:")]
     shadow.insert(0, "root:*:19000:0:99999:7:::")
-    with _bound_copy("/etc/passwd", passwd, base, 0o644), \
-            _bound_copy("/etc/shadow", "\n".join(shadow) + "\n", base, 0o640):
+    with (
+        _bound_copy("/etc/passwd", passwd, base, 0o644),
+        _bound_copy("/etc/shadow", "\n".join(shadow) + "\n", base, 0o640),
+    ):
         yield
 
 
@@ -128,14 +139,34 @@ class Sshd:
 
     def ssh(self, identity: Path, env: dict[str, str], base: Path, user: str = "root") -> subprocess.Popen[str]:
         """A non-interactive login running `echo logged-in` (BatchMode: no password, no questions)."""
-        argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-                "-o", f"IdentityFile={identity}", "-o", f"UserKnownHostsFile={base / 'known_hosts'}",
-                "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=30", "-p", str(self.port),
-                # curve25519 alone: the default sntrup761 hybrid costs seconds per login under TCG
-                "-o", "KexAlgorithms=curve25519-sha256",
-                f"{user}@127.0.0.1", "echo", "logged-in"]
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        argv = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"IdentityFile={identity}",
+            "-o",
+            f"UserKnownHostsFile={base / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "ConnectTimeout=30",
+            "-p",
+            str(self.port),
+            # curve25519 alone: the default sntrup761 hybrid costs seconds per login under TCG
+            "-o",
+            "KexAlgorithms=curve25519-sha256",
+            f"{user}@127.0.0.1",
+            "echo",
+            "logged-in",
+        ]
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
 
 
 @contextmanager
@@ -147,20 +178,36 @@ def sshd(base: Path, authorized_keys: Path) -> Iterator[Sshd]:
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / "host_ed25519"], check=True)
     port = _free_port()
     config = folder / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_ed25519'}",
-        f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {authorized_keys}",
-        "StrictModes no",  # the scratch root lives under the guest's /tmp (mode 1777)
-        "AuthenticationMethods publickey", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PermitRootLogin prohibit-password", "UsePAM no", "LogLevel VERBOSE", "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {folder / 'host_ed25519'}",
+                f"PidFile {folder / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized_keys}",
+                "StrictModes no",  # the scratch root lives under the guest's /tmp (mode 1777)
+                "AuthenticationMethods publickey",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = folder / "sshd.log"
     with guest_accounts(base):
         run([SSHD, "-t", "-f", config], env={"LD_LIBRARY_PATH": str(LIBWRAP)}, check=True)
         with log.open("w") as out:
-            proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=out,
-                                    env={**os.environ, "LD_LIBRARY_PATH": str(LIBWRAP)})
+            proc = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(config)],
+                stdout=out,
+                stderr=out,
+                env={**os.environ, "LD_LIBRARY_PATH": str(LIBWRAP)},
+            )
         try:
             deadline = time.monotonic() + 60
             while True:

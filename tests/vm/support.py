@@ -27,14 +27,27 @@ TPM = "device:/dev/tpmrm0"
 SYSTEMD_CRYPTSETUP = "/lib/systemd/systemd-cryptsetup"
 
 
-def run(argv: Sequence[str | Path], *, input: bytes | str | None = None, env: dict[str, str] | None = None,
-        timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str | Path],
+    *,
+    input: bytes | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """A consumer's command, its output as text; a hang fails the test instead of the tier."""
     data = input.encode() if isinstance(input, str) else input
-    proc = subprocess.run([str(a) for a in argv], input=data, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
-    out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
-                                      proc.stderr.decode(errors="replace"))
+    proc = subprocess.run(
+        [str(a) for a in argv],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    out = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"{argv[0]} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
@@ -46,8 +59,9 @@ class Mapper:
     def __init__(self) -> None:
         self.names: list[str] = []
 
-    def attach(self, name: str, image: Path, options: str, *, env: dict[str, str] | None = None,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def attach(
+        self, name: str, image: Path, options: str, *, env: dict[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """What boot runs: `systemd-cryptsetup attach NAME IMAGE - OPTIONS` (headless: never asks)."""
         self._remember(name)
         return run([SYSTEMD_CRYPTSETUP, "attach", name, image, "-", options], env=env, input=input)
@@ -106,8 +120,9 @@ def read_through(name: str, mountpoint: Path) -> str:
 PAM_ORIGIN = "pam://yktool-vm"
 
 
-def pamtester(tmp_path: Path, authfile: Path, *, options: str = "", input: str = "",
-              origin: str = PAM_ORIGIN) -> tuple[bool, str]:
+def pamtester(
+    tmp_path: Path, authfile: Path, *, options: str = "", input: str = "", origin: str = PAM_ORIGIN
+) -> tuple[bool, str]:
     """`pamtester yktest root authenticate` against `auth required pam_u2f.so …` in a private
     mount namespace whose /etc/pam.d is a scratch folder; (accepted, output)."""
     pamd = tmp_path / "pam.d"
@@ -165,8 +180,9 @@ class Key(PluggedKey):
         return not Path(self.hidraw).exists()
 
 
-def fork_cli(argv: Sequence[str], *, stdout: int | Path, stderr: Path, stdin: Path | None = None,
-             close: Sequence[int] = ()) -> int:
+def fork_cli(
+    argv: Sequence[str], *, stdout: int | Path, stderr: Path, stdin: Path | None = None, close: Sequence[int] = ()
+) -> int:
     """`yktool ARGV` in a fork of this process (stdin a file or /dev/null, stdout an fd or a file,
     stderr a file; `close`: the parent's fds the child must not hold, e.g. a pipe's read end): the
     real CLI, only without a fresh interpreter (importing fido2 and yktool costs ~6 s each time
@@ -250,8 +266,9 @@ def plug(state: Path, scratch: Path, *, touch: str = "auto", timeout: float = 12
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise AssertionError(f"yktool key emulate made no device: {line!r}\n{log.read_text(errors='replace')}")
-    return Key(hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=str(ctl), pid=pid, state=state,
-               log=log)
+    return Key(
+        hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=str(ctl), pid=pid, state=state, log=log
+    )
 
 
 # ------------------------------------------------------------------ touches per consumer step

@@ -31,13 +31,24 @@ def pull_at_first_touch(key: Key) -> threading.Thread:
 
 
 def test_key_pulled_during_enroll_fido2_leaves_the_header_as_it_was(
-        cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path
+) -> None:
     key = keys(sim_key("f"))
     image = make_image(tmp_path / "images")
     before = image.header_digest()
     puller = pull_at_first_touch(key)
-    r = cli("--device", key.spec, "luks", "enroll-fido2", image.path, "--backend", "native", "--no-pin",
-            "--unlock-key-file", image.key_file)
+    r = cli(
+        "--device",
+        key.spec,
+        "luks",
+        "enroll-fido2",
+        image.path,
+        "--backend",
+        "native",
+        "--no-pin",
+        "--unlock-key-file",
+        image.key_file,
+    )
     puller.join(30)
     assert key.status is not None, "the key was not pulled"
     assert r.exit_code not in (0, 1), r.output  # a device error, not a success nor a crash
@@ -51,11 +62,22 @@ def test_key_pulled_during_enroll_fido2_leaves_the_header_as_it_was(
 
 
 def test_key_pulled_during_test_unlock_is_a_clear_failure_and_changes_nothing(
-        cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path
+) -> None:
     key = keys(sim_key("t"))
     image = make_image(tmp_path / "images")
-    r = cli("--device", key.spec, "luks", "enroll-fido2", image.path, "--backend", "native", "--no-pin",
-            "--unlock-key-file", image.key_file)
+    r = cli(
+        "--device",
+        key.spec,
+        "luks",
+        "enroll-fido2",
+        image.path,
+        "--backend",
+        "native",
+        "--no-pin",
+        "--unlock-key-file",
+        image.key_file,
+    )
     assert r.exit_code == 0, r.output
     before = image.header_digest()
     puller = pull_at_first_touch(key)

@@ -14,7 +14,8 @@ from yktool.fido.emulate_process import emulated_key
 
 
 def test_the_emulated_key_is_a_fido2_device_to_libfido2_python_fido2_and_yktool(
-        cli: CliCall, sim_key: SimKey, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, tmp_path: Path
+) -> None:
     state = Path(sim_key("a").removeprefix("sim:"))
     # as a person runs it: `yktool --json key emulate --device sim:PATH` (its own interpreter)
     with emulated_key(state, yktool=[sys.executable, "-m", "yktool"], timeout=300) as key:

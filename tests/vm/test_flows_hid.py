@@ -100,8 +100,9 @@ class Flows:
         try:
             while marker not in err.read_text(errors="replace"):
                 status = wait_exit(pid, 0.2)
-                assert status is None, f"yktool {flow} exited {status} before the swap:\n{out.read_text()}" \
-                                       f"\n{err.read_text()}"
+                assert status is None, (
+                    f"yktool {flow} exited {status} before the swap:\n{out.read_text()}\n{err.read_text()}"
+                )
                 assert time.monotonic() - start < 300, f"no swap instruction:\n{err.read_text()}"
             after = self.plugged.counts()
             record_touches(f"yktool {flow}: the {first} key's steps", before, after)
@@ -193,8 +194,8 @@ def counted(flow_output: str, role: str) -> int:
 @dataclass
 class Commissioned:
     flows: Flows
-    report: str                # commission's stdout
-    approved: dict[str, int]   # touches each key approved during it
+    report: str  # commission's stdout
+    approved: dict[str, int]  # touches each key approved during it
 
 
 @pytest.fixture(scope="module")
@@ -210,16 +211,41 @@ def commissioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commissio
         flows = Flows(base, root, server, tool_env(base))
         stack.callback(flows.unplug)
         flows.plug("primary")
-        report, approved = flows.run_flow("commission", [
-            "--device", "auto", "--yes", "commission", "--kind", "linux", "--user", "alice",
-            "--luks-device", str(IMAGE), "--unlock-key-file", KEY_FILE, "--git-email", EMAIL,
-            "--pam-origin", PAM_ORIGIN, "--recovery-key-file", str(base / "recovery.txt"), "--new-pin-stdin",
-            "--verify-only", ",".join(VERIFY_ITEMS)], f"{PIN}\n{PIN}\n", COMMISSION_SWAP, "backup")
+        report, approved = flows.run_flow(
+            "commission",
+            [
+                "--device",
+                "auto",
+                "--yes",
+                "commission",
+                "--kind",
+                "linux",
+                "--user",
+                "alice",
+                "--luks-device",
+                str(IMAGE),
+                "--unlock-key-file",
+                KEY_FILE,
+                "--git-email",
+                EMAIL,
+                "--pam-origin",
+                PAM_ORIGIN,
+                "--recovery-key-file",
+                str(base / "recovery.txt"),
+                "--new-pin-stdin",
+                "--verify-only",
+                ",".join(VERIFY_ITEMS),
+            ],
+            f"{PIN}\n{PIN}\n",
+            COMMISSION_SWAP,
+            "backup",
+        )
         yield Commissioned(flows, report, approved)
 
 
 def test_commission_over_hid_each_key_passes_pam_and_ssh_and_the_tpm2_opens_the_disk(
-        commissioned: Commissioned, mapper: Mapper) -> None:
+    commissioned: Commissioned, mapper: Mapper
+) -> None:
     flows, ssh = commissioned.flows, commissioned.flows.root / SSH
     assert "  FAIL" not in commissioned.report and "verify (what this run enrolled):" in commissioned.report
     for role in ("primary", "backup"):  # what yktool says it asked is what the key was asked
@@ -237,7 +263,8 @@ def test_commission_over_hid_each_key_passes_pam_and_ssh_and_the_tpm2_opens_the_
 
 
 def test_replace_after_the_primary_is_lost_pam_and_sshd_refuse_it_and_let_the_new_key_in(
-        commissioned: Commissioned) -> None:
+    commissioned: Commissioned,
+) -> None:
     flows, ssh = commissioned.flows, commissioned.flows.root / SSH
     # the primary's key files stay usable elsewhere (a copy, as on the laptop that was lost too)
     lost = flows.base / "lost-copy"
@@ -246,9 +273,25 @@ def test_replace_after_the_primary_is_lost_pam_and_sshd_refuse_it_and_let_the_ne
         shutil.copy2(ssh / name, lost / name)
 
     flows.plug("backup")
-    report, approved = flows.run_flow("replace", [
-        "--device", "auto", "--yes", "replace", "--lost", "primary", "--new-device", "auto",
-        "--unlock-key-file", KEY_FILE, "--new-pin-stdin"], f"{PIN}\n", REPLACE_SWAP, "new")
+    report, approved = flows.run_flow(
+        "replace",
+        [
+            "--device",
+            "auto",
+            "--yes",
+            "replace",
+            "--lost",
+            "primary",
+            "--new-device",
+            "auto",
+            "--unlock-key-file",
+            KEY_FILE,
+            "--new-pin-stdin",
+        ],
+        f"{PIN}\n",
+        REPLACE_SWAP,
+        "new",
+    )
     assert "replaced primary with primary-2" in report
     assert counted(report, "new") == approved["new"], report
     assert approved["backup"] == 0  # the backup was only probed: silently
@@ -268,7 +311,8 @@ def test_replace_after_the_primary_is_lost_pam_and_sshd_refuse_it_and_let_the_ne
 
 
 def test_systemd_cryptsetup_opens_the_disk_with_the_kept_and_new_keys_not_the_lost_one(
-        commissioned: Commissioned, mapper: Mapper) -> None:
+    commissioned: Commissioned, mapper: Mapper
+) -> None:
     """After replace (the test above): the backup and the new key map the disk with one touch
     each, the lost primary does not. (Through systemd-cryptenroll these PIN tokens never opened:
     systemd#31443 made their keyslots without UV; yktool now enrolls every key itself, and its

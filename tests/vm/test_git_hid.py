@@ -23,14 +23,26 @@ def test_git_commit_signed_through_libfido2_verifies(tmp_path: Path) -> None:
         yk(key.spec, "ssh", "keygen", "--user", "alice")
         yk(key.spec, "git", "signing", "--email", "alice@example.com", "--user", "alice")
         # alice's git: her ~/.gitconfig as yktool wrote it (no test-only gpg.ssh.program)
-        env = {**tool_env(tmp_path, home=home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-               "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.com", "GIT_COMMITTER_NAME": "Alice",
-               "GIT_COMMITTER_EMAIL": "alice@example.com"}
+        env = {
+            **tool_env(tmp_path, home=home),
+            "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+            "GIT_AUTHOR_NAME": "Alice",
+            "GIT_AUTHOR_EMAIL": "alice@example.com",
+            "GIT_COMMITTER_NAME": "Alice",
+            "GIT_COMMITTER_EMAIL": "alice@example.com",
+        }
         repo = tmp_path / "project"
 
         def git(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=repo, env=env, capture_output=True,
-                                  text=True, timeout=120, stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                ["git", "-c", "safe.directory=*", *args],
+                cwd=repo,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
 
         repo.mkdir()
         assert git("init", "-q").returncode == 0

@@ -49,13 +49,15 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
-def streamed(argv: list[str], answer: str, env: dict[str, str], capsys: pytest.CaptureFixture[str],
-             timeout: float = 1500) -> tuple[int, str]:
+def streamed(
+    argv: list[str], answer: str, env: dict[str, str], capsys: pytest.CaptureFixture[str], timeout: float = 1500
+) -> tuple[int, str]:
     """Run the suite with `answer` on its stdin (as typed); its output goes to the console as it comes
     (a run of minutes shows where it is) and is returned with the exit status."""
     lines = []
-    with subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(
+        argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(answer)
         proc.stdin.close()
@@ -71,16 +73,36 @@ def streamed(argv: list[str], answer: str, env: dict[str, str], capsys: pytest.C
     return proc.returncode, "".join(lines)
 
 
-def test_the_hardware_suite_runs_on_the_emulated_key_over_hid(keys: Keys, sim_key: SimKey, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_hardware_suite_runs_on_the_emulated_key_over_hid(
+    keys: Keys, sim_key: SimKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = keys(sim_key("throwaway"), touch="auto")
     report = tmp_path / "hardware.xml"
     # the machine a person runs it on has openssh-server: sshd on PATH, its account and /run/sshd
     env = {"PATH": f"{SSHD.parent}:{os.environ['PATH']}", "LD_LIBRARY_PATH": str(LIBWRAP)}
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:hypothesispytest",
-            "-v", "-rs", "--durations=0", f"--basetemp={tmp_path / 'suite'}", f"--junitxml={report}",
-            "hardware-tests", "--hardware", "--device", key.spec, "--allow-used-key", "--destructive"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "-p",
+        "no:hypothesispytest",
+        "-v",
+        "-rs",
+        "--durations=0",
+        f"--basetemp={tmp_path / 'suite'}",
+        f"--junitxml={report}",
+        "hardware-tests",
+        "--hardware",
+        "--device",
+        key.spec,
+        "--allow-used-key",
+        "--destructive",
+    ]
     start = time.monotonic()
     with guest_accounts(tmp_path):
         returncode, out = streamed(argv, "RESET\n", {**os.environ, **env}, capsys)
@@ -90,8 +112,10 @@ def test_the_hardware_suite_runs_on_the_emulated_key_over_hid(keys: Keys, sim_ke
     passed = sorted(t for t, (kind, _) in found.items() if kind == "passed")
     skipped = {t: why for t, (kind, why) in found.items() if kind == "skipped"}
     with capsys.disabled():  # on the tier's console and log, passed or not
-        print(f"\nhardware suite over HID: {len(passed)} passed, {len(skipped)} skipped, "
-              f"{len(found) - len(passed) - len(skipped)} failed, in {took:.1f}s")
+        print(
+            f"\nhardware suite over HID: {len(passed)} passed, {len(skipped)} skipped, "
+            f"{len(found) - len(passed) - len(skipped)} failed, in {took:.1f}s"
+        )
         for test_id, why in sorted(skipped.items()):
             print(f"  skipped {test_id}: {why}")
 

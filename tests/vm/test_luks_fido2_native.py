@@ -16,12 +16,23 @@ ATTACH = "fido2-device=auto,headless=true,token-timeout=10s"
 
 
 def test_native_token_without_pin_maps_the_volume_only_with_its_key_touched(
-        cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path
+) -> None:
     key = keys(sim_key("a"))
     image = make_image(tmp_path / "images")
     with touches(key, "yktool luks enroll-fido2 --backend native --no-pin"):
-        r = cli("--device", key.spec, "luks", "enroll-fido2", image.path, "--backend", "native", "--no-pin",
-                "--unlock-key-file", image.key_file)
+        r = cli(
+            "--device",
+            key.spec,
+            "luks",
+            "enroll-fido2",
+            image.path,
+            "--backend",
+            "native",
+            "--no-pin",
+            "--unlock-key-file",
+            image.key_file,
+        )
     assert r.exit_code == 0, r.output
 
     with touches(key, "systemd-cryptsetup attach (FIDO2, no PIN)"):
@@ -54,12 +65,25 @@ def test_native_token_without_pin_maps_the_volume_only_with_its_key_touched(
 
 
 def test_native_token_with_pin_opens_with_the_pin_and_refuses_a_wrong_one(
-        cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path
+) -> None:
     key = keys(sim_key("p", pin=TEST_PIN))
     image = make_image(tmp_path / "images")
     with touches(key, "yktool luks enroll-fido2 --backend native --with-pin"):
-        r = cli("--device", key.spec, "luks", "enroll-fido2", image.path, "--backend", "native", "--with-pin",
-                "--pin-stdin", "--unlock-key-file", image.key_file, input=f"{TEST_PIN}\n")
+        r = cli(
+            "--device",
+            key.spec,
+            "luks",
+            "enroll-fido2",
+            image.path,
+            "--backend",
+            "native",
+            "--with-pin",
+            "--pin-stdin",
+            "--unlock-key-file",
+            image.key_file,
+            input=f"{TEST_PIN}\n",
+        )
     assert r.exit_code == 0, r.output
 
     with touches(key, "systemd-cryptsetup attach (FIDO2, wrong PIN)"):

@@ -15,12 +15,25 @@ ATTACH = "fido2-device=auto,headless=true,token-timeout=10s"
 
 
 def test_systemd_backend_enrolls_with_systemd_cryptenroll_and_systemd_opens_it(
-        cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, mapper: Mapper, tmp_path: Path
+) -> None:
     key = keys(sim_key("s"))
     image = make_image(tmp_path / "images")
     with touches(key, "yktool luks enroll-fido2 --backend systemd (systemd-cryptenroll)"):
-        r = cli("--device", key.spec, "luks", "enroll-fido2", image.path, "--backend", "systemd", "--no-pin",
-                "--nickname", "desk-key", "--unlock-key-file", image.key_file)
+        r = cli(
+            "--device",
+            key.spec,
+            "luks",
+            "enroll-fido2",
+            image.path,
+            "--backend",
+            "systemd",
+            "--no-pin",
+            "--nickname",
+            "desk-key",
+            "--unlock-key-file",
+            image.key_file,
+        )
     assert r.exit_code == 0, r.output
 
     with touches(key, "systemd-cryptsetup attach (systemd-enrolled token)"):

@@ -49,35 +49,74 @@ def test_openssh_enrolls_a_resident_key_and_yktool_downloads_the_same(world: Wor
     made = world.base / "openssh"
     made.mkdir()
     with touches(world.key, "ssh-keygen -t ed25519-sk -O resident (enroll)"), timed("ssh-keygen -t ed25519-sk"):
-        r = run(["ssh-keygen", "-t", "ed25519-sk", "-O", "resident", "-O", "application=ssh:yk", "-N", "",
-                 "-C", "made-by-openssh", "-f", made / "id_yk"], env=world.env)
+        r = run(
+            [
+                "ssh-keygen",
+                "-t",
+                "ed25519-sk",
+                "-O",
+                "resident",
+                "-O",
+                "application=ssh:yk",
+                "-N",
+                "",
+                "-C",
+                "made-by-openssh",
+                "-f",
+                made / "id_yk",
+            ],
+            env=world.env,
+        )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ED25519-SK" in run(["ssh-keygen", "-l", "-f", made / "id_yk.pub"], check=True).stdout
 
     downloaded = world.base / "ssh-keygen-K"
     downloaded.mkdir()
     with touches(world.key, "ssh-keygen -K (download)"), timed("ssh-keygen -K"):
-        r = subprocess.run(["ssh-keygen", "-K", "-N", ""], cwd=downloaded, env=world.env, capture_output=True,
-                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            ["ssh-keygen", "-K", "-N", ""],
+            cwd=downloaded,
+            env=world.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
     assert r.returncode == 0, r.stdout + r.stderr
     from_openssh = public_blobs(*downloaded.glob("*.pub"))
 
-    world.yk(world.key.spec, "ssh", "download", "--user", "alice", "--output-dir", "/downloaded", "--pin-stdin",
-             input=PIN + "\n")
+    world.yk(
+        world.key.spec,
+        "ssh",
+        "download",
+        "--user",
+        "alice",
+        "--output-dir",
+        "/downloaded",
+        "--pin-stdin",
+        input=PIN + "\n",
+    )
     from_yktool = public_blobs(*(world.yk.root / "downloaded").glob("*.pub"))
     assert from_openssh == from_yktool == public_blobs(made / "id_yk.pub")
 
 
 def test_sshd_accepts_the_yktool_key_until_replace_revokes_it(world: World) -> None:
     yk, ssh_dir = world.yk, world.yk.root / "home/alice/.ssh"
-    yk(world.key.spec, "ssh", "keygen", "-O", "verify-required", "--user", "alice", "--pin-stdin",
-       input=PIN + "\n")
+    yk(world.key.spec, "ssh", "keygen", "-O", "verify-required", "--user", "alice", "--pin-stdin", input=PIN + "\n")
     yk(world.key.spec, "ssh", "authorize", "--user", "alice")
     # the backup's key, also let in: replace needs a key that is still there and answers
-    yk(world.backup, "ssh", "keygen", "--user", "alice", "-f", "/home/alice/.ssh/id_backup_sk",
-       "--nickname", "backup")
-    yk(world.backup, "ssh", "authorize", "--user", "alice", "--pubkey", "/home/alice/.ssh/id_backup_sk.pub",
-       "--nickname", "backup")
+    yk(world.backup, "ssh", "keygen", "--user", "alice", "-f", "/home/alice/.ssh/id_backup_sk", "--nickname", "backup")
+    yk(
+        world.backup,
+        "ssh",
+        "authorize",
+        "--user",
+        "alice",
+        "--pubkey",
+        "/home/alice/.ssh/id_backup_sk.pub",
+        "--nickname",
+        "backup",
+    )
     authorized = ssh_dir / "authorized_keys"
     assert "verify-required" in authorized.read_text()
     identity = ssh_dir / "id_ed25519_sk"

@@ -16,13 +16,28 @@ CUE = "Please touch the device."
 
 def register(cli: CliCall, key: Key, authfile: Path, nickname: str, *extra: str, input: str | None = None) -> None:
     with touches(key, f"yktool pam register ({nickname}{', +pin' if extra else ''})"):
-        r = cli("--device", key.spec, "pam", "register", "--user", "root", "--origin", ORIGIN, "--authfile",
-                authfile, "--nickname", nickname, *extra, input=input)
+        r = cli(
+            "--device",
+            key.spec,
+            "pam",
+            "register",
+            "--user",
+            "root",
+            "--origin",
+            ORIGIN,
+            "--authfile",
+            authfile,
+            "--nickname",
+            nickname,
+            *extra,
+            input=input,
+        )
     assert r.exit_code == 0, r.output
 
 
 def test_pam_u2f_accepts_primary_and_backup_and_refuses_the_rest(
-        cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path
+) -> None:
     authfile = tmp_path / "u2f_keys"
     primary = keys(sim_key("primary"))
     register(cli, primary, authfile, "primary")
@@ -61,7 +76,8 @@ def test_pam_u2f_accepts_primary_and_backup_and_refuses_the_rest(
 
 
 def test_pam_u2f_pin_credential_asks_for_the_pin_and_refuses_a_wrong_one(
-        cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path) -> None:
+    cli: CliCall, sim_key: SimKey, keys: Keys, tmp_path: Path
+) -> None:
     authfile = tmp_path / "u2f_keys"
     key = keys(sim_key("pinned", pin=TEST_PIN))
     register(cli, key, authfile, "pinned", "--pin", input=f"{TEST_PIN}\n")

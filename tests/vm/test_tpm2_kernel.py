@@ -26,8 +26,9 @@ def pcr(index: int) -> str:
 
 def enrolled(cli: CliCall, tmp_path: Path, *extra: str, input: str | None = None) -> LuksImage:
     image = make_image(tmp_path / "images")
-    r = cli("luks", "enroll-tpm2", image.path, "--pcrs", "0+7", "--unlock-key-file", image.key_file, *extra,
-            input=input)
+    r = cli(
+        "luks", "enroll-tpm2", image.path, "--pcrs", "0+7", "--unlock-key-file", image.key_file, *extra, input=input
+    )
     assert r.exit_code == 0, r.output
     return image
 
@@ -42,8 +43,7 @@ def test_tpm_status_reads_the_kernel_tpm_by_default(cli: CliCall) -> None:
     assert info["pcrs"]["7"] == pcr(7)
 
 
-def test_tpm2_token_maps_the_volume_at_boot_until_pcr7_changes(cli: CliCall, tmp_path: Path,
-                                                                mapper: Mapper) -> None:
+def test_tpm2_token_maps_the_volume_at_boot_until_pcr7_changes(cli: CliCall, tmp_path: Path, mapper: Mapper) -> None:
     """One volume's life (one image: each enrollment and attach costs seconds under TCG)."""
     image = enrolled(cli, tmp_path)
     r = cli("luks", "test-unlock", image.path)
@@ -65,8 +65,7 @@ def test_tpm2_token_maps_the_volume_at_boot_until_pcr7_changes(cli: CliCall, tmp
     # what a Secure Boot db update does to PCR 7 (so until the VM reboots: every other test
     # enrolls against the PCRs as they are then)
     before = image.header_digest()
-    run(["tpm2_pcrextend", "-T", TPM, f"7:sha256={hashlib.sha256(b'a new Secure Boot db').hexdigest()}"],
-        check=True)
+    run(["tpm2_pcrextend", "-T", TPM, f"7:sha256={hashlib.sha256(b'a new Secure Boot db').hexdigest()}"], check=True)
     refused = mapper.attach("vmtpm", image.path, ATTACH)
     assert refused.returncode != 0
     assert not mapper.mapped("vmtpm")

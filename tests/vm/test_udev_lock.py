@@ -77,8 +77,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockWorld]:
     stub = scratch / "loginctl"
     # records when it ran and when its caller, the lock program, started (/proc/PPID/stat's
     # start time in clock ticks since boot, against /proc/uptime)
-    stub.write_text('#!/bin/sh\nread -r up _ < /proc/uptime\nstarted=$(cut -d" " -f22 /proc/$PPID/stat)\n'
-                    f'echo "$(date +%s.%N) $up $started $*" >> {calls}\nexit 0\n')
+    stub.write_text(
+        '#!/bin/sh\nread -r up _ < /proc/uptime\nstarted=$(cut -d" " -f22 /proc/$PPID/stat)\n'
+        f'echo "$(date +%s.%N) $up $started $*" >> {calls}\nexit 0\n'
+    )
     stub.chmod(0o755)
     assert LOGINCTL.exists(), "the guest has no /usr/bin/loginctl to stand in for"
     root = scratch / "root"
@@ -86,8 +88,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockWorld]:
     key = plug(a, scratch / "emulated")
     try:
         # the rule as `yktool udev install` writes it for the plugged-in key, into a scratch root
-        res = CliRunner().invoke(main_group, ["--root", str(root), "--device", key.spec, "--json", "udev",
-                                              "install"], catch_exceptions=False)
+        res = CliRunner().invoke(
+            main_group, ["--root", str(root), "--device", key.spec, "--json", "udev", "install"], catch_exceptions=False
+        )
         assert res.exit_code == 0, res.output
         serial = key.serial
     except BaseException:
@@ -128,8 +131,10 @@ def test_removing_the_registered_key_locks_every_session_once(world: LockWorld) 
     calls = world.lock_calls()
     assert [args for _, _, args in calls] == ["lock-sessions"], calls
     locked, program_started, _ = calls[0]
-    print(f"removal lock: the lock program ran {program_started - gone:.1f}s after the key left, "
-          f"loginctl lock-sessions {locked - program_started:.1f}s later (debounce {DEBOUNCE:.0f}s)")
+    print(
+        f"removal lock: the lock program ran {program_started - gone:.1f}s after the key left, "
+        f"loginctl lock-sessions {locked - program_started:.1f}s later (debounce {DEBOUNCE:.0f}s)"
+    )
     assert program_started - gone <= 2.0  # udev ran the lock program promptly
     assert DEBOUNCE <= locked - program_started <= DEBOUNCE + 10  # it waited out a re-plug, then locked
 

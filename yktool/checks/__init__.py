@@ -16,8 +16,18 @@ from yktool.checks import auth, boot, hardware, kernel, mac, network, secrets  #
 from yktool.checks.base import LAYER_NAMES, REGISTRY, Check, CheckContext, Evidence, Result
 from yktool.errors import UsageError
 
-__all__ = ["LAYER_NAMES", "REGISTRY", "Check", "CheckContext", "Evidence", "Result", "all_checks",
-           "run_checks", "select", "summary"]
+__all__ = [
+    "LAYER_NAMES",
+    "REGISTRY",
+    "Check",
+    "CheckContext",
+    "Evidence",
+    "Result",
+    "all_checks",
+    "run_checks",
+    "select",
+    "summary",
+]
 
 
 def all_checks() -> list[Check]:
@@ -39,9 +49,11 @@ def select(only: Iterable[str] = (), skip: Iterable[str] = ()) -> list[Check]:
     only, skip = [s for s in only if s], [s for s in skip if s]
     for sel in [*only, *skip]:
         if not any(_matches(c, sel) for c in REGISTRY.values()):
-            raise UsageError(f"no check matches {sel!r}",
-                             "give a check id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7; "
-                             "`yktool verify --list` shows them")
+            raise UsageError(
+                f"no check matches {sel!r}",
+                "give a check id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7; "
+                "`yktool verify --list` shows them",
+            )
     chosen = [c for c in all_checks() if not only or any(_matches(c, s) for s in only)]
     return [c for c in chosen if not any(_matches(c, s) for s in skip)]
 

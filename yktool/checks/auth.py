@@ -55,8 +55,9 @@ def _pam_check(service: str, always: bool) -> CheckFunc:
         # whoever can rewrite the stack, or replace a module it loads, decides it: judge its
         # content only when only root can
         modules = [m for ln in svc.stack for m in module_files(ctx.host, ln.module)]
-        refused = refuse_writable(ctx, verdict, f"{service}'s PAM stack",
-                                  svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)] + modules)
+        refused = refuse_writable(
+            ctx, verdict, f"{service}'s PAM stack", svc.files + [d for d in PAM_DIRS if ctx.is_dir(d)] + modules
+        )
         if refused is not None:
             return refused
         unreadable = [p for p in svc.problems if "cannot read" in p]
@@ -121,8 +122,9 @@ def _results_without_key(ctx: CheckContext, strict: bool) -> Callable[[PamLine],
     return results
 
 
-def _results_with_key(ctx: CheckContext, version: tuple[int, int, int] | None = None
-                      ) -> Callable[[PamLine], tuple[str, ...]]:
+def _results_with_key(
+    ctx: CheckContext, version: tuple[int, int, int] | None = None
+) -> Callable[[PamLine], tuple[str, ...]]:
     """What each auth rule may return for the user with the key and the password at hand: a
     pam_u2f rule whose authfiles hold no credential at all fails as without the key."""
     loose = _results_without_key(ctx, strict=False)
@@ -152,8 +154,9 @@ def _no_credential_at_all(ctx: CheckContext, options: U2fOptions, version: tuple
     return True
 
 
-def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine,
-                 version: tuple[int, int, int] | None = None) -> Result:
+def _without_key(
+    ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamLine, version: tuple[int, int, int] | None = None
+) -> Result:
     """Can libpam's run of the auth stack end in success with pam_u2f failing? Run as
     pam_dispatch (libpam's dispatcher) over every result the other rules may give."""
     service = svc.name
@@ -162,41 +165,66 @@ def _without_key(ctx: CheckContext, verdict: Verdict, svc: PamService, u2f: PamL
         with_key = pam_dispatch.passing_path(handlers, _results_with_key(ctx, version))
         if with_key is None:
             verdict.add_evidence(svc.path or service, "no way through", "auth", "even with the key and the password")
-            return verdict.fail(f"{service}'s auth stack never succeeds, even with the key and the password "
-                                "(libpam's reading): everyone is locked out", "fix the stack before anyone logs out; "
-                                "`pamtester SERVICE USER authenticate` shows libpam's verdict")
+            return verdict.fail(
+                f"{service}'s auth stack never succeeds, even with the key and the password "
+                "(libpam's reading): everyone is locked out",
+                "fix the stack before anyone logs out; `pamtester SERVICE USER authenticate` shows libpam's verdict",
+            )
         anyone = pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=True))
         path = anyone or pam_dispatch.passing_path(handlers, _results_without_key(ctx, strict=False))
     except pam_dispatch.TooManyPaths:
-        return verdict.warn(f"{service}'s auth stack has too many branches to follow: cannot tell whether the key "
-                            "is required", "simplify the stack")
+        return verdict.warn(
+            f"{service}'s auth stack has too many branches to follow: cannot tell whether the key is required",
+            "simplify the stack",
+        )
     if path is None:
         return verdict.ok()
     ran_u2f = any(step.line is u2f for step in path)
     # the rule whose success ended the stack or jumped over pam_u2f
-    bypass = next((st.line for st in path if st.result == "success" and st.line.module_name != "pam_u2f"
-                   and (st.action == "done" or st.action.isdigit())), None)
+    bypass = next(
+        (
+            st.line
+            for st in path
+            if st.result == "success"
+            and st.line.module_name != "pam_u2f"
+            and (st.action == "done" or st.action.isdigit())
+        ),
+        None,
+    )
     trail = " -> ".join(f"{st.line.module_name or st.line.raw} {st.result}" for st in path)
     verdict.add_evidence(svc.path or service, trail, "auth", "a way through without the key")
     if not ran_u2f and bypass is not None:
         verdict.add_evidence(bypass.where, bypass.raw, "auth", "before pam_u2f")
         if anyone:
-            return verdict.fail(f"{bypass.where}: `{bypass.control} {bypass.module_name}` ends {service}'s "
-                                "authentication before pam_u2f: anyone gets in", "remove that rule")
-        return verdict.warn(f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
-                            "authentication before pam_u2f is asked (no touch required)",
-                            "put pam_u2f first, or make the earlier rule `required`")
+            return verdict.fail(
+                f"{bypass.where}: `{bypass.control} {bypass.module_name}` ends {service}'s "
+                "authentication before pam_u2f: anyone gets in",
+                "remove that rule",
+            )
+        return verdict.warn(
+            f"{bypass.where}: `{bypass.control} {bypass.module_name}` can end {service}'s "
+            "authentication before pam_u2f is asked (no touch required)",
+            "put pam_u2f first, or make the earlier rule `required`",
+        )
     if anyone:
-        return verdict.fail(f"{service} lets anyone in without the key ({trail}): anyone gets in",
-                            "make pam_u2f `required` and remove the rules that let everyone through")
+        return verdict.fail(
+            f"{service} lets anyone in without the key ({trail}): anyone gets in",
+            "make pam_u2f `required` and remove the rules that let everyone through",
+        )
     if u2f.control.lower() == "sufficient":
-        return verdict.warn(f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
-                            "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
+        return verdict.warn(
+            f"pam_u2f is `sufficient` in {service}: a password alone still works (no touch required)",
+            'make it `required`  |  NixOS: security.pam.u2f.control = "required";',
+        )
     if not key_required(u2f.control):
-        return verdict.warn(f"pam_u2f control is {u2f.control}: a failed touch does not fail {service}",
-                            "make it `required`  |  NixOS: security.pam.u2f.control = \"required\";")
-    return verdict.warn(f"{service} can be passed without the key ({trail})",
-                        "make pam_u2f `required` and put it before any rule whose success ends the stack")
+        return verdict.warn(
+            f"pam_u2f control is {u2f.control}: a failed touch does not fail {service}",
+            'make it `required`  |  NixOS: security.pam.u2f.control = "required";',
+        )
+    return verdict.warn(
+        f"{service} can be passed without the key ({trail})",
+        "make pam_u2f `required` and put it before any rule whose success ends the stack",
+    )
 
 
 def _module_missing(ctx: CheckContext, module: str) -> list[str]:
@@ -211,8 +239,9 @@ def _module_missing(ctx: CheckContext, module: str) -> list[str]:
     return found
 
 
-def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str],
-                      version: tuple[int, int, int] | None) -> Result | None:
+def _authfile_missing(
+    ctx: CheckContext, verdict: Verdict, options: U2fOptions, user_run: list[str], version: tuple[int, int, int] | None
+) -> Result | None:
     """The fail when pam_u2f would find no credential at all (every user locked out of a
     `required` rule, the key never accepted by a `sufficient` one) or an authfile pam_u2f refuses
     or others can write (yktool.pam.check's file rules); None when a key can be accepted."""
@@ -230,31 +259,42 @@ def _authfile_missing(ctx: CheckContext, verdict: Verdict, options: U2fOptions, 
         text = ctx.read(path)  # unreadable: the runner makes it a warn (needs root)
         if text is None:
             continue
-        refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
-                                    user_run=user_run)
+        refused = _authfile_refused(
+            ctx, path, names=names, user=(user, uids.get(user)) if user else None, user_run=user_run
+        )
         if refused is not None:
             verdict.add_evidence(refused.source, refused.value, refused.key)
             return verdict.fail(refused.message, refused.hint)
         parsed = Authfile.parse(text)
         users = {u: len(parsed.credentials_of(u)) for u in parsed.users()}
         keys = sum(users.values())
-        verdict.add_evidence(path, ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items())
-                             or "no credential", "authfile")
+        verdict.add_evidence(
+            path,
+            ", ".join(f"{u}: {n} key{'s' if n != 1 else ''}" for u, n in users.items()) or "no credential",
+            "authfile",
+        )
         if keys:
             return None
     if not paths:
         verdict.add_evidence("/etc/passwd", "no login user", "authfile")
-        return verdict.fail("pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of",
-                            hint)
+        return verdict.fail("pam_u2f has no authfile= and no login user to read a ~/.config/Yubico/u2f_keys of", hint)
     for path, _user in paths:
         if not any(e.source == path for e in verdict.evidence):
             verdict.add_evidence(path, "absent", "authfile")
-    return verdict.fail(f"no credential in {' or '.join(p for p, _u in paths[:3])}: pam_u2f can never accept a key "
-                        "(with a `required` rule nobody gets in)", hint)
+    return verdict.fail(
+        f"no credential in {' or '.join(p for p, _u in paths[:3])}: pam_u2f can never accept a key "
+        "(with a `required` rule nobody gets in)",
+        hint,
+    )
 
 
-def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOptions],
-                          user_run: list[str], version: tuple[int, int, int] | None) -> Result | None:
+def _any_authfile_refused(
+    ctx: CheckContext,
+    verdict: Verdict,
+    rules: list[U2fOptions],
+    user_run: list[str],
+    version: tuple[int, int, int] | None,
+) -> Result | None:
     """The fail for the first authfile, of any pam_u2f rule and any user, that breaks a file rule
     (not only the first rule's, nor only the files up to the first that holds a credential)."""
     passwd = ctx.passwd()
@@ -264,16 +304,18 @@ def _any_authfile_refused(ctx: CheckContext, verdict: Verdict, rules: list[U2fOp
         for path, user in authfile_paths(options, ctx.users_to_check(), version):
             if path.startswith(BOOT_SECRETS) and not ctx.live:
                 continue  # decrypted at boot: nothing to look at in an offline root
-            refused = _authfile_refused(ctx, path, names=names, user=(user, uids.get(user)) if user else None,
-                                        user_run=user_run)
+            refused = _authfile_refused(
+                ctx, path, names=names, user=(user, uids.get(user)) if user else None, user_run=user_run
+            )
             if refused is not None:
                 verdict.add_evidence(refused.source, refused.value, refused.key)
                 return verdict.fail(refused.message, refused.hint)
     return None
 
 
-def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], user: tuple[str, int | None] | None,
-                      user_run: list[str]) -> Finding | None:
+def _authfile_refused(
+    ctx: CheckContext, path: str, *, names: dict[int, str], user: tuple[str, int | None] | None, user_run: list[str]
+) -> Finding | None:
     """The first of yktool.pam.check's file rules the authfile breaks: pam_u2f's own test of it
     (owned by the user or root, else no credential is read), who else could add a key to it,
     whether a screen locker (running as the user) can read it."""
@@ -281,16 +323,20 @@ def _authfile_refused(ctx: CheckContext, path: str, *, names: dict[int, str], us
         st = ctx.host.path(path).stat()
     except OSError:
         return None
-    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user, host=ctx.host), [],
-                          user_run)
+    found = file_findings(AuthfileStat.of(path, st, names=names, live=ctx.live, user=user, host=ctx.host), [], user_run)
     return found[0] if found else None
 
 
 for _svc, _always in PAM_SERVICES:
-    register(f"pam.{_svc}", 3, f"pam_u2f (with cue) protects {_svc}", _pam_check(_svc, _always),
-             "yktool pam register --user USER (prints the PAM line)  |  NixOS: "
-             "security.pam.u2f = { enable = true; control = \"required\"; settings.cue = true; };"
-             f" security.pam.services.{_svc}.u2fAuth = true;")
+    register(
+        f"pam.{_svc}",
+        3,
+        f"pam_u2f (with cue) protects {_svc}",
+        _pam_check(_svc, _always),
+        "yktool pam register --user USER (prints the PAM line)  |  NixOS: "
+        'security.pam.u2f = { enable = true; control = "required"; settings.cue = true; };'
+        f" security.pam.services.{_svc}.u2fAuth = true;",
+    )
 
 
 # ------------------------------------------------------------------------------------- sshd
@@ -328,19 +374,29 @@ SSH_TABLE: tuple[tuple[str, str, str, Callable[[str], bool], str], ...] = (
     ("maxauthtries", "3", "6", _ok_tries, "at most 3 authentication attempts"),
     ("logingracetime", "30", "120", _ok_grace, "30 s login grace time"),
 )
-NIX_SSH = {"passwordauthentication": "PasswordAuthentication = false",
-           "kbdinteractiveauthentication": "KbdInteractiveAuthentication = false",
-           "permitrootlogin": "PermitRootLogin = \"prohibit-password\"",
-           "x11forwarding": "X11Forwarding = false", "maxauthtries": "MaxAuthTries = 3",
-           "logingracetime": "LoginGraceTime = 30"}
-CAMEL = {"passwordauthentication": "PasswordAuthentication", "kbdinteractiveauthentication":
-         "KbdInteractiveAuthentication", "permitrootlogin": "PermitRootLogin", "x11forwarding": "X11Forwarding",
-         "maxauthtries": "MaxAuthTries", "logingracetime": "LoginGraceTime"}
+NIX_SSH = {
+    "passwordauthentication": "PasswordAuthentication = false",
+    "kbdinteractiveauthentication": "KbdInteractiveAuthentication = false",
+    "permitrootlogin": 'PermitRootLogin = "prohibit-password"',
+    "x11forwarding": "X11Forwarding = false",
+    "maxauthtries": "MaxAuthTries = 3",
+    "logingracetime": "LoginGraceTime = 30",
+}
+CAMEL = {
+    "passwordauthentication": "PasswordAuthentication",
+    "kbdinteractiveauthentication": "KbdInteractiveAuthentication",
+    "permitrootlogin": "PermitRootLogin",
+    "x11forwarding": "X11Forwarding",
+    "maxauthtries": "MaxAuthTries",
+    "logingracetime": "LoginGraceTime",
+}
 
 
 def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> CheckFunc:
-    fix = (f"set `{CAMEL[key]} {want}` in /etc/ssh/sshd_config (before any Match block) and reload sshd"
-           f"  |  NixOS: services.openssh.settings.{NIX_SSH[key]};")
+    fix = (
+        f"set `{CAMEL[key]} {want}` in /etc/ssh/sshd_config (before any Match block) and reload sshd"
+        f"  |  NixOS: services.openssh.settings.{NIX_SSH[key]};"
+    )
 
     def run(ctx: CheckContext, verdict: Verdict) -> Result:
         cfg: SshdConfig = effective(ctx)
@@ -369,19 +425,22 @@ def _ssh_check(key: str, want: str, default: str, ok: Callable[[str], bool]) -> 
                     continue
                 if unset and cfg.problems:
                     break  # the value sshd would use is unknown: the problem decides below
-                verdict.add_evidence(setting.source, setting.value, CAMEL[key],
-                                     f"Match {setting.match}" if setting.match else "")
+                verdict.add_evidence(
+                    setting.source, setting.value, CAMEL[key], f"Match {setting.match}" if setting.match else ""
+                )
                 if setting.match:
-                    return verdict.fail(f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} "
-                                        f"for {conn.describe()}",
-                                        f"remove {CAMEL[key]} from the Match block at {setting.source}")
+                    return verdict.fail(
+                        f"a Match block ({setting.match}) sets {CAMEL[key]} {setting.value} for {conn.describe()}",
+                        f"remove {CAMEL[key]} from the Match block at {setting.source}",
+                    )
                 if cfg.dumps:
                     return verdict.fail(f"{CAMEL[key]} is {setting.value} for {conn.describe()}, want {want}", fix)
                 return verdict.fail(f"{CAMEL[key]} is {setting.value}, want {want}", fix)
         if cfg.problems:
             verdict.add_evidence(cfg.problems[0].split(":")[0], "unparsable", note=cfg.problems[0])
-            return verdict.warn(f"cannot tell {CAMEL[key]}: {cfg.problems[0]}",
-                                "fix the file: `sshd -t` names the bad line")
+            return verdict.warn(
+                f"cannot tell {CAMEL[key]}: {cfg.problems[0]}", "fix the file: `sshd -t` names the bad line"
+            )
         if first is not None:
             verdict.add_evidence(first.source, first.value, CAMEL[key])
         return verdict.ok()
@@ -436,8 +495,13 @@ def _sk_key(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.fail("no user has an ed25519-sk (security key) SSH key")
 
 
-register("ssh.sk_key", 3, "an ed25519-sk (YubiKey-backed) SSH key exists for the user", _sk_key,
-         "yktool ssh keygen --user USER   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)")
+register(
+    "ssh.sk_key",
+    3,
+    "an ed25519-sk (YubiKey-backed) SSH key exists for the user",
+    _sk_key,
+    "yktool ssh keygen --user USER   (or: ssh-keygen -t ed25519-sk -O resident -O verify-required)",
+)
 
 
 # ------------------------------------------------------------------------------------- git signing
@@ -465,9 +529,11 @@ def _git_signing(ctx: CheckContext, verdict: Verdict) -> Result:
         key = (got_key[0] or "") if got_key else ""
         signs = cfg.get_bool("commit.gpgsign") is True
         verdict.add_evidence(got_fmt[1] if got_fmt else f"{home}/.gitconfig", fmt or "unset", "gpg.format")
-        verdict.add_evidence(got_sign[1] if got_sign else f"{home}/.gitconfig",
-                             (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset",
-                             "commit.gpgsign")
+        verdict.add_evidence(
+            got_sign[1] if got_sign else f"{home}/.gitconfig",
+            (got_sign[0] if got_sign[0] is not None else "true") if got_sign else "unset",
+            "commit.gpgsign",
+        )
         path = got_key[1] if got_key else f"{home}/.gitconfig"
         if fmt != "ssh" or not signs or not key:
             continue
@@ -493,11 +559,18 @@ def _git_signing(ctx: CheckContext, verdict: Verdict) -> Result:
     if not seen_config:
         return verdict.not_applicable("no user has a git configuration")
     if problems:
-        return verdict.warn(f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
-                            "fix the line: `git config --list` names it")
+        return verdict.warn(
+            f"git refuses its configuration: {problems[0]} (no commit is made, signed or not)",
+            "fix the line: `git config --list` names it",
+        )
     return verdict.fail("no user signs commits with an ed25519-sk key (gpg.format ssh + commit.gpgsign)")
 
 
-register("git.signing", 3, "git commits signed with the security key (gpg.format ssh, ed25519-sk)", _git_signing,
-         "yktool git signing --email EMAIL --user USER   (git config --global gpg.format ssh; "
-         "user.signingkey ~/.ssh/id_ed25519_sk.pub; commit.gpgsign true)")
+register(
+    "git.signing",
+    3,
+    "git commits signed with the security key (gpg.format ssh, ed25519-sk)",
+    _git_signing,
+    "yktool git signing --email EMAIL --user USER   (git config --global gpg.format ssh; "
+    "user.signingkey ~/.ssh/id_ed25519_sk.pub; commit.gpgsign true)",
+)

@@ -199,8 +199,16 @@ class CheckContext:
 
     def which(self, tool: str) -> str | None:
         """A tool inside the root (its usual bin folders), for 'is it installed here'."""
-        for folder in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
-                       "/run/current-system/sw/bin", "/run/wrappers/bin"):
+        for folder in (
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+            "/run/current-system/sw/bin",
+            "/run/wrappers/bin",
+        ):
             p = f"{folder}/{tool}"
             try:
                 real = self.host.path(p)
@@ -307,18 +315,28 @@ class Check:
         try:
             result = self.func(ctx, Verdict(self))
         except Unreadable as exc:
-            result = Result(self.id, self.layer, self.title, "warn",
-                            [Evidence(exc.path, "unreadable", note=exc.reason)],
-                            reason=f"cannot read {exc.path}: {exc.reason}"
-                            + (" (run as root)" if exc.needs_root else ""),
-                            needs_root=exc.needs_root)
+            result = Result(
+                self.id,
+                self.layer,
+                self.title,
+                "warn",
+                [Evidence(exc.path, "unreadable", note=exc.reason)],
+                reason=f"cannot read {exc.path}: {exc.reason}" + (" (run as root)" if exc.needs_root else ""),
+                needs_root=exc.needs_root,
+            )
         except YktoolError as exc:
             result = Result(self.id, self.layer, self.title, "warn", [], reason=exc.message)
         except (OSError, ValueError, UnicodeError) as exc:
             result = Result(self.id, self.layer, self.title, "warn", [], reason=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one broken check must not hide the other fifty
-            result = Result(self.id, self.layer, self.title, "warn", [],
-                            reason=f"internal error in this check ({type(exc).__name__}: {exc}); please report it")
+            result = Result(
+                self.id,
+                self.layer,
+                self.title,
+                "warn",
+                [],
+                reason=f"internal error in this check ({type(exc).__name__}: {exc}); please report it",
+            )
         if not result.fix and result.status in ("fail", "warn"):
             result.fix = self.fix
         return result
@@ -361,8 +379,16 @@ class Verdict:
 
     def _result(self, status: Status, reason: str, fix: str = "", needs_root: bool = False) -> Result:
         c = self.check
-        return Result(c.id, c.layer, c.title, status, list(self.evidence),
-                      fix if status in ("fail", "warn") else "", reason, needs_root)
+        return Result(
+            c.id,
+            c.layer,
+            c.title,
+            status,
+            list(self.evidence),
+            fix if status in ("fail", "warn") else "",
+            reason,
+            needs_root,
+        )
 
     def ok(self, reason: str = "") -> Result:
         return self._result("pass", reason)

@@ -19,8 +19,12 @@ from yktool.errors import YktoolError
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 EFIVARS = "/sys/firmware/efi/efivars"
-SBCTL_BUNDLES = ("/var/lib/sbctl/keys/db/db.key", "/etc/secureboot/keys/db/db.key",
-                 "/var/lib/sbctl/keys/db", "/etc/secureboot/keys/db")
+SBCTL_BUNDLES = (
+    "/var/lib/sbctl/keys/db/db.key",
+    "/etc/secureboot/keys/db/db.key",
+    "/var/lib/sbctl/keys/db",
+    "/etc/secureboot/keys/db",
+)
 
 
 @dataclass
@@ -28,14 +32,14 @@ class RootDevice:
     """What was found about the root filesystem's backing device."""
 
     evidence: list[Evidence] = field(default_factory=list)
-    source: str = ""              # the `/` mount source
-    mapper: str = ""              # the dm-crypt name, when `/` is on one
-    device: str = ""              # the LUKS device inside the root
+    source: str = ""  # the `/` mount source
+    mapper: str = ""  # the dm-crypt name, when `/` is on one
+    device: str = ""  # the LUKS device inside the root
     dm_luks_version: int | None = None  # from the live device-mapper uuid (CRYPT-LUKS2-…)
-    header: Any = None            # yktool.luks.header.LuksHeader
+    header: Any = None  # yktool.luks.header.LuksHeader
     header_error: str = ""
     header_needs_root: bool = False
-    problem: str = ""             # why `/` is not (known to be) on LUKS
+    problem: str = ""  # why `/` is not (known to be) on LUKS
 
 
 def _unescape_mount(s: str) -> str:
@@ -76,10 +80,14 @@ def crypttab(ctx: CheckContext) -> dict[str, tuple[str, str]]:
 
 def resolve_spec(spec: str) -> str:
     """`UUID=…`, `PARTUUID=…`, `LABEL=…` or a path → a path inside the root."""
-    for prefix, folder in (("UUID=", "by-uuid"), ("PARTUUID=", "by-partuuid"), ("LABEL=", "by-label"),
-                           ("PARTLABEL=", "by-partlabel")):
+    for prefix, folder in (
+        ("UUID=", "by-uuid"),
+        ("PARTUUID=", "by-partuuid"),
+        ("LABEL=", "by-label"),
+        ("PARTLABEL=", "by-partlabel"),
+    ):
         if spec.startswith(prefix):
-            return f"/dev/disk/{folder}/{spec[len(prefix):].strip(chr(34))}"
+            return f"/dev/disk/{folder}/{spec[len(prefix) :].strip(chr(34))}"
     return spec
 
 
@@ -129,7 +137,7 @@ def root_device(ctx: CheckContext) -> RootDevice:
     table = crypttab(ctx)
     mapper = ""
     if source.startswith("/dev/mapper/"):
-        mapper = source[len("/dev/mapper/"):]
+        mapper = source[len("/dev/mapper/") :]
     if mapper and mapper in table:
         spec, opts = table[mapper]
         rd.mapper = mapper
@@ -155,8 +163,9 @@ def _read_header(ctx: CheckContext, rd: RootDevice) -> None:
         # slots an interrupted run left are judged for what they are: an unseen recovery key is
         # no typed fallback (luks.pending)
         rd.header = read_header_seeing_pending(ctx.host, rd.device)
-        rd.evidence.append(Evidence(rd.device, f"LUKS{rd.header.version}", "header",
-                                    "cryptsetup luksDump --dump-json-metadata"))
+        rd.evidence.append(
+            Evidence(rd.device, f"LUKS{rd.header.version}", "header", "cryptsetup luksDump --dump-json-metadata")
+        )
     except YktoolError as exc:
         rd.header_error = exc.message
         rd.header_needs_root = "permission denied" in exc.message and not ctx.privileged
@@ -173,9 +182,13 @@ def _luks_version(rd: RootDevice) -> int | None:
     return rd.dm_luks_version
 
 
-@check("boot.luks.root", 2, "root filesystem on LUKS2",
-       "reinstall with LUKS2 on the root partition (or `cryptsetup convert --type luks2` a LUKS1 one)"
-       "  |  NixOS: boot.initrd.luks.devices.<name>.device = …;")
+@check(
+    "boot.luks.root",
+    2,
+    "root filesystem on LUKS2",
+    "reinstall with LUKS2 on the root partition (or `cryptsetup convert --type luks2` a LUKS1 one)"
+    "  |  NixOS: boot.initrd.luks.devices.<name>.device = …;",
+)
 def luks_root(ctx: CheckContext, verdict: Verdict) -> Result:
     rd = root_device(ctx)
     verdict.evidence.extend(rd.evidence)
@@ -187,8 +200,10 @@ def luks_root(ctx: CheckContext, verdict: Verdict) -> Result:
             return verdict.needs_root(f"reading the LUKS header of {rd.device}")
         return verdict.warn(f"cannot read the LUKS header of {rd.device}: {rd.header_error}")
     if version != 2:
-        return verdict.fail(f"root is on LUKS{version}; systemd's FIDO2/TPM2 tokens need LUKS2",
-                            f"cryptsetup convert --type luks2 {rd.device} (after a luksHeaderBackup)")
+        return verdict.fail(
+            f"root is on LUKS{version}; systemd's FIDO2/TPM2 tokens need LUKS2",
+            f"cryptsetup convert --type luks2 {rd.device} (after a luksHeaderBackup)",
+        )
     return verdict.ok()
 
 
@@ -205,8 +220,9 @@ def _tokens(ctx: CheckContext, verdict: Verdict, type_name: str) -> list[Any] | 
     return toks
 
 
-def _enrolled(ctx: CheckContext, verdict: Verdict, type_name: str,
-              note: Callable[[Any], str] = lambda _t: "") -> Result:
+def _enrolled(
+    ctx: CheckContext, verdict: Verdict, type_name: str, note: Callable[[Any], str] = lambda _t: ""
+) -> Result:
     """Pass when the root's header has a `type_name` token bound to a keyslot (each one listed)."""
     toks = _tokens(ctx, verdict, type_name)
     if isinstance(toks, Result):
@@ -220,8 +236,12 @@ def _enrolled(ctx: CheckContext, verdict: Verdict, type_name: str,
     return verdict.ok()
 
 
-@check("boot.luks.fido2", 2, "FIDO2 key enrolled in the root's LUKS header",
-       "yktool luks enroll-fido2 DEVICE   (or: systemd-cryptenroll --fido2-device=auto DEVICE)")
+@check(
+    "boot.luks.fido2",
+    2,
+    "FIDO2 key enrolled in the root's LUKS header",
+    "yktool luks enroll-fido2 DEVICE   (or: systemd-cryptenroll --fido2-device=auto DEVICE)",
+)
 def luks_fido2(ctx: CheckContext, verdict: Verdict) -> Result:
     from yktool.inventory import Registry
 
@@ -241,8 +261,12 @@ def luks_fido2(ctx: CheckContext, verdict: Verdict) -> Result:
     return _enrolled(ctx, verdict, "systemd-fido2", owner)
 
 
-@check("boot.luks.fallback", 2, "a typed way into the root volume remains (password or recovery key)",
-       "add one before you need it: yktool luks add-recovery DEVICE (systemd-cryptenroll --recovery-key DEVICE)")
+@check(
+    "boot.luks.fallback",
+    2,
+    "a typed way into the root volume remains (password or recovery key)",
+    "add one before you need it: yktool luks add-recovery DEVICE (systemd-cryptenroll --recovery-key DEVICE)",
+)
 def luks_fallback(ctx: CheckContext, verdict: Verdict) -> Result:
     toks = _tokens(ctx, verdict, "systemd-fido2")
     if isinstance(toks, Result):
@@ -256,18 +280,27 @@ def luks_fallback(ctx: CheckContext, verdict: Verdict) -> Result:
         return verdict.ok()
     if len(toks) >= 2:
         return verdict.ok("no typed fallback, but two FIDO2 keys are enrolled")
-    return verdict.fail("every keyslot needs one piece of hardware: lose the key or change the firmware and the disk "
-                        "stays locked")
+    return verdict.fail(
+        "every keyslot needs one piece of hardware: lose the key or change the firmware and the disk stays locked"
+    )
 
 
-@check("boot.luks.tpm2", 2, "TPM2 enrolled in the root's LUKS header",
-       "yktool luks enroll-tpm2 DEVICE   (or: systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 DEVICE)")
+@check(
+    "boot.luks.tpm2",
+    2,
+    "TPM2 enrolled in the root's LUKS header",
+    "yktool luks enroll-tpm2 DEVICE   (or: systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 DEVICE)",
+)
 def luks_tpm2(ctx: CheckContext, verdict: Verdict) -> Result:
     return _enrolled(ctx, verdict, "systemd-tpm2")
 
 
-@check("boot.luks.tpm2_pcrs", 2, "TPM2 token sealed to the configured PCRs (incl. 7: Secure Boot state)",
-       "re-enroll: yktool luks enroll-tpm2 --pcrs 7 DEVICE (systemd-cryptenroll --wipe-slot=tpm2 --tpm2-pcrs=7)")
+@check(
+    "boot.luks.tpm2_pcrs",
+    2,
+    "TPM2 token sealed to the configured PCRs (incl. 7: Secure Boot state)",
+    "re-enroll: yktool luks enroll-tpm2 --pcrs 7 DEVICE (systemd-cryptenroll --wipe-slot=tpm2 --tpm2-pcrs=7)",
+)
 def luks_tpm2_pcrs(ctx: CheckContext, verdict: Verdict) -> Result:
     toks = _tokens(ctx, verdict, "systemd-tpm2")
     if isinstance(toks, Result):
@@ -298,9 +331,13 @@ def _efivar(ctx: CheckContext, name: str) -> tuple[int | None, str]:
     return (raw[4] if len(raw) >= 5 else None), path
 
 
-@check("boot.secureboot", 2, "Secure Boot enabled (efivars)",
-       "enroll your keys (sbctl create-keys && sbctl enroll-keys --microsoft) and turn Secure Boot on in the "
-       "firmware  |  NixOS: boot.lanzaboote.enable = true;")
+@check(
+    "boot.secureboot",
+    2,
+    "Secure Boot enabled (efivars)",
+    "enroll your keys (sbctl create-keys && sbctl enroll-keys --microsoft) and turn Secure Boot on in the "
+    "firmware  |  NixOS: boot.lanzaboote.enable = true;",
+)
 def secureboot(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.is_dir("/sys/firmware"):
         verdict.add_evidence("/sys/firmware", "absent")
@@ -316,8 +353,12 @@ def secureboot(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok() if value == 1 else verdict.fail("Secure Boot is disabled in the firmware")
 
 
-@check("boot.secureboot.setup_mode", 2, "firmware not in Secure Boot setup mode (platform key enrolled)",
-       "sbctl enroll-keys --microsoft, then reboot")
+@check(
+    "boot.secureboot.setup_mode",
+    2,
+    "firmware not in Secure Boot setup mode (platform key enrolled)",
+    "sbctl enroll-keys --microsoft, then reboot",
+)
 def setup_mode(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.is_dir("/sys/firmware/efi"):
         return verdict.not_applicable("not a UEFI system (see boot.secureboot)")
@@ -329,9 +370,13 @@ def setup_mode(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok() if value == 0 else verdict.fail("the firmware is in setup mode: anyone can enroll keys")
 
 
-@check("boot.sbctl", 2, "Secure Boot signing keys present and boot files signed (sbctl / lanzaboote)",
-       "sbctl create-keys && sbctl enroll-keys --microsoft && sbctl sign-all  |  NixOS: "
-       "boot.lanzaboote = { enable = true; pkiBundle = \"/etc/secureboot\"; };")
+@check(
+    "boot.sbctl",
+    2,
+    "Secure Boot signing keys present and boot files signed (sbctl / lanzaboote)",
+    "sbctl create-keys && sbctl enroll-keys --microsoft && sbctl sign-all  |  NixOS: "
+    'boot.lanzaboote = { enable = true; pkiBundle = "/etc/secureboot"; };',
+)
 def sbctl(ctx: CheckContext, verdict: Verdict) -> Result:
     bundle = None
     for path in SBCTL_BUNDLES:

@@ -31,31 +31,44 @@ def _daemon_conf(ctx: CheckContext) -> tuple[str, dict[str, str] | None]:
     return path, conf
 
 
-@check("hw.usbguard.running", 0, "USBGuard daemon running",
-       "systemctl enable --now usbguard  |  NixOS: services.usbguard.enable = true;")
+@check(
+    "hw.usbguard.running",
+    0,
+    "USBGuard daemon running",
+    "systemctl enable --now usbguard  |  NixOS: services.usbguard.enable = true;",
+)
 def usbguard_running(ctx: CheckContext, verdict: Verdict) -> Result:
     return daemon_result(ctx, verdict, "usbguard-daemon", "usbguard.service", "usbguard-daemon")
 
 
-@check("hw.usbguard.policy", 0, "USBGuard blocks unknown devices (implicitPolicyTarget=block)",
-       "set ImplicitPolicyTarget=block in usbguard-daemon.conf  |  NixOS: services.usbguard.implicitPolicyTarget"
-       " = \"block\";")
+@check(
+    "hw.usbguard.policy",
+    0,
+    "USBGuard blocks unknown devices (implicitPolicyTarget=block)",
+    "set ImplicitPolicyTarget=block in usbguard-daemon.conf  |  NixOS: services.usbguard.implicitPolicyTarget"
+    ' = "block";',
+)
 def usbguard_policy(ctx: CheckContext, verdict: Verdict) -> Result:
     path, conf = _daemon_conf(ctx)
     if conf is None:
         verdict.add_evidence(path, "absent")
         return verdict.fail(f"{path} does not exist (USBGuard not configured)")
     value = conf.get("ImplicitPolicyTarget", "block")
-    verdict.add_evidence(path, value, "ImplicitPolicyTarget",
-                         "" if "ImplicitPolicyTarget" in conf else "unset: default block")
+    verdict.add_evidence(
+        path, value, "ImplicitPolicyTarget", "" if "ImplicitPolicyTarget" in conf else "unset: default block"
+    )
     if value in ("block", "reject"):
         return verdict.ok()
     return verdict.fail(f"ImplicitPolicyTarget={value}: unknown devices are allowed")
 
 
-@check("hw.usbguard.rules", 0, "USBGuard rules populated (not placeholder stubs)",
-       "yktool usbguard allow   (or: usbguard generate-policy > /etc/usbguard/rules.conf)"
-       "  |  NixOS: yktool usbguard allow --nixos")
+@check(
+    "hw.usbguard.rules",
+    0,
+    "USBGuard rules populated (not placeholder stubs)",
+    "yktool usbguard allow   (or: usbguard generate-policy > /etc/usbguard/rules.conf)"
+    "  |  NixOS: yktool usbguard allow --nixos",
+)
 def usbguard_rules(ctx: CheckContext, verdict: Verdict) -> Result:
     conf_path, conf = _daemon_conf(ctx)
     rules_path = (conf or {}).get("RuleFile") or usbguard.RULES_PATH
@@ -82,17 +95,24 @@ def usbguard_rules(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok()
 
 
-@check("hw.udev.lock_rule", 0, "removal-lock udev rule installed",
-       "yktool udev install   |  NixOS: yktool udev install --nixos")
+@check(
+    "hw.udev.lock_rule",
+    0,
+    "removal-lock udev rule installed",
+    "yktool udev install   |  NixOS: yktool udev install --nixos",
+)
 def udev_lock_rule(ctx: CheckContext, verdict: Verdict) -> Result:
     rules = udev.installed_rules(ctx.host)
     if not rules:
-        verdict.add_evidence("/etc/udev/rules.d, /usr/lib/udev/rules.d",
-                             "no ACTION==\"remove\" rule that locks sessions")
+        verdict.add_evidence("/etc/udev/rules.d, /usr/lib/udev/rules.d", 'no ACTION=="remove" rule that locks sessions')
         return verdict.fail("no removal-lock rule is installed")
     for rule in rules:
-        verdict.add_evidence(rule.path, f"{rule.vendor or '?'}:{rule.product or '?'}", "remove-lock",
-                             f"serial {rule.serial}" if rule.serial else "")
+        verdict.add_evidence(
+            rule.path,
+            f"{rule.vendor or '?'}:{rule.product or '?'}",
+            "remove-lock",
+            f"serial {rule.serial}" if rule.serial else "",
+        )
     from yktool.inventory import Registry
 
     for key, enr in Registry.load(ctx.host).enrollments("udev"):
@@ -112,23 +132,31 @@ def udev_lock_rule(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok()
 
 
-@check("hw.udev.lock_handler", 0, "a screen locker reacts to the lock (hyprlock/swaylock/i3lock/desktop)",
-       "install a locker wired to logind's Lock signal, e.g. hyprlock + hypridle, swaylock + swayidle, "
-       "i3lock + xss-lock")
+@check(
+    "hw.udev.lock_handler",
+    0,
+    "a screen locker reacts to the lock (hyprlock/swaylock/i3lock/desktop)",
+    "install a locker wired to logind's Lock signal, e.g. hyprlock + hypridle, swaylock + swayidle, i3lock + xss-lock",
+)
 def udev_lock_handler(ctx: CheckContext, verdict: Verdict) -> Result:
     found = udev.find_lock_handlers(ctx.host)
     if found:
         for p in found[:5]:
             verdict.add_evidence(p, "present")
         return verdict.ok()
-    verdict.add_evidence(", ".join(udev.HANDLER_DIRS[:4]) + ", …",
-                         "none of " + ", ".join(udev.LOCK_HANDLERS[:6]) + ", …")
+    verdict.add_evidence(
+        ", ".join(udev.HANDLER_DIRS[:4]) + ", …", "none of " + ", ".join(udev.LOCK_HANDLERS[:6]) + ", …"
+    )
     return verdict.warn("no lock handler found: loginctl lock-sessions would lock nothing on screen")
 
 
-@check("hw.registry.backup", 0, "at least two keys registered (a backup key exists)",
-       "enroll a backup key: yktool commission --backup-nickname backup (insert it when asked), or each "
-       "building block with --nickname backup")
+@check(
+    "hw.registry.backup",
+    0,
+    "at least two keys registered (a backup key exists)",
+    "enroll a backup key: yktool commission --backup-nickname backup (insert it when asked), or each "
+    "building block with --nickname backup",
+)
 def registry_backup(ctx: CheckContext, verdict: Verdict) -> Result:
     from yktool.inventory import REGISTRY_PATH, Registry
 
@@ -143,8 +171,12 @@ def registry_backup(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.fail(f"only {len(names)} key registered: losing it locks you out")
 
 
-@check("hw.tpm.present", 0, "TPM2 present (measured boot, LUKS key sealing)",
-       "enable the TPM in firmware setup  |  NixOS: security.tpm2.enable = true;")
+@check(
+    "hw.tpm.present",
+    0,
+    "TPM2 present (measured boot, LUKS key sealing)",
+    "enable the TPM in firmware setup  |  NixOS: security.tpm2.enable = true;",
+)
 def tpm_present(ctx: CheckContext, verdict: Verdict) -> Result:
     major = ctx.read("/sys/class/tpm/tpm0/tpm_version_major")
     if major is not None:

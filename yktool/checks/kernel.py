@@ -57,13 +57,20 @@ SYSCTLS = (
 
 # boot.blacklistedKernelModules in the checklist: rare protocols, then the Dirty Frag LPE mitigation.
 BLACKLIST = ("dccp", "sctp", "rds", "tipc", "esp4", "esp6", "rxrpc")
-MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d",
-                 "/lib/modprobe.d")
+MODPROBE_DIRS = (
+    "/etc/modprobe.d",
+    "/run/modprobe.d",
+    "/usr/local/lib/modprobe.d",
+    "/usr/lib/modprobe.d",
+    "/lib/modprobe.d",
+)
 
 
 def sysctl_fix(name: str, value: str) -> str:
-    return (f"sysctl -w {name}={value} && echo '{name} = {value}' >> /etc/sysctl.d/90-hardening.conf"
-            f"  |  NixOS: boot.kernel.sysctl.\"{name}\" = {value};")
+    return (
+        f"sysctl -w {name}={value} && echo '{name} = {value}' >> /etc/sysctl.d/90-hardening.conf"
+        f'  |  NixOS: boot.kernel.sysctl."{name}" = {value};'
+    )
 
 
 def sysctl_files(ctx: CheckContext) -> list[str]:
@@ -174,8 +181,10 @@ def loaded_modules(ctx: CheckContext) -> set[str] | None:
 
 
 def _module_check(mod: str) -> CheckFunc:
-    fix = (f"echo 'install {mod} /bin/false' > /etc/modprobe.d/90-blacklist-{mod}.conf && rmmod {mod}"
-           f"  |  NixOS: boot.blacklistedKernelModules = [ \"{mod}\" ];")
+    fix = (
+        f"echo 'install {mod} /bin/false' > /etc/modprobe.d/90-blacklist-{mod}.conf && rmmod {mod}"
+        f'  |  NixOS: boot.blacklistedKernelModules = [ "{mod}" ];'
+    )
 
     def run(ctx: CheckContext, verdict: Verdict) -> Result:
         rules = modprobe_rules(ctx).get(mod, [])
@@ -236,6 +245,11 @@ def _coredump(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.fail("core dumps are written to files")
 
 
-register("kernel.coredump", 1, "coredumps disabled system-wide", _coredump,
-         "echo 'kernel.core_pattern=|/bin/false' > /etc/sysctl.d/50-coredump.conf && sysctl --system"
-         "  |  NixOS: systemd.coredump.enable = false;")
+register(
+    "kernel.coredump",
+    1,
+    "coredumps disabled system-wide",
+    _coredump,
+    "echo 'kernel.core_pattern=|/bin/false' > /etc/sysctl.d/50-coredump.conf && sysctl --system"
+    "  |  NixOS: systemd.coredump.enable = false;",
+)

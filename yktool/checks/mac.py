@@ -8,9 +8,12 @@ import re
 from yktool.checks.base import CheckContext, Result, Verdict, check
 
 
-@check("mac.apparmor.enabled", 6, "AppArmor enabled in the kernel",
-       "boot with `apparmor=1 security=apparmor` (Debian: enabled by default)  |  NixOS: "
-       "security.apparmor.enable = true;")
+@check(
+    "mac.apparmor.enabled",
+    6,
+    "AppArmor enabled in the kernel",
+    "boot with `apparmor=1 security=apparmor` (Debian: enabled by default)  |  NixOS: security.apparmor.enable = true;",
+)
 def apparmor_enabled(ctx: CheckContext, verdict: Verdict) -> Result:
     flag = ctx.read("/sys/module/apparmor/parameters/enabled")
     lsm = ctx.read("/sys/kernel/security/lsm")
@@ -27,9 +30,13 @@ def apparmor_enabled(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok()
 
 
-@check("mac.apparmor.profiles", 6, "AppArmor profiles loaded in enforce mode",
-       "apt install apparmor-profiles && systemctl enable --now apparmor  |  NixOS: security.apparmor.policies"
-       " (and killUnconfinedConfinables = true)")
+@check(
+    "mac.apparmor.profiles",
+    6,
+    "AppArmor profiles loaded in enforce mode",
+    "apt install apparmor-profiles && systemctl enable --now apparmor  |  NixOS: security.apparmor.policies"
+    " (and killUnconfinedConfinables = true)",
+)
 def apparmor_profiles(ctx: CheckContext, verdict: Verdict) -> Result:
     flag = ctx.read("/sys/module/apparmor/parameters/enabled")
     if flag is None or flag.strip() != "Y":
@@ -50,8 +57,12 @@ def apparmor_profiles(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok()
 
 
-@check("sandbox.bubblewrap", 7, "bubblewrap available for application sandboxes (nixpak)",
-       "apt install bubblewrap  |  NixOS: sandbox GUI apps with nixpak (modules/sandbox.nix)")
+@check(
+    "sandbox.bubblewrap",
+    7,
+    "bubblewrap available for application sandboxes (nixpak)",
+    "apt install bubblewrap  |  NixOS: sandbox GUI apps with nixpak (modules/sandbox.nix)",
+)
 def bubblewrap(ctx: CheckContext, verdict: Verdict) -> Result:
     exe = ctx.which("bwrap")
     if exe:
@@ -64,8 +75,12 @@ def bubblewrap(ctx: CheckContext, verdict: Verdict) -> Result:
 _USERS_JSON = re.compile(r"(/nix/store/[0-9a-z]{32}-users-groups\.json)")
 
 
-@check("nixos.mutable_users", 3, "NixOS: users.mutableUsers = false (accounts only from the configuration)",
-       "set users.mutableUsers = false; (give every user hashedPasswordFile first, or you lock yourself out)")
+@check(
+    "nixos.mutable_users",
+    3,
+    "NixOS: users.mutableUsers = false (accounts only from the configuration)",
+    "set users.mutableUsers = false; (give every user hashedPasswordFile first, or you lock yourself out)",
+)
 def mutable_users(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.exists("/etc/NIXOS"):
         return verdict.not_applicable("not NixOS")
@@ -89,7 +104,7 @@ def mutable_users(ctx: CheckContext, verdict: Verdict) -> Result:
     for conf in ("/etc/nixos/configuration.nix",):
         text = ctx.read(conf)
         if text:
-            text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)   # a commented-out line says nothing
+            text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)  # a commented-out line says nothing
             text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
             m2 = re.search(r"users\.mutableUsers\s*=\s*(true|false)\s*;", text)
             if m2:

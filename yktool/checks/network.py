@@ -9,8 +9,14 @@ from yktool.checks.base import CheckContext, Result, Verdict, check, daemon_resu
 
 NFT_FILES = ("/etc/nftables.conf", "/etc/sysconfig/nftables.conf")
 IPT_FILES = ("/etc/iptables/rules.v4", "/etc/sysconfig/iptables", "/etc/iptables.rules")
-FIREWALL_UNITS = ("nftables.service", "netfilter-persistent.service", "iptables.service", "firewalld.service",
-                  "ufw.service", "firewall.service")
+FIREWALL_UNITS = (
+    "nftables.service",
+    "netfilter-persistent.service",
+    "iptables.service",
+    "firewalld.service",
+    "ufw.service",
+    "firewall.service",
+)
 
 
 def nft_filters_input(text: str) -> str | None:
@@ -72,15 +78,21 @@ def ipt_filters_input(text: str) -> str | None:
     return filters("INPUT")
 
 
-@check("net.firewall", 5, "firewall enabled, dropping unsolicited input",
-       "enable nftables with an input policy drop (apt install nftables; systemctl enable --now nftables)"
-       "  |  NixOS: networking.firewall.enable = true;")
+@check(
+    "net.firewall",
+    5,
+    "firewall enabled, dropping unsolicited input",
+    "enable nftables with an input policy drop (apt install nftables; systemctl enable --now nftables)"
+    "  |  NixOS: networking.firewall.enable = true;",
+)
 def firewall(ctx: CheckContext, verdict: Verdict) -> Result:
     live_read = False
     # 1. the kernel's live ruleset, when we may read it
     if ctx.live:
-        for tool, args, parse in (("nft", ["list", "ruleset"], nft_filters_input),
-                                  ("iptables-save", [], ipt_filters_input)):
+        for tool, args, parse in (
+            ("nft", ["list", "ruleset"], nft_filters_input),
+            ("iptables-save", [], ipt_filters_input),
+        ):
             exe = ctx.host.which(tool)
             if exe is None:
                 continue
@@ -89,8 +101,9 @@ def firewall(ctx: CheckContext, verdict: Verdict) -> Result:
                 continue
             res = ctx.host.run([exe, *args], check=False, timeout=10)
             if res.returncode != 0:
-                verdict.add_evidence(f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}",
-                                     note=res.error_text[:80])
+                verdict.add_evidence(
+                    f"{tool} {' '.join(args)}".strip(), f"exit {res.returncode}", note=res.error_text[:80]
+                )
                 continue
             hit = parse(res.text)
             live_read = True
@@ -104,8 +117,10 @@ def firewall(ctx: CheckContext, verdict: Verdict) -> Result:
             verdict.add_evidence(link, "enabled", u)
     if live_read:
         # what the kernel does now is the answer; a configuration that would drop is only a hint
-        return verdict.fail("the running kernel's ruleset drops no unsolicited input"
-                            + (" (a firewall service is enabled: is it failing?)" if any(enabled.values()) else ""))
+        return verdict.fail(
+            "the running kernel's ruleset drops no unsolicited input"
+            + (" (a firewall service is enabled: is it failing?)" if any(enabled.values()) else "")
+        )
     if enabled.get("firewall.service") and ctx.exists("/etc/NIXOS"):
         return verdict.ok("NixOS firewall service enabled (drops unsolicited input by default)")
     found = None
@@ -132,13 +147,19 @@ def firewall(ctx: CheckContext, verdict: Verdict) -> Result:
             verdict.add_evidence(", ".join((*NFT_FILES, *IPT_FILES, "/etc/ufw/ufw.conf")), "absent")
         return verdict.fail("no firewall ruleset that drops unsolicited input")
     if not any(enabled.values()):
-        return verdict.fail(f"{found} drops input, but no firewall service loads it at boot",
-                            "systemctl enable nftables (or netfilter-persistent)")
+        return verdict.fail(
+            f"{found} drops input, but no firewall service loads it at boot",
+            "systemctl enable nftables (or netfilter-persistent)",
+        )
     return verdict.ok("configured" + ("" if not ctx.live else " (live ruleset not readable)"))
 
 
-@check("net.fail2ban.active", 5, "fail2ban running",
-       "apt install fail2ban && systemctl enable --now fail2ban  |  NixOS: services.fail2ban.enable = true;")
+@check(
+    "net.fail2ban.active",
+    5,
+    "fail2ban running",
+    "apt install fail2ban && systemctl enable --now fail2ban  |  NixOS: services.fail2ban.enable = true;",
+)
 def fail2ban_active(ctx: CheckContext, verdict: Verdict) -> Result:
     return daemon_result(ctx, verdict, "fail2ban-server", "fail2ban.service", "fail2ban")
 
@@ -149,8 +170,12 @@ def fail2ban_config(ctx: CheckContext) -> tuple[configparser.RawConfigParser, li
     if isinstance(cached, tuple):
         return cached
     parser = configparser.RawConfigParser(strict=False, inline_comment_prefixes=("#", ";"))
-    files = ["/etc/fail2ban/jail.conf", *ctx.glob("/etc/fail2ban/jail.d", ".conf"),
-             "/etc/fail2ban/jail.local", *ctx.glob("/etc/fail2ban/jail.d", ".local")]
+    files = [
+        "/etc/fail2ban/jail.conf",
+        *ctx.glob("/etc/fail2ban/jail.d", ".conf"),
+        "/etc/fail2ban/jail.local",
+        *ctx.glob("/etc/fail2ban/jail.d", ".local"),
+    ]
     read = []
     for path in files:
         text = ctx.read(path)
@@ -169,15 +194,20 @@ def _truthy(v: str) -> bool:
     return v.strip().lower() in ("true", "yes", "1", "on")
 
 
-@check("net.fail2ban.jails", 5, "fail2ban jails enabled (sshd at least, where SSH runs)",
-       "enable jails in /etc/fail2ban/jail.local ([sshd] enabled = true)  |  NixOS: services.fail2ban.jails")
+@check(
+    "net.fail2ban.jails",
+    5,
+    "fail2ban jails enabled (sshd at least, where SSH runs)",
+    "enable jails in /etc/fail2ban/jail.local ([sshd] enabled = true)  |  NixOS: services.fail2ban.jails",
+)
 def fail2ban_jails(ctx: CheckContext, verdict: Verdict) -> Result:
     parser, files = fail2ban_config(ctx)
     if not files:
         verdict.add_evidence("/etc/fail2ban/jail.conf", "absent")
         return verdict.fail("no fail2ban configuration")
-    jails = [s for s in parser.sections() if s not in ("INCLUDES",) and _truthy(parser.get(s, "enabled",
-                                                                                             fallback="false"))]
+    jails = [
+        s for s in parser.sections() if s not in ("INCLUDES",) and _truthy(parser.get(s, "enabled", fallback="false"))
+    ]
     verdict.add_evidence(", ".join(files), ", ".join(jails) or "none", "enabled jails")
     if not jails:
         return verdict.fail("no fail2ban jail is enabled")
@@ -192,9 +222,13 @@ def fail2ban_jails(ctx: CheckContext, verdict: Verdict) -> Result:
     return verdict.ok()
 
 
-@check("net.fail2ban.bantime_increment", 5, "fail2ban ban times grow on repeat offenses (exponential, capped)",
-       "set `bantime.increment = true` and `bantime.maxtime = 168h` in [DEFAULT] of jail.local"
-       "  |  NixOS: services.fail2ban.bantime-increment = { enable = true; maxtime = \"168h\"; };")
+@check(
+    "net.fail2ban.bantime_increment",
+    5,
+    "fail2ban ban times grow on repeat offenses (exponential, capped)",
+    "set `bantime.increment = true` and `bantime.maxtime = 168h` in [DEFAULT] of jail.local"
+    '  |  NixOS: services.fail2ban.bantime-increment = { enable = true; maxtime = "168h"; };',
+)
 def fail2ban_increment(ctx: CheckContext, verdict: Verdict) -> Result:
     parser, files = fail2ban_config(ctx)
     if not files:

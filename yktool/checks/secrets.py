@@ -14,8 +14,10 @@ from yktool.checks.base import CheckContext, Result, Verdict, check
 
 HOST_KEYS = ("/etc/ssh/ssh_host_ed25519_key.pub", "/persist/etc/ssh/ssh_host_ed25519_key.pub")
 _BIND_STR = re.compile(r'([A-Za-z_][\w\'-]*)\s*=\s*"([^"]*)"\s*;')
-_BIND_LIST = re.compile(r"([A-Za-z_][\w'-]*)\s*=\s*((?:\[[^\]]*\]|[A-Za-z_][\w'-]*)(?:\s*\+\+\s*(?:\[[^\]]*\]|"
-                        r"[A-Za-z_][\w'-]*))*)\s*;")
+_BIND_LIST = re.compile(
+    r"([A-Za-z_][\w'-]*)\s*=\s*((?:\[[^\]]*\]|[A-Za-z_][\w'-]*)(?:\s*\+\+\s*(?:\[[^\]]*\]|"
+    r"[A-Za-z_][\w'-]*))*)\s*;"
+)
 _ENTRY = re.compile(r'"([^"]+)"\s*\.\s*publicKeys\s*=\s*([^;]*);')
 
 
@@ -53,9 +55,13 @@ def parse_secrets_nix(text: str) -> tuple[dict[str, list[str]], list[str]]:
     return entries, unresolved
 
 
-@check("secrets.agenix.scoped", 4, "agenix secrets scoped to this host (secrets.nix lists its key)",
-       "add this host's key (ssh_host_ed25519_key.pub) to the publicKeys of its secrets in secrets.nix, "
-       "then `agenix -verdict`")
+@check(
+    "secrets.agenix.scoped",
+    4,
+    "agenix secrets scoped to this host (secrets.nix lists its key)",
+    "add this host's key (ssh_host_ed25519_key.pub) to the publicKeys of its secrets in secrets.nix, "
+    "then `agenix -verdict`",
+)
 def agenix_scoped(ctx: CheckContext, verdict: Verdict) -> Result:
     if not ctx.secrets:
         return verdict.not_applicable("no secrets.nix given (--secrets PATH)")
@@ -80,7 +86,7 @@ def agenix_scoped(ctx: CheckContext, verdict: Verdict) -> Result:
     verdict.add_evidence(host_path, host_key[:40] + "…", "host key")
     entries, unresolved = parse_secrets_nix(text)
     if not entries:
-        verdict.add_evidence(str(path), "no `\"name\".publicKeys = …;` entries")
+        verdict.add_evidence(str(path), 'no `"name".publicKeys = …;` entries')
         return verdict.warn(f"{path} has no secret entries agenix would read")
     mine = sorted(name for name, keys in entries.items() if host_key in keys)
     empty = sorted(name for name, keys in entries.items() if not keys)

@@ -35,7 +35,8 @@ MAX_CONNECTIONS = 512  # connection classes judged per user; beyond, a sample (s
 
 # servconf.c's keyword table (9.2): allowed in Match blocks, and global-only. Debian's patches add
 # a few global ones (GSSAPI key exchange, DebianBanner).
-MATCH_KEYWORDS = frozenset("""
+MATCH_KEYWORDS = frozenset(
+    """
 acceptenv allowagentforwarding allowgroups allowstreamlocalforwarding allowtcpforwarding allowusers
 authenticationmethods authorizedkeyscommand authorizedkeyscommanduser authorizedkeysfile authorizedkeysfile2
 authorizedprincipalscommand authorizedprincipalscommanduser authorizedprincipalsfile banner casignaturealgorithms
@@ -48,8 +49,10 @@ permittty permittunnel permituserrc pubkeyacceptedalgorithms pubkeyacceptedkeyty
 pubkeyauthoptions rdomain rekeylimit requiredrsasize revokedkeys rhostsrsaauthentication rsaauthentication setenv
 skeyauthentication streamlocalbindmask streamlocalbindunlink trustedusercakeys unusedconnectiontimeout
 x11displayoffset x11forwarding x11uselocalhost
-""".split())
-GLOBAL_KEYWORDS = frozenset("""
+""".split()
+)
+GLOBAL_KEYWORDS = frozenset(
+    """
 addressfamily afstokenpassing checkmail ciphers compression dsaauthentication fingerprinthash
 gssapicleanupcredentials gssapistrictacceptorcheck hostcertificate hostdsakey hostkey hostkeyagent
 hostkeyalgorithms ignoreuserknownhosts keepalive kerberosgetafstoken kerberosorlocalpasswd kerberostgtpassing
@@ -59,18 +62,38 @@ port printlastlog printmotd protocol reversemappingcheck rhostsauthentication se
 strictmodes subsystem syslogfacility tcpkeepalive usedns uselogin usepam useprivilegeseparation
 verifyreversemapping versionaddendum xauthlocation
 debianbanner gssapikeyexchange gssapistorecredentialsonrekey gssapikexalgorithms
-""".split())
+""".split()
+)
 # Keywords whose value sshd takes from a matching Match block (copy_set_server_options); the
 # others keep their global value even when a Match block that applies sets them.
 MATCH_COPIED = MATCH_KEYWORDS - {"include", "match", "rdomain"}
-MULTI_VALUED = frozenset({"acceptenv", "allowgroups", "allowusers", "denygroups", "denyusers", "hostkey",
-                          "listenaddress", "port", "setenv", "subsystem", "permitopen", "permitlisten",
-                          "authorizedkeysfile", "hostcertificate", "channeltimeout", "logverbose"})
+MULTI_VALUED = frozenset(
+    {
+        "acceptenv",
+        "allowgroups",
+        "allowusers",
+        "denygroups",
+        "denyusers",
+        "hostkey",
+        "listenaddress",
+        "port",
+        "setenv",
+        "subsystem",
+        "permitopen",
+        "permitlisten",
+        "authorizedkeysfile",
+        "hostcertificate",
+        "channeltimeout",
+        "logverbose",
+    }
+)
 
 # Values of the keywords verify judges, as servconf.c accepts them (case-insensitive).
 _FLAG = ("yes", "no")
 _VALUES: dict[str, tuple[str, ...]] = {
-    "passwordauthentication": _FLAG, "kbdinteractiveauthentication": _FLAG, "x11forwarding": _FLAG,
+    "passwordauthentication": _FLAG,
+    "kbdinteractiveauthentication": _FLAG,
+    "x11forwarding": _FLAG,
     "permitrootlogin": ("without-password", "prohibit-password", "forced-commands-only", "yes", "no"),
 }
 WHITESPACE = " \t\r\n"
@@ -88,8 +111,13 @@ class Connection:
     rdomain: str | None = None
 
     def spec(self) -> str:
-        parts = [f"user={self.user}", f"host={self.host}", f"addr={self.addr}", f"laddr={self.laddr}",
-                 f"lport={self.lport}"]
+        parts = [
+            f"user={self.user}",
+            f"host={self.host}",
+            f"addr={self.addr}",
+            f"laddr={self.laddr}",
+            f"lport={self.lport}",
+        ]
         if self.rdomain is not None:
             parts.append(f"rdomain={self.rdomain}")
         return ",".join(parts)
@@ -100,9 +128,9 @@ class Connection:
 
 @dataclass(frozen=True)
 class MatchLine:
-    criteria: tuple[tuple[str, str], ...]   # (attribute lower-case, argument); () for `all`
-    text: str                               # as written after `Match`
-    source: str                             # file:line
+    criteria: tuple[tuple[str, str], ...]  # (attribute lower-case, argument); () for `all`
+    text: str  # as written after `Match`
+    source: str  # file:line
 
     @property
     def is_all(self) -> bool:
@@ -112,15 +140,15 @@ class MatchLine:
 @dataclass
 class Setting:
     value: str
-    source: str       # file:line, or "sshd -T"
-    match: str = ""   # the Match criteria it sits under ("" = global)
+    source: str  # file:line, or "sshd -T"
+    match: str = ""  # the Match criteria it sits under ("" = global)
 
 
 @dataclass(frozen=True)
 class Directive:
-    key: str                          # lower-case, alias resolved
+    key: str  # lower-case, alias resolved
     args: tuple[str, ...]
-    source: str                       # file:line
+    source: str  # file:line
     chain: tuple[MatchLine, ...] = ()  # the Match blocks it sits under, outermost first
 
     @property
@@ -133,7 +161,7 @@ class Directive:
 
 @dataclass
 class SshdConfig:
-    origin: str                                   # "sshd -T" or the main file
+    origin: str  # "sshd -T" or the main file
     directives: list[Directive] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -339,8 +367,7 @@ def connections(cfg: SshdConfig, user: str) -> list[Connection]:
     for host, addr, laddr, port, rdom in itertools.product(hosts, addrs, laddrs, ports, rdomains):
         out.append(Connection(user, host, addr, laddr, port, rdom))
         if len(out) >= MAX_CONNECTIONS:
-            cfg.notes.append(f"more than {MAX_CONNECTIONS} connection classes: judged the first "
-                             f"{MAX_CONNECTIONS}")
+            cfg.notes.append(f"more than {MAX_CONNECTIONS} connection classes: judged the first {MAX_CONNECTIONS}")
             break
     return out
 
@@ -386,12 +413,12 @@ def _strdelim(s: str, split_equals: bool = True) -> tuple[str, str | None] | Non
     if idx < 0:
         return s, None
     if s[idx] == '"':
-        body = s[idx + 1:]
+        body = s[idx + 1 :]
         close = body.find('"')
         if close < 0:
             return None
         token = s[:idx] + body[:close]
-        rest = body[close + 1:]
+        rest = body[close + 1 :]
         return token, rest.lstrip(WHITESPACE)
     token, rest = s[:idx], s[idx:]
     wspace = split_equals and rest[0] == "="
@@ -451,8 +478,11 @@ def _expand_include(ctx: CheckContext, pattern: str, listed: list[str]) -> list[
         for base in found:
             if any(c in part for c in "*?["):
                 listed.append(base)  # who can write it can add a drop-in the glob picks up
-                nxt += [str(PurePosixPath(base) / n) for n in ctx.listdir(base)
-                        if fnmatch.fnmatchcase(n, part) and (not n.startswith(".") or part.startswith("."))]
+                nxt += [
+                    str(PurePosixPath(base) / n)
+                    for n in ctx.listdir(base)
+                    if fnmatch.fnmatchcase(n, part) and (not n.startswith(".") or part.startswith("."))
+                ]
             else:
                 nxt.append(str(PurePosixPath(base) / part))
         found = nxt
@@ -465,7 +495,7 @@ def _check_value(key: str, args: list[str]) -> str | None:
         if len(args) != 1 or args[0].lower() not in _VALUES[key]:
             return f"unsupported option {' '.join(args)!r}"
     elif key == "maxauthtries":
-        if len(args) != 1 or not re.fullmatch(r"[-+]?\d+", args[0]) or not -2**31 <= int(args[0]) < 2**31:
+        if len(args) != 1 or not re.fullmatch(r"[-+]?\d+", args[0]) or not -(2**31) <= int(args[0]) < 2**31:
             return f"integer value {' '.join(args)!r} invalid"
     elif key == "logingracetime":
         if len(args) != 1 or convtime(args[0]) is None:

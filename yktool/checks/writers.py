@@ -22,9 +22,9 @@ from yktool.errors import YktoolError
 class Writer:
     """One name a user other than root can change, and how it was reached."""
 
-    path: str          # inside the root, no link left in it (a link itself: the link's own path)
-    who: str           # "uid 1000 (alice) owns it", "group 1000 (alice) may write it", …
-    mode: str          # "owner alice (uid 1000), mode 0644"
+    path: str  # inside the root, no link left in it (a link itself: the link's own path)
+    who: str  # "uid 1000 (alice) owns it", "group 1000 (alice) may write it", …
+    mode: str  # "owner alice (uid 1000), mode 0644"
     via_link: str = ""  # the link the walk followed to get here ("" when reached directly)
 
     @property
@@ -57,8 +57,9 @@ def _builders(ctx: CheckContext) -> tuple[int | None, int | None]:
     return os.geteuid(), os.getegid()
 
 
-def _judge(st: os.stat_result, users: dict[int, str], groups: dict[int, str],
-           builder: tuple[int | None, int | None]) -> str | None:
+def _judge(
+    st: os.stat_result, users: dict[int, str], groups: dict[int, str], builder: tuple[int | None, int | None]
+) -> str | None:
     uid, gid = builder
     if st.st_uid != 0 and st.st_uid != uid:
         return f"uid {_named(st.st_uid, users)} owns it"
@@ -93,9 +94,14 @@ def writers(ctx: CheckContext, paths: list[str]) -> list[Writer]:
                 who = _judge(st, users, groups, builder)
                 if who is not None:
                     owner = users.get(st.st_uid, str(st.st_uid))
-                    cached.append(Writer(str(inside), who,
-                                         f"owner {owner} (uid {st.st_uid}), group {st.st_gid}, "
-                                         f"mode {stat.S_IMODE(st.st_mode):04o}", via))
+                    cached.append(
+                        Writer(
+                            str(inside),
+                            who,
+                            f"owner {owner} (uid {st.st_uid}), group {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}",
+                            via,
+                        )
+                    )
                 if stat.S_ISLNK(st.st_mode):
                     via = str(inside)
             ctx._cache[key] = cached
@@ -118,5 +124,8 @@ def refuse_writable(ctx: CheckContext, verdict: Verdict, what: str, paths: list[
     links = list(dict.fromkeys(w.via_link for w in found if w.via_link))
     if links:
         fix = f"replace the link {', '.join(links)} with a root-owned file (review its content first), or: {fix}"
-    return verdict.fail(f"{first.path}{through}: {first.who}, so not root alone decides {what} (whoever can "
-                        "write the config can turn the key off)", fix)
+    return verdict.fail(
+        f"{first.path}{through}: {first.who}, so not root alone decides {what} (whoever can "
+        "write the config can turn the key off)",
+        fix,
+    )

@@ -86,21 +86,28 @@ def _help_width() -> int:
 
 def _is_short_cluster(token: str, flags: dict[str, bool]) -> bool:
     """`-vv`, `-yq`: several short global flags (none taking a value) in one token."""
-    return (len(token) > 2 and token[0] == "-" and token[1] != "-"
-            and all(flags.get(f"-{c}") is False for c in token[1:]))
+    return (
+        len(token) > 2 and token[0] == "-" and token[1] != "-" and all(flags.get(f"-{c}") is False for c in token[1:])
+    )
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use, whose global options may also come
     after the command, and whose errors all become one message, a hint and an exit code."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """Run; map every YktoolError (and click's own errors, a PermissionError) to one message."""
         # The click context is gone when an error arrives here: tell emit_error about --json and
         # --no-color from the args (in-process callers such as CliRunner pass them here, not in argv).
         given = list(args) if args is not None else sys.argv[1:]
-        given = given[:given.index("--")] if "--" in given else given
+        given = given[: given.index("--")] if "--" in given else given
         as_json = "--json" in given  # until the global options are parsed (a bad flag before them)
         color = False if "--no-color" in given or os.environ.get("NO_COLOR") else None
         context.last_run = None
@@ -131,8 +138,9 @@ class LazyGroup(click.Group):
             report_error(_from_click(exc), as_json=as_json, color=color)
             sys.exit(int(ExitCode.USAGE))
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         if parent is None:
             extra.setdefault("terminal_width", _help_width())
         return super().make_context(info_name, args, parent, **extra)
@@ -230,28 +238,72 @@ def _not_yet(name: str) -> click.Command:
 
 
 @click.group("yktool", cls=LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False, path_type=str), default="/", show_default=True, metavar="DIR",
-              envvar="YKTOOL_ROOT", help="Work on the tree under DIR (an offline root, an image being built).")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=str),
+    default="/",
+    show_default=True,
+    metavar="DIR",
+    envvar="YKTOOL_ROOT",
+    help="Work on the tree under DIR (an offline root, an image being built).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop; change nothing.")
-@click.option("--json", "json_output", is_flag=True,
-              help='One JSON document on stdout: {"schema": 1, "ok": …} (docs/json.md).')
+@click.option(
+    "--json", "json_output", is_flag=True, help='One JSON document on stdout: {"schema": 1, "ok": …} (docs/json.md).'
+)
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (non-interactive).")
-@click.option("--tpm", default="auto", show_default=True, envvar="YKTOOL_TPM", metavar="TCTI",
-              help="TPM2 TCTI: auto (/dev/tpmrm0) or e.g. swtpm:host=127.0.0.1,port=2321.")
-@click.option("--device", default="auto", show_default=True, envvar="YKTOOL_DEVICE", metavar="SPEC",
-              help="FIDO2 key: auto, hid:/dev/hidrawN (or /dev/hidrawN), a YubiKey serial, or sim:PATH "
-                   "(the software key).")
-@click.option("-v", "--verbose", count=True,
-              help="Say more, and show each command run (argv only, never a secret); -vv adds timings.")
-@click.option("-q", "--quiet", is_flag=True,
-              help="Only results, warnings, errors and what to do now (insert a key, touch it): no progress or notes.")
+@click.option(
+    "--tpm",
+    default="auto",
+    show_default=True,
+    envvar="YKTOOL_TPM",
+    metavar="TCTI",
+    help="TPM2 TCTI: auto (/dev/tpmrm0) or e.g. swtpm:host=127.0.0.1,port=2321.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    envvar="YKTOOL_DEVICE",
+    metavar="SPEC",
+    help="FIDO2 key: auto, hid:/dev/hidrawN (or /dev/hidrawN), a YubiKey serial, or sim:PATH (the software key).",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Say more, and show each command run (argv only, never a secret); -vv adds timings.",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Only results, warnings, errors and what to do now (insert a key, touch it): no progress or notes.",
+)
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set).")
-@click.option("--lock-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", envvar="YKTOOL_LOCK_WAIT",
-              help="How long to wait for another yktool run that changes this root (default 30).")
+@click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    envvar="YKTOOL_LOCK_WAIT",
+    help="How long to wait for another yktool run that changes this root (default 30).",
+)
 @click.version_option(package_name="yktool")
 @click.pass_context
-def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, yes: bool,
-               tpm: str, device: str, verbose: int, quiet: bool, no_color: bool, lock_wait: float | None) -> None:
+def main_group(
+    ctx: click.Context,
+    root: str,
+    dry_run: bool,
+    json_output: bool,
+    yes: bool,
+    tpm: str,
+    device: str,
+    verbose: int,
+    quiet: bool,
+    no_color: bool,
+    lock_wait: float | None,
+) -> None:
     """yktool: enroll a FIDO2 key and the TPM2 into every layer of a hardened Linux host.
 
     Global options go before or after the command: `yktool --root DIR luks status IMG --json`.
@@ -263,8 +315,17 @@ def main_group(ctx: click.Context, root: str, dry_run: bool, json_output: bool, 
         if not os.environ.get("NO_COLOR"):  # the prompts (prompt_toolkit) read only the variable
             os.environ["NO_COLOR"] = "1"
             ctx.call_on_close(lambda: os.environ.pop("NO_COLOR", None))
-    ctx.obj = context.last_run = AppContext(root=root, dry_run=dry_run, json=json_output, yes=yes, tpm=tpm,
-                                            device=device, verbose=verbose, quiet=quiet, lock_wait=lock_wait)
+    ctx.obj = context.last_run = AppContext(
+        root=root,
+        dry_run=dry_run,
+        json=json_output,
+        yes=yes,
+        tpm=tpm,
+        device=device,
+        verbose=verbose,
+        quiet=quiet,
+        lock_wait=lock_wait,
+    )
     if verbose:
         from yktool.cli.context import watch_commands
 

@@ -40,8 +40,10 @@ class AppContext:
 
         if not os.path.isdir(self.root):
             what = "is not a folder" if os.path.lexists(self.root) else "does not exist"
-            raise UsageError(f"--root {self.root} {what}",
-                             "give the folder the offline tree is mounted at (or leave --root out for /)")
+            raise UsageError(
+                f"--root {self.root} {what}",
+                "give the folder the offline tree is mounted at (or leave --root out for /)",
+            )
         return Host(Path(self.root))
 
     @cached_property

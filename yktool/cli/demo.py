@@ -12,8 +12,13 @@ from yktool.cli.output import emit, info, show_plan
 
 @read_only  # works on its own scratch root (its flows lock that one), never on --root
 @click.command("demo")
-@click.option("--scratch", default="scratch", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for everything the demo makes (created; nothing outside it is touched).")
+@click.option(
+    "--scratch",
+    default="scratch",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for everything the demo makes (created; nothing outside it is touched).",
+)
 @pass_app
 def demo(app: AppContext, scratch: Path) -> None:
     """Run `yktool commission` on the built-in default and prove every step: no hardware needed.
@@ -42,14 +47,30 @@ def demo(app: AppContext, scratch: Path) -> None:
     ok = all(line.ok for line in ctx.lines)
     width = max(len(line.stage) for line in ctx.lines)
     rows = [f"  {'ok' if ln.ok else 'FAIL':<4} {ln.stage:<{width}}  {ln.outcome}" for ln in ctx.lines]
-    counts = "; ".join(f"{role}: {c['touches']} touches, {c['pin_prompts']} PIN entr"
-                       f"{'y' if c['pin_prompts'] == 1 else 'ies'}" for role, c in ctx.counts.items())
-    text = "\n".join([f"yktool demo in {scratch.absolute()}:", *rows,
-                      f"  touches and PIN entries: {counts or 'no key was needed (nothing left to do)'}",
-                      f"  rehearse losing the primary key:\n    {ctx.replace_command()}",
-                      f"  result: {'everything proven' if ok else 'something did not hold'}"])
-    emit(app.json, {"ok": ok, "scratch": str(scratch.absolute()), "stages": [ln.to_json() for ln in ctx.lines],
-                    "counts": ctx.counts, "replace_command": ctx.replace_command()}, text)
+    counts = "; ".join(
+        f"{role}: {c['touches']} touches, {c['pin_prompts']} PIN entr{'y' if c['pin_prompts'] == 1 else 'ies'}"
+        for role, c in ctx.counts.items()
+    )
+    text = "\n".join(
+        [
+            f"yktool demo in {scratch.absolute()}:",
+            *rows,
+            f"  touches and PIN entries: {counts or 'no key was needed (nothing left to do)'}",
+            f"  rehearse losing the primary key:\n    {ctx.replace_command()}",
+            f"  result: {'everything proven' if ok else 'something did not hold'}",
+        ]
+    )
+    emit(
+        app.json,
+        {
+            "ok": ok,
+            "scratch": str(scratch.absolute()),
+            "stages": [ln.to_json() for ln in ctx.lines],
+            "counts": ctx.counts,
+            "replace_command": ctx.replace_command(),
+        },
+        text,
+    )
     if not ok:
         raise CheckFailed("the demo found a step that did not hold", "see the lines marked FAIL above")
 

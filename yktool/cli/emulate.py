@@ -29,8 +29,10 @@ def _sim_path(app: AppContext, device_spec: str | None) -> str:
     spec = resolve_spec(device_spec or (app.device if app.device != "auto" else None))
     kind, sep, rest = spec.partition(":")
     if kind != "sim" or not sep or not rest:
-        raise UsageError(f"only the software key can be emulated, not {spec!r}",
-                         "pass --device sim:PATH (its state file; made when missing)")
+        raise UsageError(
+            f"only the software key can be emulated, not {spec!r}",
+            "pass --device sim:PATH (its state file; made when missing)",
+        )
     return rest
 
 
@@ -47,8 +49,14 @@ def read_answers(gate: TouchGate, stream: TextIO) -> None:
         return
 
 
-def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, touch_timeout: float,
-                 control_path: str | None, uhid_path: str) -> None:
+def run_emulator(
+    app: AppContext,
+    device_spec: str | None,
+    touch: str | None,
+    touch_timeout: float,
+    control_path: str | None,
+    uhid_path: str,
+) -> None:
     from yktool.fido.devices import open_sim
     from yktool.fido.emulator import Emulator, Plugged, open_uhid
     from yktool.fido.emulator_control import ControlSocket, check_control_path
@@ -79,25 +87,36 @@ def run_emulator(app: AppContext, device_spec: str | None, touch: str | None, to
         def on_plugged(plugged: Plugged) -> None:
             line = plugged.hidraw
             if app.json:
-                line = json.dumps(envelope({**plugged.to_json(),  # one line: read as soon as it comes
-                                            "control": os.path.abspath(control_path) if control_path else None,
-                                            "device": f"sim:{key.path.absolute()}", "touch": policy.value}))
+                line = json.dumps(
+                    envelope(
+                        {
+                            **plugged.to_json(),  # one line: read as soon as it comes
+                            "control": os.path.abspath(control_path) if control_path else None,
+                            "device": f"sim:{key.path.absolute()}",
+                            "touch": policy.value,
+                        }
+                    )
+                )
             try:
                 click.echo(line)
                 sys.stdout.flush()
             except OSError:  # nobody reads stdout any more (`| head -1`): the key stays plugged in
                 sys.stdout = open(os.devnull, "w")  # for good: later prints and the exit flush
-            info(f"{plugged.name} {plugged.serial} is plugged in at {plugged.hidraw} "
-                 f"({plugged.vendor_id:04x}:{plugged.product_id:04x}, touch: {policy.value}); "
-                 "stop with Ctrl-C")
+            info(
+                f"{plugged.name} {plugged.serial} is plugged in at {plugged.hidraw} "
+                f"({plugged.vendor_id:04x}:{plugged.product_id:04x}, touch: {policy.value}); "
+                "stop with Ctrl-C"
+            )
 
         try:
             emulator.serve(on_plugged)
         except OSError as e:  # /dev/uhid itself failed under us
             raise NoDevice(f"the uhid device failed: {e.strerror or e}", "check `dmesg`, then run again") from None
         counts = gate.counts()
-        info(f"unplugged ({counts.requested} touches requested, {counts.approved} approved, "
-             f"{counts.denied} denied, {counts.timed_out} timed out, {counts.cancelled} cancelled)")
+        info(
+            f"unplugged ({counts.requested} touches requested, {counts.approved} approved, "
+            f"{counts.denied} denied, {counts.timed_out} timed out, {counts.cancelled} cancelled)"
+        )
     finally:
         if control is not None:
             control.close()

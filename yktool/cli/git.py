@@ -34,16 +34,29 @@ def git() -> None:
 @click.option("--email", required=True, help="The committer email; the allowed_signers principal.")
 @click.option("--global", "global_", is_flag=True, help="Configure the user's ~/.gitconfig (the default).")
 @click.option("--repo", default=None, help="Configure this repository (inside the root) instead.")
-@click.option("--key", "key", default=None,
-              help="The key's .pub inside the root (default ~USER/.ssh/id_ed25519_sk.pub).")
+@click.option(
+    "--key", "key", default=None, help="The key's .pub inside the root (default ~USER/.ssh/id_ed25519_sk.pub)."
+)
 @click.option("--user", "-u", default=None, help="Whose git (home from the root's /etc/passwd; default: you).")
-@click.option("--allowed-signers", default=None,
-              help="allowed_signers file inside the root (default ~USER/.ssh/allowed_signers).")
-@click.option("--nickname", default=None,
-              help="Name of the physical key in the registry (default: the key that made this SSH key).")
+@click.option(
+    "--allowed-signers", default=None, help="allowed_signers file inside the root (default ~USER/.ssh/allowed_signers)."
+)
+@click.option(
+    "--nickname",
+    default=None,
+    help="Name of the physical key in the registry (default: the key that made this SSH key).",
+)
 @pass_app
-def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: str | None, user: str | None,
-            allowed_signers: str | None, nickname: str | None) -> None:
+def signing(
+    app: AppContext,
+    email: str,
+    global_: bool,
+    repo: str | None,
+    key: str | None,
+    user: str | None,
+    allowed_signers: str | None,
+    nickname: str | None,
+) -> None:
     """Configure git to sign commits and tags with the SSH key, and to verify them.
 
     Sets gpg.format=ssh, user.signingkey, commit.gpgsign, tag.gpgsign, gpg.ssh.allowedSignersFile
@@ -66,16 +79,30 @@ def signing(app: AppContext, email: str, global_: bool, repo: str | None, key: s
     signers = PurePosixPath("/") / allowed_signers if allowed_signers else None
     if app.dry_run:
         load_key_pair(host, pub if str(pub).endswith(".pub") else pub.with_name(pub.name + ".pub"))
-        emit(app.json, {"ok": True, "dry_run": True, "email": email, "key": str(pub)},
-             _shown(f"would configure git signing for {email} with {pub}"))
+        emit(
+            app.json,
+            {"ok": True, "dry_run": True, "email": email, "key": str(pub)},
+            _shown(f"would configure git signing for {email} with {pub}"),
+        )
         return
-    setup = configure_and_record(host, account, email=email, pub=pub, repo=repo_path, allowed_signers=signers,
-                                 nickname=nickname)
+    setup = configure_and_record(
+        host, account, email=email, pub=pub, repo=repo_path, allowed_signers=signers, nickname=nickname
+    )
     for note in setup.notes:
         info(_shown(note))
-    emit(app.json, {"ok": True, "config_file": str(setup.config_file), "allowed_signers": str(setup.allowed_signers),
-                    "config": setup.values, "changed": setup.changed, "fingerprint": setup.fingerprint,
-                    "notes": setup.notes},
-         _shown(f"git signing configured in {setup.config_file}:\n{setup.shown}\n"
-                f"allowed_signers: {setup.allowed_signers}"
-                + ("" if setup.allowed_signers_changed else " (unchanged)")))
+    emit(
+        app.json,
+        {
+            "ok": True,
+            "config_file": str(setup.config_file),
+            "allowed_signers": str(setup.allowed_signers),
+            "config": setup.values,
+            "changed": setup.changed,
+            "fingerprint": setup.fingerprint,
+            "notes": setup.notes,
+        },
+        _shown(
+            f"git signing configured in {setup.config_file}:\n{setup.shown}\n"
+            f"allowed_signers: {setup.allowed_signers}" + ("" if setup.allowed_signers_changed else " (unchanged)")
+        ),
+    )

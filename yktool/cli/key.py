@@ -131,8 +131,9 @@ def pin() -> None:
     """
 
 
-_pin_stdin = click.option("--pin-stdin", is_flag=True,
-                          help="Read the PIN(s) from stdin, one line each (change: old, then new).")
+_pin_stdin = click.option(
+    "--pin-stdin", is_flag=True, help="Read the PIN(s) from stdin, one line each (change: old, then new)."
+)
 
 
 @pin.command("set")
@@ -221,11 +222,16 @@ def replug(app: AppContext) -> None:
 
     spec = resolve_spec(app.device)
     if not spec.startswith("sim:"):
-        raise Refused(f"`key replug` only works on the software key (--device sim:PATH), not {spec}",
-                      "pull the real key out and plug it back in by hand")
+        raise Refused(
+            f"`key replug` only works on the software key (--device sim:PATH), not {spec}",
+            "pull the real key out and plug it back in by hand",
+        )
     replug_sim(spec)
-    emit(app.json, {"ok": True, "replugged": True},
-         "Software key re-plugged: PIN entry is open again and a reset is possible for a few seconds.")
+    emit(
+        app.json,
+        {"ok": True, "replugged": True},
+        "Software key re-plugged: PIN entry is open again and a reset is possible for a few seconds.",
+    )
 
 
 RESET_WARNING = (
@@ -235,13 +241,21 @@ RESET_WARNING = (
 
 
 @key.command("reset", short_help="Factory reset (wipes every credential).")
-@click.option("--force", is_flag=True,
-              help="Reset even when the key is someone's last way in (the only pam_u2f credential where PAM "
-                   "requires one, the only safe unlock of a LUKS volume, a user's only SSH key); the key's "
-                   "registry name must be typed (on a terminal) or given with --confirm.")
-@click.option("--confirm", "confirm", multiple=True, metavar="NAME",
-              help="With --force and --yes (or no terminal): the key's registry name, typed out (`reset` "
-                   "for a key the registry does not know).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Reset even when the key is someone's last way in (the only pam_u2f credential where PAM "
+    "requires one, the only safe unlock of a LUKS volume, a user's only SSH key); the key's "
+    "registry name must be typed (on a terminal) or given with --confirm.",
+)
+@click.option(
+    "--confirm",
+    "confirm",
+    multiple=True,
+    metavar="NAME",
+    help="With --force and --yes (or no terminal): the key's registry name, typed out (`reset` "
+    "for a key the registry does not know).",
+)
 @pass_app
 def reset(app: AppContext, force: bool, confirm: tuple[str, ...]) -> None:
     """Factory-reset the key: wipes every credential on it and its PIN (asks first unless --yes).
@@ -271,28 +285,41 @@ def reset(app: AppContext, force: bool, confirm: tuple[str, ...]) -> None:
         label = f"{spec} ({', '.join(held.names)})" if held.names else spec
         words = held.names or ["reset"]
         if lost and not force:
-            raise Refused(f"resetting {label} would lock out: {'; '.join(x.message for x in lost)}; nothing was "
-                          "done", f"{lost[0].hint}; or reset anyway, knowing who loses what: --force --confirm "
-                          f"{words[0]}")
+            raise Refused(
+                f"resetting {label} would lock out: {'; '.join(x.message for x in lost)}; nothing was done",
+                f"{lost[0].hint}; or reset anyway, knowing who loses what: --force --confirm {words[0]}",
+            )
         if app.dry_run:
-            emit(app.json, {"ok": True, "dry_run": True, "would_reset": spec, "names": held.names,
-                            "would_lock_out": [x.to_json() for x in lost]},
-                 f"Would reset {label}. {RESET_WARNING}"
-                 + "".join(f"\nFORCED: {x.message}" for x in lost))
+            emit(
+                app.json,
+                {
+                    "ok": True,
+                    "dry_run": True,
+                    "would_reset": spec,
+                    "names": held.names,
+                    "would_lock_out": [x.to_json() for x in lost],
+                },
+                f"Would reset {label}. {RESET_WARNING}" + "".join(f"\nFORCED: {x.message}" for x in lost),
+            )
             return
         if lost:
             confirm_forced(lost, words, confirm, yes=app.yes or app.json)
         elif not app.yes:
             if not sys.stdin.isatty():
-                raise Refused(f"resetting {spec} needs confirmation. {RESET_WARNING}",
-                              "run on a terminal to be asked, or pass --yes (before `key`)")
+                raise Refused(
+                    f"resetting {spec} needs confirmation. {RESET_WARNING}",
+                    "run on a terminal to be asked, or pass --yes (before `key`)",
+                )
             info(RESET_WARNING)
             if not click.confirm(f"Reset {label}?", default=False, err=True):
                 raise Refused("reset not confirmed; the key is unchanged", "nothing was done")
         session.reset()
-    emit(app.json, {"ok": True, "reset": spec, "names": held.names, "locked_out": [x.to_json() for x in lost]},
-         f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used."
-         + "".join(f"\nlost: {x.message}" for x in lost))
+    emit(
+        app.json,
+        {"ok": True, "reset": spec, "names": held.names, "locked_out": [x.to_json() for x in lost]},
+        f"{spec} was reset: no PIN, no credentials. Enroll it again where it was used."
+        + "".join(f"\nlost: {x.message}" for x in lost),
+    )
 
 
 EMULATE_EXAMPLES = """\b
@@ -308,21 +335,49 @@ SIGTERM: the key is unplugged (udev sees `remove`). See docs/software-key.md.
 
 
 @read_only  # runs until stopped and changes no file of the root: it must not hold the lock
-@key.command("emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).",
-             epilog=EMULATE_EXAMPLES)
-@click.option("--device", "device_spec", metavar="sim:PATH", default=None,
-              help="The software key to plug in (default: the global --device / YKTOOL_DEVICE).")
-@click.option("--touch", type=click.Choice(["auto", "deny", "timeout", "ask"]), default=None,
-              help="How touch requests are answered: auto (at once), deny, timeout (nobody touches), "
-                   "ask (press Enter). Default: ask on a terminal, else auto.")
-@click.option("--touch-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              metavar="SECONDS", help="How long a touch request waits (ask, timeout) before it times out.")
-@click.option("--control", "control_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Serve the control socket here (approve, deny, status, policy, unplug; see docs).")
+@key.command(
+    "emulate", short_help="Plug the software key in as a USB-HID FIDO2 device (uhid).", epilog=EMULATE_EXAMPLES
+)
+@click.option(
+    "--device",
+    "device_spec",
+    metavar="sim:PATH",
+    default=None,
+    help="The software key to plug in (default: the global --device / YKTOOL_DEVICE).",
+)
+@click.option(
+    "--touch",
+    type=click.Choice(["auto", "deny", "timeout", "ask"]),
+    default=None,
+    help="How touch requests are answered: auto (at once), deny, timeout (nobody touches), "
+    "ask (press Enter). Default: ask on a terminal, else auto.",
+)
+@click.option(
+    "--touch-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a touch request waits (ask, timeout) before it times out.",
+)
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Serve the control socket here (approve, deny, status, policy, unplug; see docs).",
+)
 @click.option("--uhid", "uhid_path", default="/dev/uhid", envvar="YKTOOL_UHID", show_default=True, hidden=True)
 @pass_app
-def emulate(app: AppContext, device_spec: str | None, touch: str | None, touch_timeout: float,
-            control_path: str | None, uhid_path: str) -> None:
+def emulate(
+    app: AppContext,
+    device_spec: str | None,
+    touch: str | None,
+    touch_timeout: float,
+    control_path: str | None,
+    uhid_path: str,
+) -> None:
     """Present the software key (--device sim:PATH) as a USB-HID FIDO2 key through /dev/uhid,
     until stopped: vendor/product 1209:0001, "yktool software key", HID serial = the key's serial.
 

@@ -45,12 +45,24 @@ def list_cmd(app: AppContext) -> None:
     from yktool.inventory import REGISTRY_PATH, Registry
 
     registry = Registry.load(app.host)
-    data = {"registry": REGISTRY_PATH,
-            "keys": [{"nickname": k.nickname, "aaguid": k.aaguid, "serial": k.serial, "added": k.added,
-                      "enrollments": [dict(e) for e in k.enrollments]} for k in registry.keys]}
+    data = {
+        "registry": REGISTRY_PATH,
+        "keys": [
+            {
+                "nickname": k.nickname,
+                "aaguid": k.aaguid,
+                "serial": k.serial,
+                "added": k.added,
+                "enrollments": [dict(e) for e in k.enrollments],
+            }
+            for k in registry.keys
+        ],
+    }
     if not registry.keys:
-        text = (f"no keys registered yet ({REGISTRY_PATH} under {app.host.root} is absent or empty); "
-                "enrollments record their key there")
+        text = (
+            f"no keys registered yet ({REGISTRY_PATH} under {app.host.root} is absent or empty); "
+            "enrollments record their key there"
+        )
         emit(app.json, data, text)
         return
     lines = []

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 # python-fido2 (yktool.cli.prompts, yktool.fido.session, yktool.luks.fido2) load only for the
 # command that uses them, never with the group (tests/test_host_secrets.py holds it to that).
 
-PCR_HELP = ("PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
-            "firmware update, after which the TPM refuses until you re-seal (--replace).")
+PCR_HELP = (
+    "PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
+    "firmware update, after which the TPM refuses until you re-seal (--replace)."
+)
 
 
 @click.group("luks")
@@ -118,16 +120,22 @@ def status(app: AppContext, device: str) -> None:
 
     pending = pending_enrollment(app.host, header.uuid)
     if pending is not None:
-        lines.append(f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
-                     f"run `yktool luks enroll-fido2 {device}` again to finish or undo it")
+        lines.append(
+            f"  warning: a FIDO2 enrollment was interrupted (keyslot {pending.get('keyslot')}); "
+            f"run `yktool luks enroll-fido2 {device}` again to finish or undo it"
+        )
     orphans = orphan_tokens(header)
     if orphans:
-        lines.append(f"  warning: token {', '.join(map(str, orphans))} points at no keyslot (an interrupted wipe); "
-                     f"`yktool luks wipe {device}` (naming no slot) removes it")
+        lines.append(
+            f"  warning: token {', '.join(map(str, orphans))} points at no keyslot (an interrupted wipe); "
+            f"`yktool luks wipe {device}` (naming no slot) removes it"
+        )
     unseen = header.slots_with_role("unseen-recovery")
     if unseen:
-        lines.append(f"  warning: keyslot {', '.join(map(str, unseen))} holds a recovery key nobody was shown (an "
-                     f"interrupted add-recovery): it is no way in; `yktool luks add-recovery {device}` replaces it")
+        lines.append(
+            f"  warning: keyslot {', '.join(map(str, unseen))} holds a recovery key nobody was shown (an "
+            f"interrupted add-recovery): it is no way in; `yktool luks add-recovery {device}` replaces it"
+        )
     data = header.to_json()
     data["orphan_tokens"] = orphans
     data["unseen_recovery"] = unseen
@@ -145,8 +153,9 @@ def _fido2_owners(app: AppContext, header: LuksHeader) -> dict[int, TokenOwner]:
 
     try:
         with open_session(app.key_spec) as session:
-            return token_owners(app.host, header, session, session_name=None if app.device == "auto"
-                                else f"the key at {app.device}")
+            return token_owners(
+                app.host, header, session, session_name=None if app.device == "auto" else f"the key at {app.device}"
+            )
     except YktoolError:
         # no key plugged in (or several): the registry alone has to answer
         return token_owners(app.host, header, None)
@@ -157,14 +166,29 @@ def _fido2_owners(app: AppContext, header: LuksHeader) -> dict[int, TokenOwner]:
 @click.argument("device")
 @click.option("--pcrs", default=None, metavar="N+M", help=PCR_HELP)
 @click.option("--with-pin", is_flag=True, help="Also require a PIN at boot (asked twice, or one stdin line).")
-@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
-              help="Read the existing passphrase from FILE (inside --root; used byte for byte).")
-@click.option("--replace", is_flag=True,
-              help="Re-seal after a firmware/Secure Boot change: enroll anew, prove it opens, then remove the old.")
+@click.option(
+    "--unlock-key-file",
+    type=str,
+    default=None,
+    metavar="FILE",
+    help="Read the existing passphrase from FILE (inside --root; used byte for byte).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Re-seal after a firmware/Secure Boot change: enroll anew, prove it opens, then remove the old.",
+)
 @click.option("--allow-unmeasured", is_flag=True, help="Enroll even when the PCRs are all zero (no measured boot).")
 @pass_app
-def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, unlock_key_file: str | None,
-                replace: bool, allow_unmeasured: bool) -> None:
+def enroll_tpm2(
+    app: AppContext,
+    device: str,
+    pcrs: str | None,
+    with_pin: bool,
+    unlock_key_file: str | None,
+    replace: bool,
+    allow_unmeasured: bool,
+) -> None:
     """Seal a keyslot of DEVICE to the TPM (--tpm) and PCRs 0+7 with systemd-cryptenroll.
 
     The new token is proven to open the volume (test-unlock) before anything old is removed.
@@ -186,8 +210,15 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
 
     selection = parse_pcrs(pcrs) if pcrs is not None else None
     tcti = parse_tcti(app.tpm)
-    op = plan_enroll_tpm2(app.host, _path(app, device), tcti, selection, with_pin=with_pin, replace=replace,
-                          allow_unmeasured=allow_unmeasured)
+    op = plan_enroll_tpm2(
+        app.host,
+        _path(app, device),
+        tcti,
+        selection,
+        with_pin=with_pin,
+        replace=replace,
+        allow_unmeasured=allow_unmeasured,
+    )
     if app.json:  # the rendered plan carries the notes otherwise
         for note in op.plan.notes:
             warn(note)
@@ -207,11 +238,21 @@ def enroll_tpm2(app: AppContext, device: str, pcrs: str | None, with_pin: bool, 
         if not op.pin:
             raise UsageError("the TPM2 PIN is empty", "choose a PIN of at least 4 characters")
     _run_plan(app, op.plan)
-    summary = {"ok": True, "device": device, "pcrs": op.pcrs, "pin": with_pin, "token": op.new_token,
-               "changed": op.plan.changed, "plan": op.plan.to_json(), "proof": [r.to_json() for r in op.proof]}
-    text = (f"{device}: TPM2 token {op.new_token} seals to PCRs {'+'.join(map(str, op.pcrs))}"
-            + (" and opens the volume" if op.proof and op.proof[0].ok else "")
-            + ("" if op.plan.changed else " (nothing changed)"))
+    summary = {
+        "ok": True,
+        "device": device,
+        "pcrs": op.pcrs,
+        "pin": with_pin,
+        "token": op.new_token,
+        "changed": op.plan.changed,
+        "plan": op.plan.to_json(),
+        "proof": [r.to_json() for r in op.proof],
+    }
+    text = (
+        f"{device}: TPM2 token {op.new_token} seals to PCRs {'+'.join(map(str, op.pcrs))}"
+        + (" and opens the volume" if op.proof and op.proof[0].ok else "")
+        + ("" if op.plan.changed else " (nothing changed)")
+    )
     emit(app.json, summary, text)
 
 
@@ -228,14 +269,21 @@ def _terminal(key_to_stderr: bool) -> TextIO | None:
 
 @luks.command("add-recovery")
 @click.argument("device")
-@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
-              help="Read the existing passphrase from FILE (inside --root).")
+@click.option(
+    "--unlock-key-file",
+    type=str,
+    default=None,
+    metavar="FILE",
+    help="Read the existing passphrase from FILE (inside --root).",
+)
 @click.option("--replace", is_flag=True, help="Make a new recovery key, prove it, then remove the old one.")
-@click.option("--key-to-stderr", is_flag=True,
-              help="Write the key to stderr even when it is not a terminal (for a script that stores it).")
+@click.option(
+    "--key-to-stderr",
+    is_flag=True,
+    help="Write the key to stderr even when it is not a terminal (for a script that stores it).",
+)
 @pass_app
-def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, replace: bool,
-                 key_to_stderr: bool) -> None:
+def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, replace: bool, key_to_stderr: bool) -> None:
     """Add a systemd recovery key to DEVICE and show it once, on the terminal only.
 
     The key is never written to stdout, --json, a log or a file. Without a terminal the command
@@ -263,8 +311,10 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
 
         def show(key: bytes) -> None:
             # shown once proven, before an old key is removed; the journal goes right after
-            terminal.write(f"\nRecovery key for {device} (shown once; write it down or put it in a password "
-                           f"manager now):\n\n    {key.decode()}\n\n")
+            terminal.write(
+                f"\nRecovery key for {device} (shown once; write it down or put it in a password "
+                f"manager now):\n\n    {key.decode()}\n\n"
+            )
             terminal.flush()
 
         op.show = show
@@ -274,12 +324,15 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
         op.key = None
         if out is not None and out is not sys.stderr:
             out.close()
-    summary = {"ok": True, "device": device, "slot": op.new_slot, "changed": op.plan.changed,
-               "plan": op.plan.to_json()}
-    healed = f" (removed keyslot {', '.join(map(str, op.unseen))}: an interrupted run's key nobody saw)" \
-        if op.unseen else ""
-    text = (f"{device}: recovery key in keyslot {op.new_slot}, proven to open it{healed}" if op.new_slot is not None
-            else f"{device}: already has a recovery key{healed or ' (nothing changed)'}")
+    summary = {"ok": True, "device": device, "slot": op.new_slot, "changed": op.plan.changed, "plan": op.plan.to_json()}
+    healed = (
+        f" (removed keyslot {', '.join(map(str, op.unseen))}: an interrupted run's key nobody saw)" if op.unseen else ""
+    )
+    text = (
+        f"{device}: recovery key in keyslot {op.new_slot}, proven to open it{healed}"
+        if op.new_slot is not None
+        else f"{device}: already has a recovery key{healed or ' (nothing changed)'}"
+    )
     emit(app.json, summary, text)
 
 
@@ -287,13 +340,22 @@ def add_recovery(app: AppContext, device: str, unlock_key_file: str | None, repl
 @luks.command("wipe")
 @click.argument("device")
 @click.option("--slot", "slots", type=int, multiple=True, help="Keyslot number to remove (repeatable).")
-@click.option("--type", "wipe_type", type=click.Choice(["password", "recovery", "tpm2", "fido2", "pkcs11"]),
-              default=None, help="Remove every keyslot of this kind.")
-@click.option("--allow-hardware-only", is_flag=True,
-              help="Allow removing the last passphrase/recovery slot while TPM2/FIDO2 slots remain.")
+@click.option(
+    "--type",
+    "wipe_type",
+    type=click.Choice(["password", "recovery", "tpm2", "fido2", "pkcs11"]),
+    default=None,
+    help="Remove every keyslot of this kind.",
+)
+@click.option(
+    "--allow-hardware-only",
+    is_flag=True,
+    help="Allow removing the last passphrase/recovery slot while TPM2/FIDO2 slots remain.",
+)
 @pass_app
-def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | None,
-         allow_hardware_only: bool) -> None:
+def wipe(
+    app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | None, allow_hardware_only: bool
+) -> None:
     """Remove keyslots (and their tokens) from DEVICE, never the last way in.
 
     Refused (exit 4, header untouched) when nothing would be left, or when only hardware-bound
@@ -308,21 +370,30 @@ def wipe(app: AppContext, device: str, slots: tuple[int, ...], wipe_type: str | 
     """
     from yktool.luks.wipe import plan_wipe
 
-    plan, _header, chosen = plan_wipe(app.host, _path(app, device), slots=list(slots) if slots else None,
-                                      wipe_type=wipe_type, allow_hardware_only=allow_hardware_only)
+    plan, _header, chosen = plan_wipe(
+        app.host,
+        _path(app, device),
+        slots=list(slots) if slots else None,
+        wipe_type=wipe_type,
+        allow_hardware_only=allow_hardware_only,
+    )
     if app.dry_run:
         show_plan(plan, app.json)
         return
     if chosen:
         _confirm(app, f"Remove keyslot {', '.join(map(str, chosen))} from {device}?")
     _run_plan(app, plan)
-    emit(app.json, {"ok": True, "device": device, "wiped": chosen, "plan": plan.to_json()},
-         f"{device}: removed keyslot {', '.join(map(str, chosen))}" if chosen else f"{device}: nothing to wipe")
+    emit(
+        app.json,
+        {"ok": True, "device": device, "wiped": chosen, "plan": plan.to_json()},
+        f"{device}: removed keyslot {', '.join(map(str, chosen))}" if chosen else f"{device}: nothing to wipe",
+    )
 
 
 # --------------------------------------------------------------------------------- test-unlock
-def _fido2_session(app: AppContext, header: LuksHeader, stack: contextlib.ExitStack,
-                   pin_stdin: bool) -> KeySession | None:
+def _fido2_session(
+    app: AppContext, header: LuksHeader, stack: contextlib.ExitStack, pin_stdin: bool
+) -> KeySession | None:
     """A KeySession on the key at --device when the volume has FIDO2 tokens (None without a key)."""
     if not header.tokens_of_type("systemd-fido2"):
         return None
@@ -390,40 +461,75 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
             err = PinInvalid(None, f"{device}: wrong PIN for token {', '.join(str(r.token_id) for r in failed)}")
             if all(r.token_type == "systemd-tpm2" for r in failed):  # noqa: S105 - a token type
                 # the FIDO2 key's retry rules do not apply: the TPM counts failures itself
-                err.hint = ("check the PIN and try again; every wrong PIN counts towards the TPM's "
-                            "dictionary-attack lockout")
+                err.hint = (
+                    "check the PIN and try again; every wrong PIN counts towards the TPM's dictionary-attack lockout"
+                )
             raise err
         if all(r.token_type == "systemd-fido2" for r in failed):  # noqa: S105 - a token type
-            hint = ("see the lines above; a key that no longer opens its slot can be enrolled again "
-                    f"(`yktool luks wipe {device} --slot N`, then `yktool luks enroll-fido2 {device}`)")
+            hint = (
+                "see the lines above; a key that no longer opens its slot can be enrolled again "
+                f"(`yktool luks wipe {device} --slot N`, then `yktool luks enroll-fido2 {device}`)"
+            )
         else:
-            hint = ("see the lines above; after a firmware or Secure Boot change run "
-                    "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)")
+            hint = (
+                "see the lines above; after a firmware or Secure Boot change run "
+                "`yktool luks enroll-tpm2 --replace` (unlock with the recovery key)"
+            )
         raise CheckFailed(f"{device}: {len(failed)} of {len(results)} token(s) do not open the volume", hint)
 
 
 # ------------------------------------------------------------------------------- enroll-fido2
 @luks.command("enroll-fido2")
 @click.argument("device")
-@click.option("--with-pin/--no-pin", "with_pin", default=None,
-              help="Require the key's PIN at unlock (default: yes when the key has a PIN, as systemd).")
-@click.option("--with-up/--no-up", "with_up", default=True, show_default=True,
-              help="Require a touch at unlock.")
+@click.option(
+    "--with-pin/--no-pin",
+    "with_pin",
+    default=None,
+    help="Require the key's PIN at unlock (default: yes when the key has a PIN, as systemd).",
+)
+@click.option("--with-up/--no-up", "with_up", default=True, show_default=True, help="Require a touch at unlock.")
 @click.option("--with-uv", is_flag=True, help="Require built-in user verification (a fingerprint key).")
-@click.option("--algorithm", type=click.Choice(["es256", "eddsa"]), default="es256", show_default=True,
-              help="Credential algorithm (es256 is systemd's default and works on every key).")
-@click.option("--backend", type=click.Choice(["systemd", "native"]), default=None,
-              help="native (default): yktool talks to the key and cryptsetup itself; systemd: run "
-                   "systemd-cryptenroll (USB keys only; its PIN tokens do not open on CTAP 2.1 keys, "
-                   "systemd#31443, and are refused by the proof). Same token either way.")
-@click.option("--unlock-key-file", type=str, default=None, metavar="FILE",
-              help="Read the existing passphrase from FILE (inside --root; used byte for byte).")
-@click.option("--nickname", default=None, help="Name of the key in the registry (default: the name it has, "
-              "else primary / backup-N).")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["es256", "eddsa"]),
+    default="es256",
+    show_default=True,
+    help="Credential algorithm (es256 is systemd's default and works on every key).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["systemd", "native"]),
+    default=None,
+    help="native (default): yktool talks to the key and cryptsetup itself; systemd: run "
+    "systemd-cryptenroll (USB keys only; its PIN tokens do not open on CTAP 2.1 keys, "
+    "systemd#31443, and are refused by the proof). Same token either way.",
+)
+@click.option(
+    "--unlock-key-file",
+    type=str,
+    default=None,
+    metavar="FILE",
+    help="Read the existing passphrase from FILE (inside --root; used byte for byte).",
+)
+@click.option(
+    "--nickname",
+    default=None,
+    help="Name of the key in the registry (default: the name it has, else primary / backup-N).",
+)
 @click.option("--pin-stdin", is_flag=True, help="Read the key's PIN from one stdin line (after the passphrase).")
 @pass_app
-def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: bool, with_uv: bool, algorithm: str,
-                 backend: str | None, unlock_key_file: str | None, nickname: str | None, pin_stdin: bool) -> None:
+def enroll_fido2(
+    app: AppContext,
+    device: str,
+    with_pin: bool | None,
+    with_up: bool,
+    with_uv: bool,
+    algorithm: str,
+    backend: str | None,
+    unlock_key_file: str | None,
+    nickname: str | None,
+    pin_stdin: bool,
+) -> None:
     """Add a keyslot to DEVICE that the FIDO2 key at --device opens (systemd-fido2 token).
 
     The token is exactly what systemd 252 writes, so systemd-cryptsetup unlocks with it at boot.
@@ -462,11 +568,14 @@ def enroll_fido2(app: AppContext, device: str, with_pin: bool | None, with_up: b
         op.session = None
     summary = {"ok": True, **op.summary()}
     if op.already:
-        text = (f"{device}: key '{op.nickname}' already enrolled (token {op.new_token}, keyslot {op.new_slot})"
-                + (f"; {op.resumed}" if op.resumed else "; nothing changed"))
+        text = f"{device}: key '{op.nickname}' already enrolled (token {op.new_token}, keyslot {op.new_slot})" + (
+            f"; {op.resumed}" if op.resumed else "; nothing changed"
+        )
     else:
-        text = (f"{device}: key '{op.nickname}' enrolled in keyslot {op.new_slot} (token {op.new_token}), "
-                "proven to open the volume")
+        text = (
+            f"{device}: key '{op.nickname}' enrolled in keyslot {op.new_slot} (token {op.new_token}), "
+            "proven to open the volume"
+        )
         if op.resumed:
             text += f" ({op.resumed})"
     emit(app.json, summary, text)

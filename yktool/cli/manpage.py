@@ -88,27 +88,39 @@ def render(group: click.Group) -> str:
     main_help, _, _ = (group.help or "").partition("\n\n")
     parts = [
         f'.TH YKTOOL 1 "{time.strftime("%Y-%m-%d", stamp)}" "yktool {release}" "User Commands"',
-        ".SH NAME", "yktool \\- " + _escape(main_help.removeprefix("yktool: ").rstrip(".")),
-        ".SH SYNOPSIS", ".B yktool\n[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
-        ".SH DESCRIPTION", *_paragraphs(group.help or "")[1:], *_paragraphs(group.epilog or ""),
+        ".SH NAME",
+        "yktool \\- " + _escape(main_help.removeprefix("yktool: ").rstrip(".")),
+        ".SH SYNOPSIS",
+        ".B yktool\n[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+        ".SH DESCRIPTION",
+        *_paragraphs(group.help or "")[1:],
+        *_paragraphs(group.epilog or ""),
         ".SH GLOBAL OPTIONS",
         ".PP\nThey may come before or after the command: \\fByktool \\-\\-json verify\\fR and "
         "\\fByktool verify \\-\\-json\\fR are the same.",
         *_options(ctx, group),
-        ".SH COMMANDS", *_commands(ctx, group, ["yktool"]),
-        ".SH ENVIRONMENT", *(f".TP\n\\fB{name}\\fR\n{_escape(text)}" for name, text in ENVIRONMENT.items()),
+        ".SH COMMANDS",
+        *_commands(ctx, group, ["yktool"]),
+        ".SH ENVIRONMENT",
+        *(f".TP\n\\fB{name}\\fR\n{_escape(text)}" for name, text in ENVIRONMENT.items()),
         ".SH SHELL COMPLETION",
-        ".PP\nbash: \\fBeval \"$(_YKTOOL_COMPLETE=bash_source yktool)\"\\fR in ~/.bashrc; zsh: zsh_source; "
+        '.PP\nbash: \\fBeval "$(_YKTOOL_COMPLETE=bash_source yktool)"\\fR in ~/.bashrc; zsh: zsh_source; '
         "fish: \\fB_YKTOOL_COMPLETE=fish_source yktool | source\\fR.",
-        ".SH SEE ALSO", ", ".join(f"\\fB{name.split('(')[0]}\\fR({name.split('(')[1]}" for name in SEE_ALSO),
+        ".SH SEE ALSO",
+        ", ".join(f"\\fB{name.split('(')[0]}\\fR({name.split('(')[1]}" for name in SEE_ALSO),
     ]
     return "\n".join(parts) + "\n"
 
 
 @read_only  # writes no file under --root: no root lock to wait for
 @click.command("man")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the page to this file (e.g. …/share/man/man1/yktool.1) instead of stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the page to this file (e.g. …/share/man/man1/yktool.1) instead of stdout.",
+)
 def man(output: Path | None) -> None:
     """Write the yktool(1) manual page (roff), made from the commands and their --help.
 

@@ -21,24 +21,58 @@ def nixos() -> None:
 
 
 @nixos.command("module")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the module here (default with --flake: next to the host's "
-                   "hardware-configuration.nix; without either: print it).")
-@click.option("--flake", "flake_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Your flake checkout: its USBGuard option, secrets folder, secrets.nix and LUKS names are read.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the module here (default with --flake: next to the host's "
+    "hardware-configuration.nix; without either: print it).",
+)
+@click.option(
+    "--flake",
+    "flake_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Your flake checkout: its USBGuard option, secrets folder, secrets.nix and LUKS names are read.",
+)
 @click.option("--home-manager", is_flag=True, help="Also print the Home Manager snippet (git SSH signing, ssh).")
-@click.option("--age-host-key", default="/etc/ssh/ssh_host_ed25519_key.pub", show_default=True,
-              help="This host's key inside the root: the only agenix recipient of the authfile.")
-@click.option("--age-identity", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A private key (local path) that decrypts the authfile (default: the host key's private half).")
-@click.option("--secrets-nix", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The tree's agenix secrets.nix, when --flake finds several.")
-@click.option("--luks-name", "luks_names", multiple=True, metavar="UUID=NAME",
-              help="The boot.initrd.luks.devices name of a LUKS2 volume your configuration uses (disko, a "
-                   "hand-written name), when no hardware-configuration.nix names it by UUID. Repeatable.")
+@click.option(
+    "--age-host-key",
+    default="/etc/ssh/ssh_host_ed25519_key.pub",
+    show_default=True,
+    help="This host's key inside the root: the only agenix recipient of the authfile.",
+)
+@click.option(
+    "--age-identity",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A private key (local path) that decrypts the authfile (default: the host key's private half).",
+)
+@click.option(
+    "--secrets-nix",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The tree's agenix secrets.nix, when --flake finds several.",
+)
+@click.option(
+    "--luks-name",
+    "luks_names",
+    multiple=True,
+    metavar="UUID=NAME",
+    help="The boot.initrd.luks.devices name of a LUKS2 volume your configuration uses (disko, a "
+    "hand-written name), when no hardware-configuration.nix names it by UUID. Repeatable.",
+)
 @pass_app
-def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manager: bool, age_host_key: str,
-           age_identity: Path | None, secrets_nix: Path | None, luks_names: tuple[str, ...]) -> None:
+def module(
+    app: AppContext,
+    out: Path | None,
+    flake_dir: Path | None,
+    home_manager: bool,
+    age_host_key: str,
+    age_identity: Path | None,
+    secrets_nix: Path | None,
+    luks_names: tuple[str, ...],
+) -> None:
     """Write the one NixOS module for this host, rendered from the key registry every time.
 
     It holds security.pam.u2f (authfile = the agenix secret, origin pinned, cue) and u2fAuth for
@@ -57,9 +91,16 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
     """
     from yktool.nixos.generate import Request, generate
 
-    req = Request(out=out, flake=flake_dir, home_manager=home_manager, host_key=age_host_key,
-                  age_identity=age_identity, secrets_nix=secrets_nix, dry_run=app.dry_run,
-                  luks_names=_luks_names(luks_names))
+    req = Request(
+        out=out,
+        flake=flake_dir,
+        home_manager=home_manager,
+        host_key=age_host_key,
+        age_identity=age_identity,
+        secrets_nix=secrets_nix,
+        dry_run=app.dry_run,
+        luks_names=_luks_names(luks_names),
+    )
     done = generate(app.host, req)
     if app.json:
         emit_json(done.to_json())
@@ -69,8 +110,10 @@ def module(app: AppContext, out: Path | None, flake_dir: Path | None, home_manag
         if app.dry_run and done.out is not None:
             info(f"dry run: would {'write' if done.changed else 'leave unchanged'} {done.out}; nothing written")
     else:
-        info(f"{'wrote' if done.changed else 'unchanged:'} {done.out}; import it from the host's configuration "
-             "(imports = [ ./yktool.nix ];), then `nixos-rebuild switch`")
+        info(
+            f"{'wrote' if done.changed else 'unchanged:'} {done.out}; import it from the host's configuration "
+            "(imports = [ ./yktool.nix ];), then `nixos-rebuild switch`"
+        )
     if done.age is not None:
         age = done.age
         did = "would be written" if app.dry_run else "written"
@@ -99,8 +142,10 @@ def _luks_names(values: tuple[str, ...]) -> dict[str, str]:
     for value in values:
         uuid, sep, name = value.partition("=")
         if not sep or not re.fullmatch(r"[0-9a-fA-F-]{8,64}", uuid) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
-            raise UsageError(f"--luks-name {value!r} is not UUID=NAME",
-                             "give the LUKS2 UUID (yktool luks status) and the boot.initrd.luks.devices name, "
-                             "e.g. --luks-name 5896c26b-…=cryptroot")
+            raise UsageError(
+                f"--luks-name {value!r} is not UUID=NAME",
+                "give the LUKS2 UUID (yktool luks status) and the boot.initrd.luks.devices name, "
+                "e.g. --luks-name 5896c26b-…=cryptroot",
+            )
         out[uuid.lower()] = name
     return out

@@ -27,10 +27,15 @@ def _escape_unencodable(exc: UnicodeError) -> tuple[str, int]:
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
     out = []
-    for ch in exc.object[exc.start:exc.end]:
+    for ch in exc.object[exc.start : exc.end]:
         code = ord(ch)
-        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
-                   else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        out.append(
+            f"\\x{code - 0xDC00:02x}"
+            if 0xDC80 <= code <= 0xDCFF
+            else f"\\u{code:04x}"
+            if code <= 0xFFFF
+            else f"\\U{code:08x}"
+        )
     return "".join(out), exc.end
 
 

@@ -31,8 +31,9 @@ def read_secret(prompt: str, *, from_stdin: bool = False, confirm: bool = False)
     if from_stdin or not sys.stdin.isatty():
         line = sys.stdin.buffer.readline()
         if not line:
-            raise UsageError(f"{prompt}: nothing on standard input",
-                             "pipe the secret in on stdin, or run on a terminal to be asked")
+            raise UsageError(
+                f"{prompt}: nothing on standard input", "pipe the secret in on stdin, or run on a terminal to be asked"
+            )
         return line.rstrip(b"\n").rstrip(b"\r")
     value = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
     if confirm and getpass.getpass(f"{prompt} (again): ", stream=sys.stderr) != value:
@@ -154,5 +155,6 @@ def choose_device(spec: str | None) -> str | None:
 
     picked = questionary.select(
         "Several FIDO2 keys are plugged in: which one?",
-        choices=[questionary.Choice(f"{e.product} ({e.spec})", value=e.spec) for e in entries]).unsafe_ask()
+        choices=[questionary.Choice(f"{e.product} ({e.spec})", value=e.spec) for e in entries],
+    ).unsafe_ask()
     return str(picked)

@@ -71,9 +71,12 @@ def _flag_names(key: SkPrivateKey) -> list[str]:
 
 
 _pin_stdin = click.option("--pin-stdin", is_flag=True, help="Read the key's PIN from one stdin line.")
-_nickname = click.option("--nickname", default=None,
-                         help="Name of the physical key in the key registry (default: the name the registry "
-                              "knows it by, else primary / backup-N).")
+_nickname = click.option(
+    "--nickname",
+    default=None,
+    help="Name of the physical key in the key registry (default: the name the registry "
+    "knows it by, else primary / backup-N).",
+)
 
 
 @click.group("ssh")
@@ -88,21 +91,47 @@ def ssh() -> None:
 
 
 @ssh.command("keygen")
-@click.option("--type", "-t", "type_name", type=click.Choice(["ed25519-sk", "ecdsa-sk"]), default="ed25519-sk",
-              show_default=True, help="Key type; ecdsa-sk for keys without Ed25519.")
-@click.option("-O", "--option", "options", multiple=True, metavar="OPT",
-              help="As ssh-keygen -O: resident, verify-required, no-touch-required, application=ssh:NAME, "
-                   "user=NAME. Repeatable.")
+@click.option(
+    "--type",
+    "-t",
+    "type_name",
+    type=click.Choice(["ed25519-sk", "ecdsa-sk"]),
+    default="ed25519-sk",
+    show_default=True,
+    help="Key type; ecdsa-sk for keys without Ed25519.",
+)
+@click.option(
+    "-O",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="OPT",
+    help="As ssh-keygen -O: resident, verify-required, no-touch-required, application=ssh:NAME, user=NAME. Repeatable.",
+)
 @click.option("--comment", "-C", default=None, help="Key comment (default USER@HOSTNAME of the root).")
-@click.option("--output", "-f", "output", default=None,
-              help="Key file inside the root (default ~USER/.ssh/id_ed25519_sk); the .pub goes next to it.")
+@click.option(
+    "--output",
+    "-f",
+    "output",
+    default=None,
+    help="Key file inside the root (default ~USER/.ssh/id_ed25519_sk); the .pub goes next to it.",
+)
 @click.option("--user", "-u", default=None, help="Whose key: home from the root's /etc/passwd (default: you).")
 @click.option("--force", is_flag=True, help="Replace existing key files (backed up first).")
 @_pin_stdin
 @_nickname
 @pass_app
-def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: str | None, output: str | None,
-           user: str | None, force: bool, pin_stdin: bool, nickname: str | None) -> None:
+def keygen(
+    app: AppContext,
+    type_name: str,
+    options: tuple[str, ...],
+    comment: str | None,
+    output: str | None,
+    user: str | None,
+    force: bool,
+    pin_stdin: bool,
+    nickname: str | None,
+) -> None:
     """Make a FIDO2-backed SSH key on the security key (one touch; the PIN when the key has one).
 
     Writes the key-handle file (0600) and the .pub (0644) in OpenSSH's own formats; the private
@@ -131,23 +160,38 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
         comment = _default_comment(host, user_name)
     enroll.check_free(host, path, force)  # before the key is even opened
     if app.dry_run:
-        emit(app.json, {"ok": True, "dry_run": True, "path": str(path), "type": opts.key_type, "flags": opts.flags},
-             f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub")
+        emit(
+            app.json,
+            {"ok": True, "dry_run": True, "path": str(path), "type": opts.key_type, "flags": opts.flags},
+            f"would make a {type_name} key (flags 0x{opts.flags:02x}) and write {path} and {path}.pub",
+        )
         return
     with _session(app, pin_stdin) as session:
-        made = enroll.keygen(host, session, opts, path=path, comment=comment, owner=owner, user=user_name,
-                             nickname=nickname, force=force)
+        made = enroll.keygen(
+            host, session, opts, path=path, comment=comment, owner=owner, user=user_name, nickname=nickname, force=force
+        )
     key, proof = made.key, made.proof
     if proof.startswith("not checked"):
         warn(f"the key files were {proof}; install openssh-client to have them read back")
-    data = {"ok": True, "path": str(path), "pub_path": str(enroll.pub_path(path)),
-            "public_key": key.public.line(key.comment), "fingerprint": key.public.fingerprint,
-            "type": key.public.key_type, "flags": key.flags, "options": _flag_names(key),
-            "credential_id": enroll.credential_id_b64(key), "verified": proof}
-    emit(app.json, data,
-         f"Made {key.public.label} key {key.public.fingerprint} ({', '.join(_flag_names(key))})\n"
-         f"  private key handle: {path}\n  public key:         {enroll.pub_path(path)}\n"
-         f"  {key.public.line(key.comment)}\n  {proof}")
+    data = {
+        "ok": True,
+        "path": str(path),
+        "pub_path": str(enroll.pub_path(path)),
+        "public_key": key.public.line(key.comment),
+        "fingerprint": key.public.fingerprint,
+        "type": key.public.key_type,
+        "flags": key.flags,
+        "options": _flag_names(key),
+        "credential_id": enroll.credential_id_b64(key),
+        "verified": proof,
+    }
+    emit(
+        app.json,
+        data,
+        f"Made {key.public.label} key {key.public.fingerprint} ({', '.join(_flag_names(key))})\n"
+        f"  private key handle: {path}\n  public key:         {enroll.pub_path(path)}\n"
+        f"  {key.public.line(key.comment)}\n  {proof}",
+    )
 
 
 @ssh.command("download")
@@ -157,8 +201,9 @@ def keygen(app: AppContext, type_name: str, options: tuple[str, ...], comment: s
 @_pin_stdin
 @_nickname
 @pass_app
-def download(app: AppContext, user: str | None, output_dir: str | None, force: bool, pin_stdin: bool,
-             nickname: str | None) -> None:
+def download(
+    app: AppContext, user: str | None, output_dir: str | None, force: bool, pin_stdin: bool, nickname: str | None
+) -> None:
     """Rebuild key files from the resident SSH keys on the security key (like `ssh-keygen -K`; PIN).
 
     A key the registry knows gets back its file name, comment and flags, so the files come back
@@ -178,21 +223,34 @@ def download(app: AppContext, user: str | None, output_dir: str | None, force: b
         found = enroll.resident_keys(session)
         aaguid = session.aaguid
         name = choose_nickname(session, host, nickname)
-    plans = enroll.plan_download(host, found, account,
-                                 PurePosixPath("/") / output_dir if output_dir is not None else None, force=force)
+    plans = enroll.plan_download(
+        host, found, account, PurePosixPath("/") / output_dir if output_dir is not None else None, force=force
+    )
     if app.dry_run:
-        emit(app.json, {"ok": True, "dry_run": True,
-                        "keys": [{"path": str(p.path), "state": p.state} for p in plans]},
-             "\n".join(f"would write {p.path} ({p.state})" for p in plans) or "no resident SSH keys on this key")
+        emit(
+            app.json,
+            {"ok": True, "dry_run": True, "keys": [{"path": str(p.path), "state": p.state} for p in plans]},
+            "\n".join(f"would write {p.path} ({p.state})" for p in plans) or "no resident SSH keys on this key",
+        )
         return
     done = enroll.apply_download(host, plans, account, nickname=name, aaguid=aaguid)
-    out = [{"path": str(p.path), "state": "unchanged" if p.state == "unchanged" else "written",
-            "fingerprint": p.key.public.fingerprint, "application": p.key.public.application,
-            "options": _flag_names(p.key)} for p in done]
+    out = [
+        {
+            "path": str(p.path),
+            "state": "unchanged" if p.state == "unchanged" else "written",
+            "fingerprint": p.key.public.fingerprint,
+            "application": p.key.public.application,
+            "options": _flag_names(p.key),
+        }
+        for p in done
+    ]
     if not out:
         info("no resident SSH keys (application ssh:…) on this key")
-    emit(app.json, {"ok": True, "keys": out},
-         "\n".join(f"{o['path']}: {o['state']} ({o['fingerprint']}, {o['application']})" for o in out))
+    emit(
+        app.json,
+        {"ok": True, "keys": out},
+        "\n".join(f"{o['path']}: {o['state']} ({o['fingerprint']}, {o['application']})" for o in out),
+    )
 
 
 @ssh.command("authorize")
@@ -219,8 +277,11 @@ def authorize(app: AppContext, user: str, pubkey: str | None, file_: str | None,
     target = PurePosixPath("/") / file_ if file_ else None
     public, comment, private = load_key_pair(host, pub)
     if app.dry_run:
-        emit(app.json, {"ok": True, "dry_run": True, "pubkey": str(pub)},
-             f"would add {public.fingerprint} to {target or authorized_keys_path(account)}")
+        emit(
+            app.json,
+            {"ok": True, "dry_run": True, "pubkey": str(pub)},
+            f"would add {public.fingerprint} to {target or authorized_keys_path(account)}",
+        )
         return
     done = authorize_and_record(host, account, private or public, comment=comment, target=target, nickname=nickname)
     fp = done.public.fingerprint
@@ -253,8 +314,10 @@ def sign(app: AppContext, namespace: str, key_file: str, files: tuple[str, ...],
     from yktool.ssh.enroll import sign as do_sign
 
     if "-" in files and app.json:
-        raise UsageError("`-` prints the signature on stdout, where --json puts its one document",
-                         "sign a file (FILE.sig is written), or leave out --json")
+        raise UsageError(
+            "`-` prints the signature on stdout, where --json puts its one document",
+            "sign a file (FILE.sig is written), or leave out --json",
+        )
     host = app.host
     key = load_private(host, PurePosixPath("/") / key_file)
     if "-" in files and pin_stdin and key.verify_required:

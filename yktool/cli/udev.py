@@ -30,8 +30,14 @@ def key_options(func: F) -> F:
     return func
 
 
-def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial: str | None,
-                name: str | None, interfaces: tuple[str, ...] = ()) -> KeyUsb:
+def resolve_key(
+    app: AppContext,
+    vendor: str | None,
+    product: str | None,
+    serial: str | None,
+    name: str | None,
+    interfaces: tuple[str, ...] = (),
+) -> KeyUsb:
     """The key's USB identity: the flags when --vendor and --product are given, else the key's own."""
     if vendor and product:
         return KeyUsb(vendor, product, serial or "", name or "", interfaces or ("03:00:00",))
@@ -45,13 +51,21 @@ def resolve_key(app: AppContext, vendor: str | None, product: str | None, serial
     except PermissionDenied:
         raise
     except YktoolError as exc:
-        raise NoDevice(f"cannot read the key's USB identity: {exc.message}",
-                       "plug the key in (or --device sim:PATH), or give --vendor and --product") from None
+        raise NoDevice(
+            f"cannot read the key's USB identity: {exc.message}",
+            "plug the key in (or --device sim:PATH), or give --vendor and --product",
+        ) from None
     except (OSError, ValueError) as exc:
-        raise NoDevice(f"cannot read the key's USB identity: {exc}",
-                       "give --vendor and --product (see `lsusb`)") from None
-    return KeyUsb(vendor or ident.vendor, product or ident.product, ident.serial if serial is None else serial,
-                  ident.name if name is None else name, interfaces or ident.interfaces)
+        raise NoDevice(
+            f"cannot read the key's USB identity: {exc}", "give --vendor and --product (see `lsusb`)"
+        ) from None
+    return KeyUsb(
+        vendor or ident.vendor,
+        product or ident.product,
+        ident.serial if serial is None else serial,
+        ident.name if name is None else name,
+        interfaces or ident.interfaces,
+    )
 
 
 @click.group("udev")
@@ -69,8 +83,15 @@ def udev() -> None:
 @key_options
 @click.option("--nixos", is_flag=True, help="Print the NixOS module (services.udev.extraRules) instead of writing.")
 @pass_app
-def install(app: AppContext, nickname: str, vendor: str | None, product: str | None, serial: str | None,
-            name: str | None, nixos: bool) -> None:
+def install(
+    app: AppContext,
+    nickname: str,
+    vendor: str | None,
+    product: str | None,
+    serial: str | None,
+    name: str | None,
+    nixos: bool,
+) -> None:
     """Install the rule that locks all sessions when this key is removed.
 
     Plain Linux: writes /etc/udev/rules.d/85-yktool-lock.rules and the lock program
@@ -94,30 +115,47 @@ def install(app: AppContext, nickname: str, vendor: str | None, product: str | N
         return
     rule = lib.render_rule(key, nickname)
     if app.dry_run:
-        emit(app.json, {"dry_run": True, "rule_path": lib.RULE_PATH, "program_path": lib.PROGRAM_PATH, "rule": rule},
-             f"would write {lib.RULE_PATH} with:\n{rule}and the lock program {lib.PROGRAM_PATH}")
+        emit(
+            app.json,
+            {"dry_run": True, "rule_path": lib.RULE_PATH, "program_path": lib.PROGRAM_PATH, "rule": rule},
+            f"would write {lib.RULE_PATH} with:\n{rule}and the lock program {lib.PROGRAM_PATH}",
+        )
         return
     result = lib.install_and_record(app.host, key, nickname)
     if not result.handlers:
-        warn("no screen locker found (hyprlock, swaylock, i3lock, a desktop's): the lock request reaches logind, "
-             "but nothing will cover the screen; install one that listens to logind's Lock signal")
+        warn(
+            "no screen locker found (hyprlock, swaylock, i3lock, a desktop's): the lock request reaches logind, "
+            "but nothing will cover the screen; install one that listens to logind's Lock signal"
+        )
     lines = [f"{'wrote' if p in result.changed else 'unchanged'} {p}" for p in (result.rule_path, result.program_path)]
     if result.reloaded:
         lines.append("udev rules reloaded")
     elif result.changed and not app.host.is_live:
         lines.append(f"root is {app.host.root}: reload udev on that system (udevadm control --reload)")
     lines.append(f"removing {key.usb_id}{' serial ' + key.serial if key.serial else ''} now locks all sessions")
-    emit(app.json, {"rule_path": result.rule_path, "program_path": result.program_path, "changed": result.changed,
-                    "reloaded": result.reloaded, "lock_handlers": result.handlers, "rule": rule,
-                    "usb_id": key.usb_id, "serial": key.serial}, "\n".join(lines))
+    emit(
+        app.json,
+        {
+            "rule_path": result.rule_path,
+            "program_path": result.program_path,
+            "changed": result.changed,
+            "reloaded": result.reloaded,
+            "lock_handlers": result.handlers,
+            "rule": rule,
+            "usb_id": key.usb_id,
+            "serial": key.serial,
+        },
+        "\n".join(lines),
+    )
 
 
 @read_only
 @udev.command("show")
 @key_options
 @pass_app
-def show(app: AppContext, nickname: str, vendor: str | None, product: str | None, serial: str | None,
-         name: str | None) -> None:
+def show(
+    app: AppContext, nickname: str, vendor: str | None, product: str | None, serial: str | None, name: str | None
+) -> None:
     """Print the rule for this key without installing anything.
 
     \b

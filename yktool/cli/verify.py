@@ -50,20 +50,40 @@ def _pcrs(text: str) -> tuple[int, ...]:
 
 @read_only
 @click.command("verify")
-@click.option("--only", multiple=True, metavar="SEL",
-              help="Run only these checks: an id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7. Repeatable,"
-                   " or comma-separated.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="SEL",
+    help="Run only these checks: an id, an id prefix (sysctl, ssh, boot.luks) or a layer 0-7. Repeatable,"
+    " or comma-separated.",
+)
 @click.option("--skip", multiple=True, metavar="SEL", help="Skip these checks (same forms as --only).")
-@click.option("--secrets", type=click.Path(dir_okay=False), default=None,
-              help="agenix secrets.nix to check this host's scoping in (a path on this machine).")
+@click.option(
+    "--secrets",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="agenix secrets.nix to check this host's scoping in (a path on this machine).",
+)
 @click.option("--user", default=None, help="The user whose sk SSH key to look for (default: every login user).")
 @click.option("--tpm2-pcrs", default="7", show_default=True, help="PCRs the TPM2 token must be bound to (e.g. 0+7).")
-@click.option("--luks-device", default=None, metavar="PATH",
-              help="Check this LUKS2 device or image (inside --root) instead of the one under `/`.")
+@click.option(
+    "--luks-device",
+    default=None,
+    metavar="PATH",
+    help="Check this LUKS2 device or image (inside --root) instead of the one under `/`.",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the checks (id, layer, title) and exit.")
 @pass_app
-def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secrets: str | None, user: str | None,
-           tpm2_pcrs: str, luks_device: str | None, list_only: bool) -> None:
+def verify(
+    app: AppContext,
+    only: tuple[str, ...],
+    skip: tuple[str, ...],
+    secrets: str | None,
+    user: str | None,
+    tpm2_pcrs: str,
+    luks_device: str | None,
+    list_only: bool,
+) -> None:
     """Check the host against the hardening checklist and its tables (see docs/verify.md).
 
     Every item is a check with a stable id and a layer (0-7, as in the checklist): pass, fail,
@@ -94,17 +114,29 @@ def verify(app: AppContext, only: tuple[str, ...], skip: tuple[str, ...], secret
         return
     from yktool.nixos.generation import generation_view, is_nixos, needs_rebuild
 
-    ctx = CheckContext(generation_view(app.host), user=user, secrets=os.path.abspath(secrets) if secrets else None,
-                       tpm2_pcrs=_pcrs(tpm2_pcrs), luks_device=luks_device)
+    ctx = CheckContext(
+        generation_view(app.host),
+        user=user,
+        secrets=os.path.abspath(secrets) if secrets else None,
+        tpm2_pcrs=_pcrs(tpm2_pcrs),
+        luks_device=luks_device,
+    )
     results = run_checks(ctx, _split(only), _split(skip))
     counts = summary(results)
     rebuild = needs_rebuild(app.host, results) if is_nixos(app.host) else None
     if app.json:
         from yktool.cli.output import emit_json
 
-        emit_json({"ok": counts["fail"] == 0, "root": str(app.host.root), "privileged": ctx.privileged,
-                   "summary": counts, "checks": [_check_json(r) for r in results],
-                   **({"nixos": rebuild.to_json()} if rebuild else {})})
+        emit_json(
+            {
+                "ok": counts["fail"] == 0,
+                "root": str(app.host.root),
+                "privileged": ctx.privileged,
+                "summary": counts,
+                "checks": [_check_json(r) for r in results],
+                **({"nixos": rebuild.to_json()} if rebuild else {}),
+            }
+        )
     else:
         _render(results, counts, app.verbose)
         if rebuild and rebuild.checks:
@@ -133,8 +165,7 @@ def _render(results: list[Result], counts: dict[str, int], verbose: int) -> None
                 if r.fix and r.status in ("fail", "warn"):
                     click.echo(f"        fix: {r.fix}")
     total = sum(counts.values())
-    line = (f"{total} checks: {counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, "
-            f"{counts['n/a']} n/a")
+    line = f"{total} checks: {counts['pass']} pass, {counts['fail']} fail, {counts['warn']} warn, {counts['n/a']} n/a"
     needs_root = sum(1 for r in results if r.needs_root)
     if needs_root:
         line += f" ({needs_root} need root: run with sudo for a full answer)"

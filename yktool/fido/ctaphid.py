@@ -108,9 +108,16 @@ class CtapHidTransport:
     the keepalive thread send from their own; one lock keeps each message's packets together.
     """
 
-    def __init__(self, call: Call, send: Send, *, clock: Callable[[], float] = time.monotonic,
-                 msg_timeout: float = MSG_TIMEOUT, keepalive_interval: float = KEEPALIVE_INTERVAL,
-                 on_wink: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        call: Call,
+        send: Send,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        msg_timeout: float = MSG_TIMEOUT,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        on_wink: Callable[[], None] | None = None,
+    ) -> None:
         self._call = call
         self._send = send
         self._clock = clock

@@ -45,8 +45,13 @@ class DeviceEntry:
     serial: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"device": self.spec, "product": self.product, "vendor_id": f"{self.vendor_id:04x}",
-                "product_id": f"{self.product_id:04x}", "serial": self.serial}
+        return {
+            "device": self.spec,
+            "product": self.product,
+            "vendor_id": f"{self.vendor_id:04x}",
+            "product_id": f"{self.product_id:04x}",
+            "serial": self.serial,
+        }
 
 
 class MultipleDevices(UsageError):
@@ -55,10 +60,15 @@ class MultipleDevices(UsageError):
 
     def __init__(self, entries: list[DeviceEntry]) -> None:
         self.entries = entries
-        lines = [f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x}"
-                 f"{f', serial {e.serial}' if e.serial else ''})" for e in entries]
-        super().__init__(f"{len(entries)} FIDO2 keys found; say which one: " + "; ".join(lines),
-                         "pass one of the --device values above (or set YKTOOL_DEVICE)")
+        lines = [
+            f"--device {e.spec} ({e.product}, {e.vendor_id:04x}:{e.product_id:04x}"
+            f"{f', serial {e.serial}' if e.serial else ''})"
+            for e in entries
+        ]
+        super().__init__(
+            f"{len(entries)} FIDO2 keys found; say which one: " + "; ".join(lines),
+            "pass one of the --device values above (or set YKTOOL_DEVICE)",
+        )
 
 
 def resolve_spec(spec: str | None) -> str:
@@ -94,8 +104,10 @@ def hidraw_for_serial(serial: int, lister: SerialLister | None = None) -> str:
         if their_serial == serial:
             return path
     seen = ", ".join(str(s) for _, s in found if s is not None) or "none"
-    raise NoDevice(f"no YubiKey with serial {serial} found (serials present: {seen})",
-                   "check the number printed on the key, or see `yktool key list`")
+    raise NoDevice(
+        f"no YubiKey with serial {serial} found (serials present: {seen})",
+        "check the number printed on the key, or see `yktool key list`",
+    )
 
 
 def sim_presence_from_env() -> Presence | None:
@@ -107,8 +119,9 @@ def sim_presence_from_env() -> Presence | None:
         return lambda: False
     if mode == "timeout":
         return lambda: None
-    raise UsageError(f"{ENV_SIM_PRESENCE}={mode!r} is not understood",
-                     f"set {ENV_SIM_PRESENCE} to deny or timeout, or unset it")
+    raise UsageError(
+        f"{ENV_SIM_PRESENCE}={mode!r} is not understood", f"set {ENV_SIM_PRESENCE} to deny or timeout, or unset it"
+    )
 
 
 def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool = True) -> SoftKey:
@@ -120,21 +133,25 @@ def open_sim(path: str | Path, presence: Presence | None = None, *, create: bool
     if not str(path):
         raise UsageError("`sim:` needs a path", "use --device sim:PATH, e.g. sim:~/.cache/yktool/key-a.json")
     if not p.parent.is_dir():
-        raise UsageError(f"the folder of the software-key state {p} does not exist",
-                         "create the folder first, or choose another PATH for --device sim:PATH")
+        raise UsageError(
+            f"the folder of the software-key state {p} does not exist",
+            "create the folder first, or choose another PATH for --device sim:PATH",
+        )
     try:
         return SoftKey(p, presence if presence is not None else sim_presence_from_env(), create=create)
     except StateError as e:
-        raise UsageError(f"cannot use software key {p}: {e}",
-                         "point --device sim:PATH at a state file yktool made, or at a new path to "
-                         "create a fresh key") from None
+        raise UsageError(
+            f"cannot use software key {p}: {e}",
+            "point --device sim:PATH at a state file yktool made, or at a new path to create a fresh key",
+        ) from None
     except PermissionError:
-        raise PermissionDenied(f"{p}: permission denied",
-                               "run as the user who made the software key, or give a --device sim:PATH "
-                               "you own") from None
+        raise PermissionDenied(
+            f"{p}: permission denied", "run as the user who made the software key, or give a --device sim:PATH you own"
+        ) from None
     except OSError as e:
-        raise UsageError(f"cannot use software key {p}: {e.strerror or e}",
-                         "check the path and its permissions") from None
+        raise UsageError(
+            f"cannot use software key {p}: {e.strerror or e}", "check the path and its permissions"
+        ) from None
 
 
 def open_hid(path: str) -> CtapHidDevice:
@@ -148,11 +165,14 @@ def open_hid(path: str) -> CtapHidDevice:
     except FileNotFoundError:
         raise NoDevice(f"no key at {path}", "check `yktool key list` for the keys present") from None
     except PermissionError:
-        raise PermissionDenied(f"{path}: permission denied",
-                               "run as root, or give your user access to the key (udev uaccess rule)") from None
+        raise PermissionDenied(
+            f"{path}: permission denied", "run as root, or give your user access to the key (udev uaccess rule)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - not a FIDO device / descriptor unreadable, many kinds
-        raise NoDevice(f"{path} is not a usable FIDO2 key ({type(e).__name__}: {e})",
-                       "check `yktool key list` for the keys present") from None
+        raise NoDevice(
+            f"{path} is not a usable FIDO2 key ({type(e).__name__}: {e})",
+            "check `yktool key list` for the keys present",
+        ) from None
 
 
 def discard_stale_reports(device: CtapDevice) -> int:
@@ -263,6 +283,7 @@ def replug(spec: str) -> None:
     opens the reset window). Real keys have to be replugged by hand."""
     kind, sep, rest = resolve_spec(spec).partition(":")
     if kind != "sim" or not sep:
-        raise UsageError("only a software key (--device sim:PATH) can be replugged by yktool",
-                         "pull the key out and put it back in")
+        raise UsageError(
+            "only a software key (--device sim:PATH) can be replugged by yktool", "pull the key out and put it back in"
+        )
     open_sim(rest, create=False).replug()

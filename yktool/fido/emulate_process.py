@@ -97,10 +97,17 @@ def _error_message(output: str) -> str:
 
 
 @contextmanager
-def emulated_key(state: str | Path, *, touch: str = "auto", touch_timeout: float = 30.0,
-                 control_path: str | Path | None = None, yktool: Sequence[str] | None = None,
-                 env: dict[str, str] | None = None, stderr: int | IO[str] | None = None,
-                 timeout: float = 180.0) -> Iterator[RunningEmulator]:
+def emulated_key(
+    state: str | Path,
+    *,
+    touch: str = "auto",
+    touch_timeout: float = 30.0,
+    control_path: str | Path | None = None,
+    yktool: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+    stderr: int | IO[str] | None = None,
+    timeout: float = 180.0,
+) -> Iterator[RunningEmulator]:
     """Start `yktool --json key emulate --device sim:STATE` and yield once the hidraw node exists.
 
     `yktool` is the command to run (default: this Python's `-m yktool`); `stderr` where the
@@ -109,11 +116,23 @@ def emulated_key(state: str | Path, *, touch: str = "auto", touch_timeout: float
     unless it exited 0 (a pulled key is not checked)."""
     with tempfile.TemporaryDirectory(prefix="yktool-emulate-") as scratch:
         sock = str(control_path or os.path.join(scratch, "control.sock"))
-        argv = [*(yktool or (sys.executable, "-m", "yktool")), "--json", "key", "emulate",
-                "--device", f"sim:{state}", "--touch", touch, "--touch-timeout", str(touch_timeout),
-                "--control", sock]
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True, env=env)
+        argv = [
+            *(yktool or (sys.executable, "-m", "yktool")),
+            "--json",
+            "key",
+            "emulate",
+            "--device",
+            f"sim:{state}",
+            "--touch",
+            touch,
+            "--touch-timeout",
+            str(touch_timeout),
+            "--control",
+            sock,
+        ]
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
         assert process.stdout is not None  # noqa: S101 - stdout=PIPE
         line = _first_line(process.stdout, process, timeout)
         try:
@@ -126,10 +145,13 @@ def emulated_key(state: str | Path, *, touch: str = "auto", touch_timeout: float
             rest = line + process.stdout.read()  # an error object ends with the process
             process.wait()
             process.stdout.close()
-            raise EmulatorFailed(f"`{' '.join(argv)}` made no device (exit status {process.returncode})"
-                                 f"{': ' + _error_message(rest) if rest.strip() else ''}")
-        running = RunningEmulator(hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=sock,
-                                  process=process, info=info)
+            raise EmulatorFailed(
+                f"`{' '.join(argv)}` made no device (exit status {process.returncode})"
+                f"{': ' + _error_message(rest) if rest.strip() else ''}"
+            )
+        running = RunningEmulator(
+            hidraw=str(info["hidraw"]), serial=str(info["serial"]), control_path=sock, process=process, info=info
+        )
         try:
             yield running
         except BaseException:

@@ -36,13 +36,16 @@ def open_uhid(path: str = UHID_PATH) -> UhidDevice:
     try:
         return UhidDevice(path)
     except FileNotFoundError:
-        raise NoDevice(f"no {path}: the kernel's uhid driver is not loaded (or this is a container)",
-                       "as root: modprobe uhid, then run again; inside a container there is no uhid, "
-                       "use a VM (scripts/test-vm) or --device sim:PATH directly") from None
+        raise NoDevice(
+            f"no {path}: the kernel's uhid driver is not loaded (or this is a container)",
+            "as root: modprobe uhid, then run again; inside a container there is no uhid, "
+            "use a VM (scripts/test-vm) or --device sim:PATH directly",
+        ) from None
     except PermissionError:
-        raise NoDevice(f"no permission to open {path}: making a USB device needs root",
-                       "run it as root (sudo yktool key emulate …), or give your user read/write "
-                       f"access to {path}") from None
+        raise NoDevice(
+            f"no permission to open {path}: making a USB device needs root",
+            f"run it as root (sudo yktool key emulate …), or give your user read/write access to {path}",
+        ) from None
     except OSError as e:
         raise NoDevice(f"cannot open {path}: {e.strerror or e}", "as root: modprobe uhid, then run again") from None
 
@@ -58,8 +61,13 @@ class Plugged:
     name: str
 
     def to_json(self) -> dict[str, object]:
-        return {"hidraw": self.hidraw, "serial": self.serial, "vendor_id": f"{self.vendor_id:04x}",
-                "product_id": f"{self.product_id:04x}", "name": self.name}
+        return {
+            "hidraw": self.hidraw,
+            "serial": self.serial,
+            "vendor_id": f"{self.vendor_id:04x}",
+            "product_id": f"{self.product_id:04x}",
+            "name": self.name,
+        }
 
 
 class Emulator:
@@ -74,8 +82,7 @@ class Emulator:
         key.presence = gate.presence
         self.transport = CtapHidTransport(self._call, self._send)
 
-    def _call(self, cmd: int, data: bytes, event: threading.Event,
-              on_keepalive: Callable[[STATUS], None]) -> bytes:
+    def _call(self, cmd: int, data: bytes, event: threading.Event, on_keepalive: Callable[[STATUS], None]) -> bytes:
         self.gate.bind(event, on_keepalive)
         return self.key.call(cmd, data, event, on_keepalive)
 
@@ -91,9 +98,14 @@ class Emulator:
 
     def plug(self) -> None:
         major, minor, patch = DEVICE_VERSION
-        self.uhid.create(name=self.key.product_name, phys=self._phys, uniq=self.key.serial_number,
-                         vendor=self.key.vendor_id, product=self.key.product_id,
-                         version=(major << 8) | (minor << 4) | patch)
+        self.uhid.create(
+            name=self.key.product_name,
+            phys=self._phys,
+            uniq=self.key.serial_number,
+            vendor=self.key.vendor_id,
+            product=self.key.product_id,
+            version=(major << 8) | (minor << 4) | patch,
+        )
 
     def serve(self, on_plugged: Callable[[Plugged], None], hidraw_timeout: float = HIDRAW_TIMEOUT) -> None:
         """Plug in, call `on_plugged` once the hidraw node exists, answer the host until
@@ -101,8 +113,9 @@ class Emulator:
         try:
             self.plug()
         except OSError as e:
-            raise NoDevice(f"the kernel refused the new uhid device: {e.strerror or e}",
-                           "check `dmesg` for uhid/hid errors") from None
+            raise NoDevice(
+                f"the kernel refused the new uhid device: {e.strerror or e}", "check `dmesg` for uhid/hid errors"
+            ) from None
         plugged: Plugged | None = None
         deadline = time.monotonic() + hidraw_timeout
         try:
@@ -110,13 +123,15 @@ class Emulator:
                 if plugged is None:
                     node = find_hidraw(self._phys, self.key.serial_number)
                     if node is not None:
-                        plugged = Plugged(node, self.key.serial_number, self.key.vendor_id,
-                                          self.key.product_id, self.key.product_name)
+                        plugged = Plugged(
+                            node, self.key.serial_number, self.key.vendor_id, self.key.product_id, self.key.product_name
+                        )
                         on_plugged(plugged)
                     elif time.monotonic() > deadline:
-                        raise NoDevice(f"the kernel made no hidraw node for the emulated key within "
-                                       f"{hidraw_timeout:g} s",
-                                       "check that hidraw and hid-generic are available (dmesg)")
+                        raise NoDevice(
+                            f"the kernel made no hidraw node for the emulated key within {hidraw_timeout:g} s",
+                            "check that hidraw and hid-generic are available (dmesg)",
+                        )
                 self._pump()
         finally:
             self.transport.close()

@@ -96,11 +96,14 @@ def check_control_path(path: str | Path) -> None:
     """UsageError unless a new socket can be made at `path` (nothing is there; its folder is)."""
     p = Path(path)
     if os.path.lexists(p):
-        raise UsageError(f"the control socket path {p} already exists",
-                         "remove it (if no emulator uses it) or choose another --control PATH")
+        raise UsageError(
+            f"the control socket path {p} already exists",
+            "remove it (if no emulator uses it) or choose another --control PATH",
+        )
     if not p.parent.is_dir():
-        raise UsageError(f"the folder of the control socket {p} does not exist",
-                         "create it first, or choose another --control PATH")
+        raise UsageError(
+            f"the folder of the control socket {p} does not exist", "create it first, or choose another --control PATH"
+        )
 
 
 class ControlSocket:
@@ -113,14 +116,16 @@ class ControlSocket:
         try:
             self._server = _Server(str(self.path), _Handler)
         except OSError as e:
-            raise UsageError(f"cannot make the control socket {self.path}: {e.strerror or e}",
-                             "choose another --control PATH") from None
+            raise UsageError(
+                f"cannot make the control socket {self.path}: {e.strerror or e}", "choose another --control PATH"
+            ) from None
         finally:
             os.umask(old)
         self._server.gate = gate
         self._server.unplug = unplug
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
-                                        name="emulator-control", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="emulator-control", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

@@ -104,8 +104,11 @@ class KeyFacts:
             "min_pin_length": self.min_pin_length,
             "usb_id": self.usb_id,
             "usb_serial": self.usb_serial,
-            "yubikey": (self.yubikey.to_json() if self.yubikey else
-                        ({"serial": None, "firmware": None, "form_factor": None} if self.is_yubikey else None)),
+            "yubikey": (
+                self.yubikey.to_json()
+                if self.yubikey
+                else ({"serial": None, "firmware": None, "form_factor": None} if self.is_yubikey else None)
+            ),
             "notes": self.notes,
         }
 

@@ -56,8 +56,9 @@ def usb_identity(device: CtapDevice, sysfs: Path = SYSFS_HIDRAW) -> UsbIdentity:
     product = getattr(device, "product_id", None)
     if isinstance(vendor, int) and isinstance(product, int):  # the software key
         serial = getattr(device, "serial_number", None)
-        return UsbIdentity(vendor, product, serial if isinstance(serial, str) else None,
-                           str(getattr(device, "product_name", "")))
+        return UsbIdentity(
+            vendor, product, serial if isinstance(serial, str) else None, str(getattr(device, "product_name", ""))
+        )
     descriptor = getattr(device, "descriptor", None)
     path = getattr(descriptor, "path", None)
     if isinstance(path, bytes):
@@ -68,6 +69,7 @@ def usb_identity(device: CtapDevice, sysfs: Path = SYSFS_HIDRAW) -> UsbIdentity:
         except (OSError, ValueError):
             pass  # not Linux sysfs, or an odd node: use what the HID descriptor says
     if descriptor is not None:
-        return UsbIdentity(int(descriptor.vid), int(descriptor.pid), descriptor.serial_number,
-                           descriptor.product_name or "")
+        return UsbIdentity(
+            int(descriptor.vid), int(descriptor.pid), descriptor.serial_number, descriptor.product_name or ""
+        )
     raise ValueError(f"cannot tell the USB identity of {device!r}")

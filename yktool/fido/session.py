@@ -49,11 +49,19 @@ from yktool.fido.interaction import KeyInteraction
 ES256 = -7
 EDDSA = -8
 
-ALGORITHM_NAMES: dict[int, str] = {ES256: "ES256", EDDSA: "EdDSA", -257: "RS256", -35: "ES384",
-                                   -36: "ES512", -47: "ES256K", -9: "ESP256", -19: "Ed25519"}
+ALGORITHM_NAMES: dict[int, str] = {
+    ES256: "ES256",
+    EDDSA: "EdDSA",
+    -257: "RS256",
+    -35: "ES384",
+    -36: "ES512",
+    -47: "ES256K",
+    -9: "ESP256",
+    -19: "Ed25519",
+}
 
-MIN_PIN_LENGTH = 4       # CTAP 2.1: at least 4 Unicode code points
-MAX_PIN_BYTES = 63       # CTAP 2.1: at most 63 bytes of UTF-8
+MIN_PIN_LENGTH = 4  # CTAP 2.1: at least 4 Unicode code points
+MAX_PIN_BYTES = 63  # CTAP 2.1: at most 63 bytes of UTF-8
 
 _REMOVED = "the key was removed during the operation"
 _REMOVED_HINT = "insert the key again and run the same command; nothing was changed on the key"
@@ -92,9 +100,9 @@ class Assertion:
     """One getAssertion answer; `hmac_output` is a secret: keep it in memory only."""
 
     credential_id: bytes
-    auth_data: AuthenticatorData   # bytes(auth_data) is the raw authenticator data
-    signature: bytes               # DER for ES256, raw 64 bytes for EdDSA
-    hmac_output: bytes | None      # the 32-byte output for `hmac_salt`, when asked
+    auth_data: AuthenticatorData  # bytes(auth_data) is the raw authenticator data
+    signature: bytes  # DER for ES256, raw 64 bytes for EdDSA
+    hmac_output: bytes | None  # the 32-byte output for `hmac_salt`, when asked
 
     @property
     def user_present(self) -> bool:
@@ -109,9 +117,11 @@ class Assertion:
         return self.auth_data.counter
 
     def __repr__(self) -> str:  # never print the hmac output
-        return (f"Assertion(credential_id={self.credential_id.hex()}, up={self.user_present}, "
-                f"uv={self.user_verified}, counter={self.counter}, "
-                f"hmac_output={'<32 bytes>' if self.hmac_output else None})")
+        return (
+            f"Assertion(credential_id={self.credential_id.hex()}, up={self.user_present}, "
+            f"uv={self.user_verified}, counter={self.counter}, "
+            f"hmac_output={'<32 bytes>' if self.hmac_output else None})"
+        )
 
 
 @dataclass
@@ -127,19 +137,24 @@ class ResidentCredential:
 def check_new_pin(pin: str, min_length: int = MIN_PIN_LENGTH) -> None:
     """Refuse a PIN the key would refuse, before anything is sent (no retry is spent)."""
     if len(pin) < max(min_length, MIN_PIN_LENGTH):
-        raise UsageError(f"the PIN is too short: at least {max(min_length, MIN_PIN_LENGTH)} characters",
-                         "choose a longer PIN; nothing was sent to the key")
+        raise UsageError(
+            f"the PIN is too short: at least {max(min_length, MIN_PIN_LENGTH)} characters",
+            "choose a longer PIN; nothing was sent to the key",
+        )
     if len(pin.encode("utf-8")) > MAX_PIN_BYTES:
-        raise UsageError(f"the PIN is too long: at most {MAX_PIN_BYTES} bytes",
-                         "choose a shorter PIN; nothing was sent to the key")
+        raise UsageError(
+            f"the PIN is too long: at most {MAX_PIN_BYTES} bytes", "choose a shorter PIN; nothing was sent to the key"
+        )
 
 
 def check_entered_pin(pin: str) -> None:
     """Refuse an entered PIN that cannot be right (too short or too long) before it costs a retry."""
     if len(pin) < MIN_PIN_LENGTH or len(pin.encode("utf-8")) > MAX_PIN_BYTES:
-        raise UsageError(f"that cannot be the key's PIN: a PIN has at least {MIN_PIN_LENGTH} characters "
-                         f"and at most {MAX_PIN_BYTES} bytes",
-                         "type the PIN again; nothing was sent to the key, no attempt was used")
+        raise UsageError(
+            f"that cannot be the key's PIN: a PIN has at least {MIN_PIN_LENGTH} characters "
+            f"and at most {MAX_PIN_BYTES} bytes",
+            "type the PIN again; nothing was sent to the key, no attempt was used",
+        )
 
 
 class KeySession:
@@ -149,8 +164,7 @@ class KeySession:
     touches: int
     pin_prompts: int
 
-    def __init__(self, device: CtapDevice, interaction: KeyInteraction | None = None,
-                 pin: str | None = None) -> None:
+    def __init__(self, device: CtapDevice, interaction: KeyInteraction | None = None, pin: str | None = None) -> None:
         self.device = device
         self.interaction = interaction if interaction is not None else KeyInteraction()
         self._pin = pin
@@ -188,9 +202,10 @@ class KeySession:
             raise NoDevice(_REMOVED, _REMOVED_HINT) from exc
         except (ValueError, TypeError, KeyError) as exc:
             # python-fido2 could not parse the key's answer (or the key is U2F-only)
-            raise ToolFailed(f"the key's answer to {what} could not be understood ({type(exc).__name__})",
-                             "remove and re-insert the key; a U2F-only key cannot be used, it needs FIDO2"
-                             ) from exc
+            raise ToolFailed(
+                f"the key's answer to {what} could not be understood ({type(exc).__name__})",
+                "remove and re-insert the key; a U2F-only key cannot be used, it needs FIDO2",
+            ) from exc
         finally:
             self._touch_over()
 
@@ -203,8 +218,10 @@ class KeySession:
             return PinInvalid(self._retries_after_failure())
         if code == err.PIN_AUTH_BLOCKED:
             left = self._retries_after_failure()
-            return PinAuthBlocked("3 wrong PINs in a row: remove and re-insert the key before the next try"
-                                  + (f" ({left} attempts left)" if left is not None else ""))
+            return PinAuthBlocked(
+                "3 wrong PINs in a row: remove and re-insert the key before the next try"
+                + (f" ({left} attempts left)" if left is not None else "")
+            )
         if code == err.PIN_BLOCKED:
             return PinBlocked("the PIN of this key is blocked for good (8 wrong PINs)")
         if code in (err.OPERATION_DENIED, err.USER_ACTION_TIMEOUT, err.ACTION_TIMEOUT, err.UP_REQUIRED):
@@ -213,27 +230,34 @@ class KeySession:
             return Interrupted(f"{what} was cancelled")
         if code == err.UNSUPPORTED_ALGORITHM:
             names = ", ".join(self.algorithm_names()) or "none listed"
-            return UsageError(f"the key supports none of the algorithms asked for ({what})",
-                              f"this key offers: {names}; ES256 works on every FIDO2 key")
+            return UsageError(
+                f"the key supports none of the algorithms asked for ({what})",
+                f"this key offers: {names}; ES256 works on every FIDO2 key",
+            )
         if code == err.PIN_NOT_SET:
             return UsageError("the key has no PIN", "set one first: yktool key pin set")
         if code == err.PIN_POLICY_VIOLATION:
-            return UsageError("the key refused the new PIN (too short or too simple for its policy)",
-                              f"choose another PIN of at least {self.min_pin_length} characters")
+            return UsageError(
+                "the key refused the new PIN (too short or too simple for its policy)",
+                f"choose another PIN of at least {self.min_pin_length} characters",
+            )
         if code == err.CREDENTIAL_EXCLUDED:
             return AlreadyEnrolled("this key already holds a credential for this purpose")
         if code in (err.NO_CREDENTIALS, err.INVALID_CREDENTIAL):
             return NotThisKey("this key holds none of the credentials asked for")
         if code == err.KEY_STORE_FULL:
-            return Refused("the key has no room for another discoverable credential",
-                           "delete an unused discoverable credential, or use a non-discoverable one")
+            return Refused(
+                "the key has no room for another discoverable credential",
+                "delete an unused discoverable credential, or use a non-discoverable one",
+            )
         if code == err.PUAT_REQUIRED:
             return UsageError(f"the key wants its PIN for {what}", "run again and give the PIN")
         if code in (err.INVALID_CHANNEL, err.TIMEOUT):
             return NoDevice(_REMOVED, _REMOVED_HINT)
-        return ToolFailed(f"the key answered {code.name} to {what}",
-                          "remove and re-insert the key and try again; if it persists, the key may "
-                          "not support this operation")
+        return ToolFailed(
+            f"the key answered {code.name} to {what}",
+            "remove and re-insert the key and try again; if it persists, the key may not support this operation",
+        )
 
     def _forget_pin(self) -> None:
         """Never reuse a PIN the key refused: drop ours and tell the interaction to drop its copy."""
@@ -248,8 +272,10 @@ class KeySession:
 
     def _client_pin(self) -> ClientPin:
         if self._protocol is None:
-            raise UsageError("this key has no PIN support (no PIN/UV protocol)",
-                             "use a FIDO2 key with clientPin, such as a YubiKey 5")
+            raise UsageError(
+                "this key has no PIN support (no PIN/UV protocol)",
+                "use a FIDO2 key with clientPin, such as a YubiKey 5",
+            )
         return ClientPin(self.ctap, self._protocol)
 
     def _need_pin(self, permissions: ClientPin.PERMISSION, rp_id: str | None) -> str:
@@ -257,8 +283,9 @@ class KeySession:
             self.pin_prompts += 1
             asked = self.interaction.request_pin(permissions, rp_id)
             if not asked:
-                raise UsageError("the key has a PIN and none was given",
-                                 "type it when asked, or pipe it in with --pin-stdin")
+                raise UsageError(
+                    "the key has a PIN and none was given", "type it when asked, or pipe it in with --pin-stdin"
+                )
             check_entered_pin(asked)  # a too-short PIN can't be right: don't spend a retry
             self._pin = asked
         return self._pin
@@ -281,8 +308,10 @@ class KeySession:
         """(keyAgreement for the key, shared secret) through the PIN protocol's `encapsulate`."""
         protocol = self._protocol
         if protocol is None:
-            raise UsageError("this key has no PIN/UV protocol, so hmac-secret cannot be used",
-                             "use a FIDO2 key with clientPin, such as a YubiKey 5")
+            raise UsageError(
+                "this key has no PIN/UV protocol, so hmac-secret cannot be used",
+                "use a FIDO2 key with clientPin, such as a YubiKey 5",
+            )
 
         def agree() -> tuple[Mapping[int, Any], bytes]:
             resp = self.ctap.client_pin(protocol.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)
@@ -342,8 +371,11 @@ class KeySession:
         if self.pin_is_set:
             raise Refused("the key already has a PIN", "change it instead: yktool key pin change")
         client = self._client_pin()
-        self._guard("setting the PIN", lambda: client.set_pin(new_pin),
-                    not_allowed=Refused("the key already has a PIN", "change it instead: yktool key pin change"))
+        self._guard(
+            "setting the PIN",
+            lambda: client.set_pin(new_pin),
+            not_allowed=Refused("the key already has a PIN", "change it instead: yktool key pin change"),
+        )
         self._pin = new_pin
         self.refresh()
 
@@ -368,11 +400,21 @@ class KeySession:
         self._pin = pin
 
     # ------------------------------------------------------------------ credentials
-    def make_credential(self, rp_id: str, *, client_data_hash: bytes | None = None,
-                        user_id: bytes = b"\0", user_name: str = "", rp_name: str | None = None,
-                        algorithms: Sequence[int] = (ES256,), resident: bool = False,
-                        uv: bool = False, hmac_secret: bool = False, cred_protect: int | None = None,
-                        exclude: Sequence[bytes] = ()) -> Credential:
+    def make_credential(
+        self,
+        rp_id: str,
+        *,
+        client_data_hash: bytes | None = None,
+        user_id: bytes = b"\0",
+        user_name: str = "",
+        rp_name: str | None = None,
+        algorithms: Sequence[int] = (ES256,),
+        resident: bool = False,
+        uv: bool = False,
+        hmac_secret: bool = False,
+        cred_protect: int | None = None,
+        exclude: Sequence[bytes] = (),
+    ) -> Credential:
         """makeCredential; `client_data_hash` defaults to 32 random bytes. Uses the PIN when the
         key has one (or `uv`), asking for it through the interaction once. One touch."""
         cdh = client_data_hash if client_data_hash is not None else os.urandom(32)
@@ -380,16 +422,18 @@ class KeySession:
             raise UsageError("no algorithm asked for", "ask for ES256 or EdDSA")
         if not any(self.supports_algorithm(a) for a in algorithms):
             wanted = ", ".join(ALGORITHM_NAMES.get(a, str(a)) for a in algorithms)
-            raise UsageError(f"the key does not support {wanted}",
-                             f"this key offers: {', '.join(self.algorithm_names())}; "
-                             "ES256 works on every FIDO2 key")
+            raise UsageError(
+                f"the key does not support {wanted}",
+                f"this key offers: {', '.join(self.algorithm_names())}; ES256 works on every FIDO2 key",
+            )
         if hmac_secret and not self.has_hmac_secret:
             raise UsageError("the key has no hmac-secret extension", "use a key that lists hmac-secret")
         if cred_protect is not None and "credProtect" not in self._info.extensions:
             raise UsageError("the key has no credProtect extension", "enroll without credProtect")
         if uv and not self.pin_is_set:
-            raise UsageError("user verification needs a PIN on the key, and it has none",
-                             "set one first: yktool key pin set")
+            raise UsageError(
+                "user verification needs a PIN on the key, and it has none", "set one first: yktool key pin set"
+            )
         extensions: dict[str, Any] = {}
         if hmac_secret:
             extensions["hmac-secret"] = True
@@ -404,16 +448,26 @@ class KeySession:
             pin_uv_protocol = self._protocol.VERSION
         rp: dict[str, Any] = {"id": rp_id, "name": rp_name or rp_id}
         user = {"id": user_id, "name": user_name or "yktool", "displayName": user_name or "yktool"}
-        resp = self._guard("making the credential", lambda: self.ctap.make_credential(
-            cdh, rp, user, [{"type": "public-key", "alg": a} for a in algorithms],
-            exclude_list=[{"type": "public-key", "id": c} for c in exclude] or None,
-            extensions=extensions or None, options=options or None,
-            pin_uv_param=pin_uv_param, pin_uv_protocol=pin_uv_protocol,
-            on_keepalive=self._on_keepalive))
+        resp = self._guard(
+            "making the credential",
+            lambda: self.ctap.make_credential(
+                cdh,
+                rp,
+                user,
+                [{"type": "public-key", "alg": a} for a in algorithms],
+                exclude_list=[{"type": "public-key", "id": c} for c in exclude] or None,
+                extensions=extensions or None,
+                options=options or None,
+                pin_uv_param=pin_uv_param,
+                pin_uv_protocol=pin_uv_protocol,
+                on_keepalive=self._on_keepalive,
+            ),
+        )
         cred_data = resp.auth_data.credential_data
         if cred_data is None:
-            raise ToolFailed("the key answered makeCredential without a credential",
-                             "the key is misbehaving; try another key")
+            raise ToolFailed(
+                "the key answered makeCredential without a credential", "the key is misbehaving; try another key"
+            )
         ext_out = resp.auth_data.extensions or {}
         public_key = cred_data.public_key
         return Credential(
@@ -427,8 +481,16 @@ class KeySession:
             resident=resident,
         )
 
-    def get_assertion(self, rp_id: str, client_data_hash: bytes, *, allow: Sequence[bytes],
-                      up: bool = True, uv: bool = False, hmac_salt: bytes | None = None) -> Assertion:
+    def get_assertion(
+        self,
+        rp_id: str,
+        client_data_hash: bytes,
+        *,
+        allow: Sequence[bytes],
+        up: bool = True,
+        uv: bool = False,
+        hmac_salt: bytes | None = None,
+    ) -> Assertion:
         """getAssertion over `allow`; with `uv` the PIN token is sent (UV flag set, hmac-secret
         then uses the with-UV secret). `hmac_salt` (32 bytes) asks hmac-secret for one output."""
         if hmac_salt is not None and len(hmac_salt) != 32:
@@ -436,8 +498,9 @@ class KeySession:
         if hmac_salt is not None and not self.has_hmac_secret:
             raise UsageError("the key has no hmac-secret extension", "use a key that lists hmac-secret")
         if uv and not self.pin_is_set:
-            raise UsageError("user verification needs a PIN on the key, and it has none",
-                             "set one first: yktool key pin set")
+            raise UsageError(
+                "user verification needs a PIN on the key, and it has none", "set one first: yktool key pin set"
+            )
         extensions: dict[str, Any] = {}
         shared: bytes | None = None
         protocol = self._protocol
@@ -447,8 +510,12 @@ class KeySession:
             key_agreement, shared = self._shared_secret()
             assert protocol is not None  # noqa: S101 - _shared_secret checked it
             salt_enc = protocol.encrypt(shared, hmac_salt)
-            extensions["hmac-secret"] = {1: key_agreement, 2: salt_enc,
-                                         3: protocol.authenticate(shared, salt_enc), 4: protocol.VERSION}
+            extensions["hmac-secret"] = {
+                1: key_agreement,
+                2: salt_enc,
+                3: protocol.authenticate(shared, salt_enc),
+                4: protocol.VERSION,
+            }
         pin_uv_param = pin_uv_protocol = None
         if uv:
             token = self.pin_token(ClientPin.PERMISSION.GET_ASSERTION, rp_id)
@@ -456,17 +523,26 @@ class KeySession:
             pin_uv_param = self._protocol.authenticate(token, client_data_hash)
             pin_uv_protocol = self._protocol.VERSION
         options = None if up else {"up": False}
-        resp = self._guard("the assertion", lambda: self.ctap.get_assertion(
-            rp_id, client_data_hash, [{"type": "public-key", "id": c} for c in allow] or None,
-            extensions=extensions or None, options=options,
-            pin_uv_param=pin_uv_param, pin_uv_protocol=pin_uv_protocol,
-            on_keepalive=self._on_keepalive))
+        resp = self._guard(
+            "the assertion",
+            lambda: self.ctap.get_assertion(
+                rp_id,
+                client_data_hash,
+                [{"type": "public-key", "id": c} for c in allow] or None,
+                extensions=extensions or None,
+                options=options,
+                pin_uv_param=pin_uv_param,
+                pin_uv_protocol=pin_uv_protocol,
+                on_keepalive=self._on_keepalive,
+            ),
+        )
         output: bytes | None = None
         if hmac_salt is not None and protocol is not None and shared is not None:
             enc = (resp.auth_data.extensions or {}).get("hmac-secret")
             if not isinstance(enc, bytes):
-                raise ToolFailed("the key gave no hmac-secret output",
-                                 "the credential was made without hmac-secret; enroll it again")
+                raise ToolFailed(
+                    "the key gave no hmac-secret output", "the credential was made without hmac-secret; enroll it again"
+                )
             output = protocol.decrypt(shared, enc)[:32]
         cred_id = resp.credential.get("id") if resp.credential else None
         if cred_id is None and len(allow) == 1:
@@ -488,9 +564,17 @@ class KeySession:
             pin_uv_param = self._protocol.authenticate(token, cdh)
             pin_uv_protocol = self._protocol.VERSION
         try:
-            self._guard("probing for the credential", lambda: self.ctap.get_assertion(
-                rp_id, cdh, [{"type": "public-key", "id": credential_id}], options={"up": False},
-                pin_uv_param=pin_uv_param, pin_uv_protocol=pin_uv_protocol))
+            self._guard(
+                "probing for the credential",
+                lambda: self.ctap.get_assertion(
+                    rp_id,
+                    cdh,
+                    [{"type": "public-key", "id": credential_id}],
+                    options={"up": False},
+                    pin_uv_param=pin_uv_param,
+                    pin_uv_protocol=pin_uv_protocol,
+                ),
+            )
         except NotThisKey:
             return False
         except UsageError:
@@ -504,11 +588,15 @@ class KeySession:
     def list_resident(self, rp_id: str | None = None) -> list[ResidentCredential]:
         """Discoverable credentials (credential management; needs the PIN)."""
         if not CredentialManagement.is_supported(self._info):
-            raise UsageError("this key cannot list its discoverable credentials (no credential management)",
-                             "use a key with CTAP 2.1 credMgmt, such as a YubiKey 5 with firmware 5.2+")
+            raise UsageError(
+                "this key cannot list its discoverable credentials (no credential management)",
+                "use a key with CTAP 2.1 credMgmt, such as a YubiKey 5 with firmware 5.2+",
+            )
         if not self.pin_is_set:
-            raise UsageError("listing discoverable credentials needs a PIN on the key, and it has none",
-                             "set one first: yktool key pin set")
+            raise UsageError(
+                "listing discoverable credentials needs a PIN on the key, and it has none",
+                "set one first: yktool key pin set",
+            )
         token = self.pin_token(ClientPin.PERMISSION.CREDENTIAL_MGMT)
         assert self._protocol is not None  # noqa: S101 - pin_token checked it
         credman = CredentialManagement(self.ctap, self._protocol, token)
@@ -524,30 +612,38 @@ class KeySession:
             creds = self._guard("listing credentials", functools.partial(credman.enumerate_creds, rp_hash))
             for cred in creds:
                 user = cred.get(result.USER) or {}
-                out.append(ResidentCredential(
-                    rp_id=this_rp,
-                    credential_id=bytes(cred[result.CREDENTIAL_ID]["id"]),
-                    public_key=CoseKey.parse(cred[result.PUBLIC_KEY]),
-                    user_id=bytes(user.get("id", b"")),
-                    user_name=str(user.get("name", "")),
-                    cred_protect=cred.get(result.CRED_PROTECT),
-                ))
+                out.append(
+                    ResidentCredential(
+                        rp_id=this_rp,
+                        credential_id=bytes(cred[result.CREDENTIAL_ID]["id"]),
+                        public_key=CoseKey.parse(cred[result.PUBLIC_KEY]),
+                        user_id=bytes(user.get("id", b"")),
+                        user_name=str(user.get("name", "")),
+                        cred_protect=cred.get(result.CRED_PROTECT),
+                    )
+                )
         return out
 
     # ------------------------------------------------------------------ reset
     def reset(self) -> None:
         """authenticatorReset: wipes every credential and the PIN. Real keys only accept it in
         the first seconds after being plugged in, and want a touch."""
-        self._guard("the reset", lambda: self.ctap.reset(on_keepalive=self._on_keepalive), not_allowed=Refused(
-            "the key accepts a reset only in the first seconds after it is plugged in",
-            "remove the key, insert it again, and run the reset at once (software key: yktool key replug)"))
+        self._guard(
+            "the reset",
+            lambda: self.ctap.reset(on_keepalive=self._on_keepalive),
+            not_allowed=Refused(
+                "the key accepts a reset only in the first seconds after it is plugged in",
+                "remove the key, insert it again, and run the reset at once (software key: yktool key replug)",
+            ),
+        )
         self._pin = None
         self.refresh()
 
 
 @contextlib.contextmanager
-def open_session(spec: str | None, interaction: KeyInteraction | None = None,
-                 pin: str | None = None) -> Iterator[KeySession]:
+def open_session(
+    spec: str | None, interaction: KeyInteraction | None = None, pin: str | None = None
+) -> Iterator[KeySession]:
     """Open the key named by `spec` (see `yktool.fido.open_device`) and wrap it in a KeySession;
     the device is closed on the way out."""
     from yktool.fido import open_device

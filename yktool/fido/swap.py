@@ -61,8 +61,9 @@ class SwapWait:
         before = present()
         return None if before is None else cls(before, present)
 
-    def until_swapped(self, role: str, timeout: float = SWAP_TIMEOUT,
-                      on_removed: Callable[[], None] | None = None) -> None:
+    def until_swapped(
+        self, role: str, timeout: float = SWAP_TIMEOUT, on_removed: Callable[[], None] | None = None
+    ) -> None:
         """Return once a key was removed (when one was in) and exactly one key is present."""
         removed = not self.before
         deadline = self.clock() + timeout
@@ -79,5 +80,6 @@ class SwapWait:
                     f"the {role} key was not swapped in within {timeout:.0f} s "
                     f"({'no key removed yet' if not removed else f'{len(now)} keys present, want exactly 1'})",
                     f"remove the other key, insert the {role} key, then run the same command again "
-                    "(it resumes where it stopped)")
+                    "(it resumes where it stopped)",
+                )
             self.sleep(POLL_INTERVAL)

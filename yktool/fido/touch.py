@@ -48,8 +48,13 @@ class TouchGate:
     """See the module docstring. Thread-safe: `presence` runs in the transport's worker thread,
     `answer` and `policy` changes come from the terminal or the control socket."""
 
-    def __init__(self, policy: TouchPolicy = TouchPolicy.AUTO, *, timeout: float = TOUCH_TIMEOUT,
-                 prompt: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        policy: TouchPolicy = TouchPolicy.AUTO,
+        *,
+        timeout: float = TOUCH_TIMEOUT,
+        prompt: Callable[[], None] | None = None,
+    ) -> None:
         self.timeout = timeout
         self.prompt = prompt
         self._policy = policy

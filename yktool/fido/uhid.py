@@ -61,13 +61,34 @@ def _field(text: str, size: int) -> bytes:
     return raw
 
 
-def pack_create2(*, name: str, phys: str, uniq: str, vendor: int, product: int, version: int = 0,
-                 country: int = 0, descriptor: bytes = FIDO_REPORT_DESCRIPTOR, bus: int = BUS_USB) -> bytes:
+def pack_create2(
+    *,
+    name: str,
+    phys: str,
+    uniq: str,
+    vendor: int,
+    product: int,
+    version: int = 0,
+    country: int = 0,
+    descriptor: bytes = FIDO_REPORT_DESCRIPTOR,
+    bus: int = BUS_USB,
+) -> bytes:
     """UHID_CREATE2: a new HID device with this identity and report descriptor."""
     if len(descriptor) > DATA_MAX:
         raise ValueError("report descriptor too long")
-    return _CREATE2.pack(EventType.CREATE2, _field(name, 128), _field(phys, 64), _field(uniq, 64),
-                         len(descriptor), bus, vendor, product, version, country, descriptor)
+    return _CREATE2.pack(
+        EventType.CREATE2,
+        _field(name, 128),
+        _field(phys, 64),
+        _field(uniq, 64),
+        len(descriptor),
+        bus,
+        vendor,
+        product,
+        version,
+        country,
+        descriptor,
+    )
 
 
 def pack_input2(report: bytes) -> bytes:

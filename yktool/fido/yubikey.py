@@ -49,9 +49,11 @@ def _from_info(info: Any) -> YubiKeyFacts:
     version = getattr(info, "version", None)
     form = getattr(info, "form_factor", None)
     form_name = str(form) if form is not None and int(form) != 0 else None
-    return YubiKeyFacts(serial=getattr(info, "serial", None),
-                        firmware=str(version) if version is not None else None,
-                        form_factor=form_name)
+    return YubiKeyFacts(
+        serial=getattr(info, "serial", None),
+        firmware=str(version) if version is not None else None,
+        form_factor=form_name,
+    )
 
 
 def read_facts(device: CtapDevice) -> YubiKeyFacts | None:

@@ -32,8 +32,10 @@ def systemd_version(host: Host) -> int:
 def require_systemd(host: Host) -> int:
     version = systemd_version(host)
     if version < MIN_SYSTEMD:
-        raise ToolFailed(f"systemd-cryptenroll {version} is too old (needs --unlock-key-file, systemd 252+)",
-                         "upgrade systemd, or enroll by hand with systemd-cryptenroll")
+        raise ToolFailed(
+            f"systemd-cryptenroll {version} is too old (needs --unlock-key-file, systemd 252+)",
+            "upgrade systemd, or enroll by hand with systemd-cryptenroll",
+        )
     return version
 
 
@@ -52,24 +54,32 @@ def check_passphrase(host: Host, device: str | PurePosixPath, secret: bytes, slo
         return True
     if result.returncode in (1, 2):  # 2: no key available with this passphrase; 1: wrong slot
         return False
-    raise ToolFailed(f"cryptsetup could not test the passphrase: {result.error_text or 'no message'}",
-                     "check the device with `cryptsetup luksDump`")
+    raise ToolFailed(
+        f"cryptsetup could not test the passphrase: {result.error_text or 'no message'}",
+        "check the device with `cryptsetup luksDump`",
+    )
 
 
 def require_unlock(host: Host, device: str | PurePosixPath, secret: bytes) -> None:
     """UsageError (nothing changed) when `secret` is not a current passphrase or recovery key."""
     if not check_passphrase(host, device, secret):
-        raise UsageError(f"the passphrase given does not open {device}",
-                         "give a current passphrase or recovery key of this volume (typed, on stdin, "
-                         "or --unlock-key-file with no trailing newline)")
+        raise UsageError(
+            f"the passphrase given does not open {device}",
+            "give a current passphrase or recovery key of this volume (typed, on stdin, "
+            "or --unlock-key-file with no trailing newline)",
+        )
 
 
-def enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: Iterable[int], unlock: bytes,
-                pin: bytes | None = None) -> str:
+def enroll_tpm2(
+    host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: Iterable[int], unlock: bytes, pin: bytes | None = None
+) -> str:
     """Seal a new keyslot to the TPM's `pcrs` (and `pin`); returns systemd's message."""
     argv: list[str | SecretPath] = [
-        "systemd-cryptenroll", f"--tpm2-device={tcti.systemd_device}", f"--tpm2-pcrs={format_pcrs(pcrs)}",
-        f"--tpm2-with-pin={'yes' if pin is not None else 'no'}", SecretPath(0, "--unlock-key-file="),
+        "systemd-cryptenroll",
+        f"--tpm2-device={tcti.systemd_device}",
+        f"--tpm2-pcrs={format_pcrs(pcrs)}",
+        f"--tpm2-with-pin={'yes' if pin is not None else 'no'}",
+        SecretPath(0, "--unlock-key-file="),
         _device(host, device),
     ]
     credentials = {"cryptenroll.tpm2-pin": pin} if pin is not None else None
@@ -83,14 +93,20 @@ def enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: Itera
 
 def enroll_recovery(host: Host, device: str | PurePosixPath, unlock: bytes) -> bytes:
     """Add a systemd recovery key; returns it (the caller shows it once and forgets it)."""
-    argv: list[str | SecretPath] = ["systemd-cryptenroll", "--recovery-key",
-                                    SecretPath(0, "--unlock-key-file="), _device(host, device)]
+    argv: list[str | SecretPath] = [
+        "systemd-cryptenroll",
+        "--recovery-key",
+        SecretPath(0, "--unlock-key-file="),
+        _device(host, device),
+    ]
     result = host.run(argv, secrets=[unlock], secret_files=True, timeout=120)
     # stdout is not a terminal, so systemd prints the key alone on one line
     key = result.stdout.strip()
     if not re.fullmatch(rb"[cbdefghijklnrtuv]{8}(-[cbdefghijklnrtuv]{8}){7}", key):
-        raise ToolFailed("systemd-cryptenroll printed no recovery key I recognise",
-                         "check `systemd-cryptenroll DEVICE` for a new recovery slot and wipe it if unwanted")
+        raise ToolFailed(
+            "systemd-cryptenroll printed no recovery key I recognise",
+            "check `systemd-cryptenroll DEVICE` for a new recovery slot and wipe it if unwanted",
+        )
     return key
 
 
@@ -120,8 +136,11 @@ _FILLED_TOKENS = frozenset({"systemd-tpm2", "systemd-fido2", "systemd-recovery",
 
 def orphan_tokens(header: LuksHeader) -> list[int]:
     """systemd tokens that point at no existing keyslot (left by a wipe killed half-way)."""
-    return [t.id for _, t in sorted(header.tokens.items())
-            if t.type in _FILLED_TOKENS and not any(k in header.keyslots for k in t.keyslots)]
+    return [
+        t.id
+        for _, t in sorted(header.tokens.items())
+        if t.type in _FILLED_TOKENS and not any(k in header.keyslots for k in t.keyslots)
+    ]
 
 
 def remove_orphan_tokens(host: Host, device: str | PurePosixPath) -> list[int]:

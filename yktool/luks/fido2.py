@@ -95,8 +95,9 @@ def _b64decode(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:
-        raise UsageError(f"the token's {what} is not base64",
-                         "the token is damaged; check `cryptsetup luksDump`") from None
+        raise UsageError(
+            f"the token's {what} is not base64", "the token is damaged; check `cryptsetup luksDump`"
+        ) from None
 
 
 def passphrase_from_output(hmac_output: bytes) -> bytes:
@@ -136,11 +137,19 @@ def derive_passphrase(session: KeySession, token: Fido2Token, *, silent: bool = 
     credential = _b64decode(token.credential, "credential")
     salt = _b64decode(token.salt, "salt")
     if len(salt) != SALT_SIZE:
-        raise UsageError(f"token {token.id}: the salt is {len(salt)} bytes, not {SALT_SIZE}",
-                         "the token is damaged; enroll the key again")
+        raise UsageError(
+            f"token {token.id}: the salt is {len(salt)} bytes, not {SALT_SIZE}",
+            "the token is damaged; enroll the key again",
+        )
     uses_pin = token.pin_required or token.uv_required
-    assertion = session.get_assertion(token.rp or RP_ID, ZERO_CLIENT_DATA_HASH, allow=[credential],
-                                      up=token.up_required and not silent, uv=uses_pin, hmac_salt=salt)
+    assertion = session.get_assertion(
+        token.rp or RP_ID,
+        ZERO_CLIENT_DATA_HASH,
+        allow=[credential],
+        up=token.up_required and not silent,
+        uv=uses_pin,
+        hmac_salt=salt,
+    )
     if assertion.hmac_output is None:
         raise ToolFailed("the key gave no hmac-secret output", "the credential was made without hmac-secret")
     return passphrase_from_output(assertion.hmac_output)
@@ -174,11 +183,17 @@ def test_fido2(ctx: UnlockContext, token: Any) -> UnlockResult:
     if not isinstance(session, KeySession):
         raise TypeError("UnlockContext.fido_device must be a KeySession")
     if not owns(session, token):
-        return result(NOT_TESTED, "the key present did not make this token's credential (another key's token)",
-                      ["plug in the key this token belongs to (`yktool luks status` names it)"])
+        return result(
+            NOT_TESTED,
+            "the key present did not make this token's credential (another key's token)",
+            ["plug in the key this token belongs to (`yktool luks status` names it)"],
+        )
     if (token.pin_required or token.uv_required) and not session.pin_is_set:
-        return result(FAILED, "the token wants the key's PIN, but the key has no PIN (was it reset?)",
-                      ["unlock with a passphrase or the recovery key and enroll the key again"])
+        return result(
+            FAILED,
+            "the token wants the key's PIN, but the key has no PIN (was it reset?)",
+            ["unlock with a passphrase or the recovery key and enroll the key again"],
+        )
     try:
         passphrase = derive_passphrase(session, token)
     except PinInvalid as exc:
@@ -197,11 +212,16 @@ def test_fido2(ctx: UnlockContext, token: Any) -> UnlockResult:
     if cryptenroll.check_passphrase(ctx.host, ctx.device, passphrase, slot):
         return result(OPENS, f"keyslot {slot if slot is not None else '?'}")
     used = "with" if (token.pin_required or token.uv_required) else "without"
-    return result(FAILED, f"the key answered, but its hmac-secret output (asked {used} user verification, "
-                          "as the token's PIN/UV flags say) does not open the keyslot",
-                  ["the key derives a different secret with UV (PIN) than without: if the token's "
-                   "fido2-clientPin-required / fido2-uv-required flags were changed after enrollment, "
-                   "restore them, or unlock with the passphrase and enroll the key again"])
+    return result(
+        FAILED,
+        f"the key answered, but its hmac-secret output (asked {used} user verification, "
+        "as the token's PIN/UV flags say) does not open the keyslot",
+        [
+            "the key derives a different secret with UV (PIN) than without: if the token's "
+            "fido2-clientPin-required / fido2-uv-required flags were changed after enrollment, "
+            "restore them, or unlock with the passphrase and enroll the key again"
+        ],
+    )
 
 
 register_tester(TOKEN_TYPE, test_fido2)
@@ -215,8 +235,8 @@ class TokenOwner:
     token_id: int
     credential: str
     registry: str | None = None
-    probe: bool | None = None       # None: no key present to ask
-    probe_key: str | None = None    # how the present key is called (nickname, else its device spec)
+    probe: bool | None = None  # None: no key present to ask
+    probe_key: str | None = None  # how the present key is called (nickname, else its device spec)
 
     @property
     def text(self) -> str:
@@ -225,19 +245,28 @@ class TokenOwner:
             parts.append(f"key '{self.registry}' (registry)")
         if self.probe:
             confirmed = self.registry is not None and self.probe_key == self.registry
-            parts.append("confirmed by the key present" if confirmed
-                         else f"{self.probe_key or 'the key present'} (answers a silent probe)")
+            parts.append(
+                "confirmed by the key present"
+                if confirmed
+                else f"{self.probe_key or 'the key present'} (answers a silent probe)"
+            )
         elif self.probe is False and not self.registry:
             parts.append("not the key present")
         return "; ".join(parts) or "unknown key"
 
     def to_json(self) -> dict[str, Any]:
-        return {"token": self.token_id, "credential": self.credential, "registry": self.registry,
-                "probe": self.probe, "probe_key": self.probe_key}
+        return {
+            "token": self.token_id,
+            "credential": self.credential,
+            "registry": self.registry,
+            "probe": self.probe,
+            "probe_key": self.probe_key,
+        }
 
 
-def token_owners(host: Host, header: LuksHeader, session: KeySession | None = None,
-                 session_name: str | None = None) -> dict[int, TokenOwner]:
+def token_owners(
+    host: Host, header: LuksHeader, session: KeySession | None = None, session_name: str | None = None
+) -> dict[int, TokenOwner]:
     """For each systemd-fido2 token: the registry's owner of its credential, and whether the key
     in `session` (if any) answers a silent probe for it (only the key that made it does)."""
     from yktool.inventory import Registry
@@ -277,8 +306,18 @@ def free_keyslot(header: LuksHeader) -> int | None:
 def add_keyslot(host: Host, device: str | PurePosixPath, slot: int, unlock: bytes, passphrase: bytes) -> None:
     """`cryptsetup luksAddKey` into `slot` with systemd's minimal PBKDF; both secrets on memfds."""
     real = str(host.path(device))
-    argv: list[str | SecretPath] = ["cryptsetup", "luksAddKey", "--batch-mode", *MINIMAL_PBKDF,
-                                    "--key-slot", str(slot), "--key-file", SecretPath(0), real, SecretPath(1)]
+    argv: list[str | SecretPath] = [
+        "cryptsetup",
+        "luksAddKey",
+        "--batch-mode",
+        *MINIMAL_PBKDF,
+        "--key-slot",
+        str(slot),
+        "--key-file",
+        SecretPath(0),
+        real,
+        SecretPath(1),
+    ]
     host.run(argv, secrets=[unlock, passphrase], secret_files=True, timeout=120)
 
 
@@ -367,12 +406,24 @@ class Fido2Enrollment:
         return SYSTEMD_ENROLL_TOUCHES if self.backend == "systemd" and ran else 0
 
     def summary(self) -> dict[str, Any]:
-        return {"device": self.device, "uuid": self.uuid, "backend": self.backend, "keyslot": self.new_slot,
-                "token": self.new_token, "credential": self.credential, "nickname": self.nickname,
-                "pin": self.pin_flag, "up": self.options.up, "uv": self.options.uv,
-                "algorithm": self.options.algorithm, "already_enrolled": self.already, "resumed": self.resumed,
-                "changed": self.changed, "plan": self.plan.to_json(),
-                **({"command": self.command} if self.command else {})}
+        return {
+            "device": self.device,
+            "uuid": self.uuid,
+            "backend": self.backend,
+            "keyslot": self.new_slot,
+            "token": self.new_token,
+            "credential": self.credential,
+            "nickname": self.nickname,
+            "pin": self.pin_flag,
+            "up": self.options.up,
+            "uv": self.options.uv,
+            "algorithm": self.options.algorithm,
+            "already_enrolled": self.already,
+            "resumed": self.resumed,
+            "changed": self.changed,
+            "plan": self.plan.to_json(),
+            **({"command": self.command} if self.command else {}),
+        }
 
 
 SYSTEMD_ENROLL_TOUCHES = 2  # systemd-cryptenroll makes the credential, then derives the secret (up: yes)
@@ -385,16 +436,19 @@ def default_backend(spec: str) -> str:
     return "native"
 
 
-def systemd_argv(real_device: str, fido2_device: str, *, pin: bool, up: bool, uv: bool,
-                 algorithm: str) -> list[str | SecretPath]:
+def systemd_argv(
+    real_device: str, fido2_device: str, *, pin: bool, up: bool, uv: bool, algorithm: str
+) -> list[str | SecretPath]:
     """The systemd-cryptenroll command line; the passphrase is `SecretPath(0)` (a memfd)."""
     return [
-        "systemd-cryptenroll", f"--fido2-device={fido2_device}",
+        "systemd-cryptenroll",
+        f"--fido2-device={fido2_device}",
         f"--fido2-with-client-pin={'yes' if pin else 'no'}",
         f"--fido2-with-user-presence={'yes' if up else 'no'}",
         f"--fido2-with-user-verification={'yes' if uv else 'no'}",
         f"--fido2-credential-algorithm={algorithm}",
-        SecretPath(0, "--unlock-key-file="), real_device,
+        SecretPath(0, "--unlock-key-file="),
+        real_device,
     ]
 
 
@@ -402,17 +456,28 @@ def render_argv(argv: list[str | SecretPath]) -> list[str]:
     return [a if isinstance(a, str) else f"{a.prefix}/dev/fd/<memfd {a.index}>" for a in argv]
 
 
-def run_systemd_enroll(host: Host, device: str | PurePosixPath, fido2_device: str, unlock: bytes,
-                       pin: bytes | None, *, pin_flag: bool, up: bool, uv: bool, algorithm: str) -> str:
+def run_systemd_enroll(
+    host: Host,
+    device: str | PurePosixPath,
+    fido2_device: str,
+    unlock: bytes,
+    pin: bytes | None,
+    *,
+    pin_flag: bool,
+    up: bool,
+    uv: bool,
+    algorithm: str,
+) -> str:
     """Run systemd-cryptenroll for a real key: the passphrase on a memfd, the PIN as the systemd
     credential `fido2-pin`; stdin is /dev/null, so systemd never waits on a tty."""
     argv = systemd_argv(str(host.path(device)), fido2_device, pin=pin_flag, up=up, uv=uv, algorithm=algorithm)
     credentials = {"fido2-pin": pin} if pin else None
-    result = host.run(argv, secrets=[unlock], secret_files=True, credentials=credentials, timeout=120,
-                      check=False)
+    result = host.run(argv, secrets=[unlock], secret_files=True, credentials=credentials, timeout=120, check=False)
     if result.returncode != 0:
-        raise ToolFailed(f"systemd-cryptenroll failed (exit {result.returncode}): {result.error_text or 'no message'}",
-                         "nothing was enrolled; check the key (`yktool key info`) and run again")
+        raise ToolFailed(
+            f"systemd-cryptenroll failed (exit {result.returncode}): {result.error_text or 'no message'}",
+            "nothing was enrolled; check the key (`yktool key info`) and run again",
+        )
     return result.error_text
 
 
@@ -421,8 +486,9 @@ def _device_of(spec: str) -> str:
     return rest if kind == "hid" else spec
 
 
-def plan_enroll_fido2(host: Host, device: str | PurePosixPath, spec: str, options: Fido2Options, *,
-                      backend: str | None = None) -> Fido2Enrollment:
+def plan_enroll_fido2(
+    host: Host, device: str | PurePosixPath, spec: str, options: Fido2Options, *, backend: str | None = None
+) -> Fido2Enrollment:
     """Plan enrolling the key `spec` into `device`. Checks before anything is touched: LUKS2, a free
     keyslot, the backend fits the key; a half-done earlier run (journal) is finished first."""
     if options.algorithm not in ALGORITHMS:
@@ -431,53 +497,115 @@ def plan_enroll_fido2(host: Host, device: str | PurePosixPath, spec: str, option
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", "use --backend systemd or --backend native")
     if backend == "systemd" and spec.startswith("sim:"):
-        raise UsageError("the systemd backend cannot use a software key: systemd-cryptenroll talks to keys "
-                         "through libfido2, which sees only USB (hidraw) keys",
-                         "use --backend native for a sim: key (it writes the same token)")
+        raise UsageError(
+            "the systemd backend cannot use a software key: systemd-cryptenroll talks to keys "
+            "through libfido2, which sees only USB (hidraw) keys",
+            "use --backend native for a sim: key (it writes the same token)",
+        )
     header = read_header(host, device)
-    op = Fido2Enrollment(Plan(f"FIDO2 enrollment of {device} ({backend} backend)"), str(device), header.uuid,
-                         backend, spec, options)
+    op = Fido2Enrollment(
+        Plan(f"FIDO2 enrollment of {device} ({backend} backend)"), str(device), header.uuid, backend, spec, options
+    )
     plan = op.plan
     pending = read_journal(host, header.uuid)
     if pending is not None:
-        plan.add(Step("resume", f"finish the enrollment a killed run left half-done (keyslot {pending.get('keyslot')})",
-                      touches=[str(device)], verify="the orphan keyslot gets its token, or is removed",
-                      action=lambda: _resume(host, device, op, pending)))
+        plan.add(
+            Step(
+                "resume",
+                f"finish the enrollment a killed run left half-done (keyslot {pending.get('keyslot')})",
+                touches=[str(device)],
+                verify="the orphan keyslot gets its token, or is removed",
+                action=lambda: _resume(host, device, op, pending),
+            )
+        )
     elif free_keyslot(header) is None:
-        raise Refused(f"{device} has no free keyslot (all {LUKS2_MAX_KEYSLOTS} are in use)",
-                      f"remove an unused one first (`yktool luks status {device}`, then `yktool luks wipe "
-                      f"{device} --slot N`)")
+        raise Refused(
+            f"{device} has no free keyslot (all {LUKS2_MAX_KEYSLOTS} are in use)",
+            f"remove an unused one first (`yktool luks status {device}`, then `yktool luks wipe {device} --slot N`)",
+        )
     if backend == "systemd":
         op.pin_flag = True if options.pin is None else options.pin
-        op.command = render_argv(systemd_argv(str(host.path(device)), _device_of(spec), pin=op.pin_flag,
-                                              up=options.up, uv=options.uv, algorithm=options.algorithm))
+        op.command = render_argv(
+            systemd_argv(
+                str(host.path(device)),
+                _device_of(spec),
+                pin=op.pin_flag,
+                up=options.up,
+                uv=options.uv,
+                algorithm=options.algorithm,
+            )
+        )
         if options.pin is None:
-            plan.notes.append("--fido2-with-client-pin follows the key: yes when it has a PIN, no when it has none "
-                              "(say --with-pin or --no-pin to choose)")
-    plan.add(Step("check", "check the passphrase, and that the key has hmac-secret and is not enrolled yet",
-                  touches=[f"key {spec}"], verify="cryptsetup --test-passphrase; a silent probe of each FIDO2 token",
-                  action=lambda: _check(host, device, op)))
+            plan.notes.append(
+                "--fido2-with-client-pin follows the key: yes when it has a PIN, no when it has none "
+                "(say --with-pin or --no-pin to choose)"
+            )
+    plan.add(
+        Step(
+            "check",
+            "check the passphrase, and that the key has hmac-secret and is not enrolled yet",
+            touches=[f"key {spec}"],
+            verify="cryptsetup --test-passphrase; a silent probe of each FIDO2 token",
+            action=lambda: _check(host, device, op),
+        )
+    )
     if backend == "native":
-        plan.add(Step("enroll", "make a credential on the key (rp io.systemd.cryptsetup, hmac-secret; one touch) "
-                      "and derive the slot's passphrase from a fresh 32-byte salt (silently)",
-                      touches=[f"key {spec}"], verify="the key answers with a 32-byte hmac-secret output",
-                      action=lambda: _make_secret(op)))
-        plan.add(Step("keyslot", "add a keyslot with that passphrase (pbkdf2, minimal iterations, as systemd)",
-                      touches=[str(device), str(JOURNAL_DIR)], verify="cryptsetup --test-passphrase on the new slot",
-                      action=lambda: _add_slot(host, device, op)))
-        plan.add(Step("token", "import the systemd-fido2 token that points at it",
-                      touches=[str(device)], verify="`systemd-cryptenroll DEVICE` lists the slot as fido2",
-                      action=lambda: _import(host, device, op)))
+        plan.add(
+            Step(
+                "enroll",
+                "make a credential on the key (rp io.systemd.cryptsetup, hmac-secret; one touch) "
+                "and derive the slot's passphrase from a fresh 32-byte salt (silently)",
+                touches=[f"key {spec}"],
+                verify="the key answers with a 32-byte hmac-secret output",
+                action=lambda: _make_secret(op),
+            )
+        )
+        plan.add(
+            Step(
+                "keyslot",
+                "add a keyslot with that passphrase (pbkdf2, minimal iterations, as systemd)",
+                touches=[str(device), str(JOURNAL_DIR)],
+                verify="cryptsetup --test-passphrase on the new slot",
+                action=lambda: _add_slot(host, device, op),
+            )
+        )
+        plan.add(
+            Step(
+                "token",
+                "import the systemd-fido2 token that points at it",
+                touches=[str(device)],
+                verify="`systemd-cryptenroll DEVICE` lists the slot as fido2",
+                action=lambda: _import(host, device, op),
+            )
+        )
     else:
-        plan.add(Step("enroll", f"run {' '.join(op.command)} (PIN as the systemd credential fido2-pin)",
-                      touches=[str(device), f"key {spec}"], verify="one new systemd-fido2 token in the header",
-                      action=lambda: _systemd_enroll(host, device, op)))
-    plan.add(Step("prove", "test the passphrase the key derived on the new keyslot",
-                  touches=[f"key {spec}"], verify="cryptsetup open --test-passphrase (nothing activated)",
-                  action=lambda: _prove(host, device, op)))
-    plan.add(Step("record", "record the key, volume UUID, keyslot, token and credential in the key registry",
-                  touches=["/etc/yktool/keys.toml"], verify="read the registry back",
-                  action=lambda: _record(host, op)))
+        plan.add(
+            Step(
+                "enroll",
+                f"run {' '.join(op.command)} (PIN as the systemd credential fido2-pin)",
+                touches=[str(device), f"key {spec}"],
+                verify="one new systemd-fido2 token in the header",
+                action=lambda: _systemd_enroll(host, device, op),
+            )
+        )
+    plan.add(
+        Step(
+            "prove",
+            "test the passphrase the key derived on the new keyslot",
+            touches=[f"key {spec}"],
+            verify="cryptsetup open --test-passphrase (nothing activated)",
+            action=lambda: _prove(host, device, op),
+        )
+    )
+    plan.add(
+        Step(
+            "record",
+            "record the key, volume UUID, keyslot, token and credential in the key registry",
+            touches=["/etc/yktool/keys.toml"],
+            verify="read the registry back",
+            action=lambda: _record(host, op),
+        )
+    )
     return op
 
 
@@ -505,34 +633,54 @@ def _check(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None
     cryptenroll.require_unlock(host, device, op.unlock)
     session = _session(op)
     if not session.has_hmac_secret:
-        raise UsageError("this key has no hmac-secret extension, which LUKS FIDO2 unlocking needs",
-                         "use a FIDO2 key that lists hmac-secret (`yktool key info`), e.g. a YubiKey 5")
+        raise UsageError(
+            "this key has no hmac-secret extension, which LUKS FIDO2 unlocking needs",
+            "use a FIDO2 key that lists hmac-secret (`yktool key info`), e.g. a YubiKey 5",
+        )
     opts = op.options
     # Not given: PIN at unlock when the key has one (systemd's default is yes, which fails on a
     # key without a PIN).
     op.pin_flag = session.pin_is_set if opts.pin is None else opts.pin
     if op.backend == "systemd":
-        op.command = render_argv(systemd_argv(str(host.path(device)), _device_of(op.spec), pin=op.pin_flag,
-                                              up=opts.up, uv=opts.uv, algorithm=opts.algorithm))
+        op.command = render_argv(
+            systemd_argv(
+                str(host.path(device)),
+                _device_of(op.spec),
+                pin=op.pin_flag,
+                up=opts.up,
+                uv=opts.uv,
+                algorithm=opts.algorithm,
+            )
+        )
     if op.pin_flag and not session.pin_is_set:
-        raise UsageError("--with-pin asks for the key's PIN at unlock, but the key has no PIN",
-                         "set one first (`yktool key pin set`), or enroll with --no-pin")
+        raise UsageError(
+            "--with-pin asks for the key's PIN at unlock, but the key has no PIN",
+            "set one first (`yktool key pin set`), or enroll with --no-pin",
+        )
     if opts.uv and not session.info.options.get("uv"):
-        raise UsageError("this key has no built-in user verification (fingerprint); systemd refuses "
-                         "--fido2-with-user-verification on it",
-                         "use --with-pin: the PIN is user verification (the key sets the UV flag with it)")
-    if ALGORITHMS[opts.algorithm] not in [a.get("alg") for a in session.info.algorithms] and \
-            not (opts.algorithm == DEFAULT_ALGORITHM and not session.info.algorithms):
-        raise UsageError(f"the key does not support {opts.algorithm}",
-                         f"this key offers: {', '.join(session.algorithm_names())}; es256 works on every key")
+        raise UsageError(
+            "this key has no built-in user verification (fingerprint); systemd refuses "
+            "--fido2-with-user-verification on it",
+            "use --with-pin: the PIN is user verification (the key sets the UV flag with it)",
+        )
+    if ALGORITHMS[opts.algorithm] not in [a.get("alg") for a in session.info.algorithms] and not (
+        opts.algorithm == DEFAULT_ALGORITHM and not session.info.algorithms
+    ):
+        raise UsageError(
+            f"the key does not support {opts.algorithm}",
+            f"this key offers: {', '.join(session.algorithm_names())}; es256 works on every key",
+        )
     header = read_header(host, device)
     for token in header.tokens_of_type(TOKEN_TYPE):
         if isinstance(token, Fido2Token) and owns(session, token):
             op.already = True
             op.new_token, op.credential = token.id, token.credential
             op.new_slot = token.keyslots[0] if token.keyslots else None
-            _skip_rest(op, "check", f"this key is already enrolled (token {token.id}, keyslot "
-                                    f"{', '.join(map(str, token.keyslots))})")
+            _skip_rest(
+                op,
+                "check",
+                f"this key is already enrolled (token {token.id}, keyslot {', '.join(map(str, token.keyslots))})",
+            )
             return
     if op.pin_flag or session.pin_is_set:
         # Ask for (and check) the PIN once, now: a wrong PIN is reported before anything changes.
@@ -553,19 +701,36 @@ def _make_secret(op: Fido2Enrollment) -> None:
     session = _session(op)
     uuid = op.uuid
     credential = session.make_credential(
-        RP_ID, client_data_hash=ZERO_CLIENT_DATA_HASH, user_id=uuid.encode(), user_name=uuid, rp_name=RP_NAME,
-        algorithms=[ALGORITHMS[op.options.algorithm]], resident=False, hmac_secret=True)
+        RP_ID,
+        client_data_hash=ZERO_CLIENT_DATA_HASH,
+        user_id=uuid.encode(),
+        user_name=uuid,
+        rp_name=RP_NAME,
+        algorithms=[ALGORITHMS[op.options.algorithm]],
+        resident=False,
+        hmac_secret=True,
+    )
     if not credential.hmac_secret:
         raise ToolFailed("the key made the credential without hmac-secret", "use a key that supports hmac-secret")
     salt = secrets.token_bytes(SALT_SIZE)
-    slot_token = Fido2Token(id=-1, type=TOKEN_TYPE, keyslots=[], raw={}, credential=b64(credential.credential_id),
-                            salt=b64(salt), rp=RP_ID, pin_required=bool(op.pin_flag), up_required=op.options.up,
-                            uv_required=op.options.uv)
+    slot_token = Fido2Token(
+        id=-1,
+        type=TOKEN_TYPE,
+        keyslots=[],
+        raw={},
+        credential=b64(credential.credential_id),
+        salt=b64(salt),
+        rp=RP_ID,
+        pin_required=bool(op.pin_flag),
+        up_required=op.options.up,
+        uv_required=op.options.uv,
+    )
     # the credential was just touched into being: read its secret silently (one touch, not two)
     op._passphrase = derive_passphrase(session, slot_token, silent=True)
     op.credential = slot_token.credential
-    op.pending_token = token_json(credential.credential_id, salt, 0, pin=bool(op.pin_flag), up=op.options.up,
-                                  uv=op.options.uv)
+    op.pending_token = token_json(
+        credential.credential_id, salt, 0, pin=bool(op.pin_flag), up=op.options.up, uv=op.options.uv
+    )
 
 
 def _key_facts(op: Fido2Enrollment) -> tuple[str, int | None]:
@@ -595,17 +760,29 @@ def _add_slot(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> N
     header = read_header(host, device)
     slot = free_keyslot(header)
     if slot is None:
-        raise Refused(f"{device} has no free keyslot",
-                      f"remove an unused one first (`yktool luks wipe {device} --slot N`)")
+        raise Refused(
+            f"{device} has no free keyslot", f"remove an unused one first (`yktool luks wipe {device} --slot N`)"
+        )
     token: dict[str, Any] = dict(op.pending_token)
     token["keyslots"] = [str(slot)]
     aaguid, serial = _key_facts(op)
     nickname = _nickname(host, op)
     # The journal is written before the slot exists: a run killed after luksAddKey leaves a record
     # of which slot is ours and which token belongs to it (no secret: both are public header data).
-    write_journal(host, op.uuid, {"uuid": op.uuid, "device": str(device), "keyslot": slot, "token": token,
-                                  "nickname": nickname, "aaguid": aaguid, "serial": serial,
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    write_journal(
+        host,
+        op.uuid,
+        {
+            "uuid": op.uuid,
+            "device": str(device),
+            "keyslot": slot,
+            "token": token,
+            "nickname": nickname,
+            "aaguid": aaguid,
+            "serial": serial,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     try:
         add_keyslot(host, device, slot, op.unlock, op._passphrase)
     except YktoolError:
@@ -638,8 +815,17 @@ def _systemd_enroll(host: Host, device: str | PurePosixPath, op: Fido2Enrollment
         fido2_device = _device_of(hid_spec(session.device))
     before = set(read_header(host, device).tokens)
     try:
-        run_systemd_enroll(host, device, fido2_device, op.unlock, pin, pin_flag=bool(op.pin_flag), up=op.options.up,
-                           uv=op.options.uv, algorithm=op.options.algorithm)
+        run_systemd_enroll(
+            host,
+            device,
+            fido2_device,
+            op.unlock,
+            pin,
+            pin_flag=bool(op.pin_flag),
+            up=op.options.up,
+            uv=op.options.uv,
+            algorithm=op.options.algorithm,
+        )
     finally:
         # systemd-cryptenroll's conversation with the key is queued on our handle too
         from yktool.fido.devices import discard_stale_reports
@@ -648,23 +834,26 @@ def _systemd_enroll(host: Host, device: str | PurePosixPath, op: Fido2Enrollment
     after = read_header(host, device)
     new = [t for t in after.tokens_of_type(TOKEN_TYPE) if t.id not in before and isinstance(t, Fido2Token)]
     if len(new) != 1:
-        raise ToolFailed("systemd-cryptenroll finished but no new FIDO2 token is in the header",
-                         "check `systemd-cryptenroll DEVICE`")
+        raise ToolFailed(
+            "systemd-cryptenroll finished but no new FIDO2 token is in the header", "check `systemd-cryptenroll DEVICE`"
+        )
     token = new[0]
     op.new_token, op.credential = token.id, token.credential
     op.new_slot = token.keyslots[0] if token.keyslots else None
 
 
-def opens_as_at_boot(host: Host, device: str | PurePosixPath, session: KeySession, token: Fido2Token, *,
-                     silent: bool) -> bool:
+def opens_as_at_boot(
+    host: Host, device: str | PurePosixPath, session: KeySession, token: Fido2Token, *, silent: bool
+) -> bool:
     """True when the key's secret for `token`, derived as systemd-cryptsetup derives it from the
     token's own flags (UV exactly when fido2-clientPin-required or fido2-uv-required), opens the
     token's one keyslot. Never a secret remembered from the enrollment: that one was made with
     whatever UV the enroller used, which is the very thing to check."""
     if len(token.keyslots) != 1:
         return False
-    return cryptenroll.check_passphrase(host, device, derive_passphrase(session, token, silent=silent),
-                                        token.keyslots[0])
+    return cryptenroll.check_passphrase(
+        host, device, derive_passphrase(session, token, silent=silent), token.keyslots[0]
+    )
 
 
 def _prove(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None:
@@ -685,12 +874,15 @@ def _prove(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> None
     _roll_back(host, device, op, token)
     slots = ", ".join(map(str, token.keyslots)) or "?"
     asked = "with the PIN (UV)" if token.pin_required or token.uv_required else "without the PIN (no UV)"
-    raise ToolFailed(f"the new FIDO2 keyslot {slots} does not open with the secret the key derives {asked}, "
-                     "as the token tells systemd-cryptsetup to ask it at boot: the keyslot and its token were "
-                     "removed again (the volume is as before)",
-                     "enroll again with the default backend (`--backend native`): systemd-cryptenroll "
-                     "--fido2-with-client-pin=yes skips the PIN on CTAP 2.1 keys (systemd#31443)"
-                     if op.backend == "systemd" else "check the key (`yktool key info`) and enroll again")
+    raise ToolFailed(
+        f"the new FIDO2 keyslot {slots} does not open with the secret the key derives {asked}, "
+        "as the token tells systemd-cryptsetup to ask it at boot: the keyslot and its token were "
+        "removed again (the volume is as before)",
+        "enroll again with the default backend (`--backend native`): systemd-cryptenroll "
+        "--fido2-with-client-pin=yes skips the PIN on CTAP 2.1 keys (systemd#31443)"
+        if op.backend == "systemd"
+        else "check the key (`yktool key info`) and enroll again",
+    )
 
 
 def _roll_back(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, token: Fido2Token) -> None:
@@ -719,9 +911,17 @@ def _record(host: Host, op: Fido2Enrollment) -> None:
             nickname = owner.nickname
         registry.ensure_key(nickname, aaguid, serial)
         registry.forget("luks", uuid=op.uuid, token=op.new_token)
-        registry.record(nickname, "luks", type="fido2", uuid=op.uuid, device=op.device,
-                        keyslot=op.new_slot if op.new_slot is not None else -1, token=op.new_token,
-                        credential_id=op.credential, rp_id=RP_ID)
+        registry.record(
+            nickname,
+            "luks",
+            type="fido2",
+            uuid=op.uuid,
+            device=op.device,
+            keyslot=op.new_slot if op.new_slot is not None else -1,
+            token=op.new_token,
+            credential_id=op.credential,
+            rp_id=RP_ID,
+        )
     op.nickname = nickname
 
 
@@ -749,11 +949,17 @@ def _resume(host: Host, device: str | PurePosixPath, op: Fido2Enrollment, pendin
         session = op.session
         proven = False
         if session is not None:
-            probe = Fido2Token(id=-1, type=TOKEN_TYPE, keyslots=[slot], raw=token,
-                               credential=str(token.get("fido2-credential", "")), salt=str(token.get("fido2-salt", "")),
-                               pin_required=bool(token.get("fido2-clientPin-required")),
-                               up_required=bool(token.get("fido2-up-required", True)),
-                               uv_required=bool(token.get("fido2-uv-required")))
+            probe = Fido2Token(
+                id=-1,
+                type=TOKEN_TYPE,
+                keyslots=[slot],
+                raw=token,
+                credential=str(token.get("fido2-credential", "")),
+                salt=str(token.get("fido2-salt", "")),
+                pin_required=bool(token.get("fido2-clientPin-required")),
+                up_required=bool(token.get("fido2-up-required", True)),
+                uv_required=bool(token.get("fido2-uv-required")),
+            )
             if owns(session, probe):
                 passphrase = derive_passphrase(session, probe)
                 proven = cryptenroll.check_passphrase(host, device, passphrase, slot)
@@ -791,10 +997,27 @@ def pending_enrollment(host: Host, uuid: str) -> dict[str, Any] | None:
     """The journal of a half-done enrollment of volume `uuid` (for `luks status`)."""
     return read_journal(host, uuid)
 
+
 __all__ = [
-    "ALGORITHMS", "BACKENDS", "DEFAULT_ALGORITHM", "RP_ID", "Fido2Enrollment", "Fido2Options", "TokenOwner",
-    "add_keyslot", "default_backend", "derive_passphrase", "import_token", "looks_like_ours", "owns",
+    "ALGORITHMS",
+    "BACKENDS",
+    "DEFAULT_ALGORITHM",
+    "RP_ID",
+    "Fido2Enrollment",
+    "Fido2Options",
+    "TokenOwner",
+    "add_keyslot",
+    "default_backend",
+    "derive_passphrase",
+    "import_token",
+    "looks_like_ours",
+    "owns",
     "pending_enrollment",
-    "plan_enroll_fido2", "render_argv", "run_systemd_enroll", "systemd_argv", "test_fido2", "token_json",
+    "plan_enroll_fido2",
+    "render_argv",
+    "run_systemd_enroll",
+    "systemd_argv",
+    "test_fido2",
+    "token_json",
     "token_owners",
 ]

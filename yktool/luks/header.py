@@ -41,9 +41,11 @@ class Luks1Device(UsageError):
 
 # LUKS2 metadata outside the schema yktool relies on (damaged, or written by a tool that puts
 # other shapes where LUKS2 has objects, strings and numbers) is a NotLuks: bad input, exit 2.
-DAMAGED_HINT = ("check it with `cryptsetup luksDump DEVICE`: if cryptsetup reads it too, a tool wrote "
-                "fields yktool does not know (leave the volume as it is and report it); if not, the "
-                "header is damaged: restore it from a `cryptsetup luksHeaderBackup` copy")
+DAMAGED_HINT = (
+    "check it with `cryptsetup luksDump DEVICE`: if cryptsetup reads it too, a tool wrote "
+    "fields yktool does not know (leave the volume as it is and report it); if not, the "
+    "header is damaged: restore it from a `cryptsetup luksHeaderBackup` copy"
+)
 
 
 @dataclass
@@ -78,10 +80,20 @@ class Keyslot:
         return self.type == "luks2"
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "key_size": self.key_size, "kdf": self.kdf,
-                "kdf_hash": self.kdf_hash, "iterations": self.iterations, "time_cost": self.time_cost,
-                "memory_kib": self.memory_kib, "cpus": self.cpus, "priority": self.priority,
-                "tokens": list(self.tokens), "role": self.role}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "key_size": self.key_size,
+            "kdf": self.kdf,
+            "kdf_hash": self.kdf_hash,
+            "iterations": self.iterations,
+            "time_cost": self.time_cost,
+            "memory_kib": self.memory_kib,
+            "cpus": self.cpus,
+            "priority": self.priority,
+            "tokens": list(self.tokens),
+            "role": self.role,
+        }
 
 
 @dataclass
@@ -139,8 +151,9 @@ def probe(host: Host, device: str | PurePosixPath) -> tuple[int, str, str]:
     """(LUKS version, UUID, label) from the binary header; raises NoDevice / NotLuks."""
     real = host.path(device)
     if not real.exists():
-        raise NoDevice(f"{device}: no such file or block device",
-                       "check the path (`lsblk -f` lists the LUKS partitions)")
+        raise NoDevice(
+            f"{device}: no such file or block device", "check the path (`lsblk -f` lists the LUKS partitions)"
+        )
     if real.is_dir():
         raise UsageError(f"{device} is a folder, not a LUKS device or image", "name the device or image file")
     try:
@@ -149,8 +162,10 @@ def probe(host: Host, device: str | PurePosixPath) -> tuple[int, str, str]:
     except PermissionError:
         raise PermissionDenied(f"{device}: permission denied", "run as root to read a LUKS header") from None
     if len(head) < 8 or head[:6] != LUKS_MAGIC:
-        raise NotLuks(f"{device} is not a LUKS device (no LUKS header at its start)",
-                      "check the path: `lsblk -f` shows which partition has FSTYPE crypto_LUKS")
+        raise NotLuks(
+            f"{device} is not a LUKS device (no LUKS header at its start)",
+            "check the path: `lsblk -f` shows which partition has FSTYPE crypto_LUKS",
+        )
     version = int.from_bytes(head[6:8], "big")
     if version == 1:
         # LUKS1 header: uuid at offset 168 (40 bytes); no label
@@ -226,8 +241,10 @@ def parse_metadata(device: str, version: int, uuid: str, label: str, meta: dict[
     problems = schema_problems(meta)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise NotLuks(f"{device}: the LUKS2 metadata is damaged or of an unknown kind: "
-                            + "; ".join(problems[:3]) + more, DAMAGED_HINT.replace("DEVICE", device))
+        raise NotLuks(
+            f"{device}: the LUKS2 metadata is damaged or of an unknown kind: " + "; ".join(problems[:3]) + more,
+            DAMAGED_HINT.replace("DEVICE", device),
+        )
     tokens: dict[int, Token] = {}
     for key, raw in (meta.get("tokens") or {}).items():
         token_id = _int(key)
@@ -240,9 +257,15 @@ def parse_metadata(device: str, version: int, uuid: str, label: str, meta: dict[
             continue
         kdf = raw["kdf"]
         slot = Keyslot(
-            id=slot_id, type=str(raw.get("type", "?")), key_size=_int(raw.get("key_size")) or 0,
-            kdf=str(kdf.get("type", "?")), kdf_hash=kdf.get("hash"), iterations=_int(kdf.get("iterations")),
-            time_cost=_int(kdf.get("time")), memory_kib=_int(kdf.get("memory")), cpus=_int(kdf.get("cpus")),
+            id=slot_id,
+            type=str(raw.get("type", "?")),
+            key_size=_int(raw.get("key_size")) or 0,
+            kdf=str(kdf.get("type", "?")),
+            kdf_hash=kdf.get("hash"),
+            iterations=_int(kdf.get("iterations")),
+            time_cost=_int(kdf.get("time")),
+            memory_kib=_int(kdf.get("memory")),
+            cpus=_int(kdf.get("cpus")),
             priority=_int(raw.get("priority")),
         )
         slot.tokens = sorted(t.id for t in tokens.values() if slot_id in t.keyslots)
@@ -254,8 +277,9 @@ def parse_metadata(device: str, version: int, uuid: str, label: str, meta: dict[
             # a token yktool does not know: a way in, but neither typed nor one of ours
             slot.role = f"token:{tokens[slot.tokens[0]].type}"
         keyslots[slot_id] = slot
-    return LuksHeader(device=device, version=version, uuid=uuid, label=label, keyslots=keyslots,
-                      tokens=tokens, raw=meta)
+    return LuksHeader(
+        device=device, version=version, uuid=uuid, label=label, keyslots=keyslots, tokens=tokens, raw=meta
+    )
 
 
 def read_header(host: Host, device: str | PurePosixPath) -> LuksHeader:
@@ -266,18 +290,24 @@ def read_header(host: Host, device: str | PurePosixPath) -> LuksHeader:
     """
     version, uuid, label = probe(host, device)
     if version == 1:
-        raise Luks1Device(f"{device} is LUKS1; systemd's TPM2/FIDO2/recovery tokens need LUKS2",
-                          CONVERT_HINT.replace("DEV", str(device)))
+        raise Luks1Device(
+            f"{device} is LUKS1; systemd's TPM2/FIDO2/recovery tokens need LUKS2",
+            CONVERT_HINT.replace("DEV", str(device)),
+        )
     if version != 2:
         raise NotLuks(f"{device} has an unknown LUKS version {version}", "check the device with `cryptsetup luksDump`")
     real = host.path(device)
     result = host.run(["cryptsetup", "luksDump", "--dump-json-metadata", str(real)], check=False)
     if result.returncode != 0:
-        raise NotLuks(f"{device}: cryptsetup cannot read the LUKS2 header: {result.error_text or 'no message'}",
-                      "the header may be damaged; restore it from a `cryptsetup luksHeaderBackup` copy")
+        raise NotLuks(
+            f"{device}: cryptsetup cannot read the LUKS2 header: {result.error_text or 'no message'}",
+            "the header may be damaged; restore it from a `cryptsetup luksHeaderBackup` copy",
+        )
     try:
         meta = json.loads(result.stdout)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
-        raise NotLuks(f"{device}: cryptsetup printed metadata that is not JSON",
-                      "check `cryptsetup luksDump` by hand; the header may be damaged") from None
+        raise NotLuks(
+            f"{device}: cryptsetup printed metadata that is not JSON",
+            "check `cryptsetup luksDump` by hand; the header may be damaged",
+        ) from None
     return parse_metadata(str(device), version, uuid, label, meta)

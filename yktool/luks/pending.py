@@ -51,7 +51,8 @@ def unseen_recovery_slots(host: Host, header: LuksHeader) -> list[int]:
         if slot.id in before or not slot.opens_volume:
             continue
         if slot.role in (ROLE_RECOVERY, ROLE_UNSEEN) or (
-                slot.role == ROLE_PASSWORD and not slot.tokens and minimal_pbkdf(slot)):
+            slot.role == ROLE_PASSWORD and not slot.tokens and minimal_pbkdf(slot)
+        ):
             out.append(slot.id)
     return sorted(out)
 

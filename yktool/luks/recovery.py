@@ -73,20 +73,34 @@ def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool 
     plan = Plan(f"recovery key for {device}")
     op = RecoveryEnrollment(plan, old, header.uuid, unseen, host=host)
     if unseen:
+
         def heal() -> None:
             check_remaining(read_header_seeing_pending(host, device), unseen)
             cryptenroll.wipe_slots(host, device, unseen)
             RECOVERY_JOURNAL.clear(host, header.uuid)
 
-        plan.add(Step("heal", f"remove keyslot {', '.join(map(str, unseen))}: a recovery key an interrupted run "
-                      "made and nobody was shown", touches=[str(device)], verify="read the header back",
-                      action=heal))
+        plan.add(
+            Step(
+                "heal",
+                f"remove keyslot {', '.join(map(str, unseen))}: a recovery key an interrupted run "
+                "made and nobody was shown",
+                touches=[str(device)],
+                verify="read the header back",
+                action=heal,
+            )
+        )
     elif RECOVERY_JOURNAL.read(host, header.uuid) is not None:
         # the interrupted run made no slot (or its slot is gone): only the journal is left
         RECOVERY_JOURNAL.clear(host, header.uuid)
     if old and not replace:
-        plan.add(Step("add", f"{device} already has a recovery key (slot {', '.join(map(str, old))})",
-                      status="already-done", detail="use --replace to make a new one and remove the old"))
+        plan.add(
+            Step(
+                "add",
+                f"{device} already has a recovery key (slot {', '.join(map(str, old))})",
+                status="already-done",
+                detail="use --replace to make a new one and remove the old",
+            )
+        )
         return op
 
     before: set[int] = set()
@@ -98,8 +112,16 @@ def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool 
         now = read_header(host, device)
         before.update(now.keyslots)
         # written before systemd touches the header: a kill from here on is recognised
-        RECOVERY_JOURNAL.write(host, now.uuid, {"uuid": now.uuid, "device": str(device), "before": sorted(before),
-                                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        RECOVERY_JOURNAL.write(
+            host,
+            now.uuid,
+            {
+                "uuid": now.uuid,
+                "device": str(device),
+                "before": sorted(before),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         op.key = cryptenroll.enroll_recovery(host, device, op.unlock)
         _fault("recovery-after-enroll")
 
@@ -113,28 +135,53 @@ def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool 
             cryptenroll.wipe_slots(host, device, new)
             RECOVERY_JOURNAL.clear(host, after.uuid)
             op.key = None
-            raise ToolFailed("the new recovery key did not open its keyslot; the keyslot was removed again",
-                             "nothing else changed; run again for a new recovery key")
+            raise ToolFailed(
+                "the new recovery key did not open its keyslot; the keyslot was removed again",
+                "nothing else changed; run again for a new recovery key",
+            )
         if len(new) != 1 or op.key is None:
             op.key = None  # never shown: the journal stays, and the next run replaces what was made
             raise ToolFailed("the new recovery key does not open its keyslot", "check `systemd-cryptenroll DEVICE`")
         op.new_slot = new[0]
 
-    plan.add(Step("add", "add a recovery key (a new keyslot and a systemd-recovery token)", touches=[str(device)],
-                  verify="cryptsetup open --test-passphrase with the new key on its keyslot", action=add, prove=prove))
+    plan.add(
+        Step(
+            "add",
+            "add a recovery key (a new keyslot and a systemd-recovery token)",
+            touches=[str(device)],
+            verify="cryptsetup open --test-passphrase with the new key on its keyslot",
+            action=add,
+            prove=prove,
+        )
+    )
 
     def show() -> None:
         if op.show is not None and op.key is not None:
             op.show(op.key)
             op.shown()
 
-    plan.add(Step("show", "show the recovery key once (terminal only)", touches=[],
-                  verify="the journal goes once it was shown", action=show))
+    plan.add(
+        Step(
+            "show",
+            "show the recovery key once (terminal only)",
+            touches=[],
+            verify="the journal goes once it was shown",
+            action=show,
+        )
+    )
     if old:
+
         def wipe() -> None:
             check_remaining(read_header_seeing_pending(host, device), old)
             cryptenroll.wipe_slots(host, device, old)
 
-        plan.add(Step("wipe-old", f"remove the old recovery key (slot {', '.join(map(str, old))})",
-                      touches=[str(device)], verify="read the header back", action=wipe))
+        plan.add(
+            Step(
+                "wipe-old",
+                f"remove the old recovery key (slot {', '.join(map(str, old))})",
+                touches=[str(device)],
+                verify="read the header back",
+                action=wipe,
+            )
+        )
     return op

@@ -47,8 +47,7 @@ class Token:
         return self.type
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "keyslots": list(self.keyslots), "known": False,
-                "raw": self.raw}
+        return {"id": self.id, "type": self.type, "keyslots": list(self.keyslots), "known": False, "raw": self.raw}
 
 
 @dataclass
@@ -74,10 +73,19 @@ class Tpm2Token(Token):
         return f"TPM2, PCRs {pcrs} ({self.pcr_bank}){extra}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "keyslots": list(self.keyslots), "known": True,
-                "pcrs": list(self.pcrs), "pcr_bank": self.pcr_bank, "primary_alg": self.primary_alg,
-                "policy_hash": self.policy_hash, "pin": self.pin, "pubkey_pcrs": list(self.pubkey_pcrs),
-                "signed_policy": self.has_pubkey}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "keyslots": list(self.keyslots),
+            "known": True,
+            "pcrs": list(self.pcrs),
+            "pcr_bank": self.pcr_bank,
+            "primary_alg": self.primary_alg,
+            "policy_hash": self.policy_hash,
+            "pin": self.pin,
+            "pubkey_pcrs": list(self.pubkey_pcrs),
+            "signed_policy": self.has_pubkey,
+        }
 
 
 @dataclass
@@ -95,15 +103,24 @@ class Fido2Token(Token):
 
     @property
     def summary(self) -> str:
-        needs = [n for n, on in (("PIN", self.pin_required), ("touch", self.up_required),
-                                 ("UV", self.uv_required)) if on]
+        needs = [
+            n for n, on in (("PIN", self.pin_required), ("touch", self.up_required), ("UV", self.uv_required)) if on
+        ]
         return f"FIDO2 (rp {self.rp}; needs {', '.join(needs) or 'nothing'})"
 
     def to_json(self) -> dict[str, Any]:
         # the credential id is public (it is in the header for anyone to read), the salt too
-        return {"id": self.id, "type": self.type, "keyslots": list(self.keyslots), "known": True,
-                "rp": self.rp, "credential": self.credential, "pin_required": self.pin_required,
-                "up_required": self.up_required, "uv_required": self.uv_required}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "keyslots": list(self.keyslots),
+            "known": True,
+            "rp": self.rp,
+            "credential": self.credential,
+            "pin_required": self.pin_required,
+            "up_required": self.up_required,
+            "uv_required": self.uv_required,
+        }
 
 
 @dataclass
@@ -149,7 +166,10 @@ def _int_list(value: object) -> list[int]:
 
 def _tpm2(token_id: int, raw: dict[str, Any]) -> Token:
     return Tpm2Token(
-        id=token_id, type=str(raw.get("type")), keyslots=_keyslots(raw), raw=raw,
+        id=token_id,
+        type=str(raw.get("type")),
+        keyslots=_keyslots(raw),
+        raw=raw,
         pcrs=_int_list(raw.get("tpm2-pcrs")),
         pcr_bank=str(raw.get("tpm2-pcr-bank", "sha256")),
         primary_alg=str(raw.get("tpm2-primary-alg", "ecc")),
@@ -162,7 +182,10 @@ def _tpm2(token_id: int, raw: dict[str, Any]) -> Token:
 
 def _fido2(token_id: int, raw: dict[str, Any]) -> Token:
     return Fido2Token(
-        id=token_id, type=str(raw.get("type")), keyslots=_keyslots(raw), raw=raw,
+        id=token_id,
+        type=str(raw.get("type")),
+        keyslots=_keyslots(raw),
+        raw=raw,
         credential=str(raw.get("fido2-credential", "")),
         salt=str(raw.get("fido2-salt", "")),
         rp=str(raw.get("fido2-rp", "io.systemd.cryptsetup")),

@@ -47,13 +47,22 @@ class Tpm2Enrollment:
 
 
 def _same_settings(token: Tpm2Token, pcrs: list[int], with_pin: bool, bank: str) -> bool:
-    return (sorted(token.pcrs) == sorted(pcrs) and token.pin == with_pin and token.pcr_bank == bank
-            and not token.has_pubkey)
+    return (
+        sorted(token.pcrs) == sorted(pcrs) and token.pin == with_pin and token.pcr_bank == bank and not token.has_pubkey
+    )
 
 
-def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: list[int] | None = None, *,
-                     with_pin: bool = False, replace: bool = False, allow_unmeasured: bool = False,
-                     bank: str = "sha256") -> Tpm2Enrollment:
+def plan_enroll_tpm2(
+    host: Host,
+    device: str | PurePosixPath,
+    tcti: Tcti,
+    pcrs: list[int] | None = None,
+    *,
+    with_pin: bool = False,
+    replace: bool = False,
+    allow_unmeasured: bool = False,
+    bank: str = "sha256",
+) -> Tpm2Enrollment:
     """Plan sealing a keyslot of `device` to `pcrs` of the TPM at `tcti`.
 
     Checks before anything is touched: a LUKS2 header, systemd 252+, a TPM at `tcti`, and that
@@ -87,24 +96,33 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
     if not replace:
         if same:
             token = current or same[0]
-            step = plan.add(Step("enroll", f"seal a keyslot to PCRs {format_pcrs(pcrs)}", status="already-done",
-                                 detail=f"token {token.id} (keyslot {', '.join(map(str, token.keyslots))}) "
-                                        "already does"))
+            step = plan.add(
+                Step(
+                    "enroll",
+                    f"seal a keyslot to PCRs {format_pcrs(pcrs)}",
+                    status="already-done",
+                    detail=f"token {token.id} (keyslot {', '.join(map(str, token.keyslots))}) already does",
+                )
+            )
             if current is None:
-                step.detail += ("; but its PCR policy no longer matches the current PCR values: run "
-                                "`yktool luks enroll-tpm2 --replace` to re-seal")
+                step.detail += (
+                    "; but its PCR policy no longer matches the current PCR values: run "
+                    "`yktool luks enroll-tpm2 --replace` to re-seal"
+                )
             op.new_token = token.id
             return op
         if tpm2_tokens:
             other = tpm2_tokens[0]
-            raise Refused(f"{device} already has a TPM2 token ({other.summary}, token {other.id})",
-                          "use --replace to re-seal with the new settings (the old one is removed only "
-                          "after the new one is proven to open the volume)")
+            raise Refused(
+                f"{device} already has a TPM2 token ({other.summary}, token {other.id})",
+                "use --replace to re-seal with the new settings (the old one is removed only "
+                "after the new one is proven to open the volume)",
+            )
 
     before_tokens = set(header.tokens)
     step_enroll = Step(
-        "enroll", f"seal a new keyslot to PCRs {format_pcrs(pcrs)} of the TPM at {tcti}"
-        + (" with a PIN" if with_pin else ""),
+        "enroll",
+        f"seal a new keyslot to PCRs {format_pcrs(pcrs)} of the TPM at {tcti}" + (" with a PIN" if with_pin else ""),
         touches=[str(device), f"TPM {tcti}"],
         verify="read the header back: one new systemd-tpm2 token with these PCRs",
     )
@@ -113,6 +131,7 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
         step_enroll.detail = f"token {current.id} already seals to the current PCR values"
         op.new_token = current.id
     else:
+
         def enroll() -> None:
             if op.unlock is None:
                 raise UsageError("no passphrase to unlock the volume with", "give the current passphrase")
@@ -123,11 +142,16 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
 
         def find_new() -> None:
             after = read_header(host, device)
-            new = [t for t in after.tokens_of_type("systemd-tpm2")
-                   if t.id not in before_tokens and isinstance(t, Tpm2Token) and sorted(t.pcrs) == pcrs]
+            new = [
+                t
+                for t in after.tokens_of_type("systemd-tpm2")
+                if t.id not in before_tokens and isinstance(t, Tpm2Token) and sorted(t.pcrs) == pcrs
+            ]
             if len(new) != 1:
-                raise ToolFailed("systemd-cryptenroll reported success but no new TPM2 token is in the header",
-                                 "check `systemd-cryptenroll DEVICE`")
+                raise ToolFailed(
+                    "systemd-cryptenroll reported success but no new TPM2 token is in the header",
+                    "check `systemd-cryptenroll DEVICE`",
+                )
             op.new_token = new[0].id
 
         step_enroll.action = enroll
@@ -150,14 +174,24 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
             check_remaining(see_pending(host, header_now), token.keyslots)
             cryptenroll.wipe_slots(host, device, token.keyslots)
             op.new_token = None
-            raise ToolFailed(f"the new TPM2 token does not open {device} ({message}); it was removed again",
-                             "nothing else changed: check the TPM (`yktool tpm status`) and run again")
-        raise ToolFailed(f"the TPM2 token {op.new_token} does not open {device}: {message}",
-                         "the old enrollment was left in place; check `yktool luks test-unlock`")
+            raise ToolFailed(
+                f"the new TPM2 token does not open {device} ({message}); it was removed again",
+                "nothing else changed: check the TPM (`yktool tpm status`) and run again",
+            )
+        raise ToolFailed(
+            f"the TPM2 token {op.new_token} does not open {device}: {message}",
+            "the old enrollment was left in place; check `yktool luks test-unlock`",
+        )
 
-    plan.add(Step("prove", "test-unlock the new token through systemd's own token plugin (nothing activated)",
-                  touches=[f"TPM {tcti}"], verify="libcryptsetup crypt_activate_by_token_pin returns its keyslot",
-                  action=prove_opens))
+    plan.add(
+        Step(
+            "prove",
+            "test-unlock the new token through systemd's own token plugin (nothing activated)",
+            touches=[f"TPM {tcti}"],
+            verify="libcryptsetup crypt_activate_by_token_pin returns its keyslot",
+            action=prove_opens,
+        )
+    )
     if replace and stale:
         old_slots = sorted({s for t in stale for s in t.keyslots})
 
@@ -167,7 +201,14 @@ def plan_enroll_tpm2(host: Host, device: str | PurePosixPath, tcti: Tcti, pcrs: 
             check_remaining(see_pending(host, now), present)
             cryptenroll.wipe_slots(host, device, present)
 
-        plan.add(Step("wipe-old", f"remove the old TPM2 enrollment (token {', '.join(str(t.id) for t in stale)}, "
-                      f"keyslot {', '.join(map(str, old_slots))})", touches=[str(device)],
-                      verify="read the header back: only the new TPM2 token remains", action=wipe_old))
+        plan.add(
+            Step(
+                "wipe-old",
+                f"remove the old TPM2 enrollment (token {', '.join(str(t.id) for t in stale)}, "
+                f"keyslot {', '.join(map(str, old_slots))})",
+                touches=[str(device)],
+                verify="read the header back: only the new TPM2 token remains",
+                action=wipe_old,
+            )
+        )
     return op

@@ -70,8 +70,15 @@ class UnlockResult:
         return f"{base}: {self.detail}" if self.detail else base
 
     def to_json(self) -> dict[str, Any]:
-        return {"token": self.token_id, "type": self.token_type, "keyslots": self.keyslots,
-                "status": self.status, "ok": self.ok, "message": self.message, "hints": self.hints}
+        return {
+            "token": self.token_id,
+            "type": self.token_type,
+            "keyslots": self.keyslots,
+            "status": self.status,
+            "ok": self.ok,
+            "message": self.message,
+            "hints": self.hints,
+        }
 
 
 PinProvider = Callable[[Token], "bytes | None"]
@@ -105,8 +112,7 @@ def register_tester(token_type: str, tester: Tester) -> None:
 # -------------------------------------------------------------------------------- libcryptsetup
 class _Tpm2Params(ctypes.Structure):
     # struct systemd_tpm2_plugin_params (systemd src/shared/cryptsetup-tpm2.h, 252)
-    _fields_ = [("search_pcr_mask", ctypes.c_uint32), ("device", ctypes.c_char_p),
-                ("signature_path", ctypes.c_char_p)]
+    _fields_ = [("search_pcr_mask", ctypes.c_uint32), ("device", ctypes.c_char_p), ("signature_path", ctypes.c_char_p)]
 
 
 _LIB: ctypes.CDLL | None = None
@@ -123,8 +129,15 @@ def _lib() -> ctypes.CDLL:
         lib.crypt_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
         lib.crypt_free.argtypes = [ctypes.c_void_p]
         lib.crypt_activate_by_token_pin.argtypes = [
-            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-            ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint32]
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+        ]
         _LIB = lib
     return _LIB
 
@@ -145,8 +158,9 @@ def _captured_stderr() -> Iterator[list[str]]:
             out.append(tmp.read().decode("utf-8", "replace"))
 
 
-def activate_by_token(device: str, token_id: int, token_type: str, pin: bytes | None,
-                      params: ctypes.Structure | None) -> tuple[int, str]:
+def activate_by_token(
+    device: str, token_id: int, token_type: str, pin: bytes | None, params: ctypes.Structure | None
+) -> tuple[int, str]:
     """libcryptsetup `crypt_activate_by_token_pin` with a NULL name: test only, nothing activated.
 
     Returns (keyslot or -errno, what the plugin logged).
@@ -159,13 +173,22 @@ def activate_by_token(device: str, token_id: int, token_type: str, pin: bytes | 
     try:
         rc = lib.crypt_load(cd, b"LUKS2", None)
         if rc < 0:
-            raise UsageError(f"{device}: libcryptsetup cannot load the LUKS2 header ({os.strerror(-rc)})",
-                             "check it with `yktool luks status`")
+            raise UsageError(
+                f"{device}: libcryptsetup cannot load the LUKS2 header ({os.strerror(-rc)})",
+                "check it with `yktool luks status`",
+            )
         buf = ctypes.create_string_buffer(pin, len(pin)) if pin is not None else None
         with _captured_stderr() as log:
             rc = lib.crypt_activate_by_token_pin(
-                cd, None, token_type.encode(), token_id, buf, len(pin) if pin is not None else 0,
-                ctypes.byref(params) if params is not None else None, 0)
+                cd,
+                None,
+                token_type.encode(),
+                token_id,
+                buf,
+                len(pin) if pin is not None else 0,
+                ctypes.byref(params) if params is not None else None,
+                0,
+            )
         if buf is not None:
             ctypes.memset(buf, 0, len(pin or b""))
         return rc, "".join(log)
@@ -203,9 +226,14 @@ def test_tpm2(ctx: UnlockContext, token: Token) -> UnlockResult:
     matches = policy_matches(ctx.tcti, token)
     if matches is False:
         pcrs = "+".join(map(str, token.pcrs))
-        return result(PCR_CHANGED, f"the current values of PCRs {pcrs} differ from those it was sealed to",
-                      ["boot with the old firmware/Secure Boot settings, or unlock with the recovery key "
-                       "and run `yktool luks enroll-tpm2 --replace`"])
+        return result(
+            PCR_CHANGED,
+            f"the current values of PCRs {pcrs} differ from those it was sealed to",
+            [
+                "boot with the old firmware/Secure Boot settings, or unlock with the recovery key "
+                "and run `yktool luks enroll-tpm2 --replace`"
+            ],
+        )
     pin = None
     if token.pin:
         pin = ctx.pin_for(token) if ctx.pin_for else None
@@ -222,16 +250,26 @@ def test_tpm2(ctx: UnlockContext, token: Token) -> UnlockResult:
         return result(OPENS, f"keyslot {rc}")
     low = log.lower()
     if "lockout" in low:
-        return result(FAILED, "the TPM is in dictionary-attack lockout after too many wrong PINs",
-                      ["wait for the lockout to expire (or clear it with the lockout authorisation)"])
-    if token.pin and ("authorization hmac check failed" in low or "auth_fail" in low or "bad_auth" in low
-                      or rc in (-errno.ENOTRECOVERABLE, -errno.EACCES, -errno.EPERM)):
+        return result(
+            FAILED,
+            "the TPM is in dictionary-attack lockout after too many wrong PINs",
+            ["wait for the lockout to expire (or clear it with the lockout authorisation)"],
+        )
+    if token.pin and (
+        "authorization hmac check failed" in low
+        or "auth_fail" in low
+        or "bad_auth" in low
+        or rc in (-errno.ENOTRECOVERABLE, -errno.EACCES, -errno.EPERM)
+    ):
         return result(PIN_WRONG, "", ["check the PIN; wrong PINs count towards the TPM's lockout"])
     if matches is None and "policy" in low:
         return result(PCR_CHANGED, "the TPM refused the policy")
     last = [line for line in log.splitlines() if line.strip()]
-    return result(FAILED, f"{_errno_text(rc)}" + (f" ({last[-1].strip()})" if last else ""),
-                  ["is this the TPM the token was sealed with? `yktool tpm status`"])
+    return result(
+        FAILED,
+        f"{_errno_text(rc)}" + (f" ({last[-1].strip()})" if last else ""),
+        ["is this the TPM the token was sealed with? `yktool tpm status`"],
+    )
 
 
 register_tester("systemd-tpm2", test_tpm2)
@@ -244,12 +282,17 @@ def test_tokens(ctx: UnlockContext, token_ids: list[int] | None = None) -> list[
     for token_id in ids:
         token = ctx.header.tokens.get(token_id)
         if token is None:
-            raise UsageError(f"{ctx.device} has no token {token_id}",
-                             f"its tokens are: {', '.join(map(str, sorted(ctx.header.tokens))) or 'none'}")
+            raise UsageError(
+                f"{ctx.device} has no token {token_id}",
+                f"its tokens are: {', '.join(map(str, sorted(ctx.header.tokens))) or 'none'}",
+            )
         tester = TESTERS.get(token.type)
         if tester is None:
-            why = ("a recovery key is typed in; check it with `cryptsetup open --test-passphrase`"
-                   if token.type == "systemd-recovery" else f"yktool cannot test {token.type} tokens")
+            why = (
+                "a recovery key is typed in; check it with `cryptsetup open --test-passphrase`"
+                if token.type == "systemd-recovery"
+                else f"yktool cannot test {token.type} tokens"
+            )
             results.append(UnlockResult(token.id, token.type, list(token.keyslots), NOT_TESTED, why))
             continue
         results.append(tester(ctx, token))

@@ -15,8 +15,14 @@ from yktool.plan import Plan, Step
 __all__ = ["plan_wipe", "read_header_seeing_pending"]  # the latter moved to luks.pending
 
 
-def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | None = None,
-              wipe_type: str | None = None, allow_hardware_only: bool = False) -> tuple[Plan, LuksHeader, list[int]]:
+def plan_wipe(
+    host: Host,
+    device: str | PurePosixPath,
+    *,
+    slots: list[int] | None = None,
+    wipe_type: str | None = None,
+    allow_hardware_only: bool = False,
+) -> tuple[Plan, LuksHeader, list[int]]:
     """Plan removing `slots` or every slot of `wipe_type`; Refused (nothing touched) when unsafe."""
     header = read_header_seeing_pending(host, device)
     orphans = orphan_tokens(header)
@@ -24,8 +30,9 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
     if slots is None and wipe_type is None and (orphans or stale):
         slots = []  # nothing named: only heal what an interrupted wipe left
     if (slots is None) == (wipe_type is None):
-        raise UsageError("say what to wipe: --slot N or --type T (one of them)",
-                         f"e.g. --slot 1, or --type {'|'.join(WIPE_TYPES)}")
+        raise UsageError(
+            "say what to wipe: --slot N or --type T (one of them)", f"e.g. --slot 1, or --type {'|'.join(WIPE_TYPES)}"
+        )
     if wipe_type is not None:
         if wipe_type not in WIPE_TYPES:
             raise UsageError(f"unknown slot type {wipe_type!r}", f"use one of {', '.join(WIPE_TYPES)}")
@@ -37,34 +44,53 @@ def plan_wipe(host: Host, device: str | PurePosixPath, *, slots: list[int] | Non
             # a wipe killed after the keyslot went: what it left (a token, a registry entry) is healed
             chosen = [s for s in chosen if s not in missing]
         elif missing:
-            raise UsageError(f"{device} has no keyslot {', '.join(map(str, missing))}",
-                             f"its keyslots are {', '.join(map(str, sorted(header.keyslots))) or 'none'} "
-                             f"(`yktool luks status {device}`)")
+            raise UsageError(
+                f"{device} has no keyslot {', '.join(map(str, missing))}",
+                f"its keyslots are {', '.join(map(str, sorted(header.keyslots))) or 'none'} "
+                f"(`yktool luks status {device}`)",
+            )
     plan = Plan(f"wipe keyslots of {device}")
     if orphans or stale:
         what = ([f"token(s) {', '.join(map(str, orphans))}, which point at no keyslot"] if orphans else []) + (
-            [f"the registry's record of keyslot(s) {', '.join(map(str, stale))}, which are gone"] if stale else [])
-        plan.add(Step("heal", f"remove {' and '.join(what)} (left by an interrupted wipe)",
-                      touches=[str(device), "/etc/yktool/keys.toml"], verify="read the header back",
-                      action=lambda: _heal(host, device)))
+            [f"the registry's record of keyslot(s) {', '.join(map(str, stale))}, which are gone"] if stale else []
+        )
+        plan.add(
+            Step(
+                "heal",
+                f"remove {' and '.join(what)} (left by an interrupted wipe)",
+                touches=[str(device), "/etc/yktool/keys.toml"],
+                verify="read the header back",
+                action=lambda: _heal(host, device),
+            )
+        )
     if not chosen:
-        plan.add(Step("wipe", f"no {wipe_type} slot to wipe" if wipe_type else "the keyslot(s) are already gone",
-                      status="already-done"))
+        plan.add(
+            Step(
+                "wipe",
+                f"no {wipe_type} slot to wipe" if wipe_type else "the keyslot(s) are already gone",
+                status="already-done",
+            )
+        )
         return plan, header, chosen
     check_remaining(header, chosen, allow_hardware_only=allow_hardware_only)
     tokens = sorted({t for s in chosen for t in header.keyslots[s].tokens})
-    plan.add(Step(
-        "wipe", f"remove {', '.join(describe_slot(header, s) for s in chosen)}"
-        + (f" and token(s) {', '.join(map(str, tokens))}" if tokens else ""),
-        touches=[str(device)], verify="read the header back: the slots are gone, the others remain",
-        action=lambda: _wipe_and_forget(host, device, header.uuid, chosen, allow_hardware_only),
-        prove=lambda: _prove_gone(host, device, chosen),
-    ))
+    plan.add(
+        Step(
+            "wipe",
+            f"remove {', '.join(describe_slot(header, s) for s in chosen)}"
+            + (f" and token(s) {', '.join(map(str, tokens))}" if tokens else ""),
+            touches=[str(device)],
+            verify="read the header back: the slots are gone, the others remain",
+            action=lambda: _wipe_and_forget(host, device, header.uuid, chosen, allow_hardware_only),
+            prove=lambda: _prove_gone(host, device, chosen),
+        )
+    )
     return plan, header, chosen
 
 
-def _wipe_and_forget(host: Host, device: str | PurePosixPath, uuid: str, slots: list[int],
-                     allow_hardware_only: bool) -> None:
+def _wipe_and_forget(
+    host: Host, device: str | PurePosixPath, uuid: str, slots: list[int], allow_hardware_only: bool
+) -> None:
     """Check again (the header may have changed while the person was asked), wipe, then drop the
     registry's record of any key enrolled into those slots."""
     check_remaining(read_header_seeing_pending(host, device), slots, allow_hardware_only=allow_hardware_only)
@@ -110,5 +136,7 @@ def _prove_gone(host: Host, device: str | PurePosixPath, slots: list[int]) -> No
     after = read_header(host, device)
     still = [s for s in slots if s in after.keyslots]
     if still:
-        raise ToolFailed(f"keyslot(s) {', '.join(map(str, still))} are still in the header after wiping",
-                         "check with `cryptsetup luksDump`")
+        raise ToolFailed(
+            f"keyslot(s) {', '.join(map(str, still))} are still in the header after wiping",
+            "check with `cryptsetup luksDump`",
+        )

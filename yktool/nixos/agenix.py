@@ -26,21 +26,23 @@ HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 @dataclass
 class AgeResult:
-    path: Path                 # the .age the module points at
-    written: bool              # it is (to be) written there
+    path: Path  # the .age the module points at
+    written: bool  # it is (to be) written there
     recipient: agefile.Recipient
-    entry: str                 # the secrets.nix entry (one binding)
-    diff: str = ""             # against the tree's secrets.nix, when it has one ("" = nothing to change)
+    entry: str  # the secrets.nix entry (one binding)
+    diff: str = ""  # against the tree's secrets.nix, when it has one ("" = nothing to change)
     secrets_nix: Path | None = None
-    source: Path | None = None                 # the registry's authfile it is made from
+    source: Path | None = None  # the registry's authfile it is made from
     identity: agefile.Identities | None = None
 
 
 def host_recipient(host: Host, pub: str) -> agefile.Recipient:
     """This host's key (the one agenix decrypts with at boot), from the root."""
     if not host.exists(pub):
-        raise UsageError(f"the host key {pub} is not in {host.root}",
-                         "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root")
+        raise UsageError(
+            f"the host key {pub} is not in {host.root}",
+            "pass --age-host-key with the host's ssh_host_ed25519_key.pub inside the root",
+        )
     recipients = agefile.parse_recipients_text(host.read_text(pub), source=pub)
     if len(recipients) != 1 or recipients[0].kind != "ssh-ed25519":
         raise UsageError(f"{pub} is not one ssh-ed25519 host key", "name the host's ssh_host_ed25519_key.pub")
@@ -54,8 +56,10 @@ def host_identity(host: Host, pub: str, age_identity: Path | None) -> agefile.Id
         try:
             data = age_identity.read_bytes()
         except OSError as exc:
-            raise UsageError(f"--age-identity {age_identity}: {exc.strerror}",
-                             "name a private key of one of the age file's recipients") from None
+            raise UsageError(
+                f"--age-identity {age_identity}: {exc.strerror}",
+                "name a private key of one of the age file's recipients",
+            ) from None
         return agefile.parse_identities(data, source=str(age_identity))
     private = pub.removesuffix(".pub")
     if private != pub and host.exists(private):
@@ -79,8 +83,10 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"the agenix authfile {path} (named by the registry) does not exist",
-                         "register a key into it first: yktool pam register --age-file …") from None
+        raise UsageError(
+            f"the agenix authfile {path} (named by the registry) does not exist",
+            "register a key into it first: yktool pam register --age-file …",
+        ) from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}", "check the path and its permissions") from None
 
@@ -96,8 +102,14 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def place(source: Path, target: Path, recipient: agefile.Recipient,
-          identity: agefile.Identities | None, ours: str = "", dry_run: bool = False) -> bool:
+def place(
+    source: Path,
+    target: Path,
+    recipient: agefile.Recipient,
+    identity: agefile.Identities | None,
+    ours: str = "",
+    dry_run: bool = False,
+) -> bool:
     """Make `target` the authfile of `source`, encrypted to `recipient`; True when written (with
     `dry_run`: when it would be).
 
@@ -109,13 +121,17 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
     if source.resolve() == target.resolve():
         tags, _x = agefile.header_recipients(data)
         if tag not in tags:
-            raise UsageError(f"{source} is not encrypted to this host's key: agenix could not decrypt it at boot",
-                             "register the keys again with --age-host-key naming this host's key")
+            raise UsageError(
+                f"{source} is not encrypted to this host's key: agenix could not decrypt it at boot",
+                "register the keys again with --age-host-key naming this host's key",
+            )
         return False
     if identity is None:
-        raise UsageError(f"copying {source} to {target} needs it decrypted, and no identity was found",
-                         "pass --age-identity PATH (a private key of one of its recipients), or run where "
-                         "the root holds the host's private key")
+        raise UsageError(
+            f"copying {source} to {target} needs it decrypted, and no identity was found",
+            "pass --age-identity PATH (a private key of one of its recipients), or run where "
+            "the root holds the host's private key",
+        )
     plain = agefile.decrypt(data, identity, what=str(source))
     if target.is_file():
         old = target.read_bytes()
@@ -128,16 +144,20 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
             return False  # age output is randomised: rewriting an equal file only makes noise in git
         if digest(old) != ours:
             if old_plain is None:
-                raise Refused(f"{target} exists, is not the copy yktool wrote, and {identity.source} cannot "
-                              "decrypt it: it is not overwritten",
-                              "move it away, or pass --age-identity with a key that reads it")
+                raise Refused(
+                    f"{target} exists, is not the copy yktool wrote, and {identity.source} cannot "
+                    "decrypt it: it is not overwritten",
+                    "move it away, or pass --age-identity with a key that reads it",
+                )
             dropped = _credentials(old_plain) - _credentials(plain)
             if dropped:
                 users = ", ".join(sorted({u for u, _c in dropped}))
-                raise Refused(f"{target} holds {len(dropped)} pam_u2f credential(s) ({users}) that the "
-                              f"registry's authfile {source} does not: writing it would drop them",
-                              f"register those keys into {source} (yktool pam register --age-file), or move "
-                              f"{target} away, then run again")
+                raise Refused(
+                    f"{target} holds {len(dropped)} pam_u2f credential(s) ({users}) that the "
+                    f"registry's authfile {source} does not: writing it would drop them",
+                    f"register those keys into {source} (yktool pam register --age-file), or move "
+                    f"{target} away, then run again",
+                )
     if dry_run:
         return True
     encrypted = agefile.encrypt(plain, [recipient])
@@ -157,8 +177,7 @@ def place(source: Path, target: Path, recipient: agefile.Recipient,
 def _key_binding(nf: tree.NixFile, recipient: agefile.Recipient) -> str | None:
     """The name a `let` binding gives this host's key in secrets.nix, if it has one."""
     for b in nf.bindings:
-        if len(b.path) == 2 and b.path[0] == "<let>" and b.string and \
-                " ".join(b.string.split()[:2]) == recipient.text:
+        if len(b.path) == 2 and b.path[0] == "<let>" and b.string and " ".join(b.string.split()[:2]) == recipient.text:
             return b.path[1]
     return None
 
@@ -182,8 +201,9 @@ def entry_name(nf: tree.NixFile | None, secret: str) -> str:
     return f"{secret}.age"
 
 
-def secrets_entry(secret: str, recipient: agefile.Recipient, secrets_nix: Path | None,
-                  shown: str = "secrets.nix") -> tuple[str, str]:
+def secrets_entry(
+    secret: str, recipient: agefile.Recipient, secrets_nix: Path | None, shown: str = "secrets.nix"
+) -> tuple[str, str]:
     """(the entry, a unified diff for `secrets_nix` or "") with publicKeys = this host's key only."""
     nf = None
     text = ""
@@ -203,17 +223,21 @@ def secrets_entry(secret: str, recipient: agefile.Recipient, secrets_nix: Path |
     existing = [b for b in nf.bindings if len(b.path) == 2 and b.path == (name, "publicKeys")]
     if existing:
         b = existing[0]
-        nested = not text[b.start:b.end].lstrip().startswith(('"', name))
+        nested = not text[b.start : b.end].lstrip().startswith(('"', name))
         replacement = f"publicKeys = {keys};" if nested else entry
-        new = text[:b.start] + replacement + text[b.end:]
+        new = text[: b.start] + replacement + text[b.end :]
     elif nf.top_braces:
         close = nf.toks[nf.top_braces[-1][1]].start
         line_start = text.rfind("\n", 0, close) + 1
         indent = "  " if text[line_start:close].strip() == "" else ""
-        new = text[:line_start] + f"{indent}{entry}\n" + text[line_start:] if indent else \
-            text[:close] + f"  {entry}\n" + text[close:]
+        new = (
+            text[:line_start] + f"{indent}{entry}\n" + text[line_start:]
+            if indent
+            else text[:close] + f"  {entry}\n" + text[close:]
+        )
     if new == text:
         return entry, ""
-    diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
-                                        f"a/{shown}", f"b/{shown}"))
+    diff = "".join(
+        difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{shown}", f"b/{shown}")
+    )
     return entry, diff

@@ -37,14 +37,14 @@ class LuksName:
 @dataclass
 class FlakeTree:
     root: Path
-    usbguard_option: str = STANDARD_USBGUARD   # the option path the module sets
+    usbguard_option: str = STANDARD_USBGUARD  # the option path the module sets
     usbguard_declared_in: Path | None = None
     secrets_nix: Path | None = None
-    secrets_dir: Path | None = None            # where .age files go
-    luks_names: dict[str, LuksName] = field(default_factory=dict)   # LUKS UUID -> device name
+    secrets_dir: Path | None = None  # where .age files go
+    luks_names: dict[str, LuksName] = field(default_factory=dict)  # LUKS UUID -> device name
     hardware_configs: list[Path] = field(default_factory=list)
-    lockers: dict[str, Path] = field(default_factory=dict)          # locker -> a file naming it
-    disko_luks: dict[str, Path] = field(default_factory=dict)       # disko `type = "luks"` names -> file
+    lockers: dict[str, Path] = field(default_factory=dict)  # locker -> a file naming it
+    disko_luks: dict[str, Path] = field(default_factory=dict)  # disko `type = "luks"` names -> file
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -62,8 +62,10 @@ def nix_files(root: Path) -> list[Path]:
             if name.endswith(".nix") and not p.is_symlink():
                 out.append(p)
                 if len(out) > MAX_FILES:
-                    raise UsageError(f"{root} holds more than {MAX_FILES} .nix files: is it a flake checkout?",
-                                     "pass --flake the folder with your flake.nix")
+                    raise UsageError(
+                        f"{root} holds more than {MAX_FILES} .nix files: is it a flake checkout?",
+                        "pass --flake the folder with your flake.nix",
+                    )
     return out
 
 
@@ -110,8 +112,13 @@ def scan(root: Path, secrets_nix: Path | None = None) -> FlakeTree:
             if b.path == ("options", *PAGE_USBGUARD) and b.mentions("listOf"):
                 ft.usbguard_option = ".".join(PAGE_USBGUARD)
                 ft.usbguard_declared_in = path
-            if len(b.path) >= 6 and b.path[-6:-2] == ("boot", "initrd", "luks", "devices") \
-                    and b.path[-1] == "device" and b.string and b.string.startswith("/dev/disk/by-uuid/"):
+            if (
+                len(b.path) >= 6
+                and b.path[-6:-2] == ("boot", "initrd", "luks", "devices")
+                and b.path[-1] == "device"
+                and b.string
+                and b.string.startswith("/dev/disk/by-uuid/")
+            ):
                 uuid = b.string.removeprefix("/dev/disk/by-uuid/").lower()
                 ft.luks_names.setdefault(uuid, LuksName(b.path[-2], path))
         by_path = {b.path: b for b in nf.bindings}
@@ -131,9 +138,11 @@ def scan(root: Path, secrets_nix: Path | None = None) -> FlakeTree:
     if secrets_nix is not None:
         use_secrets_nix(ft, secrets_nix)
     elif len(candidates) > 1:
-        raise UsageError(f"{root} has {len(candidates)} agenix secrets.nix files "
-                         f"({', '.join(str(c.relative_to(root)) for c in candidates[:4])})",
-                         "say which with --secrets-nix FILE")
+        raise UsageError(
+            f"{root} has {len(candidates)} agenix secrets.nix files "
+            f"({', '.join(str(c.relative_to(root)) for c in candidates[:4])})",
+            "say which with --secrets-nix FILE",
+        )
     elif candidates:
         ft.secrets_nix = candidates[0]
         ft.secrets_dir = candidates[0].parent

@@ -52,7 +52,7 @@ class GenerationHost(Host):
         inside = str(PurePosixPath("/") / PurePosixPath(str(path)))
         if self.etc_from and (inside == "/etc" or inside.startswith("/etc/")):
             plain = Host(self.root)
-            alt = self.etc_from + "/etc" + inside[len("/etc"):]
+            alt = self.etc_from + "/etc" + inside[len("/etc") :]
             if not plain.exists(inside) and plain.exists(alt):
                 return alt
         return path
@@ -70,20 +70,27 @@ def generation_view(host: Host) -> Host:
 
 @dataclass
 class RebuildReport:
-    system: str | None             # the generation read, or None
-    module: str | None             # the yktool module, when one was written
-    newer: bool                    # the module changed after that generation was made
-    checks: list[str]              # check ids that need `nixos-rebuild switch` first
+    system: str | None  # the generation read, or None
+    module: str | None  # the yktool module, when one was written
+    newer: bool  # the module changed after that generation was made
+    checks: list[str]  # check ids that need `nixos-rebuild switch` first
 
     def to_json(self) -> dict[str, Any]:
-        return {"system": self.system, "module": self.module, "module_newer_than_system": self.newer,
-                "needs_rebuild": self.checks}
+        return {
+            "system": self.system,
+            "module": self.module,
+            "module_newer_than_system": self.newer,
+            "needs_rebuild": self.checks,
+        }
 
     def text(self) -> str:
         if not self.checks:
             return ""
-        why = ("no built system in the root (no /run/current-system, no /nix/var/nix/profiles/system)"
-               if self.system is None else f"the yktool module {self.module} is newer than {self.system}")
+        why = (
+            "no built system in the root (no /run/current-system, no /nix/var/nix/profiles/system)"
+            if self.system is None
+            else f"the yktool module {self.module} is newer than {self.system}"
+        )
         return f"needs `nixos-rebuild switch` first ({why}): {', '.join(self.checks)}"
 
 

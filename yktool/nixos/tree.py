@@ -27,11 +27,11 @@ class NixSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Token:
-    kind: str             # id | str | path | num | punct
-    text: str             # the source text
+    kind: str  # id | str | path | num | punct
+    text: str  # the source text
     start: int
     end: int
-    value: str | None = None   # a string literal's value when it has no interpolation
+    value: str | None = None  # a string literal's value when it has no interpolation
 
 
 def _string_end(text: str, i: int, indented: bool) -> tuple[int, str | None]:
@@ -44,7 +44,7 @@ def _string_end(text: str, i: int, indented: bool) -> tuple[int, str | None]:
         c = text[i]
         if indented:
             if text.startswith("''", i):
-                nxt = text[i + 2:i + 3]
+                nxt = text[i + 2 : i + 3]
                 if nxt == "'":
                     out.append("''")
                     i += 3
@@ -54,13 +54,13 @@ def _string_end(text: str, i: int, indented: bool) -> tuple[int, str | None]:
                     i += 3
                     continue
                 if nxt == "\\":
-                    out.append(text[i + 3:i + 4])
+                    out.append(text[i + 3 : i + 4])
                     i += 4
                     continue
                 return i + 2, "".join(out) if plain else None
         else:
             if c == "\\":
-                esc = text[i + 1:i + 2]
+                esc = text[i + 1 : i + 2]
                 out.append({"n": "\n", "t": "\t", "r": "\r"}.get(esc, esc))
                 i += 2
                 continue
@@ -112,8 +112,12 @@ def _lex(text: str, i: int = 0) -> Iterator[Token]:
             i = end
             continue
         m = _PATH.match(text, i)
-        if m and "/" in m.group(0) and not text.startswith("//", i) and (
-                m.group(0).startswith(("./", "../", "/", "~/", "<")) or _ID.match(text, i)):
+        if (
+            m
+            and "/" in m.group(0)
+            and not text.startswith("//", i)
+            and (m.group(0).startswith(("./", "../", "/", "~/", "<")) or _ID.match(text, i))
+        ):
             yield Token("path", m.group(0), i, m.end())
             i = m.end()
             continue
@@ -147,8 +151,8 @@ class Binding:
 
     path: tuple[str, ...]
     value: list[Token]
-    start: int            # offset of the first attribute name
-    end: int              # offset after the `;`
+    start: int  # offset of the first attribute name
+    end: int  # offset after the `;`
 
     @property
     def string(self) -> str | None:
@@ -267,7 +271,7 @@ class _Reader:
             semi = self.value(k + 1, end, path)
             start_off = self.toks[first].start
             end_off = self.toks[semi].end if semi < len(self.toks) else self.toks[-1].end
-            self.bindings.append(Binding(path, self.toks[k + 1:semi], start_off, end_off))
+            self.bindings.append(Binding(path, self.toks[k + 1 : semi], start_off, end_off))
             k = semi + 1
         return end
 

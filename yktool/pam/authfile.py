@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from yktool.fido.session import Credential
 
 CENTRAL_AUTHFILE = "/etc/u2f_mappings"
-USER_AUTHFILE = ".config/Yubico/u2f_keys"     # relative to the user's home
+USER_AUTHFILE = ".config/Yubico/u2f_keys"  # relative to the user's home
 COSE_TYPES = ("es256", "rs256", "eddsa")
 KNOWN_OPTIONS = ("+presence", "+verification", "+pin")
 
@@ -36,10 +36,10 @@ KNOWN_OPTIONS = ("+presence", "+verification", "+pin")
 class U2fCredential:
     """One credential of a user's line, exactly as written (`raw`), and decoded."""
 
-    key_handle: str          # base64 credential id, or `*` (resident)
-    public_key: str          # base64 (hex for legacy)
-    cose_type: str           # es256 | rs256 | eddsa
-    options: str             # e.g. `+presence+pin`; `+presence` implied for legacy
+    key_handle: str  # base64 credential id, or `*` (resident)
+    public_key: str  # base64 (hex for legacy)
+    cose_type: str  # es256 | rs256 | eddsa
+    options: str  # e.g. `+presence+pin`; `+presence` implied for legacy
     legacy: bool = False
     raw: str = ""
 
@@ -74,8 +74,13 @@ class U2fCredential:
         return f"{self.key_handle},{self.public_key},{self.cose_type},{self.options}"
 
     def to_json(self) -> dict[str, object]:
-        return {"key_handle": self.key_handle, "cose_type": self.cose_type,
-                "options": self.options, "legacy": self.legacy, "resident": self.resident}
+        return {
+            "key_handle": self.key_handle,
+            "cose_type": self.cose_type,
+            "options": self.options,
+            "legacy": self.legacy,
+            "resident": self.resident,
+        }
 
 
 def _b64decode(text: str, *, websafe: bool = False) -> bytes:
@@ -144,11 +149,17 @@ def parse_line(lineno: int, text: str, eol: str) -> AuthLine:
             line.error = f"credential {tok[:20]!r}… has no public key"
             break
         if len(fields) == 2:
-            cred = U2fCredential(key_handle=fields[0], public_key=fields[1], cose_type="es256", options="+presence",
-                                 legacy=True, raw=tok)
+            cred = U2fCredential(
+                key_handle=fields[0], public_key=fields[1], cose_type="es256", options="+presence", legacy=True, raw=tok
+            )
         else:
-            cred = U2fCredential(key_handle=fields[0], public_key=fields[1], cose_type=fields[2],
-                                 options=fields[3] if len(fields) > 3 else "", raw=tok)
+            cred = U2fCredential(
+                key_handle=fields[0],
+                public_key=fields[1],
+                cose_type=fields[2],
+                options=fields[3] if len(fields) > 3 else "",
+                raw=tok,
+            )
         problem = _check_credential(cred)
         if problem:
             line.error = f"credential {len(line.credentials) + 1}: {problem}"
@@ -208,8 +219,9 @@ class Authfile:
             lines = self.user_lines(user)
             if len(lines) > 1:
                 ignored = ", ".join(str(ln.lineno) for ln in lines[:-1])
-                out.append(f"user {user}: pam_u2f reads only the last line ({lines[-1].lineno}); "
-                           f"line(s) {ignored} are ignored")
+                out.append(
+                    f"user {user}: pam_u2f reads only the last line ({lines[-1].lineno}); line(s) {ignored} are ignored"
+                )
         return out
 
 
@@ -226,13 +238,16 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
     when the user has none. Every other line is untouched; a credential already there is not
     added twice. A malformed line of this user is refused (pam_u2f would reject it anyway)."""
     if ":" in user or "\n" in user or not user.strip() or user != user.strip():
-        raise UsageError(f"user name {user!r} cannot be written to an authfile",
-                         "give a plain login name")
+        raise UsageError(f"user name {user!r} cannot be written to an authfile", "give a plain login name")
     notes = authfile.problems()
     for ln in authfile.lines:
         if any(c.identity == cred.identity for c in ln.credentials):
-            return MergeResult(text=authfile.render(), changed=False, lineno=ln.lineno,
-                               notes=notes + [f"credential already on line {ln.lineno}; nothing added"])
+            return MergeResult(
+                text=authfile.render(),
+                changed=False,
+                lineno=ln.lineno,
+                notes=notes + [f"credential already on line {ln.lineno}; nothing added"],
+            )
     line = authfile.effective_line(user)
     lines = list(authfile.lines)
     if line is None:
@@ -244,9 +259,10 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
         lines.append(new)
         return MergeResult(text="".join(ln.raw for ln in lines), changed=True, lineno=new.lineno, notes=notes)
     if line.error:
-        raise Refused(f"line {line.lineno} of user {user} is malformed: {line.error}",
-                      "fix or remove that line by hand first (pam_u2f rejects it too); "
-                      "yktool will not append to it")
+        raise Refused(
+            f"line {line.lineno} of user {user} is malformed: {line.error}",
+            "fix or remove that line by hand first (pam_u2f rejects it too); yktool will not append to it",
+        )
     # Trailing blanks / CR would end up inside the new credential's options: keep them out.
     body = line.text.rstrip(" \t\r")
     new = parse_line(line.lineno, f"{body}:{cred.render()}", line.eol or "\n")
@@ -257,8 +273,7 @@ def merge_credential(authfile: Authfile, user: str, cred: U2fCredential) -> Merg
 
 def options_string(*, presence: bool = True, verification: bool = False, pin: bool = False) -> str:
     """pamu2fcfg's order: `+presence+verification+pin`."""
-    return ("+presence" if presence else "") + ("+verification" if verification else "") + \
-        ("+pin" if pin else "")
+    return ("+presence" if presence else "") + ("+verification" if verification else "") + ("+pin" if pin else "")
 
 
 def credential_from(cred: Credential, *, options: str, resident: bool = False) -> U2fCredential:
@@ -273,8 +288,8 @@ def credential_from(cred: Credential, *, options: str, resident: bool = False) -
         raw = bytes(pk[-2])
         cose = "eddsa"
     else:
-        raise UsageError(f"COSE algorithm {cred.algorithm} is not usable with pam_u2f",
-                         "register with --algorithm es256")
+        raise UsageError(
+            f"COSE algorithm {cred.algorithm} is not usable with pam_u2f", "register with --algorithm es256"
+        )
     kh = "*" if resident else base64.b64encode(cred.credential_id).decode()
     return U2fCredential(key_handle=kh, public_key=base64.b64encode(raw).decode(), cose_type=cose, options=options)
-

@@ -36,7 +36,7 @@ class _State:
     index: int
     impression: int
     status: str
-    substates: tuple[tuple[int, int, str], ...]   # (level, impression, status) saved on entry
+    substates: tuple[tuple[int, int, str], ...]  # (level, impression, status) saved on entry
     prev_level: int
     trail: tuple[Step, ...]
 
@@ -47,8 +47,9 @@ def _skip_to_level_end(handlers: Sequence[PamLine], k: int, level: int) -> int:
     return k
 
 
-def _explore(handlers: Sequence[PamLine], outcomes: Callable[[PamLine], Sequence[str]],
-             budget: list[int]) -> Iterator[tuple[str, tuple[Step, ...]]]:
+def _explore(
+    handlers: Sequence[PamLine], outcomes: Callable[[PamLine], Sequence[str]], budget: list[int]
+) -> Iterator[tuple[str, tuple[Step, ...]]]:
     if not handlers:
         yield MUST_FAIL, ()
         return
@@ -107,9 +108,12 @@ def run(handlers: Sequence[PamLine], result: Callable[[PamLine], str]) -> str:
     return MUST_FAIL
 
 
-def passing_path(handlers: Sequence[PamLine], outcomes: Callable[[PamLine], Sequence[str]],
-                 limit: int = MAX_PATHS, accept: Callable[[tuple[Step, ...]], bool] | None = None,
-                 ) -> tuple[Step, ...] | None:
+def passing_path(
+    handlers: Sequence[PamLine],
+    outcomes: Callable[[PamLine], Sequence[str]],
+    limit: int = MAX_PATHS,
+    accept: Callable[[tuple[Step, ...]], bool] | None = None,
+) -> tuple[Step, ...] | None:
     """The rules run, with their results, on a way through that ends in success and that `accept`
     takes, if given (None: none); TooManyPaths past `limit` combinations."""
     for status, trail in _explore(handlers, outcomes, [limit]):

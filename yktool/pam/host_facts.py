@@ -19,8 +19,8 @@ from yktool.host import Host
 
 ORIGIN_PREFIX = "pam://"
 EDDSA_MIN_VERSION = (1, 2, 0)
-NOUSEROK_FIXED_VERSION = (1, 3, 1)   # CVE-2025-23013: nouserok no longer answers SUCCESS
-EXPAND_MIN_VERSION = (1, 3, 0)       # `expand` (%u, %h in authfile=); older ones read the path as written
+NOUSEROK_FIXED_VERSION = (1, 3, 1)  # CVE-2025-23013: nouserok no longer answers SUCCESS
+EXPAND_MIN_VERSION = (1, 3, 0)  # `expand` (%u, %h in authfile=); older ones read the path as written
 
 
 @dataclass(frozen=True)
@@ -52,20 +52,26 @@ def default_origin(host: Host) -> str:
     """`pam://<hostname>` of the target root (its /etc/hostname)."""
     name = ""
     if host.is_file("/etc/hostname"):
-        name = host.read_text("/etc/hostname").strip().splitlines()[0].strip() \
-            if host.read_text("/etc/hostname").strip() else ""
+        name = (
+            host.read_text("/etc/hostname").strip().splitlines()[0].strip()
+            if host.read_text("/etc/hostname").strip()
+            else ""
+        )
     if not name and host.is_live:
         name = os.uname().nodename
     if not name or any(c.isspace() for c in name):
-        raise UsageError(f"cannot tell the host name of {host.root} (no /etc/hostname)",
-                         "give the origin explicitly: --origin pam://NAME")
+        raise UsageError(
+            f"cannot tell the host name of {host.root} (no /etc/hostname)",
+            "give the origin explicitly: --origin pam://NAME",
+        )
     return ORIGIN_PREFIX + name
 
 
 def check_origin(origin: str) -> str:
     if not origin or any(c.isspace() for c in origin) or ":" not in origin:
-        raise UsageError(f"origin {origin!r} is not usable",
-                         "use a form like pam://myhost (no spaces), the same as the PAM origin=")
+        raise UsageError(
+            f"origin {origin!r} is not usable", "use a form like pam://myhost (no spaces), the same as the PAM origin="
+        )
     return origin
 
 
@@ -123,8 +129,11 @@ def home_encryption(host: Host, user: User) -> str | None:
 
     if there(base / ".ecryptfs" / user.name) or there(home / ".ecryptfs") or there(home / ".Private"):
         return "ecryptfs"
-    if there(f"/var/lib/systemd/home/{user.name}.identity") or there(base / f"{user.name}.homedir") \
-            or there(base / f"{user.name}.home"):
+    if (
+        there(f"/var/lib/systemd/home/{user.name}.identity")
+        or there(base / f"{user.name}.homedir")
+        or there(base / f"{user.name}.home")
+    ):
         return "systemd-homed"
     if host.is_live:
         try:
@@ -143,4 +152,3 @@ def home_encryption(host: Host, user: User) -> str | None:
         if policies:
             return "fscrypt (policies exist on this filesystem; the home may be encrypted)"
     return None
-

@@ -24,14 +24,32 @@ from yktool.host import Host
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
 
 # The services the hardening checklist (docs/verify.md) protects, and other common places a key is asked for.
-DEFAULT_SERVICES = ("sudo", "login", "greetd", "hyprlock", "su", "sshd", "polkit-1", "swaylock",
-                    "i3lock", "gdm-password", "lightdm", "sddm", "kde", "xscreensaver", "gtklock",
-                    "doas", "run0", "systemd-run0")
+DEFAULT_SERVICES = (
+    "sudo",
+    "login",
+    "greetd",
+    "hyprlock",
+    "su",
+    "sshd",
+    "polkit-1",
+    "swaylock",
+    "i3lock",
+    "gdm-password",
+    "lightdm",
+    "sddm",
+    "kde",
+    "xscreensaver",
+    "gtklock",
+    "doas",
+    "run0",
+    "systemd-run0",
+)
 
 # Services whose PAM stack runs inside the user's own process (a screen locker): the authfile
 # must be readable by that user, or unlocking with the key can never work.
-USER_RUN_SERVICES = frozenset({"hyprlock", "swaylock", "i3lock", "xscreensaver", "gtklock", "kde",
-                               "kscreensaver", "physlock", "waylock"})
+USER_RUN_SERVICES = frozenset(
+    {"hyprlock", "swaylock", "i3lock", "xscreensaver", "gtklock", "kde", "kscreensaver", "physlock", "waylock"}
+)
 
 PAM_TYPES = ("auth", "account", "password", "session")
 SIMPLE_CONTROLS = ("required", "requisite", "sufficient", "optional", "include", "substack")
@@ -42,18 +60,18 @@ MAX_INCLUDE_DEPTH = 16
 class PamLine:
     """One rule of a PAM stack, as written, with where it came from."""
 
-    file: str                 # path inside the root
-    lineno: int               # first physical line of the rule
-    type: str                 # auth | account | password | session
-    control: str              # `required`, … or the bracket text `[success=1 default=ignore]`
-    module: str               # module path as written (`pam_u2f.so`, `/nix/store/…/pam_u2f.so`)
+    file: str  # path inside the root
+    lineno: int  # first physical line of the rule
+    type: str  # auth | account | password | session
+    control: str  # `required`, … or the bracket text `[success=1 default=ignore]`
+    module: str  # module path as written (`pam_u2f.so`, `/nix/store/…/pam_u2f.so`)
     args: list[str]
-    raw: str                  # the logical line (continuations joined, comment removed)
-    ignore_missing: bool = False   # the type had a leading `-`
-    via: tuple[str, ...] = ()      # include chain: files that included this one, outermost first
-    level: int = 0                 # substack depth (libpam's stack_level)
-    must_fail: bool = False        # libpam installs it to fail when run (bad type, missing include …)
-    substack: bool = False         # the `substack` entry itself (skipped when run; a jump unit)
+    raw: str  # the logical line (continuations joined, comment removed)
+    ignore_missing: bool = False  # the type had a leading `-`
+    via: tuple[str, ...] = ()  # include chain: files that included this one, outermost first
+    level: int = 0  # substack depth (libpam's stack_level)
+    must_fail: bool = False  # libpam installs it to fail when run (bad type, missing include …)
+    substack: bool = False  # the `substack` entry itself (skipped when run; a jump unit)
 
     @property
     def actions(self) -> dict[str, str]:
@@ -73,9 +91,16 @@ class PamLine:
         return loc + (f" (via {' -> '.join(self.via)})" if self.via else "")
 
     def to_json(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.lineno, "type": self.type, "control": self.control,
-                "module": self.module, "args": list(self.args), "ignore_missing": self.ignore_missing,
-                "via": list(self.via)}
+        return {
+            "file": self.file,
+            "line": self.lineno,
+            "type": self.type,
+            "control": self.control,
+            "module": self.module,
+            "args": list(self.args),
+            "ignore_missing": self.ignore_missing,
+            "via": list(self.via),
+        }
 
 
 @dataclass
@@ -111,10 +136,8 @@ class U2fOptions:
         return out
 
 
-_FLAG_OPTIONS = ("cue", "nouserok", "alwaysok", "manual", "debug", "interactive", "openasuser",
-                 "expand", "nodetect")
-_STR_OPTIONS = ("authfile", "origin", "appid", "authpending_file", "cue_prompt", "prompt",
-                "debug_file")
+_FLAG_OPTIONS = ("cue", "nouserok", "alwaysok", "manual", "debug", "interactive", "openasuser", "expand", "nodetect")
+_STR_OPTIONS = ("authfile", "origin", "appid", "authpending_file", "cue_prompt", "prompt", "debug_file")
 _INT_OPTIONS = ("userpresence", "userverification", "pinverification", "max_devices")
 
 
@@ -172,10 +195,10 @@ class PamService:
     """One service (`/etc/pam.d/sudo`), its flattened stack and what went wrong reading it."""
 
     name: str
-    path: str | None              # the file inside the root, None when the service has no file
-    lines: list[PamLine] = field(default_factory=list)   # the rules (without substack entries)
+    path: str | None  # the file inside the root, None when the service has no file
+    lines: list[PamLine] = field(default_factory=list)  # the rules (without substack entries)
     problems: list[str] = field(default_factory=list)
-    stack: list[PamLine] = field(default_factory=list)   # libpam's handler list, substack entries kept
+    stack: list[PamLine] = field(default_factory=list)  # libpam's handler list, substack entries kept
     files: list[str] = field(default_factory=list)  # every file read: the service's, then its includes
 
     def handlers(self, ptype: str) -> list[PamLine]:
@@ -193,8 +216,7 @@ class PamService:
     @property
     def u2f_lines(self) -> list[U2fLine]:
         """The pam_u2f rules of the auth stack, in order."""
-        return [U2fLine(ln, parse_u2f_options(ln.args)) for ln in self.auth_lines
-                if ln.module_name == "pam_u2f"]
+        return [U2fLine(ln, parse_u2f_options(ln.args)) for ln in self.auth_lines if ln.module_name == "pam_u2f"]
 
     @property
     def uses_u2f(self) -> bool:
@@ -205,9 +227,14 @@ class PamService:
         return self.name in USER_RUN_SERVICES
 
     def to_json(self) -> dict[str, object]:
-        return {"service": self.name, "path": self.path, "exists": self.exists,
-                "uses_u2f": self.uses_u2f, "u2f_lines": [u.to_json() for u in self.u2f_lines],
-                "problems": list(self.problems)}
+        return {
+            "service": self.name,
+            "path": self.path,
+            "exists": self.exists,
+            "uses_u2f": self.uses_u2f,
+            "u2f_lines": [u.to_json() for u in self.u2f_lines],
+            "problems": list(self.problems),
+        }
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -271,12 +298,40 @@ def tokenize(line: str) -> list[str]:
 
 
 # libpam's return values (pam_tokens.h, in order: the first name that prefixes a word is taken)
-RETURN_VALUES = ("success", "open_err", "symbol_err", "service_err", "system_err", "buf_err", "perm_denied",
-                 "auth_err", "cred_insufficient", "authinfo_unavail", "user_unknown", "maxtries",
-                 "new_authtok_reqd", "acct_expired", "session_err", "cred_unavail", "cred_expired", "cred_err",
-                 "no_module_data", "conv_err", "authtok_err", "authtok_recover_err", "authtok_lock_busy",
-                 "authtok_disable_aging", "try_again", "ignore", "abort", "authtok_expired", "module_unknown",
-                 "bad_item", "conv_again", "incomplete")
+RETURN_VALUES = (
+    "success",
+    "open_err",
+    "symbol_err",
+    "service_err",
+    "system_err",
+    "buf_err",
+    "perm_denied",
+    "auth_err",
+    "cred_insufficient",
+    "authinfo_unavail",
+    "user_unknown",
+    "maxtries",
+    "new_authtok_reqd",
+    "acct_expired",
+    "session_err",
+    "cred_unavail",
+    "cred_expired",
+    "cred_err",
+    "no_module_data",
+    "conv_err",
+    "authtok_err",
+    "authtok_recover_err",
+    "authtok_lock_busy",
+    "authtok_disable_aging",
+    "try_again",
+    "ignore",
+    "abort",
+    "authtok_expired",
+    "module_unknown",
+    "bad_item",
+    "conv_again",
+    "incomplete",
+)
 ACTIONS = ("ignore", "ok", "done", "bad", "die", "reset")
 # what the simple controls set (pam_handlers.c), the rest taking the default
 _SIMPLE_ACTIONS: dict[str, tuple[dict[str, str], str]] = {
@@ -381,9 +436,16 @@ def find_service_file(host: Host, name: str) -> str | None:
     return None
 
 
-def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
-               problems: list[str] | None = None, want: str | None = None, level: int = 0,
-               files: list[str] | None = None) -> list[PamLine]:
+def parse_file(
+    host: Host,
+    path: str,
+    *,
+    via: tuple[str, ...] = (),
+    problems: list[str] | None = None,
+    want: str | None = None,
+    level: int = 0,
+    files: list[str] | None = None,
+) -> list[PamLine]:
     """libpam's handlers from one file (pam_handlers.c _pam_parse_conf_file): every include,
     substack and @include flattened in place, only `want`'s type when loaded for one type. A
     rule libpam cannot read (bad type, no control, no module, an include it cannot find) stays
@@ -412,8 +474,11 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
                 continue
             got = _include(host, words[1], path, via, problems, lineno, want, level, files)
             if got is None:
-                out.append(PamLine(path, lineno, want or "auth", "required", "", [], logical, via=via,
-                                   level=level, must_fail=True))
+                out.append(
+                    PamLine(
+                        path, lineno, want or "auth", "required", "", [], logical, via=via, level=level, must_fail=True
+                    )
+                )
             else:
                 out.extend(got)
             continue
@@ -430,32 +495,70 @@ def parse_file(host: Host, path: str, *, via: tuple[str, ...] = (),
         module = words[2] if len(words) > 2 else ""
         if not control or not module:
             problems.append(f"{where}: incomplete rule {logical!r} (libpam makes it fail when run)")
-            out.append(PamLine(path, lineno, ptype, control or "required", module, [], logical,
-                               ignore_missing, via, level, must_fail=True))
+            out.append(
+                PamLine(
+                    path,
+                    lineno,
+                    ptype,
+                    control or "required",
+                    module,
+                    [],
+                    logical,
+                    ignore_missing,
+                    via,
+                    level,
+                    must_fail=True,
+                )
+            )
             continue
         low = control.lower()
         if low in ("include", "substack"):
             sub = low == "substack"
             if sub:
-                out.append(PamLine(path, lineno, ptype, control, module, [], logical, ignore_missing, via,
-                                   level, must_fail, substack=True))
+                out.append(
+                    PamLine(
+                        path,
+                        lineno,
+                        ptype,
+                        control,
+                        module,
+                        [],
+                        logical,
+                        ignore_missing,
+                        via,
+                        level,
+                        must_fail,
+                        substack=True,
+                    )
+                )
             got = _include(host, module, path, via, problems, lineno, ptype, level + sub, files)
             if got is None:
-                out.append(PamLine(path, lineno, ptype, "required", module, [], logical, ignore_missing, via,
-                                   level, must_fail=True))
+                out.append(
+                    PamLine(
+                        path, lineno, ptype, "required", module, [], logical, ignore_missing, via, level, must_fail=True
+                    )
+                )
             else:
                 out.extend(got)
             continue
         if not (low in SIMPLE_CONTROLS or control.startswith("[")):
             problems.append(f"{where}: control {control!r} is not one libpam knows (every result counts as bad)")
         args = [_unbracket(a) for a in words[3:]]
-        out.append(PamLine(path, lineno, ptype, control, module, args, logical, ignore_missing, via, level,
-                           must_fail))
+        out.append(PamLine(path, lineno, ptype, control, module, args, logical, ignore_missing, via, level, must_fail))
     return out
 
 
-def _include(host: Host, target: str, path: str, via: tuple[str, ...], problems: list[str],
-             lineno: int, want: str | None, level: int, files: list[str] | None) -> list[PamLine] | None:
+def _include(
+    host: Host,
+    target: str,
+    path: str,
+    via: tuple[str, ...],
+    problems: list[str],
+    lineno: int,
+    want: str | None,
+    level: int,
+    files: list[str] | None,
+) -> list[PamLine] | None:
     found = find_service_file(host, target)
     if found is None:
         problems.append(f"{path}:{lineno}: included file {target!r} not found (libpam makes the rule fail)")

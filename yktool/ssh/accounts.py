@@ -38,8 +38,10 @@ class Account:
 def lookup_user(host: Host, name: str) -> Account:
     """The account `name` from /etc/passwd under the root; UsageError when it is not there."""
     if not host.is_file("/etc/passwd"):
-        raise UsageError(f"{host.root}/etc/passwd does not exist, so user {name} has no known home",
-                         "name the file with --output / --file, or use a root that has /etc/passwd")
+        raise UsageError(
+            f"{host.root}/etc/passwd does not exist, so user {name} has no known home",
+            "name the file with --output / --file, or use a root that has /etc/passwd",
+        )
     for line in host.read_text("/etc/passwd").splitlines():
         fields = line.split(":")
         if len(fields) >= 7 and fields[0] == name:
@@ -51,8 +53,9 @@ def lookup_user(host: Host, name: str) -> Account:
             if not home.is_absolute():
                 break
             return Account(name, uid, gid, home)
-    raise UsageError(f"user {name} is not in {host.root}/etc/passwd",
-                     "check the name (--user), or create the account first")
+    raise UsageError(
+        f"user {name} is not in {host.root}/etc/passwd", "check the name (--user), or create the account first"
+    )
 
 
 def default_user() -> str:

@@ -61,8 +61,10 @@ USER_ID_LEN = 32
 OPENSSH_USER_NAME = "openssh"
 KNOWN_OPTIONS = ("resident", "verify-required", "no-touch-required", "application=ssh:NAME", "user=NAME")
 
-NO_EDDSA_HINT = ("use --type ecdsa-sk (works on every FIDO2 key), or a key whose firmware has Ed25519 "
-                 "(YubiKey 5 from firmware 5.2.3)")
+NO_EDDSA_HINT = (
+    "use --type ecdsa-sk (works on every FIDO2 key), or a key whose firmware has Ed25519 "
+    "(YubiKey 5 from firmware 5.2.3)"
+)
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,10 @@ def parse_options(values: Sequence[str], type_name: str = "ed25519-sk") -> Keyge
             fields[lowered.replace("-", "_")] = True
         elif eq and lowered == "application":
             if not arg.startswith("ssh:"):
-                raise UsageError(f"application {arg!r} does not start with \"ssh:\"",
-                                 "OpenSSH accepts only applications like ssh: or ssh:NAME")
+                raise UsageError(
+                    f'application {arg!r} does not start with "ssh:"',
+                    "OpenSSH accepts only applications like ssh: or ssh:NAME",
+                )
             fields["application"] = arg
         elif eq and lowered == "user":
             if not arg or len(arg.encode("utf-8")) >= USER_ID_LEN:
@@ -137,15 +141,20 @@ def check_algorithm(session: KeySession, options: KeygenOptions) -> None:
     """Refuse, before any touch, an algorithm or feature the key does not have."""
     if not session.supports_algorithm(options.algorithm):
         if options.key_type == ED25519_SK:
-            raise UsageError("this key does not support Ed25519 (EdDSA), so it cannot make an ed25519-sk key",
-                             NO_EDDSA_HINT)
+            raise UsageError(
+                "this key does not support Ed25519 (EdDSA), so it cannot make an ed25519-sk key", NO_EDDSA_HINT
+            )
         raise UsageError("this key does not support ES256", "use a FIDO2 key; every FIDO2 key has ES256")
     if options.cred_protect is not None and "credProtect" not in session.info.extensions:
-        raise UsageError("this key has no credProtect extension, which OpenSSH requires for resident and "
-                         "verify-required keys", "make a plain key (no -O resident / verify-required)")
+        raise UsageError(
+            "this key has no credProtect extension, which OpenSSH requires for resident and verify-required keys",
+            "make a plain key (no -O resident / verify-required)",
+        )
     if options.needs_pin and not session.pin_is_set:
-        raise UsageError("resident and verify-required keys need a PIN on the key, and it has none",
-                         "set one first: yktool key pin set")
+        raise UsageError(
+            "resident and verify-required keys need a PIN on the key, and it has none",
+            "set one first: yktool key pin set",
+        )
 
 
 def precheck(session: KeySession, options: KeygenOptions, *, force: bool = False) -> None:
@@ -159,14 +168,17 @@ def precheck(session: KeySession, options: KeygenOptions, *, force: bool = False
         except UsageError:
             existing = []  # no credential management: nothing to compare against
         if any(c.user_id.ljust(USER_ID_LEN, b"\0") == options.user_id for c in existing):
-            raise Refused(f"the key already holds a resident SSH key for {options.application}"
-                          + (f" user {options.user}" if options.user else ""),
-                          "making it again would replace it on the key; use `yktool ssh download` to get its "
-                          "files back, another -O application=ssh:NAME / user=NAME, or --force to replace it")
+            raise Refused(
+                f"the key already holds a resident SSH key for {options.application}"
+                + (f" user {options.user}" if options.user else ""),
+                "making it again would replace it on the key; use `yktool ssh download` to get its "
+                "files back, another -O application=ssh:NAME / user=NAME, or --force to replace it",
+            )
 
 
-def make_key(session: KeySession, options: KeygenOptions, comment: str, *, force: bool = False,
-             prechecked: bool = False) -> SkPrivateKey:
+def make_key(
+    session: KeySession, options: KeygenOptions, comment: str, *, force: bool = False, prechecked: bool = False
+) -> SkPrivateKey:
     """Make the credential on the key (one touch; the PIN when the key has one) and return the
     key-handle file's content (see `precheck` for what is refused first)."""
     if not prechecked:
@@ -184,16 +196,21 @@ def make_key(session: KeySession, options: KeygenOptions, comment: str, *, force
         )
     except UsageError as err:
         if options.key_type == ED25519_SK and ("EdDSA" in err.message or "algorithm" in err.message):
-            raise UsageError("this key does not support Ed25519 (EdDSA), so it cannot make an ed25519-sk key",
-                             NO_EDDSA_HINT) from None
+            raise UsageError(
+                "this key does not support Ed25519 (EdDSA), so it cannot make an ed25519-sk key", NO_EDDSA_HINT
+            ) from None
         raise
     public = SkPublicKey.from_cose(cred.public_key, options.application)
     if public.key_type != options.key_type:
-        raise ToolFailed(f"the key made a {public.key_type} credential, not {options.key_type}",
-                         "the key ignored the algorithm asked for; try --type ecdsa-sk")
+        raise ToolFailed(
+            f"the key made a {public.key_type} credential, not {options.key_type}",
+            "the key ignored the algorithm asked for; try --type ecdsa-sk",
+        )
     if options.cred_protect is not None and cred.cred_protect not in (None, options.cred_protect):
-        raise ToolFailed(f"the key set credProtect {cred.cred_protect}, not {options.cred_protect}",
-                         "the key is misbehaving; try another key")
+        raise ToolFailed(
+            f"the key set credProtect {cred.cred_protect}, not {options.cred_protect}",
+            "the key is misbehaving; try another key",
+        )
     return SkPrivateKey(public, options.flags, cred.credential_id, comment)
 
 
@@ -230,12 +247,15 @@ def sign(session: KeySession, key: SkPrivateKey, namespace: str, message: bytes)
     PIN when verify-required), exactly as `ssh-keygen -Y sign -n NAMESPACE` would make it."""
     data = signed_data(namespace, message)
     application = key.public.application
-    assertion = session.get_assertion(application, client_data_hash(data), allow=[key.key_handle],
-                                      up=key.touch_required, uv=key.verify_required)
+    assertion = session.get_assertion(
+        application, client_data_hash(data), allow=[key.key_handle], up=key.touch_required, uv=key.verify_required
+    )
     raw = bytes(assertion.auth_data)
     if len(raw) != 37 or raw[:32] != hashlib.sha256(application.encode("utf-8")).digest():
-        raise ToolFailed("the key's answer carries extensions or another rp id; OpenSSH could not verify it",
-                         "this key cannot make OpenSSH signatures with this credential")
+        raise ToolFailed(
+            "the key's answer carries extensions or another rp id; OpenSSH could not verify it",
+            "this key cannot make OpenSSH signatures with this credential",
+        )
     blob = sk_signature(key.public, assertion.signature, raw[32], assertion.counter)
     return armor(sshsig_blob(key.public, namespace, blob))
 
@@ -249,9 +269,18 @@ class KeygenResult:
     proof: str
 
 
-def keygen(host: Host, session: KeySession, options: KeygenOptions, *, path: PurePosixPath, comment: str,
-           owner: tuple[int, int] | None, user: str, nickname: str | None = None,
-           force: bool = False) -> KeygenResult:
+def keygen(
+    host: Host,
+    session: KeySession,
+    options: KeygenOptions,
+    *,
+    path: PurePosixPath,
+    comment: str,
+    owner: tuple[int, int] | None,
+    user: str,
+    nickname: str | None = None,
+    force: bool = False,
+) -> KeygenResult:
     """The whole `ssh keygen` step: refuse what must be refused before the key changes, make the
     credential, write both files, record them in the registry, read them back with ssh-keygen."""
     check_free(host, path, force)
@@ -269,8 +298,9 @@ class LoginKey:
     proof: str
 
 
-def authorize_and_prove(host: Host, account: Account, key: SkPrivateKey, path: PurePosixPath, *, nickname: str,
-                        aaguid: str) -> LoginKey:
+def authorize_and_prove(
+    host: Host, account: Account, key: SkPrivateKey, path: PurePosixPath, *, nickname: str, aaguid: str
+) -> LoginKey:
     """The end of every enrollment of an SSH key for a login (commission, replace): its files
     recorded, the key authorized for `account` and recorded, the files read back by ssh-keygen
     (required here: a flow step counts as done only when proven)."""
@@ -286,8 +316,14 @@ class DownloadPlan:
     state: str  # new | unchanged | differs
 
 
-def plan_download(host: Host, found: Sequence[ResidentKey], account: Account,
-                  output_dir: PurePosixPath | None = None, *, force: bool = False) -> list[DownloadPlan]:
+def plan_download(
+    host: Host,
+    found: Sequence[ResidentKey],
+    account: Account,
+    output_dir: PurePosixPath | None = None,
+    *,
+    force: bool = False,
+) -> list[DownloadPlan]:
     """Where each resident key's files go and whether they are new, unchanged or differ (a
     difference is refused without `force`, before anything is written)."""
     plans: list[DownloadPlan] = []
@@ -309,14 +345,17 @@ def plan_download(host: Host, found: Sequence[ResidentKey], account: Account,
         elif any(host.exists(p) for p in files):
             state = "differs"
         if state == "differs" and not force:
-            raise Refused(f"{path} (or its .pub) exists and differs from the key on the device",
-                          "move it away, use --output-dir, or pass --force to replace it (backed up first)")
+            raise Refused(
+                f"{path} (or its .pub) exists and differs from the key on the device",
+                "move it away, use --output-dir, or pass --force to replace it (backed up first)",
+            )
         plans.append(DownloadPlan(key, path, state))
     return plans
 
 
-def apply_download(host: Host, plans: Sequence[DownloadPlan], account: Account, *, nickname: str,
-                   aaguid: str) -> list[DownloadPlan]:
+def apply_download(
+    host: Host, plans: Sequence[DownloadPlan], account: Account, *, nickname: str, aaguid: str
+) -> list[DownloadPlan]:
     """Write the planned files (skipping unchanged ones), prove them, record them."""
     for plan in plans:
         if plan.state != "unchanged":
@@ -327,9 +366,32 @@ def apply_download(host: Host, plans: Sequence[DownloadPlan], account: Account, 
 
 
 __all__ = [
-    "ECDSA_SK", "ED25519_SK", "DownloadPlan", "KeygenOptions", "KeygenResult", "ResidentKey", "apply_download",
-    "check_free", "default_key_path", "keygen", "load_private", "make_key", "parse_options", "plan_download",
-    "precheck", "prove_files", "record_key", "resident_keys", "sign", "write_key_files", "find_pubkey",
-    "load_key_pair", "authorize_and_prove", "LoginKey", "credential_id_b64", "pub_path", "recorded_file",
+    "ECDSA_SK",
+    "ED25519_SK",
+    "DownloadPlan",
+    "KeygenOptions",
+    "KeygenResult",
+    "ResidentKey",
+    "apply_download",
+    "check_free",
+    "default_key_path",
+    "keygen",
+    "load_private",
+    "make_key",
+    "parse_options",
+    "plan_download",
+    "precheck",
+    "prove_files",
+    "record_key",
+    "resident_keys",
+    "sign",
+    "write_key_files",
+    "find_pubkey",
+    "load_key_pair",
+    "authorize_and_prove",
+    "LoginKey",
+    "credential_id_b64",
+    "pub_path",
+    "recorded_file",
     "restore_from_record",
 ]

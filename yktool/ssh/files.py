@@ -33,8 +33,10 @@ def load_private(host: Host, path: str | PurePosixPath) -> SkPrivateKey:
         if host.exists(bare):
             text_path = bare
         else:
-            raise UsageError(f"{path} is a public key and {bare} does not exist",
-                             "signing needs the key-handle file that `yktool ssh keygen` wrote next to it")
+            raise UsageError(
+                f"{path} is a public key and {bare} does not exist",
+                "signing needs the key-handle file that `yktool ssh keygen` wrote next to it",
+            )
     return SkPrivateKey.from_file(host.read_bytes(text_path), text_path)
 
 
@@ -48,14 +50,18 @@ def check_free(host: Host, path: PurePosixPath, force: bool) -> None:
     for p in (path, pub_path(path)):
         refuse_user_links(host, p)
         if host.exists(p) and not force:
-            raise Refused(f"{p} already exists", "choose another --output, or pass --force to replace it "
-                          "(the old file is backed up under /var/backups/yktool)")
+            raise Refused(
+                f"{p} already exists",
+                "choose another --output, or pass --force to replace it "
+                "(the old file is backed up under /var/backups/yktool)",
+            )
         if host.path(p).is_dir():
             raise UsageError(f"{p} is a folder", "name a file with --output")
 
 
-def write_key_files(host: Host, key: SkPrivateKey, path: PurePosixPath,
-                    owner: tuple[int, int] | None) -> tuple[Path, Path]:
+def write_key_files(
+    host: Host, key: SkPrivateKey, path: PurePosixPath, owner: tuple[int, int] | None
+) -> tuple[Path, Path]:
     """The key-handle file (0600) and the .pub (0644); a missing folder is made 0700."""
     refuse_user_links(host, path)
     refuse_user_links(host, pub_path(path))
@@ -70,8 +76,7 @@ def credential_id_b64(key: SkPrivateKey) -> str:
     return base64.b64encode(key.key_handle).decode("ascii")
 
 
-def record_key(host: Host, key: SkPrivateKey, path: PurePosixPath, *, nickname: str, aaguid: str,
-               user: str) -> None:
+def record_key(host: Host, key: SkPrivateKey, path: PurePosixPath, *, nickname: str, aaguid: str, user: str) -> None:
     """Note the key in the registry so `replace` can find it (public key, fingerprint, paths)."""
     fields: dict[str, Scalar] = {
         "role": "key-file",
@@ -115,8 +120,9 @@ def restore_from_record(key: SkPrivateKey, entry: dict[str, Scalar] | None) -> S
     if isinstance(recorded_flags, int) and not recorded_flags & FLAG_USER_PRESENCE:
         flags &= ~FLAG_USER_PRESENCE
     comment = entry.get("comment")
-    return SkPrivateKey(key.public, flags, key.key_handle,
-                        comment if isinstance(comment, str) else key.comment, key.reserved)
+    return SkPrivateKey(
+        key.public, flags, key.key_handle, comment if isinstance(comment, str) else key.comment, key.reserved
+    )
 
 
 def prove_files(host: Host, path: PurePosixPath, key: SkPrivateKey, *, required: bool = False) -> str:
@@ -125,15 +131,19 @@ def prove_files(host: Host, path: PurePosixPath, key: SkPrivateKey, *, required:
     proof is `required` (else it is said: not checked)."""
     if host.which("ssh-keygen") is None:
         if required:
-            raise ToolFailed(f"ssh-keygen is not installed: {path} cannot be proven",
-                             "install openssh-client, then run the same command again")
+            raise ToolFailed(
+                f"ssh-keygen is not installed: {path} cannot be proven",
+                "install openssh-client, then run the same command again",
+            )
         return "not checked (ssh-keygen is not installed here)"
     with host.private_copy(path) as copy:  # ssh-keygen never opens the user's path as root
         result = host.run(["ssh-keygen", "-y", "-f", str(copy)], check=False)
         why = result.error_text.replace(str(copy), str(path))
     if result.returncode != 0 or result.stdout != key.pub_file():
-        raise ToolFailed(f"ssh-keygen does not read {path} back as the key just made: {why}",
-                         "this is a bug in yktool; the credential exists on the key, the file is wrong")
+        raise ToolFailed(
+            f"ssh-keygen does not read {path} back as the key just made: {why}",
+            "this is a bug in yktool; the credential exists on the key, the file is wrong",
+        )
     return "ssh-keygen -y reads the key back"
 
 
@@ -146,8 +156,10 @@ def find_pubkey(host: Host, account: Account, given: str | None) -> PurePosixPat
     for candidate in candidates:
         if host.exists(candidate):
             return candidate
-    raise UsageError(f"no {candidates[0]} or {candidates[1]}",
-                     f"name the key's .pub, or make one: yktool ssh keygen --user {account.name}")
+    raise UsageError(
+        f"no {candidates[0]} or {candidates[1]}",
+        f"name the key's .pub, or make one: yktool ssh keygen --user {account.name}",
+    )
 
 
 def load_key_pair(host: Host, pub: PurePosixPath) -> tuple[SkPublicKey, str, SkPrivateKey | None]:

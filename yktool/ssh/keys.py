@@ -43,7 +43,7 @@ BLOCK_SIZE = 8  # the "none" cipher's block size
 def wrap_base64(data: bytes, width: int = 70) -> str:
     """Base64 in lines of `width` (sshbuf_dtob64 with wrap), each line ending in a newline."""
     text = base64.b64encode(data).decode("ascii")
-    return "".join(text[i:i + width] + "\n" for i in range(0, len(text), width))
+    return "".join(text[i : i + width] + "\n" for i in range(0, len(text), width))
 
 
 def _b64decode(text: str, what: str) -> bytes:
@@ -108,8 +108,10 @@ class SkPublicKey:
             if curve != NISTP256:
                 raise UsageError(f"{ECDSA_SK} key on curve {curve}", "only nistp256 exists for ecdsa-sk")
             return cls(key_type, reader.string(), reader.text())
-        raise UsageError(f"not a security-key SSH key: {key_type}",
-                         "name an sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com key")
+        raise UsageError(
+            f"not a security-key SSH key: {key_type}",
+            "name an sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com key",
+        )
 
     @classmethod
     def from_blob(cls, blob: bytes) -> SkPublicKey:
@@ -139,8 +141,10 @@ class SkPublicKey:
             return cls(ED25519_SK, bytes(cose[-2]), application)
         if alg == -7:
             return cls(ECDSA_SK, b"\x04" + bytes(cose[-2]) + bytes(cose[-3]), application)
-        raise UsageError(f"credential algorithm {alg} has no OpenSSH sk key type",
-                         "OpenSSH knows EdDSA (ed25519-sk) and ES256 (ecdsa-sk) only")
+        raise UsageError(
+            f"credential algorithm {alg} has no OpenSSH sk key type",
+            "OpenSSH knows EdDSA (ed25519-sk) and ES256 (ecdsa-sk) only",
+        )
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,14 @@ class SkPrivateKey:
         head = string(pub.key_type)
         if pub.key_type == ECDSA_SK:
             head += string(NISTP256)
-        return (head + string(pub.public) + string(pub.application) + u8(self.flags)
-                + string(self.key_handle) + string(self.reserved))
+        return (
+            head
+            + string(pub.public)
+            + string(pub.application)
+            + u8(self.flags)
+            + string(self.key_handle)
+            + string(self.reserved)
+        )
 
     def checkint(self) -> int:
         # OpenSSH draws this at random; it only detects a wrong passphrase on encrypted files.
@@ -195,8 +205,15 @@ class SkPrivateKey:
         while len(section) % BLOCK_SIZE:
             pad += 1
             section += u8(pad)
-        body = (AUTH_MAGIC + string("none") + string("none") + string(b"") + u32(1)
-                + string(self.public.blob()) + string(section))
+        body = (
+            AUTH_MAGIC
+            + string("none")
+            + string("none")
+            + string(b"")
+            + u32(1)
+            + string(self.public.blob())
+            + string(section)
+        )
         return (PRIVATE_BEGIN + wrap_base64(body) + PRIVATE_END).encode("ascii")
 
     def pub_file(self) -> bytes:
@@ -210,18 +227,22 @@ class SkPrivateKey:
         start = text.find(PRIVATE_BEGIN)
         end = text.find(PRIVATE_END)
         if start < 0 or end < start:
-            raise UsageError(f"{what} is not an OpenSSH private key file",
-                             "name the key file (without .pub) that `yktool ssh keygen` wrote")
-        body = _b64decode("".join(text[start + len(PRIVATE_BEGIN):end].split()), what)
+            raise UsageError(
+                f"{what} is not an OpenSSH private key file",
+                "name the key file (without .pub) that `yktool ssh keygen` wrote",
+            )
+        body = _b64decode("".join(text[start + len(PRIVATE_BEGIN) : end].split()), what)
         reader = Reader(body, what)
         if reader.raw(len(AUTH_MAGIC)) != AUTH_MAGIC:
             raise UsageError(f"{what} is not an openssh-key-v1 file", "the file is damaged")
         cipher, kdf = reader.text(), reader.text()
         reader.string()  # kdf options
         if cipher != "none" or kdf != "none":
-            raise UsageError(f"{what} is passphrase-protected",
-                             "yktool reads only unprotected sk key files (the key handle is not a secret); "
-                             "remove the passphrase with `ssh-keygen -p`")
+            raise UsageError(
+                f"{what} is passphrase-protected",
+                "yktool reads only unprotected sk key files (the key handle is not a secret); "
+                "remove the passphrase with `ssh-keygen -p`",
+            )
         if reader.u32() != 1:
             raise UsageError(f"{what} holds more than one key", "name a file with one key")
         outer_public = SkPublicKey.from_blob(reader.string())
@@ -245,9 +266,9 @@ class SkPrivateKey:
 def sk_suffix(application: str, user_id: bytes) -> str:
     """The file-name suffix `ssh-keygen -K` gives a resident key (ssh-keygen.c sk_suffix)."""
     if application.startswith("ssh://"):
-        out = application[len("ssh://"):]
+        out = application[len("ssh://") :]
     elif application.startswith("ssh:"):
-        out = application[len("ssh:"):]
+        out = application[len("ssh:") :]
     else:
         out = application
     user = user_id.rstrip(b"\0")

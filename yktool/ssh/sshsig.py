@@ -63,7 +63,7 @@ def sk_signature(key: SkPublicKey, authenticator_signature: bytes, flags: int, c
 @dataclass(frozen=True)
 class SkSignature:
     key_type: str
-    signature: bytes   # raw 64 bytes (ed25519) or `mpint r | mpint s` (ecdsa)
+    signature: bytes  # raw 64 bytes (ed25519) or `mpint r | mpint s` (ecdsa)
     flags: int
     counter: int
 
@@ -77,8 +77,15 @@ class SkSignature:
 
 def sshsig_blob(key: SkPublicKey, namespace: str, signature: bytes, hash_alg: str = "sha512") -> bytes:
     """The SSHSIG blob (PROTOCOL.sshsig §2)."""
-    return (MAGIC + u32(VERSION) + string(key.blob()) + string(namespace) + string(b"")
-            + string(hash_alg) + string(signature))
+    return (
+        MAGIC
+        + u32(VERSION)
+        + string(key.blob())
+        + string(namespace)
+        + string(b"")
+        + string(hash_alg)
+        + string(signature)
+    )
 
 
 def armor(blob: bytes) -> bytes:
@@ -99,7 +106,7 @@ def parse_armored(data: bytes) -> Sshsig:
     text = data.decode("ascii", "replace")
     if not text.startswith(BEGIN.rstrip("\n")) or END.rstrip("\n") not in text:
         raise UsageError("not an armored SSH signature", "give the .sig file ssh-keygen or yktool wrote")
-    inner = text[len(BEGIN):text.index(END.rstrip("\n"))]
+    inner = text[len(BEGIN) : text.index(END.rstrip("\n"))]
     try:
         blob = base64.b64decode("".join(inner.split()), validate=True)
     except (binascii.Error, ValueError):

@@ -43,9 +43,10 @@ class Reader:
 
     def _take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise UsageError(f"{self.what} is truncated or malformed",
-                             "the file is damaged; restore it or make it again")
-        out = self.data[self.pos:self.pos + n]
+            raise UsageError(
+                f"{self.what} is truncated or malformed", "the file is damaged; restore it or make it again"
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 

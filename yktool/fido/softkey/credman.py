@@ -19,8 +19,13 @@ from yktool.fido.softkey.state import MAX_RESIDENT, ResidentCred, SoftKeyState, 
 ERR = CtapError.ERR
 CMD = CredentialManagement.CMD
 RES = CredentialManagement.RESULT
-_AUTHENTICATED = (CMD.GET_CREDS_METADATA, CMD.ENUMERATE_RPS_BEGIN, CMD.ENUMERATE_CREDS_BEGIN,
-                  CMD.DELETE_CREDENTIAL, CMD.UPDATE_USER_INFO)
+_AUTHENTICATED = (
+    CMD.GET_CREDS_METADATA,
+    CMD.ENUMERATE_RPS_BEGIN,
+    CMD.ENUMERATE_CREDS_BEGIN,
+    CMD.DELETE_CREDENTIAL,
+    CMD.UPDATE_USER_INFO,
+)
 
 
 @dataclass
@@ -32,8 +37,9 @@ class Enumeration:
     creds: list[ResidentCred] = field(default_factory=list)
 
 
-def credential_management(state: SoftKeyState, pin: PinUv, enumeration: Enumeration,
-                          p: Mapping[int, Any], save: Callable[[], None]) -> dict[int, Any] | None:
+def credential_management(
+    state: SoftKeyState, pin: PinUv, enumeration: Enumeration, p: Mapping[int, Any], save: Callable[[], None]
+) -> dict[int, Any] | None:
     """Handle one credentialManagement request against `state`, its pinUvAuthParam checked by
     `pin`, an enumeration in progress continued from (and kept in) `enumeration`."""
     sub, params = p.get(1), p.get(2)

@@ -272,8 +272,16 @@ class SoftKey(CtapDevice):
 
     # -- shared checks
 
-    def _check_pin_uv_param(self, state: SoftKeyState, p: Mapping[int, Any], param_key: int,
-                            client_data_hash: bytes, permission: int, rp_id: str, ctx: _Call) -> bool:
+    def _check_pin_uv_param(
+        self,
+        state: SoftKeyState,
+        p: Mapping[int, Any],
+        param_key: int,
+        client_data_hash: bytes,
+        permission: int,
+        rp_id: str,
+        ctx: _Call,
+    ) -> bool:
         """Returns True when a valid pinUvAuthParam was given (the UV flag is then set)."""
         param = p.get(param_key)
         if param is None:
@@ -306,19 +314,30 @@ class SoftKey(CtapDevice):
 
     # -- authenticatorMakeCredential
 
-    def _make_credential(self, state: SoftKeyState, p: Mapping[int, Any], ctx: _Call,
-                         save: Callable[[], None]) -> dict[Any, Any]:
+    def _make_credential(
+        self, state: SoftKeyState, p: Mapping[int, Any], ctx: _Call, save: Callable[[], None]
+    ) -> dict[Any, Any]:
         cdh, rp, user, params = p.get(1), p.get(2), p.get(3), p.get(4)
         if cdh is None or rp is None or user is None or params is None:
             raise fail(ERR.MISSING_PARAMETER)
-        if not (isinstance(cdh, bytes) and isinstance(rp, Mapping) and isinstance(user, Mapping)
-                and isinstance(params, list)):
+        if not (
+            isinstance(cdh, bytes)
+            and isinstance(rp, Mapping)
+            and isinstance(user, Mapping)
+            and isinstance(params, list)
+        ):
             raise fail(ERR.CBOR_UNEXPECTED_TYPE)
         rp_id = rp.get("id")
         if not isinstance(rp_id, str) or not isinstance(user.get("id"), bytes):
             raise fail(ERR.MISSING_PARAMETER)
-        alg = next((c.get("alg") for c in params if isinstance(c, Mapping) and c.get("type") == "public-key"
-                    and c.get("alg") in ALGORITHMS), None)
+        alg = next(
+            (
+                c.get("alg")
+                for c in params
+                if isinstance(c, Mapping) and c.get("type") == "public-key" and c.get("alg") in ALGORITHMS
+            ),
+            None,
+        )
         if alg is None:
             raise fail(ERR.UNSUPPORTED_ALGORITHM)
         if p.get(10) is not None:
@@ -348,8 +367,11 @@ class SoftKey(CtapDevice):
         cred_protect = ext_in.get("credProtect", 1)
         if cred_protect not in (1, 2, 3):
             raise fail(ERR.INVALID_OPTION)
-        if rk and len(state.creds) >= MAX_RESIDENT and not any(
-                c.rp_id == rp_id and c.user_id == user["id"] for c in state.creds):
+        if (
+            rk
+            and len(state.creds) >= MAX_RESIDENT
+            and not any(c.rp_id == rp_id and c.user_id == user["id"] for c in state.creds)
+        ):
             raise fail(ERR.KEY_STORE_FULL)
 
         self._user_presence(ctx)
@@ -359,9 +381,17 @@ class SoftKey(CtapDevice):
         if rk:
             state.creds = [c for c in state.creds if not (c.rp_id == rp_id and c.user_id == user["id"])]
             state.sequence += 1
-            state.creds.append(ResidentCred(cid, rp_id, _opt_str(rp.get("name")), user["id"],
-                                            _opt_str(user.get("name")), _opt_str(user.get("displayName")),
-                                            state.sequence))
+            state.creds.append(
+                ResidentCred(
+                    cid,
+                    rp_id,
+                    _opt_str(rp.get("name")),
+                    user["id"],
+                    _opt_str(user.get("name")),
+                    _opt_str(user.get("displayName")),
+                    state.sequence,
+                )
+            )
         ext_out: dict[str, Any] = {}
         if hmac_secret:
             ext_out["hmac-secret"] = True
@@ -370,8 +400,11 @@ class SoftKey(CtapDevice):
         flags = FLAG.UP | FLAG.AT | (FLAG.UV if uv else 0) | (FLAG.ED if ext_out else 0)
         state.counter += 1
         auth_data = AuthenticatorData.create(
-            rp_id_hash, FLAG(flags), state.counter,
-            AttestedCredentialData.create(AAGUID, cid, key.public_key()), ext_out or None,
+            rp_id_hash,
+            FLAG(flags),
+            state.counter,
+            AttestedCredentialData.create(AAGUID, cid, key.public_key()),
+            ext_out or None,
         )
         save()
         if uv:
@@ -381,8 +414,9 @@ class SoftKey(CtapDevice):
 
     # -- authenticatorGetAssertion / GetNextAssertion
 
-    def _get_assertion(self, state: SoftKeyState, p: Mapping[int, Any], ctx: _Call,
-                       save: Callable[[], None]) -> dict[int, Any]:
+    def _get_assertion(
+        self, state: SoftKeyState, p: Mapping[int, Any], ctx: _Call, save: Callable[[], None]
+    ) -> dict[int, Any]:
         rp_id, cdh = p.get(1), p.get(2)
         if rp_id is None or cdh is None:
             raise fail(ERR.MISSING_PARAMETER)
@@ -453,16 +487,16 @@ class SoftKey(CtapDevice):
         save()
         return response
 
-    def _assert_one(self, state: SoftKeyState, pending: _PendingAssertion,
-                    cred: tuple[ResidentCred, CredKey], discovered: bool) -> dict[int, Any]:
+    def _assert_one(
+        self, state: SoftKeyState, pending: _PendingAssertion, cred: tuple[ResidentCred, CredKey], discovered: bool
+    ) -> dict[int, Any]:
         res, key = cred
         ext_out: dict[str, Any] = {}
         if pending.hmac_input is not None and key.hmac_secret:
             ext_out["hmac-secret"] = self._hmac_secret(state, pending.hmac_input, res.credential_id, pending.uv)
         flags = pending.flags | (FLAG.ED if ext_out else 0)
         state.counter += 1
-        auth_data = AuthenticatorData.create(pending.rp_id_hash, FLAG(flags), state.counter,
-                                             extensions=ext_out or None)
+        auth_data = AuthenticatorData.create(pending.rp_id_hash, FLAG(flags), state.counter, extensions=ext_out or None)
         response: dict[int, Any] = {
             1: {"id": res.credential_id, "type": "public-key"},
             2: bytes(auth_data),

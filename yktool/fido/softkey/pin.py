@@ -161,8 +161,9 @@ class PinUv:
             return self._token(state, protocol, p, save, perms, rp_id)
         raise fail(ERR.INVALID_SUBCOMMAND)
 
-    def _set_pin(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
-                 save: Callable[[], None]) -> dict[int, Any]:
+    def _set_pin(
+        self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any], save: Callable[[], None]
+    ) -> dict[int, Any]:
         new_pin_enc, param = p.get(5), p.get(4)
         if not isinstance(new_pin_enc, bytes) or not isinstance(param, bytes):
             raise fail(ERR.MISSING_PARAMETER)
@@ -176,8 +177,9 @@ class PinUv:
         save()
         return {}
 
-    def _change_pin(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
-                    save: Callable[[], None]) -> dict[int, Any]:
+    def _change_pin(
+        self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any], save: Callable[[], None]
+    ) -> dict[int, Any]:
         new_pin_enc, param, pin_hash_enc = p.get(5), p.get(4), p.get(6)
         if not (isinstance(new_pin_enc, bytes) and isinstance(param, bytes) and isinstance(pin_hash_enc, bytes)):
             raise fail(ERR.MISSING_PARAMETER)
@@ -191,8 +193,15 @@ class PinUv:
         self.token = None  # every old token dies with the old PIN
         return {}
 
-    def _token(self, state: SoftKeyState, protocol: PinCrypto, p: Mapping[int, Any],
-               save: Callable[[], None], permissions: int, rp_id: str | None) -> dict[int, Any]:
+    def _token(
+        self,
+        state: SoftKeyState,
+        protocol: PinCrypto,
+        p: Mapping[int, Any],
+        save: Callable[[], None],
+        permissions: int,
+        rp_id: str | None,
+    ) -> dict[int, Any]:
         pin_hash_enc = p.get(6)
         if not isinstance(pin_hash_enc, bytes):
             raise fail(ERR.MISSING_PARAMETER)
@@ -209,8 +218,9 @@ class PinUv:
         if not hmac.compare_digest(expected, param):
             raise fail(ERR.PIN_AUTH_INVALID)
 
-    def _check_pin(self, state: SoftKeyState, protocol: PinCrypto, shared: bytes, pin_hash_enc: bytes,
-                   save: Callable[[], None]) -> None:
+    def _check_pin(
+        self, state: SoftKeyState, protocol: PinCrypto, shared: bytes, pin_hash_enc: bytes, save: Callable[[], None]
+    ) -> None:
         """The retry logic of CTAP 2.1 §6.5.5.5: blocked checks first, then one retry spent,
         then the comparison; three wrong in a row need a power cycle, eight in all block."""
         if state.pin_retries <= 0:

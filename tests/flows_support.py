@@ -178,14 +178,16 @@ def fresh_setup(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         swtpm.stop(ctx.tpm)
 
 
-def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedProcess[bytes]:
-    """alice makes a signed commit with the real git (signing through the software key with the
-    test-only gpg.ssh.program) and `git verify-commit` checks it with her allowed_signers."""
+def git_commit(
+    root: Path, repo: Path, device: str, *, signing_key: Path | None = None, later: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """alice makes a signed commit with the real git in `repo` (signing through the software key
+    with the test-only gpg.ssh.program), with `signing_key` if given; `later`: dated a minute from
+    now (after any revoke). Then `git verify-commit` checks it with her allowed_signers."""
+    import datetime
     import sys
 
-    root = scratch / ROOT
     home = root / "home/alice"
-    repo = home / "project"
     (root / "tmp").mkdir(exist_ok=True)
     tool = Path(__file__).resolve().parent / "tools" / "yktool-ssh-keygen"
     env = {
@@ -195,7 +197,7 @@ def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedPro
         "GIT_CONFIG_NOSYSTEM": "1",
         "TMPDIR": str(root / "tmp"),
         "YKTOOL_ROOT": str(root),
-        "YKTOOL_DEVICE": key_spec,
+        "YKTOOL_DEVICE": device,
         "YKTOOL_PYTHON": sys.executable,
         "GIT_AUTHOR_NAME": "Alice",
         "GIT_COMMITTER_NAME": "Alice",
@@ -205,9 +207,19 @@ def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedPro
         "GIT_CONFIG_KEY_1": "gpg.ssh.program",
         "GIT_CONFIG_VALUE_1": str(tool),
     }
+    if later:
+        when = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        env |= {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
     if not repo.exists():
         subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
-    (repo / "file").write_text(f"signed by {key_spec}\n")
-    for argv in (["git", "add", "file"], ["git", "commit", "-q", "-S", "-m", "signed"]):
+    (repo / "file").write_text(f"signed by {device} {datetime.datetime.now()}\n")
+    key = ["-c", f"user.signingkey={signing_key}"] if signing_key else []
+    for argv in (["git", "add", "file"], ["git", *key, "commit", "-q", "-S", "-m", "signed"]):
         subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)
     return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True, check=False)
+
+
+def git_commit_verifies(scratch: Path, key_spec: str) -> subprocess.CompletedProcess[bytes]:
+    """git_commit in the demo root's ~alice/project."""
+    root = scratch / ROOT
+    return git_commit(root, root / "home/alice/project", key_spec)

@@ -8,59 +8,19 @@ the new key signs where A signed, in that repository's own allowed_signers file.
 
 from __future__ import annotations
 
-import datetime
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CliCall
-from tests.flows_support import EMAIL, demo_pin, spec
+from tests.flows_support import EMAIL, demo_pin, git_commit, spec
 from yktool.demo import KEYS, PASSPHRASE, ROOT
 from yktool.host import Host
 from yktool.inventory import Registry
 
-TOOL = Path(__file__).resolve().parent / "tools" / "yktool-ssh-keygen"
 SIGNERS = "/home/alice/.config/git/project2_signers"
-
-
-def _commit(
-    root: Path, repo: Path, device: str, *, signing_key: Path | None = None, later: bool = False
-) -> subprocess.CompletedProcess[bytes]:
-    """alice commits, signed (the software key through the test-only gpg.ssh.program), in `repo`
-    with its own config; `later`: dated a minute from now (after any revoke). Then verify-commit."""
-    home = root / "home/alice"
-    (root / "tmp").mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "TMPDIR": str(root / "tmp"),
-        "YKTOOL_ROOT": str(root),
-        "YKTOOL_DEVICE": device,
-        "YKTOOL_PYTHON": sys.executable,
-        "GIT_AUTHOR_NAME": "Alice",
-        "GIT_COMMITTER_NAME": "Alice",
-        "GIT_CONFIG_COUNT": "2",
-        "GIT_CONFIG_KEY_0": "safe.directory",
-        "GIT_CONFIG_VALUE_0": "*",
-        "GIT_CONFIG_KEY_1": "gpg.ssh.program",
-        "GIT_CONFIG_VALUE_1": str(TOOL),
-    }
-    if later:
-        when = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        env |= {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
-    if not repo.exists():
-        subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
-    (repo / "file").write_text(f"signed by {device} {datetime.datetime.now()}\n")
-    key = ["-c", f"user.signingkey={signing_key}"] if signing_key else []
-    for argv in (["git", "add", "file"], ["git", *key, "commit", "-q", "-S", "-m", "signed"]):
-        subprocess.run(argv, env=env, cwd=repo, check=True, capture_output=True)
-    return subprocess.run(["git", "verify-commit", "HEAD"], env=env, cwd=repo, capture_output=True, check=False)
 
 
 def _good(result: subprocess.CompletedProcess[bytes]) -> bool:
@@ -112,22 +72,22 @@ def test_a_key_switched_away_from_and_then_lost_signs_nothing_good(
 ) -> None:
     root = scratch / ROOT
     repo = root / "home/alice/project"
-    assert _good(_commit(root, repo, spec(scratch, "primary")))
+    assert _good(git_commit(root, repo, spec(scratch, "primary")))
     _signing(cli, root, "/home/alice/.ssh/id_ed25519_sk_backup.pub")  # B signs from now on
-    assert _good(_commit(root, repo, spec(scratch, "backup")))
+    assert _good(git_commit(root, repo, spec(scratch, "backup")))
     a_blob = (root / "home/alice/.ssh/id_ed25519_sk.pub").read_text().split()[1]
     device, finder_pub = _keep_finders_copy(scratch)
 
     _replace(cli, scratch, *extra)
 
-    assert not _good(_commit(root, repo, device, signing_key=finder_pub, later=True))
+    assert not _good(git_commit(root, repo, device, signing_key=finder_pub, later=True))
     line = next(ln for ln in (root / "home/alice/.ssh/allowed_signers").read_text().splitlines() if a_blob in ln)
     assert "valid-before=" in line
     # B still signs (the new key took A's place, not B's) and the new key's commits verify
     assert (root / "home/alice/.gitconfig").read_text().count("id_ed25519_sk_backup.pub") == 1
-    assert _good(_commit(root, repo, spec(scratch, "backup"), later=True))
+    assert _good(git_commit(root, repo, spec(scratch, "backup"), later=True))
     new_pub = root / "home/alice/.ssh/id_ed25519_sk.pub"
-    assert _good(_commit(root, repo, spec(scratch, "new"), signing_key=new_pub, later=True))
+    assert _good(git_commit(root, repo, spec(scratch, "new"), signing_key=new_pub, later=True))
 
 
 def test_a_repository_switched_to_another_key_trusts_the_lost_one_no_more(scratch: Path, cli: CliCall) -> None:
@@ -137,7 +97,7 @@ def test_a_repository_switched_to_another_key_trusts_the_lost_one_no_more(scratc
     _signing(
         cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2", "--allowed-signers", SIGNERS
     )
-    assert _good(_commit(root, repo, spec(scratch, "primary")))
+    assert _good(git_commit(root, repo, spec(scratch, "primary")))
     _signing(
         cli,
         root,
@@ -147,13 +107,13 @@ def test_a_repository_switched_to_another_key_trusts_the_lost_one_no_more(scratc
         "--allowed-signers",
         SIGNERS,
     )
-    assert _good(_commit(root, repo, spec(scratch, "backup")))
+    assert _good(git_commit(root, repo, spec(scratch, "backup")))
     device, finder_pub = _keep_finders_copy(scratch)
 
     _replace(cli, scratch, "--keep-old-signatures")  # the expiry alone has to hold
 
-    assert not _good(_commit(root, repo, device, signing_key=finder_pub, later=True))
-    assert _good(_commit(root, repo, spec(scratch, "backup"), later=True))
+    assert not _good(git_commit(root, repo, device, signing_key=finder_pub, later=True))
+    assert _good(git_commit(root, repo, spec(scratch, "backup"), later=True))
 
 
 def test_a_repository_the_lost_key_signed_in_signs_with_the_new_key(scratch: Path, cli: CliCall) -> None:
@@ -163,16 +123,16 @@ def test_a_repository_the_lost_key_signed_in_signs_with_the_new_key(scratch: Pat
     _signing(
         cli, root, "/home/alice/.ssh/id_ed25519_sk.pub", "--repo", "/home/alice/project2", "--allowed-signers", SIGNERS
     )
-    assert _good(_commit(root, repo, spec(scratch, "primary")))
+    assert _good(git_commit(root, repo, spec(scratch, "primary")))
     device, finder_pub = _keep_finders_copy(scratch)
 
     _replace(cli, scratch)
 
-    assert not _good(_commit(root, repo, device, signing_key=finder_pub, later=True))
+    assert not _good(git_commit(root, repo, device, signing_key=finder_pub, later=True))
     # the repository's config signs with the new key, and its own allowed_signers accepts it
     new_blob = (root / "home/alice/.ssh/id_ed25519_sk.pub").read_text().split()[1]
     assert new_blob in (root / SIGNERS.lstrip("/")).read_text()
-    assert _good(_commit(root, repo, spec(scratch, "new"), later=True))
+    assert _good(git_commit(root, repo, spec(scratch, "new"), later=True))
     names = {
         k.nickname
         for k, e in Registry.load(Host(root)).enrollments("git")

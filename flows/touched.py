@@ -89,6 +89,7 @@ def commission_files(flow: Commission) -> Iterator[str | PurePosixPath]:
     """What a commission run reads or writes inside the root: the SSH key files, authorized_keys,
     allowed_signers and ~/.gitconfig of the user, the authfile, the registry and rules."""
     from yktool.authorized_keys import authorized_keys_path
+    from yktool.git_signing import default_allowed_signers
     from yktool.pam.authfile import CENTRAL_AUTHFILE
     from yktool.ssh.enroll import pub_path
 
@@ -103,6 +104,6 @@ def commission_files(flow: Commission) -> Iterator[str | PurePosixPath]:
             yield from (path, pub_path(path))
         yield authorized_keys_path(account)
     if account is not None and "git" in answers.steps:
-        yield from (account.home / ".ssh" / "allowed_signers", account.home / ".gitconfig")
+        yield from (default_allowed_signers(account), account.home / ".gitconfig")
     if "pam" in answers.steps and answers.host_kind != "nixos":
         yield CENTRAL_AUTHFILE

@@ -208,7 +208,11 @@ def merged_rules(existing: str | None, nickname: str, block: str) -> str:
     """The rules file with `nickname`'s block added or replaced (others kept, sorted by name)."""
     head, blocks = split_blocks(existing or "")
     blocks[nickname] = block
-    head = head if head.strip() else HEADER
+    return joined_blocks(head if head.strip() else HEADER, blocks)
+
+
+def joined_blocks(head: str, blocks: dict[str, str]) -> str:
+    """A rules file of `head` and the blocks, sorted by nickname (`split_blocks` undone)."""
     return head.rstrip("\n") + "\n\n" + "\n".join(blocks[k].rstrip("\n") + "\n" for k in sorted(blocks))
 
 
@@ -273,8 +277,7 @@ def remove_block(host: Host, nickname: str) -> bool:
     head, blocks = split_blocks(host.read_text(RULE_PATH))
     if blocks.pop(nickname, None) is None:
         return False
-    body = head.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for _n, b in sorted(blocks.items()))
-    host.write_file(RULE_PATH, body, 0o644)
+    host.write_file(RULE_PATH, joined_blocks(head, blocks), 0o644)
     return True
 
 

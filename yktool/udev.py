@@ -249,7 +249,9 @@ def install_and_record(host: Host, key: KeyUsb, nickname: str) -> InstallResult:
     """Install the rule (plain Linux), prove it is there as verify reads the rules folders, and
     record it in the registry (kind udev) under `nickname`. Every udev enrollment ends here."""
     result = install(host, key, nickname)
-    if not any(r.vendor == key.vendor and r.product == key.product for r in installed_rules(host)):
+    # this key's own rule: a backup of the same model with its rule already in place is not proof
+    mine = (key.vendor, key.product, key.serial or "")
+    if not any((r.vendor, r.product, r.serial or "") == mine for r in installed_rules(host)):
         raise ToolFailed(
             f"{RULE_PATH} does not hold the rule for {key.usb_id} after writing",
             "check the file by hand, then run the same command again",

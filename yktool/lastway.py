@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from yktool.errors import Refused, YktoolError
@@ -416,7 +415,7 @@ def pam_requiring(host: Host, authfile: str, user: str, doubts: dict[str, str] |
     /run/agenix): counted as required — not seeing the consumer is no proof it is absent.
     `doubts` gets, for the services that require it, the modules not counted as a way in and why."""
     from yktool.pam import stack as pam_stack
-    from yktool.pam.authfile import USER_AUTHFILE
+    from yktool.pam.check import authfile_paths
     from yktool.pam.host_facts import read_users
 
     users = read_users(host)
@@ -425,14 +424,9 @@ def pam_requiring(host: Host, authfile: str, user: str, doubts: dict[str, str] |
     required: list[str] = []
 
     def reads(u2f: pam_stack.U2fLine) -> bool:
-        opts = u2f.options
-        if opts.authfile is None:
-            path = str(PurePosixPath(home) / USER_AUTHFILE) if home else ""
-        elif opts.expand:
-            path = opts.authfile.replace("%u", user).replace("%h", home.rstrip("/"))
-        else:
-            path = opts.authfile
-        return path == authfile
+        # the pam-u2f version unknown (taken as new): `expand` is honoured, so a `%u` rule is
+        # counted as reading the user's file — never as a way in beside it
+        return any(path == authfile for path, _ in authfile_paths(u2f.options, [(user, home)]))
 
     for service in pam_stack.u2f_services(host):
         ours = {_rule(u.line) for u in service.u2f_lines if reads(u)}
@@ -534,7 +528,7 @@ def _ssh_losses(host: Host, removal: Removal) -> list[Loss]:
     for (path, user), blobs in removal.ssh.items():
         if (path, user) in removal.replaced_ssh or not host.exists(path):
             continue
-        lines = host.read_bytes(path).decode("utf-8", "surrogateescape").splitlines()
+        lines = host.read_text(path).splitlines()
         going = [ln for ln in lines if key_blob_in(ln) in blobs]
         kept = {ln: why for ln in lines if key_blob_in(ln) not in blobs and (why := not_a_way_in(ln)) != "no key"}
         if not any(not_a_way_in(ln) is None for ln in going) or any(why is None for why in kept.values()):

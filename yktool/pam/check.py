@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from yktool.errors import UsageError, YktoolError
+from yktool.errors import PermissionDenied, UsageError, YktoolError
 from yktool.host import Host
 from yktool.inventory import Registry
 from yktool.pam import stack
@@ -443,13 +443,7 @@ def _owner_of(users: dict[str, User], path: str) -> User | None:
     best = None
     for u in users.values():
         h = u.home.rstrip("/")
-        if (
-            h
-            and h != ""
-            and h not in ("/", "/root")
-            and path.startswith(h + "/")
-            and (best is None or len(h) > len(best.home))
-        ):
+        if h and h not in ("/", "/root") and path.startswith(h + "/") and (best is None or len(h) > len(best.home)):
             best = u
     return best
 
@@ -539,6 +533,7 @@ def _authfile_findings(
     strict: bool,
     user_run: list[str],
     services: list[str],
+    version: Version,
 ) -> list[Finding]:
     sv = list(services)
     owner = users.get(report.user) if report.user else _owner_of(users, report.path)
@@ -582,10 +577,8 @@ def _authfile_findings(
         )
     )
     try:
-        fd = host.open(report.path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            text = fh.read().decode("utf-8", "surrogateescape")
-    except PermissionError:
+        text = host.read_text(report.path)
+    except PermissionDenied:
         out.append(
             Finding(
                 severity="error",
@@ -609,6 +602,7 @@ def _authfile_findings(
         )
         return out
     out.extend(_text_findings(report, text, strict=strict, services=sv))
+    out.extend(x for x in (_eddsa_unsupported(report, text, version),) if x is not None)
     return out
 
 
@@ -657,13 +651,10 @@ def _origin_mismatch(
     return out
 
 
-def _eddsa_unsupported(host: Host, rep: AuthfileReport, version: Version) -> Finding | None:
-    if version is None or version >= EDDSA_MIN_VERSION or not rep.exists:
+def _eddsa_unsupported(rep: AuthfileReport, text: str, version: Version) -> Finding | None:
+    if version is None or version >= EDDSA_MIN_VERSION:
         return None
-    try:
-        authfile = Authfile.parse(host.read_text(rep.path))
-    except (UsageError, OSError):
-        return None
+    authfile = Authfile.parse(text)
     bad = [u for u in authfile.users() if any(c.cose_type == "eddsa" for c in authfile.credentials_of(u))]
     if not bad:
         return None
@@ -741,7 +732,13 @@ def check(
         rep = use.report
         rep.services = sorted(set(use.services))
         found = _authfile_findings(
-            host, rep, users, strict=use.strict, user_run=sorted(set(use.user_run)), services=rep.services
+            host,
+            rep,
+            users,
+            strict=use.strict,
+            user_run=sorted(set(use.user_run)),
+            services=rep.services,
+            version=version,
         )
         if rep.user is not None and not rep.exists:
             # missing per-user files are summed up below; other causes (a locked encrypted
@@ -751,7 +748,6 @@ def check(
             continue
         f.extend(found)
         report.authfiles.append(rep)
-        f.extend(x for x in (_eddsa_unsupported(host, rep, version),) if x is not None)
     if per_user_missing:
         f.append(_per_user_missing(report, services, per_user_missing))
     agenix_services = sorted(

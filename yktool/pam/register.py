@@ -86,14 +86,11 @@ def read_current(host: Host, target: Target) -> tuple[str, bool]:
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{target.authfile} is not a regular file", "name the authfile itself")
         try:
-            fd = host.open(target.authfile, os.O_RDONLY | os.O_NONBLOCK)
-        except PermissionError:
+            return host.read_text(target.authfile), True
+        except PermissionDenied as exc:
             raise PermissionDenied(
-                f"{target.authfile}: permission denied",
-                "run as root (or the file's owner) so the existing lines can be kept",
+                exc.message, "run as root (or the file's owner) so the existing lines can be kept"
             ) from None
-        with os.fdopen(fd, "rb") as fh:
-            return fh.read().decode("utf-8", "surrogateescape"), True
     assert target.age_file is not None  # noqa: S101
     # the operator's file, on this machine: read through the walk too (as root, a link a user
     # controls in a checkout under their home is refused, not followed)

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.host import Host, SecretPath
 from yktool.keynames import identify_key
+from yktool.lock import STATE_DIR
 from yktool.luks import cryptenroll
 from yktool.luks.header import LuksHeader, read_header
 from yktool.luks.journal import FIDO2_JOURNAL
@@ -82,7 +83,7 @@ BACKENDS = ("systemd", "native")
 LUKS2_MAX_KEYSLOTS = 32
 # systemd's minimal PBKDF: pbkdf2/sha512, libcryptsetup raises the iterations to its floor of 1000.
 MINIMAL_PBKDF = ["--pbkdf", "pbkdf2", "--hash", "sha512", "--pbkdf-force-iterations", "1000"]
-JOURNAL_DIR = PurePosixPath("/var/lib/yktool/luks-fido2")  # see yktool.luks.journal
+JOURNAL_DIR = STATE_DIR / FIDO2_JOURNAL.kind  # where the journal lives (shown in the plan)
 FAULT_ENV = "YKTOOL_FAULT"  # test hook: `after-keyslot` dies like kill -9 right after luksAddKey
 
 
@@ -334,10 +335,6 @@ def import_token(host: Host, device: str | PurePosixPath, token: dict[str, Any])
 
 
 # ---------------------------------------------------------------------------------------- journal
-def journal_path(uuid: str) -> PurePosixPath:
-    return JOURNAL_DIR / f"{uuid}.json"
-
-
 def read_journal(host: Host, uuid: str) -> dict[str, Any] | None:
     """The pending enrollment of the volume `uuid`, if a run stopped half-way (no secrets in it)."""
     data = FIDO2_JOURNAL.read(host, uuid)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from yktool.keynames import identify_key
 from yktool.lock import STATE_DIR
 from yktool.luks import cryptenroll
 from yktool.luks.header import LuksHeader, read_header
-from yktool.luks.journal import FIDO2_JOURNAL
+from yktool.luks.journal import FIDO2_JOURNAL, fault
 from yktool.luks.tokens import Fido2Token
 from yktool.luks.unlock import (
     FAILED,
@@ -84,7 +83,6 @@ LUKS2_MAX_KEYSLOTS = 32
 # systemd's minimal PBKDF: pbkdf2/sha512, libcryptsetup raises the iterations to its floor of 1000.
 MINIMAL_PBKDF = ["--pbkdf", "pbkdf2", "--hash", "sha512", "--pbkdf-force-iterations", "1000"]
 JOURNAL_DIR = STATE_DIR / FIDO2_JOURNAL.kind  # where the journal lives (shown in the plan)
-FAULT_ENV = "YKTOOL_FAULT"  # test hook: `after-keyslot` dies like kill -9 right after luksAddKey
 
 
 def b64(data: bytes) -> str:
@@ -118,12 +116,6 @@ def token_json(credential_id: bytes, salt: bytes, keyslot: int, *, pin: bool, up
         "fido2-up-required": up,
         "fido2-uv-required": uv,
     }
-
-
-def _fault(point: str) -> None:
-    """Fault injection for tests: die without cleanup, as a kill -9 would, at `point`."""
-    if os.environ.get(FAULT_ENV) == point:
-        os._exit(137)
 
 
 # ------------------------------------------------------------------------------ the key's answer
@@ -787,7 +779,7 @@ def _add_slot(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> N
         if slot not in read_header(host, device).keyslots:
             clear_journal(host, op.uuid)
         raise
-    _fault("after-keyslot")
+    fault("after-keyslot")
     op.new_slot = slot
     op.pending_token = token
 
@@ -796,7 +788,7 @@ def _import(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> Non
     if op.pending_token is None:
         raise UsageError("no token to import", "this is a bug in yktool")
     op.new_token = import_token(host, device, op.pending_token)
-    _fault("after-token")
+    fault("after-token")
     clear_journal(host, op.uuid)
 
 

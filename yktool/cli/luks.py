@@ -33,6 +33,14 @@ PCR_HELP = (
     "PCRs to seal to, joined by + (default 0+7). PCR 0 is the firmware: it changes with every "
     "firmware update, after which the TPM refuses until you re-seal (--replace)."
 )
+# the existing passphrase for every command that adds a keyslot (read by `_read_unlock`)
+UNLOCK_KEY_FILE = click.option(
+    "--unlock-key-file",
+    type=str,
+    default=None,
+    metavar="FILE",
+    help="Read the existing passphrase from FILE (inside --root; used byte for byte).",
+)
 
 
 @click.group("luks")
@@ -166,13 +174,7 @@ def _fido2_owners(app: AppContext, header: LuksHeader) -> dict[int, TokenOwner]:
 @click.argument("device")
 @click.option("--pcrs", default=None, metavar="N+M", help=PCR_HELP)
 @click.option("--with-pin", is_flag=True, help="Also require a PIN at boot (asked twice, or one stdin line).")
-@click.option(
-    "--unlock-key-file",
-    type=str,
-    default=None,
-    metavar="FILE",
-    help="Read the existing passphrase from FILE (inside --root; used byte for byte).",
-)
+@UNLOCK_KEY_FILE
 @click.option(
     "--replace",
     is_flag=True,
@@ -269,13 +271,7 @@ def _terminal(key_to_stderr: bool) -> TextIO | None:
 
 @luks.command("add-recovery")
 @click.argument("device")
-@click.option(
-    "--unlock-key-file",
-    type=str,
-    default=None,
-    metavar="FILE",
-    help="Read the existing passphrase from FILE (inside --root).",
-)
+@UNLOCK_KEY_FILE
 @click.option("--replace", is_flag=True, help="Make a new recovery key, prove it, then remove the old one.")
 @click.option(
     "--key-to-stderr",
@@ -504,13 +500,7 @@ def test_unlock(app: AppContext, device: str, tokens: tuple[int, ...], pin_stdin
     "systemd-cryptenroll (USB keys only; its PIN tokens do not open on CTAP 2.1 keys, "
     "systemd#31443, and are refused by the proof). Same token either way.",
 )
-@click.option(
-    "--unlock-key-file",
-    type=str,
-    default=None,
-    metavar="FILE",
-    help="Read the existing passphrase from FILE (inside --root; used byte for byte).",
-)
+@UNLOCK_KEY_FILE
 @click.option(
     "--nickname",
     default=None,

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -51,9 +50,10 @@ from typing import TYPE_CHECKING, Any
 from yktool.errors import Refused, ToolFailed, UsageError, YktoolError
 from yktool.host import Host, SecretPath
 from yktool.keynames import identify_key
+from yktool.lock import STATE_DIR
 from yktool.luks import cryptenroll
 from yktool.luks.header import LuksHeader, read_header
-from yktool.luks.journal import FIDO2_JOURNAL
+from yktool.luks.journal import FIDO2_JOURNAL, fault
 from yktool.luks.tokens import Fido2Token
 from yktool.luks.unlock import (
     FAILED,
@@ -82,8 +82,7 @@ BACKENDS = ("systemd", "native")
 LUKS2_MAX_KEYSLOTS = 32
 # systemd's minimal PBKDF: pbkdf2/sha512, libcryptsetup raises the iterations to its floor of 1000.
 MINIMAL_PBKDF = ["--pbkdf", "pbkdf2", "--hash", "sha512", "--pbkdf-force-iterations", "1000"]
-JOURNAL_DIR = PurePosixPath("/var/lib/yktool/luks-fido2")  # see yktool.luks.journal
-FAULT_ENV = "YKTOOL_FAULT"  # test hook: `after-keyslot` dies like kill -9 right after luksAddKey
+JOURNAL_DIR = STATE_DIR / FIDO2_JOURNAL.kind  # where the journal lives (shown in the plan)
 
 
 def b64(data: bytes) -> str:
@@ -117,12 +116,6 @@ def token_json(credential_id: bytes, salt: bytes, keyslot: int, *, pin: bool, up
         "fido2-up-required": up,
         "fido2-uv-required": uv,
     }
-
-
-def _fault(point: str) -> None:
-    """Fault injection for tests: die without cleanup, as a kill -9 would, at `point`."""
-    if os.environ.get(FAULT_ENV) == point:
-        os._exit(137)
 
 
 # ------------------------------------------------------------------------------ the key's answer
@@ -334,10 +327,6 @@ def import_token(host: Host, device: str | PurePosixPath, token: dict[str, Any])
 
 
 # ---------------------------------------------------------------------------------------- journal
-def journal_path(uuid: str) -> PurePosixPath:
-    return JOURNAL_DIR / f"{uuid}.json"
-
-
 def read_journal(host: Host, uuid: str) -> dict[str, Any] | None:
     """The pending enrollment of the volume `uuid`, if a run stopped half-way (no secrets in it)."""
     data = FIDO2_JOURNAL.read(host, uuid)
@@ -790,7 +779,7 @@ def _add_slot(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> N
         if slot not in read_header(host, device).keyslots:
             clear_journal(host, op.uuid)
         raise
-    _fault("after-keyslot")
+    fault("after-keyslot")
     op.new_slot = slot
     op.pending_token = token
 
@@ -799,7 +788,7 @@ def _import(host: Host, device: str | PurePosixPath, op: Fido2Enrollment) -> Non
     if op.pending_token is None:
         raise UsageError("no token to import", "this is a bug in yktool")
     op.new_token = import_token(host, device, op.pending_token)
-    _fault("after-token")
+    fault("after-token")
     clear_journal(host, op.uuid)
 
 

@@ -11,6 +11,7 @@ the recovery key (`luks-recovery`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -47,6 +48,16 @@ class Journal:
     def clear(self, host: Host, uuid: str) -> None:
         state, path = self._where(host, uuid)
         state.remove(path, backup=False)
+
+
+FAULT_ENV = "YKTOOL_FAULT"  # test hook: the name of a point where a journaled run dies like kill -9
+
+
+def fault(point: str) -> None:
+    """Fault injection for tests: die without cleanup, as a kill -9 would, at `point` (points:
+    `after-keyslot`, `after-token` in luks.fido2; `recovery-after-enroll` in luks.recovery)."""
+    if os.environ.get(FAULT_ENV) == point:
+        os._exit(137)
 
 
 FIDO2_JOURNAL = Journal("luks-fido2")

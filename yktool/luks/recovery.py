@@ -11,7 +11,6 @@ one instead of saying "already has a recovery key". The key is shown before an o
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +20,11 @@ from yktool.errors import ToolFailed, UsageError
 from yktool.host import Host
 from yktool.luks import cryptenroll
 from yktool.luks.header import read_header
-from yktool.luks.journal import RECOVERY_JOURNAL
+from yktool.luks.journal import RECOVERY_JOURNAL, fault
 from yktool.luks.pending import read_header_seeing_pending
 from yktool.luks.safety import check_remaining
 from yktool.luks.tokens import ROLE_RECOVERY, ROLE_UNSEEN
 from yktool.plan import Plan, Step
-
-FAULT_ENV = "YKTOOL_FAULT"  # test hook: `recovery-after-enroll` dies like kill -9 before the key is shown
 
 
 @dataclass
@@ -56,11 +53,6 @@ class RecoveryEnrollment:
         self.key = None
         if self.host is not None and self.uuid:
             RECOVERY_JOURNAL.clear(self.host, self.uuid)
-
-
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
-        os._exit(137)
 
 
 def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool = False) -> RecoveryEnrollment:
@@ -123,7 +115,7 @@ def plan_add_recovery(host: Host, device: str | PurePosixPath, *, replace: bool 
             },
         )
         op.key = cryptenroll.enroll_recovery(host, device, op.unlock)
-        _fault("recovery-after-enroll")
+        fault("recovery-after-enroll")
 
     def prove() -> None:
         after = read_header(host, device)
